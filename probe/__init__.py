@@ -1,0 +1,51 @@
+"""probe: train a CNN on CIFAR-10, keep everything the training produced, analyse it offline.
+
+The public API for plugin authors is importable from here without importing torch:
+`hookimpl`, `Analysis`, `Context`, `ProbeError`, `UsageError`, `RunFileError`,
+`load_model`, `load_checkpoint`, `Run`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import NotARunError, ProbeError, RunFileError, UsageError
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Analysis", "Context", "NotARunError", "ProbeError", "Run", "RunFileError", "UsageError",
+    "__version__", "hookimpl", "load_checkpoint", "load_model", "param",
+]
+
+
+def load_model(path: Any, device: Any = "cpu") -> Any:
+    """Rebuild the model stored in a checkpoint file, from that file alone, in eval mode."""
+    from .checkpoint import load_model as _load_model
+
+    return _load_model(path, device)
+
+
+def load_checkpoint(path: Any) -> Any:
+    """Read and verify a checkpoint: its model state, spec, epoch, metrics."""
+    from .checkpoint import load
+
+    return load(path)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `import probe` (and `probe --help`) never pays for torch.
+    if name in ("Analysis", "param", "NoParams"):
+        from . import analysis
+
+        return getattr(analysis, name)
+    if name == "Context":
+        from .context import Context
+
+        return Context
+    if name == "Run":
+        from .rundir import Run
+
+        return Run
+    raise AttributeError(f"module 'probe' has no attribute {name!r}")

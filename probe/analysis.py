@@ -1,0 +1,184 @@
+"""The `Analysis` record a plugin registers, and its typed parameters.
+
+An analysis declares what it is (name, one-line summary, version), what it
+consumes (`needs`), whether it runs once per epoch or once over the selected
+epochs (`scope`), and its parameters as a frozen dataclass whose fields are the
+`--param` keys:
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        layer: str = probe.param("classifier.3", "Layer whose activations are projected.")
+        perplexity: float = probe.param(30.0, "t-SNE perplexity.", min=2)
+
+Values are parsed and checked (type, choices, min/max, then the class's own
+`__post_init__`) before anything runs; a bad one is a one-line error naming it.
+This module imports no torch, so registering analyses costs nothing at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+
+NEEDS = frozenset({"checkpoint", "model", "activations", "probe_set", "analysis_batch", "metrics", "config"})
+SCOPES = ("epoch", "run")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def param(default: Any, help: str, *, choices: tuple | list | None = None,
+          min: float | None = None, max: float | None = None) -> Any:
+    """Declare one analysis parameter: its default, help text, and allowed values."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """For analyses without parameters."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis a plugin provides. See docs/writing-a-plugin.md."""
+
+    name: str
+    run: Callable[[Any], Any]
+    summary: str
+    params: type = NoParams
+    needs: frozenset[str] = frozenset({"checkpoint"})
+    scope: str = "epoch"
+    version: str = "1"
+    figure_captions: Mapping[str, str] = field(default_factory=dict)
+    provider: str = ""
+    provider_version: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"analysis name {self.name!r} must be lower-case letters, digits, '-' or '_'")
+        if self.scope not in SCOPES:
+            raise ValueError(f"analysis {self.name!r}: scope must be one of {SCOPES}, got {self.scope!r}")
+        object.__setattr__(self, "needs", frozenset(self.needs))
+        unknown = set(self.needs) - NEEDS
+        if unknown:
+            raise ValueError(f"analysis {self.name!r}: unknown needs {sorted(unknown)}; known: {sorted(NEEDS)}")
+        if not dataclasses.is_dataclass(self.params):
+            raise ValueError(f"analysis {self.name!r}: params must be a dataclass type")
+        if not self.summary or "\n" in self.summary:
+            raise ValueError(f"analysis {self.name!r}: summary must be one line")
+
+    def with_provider(self, provider: str, version: str) -> Analysis:
+        return dataclasses.replace(self, provider=provider, provider_version=version)
+
+    def param_specs(self) -> list[ParamSpec]:
+        hints = typing.get_type_hints(self.params)
+        return [ParamSpec(f.name, _scalar_type(hints[f.name], self.name, f.name), f.default, f.metadata.get("help", ""),
+                          f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max"))
+                for f in dataclasses.fields(self.params)]
+
+    def make_params(self, raw: Mapping[str, str | Any]) -> Any:
+        """Parse `--param` strings (or typed values) into the params dataclass, checking each."""
+        specs = {s.name: s for s in self.param_specs()}
+        values = {}
+        for key, value in raw.items():
+            if key not in specs:
+                known = ", ".join(specs) or "none"
+                raise UsageError("--param", f"{self.name} has no parameter {key!r} (its parameters: {known})")
+            values[key] = specs[key].parse(value, self.name)
+        try:
+            return self.params(**values)
+        except (ValueError, TypeError) as exc:
+            raise UsageError("--param", f"{self.name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter as shown by `probe plugins --verbose` and parsed from `--param`."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None
+    min: float | None
+    max: float | None
+
+    def describe(self) -> str:
+        extra = []
+        if self.choices:
+            extra.append("one of " + "|".join(map(str, self.choices)))
+        if self.min is not None:
+            extra.append(f">= {self.min}")
+        if self.max is not None:
+            extra.append(f"<= {self.max}")
+        rng = f" ({', '.join(extra)})" if extra else ""
+        return f"{self.name} ({self.type.__name__}, default {self.default!r}){rng}: {self.help}"
+
+    def parse(self, value: Any, analysis: str) -> Any:
+        where = f"--param {self.name}"
+        if isinstance(value, str) and self.type is not str:
+            text = value.strip()
+            try:
+                if self.type is bool:
+                    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    value = text.lower() in ("true", "1", "yes")
+                elif text.lower() in ("none", "null") and self.default is None:
+                    value = None
+                else:
+                    value = self.type(text)
+            except ValueError:
+                raise UsageError(where, f"{analysis}: expected {self.type.__name__}, got {text!r}") from None
+        if value is None and self.default is None:
+            return None
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise UsageError(where, f"{analysis}: expected {self.type.__name__}, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise UsageError(where, f"{analysis}: {value!r} is not one of {', '.join(map(str, self.choices))}")
+        if self.min is not None and value < self.min:
+            raise UsageError(where, f"{analysis}: must be >= {self.min}, got {value}")
+        if self.max is not None and value > self.max:
+            raise UsageError(where, f"{analysis}: must be <= {self.max}, got {value}")
+        return value
+
+
+def _scalar_type(hint: Any, analysis: str, name: str) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    t = args[0] if args else hint
+    if t not in (int, float, str, bool):
+        raise ValueError(f"analysis {analysis!r}: parameter {name!r} must be int, float, str or bool (or Optional of one)")
+    return t
+
+
+def params_dict(params: Any) -> dict[str, Any]:
+    """The parameters with defaults filled, as plain JSON-able values (part of the cache key)."""
+    return dataclasses.asdict(params)
+
+
+def split_params(pairs: list[str], analyses: list[Analysis]) -> dict[str, dict[str, str]]:
+    """Route `--param k=v` / `--param analysis.k=v` to the analyses that declare `k`."""
+    out: dict[str, dict[str, str]] = {a.name: {} for a in analyses}
+    by_name = {a.name: a for a in analyses}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError("--param", f"expected KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        key = key.strip()
+        target, _, pname = key.rpartition(".") if "." in key and key.split(".", 1)[0] in by_name else ("", "", key)
+        if target:
+            out[target][pname] = value
+            continue
+        takers = [a.name for a in analyses if pname in {s.name for s in a.param_specs()}]
+        if not takers:
+            known = "; ".join(f"{a.name}: {', '.join(s.name for s in a.param_specs()) or 'none'}" for a in analyses)
+            raise UsageError("--param", f"no selected analysis has a parameter {pname!r} ({known})")
+        for t in takers:
+            out[t][pname] = value
+    return out

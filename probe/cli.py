@@ -1,0 +1,217 @@
+"""The `probe` command line: parse, then delegate. No torch import at start-up.
+
+Each command lives with the code it drives (train.py, analyze.py, sweep.py, ...);
+this module only turns options into calls and `ProbeError`s into one-line errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import FIELDS, TrainConfig, field_type, flag
+from .errors import ProbeError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class ProbeGroup(click.Group):
+    """Turns ProbeError into `error: ...` on one line with its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ProbeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=ProbeGroup, context_settings=CONTEXT)
+@click.version_option(package_name="probe-cnn", prog_name="probe")
+def cli() -> None:
+    """Train a CNN on CIFAR-10, keep everything it produced, and analyse it offline.
+
+    \b
+    probe train --run-dir runs/base --data ../shared/data/cifar10
+    probe analyze runs/base --plugin filters --epochs 0,5,last
+    probe plugins --verbose
+    """
+
+
+def config_options(fn: Callable) -> Callable:
+    """One option per TrainConfig field, named like the field (--batch-size, --augment/--no-augment...)."""
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        typ, meta = field_type(f), f.metadata
+        default = f.default if f.default is not None else None
+        shown = f" [default: {', '.join(default) if isinstance(default, tuple) else default}]" if default not in (None, ()) else ""
+        help_text = meta["help"] + shown
+        name = flag(f.name)
+        if typ is bool:
+            decl = [f"{name}/--no-{name[2:]}"]
+            opt = click.option(*decl, f.name, default=None, help=help_text)
+        elif "choices" in meta:
+            choice_type = click.Choice([str(c) for c in meta["choices"]], case_sensitive=True)
+            opt = click.option(name, f.name, type=choice_type, default=None, help=help_text)
+        elif typ is tuple:
+            opt = click.option(name, f.name, default=None, help=help_text, metavar="LAYERS")
+        else:
+            opt = click.option(name, f.name, type=typ, default=None, help=help_text)
+        fn = opt(fn)
+    return fn
+
+
+def _overrides(kw: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, value in kw.items():
+        if value is None:
+            continue
+        f = FIELDS[name]
+        if name == "model_depth":
+            value = int(value)
+        elif field_type(f) is tuple:
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        out[name] = value
+    return out
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Where the run directory is written.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of config keys; flags override it.")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last complete epoch.")
+@click.option("--force", is_flag=True, help="Replace an existing run in --run-dir.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@config_options
+def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quiet: bool, **kw: Any) -> None:
+    """Train a CNN and write a self-contained run directory.
+
+    Defaults are the course notebook's CONFIG. Every option is also a key of the
+    --config TOML file (underscores or dashes). With --resume, the stored config is
+    used and only --epochs may change.
+    """
+    from .config import load_toml, make_config
+    from .errors import UsageError
+
+    overrides = _overrides(kw)
+    if resume:
+        extra = sorted(set(overrides) - {"epochs", "device"}) + (["--config"] if config_file else [])
+        if extra:
+            raise UsageError("--resume", f"continues the stored config; only --epochs/--device may change (got {', '.join(flag(e) if not e.startswith('--') else e for e in extra)})")
+    file_values = load_toml(config_file) if config_file else {}
+    try:
+        cfg = make_config(file_values, overrides)
+    except TypeError as exc:
+        raise UsageError("--config", str(exc)) from None
+    from .train import train as run_training
+
+    if resume:
+        from pathlib import Path
+
+        from .config import from_dict
+        from .rundir import CONFIG, Run
+
+        if not (Path(run_dir) / CONFIG).is_file():
+            raise UsageError("--resume", f"{run_dir} holds no run to resume (no {CONFIG})")
+        stored = Run(run_dir).config["train"]
+        cfg = from_dict({**stored, **{k: v for k, v in overrides.items()}}, str(Path(run_dir) / CONFIG))
+    path = run_training(run_dir, cfg, resume=resume, force=force, quiet=quiet)
+    if not quiet:
+        click.echo(f"run directory: {path}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--plugin", "-p", "plugins", multiple=True, help="Analysis to run (repeatable). See `probe plugins`.")
+@click.option("--all", "run_all", is_flag=True, help="Run every installed analysis.")
+@click.option("--epochs", "-e", default=None,
+              help="all, last, first, 0,5,last, 2-6 or ::5 [default: all for run-wide analyses, last otherwise].")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Analysis parameter (repeatable); ANALYSIS.KEY=VALUE targets one analysis.")
+@click.option("--force", is_flag=True, help="Recompute even when a cached result matches.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="Only print failures and the summary.")
+def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str | None, params: tuple[str, ...],
+            force: bool, device: str, quiet: bool) -> None:
+    """Run analyses over a saved run, offline.
+
+    Results go to RUN_DIR/analyses/<analysis>/; rerunning with the same inputs and
+    parameters returns the cached result at once. Exits 1 if any analysis failed.
+    """
+    from .analysis import split_params
+    from .analyze import run_analyses
+    from .errors import UsageError
+    from .plugins import registry
+    from .rundir import Run
+
+    reg = registry()
+    Run(run_dir)  # a clear error for a directory that is not a run, before anything else
+    if run_all:
+        plugins = tuple(sorted(reg.analyses))
+    if not plugins:
+        raise UsageError("--plugin", f"name at least one analysis or use --all (installed: {', '.join(sorted(reg.analyses)) or 'none'})")
+    analyses = [reg.get(p) for p in dict.fromkeys(plugins)]
+    routed = split_params(list(params), analyses)
+
+    def report(o) -> None:
+        if o.status == "failed":
+            click.echo(f"FAILED {o.label}: {o.error}", err=True)
+        elif not quiet:
+            click.echo(f"{o.status:>6} {o.label} ({o.seconds:.1f}s) -> {o.path}")
+
+    outcomes = run_analyses(run_dir, [a.name for a in analyses], epochs, routed, device=device, force=force,
+                            quiet=quiet, registry=reg, on_outcome=report)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "cached", "failed")}
+    click.echo(f"{counts['ok']} computed, {counts['cached']} cached, {counts['failed']} failed")
+    if counts["failed"]:
+        click.echo(f"tracebacks: {Path(run_dir) / 'logs'}", err=True)
+        raise SystemExit(1)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--verbose", "-v", is_flag=True, help="Show each analysis's parameters, scope and inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(verbose: bool, as_json: bool) -> None:
+    """List installed plugins, their status and versions, and their analyses."""
+    import json as _json
+
+    from .analyze import describe
+    from .plugins import registry
+
+    reg = registry()
+    if as_json:
+        click.echo(_json.dumps({
+            "plugins": [dataclasses.asdict(p) for p in reg.plugins.values()],
+            "analyses": [describe(a) for a in reg.analyses.values()],
+        }, indent=2, default=str))
+        return
+    for info in reg.plugins.values():
+        version = f" {info.version}" if info.version else ""
+        click.echo(f"{info.name} [{info.status}] {info.dist}{version}")
+        if info.error:
+            click.echo(f"    error: {info.error}")
+        for name in info.analyses:
+            a = reg.analyses[name]
+            click.echo(f"    {a.name}: {a.summary}")
+            if verbose:
+                click.echo(f"        scope: {a.scope}; needs: {', '.join(sorted(a.needs))}; version {a.version}")
+                for spec in a.param_specs():
+                    click.echo(f"        --param {spec.describe()}")
+        for cmd in info.commands:
+            click.echo(f"    command: probe {cmd}")
+    if not reg.plugins:
+        click.echo("no plugins installed")
+
+
+def main() -> None:
+    from .plugins import add_plugin_commands
+
+    add_plugin_commands(cli)
+    cli(prog_name="probe")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""`probe compare`: one table and a few plots across runs or whole sweeps.
+
+The table (printed, and written as table.csv) has, per run, the final and best
+validation accuracy, the epoch of the best, training accuracy, the generalisation
+gap, analysis scalars such as the top Hessian eigenvalue and sharpness where they
+were computed, a stability verdict and the training wall time.
+
+Plots are chosen from what was swept, not from a study's name:
+  curves.png         the --metric per epoch, overlaid, grouped by the swept keys
+  loss_grid.png      with lr and optimizer swept: loss curves per (optimizer, lr)
+  regularizers.png   with dropout, weight_decay or augment swept: accuracy, gap
+                     and sharpness against each regulariser
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import atomic
+from .errors import ProbeError, UsageError
+
+REGULARIZERS = ("dropout", "weight_decay", "augment")
+# Stability verdicts, from the per-epoch metrics (see `stability`).
+DIVERGED, OSCILLATING, CONVERGED = "diverged", "oscillating", "converged"
+NO_PROGRESS = 0.98  # final train loss >= 98% of the loss at initialisation: it did not learn
+LOSS_RISE = 0.02  # an epoch whose train loss is 2% above the previous one's
+ACC_DROP = 0.05  # or whose validation accuracy is 5 points below the previous one's
+
+
+@dataclass
+class RunRow:
+    """One run, as the table and the plots see it."""
+
+    path: Path
+    label: str
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    scalars: dict[str, float] = field(default_factory=dict)
+    state: str = "finished"
+    error: str = ""
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(epochs, values) of one metric; missing or non-finite values become NaN."""
+        xs, ys = [], []
+        for m in self.metrics:
+            if key in m:
+                xs.append(m["epoch"])
+                ys.append(_num(m[key]))
+        return xs, ys
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+# --- reading runs and sweeps ------------------------------------------------------------------------------
+
+def analysis_scalars(run_dir: Path) -> dict[str, float]:
+    """Scalars the analyses stored for this run (`probe.results.scalars`), if available."""
+    try:
+        from .results import scalars
+    except ImportError:
+        return {}
+    return {k: v for k, v in scalars(run_dir).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def read_run(path: Path, label: str) -> RunRow:
+    from .rundir import Run
+
+    run = Run(path)
+    cfg = run.config["train"]
+    metrics = run.metrics()
+    last = metrics[-1]["epoch"] if metrics else -1
+    state = "finished" if last >= cfg.get("epochs", 0) else f"partial ({max(last, 0)}/{cfg.get('epochs')} epochs)"
+    return RunRow(path, label, cfg, metrics, analysis_scalars(path), state)
+
+
+def read_sweep(sweep_dir: Path) -> tuple[list[RunRow], list[str]]:
+    """The runs of a sweep in grid order (failed ones included), and its swept keys."""
+    from .sweep import SWEEP_FILE, read_status
+
+    try:
+        d = json.loads((sweep_dir / SWEEP_FILE).read_text())
+        points, keys = d["points"], list(d["grid"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ProbeError(f"{sweep_dir / SWEEP_FILE}: not a readable sweep file ({exc})") from None
+    status = read_status(sweep_dir)
+    rows = []
+    for p in points:
+        name, run_dir = p["name"], sweep_dir / p["name"]
+        st = status.get(name, {})
+        if (run_dir / "config.json").is_file():
+            row = read_run(run_dir, name)
+        else:
+            row = RunRow(run_dir, name, dict(p["values"]), state="not started")
+        if st.get("state") == "failed":
+            row.state, row.error = "failed", st.get("error", "")
+        rows.append(row)
+    return rows, keys
+
+
+def collect(paths: Sequence[str]) -> tuple[list[RunRow], list[str]]:
+    """Runs from every path (a sweep directory or a run directory) and the keys that vary."""
+    from .sweep import SWEEP_FILE
+
+    rows: list[RunRow] = []
+    keys: list[str] = []
+    multiple = len(paths) > 1
+    for p in paths:
+        path = Path(p)
+        if (path / SWEEP_FILE).is_file():
+            sweep_rows, sweep_keys = read_sweep(path)
+            if multiple:
+                for r in sweep_rows:
+                    r.label = f"{path.name}/{r.label}"
+            rows += sweep_rows
+            keys += [k for k in sweep_keys if k not in keys]
+        else:
+            rows.append(read_run(path, str(p)))
+    if not rows:
+        raise UsageError("PATH", "no runs found")
+    # Keys that differ between the runs, beyond the grids (e.g. runs trained by hand).
+    for key in rows[0].config:
+        if key not in keys and key not in ("data", "device") and len({json.dumps(r.config.get(key)) for r in rows}) > 1:
+            keys.append(key)
+    return rows, keys
+
+
+# --- what the table says about a run ---------------------------------------------------------------------
+
+def stability(metrics: list[dict[str, Any]]) -> str:
+    """diverged, oscillating or converged, from the per-epoch training loss and val accuracy.
+
+    diverged:    a loss became non-finite, or the final training loss is no lower
+                 than 98% of the loss at initialisation (it never learned).
+    oscillating: it learned, but the training loss rose by more than 2% from one
+                 epoch to the next, or validation accuracy fell by more than 5 points.
+    converged:   neither: the losses went down steadily.
+    """
+    trained = [m for m in metrics if m.get("epoch", 0) > 0]
+    if not trained:
+        return ""
+    values = [m.get(k) for m in metrics for k in ("train_loss", "val_loss") if k in m]
+    if any(not math.isfinite(_num(v)) for v in values):
+        return DIVERGED
+    start = _num(metrics[0].get("val_loss")) if metrics[0].get("epoch") == 0 else math.log(10)
+    losses = [_num(m["train_loss"]) for m in trained]
+    if losses[-1] >= NO_PROGRESS * start:
+        return DIVERGED
+    accs = [_num(m.get("val_acc")) for m in trained]
+    if any(b > a * (1 + LOSS_RISE) for a, b in zip(losses, losses[1:], strict=False)) or any(a - b > ACC_DROP for a, b in zip(accs, accs[1:], strict=False)):
+        return OSCILLATING
+    return CONVERGED
+
+
+def summarize(row: RunRow) -> dict[str, Any]:
+    """The table's numbers for one run (NaN where there is nothing to show)."""
+    trained = [m for m in row.metrics if "val_acc" in m]
+    out: dict[str, Any] = {"final_val_acc": math.nan, "best_val_acc": math.nan, "best_epoch": None,
+                           "final_train_acc": math.nan, "gap": math.nan, "final_train_loss": math.nan}
+    if trained:
+        last = trained[-1]
+        best = max(trained, key=lambda m: _num(m["val_acc"]) if math.isfinite(_num(m["val_acc"])) else -1)
+        out.update(final_val_acc=_num(last["val_acc"]), best_val_acc=_num(best["val_acc"]), best_epoch=best["epoch"],
+                   final_train_acc=_num(last.get("train_acc")), final_train_loss=_num(last.get("train_loss")))
+        out["gap"] = out["final_train_acc"] - out["final_val_acc"]
+    out["stability"] = stability(row.metrics)
+    out["train_seconds"] = sum(_num(m.get("epoch_seconds")) for m in row.metrics if math.isfinite(_num(m.get("epoch_seconds"))))
+    return out
+
+
+def hessian_key(names: list[str]) -> str | None:
+    """The analysis scalar shown as the top Hessian eigenvalue."""
+    return _find(names, ("hessian",), ("top", "max", "eig", "lambda"))
+
+
+def sharpness_key(names: list[str]) -> str | None:
+    return _find(names, ("sharp",), ())
+
+
+def _find(names: list[str], must: tuple[str, ...], prefer: tuple[str, ...]) -> str | None:
+    names = [k for k in sorted(names) if any(m in k.lower() for m in must)]
+    preferred = [k for k in names if any(p in k.lower() for p in prefer)]
+    return (preferred or names or [None])[0]
+
+
+def table(rows: list[RunRow], keys: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and one record per run: swept values, summary numbers, every analysis scalar."""
+    scalar_names = sorted({k for r in rows for k in r.scalars})
+    columns = ["run", *keys, "state", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "gap",
+               "final_train_loss", *scalar_names, "stability", "train_seconds", "error"]
+    records = []
+    for r in rows:
+        rec = {"run": r.label, **{k: r.config.get(k) for k in keys}, "state": r.state, **summarize(r),
+               **{k: r.scalars.get(k, math.nan) for k in scalar_names}, "error": r.error}
+        records.append(rec)
+    return columns, records
+
+
+def scalar_columns(columns: list[str], keys: list[str]) -> list[str]:
+    """The table's analysis-scalar columns (between final_train_loss and stability)."""
+    return columns[columns.index("final_train_loss") + 1 : columns.index("stability")]
+
+
+def format_cell(v: Any, col: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        if col in ("final_val_acc", "best_val_acc", "final_train_acc", "gap"):
+            return f"{v:.3f}"
+        if col == "train_seconds":
+            return f"{v:.0f}s"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render(columns: list[str], records: list[dict[str, Any]], keys: list[str], show_run: bool = False) -> str:
+    """A plain fixed-width table for the terminal (the CSV has every column)."""
+    scalars = scalar_columns(columns, keys)
+    hessian, sharp = hessian_key(scalars), sharpness_key(scalars)
+    short = {"final_val_acc": "val_acc", "best_val_acc": "best_val", "best_epoch": "@epoch",
+             "final_train_acc": "train_acc", "train_seconds": "time"}
+    if hessian:
+        short[hessian] = "top_eig"
+    if sharp:
+        short[sharp] = "sharpness"
+    shown = [*(["run"] if show_run or not keys else []), *keys, "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "gap",
+             *[c for c in (hessian, sharp) if c], "stability", "train_seconds"]
+    if any(r["state"] != "finished" for r in records):
+        shown.append("state")
+    cells = [[short.get(c, c) for c in shown]] + [[format_cell(r.get(c), c) for c in shown] for r in records]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(shown))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def to_csv(columns: list[str], records: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({c: "" if isinstance(r.get(c), float) and math.isnan(r[c]) else r.get(c) for c in columns})
+    return buf.getvalue()
+
+
+def stability_summary(records: list[dict[str, Any]], keys: list[str]) -> str:
+    """optimizer x lr: the verdicts of the runs in each cell (e.g. over depths)."""
+    if "optimizer" not in keys or "lr" not in keys:
+        return ""
+    opts = _unique(r["optimizer"] for r in records)
+    lrs = sorted(_unique(r["lr"] for r in records))
+    letter = {DIVERGED: "D", OSCILLATING: "O", CONVERGED: "C", "": "-"}
+    rest = [k for k in keys if k not in ("optimizer", "lr")]
+    head = ["optimizer \\ lr", *[format_value(lr) for lr in lrs]]
+    cells = [head]
+    for opt in opts:
+        line = [opt]
+        for lr in lrs:
+            rs = [r for r in records if r["optimizer"] == opt and r["lr"] == lr]
+            line.append("".join(letter.get(r["stability"], "?") for r in rs) or " ")
+        cells.append(line)
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    out = ["  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip() for c in cells]
+    order = f" (one letter per run, in order of {', '.join(rest)})" if rest else ""
+    return "\n".join(["stability: C converged, O oscillating, D diverged" + order, *out])
+
+
+def format_value(v: Any) -> str:
+    from .sweep import format_value as fmt
+
+    return fmt(v)
+
+
+def _unique(values: Any) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+# --- plots -----------------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    _pyplot().close(fig)
+
+
+def _styles(values: list[Any], kind: str) -> dict[str, Any]:
+    if kind == "color":
+        import matplotlib
+
+        cmap = matplotlib.colormaps["viridis" if len(values) > 4 else "tab10"]
+        n = max(1, len(values) - 1)
+        return {json.dumps(v): (cmap(i / n) if len(values) > 4 else cmap(i)) for i, v in enumerate(values)}
+    dashes = ["-", "--", ":", "-."]
+    return {json.dumps(v): dashes[i % len(dashes)] for i, v in enumerate(values)}
+
+
+def _sorted_values(rows: list[RunRow], key: str) -> list[Any]:
+    vals = _unique(r.config.get(key) for r in rows)
+    try:
+        return sorted(vals)
+    except TypeError:
+        return vals
+
+
+def plot_curves(rows: list[RunRow], keys: list[str], metric: str, path: Path) -> bool:
+    """`metric` per epoch: a panel per value of the first key, color and dashes for the next two."""
+    rows = [r for r in rows if r.series(metric)[0]]
+    if not rows:
+        return False
+    plt = _pyplot()
+    panel_key = keys[0] if len(keys) >= 2 else None
+    color_key = keys[1] if len(keys) >= 2 else (keys[0] if keys else None)
+    dash_key = keys[2] if len(keys) >= 3 else None
+    panels = _sorted_values(rows, panel_key) if panel_key else [None]
+    colors = _styles(_sorted_values(rows, color_key), "color") if color_key else {}
+    dashes = _styles(_sorted_values(rows, dash_key), "dash") if dash_key else {}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False)
+    for ax, pv in zip(axes[0], panels, strict=True):
+        for r in rows:
+            if panel_key and r.config.get(panel_key) != pv:
+                continue
+            xs, ys = r.series(metric)
+            label = ", ".join(f"{k}={format_value(r.config.get(k))}" for k in keys if k != panel_key) or r.label
+            ax.plot(xs, ys, label=label, lw=1.4,
+                    color=colors.get(json.dumps(r.config.get(color_key))) if color_key else None,
+                    linestyle=dashes.get(json.dumps(r.config.get(dash_key)), "-") if dash_key else "-")
+        ax.set_title(f"{panel_key}={format_value(pv)}" if panel_key else metric)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric)
+    if metric.endswith("loss"):
+        for ax in axes[0]:
+            ax.set_yscale("log")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    _save(fig, path)
+    return True
+
+
+def plot_loss_grid(rows: list[RunRow], keys: list[str], records: list[dict[str, Any]], path: Path) -> bool:
+    """Optimisation study: training (solid) and validation (dashed) loss, optimizer x lr."""
+    if "optimizer" not in keys or "lr" not in keys:
+        return False
+    rows = [r for r in rows if r.metrics]
+    if not rows:
+        return False
+    plt = _pyplot()
+    opts, lrs = _unique(r.config["optimizer"] for r in rows), sorted(_unique(r.config["lr"] for r in rows))
+    rest = [k for k in keys if k not in ("optimizer", "lr")]
+    colors = _styles(_sorted_values(rows, rest[0]), "color") if rest else {}
+    verdict = {r["run"]: r["stability"] for r in records}
+    fig, axes = plt.subplots(len(opts), len(lrs), figsize=(3.6 * len(lrs), 2.8 * len(opts)), sharex=True, sharey=True, squeeze=False)
+    for i, opt in enumerate(opts):
+        for j, lr in enumerate(lrs):
+            ax = axes[i][j]
+            for r in rows:
+                if r.config["optimizer"] != opt or r.config["lr"] != lr:
+                    continue
+                c = colors.get(json.dumps(r.config.get(rest[0]))) if rest else None
+                label = ", ".join(f"{k}={format_value(r.config.get(k))}" for k in rest) or r.label
+                ax.plot(*_finite(r.series("train_loss")), color=c, lw=1.4, label=f"{label} ({verdict.get(r.label, '')})")
+                ax.plot(*_finite(r.series("val_loss")), color=c, lw=1.0, linestyle="--")
+            ax.set_title(f"{opt}, lr={format_value(lr)}", fontsize=9)
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=6, loc="upper right")
+            if i == len(opts) - 1:
+                ax.set_xlabel("epoch")
+            if j == 0:
+                ax.set_ylabel("loss (solid train, dashed val)")
+    _save(fig, path)
+    return True
+
+
+def _finite(series: tuple[list[int], list[float]]) -> tuple[list[int], list[float]]:
+    xs, ys = series
+    keep = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y) and y > 0]
+    return [x for x, _ in keep], [y for _, y in keep]
+
+
+def plot_regularizers(columns: list[str], keys: list[str], records: list[dict[str, Any]], path: Path) -> bool:
+    """Regularisation study: final val accuracy, gap and sharpness against each regulariser."""
+    regs = [k for k in keys if k in REGULARIZERS]
+    if not regs:
+        return False
+    plt = _pyplot()
+    sharp = sharpness_key(scalar_columns(columns, keys))
+    panels = [("final_val_acc", "final val accuracy"), ("gap", "train - val accuracy")]
+    if sharp:
+        panels.append((sharp, sharp))
+    fig, axes = plt.subplots(len(regs), len(panels), figsize=(3.8 * len(panels), 2.9 * len(regs)), squeeze=False)
+    for i, reg in enumerate(regs):
+        values = _unique(r[reg] for r in records)
+        try:
+            values = sorted(values)
+        except TypeError:
+            pass
+        others = [k for k in keys if k != reg]
+        for j, (col, title) in enumerate(panels):
+            ax = axes[i][j]
+            means = []
+            for x, v in enumerate(values):
+                ys = [_num(r[col]) for r in records if r[reg] == v and math.isfinite(_num(r[col]))]
+                ax.scatter([x] * len(ys), ys, s=14, alpha=0.6, color="tab:blue")
+                means.append(sum(ys) / len(ys) if ys else math.nan)
+            ax.plot(range(len(values)), means, color="black", lw=1.5, marker="o", label="mean")
+            ax.set_xticks(range(len(values)), [format_cell(v, reg) if isinstance(v, bool) else format_value(v) for v in values])
+            ax.set_xlabel(reg)
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+            if j == 0 and others:
+                ax.text(0.02, 0.02, f"dots: runs over {', '.join(others)}", transform=ax.transAxes, fontsize=6, alpha=0.7)
+    _save(fig, path)
+    return True
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, echo: Callable[[str], None] = click.echo) -> list[Path]:
+    """Print the table; write table.csv and the plots into `out`; return the files written."""
+    from .sweep import SWEEP_FILE
+
+    rows, keys = collect(paths)
+    known = {k for r in rows for m in r.metrics for k in m}
+    if known and metric not in known:
+        raise UsageError("--metric", f"{metric!r} is not a per-epoch metric of these runs (have: {', '.join(sorted(known))})")
+    columns, records = table(rows, keys)
+    echo(render(columns, records, keys, show_run=not all((Path(p) / SWEEP_FILE).is_file() for p in paths)))
+    summary = stability_summary(records, keys)
+    if summary:
+        echo("")
+        echo(summary)
+    written: list[Path] = []
+    if out is None:
+        return written
+    atomic.write_text(out / "table.csv", to_csv(columns, records))
+    written.append(out / "table.csv")
+    if plots:
+        for name, draw in (
+            ("curves.png", lambda p: plot_curves(rows, keys, metric, p)),
+            ("loss_grid.png", lambda p: plot_loss_grid(rows, keys, records, p)),
+            ("regularizers.png", lambda p: plot_regularizers(columns, keys, records, p)),
+        ):
+            if draw(out / name):
+                written.append(out / name)
+    return written
+
+
+@click.command("compare", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--metric", default="val_acc", show_default=True, help="Per-epoch metric drawn in curves.png.")
+@click.option("--out", type=click.Path(file_okay=False), help="Where table.csv and the plots go [default: SWEEP/compare for one sweep, else ./compare].")
+@click.option("--no-plots", is_flag=True, help="Only the table and table.csv.")
+def compare_command(paths: tuple[str, ...], metric: str, out: str | None, no_plots: bool) -> None:
+    """Compare runs and sweeps: a table of accuracies, gap, sharpness and stability, and plots.
+
+    \b
+    probe compare sweeps/opt
+    probe compare runs/a runs/b runs/c --metric val_acc
+    """
+    from .sweep import SWEEP_FILE
+
+    if out is None:
+        one_sweep = len(paths) == 1 and (Path(paths[0]) / SWEEP_FILE).is_file()
+        out = str(Path(paths[0]) / "compare") if one_sweep else "compare"
+    written = compare(paths, Path(out), metric, plots=not no_plots)
+    click.echo("")
+    click.echo("wrote " + ", ".join(str(p) for p in written))

@@ -1,0 +1,168 @@
+"""The training configuration: one dataclass, every field a CLI flag and a TOML key.
+
+Defaults are the course notebook's CONFIG (batch 128, val batch 256, 30 epochs, a
+10,000-image training subset, lr 0.01, momentum 0.9, no weight decay, plain SGD,
+depth 4, no dropout, augmentation on, seed 42). `probe train --help` is generated
+from the field metadata below, so the help text and the config file cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from .errors import UsageError
+
+OPTIMIZERS = ("SGD", "SGD_mom", "Adam", "AdamW")
+SCHEDULES = ("constant", "cosine", "step")
+DEPTHS = (2, 4, 8)
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (the run directory is not part of it)."""
+
+    data: str | None = _f(None, "Directory with train/ and test/ class folders (else $PROBE_DATA, else download CIFAR-10 with torchvision).")
+    epochs: int = _f(30, "Training epochs (epoch 0 is the initialisation).", min=0)
+    batch_size: int = _f(128, "Training mini-batch size.", min=1)
+    val_batch_size: int = _f(256, "Validation batch size.", min=1)
+    subset_train_size: int = _f(10_000, "Seeded random subset of the 50,000 training images (0 = all).", min=0)
+    optimizer: str = _f("SGD", "Optimizer.", choices=OPTIMIZERS)
+    lr: float = _f(0.01, "Learning rate.", min_excl=0.0)
+    momentum: float = _f(0.9, "Momentum (used by SGD_mom).", min=0.0)
+    weight_decay: float = _f(0.0, "Weight decay (decoupled for AdamW).", min=0.0)
+    schedule: str = _f("constant", "Learning-rate schedule.", choices=SCHEDULES)
+    step_size: int = _f(10, "Epochs between decays for the step schedule.", min=1)
+    gamma: float = _f(0.1, "Decay factor for the step schedule.", min_excl=0.0)
+    model_depth: int = _f(4, "Number of conv layers.", choices=DEPTHS)
+    base_width: int = _f(32, "Channels of the first conv layer (doubled every two layers).", min=1)
+    target_params: int | None = _f(None, "Pick the base width so the model has about this many parameters.", min=1)
+    dropout: float = _f(0.0, "Dropout probability after each block and in the classifier.", min=0.0, max_excl=1.0)
+    augment: bool = _f(True, "Random crop (4-pixel padding) and horizontal flip, batch-wise on the device.")
+    seed: int = _f(42, "Seed for the subset, the probe set, initialisation, shuffling and augmentation.")
+    device: str = _f("auto", "Training device.", choices=DEVICES)
+    precision: str = _f("fp32", "Training precision (bf16 = autocast; checkpoints stay float32).", choices=PRECISIONS)
+    channels_last: bool = _f(True, "Use the channels-last memory format for convolutions.")
+    probe_set_size: int = _f(1000, "Class-stratified validation images whose activations are dumped each epoch.", min=10)
+    analysis_batch_size: int = _f(1024, "Un-augmented training images stored for offline loss-based analyses.", min=1)
+    full_maps: tuple[str, ...] = _f((), "Layers whose full feature maps are dumped (comma-separated; pooled channels are always dumped).")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_value(f, getattr(self, f.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["full_maps"] = list(self.full_maps)
+        return d
+
+    def hash(self) -> str:
+        """A short, stable fingerprint of everything that changes the trained weights."""
+        d = self.to_dict()
+        for k in ("device",):  # where it ran does not change what was asked for
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The scalar type of a config field (its annotation is a string)."""
+    t = str(f.type)
+    for name, typ in (("bool", bool), ("int", int), ("float", float), ("tuple", tuple), ("str", str)):
+        if t.startswith(name):
+            return typ
+    raise TypeError(t)
+
+
+def check_value(f: dataclasses.Field, value: Any) -> None:
+    """Raise a one-line UsageError naming the option when `value` is not allowed."""
+    opt = flag(f.name)
+    typ = field_type(f)
+    if value is None:
+        if "None" in str(f.type):
+            return
+        raise UsageError(opt, "a value is required")
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is tuple:
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise UsageError(opt, "expected a list of layer names")
+        return
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise UsageError(opt, f"expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    m = f.metadata
+    if "choices" in m and value not in m["choices"]:
+        raise UsageError(opt, f"{value!r} is not one of {', '.join(map(str, m['choices']))}")
+    if "min" in m and value < m["min"]:
+        raise UsageError(opt, f"must be >= {m['min']}, got {value}")
+    if "min_excl" in m and value <= m["min_excl"]:
+        raise UsageError(opt, f"must be > {m['min_excl']}, got {value}")
+    if "max_excl" in m and value >= m["max_excl"]:
+        raise UsageError(opt, f"must be < {m['max_excl']}, got {value}")
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """Convert a TOML/JSON value to the field's type, or raise naming `source`."""
+    if name not in FIELDS:
+        known = ", ".join(sorted(FIELDS))
+        raise UsageError(source, f"unknown config key {name!r} (known keys: {known})")
+    f = FIELDS[name]
+    typ = field_type(f)
+    if typ is tuple:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif isinstance(value, list):
+            value = tuple(value)
+    elif typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    try:
+        check_value(f, value)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {name}", str(exc).split(": ", 1)[1]) from None
+    return value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into checked field values (flat keys, or a [train] table)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError("--config", f"{path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError("--config", f"{path} is not valid TOML ({exc})") from None
+    if "train" in raw and isinstance(raw["train"], dict):
+        raw = raw["train"]
+    return {k.replace("-", "_"): coerce(k.replace("-", "_"), v, str(path)) for k, v in raw.items()}
+
+
+def make_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the config file, then command-line flags."""
+    values = {**(file_values or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return TrainConfig(**values)
+
+
+def from_dict(d: dict[str, Any], source: str) -> TrainConfig:
+    """Rebuild a config stored in a run (config.json), checking every value."""
+    if not isinstance(d, dict):
+        raise UsageError(source, "expected a JSON object")
+    values = {k: coerce(k, v, source) for k, v in d.items()}
+    return TrainConfig(**values)

@@ -1,0 +1,189 @@
+"""Reading a run directory. The format itself is documented in docs/run-directory.md.
+
+A run directory is self-contained: its config, the per-epoch checkpoints (epoch 0
+is the initialisation), per-epoch activation dumps of the probe set, the stored
+probe set and analysis batch, and the metrics. An epoch is *complete* when its
+checkpoint exists: the checkpoint is renamed into place after that epoch's
+activations, so a reader (an analysis running while training goes on) only ever
+sees finished epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .errors import NotARunError, RunFileError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+ACTIVATIONS = "activations"
+DATA = "data"
+ANALYSES = "analyses"
+PROBE_SET = f"{DATA}/probe_set.safetensors"
+ANALYSIS_BATCH = f"{DATA}/analysis_batch.safetensors"
+_EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.safetensors$")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"{CHECKPOINTS}/epoch_{epoch:04d}.safetensors"
+
+
+def activations_name(epoch: int) -> str:
+    return f"{ACTIVATIONS}/epoch_{epoch:04d}.h5"
+
+
+@dataclass(frozen=True)
+class DataBatch:
+    """Stored images (uint8 NCHW), labels, and their indices in the original split."""
+
+    images: Any
+    labels: Any
+    indices: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalized(self, device: str = "cpu"):
+        """Float32 images normalised as in training (no augmentation)."""
+        from .data import normalize
+
+        return normalize(self.images.to(device), self.mean, self.std)
+
+
+class Run:
+    """A run directory on disk. Cheap to create; reads lazily."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise NotARunError(self.path, "no such run directory")
+        if not (self.path / CONFIG).is_file():
+            raise NotARunError(self.path, f"not a probe run directory (no {CONFIG}); create one with `probe train --run-dir {self.path}`")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """config.json: {"train": resolved TrainConfig, "model_spec", "versions", "device", ...}."""
+        p = self.path / CONFIG
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunFileError(p, f"unreadable config ({exc})") from None
+        if not isinstance(d, dict) or not isinstance(d.get("train"), dict):
+            raise RunFileError(p, "not a probe config (no 'train' table)")
+        return d
+
+    def train_config(self):
+        from .config import from_dict
+
+        return from_dict(self.config["train"], str(self.path / CONFIG))
+
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.path / checkpoint_name(epoch)
+
+    def activations_path(self, epoch: int) -> Path:
+        return self.path / activations_name(epoch)
+
+    def epochs(self) -> list[int]:
+        """Complete epochs (those with a checkpoint), ascending."""
+        d = self.path / CHECKPOINTS
+        if not d.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in d.iterdir() if (m := _EPOCH_FILE.match(p.name)))
+
+    def select_epochs(self, spec: str) -> list[int]:
+        """Parse `all`, `last`, `0,5,last`, `2-6` or `::5` against the complete epochs."""
+        from .errors import UsageError
+
+        have = self.epochs()
+        if not have:
+            raise RunFileError(self.path / CHECKPOINTS, "no complete epoch yet")
+        spec = spec.strip()
+        if spec == "all":
+            return have
+        out: list[int] = []
+        for part in spec.split(","):
+            part = part.strip()
+            if part == "last":
+                out.append(have[-1])
+            elif part == "first":
+                out.append(have[0])
+            elif part.startswith("::") and part[2:].isdigit() and int(part[2:]) > 0:
+                step = int(part[2:])
+                out += [e for e in have if e % step == 0 or e == have[-1]]
+            elif re.fullmatch(r"\d+-\d+", part):
+                a, b = map(int, part.split("-"))
+                out += [e for e in have if a <= e <= b]
+            elif part.isdigit():
+                if int(part) not in have:
+                    raise UsageError("--epochs", f"epoch {part} is not complete in {self.path} (complete: {_ranges(have)})")
+                out.append(int(part))
+            else:
+                raise UsageError("--epochs", f"cannot parse {part!r}; use all, last, 0,5,last, 2-6 or ::5")
+        return sorted(set(out))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl, one dict per epoch; a torn last line (a crash mid-write) is skipped."""
+        p = self.path / METRICS
+        if not p.exists():
+            return []
+        rows = []
+        lines = p.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    continue
+                raise RunFileError(p, f"line {i + 1} is not JSON") from None
+            if not isinstance(row, dict) or "epoch" not in row:
+                raise RunFileError(p, f"line {i + 1} is not a metrics record")
+            rows.append(row)
+        return rows
+
+    def _batch(self, rel: str) -> DataBatch:
+        from safetensors.torch import load_file
+
+        from .model import ModelSpec
+
+        p = self.path / rel
+        try:
+            t = load_file(str(p))
+            spec = ModelSpec.from_json(json.dumps(self.config["model_spec"]))
+            return DataBatch(t["images"], t["labels"], t["indices"], spec.mean, spec.std)
+        except FileNotFoundError:
+            raise RunFileError(p, "missing") from None
+        except Exception as exc:
+            raise RunFileError(p, f"damaged ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+
+    def probe_set(self) -> DataBatch:
+        """The fixed, class-stratified validation images whose activations are dumped."""
+        return self._batch(PROBE_SET)
+
+    def analysis_batch(self) -> DataBatch:
+        """The fixed, un-augmented training images for loss-based analyses."""
+        return self._batch(ANALYSIS_BATCH)
+
+    def load_checkpoint(self, epoch: int):
+        from . import checkpoint
+
+        return checkpoint.load(self.checkpoint_path(epoch))
+
+    def model(self, epoch: int, device: str = "cpu"):
+        """A fresh model for `epoch` in eval mode; changing it never changes the file."""
+        return self.load_checkpoint(epoch).build_model(device)
+
+
+def _ranges(epochs: list[int]) -> str:
+    if not epochs:
+        return "none"
+    return f"{epochs[0]}-{epochs[-1]}" if epochs == list(range(epochs[0], epochs[-1] + 1)) else ",".join(map(str, epochs))

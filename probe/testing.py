@@ -1,0 +1,67 @@
+"""Test helpers for probe and for plugin authors: a tiny, real run made in seconds.
+
+Installed as a pytest plugin (entry point `pytest11`), so any test can ask for the
+`probe_run` fixture: a run directory trained for 2 epochs on synthetic CIFAR-shaped
+data with a width-4 CNN, with every file a real run has.
+
+    def test_my_analysis(probe_run):
+        from probe.analyze import run_analyses
+        (outcome,) = run_analyses(probe_run, ["my-analysis"], "last")
+        assert outcome.status == "ok"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TINY = dict(epochs=2, subset_train_size=0, batch_size=32, val_batch_size=64, base_width=4, probe_set_size=40,
+            analysis_batch_size=64, lr=0.05, optimizer="SGD_mom", seed=0, device="cpu")
+
+
+def synthetic_dataset(n_train: int = 320, n_test: int = 120, seed: int = 0, num_classes: int = 10):
+    """CIFAR-shaped uint8 images whose class sets a colour and a stripe pattern, plus noise: learnable in an epoch."""
+    import torch
+
+    from .data import Dataset
+    from .model import CIFAR10_CLASSES
+
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(num_classes, 3, 1, 1, generator=g) * 160 + 40
+    stripes = (torch.arange(32).view(1, 1, 1, 32) % (torch.arange(num_classes).view(-1, 1, 1, 1) + 2) == 0).float() * 50
+
+    def split(n: int):
+        y = torch.arange(n) % num_classes
+        noise = torch.randn(n, 3, 32, 32, generator=g) * 30
+        x = (base[y] + stripes[y] + noise).clamp(0, 255).to(torch.uint8)
+        return x, y
+
+    train_x, train_y = split(n_train)
+    test_x, test_y = split(n_test)
+    return Dataset(train_x, train_y, test_x, test_y, classes=CIFAR10_CLASSES[:num_classes], source="synthetic")
+
+
+def make_tiny_run(run_dir: str | Path, **overrides: Any) -> Path:
+    """Train a tiny run into `run_dir` (about 2-5 s on a laptop CPU)."""
+    from .config import TrainConfig
+    from .train import train
+
+    cfg = TrainConfig(**{**TINY, **overrides})
+    return train(run_dir, cfg, quiet=True, dataset=synthetic_dataset(seed=cfg.seed))
+
+
+@pytest.fixture(scope="session")
+def probe_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("probe-template") / "run")
+
+
+@pytest.fixture
+def probe_run(probe_run_template: Path, tmp_path: Path) -> Path:
+    """A fresh copy of a tiny trained run (epochs 0-2), safe to analyse and modify."""
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(probe_run_template, dst)
+    return dst

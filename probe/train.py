@@ -1,0 +1,355 @@
+"""`probe train`: the training loop and the run directory it writes.
+
+The loop is deliberately plain (nanoGPT / airbench style): data are uint8 tensors
+on the device, a batch is an index, augmentation and normalisation are batched
+tensor ops, and per-step statistics stay on the device until the epoch ends (one
+host sync per epoch, not one per step or per parameter).
+
+Each epoch ends by writing, in this order: the activation dump, the checkpoint
+(with optimizer and RNG states), then metrics.jsonl. Every write is atomic, and the
+checkpoint is what marks an epoch complete, so a crash at any moment loses at most
+the epoch in progress and `--resume` continues bit-for-bit (on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import activations, atomic, checkpoint, data, rundir
+from .config import TrainConfig
+from .errors import ProbeError, RunFileError, UsageError
+from .model import SimpleCNN, count_params, spec_from_config
+
+Log = Callable[[str], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device", "cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: TrainConfig, model: SimpleCNN) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "SGD":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "SGD_mom":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "Adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate for training epoch `epoch` (1-based); a pure function, so resume needs no scheduler state."""
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / max(1, cfg.epochs)))
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** ((epoch - 1) // cfg.step_size)
+    return cfg.lr
+
+
+def rng_states(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    states = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict[str, torch.Tensor], gen: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    gen.set_state(states["data"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+class Trainer:
+    """Holds the tensors, model and optimizer of one run; `fit()` runs the epochs."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, device: torch.device, ds: data.Dataset, log: Log, progress: bool):
+        self.run_dir, self.cfg, self.device, self.log, self.progress = run_dir, cfg, device, log, progress
+        self.spec = spec_from_config(cfg)
+        subset = data.train_subset(ds, cfg.subset_train_size, cfg.seed)
+        self.train_x = ds.train_x[subset].to(device)
+        self.train_y = ds.train_y[subset].to(device)
+        probe_idx = data.stratified(ds.test_y, min(cfg.probe_set_size, len(ds.test_y)), cfg.seed)
+        rest = torch.ones(len(ds.test_y), dtype=torch.bool)
+        rest[probe_idx] = False
+        # The probe set goes first in the validation order: its activations are captured for free.
+        self.val_order = torch.cat([probe_idx, rest.nonzero().flatten()])
+        self.val_x = ds.test_x[self.val_order].to(device)
+        self.val_y = ds.test_y[self.val_order].to(device)
+        self.probe_idx = probe_idx
+        g = torch.Generator().manual_seed(cfg.seed + 2)
+        self.analysis_idx = torch.randperm(len(subset), generator=g)[: cfg.analysis_batch_size].sort().values
+        self.analysis_src = subset[self.analysis_idx]
+        self.ds = ds
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        torch.manual_seed(cfg.seed)
+        self.model = self.spec.build().to(device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt = make_optimizer(cfg, self.model)
+        self.params = [p for p in self.model.parameters()]
+
+    # --- the first epoch: what is stored once ---------------------------------------------------
+    def write_static(self, resolved: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        config = {
+            "format": "probe-run/1",
+            "train": self.cfg.to_dict(),
+            "model_spec": json.loads(self.spec.to_json()),
+            "num_params": count_params(self.spec),
+            "config_hash": self.cfg.hash(),
+            "data_source": self.ds.source,
+            "classes": list(self.ds.classes),
+            **resolved,
+        }
+        atomic.write_json(self.run_dir / rundir.CONFIG, config)
+        for rel, x, y, idx in (
+            (rundir.PROBE_SET, self.ds.test_x[self.probe_idx], self.ds.test_y[self.probe_idx], self.probe_idx),
+            (rundir.ANALYSIS_BATCH, self.ds.train_x[self.analysis_src], self.ds.train_y[self.analysis_src], self.analysis_src),
+        ):
+            tensors = {"images": x.contiguous(), "labels": y.contiguous(), "indices": idx.contiguous()}
+            atomic.write_with(self.run_dir / rel, lambda tmp, t=tensors: save_file(t, str(tmp)))
+
+    # --- one epoch ----------------------------------------------------------------------------------
+    def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = data.normalize(x_uint8, self.spec.mean, self.spec.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def _autocast(self):
+        enabled = self.cfg.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, model, opt = self.cfg, self.model, self.opt
+        lr = lr_at(cfg, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        n = self.train_x.shape[0]
+        perm = torch.randperm(n, generator=self.gen).to(self.device)
+        zero = torch.zeros((), device=self.device)
+        loss_sum, correct, gn_sum, gn_max, ratio_sum = zero.clone(), zero.clone(), zero.clone(), zero.clone(), zero.clone()
+        steps = range(0, n, cfg.batch_size)
+        bar = _bar(steps, f"epoch {epoch}/{cfg.epochs}", self.progress)
+        for start in bar:
+            idx = perm[start : start + cfg.batch_size]
+            xb = self.train_x[idx]
+            if cfg.augment:
+                xb = data.augment(xb, self.gen)
+            x, y = self._input(xb), self.train_y[idx]
+            with self._autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad for p in self.params if p.grad is not None]
+            gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            before = torch._foreach_mul(self.params, 1.0)
+            opt.step()
+            with torch.no_grad():
+                delta = torch._foreach_sub(self.params, before)
+                ratio = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta))) / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
+                b = y.shape[0]
+                loss_sum += loss.detach() * b
+                correct += (logits.argmax(1) == y).sum()
+                gn_sum += gn
+                gn_max = torch.maximum(gn_max, gn)
+                ratio_sum += ratio
+        nsteps = len(steps)
+        stats = torch.stack([loss_sum / n, correct / n, gn_sum / nsteps, gn_max, ratio_sum / nsteps]).tolist()
+        return {"train_loss": stats[0], "train_acc": stats[1], "grad_norm_mean": stats[2], "grad_norm_max": stats[3],
+                "update_ratio": stats[4], "lr": lr}
+
+    @torch.no_grad()
+    def validate(self, recorder: activations.ActivationRecorder) -> dict[str, float]:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        n = self.val_x.shape[0]
+        for start in range(0, n, self.cfg.val_batch_size):
+            x = self._input(self.val_x[start : start + self.cfg.val_batch_size])
+            y = self.val_y[start : start + self.cfg.val_batch_size]
+            with self._autocast():
+                logits = self.model(x).float()
+            recorder.after_batch(logits)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        return {"val_loss": loss_sum.item() / n, "val_acc": correct.item() / n}
+
+    def weight_norm(self) -> float:
+        with torch.no_grad():
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params))).item()
+
+    def finish_epoch(self, epoch: int, metrics: dict[str, Any], t0: float) -> dict[str, Any]:
+        """Validate (recording activations), then write dump, checkpoint and metrics, in that order."""
+        t_val = time.perf_counter()
+        recorder = activations.ActivationRecorder(self.model, self.model.recorded_layers, self.cfg.full_maps, len(self.probe_idx))
+        try:
+            metrics.update(self.validate(recorder))
+        finally:
+            recorder.close()
+        metrics["val_seconds"] = time.perf_counter() - t_val
+        metrics["weight_norm"] = self.weight_norm()
+        recorder.write(self.run_dir / rundir.activations_name(epoch), epoch)
+        metrics["epoch_seconds"] = time.perf_counter() - t0  # checkpoint's own copy: before its write
+        checkpoint.save(self.run_dir / rundir.checkpoint_name(epoch), epoch=epoch, model=self.model, metrics=metrics,
+                        config_hash=self.cfg.hash(), optimizer=self.opt, rng=rng_states(self.gen))
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        return metrics
+
+    def fit(self, start_epoch: int, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            metrics: dict[str, Any] = {"epoch": epoch}
+            if epoch > 0:
+                metrics.update(self.train_epoch(epoch))
+                metrics["train_seconds"] = time.perf_counter() - t0
+                metrics["images_per_second"] = self.train_x.shape[0] / metrics["train_seconds"]
+            self.finish_epoch(epoch, metrics, t0)
+            if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
+                self.log(f"warning: epoch {epoch} has non-finite metrics (training diverged?)")
+            history = [h for h in history if h["epoch"] < epoch] + [metrics]
+            write_metrics(self.run_dir, history)
+            self.log(summary_line(metrics, cfg.epochs))
+        return history
+
+
+def _bar(it, label: str, show: bool):
+    if not show:
+        return it
+    import click
+
+    return click.progressbar(it, label=label, file=sys.stderr, show_pos=True)
+
+
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl whole and atomically (it is tiny), so it is never torn by us."""
+    lines = [json.dumps({k: _jsonable(v) for k, v in row.items()}, sort_keys=True) for row in history]
+    atomic.write_text(run_dir / rundir.METRICS, "\n".join(lines) + "\n")
+
+
+def _jsonable(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def summary_line(m: dict[str, Any], epochs: int) -> str:
+    if m["epoch"] == 0:
+        return f"epoch 0/{epochs} (init)  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  {m['epoch_seconds']:.1f}s"
+    return (f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
+            f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  grad {m['grad_norm_mean']:.3f}  "
+            f"lr {m['lr']:.4g}  {m['epoch_seconds']:.1f}s ({m['images_per_second']:.0f} img/s)")
+
+
+# --- preparing, resuming ----------------------------------------------------------------------------
+
+def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to overwrite or to resume the wrong thing, before anything is written."""
+    if resume and force:
+        raise UsageError("--resume", "--resume and --force contradict each other; pick one")
+    exists = run_dir.exists() and any(run_dir.iterdir()) if run_dir.is_dir() else run_dir.exists()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError("--run-dir", f"{run_dir} exists and is not a directory")
+    if resume:
+        if not (run_dir / rundir.CONFIG).is_file():
+            raise UsageError("--resume", f"{run_dir} holds no run to resume (no {rundir.CONFIG})")
+    elif exists:
+        if not force:
+            raise UsageError("--run-dir", f"{run_dir} already exists; use --resume to continue it or --force to replace it")
+        if not (run_dir / rundir.CONFIG).is_file():
+            raise UsageError("--force", f"{run_dir} is not empty and not a probe run; refusing to delete it")
+
+
+def last_good_epoch(run: rundir.Run, log: Log) -> checkpoint.Checkpoint | None:
+    """The newest checkpoint that loads and verifies; damaged later ones are reported and skipped."""
+    for epoch in reversed(run.epochs()):
+        try:
+            return checkpoint.load(run.checkpoint_path(epoch))
+        except RunFileError as exc:
+            log(f"warning: {exc}; resuming from an earlier epoch")
+    return None
+
+
+def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool = False, force: bool = False,
+          quiet: bool = False, progress: bool | None = None, log: Log | None = None,
+          dataset: data.Dataset | None = None) -> Path:
+    """Train `cfg` into `run_dir` (or continue it with resume=True); returns the run directory.
+
+    `dataset` replaces loading CIFAR-10 (tests and the plugin-author fixture pass small synthetic data).
+    """
+    run_dir = Path(run_dir)
+    log = log or ((lambda s: None) if quiet else (lambda s: print(s, flush=True)))
+    progress = (not quiet and sys.stderr.isatty()) if progress is None else progress
+    check_run_dir(run_dir, resume=resume, force=force)
+    if resume and cfg is None:
+        cfg = rundir.Run(run_dir).train_config()
+    device = resolve_device(cfg.device)
+    ds = dataset or data.load_cifar10(cfg.data, quiet=quiet)  # fails (one line) before anything is written
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(run_dir, cfg, device, ds, log, progress)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume:
+        run = rundir.Run(run_dir)
+        ckpt = last_good_epoch(run, log)
+        if ckpt is not None:
+            if ckpt.config_hash and ckpt.config_hash != cfg.hash() and ckpt.epoch > 0 and cfg.schedule != "constant":
+                log("warning: the config changed since this checkpoint was written")
+            trainer.model.load_state_dict(ckpt.model_state)
+            checkpoint.restore_optimizer(trainer.opt, trainer.model, ckpt)
+            set_rng_states(ckpt.rng, trainer.gen)
+            start = ckpt.epoch + 1
+            history = [m for m in run.metrics() if m["epoch"] <= ckpt.epoch]
+            have = {m["epoch"] for m in history}
+            history += [run.load_checkpoint(e).metrics for e in run.epochs() if e <= ckpt.epoch and e not in have]
+            history.sort(key=lambda m: m["epoch"])
+            for e in run.epochs():
+                if e > ckpt.epoch:
+                    run.checkpoint_path(e).unlink(missing_ok=True)
+            log(f"resuming {run_dir} after epoch {ckpt.epoch}")
+    if start == 0:
+        trainer.write_static(_resolved(cfg, device))
+        log(f"training {count_params(trainer.spec):,}-parameter depth-{cfg.model_depth} CNN (width {trainer.spec.base_width}) "
+            f"on {trainer.train_x.shape[0]:,} images, {cfg.epochs} epochs, {device}; run directory {run_dir}")
+    else:
+        atomic.write_json(run_dir / rundir.CONFIG, {**rundir.Run(run_dir).config, "train": cfg.to_dict()})
+    if start > cfg.epochs:
+        log(f"{run_dir} is already complete ({cfg.epochs} epochs)")
+        return run_dir
+    trainer.fit(start, history)
+    return run_dir
+
+
+def _resolved(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    from . import __version__
+
+    info: dict[str, Any] = {
+        "versions": {"probe": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "device": str(device), "seed": cfg.seed,
+    }
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+    if not math.isfinite(cfg.lr):
+        raise ProbeError("--lr must be finite")
+    return info
