@@ -70,7 +70,9 @@ def analysis_scalars(run_dir: Path) -> dict[str, float]:
         from .results import scalars
     except ImportError:
         return {}
-    return {k: v for k, v in scalars(run_dir).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # `name@epoch` keys repeat each per-epoch value; the table shows the last epoch's.
+    return {k: v for k, v in scalars(run_dir).items()
+            if "@" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def read_run(path: Path, label: str) -> RunRow:

@@ -73,19 +73,19 @@ def _folder_key(root: Path, listing: dict[str, list[list[Path]]]) -> str:
 
 
 def _decode(paths: list[Path]) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image, UnidentifiedImageError
 
-    out = torch.empty((len(paths), 3, 32, 32), dtype=torch.uint8)
+    out = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
     for i, p in enumerate(paths):
-        raw = torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8)
         try:
-            img = decode_image(raw, mode=ImageReadMode.RGB)
-        except RuntimeError as exc:
+            with Image.open(p) as im:
+                img = np.asarray(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
             raise ProbeError(f"{p}: cannot decode image ({exc})") from None
-        if img.shape != (3, 32, 32):
-            raise ProbeError(f"{p}: expected a 32x32 image, got {tuple(img.shape[1:])}")
+        if img.shape != (32, 32, 3):
+            raise ProbeError(f"{p}: expected a 32x32 image, got {img.shape[1]}x{img.shape[0]}")
         out[i] = img
-    return out
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 def _load_folder(root: Path, *, quiet: bool) -> Dataset:

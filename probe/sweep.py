@@ -195,14 +195,14 @@ def _read_analyses(table: dict[str, Any], path: Path) -> Analyses:
 
 
 def check_plugins(analyses: Analyses) -> None:
-    """Fail now, not after hours of training, if an analysis is not installed."""
+    """Fail now, not after hours of training, if an analysis is not installed or a parameter is wrong."""
     if not analyses.plugins:
         return
     from .plugins import registry
 
     reg = registry()
     for name in analyses.plugins:
-        reg.get(name)  # UsageError naming the installed analyses
+        reg.get(name).make_params(analyses.params.get(name, {}))  # UsageError naming what is wrong
 
 
 def point_name(values: dict[str, Any]) -> str:
@@ -319,7 +319,11 @@ def run_point(run_dir: str, config: dict[str, Any], analyses: dict[str, Any]) ->
     if analyses.get("plugins"):
         from .analyze import run_analyses
 
-        run_analyses(path, list(analyses["plugins"]), analyses["epochs"], analyses["params"], device=cfg.device)
+        outcomes = run_analyses(path, list(analyses["plugins"]), analyses["epochs"], analyses["params"], device=cfg.device)
+        failed = [o for o in outcomes if o.status == "failed"]
+        if failed:  # the trained run stays; a rerun retries only the failed analyses (the rest are cached)
+            raise ProbeError(f"analysis {failed[0].label} failed: {failed[0].error}"
+                             + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
     return final_metrics(path)
 
 

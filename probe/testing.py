@@ -52,6 +52,21 @@ def make_tiny_run(run_dir: str | Path, **overrides: Any) -> Path:
     return train(run_dir, cfg, quiet=True, dataset=synthetic_dataset(seed=cfg.seed))
 
 
+def make_image_folder(root: Path, n_train: int = 3, n_test: int = 2, classes: int = 10, seed: int = 0) -> Path:
+    """A tiny CIFAR-like folder dataset: root/{train,test}/<class>/NNNN.png."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
+    return root
+
+
 @pytest.fixture(scope="session")
 def probe_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_run(tmp_path_factory.mktemp("probe-template") / "run")

@@ -207,10 +207,12 @@ class Trainer:
             recorder.close()
         metrics["val_seconds"] = time.perf_counter() - t_val
         metrics["weight_norm"] = self.weight_norm()
+        t_out = time.perf_counter()
         recorder.write(self.run_dir / rundir.activations_name(epoch), epoch)
         metrics["epoch_seconds"] = time.perf_counter() - t0  # checkpoint's own copy: before its write
         checkpoint.save(self.run_dir / rundir.checkpoint_name(epoch), epoch=epoch, model=self.model, metrics=metrics,
                         config_hash=self.cfg.hash(), optimizer=self.opt, rng=rng_states(self.gen))
+        metrics["output_seconds"] = time.perf_counter() - t_out
         metrics["epoch_seconds"] = time.perf_counter() - t0
         return metrics
 
