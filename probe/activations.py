@@ -9,10 +9,17 @@ File layout (activations/epoch_NNNN.h5; see docs/run-directory.md):
   /maps/<layer>     float16 [P, C, H, W]  full feature maps, layers asked for with --full-maps
   /logits           float32 [P, classes]
   attrs: format, epoch, layers (recorded layer names in order)
+
+The file starts with a 512-byte HDF5 user block (HDF5 and h5py skip it) holding
+`probe-activations/1 sha256=<hex>`: the SHA-256 of the rest of the file. `read`
+checks it before HDF5 parses anything, so a truncated or bit-flipped dump is one
+clear error, never slightly different numbers (HDF5 has no checksums in its
+default format) and never a parser stuck on a damaged structure.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +29,8 @@ from . import atomic
 from .errors import RunFileError
 
 FORMAT = "probe-activations/1"
+USERBLOCK = 512
+_SEAL = FORMAT.encode() + b" sha256="
 
 
 class ActivationRecorder:
@@ -81,7 +90,7 @@ class ActivationRecorder:
         import h5py
 
         def writer(tmp: Path) -> None:
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
                 f.attrs["format"] = FORMAT
                 f.attrs["epoch"] = epoch
                 f.attrs["layers"] = np.array(self.layers, dtype=h5py.string_dtype())
@@ -93,8 +102,45 @@ class ActivationRecorder:
                     arr = torch.cat(parts).contiguous().numpy()
                     m.create_dataset(name, data=arr, chunks=(min(64, arr.shape[0]), *arr.shape[1:]), compression="gzip", shuffle=True)
                 f.create_dataset("logits", data=torch.cat(self.logits).numpy())
+            _seal(tmp)
 
         atomic.write_with(path, writer, suffix=".h5")
+
+
+def _sha256_after_userblock(fh) -> str:
+    fh.seek(USERBLOCK)
+    h = hashlib.sha256()
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _seal(path: Path) -> None:
+    """Write the checksum of everything after the user block into the user block."""
+    with open(path, "r+b") as fh:
+        digest = _sha256_after_userblock(fh)
+        fh.seek(0)
+        fh.write(_SEAL + digest.encode() + b"\n")
+
+
+def verify(path: str | Path) -> None:
+    """Raise RunFileError unless `path` is a dump whose checksum matches.
+
+    Hashing a dump costs milliseconds per megabyte; it is redone on every read
+    rather than cached, because a bit flip on disk changes neither size nor mtime.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(USERBLOCK)
+            if not head.startswith(_SEAL):
+                raise RunFileError(path, "not a probe activation dump (no probe checksum header)")
+            expected = head[len(_SEAL):len(_SEAL) + 64].decode("ascii", "replace")
+            actual = _sha256_after_userblock(fh)
+    except OSError as exc:
+        raise RunFileError(path, f"cannot read activation dump ({exc.strerror or exc})") from None
+    if actual != expected:
+        raise RunFileError(path, "checksum mismatch: the file is damaged (truncated, bit flip or partial copy)")
 
 
 def read(path: str | Path, layer: str | None = None, kind: str = "pooled") -> np.ndarray | dict:
@@ -107,6 +153,7 @@ def read(path: str | Path, layer: str | None = None, kind: str = "pooled") -> np
     path = Path(path)
     if not path.exists():
         raise RunFileError(path, "activation dump does not exist")
+    verify(path)
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:

@@ -6,6 +6,13 @@ the analysis declared, and skips jobs whose finished result has the same key.
 A job's files are written into a temporary directory that is renamed into place
 with its manifest inside. A job that fails is recorded (one line on the terminal,
 the traceback in RUN/logs/) and the others go on; the command exits 1 if any failed.
+
+Plugin faults are contained. With a timeout each job runs in a forked child
+process (its own process group) that is killed when the time is up (status
+"timeout"); a child that dies is a failure, not a crash of `probe analyze`. And
+every job is watched for writes outside its result folder: the run directory's
+files outside analyses/ are listed before and after the job; new files are
+removed, and changed or deleted run files fail the job, named in its error.
 """
 
 from __future__ import annotations
@@ -13,6 +20,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+import re
+import shutil
+import signal
 import sys
 import time
 import traceback
@@ -41,7 +52,7 @@ class Outcome:
 
     analysis: str
     epoch: int | None
-    status: str  # ok | cached | failed
+    status: str  # ok | cached | failed | timeout
     seconds: float = 0.0
     path: Path | None = None
     error: str = ""
@@ -50,6 +61,10 @@ class Outcome:
     @property
     def label(self) -> str:
         return f"{self.analysis} " + (f"epoch {self.epoch}" if self.epoch is not None else "(run)")
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("failed", "timeout")
 
 
 def input_files(run: Run, analysis: Analysis, epochs: list[int]) -> list[str]:
@@ -105,14 +120,64 @@ def plan(run: Run, analysis: Analysis, epochs_spec: str | None) -> list[tuple[in
     return [(e, [e]) for e in selected]
 
 
-def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
-            device: str, force: bool = False, quiet: bool = True) -> Outcome:
-    """Compute one result (or find it cached), never raising for the analysis's own errors."""
-    from .context import Context, ResultWriter
-
+def _target(run: Run, analysis: Analysis, params: Any, epoch: int | None) -> tuple[dict[str, Any], str, Path]:
     pdict = params_dict(params)
     variant = variant_name(pdict, params_dict(analysis.params()))
-    target = result_dir(run, analysis.name, variant, epoch)
+    return pdict, variant, result_dir(run, analysis.name, variant, epoch)
+
+
+def _record_failure(run: Run, analysis: Analysis, params: Any, outcome: Outcome) -> None:
+    """Leave `<epoch_NNNN|run>.failed.json` beside where the result would be."""
+    pdict, variant, target = _target(run, analysis, params, outcome.epoch)
+    try:
+        atomic.write_json(target.parent / f"{target.name}.failed.json", {
+            "analysis": analysis.name, "epoch": outcome.epoch, "variant": variant, "params": pdict,
+            "status": outcome.status, "error": outcome.error, "traceback": outcome.traceback,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+    except ProbeError:
+        pass
+
+
+def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
+            device: str, force: bool = False, quiet: bool = True, timeout: float | None = None,
+            guard: bool = True) -> Outcome:
+    """Compute one result (or find it cached), never raising for the analysis's own errors.
+
+    `timeout` (seconds) runs the job in a child process killed past it; `guard`
+    checks the job wrote nothing outside its result folder (see the module docstring).
+    """
+    def job() -> Outcome:
+        if timeout is not None:
+            return _run_in_child(run, analysis, params, epoch, epochs, device=device, force=force,
+                                 quiet=quiet, timeout=timeout)
+        return _run_job(run, analysis, params, epoch, epochs, device=device, force=force, quiet=quiet)
+
+    if not guard:
+        return job()
+    before = snapshot(run.path)
+    outcome = job()
+    stray, changed = check_writes(run, before)
+    if stray or changed:
+        problems = []
+        if stray:
+            problems.append(f"wrote outside its result folder: {', '.join(stray)} (removed)")
+        if changed:
+            problems.append(f"changed run files: {', '.join(changed)}")
+        if outcome.status in ("ok", "cached") and outcome.path is not None:
+            shutil.rmtree(outcome.path, ignore_errors=True)  # a misbehaving job's result is not kept
+        error = "; ".join(problems) + (f"; and {outcome.error}" if outcome.error else "")
+        outcome = dataclasses.replace(outcome, status="failed" if outcome.status != "timeout" else "timeout",
+                                      path=None, error=error)
+        _record_failure(run, analysis, params, outcome)
+    return outcome
+
+
+def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
+             device: str, force: bool, quiet: bool) -> Outcome:
+    from .context import Context, ResultWriter
+
+    pdict, variant, target = _target(run, analysis, params, epoch)
     failed_marker = target.parent / f"{target.name}.failed.json"
     t0 = time.perf_counter()
     try:
@@ -141,22 +206,160 @@ def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs
         tb = traceback.format_exc()
         msg = str(exc) if isinstance(exc, ProbeError) else f"{type(exc).__name__}: {exc}"
         outcome = Outcome(analysis.name, epoch, "failed", time.perf_counter() - t0, None, msg.splitlines()[0] if msg else type(exc).__name__, tb)
-        try:
-            atomic.write_json(failed_marker, {
-                "analysis": analysis.name, "epoch": epoch, "variant": variant, "params": pdict,
-                "error": outcome.error, "traceback": tb,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            })
-        except ProbeError:
-            pass
+        _record_failure(run, analysis, params, outcome)
         return outcome
+
+
+# --- a job in a child process, killed past its timeout ----------------------------------------------
+
+def _run_in_child(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
+                  device: str, force: bool, quiet: bool, timeout: float) -> Outcome:
+    """Fork a child for the job; kill its process group past `timeout`.
+
+    fork, not spawn: the analysis (often a closure or a module-level function of a
+    plugin) needs no pickling, and the child starts in milliseconds with torch
+    already imported. The outcome comes back as JSON over a pipe.
+    """
+    import multiprocessing
+
+    mp = multiprocessing.get_context("fork")
+    recv, send = mp.Pipe(duplex=False)
+    # not a daemon: a daemonic process may not start processes, and an analysis may
+    proc = mp.Process(target=_child_main, args=(send, run, analysis, params, epoch, epochs, device, force, quiet))
+    t0 = time.perf_counter()
+    proc.start()
+    send.close()
+    data = None
+    try:
+        answered = recv.poll(timeout)
+        if answered:
+            try:
+                data = recv.recv_bytes()
+            except EOFError:  # the child died without an answer
+                pass
+            proc.join(5)
+    finally:
+        if proc.is_alive():
+            _kill_group(proc.pid)
+            proc.join()
+        recv.close()
+    seconds = time.perf_counter() - t0
+    if data is not None:
+        d = json.loads(data)
+        return Outcome(**{**d, "path": Path(d["path"]) if d["path"] else None})
+    _, _, target = _target(run, analysis, params, epoch)
+    for tmp in target.parent.glob(f".{target.name}.{proc.pid}.*"):  # its unfinished result folder
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not answered:
+        outcome = Outcome(analysis.name, epoch, "timeout", seconds, None, f"timed out after {timeout:g} s (killed)")
+    else:
+        code = proc.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        outcome = Outcome(analysis.name, epoch, "failed", seconds, None, f"the analysis process died ({how})")
+    _record_failure(run, analysis, params, outcome)
+    return outcome
+
+
+def _child_main(conn: Any, run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int],
+                device: str, force: bool, quiet: bool) -> None:
+    try:
+        os.setpgid(0, 0)  # its own process group, so whatever it starts is killed with it
+    except OSError:
+        pass
+    outcome = _run_job(run, analysis, params, epoch, epochs, device=device, force=force, quiet=quiet)
+    d = dataclasses.asdict(outcome)
+    d["path"] = str(outcome.path) if outcome.path else None
+    conn.send_bytes(json.dumps(d).encode())
+    conn.close()
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+# --- writes outside the result folder ----------------------------------------------------------------
+
+_UNWATCHED = {rundir.ANALYSES, "logs", "report"}  # written by analyze itself, or by other commands meanwhile
+_TRAINING_OUTPUT = re.compile(r"^(checkpoints/epoch_\d{4,}\.safetensors|activations/epoch_\d{4,}\.h5|"
+                              r"metrics\.jsonl|config\.json|data/(probe_set|analysis_batch)\.safetensors)$")
+_LAYOUT_DIRS = {rundir.CHECKPOINTS, rundir.ACTIVATIONS, rundir.DATA}
+
+
+@dataclass
+class Snapshot:
+    """The run directory outside analyses/, logs/ and report/, as one job found it."""
+
+    files: dict[str, tuple[int, int, int]]  # run-relative path -> (size, mtime_ns, inode)
+    dirs: set[str]
+    metrics: bytes  # kept whole: a training that appends epochs meanwhile is not the job
+
+
+def snapshot(run_dir: Path) -> Snapshot:
+    """List every file and folder outside analyses/, logs/, report/ (temporary files skipped)."""
+    snap = Snapshot({}, set(), b"")
+    for root, dirs, files in os.walk(run_dir):
+        rel_root = Path(root).relative_to(run_dir)
+        dirs[:] = [d for d in dirs if not rundir.is_temp(Path(d)) and not (rel_root == Path(".") and d in _UNWATCHED)]
+        snap.dirs.update((rel_root / d).as_posix() for d in dirs)
+        for name in files:
+            if rundir.is_temp(Path(name)):
+                continue
+            rel = (rel_root / name).as_posix()
+            try:
+                st = os.stat(run_dir / rel)
+            except OSError:  # removed meanwhile
+                continue
+            snap.files[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    try:
+        snap.metrics = (run_dir / rundir.METRICS).read_bytes()
+    except OSError:
+        pass
+    return snap
+
+
+def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
+    """(new files, now removed; changed or deleted run files) since `before`.
+
+    What a concurrent `probe train` writes is not the job's: new checkpoints and
+    dumps, a metrics.jsonl that only gained lines, the rewritten dump of an epoch
+    that had no checkpoint yet (an unfinished epoch).
+    """
+    after = snapshot(run.path)
+    stray = sorted(rel for rel in after.files if rel not in before.files and not _TRAINING_OUTPUT.match(rel))
+    for rel in stray:
+        (run.path / rel).unlink(missing_ok=True)
+    for rel in sorted(after.dirs - before.dirs - _LAYOUT_DIRS, key=len, reverse=True):
+        try:
+            (run.path / rel).rmdir()  # folders the job made, once empty
+        except OSError:
+            pass
+    changed = []
+    for rel, stat in before.files.items():
+        if stat == after.files.get(rel):
+            continue
+        if rel == rundir.METRICS and rel in after.files and after.metrics.startswith(before.metrics):
+            continue
+        m = re.match(r"^activations/epoch_(\d+)\.h5$", rel)
+        if m and rundir.checkpoint_name(int(m.group(1))) not in before.files:
+            continue
+        changed.append(rel if rel in after.files else f"{rel} (deleted)")
+    return stray, changed
 
 
 def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = None,
                  params: dict[str, dict[str, Any]] | None = None, *, device: str = "auto",
                  force: bool = False, quiet: bool = True, registry: Any = None,
-                 on_outcome: Any = None) -> list[Outcome]:
-    """Run the named analyses over a run; returns one Outcome per job. Used by the CLI and by sweeps."""
+                 on_outcome: Any = None, timeout: float | None = None) -> list[Outcome]:
+    """Run the named analyses over a run; returns one Outcome per job. Used by the CLI and by sweeps.
+
+    `timeout`: seconds per job; each job then runs in a child process, killed past it.
+    """
     from .plugins import registry as default_registry
 
     run = Run(run_dir)
@@ -167,11 +370,11 @@ def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = N
     device = resolve_device(device)
     outcomes = []
     for a, e, es in _progress(jobs, quiet):
-        outcome = run_job(run, a, parsed[a.name], e, es, device=device, force=force, quiet=quiet)
+        outcome = run_job(run, a, parsed[a.name], e, es, device=device, force=force, quiet=quiet, timeout=timeout)
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)
-    failures = [o for o in outcomes if o.status == "failed"]
+    failures = [o for o in outcomes if o.failed]
     if failures:
         write_log(run, failures)
     return outcomes

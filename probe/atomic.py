@@ -9,10 +9,13 @@ a power cut.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,30 +43,65 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def _test_pause() -> None:
+    """Test hook: PROBE_TEST_DELAY_WRITES=SECONDS holds every write open that long.
+
+    The crash tests set it in a child process so that a SIGKILL can land while a
+    temporary file exists (before and after its writer ran); unset, it costs nothing.
+    """
+    delay = os.environ.get("PROBE_TEST_DELAY_WRITES")
+    if delay:
+        time.sleep(float(delay) / 2)
+
+
+# Writers that are not Python file objects report I/O failures in their own types:
+# safetensors "I/O error: File too large (os error 27)", h5py "errno = 28, error message = ...".
+_IO_ERROR = re.compile(r"os error \d+|errno = \d+|I/O error", re.IGNORECASE)
+
+
+def _io_reason(exc: BaseException) -> str | None:
+    """A short reason if `exc` is a failed write (disk full, file too large, ...), else None."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc)
+    if _IO_ERROR.search(text):
+        return (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success rename it over `target`.
 
     For writers (h5py, safetensors, matplotlib) that want a file name rather than
     a file object. On any exception the temporary file is removed and the target
-    is untouched; an OSError (disk full, file too large, permission) becomes a
-    one-line `ProbeError` naming the target.
+    is untouched; a failed write (disk full, file too large, permission; an OSError
+    or a writer's own I/O error) becomes a one-line `ProbeError` naming the target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+    mode = 0o666 & ~_umask()  # mkstemp makes 0600; give the file the usual permissions
     try:
+        _test_pause()
         yield tmp
+        os.chmod(tmp, mode)  # after the writer: safetensors re-creates the file as 0600
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        _test_pause()
         os.replace(tmp, target)
         fsync_dir(target.parent)
-    except OSError as exc:
+    except ProbeError:
         tmp.unlink(missing_ok=True)
-        raise ProbeError(f"{target}: could not write ({exc.strerror or exc}); nothing was replaced") from exc
+        raise
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        reason = _io_reason(exc)
+        if reason is None:
+            raise
+        raise ProbeError(f"{target}: could not write ({reason}); nothing was replaced") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -95,23 +133,45 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name; rename it into place on success.
 
     If `target` already exists it is swapped out and removed after the new one is
-    in place, so a reader never finds a directory that is half old, half new.
+    in place, so a reader never finds a directory that is half old, half new. The
+    temporary name holds the process id (`.<name>.<pid>.<random>.tmp`), so what a
+    killed process left behind can be told from another process's work in progress.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are read by reports and other users
     try:
         yield tmp
         fsync_dir(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.rmdir(old)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        _swap_into_place(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_into_place(tmp: Path, target: Path, attempts: int = 10) -> None:
+    """Rename directory `tmp` to `target`, moving a directory already there out of the way.
+
+    Another process may put the same result in place at the same moment (two
+    `probe analyze` on one run): a rename that loses that race (ENOTEMPTY, or
+    ENOENT when the other moved the old one away first) is retried, so both
+    succeed and the last one wins.
+    """
+    olds: list[Path] = []
+    try:
+        for attempt in range(attempts):
+            try:
+                if target.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".old", dir=target.parent))
+                    olds.append(old)
+                    os.replace(target, old)  # onto an empty directory: allowed
+                os.replace(tmp, target)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST) or attempt == attempts - 1:
+                    raise
+    finally:
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)

@@ -7,8 +7,9 @@ Tensor names (see docs/run-directory.md, the one description of the format):
 Metadata (strings): format, epoch, model_spec (JSON), config_hash, metrics (JSON),
 optimizer (JSON hyper-parameters), probe_version, content_sha256.
 
-`content_sha256` covers every tensor's name, dtype, shape and bytes, so a bit flip
-anywhere in the file is reported instead of being trained or analysed on.
+`content_sha256` covers every tensor's name, dtype, shape and bytes and every other
+metadata entry, so a bit flip anywhere in the file (an epoch number or a width in
+the metadata included) is reported instead of being trained or analysed on.
 """
 
 from __future__ import annotations
@@ -43,22 +44,45 @@ class Checkpoint:
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def build_model(self, device: str | torch.device = "cpu") -> SimpleCNN:
-        """A fresh model with these weights, in eval mode, on `device`."""
+        """A fresh model with these weights, in eval mode, on `device`.
+
+        The spec is checked against the stored tensors on the meta device first, so
+        a spec that does not fit them is one error, never a huge allocation.
+        """
+        _check_spec(self.spec, self.path)
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in self.spec.build().state_dict().items()}
+        stored = {k: tuple(v.shape) for k, v in self.model_state.items()}
+        if shapes != stored:
+            diff = sorted(set(shapes.items()) ^ set(stored.items()))[:2]
+            raise RunFileError(self.path, f"tensors do not match the model spec (first differences: {diff})")
         model = self.spec.build()
-        try:
-            model.load_state_dict(self.model_state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()
-            raise RunFileError(self.path, f"tensors do not match the model spec ({' '.join(first[:2])[:300]})") from None
+        model.load_state_dict(self.model_state, strict=True)
         return model.to(device).eval()
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _check_spec(spec: ModelSpec, path: Path) -> None:
+    """Refuse a spec whose fields have the wrong type or an absurd size (a crafted or damaged file)."""
+    for name in ("depth", "base_width", "num_classes", "in_channels", "hidden"):
+        v = getattr(spec, name)
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65536:
+            raise RunFileError(path, f"damaged model spec ({name} = {v!r})")
+    if spec.depth > 64 or not isinstance(spec.dropout, (int, float)) or not 0 <= spec.dropout < 1:
+        raise RunFileError(path, f"damaged model spec (depth {spec.depth!r}, dropout {spec.dropout!r})")
+    for name in ("mean", "std"):
+        v = getattr(spec, name)
+        if len(v) != spec.in_channels or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise RunFileError(path, f"damaged model spec ({name} = {v!r})")
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and every metadata entry but itself."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(tensors[name].shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "content_sha256"}, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -99,8 +123,8 @@ def save(
         "metrics": json.dumps(metrics, allow_nan=True),
         "optimizer": json.dumps(opt_meta),
         "probe_version": __version__,
-        "content_sha256": _digest(tensors),
     }
+    meta["content_sha256"] = _digest(tensors, meta)
     atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
@@ -130,7 +154,7 @@ def load(path: str | Path, *, verify: bool = True) -> Checkpoint:
         tensors = load_file(str(path))
     except Exception as exc:
         raise RunFileError(path, f"damaged checkpoint ({_short(exc)})") from None
-    if verify and _digest(tensors) != meta.get("content_sha256"):
+    if verify and _digest(tensors, meta) != meta.get("content_sha256"):
         raise RunFileError(path, "checksum mismatch: the file is damaged (bit flip or partial copy)")
     try:
         spec = ModelSpec.from_json(meta["model_spec"])

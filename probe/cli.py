@@ -20,8 +20,28 @@ from .errors import ProbeError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+# Commands that live with the code they drive, imported only when used or listed.
+LAZY_COMMANDS = {
+    "sweep": "probe.sweep:sweep_command",
+    "compare": "probe.compare:compare_command",
+    "report": "probe.report:report_command",
+}
+
+
 class ProbeGroup(click.Group):
-    """Turns ProbeError into `error: ...` on one line with its exit code."""
+    """Loads the commands in LAZY_COMMANDS on demand, and turns ProbeError into
+    `error: ...` on one line with its exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            import importlib
+
+            module, attr = LAZY_COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -134,8 +154,10 @@ def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quie
 @click.option("--force", is_flag=True, help="Recompute even when a cached result matches.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Only print failures and the summary.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Run each job in a child process and kill it after SECONDS (status: timeout).")
 def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str | None, params: tuple[str, ...],
-            force: bool, device: str, quiet: bool) -> None:
+            force: bool, device: str, quiet: bool, timeout: float | None) -> None:
     """Run analyses over a saved run, offline.
 
     Results go to RUN_DIR/analyses/<analysis>/; rerunning with the same inputs and
@@ -157,16 +179,17 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
     routed = split_params(list(params), analyses)
 
     def report(o) -> None:
-        if o.status == "failed":
-            click.echo(f"FAILED {o.label}: {o.error}", err=True)
+        if o.status in ("failed", "timeout"):
+            click.echo(f"{o.status.upper()} {o.label}: {o.error}", err=True)
         elif not quiet:
             click.echo(f"{o.status:>6} {o.label} ({o.seconds:.1f}s) -> {o.path}")
 
     outcomes = run_analyses(run_dir, [a.name for a in analyses], epochs, routed, device=device, force=force,
-                            quiet=quiet, registry=reg, on_outcome=report)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "cached", "failed")}
-    click.echo(f"{counts['ok']} computed, {counts['cached']} cached, {counts['failed']} failed")
-    if counts["failed"]:
+                            quiet=quiet, registry=reg, on_outcome=report, timeout=timeout)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "cached", "failed", "timeout")}
+    timed_out = f", {counts['timeout']} timed out" if counts["timeout"] else ""
+    click.echo(f"{counts['ok']} computed, {counts['cached']} cached, {counts['failed']} failed{timed_out}")
+    if counts["failed"] or counts["timeout"]:
         click.echo(f"tracebacks: {Path(run_dir) / 'logs'}", err=True)
         raise SystemExit(1)
 

@@ -30,8 +30,9 @@ from .errors import ProbeError, UsageError
 
 REGULARIZERS = ("dropout", "weight_decay", "augment")
 # Stability verdicts, from the per-epoch metrics (see `stability`).
-DIVERGED, OSCILLATING, CONVERGED = "diverged", "oscillating", "converged"
-NO_PROGRESS = 0.98  # final train loss >= 98% of the loss at initialisation: it did not learn
+DIVERGED, STALLED, OSCILLATING, CONVERGED = "diverged", "stalled", "oscillating", "converged"
+BLOW_UP = 1.5  # an epoch's train loss above 1.5x the loss at initialisation: it blew up
+NO_PROGRESS = 0.98  # final train loss >= 98% of the loss at initialisation: it has not learned yet
 LOSS_RISE = 0.02  # an epoch whose train loss is 2% above the previous one's
 ACC_DROP = 0.05  # or whose validation accuracy is 5 points below the previous one's
 
@@ -92,7 +93,7 @@ def read_sweep(sweep_dir: Path) -> tuple[list[RunRow], list[str]]:
 
     try:
         d = json.loads((sweep_dir / SWEEP_FILE).read_text())
-        points, keys = d["points"], list(d["grid"])
+        points, keys = d["points"], list(d.get("swept") or d["grid"])  # JSON keys are sorted; "swept" keeps the order
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ProbeError(f"{sweep_dir / SWEEP_FILE}: not a readable sweep file ({exc})") from None
     status = read_status(sweep_dir)
@@ -132,7 +133,7 @@ def collect(paths: Sequence[str]) -> tuple[list[RunRow], list[str]]:
         raise UsageError("PATH", "no runs found")
     # Keys that differ between the runs, beyond the grids (e.g. runs trained by hand).
     for key in rows[0].config:
-        if key not in keys and key not in ("data", "device") and len({json.dumps(r.config.get(key)) for r in rows}) > 1:
+        if key not in keys and key not in ("data", "device") and len({json.dumps(r.config[key]) for r in rows if key in r.config}) > 1:
             keys.append(key)
     return rows, keys
 
@@ -140,13 +141,17 @@ def collect(paths: Sequence[str]) -> tuple[list[RunRow], list[str]]:
 # --- what the table says about a run ---------------------------------------------------------------------
 
 def stability(metrics: list[dict[str, Any]]) -> str:
-    """diverged, oscillating or converged, from the per-epoch training loss and val accuracy.
+    """A verdict on the optimisation, from the per-epoch training loss and val accuracy.
 
-    diverged:    a loss became non-finite, or the final training loss is no lower
-                 than 98% of the loss at initialisation (it never learned).
+    The reference is the loss at initialisation (epoch 0's validation loss, about
+    ln 10 for ten classes).
+    diverged:    a loss became non-finite, an epoch's training loss exceeded 1.5x the
+                 initial loss, or training ended more than 2% above the initial loss.
+    stalled:     the final training loss is within 2% of the initial loss: too slow
+                 to learn anything in this budget (neither diverged nor converging).
     oscillating: it learned, but the training loss rose by more than 2% from one
                  epoch to the next, or validation accuracy fell by more than 5 points.
-    converged:   neither: the losses went down steadily.
+    converged:   the loss went down steadily.
     """
     trained = [m for m in metrics if m.get("epoch", 0) > 0]
     if not trained:
@@ -156,8 +161,10 @@ def stability(metrics: list[dict[str, Any]]) -> str:
         return DIVERGED
     start = _num(metrics[0].get("val_loss")) if metrics[0].get("epoch") == 0 else math.log(10)
     losses = [_num(m["train_loss"]) for m in trained]
-    if losses[-1] >= NO_PROGRESS * start:
+    if max(losses) > BLOW_UP * start or losses[-1] > (1 + LOSS_RISE) * start:
         return DIVERGED
+    if losses[-1] >= NO_PROGRESS * start:
+        return STALLED
     accs = [_num(m.get("val_acc")) for m in trained]
     if any(b > a * (1 + LOSS_RISE) for a, b in zip(losses, losses[1:], strict=False)) or any(a - b > ACC_DROP for a, b in zip(accs, accs[1:], strict=False)):
         return OSCILLATING
@@ -176,7 +183,8 @@ def summarize(row: RunRow) -> dict[str, Any]:
                    final_train_acc=_num(last.get("train_acc")), final_train_loss=_num(last.get("train_loss")))
         out["gap"] = out["final_train_acc"] - out["final_val_acc"]
     out["stability"] = stability(row.metrics)
-    out["train_seconds"] = sum(_num(m.get("epoch_seconds")) for m in row.metrics if math.isfinite(_num(m.get("epoch_seconds"))))
+    seconds = [_num(m.get("epoch_seconds")) for m in row.metrics]
+    out["train_seconds"] = sum(s for s in seconds if math.isfinite(s)) if row.metrics else math.nan
     return out
 
 
@@ -262,7 +270,7 @@ def stability_summary(records: list[dict[str, Any]], keys: list[str]) -> str:
         return ""
     opts = _unique(r["optimizer"] for r in records)
     lrs = sorted(_unique(r["lr"] for r in records))
-    letter = {DIVERGED: "D", OSCILLATING: "O", CONVERGED: "C", "": "-"}
+    letter = {DIVERGED: "D", STALLED: "S", OSCILLATING: "O", CONVERGED: "C", "": "-"}
     rest = [k for k in keys if k not in ("optimizer", "lr")]
     head = ["optimizer \\ lr", *[format_value(lr) for lr in lrs]]
     cells = [head]
@@ -275,7 +283,7 @@ def stability_summary(records: list[dict[str, Any]], keys: list[str]) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     out = ["  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip() for c in cells]
     order = f" (one letter per run, in order of {', '.join(rest)})" if rest else ""
-    return "\n".join(["stability: C converged, O oscillating, D diverged" + order, *out])
+    return "\n".join(["stability: C converged, O oscillating, S stalled, D diverged, - no metrics" + order, *out])
 
 
 def format_value(v: Any) -> str:
@@ -339,7 +347,7 @@ def plot_curves(rows: list[RunRow], keys: list[str], metric: str, path: Path) ->
     panels = _sorted_values(rows, panel_key) if panel_key else [None]
     colors = _styles(_sorted_values(rows, color_key), "color") if color_key else {}
     dashes = _styles(_sorted_values(rows, dash_key), "dash") if dash_key else {}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False, layout="constrained")
     for ax, pv in zip(axes[0], panels, strict=True):
         for r in rows:
             if panel_key and r.config.get(panel_key) != pv:
@@ -350,13 +358,11 @@ def plot_curves(rows: list[RunRow], keys: list[str], metric: str, path: Path) ->
                     color=colors.get(json.dumps(r.config.get(color_key))) if color_key else None,
                     linestyle=dashes.get(json.dumps(r.config.get(dash_key)), "-") if dash_key else "-")
         ax.set_title(f"{panel_key}={format_value(pv)}" if panel_key else metric)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax)
     axes[0][0].set_ylabel(metric)
     if metric.endswith("loss"):
-        for ax in axes[0]:
-            ax.set_yscale("log")
-    axes[0][-1].legend(fontsize=7, loc="best")
+        _clip_losses(axes[0], rows, metric)
+    _legend_outside(fig, axes[0])
     _save(fig, path)
     return True
 
@@ -373,7 +379,7 @@ def plot_loss_grid(rows: list[RunRow], keys: list[str], records: list[dict[str, 
     rest = [k for k in keys if k not in ("optimizer", "lr")]
     colors = _styles(_sorted_values(rows, rest[0]), "color") if rest else {}
     verdict = {r["run"]: r["stability"] for r in records}
-    fig, axes = plt.subplots(len(opts), len(lrs), figsize=(3.6 * len(lrs), 2.8 * len(opts)), sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(len(opts), len(lrs), figsize=(3.6 * len(lrs), 2.8 * len(opts)), sharex=True, sharey=True, squeeze=False, layout="constrained")
     for i, opt in enumerate(opts):
         for j, lr in enumerate(lrs):
             ax = axes[i][j]
@@ -382,25 +388,53 @@ def plot_loss_grid(rows: list[RunRow], keys: list[str], records: list[dict[str, 
                     continue
                 c = colors.get(json.dumps(r.config.get(rest[0]))) if rest else None
                 label = ", ".join(f"{k}={format_value(r.config.get(k))}" for k in rest) or r.label
-                ax.plot(*_finite(r.series("train_loss")), color=c, lw=1.4, label=f"{label} ({verdict.get(r.label, '')})")
-                ax.plot(*_finite(r.series("val_loss")), color=c, lw=1.0, linestyle="--")
+                ax.plot(*r.series("train_loss"), color=c, lw=1.4, label=f"{label} ({verdict.get(r.label, '')})")
+                ax.plot(*r.series("val_loss"), color=c, lw=1.0, linestyle="--")
             ax.set_title(f"{opt}, lr={format_value(lr)}", fontsize=9)
-            ax.set_yscale("log")
-            ax.grid(alpha=0.3)
+            _epoch_axis(ax, label=i == len(opts) - 1)
             if ax.lines:
-                ax.legend(fontsize=6, loc="upper right")
-            if i == len(opts) - 1:
-                ax.set_xlabel("epoch")
+                ax.legend(fontsize=6, loc="lower left")
             if j == 0:
                 ax.set_ylabel("loss (solid train, dashed val)")
+    _clip_losses([ax for row in axes for ax in row], rows, "train_loss")
     _save(fig, path)
     return True
 
 
-def _finite(series: tuple[list[int], list[float]]) -> tuple[list[int], list[float]]:
-    xs, ys = series
-    keep = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y) and y > 0]
-    return [x for x, _ in keep], [y for _, y in keep]
+def _epoch_axis(ax: Any, label: bool = True) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if label:
+        ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+
+
+def _clip_losses(axes: list[Any], rows: list[RunRow], metric: str) -> None:
+    """Scale loss axes to the runs that learned; a blown-up curve leaves through the top.
+
+    Otherwise one diverged run (a loss of 30) flattens every other curve into a line.
+    """
+    values = [y for r in rows for y in r.series(metric)[1] if math.isfinite(y)]
+    start = sorted(_num(r.metrics[0].get("val_loss")) for r in rows if r.metrics and r.metrics[0].get("epoch") == 0)
+    if not values:
+        return
+    top = BLOW_UP ** 0.5 * start[len(start) // 2] if start else max(values)
+    bottom = min(values)
+    for ax in axes:
+        ax.set_ylim(bottom - 0.05 * (top - bottom), top)
+        if any(y > top for line in ax.lines for y in line.get_ydata() if math.isfinite(y)):
+            ax.text(0.98, 0.97, "some curves leave the top", transform=ax.transAxes, ha="right", va="top", fontsize=6, alpha=0.7)
+
+
+def _legend_outside(fig: Any, axes: Any) -> None:
+    """One legend for all panels, to the right of them, so it hides no curve."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=7)
 
 
 def plot_regularizers(columns: list[str], keys: list[str], records: list[dict[str, Any]], path: Path) -> bool:
@@ -413,7 +447,7 @@ def plot_regularizers(columns: list[str], keys: list[str], records: list[dict[st
     panels = [("final_val_acc", "final val accuracy"), ("gap", "train - val accuracy")]
     if sharp:
         panels.append((sharp, sharp))
-    fig, axes = plt.subplots(len(regs), len(panels), figsize=(3.8 * len(panels), 2.9 * len(regs)), squeeze=False)
+    fig, axes = plt.subplots(len(regs), len(panels), figsize=(3.8 * len(panels), 2.9 * len(regs)), squeeze=False, layout="constrained")
     for i, reg in enumerate(regs):
         values = _unique(r[reg] for r in records)
         try:
@@ -430,6 +464,7 @@ def plot_regularizers(columns: list[str], keys: list[str], records: list[dict[st
                 means.append(sum(ys) / len(ys) if ys else math.nan)
             ax.plot(range(len(values)), means, color="black", lw=1.5, marker="o", label="mean")
             ax.set_xticks(range(len(values)), [format_cell(v, reg) if isinstance(v, bool) else format_value(v) for v in values])
+            ax.set_xlim(-0.5, len(values) - 0.5)
             ax.set_xlabel(reg)
             ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)

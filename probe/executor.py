@@ -2,7 +2,14 @@
 
 A task is a picklable function plus its arguments. Executors know nothing about
 training: a sweep sends one task per grid point, and the same executor can carry
-loss-landscape grid rows or per-epoch Hessian pieces.
+loss-landscape grid rows or per-epoch Hessian pieces:
+
+    with make_executor(workers=4) as executor:          # or scheduler=..., dask_workers=...
+        for out in executor.run(Task(f"row-{i}", loss_row, (run_dir, i)) for i in range(n)):
+            rows[out.key] = out.value if out.ok else fail(out.error)
+
+`fn` must be importable by name in the worker (a module-level function), and its
+arguments and return value picklable.
 
 Every task runs inside `run_task`, which turns an exception into a failed
 `Outcome` (a one-line message plus the traceback), so one failing task never

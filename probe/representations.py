@@ -229,9 +229,10 @@ def tsne(
 ) -> np.ndarray:
     """Seeded t-SNE of `X` [N, D] -> [N, n_components] float64.
 
-    Both backends get the same problem: perplexity, learning rate N/12 ("auto"),
-    early exaggeration 12 for `early_exaggeration_iter` iterations then `n_iter`
-    plain ones, and the same initialisation. `init="pca"` is this module's PCA
+    Both backends get the same problem: perplexity, early exaggeration 12 for
+    `early_exaggeration_iter` iterations then `n_iter` plain ones, and the same
+    initialisation; each uses its own recommended learning rate ("auto": N/12 in
+    the exaggerated phase for both, openTSNE raises it to N afterwards). `init="pca"` is this module's PCA
     (deterministic signs); an array init (e.g. an epoch's coordinates on shared PCA
     axes, to keep epochs comparable) is used as given after rescaling. Both are
     rescaled to std 1e-4 as recommended for t-SNE (Kobak & Berens 2019).
@@ -278,7 +279,7 @@ def tsne(
         n_components=n_components,
         perplexity=perplexity,
         early_exaggeration=12.0,
-        learning_rate=max(n / 12.0, 50.0),
+        learning_rate="auto",
         max_iter=early_exaggeration_iter + n_iter,
         init=Y0.astype(np.float32),
         random_state=seed,
@@ -521,7 +522,9 @@ def gradcheck_conv_layers(
 
     The loss is mean cross-entropy over (`x`, `y`); `x` is a normalised float
     batch. For each conv weight, `n_samples_per_layer` entries are drawn with
-    `seed`; numeric = (L(w + eps) - L(w - eps)) / (2 eps).
+    `seed`, and the numeric derivative is the Richardson-extrapolated central
+    difference (4 D(eps/2) - D(eps)) / 3, D(h) = (L(w + h) - L(w - h)) / (2h),
+    whose error is O(eps^4) instead of O(eps^2).
 
     ReLU and max-pool make the loss piecewise smooth. Autograd gives the derivative
     of the piece the weights lie on, but a perturbation crossing a kink anywhere in
@@ -529,12 +532,15 @@ def gradcheck_conv_layers(
     for reasons that have nothing to do with backprop being wrong. With
     `freeze_kinks` (default) the differences are taken with the ReLU on/off
     pattern and max-pool winners recorded at w held fixed: the same piece autograd
-    differentiates, and smooth (affine in w up to the softmax), so a large eps
-    keeps round-off small. On the default model with 16 images the largest
-    relative error over 32 weights was 1e-8 at eps=1e-3, 3e-7 at 1e-4 and 3e-5 at
-    1e-6 (round-off), while the unfrozen quotient was off by up to 4e-1, 1e-1 and
-    6e-3 at the same eps (kinks). Either way `kink` says whether the unfrozen
-    function switched a unit at w +- eps.
+    differentiates, and smooth (the logits are affine in one weight; only the
+    softmax curves), so eps can be large enough to keep round-off small.
+
+    Measured (docs/representations.md): unfrozen differences are off by up to
+    4e-1 at eps=1e-3 and 6e-3 at 1e-6 (kinks); frozen plain differences reach
+    1e-8 but degrade to 2e-5 on a trained model (truncation); frozen Richardson
+    at the default eps=1e-3 stayed at or below 1e-7 on every model tried.
+    `kink` says whether the unfrozen function switched a unit at w +- eps,
+    i.e. whether freezing mattered for that weight.
 
     relative error = |a - n| / max(|a|, |n|, 1e-12); entries whose gradient is
     exactly 0 on both sides therefore report 0.
@@ -576,13 +582,18 @@ def gradcheck_conv_layers(
                 for mod in patterned:
                     mod.switched = False
                 orig = float(flat[flat_idx])
-                flat[flat_idx] = orig + eps
-                lp = f()
-                flat[flat_idx] = orig - eps
-                lm = f()
-                flat[flat_idx] = orig
+
+                def central(h: float, flat=flat, flat_idx=flat_idx, orig=orig) -> float:
+                    flat[flat_idx] = orig + h
+                    lp = f()
+                    flat[flat_idx] = orig - h
+                    lm = f()
+                    flat[flat_idx] = orig
+                    return (lp - lm) / (2 * h)
+
+                # Richardson: D(h) = f' + c h^2 + O(h^4), so (4 D(h/2) - D(h)) / 3 = f' + O(h^4)
+                num = (4 * central(eps / 2) - central(eps)) / 3
                 kink = any(mod.switched for mod in patterned)
-                num = (lp - lm) / (2 * eps)
                 ana = float(analytic[name].view(-1)[flat_idx])
                 rel = abs(ana - num) / max(abs(ana), abs(num), 1e-12)
                 idx = tuple(int(i) for i in np.unravel_index(flat_idx, tuple(w.shape)))

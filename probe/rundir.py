@@ -30,6 +30,26 @@ ANALYSIS_BATCH = f"{DATA}/analysis_batch.safetensors"
 _EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.safetensors$")
 
 
+def is_temp(path: Path) -> bool:
+    """A temporary file or directory of an atomic write (`.<name>.<random>.tmp`), not part of the run."""
+    return path.name.startswith(".") and path.name.endswith((".tmp", ".old"))
+
+
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete what killed writers left in the training's folders (not in analyses/); returns them.
+
+    Only for a run no process is writing: `probe train --resume` calls it before it starts.
+    """
+    removed = []
+    for folder in (run_dir, run_dir / CHECKPOINTS, run_dir / ACTIVATIONS, run_dir / DATA):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if is_temp(p) and p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    return removed
+
+
 def checkpoint_name(epoch: int) -> str:
     return f"{CHECKPOINTS}/epoch_{epoch:04d}.safetensors"
 
@@ -145,8 +165,8 @@ class Run:
                 if i == len(lines) - 1:
                     continue
                 raise RunFileError(p, f"line {i + 1} is not JSON") from None
-            if not isinstance(row, dict) or "epoch" not in row:
-                raise RunFileError(p, f"line {i + 1} is not a metrics record")
+            if not isinstance(row, dict) or type(row.get("epoch")) is not int:
+                raise RunFileError(p, f"line {i + 1} is not a metrics record (no integer 'epoch')")
             rows.append(row)
         return rows
 
@@ -176,7 +196,10 @@ class Run:
     def load_checkpoint(self, epoch: int):
         from . import checkpoint
 
-        return checkpoint.load(self.checkpoint_path(epoch))
+        ckpt = checkpoint.load(self.checkpoint_path(epoch))
+        if ckpt.epoch != epoch:  # a copied or renamed file: its weights are not this epoch's
+            raise RunFileError(ckpt.path, f"holds epoch {ckpt.epoch}, not epoch {epoch}")
+        return ckpt
 
     def model(self, epoch: int, device: str = "cpu"):
         """A fresh model for `epoch` in eval mode; changing it never changes the file."""

@@ -26,6 +26,7 @@ in status.json with its error while the rest go on.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -194,15 +195,18 @@ def _read_analyses(table: dict[str, Any], path: Path) -> Analyses:
     return Analyses(tuple(plugins), epochs, params)
 
 
-def check_plugins(analyses: Analyses) -> None:
+def check_plugins(spec: SweepSpec) -> None:
     """Fail now, not after hours of training, if an analysis is not installed or a parameter is wrong."""
-    if not analyses.plugins:
+    if not spec.analyses.plugins:
         return
     from .plugins import registry
 
     reg = registry()
-    for name in analyses.plugins:
-        reg.get(name).make_params(analyses.params.get(name, {}))  # UsageError naming what is wrong
+    for name in spec.analyses.plugins:
+        try:
+            reg.get(name).make_params(spec.analyses.params.get(name, {}))
+        except UsageError as exc:
+            raise UsageError(f"{spec.path} [analyze]", str(exc).split(": ", 1)[-1]) from None
 
 
 def point_name(values: dict[str, Any]) -> str:
@@ -291,13 +295,17 @@ def check_existing(run_dir: Path, point: Point) -> None:
 
 
 def plan(spec: SweepSpec, sweep_dir: Path) -> tuple[list[Point], list[Point], dict[str, dict[str, Any]]]:
-    """Split the points into finished ones and ones to run (new, interrupted or failed)."""
+    """Split the points into finished ones and ones to run (new, interrupted, failed, or
+    trained but without the analyses the file now asks for)."""
     status = read_status(sweep_dir)
+    wanted = spec.analyses.to_dict()
     done, todo = [], []
     for point in spec.points():
         run_dir = sweep_dir / point.name
         check_existing(run_dir, point)
-        finished = status.get(point.name, {}).get("state") == "done" and run_complete(run_dir, point.config)
+        entry = status.get(point.name, {})
+        finished = (entry.get("state") == "done" and run_complete(run_dir, point.config)
+                    and (not spec.analyses.plugins or entry.get("analyze") == wanted))
         (done if finished else todo).append(point)
     return done, todo, status
 
@@ -354,8 +362,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, executor: Any, *, echo: Any = cl
     done, todo, status = plan(spec, sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(sweep_dir / SWEEP_FILE, {
-        "format": FORMAT, **spec.to_dict(),
-        "points": [{"name": p.name, "values": _plain(p.values), "config_hash": p.config.hash()} for p in [*done, *todo]],
+        "format": FORMAT, **spec.to_dict(), "swept": list(spec.grid),
+        "points": [{"name": p.name, "values": _plain(p.values), "config_hash": p.config.hash()} for p in spec.points()],
     })
     total = len(done) + len(todo)
     echo(f"sweep {spec.name}: {total} run{'s' if total != 1 else ''} in {sweep_dir}"
@@ -372,6 +380,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, executor: Any, *, echo: Any = cl
         entry: dict[str, Any] = {"state": "done" if outcome.ok else "failed", "seconds": round(outcome.seconds, 1),
                                  "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if outcome.ok:
+            entry["analyze"] = spec.analyses.to_dict()
             acc = (outcome.value or {}).get("val_acc")
             detail = f"val_acc {acc:.4f}" if isinstance(acc, float) and math.isfinite(acc) else "val_acc n/a"
             echo(f"[{i:>{width}}/{len(todo)}] done    {outcome.key}  {detail}  {_duration(outcome.seconds)}")
@@ -404,9 +413,10 @@ def _duration(seconds: float) -> str:
 @click.option("--workers", type=click.IntRange(min=0), help="Local worker processes; the cores are divided between them [default: half the cores, at most 4; 0 = in this process].")
 @click.option("--scheduler", metavar="ADDRESS", help="Run on this Dask scheduler (tcp://host:8786); run directories must be on a filesystem the workers share.")
 @click.option("--dask-workers", type=click.IntRange(min=1), help="Start a local Dask cluster with this many worker processes.")
+@click.option("--no-analyze", is_flag=True, help="Train only; a later run without it adds the analyses.")
 @click.option("--dry-run", is_flag=True, help="Check the file and list the runs; train nothing.")
 def sweep_command(spec_file: str, out: str, set_: tuple[str, ...], data: str | None, workers: int | None,
-                  scheduler: str | None, dask_workers: int | None, dry_run: bool) -> None:
+                  scheduler: str | None, dask_workers: int | None, no_analyze: bool, dry_run: bool) -> None:
     """Train every point of a grid (a TOML file), then run its analyses.
 
     \b
@@ -424,14 +434,15 @@ def sweep_command(spec_file: str, out: str, set_: tuple[str, ...], data: str | N
             raise UsageError("--data", f"{data} is not a directory")
         overrides["data"] = str(Path(data).resolve())
     spec = load_spec(spec_file, overrides)
+    if no_analyze:
+        spec = dataclasses.replace(spec, analyses=Analyses())
     sweep_dir = Path(out)
     done, todo, _ = plan(spec, sweep_dir.resolve())
-    check_plugins(spec.analyses)
+    check_plugins(spec)
     if dry_run:
-        for p in done:
-            click.echo(f"finished  {sweep_dir / p.name}")
-        for p in todo:
-            state = "resume" if (sweep_dir / p.name).exists() else "new"
+        finished = {p.name for p in done}
+        for p in spec.points():
+            state = "finished" if p.name in finished else "resume" if (sweep_dir / p.name).exists() else "new"
             click.echo(f"{state:<9} {sweep_dir / p.name}")
         click.echo(f"{len(done) + len(todo)} runs, {len(todo)} to run; analyses: {', '.join(spec.analyses.plugins) or 'none'}")
         return

@@ -268,7 +268,8 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     """Refuse to overwrite or to resume the wrong thing, before anything is written."""
     if resume and force:
         raise UsageError("--resume", "--resume and --force contradict each other; pick one")
-    exists = run_dir.exists() and any(run_dir.iterdir()) if run_dir.is_dir() else run_dir.exists()
+    # A run killed while writing its first file leaves only a temporary file: that counts as empty.
+    exists = any(not rundir.is_temp(p) for p in run_dir.iterdir()) if run_dir.is_dir() else run_dir.exists()
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError("--run-dir", f"{run_dir} exists and is not a directory")
     if resume:
@@ -285,7 +286,7 @@ def last_good_epoch(run: rundir.Run, log: Log) -> checkpoint.Checkpoint | None:
     """The newest checkpoint that loads and verifies; damaged later ones are reported and skipped."""
     for epoch in reversed(run.epochs()):
         try:
-            return checkpoint.load(run.checkpoint_path(epoch))
+            return run.load_checkpoint(epoch)
         except RunFileError as exc:
             log(f"warning: {exc}; resuming from an earlier epoch")
     return None
@@ -309,6 +310,7 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.remove_temp_files(run_dir)  # what a killed process was writing
     trainer = Trainer(run_dir, cfg, device, ds, log, progress)
     history: list[dict[str, Any]] = []
     start = 0
@@ -318,11 +320,17 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
         if ckpt is not None:
             if ckpt.config_hash and ckpt.config_hash != cfg.hash() and ckpt.epoch > 0 and cfg.schedule != "constant":
                 log("warning: the config changed since this checkpoint was written")
+            if ckpt.spec != trainer.spec:
+                raise RunFileError(ckpt.path, f"holds a different model ({ckpt.spec}) than {rundir.CONFIG} describes ({trainer.spec})")
             trainer.model.load_state_dict(ckpt.model_state)
             checkpoint.restore_optimizer(trainer.opt, trainer.model, ckpt)
             set_rng_states(ckpt.rng, trainer.gen)
             start = ckpt.epoch + 1
-            history = [m for m in run.metrics() if m["epoch"] <= ckpt.epoch]
+            try:
+                history = [m for m in run.metrics() if m["epoch"] <= ckpt.epoch]
+            except RunFileError as exc:  # the checkpoints hold each epoch's metrics too
+                log(f"warning: {exc}; rebuilding {rundir.METRICS} from the checkpoints")
+                history = []
             have = {m["epoch"] for m in history}
             history += [run.load_checkpoint(e).metrics for e in run.epochs() if e <= ckpt.epoch and e not in have]
             history.sort(key=lambda m: m["epoch"])
@@ -337,6 +345,7 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
     else:
         atomic.write_json(run_dir / rundir.CONFIG, {**rundir.Run(run_dir).config, "train": cfg.to_dict()})
     if start > cfg.epochs:
+        write_metrics(run_dir, history)  # a kill after the last checkpoint left its metrics line unwritten
         log(f"{run_dir} is already complete ({cfg.epochs} epochs)")
         return run_dir
     trainer.fit(start, history)

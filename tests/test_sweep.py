@@ -10,7 +10,6 @@ import json
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -19,6 +18,7 @@ from probe.cli import ProbeGroup
 from probe.errors import UsageError
 from probe.executor import DaskExecutor, InlineExecutor, LocalExecutor
 from probe.sweep import STATUS_FILE, SWEEP_FILE, load_spec, point_name, run_sweep, sweep_command
+from probe.testing import make_image_folder
 
 TINY = """
 name = "tiny"
@@ -35,23 +35,12 @@ device = "cpu"
 lr = [0.01, 0.1]
 optimizer = ["SGD", "Adam"]
 """
-TIMING = {"epoch_seconds", "train_seconds", "val_seconds", "images_per_second"}
 
 
 @pytest.fixture(scope="module")
 def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """10 classes of random 32x32 PNGs: 8 per class to train on, 3 to validate."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("test", 3)):
-        for c in range(10):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return root
+    return make_image_folder(tmp_path_factory.mktemp("data"), n_train=8, n_test=3)
 
 
 @pytest.fixture(autouse=True)
@@ -145,12 +134,12 @@ def test_unreachable_scheduler_starts_nothing(tmp_path, monkeypatch, fake_data):
 # --- running ----------------------------------------------------------------------------------------------
 
 def runs_of(sweep_dir: Path) -> dict[str, tuple[dict, list[dict]]]:
-    """Each run's config and metrics, without timings."""
+    """Each run's config and metrics, without timings (`*_seconds`, `*_per_second`)."""
     out = {}
     for p in sorted(sweep_dir.iterdir()):
         if (p / "config.json").exists():
             train = json.loads((p / "config.json").read_text())["train"]
-            metrics = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            metrics = [{k: v for k, v in json.loads(line).items() if not k.endswith(("_seconds", "_per_second"))}
                        for line in (p / "metrics.jsonl").read_text().splitlines()]
             out[p.name] = (train, metrics)
     return out
@@ -159,9 +148,10 @@ def runs_of(sweep_dir: Path) -> dict[str, tuple[dict, list[dict]]]:
 @pytest.mark.slow
 def test_local_and_dask_executors_produce_the_same_runs(tmp_path, fake_data):
     pytest.importorskip("distributed")
-    spec = load_spec(spec_file(tmp_path, TINY.replace("lr = [0.01, 0.1]", "lr = [0.05]"),
-                               '[analyze]\nplugins = ["curves"]\n'), {"data": str(fake_data)})
-    with LocalExecutor(workers=2) as e:
+    spec = load_spec(spec_file(tmp_path, TINY.replace("lr = [0.01, 0.1]", "lr = [0.05]")), {"data": str(fake_data)})
+    # One local worker (each new process pays seconds to import torch), two Dask workers;
+    # one thread each, as sums in another order would differ in the last bits.
+    with LocalExecutor(workers=1, threads_per_worker=1) as e:
         assert run_sweep(spec, tmp_path / "local", e, echo=lambda s: None) == 0
     with DaskExecutor(n_workers=2) as e:
         assert run_sweep(spec, tmp_path / "dask", e, echo=lambda s: None) == 0
@@ -169,13 +159,12 @@ def test_local_and_dask_executors_produce_the_same_runs(tmp_path, fake_data):
     assert sorted(local) == ["lr=0.05,optimizer=Adam", "lr=0.05,optimizer=SGD"]
     assert local == dask
     for name in local:
-        assert (tmp_path / "dask" / name / "analyses" / "curves").is_dir()
         assert json.loads((tmp_path / "dask" / STATUS_FILE).read_text())["runs"][name]["state"] == "done"
 
 
 def test_a_failed_run_is_recorded_the_rest_finish_and_rerun_resumes(tmp_path, fake_data):
     out = tmp_path / "out"
-    spec = spec_file(tmp_path)
+    spec = spec_file(tmp_path, TINY, '[analyze]\nplugins = ["curves"]\n')
     blocked = out / "lr=0.1,optimizer=SGD"
     blocked.mkdir(parents=True)
     (blocked / "notes.txt").write_text("not a run")  # train() refuses to write over it
@@ -187,7 +176,7 @@ def test_a_failed_run_is_recorded_the_rest_finish_and_rerun_resumes(tmp_path, fa
     status = json.loads((out / STATUS_FILE).read_text())["runs"]
     assert status["lr=0.1,optimizer=SGD"]["state"] == "failed"
     assert "already exists" in status["lr=0.1,optimizer=SGD"]["error"]
-    assert json.loads((out / SWEEP_FILE).read_text())["grid"] == {"lr": [0.01, 0.1], "optimizer": ["SGD", "Adam"]}
+    assert json.loads((out / SWEEP_FILE).read_text())["swept"] == ["lr", "optimizer"]
 
     # Fix the cause and interrupt another run (its last epoch lost): only those two run again.
     (blocked / "notes.txt").unlink()
@@ -202,6 +191,19 @@ def test_a_failed_run_is_recorded_the_rest_finish_and_rerun_resumes(tmp_path, fa
 
     result = cli(spec, "--out", out, "--data", fake_data, "--workers", "0")
     assert result.exit_code == 0 and "4 already finished" in result.output
+    assert all((p / "analyses" / "curves").is_dir() for p in out.iterdir() if p.is_dir())
+
+
+def test_analyses_skipped_with_no_analyze_are_added_by_a_later_run(tmp_path, fake_data):
+    out = tmp_path / "out"
+    spec = spec_file(tmp_path, TINY.replace('optimizer = ["SGD", "Adam"]', 'optimizer = ["SGD"]'),
+                     '[analyze]\nplugins = ["curves"]\n')
+    result = cli(spec, "--out", out, "--data", fake_data, "--workers", "0", "--no-analyze")
+    assert result.exit_code == 0, result.output
+    assert not any((p / "analyses").exists() for p in out.iterdir())
+    result = cli(spec, "--out", out, "--data", fake_data, "--workers", "0")
+    assert result.exit_code == 0 and "running 2 on" in result.output
+    assert all((p / "analyses" / "curves").is_dir() for p in out.iterdir() if p.is_dir())
 
 
 def test_a_different_run_in_the_way_is_refused_before_training(tmp_path, fake_data):

@@ -1,0 +1,237 @@
+"""Loss surfaces and their directions against direct, independent evaluations."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probe import landscape as L
+from probe.errors import ProbeError, UsageError
+from probe.model import ModelSpec
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions run much faster on one thread than on two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def cnn():
+    """A small CNN whose BatchNorm running statistics differ from batch statistics."""
+    torch.manual_seed(0)
+    model = ModelSpec(depth=2, base_width=4, hidden=8).build()
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(torch.randn(16, 3, 16, 16) * 1.5 + 0.3)
+    model.eval()
+    return model, torch.randn(21, 3, 16, 16), torch.randint(0, 10, (21,))
+
+
+def direct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Reference: a copy of the model with the weights written in, eval mode, one pass."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for k, p in ref.named_parameters():
+            p.copy_(params[k])
+        out = ref.eval()(x)
+    return F.cross_entropy(out, y).item(), (out.argmax(1) == y).double().mean().item()
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_center_equals_eval_loss(cnn, channels_last):
+    model, x, y = cnn
+    s = L.surface(model, x, y, L.random_directions(model), resolution=5, batch_size=8, channels_last=channels_last)
+    loss, acc = direct(model, x, y, dict(model.named_parameters()))
+    assert s.alpha[2] == 0 and s.beta[2] == 0
+    assert abs(s.center_loss - loss) < 1e-5 and abs(s.loss[2, 2] - loss) < 1e-5
+    assert abs(s.center_accuracy - acc) < 1e-9
+
+
+def test_non_square_grid_is_indexed_beta_then_alpha(cnn):
+    model, x, y = cnn
+    d = L.random_directions(model, seed=3)
+    s = L.surface(model, x, y, d, span=(-0.5, 1.0), resolution=4, span_y=(-1.0, 0.2), resolution_y=3, batch_size=8)
+    assert s.loss.shape == s.accuracy.shape == (3, 4)
+    assert np.allclose(s.alpha, np.linspace(-0.5, 1.0, 4)) and np.allclose(s.beta, np.linspace(-1.0, 0.2, 3))
+    w = {k: p.detach() for k, p in model.named_parameters()}
+    for j, b in enumerate(s.beta):
+        for i, a in enumerate(s.alpha):
+            loss, acc = direct(model, x, y, {k: w[k] + a * d.axes[0][k] + b * d.axes[1][k] for k in w})
+            assert abs(s.loss[j, i] - loss) < 1e-4 * max(1.0, loss)
+            assert abs(s.accuracy[j, i] - acc) < 1e-9
+
+
+def test_rows_and_vmap_agree_with_the_full_grid(cnn):
+    model, x, y = cnn
+    d = L.random_directions(model, seed=1)
+    s = L.surface(model, x, y, d, resolution=5, batch_size=8)
+    loss, acc = L.surface_rows(model, x, y, d, s.alpha, s.beta, [3, 0], batch_size=8)
+    assert np.array_equal(loss, s.loss[[3, 0]]) and np.array_equal(acc, s.accuracy[[3, 0]])
+    v = L.surface(model, x, y, d, resolution=5, batch_size=8, points_per_pass=7)
+    assert np.allclose(v.loss, s.loss, rtol=1e-5) and np.array_equal(v.accuracy, s.accuracy)
+
+
+def test_one_dimensional_surface(cnn):
+    model, x, y = cnn
+    d = L.random_directions(model, n=1, kind="random")
+    s = L.surface(model, x, y, d, span=(-2, 2), resolution=9, batch_size=64)
+    assert s.beta is None and s.loss.shape == (9,) and s.loss[4] == pytest.approx(s.center_loss)
+
+
+def test_filter_normalised_directions(cnn):
+    model, *_ = cnn
+    d = L.random_directions(model, seed=7)
+    for k, w in model.named_parameters():
+        for axis in d.axes:
+            if w.dim() <= 1:
+                assert torch.count_nonzero(axis[k]) == 0, k  # biases and BatchNorm zeroed
+            else:
+                norms = axis[k].flatten(1).norm(dim=1)
+                assert torch.allclose(norms, w.detach().flatten(1).norm(dim=1), rtol=1e-5), k
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(d.axes, L.random_directions(model, seed=7).axes, strict=True)
+               for k in a)
+    assert not torch.equal(d.axes[0]["features.0.weight"], d.axes[1]["features.0.weight"])
+    assert not torch.equal(d.axes[0]["features.0.weight"], L.random_directions(model, seed=8).axes[0]["features.0.weight"])
+
+
+def test_directions_are_keyed_by_name_not_position(cnn):
+    model, *_ = cnn
+    other = nn.Module()  # a model with a different parameter list that shares one name
+    other.register_parameter("extra", nn.Parameter(torch.ones(5, 5)))
+    other.features = copy.deepcopy(model.features)
+    a = L.random_directions(model, seed=2).axes[0]["features.3.weight"]
+    b = L.random_directions(other, seed=2).axes[0]["features.3.weight"]
+    assert torch.equal(a, b)
+
+
+def test_plain_random_direction_has_the_weights_norm(cnn):
+    model, *_ = cnn
+    d = L.random_directions(model, n=1, kind="random").axes[0]
+    ws = [w for w in model.parameters() if w.dim() > 1]
+    assert abs(sum(float(d[k].pow(2).sum()) for k, w in model.named_parameters() if w.dim() > 1)
+               - sum(float(w.pow(2).sum()) for w in ws)) < 1e-3 * sum(float(w.pow(2).sum()) for w in ws)
+
+
+def test_recalibrate_matches_reestimated_statistics(cnn):
+    model, x, y = cnn
+    calib = torch.randn(24, 3, 16, 16) * 0.7
+    d = L.random_directions(model, seed=5)
+    s = L.surface(model, x, y, d, resolution=3, bn="recalibrate", calib_x=calib, batch_size=10)
+    ref = copy.deepcopy(model)
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        ref.train()
+        for c in calib.split(10):
+            ref(c)
+        out = ref.eval()(x)
+    assert abs(s.center_loss - F.cross_entropy(out, y).item()) < 1e-5
+    assert abs(s.center_loss - L.surface(model, x, y, d, resolution=3).center_loss) > 1e-3
+
+
+@pytest.mark.parametrize("kw", [{}, {"bn": "recalibrate"}, {"points_per_pass": 4}])
+def test_model_is_left_exactly_as_it_was(cnn, kw):
+    model, x, y = cnn
+    if kw.get("bn"):
+        kw = {**kw, "calib_x": x}
+    model.train()
+    before = snapshot(model)
+    L.surface(model, x, y, L.random_directions(model), resolution=3, batch_size=8, **kw)
+    assert_unchanged(model, before)
+    assert all(m.training for m in model.modules())
+
+
+def trajectory(model: nn.Module, t: int = 7, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """States along a curve in a random plane through the final weights, plus small noise."""
+    g = torch.Generator().manual_seed(seed)
+    w = {k: p.detach() for k, p in model.named_parameters()}
+    e = [{k: torch.randn(p.shape, generator=g) for k, p in w.items()} for _ in range(2)]
+    states = []
+    for i in range(t):
+        s = (t - 1 - i) / (t - 1)
+        a, b = 2.0 * s, 0.8 * s * s
+        state = {k: w[k] + a * e[0][k] + b * e[1][k] + 0.01 * torch.randn(w[k].shape, generator=g) for k in w}
+        state.update({k: v.clone() for k, v in model.named_buffers()})
+        states.append(state)
+    return states
+
+
+@pytest.mark.parametrize("mean_center", [False, True])
+def test_pca_matches_a_dense_svd(cnn, mean_center):
+    model, *_ = cnn
+    states = trajectory(model)
+    w = {k: p.detach() for k, p in model.named_parameters()}
+    dmat = np.stack([np.concatenate([(s[k] - w[k]).numpy().ravel() for k in w]) for s in states]).astype(np.float64)
+    fit = dmat - dmat.mean(0) if mean_center else dmat
+    _, sv, vt = np.linalg.svd(fit, full_matrices=False)
+    pca = L.pca_directions(model, states, mean_center=mean_center)
+    for a in range(2):
+        got = np.concatenate([pca.axes[a][k].numpy().ravel() for k in w])
+        assert abs(abs(got @ vt[a]) - 1) < 1e-5
+        assert np.allclose(pca.path[:, a], dmat @ got, atol=1e-4)
+    assert np.allclose(pca.explained, sv[:2] ** 2 / (sv ** 2).sum(), atol=1e-6)
+    basis = np.stack([np.concatenate([pca.axes[a][k].numpy().ravel() for k in w]) for a in range(2)])
+    steps = np.diff(dmat, axis=0)
+    expected = ((steps @ basis.T) ** 2).sum(1) / (steps ** 2).sum(1)
+    assert np.allclose(pca.captured, expected, atol=1e-5)
+    assert (pca.captured > 0.99).all() if not mean_center else True
+
+
+def test_pca_streams_in_blocks_with_the_same_result(cnn):
+    model, *_ = cnn
+    states = trajectory(model, t=6)
+
+    class Loader:  # a lazy sequence that counts loads
+        loads = 0
+
+        def __len__(self):
+            return len(states)
+
+        def __getitem__(self, i):
+            Loader.loads += 1
+            return states[i]
+
+    whole = L.pca_directions(model, states)
+    dim = sum(p.numel() for p in model.parameters())
+    blocked = L.pca_directions(model, Loader(), max_bytes=8 * dim * 2)  # two states per block
+    assert np.allclose(blocked.path, whole.path, atol=1e-6) and np.allclose(blocked.captured, whole.captured)
+    assert Loader.loads > len(states)  # streamed: re-read rather than held
+
+
+def test_bad_parameters_and_nan_models(cnn):
+    model, x, y = cnn
+    d = L.random_directions(model)
+    with pytest.raises(UsageError, match="^resolution: "):
+        L.surface(model, x, y, d, resolution=1)
+    with pytest.raises(UsageError, match="^bn: "):
+        L.surface(model, x, y, d, bn="train")
+    with pytest.raises(UsageError, match="^calib_x: "):
+        L.surface(model, x, y, d, bn="recalibrate")
+    with pytest.raises(UsageError, match="^states: "):
+        L.pca_directions(model, [dict(model.state_dict())])
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.features[0].weight.fill_(float("nan"))
+    with pytest.raises(ProbeError, match="nan"):
+        L.surface(broken, x, y, d, resolution=3)
