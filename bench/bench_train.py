@@ -74,10 +74,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants.split(","):
             # ru_maxrss of children is a running maximum; run each variant in a fresh shell to isolate it
-            r = subprocess.run([sys.executable, "-c", (
-                "import json,resource,sys; sys.path.insert(0, %r); import bench_train as b; from pathlib import Path; "
-                "r = b.run_probe(%r, %d, %r, %r, Path(%r)); r['peak_rss_mb'] = b.peak_child_rss_mb(); print(json.dumps(r))"
-            ) % (str(Path(__file__).parent), args.data, args.epochs, name, VARIANTS[name], tmp)],
+            code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_train as b; "
+                    f"from pathlib import Path; r = b.run_probe({args.data!r}, {args.epochs}, {name!r}, {VARIANTS[name]!r}, "
+                    f"Path({tmp!r})); r['peak_rss_mb'] = b.peak_child_rss_mb(); print(json.dumps(r))")
+            r = subprocess.run([sys.executable, "-c", code],
                 capture_output=True, text=True, check=True)
             results.append(json.loads(r.stdout.strip().splitlines()[-1]))
     base = results[0]["epoch_s"] if not args.skip_baseline else None

@@ -7,7 +7,7 @@ of each weight is visible), and because that hides how large a filter is, each
 figure also shows the filters' L2 norms.
 
 - `filters` (per epoch): all filters of the first conv layer as an RGB grid.
-- `filters-evolution` (over the selected epochs): one row per filter, one column per
+- `filters-evolution` (over the selected epochs): one column per filter, one row per
   epoch from initialisation to the last, plus norm and change-from-init curves.
 """
 
@@ -29,8 +29,8 @@ class Params:
 class EvolutionParams:
     normalize: str = probe.param("minmax", "Per-filter scaling: to [0, 1], or symmetric about 0 (sign visible).",
                                  choices=("minmax", "symmetric"))
-    max_filters: int = probe.param(32, "Rows: at most this many filters (the first ones).", min=1)
-    max_columns: int = probe.param(12, "Columns: at most this many epochs, evenly spaced, first and last kept.", min=2)
+    max_filters: int = probe.param(64, "Columns: at most this many filters (the first ones).", min=1)
+    max_epochs: int = probe.param(12, "Rows: at most this many epochs, evenly spaced, first and last kept.", min=2)
 
 
 def first_conv_weight(ctx: probe.Context, epoch: int):
@@ -125,15 +125,15 @@ def run_evolution(ctx: probe.Context) -> None:
     name = ""
     for e in ctx.progress(epochs, "checkpoints", total=len(epochs)):
         name, weights[e] = first_conv_weight(ctx, e)
-    if len(epochs) > p.max_columns:
-        idx = np.unique(np.linspace(0, len(epochs) - 1, p.max_columns).round().astype(int))
+    if len(epochs) > p.max_epochs:
+        idx = np.unique(np.linspace(0, len(epochs) - 1, p.max_epochs).round().astype(int))
         shown = [epochs[i] for i in idx]
     else:
         shown = epochs
     W = np.stack([weights[e] for e in epochs])  # [E, out, in, kh, kw]
     n_filters = min(p.max_filters, W.shape[1])
-    imgs = np.stack([to_images(weights[e][:n_filters], p.normalize) for e in shown], axis=1)  # [f, cols, h, w, 3]
-    strip = tile(imgs.reshape(-1, *imgs.shape[2:]), n_filters, len(shown))
+    imgs = np.stack([to_images(weights[e][:n_filters], p.normalize) for e in shown])  # [epochs, filters, h, w, 3]
+    strip = tile(imgs.reshape(-1, *imgs.shape[2:]), len(shown), n_filters)
 
     flat = W.reshape(len(epochs), W.shape[1], -1)
     norms = np.linalg.norm(flat, axis=2)  # [E, out]
@@ -141,21 +141,24 @@ def run_evolution(ctx: probe.Context) -> None:
     change = np.linalg.norm(flat - w0, axis=2) / np.maximum(np.linalg.norm(w0, axis=1), 1e-12)
     cos = np.sum(flat * w0, axis=2) / np.maximum(np.linalg.norm(flat, axis=2) * np.linalg.norm(w0, axis=1), 1e-12)
 
-    h = strip.shape[0] / strip.shape[1]
-    fig = plt.figure(figsize=(12, max(5.0, min(14.0, 0.18 * n_filters * 4 + 1))), constrained_layout=True)
-    gs = fig.add_gridspec(2, 2, width_ratios=[max(0.6, 1 / h), 1])
-    ax = fig.add_subplot(gs[:, 0])
+    width = 12.0
+    strip_h = min(10.0, width * strip.shape[0] / strip.shape[1] + 0.6)
+    fig = plt.figure(figsize=(width, strip_h + 3.6), constrained_layout=True)
+    gs = fig.add_gridspec(2, 2, height_ratios=[strip_h, 3.6])
+    ax = fig.add_subplot(gs[0, :])
     ax.imshow(strip, interpolation="nearest")
     kh, kw = W.shape[3], W.shape[4]
-    ax.set_xticks([1 + c * (kw + 1) + kw / 2 - 0.5 for c in range(len(shown))], [str(e) for e in shown], fontsize=7)
-    ax.set_yticks([1 + r * (kh + 1) + kh / 2 - 0.5 for r in range(n_filters)], [str(r) for r in range(n_filters)],
-                  fontsize=6)
-    ax.set_xlabel("epoch (0 = initialisation)")
-    ax.set_ylabel("filter")
-    for s in ax.spines.values():
-        s.set_visible(False)
-    ax.set_title(f"{name}: filters over training ({p.normalize} per filter and epoch)", fontsize=9)
-    bx = fig.add_subplot(gs[0, 1])
+    ax.set_yticks([1 + r * (kh + 1) + kh / 2 - 0.5 for r in range(len(shown))], [str(e) for e in shown], fontsize=7)
+    every = max(1, n_filters // 32)
+    ax.set_xticks([1 + c * (kw + 1) + kw / 2 - 0.5 for c in range(0, n_filters, every)],
+                  [str(c) for c in range(0, n_filters, every)], fontsize=6)
+    ax.set_ylabel("epoch (0 = initialisation)")
+    ax.set_xlabel("filter")
+    for sp in ax.spines.values():
+        sp.set_visible(False)
+    ax.set_title(f"{name}: filters over training, {n_filters} of {W.shape[1]} "
+                 f"({p.normalize}, each filter and epoch scaled on its own)", fontsize=9)
+    bx = fig.add_subplot(gs[1, 0])
     bx.plot(epochs, norms, color="tab:blue", alpha=0.25, lw=0.8)
     bx.plot(epochs, norms.mean(axis=1), color="black", lw=2, label="mean")
     bx.set(ylabel="filter L2 norm", title="norm of every filter", xlabel="epoch")
@@ -168,8 +171,8 @@ def run_evolution(ctx: probe.Context) -> None:
     for a in (bx, cx):
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.grid(alpha=0.3)
-    ctx.out.figure("filters_evolution", fig, caption="Each first-layer filter (row) from initialisation to the last "
-                   "selected epoch (columns), with filter norms and the distance from initialisation; a filter "
+    ctx.out.figure("filters_evolution", fig, caption="Each first-layer filter (column) from initialisation to the last "
+                   "selected epoch (rows), with filter norms and the distance from initialisation; a filter "
                    "whose cosine with its initial value stays near 1 has barely learnt.")
     ctx.out.arrays("filters_evolution", attrs={"layer": name}, epochs=np.array(epochs), norms=norms,
                    relative_change=change, cosine_to_init=cos)

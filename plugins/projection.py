@@ -10,6 +10,7 @@ images are plotted in every panel, coloured by class.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import probe
@@ -26,6 +27,9 @@ class Params:
     align: str = probe.param("reference", "PCA axes: fitted on the last epoch, or per-epoch PCA rotated onto it.",
                              choices=("reference", "procrustes"))
     perplexity: float = probe.param(30.0, "t-SNE perplexity (capped at (N-1)/3).", min=2)
+    tsne_backend: str = probe.param("auto", "t-SNE implementation: openTSNE if installed, else scikit-learn; "
+                                            "or pinned (the two give different, equally good embeddings).",
+                                    choices=("auto", "opentsne", "sklearn"))
     seed: int = probe.param(0, "t-SNE random seed.", min=0)
     same_scale: bool = probe.param(False, "Give every panel the same limits (else each is zoomed to its points; "
                                           "the axes' directions are shared either way).")
@@ -116,6 +120,32 @@ def plot_grid(coords: dict, labels, class_names: list[str], titles: dict, suptit
     return fig
 
 
+class EpochActivations(Mapping):
+    """epoch -> [N, D] activations, read from the dump on each access.
+
+    Full feature maps are ~130 MB per epoch for 1,000 images; holding every
+    epoch's at once could exhaust memory, so nothing is kept.
+    """
+
+    def __init__(self, ctx: probe.Context, layer: str, kind: str, epochs: list[int], n: int):
+        self.ctx, self.layer, self.kind, self.epochs, self.n = ctx, layer, kind, epochs, n
+
+    def __getitem__(self, epoch: int):
+        if epoch not in self.epochs:
+            raise KeyError(epoch)
+        a = self.ctx.activations(self.layer, epoch, self.kind)
+        if a.shape[0] != self.n:
+            raise probe.ProbeError(f"{self.ctx.run.path}: epoch {epoch}'s activation dump has {a.shape[0]} images, "
+                                   f"the probe set {self.n}")
+        return a.reshape(a.shape[0], -1)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epochs)
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+
 def _spread(Y) -> float:
     """Root of the total variance of 2-D points: how big the cloud is, for the titles."""
     return float(Y.var(axis=0).sum() ** 0.5)
@@ -136,10 +166,7 @@ def run(ctx: probe.Context) -> None:
     layer = resolve_layer(ctx.layers(epochs[-1]), p.layer)
     labels = np.asarray(ctx.probe_set().labels, dtype=np.int64)
     names = ctx.class_names()
-    X = {e: ctx.activations(layer, e, p.kind) for e in epochs}
-    X = {e: a.reshape(a.shape[0], -1) for e, a in X.items()}
-    if any(a.shape[0] != len(labels) for a in X.values()):
-        raise probe.ProbeError(f"{ctx.run.path}: activation dumps and probe set disagree on the number of images")
+    X = EpochActivations(ctx, layer, p.kind, epochs, len(labels))
     shown = panel_epochs(epochs)
     what = f"{layer} ({p.kind}, {len(labels)} probe images)"
     arrays: dict[str, np.ndarray] = {"epochs": np.array(epochs), "labels": labels}
@@ -170,11 +197,14 @@ def run(ctx: probe.Context) -> None:
         ctx.out.scalar("pca_knn_acc", knn_accuracy(pca_xy[epochs[-1]], labels))
 
     if p.method in ("tsne", "both"):
-        backend = R.tsne_backend()
+        try:
+            backend = R.tsne_backend(p.tsne_backend)
+        except ImportError as exc:
+            raise probe.UsageError("--param tsne_backend", str(exc)) from None
         ts: dict[int, np.ndarray] = {}
         order = [epochs[-1], *epochs[:-1]]  # the last first: the others are rotated onto it
         for e in ctx.progress(order, "t-SNE", total=len(order)):
-            Y = R.tsne(X[e], perplexity=p.perplexity, seed=p.seed, init=pca_xy[e])
+            Y = R.tsne(X[e], perplexity=p.perplexity, seed=p.seed, init=pca_xy[e], backend=backend)
             ts[e] = Y if e == epochs[-1] else R.procrustes_align(Y, ts[epochs[-1]])
         ts[epochs[-1]] = ts[epochs[-1]] - ts[epochs[-1]].mean(axis=0)
         acc = {e: knn_accuracy(ts[e], labels) for e in epochs}

@@ -133,7 +133,7 @@ def _record_failure(run: Run, analysis: Analysis, params: Any, outcome: Outcome)
         atomic.write_json(target.parent / f"{target.name}.failed.json", {
             "analysis": analysis.name, "epoch": outcome.epoch, "variant": variant, "params": pdict,
             "status": outcome.status, "error": outcome.error, "traceback": outcome.traceback,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         })
     except ProbeError:
         pass
@@ -157,6 +157,8 @@ def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs
         return job()
     before = snapshot(run.path)
     outcome = job()
+    if outcome.status == "cached":  # no plugin code ran
+        return outcome
     stray, changed = check_writes(run, before)
     if stray or changed:
         problems = []
@@ -164,7 +166,7 @@ def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs
             problems.append(f"wrote outside its result folder: {', '.join(stray)} (removed)")
         if changed:
             problems.append(f"changed run files: {', '.join(changed)}")
-        if outcome.status in ("ok", "cached") and outcome.path is not None:
+        if outcome.status == "ok" and outcome.path is not None:
             shutil.rmtree(outcome.path, ignore_errors=True)  # a misbehaving job's result is not kept
         error = "; ".join(problems) + (f"; and {outcome.error}" if outcome.error else "")
         outcome = dataclasses.replace(outcome, status="failed" if outcome.status != "timeout" else "timeout",
@@ -197,7 +199,7 @@ def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epoch
                 "params": pdict, "variant": variant, "scope": analysis.scope, "epoch": epoch, "epochs": epochs,
                 "inputs": inputs, "key": key, "files": sorted(set(out.files)), "scalars": out.scalars,
                 "captions": {**dict(analysis.figure_captions), **out.captions}, "seconds": round(seconds, 3),
-                "device": device, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "device": device, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         failed_marker.unlink(missing_ok=True)
@@ -340,7 +342,7 @@ def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
         except OSError:
             pass
     changed = []
-    for rel, stat in before.files.items():
+    for rel, stat in sorted(before.files.items()):
         if stat == after.files.get(rel):
             continue
         if rel == rundir.METRICS and rel in after.files and after.metrics.startswith(before.metrics):
@@ -381,7 +383,7 @@ def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = N
 
 
 def write_log(run: Run, failures: list[Outcome]) -> Path:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     path = run.path / "logs" / f"analyze-{stamp}-{id(failures) % 10000:04d}.log"
     text = "\n".join(f"== {o.label}: {o.error}\n{o.traceback}" for o in failures)
     try:

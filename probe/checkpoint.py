@@ -53,9 +53,11 @@ class Checkpoint:
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in self.spec.build().state_dict().items()}
         stored = {k: tuple(v.shape) for k, v in self.model_state.items()}
-        if shapes != stored:
-            diff = sorted(set(shapes.items()) ^ set(stored.items()))[:2]
-            raise RunFileError(self.path, f"tensors do not match the model spec (first differences: {diff})")
+        bad = sorted(k for k in shapes.keys() | stored.keys() if shapes.get(k) != stored.get(k))
+        if bad:
+            k = bad[0]
+            raise RunFileError(self.path, f"tensors do not match the model spec ({len(bad)} differ; {k}: "
+                                          f"spec {shapes.get(k, 'none')}, file {stored.get(k, 'none')})")
         model = self.spec.build()
         model.load_state_dict(self.model_state, strict=True)
         return model.to(device).eval()

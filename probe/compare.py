@@ -8,8 +8,8 @@ were computed, a stability verdict and the training wall time.
 Plots are chosen from what was swept, not from a study's name:
   curves.png         the --metric per epoch, overlaid, grouped by the swept keys
   loss_grid.png      with lr and optimizer swept: loss curves per (optimizer, lr)
-  regularizers.png   with dropout, weight_decay or augment swept: accuracy, gap
-                     and sharpness against each regulariser
+  regularizers.png   with dropout, weight_decay or augment swept: accuracy, gap,
+                     sharpness and top Hessian eigenvalue against each regulariser
 """
 
 from __future__ import annotations
@@ -132,8 +132,10 @@ def collect(paths: Sequence[str]) -> tuple[list[RunRow], list[str]]:
     if not rows:
         raise UsageError("PATH", "no runs found")
     # Keys that differ between the runs, beyond the grids (e.g. runs trained by hand).
-    for key in rows[0].config:
-        if key not in keys and key not in ("data", "device") and len({json.dumps(r.config[key]) for r in rows if key in r.config}) > 1:
+    # Runs not started yet carry only their grid values, so they cannot say what else differs.
+    started = [r for r in rows if r.state != "not started"]
+    for key in started[0].config if started else {}:
+        if key not in keys and key not in ("data", "device") and len({json.dumps(r.config[key]) for r in started if key in r.config}) > 1:
             keys.append(key)
     return rows, keys
 
@@ -189,18 +191,22 @@ def summarize(row: RunRow) -> dict[str, Any]:
 
 
 def hessian_key(names: list[str]) -> str | None:
-    """The analysis scalar shown as the top Hessian eigenvalue."""
-    return _find(names, ("hessian",), ("top", "max", "eig", "lambda"))
+    """The analysis scalar shown as the top Hessian eigenvalue (every scalar is in the CSV)."""
+    return _find(names, "hessian", ("top", "max", "lambda", "eig"), avoid=("min", "small", "bottom", "@"))
 
 
 def sharpness_key(names: list[str]) -> str | None:
-    return _find(names, ("sharp",), ())
+    """The analysis scalar shown as sharpness: the worst-case one if there are several."""
+    return _find(names, "sharp", ("worst", "sharp"), avoid=("@",))
 
 
-def _find(names: list[str], must: tuple[str, ...], prefer: tuple[str, ...]) -> str | None:
-    names = [k for k in sorted(names) if any(m in k.lower() for m in must)]
-    preferred = [k for k in names if any(p in k.lower() for p in prefer)]
-    return (preferred or names or [None])[0]
+def _find(names: list[str], analysis: str, prefer: tuple[str, ...], avoid: tuple[str, ...]) -> str | None:
+    names = [k for k in sorted(names) if analysis in k.lower() and not any(a in k.lower() for a in avoid)]
+    for word in prefer:
+        for k in names:
+            if word in k.lower().split(".", 1)[-1]:
+                return k
+    return names[0] if names else None
 
 
 def table(rows: list[RunRow], keys: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -268,6 +274,7 @@ def stability_summary(records: list[dict[str, Any]], keys: list[str]) -> str:
     """optimizer x lr: the verdicts of the runs in each cell (e.g. over depths)."""
     if "optimizer" not in keys or "lr" not in keys:
         return ""
+    records = [r for r in records if r.get("optimizer") is not None and r.get("lr") is not None]
     opts = _unique(r["optimizer"] for r in records)
     lrs = sorted(_unique(r["lr"] for r in records))
     letter = {DIVERGED: "D", STALLED: "S", OSCILLATING: "O", CONVERGED: "C", "": "-"}
@@ -438,15 +445,15 @@ def _legend_outside(fig: Any, axes: Any) -> None:
 
 
 def plot_regularizers(columns: list[str], keys: list[str], records: list[dict[str, Any]], path: Path) -> bool:
-    """Regularisation study: final val accuracy, gap and sharpness against each regulariser."""
+    """Regularisation study: final val accuracy, gap, sharpness and top Hessian eigenvalue
+    (where analysed) against each regulariser."""
     regs = [k for k in keys if k in REGULARIZERS]
     if not regs:
         return False
     plt = _pyplot()
-    sharp = sharpness_key(scalar_columns(columns, keys))
+    scalars = scalar_columns(columns, keys)
     panels = [("final_val_acc", "final val accuracy"), ("gap", "train - val accuracy")]
-    if sharp:
-        panels.append((sharp, sharp))
+    panels += [(k, k) for k in (sharpness_key(scalars), hessian_key(scalars)) if k]
     fig, axes = plt.subplots(len(regs), len(panels), figsize=(3.8 * len(panels), 2.9 * len(regs)), squeeze=False, layout="constrained")
     for i, reg in enumerate(regs):
         values = _unique(r[reg] for r in records)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import UsageError
 
@@ -101,7 +101,12 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
             return
         raise UsageError(opt, "a value is required")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise UsageError(opt, f"{value} is too large") from None
+    if typ is float and isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(opt, f"must be a finite number, got {value}")
     if typ is tuple:
         if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
             raise UsageError(opt, "expected a list of layer names")
@@ -131,8 +136,6 @@ def coerce(name: str, value: Any, source: str) -> Any:
             value = tuple(v.strip() for v in value.split(",") if v.strip())
         elif isinstance(value, list):
             value = tuple(value)
-    elif typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
     try:
         check_value(f, value)
     except UsageError as exc:

@@ -781,7 +781,7 @@ def render_sweep(sweep_dir: Path, display: str, spec: dict[str, Any], rows: list
 def _page(title: str, header: str, nav: list[tuple[str, str]], body: str, regen: str) -> str:
     from . import __version__
 
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     nav_html = "".join(f'<a href="#{esc(i)}">{esc(t)}</a>' for i, t in nav)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

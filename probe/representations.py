@@ -7,13 +7,15 @@ checked in tests against an independent computation:
 
 - `pca` / `pca_across_epochs`: PCA by SVD of centred data, and a documented way
   to keep the axes of several epochs comparable.
-- `tsne`: openTSNE when installed (faster here, see docs/representations.md),
-  scikit-learn's otherwise; same parameters and initialisation for both.
+- `tsne`: openTSNE when installed (never slower in docs/representations.md's
+  benchmark, though only marginally faster), scikit-learn's otherwise; same
+  parameters and initialisation for both, thread pools bounded.
 - `cosine_rsm` / `rsm_class_summary`: the representational similarity matrix
   sorted by class, with within- vs between-class similarity (diagonal excluded).
 - `linear_cka` / `cka_matrix`: linear CKA (Kornblith et al. 2019).
-- `gradcheck_conv_layers`: central finite differences against autograd for
-  sampled conv weights, on a float64 eval-mode copy of the model.
+- `gradcheck_conv_layers`: central finite differences (Richardson-extrapolated,
+  ReLU/max-pool patterns frozen) against autograd for sampled conv weights, on a
+  float64 eval-mode copy of the model.
 """
 
 from __future__ import annotations
@@ -256,35 +258,41 @@ def tsne(
     if sd == 0:  # degenerate (e.g. constant activations): seeded random start instead
         Y0 = np.random.default_rng(seed).normal(scale=1e-4, size=Y0.shape)
 
-    if tsne_backend(backend) == "opentsne":
-        from openTSNE import TSNE as OpenTSNE
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-        emb = OpenTSNE(
+    # scikit-learn's Barnes-Hut gradient runs on OpenMP with every core whatever
+    # n_jobs says; on a shared machine that oversubscription made it 10x slower
+    # (docs/representations.md). n_jobs bounds all thread pools, for both backends.
+    with threadpool_limits(limits=n_jobs):
+        if tsne_backend(backend) == "opentsne":
+            from openTSNE import TSNE as OpenTSNE
+
+            emb = OpenTSNE(
+                n_components=n_components,
+                perplexity=perplexity,
+                learning_rate="auto",
+                early_exaggeration=12,
+                early_exaggeration_iter=early_exaggeration_iter,
+                n_iter=n_iter,
+                initialization=Y0,
+                random_state=seed,
+                n_jobs=n_jobs,
+                verbose=False,
+            ).fit(X)
+            return np.asarray(emb, dtype=np.float64)
+
+        from sklearn.manifold import TSNE as SkTSNE
+
+        return SkTSNE(
             n_components=n_components,
             perplexity=perplexity,
+            early_exaggeration=12.0,
             learning_rate="auto",
-            early_exaggeration=12,
-            early_exaggeration_iter=early_exaggeration_iter,
-            n_iter=n_iter,
-            initialization=Y0,
+            max_iter=early_exaggeration_iter + n_iter,
+            init=Y0.astype(np.float32),
             random_state=seed,
             n_jobs=n_jobs,
-            verbose=False,
-        ).fit(X)
-        return np.asarray(emb, dtype=np.float64)
-
-    from sklearn.manifold import TSNE as SkTSNE
-
-    return SkTSNE(
-        n_components=n_components,
-        perplexity=perplexity,
-        early_exaggeration=12.0,
-        learning_rate="auto",
-        max_iter=early_exaggeration_iter + n_iter,
-        init=Y0.astype(np.float32),
-        random_state=seed,
-        n_jobs=n_jobs,
-    ).fit_transform(X).astype(np.float64)
+        ).fit_transform(X).astype(np.float64)
 
 
 # --- RSM -----------------------------------------------------------------------------------
@@ -538,9 +546,11 @@ def gradcheck_conv_layers(
     Measured (docs/representations.md): unfrozen differences are off by up to
     4e-1 at eps=1e-3 and 6e-3 at 1e-6 (kinks); frozen plain differences reach
     1e-8 but degrade to 2e-5 on a trained model (truncation); frozen Richardson
-    at the default eps=1e-3 stayed at or below 1e-7 on every model tried.
+    at the default eps=1e-3 stayed below 2e-7 on every model tried.
     `kink` says whether the unfrozen function switched a unit at w +- eps,
-    i.e. whether freezing mattered for that weight.
+    i.e. whether freezing mattered for that weight. Only nn.ReLU and
+    nn.MaxPool2d are frozen (all probe's models use); other piecewise-linear
+    modules (LeakyReLU, Hardtanh, ...) would still add kink noise.
 
     relative error = |a - n| / max(|a|, |n|, 1e-12); entries whose gradient is
     exactly 0 on both sides therefore report 0.

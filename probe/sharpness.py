@@ -6,7 +6,8 @@ Three measures, each reported as an increase over the base loss on the same batc
   |d_i| <= eps * (|w_i| + 1), by projected sign-gradient ascent;
 - adaptive (ASAM, Kwon et al., 2021): max over ||d / |w| ||_p <= eps (elementwise
   |w| scaling; p = 2 as in ASAM, or inf), by projected gradient ascent;
-- average-case: E L(w + d) - L(w) over d ~ N(0, eps^2 diag(s^2)), s = 1 or |w|.
+- average-case: E L(w + d) - L(w) over d ~ N(0, eps^2 diag(s^2)), s = 1 or |w|
+  (antithetic pairs d, -d by default).
 
 Ascent finds a lower bound of the true maximum (a local maximiser); the best loss
 seen along the way is reported.
@@ -122,12 +123,15 @@ def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
 
 
 def average_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-2,
-                      samples: int = 20, adaptive: bool = False, seed: int = 0, batch_size: int = 256,
+                      samples: int = 20, adaptive: bool = False, antithetic: bool = True, seed: int = 0,
+                      batch_size: int = 256,
                       loss_fn: LossFn | None = None, params: Sequence[str] | None = None,
                       dtype: torch.dtype | None = None) -> SharpnessResult:
     """Mean loss increase under Gaussian noise d = eps * s * z, s = |w| if `adaptive` else 1.
 
-    For a quadratic loss the expectation is 0.5 * eps^2 * sum_i H_ii s_i^2; the
+    For a quadratic loss the expectation is 0.5 * eps^2 * sum_i H_ii s_i^2. With
+    `antithetic` each sample averages d and -d (two evaluations), which cancels the
+    gradient term that otherwise dominates the variance away from a minimum. The
     standard error of the Monte Carlo mean is reported.
     """
     check(samples >= 2, "samples", f"must be >= 2, got {samples}")
@@ -135,11 +139,11 @@ def average_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
     gen = torch.Generator().manual_seed(seed)
     rises = []
     for _ in range(samples):
-        p = {}
-        for n, w in f.params.items():
-            z = torch.randn(w.shape, generator=gen, dtype=torch.float64).to(w)
-            p[n] = w + eps * (w.abs() if adaptive else 1) * z
-        rises.append(f.value(p) - base)
+        d = {n: eps * (w.abs() if adaptive else 1) * torch.randn(w.shape, generator=gen, dtype=torch.float64).to(w)
+             for n, w in f.params.items()}
+        up = f.value({n: w + d[n] for n, w in f.params.items()})
+        down = f.value({n: w - d[n] for n, w in f.params.items()}) if antithetic else up
+        rises.append(0.5 * (up + down) - base)
     t = torch.tensor(rises, dtype=torch.float64)
     return SharpnessResult("average", eps, "adaptive" if adaptive else "plain", base, base + float(t.mean()),
                            float(t.mean()), float(t.std() / math.sqrt(samples)), samples, f.describe())

@@ -31,13 +31,13 @@ import itertools
 import math
 import re
 import time
+import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
 
 from . import atomic
 from .config import FIELDS, TrainConfig, coerce
@@ -209,6 +209,20 @@ def check_plugins(spec: SweepSpec) -> None:
             raise UsageError(f"{spec.path} [analyze]", str(exc).split(": ", 1)[-1]) from None
 
 
+def with_params(spec: SweepSpec, pairs: tuple[str, ...]) -> SweepSpec:
+    """Apply `--param` pairs (as `probe analyze --param`) over the file's analysis parameters."""
+    if not spec.analyses.plugins:
+        raise UsageError("--param", f"{spec.path} runs no analyses (no [analyze] plugins)")
+    from .analysis import split_params
+    from .plugins import registry
+
+    check_plugins(spec)
+    routed = split_params(list(pairs), [registry().get(name) for name in spec.analyses.plugins])
+    merged = {name: {**spec.analyses.params.get(name, {}), **routed.get(name, {})} for name in spec.analyses.plugins}
+    merged = {name: values for name, values in merged.items() if values}
+    return dataclasses.replace(spec, analyses=dataclasses.replace(spec.analyses, params=merged))
+
+
 def point_name(values: dict[str, Any]) -> str:
     """`optimizer=SGD,lr=0.001`: readable, and a safe directory name."""
     return ",".join(f"{k}={_safe(format_value(v))}" for k, v in values.items())
@@ -378,7 +392,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, executor: Any, *, echo: Any = cl
     width = len(str(len(todo)))
     for i, outcome in enumerate(executor.run(tasks), 1):
         entry: dict[str, Any] = {"state": "done" if outcome.ok else "failed", "seconds": round(outcome.seconds, 1),
-                                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
         if outcome.ok:
             entry["analyze"] = spec.analyses.to_dict()
             acc = (outcome.value or {}).get("val_acc")
@@ -413,10 +427,12 @@ def _duration(seconds: float) -> str:
 @click.option("--workers", type=click.IntRange(min=0), help="Local worker processes; the cores are divided between them [default: half the cores, at most 4; 0 = in this process].")
 @click.option("--scheduler", metavar="ADDRESS", help="Run on this Dask scheduler (tcp://host:8786); run directories must be on a filesystem the workers share.")
 @click.option("--dask-workers", type=click.IntRange(min=1), help="Start a local Dask cluster with this many worker processes.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Analysis parameter over the file's [analyze.params] (repeatable); ANALYSIS.KEY=VALUE targets one analysis.")
 @click.option("--no-analyze", is_flag=True, help="Train only; a later run without it adds the analyses.")
 @click.option("--dry-run", is_flag=True, help="Check the file and list the runs; train nothing.")
 def sweep_command(spec_file: str, out: str, set_: tuple[str, ...], data: str | None, workers: int | None,
-                  scheduler: str | None, dask_workers: int | None, no_analyze: bool, dry_run: bool) -> None:
+                  scheduler: str | None, dask_workers: int | None, params: tuple[str, ...], no_analyze: bool,
+                  dry_run: bool) -> None:
     """Train every point of a grid (a TOML file), then run its analyses.
 
     \b
@@ -434,6 +450,8 @@ def sweep_command(spec_file: str, out: str, set_: tuple[str, ...], data: str | N
             raise UsageError("--data", f"{data} is not a directory")
         overrides["data"] = str(Path(data).resolve())
     spec = load_spec(spec_file, overrides)
+    if params:
+        spec = with_params(spec, params)
     if no_analyze:
         spec = dataclasses.replace(spec, analyses=Analyses())
     sweep_dir = Path(out)

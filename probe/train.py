@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import activations, atomic, checkpoint, data, rundir
 from .config import TrainConfig
-from .errors import ProbeError, RunFileError, UsageError
+from .errors import RunFileError, UsageError
 from .model import SimpleCNN, count_params, spec_from_config
 
 Log = Callable[[str], None]
@@ -361,6 +361,4 @@ def _resolved(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
-    if not math.isfinite(cfg.lr):
-        raise ProbeError("--lr must be finite")
     return info

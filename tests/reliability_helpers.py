@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+
+import probe
 
 # A run of 3 epochs on 80 training images: a few hundred milliseconds of training per run.
 TINY_ARGS = ["--epochs", "3", "--batch-size", "16", "--val-batch-size", "32", "--subset-train-size", "0",
@@ -53,6 +56,10 @@ out = sys.stdout
 out.write("ready\n"); out.flush()
 for line in sys.stdin:
     req = json.loads(line)
+    if "wait" in req:
+        _, status = os.waitpid(req["wait"], 0)
+        out.write(json.dumps({"pid": req["wait"], "status": status}) + "\n"); out.flush()
+        continue
     pid = os.fork()
     if pid == 0:
         code = 70
@@ -78,8 +85,6 @@ for line in sys.stdin:
             sys.stdout.flush(); sys.stderr.flush()
             os._exit(code)
     out.write(json.dumps({"pid": pid}) + "\n"); out.flush()
-    _, status = os.waitpid(pid, 0)
-    out.write(json.dumps({"pid": pid, "status": status}) + "\n"); out.flush()
 """
 
 
@@ -96,9 +101,9 @@ class Child:
         except ProcessLookupError:
             pass
 
-    def wait(self, timeout: float = 60) -> Child:
+    def wait(self, timeout: float = 120) -> Child:
         if self.status is None:
-            msg = self.zygote._read(timeout)
+            msg = self.zygote._ask({"wait": self.pid}, timeout)
             assert msg["pid"] == self.pid, msg
             self.status = msg["status"]
         return self
@@ -128,7 +133,7 @@ class Child:
 
 
 class Zygote:
-    """A Python process with torch and probe imported that forks one `probe` child at a time."""
+    """A Python process with torch and probe imported that forks `probe` children on request."""
 
     def __init__(self, logs: Path, cache: Path):
         self.logs = logs
@@ -152,15 +157,18 @@ class Zygote:
             raise RuntimeError("the zygote died")
         return json.loads(line)
 
+    def _ask(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return self._read(timeout)
+
     def start(self, args: list[str], *, env: dict[str, str] | None = None, fsize: int | None = None,
               prelude: str = "") -> Child:
-        """Fork a child running `probe ARGS` (one at a time: wait for it before starting another)."""
+        """Fork a child running `probe ARGS`; several may run at once. `prelude`: Python run first."""
         self.n += 1
         log = self.logs / f"child-{self.n:03d}.log"
         req = {"args": args, "env": env or {}, "log": str(log), "fsize": fsize, "prelude": prelude}
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        return Child(self, self._read(30)["pid"], log)
+        return Child(self, self._ask(req, 30)["pid"], log)
 
     def run(self, args: list[str], **kw: Any) -> Child:
         return self.start(args, **kw).wait()
@@ -193,9 +201,9 @@ def temp_files(run_dir: Path) -> list[Path]:
 def check_run_files(run_dir: Path) -> list[int]:
     """Assert every file of a run directory is complete and readable; returns the complete epochs.
 
-    Temporary files are not part of the run and are skipped; everything else must
-    parse: JSON, every metrics line, every checkpoint (verified), every dataset of
-    every activation dump, the stored data batches.
+    Temporary files are not part of the run and are skipped, and so are analysis
+    results and logs; everything else must parse: JSON, every metrics line, every
+    checkpoint and dump (checksums verified, every dataset read), the data batches.
     """
     import h5py
     from safetensors.torch import load_file
@@ -207,7 +215,8 @@ def check_run_files(run_dir: Path) -> list[int]:
     assert isinstance(run.config["train"], dict)
     epochs = run.epochs()
     for p in sorted(run_dir.rglob("*")):
-        if p.is_dir() or any(part.startswith(".") for part in p.relative_to(run_dir).parts):
+        parts = p.relative_to(run_dir).parts
+        if p.is_dir() or any(part.startswith(".") for part in parts) or parts[0] in ("analyses", "logs", "report"):
             continue
         rel = p.relative_to(run_dir).as_posix()
         if rel == "config.json":
@@ -220,6 +229,7 @@ def check_run_files(run_dir: Path) -> list[int]:
             ckpt = checkpoint.load(p)
             ckpt.build_model()
         elif rel.startswith("activations/"):
+            activations.verify(p)
             with h5py.File(p, "r") as f:
                 assert f.attrs["format"] == activations.FORMAT
                 names: list[str] = []
@@ -270,3 +280,98 @@ def one_error_line(text: str) -> str:
     assert "Traceback" not in text, text
     assert len(lines) == 1, text
     return lines[0]
+
+
+# --- analyses for the tests ---------------------------------------------------------------------------
+
+def _peek(ctx: Any) -> None:
+    """Per epoch: rebuild the model and read every recorded activation (a damaged input fails it)."""
+    model = ctx.model()
+    arrays = {layer.replace(".", "_"): ctx.activations(layer) for layer in ctx.layers()}
+    arrays["logits"] = ctx.activations("logits", kind="logits")
+    ctx.out.arrays("peek", **arrays)
+    ctx.out.scalar("params", sum(p.numel() for p in model.parameters()))
+    ctx.out.scalar("mean_logit", float(arrays["logits"].mean()))
+
+
+def _census(ctx: Any) -> None:
+    """Over all selected epochs: everything it sees must be finished (checkpoint, dump, metrics line)."""
+    rows = ctx.metrics()
+    for e in ctx.epochs:
+        ctx.checkpoint(e)
+        ctx.activations("logits", e, kind="logits")
+    assert {r["epoch"] for r in rows} <= set(ctx.all_epochs()), (rows, ctx.all_epochs())
+    ctx.out.json("census", {"epochs": ctx.epochs, "metric_epochs": [r["epoch"] for r in rows]})
+    ctx.out.scalar("epochs", len(ctx.epochs))
+
+
+class TestPlugins:
+    """`peek` and `census`, registered in-process like any plugin (pytest must not collect this)."""
+
+    __test__ = False
+
+    def __init__(self, *extra: Any):
+        self.extra = extra
+
+    @probe.hookimpl
+    def register_analyses(self, register: Any) -> None:
+        from probe import Analysis
+
+        register(Analysis(name="peek", run=_peek, needs={"model", "activations"},
+                          summary="Rebuild each epoch's model and read its activations."))
+        register(Analysis(name="census", run=_census, scope="run", needs={"checkpoint", "activations", "metrics"},
+                          summary="Check every selected epoch is complete."))
+        for analysis in self.extra:
+            register(analysis)
+
+
+def install_test_plugins(*extra: Any) -> Any:
+    """A registry with the built-in `curves`, `peek`, `census` and `extra` analyses, made process-wide."""
+    import probe_plugins.curves
+    from probe.plugins import PluginInfo, Registry, reset_registry
+
+    reg = Registry()
+    reg.register(probe_plugins.curves, PluginInfo("curves", "probe_plugins.curves"))
+    reg.register(TestPlugins(*extra), PluginInfo("reliability-tests", "reliability_helpers"))
+    reset_registry(reg)
+    return reg
+
+
+PLUGIN_PRELUDE = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                  "import reliability_helpers; reliability_helpers.install_test_plugins()\n")
+
+
+# --- in-process runs and commands ---------------------------------------------------------------------
+
+SMALL = dict(epochs=2, subset_train_size=0, batch_size=16, val_batch_size=32, base_width=4, probe_set_size=10,
+             analysis_batch_size=8, lr=0.05, optimizer="SGD_mom", seed=0, device="cpu")
+
+
+def train_small(run_dir: Path, **overrides: Any) -> Path:
+    """A 2-epoch width-4 run on 80 synthetic images, in this process."""
+    from probe.config import TrainConfig
+    from probe.testing import synthetic_dataset
+    from probe.train import train
+
+    cfg = TrainConfig(**{**SMALL, **overrides})
+    return train(run_dir, cfg, quiet=True, dataset=synthetic_dataset(n_train=80, n_test=40, seed=cfg.seed))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Torch on one thread in this process: on a loaded 2-core machine more threads only fight."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def probe_cli(*args: str) -> Any:
+    """Run `probe ARGS` in this process (click's CliRunner); the result has exit_code, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from probe.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)

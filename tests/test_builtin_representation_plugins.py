@@ -14,7 +14,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from probe_plugins import cka, filters, gradcheck, projection, rsm
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
@@ -22,6 +21,7 @@ from probe import activations
 from probe.analyze import run_analyses
 from probe.plugins import PluginInfo, Registry
 from probe.rundir import Run
+from probe_plugins import cka, filters, gradcheck, projection, rsm
 
 PLUGINS = {"filters": filters, "projection": projection, "rsm": rsm, "cka": cka, "gradcheck": gradcheck}
 
@@ -84,7 +84,8 @@ def test_projection_pca_on_shared_axes(probe_run, registry):
 
 
 def test_projection_tsne_and_procrustes(probe_run, registry):
-    (o,) = analyse(probe_run, registry, "projection", "1,2", method="both", align="procrustes", layer="features.6")
+    (o,) = analyse(probe_run, registry, "projection", "1,2", method="both", align="procrustes", layer="features.6",
+                   tsne_backend="sklearn")
     m = manifest(o.path)
     assert {"pca.png", "tsne.png"} <= set(m["files"])
     assert m["scalars"]["layer"] == "features.6"

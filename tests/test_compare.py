@@ -168,6 +168,14 @@ def test_unknown_metric_and_not_a_run_are_one_line(tmp_path):
     assert "not a probe run directory" in result.output
 
 
+def test_which_scalars_are_shown_as_top_eigenvalue_and_sharpness():
+    names = ["hessian.eigenvalue_min", "hessian.top_eigenvalue", "hessian.trace", "sharpness.average",
+             "sharpness.worst_case", "curves.final_gap"]
+    assert cmp.hessian_key(names) == "hessian.top_eigenvalue"
+    assert cmp.sharpness_key(names) == "sharpness.worst_case"
+    assert cmp.hessian_key(["curves.x"]) is None
+
+
 @pytest.mark.parametrize("value, col, text", [
     (0.4567, "final_val_acc", "0.457"), (True, "augment", "on"), (float("nan"), "gap", "-"), (125.2, "train_seconds", "125s"),
 ])

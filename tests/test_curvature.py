@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -306,3 +307,47 @@ def test_nan_loss_is_a_clear_error(cnn):
         broken.classifier[-1].weight[0, 0] = float("nan")
     with pytest.raises(ProbeError, match="nan"):
         C.hessian_analysis(broken, x, y)
+
+
+def plugin_registry(module, name):
+    from probe.plugins import PluginInfo, Registry
+
+    reg = Registry()
+    reg.register(module, PluginInfo(name, f"probe_plugins.{name}"))
+    assert all(info.status == "active" for info in reg.plugins.values()), reg.plugins
+    return reg
+
+
+def run_plugin(run_dir, module, name, analysis=None, epochs=None, **params):
+    import json
+
+    from probe.analyze import run_analyses
+
+    analysis = analysis or name
+    outcomes = run_analyses(run_dir, [analysis], epochs, {analysis: {k: str(v) for k, v in params.items()}},
+                            registry=plugin_registry(module, name), device="cpu")
+    for o in outcomes:
+        assert o.status == "ok", f"{o.label}: {o.error}\n{o.traceback}"
+    return [(o, json.loads((o.path / "manifest.json").read_text())) for o in outcomes]
+
+
+def test_hessian_plugin_warm_starts_across_epochs(probe_run):
+    import h5py
+
+    from probe.rundir import Run
+    from probe_plugins import hessian
+
+    ((o, m),) = run_plugin(probe_run, hessian, "hessian", n_images=16, top_k=2, trace_samples=2, max_iter=30)
+    assert {"hessian.h5", "hessian.json", "hessian.png"} <= set(m["files"])
+    with h5py.File(o.path / "hessian.h5") as f:
+        assert list(f["epoch"][()]) == [0, 1, 2]
+        assert f["top"].shape == (3, 2) and f["bottom"].shape == (3, 1)
+        assert np.isnan(f["subspace_overlap"][0]) and (f["subspace_overlap"][1:] > 0).all()
+        assert f.attrs["top_label"] == "LA" and f.attrs["bottom_label"] == "SA"
+        top = f["top"][()]
+    run = Run(probe_run)
+    batch = run.analysis_batch()
+    ref = C.hessian_analysis(run.model(2, "cpu"), batch.normalized()[:16], batch.labels[:16], top_k=1, smallest=0,
+                             tol=1e-6, residual_tol=1e-4)
+    assert top[2, 0] == pytest.approx(float(ref.eigen[0].values[0]), rel=5e-3)
+    assert m["scalars"]["top_label"] == "LA"

@@ -5,7 +5,6 @@ import torch
 from probe import data
 from probe.errors import ProbeError, UsageError
 from probe.model import ModelSpec, count_params, width_for_params
-
 from probe.testing import make_image_folder
 
 

@@ -126,7 +126,7 @@ def test_directions_are_keyed_by_name_not_position(cnn):
 def test_plain_random_direction_has_the_weights_norm(cnn):
     model, *_ = cnn
     d = L.random_directions(model, n=1, kind="random").axes[0]
-    ws = [w for w in model.parameters() if w.dim() > 1]
+    ws = [w.detach() for w in model.parameters() if w.dim() > 1]
     assert abs(sum(float(d[k].pow(2).sum()) for k, w in model.named_parameters() if w.dim() > 1)
                - sum(float(w.pow(2).sum()) for w in ws)) < 1e-3 * sum(float(w.pow(2).sum()) for w in ws)
 
@@ -235,3 +235,40 @@ def test_bad_parameters_and_nan_models(cnn):
         broken.features[0].weight.fill_(float("nan"))
     with pytest.raises(ProbeError, match="nan"):
         L.surface(broken, x, y, d, resolution=3)
+
+
+def run_plugin(run_dir, analysis, epochs=None, **params):
+    import json
+
+    from probe.analyze import run_analyses
+    from probe.plugins import PluginInfo, Registry
+    from probe_plugins import landscape
+
+    reg = Registry()
+    reg.register(landscape, PluginInfo("landscape", "probe_plugins.landscape"))
+    outcomes = run_analyses(run_dir, [analysis], epochs, {analysis: {k: str(v) for k, v in params.items()}},
+                            registry=reg, device="cpu")
+    for o in outcomes:
+        assert o.status == "ok", f"{o.label}: {o.error}\n{o.traceback}"
+    return [(o, json.loads((o.path / "manifest.json").read_text())) for o in outcomes]
+
+
+def test_landscape_plugins(probe_run):
+    import h5py
+
+    from probe.rundir import Run
+
+    ((o, m),) = run_plugin(probe_run, "landscape", "last", resolution=5, n_images=32)
+    run = Run(probe_run)
+    batch = run.analysis_batch()
+    loss, _ = direct(run.model(2, "cpu"), batch.normalized()[:32], batch.labels[:32],
+                     dict(run.model(2, "cpu").named_parameters()))
+    assert m["scalars"]["center_loss"] == pytest.approx(loss, rel=1e-5)
+    with h5py.File(o.path / "landscape.h5") as f:
+        assert f["loss"].shape == (5, 5) and f["loss"][2, 2] == pytest.approx(loss, rel=1e-5)
+        assert f.attrs["seed"] == 0 and f.attrs["bn"] == "frozen"
+    ((o, m),) = run_plugin(probe_run, "landscape-pca", resolution=4, n_images=32)
+    with h5py.File(o.path / "landscape-pca.h5") as f:
+        assert f["path"].shape == (3, 2) and np.allclose(f["path"][2], 0, atol=1e-6)
+        assert f["captured"].shape == (2,) and f["loss"].shape == (4, 4)
+    assert 0 < m["scalars"]["explained_2d"] <= 1 + 1e-9

@@ -27,13 +27,16 @@ import pytest
 import torch
 from reliability_helpers import (
     CHILD_ENV,
+    SMALL,
     TINY_ARGS,
     Zygote,
     assert_bitwise_equal,
     check_run_files,
     make_png_folder,
     one_error_line,
+    one_torch_thread,  # noqa: F401 (an autouse fixture)
     temp_files,
+    train_small,
     wait_for,
 )
 
@@ -161,6 +164,7 @@ def test_sigkill_at_20_moments_then_resume_is_bitwise_identical(world) -> None:
         assert temp_files(run_dir) == [], label
         check_run_files(run_dir)
         assert_same_run(run_dir, ref_state)
+    print(f"kill moments hit: {dict(hits)}")
     assert hits["missed"] <= 4, hits
     for kind in ("dump write", "checkpoint write", "training or validation"):
         assert hits[kind] >= 1, hits
@@ -229,23 +233,14 @@ def test_file_size_limit_is_one_line_naming_the_file_and_the_run_resumes(world, 
     assert_same_run(run_dir, world["ref_state"])
 
 
-SMALL = dict(epochs=3, subset_train_size=0, batch_size=16, val_batch_size=32, base_width=4, probe_set_size=10,
-             analysis_batch_size=8, lr=0.05, optimizer="SGD_mom", seed=0, device="cpu")
-
-
 @pytest.fixture(scope="module")
 def small_reference(tmp_path_factory: pytest.TempPathFactory):
     from probe.config import TrainConfig
     from probe.testing import synthetic_dataset
-    from probe.train import train
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    ds = synthetic_dataset(n_train=80, n_test=40)
-    cfg = TrainConfig(**SMALL)
-    ref = train(tmp_path_factory.mktemp("small") / "ref", cfg, quiet=True, dataset=ds)
-    yield cfg, ds, run_state(ref)
-    torch.set_num_threads(threads)
+    cfg = TrainConfig(**{**SMALL, "epochs": 3})
+    ref = train_small(tmp_path_factory.mktemp("small") / "ref", epochs=3)
+    return cfg, synthetic_dataset(n_train=80, n_test=40, seed=cfg.seed), run_state(ref)
 
 
 @pytest.mark.parametrize(("folder", "name", "nth", "complete"), [

@@ -220,3 +220,14 @@ def test_a_different_run_in_the_way_is_refused_before_training(tmp_path, fake_da
                        {"data": str(fake_data), "epochs": 2})
     assert run_sweep(longer, out, InlineExecutor(), echo=lambda s: None) == 0
     assert [m["epoch"] for m in runs_of(out)["lr=0.1,optimizer=SGD"][1]] == [0, 1, 2]
+
+
+def test_param_sets_analysis_parameters_and_is_checked_first(tmp_path):
+    curves = spec_file(tmp_path, TINY, '[analyze]\nplugins = ["curves"]\n')
+    result = cli(curves, "--out", tmp_path / "out", "--param", "log_loss=true", "--dry-run")
+    assert result.exit_code == 0, result.output
+    result = cli(curves, "--out", tmp_path / "out", "--param", "log_los=true")
+    assert result.exit_code == 2 and "no selected analysis has a parameter 'log_los'" in result.output
+    result = cli(spec_file(tmp_path), "--out", tmp_path / "out", "--param", "log_loss=true")
+    assert result.exit_code == 2 and "runs no analyses" in result.output
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,304 @@
+"""Speed of probe's curvature and landscape numerics beside the seed notebook's methods.
+
+Run by hand (not a test); prints one JSON line per measurement:
+
+    python bench/bench_curvature.py [--device cuda] [--threads 1] [--section hvp|eigen|grid|all]
+
+- hvp:   one Hessian-vector product (double backward with and without the cached
+         first-order graph, forward-over-reverse) against one plain gradient, same batch.
+- eigen: Hessian-vector products until the top eigenvalue is within 1e-3 (relative) of
+         a tight reference: Lanczos vs power iteration, plus each one's own stopping rule.
+- grid:  a 21x21 loss grid: the notebook's loop (train-mode BatchNorm, weights copied in
+         per point) vs probe.landscape.surface vs 441 raw eval-mode forwards, at 64 and
+         1024 samples (at 1024 only --rows-1024 rows are timed and scaled to 21 rows).
+
+The model is the notebook's SimpleCNN trained for --train-steps SGD steps on CIFAR-10
+(--data; random images if the folder is missing), cached under $PROBE_CACHE.
+Timings are the minimum over --repeats interleaved runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probe import curvature as C  # noqa: E402
+from probe import landscape as L  # noqa: E402
+from probe.model import CIFAR10_MEAN, CIFAR10_STD, ModelSpec  # noqa: E402
+
+
+def emit(**kw) -> None:
+    print(json.dumps({k: (float(f"{v:.5g}") if isinstance(v, float) else v) for k, v in kw.items()}), flush=True)
+
+
+def best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def data(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    folder = Path(args.data)
+    if folder.is_dir():
+        from probe.data import load_cifar10, normalize
+
+        ds = load_cifar10(str(folder), quiet=True)
+        return (normalize(ds.train_x[:20000], CIFAR10_MEAN, CIFAR10_STD), ds.train_y[:20000],
+                normalize(ds.test_x[:1024], CIFAR10_MEAN, CIFAR10_STD), ds.test_y[:1024])
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(20000, 3, 32, 32, generator=g), torch.randint(0, 10, (20000,), generator=g),
+            torch.randn(1024, 3, 32, 32, generator=g), torch.randint(0, 10, (1024,), generator=g))
+
+
+def trained_model(args, train_x, train_y) -> torch.nn.Module:
+    """The notebook's SimpleCNN after a few hundred SGD steps: realistic eigenvalue gaps."""
+    from probe.data import cache_dir
+
+    path = cache_dir() / f"bench_curvature_{args.train_steps}_{Path(args.data).name}.pt"
+    torch.manual_seed(0)
+    model = ModelSpec().build()
+    if path.exists():
+        model.load_state_dict(torch.load(path))
+        return model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(args.train_steps):
+        idx = torch.randint(0, len(train_x), (128,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(train_x[idx]), train_y[idx]).backward()
+        opt.step()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+# --- hvp ---------------------------------------------------------------------------------
+
+def bench_hvp(model, x, y, args) -> None:
+    for n in args.hvp_batches:
+        loss = C.BatchedLoss(model, x[:n], y[:n], batch_size=n)
+        ops = {"double_backward_cached": C.HessianOperator(loss, "double_backward", cache=True),
+               "double_backward": C.HessianOperator(loss, "double_backward", cache=False),
+               "forward_over_reverse": C.HessianOperator(loss, "forward_over_reverse")}
+        v = torch.randn(loss.dim, device=loss.device)
+        for op in ops.values():
+            op.matvec(v)  # warm up; builds the cached graph
+        times = {"gradient": [], **{k: [] for k in ops}}
+        for _ in range(args.repeats):
+            times["gradient"].append(best(loss.value_and_grad, 1))
+            for k, op in ops.items():
+                times[k].append(best(lambda op=op, v=v: op.matvec(v), 1))
+        g = min(times["gradient"])
+        emit(section="hvp", batch=n, gradient_s=g,
+             **{f"{k}_s": min(t) for k, t in times.items() if k != "gradient"},
+             **{f"{k}_x_gradient": min(t) / g for k, t in times.items() if k != "gradient"})
+
+
+# --- eigen -------------------------------------------------------------------------------
+
+class Recorder:
+    """Wraps an operator; after each product records the power estimate v.Hv / v.v
+    (what power iteration reports) and the top Rayleigh-Ritz value over all vectors so
+    far (what Lanczos reports: its Ritz values are exactly these)."""
+
+    def __init__(self, op, ritz: bool = True):
+        self.op, self.dim, self.dtype, self.device, self.want_ritz = op, op.dim, op.dtype, op.device, ritz
+        self.vs, self.hvs, self.rayleigh, self.ritz = [], [], [], []
+
+    @property
+    def hvps(self) -> int:
+        return self.op.hvps
+
+    def matvec(self, v):
+        hv = self.op.matvec(v)
+        self.rayleigh.append(float(v @ hv / (v @ v)))
+        if not self.want_ritz:
+            return hv
+        self.vs.append(v.double().cpu())
+        self.hvs.append(hv.double().cpu())
+        q, r = torch.linalg.qr(torch.stack(self.vs).T)
+        hq = torch.linalg.solve_triangular(r, torch.stack(self.hvs).T, upper=True, left=False)  # H Q
+        t = q.T @ hq
+        self.ritz.append(float(torch.linalg.eigvalsh(0.5 * (t + t.T))[-1]))
+        return hv
+
+
+def first_within(trace: list[float], ref: float, rel: float) -> int | None:
+    """1-based index from which every later estimate stays within rel of ref."""
+    ok = [abs(t - ref) <= rel * abs(ref) for t in trace]
+    for i in range(len(ok)):
+        if all(ok[i:]):
+            return i + 1
+    return None
+
+
+def bench_eigen(model, x, y, args) -> None:
+    n = args.eigen_batch
+    loss = C.BatchedLoss(model, x[:n], y[:n], batch_size=n)
+    op = C.HessianOperator(loss)
+    ref, _ = C.lanczos(op, 3, tol=1e-9, residual_tol=1e-6, max_iter=150)
+    lam = float(ref.values[0])
+    emit(section="eigen", batch=n, reference_top=lam, reference_residual=float(ref.residuals[0]),
+         reference_hvps=ref.hvps)
+    rec = Recorder(C.HessianOperator(loss))
+    C.lanczos(rec, 1, tol=1e-12, residual_tol=1e-12, max_iter=60, verify=False, seed=1)
+    lanczos_n = first_within(rec.ritz, lam, 1e-3)
+    rec_p = Recorder(C.HessianOperator(loss), ritz=False)
+    C.power_iteration(rec_p, 1, tol=1e-7, residual_tol=1e-4, max_iter=args.power_max, seed=1)
+    power_n = first_within(rec_p.rayleigh, lam, 1e-3)
+    emit(section="eigen", batch=n, hvps_to_rel1e3_lanczos=lanczos_n, hvps_to_rel1e3_power=power_n,
+         ratio=(power_n / lanczos_n) if lanczos_n and power_n else None, power_max=args.power_max)
+    for name, fn in (("lanczos", lambda o: C.lanczos(o, 1, tol=1e-3, residual_tol=1e-2)[0]),
+                     ("power", lambda o: C.power_iteration(o, 1, tol=1e-3, residual_tol=1e-2, max_iter=args.power_max))):
+        t0 = time.perf_counter()
+        r = fn(C.HessianOperator(loss))
+        emit(section="eigen", batch=n, method=name, stopping_rule="tol=1e-3,residual_tol=1e-2", hvps=r.hvps,
+             top=float(r.values[0]), rel_error=abs(float(r.values[0]) - lam) / abs(lam),
+             residual=float(r.residuals[0]), converged=bool(r.converged[0]), seconds=time.perf_counter() - t0)
+    for name, fn in (("lanczos", lambda o: C.lanczos(o, 3, tol=1e-3, residual_tol=1e-2)[0]),
+                     ("power", lambda o: C.power_iteration(o, 3, tol=1e-3, residual_tol=1e-2, max_iter=args.power_max))):
+        r = fn(C.HessianOperator(loss))
+        err = ((r.values - ref.values).abs() / ref.values.abs()).max()
+        emit(section="eigen", batch=n, method=name, k=3, stopping_rule="tol=1e-3,residual_tol=1e-2", hvps=r.hvps,
+             values=r.values.tolist(), reference=ref.values.tolist(), max_rel_error=float(err),
+             converged=r.converged.tolist())
+    # the notebook's method: 10 power iterations, train-mode BatchNorm, one cached graph
+    t0 = time.perf_counter()
+    nb = notebook_power(model, x[:n], y[:n])
+    emit(section="eigen", batch=n, method="notebook_power_10", seconds=time.perf_counter() - t0, top=nb,
+         rel_error=abs(nb - lam) / abs(lam), note="train-mode BN (a different loss) and no convergence check")
+
+
+def notebook_power(model, xb, yb) -> float:
+    import copy
+
+    m = copy.deepcopy(model)
+    params = [p for p in m.parameters() if p.requires_grad]
+    m.train()
+    loss = F.cross_entropy(m(xb), yb)
+    n = sum(p.numel() for p in params)
+    v = torch.randn(n, device=xb.device)
+    v /= v.norm()
+    eig = 0.0
+    for _ in range(10):
+        vl, o = [], 0
+        for p in params:
+            vl.append(v[o:o + p.numel()].view_as(p))
+            o += p.numel()
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        gv = sum((gi * vi).sum() for gi, vi in zip(g, vl, strict=True))
+        hv = torch.cat([h.reshape(-1) for h in torch.autograd.grad(gv, params, retain_graph=True)])
+        eig = float(v @ hv)
+        v = hv / (hv.norm() + 1e-12)
+    return eig
+
+
+# --- grid --------------------------------------------------------------------------------
+
+def notebook_grid(model, xb, yb, n_rows: int) -> float:
+    """The seed's loop: weights copied into the model per point, train-mode BatchNorm."""
+    import copy
+
+    m = copy.deepcopy(model)
+    params = [p for p in m.parameters() if p.requires_grad]
+    n = sum(p.numel() for p in params)
+    flat = torch.cat([p.data.reshape(-1) for p in params]).clone()
+    d1 = torch.randn(n, device=flat.device)
+    d1 /= d1.norm()
+    d2 = torch.randn(n, device=flat.device)
+    d2 -= d1 * (d1 @ d2)
+    d2 /= d2.norm()
+
+    def setp(f):
+        o = 0
+        for p in params:
+            p.data.copy_(f[o:o + p.numel()].view_as(p))
+            o += p.numel()
+
+    grid = np.linspace(-1, 1, 21)
+    m.train()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for a in grid[:n_rows]:
+            for b in grid:
+                setp(flat + a * d1 + b * d2)
+                F.cross_entropy(m(xb), yb).item()
+    return time.perf_counter() - t0
+
+
+def raw_forward(model, xb, points: int) -> float:
+    model.eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(points):
+            model(xb).sum().item()
+    return time.perf_counter() - t0
+
+
+def bench_grid(model, x, y, args) -> None:
+    dirs = L.random_directions(model, seed=0)
+    alpha = beta = L.grid((-1.0, 1.0), 21)
+    variants = {"probe": {}, "probe_nchw": {"channels_last": False}, "probe_vmap8": {"points_per_pass": 8}}
+    for n, rows in ((64, 21), (1024, args.rows_1024)):
+        xb, yb = x[:n], y[:n]
+        times: dict[str, list[float]] = {"notebook": [], "raw_forward": [], **{k: [] for k in variants}}
+        for _ in range(args.repeats if n == 64 else 1):
+            times["notebook"].append(notebook_grid(model, xb, yb, rows))
+            times["raw_forward"].append(raw_forward(model, xb, rows * 21))
+            for k, kw in variants.items():
+                if n > 64 and k == "probe_vmap8":
+                    continue
+                t0 = time.perf_counter()
+                L.surface_rows(model, xb, yb, dirs, alpha, beta, list(range(rows)), batch_size=n, **kw)
+                times[k].append(time.perf_counter() - t0)
+        scale = 21 / rows
+        t = {k: min(v) * scale for k, v in times.items() if v}
+        fastest = min((k for k in variants if k in t), key=t.get)
+        emit(section="grid", batch=n, rows_timed=rows, **{f"{k}_21x21_s": v for k, v in t.items()},
+             fastest=fastest, speedup_vs_notebook=t["notebook"] / t[fastest],
+             vs_raw_forward=t[fastest] / t["raw_forward"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--section", default="all", choices=["hvp", "eigen", "grid", "all"])
+    p.add_argument("--data", default="/work/shared/data/cifar10")
+    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--hvp-batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--eigen-batch", type=int, default=64)
+    p.add_argument("--power-max", type=int, default=300)
+    p.add_argument("--rows-1024", type=int, default=1)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_x, train_y, x, y = data(args)
+    model = trained_model(args, train_x, train_y).to(args.device)
+    x, y = x.to(args.device), y.to(args.device)
+    emit(section="setup", device=args.device, threads=torch.get_num_threads(), torch=torch.__version__,
+         params=sum(p.numel() for p in model.parameters()), train_steps=args.train_steps,
+         data=args.data if Path(args.data).is_dir() else "random")
+    for name, fn in (("hvp", bench_hvp), ("eigen", bench_eigen), ("grid", bench_grid)):
+        if args.section in (name, "all"):
+            fn(model, x, y, args)
+
+
+if __name__ == "__main__":
+    main()

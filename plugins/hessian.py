@@ -1,0 +1,161 @@
+"""`hessian`: top and bottom Hessian eigenvalues, trace and density across epochs.
+
+The seed notebook ran 10 power iterations on 64 images with the model in train mode
+(so each HVP also moved the BatchNorm statistics) and called the result "the top
+eigenvalue", whatever its sign. Here, on the run's stored un-augmented analysis
+batch, in eval mode: Lanczos (or deflated power iteration) reports the largest (LA)
+and smallest (SA) algebraic eigenvalues separately, each with its residual
+||Hv - lambda v|| / |lambda| and a converged flag; epochs run in order and each one
+starts from the previous epoch's eigenvectors, whose overlap with the new ones is
+reported. Numerics: `probe.curvature` (docs/curvature.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import probe
+
+
+@dataclass(frozen=True)
+class Params:
+    top_k: int = probe.param(3, "Largest eigenvalues to find.", min=1)
+    smallest: int = probe.param(1, "Smallest (most negative) eigenvalues to find; 0 to skip.", min=0)
+    method: str = probe.param("lanczos", "Eigen solver (power finds largest magnitude, then shifts).",
+                              choices=("lanczos", "power"))
+    n_images: int = probe.param(1024, "Images of the stored analysis batch to use (its first ones).", min=1)
+    batch_size: int = probe.param(256, "Mini-batch size; results are averaged weighted by sample count.", min=1)
+    bn: str = probe.param("eval", "BatchNorm: running statistics (eval) or per-mini-batch statistics (batch).",
+                          choices=("eval", "batch"))
+    weight_decay: bool = probe.param(False, "Include the run's 0.5 * wd * ||w||^2 in the loss differentiated.")
+    tol: float = probe.param(1e-3, "Relative change at which an eigenvalue counts as converged.", min=1e-12)
+    residual_tol: float = probe.param(1e-2, "Relative residual at which an eigenvalue counts as converged.",
+                                      min=1e-12)
+    max_iter: int = probe.param(100, "Most Hessian-vector products per solve.", min=2)
+    trace_samples: int = probe.param(0, "Hutchinson samples for the trace (0: skip).", min=0)
+    density_runs: int = probe.param(0, "Stochastic Lanczos quadrature runs for the density (0: skip).", min=0)
+    density_steps: int = probe.param(60, "Lanczos steps per density run.", min=2)
+    warm_start: bool = probe.param(True, "Start each epoch from the previous epoch's eigenvectors.")
+    seed: int = probe.param(0, "Seed for start and probe vectors.", min=0)
+
+    def __post_init__(self) -> None:
+        if self.trace_samples == 1:
+            raise ValueError("trace_samples must be 0 or >= 2 (a standard error needs two samples)")
+
+
+def run(ctx: probe.Context) -> None:
+    import numpy as np
+
+    from probe import curvature as C
+
+    p = ctx.params
+    batch = ctx.analysis_batch()
+    x, y = batch.normalized(ctx.device)[: p.n_images], batch.labels[: p.n_images]
+    wd = float(ctx.config().get("weight_decay", 0.0)) if p.weight_decay else 0.0
+    rows, prev, density = [], None, None
+    for epoch in ctx.progress(ctx.epochs, "epochs"):
+        model = ctx.model(epoch)
+        rep = C.hessian_analysis(model, x, y, top_k=p.top_k, smallest=p.smallest, method=p.method,
+                                 trace_samples=p.trace_samples, density_runs=p.density_runs,
+                                 density_steps=p.density_steps, tol=p.tol, residual_tol=p.residual_tol,
+                                 max_iter=p.max_iter, init=prev if p.warm_start else None, bn=p.bn,
+                                 weight_decay=wd, batch_size=p.batch_size, seed=p.seed)
+        rows.append((epoch, rep))
+        prev, density = rep.eigen[0].vectors, rep.density or density
+    epochs = np.array([e for e, _ in rows])
+    nan_k = np.full(p.top_k, np.nan)
+
+    def col(which: str, field: str, k: int) -> np.ndarray:
+        out = []
+        for _, rep in rows:
+            e = rep.get(which)
+            out.append(np.full(k, np.nan) if e is None else getattr(e, field).double().numpy())
+        return np.array(out)
+
+    top_label = rows[0][1].eigen[0].which  # LA (lanczos) or LM (power)
+    other = rows[0][1].eigen[1].which if len(rows[0][1].eigen) > 1 else None
+    arrays = {
+        "epoch": epochs, "top": col(top_label, "values", p.top_k), "top_residual": col(top_label, "residuals", p.top_k),
+        "top_converged": col(top_label, "converged", p.top_k).astype(bool),
+        "loss": np.array([r.loss for _, r in rows]), "hvps": np.array([r.hvps for _, r in rows]),
+        "overlap": np.array([r.overlap.numpy() if r.overlap is not None else nan_k for _, r in rows]),
+        "subspace_overlap": np.array([np.nan if r.subspace_overlap is None else r.subspace_overlap for _, r in rows]),
+    }
+    if other:
+        arrays.update(bottom=col(other, "values", p.smallest), bottom_residual=col(other, "residuals", p.smallest),
+                      bottom_converged=col(other, "converged", p.smallest).astype(bool))
+    if p.trace_samples:
+        arrays.update(trace=np.array([r.trace.trace for _, r in rows]),
+                      trace_stderr=np.array([r.trace.stderr for _, r in rows]))
+    if density is not None:
+        arrays.update(density_nodes=density.nodes.numpy(), density_weights=density.weights.numpy())
+    attrs = {"loss_definition": rows[-1][1].loss_definition, "top_label": top_label, "bottom_label": other or "",
+             "method": p.method, "bn": p.bn, "n_images": len(x), "seed": p.seed,
+             "labels": "LA: largest algebraic, SA: smallest algebraic, LM: largest magnitude (may be negative)"}
+    ctx.out.arrays("hessian", attrs=attrs, **arrays)
+    ctx.out.json("hessian", {"epochs": [{"epoch": e, **r.summary()} for e, r in rows], **attrs})
+    _figure(ctx, arrays, top_label, other, density)
+    last = rows[-1][1]
+    ctx.out.scalar("top_eigenvalue", float(last.eigen[0].values[0]))
+    ctx.out.scalar("top_label", top_label)
+    ctx.out.scalar("top_converged", bool(last.eigen[0].converged[0]))
+    if other:
+        ctx.out.scalar("bottom_eigenvalue", float(last.eigen[1].values[0]))
+        ctx.out.scalar("bottom_label", other)
+    if last.trace is not None:
+        ctx.out.scalar("trace", last.trace.trace)
+        ctx.out.scalar("trace_stderr", last.trace.stderr)
+    ctx.out.scalar("hvps_total", int(arrays["hvps"].sum()))
+
+
+def _figure(ctx, a, top_label: str, other: str | None, density) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = 2 + (density is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
+    ax = axes[0]
+    for i in range(a["top"].shape[1]):
+        ok = a["top_converged"][:, i]
+        line, = ax.plot(a["epoch"], a["top"][:, i], "o-", ms=3, label=f"{top_label} {i + 1}")
+        ax.plot(a["epoch"][~ok], a["top"][~ok, i], "x", color=line.get_color(), ms=7)
+    if other:
+        for i in range(a["bottom"].shape[1]):
+            ax.plot(a["epoch"], a["bottom"][:, i], "s--", ms=3, label=f"{other} {i + 1}")
+    if "trace" in a:
+        ax2 = ax.twinx()
+        ax2.errorbar(a["epoch"], a["trace"], yerr=a["trace_stderr"], color="grey", alpha=0.6, label="trace")
+        ax2.set_ylabel("trace (Hutchinson, +- 1 s.e.)", color="grey")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_yscale("symlog", linthresh=max(1e-3, float(np.nanmax(np.abs(a["top"]))) * 1e-3))
+    ax.set(xlabel="epoch", ylabel="eigenvalue", title="Hessian eigenvalues (x: not converged)")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    ax.plot(a["epoch"], a["subspace_overlap"], "o-", ms=3, label="subspace")
+    for i in range(a["overlap"].shape[1]):
+        ax.plot(a["epoch"], a["overlap"][:, i], ".:", alpha=0.7, label=f"|<v{i + 1}, prev>|")
+    ax.set(xlabel="epoch", ylabel="overlap with previous epoch", ylim=(-0.02, 1.02), title="eigenvector drift")
+    ax.legend(fontsize=7)
+    if density is not None:
+        import torch
+
+        lo, hi = float(density.nodes.min()), float(density.nodes.max())
+        pad = 0.05 * (hi - lo or 1.0)
+        grid = torch.linspace(lo - pad, hi + pad, 600, dtype=torch.float64)
+        curve = density.curve(grid, sigma=(hi - lo or 1.0) / 200).numpy()
+        axes[2].semilogy(grid.numpy(), np.maximum(curve, 1e-12))
+        axes[2].set(xlabel="eigenvalue", ylabel="density", title=f"spectral density, epoch {int(a['epoch'][-1])}")
+    ctx.out.figure("hessian", fig, caption="Largest and smallest Hessian eigenvalues per epoch (symlog scale; "
+                   "crosses: not converged), and how much the top eigenvectors moved since the previous epoch "
+                   "(1: same subspace).")
+
+
+@probe.hookimpl
+def register_analyses(register) -> None:
+    register(probe.Analysis(
+        name="hessian", run=run, params=Params, scope="run", needs={"model", "analysis_batch", "config"},
+        summary="Largest/smallest Hessian eigenvalues (Lanczos), trace and density per epoch, warm-started.",
+    ))

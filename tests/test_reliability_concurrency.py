@@ -1,0 +1,140 @@
+"""Issue 7.5: concurrent use never corrupts a result or reads a partial file as complete.
+
+Two `probe analyze` processes on one run at once (both recomputing the same
+results), and `probe analyze` run over and over while `probe train` is still
+writing the run: every command succeeds, every result directory is whole, the
+analyses see only finished epochs, and the training ends exactly as it would alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+from reliability_helpers import (
+    PLUGIN_PRELUDE,
+    TINY_ARGS,
+    Zygote,
+    assert_bitwise_equal,
+    check_run_files,
+    final_state,
+    make_png_folder,
+    temp_files,
+    wait_for,
+)
+
+from probe.results import MANIFEST, iter_failures, read_manifest
+from probe.rundir import Run
+
+ANALYZE = ["-p", "peek", "-p", "census", "-e", "all"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("concurrency")
+    data = make_png_folder(root / "data")
+    zygote = Zygote(root / "logs", root / "cache")
+    yield {"root": root, "data": data, "zygote": zygote}
+    zygote.close()
+
+
+def train_args(run_dir: Path, data: Path, epochs: int) -> list[str]:
+    return ["train", "--run-dir", str(run_dir), "--data", str(data), *TINY_ARGS, "--epochs", str(epochs)]
+
+
+def assert_results_whole(run_dir: Path) -> dict[str, dict]:
+    """Every result directory has its manifest and every file it lists, readable; nothing half-done is left."""
+    run = Run(run_dir)
+    found = {}
+    for manifest in sorted((run_dir / "analyses").glob(f"*/*/*/{MANIFEST}")):
+        m = read_manifest(manifest.parent)
+        assert m is not None, manifest
+        assert set(m["files"]) | {MANIFEST} == {p.name for p in manifest.parent.iterdir()}, manifest.parent
+        for name in m["files"]:
+            p = manifest.parent / name
+            if name.endswith(".h5"):
+                with h5py.File(p, "r") as f:
+                    f.visititems(lambda _n, obj: obj[()] if isinstance(obj, h5py.Dataset) else None)
+            elif name.endswith(".json"):
+                json.loads(p.read_text())
+            elif name.endswith(".png"):
+                assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        found[manifest.parent.relative_to(run_dir).as_posix()] = m
+    assert temp_files(run_dir / "analyses") == []
+    assert list(iter_failures(run)) == []
+    return found
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from probe import atomic
+base, tag = Path(sys.argv[1]), sys.argv[2]
+for i in range(150):
+    with atomic.atomic_dir(base / f"r{i % 4}") as tmp:
+        (tmp / "a.txt").write_text(tag)
+        (tmp / "manifest.json").write_text(tag)
+"""
+
+
+def test_two_processes_renaming_the_same_result_directories(tmp_path: Path) -> None:
+    """The race two `probe analyze` runs have, hammered: both always succeed and leave whole results only.
+
+    (Before the fix, a rename that lost the race failed with ENOTEMPTY or ENOENT and
+    left .tmp/.old directories behind.)
+    """
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), tag], stderr=subprocess.PIPE, text=True)
+             for tag in ("A", "B")]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0", "r1", "r2", "r3"]  # no .tmp or .old left
+    for d in tmp_path.iterdir():
+        assert sorted(p.name for p in d.iterdir()) == ["a.txt", "manifest.json"]
+        assert (d / "a.txt").read_text() == (d / "manifest.json").read_text()  # one writer's, whole
+
+
+def test_two_analyze_commands_at_once(world) -> None:
+    zygote = world["zygote"]
+    run_dir = world["root"] / "both"
+    assert zygote.run(train_args(run_dir, world["data"], 2)).exit_code == 0
+    for _ in range(3):  # both recompute the same results, renaming them into place at about the same moments
+        a = zygote.start(["analyze", str(run_dir), *ANALYZE, "--force", "-q"], prelude=PLUGIN_PRELUDE)
+        b = zygote.start(["analyze", str(run_dir), *ANALYZE, "--force", "-q"], prelude=PLUGIN_PRELUDE)
+        for child in (a.wait(), b.wait()):
+            assert child.exit_code == 0, child.output
+            assert child.output.strip().splitlines()[-1] == "4 computed, 0 cached, 0 failed", child.output
+        results = assert_results_whole(run_dir)
+        assert len(results) == 4  # peek epochs 0-2, census
+    check_run_files(run_dir)
+
+
+def test_analyze_while_train_is_writing(world) -> None:
+    zygote, data = world["zygote"], world["data"]
+    alone = world["root"] / "alone"
+    assert zygote.run(train_args(alone, data, 6)).exit_code == 0
+    run_dir = world["root"] / "live"
+    trainer = zygote.start(train_args(run_dir, data, 6), env={"PROBE_TEST_DELAY_WRITES": "0.2"})
+    assert wait_for(lambda: (run_dir / "checkpoints/epoch_0000.safetensors").exists(), timeout=60)
+    seen = []
+    while trainer.alive():
+        child = zygote.run(["analyze", str(run_dir), *ANALYZE, "-q"], prelude=PLUGIN_PRELUDE)
+        assert child.exit_code == 0, child.output
+        census = json.loads((run_dir / "analyses/census/default/run/census.json").read_text())
+        assert census["epochs"] == list(range(len(census["epochs"])))  # finished epochs, in order, no gaps
+        assert set(census["metric_epochs"]) <= set(census["epochs"])
+        seen.append(len(census["epochs"]))
+    assert trainer.wait().exit_code == 0, trainer.output
+    assert len(seen) >= 2 and seen == sorted(seen), seen  # it ran several times while epochs were being added
+    assert seen[0] < 7, seen
+    final = zygote.run(["analyze", str(run_dir), *ANALYZE, "-q"], prelude=PLUGIN_PRELUDE)
+    assert final.exit_code == 0, final.output
+    results = assert_results_whole(run_dir)
+    assert sorted(r for r in results if r.startswith("analyses/peek/")) == [
+        f"analyses/peek/default/epoch_{e:04d}" for e in range(7)]
+    assert results["analyses/census/default/run"]["epochs"] == list(range(7))
+    assert check_run_files(run_dir) == list(range(7))
+    assert_bitwise_equal(final_state(run_dir), final_state(alone))  # the analyses changed nothing it wrote
