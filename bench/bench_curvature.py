@@ -20,6 +20,7 @@ Timings are the minimum over --repeats interleaved runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -116,8 +117,9 @@ class Recorder:
     (what power iteration reports) and the top Rayleigh-Ritz value over all vectors so
     far (what Lanczos reports: its Ritz values are exactly these)."""
 
-    def __init__(self, op, ritz: bool = True):
+    def __init__(self, op, ritz: bool = True, target: float | None = None, patience: int = 8):
         self.op, self.dim, self.dtype, self.device, self.want_ritz = op, op.dim, op.dtype, op.device, ritz
+        self.target, self.patience = target, patience
         self.vs, self.hvs, self.rayleigh, self.ritz = [], [], [], []
 
     @property
@@ -128,6 +130,7 @@ class Recorder:
         hv = self.op.matvec(v)
         self.rayleigh.append(float(v @ hv / (v @ v)))
         if not self.want_ritz:
+            self._enough(self.rayleigh)
             return hv
         self.vs.append(v.double().cpu())
         self.hvs.append(hv.double().cpu())
@@ -135,7 +138,19 @@ class Recorder:
         hq = torch.linalg.solve_triangular(r, torch.stack(self.hvs).T, upper=True, left=False)  # H Q
         t = q.T @ hq
         self.ritz.append(float(torch.linalg.eigvalsh(0.5 * (t + t.T))[-1]))
+        self._enough(self.ritz)
         return hv
+
+    def _enough(self, trace: list[float]) -> None:
+        """Stop the solver once the estimate has stayed within 1e-3 for `patience` products."""
+        tail = trace[-self.patience:]
+        if self.target and len(tail) == self.patience and all(
+                abs(t - self.target) <= 1e-3 * abs(self.target) for t in tail):
+            raise Enough
+
+
+class Enough(Exception):
+    pass
 
 
 def first_within(trace: list[float], ref: float, rel: float) -> int | None:
@@ -151,15 +166,17 @@ def bench_eigen(model, x, y, args) -> None:
     n = args.eigen_batch
     loss = C.BatchedLoss(model, x[:n], y[:n], batch_size=n)
     op = C.HessianOperator(loss)
-    ref, _ = C.lanczos(op, 3, tol=1e-9, residual_tol=1e-6, max_iter=150)
+    ref, _ = C.lanczos(op, 3, tol=1e-8, residual_tol=1e-5, max_iter=150)
     lam = float(ref.values[0])
     emit(section="eigen", batch=n, reference_top=lam, reference_residual=float(ref.residuals[0]),
          reference_hvps=ref.hvps)
-    rec = Recorder(C.HessianOperator(loss))
-    C.lanczos(rec, 1, tol=1e-12, residual_tol=1e-12, max_iter=60, verify=False, seed=1)
+    rec = Recorder(C.HessianOperator(loss), target=lam)
+    with contextlib.suppress(Enough):
+        C.lanczos(rec, 1, tol=1e-12, residual_tol=1e-12, max_iter=60, verify=False, seed=1)
     lanczos_n = first_within(rec.ritz, lam, 1e-3)
-    rec_p = Recorder(C.HessianOperator(loss), ritz=False)
-    C.power_iteration(rec_p, 1, tol=1e-7, residual_tol=1e-4, max_iter=args.power_max, seed=1)
+    rec_p = Recorder(C.HessianOperator(loss), ritz=False, target=lam)
+    with contextlib.suppress(Enough):
+        C.power_iteration(rec_p, 1, tol=1e-12, residual_tol=1e-12, max_iter=args.power_max, seed=1)
     power_n = first_within(rec_p.rayleigh, lam, 1e-3)
     emit(section="eigen", batch=n, hvps_to_rel1e3_lanczos=lanczos_n, hvps_to_rel1e3_power=power_n,
          ratio=(power_n / lanczos_n) if lanczos_n and power_n else None, power_max=args.power_max)

@@ -27,7 +27,8 @@ class Params:
     batch_size: int = probe.param(256, "Mini-batch size; results are averaged weighted by sample count.", min=1)
     bn: str = probe.param("eval", "BatchNorm: running statistics (eval) or per-mini-batch statistics (batch).",
                           choices=("eval", "batch"))
-    weight_decay: bool = probe.param(False, "Include the run's 0.5 * wd * ||w||^2 in the loss differentiated.")
+    weight_decay: bool = probe.param(False, "Include the run's 0.5 * wd * ||w||^2 in the loss differentiated "
+                                            "(an L2 term; AdamW's decoupled decay is not part of any loss).")
     tol: float = probe.param(1e-3, "Relative change at which an eigenvalue counts as converged.", min=1e-12)
     residual_tol: float = probe.param(1e-2, "Relative residual at which an eigenvalue counts as converged.",
                                       min=1e-12)
@@ -51,7 +52,7 @@ def run(ctx: probe.Context) -> None:
     p = ctx.params
     batch = ctx.analysis_batch()
     x, y = batch.normalized(ctx.device)[: p.n_images], batch.labels[: p.n_images]
-    wd = float(ctx.config().get("weight_decay", 0.0)) if p.weight_decay else 0.0
+    wd = float(ctx.config()["train"].get("weight_decay", 0.0)) if p.weight_decay else 0.0
     rows, prev, density = [], None, None
     for epoch in ctx.progress(ctx.epochs, "epochs"):
         model = ctx.model(epoch)
@@ -65,25 +66,23 @@ def run(ctx: probe.Context) -> None:
     epochs = np.array([e for e, _ in rows])
     nan_k = np.full(p.top_k, np.nan)
 
-    def col(which: str, field: str, k: int) -> np.ndarray:
-        out = []
-        for _, rep in rows:
-            e = rep.get(which)
-            out.append(np.full(k, np.nan) if e is None else getattr(e, field).double().numpy())
-        return np.array(out)
+    def col(pos: int, field: str) -> np.ndarray:  # by position: power's labels can change sign per epoch
+        return np.array([getattr(rep.eigen[pos], field).double().numpy() for _, rep in rows])
 
-    top_label = rows[0][1].eigen[0].which  # LA (lanczos) or LM (power)
-    other = rows[0][1].eigen[1].which if len(rows[0][1].eigen) > 1 else None
+    top_label = rows[-1][1].eigen[0].which  # LA (lanczos) or LM (power)
+    other = rows[-1][1].eigen[1].which if p.smallest else None
     arrays = {
-        "epoch": epochs, "top": col(top_label, "values", p.top_k), "top_residual": col(top_label, "residuals", p.top_k),
-        "top_converged": col(top_label, "converged", p.top_k).astype(bool),
+        "epoch": epochs, "top": col(0, "values"), "top_residual": col(0, "residuals"),
+        "top_converged": col(0, "converged").astype(bool),
+        "top_which": np.array([r.eigen[0].which for _, r in rows], dtype="S2"),
         "loss": np.array([r.loss for _, r in rows]), "hvps": np.array([r.hvps for _, r in rows]),
         "overlap": np.array([r.overlap.numpy() if r.overlap is not None else nan_k for _, r in rows]),
         "subspace_overlap": np.array([np.nan if r.subspace_overlap is None else r.subspace_overlap for _, r in rows]),
     }
     if other:
-        arrays.update(bottom=col(other, "values", p.smallest), bottom_residual=col(other, "residuals", p.smallest),
-                      bottom_converged=col(other, "converged", p.smallest).astype(bool))
+        arrays.update(bottom=col(1, "values"), bottom_residual=col(1, "residuals"),
+                      bottom_converged=col(1, "converged").astype(bool),
+                      bottom_which=np.array([r.eigen[1].which for _, r in rows], dtype="S2"))
     if p.trace_samples:
         arrays.update(trace=np.array([r.trace.trace for _, r in rows]),
                       trace_stderr=np.array([r.trace.stderr for _, r in rows]))
@@ -114,6 +113,7 @@ def _figure(ctx, a, top_label: str, other: str | None, density) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     panels = 2 + (density is not None)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
@@ -134,10 +134,12 @@ def _figure(ctx, a, top_label: str, other: str | None, density) -> None:
     ax.set(xlabel="epoch", ylabel="eigenvalue", title="Hessian eigenvalues (x: not converged)")
     ax.legend(fontsize=7)
     ax = axes[1]
-    ax.plot(a["epoch"], a["subspace_overlap"], "o-", ms=3, label="subspace")
+    ax.plot(a["epoch"], a["subspace_overlap"], "o-", ms=3, label="subspace (mean cos^2)")
     for i in range(a["overlap"].shape[1]):
         ax.plot(a["epoch"], a["overlap"][:, i], ".:", alpha=0.7, label=f"|<v{i + 1}, prev>|")
     ax.set(xlabel="epoch", ylabel="overlap with previous epoch", ylim=(-0.02, 1.02), title="eigenvector drift")
+    for a_ in axes[:2]:
+        a_.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     if density is not None:
         import torch

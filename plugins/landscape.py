@@ -1,14 +1,17 @@
-"""`landscape` and `landscape-pca`: loss and accuracy surfaces around checkpoints.
+"""`landscape`: loss and accuracy surfaces around each epoch's checkpoint.
 
 The seed notebook drew a 21x21 grid along two unnormalised random directions, one
 forward pass per point in train mode (each pass overwrote the BatchNorm statistics
 of the model it was mapping). Here, on the run's stored un-augmented analysis batch,
-in eval mode with the centre checkpoint's statistics (or re-estimated per point):
-- `landscape` (per epoch): filter-normalised Gaussian directions (Li et al., 2018),
-  seeded and keyed by parameter name, so every epoch uses the same draw;
-- `landscape-pca` (over the selected epochs): the plane of the top two principal
-  directions of the trajectory through the checkpoints, with the path projected onto
-  it and the fraction of each step the plane captures.
+in eval mode with the centre checkpoint's statistics (or re-estimated per point),
+along `directions`:
+- `filter-normalized` (default): Gaussian directions rescaled per output filter to
+  the weights' norms, BatchNorm and bias entries zeroed (Li et al., 2018), seeded
+  and keyed by parameter name, so every epoch uses the same draw and axes;
+- `random`: plain Gaussian directions scaled to the weights' norm;
+- `trajectory`: the plane of the top two principal directions of the training path
+  through the checkpoints up to the centre epoch, with the path projected onto it
+  and the fraction of each step the plane captures.
 Numerics: `probe.landscape` (docs/curvature.md).
 """
 
@@ -18,34 +21,49 @@ from dataclasses import dataclass
 
 import probe
 
+DIRECTIONS = ("filter-normalized", "random", "trajectory")
+
 
 @dataclass(frozen=True)
 class Params:
-    kind: str = probe.param("filter", "Directions: filter-normalised or plain random Gaussian.",
-                            choices=("filter", "random"))
-    dims: int = probe.param(2, "1: a line, 2: a plane.", choices=(1, 2))
-    span: float = probe.param(1.0, "The grid covers [-span, span] along each direction.", min=1e-6)
+    directions: str = probe.param("filter-normalized", "Directions of the plane (or line).", choices=DIRECTIONS)
+    dims: int = probe.param(2, "1: a line, 2: a plane (trajectory is always a plane).", choices=(1, 2))
+    span: float = probe.param(1.0, "The grid covers [-span, span] along each random direction.", min=1e-6)
     resolution: int = probe.param(21, "Grid points per direction.", min=2)
-    seed: int = probe.param(0, "Seed of the directions (recorded).", min=0)
+    seed: int = probe.param(0, "Seed of the random directions (recorded).", min=0)
+    margin: float = probe.param(0.25, "trajectory: extra room around the path, as a fraction of its extent.", min=0.0)
+    mean_center: bool = probe.param(False, "trajectory: subtract the mean displacement before the PCA (as Li et al.'s code).")
     n_images: int = probe.param(1024, "Images of the stored analysis batch to evaluate (its first ones).", min=1)
     batch_size: int = probe.param(1024, "Images per forward pass.", min=1)
     bn: str = probe.param("frozen", "BatchNorm: centre's statistics (frozen) or re-estimated per point.",
                           choices=("frozen", "recalibrate"))
     calib_images: int = probe.param(256, "With bn=recalibrate: images (the analysis batch's last ones) used to "
                                          "re-estimate the statistics.", min=2)
+    rows_per_piece: int = probe.param(1, "With `probe analyze --workers/--dask-workers/--scheduler`: grid rows per "
+                                         "piece sent to the executor.", min=1)
 
 
-@dataclass(frozen=True)
-class PCAParams:
-    resolution: int = probe.param(21, "Grid points per direction.", min=2)
-    margin: float = probe.param(0.25, "Extra room around the path, as a fraction of its extent.", min=0.0)
-    n_images: int = probe.param(1024, "Images of the stored analysis batch to evaluate (its first ones).", min=1)
-    batch_size: int = probe.param(1024, "Images per forward pass.", min=1)
-    bn: str = probe.param("frozen", "BatchNorm: centre's statistics (frozen) or re-estimated per point.",
-                          choices=("frozen", "recalibrate"))
-    calib_images: int = probe.param(256, "With bn=recalibrate: images (the analysis batch's last ones) used to "
-                                         "re-estimate the statistics.", min=2)
-    mean_center: bool = probe.param(False, "Subtract the mean displacement before the PCA (as Li et al.'s code).")
+def _surface(ctx: probe.Context, model, x, y, calib, dirs, *, span, span_y=None, p):
+    """`probe.landscape.surface`, or the same grid row by row on the executor when there is one."""
+    import functools
+
+    import numpy as np
+
+    from probe import landscape as L
+    from probe.curvature import check_finite
+
+    kw = dict(bn=p.bn, calib_x=calib, batch_size=p.batch_size)
+    if ctx.executor is None or len(dirs.axes) == 1:
+        return L.surface(model, x, y, dirs, span=span, span_y=span_y, resolution=p.resolution, **kw)
+    alpha, beta = L.grid(span, p.resolution), L.grid(span_y or span, p.resolution)
+    c_loss, c_acc = L.surface_rows(model, x, y, dirs, np.zeros(1), np.zeros(1), [0], **kw)
+    check_finite(float(c_loss[0, 0]))
+    piece = functools.partial(L.surface_rows, model, x, y, dirs, alpha, beta, **kw)
+    blocks = [list(range(i, min(i + p.rows_per_piece, len(beta)))) for i in range(0, len(beta), p.rows_per_piece)]
+    parts = ctx.map(piece, blocks, "grid rows")
+    loss = np.concatenate([lp for lp, _ in parts])
+    acc = np.concatenate([ap for _, ap in parts])
+    return L.Surface(alpha, beta, loss, acc, float(c_loss[0, 0]), float(c_acc[0, 0]), p.bn, dirs.kind, dirs.seed, len(y))
 
 
 def _data(ctx: probe.Context, n_images: int, calib_images: int, bn: str):
@@ -56,46 +74,44 @@ def _data(ctx: probe.Context, n_images: int, calib_images: int, bn: str):
 
 
 def run(ctx: probe.Context) -> None:
-    from probe import landscape as L
-
-    p = ctx.params
-    model = ctx.model()
-    x, y, calib = _data(ctx, p.n_images, p.calib_images, p.bn)
-    dirs = L.random_directions(model, p.dims, kind=p.kind, seed=p.seed)
-    s = L.surface(model, x, y, dirs, span=(-p.span, p.span), resolution=p.resolution, bn=p.bn, calib_x=calib,
-                  batch_size=p.batch_size)
-    _save(ctx, s, {"kind": p.kind, "seed": p.seed, "span": p.span}, f"epoch {ctx.epoch}")
-
-
-def run_pca(ctx: probe.Context) -> None:
     import numpy as np
 
     from probe import landscape as L
 
     p = ctx.params
-    if len(ctx.epochs) < 3:
-        raise probe.UsageError("--epochs", "landscape-pca needs at least 3 epochs (a trajectory and a centre)")
-    model = ctx.model(ctx.epochs[-1])
+    model = ctx.model()
+    x, y, calib = _data(ctx, p.n_images, p.calib_images, p.bn)
+    common = {"directions": p.directions, "seed": p.seed, "checkpoint_sha256": ctx.checksum(),
+              "data": f"analysis batch, first {len(y)} images", "center_epoch": ctx.epoch}
+    if p.directions != "trajectory":
+        dirs = L.random_directions(model, p.dims, kind="filter" if p.directions == "filter-normalized" else "random",
+                                   seed=p.seed)
+        s = _surface(ctx, model, x, y, calib, dirs, span=(-p.span, p.span), p=p)
+        _save(ctx, s, {**common, "span": p.span}, f"epoch {ctx.epoch}")
+        return
+    path_epochs = [e for e in ctx.all_epochs() if e <= ctx.epoch]
+    if len(path_epochs) < 3:
+        raise probe.UsageError("--epochs", f"directions=trajectory needs at least 3 complete epochs up to the centre "
+                                           f"epoch {ctx.epoch} (have {len(path_epochs)})")
 
     class States:  # streams checkpoints from disk; pca_directions reads each one about twice
         def __len__(self) -> int:
-            return len(ctx.epochs)
+            return len(path_epochs)
 
         def __getitem__(self, i: int):
-            return ctx.checkpoint(ctx.epochs[i]).model_state
+            return ctx.checkpoint(path_epochs[i]).model_state
 
     dirs = L.pca_directions(model, States(), mean_center=p.mean_center)
     lo, hi = dirs.path.min(0), dirs.path.max(0)
     room = p.margin * np.maximum(hi - lo, 1e-12)
-    x, y, calib = _data(ctx, p.n_images, p.calib_images, p.bn)
-    s = L.surface(model, x, y, dirs, span=(float(lo[0] - room[0]), float(hi[0] + room[0])), resolution=p.resolution,
-                  span_y=(float(lo[1] - room[1]), float(hi[1] + room[1])), bn=p.bn, calib_x=calib,
-                  batch_size=p.batch_size)
-    extra = {"path_epochs": ctx.epochs, "explained": dirs.explained.tolist(), "mean_center": p.mean_center}
-    _save(ctx, s, extra, f"epochs {ctx.epochs[0]}-{ctx.epochs[-1]}, centre {ctx.epochs[-1]}",
+    s = _surface(ctx, model, x, y, calib, dirs, span=(float(lo[0] - room[0]), float(hi[0] + room[0])),
+                 span_y=(float(lo[1] - room[1]), float(hi[1] + room[1])), p=p)
+    extra = {**common, "path_epochs": path_epochs, "explained": dirs.explained.tolist(), "mean_center": p.mean_center}
+    _save(ctx, s, extra, f"trajectory {path_epochs[0]}-{path_epochs[-1]}, centre {ctx.epoch}",
           path=dirs.path, captured=dirs.captured)
     ctx.out.scalar("explained_2d", float(dirs.explained.sum()))
     ctx.out.scalar("min_step_captured", float(np.nanmin(dirs.captured)))
+    ctx.out.scalar("mean_step_captured", float(np.nanmean(dirs.captured)))
 
 
 def _save(ctx: probe.Context, s, extra: dict, where: str, path=None, captured=None) -> None:
@@ -106,7 +122,7 @@ def _save(ctx: probe.Context, s, extra: dict, where: str, path=None, captured=No
     import numpy as np
 
     name = ctx.analysis.name
-    attrs = {"bn": s.bn, "kind": s.kind, "n_samples": s.n_samples, "mode": "eval",
+    attrs = {"bn": s.bn, "normalization": s.kind, "n_samples": s.n_samples, "mode": "eval",
              "layout": "loss[j, i] at (alpha[i], beta[j])", **extra}
     arrays = {"alpha": s.alpha, "loss": s.loss, "accuracy": s.accuracy}
     if s.beta is not None:
@@ -134,6 +150,13 @@ def _save(ctx: probe.Context, s, extra: dict, where: str, path=None, captured=No
             ax.set(xlabel="alpha (direction 1)", ylabel="beta (direction 2)")
         ax.set_title(f"{label}, {where}")
     note = f"BatchNorm {s.bn}, {s.n_samples} images, eval mode"
+    if s.beta is not None:
+        fig3 = plt.figure(figsize=(6.5, 5))
+        ax3 = fig3.add_subplot(projection="3d")
+        A, B = np.meshgrid(s.alpha, s.beta)
+        ax3.plot_surface(A, B, np.where(np.isfinite(s.loss), s.loss, np.nan), cmap="viridis", linewidth=0)
+        ax3.set(xlabel="alpha", ylabel="beta", zlabel="loss", title=f"loss surface, {where}")
+        ctx.out.figure(f"{name}_surface", fig3, caption=f"The same loss grid as a 3-D surface; {note}.")
     ctx.out.figure(name, fig, caption=f"Loss (log-spaced contours) and accuracy around the checkpoint (red star); "
                    f"{note}. A wide basin around the star means a flat minimum along these directions.")
     ctx.out.scalar("center_loss", s.center_loss)
@@ -144,11 +167,7 @@ def _save(ctx: probe.Context, s, extra: dict, where: str, path=None, captured=No
 @probe.hookimpl
 def register_analyses(register) -> None:
     register(probe.Analysis(
-        name="landscape", run=run, params=Params, scope="epoch", needs={"model", "analysis_batch"},
-        summary="Loss/accuracy surface along seeded filter-normalised directions (Li et al.), eval mode.",
-    ))
-    register(probe.Analysis(
-        name="landscape-pca", run=run_pca, params=PCAParams, scope="run",
-        needs={"model", "checkpoint", "analysis_batch"},
-        summary="Loss surface on the PCA plane of the training trajectory, with the projected path.",
+        name="landscape", run=run, params=Params, scope="epoch", version="2",
+        needs={"model", "checkpoint", "analysis_batch", "trajectory"},
+        summary="Loss/accuracy surface along filter-normalised, random or trajectory-PCA directions, eval mode.",
     ))

@@ -26,7 +26,9 @@ from typing import Any
 
 from .errors import UsageError
 
-NEEDS = frozenset({"checkpoint", "model", "activations", "probe_set", "analysis_batch", "metrics", "config"})
+# "trajectory": the job may read the checkpoint of any complete epoch (not only its own), so
+# its cache key covers them all.
+NEEDS = frozenset({"checkpoint", "model", "activations", "probe_set", "analysis_batch", "metrics", "config", "trajectory"})
 SCOPES = ("epoch", "run")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 

@@ -71,7 +71,9 @@ def input_files(run: Run, analysis: Analysis, epochs: list[int]) -> list[str]:
     """Run-relative paths of the files whose contents the job may read."""
     files: list[str] = []
     needs = analysis.needs
-    if needs & {"checkpoint", "model"}:
+    if "trajectory" in needs:
+        files += [rundir.checkpoint_name(e) for e in run.epochs()]
+    elif needs & {"checkpoint", "model"}:
         files += [rundir.checkpoint_name(e) for e in epochs]
     if "activations" in needs:
         files += [rundir.activations_name(e) for e in epochs]
@@ -190,7 +192,7 @@ def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epoch
             return Outcome(analysis.name, epoch, "cached", 0.0, target)
         with atomic.atomic_dir(target) as tmp:
             out = ResultWriter(tmp)
-            ctx = Context(run, analysis, params, epochs, epoch, device, out, quiet=quiet)
+            ctx = Context(run, analysis, params, epochs, epoch, device, out, quiet=quiet, inputs=inputs)
             analysis.run(ctx)
             seconds = time.perf_counter() - t0
             manifest = {
@@ -357,11 +359,14 @@ def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
 def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = None,
                  params: dict[str, dict[str, Any]] | None = None, *, device: str = "auto",
                  force: bool = False, quiet: bool = True, registry: Any = None,
-                 on_outcome: Any = None, timeout: float | None = None) -> list[Outcome]:
+                 on_outcome: Any = None, timeout: float | None = None, executor: Any = None) -> list[Outcome]:
     """Run the named analyses over a run; returns one Outcome per job. Used by the CLI and by sweeps.
 
     `timeout`: seconds per job; each job then runs in a child process, killed past it.
+    `executor`: where jobs send their independent pieces (`Context.map`): landscape
+    grid rows, per-epoch Hessian pieces; the same executors as sweeps (probe.executor).
     """
+    from .context import EXECUTOR
     from .plugins import registry as default_registry
 
     run = Run(run_dir)
@@ -371,11 +376,15 @@ def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = N
     jobs = [(a, e, es) for a in analyses for e, es in plan(run, a, epochs)]
     device = resolve_device(device)
     outcomes = []
-    for a, e, es in _progress(jobs, quiet):
-        outcome = run_job(run, a, parsed[a.name], e, es, device=device, force=force, quiet=quiet, timeout=timeout)
-        outcomes.append(outcome)
-        if on_outcome:
-            on_outcome(outcome)
+    token = EXECUTOR.set(executor)
+    try:
+        for a, e, es in _progress(jobs, quiet):
+            outcome = run_job(run, a, parsed[a.name], e, es, device=device, force=force, quiet=quiet, timeout=timeout)
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
+    finally:
+        EXECUTOR.reset(token)
     failures = [o for o in outcomes if o.failed]
     if failures:
         write_log(run, failures)

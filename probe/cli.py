@@ -174,8 +174,14 @@ def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quie
 @click.option("--quiet", "-q", is_flag=True, help="Only print failures and the summary.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Run each job in a child process and kill it after SECONDS (status: timeout).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Send the independent pieces of a job (landscape grid rows, per-epoch Hessian pieces) to N local "
+                   "worker processes.")
+@click.option("--dask-workers", type=click.IntRange(min=1), default=None, help="...to a local Dask cluster of N workers.")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="...to an existing Dask scheduler (tcp://host:8786).")
 def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str | None, params: tuple[str, ...],
-            force: bool, device: str, quiet: bool, timeout: float | None) -> None:
+            force: bool, device: str, quiet: bool, timeout: float | None, workers: int | None,
+            dask_workers: int | None, scheduler: str | None) -> None:
     """Run analyses over a saved run, offline.
 
     Results go to RUN_DIR/analyses/<analysis>/; rerunning with the same inputs and
@@ -202,8 +208,17 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
         elif not quiet:
             click.echo(f"{o.status:>6} {o.label} ({o.seconds:.1f}s) -> {o.path}")
 
-    outcomes = run_analyses(run_dir, [a.name for a in analyses], epochs, routed, device=device, force=force,
-                            quiet=quiet, registry=reg, on_outcome=report, timeout=timeout)
+    executor = None
+    if workers is not None or dask_workers is not None or scheduler is not None:
+        from .executor import make_executor
+
+        executor = make_executor(workers, scheduler, dask_workers)  # an unreachable scheduler: one line, nothing run
+    try:
+        outcomes = run_analyses(run_dir, [a.name for a in analyses], epochs, routed, device=device, force=force,
+                                quiet=quiet, registry=reg, on_outcome=report, timeout=timeout, executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "cached", "failed", "timeout")}
     timed_out = f", {counts['timeout']} timed out" if counts["timeout"] else ""
     click.echo(f"{counts['ok']} computed, {counts['cached']} cached, {counts['failed']} failed{timed_out}")

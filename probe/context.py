@@ -13,10 +13,11 @@ from the checksums of exactly those inputs: an undeclared read could go stale.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,18 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+# The executor pieces of a job go to (`probe analyze --workers/--dask-workers/--scheduler`);
+# None: run them in this process. A context variable, so the runner needs no plumbing.
+EXECUTOR: contextvars.ContextVar[Any] = contextvars.ContextVar("probe_executor", default=None)
+
+
 class Context:
     """What one analysis job sees. Created by the runner, one per job."""
 
     def __init__(self, run: Run, analysis: Any, params: Any, epochs: list[int], epoch: int | None,
-                 device: str, out: ResultWriter, quiet: bool = False):
+                 device: str, out: ResultWriter, quiet: bool = False, inputs: dict[str, str] | None = None):
         self.run = run
+        self.inputs = inputs or {}  # run-relative path -> SHA-256 of the files this job may read
         self.analysis = analysis
         self.params = params
         self.epochs = epochs
@@ -121,6 +128,12 @@ class Context:
         """Every complete epoch of the run (not only the selected ones)."""
         return self.run.epochs()
 
+    def checksum(self, epoch: int | None = None) -> str:
+        """SHA-256 of the checkpoint file of `epoch`, as used in the cache key (for provenance)."""
+        from .rundir import checkpoint_name
+
+        return self.inputs.get(checkpoint_name(self._epoch(epoch)), "")
+
     def config(self) -> dict[str, Any]:
         self._need("config")
         return self.run.config
@@ -131,7 +144,7 @@ class Context:
 
     def checkpoint(self, epoch: int | None = None):
         """The checkpoint (model state as fresh tensors, spec, metrics) of `epoch`."""
-        self._need("checkpoint", "model")
+        self._need("checkpoint", "model", "trajectory")
         return self.run.load_checkpoint(self._epoch(epoch))
 
     def model(self, epoch: int | None = None):
@@ -170,6 +183,34 @@ class Context:
                 raise ProbeError(f"analysis {self.analysis.name!r} is run-scoped: pass an epoch")
             return self.epoch
         return epoch
+
+    # --- splitting a job into pieces --------------------------------------------------------------------
+    @property
+    def executor(self) -> Any:
+        """The executor `map` uses, or None when pieces run in this process."""
+        return EXECUTOR.get()
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], label: str = "") -> list[Any]:
+        """`[fn(item) for item in items]`, on the executor when one is configured.
+
+        The same executor as sweeps: local worker processes or a Dask cluster. `fn`
+        and the items must pickle (a module-level function, or functools.partial of
+        one), and each piece must be independent of the others (grid rows, epochs).
+        A failed piece fails the job, naming the piece.
+        """
+        items = list(items)
+        executor = self.executor
+        if executor is None:
+            return [fn(item) for item in self.progress(items, label, total=len(items))]
+        from .executor import Task
+
+        tasks = [Task(f"{self.analysis.name}[{i}]", fn, (item,)) for i, item in enumerate(items)]
+        done: dict[str, Any] = {}
+        for outcome in self.progress(executor.run(tasks), f"{label} on {executor.describe()}", total=len(tasks)):
+            if not outcome.ok:
+                raise ProbeError(f"{self.analysis.name}: piece {outcome.key} failed on {executor.describe()}: {outcome.error}")
+            done[outcome.key] = outcome.value
+        return [done[t.key] for t in tasks]
 
     # --- feedback ---------------------------------------------------------------------------------------
     def progress(self, items: Iterable[Any], label: str = "", total: int | None = None) -> Iterator[Any]:

@@ -337,7 +337,8 @@ def test_hessian_plugin_warm_starts_across_epochs(probe_run):
     from probe.rundir import Run
     from probe_plugins import hessian
 
-    ((o, m),) = run_plugin(probe_run, hessian, "hessian", n_images=16, top_k=2, trace_samples=2, max_iter=30)
+    ((o, m),) = run_plugin(probe_run, hessian, "hessian", n_images=16, top_k=2, trace_samples=2, max_iter=30,
+                            weight_decay=True)
     assert {"hessian.h5", "hessian.json", "hessian.png"} <= set(m["files"])
     with h5py.File(o.path / "hessian.h5") as f:
         assert list(f["epoch"][()]) == [0, 1, 2]

@@ -254,6 +254,8 @@ def run_plugin(run_dir, analysis, epochs=None, **params):
 
 
 def test_landscape_plugins(probe_run):
+    import json
+
     import h5py
 
     from probe.rundir import Run
@@ -266,9 +268,54 @@ def test_landscape_plugins(probe_run):
     assert m["scalars"]["center_loss"] == pytest.approx(loss, rel=1e-5)
     with h5py.File(o.path / "landscape.h5") as f:
         assert f["loss"].shape == (5, 5) and f["loss"][2, 2] == pytest.approx(loss, rel=1e-5)
-        assert f.attrs["seed"] == 0 and f.attrs["bn"] == "frozen"
-    ((o, m),) = run_plugin(probe_run, "landscape-pca", resolution=4, n_images=32)
-    with h5py.File(o.path / "landscape-pca.h5") as f:
+        assert f.attrs["seed"] == 0 and f.attrs["bn"] == "frozen" and f.attrs["directions"] == "filter-normalized"
+        assert f.attrs["checkpoint_sha256"] == m["inputs"]["checkpoints/epoch_0002.safetensors"]
+    assert {"landscape.png", "landscape_surface.png"} <= set(m["files"])
+    ((o, m),) = run_plugin(probe_run, "landscape", "last", directions="trajectory", resolution=4, n_images=32)
+    with h5py.File(o.path / "landscape.h5") as f:
         assert f["path"].shape == (3, 2) and np.allclose(f["path"][2], 0, atol=1e-6)
         assert f["captured"].shape == (2,) and f["loss"].shape == (4, 4)
+        assert json.loads(f.attrs["path_epochs"]) == [0, 1, 2]
     assert 0 < m["scalars"]["explained_2d"] <= 1 + 1e-9
+    assert 0 <= m["scalars"]["min_step_captured"] <= 1 + 1e-9
+    from probe.analyze import run_analyses
+    from probe.plugins import PluginInfo, Registry
+    from probe_plugins import landscape
+
+    reg = Registry()
+    reg.register(landscape, PluginInfo("landscape", "probe_plugins.landscape"))
+    (bad,) = run_analyses(probe_run, ["landscape"], "1", {"landscape": {"directions": "trajectory"}}, registry=reg)
+    assert bad.status == "failed" and "at least 3 complete epochs" in bad.error
+
+
+def test_landscape_rows_on_an_executor_equal_the_in_process_grid(probe_run):
+    """Issue 4.6: the grid splits into independent row pieces on the sweep executor (here 2 local processes)."""
+    import json
+
+    import h5py
+
+    from probe.analyze import run_analyses
+    from probe.executor import make_executor
+    from probe.plugins import PluginInfo, Registry
+    from probe_plugins import landscape
+
+    reg = Registry()
+    reg.register(landscape, PluginInfo("landscape", "probe_plugins.landscape"))
+    params = {"landscape": {"resolution": "5", "n_images": "32", "rows_per_piece": "2"}}
+    (local,) = run_analyses(probe_run, ["landscape"], "last", params, registry=reg, device="cpu")
+    with h5py.File(local.path / "landscape.h5") as f:
+        loss_local = f["loss"][()]
+    with make_executor(workers=2) as executor:
+        (split,) = run_analyses(probe_run, ["landscape"], "last", params, registry=reg, device="cpu",
+                                executor=executor, force=True)
+    assert local.status == split.status == "ok"
+    with h5py.File(split.path / "landscape.h5") as f:
+        loss_split = f["loss"][()]
+    m = json.loads((split.path / "manifest.json").read_text())
+    run = __import__("probe").Run(probe_run)
+    batch = run.analysis_batch()
+    model = run.model(2, "cpu")
+    direct_loss, _ = direct(model, batch.normalized()[:32], batch.labels[:32], dict(model.named_parameters()))
+    assert loss_split.shape == (5, 5) and loss_split[2, 2] == pytest.approx(direct_loss, rel=1e-5)
+    np.testing.assert_allclose(loss_split, loss_local, rtol=1e-5)
+    assert m["scalars"]["center_loss"] == pytest.approx(direct_loss, rel=1e-5)
