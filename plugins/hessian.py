@@ -36,12 +36,25 @@ class Params:
     trace_samples: int = probe.param(0, "Hutchinson samples for the trace (0: skip).", min=0)
     density_runs: int = probe.param(0, "Stochastic Lanczos quadrature runs for the density (0: skip).", min=0)
     density_steps: int = probe.param(60, "Lanczos steps per density run.", min=2)
-    warm_start: bool = probe.param(True, "Start each epoch from the previous epoch's eigenvectors.")
+    warm_start: bool = probe.param(True, "Start each epoch from the previous epoch's eigenvectors (epochs then run "
+                                         "in order; with warm_start=false they are independent pieces that "
+                                         "`probe analyze --workers/--dask-workers/--scheduler` spreads out).")
     seed: int = probe.param(0, "Seed for start and probe vectors.", min=0)
 
     def __post_init__(self) -> None:
         if self.trace_samples == 1:
             raise ValueError("trace_samples must be 0 or >= 2 (a standard error needs two samples)")
+
+
+def epoch_piece(job: tuple):
+    """One epoch's analysis, rebuilt from the run directory: an independent piece for an executor."""
+    from probe import curvature as C
+
+    run_dir, epoch, device, n_images, kwargs = job
+    run = probe.Run(run_dir)
+    batch = run.analysis_batch()
+    x, y = batch.normalized(device)[:n_images], batch.labels[:n_images]
+    return C.hessian_analysis(run.model(epoch, device), x, y, **kwargs)
 
 
 def run(ctx: probe.Context) -> None:
@@ -52,18 +65,23 @@ def run(ctx: probe.Context) -> None:
     p = ctx.params
     batch = ctx.analysis_batch()
     x, y = batch.normalized(ctx.device)[: p.n_images], batch.labels[: p.n_images]
-    wd = float(ctx.config()["train"].get("weight_decay", 0.0)) if p.weight_decay else 0.0
+    train = ctx.config()["train"]
+    wd = float(train.get("weight_decay", 0.0)) if p.weight_decay else 0.0
+    kw = dict(top_k=p.top_k, smallest=p.smallest, method=p.method, trace_samples=p.trace_samples,
+              density_runs=p.density_runs, density_steps=p.density_steps, tol=p.tol, residual_tol=p.residual_tol,
+              max_iter=p.max_iter, bn=p.bn, weight_decay=wd, batch_size=p.batch_size, seed=p.seed)
     rows, prev, density = [], None, None
-    for epoch in ctx.progress(ctx.epochs, "epochs"):
-        model = ctx.model(epoch)
-        rep = C.hessian_analysis(model, x, y, top_k=p.top_k, smallest=p.smallest, method=p.method,
-                                 trace_samples=p.trace_samples, density_runs=p.density_runs,
-                                 density_steps=p.density_steps, tol=p.tol, residual_tol=p.residual_tol,
-                                 max_iter=p.max_iter, init=prev if p.warm_start else None, bn=p.bn,
-                                 weight_decay=wd, batch_size=p.batch_size, seed=p.seed)
-        rows.append((epoch, rep))
-        prev, density = rep.eigen[0].vectors, rep.density or density
+    if p.warm_start or ctx.executor is None:
+        for epoch in ctx.progress(ctx.epochs, "epochs"):
+            rep = C.hessian_analysis(ctx.model(epoch), x, y, init=prev if p.warm_start else None, **kw)
+            rows.append((epoch, rep))
+            prev, density = rep.eigen[0].vectors, rep.density or density
+    else:
+        jobs = [(str(ctx.run.path), e, ctx.device, p.n_images, kw) for e in ctx.epochs]
+        rows = list(zip(ctx.epochs, ctx.map(epoch_piece, jobs, "epochs"), strict=True))
+        density = next((r.density for _, r in reversed(rows) if r.density is not None), None)
     epochs = np.array([e for e, _ in rows])
+    lrs = {m["epoch"]: m.get("lr") for m in ctx.metrics()}
     nan_k = np.full(p.top_k, np.nan)
 
     def col(pos: int, field: str) -> np.ndarray:  # by position: power's labels can change sign per epoch
@@ -91,6 +109,14 @@ def run(ctx: probe.Context) -> None:
     attrs = {"loss_definition": rows[-1][1].loss_definition, "top_label": top_label, "bottom_label": other or "",
              "method": p.method, "bn": p.bn, "n_images": len(x), "seed": p.seed,
              "labels": "LA: largest algebraic, SA: smallest algebraic, LM: largest magnitude (may be negative)"}
+    # The edge of stability (Cohen et al., 2021): gradient descent with step size lr is unstable along
+    # directions of curvature above 2/lr; heavy-ball momentum beta moves the threshold to 2(1+beta)/lr.
+    # Adam's threshold is on the preconditioned Hessian, so no line is drawn for it.
+    opt = train.get("optimizer", "SGD")
+    factor = {"SGD": 2.0, "SGD_mom": 2.0 * (1 + float(train.get("momentum", 0.0)))}.get(opt)
+    if factor is not None:
+        arrays["edge_of_stability"] = np.array([factor / lrs[e] if lrs.get(e) else np.nan for e in epochs])
+        attrs["edge_of_stability"] = f"{factor:g}/lr ({opt})"
     ctx.out.arrays("hessian", attrs=attrs, **arrays)
     ctx.out.json("hessian", {"epochs": [{"epoch": e, **r.summary()} for e, r in rows], **attrs})
     _figure(ctx, arrays, top_label, other, density)
@@ -129,6 +155,8 @@ def _figure(ctx, a, top_label: str, other: str | None, density) -> None:
         ax2 = ax.twinx()
         ax2.errorbar(a["epoch"], a["trace"], yerr=a["trace_stderr"], color="grey", alpha=0.6, label="trace")
         ax2.set_ylabel("trace (Hutchinson, +- 1 s.e.)", color="grey")
+    if "edge_of_stability" in a:
+        ax.plot(a["epoch"], a["edge_of_stability"], "k:", lw=1.2, label="edge of stability (2/lr)")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_yscale("symlog", linthresh=max(1e-3, float(np.nanmax(np.abs(a["top"]))) * 1e-3))
     ax.set(xlabel="epoch", ylabel="eigenvalue", title="Hessian eigenvalues (x: not converged)")
@@ -151,13 +179,14 @@ def _figure(ctx, a, top_label: str, other: str | None, density) -> None:
         axes[2].semilogy(grid.numpy(), np.maximum(curve, 1e-12))
         axes[2].set(xlabel="eigenvalue", ylabel="density", title=f"spectral density, epoch {int(a['epoch'][-1])}")
     ctx.out.figure("hessian", fig, caption="Largest and smallest Hessian eigenvalues per epoch (symlog scale; "
-                   "crosses: not converged), and how much the top eigenvectors moved since the previous epoch "
+                   "crosses: not converged; dotted: the 2/lr edge of stability for SGD), and how much the top eigenvectors moved since the previous epoch "
                    "(1: same subspace).")
 
 
 @probe.hookimpl
 def register_analyses(register) -> None:
     register(probe.Analysis(
-        name="hessian", run=run, params=Params, scope="run", needs={"model", "analysis_batch", "config"},
+        name="hessian", run=run, params=Params, scope="run", needs={"model", "analysis_batch", "config", "metrics"},
+        version="2",
         summary="Largest/smallest Hessian eigenvalues (Lanczos), trace and density per epoch, warm-started.",
     ))

@@ -352,3 +352,30 @@ def test_hessian_plugin_warm_starts_across_epochs(probe_run):
                              tol=1e-6, residual_tol=1e-4)
     assert top[2, 0] == pytest.approx(float(ref.eigen[0].values[0]), rel=5e-3)
     assert m["scalars"]["top_label"] == "LA"
+
+
+def test_hessian_series_edge_of_stability_and_epochs_on_an_executor(probe_run):
+    """The 2/lr line is stored beside the eigenvalues; with warm_start=false the epochs are independent pieces
+    that give the same numbers in-process and on 2 local worker processes (issue 4.6)."""
+    import h5py
+
+    from probe import Run
+    from probe.analyze import run_analyses
+    from probe.executor import make_executor
+    from probe.plugins import PluginInfo, Registry
+    from probe_plugins import hessian
+
+    reg = Registry()
+    reg.register(hessian, PluginInfo("hessian", "probe_plugins.hessian"))
+    params = {"hessian": {"n_images": "16", "top_k": "1", "smallest": "0", "max_iter": "30", "warm_start": "false"}}
+    (local,) = run_analyses(probe_run, ["hessian"], "all", params, registry=reg, device="cpu")
+    with h5py.File(local.path / "hessian.h5") as f:
+        top_local, eos = f["top"][()], f["edge_of_stability"][()]
+    lrs = [m.get("lr") for m in Run(probe_run).metrics()]
+    assert np.isnan(eos[0]) and eos[1:] == pytest.approx([2 * (1 + 0.9) / lr for lr in lrs[1:]])  # SGD_mom run
+    with make_executor(workers=2) as executor:
+        (split,) = run_analyses(probe_run, ["hessian"], "all", params, registry=reg, device="cpu",
+                                executor=executor, force=True)
+    assert split.status == "ok", split.error
+    with h5py.File(split.path / "hessian.h5") as f:
+        np.testing.assert_allclose(f["top"][()], top_local, rtol=1e-6)
