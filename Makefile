@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 DATA ?= $(or $(PROBE_DATA),$(wildcard ../shared/data/cifar10))
 DEMO_EPOCHS ?= 3
 DEMO_RUN ?= runs/demo
+# Loss-based analyses on 256 of the stored 1,024 images and a 15x15 grid, so the demo takes minutes on a laptop CPU.
+DEMO_ANALYZE ?= --param hessian.n_images=256 --param hessian.trace_samples=10 --param landscape.n_images=256 \
+	--param landscape.resolution=15 --param sharpness.n_images=256 --param sharpness.steps=5 --param sharpness.samples=8
 
 .PHONY: install test demo lint bench clean
 
@@ -29,8 +32,8 @@ lint: install
 
 demo: install
 	$(BIN)/probe train --run-dir $(DEMO_RUN) --epochs $(DEMO_EPOCHS) $(if $(DATA),--data $(DATA)) --force
-	$(BIN)/probe analyze $(DEMO_RUN) --all --epochs 0,last
-	-$(BIN)/probe report $(DEMO_RUN)
+	$(BIN)/probe analyze $(DEMO_RUN) --all --epochs 0,last $(DEMO_ANALYZE)
+	$(BIN)/probe report $(DEMO_RUN)
 
 bench: install
 	$(BIN)/python bench/bench_train.py $(if $(DATA),--data $(DATA))

@@ -35,15 +35,6 @@ class Params:
                                           "the axes' directions are shared either way).")
 
 
-def resolve_layer(layers: list[str], name: str) -> str:
-    """'penultimate' -> the last recorded layer; otherwise the name, which must be recorded."""
-    if name == "penultimate":
-        return layers[-1]
-    if name not in layers:
-        raise probe.UsageError("--param layer", f"{name!r} is not a recorded layer (recorded: {', '.join(layers)})")
-    return name
-
-
 def panel_epochs(epochs: list[int], limit: int = MAX_PANELS) -> list[int]:
     """At most `limit` epochs, evenly spaced, always with the first and the last."""
     if len(epochs) <= limit:
@@ -163,7 +154,7 @@ def run(ctx: probe.Context) -> None:
     epochs = list(ctx.epochs)
     if not epochs:
         raise probe.ProbeError(f"{ctx.run.path}: no complete epoch to project")
-    layer = resolve_layer(ctx.layers(epochs[-1]), p.layer)
+    layer = ctx.resolve_layer(p.layer, epochs[-1])
     labels = np.asarray(ctx.probe_set().labels, dtype=np.int64)
     names = ctx.class_names()
     X = EpochActivations(ctx, layer, p.kind, epochs, len(labels))

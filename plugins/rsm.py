@@ -22,14 +22,6 @@ class Params:
                                       "often close to 1; centring shows the structure around the mean).")
 
 
-def resolve_layer(layers: list[str], name: str) -> str:
-    if name == "penultimate":
-        return layers[-1]
-    if name not in layers:
-        raise probe.UsageError("--param layer", f"{name!r} is not a recorded layer (recorded: {', '.join(layers)})")
-    return name
-
-
 def run(ctx: probe.Context) -> None:
     import matplotlib
 
@@ -40,7 +32,7 @@ def run(ctx: probe.Context) -> None:
     from probe import representations as R
 
     p = ctx.params
-    layer = resolve_layer(ctx.layers(), p.layer)
+    layer = ctx.resolve_layer(p.layer)
     labels = np.asarray(ctx.probe_set().labels, dtype=np.int64)
     X = ctx.activations(layer, kind=p.kind)
     X = X.reshape(X.shape[0], -1).astype(np.float64)

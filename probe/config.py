@@ -143,15 +143,20 @@ def coerce(name: str, value: Any, source: str) -> Any:
     return value
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file into checked field values (flat keys, or a [train] table)."""
+def read_toml(path: str | Path, option: str) -> dict[str, Any]:
+    """Parse a TOML file; a missing or malformed one is a one-line UsageError naming `option` and the file."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise UsageError("--config", f"{path} does not exist") from None
+        raise UsageError(option, f"{path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError("--config", f"{path} is not valid TOML ({exc})") from None
+        raise UsageError(option, f"{path} is not valid TOML ({exc})") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into checked field values (flat keys, or a [train] table)."""
+    raw = read_toml(path, "--config")
     if "train" in raw and isinstance(raw["train"], dict):
         raw = raw["train"]
     return {k.replace("-", "_"): coerce(k.replace("-", "_"), v, str(path)) for k, v in raw.items()}

@@ -159,6 +159,17 @@ class Context:
         self._need("activations")
         return activations.read(self.run.activations_path(self._epoch(epoch)))["layers"]
 
+    def resolve_layer(self, name: str, epoch: int | None = None, option: str = "--param layer") -> str:
+        """`penultimate` -> the last recorded layer; any other name must be a recorded layer."""
+        from .errors import UsageError
+
+        layers = self.layers(epoch)
+        if name == "penultimate":
+            return layers[-1]
+        if name not in layers:
+            raise UsageError(option, f"{name!r} is not a recorded layer (recorded: {', '.join(layers)})")
+        return name
+
     def activations(self, layer: str, epoch: int | None = None, kind: str = "pooled") -> np.ndarray:
         """float32 activations of the probe set at `layer` (`kind`: pooled [P, C], maps [P, C, H, W], logits)."""
         from . import activations

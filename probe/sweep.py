@@ -40,7 +40,7 @@ from typing import Any
 import click
 
 from . import atomic
-from .config import FIELDS, TrainConfig, coerce
+from .config import FIELDS, TrainConfig, coerce, read_toml
 from .errors import ProbeError, UsageError
 
 SWEEP_FILE = "sweep.json"
@@ -117,12 +117,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
     Every problem is one `UsageError` naming the file, the table and the key.
     """
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError("SPEC", f"{path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError("SPEC", f"{path} is not valid TOML ({exc})") from None
+    raw = read_toml(path, "SPEC")
     for key in raw:
         if key not in TOP_KEYS:
             raise UsageError(str(path), f"unknown key {key!r} (a sweep file has {', '.join(TOP_KEYS)})")

@@ -25,3 +25,14 @@ def fresh_registry():
     reset_registry(None)
     yield
     reset_registry(None)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small ops run many times faster on one torch thread than on two contended ones."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

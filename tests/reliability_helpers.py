@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 import probe
+from probe.testing import make_image_folder
 
 # A run of 3 epochs on 80 training images: a few hundred milliseconds of training per run.
 TINY_ARGS = ["--epochs", "3", "--batch-size", "16", "--val-batch-size", "32", "--subset-train-size", "0",
@@ -33,16 +33,7 @@ CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREA
 
 def make_png_folder(root: Path, n_train: int = 8, n_test: int = 3, classes: int = 10, seed: int = 0) -> Path:
     """A CIFAR-shaped folder dataset of random PNGs: root/{train,test}/<class>/NNNN.png."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for c in range(classes):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
-    return root
+    return make_image_folder(root, n_train=n_train, n_test=n_test, classes=classes, seed=seed)
 
 
 _ZYGOTE = r"""

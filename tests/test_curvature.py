@@ -16,15 +16,6 @@ from probe.errors import ProbeError, UsageError
 from probe.model import ModelSpec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 ops run 10x faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """ModelSpec's CNN at ~160 parameters, with non-trivial BatchNorm running statistics."""
     torch.manual_seed(0)

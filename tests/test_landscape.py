@@ -15,15 +15,6 @@ from probe.errors import ProbeError, UsageError
 from probe.model import ModelSpec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions run much faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def cnn():
     """A small CNN whose BatchNorm running statistics differ from batch statistics."""

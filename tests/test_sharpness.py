@@ -14,14 +14,6 @@ from probe.errors import ProbeError, UsageError
 from probe.model import ModelSpec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Linear(nn.Module):
     """x @ w: with the squared error its loss is exactly quadratic in w."""
 
