@@ -181,3 +181,26 @@ def test_which_scalars_are_shown_as_top_eigenvalue_and_sharpness():
 ])
 def test_format_cell(value, col, text):
     assert cmp.format_cell(value, col) == text
+
+
+def test_a_sweep_with_a_point_not_started_compares_cleanly(tmp_path):
+    """A point without a run yet carries only its grid values: it must not make every config key look swept,
+    nor break the optimizer x lr stability summary."""
+    import json
+
+    from probe import compare
+    from probe.sweep import SWEEP_FILE
+    from probe.testing import make_tiny_run
+
+    sweep = tmp_path / "sweep"
+    values = [{"optimizer": "Adam", "lr": 0.001}, {"optimizer": "SGD_mom", "lr": 0.05}]  # the first not started
+    points = [{"name": f"optimizer={v['optimizer']},lr={v['lr']}", "values": v} for v in values]
+    sweep.mkdir()
+    (sweep / SWEEP_FILE).write_text(json.dumps({"points": points, "swept": ["optimizer", "lr"],
+                                                "grid": {"optimizer": ["SGD_mom", "Adam"], "lr": [0.05, 0.001]}}))
+    make_tiny_run(sweep / points[1]["name"], epochs=1)
+    rows, keys = compare.collect([str(sweep)])
+    assert keys == ["optimizer", "lr"]
+    assert [r.state for r in rows] == ["not started", "finished"]
+    columns, records = compare.table(rows, keys)
+    assert "SGD_mom" in compare.stability_summary(records, keys)
