@@ -97,18 +97,10 @@ def fingerprints(run: Run, files: list[str]) -> dict[str, str]:
 
 
 def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
+    """`auto`/`cpu`/`cuda` as a device string; the same rule and error as `probe train --device`."""
+    from .train import resolve_device as resolve
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            from .errors import UsageError
-
-            raise UsageError("--device", "cuda was asked for but torch sees no CUDA device")
-    return device
+    return str(resolve(device))
 
 
 def plan(run: Run, analysis: Analysis, epochs_spec: str | None) -> list[tuple[int | None, list[int]]]:

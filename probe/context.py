@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import atomic
-from .errors import ProbeError, RunFileError
+from .errors import ProbeError
 from .rundir import DataBatch, Run
 
 
@@ -237,13 +236,3 @@ class Context:
     def log(self, message: str) -> None:
         if not self.quiet:
             print(f"{self.analysis.name}: {message}", file=sys.stderr)
-
-
-def check_finite(value: float, what: str, path: Path | None = None) -> None:
-    """Raise a clear error instead of plotting NaNs."""
-    if not math.isfinite(value):
-        msg = f"{what} is {value}; the model at this checkpoint does not give a finite loss"
-        raise RunFileError(path, msg) if path else ProbeError(msg)
-
-
-__all__ = ["Context", "ResultWriter", "atomic", "check_finite"]
