@@ -28,8 +28,8 @@ def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, torch.randn(13, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (13,))
 
 
-def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stats_bs: int | None = None) -> torch.Tensor:
-    """Reference: jacrev(jacrev) of the full-batch mean loss in the flat parameters.
+def flat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stats_bs: int | None = None):
+    """Reference loss as a function of the flat parameter vector, and that vector.
 
     With `batch_stats_bs`, BatchNorm normalises with each mini-batch's statistics (a
     copy with running statistics removed) and the mini-batch means are averaged
@@ -55,6 +55,12 @@ def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stat
         return sum(len(xb) / len(x) * F.cross_entropy(functional_call(ref, (p, buffers), (xb,)), yb)
                    for xb, yb in zip(x.split(batch_stats_bs), y.split(batch_stats_bs), strict=True))
 
+    return f, flat
+
+
+def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stats_bs: int | None = None) -> torch.Tensor:
+    """Reference: jacrev(jacrev) of the full-batch mean loss in the flat parameters (see flat_loss)."""
+    f, flat = flat_loss(model, x, y, batch_stats_bs)
     return jacrev(jacrev(f))(flat)
 
 
@@ -196,22 +202,7 @@ def test_batch_statistics_mode_matches_its_reference():
     # torch.func's vmapped jacrev(jacrev) is wrong (asymmetric) for training-mode
     # BatchNorm in torch 2.14, so the reference is autograd's un-vmapped double backward
     model, x, y = tiny_cnn()
-    ref = copy.deepcopy(model)
-    for m in ref.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.track_running_stats, m.running_mean, m.running_var, m.num_batches_tracked = False, None, None, None
-    names = [n for n, _ in ref.named_parameters()]
-    shapes = [p.shape for _, p in ref.named_parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
-
-    def f(w: torch.Tensor) -> torch.Tensor:
-        p, i = {}, 0
-        for n, s in zip(names, shapes, strict=True):
-            p[n] = w[i:i + s.numel()].view(s)
-            i += s.numel()
-        return sum(len(xb) / len(x) * F.cross_entropy(functional_call(ref, p, (xb,)), yb)
-                   for xb, yb in zip(x.split(5), y.split(5), strict=True))
-
+    f, flat = flat_loss(model, x, y, batch_stats_bs=5)
     loss = C.BatchedLoss(model, x, y, batch_size=5, bn="batch")
     assert abs(loss.value() - float(f(flat))) < 1e-12
     op = C.HessianOperator(loss)
