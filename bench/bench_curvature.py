@@ -162,24 +162,30 @@ def first_within(trace: list[float], ref: float, rel: float) -> int | None:
     return None
 
 
+def hvps_to_tolerance(loss: C.BatchedLoss, power_max: int, seed: int = 1) -> dict:
+    """HVPs each method needs before its top-eigenvalue estimate stays within 1e-3 of a
+    tight reference (Lanczos to 1e-8), from the same seeded start vector."""
+    ref, _ = C.lanczos(C.HessianOperator(loss), 3, tol=1e-8, residual_tol=1e-5, max_iter=150)
+    lam = float(ref.values[0])
+    rec = Recorder(C.HessianOperator(loss), target=lam)
+    with contextlib.suppress(Enough):
+        C.lanczos(rec, 1, tol=1e-12, residual_tol=1e-12, max_iter=60, verify=False, seed=seed)
+    rec_p = Recorder(C.HessianOperator(loss), ritz=False, target=lam)
+    with contextlib.suppress(Enough):
+        C.power_iteration(rec_p, 1, tol=1e-12, residual_tol=1e-12, max_iter=power_max, seed=seed)
+    lanczos_n, power_n = first_within(rec.ritz, lam, 1e-3), first_within(rec_p.rayleigh, lam, 1e-3)
+    return {"reference_top": lam, "reference_second": float(ref.values[1]), "reference_top3": ref.values.tolist(),
+            "gap_ratio": float(ref.values[1]) / lam, "reference_residual": float(ref.residuals[0]),
+            "hvps_to_rel1e3_lanczos": lanczos_n, "hvps_to_rel1e3_power": power_n,
+            "ratio": (power_n / lanczos_n) if lanczos_n and power_n else None, "power_max": power_max}
+
+
 def bench_eigen(model, x, y, args) -> None:
     n = args.eigen_batch
     loss = C.BatchedLoss(model, x[:n], y[:n], batch_size=n)
-    op = C.HessianOperator(loss)
-    ref, _ = C.lanczos(op, 3, tol=1e-8, residual_tol=1e-5, max_iter=150)
-    lam = float(ref.values[0])
-    emit(section="eigen", batch=n, reference_top=lam, reference_residual=float(ref.residuals[0]),
-         reference_hvps=ref.hvps)
-    rec = Recorder(C.HessianOperator(loss), target=lam)
-    with contextlib.suppress(Enough):
-        C.lanczos(rec, 1, tol=1e-12, residual_tol=1e-12, max_iter=60, verify=False, seed=1)
-    lanczos_n = first_within(rec.ritz, lam, 1e-3)
-    rec_p = Recorder(C.HessianOperator(loss), ritz=False, target=lam)
-    with contextlib.suppress(Enough):
-        C.power_iteration(rec_p, 1, tol=1e-12, residual_tol=1e-12, max_iter=args.power_max, seed=1)
-    power_n = first_within(rec_p.rayleigh, lam, 1e-3)
-    emit(section="eigen", batch=n, hvps_to_rel1e3_lanczos=lanczos_n, hvps_to_rel1e3_power=power_n,
-         ratio=(power_n / lanczos_n) if lanczos_n and power_n else None, power_max=args.power_max)
+    counts = hvps_to_tolerance(loss, args.power_max)
+    emit(section="eigen", batch=n, **counts)
+    lam, ref_top3 = counts["reference_top"], torch.tensor(counts["reference_top3"], dtype=torch.float64)
     for name, fn in (("lanczos", lambda o: C.lanczos(o, 1, tol=1e-3, residual_tol=1e-2)[0]),
                      ("power", lambda o: C.power_iteration(o, 1, tol=1e-3, residual_tol=1e-2, max_iter=args.power_max))):
         t0 = time.perf_counter()
@@ -190,9 +196,9 @@ def bench_eigen(model, x, y, args) -> None:
     for name, fn in (("lanczos", lambda o: C.lanczos(o, 3, tol=1e-3, residual_tol=1e-2)[0]),
                      ("power", lambda o: C.power_iteration(o, 3, tol=1e-3, residual_tol=1e-2, max_iter=args.power_max))):
         r = fn(C.HessianOperator(loss))
-        err = ((r.values - ref.values).abs() / ref.values.abs()).max()
+        err = ((r.values - ref_top3).abs() / ref_top3.abs()).max()
         emit(section="eigen", batch=n, method=name, k=3, stopping_rule="tol=1e-3,residual_tol=1e-2", hvps=r.hvps,
-             values=r.values.tolist(), reference=ref.values.tolist(), max_rel_error=float(err),
+             values=r.values.tolist(), reference=ref_top3.tolist(), max_rel_error=float(err),
              converged=r.converged.tolist())
     # the notebook's method: 10 power iterations, train-mode BatchNorm, one cached graph
     t0 = time.perf_counter()
@@ -223,6 +229,19 @@ def notebook_power(model, xb, yb) -> float:
         eig = float(v @ hv)
         v = hv / (hv.norm() + 1e-12)
     return eig
+
+
+def bench_eigen_run(args) -> None:
+    """The same count on every selected checkpoint of a real run, on its stored analysis batch."""
+    from probe.rundir import Run
+
+    run = Run(args.run)
+    batch = run.analysis_batch()
+    x, y = batch.normalized(args.device)[:args.eigen_batch], batch.labels[:args.eigen_batch].to(args.device)
+    for epoch in run.select_epochs(args.epochs):
+        model = run.model(epoch, device=args.device)
+        loss = C.BatchedLoss(model, x, y, batch_size=len(x))
+        emit(section="eigen-run", run=str(args.run), epoch=epoch, batch=len(x), **hvps_to_tolerance(loss, args.power_max))
 
 
 # --- grid --------------------------------------------------------------------------------
@@ -303,9 +322,14 @@ def main() -> None:
     p.add_argument("--eigen-batch", type=int, default=64)
     p.add_argument("--power-max", type=int, default=300)
     p.add_argument("--rows-1024", type=int, default=1)
+    p.add_argument("--run", help="eigen section on this run's checkpoints and analysis batch instead")
+    p.add_argument("--epochs", default="all", help="with --run: which epochs (probe analyze's --epochs syntax)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.run:
+        bench_eigen_run(args)
+        return
     train_x, train_y, x, y = data(args)
     model = trained_model(args, train_x, train_y).to(args.device)
     x, y = x.to(args.device), y.to(args.device)

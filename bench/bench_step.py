@@ -1,0 +1,113 @@
+"""Where the time of a default training epoch goes, and the floor under it.
+
+    python bench/bench_step.py [--rounds 8] [--steps 5]
+
+Prints JSON lines:
+
+- floor: the convolution arithmetic of one default epoch (10,000 training images
+  forward + both backward products, 10,000 validation images forward), this CPU's
+  measured float32 matrix-multiply rate (2048x2048 sgemm, torch's threads), and the
+  seconds that arithmetic takes at that rate: no pipeline doing the notebook's epoch
+  in float32 can be faster than this on this machine.
+- step: one training step (batch 128, channels-last, SGD) in eager mode and under
+  torch.compile (inductor), interleaved in one process so that machine noise hits
+  both alike; minimum and median over --rounds rounds of --steps steps each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probe.model import ModelSpec  # noqa: E402
+
+
+def emit(**kw) -> None:
+    print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in kw.items()}), flush=True)
+
+
+def conv_flops_per_image(spec: ModelSpec, size: int = 32) -> tuple[float, float]:
+    """Forward multiply-add FLOPs of the conv layers per image, and of the first layer alone."""
+    total, first, in_ch, ch, hw = 0.0, 0.0, spec.in_channels, spec.base_width, size
+    for i in range(spec.depth):
+        flops = 2.0 * hw * hw * ch * in_ch * 9
+        total += flops
+        first = first or flops
+        in_ch = ch
+        if i % 2 == 1:
+            hw //= 2
+            ch = min(ch * 2, 512)
+    return total, first
+
+
+def sgemm_rate(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = min(_time(lambda: a @ b) for _ in range(repeats))
+    return 2.0 * n**3 / best
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def floor(train_images: int = 10_000, val_images: int = 10_000) -> None:
+    fwd, first = conv_flops_per_image(ModelSpec())
+    # training: forward, weight gradient (same count) and input gradient (same, except the first layer's)
+    train = train_images * (3 * fwd - first)
+    val = val_images * fwd
+    rate = sgemm_rate()
+    emit(section="floor", conv_mflop_per_image_forward=fwd / 1e6, epoch_tflop=(train + val) / 1e12,
+         sgemm_gflops=rate / 1e9, threads=torch.get_num_threads(), floor_epoch_s=(train + val) / rate)
+
+
+def steps(rounds: int, n: int) -> None:
+    torch.manual_seed(0)
+    model = ModelSpec().build().to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (128,))
+    variants = {"eager": model, "compiled": torch.compile(model)}
+
+    def step(f) -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(f(x), y).backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    for f in variants.values():
+        for _ in range(3):
+            step(f)
+    emit(section="step", warmup_s=time.perf_counter() - t0)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, f in variants.items():
+            times[k].append(_time(lambda f=f: [step(f) for _ in range(n)]) / n)
+    for k, t in times.items():
+        emit(section="step", variant=k, min_ms=min(t) * 1e3, median_ms=statistics.median(t) * 1e3,
+             img_s=128 / min(t))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
+    args = p.parse_args()
+    floor()
+    steps(args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+    main()
