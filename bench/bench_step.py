@@ -9,6 +9,9 @@ Prints JSON lines:
   measured float32 matrix-multiply rate (2048x2048 sgemm, torch's threads), and the
   seconds that arithmetic takes at that rate: no pipeline doing the notebook's epoch
   in float32 can be faster than this on this machine.
+- layers: each conv layer's forward at batch 128, oneDNN (channels-last, what torch
+  uses) against NNPACK (torch._nnpack_spatial_convolution: Winograd/FFT algorithms,
+  fewer multiplications), in effective GFLOP/s.
 - step: one training step (batch 128, channels-last, SGD) in eager mode and under
   torch.compile (inductor), interleaved in one process so that machine noise hits
   both alike; minimum and median over --rounds rounds of --steps steps each.
@@ -73,6 +76,28 @@ def floor(train_images: int = 10_000, val_images: int = 10_000) -> None:
          sgemm_gflops=rate / 1e9, threads=torch.get_num_threads(), floor_epoch_s=(train + val) / rate)
 
 
+def layers(repeats: int = 10) -> None:
+    spec = ModelSpec()
+    nnpack = torch.backends.nnpack.is_available()  # also initialises NNPACK
+    in_ch, ch, hw = spec.in_channels, spec.base_width, 32
+    for i in range(spec.depth):
+        x, w, b = torch.randn(128, in_ch, hw, hw), torch.randn(ch, in_ch, 3, 3), torch.randn(ch)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        flops = 2.0 * 128 * hw * hw * ch * in_ch * 9
+        row = {"layer": f"{in_ch}->{ch} @{hw}x{hw}"}
+        fns = {"onednn": lambda x_cl=x_cl, w=w, b=b: F.conv2d(x_cl, w, b, padding=1)}
+        if nnpack:
+            fns["nnpack"] = lambda x=x, w=w, b=b: torch._nnpack_spatial_convolution(x, w, b, [1, 1])
+        for k, fn in fns.items():
+            fn()
+            row[f"{k}_gflops"] = flops / min(_time(fn) for _ in range(repeats)) / 1e9
+        emit(section="layers", **row)
+        in_ch = ch
+        if i % 2 == 1:
+            hw //= 2
+            ch = min(ch * 2, 512)
+
+
 def steps(rounds: int, n: int) -> None:
     torch.manual_seed(0)
     model = ModelSpec().build().to(memory_format=torch.channels_last).train()
@@ -106,6 +131,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
     floor()
+    layers()
     steps(args.rounds, args.steps)
 
 
