@@ -7,11 +7,14 @@ Prints JSON lines:
 - floor: the convolution arithmetic of one default epoch (10,000 training images
   forward + both backward products, 10,000 validation images forward), this CPU's
   measured float32 matrix-multiply rate (2048x2048 sgemm, torch's threads), and the
-  seconds that arithmetic takes at that rate: no pipeline doing the notebook's epoch
-  in float32 can be faster than this on this machine.
-- layers: each conv layer's forward at batch 128, oneDNN (channels-last, what torch
-  uses) against NNPACK (torch._nnpack_spatial_convolution: Winograd/FFT algorithms,
-  fewer multiplications), in effective GFLOP/s.
+  seconds that arithmetic takes at that rate.
+- layers: each conv layer at batch 128 with oneDNN (channels-last, what torch uses):
+  forward, and backward (weight gradient, plus the input gradient except for the
+  first layer), in GFLOP/s; the forward also through NNPACK
+  (torch._nnpack_spatial_convolution: Winograd/FFT algorithms, fewer multiplications).
+  Then conv_only_epoch_s: the seconds one default epoch spends in these kernels alone
+  (10,000 images forward and backward, 10,000 forward for validation), the time
+  no eager-torch pipeline on this CPU gets under.
 - step: one training step (batch 128, channels-last, SGD) in eager mode and under
   torch.compile (inductor), interleaved in one process so that machine noise hits
   both alike; minimum and median over --rounds rounds of --steps steps each.
@@ -20,6 +23,7 @@ Prints JSON lines:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -76,26 +80,37 @@ def floor(train_images: int = 10_000, val_images: int = 10_000) -> None:
          sgemm_gflops=rate / 1e9, threads=torch.get_num_threads(), floor_epoch_s=(train + val) / rate)
 
 
-def layers(repeats: int = 10) -> None:
+def layers(repeats: int = 10, train_images: int = 10_000, val_images: int = 10_000) -> None:
     spec = ModelSpec()
     nnpack = torch.backends.nnpack.is_available()  # also initialises NNPACK
-    in_ch, ch, hw = spec.in_channels, spec.base_width, 32
+    in_ch, ch, hw, epoch_s = spec.in_channels, spec.base_width, 32, 0.0
     for i in range(spec.depth):
         x, w, b = torch.randn(128, in_ch, hw, hw), torch.randn(ch, in_ch, 3, 3), torch.randn(ch)
         x_cl = x.contiguous(memory_format=torch.channels_last)
+        x_grad = x_cl.clone().requires_grad_(i > 0)  # the first layer's input needs no gradient
+        w_grad, b_grad = w.clone().requires_grad_(), b.clone().requires_grad_()
+        y = F.conv2d(x_grad, w_grad, b_grad, padding=1)
+        g = torch.randn_like(y)
         flops = 2.0 * 128 * hw * hw * ch * in_ch * 9
-        row = {"layer": f"{in_ch}->{ch} @{hw}x{hw}"}
-        fns = {"onednn": lambda x_cl=x_cl, w=w, b=b: F.conv2d(x_cl, w, b, padding=1)}
+        fns = {"onednn_forward": lambda x_cl=x_cl, w=w, b=b: F.conv2d(x_cl, w, b, padding=1),
+               "onednn_backward": lambda y=y, g=g: y.backward(g, retain_graph=True)}
         if nnpack:
-            fns["nnpack"] = lambda x=x, w=w, b=b: torch._nnpack_spatial_convolution(x, w, b, [1, 1])
+            fns["nnpack_forward"] = lambda x=x, w=w, b=b: torch._nnpack_spatial_convolution(x, w, b, [1, 1])
+        seconds = {}
         for k, fn in fns.items():
-            fn()
-            row[f"{k}_gflops"] = flops / min(_time(fn) for _ in range(repeats)) / 1e9
-        emit(section="layers", **row)
+            with torch.no_grad() if "forward" in k else contextlib.nullcontext():
+                fn()
+                seconds[k] = min(_time(fn) for _ in range(repeats))
+        bwd_flops = flops * (2 if i > 0 else 1)
+        emit(section="layers", layer=f"{in_ch}->{ch} @{hw}x{hw}",
+             **{f"{k}_gflops": (bwd_flops if "backward" in k else flops) / t / 1e9 for k, t in seconds.items()})
+        epoch_s += ((train_images + val_images) * seconds["onednn_forward"]
+                    + train_images * seconds["onednn_backward"]) / 128
         in_ch = ch
         if i % 2 == 1:
             hw //= 2
             ch = min(ch * 2, 512)
+    emit(section="layers", conv_only_epoch_s=epoch_s)
 
 
 def steps(rounds: int, n: int) -> None:
