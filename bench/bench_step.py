@@ -42,18 +42,27 @@ def emit(**kw) -> None:
     print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in kw.items()}), flush=True)
 
 
-def conv_flops_per_image(spec: ModelSpec, size: int = 32) -> tuple[float, float]:
-    """Forward multiply-add FLOPs of the conv layers per image, and of the first layer alone."""
-    total, first, in_ch, ch, hw = 0.0, 0.0, spec.in_channels, spec.base_width, size
+def conv_shapes(spec: ModelSpec, size: int = 32) -> list[tuple[int, int, int]]:
+    """(in channels, out channels, input side) of each conv layer, as SimpleCNN builds them."""
+    shapes, in_ch, ch, hw = [], spec.in_channels, spec.base_width, size
     for i in range(spec.depth):
-        flops = 2.0 * hw * hw * ch * in_ch * 9
-        total += flops
-        first = first or flops
+        shapes.append((in_ch, ch, hw))
         in_ch = ch
         if i % 2 == 1:
             hw //= 2
             ch = min(ch * 2, 512)
-    return total, first
+    return shapes
+
+
+def conv_flops(in_ch: int, out_ch: int, hw: int, images: int = 1) -> float:
+    """Forward multiply-add FLOPs of a 3x3, padding-1 convolution."""
+    return 2.0 * images * hw * hw * out_ch * in_ch * 9
+
+
+def conv_flops_per_image(spec: ModelSpec, size: int = 32) -> tuple[float, float]:
+    """Forward FLOPs of the conv layers per image, and of the first layer alone."""
+    flops = [conv_flops(*shape) for shape in conv_shapes(spec, size)]
+    return sum(flops), flops[0]
 
 
 def sgemm_rate(n: int = 2048, repeats: int = 10) -> float:
@@ -81,17 +90,16 @@ def floor(train_images: int = 10_000, val_images: int = 10_000) -> None:
 
 
 def layers(repeats: int = 10, train_images: int = 10_000, val_images: int = 10_000) -> None:
-    spec = ModelSpec()
     nnpack = torch.backends.nnpack.is_available()  # also initialises NNPACK
-    in_ch, ch, hw, epoch_s = spec.in_channels, spec.base_width, 32, 0.0
-    for i in range(spec.depth):
+    epoch_s = 0.0
+    for i, (in_ch, ch, hw) in enumerate(conv_shapes(ModelSpec())):
         x, w, b = torch.randn(128, in_ch, hw, hw), torch.randn(ch, in_ch, 3, 3), torch.randn(ch)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         x_grad = x_cl.clone().requires_grad_(i > 0)  # the first layer's input needs no gradient
         w_grad, b_grad = w.clone().requires_grad_(), b.clone().requires_grad_()
         y = F.conv2d(x_grad, w_grad, b_grad, padding=1)
         g = torch.randn_like(y)
-        flops = 2.0 * 128 * hw * hw * ch * in_ch * 9
+        flops = conv_flops(in_ch, ch, hw, images=128)
         fns = {"onednn_forward": lambda x_cl=x_cl, w=w, b=b: F.conv2d(x_cl, w, b, padding=1),
                "onednn_backward": lambda y=y, g=g: y.backward(g, retain_graph=True)}
         if nnpack:
@@ -106,10 +114,6 @@ def layers(repeats: int = 10, train_images: int = 10_000, val_images: int = 10_0
              **{f"{k}_gflops": (bwd_flops if "backward" in k else flops) / t / 1e9 for k, t in seconds.items()})
         epoch_s += ((train_images + val_images) * seconds["onednn_forward"]
                     + train_images * seconds["onednn_backward"]) / 128
-        in_ch = ch
-        if i % 2 == 1:
-            hw //= 2
-            ch = min(ch * 2, 512)
     emit(section="layers", conv_only_epoch_s=epoch_s)
 
 
