@@ -338,6 +338,15 @@ SMALL = dict(epochs=2, subset_train_size=0, batch_size=16, val_batch_size=32, ba
              analysis_batch_size=8, lr=0.05, optimizer="SGD_mom", seed=0, device="cpu")
 
 
+def copy_of(template: Path, tmp_path: Path) -> Path:
+    """A private copy of a module-scoped template run, for a test that damages or analyses it."""
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(template, dst)
+    return dst
+
+
 def train_small(run_dir: Path, **overrides: Any) -> Path:
     """A 2-epoch width-4 run on 80 synthetic images, in this process."""
     from probe.config import TrainConfig

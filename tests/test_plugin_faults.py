@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from reliability_helpers import (
     check_run_files,
+    copy_of,
     install_test_plugins,
     one_torch_thread,  # noqa: F401 (an autouse fixture)
     probe_cli,
@@ -78,9 +78,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def run_dir(template: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(template, dst)
-    return dst
+    return copy_of(template, tmp_path)
 
 
 @pytest.fixture(autouse=True)
@@ -109,17 +107,21 @@ def leftovers(run_dir: Path) -> list[Path]:
     return [p for p in (run_dir / "analyses").rglob(".*") if p.name.endswith((".tmp", ".old"))]
 
 
+# What `boom` and `vandal` print over the template's epochs 0, 1, 2, in every test that runs them.
+BOOM_AND_VANDAL = {
+        "FAILED boom epoch 0": "RuntimeError: boom at epoch 0",
+        "FAILED boom epoch 1": "RuntimeError: boom at epoch 1",
+        "FAILED boom epoch 2": "RuntimeError: boom at epoch 2",
+        "FAILED vandal (run)": "wrote outside its result folder: checkpoints/notes.txt, junk/deep/x.bin, stray.txt (removed)",
+}
+
+
 def test_raising_and_vandal_plugins_in_process(run_dir: Path) -> None:
     before = fingerprint(run_dir)
     result = probe_cli("analyze", run_dir, "-p", "boom", "-p", "vandal", "-p", "peek", "-e", "all")
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    assert failures(result.stderr) == {
-        "FAILED boom epoch 0": "RuntimeError: boom at epoch 0",
-        "FAILED boom epoch 1": "RuntimeError: boom at epoch 1",
-        "FAILED boom epoch 2": "RuntimeError: boom at epoch 2",
-        "FAILED vandal (run)": "wrote outside its result folder: checkpoints/notes.txt, junk/deep/x.bin, stray.txt (removed)",
-    }, result.stderr
+    assert failures(result.stderr) == BOOM_AND_VANDAL, result.stderr
     assert result.stdout.splitlines()[-1] == "3 computed, 0 cached, 4 failed"
     assert fingerprint(run_dir) == before  # stray files removed, nothing else touched
     assert not (run_dir / "junk").exists()
@@ -143,10 +145,7 @@ def test_timeout_kills_a_hanging_plugin_and_what_it_started(run_dir: Path) -> No
     assert failures(result.stderr) == {
         "TIMEOUT hang (run)": "timed out after 4 s (killed)",
         "FAILED die (run)": "the analysis process died (exit code 3)",
-        "FAILED boom epoch 0": "RuntimeError: boom at epoch 0",
-        "FAILED boom epoch 1": "RuntimeError: boom at epoch 1",
-        "FAILED boom epoch 2": "RuntimeError: boom at epoch 2",
-        "FAILED vandal (run)": "wrote outside its result folder: checkpoints/notes.txt, junk/deep/x.bin, stray.txt (removed)",
+        **BOOM_AND_VANDAL,
     }, result.stderr
     assert result.stdout.splitlines()[-1] == "3 computed, 0 cached, 5 failed, 1 timed out"
     assert took < 60

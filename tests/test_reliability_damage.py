@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -23,6 +22,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from reliability_helpers import (
+    copy_of,
     install_test_plugins,
     one_torch_thread,  # noqa: F401 (an autouse fixture)
     probe_cli,
@@ -53,9 +53,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def run_dir(template: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(template, dst)
-    return dst
+    return copy_of(template, tmp_path)
 
 
 @pytest.fixture(autouse=True)
