@@ -156,7 +156,8 @@ def _figure(ctx, a, top_label: str, other: str | None, density) -> None:
         ax2.errorbar(a["epoch"], a["trace"], yerr=a["trace_stderr"], color="grey", alpha=0.6, label="trace")
         ax2.set_ylabel("trace (Hutchinson, +- 1 s.e.)", color="grey")
     if "edge_of_stability" in a:
-        ax.plot(a["epoch"], a["edge_of_stability"], "k:", lw=1.2, label="edge of stability (2/lr)")
+        # a dash marker per epoch: epoch 0 has no lr, so a two-epoch series has one point and no line
+        ax.plot(a["epoch"], a["edge_of_stability"], "k:", lw=1.2, marker="_", ms=12, label="edge of stability (2/lr)")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_yscale("symlog", linthresh=max(1e-3, float(np.nanmax(np.abs(a["top"]))) * 1e-3))
     ax.set(xlabel="epoch", ylabel="eigenvalue", title="Hessian eigenvalues (x: not converged)")
