@@ -11,8 +11,11 @@ Plugin faults are contained. With a timeout each job runs in a forked child
 process (its own process group) that is killed when the time is up (status
 "timeout"); a child that dies is a failure, not a crash of `probe analyze`. And
 every job is watched for writes outside its result folder: the run directory's
-files outside analyses/ are listed before and after the job; new files are
-removed, and changed or deleted run files fail the job, named in its error.
+files outside analyses/ are listed before and after the job; changed or deleted
+run files fail the job, named in its error, and new files are named in a warning
+but never removed (who made them cannot be told: the user may be writing notes
+into the run meanwhile). No path under the run that is a symbolic link is read or
+written through (probe.paths).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from typing import Any
 from . import atomic, rundir
 from .analysis import Analysis, params_dict
 from .errors import ProbeError
+from .lock import LOCK_FILE
+from .paths import confined, is_link
 from .results import (
     MANIFEST,
     RESULT_FORMAT,
@@ -57,6 +62,7 @@ class Outcome:
     path: Path | None = None
     error: str = ""
     traceback: str = ""
+    warning: str = ""  # e.g. new files outside the result folder while the job ran (see run_job)
 
     @property
     def label(self) -> str:
@@ -124,6 +130,7 @@ def _record_failure(run: Run, analysis: Analysis, params: Any, outcome: Outcome)
     """Leave `<epoch_NNNN|run>.failed.json` beside where the result would be."""
     pdict, variant, target = _target(run, analysis, params, outcome.epoch)
     try:
+        confined(run.path, target.relative_to(run.path))  # checked again: a plugin may have put a link there
         atomic.write_json(target.parent / f"{target.name}.failed.json", {
             "analysis": analysis.name, "epoch": outcome.epoch, "variant": variant, "params": pdict,
             "status": outcome.status, "error": outcome.error, "traceback": outcome.traceback,
@@ -147,6 +154,8 @@ def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs
                                  quiet=quiet, timeout=timeout)
         return _run_job(run, analysis, params, epoch, epochs, device=device, force=force, quiet=quiet)
 
+    _, _, target = _target(run, analysis, params, epoch)
+    confined(run.path, target.relative_to(run.path))  # no link on the way: nothing is read or written outside the run
     if not guard:
         return job()
     before = snapshot(run.path)
@@ -154,19 +163,25 @@ def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs
     if outcome.status == "cached":  # no plugin code ran
         return outcome
     stray, changed = check_writes(run, before)
-    if stray or changed:
-        problems = []
-        if stray:
-            problems.append(f"wrote outside its result folder: {', '.join(stray)} (removed)")
-        if changed:
-            problems.append(f"changed run files: {', '.join(changed)}")
-        if outcome.status == "ok" and outcome.path is not None:
-            shutil.rmtree(outcome.path, ignore_errors=True)  # a misbehaving job's result is not kept
-        error = "; ".join(problems) + (f"; and {outcome.error}" if outcome.error else "")
+    if changed:
+        error = f"changed run files: {', '.join(changed)}" + (f"; and {outcome.error}" if outcome.error else "")
+        if outcome.status == "ok" and outcome.path is not None and not is_link(outcome.path):
+            shutil.rmtree(outcome.path, ignore_errors=True)  # a job that changed the run: its result is not kept
         outcome = dataclasses.replace(outcome, status="failed" if outcome.status != "timeout" else "timeout",
                                       path=None, error=error)
         _record_failure(run, analysis, params, outcome)
+    if stray:
+        # Someone made new files outside the result folder while the job ran: the job, or the
+        # user (NOTES.md), or another tool. Who cannot be told, so nothing is removed and the
+        # result is kept; the files are named, so a plugin that litters is noticed.
+        outcome = dataclasses.replace(outcome, warning=f"new files outside its result folder while it ran (left in "
+                                                       f"place): {_listing(stray)}")
+        print(f"warning: {outcome.label}: {outcome.warning}", file=sys.stderr, flush=True)
     return outcome
+
+
+def _listing(names: list[str], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
@@ -282,9 +297,9 @@ def _kill_group(pid: int) -> None:
 # --- writes outside the result folder ----------------------------------------------------------------
 
 _UNWATCHED = {rundir.ANALYSES, "logs", "report"}  # written by analyze itself, or by other commands meanwhile
-_TRAINING_OUTPUT = re.compile(r"^(checkpoints/epoch_\d{4,}\.safetensors|activations/epoch_\d{4,}\.h5|"
-                              r"metrics\.jsonl|config\.json|data/(probe_set|analysis_batch)\.safetensors)$")
-_LAYOUT_DIRS = {rundir.CHECKPOINTS, rundir.ACTIVATIONS, rundir.DATA}
+_RUN_FILE = re.compile(r"^(checkpoints/epoch_\d{4,}\.safetensors|activations/epoch_\d{4,}\.h5|"
+                       r"metrics\.jsonl|config\.json|data/(probe_set|analysis_batch)\.safetensors)$")
+_TRAINING_OUTPUT = re.compile(_RUN_FILE.pattern[:-1] + "|" + re.escape(LOCK_FILE) + "$")
 
 
 @dataclass
@@ -308,7 +323,7 @@ def snapshot(run_dir: Path) -> Snapshot:
                 continue
             rel = (rel_root / name).as_posix()
             try:
-                st = os.stat(run_dir / rel)
+                st = os.lstat(run_dir / rel)  # a link is listed as itself, never followed
             except OSError:  # removed meanwhile
                 continue
             snap.files[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
@@ -320,24 +335,22 @@ def snapshot(run_dir: Path) -> Snapshot:
 
 
 def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
-    """(new files, now removed; changed or deleted run files) since `before`.
+    """(new files; changed or deleted run files) since `before`. Removes nothing.
 
-    What a concurrent `probe train` writes is not the job's: new checkpoints and
-    dumps, a metrics.jsonl that only gained lines, the rewritten dump of an epoch
-    that had no checkpoint yet (an unfinished epoch).
+    New files cannot be attributed (the job, the user, another tool may have made
+    them), so they are only listed. Run files are probe's own (config, metrics,
+    checkpoints, dumps, stored batches): no analysis may change them. What a
+    concurrent `probe train` writes is not the job's: new checkpoints and dumps, a
+    metrics.jsonl that only gained lines, the rewritten dump of an epoch that had no
+    checkpoint yet (an unfinished epoch), its lock file.
     """
     after = snapshot(run.path)
     stray = sorted(rel for rel in after.files if rel not in before.files and not _TRAINING_OUTPUT.match(rel))
-    for rel in stray:
-        (run.path / rel).unlink(missing_ok=True)
-    for rel in sorted(after.dirs - before.dirs - _LAYOUT_DIRS, key=len, reverse=True):
-        try:
-            (run.path / rel).rmdir()  # folders the job made, once empty
-        except OSError:
-            pass
     changed = []
     for rel, stat in sorted(before.files.items()):
         if stat == after.files.get(rel):
+            continue
+        if not _RUN_FILE.match(rel):  # a file of the user's, edited or removed meanwhile: theirs to change
             continue
         if rel == rundir.METRICS and rel in after.files and after.metrics.startswith(before.metrics):
             continue
@@ -367,6 +380,7 @@ def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = N
     parsed = {a.name: a.make_params((params or {}).get(a.name, {})) for a in analyses}  # all checked up front
     jobs = [(a, e, es) for a in analyses for e, es in plan(run, a, epochs)]
     device = resolve_device(device)
+    prepare_run(run)
     outcomes = []
     token = EXECUTOR.set(executor)
     try:
@@ -383,12 +397,25 @@ def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = N
     return outcomes
 
 
+def prepare_run(run: Run) -> list[Path]:
+    """Before a command's jobs: refuse a linked analyses/ or logs/, and remove what killed jobs left.
+
+    A job killed mid-write (SIGKILL, a power cut) leaves `.<name>.<pid>.<random>.tmp`
+    folders and files under analyses/ and logs/; those whose process is gone are
+    removed here, and nothing else (see `atomic.remove_stale_temps`).
+    """
+    for name in (rundir.ANALYSES, "logs"):
+        confined(run.path, name)
+    return (atomic.remove_stale_temps(run.path / rundir.ANALYSES, depth=2)
+            + atomic.remove_stale_temps(run.path / "logs", depth=0))
+
+
 def write_log(run: Run, failures: list[Outcome]) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     path = run.path / "logs" / f"analyze-{stamp}-{id(failures) % 10000:04d}.log"
     text = "\n".join(f"== {o.label}: {o.error}\n{o.traceback}" for o in failures)
     try:
-        atomic.write_text(path, text)
+        atomic.write_text(confined(run.path, path.relative_to(run.path)), text)  # logs/ may have become a link
     except ProbeError:
         pass
     return path

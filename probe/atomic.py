@@ -74,13 +74,15 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success rename it over `target`.
 
     For writers (h5py, safetensors, matplotlib) that want a file name rather than
-    a file object. On any exception the temporary file is removed and the target
+    a file object. The temporary name holds the process id (`.<name>.<pid>.<random>.tmp`),
+    so what a killed writer left can be told from another process's write in progress
+    (`remove_stale_temps`). On any exception the temporary file is removed and the target
     is untouched; a failed write (disk full, file too large, permission; an OSError
     or a writer's own I/O error) becomes a one-line `ProbeError` naming the target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=suffix + ".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     mode = 0o666 & ~_umask()  # mkstemp makes 0600; give the file the usual permissions
@@ -136,8 +138,11 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     in place, so a reader never finds a directory that is half old, half new. The
     temporary name holds the process id (`.<name>.<pid>.<random>.tmp`), so what a
     killed process left behind can be told from another process's work in progress.
+    A `target` that is a symbolic link is refused (one line): swapping it would
+    replace, and then delete, whatever folder it points to.
     """
     target = Path(target)
+    _refuse_link(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are read by reports and other users
@@ -149,6 +154,12 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _refuse_link(target: Path) -> None:
+    if os.path.islink(target):
+        raise ProbeError(f"{target}: is a symbolic link; probe replaces only folders it made, never a link's target "
+                         "(remove the link)")
 
 
 def _swap_into_place(tmp: Path, target: Path, attempts: int = 10) -> None:
@@ -163,7 +174,8 @@ def _swap_into_place(tmp: Path, target: Path, attempts: int = 10) -> None:
     try:
         for attempt in range(attempts):
             try:
-                if target.exists():
+                _refuse_link(target)  # checked again at the swap: it may have been put there meanwhile
+                if os.path.lexists(target):
                     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".old", dir=target.parent))
                     olds.append(old)
                     os.replace(target, old)  # onto an empty directory: allowed
@@ -175,3 +187,65 @@ def _swap_into_place(tmp: Path, target: Path, attempts: int = 10) -> None:
     finally:
         for old in olds:
             shutil.rmtree(old, ignore_errors=True)
+
+
+# --- what killed writers left --------------------------------------------------------------------------
+
+# `.<name>.<pid>.<random>[<suffix>].tmp` (atomic_path, atomic_dir) and `.<name>.<pid>.<random>.old`
+# (a swapped-out result folder); mkstemp's random part is 8 of [a-z0-9_].
+_PROBE_TEMP = re.compile(r"^\..+\.(\d{1,10})\.[a-z0-9_]{8}(\.[A-Za-z0-9]{1,12})?\.(tmp|old)$")
+
+
+def temp_owner(name: str) -> int | None:
+    """The process id in a probe temporary's name, or None if `name` is not one."""
+    m = _PROBE_TEMP.match(name)
+    return int(m.group(1)) if m else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except OSError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_temps(root: str | Path, depth: int) -> list[Path]:
+    """Remove probe temporaries under `root` (at most `depth` folders down) whose writer is dead.
+
+    Only names probe makes (`.<name>.<pid>.<random>.tmp|.old`) are touched, only when
+    that process no longer exists on this host, and never through a link: a link
+    with such a name, or anything else, is left alone. Returns what was removed.
+    """
+    root = Path(root)
+    removed: list[Path] = []
+    if os.path.islink(root) or not root.is_dir():
+        return removed
+    for folder, dirs, files in os.walk(root):
+        level = len(Path(folder).relative_to(root).parts)
+        stale = [n for n in [*dirs, *files] if (pid := temp_owner(n)) is not None and pid != os.getpid()
+                 and not pid_alive(pid)]
+        dirs[:] = [d for d in dirs if temp_owner(d) is None and level < depth]
+        for name in stale:
+            p = Path(folder) / name
+            try:
+                if os.path.islink(p):
+                    continue
+                if p.is_dir():
+                    shutil.rmtree(p)  # rmtree never follows links inside
+                else:
+                    p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed

@@ -117,6 +117,56 @@ def _overrides(kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# What `--resume` may change: more epochs extend the run; the device does not change what is trained.
+RESUMABLE = ("epochs", "device")
+
+
+def _same_value(key: str, stored: Any, given: Any) -> bool:
+    """Whether a value given on resume equals the stored one (a list is a tuple; a data path may be spelt otherwise)."""
+    if isinstance(given, tuple):
+        given = list(given)
+    if stored == given and type(stored) is type(given) or (isinstance(stored, float) and stored == given):
+        return True
+    if key == "data" and isinstance(stored, str) and isinstance(given, str):
+        try:
+            return Path(stored).expanduser().resolve() == Path(given).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False
+    return False
+
+
+def _resumed_config(run_dir: Path, file_values: dict[str, Any], overrides: dict[str, Any],
+                    config_file: str | None) -> TrainConfig:
+    """The stored config with --epochs/--device applied; any other option must equal what is stored.
+
+    So the same command line with --resume added continues the run; a real change is
+    refused, naming each differing key with its stored and given values.
+    """
+    from .config import from_dict
+    from .errors import UsageError
+    from .rundir import CONFIG, Run
+
+    if not (run_dir / CONFIG).is_file():
+        raise UsageError("--resume", f"{run_dir} holds no run to resume (no {CONFIG})")
+    stored = Run(run_dir).config["train"]
+    given = {**file_values, **overrides}
+    differ = []
+    for key, value in given.items():
+        if key in RESUMABLE:
+            continue
+        if key not in stored and value == FIELDS[key].default:
+            continue  # a key newer than the run, given at its default: what the run was trained with
+        if key not in stored or not _same_value(key, stored[key], value):
+            source = flag(key) if key in overrides else f"{key} in {config_file}"
+            was = repr(stored[key]) if key in stored else "absent"
+            differ.append(f"{source} (stored {was}, given {list(value) if isinstance(value, tuple) else value!r})")
+    if differ:
+        raise UsageError("--resume", f"continues the stored config of {run_dir / CONFIG}; only --epochs and --device "
+                                     f"may change, but {'; '.join(differ)}")
+    resumed = {k: v for k, v in given.items() if k in RESUMABLE}
+    return from_dict({**stored, **resumed}, str(run_dir / CONFIG))
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Where the run directory is written.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of config keys; flags override it.")
@@ -129,33 +179,24 @@ def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quie
 
     Defaults are the course notebook's CONFIG. Every option is also a key of the
     --config TOML file (underscores or dashes). With --resume, the stored config is
-    used and only --epochs may change.
+    used: the same command line with --resume added continues the run, and only
+    --epochs and --device may differ from what is stored.
     """
     from .config import load_toml, make_config
     from .errors import UsageError
 
+    if resume and force:
+        raise UsageError("--resume", "--resume and --force contradict each other; pick one")
     overrides = _overrides(kw)
-    if resume:
-        extra = sorted(set(overrides) - {"epochs", "device"}) + (["--config"] if config_file else [])
-        if extra:
-            raise UsageError("--resume", f"continues the stored config; only --epochs/--device may change (got {', '.join(flag(e) if not e.startswith('--') else e for e in extra)})")
     file_values = load_toml(config_file) if config_file else {}
     try:
-        cfg = make_config(file_values, overrides)
+        cfg = make_config(file_values, overrides)  # every value checked, also the ones --resume compares
     except TypeError as exc:
         raise UsageError("--config", str(exc)) from None
+    if resume:
+        cfg = _resumed_config(Path(run_dir), file_values, overrides, config_file)
     from .train import train as run_training
 
-    if resume:
-        from pathlib import Path
-
-        from .config import from_dict
-        from .rundir import CONFIG, Run
-
-        if not (Path(run_dir) / CONFIG).is_file():
-            raise UsageError("--resume", f"{run_dir} holds no run to resume (no {CONFIG})")
-        stored = Run(run_dir).config["train"]
-        cfg = from_dict({**stored, **{k: v for k, v in overrides.items()}}, str(Path(run_dir) / CONFIG))
     path = run_training(run_dir, cfg, resume=resume, force=force, quiet=quiet)
     if not quiet:
         click.echo(f"run directory: {path}")

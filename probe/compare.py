@@ -89,7 +89,7 @@ def read_run(path: Path, label: str) -> RunRow:
 
 def read_sweep(sweep_dir: Path) -> tuple[list[RunRow], list[str]]:
     """The runs of a sweep in grid order (failed ones included), and its swept keys."""
-    from .sweep import SWEEP_FILE, read_status
+    from .sweep import SWEEP_FILE, point_dir, read_status
 
     try:
         d = json.loads((sweep_dir / SWEEP_FILE).read_text())
@@ -99,7 +99,7 @@ def read_sweep(sweep_dir: Path) -> tuple[list[RunRow], list[str]]:
     status = read_status(sweep_dir)
     rows = []
     for p in points:
-        name, run_dir = p["name"], sweep_dir / p["name"]
+        name, run_dir = p["name"], point_dir(sweep_dir, p["name"])  # confined: one folder name, not a link
         st = status.get(name, {})
         if (run_dir / "config.json").is_file():
             row = read_run(run_dir, name)

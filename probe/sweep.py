@@ -259,17 +259,53 @@ def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
 
 # --- the state of each point on disk -------------------------------------------------------------------
 
+_STATUS_LIMIT = 16 << 20  # a status file of a 10,000-point sweep with tracebacks is a few MB
+
+
 def read_status(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """status.json's runs, as {point name: entry}; anything unreadable or of the wrong shape counts as absent.
+
+    It is only a record of past attempts (the run directories are the truth), and it
+    is untrusted: its keys are only ever looked up, never used as paths.
+    """
     import json
 
     p = sweep_dir / STATUS_FILE
-    if not p.exists():
-        return {}
     try:
-        d = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}  # only a record of past attempts: the run directories are the truth
-    return d.get("runs", {}) if isinstance(d, dict) else {}
+        if not p.is_file() or p.stat().st_size > _STATUS_LIMIT:
+            return {}
+        d = json.loads(p.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    runs = d.get("runs") if isinstance(d, dict) else None
+    if not isinstance(runs, dict):
+        return {}
+    return {k: v for k, v in runs.items() if isinstance(k, str) and isinstance(v, dict)}
+
+
+def point_dir(sweep_dir: str | Path, name: object) -> Path:
+    """The run directory of the point called `name` (as read from sweep.json): one folder name inside
+    `sweep_dir`, not a link. A name like `/some/other/dir` or `../x` is a one-line error naming sweep.json."""
+    from .paths import child_dir
+
+    return child_dir(sweep_dir, name, f"{Path(sweep_dir) / SWEEP_FILE}: point")
+
+
+def preflight_points(spec: SweepSpec, sweep_dir: Path) -> None:
+    """What training would reject, for every point, before anything trains (and in --dry-run).
+
+    Each point's config is built (ranges of every value), then checked as `probe train`
+    checks it: `--full-maps` layer names against that point's model, the run
+    directory's name and path length against the filesystem. Imports torch.
+    """
+    from .train import preflight
+
+    for point in spec.points():
+        where = f"{spec.path}: point {point.name if len(point.name) <= 60 else point.name[:60] + '...'}"
+        try:
+            preflight(point.config, sweep_dir / point.name, option="name")
+        except UsageError as exc:
+            raise UsageError(where, str(exc)) from None
 
 
 def write_status(sweep_dir: Path, runs: dict[str, dict[str, Any]]) -> None:
@@ -310,7 +346,7 @@ def plan(spec: SweepSpec, sweep_dir: Path) -> tuple[list[Point], list[Point], di
     wanted = spec.analyses.to_dict()
     done, todo = [], []
     for point in spec.points():
-        run_dir = sweep_dir / point.name
+        run_dir = point_dir(sweep_dir, point.name)  # a link there would make training write elsewhere
         check_existing(run_dir, point)
         entry = status.get(point.name, {})
         finished = (entry.get("state") == "done" and run_complete(run_dir, point.config)
@@ -450,6 +486,7 @@ def sweep_command(spec_file: str, out: str, set_: tuple[str, ...], data: str | N
     if no_analyze:
         spec = dataclasses.replace(spec, analyses=Analyses())
     sweep_dir = Path(out)
+    preflight_points(spec, sweep_dir.resolve())
     done, todo, _ = plan(spec, sweep_dir.resolve())
     check_plugins(spec)
     if dry_run:

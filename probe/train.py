@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import re
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -26,9 +29,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import activations, atomic, checkpoint, data, rundir
+from . import activations, atomic, checkpoint, data, lock, paths, rundir
 from .config import TrainConfig
-from .errors import RunFileError, UsageError
+from .errors import ProbeError, RunFileError, UsageError
+from .lock import LOCK_FILE
 from .model import SimpleCNN, count_params, spec_from_config
 
 Log = Callable[[str], None]
@@ -264,22 +268,163 @@ def summary_line(m: dict[str, Any], epochs: int) -> str:
 
 # --- preparing, resuming ----------------------------------------------------------------------------
 
-def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to overwrite or to resume the wrong thing, before anything is written."""
+# What `probe train` itself puts in a run directory: --force removes these and nothing else.
+PROBE_FILES = (rundir.CONFIG, rundir.METRICS, LOCK_FILE)
+PROBE_DIRS = (rundir.CHECKPOINTS, rundir.ACTIVATIONS, rundir.DATA, rundir.ANALYSES, "logs", "report")
+# Inside the training's own folders only its own file names are expected (anything else is the user's).
+_TRAINING_FILES = {
+    rundir.CHECKPOINTS: re.compile(r"^epoch_\d{4,}\.safetensors$"),
+    rundir.ACTIVATIONS: re.compile(r"^epoch_\d{4,}\.h5$"),
+    rundir.DATA: re.compile(r"^(probe_set|analysis_batch)\.safetensors$"),
+}
+_CONFIG_LIMIT = 1 << 20  # a config.json is a few kB; reading a larger one is not worth the memory
+
+
+def is_probe_run(run_dir: Path) -> bool:
+    """Whether `run_dir/config.json` is a regular file whose JSON says `"format": "probe-run/..."`."""
+    p = run_dir / rundir.CONFIG
+    try:
+        if not stat.S_ISREG(os.lstat(p).st_mode) or os.lstat(p).st_size > _CONFIG_LIMIT:
+            return False
+        d = json.loads(p.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(d, dict) and isinstance(d.get("format"), str) and d["format"].startswith("probe-run/")
+
+
+def _is_regular(p: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _is_real_dir(p: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def foreign_entries(run_dir: Path) -> list[str]:
+    """Entries of a run directory that probe did not make (run-relative names, sorted).
+
+    Probe's own: config.json, metrics.jsonl, its lock file, checkpoints/, activations/
+    and data/ holding only their epoch and batch files, analyses/, logs/, report/,
+    and its temporaries. A link is never probe's, whatever its name.
+    """
+    out: list[str] = []
+    for p in sorted(run_dir.iterdir()):
+        name = p.name
+        if paths.is_link(p):
+            out.append(name)
+        elif rundir.is_temp(p):
+            continue
+        elif name in PROBE_FILES:
+            if not _is_regular(p):
+                out.append(name)
+        elif name in PROBE_DIRS:
+            if not _is_real_dir(p):
+                out.append(name)
+            elif name in _TRAINING_FILES:
+                pattern = _TRAINING_FILES[name]
+                out += [f"{name}/{c.name}" for c in sorted(p.iterdir())
+                        if paths.is_link(c) or not ((pattern.match(c.name) or rundir.is_temp(c)) and _is_regular(c))]
+        else:
+            out.append(name)
+    return out
+
+
+def _has_content(run_dir: Path) -> bool:
+    """A folder holding more than temporaries and a lock file (a run killed while writing its first file)."""
+    return any(not rundir.is_temp(p) and p.name != LOCK_FILE for p in run_dir.iterdir())
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, force: bool, locked: bool = False) -> None:
+    """Refuse to overwrite or to resume the wrong thing, before anything is written.
+
+    Reads only. `locked`: the caller holds the run's training lock (so it is not asked who does).
+    """
     if resume and force:
         raise UsageError("--resume", "--resume and --force contradict each other; pick one")
-    # A run killed while writing its first file leaves only a temporary file: that counts as empty.
-    exists = any(not rundir.is_temp(p) for p in run_dir.iterdir()) if run_dir.is_dir() else run_dir.exists()
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError("--run-dir", f"{run_dir} exists and is not a directory")
-    if resume:
-        if not (run_dir / rundir.CONFIG).is_file():
+    if not run_dir.is_dir():
+        if resume:
             raise UsageError("--resume", f"{run_dir} holds no run to resume (no {rundir.CONFIG})")
+        return
+    if not locked and (who := lock.holder(run_dir)) is not None:
+        raise lock.busy_error(run_dir, who)
+    try:
+        exists = _has_content(run_dir)
+    except OSError as exc:
+        raise ProbeError(f"{run_dir}: cannot be listed ({exc.strerror or exc})") from None
+    if resume:
+        if not _is_regular(run_dir / rundir.CONFIG):
+            raise UsageError("--resume", f"{run_dir} holds no run to resume (no {rundir.CONFIG})")
+        for name in (rundir.CONFIG, rundir.METRICS, rundir.CHECKPOINTS, rundir.ACTIVATIONS, rundir.DATA):
+            paths.confined(run_dir, name)  # a link here would make training write outside the run
     elif exists:
         if not force:
             raise UsageError("--run-dir", f"{run_dir} already exists; use --resume to continue it or --force to replace it")
-        if not (run_dir / rundir.CONFIG).is_file():
-            raise UsageError("--force", f"{run_dir} is not empty and not a probe run; refusing to delete it")
+        if not is_probe_run(run_dir):
+            raise UsageError("--force", f"{run_dir} is not a probe run (its {rundir.CONFIG} is missing or does not say "
+                                        "probe-run/...); refusing to delete anything in it")
+        foreign = foreign_entries(run_dir)
+        if foreign:
+            shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+            raise UsageError("--force", f"{run_dir} holds files probe did not make ({shown}); move them out or pick "
+                                        "another --run-dir; nothing was deleted")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove probe's own entries of a checked run (`foreign_entries` is empty), config.json last.
+
+    Removing config.json last keeps an interrupted --force a probe run, so the same command can finish it.
+    """
+    entries = [p for p in sorted(run_dir.iterdir()) if p.name != LOCK_FILE]
+    entries.sort(key=lambda p: p.name == rundir.CONFIG)
+    for p in entries:
+        try:
+            if _is_real_dir(p):
+                shutil.rmtree(p)  # never follows a link inside
+            else:
+                p.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ProbeError(f"{p}: could not be removed ({exc.strerror or exc}); the old run is partly removed, "
+                             "rerun the same command to finish") from None
+
+
+# The longest tail probe writes below a run directory while training
+# (`/activations/.epoch_NNNN.h5.<pid>.<random>.h5.tmp`), with room to spare.
+_WRITE_TAIL = 80
+
+
+def preflight(cfg: TrainConfig, run_dir: Path, option: str = "--run-dir") -> None:
+    """Everything training would reject later, checked before anything is touched.
+
+    `--full-maps` layer names against the model (built on the meta device: nothing
+    allocated), and the run directory's name and path lengths against the filesystem
+    (ENAMETOOLONG would otherwise surface at the first write). `option` names what
+    to fix in the error (`--run-dir`, or a sweep point).
+    """
+    spec = spec_from_config(cfg)
+    with torch.device("meta"):
+        model = spec.build()
+    modules = dict(model.named_modules())
+    unknown = [name for name in cfg.full_maps if name not in modules]
+    if unknown:
+        raise UsageError("--full-maps", f"unknown layer(s) {', '.join(unknown)}; recorded layers are "
+                                        f"{', '.join(model.recorded_layers)}")
+    absolute = Path(os.path.abspath(run_dir))
+    longest, n = paths.longest_name(absolute)
+    if n > paths.NAME_MAX:
+        raise UsageError(option, f"the folder name {longest[:40]}... is {n} bytes; a file name may have at most "
+                                 f"{paths.NAME_MAX}")
+    limit = paths.path_max(absolute)
+    if len(os.fsencode(str(absolute))) + _WRITE_TAIL > limit:
+        raise UsageError(option, f"{str(absolute)[:60]}... is {len(os.fsencode(str(absolute)))} bytes long; with the "
+                                 f"files inside it that passes this filesystem's limit of {limit}; pick a shorter path")
 
 
 def last_good_epoch(run: rundir.Run, log: Log) -> checkpoint.Checkpoint | None:
@@ -302,15 +447,29 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
     run_dir = Path(run_dir)
     log = log or ((lambda s: None) if quiet else (lambda s: print(s, flush=True)))
     progress = (not quiet and sys.stderr.isatty()) if progress is None else progress
+    # Everything is checked before anything is touched: the directory, every option, the data.
     check_run_dir(run_dir, resume=resume, force=force)
     if resume and cfg is None:
         cfg = rundir.Run(run_dir).train_config()
+    if cfg is None:
+        cfg = TrainConfig()
     device = resolve_device(cfg.device)
+    preflight(cfg, run_dir)
     ds = dataset or data.load_cifar10(cfg.data, quiet=quiet)  # fails (one line) before anything is written
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.remove_temp_files(run_dir)  # what a killed process was writing
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProbeError(f"{run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
+    with lock.hold(run_dir):  # one writer per run; held until the last epoch is written
+        check_run_dir(run_dir, resume=resume, force=force, locked=True)  # it may have changed while we loaded data
+        if force and _has_content(run_dir):
+            clear_run(run_dir)
+        rundir.remove_temp_files(run_dir)  # what a killed process was writing
+        return _train_locked(run_dir, cfg, device, ds, log, progress, resume)
+
+
+def _train_locked(run_dir: Path, cfg: TrainConfig, device: torch.device, ds: data.Dataset, log: Log,
+                  progress: bool, resume: bool) -> Path:
     trainer = Trainer(run_dir, cfg, device, ds, log, progress)
     history: list[dict[str, Any]] = []
     start = 0
