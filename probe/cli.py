@@ -193,9 +193,12 @@ def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quie
         cfg = make_config(file_values, overrides)  # every value checked, also the ones --resume compares
     except TypeError as exc:
         raise UsageError("--config", str(exc)) from None
+    from .train import check_path
+    from .train import train as run_training
+
+    check_path(Path(run_dir))  # a name too long for the filesystem, before anything looks at the directory
     if resume:
         cfg = _resumed_config(Path(run_dir), file_values, overrides, config_file)
-    from .train import train as run_training
 
     path = run_training(run_dir, cfg, resume=resume, force=force, quiet=quiet)
     if not quiet:

@@ -303,8 +303,10 @@ def preflight_points(spec: SweepSpec, sweep_dir: Path) -> None:
     for point in spec.points():
         where = f"{spec.path}: point {point.name if len(point.name) <= 60 else point.name[:60] + '...'}"
         try:
-            preflight(point.config, sweep_dir / point.name, option="name")
+            preflight(point.config, sweep_dir / point.name, option=where)
         except UsageError as exc:
+            if exc.option == where:
+                raise
             raise UsageError(where, str(exc)) from None
 
 

@@ -400,22 +400,12 @@ def clear_run(run_dir: Path) -> None:
 _WRITE_TAIL = 80
 
 
-def preflight(cfg: TrainConfig, run_dir: Path, option: str = "--run-dir") -> None:
-    """Everything training would reject later, checked before anything is touched.
+def check_path(run_dir: Path, option: str = "--run-dir") -> None:
+    """The run directory's name and path length against the filesystem's limits.
 
-    `--full-maps` layer names against the model (built on the meta device: nothing
-    allocated), and the run directory's name and path lengths against the filesystem
-    (ENAMETOOLONG would otherwise surface at the first write). `option` names what
-    to fix in the error (`--run-dir`, or a sweep point).
+    ENAMETOOLONG would otherwise surface at the first write (or at the first
+    `exists()`, which raises it). Touches nothing.
     """
-    spec = spec_from_config(cfg)
-    with torch.device("meta"):
-        model = spec.build()
-    modules = dict(model.named_modules())
-    unknown = [name for name in cfg.full_maps if name not in modules]
-    if unknown:
-        raise UsageError("--full-maps", f"unknown layer(s) {', '.join(unknown)}; recorded layers are "
-                                        f"{', '.join(model.recorded_layers)}")
     absolute = Path(os.path.abspath(run_dir))
     longest, n = paths.longest_name(absolute)
     if n > paths.NAME_MAX:
@@ -425,6 +415,24 @@ def preflight(cfg: TrainConfig, run_dir: Path, option: str = "--run-dir") -> Non
     if len(os.fsencode(str(absolute))) + _WRITE_TAIL > limit:
         raise UsageError(option, f"{str(absolute)[:60]}... is {len(os.fsencode(str(absolute)))} bytes long; with the "
                                  f"files inside it that passes this filesystem's limit of {limit}; pick a shorter path")
+
+
+def preflight(cfg: TrainConfig, run_dir: Path, option: str = "--run-dir") -> None:
+    """Everything training would reject later, checked before anything is touched.
+
+    The run directory's path (`check_path`), and `--full-maps` layer names against
+    the model (built on the meta device: nothing allocated). `option` names what to
+    fix in a path error (`--run-dir`, or a sweep point).
+    """
+    check_path(run_dir, option)
+    spec = spec_from_config(cfg)
+    with torch.device("meta"):
+        model = spec.build()
+    modules = dict(model.named_modules())
+    unknown = [name for name in cfg.full_maps if name not in modules]
+    if unknown:
+        raise UsageError("--full-maps", f"unknown layer(s) {', '.join(unknown)}; recorded layers are "
+                                        f"{', '.join(model.recorded_layers)}")
 
 
 def last_good_epoch(run: rundir.Run, log: Log) -> checkpoint.Checkpoint | None:
@@ -448,6 +456,7 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
     log = log or ((lambda s: None) if quiet else (lambda s: print(s, flush=True)))
     progress = (not quiet and sys.stderr.isatty()) if progress is None else progress
     # Everything is checked before anything is touched: the directory, every option, the data.
+    check_path(run_dir)
     check_run_dir(run_dir, resume=resume, force=force)
     if resume and cfg is None:
         cfg = rundir.Run(run_dir).train_config()
