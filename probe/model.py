@@ -110,6 +110,23 @@ def count_params(spec: ModelSpec) -> int:
     return total
 
 
+def estimate_train_bytes(spec: ModelSpec, batch_size: int, image_size: int = 32) -> int:
+    """Rough float32 training memory of `spec` at `batch_size`, without allocating it.
+
+    Weights, gradients and two optimizer moments (4 copies of the parameters), and
+    the activations autograd keeps for a batch: about three tensors per conv block
+    (conv, BatchNorm and ReLU outputs). An estimate to refuse absurd sizes up front,
+    not a prediction of peak memory.
+    """
+    total, ch, side = 0, spec.base_width, image_size
+    for i in range(spec.depth):
+        total += 3 * ch * side * side
+        if i % 2 == 1:
+            side = max(side // 2, 1)
+            ch = min(ch * 2, 512)
+    return 4 * (4 * count_params(spec) + batch_size * (total + spec.in_channels * image_size * image_size))
+
+
 def width_for_params(depth: int, target: int, **spec_kw) -> int:
     """The base width whose model has the parameter count closest to `target`.
 

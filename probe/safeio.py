@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 from .errors import RunFileError
 
 MAX_JSON_BYTES = 64 << 20  # config.json, manifests and metrics are kilobytes; a long run's metrics a few MB
+MAX_CONFIG_BYTES = 1 << 20  # config.json, a manifest, a failure record: kilobytes
 MAX_TOML_BYTES = 1 << 20  # config and sweep files are written by hand
 MAX_DEPTH = 64  # probe's own files nest 4 deep at most
 MAX_INT_DIGITS = 40  # enough for any 128-bit integer; Python refuses > 4,300 digits with a ValueError
@@ -52,6 +53,10 @@ _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
 
 class MissingFileError(RunFileError, FileNotFoundError):
     """A file that does not exist (catchable as RunFileError or FileNotFoundError)."""
+
+
+class NotJSONError(RunFileError):
+    """Text that does not parse as JSON (as opposed to JSON that is too deep or holds a huge integer)."""
 
 
 def _kind(mode: int) -> str:
@@ -163,7 +168,7 @@ def loads_json(text: str | bytes, *, source: str | Path, max_depth: int = MAX_DE
     try:
         return json.loads(text, parse_int=_parse_int(max_int_digits))
     except json.JSONDecodeError as exc:
-        raise RunFileError(source, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise NotJSONError(source, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except ValueError as exc:  # the digit limit, ours or Python's
         raise RunFileError(source, f"holds {_short(exc)}") from None
     except RecursionError:
@@ -177,23 +182,27 @@ def read_json(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: i
 
 
 def read_jsonl(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH,
-               within: str | Path | None = None, skip_torn_tail: bool = True) -> list[Any]:
+               within: str | Path | None = None, skip_torn_tail: bool = True, numbered: bool = False) -> list[Any]:
     """One JSON value per non-empty line; a malformed last line (a crash mid-append) is skipped if asked.
 
-    An error names the file and the line: `<path>: line N is not valid JSON (...)`.
+    With `numbered`, (line number, value) pairs. An error names the file and the
+    line: `<path>: line N is not JSON`, `<path>: line N is nested more than 64 levels deep`.
     """
     path = Path(path)
     lines = read_text(path, max_bytes, within=within).splitlines()
-    rows = []
+    rows: list[Any] = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(loads_json(line, source=path, max_depth=max_depth))
-        except RunFileError as exc:
-            if skip_torn_tail and i == len(lines) - 1 and "not valid JSON" in str(exc):
+            value = loads_json(line, source=path, max_depth=max_depth)
+        except NotJSONError:
+            if skip_torn_tail and i == len(lines) - 1:
                 continue
+            raise NotJSONError(path, f"line {i + 1} is not JSON") from None
+        except RunFileError as exc:
             raise RunFileError(path, f"line {i + 1} {str(exc)[len(str(path)) + 2:]}") from None
+        rows.append((i + 1, value) if numbered else value)
     return rows
 
 
@@ -254,6 +263,6 @@ def _short(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "MAX_JSON_BYTES", "MAX_TOML_BYTES", "MissingFileError",
+__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "MAX_JSON_BYTES", "MAX_CONFIG_BYTES", "MAX_TOML_BYTES", "MissingFileError", "NotJSONError",
            "json_depth", "loads_json", "open_regular", "read_bytes", "read_json", "read_jsonl", "read_text",
            "read_toml", "sha256_file"]
