@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,8 +40,11 @@ class ModelSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelSpec:
-        d = json.loads(text)
+    def from_json(cls, text: str, source: str | Path = "model spec") -> ModelSpec:
+        """Parse a stored spec (bounded in depth and integer length); a bad one raises ValueError or RunFileError."""
+        from .safeio import loads_json
+
+        d = loads_json(text, source=source)
         if not isinstance(d, dict) or d.get("arch") != "SimpleCNN":
             raise ValueError(f"unsupported model spec {text[:80]!r}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -49,6 +53,8 @@ class ModelSpec:
             raise ValueError(f"unknown model spec keys {sorted(unknown)}")
         for k in ("mean", "std"):
             if k in d:
+                if not isinstance(d[k], list) or len(d[k]) > 64:
+                    raise ValueError(f"{k} must be a short list of numbers")
                 d[k] = tuple(d[k])
         return cls(**d)
 
