@@ -17,10 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,25 +132,13 @@ def save(
     atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-@contextmanager
-def _checked_path(path: Path) -> Iterator[str]:
-    """A path to the regular file `path` for safetensors: links, FIFOs and devices are refused first.
-
-    The file is opened once (safeio.open_regular) and safetensors reads that very
-    file through /proc/self/fd, so what was checked is what is read.
-    """
-    with safeio.open_regular(path) as fh:
-        fd_path = f"/proc/self/fd/{fh.fileno()}"
-        yield fd_path if os.path.exists(fd_path) else str(path)
-
-
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a checkpoint without reading its tensors."""
     from safetensors import safe_open
 
     path = Path(path)
     try:
-        with _checked_path(path) as p, safe_open(p, framework="pt") as f:
+        with safeio.regular_path(path) as p, safe_open(p, framework="pt") as f:
             return dict(f.metadata() or {})
     except safeio.MissingFileError:
         raise RunFileError(path, "checkpoint does not exist") from None
@@ -179,7 +164,7 @@ def load(path: str | Path, *, verify: bool = True) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise RunFileError(path, f"not a probe checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
     try:
-        with _checked_path(path) as p:
+        with safeio.regular_path(path) as p:
             tensors = load_file(p)
     except RunFileError:
         raise

@@ -23,6 +23,10 @@ allocated. The API is stable; other modules call it:
                skip_torn_tail=True) -> list[Any]
     read_toml(path, *, max_bytes=..., max_depth=..., within=None) -> dict
     sha256_file(path, max_bytes=None, *, within=None) -> str (hex)
+    regular_path(path, max_bytes=None, *, within=None)  (context manager) -> str
+        For libraries that want a file name (safetensors, h5py): the file is
+        checked and held open as by open_regular, and the name handed out is
+        /proc/self/fd/N, so the library reads the very file that was checked.
 
 Errors are `RunFileError(path, message)`: `<path>: <message>` on one line.
 """
@@ -35,6 +39,8 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -259,10 +265,18 @@ def sha256_file(path: str | Path, max_bytes: int | None = None, *, within: str |
     return h.hexdigest()
 
 
+@contextmanager
+def regular_path(path: str | Path, max_bytes: int | None = None, *, within: str | Path | None = None) -> Iterator[str]:
+    """A file name for the checked regular file `path`, valid inside the `with` block (see the module docstring)."""
+    with open_regular(path, max_bytes, within=within) as fh:
+        fd_path = f"/proc/self/fd/{fh.fileno()}"
+        yield fd_path if os.path.exists(fd_path) else str(path)
+
+
 def _short(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 __all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "MAX_JSON_BYTES", "MAX_CONFIG_BYTES", "MAX_TOML_BYTES", "MissingFileError", "NotJSONError",
            "json_depth", "loads_json", "open_regular", "read_bytes", "read_json", "read_jsonl", "read_text",
-           "read_toml", "sha256_file"]
+           "read_toml", "regular_path", "sha256_file"]
