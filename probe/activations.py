@@ -19,13 +19,18 @@ default format) and never a parser stuck on a damaged structure.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import atomic
+from . import atomic, safeio
 from .errors import RunFileError
 
 FORMAT = "probe-activations/1"
@@ -128,45 +133,196 @@ def verify(path: str | Path) -> None:
 
     Hashing a dump costs milliseconds per megabyte; it is redone on every read
     rather than cached, because a bit flip on disk changes neither size nor mtime.
+    A symbolic link, FIFO or device is refused before a byte is read.
     """
     path = Path(path)
+    with safeio.open_regular(path) as fh:
+        _verify_open(path, fh)
+
+
+def _verify_open(path: Path, fh) -> None:
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(USERBLOCK)
-            if not head.startswith(_SEAL):
-                raise RunFileError(path, "not a probe activation dump (no probe checksum header)")
-            expected = head[len(_SEAL):len(_SEAL) + 64].decode("ascii", "replace")
-            actual = _sha256_after_userblock(fh)
+        fh.seek(0)
+        head = fh.read(USERBLOCK)
+        if not head.startswith(_SEAL):
+            raise RunFileError(path, "not a probe activation dump (no probe checksum header)")
+        expected = head[len(_SEAL):len(_SEAL) + 64].decode("ascii", "replace")
+        actual = _sha256_after_userblock(fh)
     except OSError as exc:
         raise RunFileError(path, f"cannot read activation dump ({exc.strerror or exc})") from None
     if actual != expected:
         raise RunFileError(path, "checksum mismatch: the file is damaged (truncated, bit flip or partial copy)")
 
 
-def read(path: str | Path, layer: str | None = None, kind: str = "pooled") -> np.ndarray | dict:
+@dataclass(frozen=True)
+class Expected:
+    """What a run's dumps may declare: at most `max_samples` rows, and each layer's per-sample shape."""
+
+    max_samples: int
+    num_classes: int
+    shapes: dict[str, tuple[int, ...]]  # module name -> output shape of one sample (C, H, W) or (features,)
+
+
+# Bounds for a dump outside a run directory (no config to compare against).
+MAX_SAMPLES = 100_000  # the probe set is drawn from the test split (10,000 images for CIFAR-10)
+MAX_ELEMENTS = 2**29  # one dataset: 1 GiB as float16
+_ALLOWED_FILTERS = {1, 2, 3}  # deflate (gzip), shuffle, fletcher32: what h5py writes without plugins
+
+
+def expected_for_run(run_dir: str | Path) -> Expected | None:
+    """The shapes the run's model spec and probe-set size allow, or None when `run_dir` is not a readable run."""
+    from .config import MAX_IMAGES
+    from .model import ModelSpec
+    from .rundir import CONFIG, Run
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        return None
+    run = Run(run_dir)
+    cfg = run.config
+    try:
+        spec = ModelSpec.from_json(json.dumps(cfg.get("model_spec")), source=run_dir / CONFIG)
+        size = cfg["train"].get("probe_set_size")
+        if type(size) is not int or not 1 <= size <= MAX_IMAGES:
+            raise ValueError(f"probe_set_size {size!r}")
+    except (ValueError, TypeError) as exc:
+        raise RunFileError(run_dir / CONFIG, f"damaged model spec or probe-set size ({str(exc)[:200]})") from None
+    from .checkpoint import _check_spec
+
+    _check_spec(spec, run_dir / CONFIG)
+    return Expected(size, spec.num_classes, layer_shapes(spec))
+
+
+@functools.lru_cache(maxsize=32)
+def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
+    """Every module's output shape for one 32x32 image, found by a forward pass on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = spec.build()
+        shapes: dict[str, tuple[int, ...]] = {}
+        handles = [m.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:])))
+                   for name, m in model.named_modules() if name]
+        model.eval()(torch.empty(1, spec.in_channels, 32, 32))
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _refuse_links(path: Path, group, where: str) -> dict:
+    """The members of `group` as objects; a soft or external link (or anything but a hard link) is refused."""
+    import h5py
+
+    out = {}
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise RunFileError(path, f"{where}{name} is an HDF5 external link to {link.filename}:{link.path}; probe reads nothing outside the file")
+        if not isinstance(link, h5py.HardLink):
+            raise RunFileError(path, f"{where}{name} is an HDF5 {type(link).__name__}; probe writes only plain datasets")
+        out[name] = group[name]
+    return out
+
+
+def _check_dataset(path: Path, ds, name: str, dtype: str, shape: tuple[int, ...] | None, rank: int) -> int:
+    """Refuse external or virtual storage, unknown filters, the wrong dtype or a shape the run cannot have."""
+    import h5py
+
+    if not isinstance(ds, h5py.Dataset):
+        raise RunFileError(path, f"{name} is not a dataset")
+    if ds.is_virtual:
+        raise RunFileError(path, f"{name} is a virtual dataset (it maps other files); probe refuses it")
+    if ds.external:
+        raise RunFileError(path, f"{name} keeps its data in an external file ({ds.external[0][0]!r}); probe refuses it")
+    plist = ds.id.get_create_plist()
+    filters = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
+    if filters - _ALLOWED_FILTERS:
+        raise RunFileError(path, f"{name} uses HDF5 filter(s) {sorted(filters - _ALLOWED_FILTERS)} (probe writes gzip and shuffle only)")
+    if ds.dtype != np.dtype(dtype) or len(ds.shape) != rank:
+        raise RunFileError(path, f"{name} must be {dtype} of rank {rank}, got {ds.dtype} {list(ds.shape)}")
+    if shape is not None and tuple(ds.shape[1:]) != shape:
+        raise RunFileError(path, f"{name} declares shape {list(ds.shape)}; this run's model gives [P, {', '.join(map(str, shape))}]")
+    if math.prod(ds.shape) > MAX_ELEMENTS:
+        raise RunFileError(path, f"{name} declares shape {list(ds.shape)} ({math.prod(ds.shape):,} values), more than {MAX_ELEMENTS:,}")
+    return ds.shape[0]
+
+
+def check_structure(path: Path, f, expect: Expected | None) -> None:
+    """Check every object the dump declares before any data is read (docs/reliability.md, "Bounds").
+
+    Only hard links; no external links, external raw storage, virtual datasets or
+    unknown filters; float16 pooled [P, C] and maps [P, C, H, W], float32 logits
+    [P, classes]; one P everywhere, at most the run's probe-set size; per-sample
+    shapes as the run's model spec gives them. So a small file declaring a huge
+    dataset is refused without allocating it, and nothing outside the file is read.
+    """
+    import h5py
+
+    top = _refuse_links(path, f, "/")
+    unknown = sorted(set(top) - {"pooled", "maps", "logits"})
+    if unknown:
+        raise RunFileError(path, f"unexpected object /{unknown[0]} (a dump holds /pooled, /maps and /logits)")
+    if "logits" not in top:
+        raise RunFileError(path, "no /logits dataset")
+    rows = {"/logits": _check_dataset(path, top["logits"], "/logits", "float32",
+                                       (expect.num_classes,) if expect else None, 2)}
+    for group, rank in (("pooled", 2), ("maps", 4)):
+        if group not in top:
+            continue
+        if not isinstance(top[group], h5py.Group):
+            raise RunFileError(path, f"/{group} is not a group")
+        for name, ds in _refuse_links(path, top[group], f"/{group}/").items():
+            shape = None
+            if expect is not None:
+                if name not in expect.shapes:
+                    raise RunFileError(path, f"/{group}/{name}: the run's model has no layer {name!r}")
+                full = expect.shapes[name]
+                shape = (full[0],) if group == "pooled" and len(full) == 3 else full
+                if group == "maps" and len(full) != 3:
+                    raise RunFileError(path, f"/{group}/{name}: layer {name!r} has no feature maps")
+            rows[f"/{group}/{name}"] = _check_dataset(path, ds, f"/{group}/{name}", "float16", shape, rank)
+    limit = expect.max_samples if expect else MAX_SAMPLES
+    for name, n in rows.items():
+        if n != rows["/logits"] or not 1 <= n <= limit:
+            raise RunFileError(path, f"{name} declares {n:,} probe images; expected {rows['/logits']:,} (at most {limit:,})")
+
+
+def read(path: str | Path, layer: str | None = None, kind: str = "pooled", *,
+         expect: Expected | None = None) -> np.ndarray | dict:
     """Read one dataset (`kind` = pooled, maps or logits) or, with layer=None, the layer list.
 
     Any damage (truncation, bit flip in the header, a non-HDF5 file) is one RunFileError.
+    The file is opened once: its checksum is verified and HDF5 parses that same
+    open file; `check_structure` runs before any data is read. `expect` defaults
+    to what the run holding `path` (RUN/activations/epoch_N.h5) allows.
     """
     import h5py
 
     path = Path(path)
-    if not path.exists():
-        raise RunFileError(path, "activation dump does not exist")
-    verify(path)
+    if expect is None and path.parent.name == "activations":
+        try:
+            expect = expected_for_run(path.parent.parent)
+        except RunFileError:  # a damaged config.json is reported by what reads it; the fixed bounds still hold
+            expect = None
     try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise RunFileError(path, f"not a probe activation dump (format {f.attrs.get('format')!r})")
-            if layer is None and kind != "logits":
-                return {"layers": [s.decode() if isinstance(s, bytes) else str(s) for s in f.attrs["layers"]],
-                        "maps": sorted(f["maps"].keys()), "epoch": int(f.attrs["epoch"])}
-            key = "logits" if kind == "logits" else f"{kind}/{layer}"
-            if key not in f:
-                have = sorted(f[kind].keys()) if kind in f else []
-                raise RunFileError(path, f"no {kind} activations for layer {layer!r} (have: {', '.join(have) or 'none'})")
-            return f[key][()]
-    except RunFileError:
-        raise
-    except Exception as exc:  # h5py raises OSError, KeyError, ValueError for damaged files
-        raise RunFileError(path, f"damaged activation dump ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})") from None
+        fh = safeio.open_regular(path)
+    except safeio.MissingFileError:
+        raise RunFileError(path, "activation dump does not exist") from None
+    with fh:
+        _verify_open(path, fh)
+        fd_path = f"/proc/self/fd/{fh.fileno()}"
+        try:
+            with h5py.File(fd_path if os.path.exists(fd_path) else path, "r") as f:
+                if f.attrs.get("format") != FORMAT:
+                    raise RunFileError(path, f"not a probe activation dump (format {f.attrs.get('format')!r})")
+                check_structure(path, f, expect)
+                if layer is None and kind != "logits":
+                    return {"layers": [s.decode() if isinstance(s, bytes) else str(s) for s in f.attrs["layers"]],
+                            "maps": sorted(f["maps"].keys()), "epoch": int(f.attrs["epoch"])}
+                key = "logits" if kind == "logits" else f"{kind}/{layer}"
+                if key not in f:
+                    have = sorted(f[kind].keys()) if kind in f else []
+                    raise RunFileError(path, f"no {kind} activations for layer {layer!r} (have: {', '.join(have) or 'none'})")
+                return f[key][()]
+        except RunFileError:
+            raise
+        except Exception as exc:  # h5py raises OSError, KeyError, ValueError for damaged files
+            raise RunFileError(path, f"damaged activation dump ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})") from None

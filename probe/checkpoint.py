@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import atomic
+from . import atomic, safeio
 from .errors import RunFileError
 from .model import ModelSpec, SimpleCNN
 
@@ -136,16 +138,25 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safeio.regular_path(path) as p, safe_open(p, framework="pt") as f:
             return dict(f.metadata() or {})
-    except FileNotFoundError:
+    except safeio.MissingFileError:
         raise RunFileError(path, "checkpoint does not exist") from None
+    except RunFileError:
+        raise
     except Exception as exc:  # safetensors raises several types for damaged headers
         raise RunFileError(path, f"not a readable safetensors checkpoint ({_short(exc)})") from None
 
 
 def load(path: str | Path, *, verify: bool = True) -> Checkpoint:
-    """Read and check a checkpoint; any damage becomes one RunFileError naming the file."""
+    """Read and check a checkpoint; any damage becomes one RunFileError naming the file.
+
+    Beyond the seal (`content_sha256`, which a crafted file can recompute), every
+    field is checked against what `save` writes: the metadata's types, the model
+    tensors' names, shapes and dtypes against the model spec, the optimizer state
+    against the parameters, the random-number states. A sealed file that does
+    not fit is one error naming the field, never a traceback later.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -153,18 +164,31 @@ def load(path: str | Path, *, verify: bool = True) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise RunFileError(path, f"not a probe checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
     try:
-        tensors = load_file(str(path))
+        with safeio.regular_path(path) as p:
+            tensors = load_file(p)
+    except RunFileError:
+        raise
     except Exception as exc:
         raise RunFileError(path, f"damaged checkpoint ({_short(exc)})") from None
     if verify and _digest(tensors, meta) != meta.get("content_sha256"):
         raise RunFileError(path, "checksum mismatch: the file is damaged (bit flip or partial copy)")
+    epoch_text = meta.get("epoch", "")
+    if not re.fullmatch(r"[0-9]{1,9}", epoch_text):
+        raise RunFileError(path, f"field epoch: expected a whole number, got {epoch_text[:40]!r}")
+    epoch = int(epoch_text)
     try:
-        spec = ModelSpec.from_json(meta["model_spec"])
-        epoch = int(meta["epoch"])
-        metrics = json.loads(meta.get("metrics", "{}"))
-        opt_meta = json.loads(meta.get("optimizer", "{}"))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise RunFileError(path, f"damaged checkpoint metadata ({_short(exc)})") from None
+        spec = ModelSpec.from_json(meta["model_spec"], source=f"{path}: field model_spec")
+    except KeyError:
+        raise RunFileError(path, "field model_spec: missing") from None
+    except (ValueError, TypeError) as exc:
+        raise RunFileError(path, f"field model_spec: {_short(exc)}") from None
+    _check_spec(spec, path)
+    metrics = _json_field(path, meta, "metrics")
+    opt_meta = _json_field(path, meta, "optimizer")
+    if "epoch" in metrics and metrics["epoch"] != epoch:
+        raise RunFileError(path, f"field metrics: holds epoch {metrics['epoch']!r}, not {epoch}")
+    if not isinstance(meta.get("config_hash", ""), str):
+        raise RunFileError(path, "field config_hash: not a string")
     model_state, opt_state, rng = {}, {}, {}
     for name, t in tensors.items():
         kind, _, rest = name.partition("/")
@@ -175,7 +199,78 @@ def load(path: str | Path, *, verify: bool = True) -> Checkpoint:
             opt_state.setdefault(pname, {})[key] = t
         elif kind == "rng":
             rng[rest] = t
+        else:
+            raise RunFileError(path, f"field {name}: not a tensor probe writes (model/, optimizer/ or rng/)")
+    params = _check_model_state(path, spec, model_state)
+    _check_optimizer_state(path, params, opt_state)
+    _check_rng(path, rng, required=bool(rng or opt_state))
     return Checkpoint(path, epoch, spec, model_state, metrics, meta.get("config_hash", ""), opt_state, opt_meta, rng)
+
+
+def _json_field(path: Path, meta: dict[str, str], name: str) -> dict[str, Any]:
+    try:
+        value = safeio.loads_json(meta.get(name, "{}"), source=f"{path}: field {name}")
+    except RunFileError as exc:
+        raise RunFileError(path, str(exc)[len(str(path)) + 2:]) from None
+    if not isinstance(value, dict):
+        raise RunFileError(path, f"field {name}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _check_model_state(path: Path, spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Names, shapes and dtypes of the model tensors against the spec (built on the meta device); returns parameter shapes."""
+    with torch.device("meta"):
+        model = spec.build()
+    expected = model.state_dict()
+    for k in sorted(expected.keys() | state.keys()):
+        if k not in state:
+            raise RunFileError(path, f"field model/{k}: missing (the model spec has it)")
+        if k not in expected:
+            raise RunFileError(path, f"field model/{k}: not a tensor of this model spec")
+        want, got = expected[k], state[k]
+        if got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
+            raise RunFileError(path, f"field model/{k}: expected {str(want.dtype).removeprefix('torch.')} "
+                                     f"{list(want.shape)}, got {str(got.dtype).removeprefix('torch.')} {list(got.shape)}")
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+_OPT_KEYS = {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"}
+
+
+def _check_optimizer_state(path: Path, params: dict[str, tuple[int, ...]], state: dict[str, dict[str, torch.Tensor]]) -> None:
+    for pname in sorted(state):
+        for key, t in sorted(state[pname].items()):
+            field_name = f"optimizer/{pname}/{key}"
+            if pname not in params:
+                raise RunFileError(path, f"field {field_name}: the model has no parameter {pname!r}")
+            if key not in _OPT_KEYS:
+                raise RunFileError(path, f"field {field_name}: not an optimizer state probe writes")
+            want = () if key == "step" else params[pname]
+            if t.dtype != torch.float32 or tuple(t.shape) != want:
+                raise RunFileError(path, f"field {field_name}: expected float32 {list(want)}, got "
+                                         f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}")
+            if key == "step" and not (math.isfinite(float(t)) and 0 <= float(t) < 2**31):
+                raise RunFileError(path, f"field {field_name}: {float(t)} is not a step count")
+
+
+def _check_rng(path: Path, rng: dict[str, torch.Tensor], *, required: bool) -> None:
+    """rng/torch and rng/data must be CPU generator states (uint8 [5056]); rng/cuda a uint8 vector."""
+    for key in sorted(rng):
+        if key not in ("torch", "data", "cuda"):
+            raise RunFileError(path, f"field rng/{key}: not a random-number state probe writes")
+    for key in ("torch", "data"):
+        if key not in rng:
+            if required:
+                raise RunFileError(path, f"field rng/{key}: missing (needed to resume exactly)")
+            continue
+        try:
+            torch.Generator().set_state(rng[key])
+        except (RuntimeError, TypeError, ValueError):
+            t = rng[key]
+            raise RunFileError(path, f"field rng/{key}: not a CPU generator state "
+                                     f"({str(t.dtype).removeprefix('torch.')} {list(t.shape)})") from None
+    if "cuda" in rng and (rng["cuda"].dtype != torch.uint8 or rng["cuda"].dim() != 1):
+        raise RunFileError(path, f"field rng/cuda: not a CUDA generator state ({rng['cuda'].dtype} {list(rng['cuda'].shape)})")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> SimpleCNN:
@@ -184,12 +279,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SimpleCN
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, model: SimpleCNN, ckpt: Checkpoint) -> None:
-    """Load the optimizer state saved by `save` into a freshly built optimizer."""
+    """Load the optimizer state saved by `save` into a freshly built optimizer.
+
+    Called when resuming: the checkpoint must then hold what resuming needs (the
+    random-number states, an epoch in its metrics) and optimizer state of the
+    kind this optimizer keeps; anything else is one RunFileError naming the field.
+    """
+    _check_rng(ckpt.path, ckpt.rng, required=True)
+    if ckpt.metrics.get("epoch") != ckpt.epoch:
+        raise RunFileError(ckpt.path, f"field metrics: no 'epoch' {ckpt.epoch} (needed to resume)")
+    group = optimizer.param_groups[0]
+    if isinstance(optimizer, torch.optim.SGD):
+        kinds = [{"momentum_buffer"}, set()] if group.get("momentum") else [set()]
+    else:
+        kinds = [{"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())]
     sd = optimizer.state_dict()
     order = [n for n, _ in model.named_parameters()]
     state = {}
     for i, name in enumerate(order):
         if name in ckpt.optimizer_state:
+            keys = set(ckpt.optimizer_state[name])
+            if keys not in kinds:
+                want = " + ".join(sorted(kinds[0])) or "no state"
+                raise RunFileError(ckpt.path, f"field optimizer/{name}: holds {', '.join(sorted(keys))}, but "
+                                              f"{type(optimizer).__name__} keeps {want}")
             state[i] = {k: v.clone() for k, v in ckpt.optimizer_state[name].items()}
     sd["state"] = state
     optimizer.load_state_dict(sd)

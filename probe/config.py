@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,16 @@ DEPTHS = (2, 4, 8)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
+# Bounds tied to cost (docs/reliability.md, "Bounds"): checked before anything is allocated.
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range is 64 bits; training also seeds with seed + 1 and seed + 2
+MAX_LR = 10.0  # learning rate, weight decay and step-decay factor: far above anything that trains
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_IMAGES = 10_000_000  # image counts (subset, probe set, analysis batch); CIFAR-10 has 60,000
+MAX_WIDTH = 65_536  # the model spec's own bound; the memory estimate below is the real limit
+MAX_PARAMS = 2**31
+MAX_TRAIN_BYTES = 64 << 30  # estimated training memory (weights, optimizer state, activations of a batch)
+
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
@@ -35,33 +44,34 @@ class TrainConfig:
     """Everything that determines a training run (the run directory is not part of it)."""
 
     data: str | None = _f(None, "Directory with train/ and test/ class folders (else $PROBE_DATA, else download CIFAR-10 with torchvision).")
-    epochs: int = _f(30, "Training epochs (epoch 0 is the initialisation).", min=0)
-    batch_size: int = _f(128, "Training mini-batch size.", min=1)
-    val_batch_size: int = _f(256, "Validation batch size.", min=1)
-    subset_train_size: int = _f(10_000, "Seeded random subset of the 50,000 training images (0 = all).", min=0)
+    epochs: int = _f(30, "Training epochs (epoch 0 is the initialisation).", min=0, max=MAX_EPOCHS)
+    batch_size: int = _f(128, "Training mini-batch size.", min=1, max=MAX_BATCH)
+    val_batch_size: int = _f(256, "Validation batch size.", min=1, max=MAX_BATCH)
+    subset_train_size: int = _f(10_000, "Seeded random subset of the 50,000 training images (0 = all).", min=0, max=MAX_IMAGES)
     optimizer: str = _f("SGD", "Optimizer.", choices=OPTIMIZERS)
-    lr: float = _f(0.01, "Learning rate.", min_excl=0.0)
-    momentum: float = _f(0.9, "Momentum (used by SGD_mom).", min=0.0)
-    weight_decay: float = _f(0.0, "Weight decay (decoupled for AdamW).", min=0.0)
+    lr: float = _f(0.01, "Learning rate.", min_excl=0.0, max=MAX_LR)
+    momentum: float = _f(0.9, "Momentum (used by SGD_mom).", min=0.0, max=1.0)
+    weight_decay: float = _f(0.0, "Weight decay (decoupled for AdamW).", min=0.0, max=MAX_LR)
     schedule: str = _f("constant", "Learning-rate schedule.", choices=SCHEDULES)
-    step_size: int = _f(10, "Epochs between decays for the step schedule.", min=1)
-    gamma: float = _f(0.1, "Decay factor for the step schedule.", min_excl=0.0)
+    step_size: int = _f(10, "Epochs between decays for the step schedule.", min=1, max=MAX_EPOCHS)
+    gamma: float = _f(0.1, "Decay factor for the step schedule.", min_excl=0.0, max=MAX_LR)
     model_depth: int = _f(4, "Number of conv layers.", choices=DEPTHS)
-    base_width: int = _f(32, "Channels of the first conv layer (doubled every two layers).", min=1)
-    target_params: int | None = _f(None, "Pick the base width so the model has about this many parameters.", min=1)
+    base_width: int = _f(32, "Channels of the first conv layer (doubled every two layers).", min=1, max=MAX_WIDTH)
+    target_params: int | None = _f(None, "Pick the base width so the model has about this many parameters.", min=1, max=MAX_PARAMS)
     dropout: float = _f(0.0, "Dropout probability after each block and in the classifier.", min=0.0, max_excl=1.0)
     augment: bool = _f(True, "Random crop (4-pixel padding) and horizontal flip, batch-wise on the device.")
-    seed: int = _f(42, "Seed for the subset, the probe set, initialisation, shuffling and augmentation.")
+    seed: int = _f(42, "Seed for the subset, the probe set, initialisation, shuffling and augmentation.", min=0, max=MAX_SEED)
     device: str = _f("auto", "Training device.", choices=DEVICES)
     precision: str = _f("fp32", "Training precision (bf16 = autocast; checkpoints stay float32).", choices=PRECISIONS)
     channels_last: bool = _f(True, "Use the channels-last memory format for convolutions.")
-    probe_set_size: int = _f(1000, "Class-stratified validation images whose activations are dumped each epoch.", min=10)
-    analysis_batch_size: int = _f(1024, "Un-augmented training images stored for offline loss-based analyses.", min=1)
+    probe_set_size: int = _f(1000, "Class-stratified validation images whose activations are dumped each epoch.", min=10, max=MAX_IMAGES)
+    analysis_batch_size: int = _f(1024, "Un-augmented training images stored for offline loss-based analyses.", min=1, max=MAX_IMAGES)
     full_maps: tuple[str, ...] = _f((), "Layers whose full feature maps are dumped (comma-separated; pooled channels are always dumped).")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             check_value(f, getattr(self, f.name))
+        check_cost(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -122,6 +132,30 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         raise UsageError(opt, f"must be > {m['min_excl']}, got {value}")
     if "max_excl" in m and value >= m["max_excl"]:
         raise UsageError(opt, f"must be < {m['max_excl']}, got {value}")
+    if "max" in m and value > m["max"]:
+        raise UsageError(opt, f"must be <= {m['max']}, got {value}")
+
+
+def check_cost(cfg: TrainConfig) -> None:
+    """Refuse a model whose parameters or training memory exceed the bounds, naming the option that sized it.
+
+    The estimate comes from the spec alone (probe.model.estimate_train_bytes), so
+    `--base-width 1000000` is one line, not an attempt to allocate terabytes.
+    """
+    from .model import ModelSpec, count_params, estimate_train_bytes, width_for_params
+
+    opt = "--target-params" if cfg.target_params is not None else "--base-width"
+    width = cfg.base_width if cfg.target_params is None else width_for_params(cfg.model_depth, cfg.target_params)
+    spec = ModelSpec(depth=cfg.model_depth, base_width=width)
+    n = count_params(spec)
+    if n > MAX_PARAMS:
+        raise UsageError(opt, f"a depth-{cfg.model_depth} model of base width {width} has {n:,} parameters, more than "
+                              f"the {MAX_PARAMS:,} probe allows; use a smaller {opt}")
+    need = estimate_train_bytes(spec, max(cfg.batch_size, cfg.val_batch_size))
+    if need > MAX_TRAIN_BYTES:
+        raise UsageError(opt, f"a depth-{cfg.model_depth} model of base width {width} needs about {need / 2**30:,.0f} GiB "
+                              f"to train at batch size {max(cfg.batch_size, cfg.val_batch_size)}, more than the "
+                              f"{MAX_TRAIN_BYTES >> 30} GiB probe allows; use a smaller {opt} or batch size")
 
 
 def coerce(name: str, value: Any, source: str) -> Any:
@@ -145,13 +179,16 @@ def coerce(name: str, value: Any, source: str) -> Any:
 
 def read_toml(path: str | Path, option: str) -> dict[str, Any]:
     """Parse a TOML file; a missing or malformed one is a one-line UsageError naming `option` and the file."""
+    from . import safeio
+    from .errors import RunFileError
+
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
+        return safeio.read_toml(path)
+    except safeio.MissingFileError:
         raise UsageError(option, f"{path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(option, f"{path} is not valid TOML ({exc})") from None
+    except RunFileError as exc:  # a link, FIFO, too large, too deep, malformed: `<path>: <what>`
+        raise UsageError(option, str(exc)) from None
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -9,7 +9,9 @@ random crop + flip + normalisation run on the whole batch on the training device
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import atomic
-from .errors import ProbeError, UsageError
+from . import atomic, safeio
+from .errors import ProbeError, RunFileError, UsageError
 
 CIFAR10_BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_BINARY_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
@@ -121,10 +123,12 @@ def _load_folder(root: Path, *, quiet: bool) -> Dataset:
 
 def _read_cifar_binary(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Parse CIFAR-10's binary format: records of 1 label byte + 3,072 pixel bytes (CHW)."""
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size % 3073:
-        raise ProbeError(f"{path}: not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)")
+    raw = np.frombuffer(safeio.read_bytes(path, 64 << 20), dtype=np.uint8)  # a batch is 30.7 MB
+    if raw.size % 3073 or not raw.size:
+        raise RunFileError(path, f"not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)")
     rec = raw.reshape(-1, 3073)
+    if int(rec[:, 0].max()) > 9:
+        raise RunFileError(path, f"not a CIFAR-10 binary batch (label {int(rec[:, 0].max())} is not in 0..9)")
     y = torch.from_numpy(rec[:, 0].astype(np.int64))
     x = torch.from_numpy(rec[:, 1:].reshape(-1, 3, 32, 32).copy())
     return x, y
@@ -171,25 +175,72 @@ def _load_download(*, quiet: bool) -> Dataset:
 
 # --- the decoded cache ------------------------------------------------------------------------
 
-def _read_cache(path: Path, classes: tuple[str, ...], source: str) -> Dataset | None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+CACHE_FORMAT = "probe-data-cache/1"
 
-    if not path.exists():
+
+def _digest(tensors: dict[str, torch.Tensor], classes: tuple[str, ...]) -> str:
+    """SHA-256 over the classes and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps(list(classes)).encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_cache(path: Path, t: dict[str, torch.Tensor], meta: dict[str, str], classes: tuple[str, ...]) -> None:
+    """Raise RunFileError unless the cache holds what `_write_cache` wrote for these classes.
+
+    The cache folder is untrusted ($PROBE_CACHE may be shared or tampered with):
+    the format, the class list, images uint8 [N, 3, 32, 32], labels int64 [N] in
+    0..classes-1, and the checksum recorded at write time are all checked.
+    """
+    if meta.get("format") != CACHE_FORMAT:
+        raise RunFileError(path, f"not a probe data cache (format {meta.get('format')!r})")
+    if meta.get("classes") != ",".join(classes):
+        raise RunFileError(path, f"holds classes {meta.get('classes', '')[:80]!r}, expected {','.join(classes)!r}")
+    if set(t) != {"train_x", "train_y", "test_x", "test_y"}:
+        raise RunFileError(path, f"holds tensors {sorted(t)[:6]}, expected train_x, train_y, test_x, test_y")
+    for split in ("train", "test"):
+        x, y = t[f"{split}_x"], t[f"{split}_y"]
+        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32) or x.shape[0] < 1:
+            raise RunFileError(path, f"{split}_x must be uint8 [N, 3, 32, 32], got {x.dtype} {list(x.shape)}")
+        if y.dtype != torch.int64 or y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise RunFileError(path, f"{split}_y must be int64 [{x.shape[0]}], got {y.dtype} {list(y.shape)}")
+        if bool(((y < 0) | (y >= len(classes))).any()):
+            raise RunFileError(path, f"{split}_y holds labels outside 0..{len(classes) - 1}")
+    if meta.get("content_sha256") != _digest(t, classes):
+        raise RunFileError(path, "checksum mismatch (the cache was changed after probe wrote it)")
+
+
+def _read_cache(path: Path, classes: tuple[str, ...], source: str) -> Dataset | None:
+    """The cached dataset, or None when there is none or it fails `check_cache` (then it is rebuilt, with a warning)."""
+    from safetensors import safe_open
+
+    if not path.exists() and not path.is_symlink():
         return None
     try:
-        t = load_file(str(path))
+        with safeio.regular_path(path) as p, safe_open(p, framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        check_cache(path, t, meta, classes)
         return Dataset(t["train_x"], t["train_y"], t["test_x"], t["test_y"], classes=classes, source=source)
-    except (SafetensorError, KeyError, OSError, ValueError):
-        path.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
-        return None
+    except RunFileError as exc:
+        why = str(exc)
+    except Exception as exc:  # safetensors raises several types for a damaged header
+        why = f"{path}: not a readable cache ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})"
+    print(f"warning: {why}; ignoring it and rebuilding the cache", file=sys.stderr)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)  # a damaged or tampered cache is rebuilt, never trusted
+    return None
 
 
 def _write_cache(path: Path, tensors: dict[str, torch.Tensor], classes: tuple[str, ...]) -> None:
     from safetensors.torch import save_file
 
+    meta = {"format": CACHE_FORMAT, "classes": ",".join(classes), "content_sha256": _digest(tensors, classes)}
     try:
-        atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata={"classes": ",".join(classes)}))
+        atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     except ProbeError:
         pass  # no cache (read-only home, full disk) only costs time next run
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,8 +40,11 @@ class ModelSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelSpec:
-        d = json.loads(text)
+    def from_json(cls, text: str, source: str | Path = "model spec") -> ModelSpec:
+        """Parse a stored spec (bounded in depth and integer length); a bad one raises ValueError or RunFileError."""
+        from .safeio import loads_json
+
+        d = loads_json(text, source=source)
         if not isinstance(d, dict) or d.get("arch") != "SimpleCNN":
             raise ValueError(f"unsupported model spec {text[:80]!r}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -49,6 +53,8 @@ class ModelSpec:
             raise ValueError(f"unknown model spec keys {sorted(unknown)}")
         for k in ("mean", "std"):
             if k in d:
+                if not isinstance(d[k], list) or len(d[k]) > 64:
+                    raise ValueError(f"{k} must be a short list of numbers")
                 d[k] = tuple(d[k])
         return cls(**d)
 
@@ -108,6 +114,23 @@ def count_params(spec: ModelSpec) -> int:
             ch = min(ch * 2, 512)
     total += in_ch * spec.hidden + spec.hidden + spec.hidden * spec.num_classes + spec.num_classes
     return total
+
+
+def estimate_train_bytes(spec: ModelSpec, batch_size: int, image_size: int = 32) -> int:
+    """Rough float32 training memory of `spec` at `batch_size`, without allocating it.
+
+    Weights, gradients and two optimizer moments (4 copies of the parameters), and
+    the activations autograd keeps for a batch: about three tensors per conv block
+    (conv, BatchNorm and ReLU outputs). An estimate to refuse absurd sizes up front,
+    not a prediction of peak memory.
+    """
+    total, ch, side = 0, spec.base_width, image_size
+    for i in range(spec.depth):
+        total += 3 * ch * side * side
+        if i % 2 == 1:
+            side = max(side // 2, 1)
+            ch = min(ch * 2, 512)
+    return 4 * (4 * count_params(spec) + batch_size * (total + spec.in_channels * image_size * image_size))
 
 
 def width_for_params(depth: int, target: int, **spec_kw) -> int:

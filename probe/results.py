@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import safeio
+from .errors import ProbeError
 from .rundir import ANALYSES, Run
 
 RESULT_FORMAT = "probe-result/1"
@@ -28,11 +30,8 @@ MANIFEST = "manifest.json"
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 of a regular file; a symlink, FIFO or device is one RunFileError, never hashed."""
+    return safeio.sha256_file(path)
 
 
 def variant_name(params: dict[str, Any], defaults: dict[str, Any]) -> str:
@@ -58,9 +57,9 @@ def result_dir(run: Run, analysis: str, variant: str, epoch: int | None) -> Path
 def read_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest of a result directory, or None if absent or unreadable (then: not cached)."""
     try:
-        m = json.loads((path / MANIFEST).read_text())
+        m = safeio.read_json(path / MANIFEST, max_bytes=safeio.MAX_CONFIG_BYTES)
         return m if isinstance(m, dict) and m.get("format") == RESULT_FORMAT else None
-    except (OSError, ValueError):
+    except ProbeError:
         return None
 
 
@@ -81,8 +80,8 @@ def iter_failures(run: Run) -> Iterator[dict[str, Any]]:
         return
     for p in sorted(root.glob("*/*/*.failed.json")):
         try:
-            yield json.loads(p.read_text())
-        except (OSError, ValueError):
+            yield safeio.read_json(p, max_bytes=safeio.MAX_CONFIG_BYTES)
+        except ProbeError:
             continue
 
 

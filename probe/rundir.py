@@ -27,7 +27,8 @@ DATA = "data"
 ANALYSES = "analyses"
 PROBE_SET = f"{DATA}/probe_set.safetensors"
 ANALYSIS_BATCH = f"{DATA}/analysis_batch.safetensors"
-_EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.safetensors$")
+MAX_BATCH_BYTES = 1 << 30  # the stored probe set and analysis batch: a few MB at the default sizes
+_EPOCH_FILE = re.compile(r"^epoch_([0-9]{4,9})\.safetensors$")
 
 
 def is_temp(path: Path) -> bool:
@@ -91,11 +92,10 @@ class Run:
     @cached_property
     def config(self) -> dict[str, Any]:
         """config.json: {"train": resolved TrainConfig, "model_spec", "versions", "device", ...}."""
+        from . import safeio
+
         p = self.path / CONFIG
-        try:
-            d = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunFileError(p, f"unreadable config ({exc})") from None
+        d = safeio.read_json(p, max_bytes=safeio.MAX_CONFIG_BYTES, within=self.path)
         if not isinstance(d, dict) or not isinstance(d.get("train"), dict):
             raise RunFileError(p, "not a probe config (no 'train' table)")
         return d
@@ -135,13 +135,13 @@ class Run:
                 out.append(have[-1])
             elif part == "first":
                 out.append(have[0])
-            elif part.startswith("::") and part[2:].isdigit() and int(part[2:]) > 0:
+            elif re.fullmatch(r"::[0-9]{1,9}", part) and int(part[2:]) > 0:
                 step = int(part[2:])
                 out += [e for e in have if e % step == 0 or e == have[-1]]
-            elif re.fullmatch(r"\d+-\d+", part):
+            elif re.fullmatch(r"[0-9]{1,9}-[0-9]{1,9}", part):
                 a, b = map(int, part.split("-"))
                 out += [e for e in have if a <= e <= b]
-            elif part.isdigit():
+            elif re.fullmatch(r"[0-9]{1,9}", part):
                 if int(part) not in have:
                     raise UsageError("--epochs", f"epoch {part} is not complete in {self.path} (complete: {_ranges(have)})")
                 out.append(int(part))
@@ -151,39 +151,34 @@ class Run:
 
     def metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl, one dict per epoch; a torn last line (a crash mid-write) is skipped."""
+        from . import safeio
+
         p = self.path / METRICS
-        if not p.exists():
+        if not p.exists() and not p.is_symlink():
             return []
         rows = []
-        lines = p.read_text(errors="replace").splitlines()
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:
-                    continue
-                raise RunFileError(p, f"line {i + 1} is not JSON") from None
-            if not isinstance(row, dict) or type(row.get("epoch")) is not int:
-                raise RunFileError(p, f"line {i + 1} is not a metrics record (no integer 'epoch')")
+        for i, row in safeio.read_jsonl(p, within=self.path, numbered=True):
+            if not isinstance(row, dict) or type(row.get("epoch")) is not int or not 0 <= row["epoch"] < 10**9:
+                raise RunFileError(p, f"line {i} is not a metrics record (no integer 'epoch')")
             rows.append(row)
         return rows
 
     def _batch(self, rel: str) -> DataBatch:
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
+        from . import safeio
         from .model import ModelSpec
 
         p = self.path / rel
+        data = safeio.read_bytes(p, MAX_BATCH_BYTES, within=self.path)
         try:
-            t = load_file(str(p))
+            t = load(data)
             spec = ModelSpec.from_json(json.dumps(self.config["model_spec"]))
-            return DataBatch(t["images"], t["labels"], t["indices"], spec.mean, spec.std)
-        except FileNotFoundError:
-            raise RunFileError(p, "missing") from None
+            batch = DataBatch(t["images"], t["labels"], t["indices"], spec.mean, spec.std)
         except Exception as exc:
             raise RunFileError(p, f"damaged ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+        _check_batch(p, batch, spec)
+        return batch
 
     def probe_set(self) -> DataBatch:
         """The fixed, class-stratified validation images whose activations are dumped."""
@@ -204,6 +199,23 @@ class Run:
     def model(self, epoch: int, device: str = "cpu"):
         """A fresh model for `epoch` in eval mode; changing it never changes the file."""
         return self.load_checkpoint(epoch).build_model(device)
+
+
+def _check_batch(path: Path, batch: DataBatch, spec: Any) -> None:
+    """Images uint8 [N, C, 32, 32], labels [N] in 0..classes-1, indices [N]: else one RunFileError."""
+    import torch
+
+    x, y, idx = batch.images, batch.labels, batch.indices
+    n = x.shape[0] if x.dim() == 4 else -1
+    if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (spec.in_channels, 32, 32) or n < 1:
+        raise RunFileError(path, f"'images' must be uint8 [N, {spec.in_channels}, 32, 32], got {x.dtype} {list(x.shape)}")
+    for name, t in (("labels", y), ("indices", idx)):
+        if t.dim() != 1 or t.shape[0] != n or t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+            raise RunFileError(path, f"'{name}' must be integers [{n}], got {t.dtype} {list(t.shape)}")
+    if bool(((y < 0) | (y >= spec.num_classes)).any()):
+        raise RunFileError(path, f"'labels' hold values outside 0..{spec.num_classes - 1}")
+    if bool((idx < 0).any()):
+        raise RunFileError(path, "'indices' hold negative values")
 
 
 def _ranges(epochs: list[int]) -> str:
