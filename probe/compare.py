@@ -10,6 +10,12 @@ Plots are chosen from what was swept, not from a study's name:
   loss_grid.png      with lr and optimizer swept: loss curves per (optimizer, lr)
   regularizers.png   with dropout, weight_decay or augment swept: accuracy, gap,
                      sharpness and top Hessian eigenvalue against each regulariser
+
+Every file of a run or sweep is untrusted: it is read through probe.report's bounded,
+link-free readers; a sweep point whose name would leave the sweep folder, a damaged
+run, a status.json or manifest of the wrong shape is skipped with a one-line warning.
+Cells of table.csv that a spreadsheet would run as a formula get a leading `'`, and
+the terminal table shows control characters escaped.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import csv
 import io
 import json
 import math
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +34,17 @@ import click
 
 from . import atomic
 from .errors import ProbeError, UsageError
+from .report import (
+    Warn,
+    _num,
+    clean,
+    is_regular,
+    lstat,
+    read_config,
+    read_json,
+    read_metrics,
+    warn_stderr,
+)
 
 REGULARIZERS = ("dropout", "weight_decay", "augment")
 # Stability verdicts, from the per-epoch metrics (see `stability`).
@@ -48,70 +66,138 @@ class RunRow:
     scalars: dict[str, float] = field(default_factory=dict)
     state: str = "finished"
     error: str = ""
+    started: bool = True
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(epochs, values) of one metric; missing or non-finite values become NaN."""
         xs, ys = [], []
         for m in self.metrics:
             if key in m:
-                xs.append(m["epoch"])
+                xs.append(_num(m["epoch"]))
                 ys.append(_num(m[key]))
         return xs, ys
 
 
-def _num(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-
-
 # --- reading runs and sweeps ------------------------------------------------------------------------------
 
-def analysis_scalars(run_dir: Path) -> dict[str, float]:
-    """Scalars the analyses stored for this run (`probe.results.scalars`), if available."""
-    try:
-        from .results import scalars
-    except ImportError:
-        return {}
-    # `name@epoch` keys repeat each per-epoch value; the table shows the last epoch's.
-    return {k: v for k, v in scalars(run_dir).items()
-            if "@" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+def analysis_scalars(run_dir: Path, warn: Warn = warn_stderr) -> dict[str, float]:
+    """Numeric scalars of the newest result of each analysis (default variant preferred, last epoch),
+    read from the checked manifests of `report.scan_analyses`, as `probe.results.scalars` keys them."""
+    from .report import scan_analyses
+
+    results, _ = scan_analyses(Path(run_dir), warn)
+    # The last entry wins: other variants first, then the default one, each by ascending epoch.
+    results.sort(key=lambda r: (r[1].get("variant", r[0].parent.name) == "default", r[1].get("epoch") or -1))
+    out: dict[str, float] = {}
+    for path, m in results:
+        for k, v in (m.get("scalars") or {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[f"{path.parent.parent.name}.{k}"] = v
+    return out
 
 
-def read_run(path: Path, label: str) -> RunRow:
+def read_run(path: Path, label: str, warn: Warn = warn_stderr) -> RunRow:
+    """One run's row; a missing or damaged config.json is a one-line RunFileError."""
     from .rundir import Run
 
-    run = Run(path)
-    cfg = run.config["train"]
-    metrics = run.metrics()
+    Run(path)  # a one-line error for what is not a run directory at all
+    cfg = dict(read_config(path)["train"])
+    metrics = read_metrics(path, warn)
     last = metrics[-1]["epoch"] if metrics else -1
-    state = "finished" if last >= cfg.get("epochs", 0) else f"partial ({max(last, 0)}/{cfg.get('epochs')} epochs)"
-    return RunRow(path, label, cfg, metrics, analysis_scalars(path), state)
+    want = cfg.get("epochs")
+    if isinstance(want, int) and not isinstance(want, bool):
+        state = "finished" if last >= want else f"partial ({max(last, 0)}/{want} epochs)"
+    else:
+        state = f"partial ({max(last, 0)}/? epochs)"
+    return RunRow(path, label, cfg, metrics, analysis_scalars(path, warn), state)
 
 
-def read_sweep(sweep_dir: Path) -> tuple[list[RunRow], list[str]]:
-    """The runs of a sweep in grid order (failed ones included), and its swept keys."""
-    from .sweep import SWEEP_FILE, point_dir, read_status
+def point_problem(sweep_dir: Path, name: Any) -> str | None:
+    """Why a sweep point's name cannot be a folder of this sweep (None when it can).
 
+    A name is one path component of at most 255 bytes, not `.` or `..`; its folder,
+    if there, is a real directory (no symlink out of the sweep)."""
+    if not isinstance(name, str) or not name:
+        return "has no name"
+    if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        return "would leave the sweep folder"
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        return "is longer than a file name may be"
+    st = lstat(sweep_dir / name)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        return "is a symlink" if stat.S_ISLNK(st.st_mode) else "is not a directory"
+    return None
+
+
+def read_status(sweep_dir: Path, warn: Warn) -> dict[str, dict[str, str]]:
+    """status.json's runs: {name: {"state": str, "error": str}}; entries of another shape are warned about."""
+    from .sweep import STATUS_FILE
+
+    p = sweep_dir / STATUS_FILE
+    if lstat(p) is None:
+        return {}
     try:
-        d = json.loads((sweep_dir / SWEEP_FILE).read_text())
-        points, keys = d["points"], list(d.get("swept") or d["grid"])  # JSON keys are sorted; "swept" keeps the order
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ProbeError(f"{sweep_dir / SWEEP_FILE}: not a readable sweep file ({exc})") from None
-    status = read_status(sweep_dir)
-    rows = []
-    for p in points:
-        name, run_dir = p["name"], point_dir(sweep_dir, p["name"])  # confined: one folder name, not a link
+        d = read_json(p)
+    except ProbeError as exc:
+        warn(f"{exc}; ignored")
+        return {}
+    runs = d.get("runs") if isinstance(d, dict) else None
+    if not isinstance(runs, dict):
+        warn(f"{p}: not a sweep status (no 'runs' object); ignored")
+        return {}
+    out = {}
+    for name, st in runs.items():
+        if not isinstance(st, dict) or not all(isinstance(st.get(k, ""), str) for k in ("state", "error")):
+            warn(f"{p}: the entry of {clean(repr(name), 80)} is not a status (state and error strings); ignored")
+            continue
+        out[name] = {"state": st.get("state", ""), "error": st.get("error", "")}
+    return out
+
+
+def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[RunRow], list[str]]:
+    """The runs of a sweep in grid order (failed ones included), and its swept keys."""
+    from .sweep import SWEEP_FILE
+
+    path = sweep_dir / SWEEP_FILE
+    try:
+        d = read_json(path)
+    except ProbeError as exc:
+        raise ProbeError(f"{exc} (not a readable sweep file)") from None
+    if not isinstance(d, dict) or not isinstance(d.get("points"), list):
+        raise ProbeError(f"{path}: not a readable sweep file (no 'points' list)")
+    swept = d.get("swept") if isinstance(d.get("swept"), list) else d.get("grid")
+    if not isinstance(swept, list | dict) or not all(isinstance(k, str) for k in swept):
+        raise ProbeError(f"{path}: not a readable sweep file (no 'grid' object)")
+    keys = list(swept)  # JSON keys are sorted; "swept" keeps the order
+    status = read_status(sweep_dir, warn)
+    rows, seen = [], set()
+    for i, p in enumerate(d["points"]):
+        name = p.get("name") if isinstance(p, dict) else None
+        problem = point_problem(sweep_dir, name) or ("is listed twice" if name in seen else None)
+        if problem is None and not isinstance(p.get("values", {}), dict):
+            problem = "has no 'values' object"
+        if problem:
+            warn(f"{path}: point {i + 1} ({clean(repr(name), 80)}) {problem}; skipped")
+            continue
+        seen.add(name)
+        run_dir = sweep_dir / name
+        row = None
+        if is_regular(run_dir / "config.json"):
+            try:
+                row = read_run(run_dir, name, warn)
+            except ProbeError as exc:
+                warn(f"{exc}; {name} shown as damaged")
+                row = RunRow(run_dir, name, dict(p.get("values") or {}), state="damaged", error=clean(exc), started=False)
+        if row is None:
+            row = RunRow(run_dir, name, dict(p.get("values") or {}), state="not started", started=False)
         st = status.get(name, {})
-        if (run_dir / "config.json").is_file():
-            row = read_run(run_dir, name)
-        else:
-            row = RunRow(run_dir, name, dict(p["values"]), state="not started")
         if st.get("state") == "failed":
             row.state, row.error = "failed", st.get("error", "")
         rows.append(row)
     return rows, keys
 
 
-def collect(paths: Sequence[str]) -> tuple[list[RunRow], list[str]]:
+def collect(paths: Sequence[str], warn: Warn = warn_stderr) -> tuple[list[RunRow], list[str]]:
     """Runs from every path (a sweep directory or a run directory) and the keys that vary."""
     from .sweep import SWEEP_FILE
 
@@ -120,22 +206,22 @@ def collect(paths: Sequence[str]) -> tuple[list[RunRow], list[str]]:
     multiple = len(paths) > 1
     for p in paths:
         path = Path(p)
-        if (path / SWEEP_FILE).is_file():
-            sweep_rows, sweep_keys = read_sweep(path)
+        if lstat(path / SWEEP_FILE) is not None:
+            sweep_rows, sweep_keys = read_sweep(path, warn)
             if multiple:
                 for r in sweep_rows:
                     r.label = f"{path.name}/{r.label}"
             rows += sweep_rows
             keys += [k for k in sweep_keys if k not in keys]
         else:
-            rows.append(read_run(path, str(p)))
+            rows.append(read_run(path, str(p), warn))
     if not rows:
         raise UsageError("PATH", "no runs found")
     # Keys that differ between the runs, beyond the grids (e.g. runs trained by hand).
     # Runs not started yet carry only their grid values, so they cannot say what else differs.
-    started = [r for r in rows if r.state != "not started"]
+    started = [r for r in rows if r.started]
     for key in started[0].config if started else {}:
-        if key not in keys and key not in ("data", "device") and len({json.dumps(r.config[key]) for r in started if key in r.config}) > 1:
+        if key not in keys and key not in ("data", "device") and len({json.dumps(r.config[key], default=str) for r in started if key in r.config}) > 1:
             keys.append(key)
     return rows, keys
 
@@ -162,7 +248,7 @@ def stability(metrics: list[dict[str, Any]]) -> str:
     if any(not math.isfinite(_num(v)) for v in values):
         return DIVERGED
     start = _num(metrics[0].get("val_loss")) if metrics[0].get("epoch") == 0 else math.log(10)
-    losses = [_num(m["train_loss"]) for m in trained]
+    losses = [_num(m.get("train_loss")) for m in trained]
     if max(losses) > BLOW_UP * start or losses[-1] > (1 + LOSS_RISE) * start:
         return DIVERGED
     if losses[-1] >= NO_PROGRESS * start:
@@ -255,18 +341,30 @@ def render(columns: list[str], records: list[dict[str, Any]], keys: list[str], s
              *[c for c in (hessian, sharp) if c], "stability", "train_seconds"]
     if any(r["state"] != "finished" for r in records):
         shown.append("state")
-    cells = [[short.get(c, c) for c in shown]] + [[format_cell(r.get(c), c) for c in shown] for r in records]
+    cells = [[clean(short.get(c, c), 80) for c in shown]] + [[clean(format_cell(r.get(c), c), 80) for c in shown] for r in records]
     widths = [max(len(row[i]) for row in cells) for i in range(len(shown))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(v: Any) -> Any:
+    """A CSV cell: NaN empty; text a spreadsheet would run as a formula (`=`, `+`, `-`, `@`) quoted with `'`."""
+    if isinstance(v, float) and math.isnan(v):
+        return ""
+    if isinstance(v, str) and v.startswith(FORMULA_START):
+        return "'" + v
+    return v
+
+
 def to_csv(columns: list[str], records: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=[csv_text(c) for c in columns], extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in records:
-        w.writerow({c: "" if isinstance(r.get(c), float) and math.isnan(r[c]) else r.get(c) for c in columns})
+        w.writerow({csv_text(c): csv_text(r.get(c)) for c in columns})
     return buf.getvalue()
 
 
@@ -492,15 +590,18 @@ def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, ec
     if known and metric not in known:
         raise UsageError("--metric", f"{metric!r} is not a per-epoch metric of these runs (have: {', '.join(sorted(known))})")
     columns, records = table(rows, keys)
-    echo(render(columns, records, keys, show_run=not all((Path(p) / SWEEP_FILE).is_file() for p in paths)))
-    summary = stability_summary(records, keys)
+    echo(render(columns, records, keys, show_run=not all(lstat(Path(p) / SWEEP_FILE) is not None for p in paths)))
+    try:
+        summary = stability_summary(records, keys)
+    except (TypeError, ValueError, KeyError):  # values of mixed types in a crafted config: no summary
+        summary = ""
     if summary:
         echo("")
         echo(summary)
     written: list[Path] = []
     if out is None:
         return written
-    atomic.write_text(out / "table.csv", to_csv(columns, records))
+    _write(out, "table.csv", lambda p: atomic.write_text(p, to_csv(columns, records)))
     written.append(out / "table.csv")
     if plots:
         for name, draw in (
@@ -508,9 +609,24 @@ def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, ec
             ("loss_grid.png", lambda p: plot_loss_grid(rows, keys, records, p)),
             ("regularizers.png", lambda p: plot_regularizers(columns, keys, records, p)),
         ):
-            if draw(out / name):
-                written.append(out / name)
+            try:
+                if _write(out, name, draw):
+                    written.append(out / name)
+            except (TypeError, ValueError, KeyError) as exc:  # values a crafted config makes unplottable
+                click.echo(f"warning: {name} not drawn ({clean(exc, 160)})", err=True)
     return written
+
+
+def _write(out: Path, name: str, writer: Callable[[Path], Any]) -> Any:
+    """Run one writer of `out/name`; a directory that cannot be made or written is one line (ProbeError)."""
+    st = lstat(out)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        raise ProbeError(f"{out}: not a directory; give another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return writer(out / name)
+    except OSError as exc:
+        raise ProbeError(f"{out / name}: cannot write ({exc.strerror or exc})") from None
 
 
 @click.command("compare", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -528,8 +644,10 @@ def compare_command(paths: tuple[str, ...], metric: str, out: str | None, no_plo
     from .sweep import SWEEP_FILE
 
     if out is None:
-        one_sweep = len(paths) == 1 and (Path(paths[0]) / SWEEP_FILE).is_file()
+        one_sweep = len(paths) == 1 and lstat(Path(paths[0]) / SWEEP_FILE) is not None
         out = str(Path(paths[0]) / "compare") if one_sweep else "compare"
+        if lstat(Path(out)) is not None and stat.S_ISLNK(lstat(Path(out)).st_mode):  # type: ignore[union-attr]
+            raise ProbeError(f"{out}: a symlink; probe writes nothing through a link (remove it or give --out)")
     written = compare(paths, Path(out), metric, plots=not no_plots)
     click.echo("")
     click.echo("wrote " + ", ".join(str(p) for p in written))

@@ -7,39 +7,57 @@ page), and analysis figures are referenced by relative path (`../analyses/...`),
 so the page keeps working when the run directory is copied or moved whole.
 
 Nothing is left out silently: every installed analysis with no result is listed
-with the `probe analyze` command that computes it, and every failure with its
-error and the command that retries it.
+with the `probe analyze` command that computes it, every failure with its error
+and the command that retries it, results of an older version of an analysis with
+the command that recomputes them, and every file that could not be used with why.
+
+Every file of a run or sweep is untrusted input (docs/report.md, "Escaping"):
+  * it is read by `read_json` / `read_metrics` only: a regular file, not a symlink,
+    FIFO or device, at most a few MB, JSON nested at most 64 deep; manifests,
+    failure records, sweep and status files are checked against their shape and a
+    file that does not fit is skipped with a one-line warning (on stderr and on the
+    page), never a traceback;
+  * files a manifest names are linked only when they are regular files inside
+    their own result folder, reached without a symlink;
+  * the page is rendered by Jinja2 with autoescaping on (templates in
+    probe/templates/): Python collects plain values, the templates hold the markup,
+    so every value is escaped for the context it lands in (text, quoted attribute,
+    inline JSON through `tojson`); URLs are only ever relative paths built here
+    from percent-encoded path parts.
 
 A page is rebuilt only when its inputs changed: a digest of everything the page
 shows (config, metrics, result manifests, failure records, installed analyses,
-this module's own source) is stored in `report/inputs.json`; when it matches,
-nothing is rewritten. The report directory is built beside the old one and
-swapped in whole (`atomic.atomic_dir`), so a reader never sees half a page.
+this module's source and templates) is stored in `report/inputs.json`; when it
+matches, nothing is rewritten. The report directory is built beside the old one
+and swapped in whole (`atomic.atomic_dir`), so a reader never sees half a page.
 
-This module imports nothing heavy at import time (no torch, no matplotlib), so
-`probe --help` stays fast.
+This module imports nothing heavy at import time (no torch, no matplotlib, not
+even jinja2), so `probe --help` stays fast.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
-import html
 import json
 import math
 import os
 import re
 import shlex
-from collections.abc import Callable, Iterable, Sequence
+import stat
+import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
 import click
 
 from . import atomic
-from .errors import NotARunError, ProbeError
+from .errors import NotARunError, ProbeError, RunFileError
 
 REPORT_DIR = "report"
 INDEX = "index.html"
@@ -95,6 +113,340 @@ _EPOCH_IN_NAME = re.compile(r"^(?P<stem>.*?)[_-]?epoch[_-]?(?P<n>\d+)$")
 _IMAGE = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
 
 
+
+
+# --- reading untrusted files --------------------------------------------------------------------------------
+# Every file of a run or sweep folder may be crafted. These readers are the only way
+# report and compare read one; they are meant to become thin calls of probe.safeio.
+
+MAX_JSON_BYTES = 8 << 20  # a manifest, failure record, config, sweep, status or stamp file
+MAX_METRICS_BYTES = 64 << 20  # metrics.jsonl: one short line per epoch
+MAX_DEPTH = 64  # JSON nesting; probe's own files nest 4 deep
+_NOFOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+Warn = Callable[[str], None]
+
+
+def clean(text: Any, limit: int = 300) -> str:
+    """`text` made safe for one terminal line: control and bidi characters shown escaped, long text cut."""
+    s = "".join(c if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") else f"\\u{ord(c):04x}"
+                for c in str(text)[: limit * 2])
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def warn_stderr(message: str) -> None:
+    """The default `warn`: one line on stderr."""
+    click.echo(f"warning: {clean(message, 500)}", err=True)
+
+
+def lstat(path: Path) -> os.stat_result | None:
+    """`os.lstat`, or None when the path cannot be looked at (absent, too long, no permission)."""
+    try:
+        return os.lstat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def is_regular(path: Path) -> bool:
+    """A regular file that is not a symlink (nothing is read through a link)."""
+    st = lstat(path)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def read_bytes(path: Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of `path`, which must be a regular file (not a symlink, FIFO or device) of at most max_bytes.
+
+    Opened with O_NOFOLLOW|O_NONBLOCK before anything is checked, so a link to /dev/zero
+    or a FIFO is refused at once instead of hanging.
+    """
+    try:
+        fd = os.open(path, _NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunFileError(path, "is a symlink; probe reads no file of a run through a link") from None
+        raise RunFileError(path, f"cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a NUL in the name
+        raise RunFileError(path, f"cannot read ({exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RunFileError(path, "is not a regular file")
+        if st.st_size > max_bytes:
+            raise RunFileError(path, f"is {st.st_size} bytes, more than the {max_bytes} allowed")
+        chunks, size = [], 0
+        while chunk := os.read(fd, min(1 << 20, max_bytes + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise RunFileError(path, f"grew past the {max_bytes} bytes allowed while being read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise RunFileError(path, f"cannot read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
+def _depth(obj: Any) -> int:
+    """How deeply containers nest in `obj` (iteratively: a deep value cannot exhaust the stack)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict | list):
+            deepest = max(deepest, d)
+            if d > MAX_DEPTH:
+                break
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+
+def parse_json(text: str, path: Path) -> Any:
+    """JSON text of `path`, refusing invalid JSON, nesting past MAX_DEPTH and 4,300-digit integers."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise RunFileError(path, f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, and integers too long to convert
+        raise RunFileError(path, f"not valid JSON ({clean(str(exc).splitlines()[0], 160)})") from None
+    if _depth(obj) > MAX_DEPTH:
+        raise RunFileError(path, f"JSON nested deeper than {MAX_DEPTH} levels")
+    return obj
+
+
+def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A bounded, link-free JSON read (see `read_bytes`, `parse_json`); any problem is a RunFileError."""
+    data = read_bytes(path, max_bytes)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RunFileError(path, "not UTF-8 text") from None
+    return parse_json(text, path)
+
+
+def read_config(run_path: Path) -> dict[str, Any]:
+    """config.json of a run: a JSON object with a `train` object, else a RunFileError."""
+    from .rundir import CONFIG
+
+    cfg = read_json(run_path / CONFIG)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("train"), dict):
+        raise RunFileError(run_path / CONFIG, "not a probe config (no 'train' table)")
+    return cfg
+
+
+def read_metrics(run_path: Path, warn: Warn) -> list[dict[str, Any]]:
+    """metrics.jsonl rows with an integer `epoch`; a torn last line is dropped, other bad lines are warned about."""
+    from .rundir import METRICS
+
+    p = run_path / METRICS
+    if lstat(p) is None:
+        return []
+    try:
+        lines = read_bytes(p, MAX_METRICS_BYTES).decode("utf-8", errors="replace").splitlines()
+    except ProbeError as exc:
+        warn(f"{exc}; no metrics shown")
+        return []
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = parse_json(line, p)
+        except ProbeError as exc:
+            if i != len(lines) - 1:  # the last line may be torn by a crash mid-write
+                warn(f"{exc} at line {i + 1}; line skipped")
+            continue
+        if not isinstance(row, dict) or not _is_int(row.get("epoch")):
+            warn(f"{p}: line {i + 1} is not a metrics record (no integer 'epoch'); line skipped")
+            continue
+        rows.append(row)
+    return rows
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> float:
+    """A metric value as a float; NaN for anything else (strings, booleans, integers too large for a float)."""
+    if not _is_num(v):
+        return math.nan
+    try:
+        return float(v)
+    except OverflowError:
+        return math.nan
+
+
+# --- the shapes of the files read ---------------------------------------------------------------------------
+
+def _opt_str(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, str | bool | int | float)
+
+
+# field: (check, what it must be). A field present with another type skips the file.
+MANIFEST_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "analysis": (lambda v: isinstance(v, str), "a string"),
+    "variant": (lambda v: isinstance(v, str), "a string"),
+    "version": (lambda v: isinstance(v, str) or _is_int(v), "a string"),
+    "provider": (_opt_str, "a string"),
+    "provider_version": (_opt_str, "a string"),
+    "params": (lambda v: isinstance(v, dict), "an object"),
+    "scope": (lambda v: v in ("epoch", "run"), '"epoch" or "run"'),
+    "epoch": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "epochs": (lambda v: isinstance(v, list) and all(_is_int(e) for e in v), "a list of integers"),
+    "files": (lambda v: isinstance(v, list) and all(isinstance(f, str) for f in v), "a list of file names"),
+    "scalars": (lambda v: isinstance(v, dict) and all(_scalar(x) for x in v.values()), "an object of numbers or strings"),
+    "captions": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "an object of strings"),
+    "created": (_opt_str, "a string"),
+    "seconds": (lambda v: v is None or _is_num(v), "a number"),
+}
+FAILURE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "analysis": MANIFEST_FIELDS["analysis"], "variant": MANIFEST_FIELDS["variant"], "epoch": MANIFEST_FIELDS["epoch"],
+    "params": MANIFEST_FIELDS["params"], "status": (_opt_str, "a string"), "error": (_opt_str, "a string"),
+    "traceback": (_opt_str, "a string"), "created": (_opt_str, "a string"),
+}
+
+
+def shape_problem(d: Any, fields: dict[str, tuple[Callable[[Any], bool], str]], required: Iterable[str],
+                  expect: dict[str, Any]) -> str | None:
+    """Why `d` does not fit `fields` (a missing required field, a wrong type, a value that contradicts
+    where the file lies: `expect`), or None when it fits."""
+    if not isinstance(d, dict):
+        return "not a JSON object"
+    for k in required:
+        if k not in d:
+            return f"no {k!r} field"
+    for k, (ok, what) in fields.items():
+        if k in d and not ok(d[k]):
+            return f"{k!r} is not {what}"
+    for k, want in expect.items():
+        if k in d and d[k] != want:
+            return f"{k!r} is {clean(repr(d[k]), 60)} but the file lies in {clean(repr(want), 60)}'s folder"
+    return None
+
+
+def linkable(result_dir: Path, name: str) -> tuple[Path | None, str | None]:
+    """Where a file a manifest names lies, if the page may link it.
+
+    (path, None): a regular file inside `result_dir`, reached without a symlink;
+    (None, None): simply not there (any more); (None, why): refused.
+    """
+    if not name or "\x00" in name or "\\" in name:
+        return None, "is not a file name"
+    pp = PurePosixPath(name)
+    if pp.is_absolute():
+        return None, "is an absolute path"
+    if any(part in ("..", ".") for part in name.split("/")) or len(pp.parts) > 8:
+        return None, "leaves its result folder"
+    cur = result_dir
+    for i, part in enumerate(pp.parts):
+        cur = cur / part
+        st = lstat(cur)
+        if st is None:
+            return None, None
+        if stat.S_ISLNK(st.st_mode):
+            return None, "is a symlink"
+        last = i == len(pp.parts) - 1
+        if last and not stat.S_ISREG(st.st_mode):
+            return None, "is not a regular file"
+        if not last and not stat.S_ISDIR(st.st_mode):
+            return None, None
+    return cur, None
+
+
+def _entries(d: Path, warn: Warn) -> list[os.DirEntry[str]]:
+    """The entries of `d` but temporaries (`.name`); symlinks are warned about and left out."""
+    try:
+        with os.scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        warn(f"{d}: cannot list ({exc.strerror or exc}); skipped")
+        return []
+    out = []
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if e.is_symlink():
+            warn(f"{e.path}: a symlink; skipped (probe follows no link out of a run)")
+            continue
+        out.append(e)
+    return out
+
+
+def scan_analyses(run_path: Path, warn: Warn) -> tuple[list[tuple[Path, dict[str, Any]]], list[dict[str, Any]]]:
+    """Every result (folder, checked manifest) and failure record of a run, confined to RUN/analyses.
+
+    A manifest's `files` keep only names `linkable` in their folder; every file that
+    does not fit its shape, or lies where it says it does not, is warned about and skipped.
+    """
+    from .results import MANIFEST, RESULT_FORMAT
+    from .rundir import ANALYSES
+
+    root = run_path / ANALYSES
+    st = lstat(root)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        if st is not None:
+            warn(f"{root}: {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a directory'}; no results shown")
+        return [], []
+    results: list[tuple[Path, dict[str, Any]]] = []
+    failures: list[dict[str, Any]] = []
+    for a in _entries(root, warn):
+        if not a.is_dir(follow_symlinks=False):
+            continue
+        for v in _entries(Path(a.path), warn):
+            if not v.is_dir(follow_symlinks=False):
+                continue
+            for r in _entries(Path(v.path), warn):
+                path = Path(r.path)
+                epoch_dir = _EPOCH_DIR.match(r.name.removesuffix(".failed.json"))
+                epoch = int(epoch_dir.group(1)) if epoch_dir else None
+                expect = {"analysis": a.name, "variant": v.name}
+                if r.name.endswith(".failed.json"):
+                    if epoch_dir or r.name == "run.failed.json":
+                        failure = _read_checked(path, FAILURE_FIELDS, ("analysis",), {**expect, "epoch": epoch}, warn)
+                        if failure is not None:
+                            failures.append({"variant": v.name, "epoch": epoch, **failure})
+                elif r.is_dir(follow_symlinks=False) and (epoch_dir or r.name == "run"):
+                    if lstat(path / MANIFEST) is None:
+                        continue  # not a result (yet)
+                    m = _read_checked(path / MANIFEST, MANIFEST_FIELDS, ("format", "analysis"),
+                                      {**expect, "epoch": epoch, "scope": "epoch" if epoch_dir else "run"}, warn)
+                    if m is None:
+                        continue
+                    if m.get("format") != RESULT_FORMAT:
+                        warn(f"{path / MANIFEST}: format is not {RESULT_FORMAT}; skipped")
+                        continue
+                    files = []
+                    for name in m.get("files") or []:
+                        where, why = linkable(path, name)
+                        if why:
+                            warn(f"{path / MANIFEST}: file {clean(repr(name), 120)} {why}; not linked")
+                        elif where is not None:
+                            files.append(name)
+                    results.append((path, {**m, "files": files}))
+    return results, failures
+
+
+def _read_checked(path: Path, fields: dict[str, tuple[Callable[[Any], bool], str]], required: Iterable[str],
+                  expect: dict[str, Any], warn: Warn) -> dict[str, Any] | None:
+    try:
+        d = read_json(path)
+    except ProbeError as exc:
+        warn(f"{exc}; skipped")
+        return None
+    problem = shape_problem(d, fields, required, expect)
+    if problem:
+        warn(f"{path}: {problem}; skipped")
+        return None
+    return d
+
+
 # --- what a run holds ------------------------------------------------------------------------------------
 
 @dataclass
@@ -106,6 +458,7 @@ class Group:
     scope: str
     params: dict[str, Any]
     results: list[tuple[int | None, Path, dict[str, Any]]] = field(default_factory=list)
+    older: list[tuple[int | None, Path, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def epochs(self) -> list[int]:
@@ -122,6 +475,7 @@ class Installed:
     defaults: dict[str, Any]
     captions: dict[str, str]
     fingerprint: dict[str, Any]
+    version: str = "1"
 
 
 def installed_analyses() -> tuple[dict[str, Installed], str]:
@@ -142,41 +496,47 @@ def installed_analyses() -> tuple[dict[str, Installed], str]:
         except Exception:  # a params class without defaults: the commands simply name no --param
             defaults = {}
         out[name] = Installed(name, a.scope, a.summary, defaults, dict(a.figure_captions), {
-            "name": name, "scope": a.scope, "summary": a.summary, "version": a.version, "provider": a.provider,
-            "provider_version": a.provider_version, "defaults": _jsonable(defaults), "captions": dict(a.figure_captions)})
+            "name": name, "scope": a.scope, "summary": a.summary, "version": str(a.version), "provider": a.provider,
+            "provider_version": a.provider_version, "defaults": _jsonable(defaults), "captions": dict(a.figure_captions)},
+            str(a.version))
     return out, "; ".join(broken)
 
 
-def collect_groups(run: Any) -> list[Group]:
-    """The run's results grouped by (analysis, variant), in report order."""
-    from .results import iter_results
-
+def collect_groups(results: list[tuple[Path, dict[str, Any]]]) -> list[Group]:
+    """Checked results (`scan_analyses`) grouped by (analysis, variant), in report order."""
     groups: dict[tuple[str, str], Group] = {}
-    for path, m in iter_results(run):
-        name = str(m.get("analysis") or path.parent.parent.name)
-        variant = str(m.get("variant") or path.parent.name)
-        scope = m.get("scope") or ("epoch" if _EPOCH_DIR.match(path.name) else "run")
+    for path, m in results:
+        name, variant = path.parent.parent.name, path.parent.name
+        match = _EPOCH_DIR.match(path.name)
+        scope = "epoch" if match else "run"
         g = groups.setdefault((name, variant), Group(name, variant, scope, m.get("params") or {}))
-        epoch = m.get("epoch")
-        if epoch is None and (match := _EPOCH_DIR.match(path.name)):
-            epoch = int(match.group(1))
-        g.results.append((epoch if scope == "epoch" else None, path, m))
+        g.results.append((int(match.group(1)) if match else None, path, m))
     for g in groups.values():
         g.results.sort(key=lambda r: -1 if r[0] is None else r[0])
     return sorted(groups.values(), key=lambda g: (_order(g.analysis), g.variant != "default", g.variant))
 
 
-def collect_failures(run: Any, groups: list[Group]) -> list[dict[str, Any]]:
-    """Failure records that no later success has superseded."""
-    from .results import iter_failures
+def current_versions(groups: list[Group], inst: dict[str, Installed]) -> tuple[list[Group], list[Group]]:
+    """Keep each installed analysis's results of its current `version`; older ones move to `Group.older`.
 
+    Returns (groups with current results, groups with older-version results only).
+    An analysis that is not installed keeps all its results: there is no current version to compare with.
+    """
+    shown, outdated = [], []
+    for g in groups:
+        i = inst.get(g.analysis)
+        if i is not None:
+            g.older = [r for r in g.results if str(r[2].get("version", "1")) != i.version]
+            g.results = [r for r in g.results if str(r[2].get("version", "1")) == i.version]
+        (shown if g.results else outdated).append(g)
+    return shown, outdated
+
+
+def collect_failures(failures: list[dict[str, Any]], groups: list[Group]) -> list[dict[str, Any]]:
+    """Failure records that no later success has superseded."""
     done = {(g.analysis, g.variant, e) for g in groups for e, _, _ in g.results}
-    out = []
-    for f in iter_failures(run):
-        key = (f.get("analysis"), f.get("variant", "default"), f.get("epoch"))
-        if key not in done:
-            out.append(f)
-    return sorted(out, key=lambda f: (_order(str(f.get("analysis"))), str(f.get("variant")), f.get("epoch") or -1))
+    out = [f for f in failures if (f["analysis"], f["variant"], f["epoch"]) not in done]
+    return sorted(out, key=lambda f: (_order(f["analysis"]), f["variant"], -1 if f["epoch"] is None else f["epoch"]))
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -225,63 +585,59 @@ def _param_text(v: Any) -> str:
 
 # --- the input digest ------------------------------------------------------------------------------------
 
-def _sha(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return "missing"
+TEMPLATES = Path(__file__).with_name("templates")
 
 
 def _code_digest(*modules: str) -> str:
-    """This module's source (and the named ones'): a changed report layout is a changed input."""
+    """This module's source, its templates (and the named modules'): a changed layout is a changed input."""
     h = hashlib.sha256(Path(__file__).read_bytes())
-    for name in modules:
-        p = Path(__file__).with_name(name)
-        if p.exists():
-            h.update(p.read_bytes())
+    for p in [*(Path(__file__).with_name(m) for m in modules), *sorted(TEMPLATES.iterdir())]:
+        if p.is_file():
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
 
 
-def run_digest(run: Any, display: str, installed: dict[str, Installed], note: str = "") -> str:
-    """A digest of everything the run page shows; equal digests mean an identical page."""
-    from .rundir import ANALYSES, CONFIG, METRICS
-
-    root = run.path
-    files = [CONFIG, METRICS]
-    if (root / ANALYSES).is_dir():
-        files += sorted(str(p.relative_to(root)) for p in (root / ANALYSES).glob("*/*/*/manifest.json"))
-        files += sorted(str(p.relative_to(root)) for p in (root / ANALYSES).glob("*/*/*.failed.json"))
-    blob = {
-        "format": STAMP_FORMAT, "code": _code_digest(), "display": display, "epochs": run.epochs(),
-        "files": {rel: _sha(root / rel) for rel in files},
-        "installed": [i.fingerprint for i in installed.values()], "note": note,
-    }
+def _digest(blob: Any) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _up_to_date(report_dir: Path, digest: str) -> bool:
     try:
-        stamp = json.loads((report_dir / STAMP).read_text())
-    except (OSError, ValueError):
+        stamp = read_json(report_dir / STAMP)
+    except ProbeError:
         return False
-    return isinstance(stamp, dict) and stamp.get("digest") == digest and (report_dir / INDEX).is_file()
+    return isinstance(stamp, dict) and stamp.get("digest") == digest and is_regular(report_dir / INDEX)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def check_report_dir(report_dir: Path) -> None:
+    """Refuse to replace a `report/` probe did not make: a symlink, a file, or a folder holding other files."""
+    st = lstat(report_dir)
+    if st is None:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise RunFileError(report_dir, "is a symlink; probe writes no report through a link (remove it)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunFileError(report_dir, "is not a directory (move it away to write the report)")
+    try:
+        other = sorted(n for n in os.listdir(report_dir) if n not in (INDEX, STAMP))
+    except OSError as exc:
+        raise RunFileError(report_dir, f"cannot list ({exc.strerror or exc})") from None
+    if other:
+        names = ", ".join(clean(n, 60) for n in other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        raise RunFileError(report_dir, f"holds files probe did not write ({names}); move them away to rebuild the report")
 
 
 def _write_report(report_dir: Path, page: str, digest: str, inputs: dict[str, Any]) -> None:
     """Swap in a new report directory holding the page and the digest it was built from."""
+    check_report_dir(report_dir)
     try:
         with atomic.atomic_dir(report_dir) as tmp:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a report is for sharing
             atomic.write_text(tmp / INDEX, page)
             atomic.write_json(tmp / STAMP, {"format": STAMP_FORMAT, "digest": digest, **inputs})
     except OSError as exc:
         raise ProbeError(f"{report_dir}: cannot write the report ({exc.strerror or exc})") from None
+    except ProbeError as exc:
+        raise ProbeError(f"{report_dir}: cannot write the report ({exc})") from None
 
 
 # --- building pages ------------------------------------------------------------------------------------------
@@ -296,82 +652,153 @@ class PageResult:
     results: int = 0
     failures: int = 0
     missing: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
-def report_run(run_dir: str | Path, *, force: bool = False, display: str | None = None,
-               installed: tuple[dict[str, Installed], str] | None = None) -> PageResult:
-    """Write RUN/report/index.html unless it is up to date; return what happened."""
+@dataclass
+class RunData:
+    """Everything a run's page shows, read and checked once (the digest is taken over it)."""
+
+    path: Path
+    display: str
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    epochs: list[int]
+    groups: list[Group]
+    outdated: list[Group]
+    failures: list[dict[str, Any]]
+    missing: list[Installed]
+    inst: dict[str, Installed]
+    note: str
+    warnings: list[str]
+
+    def digest(self) -> str:
+        return _digest({
+            "format": STAMP_FORMAT, "code": _code_digest(), "display": self.display, "epochs": self.epochs,
+            "config": self.config, "metrics": self.metrics, "failures": self.failures, "note": self.note,
+            "results": [[str(p.relative_to(self.path)), m] for g in self.groups + self.outdated
+                        for _, p, m in g.results + g.older],
+            "installed": [i.fingerprint for i in self.inst.values()], "warnings": self.warnings,
+        })
+
+
+def read_run(run_dir: str | Path, display: str, installed: tuple[dict[str, Installed], str], warn: Warn) -> RunData:
+    """Read and check everything a run's page shows; problems with single files are warnings."""
     from .rundir import Run
 
     run = Run(run_dir)
-    display = display or str(run_dir)
-    inst, note = installed if installed is not None else installed_analyses()
-    groups = collect_groups(run)
-    failures = collect_failures(run, groups)
-    epochs = run.epochs()
-    have = {g.analysis for g in groups} | {str(f.get("analysis")) for f in failures}
+    warnings: list[str] = []
+
+    def note(msg: str) -> None:
+        warnings.append(msg)
+        warn(msg)
+
+    config = read_config(run.path)
+    metrics = read_metrics(run.path, note)
+    inst, plugin_note = installed
+    results, failure_records = scan_analyses(run.path, note)
+    groups, outdated = current_versions(collect_groups(results), inst)
+    failures = collect_failures(failure_records, groups)
+    have = {g.analysis for g in groups + outdated} | {f["analysis"] for f in failures}
     missing = [i for name, i in inst.items() if name not in have]
-    digest = run_digest(run, display, inst, note)
-    report_dir = run.path / REPORT_DIR
-    counts = dict(results=sum(len(g.results) for g in groups), failures=len(failures), missing=len(missing))
+    return RunData(run.path, display, config, metrics, run.epochs(), groups, outdated, failures, missing, inst,
+                   plugin_note, warnings)
+
+
+def report_run(run_dir: str | Path, *, force: bool = False, display: str | None = None,
+               installed: tuple[dict[str, Installed], str] | None = None, warn: Warn = warn_stderr) -> PageResult:
+    """Write RUN/report/index.html unless it is up to date; return what happened."""
+    display = display or str(run_dir)
+    data = read_run(run_dir, display, installed if installed is not None else installed_analyses(), warn)
+    digest = data.digest()
+    report_dir = data.path / REPORT_DIR
+    counts = dict(results=sum(len(g.results) for g in data.groups), failures=len(data.failures),
+                  missing=len(data.missing), warnings=data.warnings)
     if not force and _up_to_date(report_dir, digest):
         return PageResult(report_dir / INDEX, False, digest, **counts)
-    page = render_run(run, display, groups, failures, missing, inst, note, epochs)
+    page = render("run.html.j2", f"probe report: {data.path.resolve().name}", _run_nav(data),
+                  f"probe report {shlex.quote(display)}", run_view(data))
     _write_report(report_dir, page, digest, {"kind": "run", "path": display})
     return PageResult(report_dir / INDEX, True, digest, **counts)
 
 
-def sweep_table(sweep_dir: Path) -> tuple[list[Any], list[str], list[str], list[dict[str, Any]]]:
+def read_sweep_spec(sweep_dir: Path) -> dict[str, Any]:
+    """sweep.json as far as the page shows it: name, description, grid and analyses, each of the right type."""
+    from .sweep import SWEEP_FILE
+
+    try:
+        spec = read_json(sweep_dir / SWEEP_FILE)
+    except ProbeError as exc:
+        raise ProbeError(f"{exc} (not a readable sweep file)") from None
+    if not isinstance(spec, dict):
+        raise RunFileError(sweep_dir / SWEEP_FILE, "not a sweep file (not a JSON object)")
+    grid = spec.get("grid") if isinstance(spec.get("grid"), dict) else {}
+    analyze = spec.get("analyze") if isinstance(spec.get("analyze"), dict) else {}
+    plugins = analyze.get("plugins") if isinstance(analyze.get("plugins"), list) else []
+    return {"name": spec.get("name") if isinstance(spec.get("name"), str) else "",
+            "description": spec.get("description") if isinstance(spec.get("description"), str) else "",
+            "grid": {str(k): (v if isinstance(v, list) else [v]) for k, v in grid.items()},
+            "plugins": [str(p) for p in plugins]}
+
+
+def sweep_table(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[Any], list[str], list[str], list[dict[str, Any]]]:
     """The comparison rows of a sweep: `probe compare`'s own, so page and terminal agree.
 
     Returns (runs, swept keys, columns, records), as `compare.collect` + `compare.table`.
     """
     from . import compare
-    from .sweep import SWEEP_FILE
 
-    rows, keys = compare.collect([str(sweep_dir)])
+    rows, keys = compare.collect([str(sweep_dir)], warn=warn)
     # A point not started yet has no config, so every config key looks "swept" to
     # `collect`; keep the grid's keys and those that differ between started runs.
-    try:
-        grid = set(json.loads((sweep_dir / SWEEP_FILE).read_text()).get("grid") or {})
-    except (OSError, ValueError, AttributeError):
-        grid = set()
-    started = [r for r in rows if (Path(r.path) / "config.json").is_file()]
+    grid = set(read_sweep_spec(sweep_dir)["grid"])
+    started = [r for r in rows if r.started]
     keys = [k for k in keys if k in grid or len({json.dumps(r.config.get(k), default=str) for r in started}) > 1]
     columns, records = compare.table(rows, keys)
     return rows, keys, columns, records
 
 
 def report_sweep(sweep_dir: str | Path, *, force: bool = False, display: str | None = None,
-                 echo: Callable[[str], None] = click.echo) -> PageResult:
+                 echo: Callable[[str], None] = click.echo, warn: Warn = warn_stderr) -> PageResult:
     """Write each run's page, then SWEEP/report/index.html, each only if its inputs changed."""
-    from .sweep import STATUS_FILE, SWEEP_FILE
+    from .sweep import STATUS_FILE
 
     sweep_dir = Path(sweep_dir)
     display = display or str(sweep_dir)
-    try:
-        spec = json.loads((sweep_dir / SWEEP_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise ProbeError(f"{sweep_dir / SWEEP_FILE}: not a readable sweep file ({exc})") from None
+    warnings: list[str] = []
+
+    def note(msg: str) -> None:
+        warnings.append(msg)
+        warn(msg)
+
+    spec = read_sweep_spec(sweep_dir)
     installed = installed_analyses()
-    rows, keys, columns, records = sweep_table(sweep_dir)
+    rows, keys, columns, records = sweep_table(sweep_dir, note)
     pages: dict[str, PageResult] = {}
     for row in rows:
-        if (Path(row.path) / "config.json").is_file():
-            pages[row.label] = report_run(row.path, force=force, display=f"{display.rstrip('/')}/{row.label}",
-                                          installed=installed)
+        if row.started:
+            try:
+                pages[row.label] = report_run(row.path, force=force, display=f"{display.rstrip('/')}/{row.label}",
+                                              installed=installed, warn=warn)
+            except ProbeError as exc:  # one damaged run costs its own page, not the sweep's
+                note(f"{exc}; no page for {row.label}")
     written = sum(p.written for p in pages.values())
     echo(f"{len(pages)} run page{'s' if len(pages) != 1 else ''}: {written} written, {len(pages) - written} up to date")
-    blob = {"format": STAMP_FORMAT, "code": _code_digest("compare.py", "sweep.py"), "display": display,
-            "sweep": _sha(sweep_dir / SWEEP_FILE), "status": _sha(sweep_dir / STATUS_FILE),
-            "runs": {k: p.digest for k, p in sorted(pages.items())}, "labels": [r.label for r in rows]}
-    digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+    status = sweep_dir / STATUS_FILE
+    digest = _digest({"format": STAMP_FORMAT, "code": _code_digest("compare.py", "sweep.py"), "display": display,
+                      "spec": spec, "status": [[r.label, r.state, r.error] for r in rows],
+                      "status_file": is_regular(status), "records": records, "keys": keys, "warnings": warnings,
+                      "runs": {k: p.digest for k, p in sorted(pages.items())}})
     report_dir = sweep_dir / REPORT_DIR
     if not force and _up_to_date(report_dir, digest):
-        return PageResult(report_dir / INDEX, False, digest)
-    page = render_sweep(sweep_dir, display, spec, rows, keys, columns, records, pages)
+        return PageResult(report_dir / INDEX, False, digest, warnings=warnings)
+    name = spec["name"] or sweep_dir.resolve().name
+    page = render("sweep.html.j2", f"probe sweep report: {name}",
+                  [("table", "comparison"), ("curves", "curves"), ("runs", "run pages")],
+                  f"probe report {shlex.quote(display)}",
+                  sweep_view(display, spec, name, rows, keys, columns, records, pages, warnings))
     _write_report(report_dir, page, digest, {"kind": "sweep", "path": display})
-    return PageResult(report_dir / INDEX, True, digest)
+    return PageResult(report_dir / INDEX, True, digest, warnings=warnings)
 
 
 def report(path: str | Path, *, force: bool = False, echo: Callable[[str], None] = click.echo) -> PageResult:
@@ -380,11 +807,17 @@ def report(path: str | Path, *, force: bool = False, echo: Callable[[str], None]
     from .sweep import SWEEP_FILE
 
     p = Path(path)
-    if not p.is_dir():
-        raise NotARunError(p, "is a file, not a run or sweep directory" if p.exists() else "no such directory")
-    if (p / SWEEP_FILE).is_file():
+    try:
+        st = os.stat(p)
+    except (OSError, ValueError) as exc:
+        reason = "no such directory" if isinstance(exc, FileNotFoundError) else \
+            f"cannot open ({getattr(exc, 'strerror', None) or exc})"
+        raise NotARunError(p, reason) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotARunError(p, "is a file, not a run or sweep directory")
+    if lstat(p / SWEEP_FILE) is not None:
         return report_sweep(p, force=force, display=str(path), echo=echo)
-    if (p / CONFIG).is_file():
+    if lstat(p / CONFIG) is not None:
         return report_run(p, force=force, display=str(path))
     raise NotARunError(p, f"neither a run directory (no {CONFIG}) nor a sweep directory (no {SWEEP_FILE}); "
                           "make one with `probe train --run-dir DIR` or `probe sweep SPEC --out DIR`")
@@ -401,7 +834,9 @@ def report_command(path: str, force: bool) -> None:
     probe report sweeps/opt     # the sweep's comparison page, and each run's page
 
     The page opens straight from disk, offline. It is rebuilt only when the run's
-    config, metrics or analysis results changed.
+    config, metrics or analysis results changed. Files of the run that cannot be
+    used (damaged, of the wrong shape, or pointing outside the run) are skipped
+    with a warning on stderr and listed on the page.
     """
     result = report(path, force=force)
     if result.written:
@@ -410,16 +845,33 @@ def report_command(path: str, force: bool) -> None:
         click.echo(f"up to date (inputs unchanged, nothing rewritten): {result.path}")
 
 
-# --- HTML: the run page ----------------------------------------------------------------------------------------
+# --- rendering: Jinja2 with autoescaping ------------------------------------------------------------------------
 
-def esc(v: Any) -> str:
-    return html.escape(str(v), quote=True)
+@lru_cache(maxsize=1)
+def environment() -> Any:
+    """The template environment: autoescaping on for every template, undefined names are errors."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True, "allow_nan": False}
+    return env
+
+
+def render(template: str, title: str, nav: list[tuple[str, str]], regen: str, view: dict[str, Any]) -> str:
+    """One whole page: `view` holds plain values only; the template escapes each where it lands."""
+    from . import __version__
+
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return environment().get_template(template).render(
+        title=title, nav=nav, regen=regen, version=__version__, now=now, p=view)
 
 
 def _rel(report_dir: Path, target: Path) -> str:
-    """A URL relative to the report directory (one level below the run), safe in an attribute."""
+    """A URL relative to the report directory (one level below the run): each path part percent-encoded,
+    so no part can become a scheme (`javascript:`), a query or a fragment."""
     parts = target.relative_to(report_dir.parent).parts
-    return "../" + "/".join(quote(p) for p in parts)
+    return "../" + "/".join(quote(p, safe="") for p in parts)
 
 
 def _fmt(v: Any) -> str:
@@ -429,142 +881,133 @@ def _fmt(v: Any) -> str:
         if not math.isfinite(v):
             return str(v)
         return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, list | tuple):
         if not v:
             return "-"
-        items = [_fmt(x) for x in v]
-        return ", ".join(items) if len(items) <= 12 else ", ".join(items[:12]) + f", … ({len(items)} items)"
+        items = [_fmt(x) for x in v[:13]]
+        return ", ".join(items) if len(v) <= 12 else ", ".join(items[:12]) + f", … ({len(v)} items)"
     if isinstance(v, dict):
         return json.dumps(v, sort_keys=True)
     return str(v)
 
 
-def _kv_table(items: Iterable[tuple[str, Any]], cls: str = "kv") -> str:
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in items)
-    return f'<table class="{cls}">{rows}</table>'
+def _items(d: Any, name: str) -> list[tuple[str, str]]:
+    return [(str(k), _fmt(v)) for k, v in d.items()] if isinstance(d, dict) else [(name, _fmt(d))]
 
 
-def _section(sid: str, title: str, body: str, sub: str = "") -> str:
-    sub_html = f'<p class="sub">{sub}</p>' if sub else ""
-    return f'<section id="{esc(sid)}"><h2>{esc(title)}</h2>{sub_html}{body}</section>'
-
-
-def _summary_cards(run: Any, metrics: list[dict[str, Any]], epochs: list[int]) -> str:
-    cfg = run.config
-    want = cfg.get("train", {}).get("epochs")
-    trained = [m for m in metrics if isinstance(m.get("val_acc"), (int, float))]
-    cards = [("epochs", f"{epochs[-1] if epochs else '-'} / {want if want is not None else '?'}")]
+def _cards(cfg: dict[str, Any], metrics: list[dict[str, Any]], epochs: list[int]) -> list[tuple[str, str]]:
+    want = cfg["train"].get("epochs")
+    trained = [m for m in metrics if _is_num(m.get("val_acc"))]
+    cards = [("epochs", f"{epochs[-1] if epochs else '-'} / {_fmt(want) if want is not None else '?'}")]
     if trained:
         last = trained[-1]
-        best = max(trained, key=lambda m: m["val_acc"] if math.isfinite(m["val_acc"]) else -1)
-        cards.append(("final val acc", f"{last['val_acc']:.3f}"))
-        cards.append(("best val acc", f"{best['val_acc']:.3f} @ {best['epoch']}"))
-        if isinstance(last.get("train_acc"), (int, float)):
-            cards.append(("train acc", f"{last['train_acc']:.3f}"))
-            cards.append(("gap", f"{last['train_acc'] - last['val_acc']:+.3f}"))
-    if cfg.get("num_params") is not None:
+        best = max(trained, key=lambda m: _num(m["val_acc"]) if math.isfinite(_num(m["val_acc"])) else -1)
+        cards.append(("final val acc", f"{_num(last['val_acc']):.3f}"))
+        cards.append(("best val acc", f"{_num(best['val_acc']):.3f} @ {best['epoch']}"))
+        if _is_num(last.get("train_acc")):
+            cards.append(("train acc", f"{_num(last['train_acc']):.3f}"))
+            cards.append(("gap", f"{_num(last['train_acc']) - _num(last['val_acc']):+.3f}"))
+    if _is_int(cfg.get("num_params")):
         cards.append(("parameters", f"{cfg['num_params']:,}"))
-    secs = sum(m.get("epoch_seconds") or 0 for m in metrics if isinstance(m.get("epoch_seconds"), (int, float)))
+    secs = sum(s for m in metrics if math.isfinite(s := _num(m.get("epoch_seconds"))))
     if secs:
         cards.append(("train time", f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.1f} min"))
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>' for k, v in cards) + "</div>"
+    return cards
 
 
-def _config_section(run: Any) -> str:
-    cfg = run.config
-    train = cfg.get("train", {})
-    spec = cfg.get("model_spec", {})
-    other = [(k, v) for k, v in cfg.items() if k not in ("train", "model_spec", "versions", "classes")]
-    other += [(f"versions.{k}", v) for k, v in (cfg.get("versions") or {}).items()]
+def _config_view(cfg: dict[str, Any]) -> dict[str, Any]:
+    other = [(str(k), _fmt(v)) for k, v in cfg.items() if k not in ("train", "model_spec", "versions", "classes")]
+    versions = cfg.get("versions")
+    other += [(f"versions.{k}", _fmt(v)) for k, v in versions.items()] if isinstance(versions, dict) else \
+        ([("versions", _fmt(versions))] if versions is not None else [])
     if cfg.get("classes"):
-        other.append(("classes", cfg["classes"]))
-    body = ('<div class="cols">'
-            f'<div><h3>training</h3>{_kv_table(train.items())}</div>'
-            f'<div><h3>model</h3>{_kv_table(spec.items())}</div>'
-            f'<div><h3>run</h3>{_kv_table(other)}</div></div>'
-            f'<details><summary>config.json</summary><pre>{esc(json.dumps(cfg, indent=2, sort_keys=True))}</pre></details>')
-    return _section("config", "Config", body, "The resolved configuration the run was trained with (config.json).")
+        other.append(("classes", _fmt(cfg["classes"])))
+    return {"train": _items(cfg["train"], "train"), "model": _items(cfg.get("model_spec", {}), "model_spec"),
+            "run": other, "json": json.dumps(cfg, indent=2, sort_keys=True)}
 
 
-def _metrics_section(metrics: list[dict[str, Any]]) -> str:
+def _metrics_view(metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not metrics:
-        return _section("metrics", "Training curves", '<p class="empty">metrics.jsonl holds no epochs yet.</p>')
+        return None
     charts = []
     drawn: set[str] = set()
     for title, keys, ylim, how in METRIC_CHARTS:
-        series = [_metric_series(metrics, k, PALETTE[i]) for i, k in enumerate(keys)]
-        series = [s for s in series if s.points]
-        if not series:
-            continue
-        drawn.update(keys)
-        charts.append(_figure_svg(svg_chart(title, series, ylim=ylim), how))
-    extra = sorted({k for m in metrics for k, v in m.items() if k != "epoch" and k not in drawn
-                    and isinstance(v, (int, float)) and not isinstance(v, bool)})
+        series = [s for s in (_metric_series(metrics, k, PALETTE[i]) for i, k in enumerate(keys)) if s.points]
+        if series:
+            drawn.update(keys)
+            charts.append({"svg": svg_chart(title, series, ylim=ylim), "caption": how})
+    extra = sorted({k for m in metrics for k, v in m.items() if k != "epoch" and k not in drawn and _is_num(v)})
     for k in extra:
         s = _metric_series(metrics, k, PALETTE[0])
         if s.points:
-            charts.append(_figure_svg(svg_chart(k.replace("_", " "), [s]), f"{k} per epoch, from metrics.jsonl."))
+            charts.append({"svg": svg_chart(k.replace("_", " "), [s]), "caption": f"{k} per epoch, from metrics.jsonl."})
     cols = ["epoch", *[k for _, keys, _, _ in METRIC_CHARTS for k in keys if any(k in m for m in metrics)], *extra]
-    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
-    body_rows = "".join("<tr>" + "".join(f"<td>{esc(_fmt(m.get(c)))}</td>" for c in cols) + "</tr>" for m in metrics)
-    table = f'<details><summary>metrics.jsonl as a table</summary><div class="scroll"><table class="data"><tr>{head}</tr>{body_rows}</table></div></details>'
-    return _section("metrics", "Training curves", f'<div class="grid">{"".join(charts)}</div>{table}',
-                    "Drawn from metrics.jsonl; epoch 0 is the initialisation (validation only). Hover a point for its value.")
+    return {"charts": charts, "cols": cols, "rows": [[_fmt(m.get(c)) for c in cols] for m in metrics]}
 
 
 def _metric_series(metrics: list[dict[str, Any]], key: str, color: str) -> Series:
-    pts = [(m["epoch"], _num(m.get(key))) for m in metrics if key in m and isinstance(m.get("epoch"), (int, float))]
-    return Series(key.replace("_", " "), pts, color)
+    return Series(key.replace("_", " "), [(m["epoch"], _num(m.get(key))) for m in metrics if key in m], color)
 
 
-def _num(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-
-
-def _figure_svg(svg: str, cap: str) -> str:
-    return f'<figure class="chart">{svg}<figcaption>{esc(cap)}</figcaption></figure>'
-
-
-def _figures_of(files: Sequence[str]) -> list[str]:
+def _figures_of(files: Iterable[str]) -> list[str]:
     return [f for f in files if f.lower().endswith(_IMAGE)]
 
 
-def _other_files(report_dir: Path, path: Path, files: Sequence[str]) -> str:
-    links = [f'<a href="{esc(_rel(report_dir, path / f))}">{esc(f)}</a>' for f in files
-             if not f.lower().endswith(_IMAGE) and (path / f).exists()]
-    return f'<p class="files">data: {" · ".join(links)}</p>' if links else ""
+def _file_links(report_dir: Path, path: Path, files: Iterable[str]) -> list[tuple[str, str]]:
+    return [(_rel(report_dir, path / f), f) for f in files if not f.lower().endswith(_IMAGE)]
 
 
-def _img(src: str, alt: str) -> str:
-    return f'<img src="{esc(src)}" alt="{esc(alt)}">'
+def _browser(bid: str, data: dict[str, Any], names: list[str], table: dict[str, Any] | None = None,
+             files: list[tuple[str, str]] | None = None, files_label: str = "data") -> dict[str, Any]:
+    """Figures of several epochs behind one slider; `data` becomes inline JSON (`tojson`)."""
+    epochs = data["epochs"]
+    last = str(epochs[-1])
+    figs = []
+    for n in names:
+        entry = data["figures"][n].get(last)
+        figs.append({"name": n, "src": entry["src"] if entry else "", "caption": entry["caption"] if entry else ""})
+    return {"id": bid, "data": data, "n": len(epochs), "last": last, "epochs_text": ", ".join(map(str, epochs)),
+            "figs": figs, "table": table, "files": files or [], "files_label": files_label}
 
 
-def _group_section(g: Group, report_dir: Path, inst: Installed | None, failures: list[dict[str, Any]],
-                   run_display: str) -> str:
+def _group_view(g: Group, report_dir: Path, inst: Installed | None, failures: list[dict[str, Any]],
+                display: str) -> dict[str, Any]:
     title = g.analysis if g.variant == "default" else f"{g.analysis} ({g.variant})"
     sid = f"a-{g.analysis}-{g.variant}"
     first = g.results[-1][2]
     meta = [f"scope: {'per epoch' if g.scope == 'epoch' else 'whole run'}",
-            f"version {first.get('version', '?')}", f"provider {first.get('provider') or '?'} {first.get('provider_version') or ''}".rstrip()]
+            f"version {_fmt(first.get('version', '?'))}",
+            f"provider {first.get('provider') or '?'} {first.get('provider_version') or ''}".rstrip()]
     if g.variant != "default" and g.params:
         meta.append("params: " + ", ".join(f"{k}={_param_text(v)}" for k, v in sorted(g.params.items())))
-    sub = esc((inst.summary + " · " if inst else "") + " · ".join(meta))
+    view: dict[str, Any] = {"sid": sid, "title": title, "sub": (inst.summary + " · " if inst else "") + " · ".join(meta),
+                            "browser": None, "table": None, "files": [], "files_label": "data", "run_results": [],
+                            "older": None, "failed_epochs": ""}
     if g.scope == "epoch":
-        body = _epoch_browser(sid, g, report_dir, inst)
+        _epoch_view(view, g, report_dir, inst)
     else:
-        body = "".join(_run_result(report_dir, path, m, g.analysis, inst) for _, path, m in g.results)
-    mine = [f for f in failures if f.get("analysis") == g.analysis and f.get("variant", "default") == g.variant]
-    if mine:
-        eps = ", ".join("run" if f.get("epoch") is None else str(f["epoch"]) for f in mine)
-        body += f'<p class="warn">also failed for epoch(s) {esc(eps)}; see <a href="#missing">missing and failed</a>.</p>'
-    return _section(sid, title, body, sub)
+        view["run_results"] = [_run_result(report_dir, path, m, g.analysis, inst) for _, path, m in g.results]
+    if g.older:
+        view["older"] = _older(g, display, inst)
+    mine = [f for f in failures if f["analysis"] == g.analysis and f["variant"] == g.variant]
+    view["failed_epochs"] = ", ".join("run" if f["epoch"] is None else str(f["epoch"]) for f in mine)
+    return view
 
 
-def _run_result(report_dir: Path, path: Path, m: dict[str, Any], analysis: str, inst: Installed | None) -> str:
-    files = list(m.get("files") or [])
-    figs = [f for f in _figures_of(files) if (path / f).exists()]
-    parts = []
+def _older(g: Group, display: str, inst: Installed | None) -> dict[str, Any]:
+    """How many results of older versions a group holds, and the command that recomputes them
+    (a new version is a new cache key, so the plain command does)."""
+    epochs = sorted({e for e, _, _ in g.older if e is not None})
+    spec = "all" if g.scope == "run" or not epochs else ",".join(map(str, epochs))
+    versions = sorted({_fmt(m.get("version", "1")) for _, _, m in g.older})
+    return {"count": len(g.older), "versions": ", ".join(versions), "current": inst.version if inst else "?",
+            "name": g.analysis if g.variant == "default" else f"{g.analysis} ({g.variant})",
+            "command": analyze_command(display, g.analysis, spec, g.params, inst.defaults if inst else None)}
+
+
+def _run_result(report_dir: Path, path: Path, m: dict[str, Any], analysis: str, inst: Installed | None) -> dict[str, Any]:
+    files = m["files"]
+    figs = _figures_of(files)
     # Run-wide results may still hold one figure per epoch (`<stem>_epoch_0005.png`): browse those.
     series: dict[str, dict[int, str]] = {}
     for f in figs:
@@ -573,126 +1016,73 @@ def _run_result(report_dir: Path, path: Path, m: dict[str, Any], analysis: str, 
             series.setdefault(match.group("stem") or "figure", {})[int(match.group("n"))] = f
     series = {k: v for k, v in series.items() if len(v) > 1}
     in_series = {f for v in series.values() for f in v.values()}
-    for f in figs:
-        if f not in in_series:
-            parts.append(f'<figure>{_img(_rel(report_dir, path / f), f)}<figcaption>{esc(caption(analysis, f, m, inst))}</figcaption></figure>')
+    browsers = []
     for stem, by_epoch in sorted(series.items()):
         data = {"epochs": sorted(by_epoch), "figures": {stem: {str(e): {
             "src": _rel(report_dir, path / f), "caption": caption(analysis, f, m, inst)} for e, f in by_epoch.items()}}}
-        parts.append(_browser_html(f"s-{analysis}-{path.parent.name}-{stem}", data, [stem], ""))
-    if m.get("scalars"):
-        parts.append(_kv_table(sorted(m["scalars"].items()), "kv scalars"))
-    parts.append(_other_files(report_dir, path, files))
-    if m.get("epochs"):
-        parts.append(f'<p class="files">over epochs {esc(_fmt(m["epochs"]))}</p>')
-    return "".join(parts)
+        browsers.append(_browser(f"s-{analysis}-{path.parent.name}-{stem}", data, [stem]))
+    return {"figures": [{"src": _rel(report_dir, path / f), "name": f, "caption": caption(analysis, f, m, inst)}
+                        for f in figs if f not in in_series],
+            "browsers": browsers,
+            "scalars": [(k, _fmt(v)) for k, v in sorted((m.get("scalars") or {}).items())],
+            "files": _file_links(report_dir, path, files), "epochs": _fmt(m["epochs"]) if m.get("epochs") else ""}
 
 
-def _epoch_browser(sid: str, g: Group, report_dir: Path, inst: Installed | None) -> str:
+def _epoch_view(view: dict[str, Any], g: Group, report_dir: Path, inst: Installed | None) -> None:
     names: list[str] = []
     figures: dict[str, dict[str, dict[str, str]]] = {}
     for e, path, m in g.results:
-        for f in _figures_of(m.get("files") or []):
-            if not (path / f).exists():
-                continue
+        for f in _figures_of(m["files"]):
             if f not in figures:
                 names.append(f)
                 figures[f] = {}
             figures[f][str(e)] = {"src": _rel(report_dir, path / f), "caption": caption(g.analysis, f, m, inst)}
-    data = {"epochs": g.epochs, "figures": figures}
     scalar_names = sorted({k for _, _, m in g.results for k in (m.get("scalars") or {})})
-    table = ""
-    if scalar_names:
-        head = "<tr><th>epoch</th>" + "".join(f"<th>{esc(k)}</th>" for k in scalar_names) + "</tr>"
-        rows = "".join(f'<tr data-epoch="{e}"><td>{e}</td>' + "".join(
-            f"<td>{esc(_fmt((m.get('scalars') or {}).get(k)))}</td>" for k in scalar_names) + "</tr>"
-            for e, _, m in g.results)
-        table = f'<div class="scroll"><table class="data scalars">{head}{rows}</table></div>'
+    table = {"head": scalar_names, "rows": [
+        {"epoch": e, "cells": [_fmt((m.get("scalars") or {}).get(k)) for k in scalar_names]} for e, _, m in g.results
+    ]} if scalar_names else None
     last_path, last_m = g.results[-1][1], g.results[-1][2]
-    files = _other_files(report_dir, last_path, last_m.get("files") or []).replace("data:", f"data (epoch {g.epochs[-1]}):", 1)
+    files, label = _file_links(report_dir, last_path, last_m["files"]), f"data (epoch {g.epochs[-1]})"
     if not names:  # numbers only: the table already shows every epoch, a slider would add nothing
-        return table + files
-    return _browser_html(sid, data, names, table + files)
+        view.update(table=table, files=files, files_label=label)
+        return
+    view["browser"] = _browser(view["sid"], {"epochs": g.epochs, "figures": figures}, names, table, files, label)
 
 
-def _browser_html(sid: str, data: dict[str, Any], names: list[str], extra: str) -> str:
-    """Figures of several epochs behind one slider; the data is inline JSON, the page never reloads."""
-    epochs = data["epochs"]
-    last = str(epochs[-1])
-    figs = []
-    for n in names:
-        entry = data["figures"][n].get(last)
-        img = _img(entry["src"], n) if entry else '<img alt="" hidden>'
-        cap = entry["caption"] if entry else ""
-        figs.append(f'<figure data-fig="{esc(n)}">{img}<p class="absent"{"" if not entry else " hidden"}>'
-                    f'not computed for this epoch</p><figcaption>{esc(cap)}</figcaption></figure>')
-    blob = json.dumps(data, sort_keys=True).replace("</", "<\\/")
-    n = len(epochs)
-    control = (f'<div class="epoch-control"><button type="button" class="prev" title="previous epoch">◀</button>'
-               f'<input type="range" class="epoch-slider" min="0" max="{n - 1}" step="1" value="{n - 1}" aria-label="epoch"'
-               f'{" disabled" if n < 2 else ""}>'
-               f'<button type="button" class="next" title="next epoch">▶</button>'
-               f'<span class="epoch-label">epoch {esc(last)} ({n} of {n})</span>'
-               f'<span class="epoch-list">epochs: {esc(", ".join(map(str, epochs)))}</span></div>')
-    return (f'<div class="epochs" id="{esc(sid)}-browser">{control}<script type="application/json" class="epoch-data">'
-            f'{blob}</script><div class="figs">{"".join(figs)}</div>{extra}</div>')
+def run_view(d: RunData) -> dict[str, Any]:
+    """The plain values the run template shows (strings, numbers, lists; charts pre-rendered by `svg_chart`)."""
+    report_dir = d.path / REPORT_DIR
+    failures = []
+    for f in d.failures:
+        i = d.inst.get(f["analysis"])
+        epoch = f["epoch"]
+        failures.append({
+            "name": f["analysis"], "variant": f["variant"], "epoch": "run" if epoch is None else epoch,
+            "error": f.get("error") or "", "traceback": f.get("traceback") or "", "created": f.get("created") or "",
+            "command": analyze_command(d.display, f["analysis"], str(epoch) if epoch is not None else "all",
+                                       f.get("params") or {}, i.defaults if i else None)})
+    return {
+        "name": d.path.resolve().name, "display": d.display, "data_source": _fmt(d.config.get("data_source", "")),
+        "cards": _cards(d.config, d.metrics, d.epochs), "config": _config_view(d.config),
+        "metrics": _metrics_view(d.metrics),
+        "groups": [_group_view(g, report_dir, d.inst.get(g.analysis), d.failures, d.display) for g in d.groups],
+        "missing": [{"name": i.name, "summary": i.summary,
+                     "command": analyze_command(d.display, i.name, suggested_epochs(i.scope, d.epochs))} for i in d.missing],
+        "outdated": [_older(g, d.display, d.inst.get(g.analysis)) for g in d.outdated],
+        "failures": failures, "note": d.note, "skipped": d.warnings,
+    }
 
 
-def _missing_section(run_display: str, missing: list[Installed], failures: list[dict[str, Any]],
-                     inst: dict[str, Installed], note: str, epochs: list[int]) -> str:
-    parts = []
-    if note:
-        parts.append(f'<p class="warn">Some analyses may be missing from this list: {esc(note)}</p>')
-    if missing:
-        rows = "".join(
-            f'<tr><td>{esc(i.name)}</td><td>{esc(i.summary)}</td>'
-            f'<td><code class="cmd">{esc(analyze_command(run_display, i.name, suggested_epochs(i.scope, epochs)))}</code></td></tr>'
-            for i in missing)
-        parts.append('<h3>Not computed</h3><p class="sub">Installed analyses with no result in this run.</p>'
-                     f'<table class="data"><tr><th>analysis</th><th>what it shows</th><th>command</th></tr>{rows}</table>')
-    if failures:
-        rows = []
-        for f in failures:
-            name = str(f.get("analysis"))
-            i = inst.get(name)
-            epoch = f.get("epoch")
-            cmd = analyze_command(run_display, name, str(epoch) if epoch is not None else "all", f.get("params") or {},
-                                  i.defaults if i else None)
-            tb = f.get("traceback") or ""
-            rows.append(f'<tr><td>{esc(name)}{"" if f.get("variant", "default") == "default" else " (" + esc(f.get("variant")) + ")"}</td>'
-                        f'<td>{esc("run" if epoch is None else epoch)}</td><td class="err">{esc(f.get("error", ""))}'
-                        f'{f"<details><summary>traceback</summary><pre>{esc(tb)}</pre></details>" if tb else ""}</td>'
-                        f'<td><code class="cmd">{esc(cmd)}</code></td><td>{esc(f.get("created", ""))}</td></tr>')
-        parts.append('<h3>Failed</h3><p class="sub">The last attempt of these jobs raised an error; '
-                     'the command retries them (full logs in logs/).</p><table class="data"><tr><th>analysis</th>'
-                     f'<th>epoch</th><th>error</th><th>command</th><th>when</th></tr>{"".join(rows)}</table>')
-    if not parts:
-        parts.append('<p class="ok">Every installed analysis has results in this run; none failed.</p>')
-    return _section("missing", "Missing and failed analyses", "".join(parts))
-
-
-def render_run(run: Any, display: str, groups: list[Group], failures: list[dict[str, Any]], missing: list[Installed],
-               inst: dict[str, Installed], note: str, epochs: list[int]) -> str:
-    report_dir = run.path / REPORT_DIR
-    metrics = run.metrics()
-    sections = [_config_section(run), _metrics_section(metrics)]
+def _run_nav(d: RunData) -> list[tuple[str, str]]:
     nav = [("config", "config"), ("metrics", "training curves")]
-    if not groups:
-        sections.append(_section("analyses", "Analyses", '<p class="empty">No analysis results yet; '
-                                 'the commands below compute them.</p>'))
-    for g in groups:
-        sections.append(_group_section(g, report_dir, inst.get(g.analysis), failures, display))
-        nav.append((f"a-{g.analysis}-{g.variant}", g.analysis if g.variant == "default" else f"{g.analysis}·{g.variant[:8]}"))
-    n_bad = len(missing) + len(failures)
-    sections.append(_missing_section(display, missing, failures, inst, note, epochs))
+    nav += [(f"a-{g.analysis}-{g.variant}", g.analysis if g.variant == "default" else f"{g.analysis}·{g.variant[:8]}")
+            for g in d.groups]
+    n_bad = len(d.missing) + len(d.failures) + len(d.outdated)
     nav.append(("missing", f"missing & failed ({n_bad})" if n_bad else "missing & failed"))
-    name = run.path.resolve().name
-    head = (f'<header><h1>{esc(name)}</h1><p class="sub">run directory <code>{esc(display)}</code> · '
-            f'{esc(run.config.get("data_source", ""))}</p>{_summary_cards(run, metrics, epochs)}</header>')
-    return _page(f"probe report: {name}", head, nav, "".join(sections), f"probe report {shlex.quote(display)}")
+    return nav
 
 
-# --- HTML: the sweep page ----------------------------------------------------------------------------------------
+# --- the sweep page ----------------------------------------------------------------------------------------------
 
 def _colors(n: int) -> list[str]:
     if n <= len(PALETTE):
@@ -705,177 +1095,44 @@ def _sort_value(v: Any) -> str:
         return ""
     if isinstance(v, bool):
         return "1" if v else "0"
-    if isinstance(v, (int, float)):
-        return repr(float(v))
+    if _is_num(v):
+        return repr(_num(v))
     return str(v)
 
 
-def render_sweep(sweep_dir: Path, display: str, spec: dict[str, Any], rows: list[Any], keys: list[str],
-                 columns: list[str], records: list[dict[str, Any]], pages: dict[str, PageResult]) -> str:
+def sweep_view(display: str, spec: dict[str, Any], name: str, rows: list[Any], keys: list[str], columns: list[str],
+               records: list[dict[str, Any]], pages: dict[str, PageResult], warnings: list[str]) -> dict[str, Any]:
+    """The plain values the sweep template shows."""
     from .compare import format_cell, stability_summary
 
     colors = dict(zip([r.label for r in rows], _colors(len(rows)), strict=True))
     shown = [c for c in columns if c == "run" or any(format_cell(r.get(c), c) not in ("-", "") for r in records)]
-    head = "".join(f'<th title="click to sort">{esc(c)}</th>' for c in shown) + '<th title="click to sort">analyses</th>'
-    body = []
+    view_rows = []
     for rec, row in zip(records, rows, strict=True):
-        label = row.label
-        cells = []
-        for c in shown:
-            text = esc(format_cell(rec.get(c), c))
-            if c == "run":
-                swatch = f'<span class="sw" style="background:{colors[label]}"></span>'
-                link = f'<a href="../{esc(quote(label))}/report/index.html">{esc(label)}</a>' if label in pages else esc(label)
-                cells.append(f'<td class="run" data-v="{esc(label)}">{swatch}{link}</td>')
-            else:
-                wrap = ' class="wrap"' if c == "error" else ""
-                cells.append(f'<td{wrap} data-v="{esc(_sort_value(rec.get(c)))}">{text}</td>')
-        p = pages.get(label)
-        if p:
-            summary = f"{p.results} results" + (f", {p.failures} failed" if p.failures else "") + (f", {p.missing} missing" if p.missing else "")
-            cells.append(f'<td data-v="{p.results}">{esc(summary)}</td>')
-        else:
-            cells.append('<td data-v="">-</td>')
-        body.append(f'<tr data-run="{esc(label)}">{"".join(cells)}</tr>')
-    table = (f'<div class="scroll"><table class="data sortable"><thead><tr>{head}</tr></thead>'
-             f'<tbody>{"".join(body)}</tbody></table></div>')
+        p = pages.get(row.label)
+        view_rows.append({
+            "label": row.label, "color": colors[row.label], "state": row.state, "error": row.error,
+            "href": f"../{quote(row.label, safe='')}/report/index.html" if p else "", "has_metrics": bool(row.metrics),
+            "cells": [{"run": c == "run", "wrap": c == "error", "sort": _sort_value(rec.get(c)),
+                       "text": format_cell(rec.get(c), c)} for c in shown],
+            "analyses": (f"{p.results} results" + (f", {p.failures} failed" if p.failures else "")
+                         + (f", {p.missing} missing" if p.missing else "")) if p else "-",
+            "analyses_sort": str(p.results) if p else ""})
     try:
         stab = stability_summary(records, keys)
     except (TypeError, ValueError, KeyError):  # decorative; never lose the page over it
         stab = ""
-    stab_html = f"<pre>{esc(stab)}</pre>" if stab else ""
-    sections = [_section("table", "Comparison", table + stab_html,
-                         "One row per grid point, as <code>probe compare</code> prints it; click a header to sort, "
-                         "a run to open its page, hover a row to pick out its curves.")]
     charts = []
     for metric, ylim in SWEEP_METRICS:
-        series = [Series(r.label, [(x, y) for x, y in zip(*r.series(metric), strict=True)], colors[r.label], key=r.label)
-                  for r in rows]
-        series = [s for s in series if s.points]
+        series = [s for s in (Series(r.label, list(zip(*r.series(metric), strict=True)), colors[r.label], key=r.label)
+                              for r in rows) if s.points]
         if series:
-            charts.append(_figure_svg(svg_chart(metric.replace("_", " "), series, ylim=ylim, legend=False),
-                                      f"{metric} per epoch for every run of the sweep, one colour per run (legend below)."))
-    legend = '<ul class="legend">' + "".join(
-        f'<li data-run="{esc(r.label)}"><span class="sw" style="background:{colors[r.label]}"></span>{esc(r.label)}</li>'
-        for r in rows if r.metrics) + "</ul>"
-    sections.append(_section("curves", "Curves", f'<div class="grid">{"".join(charts) or "<p class=empty>no metrics yet</p>"}</div>{legend}',
-                             "Overlaid per-epoch metrics of all runs."))
-    links = "".join(
-        f'<li><a href="../{esc(quote(r.label))}/report/index.html">{esc(r.label)}</a> <span class="sub">{esc(r.state)}</span></li>'
-        if r.label in pages else f'<li>{esc(r.label)} <span class="sub">{esc(r.state)}{": " + esc(r.error) if r.error else ""}</span></li>'
-        for r in rows)
-    sections.append(_section("runs", "Run pages", f"<ul>{links}</ul>"))
-    grid = spec.get("grid") or {}
-    grid_text = " × ".join(f"{k} ∈ {{{', '.join(_param_text(v) for v in vs)}}}" for k, vs in grid.items())
-    plugins = (spec.get("analyze") or {}).get("plugins") or []
-    name = spec.get("name") or sweep_dir.resolve().name
-    desc = f'<p>{esc(spec["description"])}</p>' if spec.get("description") else ""
-    head_html = (f'<header><h1>sweep: {esc(name)}</h1>{desc}<p class="sub">sweep directory <code>{esc(display)}</code> · '
-                 f'{esc(grid_text)} = {len(rows)} runs' + (f' · analyses: {esc(", ".join(plugins))}' if plugins else "") + "</p></header>")
-    nav = [("table", "comparison"), ("curves", "curves"), ("runs", "run pages")]
-    return _page(f"probe sweep report: {name}", head_html, nav, "".join(sections), f"probe report {shlex.quote(display)}")
-
-
-# --- HTML: shared frame --------------------------------------------------------------------------------------------
-
-def _page(title: str, header: str, nav: list[tuple[str, str]], body: str, regen: str) -> str:
-    from . import __version__
-
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    nav_html = "".join(f'<a href="#{esc(i)}">{esc(t)}</a>' for i, t in nav)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<meta name="generator" content="probe {esc(__version__)}"><title>{esc(title)}</title>'
-            f"<style>{CSS}</style></head><body><nav>{nav_html}</nav><main>{header}{body}"
-            f'<footer>Written by probe {esc(__version__)} at {esc(now)}; rebuild with <code>{esc(regen)}</code>.</footer>'
-            f"</main><script>{JS}</script></body></html>\n")
-
-
-CSS = """
-:root{--fg:#1d2330;--mut:#5b6475;--bd:#dde1e8;--bg:#fff;--alt:#f5f7fa;--acc:#2563eb}
-*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
-nav{position:sticky;top:0;z-index:5;background:#1d2330;padding:6px 16px;display:flex;flex-wrap:wrap;gap:4px 14px}
-nav a{color:#cfd8ea;text-decoration:none;font-size:13px}nav a:hover{color:#fff}
-main{max-width:1280px;margin:0 auto;padding:12px 20px 40px}
-h1{margin:10px 0 2px;font-size:24px}h2{margin:0 0 4px;font-size:19px}h3{margin:10px 0 4px;font-size:15px}
-section{border-top:1px solid var(--bd);padding:16px 0}
-.sub{color:var(--mut);margin:0 0 10px;font-size:13px}.empty,.ok{color:var(--mut)}.warn,.err{color:#b42318}
-code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:var(--alt);padding:1px 4px;border-radius:3px}
-code.cmd{user-select:all;white-space:pre-wrap;overflow-wrap:anywhere}pre{background:var(--alt);padding:8px;overflow:auto;font-size:12px;max-height:420px}
-.cards{display:flex;flex-wrap:wrap;gap:8px;margin:10px 0}.card{border:1px solid var(--bd);border-radius:6px;padding:6px 12px;min-width:110px}
-.card .k{color:var(--mut);font-size:12px}.card .v{font-size:18px;font-weight:600}
-.cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:14px}
-table{border-collapse:collapse;font-size:13px}table.kv th{text-align:left;font-weight:500;color:var(--mut);padding:2px 12px 2px 0;vertical-align:top}
-table.kv td{padding:2px 0;word-break:break-word}table.data th,table.data td{border:1px solid var(--bd);padding:3px 8px;text-align:left;vertical-align:top}
-table.data th{background:var(--alt)}table.data tr.current td{background:#fff4cc}.scroll{overflow-x:auto}
-table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}table.sortable th[data-dir=asc]::after{content:" ▲"}table.sortable th[data-dir=desc]::after{content:" ▼"}
-table.sortable tbody tr:hover td{background:#eef3ff}table.sortable td{white-space:nowrap}table.sortable td.wrap{white-space:normal;min-width:260px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(390px,1fr));gap:12px}
-figure{margin:8px 0;max-width:100%}figure img{max-width:100%;height:auto;border:1px solid var(--bd);background:#fff}
-figcaption{color:var(--mut);font-size:13px;margin-top:3px;max-width:900px}figure.chart{margin:0;border:1px solid var(--bd);border-radius:6px;padding:6px}
-svg.chart{width:100%;height:auto;display:block}svg.chart text{font:11px system-ui,sans-serif;fill:#444}svg.chart .title{font-size:13px;font-weight:600;fill:#1d2330}
-svg.chart .grid line{stroke:#eceff3}svg.chart .axis{stroke:#9aa3b2}svg.chart .series path{fill:none;stroke-width:1.8}
-svg.chart .series.dim{opacity:.12}svg.chart .series.hl path{stroke-width:3.2}
-.epoch-control{display:flex;align-items:center;gap:8px;flex-wrap:wrap;background:var(--alt);border:1px solid var(--bd);border-radius:6px;padding:6px 10px;margin:6px 0}
-.epoch-control input[type=range]{width:min(420px,60vw)}.epoch-control button{font-size:13px;padding:2px 9px;cursor:pointer}
-.epoch-label{font-weight:600;min-width:140px}.epoch-list{color:var(--mut);font-size:12px}
-.figs{display:flex;flex-wrap:wrap;gap:14px}.files{color:var(--mut);font-size:12px}
-.sw{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px;vertical-align:-1px}
-ul.legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:4px 16px;font-size:13px}ul.legend li{cursor:default}
-footer{border-top:1px solid var(--bd);margin-top:20px;padding-top:10px;color:var(--mut);font-size:12px}
-"""
-
-JS = r"""
-(function(){
-function browser(box){
-  var data=JSON.parse(box.querySelector('script.epoch-data').textContent);
-  var slider=box.querySelector('input.epoch-slider'),label=box.querySelector('.epoch-label');
-  var figs=box.querySelectorAll('figure[data-fig]'),rows=box.querySelectorAll('tr[data-epoch]');
-  var n=data.epochs.length;
-  function srcs(i){var out=[];Object.keys(data.figures).forEach(function(k){var e=data.figures[k][String(data.epochs[i])];if(e)out.push(e.src);});return out;}
-  function show(i){
-    i=Math.max(0,Math.min(n-1,i));slider.value=i;var e=String(data.epochs[i]);
-    label.textContent='epoch '+e+' ('+(i+1)+' of '+n+')';
-    figs.forEach(function(f){
-      var entry=data.figures[f.getAttribute('data-fig')][e],img=f.querySelector('img');
-      f.querySelector('.absent').hidden=!!entry;img.hidden=!entry;
-      if(entry){if(img.getAttribute('src')!==entry.src)img.setAttribute('src',entry.src);img.alt=f.getAttribute('data-fig')+' at epoch '+e;
-        f.querySelector('figcaption').textContent=entry.caption;}
-    });
-    rows.forEach(function(r){r.classList.toggle('current',r.getAttribute('data-epoch')===e);});
-    [i-1,i+1].forEach(function(j){if(j>=0&&j<n)srcs(j).forEach(function(s){(new Image()).src=s;});});
-  }
-  slider.addEventListener('input',function(){show(+slider.value);});
-  box.querySelector('.prev').addEventListener('click',function(){show(+slider.value-1);});
-  box.querySelector('.next').addEventListener('click',function(){show(+slider.value+1);});
-  show(+slider.value);
-}
-document.querySelectorAll('.epochs').forEach(browser);
-function key(td){return td?td.getAttribute('data-v'):'';}
-document.querySelectorAll('table.sortable').forEach(function(t){
-  var ths=t.tHead.rows[0].cells;
-  Array.prototype.forEach.call(ths,function(th,i){th.addEventListener('click',function(){
-    var asc=th.getAttribute('data-dir')!=='asc';
-    Array.prototype.forEach.call(ths,function(o){o.removeAttribute('data-dir');});
-    th.setAttribute('data-dir',asc?'asc':'desc');
-    var body=t.tBodies[0],rows=Array.prototype.slice.call(body.rows);
-    rows.sort(function(a,b){
-      var x=key(a.cells[i]),y=key(b.cells[i]);
-      if(x===''||y==='')return x===y?0:(x===''?1:-1);
-      var nx=parseFloat(x),ny=parseFloat(y),c;
-      c=(!isNaN(nx)&&!isNaN(ny)&&String(nx)!=='NaN'&&/^[-+0-9.eE]+$/.test(x)&&/^[-+0-9.eE]+$/.test(y))?nx-ny:x.localeCompare(y,undefined,{numeric:true});
-      return asc?c:-c;});
-    rows.forEach(function(r){body.appendChild(r);});
-  });});
-});
-function pick(run){document.querySelectorAll('svg.chart .series[data-run]').forEach(function(s){
-  var me=s.getAttribute('data-run')===run;s.classList.toggle('dim',run!==null&&!me);s.classList.toggle('hl',run!==null&&me);});}
-document.querySelectorAll('tr[data-run],ul.legend li[data-run]').forEach(function(el){
-  el.addEventListener('mouseenter',function(){pick(el.getAttribute('data-run'));});
-  el.addEventListener('mouseleave',function(){pick(null);});
-});
-})();
-"""
+            charts.append({"svg": svg_chart(metric.replace("_", " "), series, ylim=ylim, legend=False),
+                           "caption": f"{metric} per epoch for every run of the sweep, one colour per run (legend below)."})
+    grid_text = " × ".join(f"{k} ∈ {{{', '.join(_param_text(v) for v in vs)}}}" for k, vs in spec["grid"].items())
+    return {"name": name, "description": spec["description"], "display": display, "grid_text": grid_text,
+            "plugins": ", ".join(spec["plugins"]), "columns": shown, "rows": view_rows, "stability": stab,
+            "charts": charts, "skipped": warnings}
 
 
 # --- inline SVG charts ------------------------------------------------------------------------------------------------
@@ -916,21 +1173,33 @@ def _tick_label(v: float) -> str:
     return f"{v:.4g}"
 
 
-def svg_chart(title: str, series: list[Series], *, ylim: tuple[float, float] | None = None,
-              log: bool | None = None, legend: bool = True, width: int = 440, height: int = 250) -> str:
-    """A small line chart as inline SVG: no plotting library, no file, readable offline.
 
-    The y axis goes logarithmic (log=None: automatically) when every value is
-    positive and they span more than a factor of 30, as diverging losses do.
+def _tick_label(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e4 or abs(v) < 1e-3:
+        return f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
+    return f"{v:.4g}"
+
+
+def svg_chart(title: str, series: list[Series], *, ylim: tuple[float, float] | None = None,
+              log: bool | None = None, legend: bool = True, width: int = 440, height: int = 250) -> Any:
+    """A small line chart as inline SVG (a `markupsafe.Markup`): no plotting library, no file, readable offline.
+
+    The geometry is computed here; chart.svg.j2 writes it, escaping every label. The
+    y axis goes logarithmic (log=None: automatically) when every value is positive
+    and they span more than a factor of 30, as diverging losses do.
     """
-    finite = [(x, y) for s in series for x, y in s.points if math.isfinite(x) and math.isfinite(y)]
+    from markupsafe import Markup
+
+    points = [[(_num(x), _num(y)) for x, y in s.points] for s in series]
+    finite = [(x, y) for pts in points for x, y in pts if math.isfinite(x) and math.isfinite(y)]
     ml, mr, mt, mb = 52, 12, 24, 34
     pw, ph = width - ml - mr, height - mt - mb
-    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{esc(title)}">',
-           f'<text class="title" x="{ml}" y="15">{esc(title)}</text>']
+    c: dict[str, Any] = {"title": title, "width": width, "height": height, "ml": ml, "mt": mt, "right": ml + pw,
+                         "bottom": mt + ph, "cx": ml + pw / 2, "cy": mt + ph / 2, "empty": not finite}
     if not finite:
-        out.append(f'<text x="{ml + pw / 2}" y="{mt + ph / 2}" text-anchor="middle">no finite values</text></svg>')
-        return "".join(out)
+        return Markup(environment().get_template("chart.svg.j2").render(c=c))
     xs = [x for x, _ in finite]
     ys = [y for _, y in finite]
     x0, x1 = min(xs), max(xs)
@@ -948,8 +1217,10 @@ def svg_chart(title: str, series: list[Series], *, ylim: tuple[float, float] | N
         y0, y1 = min(ys), max(ys)
         pad = (y1 - y0) * 0.06 or (abs(y0) * 0.1 or 1.0)
         y0, y1 = y0 - pad, y1 + pad
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
+    if y1 == y0 or not math.isfinite(y1 - y0) or not math.isfinite(x1 - x0):
+        y0, y1 = (y0 - 0.5, y1 + 0.5) if y1 == y0 else (y0, y1)
+        if not (math.isfinite(y1 - y0) and math.isfinite(x1 - x0)):  # values near the float limits
+            return Markup(environment().get_template("chart.svg.j2").render(c={**c, "empty": True}))
 
     def sx(x: float) -> float:
         return ml + (x - x0) / (x1 - x0) * pw
@@ -958,7 +1229,6 @@ def svg_chart(title: str, series: list[Series], *, ylim: tuple[float, float] | N
         v = math.log10(y) if log else y
         return mt + ph - (v - y0) / (y1 - y0) * ph
 
-    out.append('<g class="grid">')
     if log:
         yticks = [10.0 ** k for k in range(math.floor(y0), math.ceil(y1) + 1) if y0 - 1e-9 <= k <= y1 + 1e-9]
         if len(yticks) < 3:
@@ -966,49 +1236,35 @@ def svg_chart(title: str, series: list[Series], *, ylim: tuple[float, float] | N
                              if y0 - 1e-9 <= math.log10(m * 10.0 ** k) <= y1 + 1e-9})
     else:
         yticks = nice_ticks(y0, y1)
-    for t in yticks:
-        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>')
     xticks = [t for t in nice_ticks(x0, x1, 6, integer=True) if x0 <= t <= x1]
-    for t in xticks:
-        out.append(f'<line y1="{mt}" y2="{mt + ph}" x1="{sx(t):.1f}" x2="{sx(t):.1f}"/>')
-    out.append("</g>")
-    out.append(f'<path class="axis" fill="none" d="M{ml},{mt} V{mt + ph} H{ml + pw}"/>')
-    for t in yticks:
-        out.append(f'<text x="{ml - 5}" y="{sy(t) + 4:.1f}" text-anchor="end">{_tick_label(t)}</text>')
-    for t in xticks:
-        out.append(f'<text x="{sx(t):.1f}" y="{mt + ph + 15}" text-anchor="middle">{_tick_label(t)}</text>')
-    out.append(f'<text x="{ml + pw / 2}" y="{height - 3}" text-anchor="middle">epoch{" (log y)" if log else ""}</text>')
-    few = sum(len(s.points) for s in series) <= 80
-    for s in series:
-        run = f' data-run="{esc(s.key)}"' if s.key is not None else ""
-        out.append(f'<g class="series"{run}><title>{esc(s.label)}</title>')
-        segs, cur = [], []
-        for x, y in s.points:
+    c.update(log=log, ygrid=[f"{sy(t):.1f}" for t in yticks], xgrid=[f"{sx(t):.1f}" for t in xticks],
+             ylabels=[(f"{sy(t) + 4:.1f}", _tick_label(t)) for t in yticks],
+             xlabels=[(f"{sx(t):.1f}", _tick_label(t)) for t in xticks], series=[], legend=[])
+    few = sum(len(p) for p in points) <= 80
+    for s, pts in zip(series, points, strict=True):
+        segs: list[list[str]] = []
+        cur: list[str] = []
+        dots = []
+        for x, y in pts:
             if math.isfinite(x) and math.isfinite(y) and (y > 0 or not log):
                 cur.append(f"{sx(x):.1f},{sy(y):.1f}")
+                if few:
+                    dots.append((f"{sx(x):.1f}", f"{sy(y):.1f}", f"{s.label}: epoch {_fmt(x)}, {_fmt(y)}"))
             elif cur:
                 segs.append(cur)
                 cur = []
         if cur:
             segs.append(cur)
-        d = " ".join("M" + " L".join(seg) for seg in segs)
-        if d:
-            out.append(f'<path d="{d}" stroke="{s.color}"/>')
-        if few:
-            for x, y in s.points:
-                if math.isfinite(x) and math.isfinite(y) and (y > 0 or not log):
-                    out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.6" fill="{s.color}">'
-                               f"<title>{esc(s.label)}: epoch {_fmt(x)}, {_fmt(y)}</title></circle>")
-        out.append("</g>")
+        c["series"].append({"label": s.label, "key": s.key, "color": s.color, "dots": dots,
+                            "d": " ".join("M" + " L".join(seg) for seg in segs)})
     if legend and len(series) > 1:  # one row at the right of the title line, laid out from the right edge
         cursor = width - mr
         for s in reversed(series):
             w = 6.6 * len(s.label)
-            out.append(f'<line x1="{cursor - w - 18:.1f}" x2="{cursor - w - 5:.1f}" y1="11" y2="11" stroke="{s.color}" stroke-width="2.5"/>'
-                       f'<text x="{cursor:.1f}" y="15" text-anchor="end">{esc(s.label)}</text>')
+            c["legend"].append({"x1": f"{cursor - w - 18:.1f}", "x2": f"{cursor - w - 5:.1f}", "x": f"{cursor:.1f}",
+                                "color": s.color, "label": s.label})
             cursor -= w + 28
-    out.append("</svg>")
-    return "".join(out)
+    return Markup(environment().get_template("chart.svg.j2").render(c=c))
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
