@@ -258,3 +258,50 @@ def test_cli_refuses_nan_before_anything_runs(probe_run, fresh_registry):
     assert result.exit_code == 2
     assert result.output.strip() == "error: --param eps: ranged: must be a finite number, got nan"
     assert not (probe_run / "analyses" / "ranged").exists()
+
+
+# --- the documentation ------------------------------------------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+DOC = (ROOT / "docs" / "writing-a-plugin.md").read_text()
+
+
+def test_the_plugin_doc_covers_every_field_keyword_need_and_output():
+    import dataclasses
+    import inspect
+
+    from probe.analysis import NEEDS
+    from probe.context import ResultWriter
+
+    rows = {line.split("|")[1].strip(): line for line in DOC.splitlines() if line.startswith("| `")}
+    for f in dataclasses.fields(probe.Analysis):
+        assert f"`{f.name}`" in rows, f"Analysis.{f.name} is not in the doc's table"
+        if f.default is not dataclasses.MISSING:
+            shown = ("NoParams" if f.name == "params" else json.dumps(f.default) if f.name != "needs"
+                     else "{" + ", ".join(json.dumps(n) for n in sorted(f.default)) + "}")
+            assert f"`{shown}`" in rows[f"`{f.name}`"], f"the doc gives another default for Analysis.{f.name}"
+    for kw in list(inspect.signature(probe.param).parameters):
+        assert f"`{kw}`" in rows, f"probe.param's {kw!r} is not in the doc"
+    for need in NEEDS:
+        assert f"`{need}`" in rows, f"needs value {need!r} is not in the doc"
+    for name, _ in inspect.getmembers(ResultWriter, inspect.isfunction):
+        if not name.startswith("_"):
+            assert f"ctx.out.{name}(" in DOC, f"ctx.out.{name} is not in the doc"
+
+
+def _python_blocks(text: str) -> list[str]:
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
+@pytest.mark.parametrize("source", ["docs/writing-a-plugin.md", "README.md"])
+def test_the_documented_plugin_runs(source, probe_run, fresh_registry, monkeypatch):
+    code = next(b for b in _python_blocks((ROOT / source).read_text()) if "register_analyses" in b)
+    module = __import__("types").ModuleType("documented_plugin")
+    monkeypatch.setitem(__import__("sys").modules, "documented_plugin", module)  # dataclasses look it up
+    exec(compile(code, source, "exec"), module.__dict__)
+    reg = registry(("mine", "my-probe-plugin", module))
+    assert reg.problems() == [] and "mine" in reg.analyses
+    (outcome,) = run_analyses(probe_run, ["mine"], "last", registry=reg)
+    assert outcome.status == "ok", outcome.error
+    manifest = json.loads((outcome.path / "manifest.json").read_text())
+    assert "mean_activation.h5" in manifest["files"] and manifest["scalars"]["max_mean"] > 0
