@@ -305,3 +305,33 @@ def test_the_documented_plugin_runs(source, probe_run, fresh_registry, monkeypat
     assert outcome.status == "ok", outcome.error
     manifest = json.loads((outcome.path / "manifest.json").read_text())
     assert "mean_activation.h5" in manifest["files"] and manifest["scalars"]["max_mean"] > 0
+
+
+def test_installed_entry_points_load_builtins_first(monkeypatch, fresh_registry):
+    """Through load_registry: a third party listed first still loses the name, and a reused entry-point name is noted."""
+    from types import SimpleNamespace
+
+    import probe_plugins.curves
+
+    def ep(name: str, dist: str, obj) -> SimpleNamespace:
+        return SimpleNamespace(name=name, value=f"{dist}:{name}", dist=SimpleNamespace(name=dist, version="2.0"),
+                               load=lambda: obj)
+
+    eps = [ep("aaa", "aaa-plugins", Provides(analysis("curves", "Not the built-in."), analysis("extra"))),
+           ep("curves", "zzz-plugins", Provides(analysis("other"))),
+           ep("curves", "probe_cnn", probe_plugins.curves)]
+    monkeypatch.setattr(plugins, "entry_points", lambda group: eps)
+    monkeypatch.delenv("PROBE_PLUGINS", raising=False)
+    monkeypatch.delenv("PROBE_DISABLE_PLUGINS", raising=False)
+    reg = plugins.load_registry()
+    assert list(reg.plugins) == ["curves", "aaa"] and reg.owner == {"curves": "curves", "extra": "aaa"}
+    assert reg.get("curves").provider == "probe_cnn"
+    assert reg.problems() == [
+        "analysis 'curves' of plugin 'aaa' (aaa-plugins 2.0) is disabled: the name is already provided by plugin "
+        "'curves' (probe_cnn 2.0, built-in); rename it in aaa-plugins, or set PROBE_DISABLE_PLUGINS=aaa to stop "
+        "loading 'aaa'",
+        "entry point 'curves' of zzz-plugins is not loaded: plugin 'curves' (probe_cnn 2.0, built-in) has the same "
+        "name; uninstall one of them",
+    ]
+    monkeypatch.setenv("PROBE_DISABLE_PLUGINS", "aaa")
+    assert plugins.load_registry().problems()[:1] == [reg.problems()[1]]
