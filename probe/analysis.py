@@ -10,14 +10,19 @@ epochs (`scope`), and its parameters as a frozen dataclass whose fields are the
         layer: str = probe.param("classifier.3", "Layer whose activations are projected.")
         perplexity: float = probe.param(30.0, "t-SNE perplexity.", min=2)
 
-Values are parsed and checked (type, choices, min/max, then the class's own
-`__post_init__`) before anything runs; a bad one is a one-line error naming it.
+Values are parsed and checked (type, finiteness, choices, min/max, then the
+class's own `__post_init__`) before anything runs; a bad one is a one-line error
+naming it. NaN compares false with every bound, so a float parameter refuses nan,
+inf and -inf unless it was declared with `allow_nonfinite=True`. Defaults are
+checked by the same rules when the plugin registers (`Analysis.check_params`): an
+analysis whose own default it would refuse is disabled, not run with it.
 This module imports no torch, so registering analyses costs nothing at start-up.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -34,9 +39,14 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
 def param(default: Any, help: str, *, choices: tuple | list | None = None,
-          min: float | None = None, max: float | None = None) -> Any:
-    """Declare one analysis parameter: its default, help text, and allowed values."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max}
+          min: float | None = None, max: float | None = None, allow_nonfinite: bool = False) -> Any:
+    """Declare one analysis parameter: its default, help text, and allowed values.
+
+    `min`/`max` are inclusive bounds; `allow_nonfinite=True` lets a float parameter
+    take nan, inf and -inf (refused otherwise, since nan passes every bound).
+    """
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
+            "allow_nonfinite": bool(allow_nonfinite)}
     return field(default=default, metadata=meta)
 
 
@@ -73,6 +83,38 @@ class Analysis:
             raise ValueError(f"analysis {self.name!r}: params must be a dataclass type")
         if not self.summary or "\n" in self.summary:
             raise ValueError(f"analysis {self.name!r}: summary must be one line")
+        # One type, so manifests and reports never compare "2" with 2.
+        if not isinstance(self.version, str) or not self.version.strip():
+            hint = str(self.version).strip() if isinstance(self.version, int | float) else "1"
+            raise ValueError(f"analysis {self.name!r}: version must be a non-empty str (e.g. version=\"{hint}\"), "
+                             f"got {type(self.version).__name__} {self.version!r}")
+
+    def check_params(self) -> None:
+        """Raise a one-line ValueError if the params class cannot be described or its defaults break its own rules.
+
+        Called when the plugin registers: an analysis that fails it is disabled
+        (shown by `probe plugins`) instead of failing later, on some user's run.
+        """
+        try:
+            specs = self.param_specs()  # a field of an unsupported type raises here
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix(f"analysis {self.name!r}: ")) from None
+        except Exception as exc:  # an annotation typing cannot resolve
+            raise ValueError(f"cannot read the parameter types of {self.params.__name__} "
+                             f"({type(exc).__name__}: {exc})") from None
+        for f in dataclasses.fields(self.params):
+            if f.default is dataclasses.MISSING:
+                raise ValueError(f"parameter {f.name!r} has no default; declare it with probe.param(default, help)")
+        for spec in specs:
+            problem = spec.problem(spec.default)
+            if problem:
+                raise ValueError(f"parameter {spec.name!r}: its default {spec.default!r} is refused by its own "
+                                 f"declaration ({problem})")
+        try:
+            self.params()
+        except Exception as exc:
+            raise ValueError(f"the defaults of {self.params.__name__} are refused by its own checks "
+                             f"({type(exc).__name__}: {exc})") from None
 
     def with_provider(self, provider: str, version: str) -> Analysis:
         return dataclasses.replace(self, provider=provider, provider_version=version)
@@ -80,7 +122,8 @@ class Analysis:
     def param_specs(self) -> list[ParamSpec]:
         hints = typing.get_type_hints(self.params)
         return [ParamSpec(f.name, _scalar_type(hints[f.name], self.name, f.name), f.default, f.metadata.get("help", ""),
-                          f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max"))
+                          f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max"),
+                          bool(f.metadata.get("allow_nonfinite", False)))
                 for f in dataclasses.fields(self.params)]
 
     def make_params(self, raw: Mapping[str, str | Any]) -> Any:
@@ -109,6 +152,7 @@ class ParamSpec:
     choices: tuple | None
     min: float | None
     max: float | None
+    allow_nonfinite: bool = False
 
     def describe(self) -> str:
         extra = []
@@ -118,6 +162,8 @@ class ParamSpec:
             extra.append(f">= {self.min}")
         if self.max is not None:
             extra.append(f"<= {self.max}")
+        if self.allow_nonfinite:
+            extra.append("nan/inf allowed")
         rng = f" ({', '.join(extra)})" if extra else ""
         return f"{self.name} ({self.type.__name__}, default {self.default!r}){rng}: {self.help}"
 
@@ -139,16 +185,31 @@ class ParamSpec:
         if value is None and self.default is None:
             return None
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
-            raise UsageError(where, f"{analysis}: expected {self.type.__name__}, got {value!r}")
-        if self.choices and value not in self.choices:
-            raise UsageError(where, f"{analysis}: {value!r} is not one of {', '.join(map(str, self.choices))}")
-        if self.min is not None and value < self.min:
-            raise UsageError(where, f"{analysis}: must be >= {self.min}, got {value}")
-        if self.max is not None and value > self.max:
-            raise UsageError(where, f"{analysis}: must be <= {self.max}, got {value}")
+            try:
+                value = float(value)
+            except OverflowError:
+                raise UsageError(where, f"{analysis}: {value} is too large for a float") from None
+        problem = self.problem(value)
+        if problem:
+            raise UsageError(where, f"{analysis}: {problem}")
         return value
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` (already of the parsed type, or not) is not allowed, or None; shared by --param and defaults."""
+        if value is None and self.default is None:
+            return None
+        as_float = self.type is float and isinstance(value, int) and not isinstance(value, bool)  # 1 for 1.0
+        if not (isinstance(value, self.type) or as_float) or (self.type is int and isinstance(value, bool)):
+            return f"expected {self.type.__name__}, got {value!r}"
+        if isinstance(value, float) and not math.isfinite(value) and not self.allow_nonfinite:
+            return f"must be a finite number, got {value}"
+        if self.choices and value not in self.choices:
+            return f"{value!r} is not one of {', '.join(map(str, self.choices))}"
+        if self.min is not None and value < self.min:
+            return f"must be >= {self.min}, got {value}"
+        if self.max is not None and value > self.max:
+            return f"must be <= {self.max}, got {value}"
+        return None
 
 
 def _scalar_type(hint: Any, analysis: str, name: str) -> type:

@@ -238,6 +238,8 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
     from .rundir import Run
 
     reg = registry()
+    for line in reg.problems():  # disabled analyses (name clashes, bad defaults): the others still run
+        click.echo(f"warning: {line}", err=True)
     Run(run_dir)  # a clear error for a directory that is not a run, before anything else
     if run_all:
         plugins = tuple(sorted(reg.analyses))
@@ -286,6 +288,8 @@ def plugins(verbose: bool, as_json: bool) -> None:
         click.echo(_json.dumps({
             "plugins": [dataclasses.asdict(p) for p in reg.plugins.values()],
             "analyses": [describe(a) for a in reg.analyses.values()],
+            "disabled": [dataclasses.asdict(d) | {"message": reg.describe_disabled(d)} for d in reg.disabled],
+            "notes": reg.notes,
         }, indent=2, default=str))
         return
     for info in reg.plugins.values():
@@ -304,6 +308,11 @@ def plugins(verbose: bool, as_json: bool) -> None:
             click.echo(f"    command: probe {cmd}")
     if not reg.plugins:
         click.echo("no plugins installed")
+    problems = reg.problems()
+    if problems:
+        click.echo(f"\n{len(problems)} problem{'s' if len(problems) > 1 else ''} (the other analyses work):")
+    for line in problems:
+        click.echo(f"  {line}")
 
 
 def main() -> None:

@@ -67,11 +67,15 @@ class TrainConfig:
     probe_set_size: int = _f(1000, "Class-stratified validation images whose activations are dumped each epoch.", min=10, max=MAX_IMAGES)
     analysis_batch_size: int = _f(1024, "Un-augmented training images stored for offline loss-based analyses.", min=1, max=MAX_IMAGES)
     full_maps: tuple[str, ...] = _f((), "Layers whose full feature maps are dumped (comma-separated; pooled channels are always dumped).")
+    val_size: int | None = _f(None, "Validate on the probe set plus a seeded, class-stratified rest, N images in all "
+                                    "(at least --probe-set-size) [default: all]; for quick runs while developing a plugin.")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             check_value(f, getattr(self, f.name))
         check_cost(self)
+        if self.val_size is not None and self.val_size < self.probe_set_size:  # the probe set is part of validation
+            raise UsageError("--val-size", f"must be >= --probe-set-size ({self.probe_set_size}), got {self.val_size}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -81,7 +85,7 @@ class TrainConfig:
     def hash(self) -> str:
         """A short, stable fingerprint of everything that changes the trained weights."""
         d = self.to_dict()
-        for k in ("device",):  # where it ran does not change what was asked for
+        for k in ("device", "val_size"):  # where it ran and how much it validated on do not change the weights
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -7,6 +7,13 @@ try, and keeps a status per plugin (active, error, blocked, not-loaded) that
 every analysis is credited to its distribution and version, and a plugin that
 raises there is that plugin's problem.
 
+An analysis can be disabled while the rest of its plugin keeps working, each time
+with one line that `probe plugins` lists and `probe analyze` repeats as a warning:
+  - its parameters' defaults break their own declaration (`Analysis.check_params`);
+  - its name is already taken. Who keeps a name does not depend on load order: the
+    built-ins (distribution probe-cnn) first, then plugins by distribution name, then
+    by entry-point name; every other provider's analysis of that name is disabled.
+
 Environment variables:
   PROBE_PLUGINS=a,b          load only these entry points (empty string: none)
   PROBE_DISABLE_PLUGINS=c,d  load all but these
@@ -15,6 +22,7 @@ Environment variables:
 from __future__ import annotations
 
 import os
+import re
 import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -26,6 +34,7 @@ from . import hookspecs
 from .errors import ProbeError
 
 GROUP = "probe"
+BUILTIN_DIST = "probe-cnn"
 
 
 @dataclass
@@ -41,9 +50,39 @@ class PluginInfo:
     analyses: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
 
+    @property
+    def label(self) -> str:
+        """`plugin 'name' (dist version)`, as the disabled-analysis lines name a provider."""
+        dist = " ".join(x for x in (self.dist, self.version) if x)
+        builtin = ", built-in" if _is_builtin(self) else ""
+        return f"plugin {self.name!r}" + (f" ({dist}{builtin})" if dist else "")
 
-class DuplicateAnalysis(ProbeError):
-    pass
+
+@dataclass
+class Disabled:
+    """An analysis a plugin registered that probe will not run, and why.
+
+    kind is "clash" (the name belongs to an earlier provider, see `_rank`) or
+    "params" (its parameters' defaults break their own declaration; `reason` says how).
+    """
+
+    analysis: str
+    plugin: str
+    kind: str
+    reason: str = ""
+
+
+def _normalize(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+def _is_builtin(info: PluginInfo) -> bool:
+    return _normalize(info.dist) == BUILTIN_DIST
+
+
+def _rank(info: PluginInfo) -> tuple[int, str, str]:
+    """Who keeps a contested analysis name: built-ins, then by distribution name, then entry-point name."""
+    return (0 if _is_builtin(info) else 1, _normalize(info.dist), info.name)
 
 
 class Registry:
@@ -55,6 +94,8 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.analyses: dict[str, Any] = {}  # name -> Analysis
         self.owner: dict[str, str] = {}  # analysis name -> plugin name
+        self.disabled: list[Disabled] = []  # analyses registered but not run, each with its one-line reason
+        self.notes: list[str] = []  # entry points skipped because another has the same name
 
     def register(self, plugin: Any, info: PluginInfo) -> None:
         """Register a plugin object (module) in-process; tests use this directly."""
@@ -84,16 +125,41 @@ class Registry:
                 info.status, info.error = "error", f"register_analyses raised {type(exc).__name__}: {exc}"
                 return
         for analysis in found:
-            if analysis.name in self.analyses:
-                other = self.owner[analysis.name]
-                raise DuplicateAnalysis(
-                    f"analysis {analysis.name!r} is registered by two plugins: {other} and {info.name}; "
-                    f"uninstall one or disable it with PROBE_DISABLE_PLUGINS={info.name}"
-                )
             analysis = analysis.with_provider(info.dist or info.name, info.version)
+            try:
+                analysis.check_params()
+            except Exception as exc:  # a broken params class is this analysis's problem only
+                self.disabled.append(Disabled(analysis.name, info.name, "params", str(exc)))
+                continue
+            if analysis.name in info.analyses:
+                self.disabled.append(Disabled(analysis.name, info.name, "params",
+                                              "the plugin registers this name twice; the second is ignored"))
+                continue
+            if analysis.name in self.analyses:
+                holder = self.plugins[self.owner[analysis.name]]
+                if _rank(info) > _rank(holder):
+                    self.disabled.append(Disabled(analysis.name, info.name, "clash"))
+                    continue
+                holder.analyses.remove(analysis.name)  # a built-in registered after a newcomer takes its name back
+                self.disabled.append(Disabled(analysis.name, holder.name, "clash"))
             self.analyses[analysis.name] = analysis
             self.owner[analysis.name] = info.name
             info.analyses.append(analysis.name)
+
+    def describe_disabled(self, d: Disabled) -> str:
+        """One line: which analysis of which plugin is off, why, and what to do about it."""
+        info = self.plugins[d.plugin]
+        head = f"analysis {d.analysis!r} of {info.label} is disabled"
+        if d.kind == "clash":
+            holder = self.plugins[self.owner[d.analysis]]
+            skip = [s for s in os.environ.get("PROBE_DISABLE_PLUGINS", "").split(",") if s.strip()] + [info.name]
+            return (f"{head}: the name is already provided by {holder.label}; rename it in {info.dist or info.name}, "
+                    f"or set PROBE_DISABLE_PLUGINS={','.join(skip)} to stop loading {info.name!r}")
+        return f"{head}: {d.reason}; fix it in {info.dist or info.name}"
+
+    def problems(self) -> list[str]:
+        """Every disabled analysis and skipped entry point, one line each (`probe plugins`, `probe analyze`)."""
+        return [self.describe_disabled(d) for d in self.disabled] + list(self.notes)
 
     def add_commands(self, cli: Any) -> None:
         for name, info in self.plugins.items():
@@ -114,6 +180,9 @@ class Registry:
         if name not in self.analyses:
             from .errors import UsageError
 
+            for d in self.disabled:
+                if d.analysis == name:
+                    raise UsageError("--plugin", self.describe_disabled(d))
             known = ", ".join(sorted(self.analyses)) or "none"
             raise UsageError("--plugin", f"unknown analysis {name!r}; installed analyses: {known}")
         return self.analyses[name]
@@ -130,10 +199,15 @@ def _selected(ep: EntryPoint) -> bool:
 def load_registry() -> Registry:
     """Load every selected entry point of the `probe` group, each in its own try."""
     reg = Registry()
-    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+    found = []
+    for ep in entry_points(group=GROUP):
         dist = getattr(ep, "dist", None)
-        info = PluginInfo(ep.name, ep.value, dist.name if dist else "", dist.version if dist else "")
+        found.append((ep, PluginInfo(ep.name, ep.value, dist.name if dist else "", dist.version if dist else "")))
+    for ep, info in sorted(found, key=lambda pair: _rank(pair[1])):
         if ep.name in reg.plugins:
+            first = reg.plugins[ep.name]
+            reg.notes.append(f"entry point {ep.name!r} of {info.dist or ep.value} is not loaded: {first.label} has the "
+                             f"same name; uninstall one of them")
             continue
         if not _selected(ep):
             info.status = "not-loaded"
@@ -176,4 +250,4 @@ def add_plugin_commands(cli: Any) -> None:
     try:
         registry().add_commands(cli)
     except ProbeError:
-        pass  # a duplicate analysis is reported by the commands that use analyses
+        pass  # whatever stops the registry loading is reported by the commands that use analyses

@@ -92,8 +92,11 @@ class Trainer:
         probe_idx = data.stratified(ds.test_y, min(cfg.probe_set_size, len(ds.test_y)), cfg.seed)
         rest = torch.ones(len(ds.test_y), dtype=torch.bool)
         rest[probe_idx] = False
+        rest_idx = rest.nonzero().flatten()
+        if cfg.val_size is not None and cfg.val_size < len(ds.test_y):  # --val-size: a seeded, stratified rest
+            rest_idx = rest_idx[data.stratified(ds.test_y[rest_idx], cfg.val_size - len(probe_idx), cfg.seed + 3)].sort().values
         # The probe set goes first in the validation order: its activations are captured for free.
-        self.val_order = torch.cat([probe_idx, rest.nonzero().flatten()])
+        self.val_order = torch.cat([probe_idx, rest_idx])
         self.val_x = ds.test_x[self.val_order].to(device)
         self.val_y = ds.test_y[self.val_order].to(device)
         self.probe_idx = probe_idx

@@ -128,9 +128,11 @@ def test_a_raising_analysis_is_reported_and_others_finish(probe_run, fresh_regis
     assert (probe_run / "analyses/boom/default/epoch_0002.failed.json").exists()
 
 
-def test_duplicate_analysis_names_are_a_clear_error(fresh_registry):
-    with pytest.raises(probe.ProbeError, match="registered by two plugins: test0 and test1"):
-        registry_with(CountPlugin(), CountPlugin())
+def test_duplicate_analysis_names_disable_the_newcomer(fresh_registry):
+    reg = registry_with(CountPlugin(), CountPlugin())  # more cases: tests/test_plugin_registry.py
+    assert reg.owner["count"] == "test0" and len(reg.problems()) == 1
+    assert reg.problems()[0].startswith("analysis 'count' of plugin 'test1' (tests 0) is disabled: the name is "
+                                        "already provided by plugin 'test0' (tests 0)")
 
 
 def test_broken_entry_point_is_reported_and_the_rest_load(monkeypatch, fresh_registry):
