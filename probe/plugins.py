@@ -62,8 +62,9 @@ class PluginInfo:
 class Disabled:
     """An analysis a plugin registered that probe will not run, and why.
 
-    kind is "clash" (the name belongs to an earlier provider, see `_rank`) or
-    "params" (its parameters' defaults break their own declaration; `reason` says how).
+    kind is "clash" (the name belongs to an earlier provider, see `_rank`), "params"
+    (its parameters' defaults break their own declaration; `reason` says how) or
+    "twice" (its plugin registered the name before).
     """
 
     analysis: str
@@ -132,7 +133,7 @@ class Registry:
                 self.disabled.append(Disabled(analysis.name, info.name, "params", str(exc)))
                 continue
             if analysis.name in info.analyses:
-                self.disabled.append(Disabled(analysis.name, info.name, "params",
+                self.disabled.append(Disabled(analysis.name, info.name, "twice",
                                               "the plugin registers this name twice; the second is ignored"))
                 continue
             if analysis.name in self.analyses:
@@ -152,7 +153,7 @@ class Registry:
         head = f"analysis {d.analysis!r} of {info.label} is disabled"
         if d.kind == "clash":
             holder = self.plugins[self.owner[d.analysis]]
-            skip = [s for s in os.environ.get("PROBE_DISABLE_PLUGINS", "").split(",") if s.strip()] + [info.name]
+            skip = [s.strip() for s in os.environ.get("PROBE_DISABLE_PLUGINS", "").split(",") if s.strip()] + [info.name]
             return (f"{head}: the name is already provided by {holder.label}; rename it in {info.dist or info.name}, "
                     f"or set PROBE_DISABLE_PLUGINS={','.join(skip)} to stop loading {info.name!r}")
         return f"{head}: {d.reason}; fix it in {info.dist or info.name}"

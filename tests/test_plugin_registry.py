@@ -120,7 +120,7 @@ def test_every_clash_is_listed_and_analyze_runs_the_rest(probe_run, fresh_regist
 
 def test_a_plugin_registering_one_name_twice_keeps_the_first(fresh_registry):
     reg = registry(("dup", "dup-plugin", Provides(analysis("drift", "First."), analysis("drift", "Second."))))
-    assert reg.get("drift").summary == "First."
+    assert reg.get("drift").summary == "First." and [d.kind for d in reg.disabled] == ["twice"]
     assert reg.problems() == ["analysis 'drift' of plugin 'dup' (dup-plugin 1.0) is disabled: the plugin registers "
                               "this name twice; the second is ignored; fix it in dup-plugin"]
 
