@@ -100,7 +100,8 @@ def read_run(path: Path, label: str, warn: Warn = warn_stderr) -> RunRow:
     """One run's row; a missing or damaged config.json is a one-line RunFileError."""
     from .rundir import Run
 
-    Run(path)  # a one-line error for what is not a run directory at all
+    if lstat(path / "config.json") is None:
+        Run(path)  # a one-line error for what is not a run directory at all
     cfg = dict(read_config(path)["train"])
     metrics = read_metrics(path, warn)
     last = metrics[-1]["epoch"] if metrics else -1

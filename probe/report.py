@@ -327,7 +327,7 @@ def shape_problem(d: Any, fields: dict[str, tuple[Callable[[Any], bool], str]], 
             return f"{k!r} is not {what}"
     for k, want in expect.items():
         if k in d and d[k] != want:
-            return f"{k!r} is {clean(repr(d[k]), 60)} but the file lies in {clean(repr(want), 60)}'s folder"
+            return f"{k!r} is {clean(repr(d[k]), 60)} but its folder says {clean(repr(want), 60)}"
     return None
 
 
@@ -684,8 +684,10 @@ class RunData:
 
 def read_run(run_dir: str | Path, display: str, installed: tuple[dict[str, Installed], str], warn: Warn) -> RunData:
     """Read and check everything a run's page shows; problems with single files are warnings."""
-    from .rundir import Run
+    from .rundir import CONFIG, Run
 
+    if lstat(Path(run_dir) / CONFIG) is not None:  # a link or FIFO there: say so, not "no config.json"
+        read_config(Path(run_dir))
     run = Run(run_dir)
     warnings: list[str] = []
 
@@ -871,6 +873,8 @@ def _rel(report_dir: Path, target: Path) -> str:
     """A URL relative to the report directory (one level below the run): each path part percent-encoded,
     so no part can become a scheme (`javascript:`), a query or a fragment."""
     parts = target.relative_to(report_dir.parent).parts
+    if ".." in parts:
+        raise ValueError(f"{target}: a link may not leave the run")
     return "../" + "/".join(quote(p, safe="") for p in parts)
 
 
