@@ -38,7 +38,6 @@ from .report import (
     Warn,
     _num,
     clean,
-    is_regular,
     lstat,
     read_config,
     read_json,
@@ -183,7 +182,7 @@ def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[RunRow],
         seen.add(name)
         run_dir = sweep_dir / name
         row = None
-        if is_regular(run_dir / "config.json"):
+        if lstat(run_dir / "config.json") is not None:  # a link or FIFO there is a damaged run, said so
             try:
                 row = read_run(run_dir, name, warn)
             except ProbeError as exc:
