@@ -636,8 +636,10 @@ def _write_report(report_dir: Path, page: str, digest: str, inputs: dict[str, An
             atomic.write_json(tmp / STAMP, {"format": STAMP_FORMAT, "digest": digest, **inputs})
     except OSError as exc:
         raise ProbeError(f"{report_dir}: cannot write the report ({exc.strerror or exc})") from None
-    except ProbeError as exc:
-        raise ProbeError(f"{report_dir}: cannot write the report ({exc})") from None
+    except ProbeError as exc:  # atomic's own one-liner names the temporary file: name the report instead
+        cause = exc.__cause__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+        raise ProbeError(f"{report_dir}: cannot write the report ({reason})") from None
 
 
 # --- building pages ------------------------------------------------------------------------------------------

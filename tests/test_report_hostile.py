@@ -425,18 +425,24 @@ def test_crafted_file_is_refused_with_one_line(tmp_path, empty_registry, sentine
     assert (run / "report/NOTES.md").read_text() == "mine" if case == "report-user-files" else True
 
 
+@pytest.mark.parametrize("where", ["mkdtemp", "fsync"])
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.ENAMETOOLONG, errno.EACCES])
-def test_report_write_failure_is_one_line(tmp_path, empty_registry, monkeypatch, err):
+def test_report_write_failure_is_one_line(tmp_path, empty_registry, monkeypatch, err, where):
+    """(Permission bits mean nothing to root, so the failures are injected where the OS reports them.)"""
     run = clean_run(tmp_path / "run")
 
     def fail(*a, **k):
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(atomic.tempfile, "mkdtemp", fail)
+    if where == "mkdtemp":  # making the new report directory beside the old one
+        monkeypatch.setattr(atomic.tempfile, "mkdtemp", fail)
+    else:  # writing index.html inside it (a full disk shows at fsync at the latest)
+        monkeypatch.setattr(atomic.os, "fsync", fail)
     r = invoke(report.report_command, run)
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
     assert r.output == f"error: {run / REPORT_DIR}: cannot write the report ({os.strerror(err)})\n"
     assert not (run / REPORT_DIR).exists()
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
 def _status(obj):
