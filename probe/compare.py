@@ -119,8 +119,10 @@ def point_problem(sweep_dir: Path, name: Any) -> str | None:
     if there, is a real directory (no symlink out of the sweep)."""
     if not isinstance(name, str) or not name:
         return "has no name"
-    if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+    if name in (".", "..") or "/" in name:
         return "would leave the sweep folder"
+    if "\\" in name or "\x00" in name:
+        return "is not a folder name (a backslash or NUL)"
     if len(name.encode("utf-8", "surrogatepass")) > 255:
         return "is longer than a file name may be"
     st = lstat(sweep_dir / name)
@@ -604,16 +606,21 @@ def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, ec
     _write(out, "table.csv", lambda p: atomic.write_text(p, to_csv(columns, records)))
     written.append(out / "table.csv")
     if plots:
+        import matplotlib
+
         for name, draw in (
             ("curves.png", lambda p: plot_curves(rows, keys, metric, p)),
             ("loss_grid.png", lambda p: plot_loss_grid(rows, keys, records, p)),
             ("regularizers.png", lambda p: plot_regularizers(columns, keys, records, p)),
         ):
-            try:
-                if _write(out, name, draw):
-                    written.append(out / name)
+            try:  # labels come from run folders: `$...$` in one is text, not TeX
+                with matplotlib.rc_context({"text.parse_math": False}):
+                    if _write(out, name, draw):
+                        written.append(out / name)
             except (TypeError, ValueError, KeyError) as exc:  # values a crafted config makes unplottable
-                click.echo(f"warning: {name} not drawn ({clean(exc, 160)})", err=True)
+                _pyplot().close("all")
+                why = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                click.echo(f"warning: {name} not drawn ({clean(why, 160)})", err=True)
     return written
 
 
