@@ -613,3 +613,57 @@ def test_hostile_everything_runs_no_script_in_a_browser(browser, clean_dom, tmp_
     dom = _dom(browser, run_dir)
     assert dom["pwned"] == "undefined" and dom["footer"]
 
+
+
+# --- any JSON in any field: never a traceback (Hypothesis) ------------------------------------------------------
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                        max_leaves=8)
+
+
+FIELDS = [("manifest", k) for k in report.MANIFEST_FIELDS] + [("failure", k) for k in report.FAILURE_FIELDS] + \
+    [("config", k) for k in ("train", "model_spec", "versions", "classes", "num_params", "data_source")] + \
+    [("metrics", k) for k in ("epoch", "val_acc", "train_acc", "epoch_seconds", "lr")]
+
+
+@pytest.fixture(scope="module")
+def fuzz_run(tmp_path_factory) -> Path:
+    return clean_run(tmp_path_factory.mktemp("fuzz") / "run")
+
+
+@pytest.mark.parametrize("where, key", FIELDS, ids=[f"{w}.{k}" for w, k in FIELDS])
+def test_any_json_in_any_field_is_shown_or_skipped_never_a_traceback(fuzz_run, where, key):
+    from hypothesis import HealthCheck, given, settings
+
+    files = {"manifest": fuzz_run / M0, "failure": fuzz_run / "analyses/boom/default/epoch_0001.failed.json",
+             "config": fuzz_run / "config.json", "metrics": fuzz_run / "metrics.jsonl"}
+    original = files[where].read_text()
+
+    @settings(max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(value=_json_values())
+    def check(value):
+        if where == "metrics":
+            rows = [json.loads(line) for line in original.splitlines()]
+            rows[-1][key] = value
+            files[where].write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            d = json.loads(original)
+            d[key] = value
+            files[where].write_text(json.dumps(d))
+        warnings: list[str] = []
+        try:
+            page = report_run(fuzz_run, force=True, installed=installed(CLEAN), warn=warnings.append).path
+        except report.ProbeError as exc:  # only a config.json that is no config may stop the page
+            assert where == "config" and key == "train" and "\n" not in str(exc), exc
+            return
+        assert all("\n" not in w for w in warnings) and len(warnings) <= 1, warnings
+        assert Parsed(page.read_text()).ids >= {"config", "metrics", "missing"}
+
+    try:
+        check()
+    finally:
+        files[where].write_text(original)
