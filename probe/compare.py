@@ -79,12 +79,19 @@ class RunRow:
 
 # --- reading runs and sweeps ------------------------------------------------------------------------------
 
-def analysis_scalars(run_dir: Path, warn: Warn = warn_stderr) -> dict[str, float]:
+def analysis_scalars(run_dir: Path, warn: Warn = warn_stderr, versions: dict[str, str] | None = None) -> dict[str, float]:
     """Numeric scalars of the newest result of each analysis (default variant preferred, last epoch),
-    read from the checked manifests of `report.scan_analyses`, as `probe.results.scalars` keys them."""
+    read from the checked manifests of `report.scan_analyses`, as `probe.results.scalars` keys them.
+
+    With `versions` (analysis -> installed version), results of other versions are left
+    out, as the report leaves them out.
+    """
     from .report import scan_analyses
 
     results, _ = scan_analyses(Path(run_dir), warn)
+    if versions:
+        results = [(p, m) for p, m in results
+                   if versions.get(p.parent.parent.name, str(m.get("version", "1"))) == str(m.get("version", "1"))]
     # The last entry wins: other variants first, then the default one, each by ascending epoch.
     results.sort(key=lambda r: (r[1].get("variant", r[0].parent.name) == "default", r[1].get("epoch") or -1))
     out: dict[str, float] = {}
@@ -95,7 +102,7 @@ def analysis_scalars(run_dir: Path, warn: Warn = warn_stderr) -> dict[str, float
     return out
 
 
-def read_run(path: Path, label: str, warn: Warn = warn_stderr) -> RunRow:
+def read_run(path: Path, label: str, warn: Warn = warn_stderr, versions: dict[str, str] | None = None) -> RunRow:
     """One run's row; a missing or damaged config.json is a one-line RunFileError."""
     from .rundir import Run
 
@@ -109,7 +116,7 @@ def read_run(path: Path, label: str, warn: Warn = warn_stderr) -> RunRow:
         state = "finished" if last >= want else f"partial ({max(last, 0)}/{want} epochs)"
     else:
         state = f"partial ({max(last, 0)}/? epochs)"
-    return RunRow(path, label, cfg, metrics, analysis_scalars(path, warn), state)
+    return RunRow(path, label, cfg, metrics, analysis_scalars(path, warn, versions), state)
 
 
 def point_problem(sweep_dir: Path, name: Any) -> str | None:
@@ -156,7 +163,8 @@ def read_status(sweep_dir: Path, warn: Warn) -> dict[str, dict[str, str]]:
     return out
 
 
-def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[RunRow], list[str]]:
+def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr,
+               versions: dict[str, str] | None = None) -> tuple[list[RunRow], list[str]]:
     """The runs of a sweep in grid order (failed ones included), and its swept keys."""
     from .sweep import SWEEP_FILE
 
@@ -186,7 +194,7 @@ def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[RunRow],
         row = None
         if lstat(run_dir / "config.json") is not None:  # a link or FIFO there is a damaged run, said so
             try:
-                row = read_run(run_dir, name, warn)
+                row = read_run(run_dir, name, warn, versions)
             except ProbeError as exc:
                 warn(f"{exc}; {name} shown as damaged")
                 row = RunRow(run_dir, name, dict(p.get("values") or {}), state="damaged", error=clean(exc), started=False)
@@ -199,8 +207,12 @@ def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[RunRow],
     return rows, keys
 
 
-def collect(paths: Sequence[str], warn: Warn = warn_stderr) -> tuple[list[RunRow], list[str]]:
-    """Runs from every path (a sweep directory or a run directory) and the keys that vary."""
+def collect(paths: Sequence[str], warn: Warn = warn_stderr,
+            versions: dict[str, str] | None = None) -> tuple[list[RunRow], list[str]]:
+    """Runs from every path (a sweep directory or a run directory) and the keys that vary.
+
+    `versions` (analysis -> installed version) keeps analysis scalars of those versions only.
+    """
     from .sweep import SWEEP_FILE
 
     rows: list[RunRow] = []
@@ -209,14 +221,14 @@ def collect(paths: Sequence[str], warn: Warn = warn_stderr) -> tuple[list[RunRow
     for p in paths:
         path = Path(p)
         if lstat(path / SWEEP_FILE) is not None:
-            sweep_rows, sweep_keys = read_sweep(path, warn)
+            sweep_rows, sweep_keys = read_sweep(path, warn, versions)
             if multiple:
                 for r in sweep_rows:
                     r.label = f"{path.name}/{r.label}"
             rows += sweep_rows
             keys += [k for k in sweep_keys if k not in keys]
         else:
-            rows.append(read_run(path, str(p), warn))
+            rows.append(read_run(path, str(p), warn, versions))
     if not rows:
         raise UsageError("PATH", "no runs found")
     # Keys that differ between the runs, beyond the grids (e.g. runs trained by hand).
@@ -587,7 +599,7 @@ def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, ec
     """Print the table; write table.csv and the plots into `out`; return the files written."""
     from .sweep import SWEEP_FILE
 
-    rows, keys = collect(paths)
+    rows, keys = collect(paths, versions=installed_versions())
     known = {k for r in rows for m in r.metrics for k in m}
     if known and metric not in known:
         raise UsageError("--metric", f"{metric!r} is not a per-epoch metric of these runs (have: {', '.join(sorted(known))})")
@@ -622,6 +634,14 @@ def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, ec
                 why = (str(exc).strip() or type(exc).__name__).splitlines()[0]
                 click.echo(f"warning: {name} not drawn ({clean(why, 160)})", err=True)
     return written
+
+
+def installed_versions() -> dict[str, str]:
+    """analysis -> the version installed now (empty if the plugins cannot be listed: then every version counts)."""
+    from .report import installed_analyses
+
+    inst, _ = installed_analyses()
+    return {name: i.version for name, i in inst.items()}
 
 
 def _write(out: Path, name: str, writer: Callable[[Path], Any]) -> Any:

@@ -745,14 +745,16 @@ def read_sweep_spec(sweep_dir: Path) -> dict[str, Any]:
             "plugins": [str(p) for p in plugins]}
 
 
-def sweep_table(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[Any], list[str], list[str], list[dict[str, Any]]]:
+def sweep_table(sweep_dir: Path, warn: Warn = warn_stderr, versions: dict[str, str] | None = None
+                ) -> tuple[list[Any], list[str], list[str], list[dict[str, Any]]]:
     """The comparison rows of a sweep: `probe compare`'s own, so page and terminal agree.
 
-    Returns (runs, swept keys, columns, records), as `compare.collect` + `compare.table`.
+    Returns (runs, swept keys, columns, records), as `compare.collect` + `compare.table`;
+    analysis scalars only of the `versions` installed (analysis -> version).
     """
     from . import compare
 
-    rows, keys = compare.collect([str(sweep_dir)], warn=warn)
+    rows, keys = compare.collect([str(sweep_dir)], warn=warn, versions=versions)
     # A point not started yet has no config, so every config key looks "swept" to
     # `collect`; keep the grid's keys and those that differ between started runs.
     grid = set(read_sweep_spec(sweep_dir)["grid"])
@@ -770,20 +772,26 @@ def report_sweep(sweep_dir: str | Path, *, force: bool = False, display: str | N
     sweep_dir = Path(sweep_dir)
     display = display or str(sweep_dir)
     warnings: list[str] = []
+    said: set[str] = set()
+
+    def once(msg: str) -> None:  # compare's table and each run's page read the same manifests
+        if msg not in said:
+            said.add(msg)
+            warn(msg)
 
     def note(msg: str) -> None:
         warnings.append(msg)
-        warn(msg)
+        once(msg)
 
     spec = read_sweep_spec(sweep_dir)
     installed = installed_analyses()
-    rows, keys, columns, records = sweep_table(sweep_dir, note)
+    rows, keys, columns, records = sweep_table(sweep_dir, note, {n: i.version for n, i in installed[0].items()})
     pages: dict[str, PageResult] = {}
     for row in rows:
         if row.started:
             try:
                 pages[row.label] = report_run(row.path, force=force, display=f"{display.rstrip('/')}/{row.label}",
-                                              installed=installed, warn=warn)
+                                              installed=installed, warn=once)
             except ProbeError as exc:  # one damaged run costs its own page, not the sweep's
                 note(f"{exc}; no page for {row.label}")
     written = sum(p.written for p in pages.values())

@@ -667,3 +667,19 @@ def test_any_json_in_any_field_is_shown_or_skipped_never_a_traceback(fuzz_run, w
         check()
     finally:
         files[where].write_text(original)
+
+
+def test_a_crafted_manifest_in_a_sweep_run_is_one_warning_for_table_and_page(tmp_path, empty_registry):
+    sweep = make_sweep(tmp_path / "sw", CLEAN)
+    _set(M0, scalars=[1])(sweep / "lr=0.1", tmp_path)
+    r = invoke(report.report_command, sweep)
+    assert r.exit_code == 0, r.output
+    warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 1 and f"lr=0.1/{M0}: 'scalars' is not an object" in warnings[0], r.output
+
+
+def test_compare_takes_analysis_scalars_of_the_installed_version_only(tmp_path):
+    run = clean_run(tmp_path / "run")  # demo's results are version 1, with the scalar value=1.5
+    assert compare.analysis_scalars(run, print, {"demo": "1"})["demo.value"] == 1.5
+    assert "demo.value" not in compare.analysis_scalars(run, print, {"demo": "2"})
+    assert compare.analysis_scalars(run, print, None)["demo.value"] == 1.5  # nothing installed to compare with
