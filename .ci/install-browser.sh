@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the browser tests of tests/test_report.py need: Debian's Chromium with its
+# What the browser tests of tests/test_report.py and tests/test_report_hostile.py need: Debian's Chromium with its
 # matching chromedriver (Selenium comes with the `dev` extra that `make test` installs). Browser downloads by
 # playwright or selenium-manager cannot work here (only PyPI and Debian's apt are
 # reachable), so the browser comes from apt and Selenium is pointed at it.

@@ -38,7 +38,6 @@ from .report import (
     Warn,
     _num,
     clean,
-    is_regular,
     lstat,
     read_config,
     read_json,
@@ -80,12 +79,19 @@ class RunRow:
 
 # --- reading runs and sweeps ------------------------------------------------------------------------------
 
-def analysis_scalars(run_dir: Path, warn: Warn = warn_stderr) -> dict[str, float]:
+def analysis_scalars(run_dir: Path, warn: Warn = warn_stderr, versions: dict[str, str] | None = None) -> dict[str, float]:
     """Numeric scalars of the newest result of each analysis (default variant preferred, last epoch),
-    read from the checked manifests of `report.scan_analyses`, as `probe.results.scalars` keys them."""
+    read from the checked manifests of `report.scan_analyses`, as `probe.results.scalars` keys them.
+
+    With `versions` (analysis -> installed version), results of other versions are left
+    out, as the report leaves them out.
+    """
     from .report import scan_analyses
 
     results, _ = scan_analyses(Path(run_dir), warn)
+    if versions:
+        results = [(p, m) for p, m in results
+                   if versions.get(p.parent.parent.name, str(m.get("version", "1"))) == str(m.get("version", "1"))]
     # The last entry wins: other variants first, then the default one, each by ascending epoch.
     results.sort(key=lambda r: (r[1].get("variant", r[0].parent.name) == "default", r[1].get("epoch") or -1))
     out: dict[str, float] = {}
@@ -96,11 +102,12 @@ def analysis_scalars(run_dir: Path, warn: Warn = warn_stderr) -> dict[str, float
     return out
 
 
-def read_run(path: Path, label: str, warn: Warn = warn_stderr) -> RunRow:
+def read_run(path: Path, label: str, warn: Warn = warn_stderr, versions: dict[str, str] | None = None) -> RunRow:
     """One run's row; a missing or damaged config.json is a one-line RunFileError."""
     from .rundir import Run
 
-    Run(path)  # a one-line error for what is not a run directory at all
+    if lstat(path / "config.json") is None:
+        Run(path)  # a one-line error for what is not a run directory at all
     cfg = dict(read_config(path)["train"])
     metrics = read_metrics(path, warn)
     last = metrics[-1]["epoch"] if metrics else -1
@@ -109,7 +116,7 @@ def read_run(path: Path, label: str, warn: Warn = warn_stderr) -> RunRow:
         state = "finished" if last >= want else f"partial ({max(last, 0)}/{want} epochs)"
     else:
         state = f"partial ({max(last, 0)}/? epochs)"
-    return RunRow(path, label, cfg, metrics, analysis_scalars(path, warn), state)
+    return RunRow(path, label, cfg, metrics, analysis_scalars(path, warn, versions), state)
 
 
 def point_problem(sweep_dir: Path, name: Any) -> str | None:
@@ -119,8 +126,10 @@ def point_problem(sweep_dir: Path, name: Any) -> str | None:
     if there, is a real directory (no symlink out of the sweep)."""
     if not isinstance(name, str) or not name:
         return "has no name"
-    if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+    if name in (".", "..") or "/" in name:
         return "would leave the sweep folder"
+    if "\\" in name or "\x00" in name:
+        return "is not a folder name (a backslash or NUL)"
     if len(name.encode("utf-8", "surrogatepass")) > 255:
         return "is longer than a file name may be"
     st = lstat(sweep_dir / name)
@@ -154,7 +163,8 @@ def read_status(sweep_dir: Path, warn: Warn) -> dict[str, dict[str, str]]:
     return out
 
 
-def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[RunRow], list[str]]:
+def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr,
+               versions: dict[str, str] | None = None) -> tuple[list[RunRow], list[str]]:
     """The runs of a sweep in grid order (failed ones included), and its swept keys."""
     from .sweep import SWEEP_FILE
 
@@ -182,9 +192,9 @@ def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[RunRow],
         seen.add(name)
         run_dir = sweep_dir / name
         row = None
-        if is_regular(run_dir / "config.json"):
+        if lstat(run_dir / "config.json") is not None:  # a link or FIFO there is a damaged run, said so
             try:
-                row = read_run(run_dir, name, warn)
+                row = read_run(run_dir, name, warn, versions)
             except ProbeError as exc:
                 warn(f"{exc}; {name} shown as damaged")
                 row = RunRow(run_dir, name, dict(p.get("values") or {}), state="damaged", error=clean(exc), started=False)
@@ -197,8 +207,12 @@ def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[RunRow],
     return rows, keys
 
 
-def collect(paths: Sequence[str], warn: Warn = warn_stderr) -> tuple[list[RunRow], list[str]]:
-    """Runs from every path (a sweep directory or a run directory) and the keys that vary."""
+def collect(paths: Sequence[str], warn: Warn = warn_stderr,
+            versions: dict[str, str] | None = None) -> tuple[list[RunRow], list[str]]:
+    """Runs from every path (a sweep directory or a run directory) and the keys that vary.
+
+    `versions` (analysis -> installed version) keeps analysis scalars of those versions only.
+    """
     from .sweep import SWEEP_FILE
 
     rows: list[RunRow] = []
@@ -207,14 +221,14 @@ def collect(paths: Sequence[str], warn: Warn = warn_stderr) -> tuple[list[RunRow
     for p in paths:
         path = Path(p)
         if lstat(path / SWEEP_FILE) is not None:
-            sweep_rows, sweep_keys = read_sweep(path, warn)
+            sweep_rows, sweep_keys = read_sweep(path, warn, versions)
             if multiple:
                 for r in sweep_rows:
                     r.label = f"{path.name}/{r.label}"
             rows += sweep_rows
             keys += [k for k in sweep_keys if k not in keys]
         else:
-            rows.append(read_run(path, str(p), warn))
+            rows.append(read_run(path, str(p), warn, versions))
     if not rows:
         raise UsageError("PATH", "no runs found")
     # Keys that differ between the runs, beyond the grids (e.g. runs trained by hand).
@@ -585,7 +599,7 @@ def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, ec
     """Print the table; write table.csv and the plots into `out`; return the files written."""
     from .sweep import SWEEP_FILE
 
-    rows, keys = collect(paths)
+    rows, keys = collect(paths, versions=installed_versions())
     known = {k for r in rows for m in r.metrics for k in m}
     if known and metric not in known:
         raise UsageError("--metric", f"{metric!r} is not a per-epoch metric of these runs (have: {', '.join(sorted(known))})")
@@ -604,17 +618,30 @@ def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, ec
     _write(out, "table.csv", lambda p: atomic.write_text(p, to_csv(columns, records)))
     written.append(out / "table.csv")
     if plots:
+        import matplotlib
+
         for name, draw in (
             ("curves.png", lambda p: plot_curves(rows, keys, metric, p)),
             ("loss_grid.png", lambda p: plot_loss_grid(rows, keys, records, p)),
             ("regularizers.png", lambda p: plot_regularizers(columns, keys, records, p)),
         ):
-            try:
-                if _write(out, name, draw):
-                    written.append(out / name)
+            try:  # labels come from run folders: `$...$` in one is text, not TeX
+                with matplotlib.rc_context({"text.parse_math": False}):
+                    if _write(out, name, draw):
+                        written.append(out / name)
             except (TypeError, ValueError, KeyError) as exc:  # values a crafted config makes unplottable
-                click.echo(f"warning: {name} not drawn ({clean(exc, 160)})", err=True)
+                _pyplot().close("all")
+                why = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                click.echo(f"warning: {name} not drawn ({clean(why, 160)})", err=True)
     return written
+
+
+def installed_versions() -> dict[str, str]:
+    """analysis -> the version installed now (empty if the plugins cannot be listed: then every version counts)."""
+    from .report import installed_analyses
+
+    inst, _ = installed_analyses()
+    return {name: i.version for name, i in inst.items()}
 
 
 def _write(out: Path, name: str, writer: Callable[[Path], Any]) -> Any:

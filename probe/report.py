@@ -327,7 +327,7 @@ def shape_problem(d: Any, fields: dict[str, tuple[Callable[[Any], bool], str]], 
             return f"{k!r} is not {what}"
     for k, want in expect.items():
         if k in d and d[k] != want:
-            return f"{k!r} is {clean(repr(d[k]), 60)} but the file lies in {clean(repr(want), 60)}'s folder"
+            return f"{k!r} is {clean(repr(d[k]), 60)} but its folder says {clean(repr(want), 60)}"
     return None
 
 
@@ -636,8 +636,10 @@ def _write_report(report_dir: Path, page: str, digest: str, inputs: dict[str, An
             atomic.write_json(tmp / STAMP, {"format": STAMP_FORMAT, "digest": digest, **inputs})
     except OSError as exc:
         raise ProbeError(f"{report_dir}: cannot write the report ({exc.strerror or exc})") from None
-    except ProbeError as exc:
-        raise ProbeError(f"{report_dir}: cannot write the report ({exc})") from None
+    except ProbeError as exc:  # atomic's own one-liner names the temporary file: name the report instead
+        cause = exc.__cause__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+        raise ProbeError(f"{report_dir}: cannot write the report ({reason})") from None
 
 
 # --- building pages ------------------------------------------------------------------------------------------
@@ -684,8 +686,10 @@ class RunData:
 
 def read_run(run_dir: str | Path, display: str, installed: tuple[dict[str, Installed], str], warn: Warn) -> RunData:
     """Read and check everything a run's page shows; problems with single files are warnings."""
-    from .rundir import Run
+    from .rundir import CONFIG, Run
 
+    if lstat(Path(run_dir) / CONFIG) is not None:  # a link or FIFO there: say so, not "no config.json"
+        read_config(Path(run_dir))
     run = Run(run_dir)
     warnings: list[str] = []
 
@@ -741,14 +745,16 @@ def read_sweep_spec(sweep_dir: Path) -> dict[str, Any]:
             "plugins": [str(p) for p in plugins]}
 
 
-def sweep_table(sweep_dir: Path, warn: Warn = warn_stderr) -> tuple[list[Any], list[str], list[str], list[dict[str, Any]]]:
+def sweep_table(sweep_dir: Path, warn: Warn = warn_stderr, versions: dict[str, str] | None = None
+                ) -> tuple[list[Any], list[str], list[str], list[dict[str, Any]]]:
     """The comparison rows of a sweep: `probe compare`'s own, so page and terminal agree.
 
-    Returns (runs, swept keys, columns, records), as `compare.collect` + `compare.table`.
+    Returns (runs, swept keys, columns, records), as `compare.collect` + `compare.table`;
+    analysis scalars only of the `versions` installed (analysis -> version).
     """
     from . import compare
 
-    rows, keys = compare.collect([str(sweep_dir)], warn=warn)
+    rows, keys = compare.collect([str(sweep_dir)], warn=warn, versions=versions)
     # A point not started yet has no config, so every config key looks "swept" to
     # `collect`; keep the grid's keys and those that differ between started runs.
     grid = set(read_sweep_spec(sweep_dir)["grid"])
@@ -766,20 +772,26 @@ def report_sweep(sweep_dir: str | Path, *, force: bool = False, display: str | N
     sweep_dir = Path(sweep_dir)
     display = display or str(sweep_dir)
     warnings: list[str] = []
+    said: set[str] = set()
+
+    def once(msg: str) -> None:  # compare's table and each run's page read the same manifests
+        if msg not in said:
+            said.add(msg)
+            warn(msg)
 
     def note(msg: str) -> None:
         warnings.append(msg)
-        warn(msg)
+        once(msg)
 
     spec = read_sweep_spec(sweep_dir)
     installed = installed_analyses()
-    rows, keys, columns, records = sweep_table(sweep_dir, note)
+    rows, keys, columns, records = sweep_table(sweep_dir, note, {n: i.version for n, i in installed[0].items()})
     pages: dict[str, PageResult] = {}
     for row in rows:
         if row.started:
             try:
                 pages[row.label] = report_run(row.path, force=force, display=f"{display.rstrip('/')}/{row.label}",
-                                              installed=installed, warn=warn)
+                                              installed=installed, warn=once)
             except ProbeError as exc:  # one damaged run costs its own page, not the sweep's
                 note(f"{exc}; no page for {row.label}")
     written = sum(p.written for p in pages.values())
@@ -871,6 +883,8 @@ def _rel(report_dir: Path, target: Path) -> str:
     """A URL relative to the report directory (one level below the run): each path part percent-encoded,
     so no part can become a scheme (`javascript:`), a query or a fragment."""
     parts = target.relative_to(report_dir.parent).parts
+    if ".." in parts:
+        raise ValueError(f"{target}: a link may not leave the run")
     return "../" + "/".join(quote(p, safe="") for p in parts)
 
 

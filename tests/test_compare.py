@@ -132,7 +132,7 @@ def test_regularization_sweep_plots_against_each_regularizer(tmp_path, monkeypat
               for c in [(d, w, a) for d in grid["dropout"] for w in grid["weight_decay"] for a in grid["augment"]]}
     sweep = write_sweep(tmp_path / "reg", grid, curves)
     # Analysis scalars come from probe.results; stand in for the hessian and sharpness analyses.
-    monkeypatch.setattr(cmp, "analysis_scalars", lambda run_dir, warn=None: {
+    monkeypatch.setattr(cmp, "analysis_scalars", lambda run_dir, *args: {
         "hessian.top_eigenvalue": 12.5, "sharpness.sharpness": 0.031, "other.value": 1.0})
     result = invoke(sweep, "--out", tmp_path / "cmp", "--metric", "train_loss")
     assert result.exit_code == 0, result.output

@@ -391,3 +391,50 @@ def test_sweep_page_in_a_browser_sorts_and_links(browser, sweep, registry, tmp_p
     browser.find_element(By.LINK_TEXT, "lr=0.2").click()
     WebDriverWait(browser, 20).until(lambda d: d.title == "probe report: lr=0.2")
     assert not _errors(browser)
+
+
+# --- versions (#12, item 3) ------------------------------------------------------------------------------------------
+
+def _demo_registry(version: str):
+    """Only `demo`, at the given version, as after upgrading the plugin that provides it."""
+    @probe.hookimpl
+    def register(register) -> None:
+        register(probe.Analysis(name="demo", run=_demo, scope="epoch", needs={"checkpoint"},
+                                summary="A figure per epoch.", version=version))
+
+    reg = plugins.Registry()
+    reg.register(SimpleNamespace(register_analyses=register), plugins.PluginInfo("test", "tests", "tests", "0"))
+    plugins.reset_registry(reg)
+    return reg
+
+
+def test_report_shows_the_current_version_and_the_command_for_older_results(probe_run, fresh_registry):
+    import html
+    import re
+    import shlex
+
+    from probe.analyze import run_analyses
+
+    def page() -> str:
+        assert invoke(probe_run).exit_code == 0
+        return html.unescape((probe_run / REPORT_DIR / INDEX).read_text())
+
+    run_analyses(probe_run, ["demo"], "all", registry=_demo_registry("1"))
+    reg = _demo_registry("2")  # the plugin was upgraded: every result is of an older version now
+    text = page()
+    assert "Older versions only" in text and 'id="a-demo-default"' not in text and "epoch_0000/panel.png" not in text
+    row = re.search(r"<tr><td>demo</td><td>(\d+)</td><td>([^<]*)</td><td>([^<]*)</td><td><code class=\"cmd\">([^<]*)</code>", text)
+    assert row and row.groups() == ("3", "1", "2", f"probe analyze {probe_run} --plugin demo --epochs 0,1,2")
+
+    run_analyses(probe_run, ["demo"], "last", registry=reg)  # only the last epoch recomputed
+    text = page()
+    assert 'id="a-demo-default"' in text and "Older versions only" not in text
+    assert "epoch_0002/panel.png" in text and "epoch_0001/panel.png" not in text  # never mixed with version 1
+    older = re.search(r"(\d+) result\(s\) of older version\(s\) (\S+) not shown; recompute them with "
+                      r"<code class=\"cmd\">([^<]*)</code>", text)
+    assert older and older.groups()[:2] == ("2", "1")
+    cmd = shlex.split(older.group(3))  # the command it gives does recompute them
+    assert cmd[:5] == ["probe", "analyze", str(probe_run), "--plugin", "demo"] and cmd[5:] == ["--epochs", "0,1"]
+    run_analyses(probe_run, ["demo"], cmd[6], registry=reg)
+    text = page()
+    assert "older version" not in text and all(f"epoch_000{e}/panel.png" in text for e in (0, 1, 2))
