@@ -222,7 +222,7 @@ def _refuse_links(path: Path, group, where: str) -> dict:
     return out
 
 
-def _check_dataset(path: Path, ds, name: str, dtype: str, shape: tuple[int, ...] | None, rank: int) -> int:
+def _check_dataset(path: Path, ds, name: str, dtype: str, shape: tuple[int, ...] | None, rank: int, max_rows: int) -> int:
     """Refuse external or virtual storage, unknown filters, the wrong dtype or a shape the run cannot have."""
     import h5py
 
@@ -238,6 +238,8 @@ def _check_dataset(path: Path, ds, name: str, dtype: str, shape: tuple[int, ...]
         raise RunFileError(path, f"{name} uses HDF5 filter(s) {sorted(filters - _ALLOWED_FILTERS)} (probe writes gzip and shuffle only)")
     if ds.dtype != np.dtype(dtype) or len(ds.shape) != rank:
         raise RunFileError(path, f"{name} must be {dtype} of rank {rank}, got {ds.dtype} {list(ds.shape)}")
+    if not 1 <= ds.shape[0] <= max_rows:
+        raise RunFileError(path, f"{name} declares shape {list(ds.shape)}: {ds.shape[0]:,} probe images, expected 1 to {max_rows:,}")
     if shape is not None and tuple(ds.shape[1:]) != shape:
         raise RunFileError(path, f"{name} declares shape {list(ds.shape)}; this run's model gives [P, {', '.join(map(str, shape))}]")
     if math.prod(ds.shape) > MAX_ELEMENTS:
@@ -262,8 +264,9 @@ def check_structure(path: Path, f, expect: Expected | None) -> None:
         raise RunFileError(path, f"unexpected object /{unknown[0]} (a dump holds /pooled, /maps and /logits)")
     if "logits" not in top:
         raise RunFileError(path, "no /logits dataset")
+    limit = expect.max_samples if expect else MAX_SAMPLES
     rows = {"/logits": _check_dataset(path, top["logits"], "/logits", "float32",
-                                       (expect.num_classes,) if expect else None, 2)}
+                                       (expect.num_classes,) if expect else None, 2, limit)}
     for group, rank in (("pooled", 2), ("maps", 4)):
         if group not in top:
             continue
@@ -278,11 +281,10 @@ def check_structure(path: Path, f, expect: Expected | None) -> None:
                 shape = (full[0],) if group == "pooled" and len(full) == 3 else full
                 if group == "maps" and len(full) != 3:
                     raise RunFileError(path, f"/{group}/{name}: layer {name!r} has no feature maps")
-            rows[f"/{group}/{name}"] = _check_dataset(path, ds, f"/{group}/{name}", "float16", shape, rank)
-    limit = expect.max_samples if expect else MAX_SAMPLES
+            rows[f"/{group}/{name}"] = _check_dataset(path, ds, f"/{group}/{name}", "float16", shape, rank, limit)
     for name, n in rows.items():
-        if n != rows["/logits"] or not 1 <= n <= limit:
-            raise RunFileError(path, f"{name} declares {n:,} probe images; expected {rows['/logits']:,} (at most {limit:,})")
+        if n != rows["/logits"]:
+            raise RunFileError(path, f"{name} declares {n:,} probe images, /logits {rows['/logits']:,}")
 
 
 def read(path: str | Path, layer: str | None = None, kind: str = "pooled", *,

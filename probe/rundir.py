@@ -11,6 +11,7 @@ sees finished epochs.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -83,7 +84,7 @@ class Run:
         self.path = Path(path)
         if not self.path.is_dir():
             raise NotARunError(self.path, "no such run directory")
-        if not (self.path / CONFIG).is_file():
+        if not os.path.lexists(self.path / CONFIG):  # a link or FIFO here is refused, precisely, by `config`
             raise NotARunError(self.path, f"not a probe run directory (no {CONFIG}); create one with `probe train --run-dir {self.path}`")
 
     def __repr__(self) -> str:
