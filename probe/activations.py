@@ -190,7 +190,11 @@ def expected_for_run(run_dir: str | Path) -> Expected | None:
     from .checkpoint import _check_spec
 
     _check_spec(spec, run_dir / CONFIG)
-    return Expected(size, spec.num_classes, layer_shapes(spec))
+    try:
+        shapes = layer_shapes(spec)
+    except Exception as exc:  # e.g. a depth whose poolings shrink 32x32 to nothing
+        raise RunFileError(run_dir / CONFIG, f"model spec does not fit 32x32 images ({(str(exc).splitlines() or [''])[0][:120]})") from None
+    return Expected(size, spec.num_classes, shapes)
 
 
 @functools.lru_cache(maxsize=32)
@@ -299,13 +303,16 @@ def read(path: str | Path, layer: str | None = None, kind: str = "pooled", *,
     import h5py
 
     path = Path(path)
-    if expect is None and path.parent.name == "activations":
-        try:
-            expect = expected_for_run(path.parent.parent)
-        except RunFileError:  # a damaged config.json is reported by what reads it; the fixed bounds still hold
-            expect = None
+    within = None
+    if path.parent.name == "activations" and (path.parent.parent / "config.json").exists():
+        within = path.parent.parent  # a dump of a run: no link may lead out of the run
+        if expect is None:
+            try:
+                expect = expected_for_run(within)
+            except RunFileError:  # a damaged config.json is reported by what reads it; the fixed bounds still hold
+                expect = None
     try:
-        fh = safeio.open_regular(path)
+        fh = safeio.open_regular(path, within=within)
     except safeio.MissingFileError:
         raise RunFileError(path, "activation dump does not exist") from None
     with fh:

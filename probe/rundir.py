@@ -192,7 +192,7 @@ class Run:
     def load_checkpoint(self, epoch: int):
         from . import checkpoint
 
-        ckpt = checkpoint.load(self.checkpoint_path(epoch))
+        ckpt = checkpoint.load(self.checkpoint_path(epoch), within=self.path)
         if ckpt.epoch != epoch:  # a copied or renamed file: its weights are not this epoch's
             raise RunFileError(ckpt.path, f"holds epoch {ckpt.epoch}, not epoch {epoch}")
         return ckpt

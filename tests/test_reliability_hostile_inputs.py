@@ -120,6 +120,13 @@ def replace_with_fifo(env: Env, path: Path) -> None:
     os.mkfifo(path)
 
 
+def folder_outside(env: Env, path: Path) -> None:
+    """Move a run folder (checkpoints/, activations/, data/) outside the run and leave a link in its place."""
+    target = env.outside / f"moved-{path.name}"
+    shutil.move(str(path), target)
+    path.symlink_to(target, target_is_directory=True)
+
+
 def write_text(text: str) -> Callable[[Env, Path], None]:
     def setup(env: Env, path: Path) -> None:
         path.write_text(text)
@@ -357,6 +364,9 @@ CASES = [
          f"FAILED peek epoch 2: {{path}}: {NOT_REGULAR}", 1),
     Case("checkpoint FIFO", CKPT, replace_with_fifo, ANALYZE_PEEK,
          "FAILED peek epoch 2: {path}: is a FIFO (named pipe), not a regular file", 1),
+    Case("checkpoints folder linked outside", "checkpoints", folder_outside, ANALYZE_PEEK,
+         "FAILED peek epoch 2: {run}/checkpoints/epoch_0002.safetensors: lies outside {run} through a symbolic link "
+         "(resolves to {outside}/moved-checkpoints); probe reads nothing outside it", 1),
     # checkpoints: sealed, crafted fields
     Case("checkpoint without rng/torch", CKPT, reseal_checkpoint(drop("rng/torch")), ANALYZE_PEEK,
          "FAILED peek epoch 2: {path}: field rng/torch: missing (needed to resume exactly)", 1),
@@ -415,6 +425,12 @@ CASES = [
          f"FAILED peek epoch 2: {{path}}: {NOT_REGULAR}", 1),
     Case("dump FIFO", DUMP, replace_with_fifo, ANALYZE_PEEK,
          "FAILED peek epoch 2: {path}: is a FIFO (named pipe), not a regular file", 1),
+    Case("activations folder linked outside", "activations", folder_outside, ANALYZE_RSM,
+         "FAILED rsm epoch 2: {run}/activations/epoch_0002.h5: lies outside {run} through a symbolic link "
+         "(resolves to {outside}/moved-activations); probe reads nothing outside it", 1),
+    Case("data folder linked outside", "data", folder_outside, ANALYZE_RSM,
+         "FAILED rsm epoch 2: {run}/data/probe_set.safetensors: lies outside {run} through a symbolic link "
+         "(resolves to {outside}/moved-data); probe reads nothing outside it", 1),
     Case("dump external link", DUMP, reseal_dump(external_link), ANALYZE_PEEK,
          "FAILED peek epoch 2: {path}: /pooled/features.2 is an HDF5 external link to {outside}/data.h5:/data; "
          "probe reads nothing outside the file", 1),
@@ -557,17 +573,16 @@ def test_hostile_input_is_one_line(case: Case, template: Path, tmp_path: Path, m
     env.tmp.mkdir()
     monkeypatch.setenv("PROBE_CACHE", str(env.cache))
     registry_with_builtins()
-    before = tree_digest(env.outside)
     path = env.run / case.file if case.file else None
     if case.setup is not None:
         case.setup(env, path)
+    before = tree_digest(env.outside), sorted(p.relative_to(env.outside) for p in env.outside.rglob("*"))
     code, output = run_command(env, case.command)
     expected = case.message.format(run=env.run, path=path, outside=env.outside, tmp=env.tmp, cache="{cache}")
     assert "Traceback" not in output, output
     flagged = [line for line in output.splitlines() if line.startswith(("error:", "FAILED", "warning:"))]
     assert flagged == [expected], output
     assert code == case.code, output
-    assert tree_digest(env.outside) == before
-    assert sorted(p.name for p in env.outside.rglob("*")) == ["config.json", "data.h5", "epoch_0002.safetensors",
-                                                              "nested", "secret.bin", "secret.txt", "thesis.tex"]
+    assert (tree_digest(env.outside), sorted(p.relative_to(env.outside) for p in env.outside.rglob("*"))) == before
+    assert (env.outside / "nested" / "thesis.tex").is_file() and (env.outside / "secret.txt").is_file()
 
