@@ -210,4 +210,7 @@ def from_dict(d: dict[str, Any], source: str) -> TrainConfig:
     if not isinstance(d, dict):
         raise UsageError(source, "expected a JSON object")
     values = {k: coerce(k, v, source) for k, v in d.items()}
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except UsageError as exc:  # a bound across fields (check_cost): name the file too
+        raise UsageError(source, str(exc)) from None
