@@ -586,3 +586,12 @@ def test_hostile_input_is_one_line(case: Case, template: Path, tmp_path: Path, m
     assert (tree_digest(env.outside), sorted(p.relative_to(env.outside) for p in env.outside.rglob("*"))) == before
     assert (env.outside / "nested" / "thesis.tex").is_file() and (env.outside / "secret.txt").is_file()
 
+
+
+@pytest.mark.parametrize("depth, width, dropout", [(2, 3, 0.0), (4, 32, 0.0), (8, 7, 0.3)])
+def test_declared_shapes_are_checked_against_the_model_itself(depth: int, width: int, dropout: float) -> None:
+    """The arithmetic walk that bounds a dump's shapes agrees with a real (meta-device) forward pass."""
+    from probe.model import ModelSpec
+
+    spec = ModelSpec(depth=depth, base_width=width, dropout=dropout)
+    assert activations.layer_shapes(spec) == activations._layer_shapes_by_forward(spec.build().to("meta"), spec)
