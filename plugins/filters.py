@@ -22,15 +22,15 @@ import probe
 class Params:
     normalize: str = probe.param("minmax", "Per-filter scaling: to [0, 1], or symmetric about 0 (sign visible).",
                                  choices=("minmax", "symmetric"))
-    max_filters: int = probe.param(64, "Show at most this many filters (the first ones).", min=1)
+    max_filters: int = probe.param(64, "Show at most this many filters (the first ones).", min=1, max=4096)
 
 
 @dataclass(frozen=True)
 class EvolutionParams:
     normalize: str = probe.param("minmax", "Per-filter scaling: to [0, 1], or symmetric about 0 (sign visible).",
                                  choices=("minmax", "symmetric"))
-    max_filters: int = probe.param(64, "Columns: at most this many filters (the first ones).", min=1)
-    max_epochs: int = probe.param(12, "Rows: at most this many epochs, evenly spaced, first and last kept.", min=2)
+    max_filters: int = probe.param(64, "Columns: at most this many filters (the first ones).", min=1, max=4096)
+    max_epochs: int = probe.param(12, "Rows: at most this many epochs, evenly spaced, first and last kept.", min=2, max=1000)
 
 
 def first_conv_weight(ctx: probe.Context, epoch: int):

@@ -20,10 +20,10 @@ THRESHOLD = 1e-6
 
 @dataclass(frozen=True)
 class Params:
-    n_images: int = probe.param(16, "Images of the stored analysis batch to use (its first ones).", min=1)
-    samples_per_layer: int = probe.param(8, "Weights drawn per conv layer.", min=1)
-    eps: float = probe.param(1e-3, "Finite-difference step.", min=1e-12)
-    seed: int = probe.param(0, "Seed for drawing the weights.", min=0)
+    n_images: int = probe.param(16, "Images of the stored analysis batch to use (its first ones).", min=1, max=4096)
+    samples_per_layer: int = probe.param(8, "Weights drawn per conv layer.", min=1, max=10_000)
+    eps: float = probe.param(1e-3, "Finite-difference step.", min=1e-12, max=1.0)
+    seed: int = probe.param(0, "Seed for drawing the weights.", min=0, max=2**32 - 1)
     freeze_kinks: bool = probe.param(True, "Hold ReLU on/off patterns and max-pool winners fixed across w +- eps "
                                            "(else kinks crossed by the step dominate the error).")
 

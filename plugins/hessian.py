@@ -16,34 +16,53 @@ from dataclasses import dataclass
 
 import probe
 
+# Bounds tied to cost (docs/reliability.md, "Bounds"). Lanczos keeps one vector of the
+# parameter count per step, so its memory is also checked against the model at job start.
+MAX_K = 1000
+MAX_STEPS = 10_000
+MAX_IMAGES = 100_000
+MAX_BASIS_BYTES = 8 << 30
+
 
 @dataclass(frozen=True)
 class Params:
-    top_k: int = probe.param(3, "Largest eigenvalues to find.", min=1)
-    smallest: int = probe.param(1, "Smallest (most negative) eigenvalues to find; 0 to skip.", min=0)
+    top_k: int = probe.param(3, "Largest eigenvalues to find (at most the parameter count).", min=1, max=MAX_K)
+    smallest: int = probe.param(1, "Smallest (most negative) eigenvalues to find; 0 to skip.", min=0, max=MAX_K)
     method: str = probe.param("lanczos", "Eigen solver (power finds largest magnitude, then shifts).",
                               choices=("lanczos", "power"))
-    n_images: int = probe.param(1024, "Images of the stored analysis batch to use (its first ones).", min=1)
-    batch_size: int = probe.param(256, "Mini-batch size; results are averaged weighted by sample count.", min=1)
+    n_images: int = probe.param(1024, "Images of the stored analysis batch to use (its first ones).", min=1, max=MAX_IMAGES)
+    batch_size: int = probe.param(256, "Mini-batch size; results are averaged weighted by sample count.", min=1, max=MAX_IMAGES)
     bn: str = probe.param("eval", "BatchNorm: running statistics (eval) or per-mini-batch statistics (batch).",
                           choices=("eval", "batch"))
     weight_decay: bool = probe.param(False, "Include the run's 0.5 * wd * ||w||^2 in the loss differentiated "
                                             "(an L2 term; AdamW's decoupled decay is not part of any loss).")
-    tol: float = probe.param(1e-3, "Relative change at which an eigenvalue counts as converged.", min=1e-12)
+    tol: float = probe.param(1e-3, "Relative change at which an eigenvalue counts as converged.", min=1e-12, max=1.0)
     residual_tol: float = probe.param(1e-2, "Relative residual at which an eigenvalue counts as converged.",
-                                      min=1e-12)
-    max_iter: int = probe.param(100, "Most Hessian-vector products per solve.", min=2)
-    trace_samples: int = probe.param(0, "Hutchinson samples for the trace (0: skip).", min=0)
-    density_runs: int = probe.param(0, "Stochastic Lanczos quadrature runs for the density (0: skip).", min=0)
-    density_steps: int = probe.param(60, "Lanczos steps per density run.", min=2)
+                                      min=1e-12, max=1.0)
+    max_iter: int = probe.param(100, "Most Hessian-vector products per solve (Lanczos keeps one vector each).", min=2, max=MAX_STEPS)
+    trace_samples: int = probe.param(0, "Hutchinson samples for the trace (0: skip).", min=0, max=MAX_STEPS)
+    density_runs: int = probe.param(0, "Stochastic Lanczos quadrature runs for the density (0: skip).", min=0, max=1000)
+    density_steps: int = probe.param(60, "Lanczos steps per density run.", min=2, max=MAX_STEPS)
     warm_start: bool = probe.param(True, "Start each epoch from the previous epoch's eigenvectors (epochs then run "
                                          "in order; with warm_start=false they are independent pieces that "
                                          "`probe analyze --workers/--dask-workers/--scheduler` spreads out).")
-    seed: int = probe.param(0, "Seed for start and probe vectors.", min=0)
+    seed: int = probe.param(0, "Seed for start and probe vectors.", min=0, max=2**32 - 1)
 
     def __post_init__(self) -> None:
         if self.trace_samples == 1:
             raise ValueError("trace_samples must be 0 or >= 2 (a standard error needs two samples)")
+
+
+def check_cost(p: Params, n: int) -> None:
+    """Refuse, at job start, eigenvalue counts and Krylov bases the model cannot have or memory cannot hold."""
+    if p.top_k + p.smallest > n:
+        raise probe.UsageError("--param top_k", f"hessian: top_k={p.top_k} + smallest={p.smallest} eigenvalues asked of "
+                                                f"a model with {n:,} parameters")
+    for name in ("max_iter", "density_steps"):
+        steps = min(getattr(p, name), n)
+        if steps * n * 8 > MAX_BASIS_BYTES and (name == "max_iter" or p.density_runs):
+            raise probe.UsageError(f"--param {name}", f"hessian: a {steps:,}-step Lanczos basis of {n:,} parameters needs "
+                                                     f"{steps * n * 8 / 2**30:,.1f} GiB, more than {MAX_BASIS_BYTES >> 30} GiB")
 
 
 def epoch_piece(job: tuple):
@@ -63,6 +82,7 @@ def run(ctx: probe.Context) -> None:
     from probe import curvature as C
 
     p = ctx.params
+    check_cost(p, sum(w.numel() for w in ctx.model(ctx.epochs[0]).parameters()))
     batch = ctx.analysis_batch()
     x, y = batch.normalized(ctx.device)[: p.n_images], batch.labels[: p.n_images]
     train = ctx.config()["train"]

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import probe
 
+MAX_RESOLUTION = 201  # a plane is resolution^2 model evaluations over n_images each
+MAX_IMAGES = 100_000
+
 DIRECTIONS = ("filter-normalized", "random", "trajectory")
 
 
@@ -28,19 +31,19 @@ DIRECTIONS = ("filter-normalized", "random", "trajectory")
 class Params:
     directions: str = probe.param("filter-normalized", "Directions of the plane (or line).", choices=DIRECTIONS)
     dims: int = probe.param(2, "1: a line, 2: a plane (trajectory is always a plane).", choices=(1, 2))
-    span: float = probe.param(1.0, "The grid covers [-span, span] along each random direction.", min=1e-6)
-    resolution: int = probe.param(21, "Grid points per direction.", min=2)
-    seed: int = probe.param(0, "Seed of the random directions (recorded).", min=0)
-    margin: float = probe.param(0.25, "trajectory: extra room around the path, as a fraction of its extent.", min=0.0)
+    span: float = probe.param(1.0, "The grid covers [-span, span] along each random direction.", min=1e-6, max=1e6)
+    resolution: int = probe.param(21, "Grid points per direction (a plane costs resolution^2 evaluations).", min=2, max=MAX_RESOLUTION)
+    seed: int = probe.param(0, "Seed of the random directions (recorded).", min=0, max=2**32 - 1)
+    margin: float = probe.param(0.25, "trajectory: extra room around the path, as a fraction of its extent.", min=0.0, max=100.0)
     mean_center: bool = probe.param(False, "trajectory: subtract the mean displacement before the PCA (as Li et al.'s code).")
-    n_images: int = probe.param(1024, "Images of the stored analysis batch to evaluate (its first ones).", min=1)
-    batch_size: int = probe.param(1024, "Images per forward pass.", min=1)
+    n_images: int = probe.param(1024, "Images of the stored analysis batch to evaluate (its first ones).", min=1, max=MAX_IMAGES)
+    batch_size: int = probe.param(1024, "Images per forward pass.", min=1, max=MAX_IMAGES)
     bn: str = probe.param("frozen", "BatchNorm: centre's statistics (frozen) or re-estimated per point.",
                           choices=("frozen", "recalibrate"))
     calib_images: int = probe.param(256, "With bn=recalibrate: images (the analysis batch's last ones) used to "
-                                         "re-estimate the statistics.", min=2)
+                                         "re-estimate the statistics.", min=2, max=MAX_IMAGES)
     rows_per_piece: int = probe.param(1, "With `probe analyze --workers/--dask-workers/--scheduler`: grid rows per "
-                                         "piece sent to the executor.", min=1)
+                                         "piece sent to the executor.", min=1, max=MAX_RESOLUTION)
 
 
 def _surface(ctx: probe.Context, model, x, y, calib, dirs, *, span, span_y=None, p):

@@ -26,11 +26,11 @@ class Params:
                             choices=("pooled", "maps"))
     align: str = probe.param("reference", "PCA axes: fitted on the last epoch, or per-epoch PCA rotated onto it.",
                              choices=("reference", "procrustes"))
-    perplexity: float = probe.param(30.0, "t-SNE perplexity (capped at (N-1)/3).", min=2)
+    perplexity: float = probe.param(30.0, "t-SNE perplexity (capped at (N-1)/3).", min=2, max=10_000)
     tsne_backend: str = probe.param("auto", "t-SNE implementation: openTSNE if installed, else scikit-learn; "
                                             "or pinned (the two give different, equally good embeddings).",
                                     choices=("auto", "opentsne", "sklearn"))
-    seed: int = probe.param(0, "t-SNE random seed.", min=0)
+    seed: int = probe.param(0, "t-SNE random seed.", min=0, max=2**32 - 1)
     same_scale: bool = probe.param(False, "Give every panel the same limits (else each is zoomed to its points; "
                                           "the axes' directions are shared either way).")
 

@@ -16,16 +16,16 @@ import probe
 
 @dataclass(frozen=True)
 class Params:
-    eps: float = probe.param(1e-3, "Worst-case box radius, relative to |w| + 1.", min=1e-12)
-    adaptive_eps: float = probe.param(0.05, "Adaptive radius: ||d / |w| || <= adaptive_eps.", min=1e-12)
+    eps: float = probe.param(1e-3, "Worst-case box radius, relative to |w| + 1.", min=1e-12, max=10.0)
+    adaptive_eps: float = probe.param(0.05, "Adaptive radius: ||d / |w| || <= adaptive_eps.", min=1e-12, max=10.0)
     adaptive_norm: str = probe.param("l2", "Norm of the adaptive ball.", choices=("l2", "linf"))
-    average_eps: float = probe.param(0.01, "Standard deviation of the random perturbation.", min=1e-12)
+    average_eps: float = probe.param(0.01, "Standard deviation of the random perturbation.", min=1e-12, max=10.0)
     average_adaptive: bool = probe.param(False, "Scale the random perturbation by |w|.")
-    steps: int = probe.param(20, "Projected gradient ascent steps.", min=1)
-    samples: int = probe.param(20, "Random perturbations (antithetic pairs) for the average case.", min=2)
-    n_images: int = probe.param(1024, "Images of the stored analysis batch to use (its first ones).", min=1)
-    batch_size: int = probe.param(256, "Mini-batch size; results are averaged weighted by sample count.", min=1)
-    seed: int = probe.param(0, "Seed for the random start and the noise.", min=0)
+    steps: int = probe.param(20, "Projected gradient ascent steps.", min=1, max=10_000)
+    samples: int = probe.param(20, "Random perturbations (antithetic pairs) for the average case.", min=2, max=10_000)
+    n_images: int = probe.param(1024, "Images of the stored analysis batch to use (its first ones).", min=1, max=100_000)
+    batch_size: int = probe.param(256, "Mini-batch size; results are averaged weighted by sample count.", min=1, max=100_000)
+    seed: int = probe.param(0, "Seed for the random start and the noise.", min=0, max=2**32 - 1)
 
 
 def run(ctx: probe.Context) -> None:

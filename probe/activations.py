@@ -190,15 +190,54 @@ def expected_for_run(run_dir: str | Path) -> Expected | None:
     from .checkpoint import _check_spec
 
     _check_spec(spec, run_dir / CONFIG)
-    return Expected(size, spec.num_classes, layer_shapes(spec))
+    try:
+        shapes = layer_shapes(spec)
+    except Exception as exc:  # e.g. a depth whose poolings shrink 32x32 to nothing
+        raise RunFileError(run_dir / CONFIG, f"model spec does not fit 32x32 images ({(str(exc).splitlines() or [''])[0][:120]})") from None
+    return Expected(size, spec.num_classes, shapes)
 
 
 @functools.lru_cache(maxsize=32)
 def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
-    """Every module's output shape for one 32x32 image, found by a forward pass on the meta device (no memory)."""
+    """Every module's output shape for one 32x32 image, without memory.
+
+    Walked layer by layer from the module types (conv 3x3 with padding 1, 2x2
+    max-pool, global pooling, flatten, linear); a module of another type falls
+    back to a forward pass on the meta device (correct, but its first use costs
+    about a second).
+    """
+    from torch import nn
+
     with torch.device("meta"):
         model = spec.build()
-        shapes: dict[str, tuple[int, ...]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    shape: tuple[int, ...] = (spec.in_channels, 32, 32)
+    for name, m in model.named_modules():
+        if not name or name in ("features", "classifier"):
+            continue
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.padding == (1, 1) and m.stride == (1, 1):
+            shape = (m.out_channels, *shape[1:])
+        elif isinstance(m, nn.MaxPool2d) and m.kernel_size == 2 and m.stride == 2 and m.padding == 0:
+            shape = (shape[0], shape[1] // 2, shape[2] // 2)
+        elif isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size == 1:
+            shape = (shape[0], 1, 1)
+        elif isinstance(m, nn.Flatten):
+            shape = (math.prod(shape),)
+        elif isinstance(m, nn.Linear):
+            shape = (m.out_features,)
+        elif not isinstance(m, (nn.BatchNorm2d, nn.ReLU, nn.Dropout)):
+            return _layer_shapes_by_forward(model, spec)
+        if 0 in shape:
+            raise ValueError(f"{name} has no output left ({list(shape)})")
+        shapes[name] = shape
+    shapes["features"] = shapes[f"features.{len(model.features) - 1}"]  # the containers: their last module's output
+    shapes["classifier"] = shape
+    return shapes
+
+
+def _layer_shapes_by_forward(model, spec) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    with torch.device("meta"):
         handles = [m.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:])))
                    for name, m in model.named_modules() if name]
         model.eval()(torch.empty(1, spec.in_channels, 32, 32))
@@ -222,7 +261,7 @@ def _refuse_links(path: Path, group, where: str) -> dict:
     return out
 
 
-def _check_dataset(path: Path, ds, name: str, dtype: str, shape: tuple[int, ...] | None, rank: int) -> int:
+def _check_dataset(path: Path, ds, name: str, dtype: str, shape: tuple[int, ...] | None, rank: int, max_rows: int) -> int:
     """Refuse external or virtual storage, unknown filters, the wrong dtype or a shape the run cannot have."""
     import h5py
 
@@ -238,6 +277,8 @@ def _check_dataset(path: Path, ds, name: str, dtype: str, shape: tuple[int, ...]
         raise RunFileError(path, f"{name} uses HDF5 filter(s) {sorted(filters - _ALLOWED_FILTERS)} (probe writes gzip and shuffle only)")
     if ds.dtype != np.dtype(dtype) or len(ds.shape) != rank:
         raise RunFileError(path, f"{name} must be {dtype} of rank {rank}, got {ds.dtype} {list(ds.shape)}")
+    if not 1 <= ds.shape[0] <= max_rows:
+        raise RunFileError(path, f"{name} declares shape {list(ds.shape)}: {ds.shape[0]:,} probe images, expected 1 to {max_rows:,}")
     if shape is not None and tuple(ds.shape[1:]) != shape:
         raise RunFileError(path, f"{name} declares shape {list(ds.shape)}; this run's model gives [P, {', '.join(map(str, shape))}]")
     if math.prod(ds.shape) > MAX_ELEMENTS:
@@ -262,8 +303,9 @@ def check_structure(path: Path, f, expect: Expected | None) -> None:
         raise RunFileError(path, f"unexpected object /{unknown[0]} (a dump holds /pooled, /maps and /logits)")
     if "logits" not in top:
         raise RunFileError(path, "no /logits dataset")
+    limit = expect.max_samples if expect else MAX_SAMPLES
     rows = {"/logits": _check_dataset(path, top["logits"], "/logits", "float32",
-                                       (expect.num_classes,) if expect else None, 2)}
+                                       (expect.num_classes,) if expect else None, 2, limit)}
     for group, rank in (("pooled", 2), ("maps", 4)):
         if group not in top:
             continue
@@ -278,11 +320,10 @@ def check_structure(path: Path, f, expect: Expected | None) -> None:
                 shape = (full[0],) if group == "pooled" and len(full) == 3 else full
                 if group == "maps" and len(full) != 3:
                     raise RunFileError(path, f"/{group}/{name}: layer {name!r} has no feature maps")
-            rows[f"/{group}/{name}"] = _check_dataset(path, ds, f"/{group}/{name}", "float16", shape, rank)
-    limit = expect.max_samples if expect else MAX_SAMPLES
+            rows[f"/{group}/{name}"] = _check_dataset(path, ds, f"/{group}/{name}", "float16", shape, rank, limit)
     for name, n in rows.items():
-        if n != rows["/logits"] or not 1 <= n <= limit:
-            raise RunFileError(path, f"{name} declares {n:,} probe images; expected {rows['/logits']:,} (at most {limit:,})")
+        if n != rows["/logits"]:
+            raise RunFileError(path, f"{name} declares {n:,} probe images, /logits {rows['/logits']:,}")
 
 
 def read(path: str | Path, layer: str | None = None, kind: str = "pooled", *,
@@ -297,13 +338,16 @@ def read(path: str | Path, layer: str | None = None, kind: str = "pooled", *,
     import h5py
 
     path = Path(path)
-    if expect is None and path.parent.name == "activations":
-        try:
-            expect = expected_for_run(path.parent.parent)
-        except RunFileError:  # a damaged config.json is reported by what reads it; the fixed bounds still hold
-            expect = None
+    within = None
+    if path.parent.name == "activations" and (path.parent.parent / "config.json").exists():
+        within = path.parent.parent  # a dump of a run: no link may lead out of the run
+        if expect is None:
+            try:
+                expect = expected_for_run(within)
+            except RunFileError:  # a damaged config.json is reported by what reads it; the fixed bounds still hold
+                expect = None
     try:
-        fh = safeio.open_regular(path)
+        fh = safeio.open_regular(path, within=within)
     except safeio.MissingFileError:
         raise RunFileError(path, "activation dump does not exist") from None
     with fh:

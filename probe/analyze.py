@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import atomic, rundir
+from . import atomic, rundir, safeio
 from .analysis import Analysis, params_dict
 from .errors import ProbeError
 from .lock import LOCK_FILE
@@ -327,9 +327,9 @@ def snapshot(run_dir: Path) -> Snapshot:
             except OSError:  # removed meanwhile
                 continue
             snap.files[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
-    try:
-        snap.metrics = (run_dir / rundir.METRICS).read_bytes()
-    except OSError:
+    try:  # a regular file only: a link to /dev/zero is never read (probe.safeio)
+        snap.metrics = safeio.read_bytes(run_dir / rundir.METRICS)
+    except (OSError, ProbeError):
         pass
     return snap
 

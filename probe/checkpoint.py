@@ -132,13 +132,13 @@ def save(
     atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of a checkpoint without reading its tensors."""
+def read_metadata(path: str | Path, *, within: str | Path | None = None) -> dict[str, str]:
+    """The metadata of a checkpoint without reading its tensors (`within`: see safeio.open_regular)."""
     from safetensors import safe_open
 
     path = Path(path)
     try:
-        with safeio.regular_path(path) as p, safe_open(p, framework="pt") as f:
+        with safeio.regular_path(path, within=within) as p, safe_open(p, framework="pt") as f:
             return dict(f.metadata() or {})
     except safeio.MissingFileError:
         raise RunFileError(path, "checkpoint does not exist") from None
@@ -148,7 +148,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise RunFileError(path, f"not a readable safetensors checkpoint ({_short(exc)})") from None
 
 
-def load(path: str | Path, *, verify: bool = True) -> Checkpoint:
+def load(path: str | Path, *, verify: bool = True, within: str | Path | None = None) -> Checkpoint:
     """Read and check a checkpoint; any damage becomes one RunFileError naming the file.
 
     Beyond the seal (`content_sha256`, which a crafted file can recompute), every
@@ -160,11 +160,11 @@ def load(path: str | Path, *, verify: bool = True) -> Checkpoint:
     from safetensors.torch import load_file
 
     path = Path(path)
-    meta = read_metadata(path)
+    meta = read_metadata(path, within=within)
     if meta.get("format") != FORMAT:
         raise RunFileError(path, f"not a probe checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
     try:
-        with safeio.regular_path(path) as p:
+        with safeio.regular_path(path, within=within) as p:
             tensors = load_file(p)
     except RunFileError:
         raise

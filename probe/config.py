@@ -143,19 +143,18 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
 def check_cost(cfg: TrainConfig) -> None:
     """Refuse a model whose parameters or training memory exceed the bounds, naming the option that sized it.
 
-    The estimate comes from the spec alone (probe.model.estimate_train_bytes), so
+    The estimate is arithmetic on the options (probe.modelsize; no torch import), so
     `--base-width 1000000` is one line, not an attempt to allocate terabytes.
     """
-    from .model import ModelSpec, count_params, estimate_train_bytes, width_for_params
+    from .modelsize import param_count, train_bytes, width_for_params
 
     opt = "--target-params" if cfg.target_params is not None else "--base-width"
     width = cfg.base_width if cfg.target_params is None else width_for_params(cfg.model_depth, cfg.target_params)
-    spec = ModelSpec(depth=cfg.model_depth, base_width=width)
-    n = count_params(spec)
+    n = param_count(cfg.model_depth, width)
     if n > MAX_PARAMS:
         raise UsageError(opt, f"a depth-{cfg.model_depth} model of base width {width} has {n:,} parameters, more than "
                               f"the {MAX_PARAMS:,} probe allows; use a smaller {opt}")
-    need = estimate_train_bytes(spec, max(cfg.batch_size, cfg.val_batch_size))
+    need = train_bytes(cfg.model_depth, width, max(cfg.batch_size, cfg.val_batch_size))
     if need > MAX_TRAIN_BYTES:
         raise UsageError(opt, f"a depth-{cfg.model_depth} model of base width {width} needs about {need / 2**30:,.0f} GiB "
                               f"to train at batch size {max(cfg.batch_size, cfg.val_batch_size)}, more than the "
@@ -214,4 +213,7 @@ def from_dict(d: dict[str, Any], source: str) -> TrainConfig:
     if not isinstance(d, dict):
         raise UsageError(source, "expected a JSON object")
     values = {k: coerce(k, v, source) for k, v in d.items()}
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except UsageError as exc:  # a bound across fields (check_cost): name the file too
+        raise UsageError(source, str(exc)) from None

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .modelsize import param_count, train_bytes
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -106,31 +108,14 @@ class SimpleCNN(nn.Module):
 
 def count_params(spec: ModelSpec) -> int:
     """Parameter count of the model `spec` describes, without allocating it."""
-    total, in_ch, ch = 0, spec.in_channels, spec.base_width
-    for i in range(spec.depth):
-        total += in_ch * ch * 9 + ch + 2 * ch  # conv weight + bias, BN weight + bias
-        in_ch = ch
-        if i % 2 == 1:
-            ch = min(ch * 2, 512)
-    total += in_ch * spec.hidden + spec.hidden + spec.hidden * spec.num_classes + spec.num_classes
-    return total
+    return param_count(spec.depth, spec.base_width, in_channels=spec.in_channels, hidden=spec.hidden,
+                       num_classes=spec.num_classes)
 
 
 def estimate_train_bytes(spec: ModelSpec, batch_size: int, image_size: int = 32) -> int:
-    """Rough float32 training memory of `spec` at `batch_size`, without allocating it.
-
-    Weights, gradients and two optimizer moments (4 copies of the parameters), and
-    the activations autograd keeps for a batch: about three tensors per conv block
-    (conv, BatchNorm and ReLU outputs). An estimate to refuse absurd sizes up front,
-    not a prediction of peak memory.
-    """
-    total, ch, side = 0, spec.base_width, image_size
-    for i in range(spec.depth):
-        total += 3 * ch * side * side
-        if i % 2 == 1:
-            side = max(side // 2, 1)
-            ch = min(ch * 2, 512)
-    return 4 * (4 * count_params(spec) + batch_size * (total + spec.in_channels * image_size * image_size))
+    """Rough float32 training memory of `spec` at `batch_size` (probe.modelsize.train_bytes)."""
+    return train_bytes(spec.depth, spec.base_width, batch_size, in_channels=spec.in_channels, hidden=spec.hidden,
+                       num_classes=spec.num_classes, image_size=image_size)
 
 
 def width_for_params(depth: int, target: int, **spec_kw) -> int:

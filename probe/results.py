@@ -54,10 +54,10 @@ def result_dir(run: Run, analysis: str, variant: str, epoch: int | None) -> Path
     return run.path / ANALYSES / analysis / variant / (f"epoch_{epoch:04d}" if epoch is not None else "run")
 
 
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The manifest of a result directory, or None if absent or unreadable (then: not cached)."""
+def read_manifest(path: Path, within: Path | None = None) -> dict[str, Any] | None:
+    """The manifest of a result directory, or None if absent, unreadable or (with `within`) outside it."""
     try:
-        m = safeio.read_json(path / MANIFEST, max_bytes=safeio.MAX_CONFIG_BYTES)
+        m = safeio.read_json(path / MANIFEST, max_bytes=safeio.MAX_CONFIG_BYTES, within=within)
         return m if isinstance(m, dict) and m.get("format") == RESULT_FORMAT else None
     except ProbeError:
         return None
@@ -69,7 +69,7 @@ def iter_results(run: Run) -> Iterator[tuple[Path, dict[str, Any]]]:
     if not root.is_dir():
         return
     for manifest in sorted(root.glob(f"*/*/*/{MANIFEST}")):
-        m = read_manifest(manifest.parent)
+        m = read_manifest(manifest.parent, run.path)
         if m is not None:
             yield manifest.parent, m
 
@@ -80,7 +80,7 @@ def iter_failures(run: Run) -> Iterator[dict[str, Any]]:
         return
     for p in sorted(root.glob("*/*/*.failed.json")):
         try:
-            yield safeio.read_json(p, max_bytes=safeio.MAX_CONFIG_BYTES)
+            yield safeio.read_json(p, max_bytes=safeio.MAX_CONFIG_BYTES, within=run.path)
         except ProbeError:
             continue
 

@@ -11,6 +11,7 @@ sees finished epochs.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -83,7 +84,7 @@ class Run:
         self.path = Path(path)
         if not self.path.is_dir():
             raise NotARunError(self.path, "no such run directory")
-        if not (self.path / CONFIG).is_file():
+        if not os.path.lexists(self.path / CONFIG):  # a link or FIFO here is refused, precisely, by `config`
             raise NotARunError(self.path, f"not a probe run directory (no {CONFIG}); create one with `probe train --run-dir {self.path}`")
 
     def __repr__(self) -> str:
@@ -191,7 +192,7 @@ class Run:
     def load_checkpoint(self, epoch: int):
         from . import checkpoint
 
-        ckpt = checkpoint.load(self.checkpoint_path(epoch))
+        ckpt = checkpoint.load(self.checkpoint_path(epoch), within=self.path)
         if ckpt.epoch != epoch:  # a copied or renamed file: its weights are not this epoch's
             raise RunFileError(ckpt.path, f"holds epoch {ckpt.epoch}, not epoch {epoch}")
         return ckpt
