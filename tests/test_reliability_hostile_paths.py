@@ -159,6 +159,14 @@ def sweep_file(w: World, *names: object) -> None:
                                                     "swept": ["lr"], "points": points}))
 
 
+def dry_run(grid: str) -> Callable[[World], list[str]]:
+    """`probe sweep --dry-run` of a spec with this [grid]: it must reject what training would."""
+    def args(w: World) -> list[str]:
+        (w.sweep / "spec.toml").write_text(f"[base]\nepochs = 1\n[grid]\n{grid}\n")
+        return ["sweep", str(w.sweep / "spec.toml"), "--out", str(w.sweep / "out"), "--dry-run"]
+    return args
+
+
 def sweep_point_link(w: World) -> None:
     """A point whose folder is a link to a run elsewhere (its report/ would be replaced)."""
     import shutil
@@ -304,6 +312,13 @@ CASES = [
          1, LINK.replace("{path}", "{sweep}/lr=0.1").replace("{root}", "{sweep}")),
     Case("report-point-absolute", _setup(lambda w: sweep_file(w, str(w.out / "victim")), args=lambda w: ["report", str(w.sweep)]),
          1, POINT.replace("{name}", "'{out}/victim'")),
+    # probe sweep --dry-run: what training would reject, for every point
+    Case("sweep-dry-run-unknown-layer", dry_run('full_maps = [["features.2"], ["features.99"]]'),
+         2, "error: {sweep}/spec.toml: point full_maps=features.99: --full-maps: unknown layer(s) features.99; "
+            f"recorded layers are {RECORDED}"),
+    Case("sweep-dry-run-point-name-too-long", dry_run(f'data = ["{"d" * 300}"]'),
+         2, "error: {sweep}/spec.toml: point data=" + "d" * 55 + "...: the folder name data=" + "d" * 35
+            + "... is 305 bytes; a file name may have at most 255"),
     Case("report-point-linked-out", _setup(sweep_point_link, args=lambda w: ["report", str(w.sweep)]),
          1, LINK.replace("{path}", "{sweep}/lr=0.1").replace("{root}", "{sweep}")),
 ]
