@@ -180,3 +180,26 @@ def test_one_writer_per_run(world) -> None:
     assert resumed.exit_code == 0, resumed.output
     assert check_run_files(killed_dir) == [0, 1, 2, 3]
     assert not (killed_dir / LOCK_FILE).exists()
+
+
+def test_a_killed_analysis_leaves_temporaries_the_next_one_removes(world) -> None:
+    """Issue 11.7: SIGKILL mid-job leaves `.<name>.<pid>.<random>.tmp` under analyses/; the next analyze removes
+    them (their process is gone) and nothing else."""
+    zygote = world["zygote"]
+    run_dir = world["root"] / "killed-analysis"
+    assert zygote.run(train_args(run_dir, world["data"], 1)).exit_code == 0
+    mine = run_dir / "analyses" / "peek" / ".my-notes.tmp"  # a name probe does not make: never removed
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    job = zygote.start(["analyze", str(run_dir), *ANALYZE, "-q"], prelude=PLUGIN_PRELUDE,
+                       env={"PROBE_TEST_DELAY_WRITES": "1"})
+    assert wait_for(lambda: any(p != mine for p in temp_files(run_dir / "analyses")), timeout=60)
+    job.kill()
+    assert job.wait().killed
+    left = [p for p in temp_files(run_dir / "analyses") if p != mine]
+    assert left and all(f".{job.pid}." in p.name for p in left), left
+    again = zygote.run(["analyze", str(run_dir), *ANALYZE, "-q"], prelude=PLUGIN_PRELUDE)
+    assert again.exit_code == 0, again.output
+    assert temp_files(run_dir / "analyses") == [mine] and mine.read_text() == "mine"
+    mine.unlink()
+    assert len(assert_results_whole(run_dir)) == 3  # peek epochs 0-1, census
