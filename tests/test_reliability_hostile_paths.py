@@ -145,6 +145,13 @@ def user_project(w: World, config: str) -> None:
     (w.run / "config.json").write_text(config)
 
 
+def empty_run_dir(w: World) -> None:
+    import shutil
+
+    shutil.rmtree(w.run)
+    w.run.mkdir()
+
+
 def train(w: World, *extra: str) -> list[str]:
     return ["train", "--run-dir", str(w.run), "--data", str(w.data), "--quiet", "--epochs", "1", *extra]
 
@@ -248,6 +255,25 @@ CASES = [
          2, _foreign("analyses")),
     Case("force-report-is-a-file", _setup(write("report", "a file"), args=lambda w: train(w, "--force")),
          2, _foreign("report"), ("report",)),
+    Case("force-metrics-is-a-folder", _setup(lambda w: (w.run / "metrics.jsonl").unlink(), write("metrics.jsonl/x"),
+                                             args=lambda w: train(w, "--force")), 2, _foreign("metrics.jsonl"),
+         ("metrics.jsonl/x",)),
+    Case("force-activations-linked-out", _setup(to_out("activations", "ckpts"), args=lambda w: train(w, "--force")),
+         2, _foreign("activations")),
+    Case("force-logs-linked-out", _setup(to_out("logs", "victim"), args=lambda w: train(w, "--force")),
+         2, _foreign("logs")),
+    Case("force-temp-named-link", _setup(to_out(".x.123.abcdefgh.tmp", "victim"), args=lambda w: train(w, "--force")),
+         2, _foreign(".x.123.abcdefgh.tmp")),
+    Case("force-lock-file-linked-out", _setup(to_out(".probe-train.lock", "thesis.tex"), args=lambda w: train(w, "--force")),
+         2, _foreign(".probe-train.lock")),
+    Case("force-user-folder-in-activations", _setup(write("activations/extra/a.npy"), args=lambda w: train(w, "--force")),
+         2, _foreign("activations/extra"), ("activations/extra/a.npy",)),
+    Case("train-into-user-project", _setup(lambda w: user_project(w, "{}"), args=lambda w: train(w)),
+         2, "error: --run-dir: {run} already exists; use --resume to continue it or --force to replace it",
+         ("thesis.tex", "src/main.py")),
+    Case("train-lock-file-linked-out", _setup(empty_run_dir, to_out(".probe-train.lock", "thesis.tex"),
+                                              args=lambda w: train(w)),
+         1, "error: {run}/.probe-train.lock: is a symbolic link; remove it (probe keeps its lock file inside the run)"),
     Case("force-bad-full-maps-deletes-nothing", lambda w: train(w, "--force", "--full-maps", "features.99"),
          2, f"error: --full-maps: unknown layer(s) features.99; recorded layers are {RECORDED}"),
     Case("force-bad-depth-deletes-nothing", lambda w: train(w, "--force", "--model-depth", "5"),
@@ -272,6 +298,9 @@ CASES = [
     Case("analyze-result-folder-linked-out", _setup(to_out("analyses/curves/default/run", "victim/default/run"),
                                                     args=analyze("-p", "curves")),
          1, LINK.replace("{path}", "{run}/analyses/curves/default/run").replace("{root}", "{run}")),
+    Case("analyze-link-inside-the-run", _setup(lambda w: link(w.run / "analyses", w.run / "checkpoints"),
+                                               args=analyze("-p", "curves")),
+         1, LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}")),
     Case("analyze-dangling-link", _setup(to_out("analyses", "not-there"), args=analyze("-p", "curves")),
          1, LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}")),
     Case("analyze-logs-linked-out", _setup(to_out("logs", "victim"), args=analyze("-p", "curves")),
@@ -319,6 +348,8 @@ CASES = [
     Case("sweep-dry-run-point-name-too-long", dry_run(f'data = ["{"d" * 300}"]'),
          2, "error: {sweep}/spec.toml: point data=" + "d" * 55 + "...: the folder name data=" + "d" * 35
             + "... is 305 bytes; a file name may have at most 255"),
+    Case("report-point-dotdot", _setup(lambda w: sweep_file(w, "../outside/victim"), args=lambda w: ["report", str(w.sweep)]),
+         1, POINT.replace("{name}", "'../outside/victim'")),
     Case("report-point-linked-out", _setup(sweep_point_link, args=lambda w: ["report", str(w.sweep)]),
          1, LINK.replace("{path}", "{sweep}/lr=0.1").replace("{root}", "{sweep}")),
 ]
