@@ -118,6 +118,8 @@ def tree(root: Path) -> dict[str, object]:
                 out[rel] = ("link", os.readlink(p))
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = "dir"
+            elif not stat.S_ISREG(st.st_mode):
+                out[rel] = ("special", stat.S_IFMT(st.st_mode))  # a FIFO: opening it to read would block
             else:
                 out[rel] = p.read_bytes()
     return out
@@ -266,6 +268,11 @@ CASES = [
          2, _foreign(".x.123.abcdefgh.tmp")),
     Case("force-lock-file-linked-out", _setup(to_out(".probe-train.lock", "thesis.tex"), args=lambda w: train(w, "--force")),
          2, _foreign(".probe-train.lock")),
+    Case("force-lock-file-is-a-fifo", _setup(lambda w: os.mkfifo(w.run / ".probe-train.lock"), args=lambda w: train(w, "--force")),
+         2, _foreign(".probe-train.lock")),
+    Case("train-lock-file-is-a-fifo", _setup(empty_run_dir, lambda w: os.mkfifo(w.run / ".probe-train.lock"),
+                                             args=lambda w: train(w)),
+         1, "error: {run}/.probe-train.lock: is not a regular file; remove it (probe keeps its lock file there)"),
     Case("force-user-folder-in-activations", _setup(write("activations/extra/a.npy"), args=lambda w: train(w, "--force")),
          2, _foreign("activations/extra"), ("activations/extra/a.npy",)),
     Case("train-into-user-project", _setup(lambda w: user_project(w, "{}"), args=lambda w: train(w)),
