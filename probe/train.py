@@ -363,7 +363,11 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool, locked: bool = Fa
         if not _is_regular(run_dir / rundir.CONFIG):
             raise UsageError("--resume", f"{run_dir} holds no run to resume (no {rundir.CONFIG})")
         for name in (rundir.CONFIG, rundir.METRICS, rundir.CHECKPOINTS, rundir.ACTIVATIONS, rundir.DATA):
-            paths.confined(run_dir, name)  # a link here would make training write outside the run
+            p = paths.confined(run_dir, name)  # a link here would make training write outside the run
+            if os.path.lexists(p) and not (_is_regular(p) if name in PROBE_FILES else _is_real_dir(p)):
+                kind = "regular file" if name in PROBE_FILES else "folder"
+                raise RunFileError(p, f"expected a {kind}, found something else (a FIFO, a device, a file...); "
+                                      "move it away to resume")
     elif exists:
         if not force:
             raise UsageError("--run-dir", f"{run_dir} already exists; use --resume to continue it or --force to replace it")

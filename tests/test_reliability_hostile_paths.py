@@ -295,6 +295,14 @@ CASES = [
          1, LINK.replace("{path}", "{run}/checkpoints").replace("{root}", "{run}")),
     Case("resume-metrics-linked-out", _setup(to_out("metrics.jsonl", "thesis.tex"), args=lambda w: resume(w)),
          1, LINK.replace("{path}", "{run}/metrics.jsonl").replace("{root}", "{run}")),
+    Case("resume-metrics-is-a-fifo", _setup(lambda w: (w.run / "metrics.jsonl").unlink(),
+                                            lambda w: os.mkfifo(w.run / "metrics.jsonl"), args=lambda w: resume(w)),
+         1, "error: {run}/metrics.jsonl: expected a regular file, found something else (a FIFO, a device, a file...); "
+            "move it away to resume"),
+    Case("resume-data-is-a-file", _setup(lambda w: __import__("shutil").rmtree(w.run / "data"), write("data", "x"),
+                                         args=lambda w: resume(w)),
+         1, "error: {run}/data: expected a folder, found something else (a FIFO, a device, a file...); "
+            "move it away to resume"),
     # probe analyze: no link on the way to a result, logs/ included
     Case("analyze-analyses-linked-out", _setup(to_out("analyses", "victim"), args=analyze("-p", "curves")),
          1, LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}")),
