@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -327,11 +328,25 @@ def snapshot(run_dir: Path) -> Snapshot:
             except OSError:  # removed meanwhile
                 continue
             snap.files[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
-    try:
-        snap.metrics = (run_dir / rundir.METRICS).read_bytes()
-    except OSError:
-        pass
+    snap.metrics = _read_regular(run_dir / rundir.METRICS)
     return snap
+
+
+def _read_regular(path: Path) -> bytes:
+    """A regular file's bytes; b"" for anything else (a FIFO would block a plain read, a link may lead out)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
@@ -347,8 +362,8 @@ def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
     after = snapshot(run.path)
     stray = sorted(rel for rel in after.files if rel not in before.files and not _TRAINING_OUTPUT.match(rel))
     changed = []
-    for rel, stat in sorted(before.files.items()):
-        if stat == after.files.get(rel):
+    for rel, st in sorted(before.files.items()):
+        if st == after.files.get(rel):
             continue
         if not _RUN_FILE.match(rel):  # a file of the user's, edited or removed meanwhile: theirs to change
             continue

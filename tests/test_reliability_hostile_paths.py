@@ -327,6 +327,9 @@ CASES = [
          0, "warning: scribe (run): new files outside its result folder while it ran (left in place): "
             "NOTES.md, mine/plot.py", run_unchanged=False,
          created=("NOTES.md", "mine/plot.py", "analyses/scribe/default/run/manifest.json")),
+    Case("analyze-beside-a-fifo", _setup(lambda w: (w.run / "metrics.jsonl").unlink(),
+                                         lambda w: os.mkfifo(w.run / "metrics.jsonl"), args=analyze("-p", "peek", "-q")),
+         0, "", run_unchanged=False, created=("analyses/peek/default/epoch_0002/manifest.json",)),
     Case("analyze-user-edits-notes-meanwhile", _setup(write("NOTES.md", "draft"), args=analyze("-p", "editor", "-q")),
          0, "", run_unchanged=False, created=("analyses/editor/default/run/manifest.json",)),
     # probe report: a linked report/ is not replaced
