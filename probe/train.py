@@ -13,6 +13,7 @@ the epoch in progress and `--resume` continues bit-for-bit (on the CPU).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -382,18 +383,28 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool, locked: bool = Fa
 
 
 def clear_run(run_dir: Path) -> None:
-    """Remove probe's own entries of a checked run (`foreign_entries` is empty), config.json last.
+    """Remove probe's own entries of a checked run, config.json last; leave anything else.
 
-    Removing config.json last keeps an interrupted --force a probe run, so the same command can finish it.
+    Called under the lock after `check_run_dir` found nothing foreign; a file that
+    appeared since (the user is still in the folder) is not probe's and is left,
+    with the training folder holding it. Removing config.json last keeps an
+    interrupted --force a probe run, so the same command can finish it.
     """
-    entries = [p for p in sorted(run_dir.iterdir()) if p.name != LOCK_FILE]
+    entries = [p for p in sorted(run_dir.iterdir()) if p.name != LOCK_FILE and not paths.is_link(p)]
     entries.sort(key=lambda p: p.name == rundir.CONFIG)
     for p in entries:
         try:
-            if _is_real_dir(p):
-                shutil.rmtree(p)  # never follows a link inside
-            else:
-                p.unlink(missing_ok=True)
+            if p.name in _TRAINING_FILES and _is_real_dir(p):
+                pattern = _TRAINING_FILES[p.name]
+                for c in p.iterdir():
+                    if (pattern.match(c.name) or rundir.is_temp(c)) and _is_regular(c):
+                        c.unlink()
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # not empty: something not probe's is in it
+            elif p.name in PROBE_DIRS and _is_real_dir(p) or rundir.is_temp(p) and _is_real_dir(p):
+                shutil.rmtree(p)  # probe's wholesale (analyses/, logs/, report/, a temporary); never follows a link
+            elif (p.name in PROBE_FILES or rundir.is_temp(p)) and _is_regular(p):
+                p.unlink()
         except OSError as exc:
             raise ProbeError(f"{p}: could not be removed ({exc.strerror or exc}); the old run is partly removed, "
                              "rerun the same command to finish") from None

@@ -484,3 +484,16 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_clear_run_leaves_what_appeared_after_the_check(world: World) -> None:
+    """The user drops a file in after `check_run_dir` passed and before `--force` clears: it is not probe's, so it stays."""
+    from probe.train import check_run_dir, clear_run
+
+    check_run_dir(world.run, resume=False, force=True)  # nothing foreign yet
+    (world.run / "NOTES.md").write_text("just now")
+    (world.run / "checkpoints" / "mine.txt").write_text("just now")
+    (world.run / ".metrics.jsonl.77.abcdefgh.tmp").write_text("a killed writer's")
+    clear_run(world.run)
+    assert sorted(p.relative_to(world.run).as_posix() for p in world.run.rglob("*")) == [
+        "NOTES.md", "checkpoints", "checkpoints/mine.txt"]
