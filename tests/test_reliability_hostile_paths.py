@@ -268,6 +268,9 @@ CASES = [
          2, _foreign(".x.123.abcdefgh.tmp")),
     Case("force-lock-file-linked-out", _setup(to_out(".probe-train.lock", "thesis.tex"), args=lambda w: train(w, "--force")),
          2, _foreign(".probe-train.lock")),
+    Case("force-user-temp-named-file", _setup(write(".notes.tmp"), write("checkpoints/.draft.tmp"),
+                                              args=lambda w: train(w, "--force")),
+         2, _foreign(".notes.tmp, checkpoints/.draft.tmp"), (".notes.tmp", "checkpoints/.draft.tmp")),
     Case("force-lock-file-is-a-fifo", _setup(lambda w: os.mkfifo(w.run / ".probe-train.lock"), args=lambda w: train(w, "--force")),
          2, _foreign(".probe-train.lock")),
     Case("train-lock-file-is-a-fifo", _setup(empty_run_dir, lambda w: os.mkfifo(w.run / ".probe-train.lock"),
@@ -497,3 +500,16 @@ def test_clear_run_leaves_what_appeared_after_the_check(world: World) -> None:
     clear_run(world.run)
     assert sorted(p.relative_to(world.run).as_posix() for p in world.run.rglob("*")) == [
         "NOTES.md", "checkpoints", "checkpoints/mine.txt"]
+
+
+def test_training_removes_only_its_own_temporaries(world: World) -> None:
+    from probe.train import remove_training_temps
+
+    ours = [".config.json.abc123.tmp", ".metrics.jsonl.9.zzzzzzzz.tmp", "checkpoints/.epoch_0003.safetensors.5.abcdefgh.tmp",
+            "activations/.epoch_0003.h5.5.abcdefgh.h5.tmp", "data/.probe_set.safetensors.x.tmp"]
+    theirs = [".notes.tmp", "checkpoints/.draft.tmp", "activations/.epoch_0003.npy.tmp", "data/.labels.csv.1.tmp"]
+    for rel in ours + theirs:
+        (world.run / rel).write_text("x")
+    removed = remove_training_temps(world.run)
+    assert sorted(p.relative_to(world.run).as_posix() for p in removed) == sorted(ours)
+    assert all((world.run / rel).read_text() == "x" for rel in theirs)
