@@ -334,6 +334,7 @@ def snapshot(run_dir: Path) -> Snapshot:
     return snap
 
 
+
 def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
     """(new files; changed or deleted run files) since `before`. Removes nothing.
 
@@ -347,8 +348,8 @@ def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
     after = snapshot(run.path)
     stray = sorted(rel for rel in after.files if rel not in before.files and not _TRAINING_OUTPUT.match(rel))
     changed = []
-    for rel, stat in sorted(before.files.items()):
-        if stat == after.files.get(rel):
+    for rel, st in sorted(before.files.items()):
+        if st == after.files.get(rel):
             continue
         if not _RUN_FILE.match(rel):  # a file of the user's, edited or removed meanwhile: theirs to change
             continue

@@ -81,8 +81,11 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     or a writer's own I/O error) becomes a one-line `ProbeError` naming the target.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=suffix + ".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=suffix + ".tmp", dir=target.parent)
+    except OSError as exc:  # a read-only or full folder, a name too long: one line, nothing written
+        raise ProbeError(f"{target}: could not write ({exc.strerror or exc}); nothing was replaced") from None
     os.close(fd)
     tmp = Path(tmp_name)
     mode = 0o666 & ~_umask()  # mkstemp makes 0600; give the file the usual permissions
@@ -143,8 +146,11 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     _refuse_link(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:  # a read-only or full folder, a name too long: one line, nothing written
+        raise ProbeError(f"{target}: could not write ({exc.strerror or exc}); nothing was replaced") from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are read by reports and other users
     try:
         yield tmp

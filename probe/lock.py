@@ -53,14 +53,21 @@ def _holder_text(fd: int) -> str:
     return f"pid {pid} on {host} since {started}"
 
 
+# Never follow a link, never block on a FIFO someone left under the lock file's name.
+_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
 def _open(path: Path) -> int:
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
-        return os.open(path, flags, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _FLAGS, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ProbeError(f"{path}: is a symbolic link; remove it (probe keeps its lock file inside the run)") from None
         raise ProbeError(f"{path.parent}: cannot lock the run for writing ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ProbeError(f"{path}: is not a regular file; remove it (probe keeps its lock file there)")
+    return fd
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -75,10 +82,12 @@ def holder(run_dir: str | Path) -> str | None:
     """Who holds the training lock of `run_dir` now (None if nobody); takes nothing."""
     path = Path(run_dir) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | _FLAGS)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

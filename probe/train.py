@@ -13,6 +13,7 @@ the epoch in progress and `--resume` continues bit-for-bit (on the CPU).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -280,6 +281,14 @@ _TRAINING_FILES = {
     rundir.ACTIVATIONS: re.compile(r"^epoch_\d{4,}\.h5$"),
     rundir.DATA: re.compile(r"^(probe_set|analysis_batch)\.safetensors$"),
 }
+# Temporaries of probe's own writes (`.<name>.<random>.tmp`, a swapped-out `.report.<...>.old`), by folder:
+# a user's `.notes.tmp` is not one of them.
+_TEMPS = {
+    "": re.compile(r"^\.(config\.json|metrics\.jsonl|report)\..+\.(tmp|old)$"),
+    rundir.CHECKPOINTS: re.compile(r"^\.epoch_\d{4,}\.safetensors\..+\.tmp$"),
+    rundir.ACTIVATIONS: re.compile(r"^\.epoch_\d{4,}\.h5\..+\.tmp$"),
+    rundir.DATA: re.compile(r"^\.(probe_set|analysis_batch)\.safetensors\..+\.tmp$"),
+}
 _CONFIG_LIMIT = 1 << 20  # a config.json is a few kB; reading a larger one is not worth the memory
 
 
@@ -321,7 +330,7 @@ def foreign_entries(run_dir: Path) -> list[str]:
         name = p.name
         if paths.is_link(p):
             out.append(name)
-        elif rundir.is_temp(p):
+        elif _TEMPS[""].match(name):
             continue
         elif name in PROBE_FILES:
             if not _is_regular(p):
@@ -332,15 +341,35 @@ def foreign_entries(run_dir: Path) -> list[str]:
             elif name in _TRAINING_FILES:
                 pattern = _TRAINING_FILES[name]
                 out += [f"{name}/{c.name}" for c in sorted(p.iterdir())
-                        if paths.is_link(c) or not ((pattern.match(c.name) or rundir.is_temp(c)) and _is_regular(c))]
+                        if paths.is_link(c) or not ((pattern.match(c.name) or _TEMPS[name].match(c.name))
+                                                    and _is_regular(c))]
         else:
             out.append(name)
     return out
 
 
 def _has_content(run_dir: Path) -> bool:
-    """A folder holding more than temporaries and a lock file (a run killed while writing its first file)."""
-    return any(not rundir.is_temp(p) and p.name != LOCK_FILE for p in run_dir.iterdir())
+    """A folder holding more than probe's temporaries and a lock file (a run killed while writing its first file)."""
+    return any(not (_TEMPS[""].match(p.name) and not paths.is_link(p)) and p.name != LOCK_FILE
+               for p in run_dir.iterdir())
+
+
+def remove_training_temps(run_dir: Path) -> list[Path]:
+    """Remove the temporary files of probe's own training writes that a killed process left.
+
+    Only under the lock (no other writer), only regular files named like probe's
+    temporaries of its own files; a user's `.notes.tmp` stays.
+    """
+    removed = []
+    for folder, pattern in _TEMPS.items():
+        d = run_dir / folder
+        if not _is_real_dir(d):
+            continue
+        for p in d.iterdir():
+            if pattern.match(p.name) and p.name.endswith(".tmp") and _is_regular(p):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, force: bool, locked: bool = False) -> None:
@@ -366,7 +395,11 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool, locked: bool = Fa
         if not _is_regular(run_dir / rundir.CONFIG):
             raise UsageError("--resume", f"{run_dir} holds no run to resume (no {rundir.CONFIG})")
         for name in (rundir.CONFIG, rundir.METRICS, rundir.CHECKPOINTS, rundir.ACTIVATIONS, rundir.DATA):
-            paths.confined(run_dir, name)  # a link here would make training write outside the run
+            p = paths.confined(run_dir, name)  # a link here would make training write outside the run
+            if os.path.lexists(p) and not (_is_regular(p) if name in PROBE_FILES else _is_real_dir(p)):
+                kind = "regular file" if name in PROBE_FILES else "folder"
+                raise RunFileError(p, f"expected a {kind}, found something else (a FIFO, a device, a file...); "
+                                      "move it away to resume")
     elif exists:
         if not force:
             raise UsageError("--run-dir", f"{run_dir} already exists; use --resume to continue it or --force to replace it")
@@ -381,18 +414,28 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool, locked: bool = Fa
 
 
 def clear_run(run_dir: Path) -> None:
-    """Remove probe's own entries of a checked run (`foreign_entries` is empty), config.json last.
+    """Remove probe's own entries of a checked run, config.json last; leave anything else.
 
-    Removing config.json last keeps an interrupted --force a probe run, so the same command can finish it.
+    Called under the lock after `check_run_dir` found nothing foreign; a file that
+    appeared since (the user is still in the folder) is not probe's and is left,
+    with the training folder holding it. Removing config.json last keeps an
+    interrupted --force a probe run, so the same command can finish it.
     """
-    entries = [p for p in sorted(run_dir.iterdir()) if p.name != LOCK_FILE]
+    entries = [p for p in sorted(run_dir.iterdir()) if p.name != LOCK_FILE and not paths.is_link(p)]
     entries.sort(key=lambda p: p.name == rundir.CONFIG)
     for p in entries:
         try:
-            if _is_real_dir(p):
-                shutil.rmtree(p)  # never follows a link inside
-            else:
-                p.unlink(missing_ok=True)
+            if p.name in _TRAINING_FILES and _is_real_dir(p):
+                pattern = _TRAINING_FILES[p.name]
+                for c in p.iterdir():
+                    if (pattern.match(c.name) or _TEMPS[p.name].match(c.name)) and _is_regular(c):
+                        c.unlink()
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # not empty: something not probe's is in it
+            elif (p.name in PROBE_DIRS or _TEMPS[""].match(p.name)) and _is_real_dir(p):
+                shutil.rmtree(p)  # probe's wholesale (analyses/, logs/, report/, a temporary); never follows a link
+            elif (p.name in PROBE_FILES or _TEMPS[""].match(p.name)) and _is_regular(p):
+                p.unlink()
         except OSError as exc:
             raise ProbeError(f"{p}: could not be removed ({exc.strerror or exc}); the old run is partly removed, "
                              "rerun the same command to finish") from None
@@ -476,7 +519,7 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
         check_run_dir(run_dir, resume=resume, force=force, locked=True)  # it may have changed while we loaded data
         if force and _has_content(run_dir):
             clear_run(run_dir)
-        rundir.remove_temp_files(run_dir)  # what a killed process was writing
+        remove_training_temps(run_dir)  # what a killed process was writing
         return _train_locked(run_dir, cfg, device, ds, log, progress, resume)
 
 

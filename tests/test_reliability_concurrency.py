@@ -138,3 +138,68 @@ def test_analyze_while_train_is_writing(world) -> None:
     assert results["analyses/census/default/run"]["epochs"] == list(range(7))
     assert check_run_files(run_dir) == list(range(7))
     assert_bitwise_equal(final_state(run_dir), final_state(alone))  # the analyses changed nothing it wrote
+
+
+def test_one_writer_per_run(world) -> None:
+    """Issue 11.3: a second `probe train` on a run being trained (fresh, --force, --resume) exits 2 naming the
+    holder and changes nothing; a lock left by a SIGKILLed training is stale and taken over by --resume."""
+    import socket
+
+    from probe.lock import LOCK_FILE
+
+    zygote, data = world["zygote"], world["data"]
+    run_dir = world["root"] / "one-writer"
+    trainer = zygote.start(train_args(run_dir, data, 5), env={"PROBE_TEST_DELAY_WRITES": "0.2"})
+    assert wait_for(lambda: (run_dir / "checkpoints/epoch_0000.safetensors").exists(), timeout=60)
+    record = json.loads((run_dir / LOCK_FILE).read_text())
+    assert record["pid"] == trainer.pid and record["host"] == socket.gethostname()
+    holder = (f"is being trained by pid {trainer.pid} on {socket.gethostname()} since {record['started']}; "
+              "wait for it to finish or stop it (one training writes a run at a time)")
+    others = [zygote.start(args) for args in (
+        [*train_args(run_dir, data, 4), "--force", "--optimizer", "Adam"],
+        ["train", "--run-dir", str(run_dir), "--resume", "--epochs", "4", "--quiet"],
+        train_args(run_dir, data, 4),
+    )]
+    for child in others:
+        child.wait()
+        assert child.exit_code == 2, child.output
+        assert child.output.strip() == f"error: --run-dir: {run_dir} {holder}"
+    assert trainer.alive()  # the refusals did not disturb it
+    assert trainer.wait().exit_code == 0, trainer.output
+    assert not (run_dir / LOCK_FILE).exists()  # released (and removed) when it ended
+    assert check_run_files(run_dir) == list(range(6))
+    assert Run(run_dir).config["train"]["optimizer"] == "SGD_mom"  # one writer's run, whole
+
+    killed_dir = world["root"] / "killed-writer"
+    victim = zygote.start(train_args(killed_dir, data, 3), env={"PROBE_TEST_DELAY_WRITES": "0.2"})
+    assert wait_for(lambda: (killed_dir / "checkpoints/epoch_0001.safetensors").exists(), timeout=60)
+    victim.kill()
+    assert victim.wait().killed
+    assert json.loads((killed_dir / LOCK_FILE).read_text())["pid"] == victim.pid  # left behind, but stale
+    resumed = zygote.run(["train", "--run-dir", str(killed_dir), "--resume", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert check_run_files(killed_dir) == [0, 1, 2, 3]
+    assert not (killed_dir / LOCK_FILE).exists()
+
+
+def test_a_killed_analysis_leaves_temporaries_the_next_one_removes(world) -> None:
+    """Issue 11.7: SIGKILL mid-job leaves `.<name>.<pid>.<random>.tmp` under analyses/; the next analyze removes
+    them (their process is gone) and nothing else."""
+    zygote = world["zygote"]
+    run_dir = world["root"] / "killed-analysis"
+    assert zygote.run(train_args(run_dir, world["data"], 1)).exit_code == 0
+    mine = run_dir / "analyses" / "peek" / ".my-notes.tmp"  # a name probe does not make: never removed
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    job = zygote.start(["analyze", str(run_dir), *ANALYZE, "-q"], prelude=PLUGIN_PRELUDE,
+                       env={"PROBE_TEST_DELAY_WRITES": "1"})
+    assert wait_for(lambda: any(p != mine for p in temp_files(run_dir / "analyses")), timeout=60)
+    job.kill()
+    assert job.wait().killed
+    left = [p for p in temp_files(run_dir / "analyses") if p != mine]
+    assert left and all(f".{job.pid}." in p.name for p in left), left
+    again = zygote.run(["analyze", str(run_dir), *ANALYZE, "-q"], prelude=PLUGIN_PRELUDE)
+    assert again.exit_code == 0, again.output
+    assert temp_files(run_dir / "analyses") == [mine] and mine.read_text() == "mine"
+    mine.unlink()
+    assert len(assert_results_whole(run_dir)) == 3  # peek epochs 0-1, census

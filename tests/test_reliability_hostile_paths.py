@@ -118,6 +118,8 @@ def tree(root: Path) -> dict[str, object]:
                 out[rel] = ("link", os.readlink(p))
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = "dir"
+            elif not stat.S_ISREG(st.st_mode):
+                out[rel] = ("special", stat.S_IFMT(st.st_mode))  # a FIFO: opening it to read would block
             else:
                 out[rel] = p.read_bytes()
     return out
@@ -145,6 +147,13 @@ def user_project(w: World, config: str) -> None:
     (w.run / "config.json").write_text(config)
 
 
+def empty_run_dir(w: World) -> None:
+    import shutil
+
+    shutil.rmtree(w.run)
+    w.run.mkdir()
+
+
 def train(w: World, *extra: str) -> list[str]:
     return ["train", "--run-dir", str(w.run), "--data", str(w.data), "--quiet", "--epochs", "1", *extra]
 
@@ -157,6 +166,14 @@ def sweep_file(w: World, *names: object) -> None:
     points = [{"name": n, "values": {"lr": 0.1}} for n in names]
     (w.sweep / "sweep.json").write_text(json.dumps({"format": "probe-sweep/1", "name": "s", "grid": {"lr": [0.1]},
                                                     "swept": ["lr"], "points": points}))
+
+
+def dry_run(grid: str) -> Callable[[World], list[str]]:
+    """`probe sweep --dry-run` of a spec with this [grid]: it must reject what training would."""
+    def args(w: World) -> list[str]:
+        (w.sweep / "spec.toml").write_text(f"[base]\nepochs = 1\n[grid]\n{grid}\n")
+        return ["sweep", str(w.sweep / "spec.toml"), "--out", str(w.sweep / "out"), "--dry-run"]
+    return args
 
 
 def sweep_point_link(w: World) -> None:
@@ -240,6 +257,33 @@ CASES = [
          2, _foreign("analyses")),
     Case("force-report-is-a-file", _setup(write("report", "a file"), args=lambda w: train(w, "--force")),
          2, _foreign("report"), ("report",)),
+    Case("force-metrics-is-a-folder", _setup(lambda w: (w.run / "metrics.jsonl").unlink(), write("metrics.jsonl/x"),
+                                             args=lambda w: train(w, "--force")), 2, _foreign("metrics.jsonl"),
+         ("metrics.jsonl/x",)),
+    Case("force-activations-linked-out", _setup(to_out("activations", "ckpts"), args=lambda w: train(w, "--force")),
+         2, _foreign("activations")),
+    Case("force-logs-linked-out", _setup(to_out("logs", "victim"), args=lambda w: train(w, "--force")),
+         2, _foreign("logs")),
+    Case("force-temp-named-link", _setup(to_out(".x.123.abcdefgh.tmp", "victim"), args=lambda w: train(w, "--force")),
+         2, _foreign(".x.123.abcdefgh.tmp")),
+    Case("force-lock-file-linked-out", _setup(to_out(".probe-train.lock", "thesis.tex"), args=lambda w: train(w, "--force")),
+         2, _foreign(".probe-train.lock")),
+    Case("force-user-temp-named-file", _setup(write(".notes.tmp"), write("checkpoints/.draft.tmp"),
+                                              args=lambda w: train(w, "--force")),
+         2, _foreign(".notes.tmp, checkpoints/.draft.tmp"), (".notes.tmp", "checkpoints/.draft.tmp")),
+    Case("force-lock-file-is-a-fifo", _setup(lambda w: os.mkfifo(w.run / ".probe-train.lock"), args=lambda w: train(w, "--force")),
+         2, _foreign(".probe-train.lock")),
+    Case("train-lock-file-is-a-fifo", _setup(empty_run_dir, lambda w: os.mkfifo(w.run / ".probe-train.lock"),
+                                             args=lambda w: train(w)),
+         1, "error: {run}/.probe-train.lock: is not a regular file; remove it (probe keeps its lock file there)"),
+    Case("force-user-folder-in-activations", _setup(write("activations/extra/a.npy"), args=lambda w: train(w, "--force")),
+         2, _foreign("activations/extra"), ("activations/extra/a.npy",)),
+    Case("train-into-user-project", _setup(lambda w: user_project(w, "{}"), args=lambda w: train(w)),
+         2, "error: --run-dir: {run} already exists; use --resume to continue it or --force to replace it",
+         ("thesis.tex", "src/main.py")),
+    Case("train-lock-file-linked-out", _setup(empty_run_dir, to_out(".probe-train.lock", "thesis.tex"),
+                                              args=lambda w: train(w)),
+         1, "error: {run}/.probe-train.lock: is a symbolic link; remove it (probe keeps its lock file inside the run)"),
     Case("force-bad-full-maps-deletes-nothing", lambda w: train(w, "--force", "--full-maps", "features.99"),
          2, f"error: --full-maps: unknown layer(s) features.99; recorded layers are {RECORDED}"),
     Case("force-bad-depth-deletes-nothing", lambda w: train(w, "--force", "--model-depth", "5"),
@@ -254,6 +298,14 @@ CASES = [
          1, LINK.replace("{path}", "{run}/checkpoints").replace("{root}", "{run}")),
     Case("resume-metrics-linked-out", _setup(to_out("metrics.jsonl", "thesis.tex"), args=lambda w: resume(w)),
          1, LINK.replace("{path}", "{run}/metrics.jsonl").replace("{root}", "{run}")),
+    Case("resume-metrics-is-a-fifo", _setup(lambda w: (w.run / "metrics.jsonl").unlink(),
+                                            lambda w: os.mkfifo(w.run / "metrics.jsonl"), args=lambda w: resume(w)),
+         1, "error: {run}/metrics.jsonl: expected a regular file, found something else (a FIFO, a device, a file...); "
+            "move it away to resume"),
+    Case("resume-data-is-a-file", _setup(lambda w: __import__("shutil").rmtree(w.run / "data"), write("data", "x"),
+                                         args=lambda w: resume(w)),
+         1, "error: {run}/data: expected a folder, found something else (a FIFO, a device, a file...); "
+            "move it away to resume"),
     # probe analyze: no link on the way to a result, logs/ included
     Case("analyze-analyses-linked-out", _setup(to_out("analyses", "victim"), args=analyze("-p", "curves")),
          1, LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}")),
@@ -264,6 +316,9 @@ CASES = [
     Case("analyze-result-folder-linked-out", _setup(to_out("analyses/curves/default/run", "victim/default/run"),
                                                     args=analyze("-p", "curves")),
          1, LINK.replace("{path}", "{run}/analyses/curves/default/run").replace("{root}", "{run}")),
+    Case("analyze-link-inside-the-run", _setup(lambda w: link(w.run / "analyses", w.run / "checkpoints"),
+                                               args=analyze("-p", "curves")),
+         1, LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}")),
     Case("analyze-dangling-link", _setup(to_out("analyses", "not-there"), args=analyze("-p", "curves")),
          1, LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}")),
     Case("analyze-logs-linked-out", _setup(to_out("logs", "victim"), args=analyze("-p", "curves")),
@@ -275,6 +330,9 @@ CASES = [
          0, "warning: scribe (run): new files outside its result folder while it ran (left in place): "
             "NOTES.md, mine/plot.py", run_unchanged=False,
          created=("NOTES.md", "mine/plot.py", "analyses/scribe/default/run/manifest.json")),
+    Case("analyze-beside-a-fifo", _setup(lambda w: (w.run / "metrics.jsonl").unlink(),
+                                         lambda w: os.mkfifo(w.run / "metrics.jsonl"), args=analyze("-p", "peek", "-q")),
+         0, "", run_unchanged=False, created=("analyses/peek/default/epoch_0002/manifest.json",)),
     Case("analyze-user-edits-notes-meanwhile", _setup(write("NOTES.md", "draft"), args=analyze("-p", "editor", "-q")),
          0, "", run_unchanged=False, created=("analyses/editor/default/run/manifest.json",)),
     # probe report: a linked report/ is not replaced
@@ -304,6 +362,15 @@ CASES = [
          1, LINK.replace("{path}", "{sweep}/lr=0.1").replace("{root}", "{sweep}")),
     Case("report-point-absolute", _setup(lambda w: sweep_file(w, str(w.out / "victim")), args=lambda w: ["report", str(w.sweep)]),
          1, POINT.replace("{name}", "'{out}/victim'")),
+    # probe sweep --dry-run: what training would reject, for every point
+    Case("sweep-dry-run-unknown-layer", dry_run('full_maps = [["features.2"], ["features.99"]]'),
+         2, "error: {sweep}/spec.toml: point full_maps=features.99: --full-maps: unknown layer(s) features.99; "
+            f"recorded layers are {RECORDED}"),
+    Case("sweep-dry-run-point-name-too-long", dry_run(f'data = ["{"d" * 300}"]'),
+         2, "error: {sweep}/spec.toml: point data=" + "d" * 55 + "...: the folder name data=" + "d" * 35
+            + "... is 305 bytes; a file name may have at most 255"),
+    Case("report-point-dotdot", _setup(lambda w: sweep_file(w, "../outside/victim"), args=lambda w: ["report", str(w.sweep)]),
+         1, POINT.replace("{name}", "'../outside/victim'")),
     Case("report-point-linked-out", _setup(sweep_point_link, args=lambda w: ["report", str(w.sweep)]),
          1, LINK.replace("{path}", "{sweep}/lr=0.1").replace("{root}", "{sweep}")),
 ]
@@ -420,3 +487,29 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_clear_run_leaves_what_appeared_after_the_check(world: World) -> None:
+    """The user drops a file in after `check_run_dir` passed and before `--force` clears: it is not probe's, so it stays."""
+    from probe.train import check_run_dir, clear_run
+
+    check_run_dir(world.run, resume=False, force=True)  # nothing foreign yet
+    (world.run / "NOTES.md").write_text("just now")
+    (world.run / "checkpoints" / "mine.txt").write_text("just now")
+    (world.run / ".metrics.jsonl.77.abcdefgh.tmp").write_text("a killed writer's")
+    clear_run(world.run)
+    assert sorted(p.relative_to(world.run).as_posix() for p in world.run.rglob("*")) == [
+        "NOTES.md", "checkpoints", "checkpoints/mine.txt"]
+
+
+def test_training_removes_only_its_own_temporaries(world: World) -> None:
+    from probe.train import remove_training_temps
+
+    ours = [".config.json.abc123.tmp", ".metrics.jsonl.9.zzzzzzzz.tmp", "checkpoints/.epoch_0003.safetensors.5.abcdefgh.tmp",
+            "activations/.epoch_0003.h5.5.abcdefgh.h5.tmp", "data/.probe_set.safetensors.x.tmp"]
+    theirs = [".notes.tmp", "checkpoints/.draft.tmp", "activations/.epoch_0003.npy.tmp", "data/.labels.csv.1.tmp"]
+    for rel in ours + theirs:
+        (world.run / rel).write_text("x")
+    removed = remove_training_temps(world.run)
+    assert sorted(p.relative_to(world.run).as_posix() for p in removed) == sorted(ours)
+    assert all((world.run / rel).read_text() == "x" for rel in theirs)

@@ -122,3 +122,45 @@ def test_run_dir_that_is_a_file(tmp_path: Path, cache: Path) -> None:
     result = probe_cli("train", "--run-dir", target, "--quiet")
     error_line(result, "--run-dir")
     assert target.read_text() == "x"
+
+
+# --- issue 12.11: the same command line with --resume added continues the run -------------------------------
+
+SMALL_CLI = ["--subset-train-size", "0", "--base-width", "2", "--probe-set-size", "10", "--analysis-batch-size", "4",
+             "--batch-size", "8", "--device", "cpu", "--seed", "3", "--full-maps", "features.2"]
+
+
+def test_the_same_command_line_with_resume_continues_the_run(tmp_path: Path, cache: Path) -> None:
+    data = make_png_folder(tmp_path / "data", n_train=1, n_test=1)
+    run_dir = tmp_path / "run"
+    command = ["train", "--run-dir", run_dir, "--data", data, "--quiet", *SMALL_CLI]
+    assert probe_cli(*command, "--epochs", "1").exit_code == 0
+    result = probe_cli(*command, "--epochs", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"epoch_{e:04d}.safetensors" for e in range(3)]
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'data = "{data}"\nbase_width = 2\nfull_maps = ["features.2"]\nepochs = 3\n')
+    result = probe_cli("train", "--run-dir", run_dir, "--config", toml, "--resume", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert len(list((run_dir / "checkpoints").iterdir())) == 4
+    before = tree(run_dir)
+    toml.write_text('base_width = 4\nseed = 3\n')
+    result = probe_cli("train", "--run-dir", run_dir, "--config", toml, "--resume", "--quiet", "--lr", "0.5",
+                       "--full-maps", "features.2,features.6")
+    line = error_line(result, "--resume")
+    assert line == (f"error: --resume: continues the stored config of {run_dir}/config.json; only --epochs and --device "
+                    f"may change, but base_width in {toml} (stored 2, given 4); --lr (stored 0.01, given 0.5); "
+                    "--full-maps (stored ['features.2'], given ['features.2', 'features.6'])")
+    assert tree(run_dir) == before
+
+
+def test_force_checks_every_option_before_deleting(tmp_path: Path, cache: Path) -> None:
+    data = make_png_folder(tmp_path / "data", n_train=1, n_test=1)
+    run_dir = tmp_path / "run"
+    assert probe_cli("train", "--run-dir", run_dir, "--data", data, "--quiet", *SMALL_CLI, "--epochs", "1").exit_code == 0
+    before = tree(run_dir)
+    for flags, option in ((["--full-maps", "features.99"], "--full-maps"), (["--data", tmp_path / "nope"], "--data"),
+                          (["--base-width", "0"], "--base-width")):
+        result = probe_cli("train", "--run-dir", run_dir, "--data", data, "--quiet", *SMALL_CLI, "--force", *flags)
+        error_line(result, option)
+        assert tree(run_dir) == before
