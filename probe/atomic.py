@@ -85,7 +85,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=suffix + ".tmp", dir=target.parent)
     except OSError as exc:  # a read-only or full folder, a name too long: one line, nothing written
-        raise ProbeError(f"{target}: could not write ({exc.strerror or exc}); nothing was replaced") from None
+        raise ProbeError(f"{target}: could not write ({exc.strerror or exc}); nothing was replaced") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     mode = 0o666 & ~_umask()  # mkstemp makes 0600; give the file the usual permissions
@@ -150,7 +150,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     except OSError as exc:  # a read-only or full folder, a name too long: one line, nothing written
-        raise ProbeError(f"{target}: could not write ({exc.strerror or exc}); nothing was replaced") from None
+        raise ProbeError(f"{target}: could not write ({exc.strerror or exc}); nothing was replaced") from exc
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are read by reports and other users
     try:
         yield tmp

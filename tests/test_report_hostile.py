@@ -527,7 +527,7 @@ def test_compare_write_failure_is_one_line(tmp_path, empty_registry, monkeypatch
     monkeypatch.setattr(atomic.tempfile, "mkstemp", fail)
     r = invoke(compare.compare_command, sweep, "--no-plots", "--out", tmp_path / "out")
     assert r.exit_code == 1 and r.output.splitlines()[-1] == \
-        f"error: {tmp_path / 'out' / 'table.csv'}: cannot write ({os.strerror(err)})", r.output
+        f"error: {tmp_path / 'out' / 'table.csv'}: could not write ({os.strerror(err)}); nothing was replaced", r.output
 
 
 def test_compare_default_out_that_is_a_symlink_is_refused(tmp_path, empty_registry, sentinel):
