@@ -174,24 +174,50 @@ def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs
     return outcome
 
 
+def _fingerprints(run: Run) -> Fingerprints:
+    fps = FINGERPRINTS.get()
+    return fps if fps is not None and fps.run.path == run.path else Fingerprints(run, persistent=False)
+
+
+def _is_hit(analysis: Analysis, pdict: dict[str, Any], epoch: int | None, epochs: list[int], target: Path,
+            fps: Fingerprints, source: str | None) -> bool:
+    """Whether the finished result at `target` is still valid (see results.is_cached)."""
+    existing = read_manifest(target)
+    if existing is None:
+        return False
+    if source is None:  # outside development mode a development-mode result is valid too
+        recorded = existing.get("source")
+        source = recorded if isinstance(recorded, str) else None
+    return is_cached(existing, job_identity(analysis, pdict, epoch, epochs, source), fps)
+
+
+def cached_outcome(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int]) -> Outcome | None:
+    """The job's outcome if its result is cached, else None; imports no torch and runs no plugin code.
+
+    `run_analyses` asks this first, so a command whose jobs are all cached does no
+    more than read manifests and fingerprint the inputs they list.
+    """
+    pdict, _, target = _target(run, analysis, params, epoch)
+    try:
+        fps = _fingerprints(run)
+        source = fps.source(analysis) if results.dev_mode() else None
+        if _is_hit(analysis, pdict, epoch, epochs, target, fps, source):
+            return Outcome(analysis.name, epoch, "cached", 0.0, target)
+    except Exception:  # anything odd: let the job itself run (and report it)
+        pass
+    return None
+
+
 def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
              device: str, force: bool, quiet: bool) -> Outcome:
     pdict, variant, target = _target(run, analysis, params, epoch)
     failed_marker = target.parent / f"{target.name}.failed.json"
     t0 = time.perf_counter()
     try:
-        fps = FINGERPRINTS.get()
-        if fps is None or fps.run.path != run.path:
-            fps = Fingerprints(run, persistent=False)
-        dev = results.dev_mode()
-        source = results.source_hash(analysis) if dev else None
-        existing = None if force else read_manifest(target)
-        if existing is not None:
-            recorded = existing.get("source")  # a development-mode result is valid outside it
-            ident = job_identity(analysis, pdict, epoch, epochs,
-                                 source if dev else (recorded if isinstance(recorded, str) else None))
-            if is_cached(existing, ident, fps):
-                return Outcome(analysis.name, epoch, "cached", 0.0, target)
+        fps = _fingerprints(run)
+        source = fps.source(analysis) if results.dev_mode() else None
+        if not force and _is_hit(analysis, pdict, epoch, epochs, target, fps, source):
+            return Outcome(analysis.name, epoch, "cached", 0.0, target)
         device = resolve_device(device)
         from .context import Context, ResultWriter, close_new_figures, open_figures
 
@@ -211,7 +237,7 @@ def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epoch
                 "params": results.jsonable(pdict, nonfinite="str"), "variant": variant, "scope": analysis.scope,
                 "epoch": epoch, "epochs": epochs, "inputs": inputs,
                 "key": result_key(job_identity(analysis, pdict, epoch, epochs, source), inputs),
-                "files": sorted(set(out.files)), "scalars": out.scalars, "layer_scalars": out.layer_scalars,
+                "files": sorted(set(out.files)), "scalars": out.scalars, "layer_scalars": out.layer_tables,
                 "captions": {**dict(analysis.figure_captions), **out.captions}, "seconds": round(seconds, 3),
                 "device": device, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
@@ -398,7 +424,10 @@ def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = N
     fp_token = FINGERPRINTS.set(fingerprints)
     try:
         for a, e, es in _progress(jobs, quiet):
-            outcome = run_job(run, a, parsed[a.name], e, es, device=device, force=force, quiet=quiet, timeout=timeout)
+            outcome = None if force else cached_outcome(run, a, parsed[a.name], e, es)
+            if outcome is None:
+                outcome = run_job(run, a, parsed[a.name], e, es, device=device, force=force, quiet=quiet,
+                                  timeout=timeout)
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)

@@ -52,7 +52,7 @@ class ResultWriter:
     def __init__(self, directory: Path):
         self.dir = directory
         self.scalars: dict[str, Any] = {}
-        self.layer_scalars: dict[str, dict[str, Any]] = {}
+        self.layer_tables: dict[str, dict[str, Any]] = {}  # the manifest's "layer_scalars"
         self.files: list[str] = []
         self.captions: dict[str, str] = {}
 
@@ -147,7 +147,7 @@ class ResultWriter:
                 values[layer][metric] = _scalar_value(v, f"layer_scalars {name!r} {layer}.{metric}")
         entry = {"layers": layers, "metrics": metrics, "values": values}
         path = self.json(name, entry)
-        self.layer_scalars[path.stem] = entry
+        self.layer_tables[path.stem] = entry
         return path
 
     def path(self, name: str) -> Path:

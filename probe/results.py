@@ -149,6 +149,14 @@ class Fingerprints:
         self.persistent = persistent
         self._stat: dict[str, tuple[tuple[int, int, int, int], str]] = self._load() if persistent else {}
         self._dirty = False
+        self._memo: dict[str, str] = {}
+        self._sources: dict[str, str] = {}
+
+    def source(self, analysis: Any) -> str:
+        """`source_hash(analysis)`, once per analysis and command."""
+        if analysis.name not in self._sources:
+            self._sources[analysis.name] = source_hash(analysis)
+        return self._sources[analysis.name]
 
     def __call__(self, name: str) -> str:
         if not INPUT_NAME.match(name):
@@ -156,12 +164,20 @@ class Fingerprints:
         try:
             if FILE_INPUT.match(name):
                 return self._file(name)
-            if name == CONFIG:
-                return canonical_hash(keyed_config(self.run.config))
+            if name == CONFIG:  # Run.config is read once per Run: so is its fingerprint
+                if CONFIG not in self._memo:
+                    self._memo[CONFIG] = canonical_hash(keyed_config(self.run.config))
+                return self._memo[CONFIG]
             if name.startswith(METRICS):
-                _, _, sel = name.partition("#")
-                epochs = [int(e) for e in sel.split(",")] if sel else None
-                return canonical_hash(metrics_rows(self.run.metrics(), epochs))
+                try:
+                    memo_key = f"{name}@{_stat_key(self.run.path / METRICS)}"
+                except FileNotFoundError:
+                    memo_key = f"{name}@missing"
+                if memo_key not in self._memo:
+                    _, _, sel = name.partition("#")
+                    epochs = [int(e) for e in sel.split(",")] if sel else None
+                    self._memo[memo_key] = canonical_hash(metrics_rows(self.run.metrics(), epochs))
+                return self._memo[memo_key]
             _, _, sel = name.partition("#upto=")
             have = self.run.epochs()
             return canonical_hash([e for e in have if e <= int(sel)] if sel else have)
