@@ -1,8 +1,11 @@
 """`probe analyze`: run analyses over a saved run, offline, with a result cache.
 
 For each selected analysis the runner plans jobs (one per epoch, or one over the
-selected epochs), computes each job's cache key from the checksums of the inputs
-the analysis declared, and skips jobs whose finished result has the same key.
+selected epochs) and skips jobs whose finished result is still valid: its manifest
+lists every input the job read (recorded by the Context as it was opened), and the
+key over those inputs' fingerprints and the job's identity still matches
+(probe/results.py). This check imports no torch; the device is resolved, and
+torch imported, only when a job is computed.
 A job's files are written into a temporary directory that is renamed into place
 with its manifest inside. A job that fails is recorded (one line on the terminal,
 the traceback in RUN/logs/) and the others go on; the command exits 1 if any failed.

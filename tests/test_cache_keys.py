@@ -289,7 +289,6 @@ def test_a_fully_cached_analyze_does_not_import_torch(probe_run, fresh_registry)
         except SystemExit as exc:
             assert not exc.code, exc.code
         assert "torch" not in sys.modules, "torch imported on a cache hit"
-        assert "numpy" not in sys.modules, "numpy imported on a cache hit"
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
