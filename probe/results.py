@@ -114,8 +114,19 @@ def keyed_config(config: dict[str, Any]) -> dict[str, Any]:
     the entries that cannot change a stored epoch's result (CONFIG_UNKEYED, TRAIN_UNKEYED)."""
     out = {k: v for k, v in config.items() if k not in CONFIG_UNKEYED}
     if isinstance(out.get("train"), dict):
-        out["train"] = {k: v for k, v in out["train"].items() if k not in TRAIN_UNKEYED}
+        # keys a newer probe added are filled with their defaults, so resuming an older run (which
+        # rewrites `train` with every current key) changes nothing unless a value really changed
+        train = {**_train_defaults(), **out["train"]}
+        out["train"] = {k: v for k, v in train.items() if k not in TRAIN_UNKEYED}
     return json.loads(dumps(out, "str"))  # a deep copy: a plugin changing it changes nothing else
+
+
+def _train_defaults() -> dict[str, Any]:
+    import dataclasses
+
+    from .config import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
 def metrics_rows(rows: list[dict[str, Any]], epochs: list[int] | None) -> list[dict[str, Any]]:

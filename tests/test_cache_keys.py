@@ -304,3 +304,24 @@ def test_a_manifest_listing_unknown_inputs_is_not_a_hit(probe_run, fresh_registr
     manifest["inputs"] = {name: "0" * 64}
     (o.path / "manifest.json").write_text(json.dumps(manifest))
     assert run_analyses(probe_run, ["drift"], "last", registry=reg)[0].status == "ok"
+
+
+def test_config_key_ignores_where_and_how_long_and_fills_new_defaults(probe_run):
+    from probe.results import CONFIG, Fingerprints
+
+    run_path = probe_run / "config.json"
+    base = json.loads(run_path.read_text())
+
+    def fingerprint(config):
+        run_path.write_text(json.dumps(config))
+        return Fingerprints(probe.Run(probe_run), persistent=False)(CONFIG)
+
+    reference = fingerprint(base)
+    unkeyed = {**base, "device": "cuda:3", "device_name": "H100", "versions": {"torch": "9"},
+               "data_source": "/elsewhere/cifar10", "config_hash": "x",
+               "train": {**base["train"], "epochs": 300, "device": "cuda", "data": "/mnt/data"}}
+    assert fingerprint(unkeyed) == reference
+    older = {**base, "train": {k: v for k, v in base["train"].items() if k != "precision"}}  # before a key existed
+    assert base["train"]["precision"] == "fp32" and fingerprint(older) == reference
+    assert fingerprint({**base, "train": {**base["train"], "lr": 0.5}}) != reference
+    assert fingerprint({**base, "classes": list(reversed(base["classes"]))}) != reference
