@@ -43,13 +43,17 @@ def analyze(run: Path, env: dict[str, str], quiet: bool = True) -> tuple[float, 
     return wall, usage.ru_maxrss // 1024, out.strip().splitlines()[-1] if out.strip() else ""
 
 
-def tiny_run(work: Path) -> Path:
+def tiny_run(work: Path, env: dict[str, str]) -> Path:
+    """A tiny 30-epoch run, trained in a child process.
+
+    Not in this one: Linux reports a child's peak RSS as at least what the parent
+    held when it forked, so this process must stay small (no torch) to measure it.
+    """
     run = work / "run30"
     if not (run / "checkpoints" / "epoch_0030.safetensors").exists():
-        from probe.testing import make_tiny_run
-
         print(f"training a tiny 30-epoch run into {run} ...", flush=True)
-        make_tiny_run(run, epochs=30)
+        code = f"from probe.testing import make_tiny_run; make_tiny_run({str(run)!r}, epochs=30)"
+        subprocess.run([sys.executable, "-c", code], env=env, check=True)
     return run
 
 
@@ -66,7 +70,7 @@ def main() -> None:
     env.setdefault("OMP_NUM_THREADS", "1")
     if not args.no_bytecode:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-    run = args.run or tiny_run(args.work)
+    run = args.run or tiny_run(args.work, env)
     if args.run is None or args.fill:
         t0 = time.perf_counter()
         _, _, line = analyze(run, env)
@@ -77,8 +81,13 @@ def main() -> None:
         wall, peak, line = analyze(run, env)
         walls.append(wall)
         rss.append(peak)
+    import resource
+
     import probe
 
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    if own >= min(rss):
+        print(f"warning: this process peaked at {own} MB: the children's RSS figures are not theirs alone")
     epochs = len(list((run / "checkpoints").glob("epoch_*.safetensors")))
     print(f"python {platform.python_version()}, probe {probe.__version__}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}; run {run} ({epochs} checkpoints)")
