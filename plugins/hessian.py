@@ -97,11 +97,12 @@ def run(ctx: probe.Context) -> None:
             rows.append((epoch, rep))
             prev, density = rep.eigen[0].vectors, rep.density or density
     else:
+        ctx.declare_reads(checkpoints=ctx.epochs)  # the pieces load each epoch's model themselves
         jobs = [(str(ctx.run.path), e, ctx.device, p.n_images, kw) for e in ctx.epochs]
         rows = list(zip(ctx.epochs, ctx.map(epoch_piece, jobs, "epochs"), strict=True))
         density = next((r.density for _, r in reversed(rows) if r.density is not None), None)
     epochs = np.array([e for e, _ in rows])
-    lrs = {m["epoch"]: m.get("lr") for m in ctx.metrics()}
+    lrs = {m["epoch"]: m.get("lr") for m in ctx.metrics(ctx.epochs)}
     nan_k = np.full(p.top_k, np.nan)
 
     def col(pos: int, field: str) -> np.ndarray:  # by position: power's labels can change sign per epoch

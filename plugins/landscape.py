@@ -92,7 +92,7 @@ def run(ctx: probe.Context) -> None:
         s = _surface(ctx, model, x, y, calib, dirs, span=(-p.span, p.span), p=p)
         _save(ctx, s, {**common, "span": p.span}, f"epoch {ctx.epoch}")
         return
-    path_epochs = [e for e in ctx.all_epochs() if e <= ctx.epoch]
+    path_epochs = ctx.all_epochs(upto=ctx.epoch)
     if len(path_epochs) < 3:
         raise probe.UsageError("--epochs", f"directions=trajectory needs at least 3 complete epochs up to the centre "
                                            f"epoch {ctx.epoch} (have {len(path_epochs)})")

@@ -1,8 +1,8 @@
 """probe: train a CNN on CIFAR-10, keep everything the training produced, analyse it offline.
 
 The public API for plugin authors is importable from here without importing torch:
-`hookimpl`, `Analysis`, `Context`, `ProbeError`, `UsageError`, `RunFileError`,
-`load_model`, `load_checkpoint`, `Run`.
+`hookimpl`, `Analysis`, `Context`, `LayerParams` (what `ctx.parameters()` lists), `ProbeError`,
+`UsageError`, `RunFileError`, `load_model`, `load_checkpoint`, `Run`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .hookspecs import hookimpl
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "Context", "NotARunError", "ProbeError", "Run", "RunFileError", "UsageError",
+    "Analysis", "Context", "LayerParams", "NotARunError", "ProbeError", "Run", "RunFileError", "UsageError",
     "__version__", "hookimpl", "load_checkpoint", "load_model", "param",
 ]
 
@@ -40,10 +40,10 @@ def __getattr__(name: str) -> Any:
         from . import analysis
 
         return getattr(analysis, name)
-    if name == "Context":
-        from .context import Context
+    if name in ("Context", "LayerParams"):
+        from . import context
 
-        return Context
+        return getattr(context, name)
     if name == "Run":
         from .rundir import Run
 

@@ -1,8 +1,11 @@
 """`probe analyze`: run analyses over a saved run, offline, with a result cache.
 
 For each selected analysis the runner plans jobs (one per epoch, or one over the
-selected epochs), computes each job's cache key from the checksums of the inputs
-the analysis declared, and skips jobs whose finished result has the same key.
+selected epochs) and skips jobs whose finished result is still valid: its manifest
+lists every input the job read (recorded by the Context as it was opened), and the
+key over those inputs' fingerprints and the job's identity still matches
+(probe/results.py). This check imports no torch; the device is resolved, and
+torch imported, only when a job is computed.
 A job's files are written into a temporary directory that is renamed into place
 with its manifest inside. A job that fails is recorded (one line on the terminal,
 the traceback in RUN/logs/) and the others go on; the command exits 1 if any failed.
@@ -20,8 +23,10 @@ written through (probe.paths).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import atomic, rundir, safeio
+from . import atomic, results, rundir, safeio
 from .analysis import Analysis, params_dict
 from .errors import ProbeError
 from .lock import LOCK_FILE
@@ -42,13 +47,19 @@ from .paths import confined, is_link
 from .results import (
     MANIFEST,
     RESULT_FORMAT,
+    Fingerprints,
+    is_cached,
+    job_identity,
     read_manifest,
     result_dir,
     result_key,
-    sha256_file,
     variant_name,
 )
 from .rundir import Run
+
+# The fingerprints of the command's run (one per `run_analyses`, so each file is hashed once);
+# a context variable, so a job (in this process or a forked child) finds it without plumbing.
+FINGERPRINTS: contextvars.ContextVar[Fingerprints | None] = contextvars.ContextVar("probe_fingerprints", default=None)
 
 
 @dataclass
@@ -73,37 +84,15 @@ class Outcome:
         return self.status in ("failed", "timeout")
 
 
-def input_files(run: Run, analysis: Analysis, epochs: list[int]) -> list[str]:
-    """Run-relative paths of the files whose contents the job may read."""
-    files: list[str] = []
-    needs = analysis.needs
-    if "trajectory" in needs:
-        files += [rundir.checkpoint_name(e) for e in run.epochs()]
-    elif needs & {"checkpoint", "model"}:
-        files += [rundir.checkpoint_name(e) for e in epochs]
-    if "activations" in needs:
-        files += [rundir.activations_name(e) for e in epochs]
-    if "probe_set" in needs:
-        files.append(rundir.PROBE_SET)
-    if "analysis_batch" in needs:
-        files.append(rundir.ANALYSIS_BATCH)
-    if "metrics" in needs:
-        files.append(rundir.METRICS)
-    if "config" in needs or needs & {"checkpoint", "model", "probe_set", "analysis_batch"}:
-        files.append(rundir.CONFIG)
-    return files
-
-
-def fingerprints(run: Run, files: list[str]) -> dict[str, str]:
-    out = {}
-    for rel in files:
-        p = run.path / rel
-        out[rel] = sha256_file(p) if p.exists() else "missing"
-    return out
-
-
+@functools.cache
 def resolve_device(device: str) -> str:
-    """`auto`/`cpu`/`cuda` as a device string; the same rule and error as `probe train --device`."""
+    """`auto`/`cpu`/`cuda` as a device string; the same rule and error as `probe train --device`.
+
+    Called only when a job is computed (and once per process): a command whose jobs
+    are all cached never imports torch.
+    """
+    if device == "cpu":
+        return device
     from .train import resolve_device as resolve
 
     return str(resolve(device))
@@ -112,7 +101,7 @@ def resolve_device(device: str) -> str:
 def plan(run: Run, analysis: Analysis, epochs_spec: str | None) -> list[tuple[int | None, list[int]]]:
     """(epoch, epochs) per job: one per selected epoch, or one (None, selected) for run scope."""
     spec = epochs_spec or ("all" if analysis.scope == "run" else "last")
-    if not run.epochs() and not (analysis.needs & {"checkpoint", "model", "activations"}):
+    if not run.epochs() and not (analysis.needs & {"checkpoint", "model", "activations", "trajectory"}):
         return [(None, [])]
     selected = run.select_epochs(spec)
     if analysis.scope == "run":
@@ -127,17 +116,36 @@ def _target(run: Run, analysis: Analysis, params: Any, epoch: int | None) -> tup
 
 
 def _record_failure(run: Run, analysis: Analysis, params: Any, outcome: Outcome) -> None:
-    """Leave `<epoch_NNNN|run>.failed.json` beside where the result would be."""
-    pdict, variant, target = _target(run, analysis, params, outcome.epoch)
+    """Leave `<epoch_NNNN|run>.failed.json` beside where the result would be.
+
+    Every value is cleaned to plain JSON first (NaN parameters, odd keys, bytes in
+    an error), so the record can always be written; if the disk refuses it, the
+    folders made for the result are removed again, never left empty.
+    """
+    target = None
     try:
+        pdict, variant, target = _target(run, analysis, params, outcome.epoch)
         confined(run.path, target.relative_to(run.path))  # checked again: a plugin may have put a link there
-        atomic.write_json(target.parent / f"{target.name}.failed.json", {
+        record = results.jsonable({
             "analysis": analysis.name, "epoch": outcome.epoch, "variant": variant, "params": pdict,
             "status": outcome.status, "error": outcome.error, "traceback": outcome.traceback,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        })
-    except ProbeError:
-        pass
+        }, nonfinite="str")
+        atomic.write_json(target.parent / f"{target.name}.failed.json", record)
+    except Exception:  # a failure record is best effort: the outcome is reported on the terminal anyway
+        if target is not None:
+            _remove_empty_folders(run, target.parent)
+
+
+def _remove_empty_folders(run: Run, folder: Path) -> None:
+    """Remove `folder` and its parents up to RUN/analyses while they are empty."""
+    root = run.path / rundir.ANALYSES
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): stop
+            return
+        folder = folder.parent
 
 
 def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
@@ -184,33 +192,76 @@ def _listing(names: list[str], most: int = 8) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
+def _fingerprints(run: Run) -> Fingerprints:
+    fps = FINGERPRINTS.get()
+    return fps if fps is not None and fps.run.path == run.path else Fingerprints(run, persistent=False)
+
+
+def _is_hit(analysis: Analysis, pdict: dict[str, Any], epoch: int | None, epochs: list[int], target: Path,
+            fps: Fingerprints, source: str | None) -> bool:
+    """Whether the finished result at `target` is still valid (see results.is_cached)."""
+    existing = read_manifest(target)
+    if existing is None:
+        return False
+    if source is None:  # outside development mode a development-mode result is valid too
+        recorded = existing.get("source")
+        source = recorded if isinstance(recorded, str) else None
+    return is_cached(existing, job_identity(analysis, pdict, epoch, epochs, source), fps)
+
+
+def cached_outcome(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int]) -> Outcome | None:
+    """The job's outcome if its result is cached, else None; imports no torch and runs no plugin code.
+
+    `run_analyses` asks this first, so a command whose jobs are all cached does no
+    more than read manifests and fingerprint the inputs they list.
+    """
+    pdict, _, target = _target(run, analysis, params, epoch)
+    try:
+        fps = _fingerprints(run)
+        source = fps.source(analysis) if results.dev_mode() else None
+        if _is_hit(analysis, pdict, epoch, epochs, target, fps, source):
+            return Outcome(analysis.name, epoch, "cached", 0.0, target)
+    except Exception:  # anything odd: let the job itself run (and report it)
+        pass
+    return None
+
+
 def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
              device: str, force: bool, quiet: bool) -> Outcome:
-    from .context import Context, ResultWriter
-
     pdict, variant, target = _target(run, analysis, params, epoch)
     failed_marker = target.parent / f"{target.name}.failed.json"
     t0 = time.perf_counter()
     try:
-        inputs = fingerprints(run, input_files(run, analysis, epochs))
-        key = result_key(analysis, pdict, inputs)
-        existing = read_manifest(target)
-        if not force and existing is not None and existing.get("key") == key:
+        fps = _fingerprints(run)
+        source = fps.source(analysis) if results.dev_mode() else None
+        if not force and _is_hit(analysis, pdict, epoch, epochs, target, fps, source):
             return Outcome(analysis.name, epoch, "cached", 0.0, target)
+        device = resolve_device(device)
+        from .context import Context, ResultWriter, close_new_figures, open_figures
+
         with atomic.atomic_dir(target) as tmp:
             out = ResultWriter(tmp)
-            ctx = Context(run, analysis, params, epochs, epoch, device, out, quiet=quiet, inputs=inputs)
-            analysis.run(ctx)
+            ctx = Context(run, analysis, params, epochs, epoch, device, out, quiet=quiet, fingerprints=fps)
+            figures = open_figures()
+            try:
+                analysis.run(ctx)
+            finally:
+                close_new_figures(figures)
             seconds = time.perf_counter() - t0
+            inputs = dict(ctx.inputs)
             manifest = {
-                "format": RESULT_FORMAT, "analysis": analysis.name, "version": analysis.version,
+                "format": RESULT_FORMAT, "analysis": analysis.name, "version": str(analysis.version),
                 "provider": analysis.provider, "provider_version": analysis.provider_version,
-                "params": pdict, "variant": variant, "scope": analysis.scope, "epoch": epoch, "epochs": epochs,
-                "inputs": inputs, "key": key, "files": sorted(set(out.files)), "scalars": out.scalars,
+                "params": results.jsonable(pdict, nonfinite="str"), "variant": variant, "scope": analysis.scope,
+                "epoch": epoch, "epochs": epochs, "inputs": inputs,
+                "key": result_key(job_identity(analysis, pdict, epoch, epochs, source), inputs),
+                "files": sorted(set(out.files)), "scalars": out.scalars, "layer_scalars": out.layer_tables,
                 "captions": {**dict(analysis.figure_captions), **out.captions}, "seconds": round(seconds, 3),
                 "device": device, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+            if source:
+                manifest["source"] = source
+            (tmp / MANIFEST).write_text(results.dumps(manifest, indent=2, sort_keys=True) + "\n")
         failed_marker.unlink(missing_ok=True)
         return Outcome(analysis.name, epoch, "ok", seconds, target)
     except Exception as exc:  # one analysis's failure is reported, not propagated
@@ -375,23 +426,33 @@ def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = N
     from .context import EXECUTOR
     from .plugins import registry as default_registry
 
+    if "matplotlib" not in sys.modules:
+        os.environ.setdefault("MPLBACKEND", "Agg")  # results are files: no window, no display needed
     run = Run(run_dir)
     reg = registry or default_registry()
     analyses = [reg.get(name) for name in plugins]
     parsed = {a.name: a.make_params((params or {}).get(a.name, {})) for a in analyses}  # all checked up front
     jobs = [(a, e, es) for a in analyses for e, es in plan(run, a, epochs)]
-    device = resolve_device(device)
+    if device == "cuda":
+        device = resolve_device(device)  # asked for, and absent: one line before anything runs
+    fingerprints = Fingerprints(run)
     prepare_run(run)
     outcomes = []
     token = EXECUTOR.set(executor)
+    fp_token = FINGERPRINTS.set(fingerprints)
     try:
         for a, e, es in _progress(jobs, quiet):
-            outcome = run_job(run, a, parsed[a.name], e, es, device=device, force=force, quiet=quiet, timeout=timeout)
+            outcome = None if force else cached_outcome(run, a, parsed[a.name], e, es)
+            if outcome is None:
+                outcome = run_job(run, a, parsed[a.name], e, es, device=device, force=force, quiet=quiet,
+                                  timeout=timeout)
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
     finally:
         EXECUTOR.reset(token)
+        FINGERPRINTS.reset(fp_token)
+        fingerprints.save()
     failures = [o for o in outcomes if o.failed]
     if failures:
         write_log(run, failures)
