@@ -240,7 +240,7 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
     reg = registry()
     for line in reg.problems():  # disabled analyses (name clashes, bad defaults): the others still run
         click.echo(f"warning: {line}", err=True)
-    Run(run_dir)  # a clear error for a directory that is not a run, before anything else
+    _ = Run(run_dir).config  # one line for what is not a run (or whose config.json is not one), before anything else
     if run_all:
         plugins = tuple(sorted(reg.analyses))
     if not plugins:
