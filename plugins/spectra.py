@@ -286,7 +286,7 @@ def provenance(epochs: list[int]) -> dict[str, Any]:
         "weights": f"checkpoint of epoch {epochs[0]}" if len(epochs) == 1 else f"checkpoints of epochs {epochs}",
         "data": "none (data-free: weights only)",
         "dtype": "float32 weights, float64 SVD (scipy)",
-        "layers": "every Conv2d and Linear layer, in network order; biases and BatchNorm left out",
+        "which_layers": "every Conv2d and Linear layer, in network order; biases and BatchNorm left out",
         "convention": "weightwatcher 0.7 analyze() defaults: conv2d_fft=False, conv2d_norm=True, pool=True, "
                       "pl_package='ww', xmax=None, fix_fingers=False, eigenvalues > 1e-5 fitted, min_evals=8",
         "eigenvalues": "squared singular values of each matrix (X = W^T W, no 1/N); a Conv2d slice scaled by "
