@@ -21,8 +21,8 @@ against the package when it is installed):
   distance D is smallest; xmax is the largest eigenvalue (`xmax=None`,
   `fix_fingers=False`). Under 20 eigenvalues it uses its small-sample variant: alpha
   with an n-1 correction, tails of at least 8 eigenvalues, the smallest D kept (as
-  WWFit does in the end). A layer with fewer than 8 eigenvalues (WeightWatcher's
-  `min_evals`) is reported without a fit.
+  WWFit does in the end). A layer with fewer than 8 or more than 15,000 eigenvalues
+  (WeightWatcher's `min_evals`, `max_evals`) has its ESD and norms but no fit.
 
 - `spectra` (per epoch): per layer, the ESD, alpha, the fit's range and quality, the
   stable rank and the spectral norm; the log-log ESD of every layer with its fitted
@@ -42,6 +42,7 @@ import probe
 # WeightWatcher 0.7 constants (weightwatcher/constants.py, WW_powerlaw.py).
 EVALS_THRESH = 1e-5     # eigenvalues at or below this are left out of the fit
 MIN_EVALS = 8           # a layer with fewer eigenvalues is not fitted (`min_evals`)
+MAX_EVALS = 15_000      # nor one with more (`max_evals`): the xmin search is O(n^2), ~5 s at this size
 SMALL_N = 20            # below this many fitted eigenvalues, the small-sample fit
 SMALL_N_MIN_TAIL = 8    # the small-sample fit's shortest tail (`k_min`)
 CONV2D_NORM = math.sqrt(0.5)  # `conv2d_norm=True` with pooled slices: sqrt(conv2d_count / 2), count 1
@@ -174,14 +175,19 @@ def fit_power_law(eigenvalues) -> PowerLawFit:
     ev = np.asarray(eigenvalues, dtype=np.float64)
     if ev.size < MIN_EVALS:
         return PowerLawFit(reason=f"{ev.size} eigenvalues, fewer than {MIN_EVALS} (WeightWatcher's min_evals)")
+    if ev.size > MAX_EVALS:
+        return PowerLawFit(reason=f"{ev.size} eigenvalues, more than {MAX_EVALS} (WeightWatcher's max_evals)")
     data = np.sort(ev[ev > EVALS_THRESH])
     n_all = len(data)
     if n_all < 2:
         return PowerLawFit(n_fit=n_all, reason=f"{n_all} eigenvalue(s) above {EVALS_THRESH:g}: no tail to fit")
+    flat = "the eigenvalues above the threshold are all equal: no tail to fit"
+    if data[-1] <= data[0]:
+        return PowerLawFit(n_fit=n_all, reason=flat)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         best = _fit_small_n(data) if n_all < SMALL_N else _fit_csn(data)
     if best is None:
-        return PowerLawFit(n_fit=n_all, reason="the eigenvalues above the threshold are all equal: no tail to fit")
+        return PowerLawFit(n_fit=n_all, reason=flat)
     i, alpha, D, method = best
     xmin = float(data[i])
     n_tail = int(np.sum(ev >= xmin))
@@ -214,8 +220,8 @@ def _fit_small_n(data):
     least `SMALL_N_MIN_TAIL` eigenvalues (or, when there is none, for the whole ESD);
     its own criterion D - 0.868/sqrt(n) is then overridden by `WWFit.__init__`, which
     keeps the smallest D as in the standard fit. That is what weightwatcher 0.7.7
-    reports, so it is what is done here. `None` when every candidate tail is flat
-    (weightwatcher then reports alpha 0).
+    reports, so it is what is done here. `None` when the whole ESD is flat to 1e-12 in
+    log (weightwatcher then reports alpha 0).
     """
     import numpy as np
 
@@ -288,7 +294,8 @@ def provenance(epochs: list[int]) -> dict[str, Any]:
         "dtype": "float32 weights, float64 SVD (scipy)",
         "which_layers": "every Conv2d and Linear layer, in network order; biases and BatchNorm left out",
         "convention": "weightwatcher 0.7 analyze() defaults: conv2d_fft=False, conv2d_norm=True, pool=True, "
-                      "pl_package='ww', xmax=None, fix_fingers=False, eigenvalues > 1e-5 fitted, min_evals=8",
+                      "pl_package='ww', xmax=None, fix_fingers=False, eigenvalues > 1e-5 fitted, min_evals=8, "
+                      "max_evals=15000",
         "eigenvalues": "squared singular values of each matrix (X = W^T W, no 1/N); a Conv2d slice scaled by "
                        "1/sqrt(2) first",
         "alpha_band": list(ALPHA_BAND),
@@ -316,6 +323,7 @@ def run_epoch(ctx: probe.Context) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import NullFormatter
 
     epoch = ctx.epoch
     rows = analyse_epoch(ctx, epoch)
@@ -339,7 +347,8 @@ def run_epoch(ctx: probe.Context) -> None:
             x = np.geomspace(xmin, r["xmax"], 50)
             ax.plot(x, frac * (a - 1) / xmin * (x / xmin) ** (-a), "r--", lw=1.5, label=f"fit, alpha={a:.2f}")
             ax.axvline(xmin, color="red", lw=0.8, alpha=0.6)
-        ax.set(xscale="log", yscale="log", xlabel="eigenvalue", ylabel="density")
+        ax.set(xscale="log", yscale="log", xlabel="eigenvalue of W^T W", ylabel="density")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         note = (f"alpha={r['alpha']:.2f}, D={r['D']:.3f}, tail {r['n_tail']}/{r['n_evals']}"
                 if math.isfinite(r["alpha"]) else "no fit")
         ax.set_title(f"{r['layer']} ({r['type']})\n{note}", fontsize=8)
@@ -403,7 +412,7 @@ def run_epochs(ctx: probe.Context) -> None:
         ax.plot(epochs, table["alpha"][:, j], "o-", ms=3, label=name)
     ax.set(xlabel="epoch", ylabel="alpha", title="power-law exponent of the ESD tail")
     ax.legend(fontsize=6)
-    for ax, key, title in ((axes[1], "stable_rank", "stable rank ||W||_F^2 / ||W||_2^2"),
+    for ax, key, title in ((axes[1], "stable_rank", "stable rank: sum of eigenvalues / largest"),
                            (axes[2], "spectral_norm", "spectral norm ||W||_2")):
         for j, name in enumerate(names):
             ax.plot(epochs, table[key][:, j], "o-", ms=3, label=name)

@@ -110,8 +110,11 @@ def test_fit_is_the_clauset_shalizi_newman_mle_at_the_ks_minimum():
 def test_small_and_degenerate_spectra():
     few = S.fit_power_law(np.arange(1.0, 8.0))
     assert math.isnan(few.alpha) and "fewer than 8" in few.reason
-    flat = S.fit_power_law(np.ones(12))
-    assert math.isnan(flat.alpha) and "all equal" in flat.reason
+    many = S.fit_power_law(np.linspace(1.0, 2.0, S.MAX_EVALS + 1))
+    assert math.isnan(many.alpha) and "max_evals" in many.reason
+    for n in (12, 30):  # the small-sample and the standard fit
+        flat = S.fit_power_law(np.ones(n))
+        assert math.isnan(flat.alpha) and "all equal" in flat.reason
     small = S.fit_power_law(np.concatenate([np.zeros(5), np.linspace(1.0, 4.0, 12)]))
     assert small.method == "small-n" and small.n_fit == 12 and small.n_tail >= S.SMALL_N_MIN_TAIL
     tail = np.linspace(1.0, 4.0, 12)[-small.n_tail:]
