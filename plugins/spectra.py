@@ -392,7 +392,7 @@ def run_epochs(ctx: probe.Context) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 
     epochs = list(ctx.epochs)
     if not epochs:
@@ -410,7 +410,12 @@ def run_epochs(ctx: probe.Context) -> None:
     _shade_band(ax)
     for j, name in enumerate(names):
         ax.plot(epochs, table["alpha"][:, j], "o-", ms=3, label=name)
-    ax.set(xlabel="epoch", ylabel="alpha", title="power-law exponent of the ESD tail")
+    ax.set(xlabel="epoch", ylabel="alpha (log scale)", title="power-law exponent of the ESD tail", yscale="log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    finite = table["alpha"][np.isfinite(table["alpha"])]
+    top = max(float(finite.max()) if finite.size else 6.0, 6.5)
+    ax.set_yticks([t for t in (1, 1.5, 2, 3, 4, 6, 10, 20, 40, 100) if t <= top * 1.2])
     ax.legend(fontsize=6)
     for ax, key, title in ((axes[1], "stable_rank", "stable rank: sum of eigenvalues / largest"),
                            (axes[2], "spectral_norm", "spectral norm ||W||_2")):
