@@ -259,6 +259,7 @@ def _fit_small_n(data):
 
 def model_layers(ckpt) -> list[tuple[str, str, Any]]:
     """(name, "Conv2d" | "Linear", float32 weight as numpy) of every conv and linear layer, in network order."""
+    import numpy as np
     from torch import nn
 
     model = ckpt.build_model("cpu")
@@ -266,7 +267,11 @@ def model_layers(ckpt) -> list[tuple[str, str, Any]]:
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             kind = "Conv2d" if isinstance(mod, nn.Conv2d) else "Linear"
-            layers.append((name, kind, mod.weight.detach().cpu().float().numpy()))
+            w = mod.weight.detach().cpu().float().numpy()
+            if not np.isfinite(w).all():
+                raise probe.ProbeError(f"{ckpt.path}: layer {name} has non-finite weights (nan or inf): "
+                                       "no spectrum to compute")
+            layers.append((name, kind, w))
     if not layers:
         raise probe.ProbeError(f"{ckpt.path}: the model has no Conv2d or Linear layer")
     return layers

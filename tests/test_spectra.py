@@ -13,6 +13,7 @@ import json
 import math
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -159,6 +160,20 @@ def test_conv_reshaping_against_a_hand_built_kernel():
     np.testing.assert_array_equal(mats[1], tall[:, :, 1, 0])              # out >= in: kept as it is
     with pytest.raises(ValueError, match="4-D"):
         S.layer_matrices("Conv2d", np.zeros((2, 3)))
+
+
+def test_non_finite_weights_are_one_error_naming_the_checkpoint():
+    import torch
+    from torch import nn
+
+    from probe.errors import ProbeError
+
+    model = nn.Sequential(nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight[1, 2] = float("nan")
+    ckpt = SimpleNamespace(path=Path("checkpoints/epoch_0003.safetensors"), build_model=lambda device: model)
+    with pytest.raises(ProbeError, match=r"epoch_0003.safetensors: layer 0 has non-finite weights"):
+        S.model_layers(ckpt)
 
 
 # --- the analyses on a tiny real run ----------------------------------------------
