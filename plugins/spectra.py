@@ -128,8 +128,8 @@ def layer_spectrum(kind: str, weight) -> dict[str, Any]:
     """One layer's pooled ESD and norms.
 
     `eigenvalues`: sorted ascending, WeightWatcher's: squared singular values of each
-    matrix after its conv scaling (a Conv2d slice times 1/sqrt(2), computed in the
-    weight's float32 as WeightWatcher does). `spectral_norm` (||W||_2, the largest
+    matrix after its conv scaling (a Conv2d slice times 1/sqrt(2), the float32 weight
+    times a float64 factor as in WeightWatcher, so the product is float64). `spectral_norm` (||W||_2, the largest
     singular value, over a conv layer's slices) and `stable_rank` (sum of the
     eigenvalues over the largest: ||W||_F^2 / ||W||_2^2 for a Linear layer, the sum of
     the slices' squared Frobenius norms over the largest slice's squared spectral norm
