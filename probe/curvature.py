@@ -719,6 +719,7 @@ class BlockResult:
     dim: int
     eigen: EigenResult
     trace: TraceResult | None
+    index: torch.Tensor  # the block's positions in the flat parameter vector
 
     def summary(self) -> dict:
         out = {"name": self.name, "params": self.params, "dim": self.dim, "top": float(self.eigen.values[0]),
@@ -917,6 +918,6 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
         prev = prev if prev is not None and prev.shape[-1] == len(idx) else None
         top = solve(bop, prev, 1, 0)[0]
         tr = _trace(per_block[:, i], 0) if trace_samples else None
-        report.blocks.append(BlockResult(name, list(names), len(idx), top, tr))
+        report.blocks.append(BlockResult(name, list(names), len(idx), top, tr, idx))
     report.hvps = sum(op.hvps for op in ops)
     return report
