@@ -196,3 +196,20 @@ def test_analysis_batch_size_is_bounded_by_the_training_subset():
     assert TrainConfig(subset_train_size=0, analysis_batch_size=4096).analysis_batch_size == 4096
     with pytest.raises(UsageError, match=r"^--analysis-batch-size: must be <= --subset-train-size \(1000\), got 1024$"):
         TrainConfig(subset_train_size=1000)
+
+
+def test_compare_shows_the_standard_error_beside_the_top_eigenvalue():
+    from probe import compare as cmp
+
+    names = ["hessian.top_eigenvalue", "hessian.top_eigenvalue_mean_over_batches", "hessian.top_eigenvalue_se",
+             "hessian.trace_se"]
+    assert cmp.hessian_key(names) == "hessian.top_eigenvalue"
+    assert cmp.hessian_key(["hessian.top_eigenvalue_se"]) is None
+    keys = ["lr"]
+    columns = ["run", "lr", "state", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "gap",
+               "final_train_loss", *names, "stability", "train_seconds", "error"]
+    base = {"run": "a", "lr": 0.1, "state": "finished", "stability": "converged"}
+    records = [{**base, "hessian.top_eigenvalue": 812.25, "hessian.top_eigenvalue_se": 31.5},
+               {**base, "lr": 0.01, "hessian.top_eigenvalue": 90.0, "hessian.top_eigenvalue_se": float("nan")}]
+    rows = cmp.render(columns, records, keys).splitlines()
+    assert "812.2 ± 31.5" in rows[2] and "±" not in rows[3] and " 90 " in rows[3] + " "
