@@ -125,7 +125,7 @@ def test_plugin_stores_batches_blocks_and_rechecks_residuals_from_the_file(probe
     from probe.rundir import Run
     from probe_plugins import hessian
 
-    ((o, m),) = run_plugin(probe_run, hessian, "hessian", n_images=8, batches=2, top_k=2, trace_samples=4,
+    ((o, m),) = run_plugin(probe_run, hessian, "hessian", n_images=8, batches=2, top_k=2, trace_samples=4, blocks="layer",
                             max_iter=40, density_steps=6)
     assert {"hessian.h5", "hessian.json", "hessian.png", "hessian_blocks.png"} <= set(m["files"])
     run = Run(probe_run)
@@ -161,12 +161,12 @@ def test_plugin_stores_batches_blocks_and_rechecks_residuals_from_the_file(probe
     assert m["scalars"]["top_eigenvalue_se"] > 0 and m["scalars"]["batches"] == 2 and m["scalars"]["images"] == 16
 
 
-def test_default_run_gives_trace_density_and_blocks(probe_run):
+def test_default_run_gives_trace_and_density_and_blocks_add_up(probe_run):
     import h5py
 
     from probe_plugins import hessian
 
-    ((o, m),) = run_plugin(probe_run, hessian, "hessian", epochs="0,2", n_images=16, max_iter=30)
+    ((o, m),) = run_plugin(probe_run, hessian, "hessian", epochs="0,2", n_images=16, max_iter=30, blocks="layer")
     with h5py.File(o.path / "hessian.h5") as f:
         assert f["trace"].shape == (2,) and np.isfinite(f["trace_stderr"][()]).all()
         assert f["density_nodes"].shape == (1, hessian.DENSITY_STEPS) and int(f.attrs["density_epoch"]) == 2
