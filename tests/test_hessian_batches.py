@@ -213,3 +213,17 @@ def test_compare_shows_the_standard_error_beside_the_top_eigenvalue():
                {**base, "lr": 0.01, "hessian.top_eigenvalue": 90.0, "hessian.top_eigenvalue_se": float("nan")}]
     rows = cmp.render(columns, records, keys).splitlines()
     assert "812.2 ± 31.5" in rows[2] and "±" not in rows[3] and " 90 " in rows[3] + " "
+
+
+def test_batches_beyond_the_cache_limit_drop_their_graphs_and_agree(batches, monkeypatch):
+    """Above the cache limit each batch's graph lives only for its own solves; the numbers do not change."""
+    model, x, y, _ = batches
+    kw = dict(top_k=2, smallest=1, batches=B, trace_samples=3, blocks="layer", seed=4, **TIGHT)
+    kept = C.hessian_analysis(model, x, y, **kw)
+    monkeypatch.setattr(C, "CACHE_LIMIT", N)  # each batch fits, all of them together do not
+    dropped = C.hessian_analysis(model, x, y, **kw)
+    np.testing.assert_allclose(dropped.eigen[0].values, kept.eigen[0].values, rtol=1e-9)
+    np.testing.assert_allclose(dropped.over_batches(1)["per_batch"], kept.over_batches(1)["per_batch"], rtol=1e-9)
+    assert dropped.trace.trace == pytest.approx(kept.trace.trace, rel=1e-12)
+    np.testing.assert_allclose([b.eigen.values[0] for b in dropped.blocks], [b.eigen.values[0] for b in kept.blocks],
+                               rtol=1e-9)
