@@ -7,7 +7,12 @@ batch, in eval mode: Lanczos (or deflated power iteration) reports the largest (
 and smallest (SA) algebraic eigenvalues separately, each with its residual
 ||Hv - lambda v|| / |lambda| and a converged flag; epochs run in order and each one
 starts from the previous epoch's eigenvectors, whose overlap with the new ones is
-reported. Numerics: `probe.curvature` (docs/curvature.md).
+reported. With `batches=B` every eigenvalue and the trace come per batch, as their
+mean and standard error over batches, and for the combined operator (the mean loss over
+all B batches); `blocks` adds each layer's diagonal block (top eigenvalue, trace). The
+eigenvectors are stored (float32), and every result says what it was computed on.
+Another operator plugs in through `hessian_analysis(operator=...)`. Numerics:
+`probe.curvature` (docs/curvature.md).
 """
 
 from __future__ import annotations
