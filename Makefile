@@ -8,8 +8,10 @@ BIN := $(VENV)/bin
 DATA ?= $(or $(PROBE_DATA),$(wildcard ../shared/data/cifar10))
 DEMO_EPOCHS ?= 3
 DEMO_RUN ?= runs/demo
-# Loss-based analyses on 256 of the stored 1,024 images and a 15x15 grid, so the demo takes minutes on a laptop CPU.
-DEMO_ANALYZE ?= --param hessian.n_images=256 --param hessian.trace_samples=10 --param landscape.n_images=256 \
+# Loss-based analyses on 256 of the stored 1,024 images and a 15x15 grid, so the demo takes minutes on a laptop CPU
+# (hessian: about 170 products of 256 images in all, per-layer blocks included; docs/curvature.md).
+DEMO_ANALYZE ?= --param hessian.n_images=256 --param hessian.trace_samples=10 --param hessian.density_steps=20 \
+	--param hessian.blocks=layer --param landscape.n_images=256 \
 	--param landscape.resolution=15 --param sharpness.n_images=256 --param sharpness.steps=5 --param sharpness.samples=8
 
 .PHONY: install test demo lint bench clean

@@ -7,7 +7,12 @@ batch, in eval mode: Lanczos (or deflated power iteration) reports the largest (
 and smallest (SA) algebraic eigenvalues separately, each with its residual
 ||Hv - lambda v|| / |lambda| and a converged flag; epochs run in order and each one
 starts from the previous epoch's eigenvectors, whose overlap with the new ones is
-reported. Numerics: `probe.curvature` (docs/curvature.md).
+reported. With `batches=B` every eigenvalue and the trace come per batch, as their
+mean and standard error over batches, and for the combined operator (the mean loss over
+all B batches); `blocks` adds each layer's diagonal block (top eigenvalue, trace). The
+eigenvectors are stored (float32), and every result says what it was computed on.
+Another operator plugs in through `hessian_analysis(operator=...)`. Numerics:
+`probe.curvature` (docs/curvature.md).
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ MAX_K = 1000
 MAX_STEPS = 10_000
 MAX_IMAGES = 100_000
 MAX_BASIS_BYTES = 8 << 30
+MAX_BATCHES = 64
+# Defaults that make a default run give the trace and the density the README lists (costs: docs/curvature.md).
+TRACE_SAMPLES = 20
+DENSITY_STEPS = 40
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,14 @@ class Params:
     smallest: int = probe.param(1, "Smallest (most negative) eigenvalues to find; 0 to skip.", min=0, max=MAX_K)
     method: str = probe.param("lanczos", "Eigen solver (power finds largest magnitude, then shifts).",
                               choices=("lanczos", "power"))
-    n_images: int = probe.param(1024, "Images of the stored analysis batch to use (its first ones).", min=1, max=MAX_IMAGES)
+    n_images: int = probe.param(1024, "Images per batch, from the start of the stored analysis batch (with batches=1 "
+                                      "a smaller stored batch is used whole).", min=1, max=MAX_IMAGES)
+    batches: int = probe.param(1, "Disjoint batches of n_images each (B * n_images stored images needed): per-batch "
+                                  "values, their mean and standard error, and the combined (mean-loss) operator's.",
+                               min=1, max=MAX_BATCHES)
+    blocks: str = probe.param("none", "Per-block top eigenvalue and trace: 'layer' (each conv/linear layer, weight and "
+                                      "bias; the rest as 'other'), name patterns like 'features.*,classifier.*', or "
+                                      "'none' (default: blocks=layer took 2.4x the time of the default analysis).")
     batch_size: int = probe.param(256, "Mini-batch size; results are averaged weighted by sample count.", min=1, max=MAX_IMAGES)
     bn: str = probe.param("eval", "BatchNorm: running statistics (eval) or per-mini-batch statistics (batch).",
                           choices=("eval", "batch"))
@@ -40,9 +56,11 @@ class Params:
     residual_tol: float = probe.param(1e-2, "Relative residual at which an eigenvalue counts as converged.",
                                       min=1e-12, max=1.0)
     max_iter: int = probe.param(100, "Most Hessian-vector products per solve (Lanczos keeps one vector each).", min=2, max=MAX_STEPS)
-    trace_samples: int = probe.param(0, "Hutchinson samples for the trace (0: skip).", min=0, max=MAX_STEPS)
-    density_runs: int = probe.param(0, "Stochastic Lanczos quadrature runs for the density (0: skip).", min=0, max=1000)
-    density_steps: int = probe.param(60, "Lanczos steps per density run.", min=2, max=MAX_STEPS)
+    trace_samples: int = probe.param(TRACE_SAMPLES, "Hutchinson samples for the trace, per batch (0: skip); the "
+                                                    "block traces come from the same products.", min=0, max=MAX_STEPS)
+    density_runs: int = probe.param(1, "Stochastic Lanczos quadrature runs for the density of the last epoch analysed "
+                                       "(0: skip).", min=0, max=1000)
+    density_steps: int = probe.param(DENSITY_STEPS, "Lanczos steps per density run.", min=2, max=MAX_STEPS)
     warm_start: bool = probe.param(True, "Start each epoch from the previous epoch's eigenvectors (epochs then run "
                                          "in order; with warm_start=false they are independent pieces that "
                                          "`probe analyze --workers/--dask-workers/--scheduler` spreads out).")
@@ -51,6 +69,8 @@ class Params:
     def __post_init__(self) -> None:
         if self.trace_samples == 1:
             raise ValueError("trace_samples must be 0 or >= 2 (a standard error needs two samples)")
+        if len(self.blocks) > 1000:
+            raise ValueError("blocks must be at most 1000 characters")
 
 
 def check_cost(p: Params, n: int) -> None:
@@ -65,14 +85,28 @@ def check_cost(p: Params, n: int) -> None:
                                                      f"{steps * n * 8 / 2**30:,.1f} GiB, more than {MAX_BASIS_BYTES >> 30} GiB")
 
 
+def select(p: Params, stored: int) -> int:
+    """How many stored images the analysis uses: B * n_images, refused when the run stores fewer.
+
+    With batches=1 a smaller stored batch is used whole (the behaviour before batches existed)."""
+    if p.batches == 1:
+        return min(p.n_images, stored)
+    need = p.batches * p.n_images
+    if need > stored:
+        raise probe.UsageError("--param batches", f"hessian: batches={p.batches} x n_images={p.n_images} needs "
+                                                  f"{need:,} images; the run stores {stored:,} (lower --param batches or "
+                                                  "--param n_images, or train with a larger --analysis-batch-size)")
+    return need
+
+
 def epoch_piece(job: tuple):
     """One epoch's analysis, rebuilt from the run directory: an independent piece for an executor."""
     from probe import curvature as C
 
-    run_dir, epoch, device, n_images, kwargs = job
+    run_dir, epoch, device, n, kwargs = job
     run = probe.Run(run_dir)
     batch = run.analysis_batch()
-    x, y = batch.normalized(device)[:n_images], batch.labels[:n_images]
+    x, y = batch.normalized(device)[:n], batch.labels[:n]
     return C.hessian_analysis(run.model(epoch, device), x, y, **kwargs)
 
 
@@ -84,77 +118,158 @@ def run(ctx: probe.Context) -> None:
     p = ctx.params
     check_cost(p, sum(w.numel() for w in ctx.model(ctx.epochs[0]).parameters()))
     batch = ctx.analysis_batch()
-    x, y = batch.normalized(ctx.device)[: p.n_images], batch.labels[: p.n_images]
+    n = select(p, len(batch.labels))
+    x, y = batch.normalized(ctx.device)[:n], batch.labels[:n]
     train = ctx.config()["train"]
     wd = float(train.get("weight_decay", 0.0)) if p.weight_decay else 0.0
     kw = dict(top_k=p.top_k, smallest=p.smallest, method=p.method, trace_samples=p.trace_samples,
               density_runs=p.density_runs, density_steps=p.density_steps, tol=p.tol, residual_tol=p.residual_tol,
-              max_iter=p.max_iter, bn=p.bn, weight_decay=wd, batch_size=p.batch_size, seed=p.seed)
-    rows, prev, density = [], None, None
+              max_iter=p.max_iter, bn=p.bn, weight_decay=wd, batch_size=p.batch_size, seed=p.seed,
+              batches=p.batches, blocks=p.blocks)
+    last = ctx.epochs[-1]
+
+    def for_epoch(epoch: int) -> dict:  # the density is plotted for the last epoch only: computed there only
+        return kw if epoch == last else {**kw, "density_runs": 0}
+
+    rows = []
     if p.warm_start or ctx.executor is None:
+        prev, prev_blocks = None, None
         for epoch in ctx.progress(ctx.epochs, "epochs"):
-            rep = C.hessian_analysis(ctx.model(epoch), x, y, init=prev if p.warm_start else None, **kw)
+            rep = C.hessian_analysis(ctx.model(epoch), x, y, init=prev if p.warm_start else None,
+                                     block_init=prev_blocks if p.warm_start else None, **for_epoch(epoch))
             rows.append((epoch, rep))
-            prev, density = rep.eigen[0].vectors, rep.density or density
+            prev = rep.eigen[0].vectors
+            prev_blocks = {b.name: b.eigen.vectors for b in rep.blocks}
     else:
         ctx.declare_reads(checkpoints=ctx.epochs)  # the pieces load each epoch's model themselves
-        jobs = [(str(ctx.run.path), e, ctx.device, p.n_images, kw) for e in ctx.epochs]
+        jobs = [(str(ctx.run.path), e, ctx.device, n, for_epoch(e)) for e in ctx.epochs]
         rows = list(zip(ctx.epochs, ctx.map(epoch_piece, jobs, "epochs"), strict=True))
-        density = next((r.density for _, r in reversed(rows) if r.density is not None), None)
-    epochs = np.array([e for e, _ in rows])
+    density = rows[-1][1].density
+    arrays, attrs = series(rows, p)
     lrs = {m["epoch"]: m.get("lr") for m in ctx.metrics(ctx.epochs)}
-    nan_k = np.full(p.top_k, np.nan)
-
-    def col(pos: int, field: str) -> np.ndarray:  # by position: power's labels can change sign per epoch
-        return np.array([getattr(rep.eigen[pos], field).double().numpy() for _, rep in rows])
-
-    top_label = rows[-1][1].eigen[0].which  # LA (lanczos) or LM (power)
-    other = rows[-1][1].eigen[1].which if p.smallest else None
-    arrays = {
-        "epoch": epochs, "top": col(0, "values"), "top_residual": col(0, "residuals"),
-        "top_converged": col(0, "converged").astype(bool),
-        "top_which": np.array([r.eigen[0].which for _, r in rows], dtype="S2"),
-        "loss": np.array([r.loss for _, r in rows]), "hvps": np.array([r.hvps for _, r in rows]),
-        "overlap": np.array([r.overlap.numpy() if r.overlap is not None else nan_k for _, r in rows]),
-        "subspace_overlap": np.array([np.nan if r.subspace_overlap is None else r.subspace_overlap for _, r in rows]),
-    }
-    if other:
-        arrays.update(bottom=col(1, "values"), bottom_residual=col(1, "residuals"),
-                      bottom_converged=col(1, "converged").astype(bool),
-                      bottom_which=np.array([r.eigen[1].which for _, r in rows], dtype="S2"))
-    if p.trace_samples:
-        arrays.update(trace=np.array([r.trace.trace for _, r in rows]),
-                      trace_stderr=np.array([r.trace.stderr for _, r in rows]))
-    if density is not None:
-        arrays.update(density_nodes=density.nodes.numpy(), density_weights=density.weights.numpy())
-    attrs = {"loss_definition": rows[-1][1].loss_definition, "top_label": top_label, "bottom_label": other or "",
-             "method": p.method, "bn": p.bn, "n_images": len(x), "seed": p.seed,
-             "labels": "LA: largest algebraic, SA: smallest algebraic, LM: largest magnitude (may be negative)"}
     # The edge of stability (Cohen et al., 2021): gradient descent with step size lr is unstable along
     # directions of curvature above 2/lr; heavy-ball momentum beta moves the threshold to 2(1+beta)/lr.
     # Adam's threshold is on the preconditioned Hessian, so no line is drawn for it.
     opt = train.get("optimizer", "SGD")
     factor = {"SGD": 2.0, "SGD_mom": 2.0 * (1 + float(train.get("momentum", 0.0)))}.get(opt)
     if factor is not None:
-        arrays["edge_of_stability"] = np.array([factor / lrs[e] if lrs.get(e) else np.nan for e in epochs])
+        arrays["edge_of_stability"] = np.array([factor / lrs[e] if lrs.get(e) else np.nan for e in arrays["epoch"]])
         attrs["edge_of_stability"] = f"{factor:g}/lr ({opt})"
+    if density is not None:
+        arrays.update(density_nodes=density.nodes.numpy(), density_weights=density.weights.numpy())
+        attrs["density_epoch"] = int(last)
     ctx.out.arrays("hessian", attrs=attrs, **arrays)
     ctx.out.json("hessian", {"epochs": [{"epoch": e, **r.summary()} for e, r in rows], **attrs})
-    _figure(ctx, arrays, top_label, other, density)
-    last = rows[-1][1]
-    ctx.out.scalar("top_eigenvalue", float(last.eigen[0].values[0]))
+    top_label, other = attrs["top_label"], attrs["bottom_label"] or None
+    _figure(ctx, arrays, top_label, other, density, p.batches)
+    if "block_top" in arrays:
+        _block_figure(ctx, arrays, attrs["block_names"])
+    rep = rows[-1][1]
+    over = rep.over_batches(0)
+    ctx.out.scalar("top_eigenvalue", float(rep.eigen[0].values[0]))
     ctx.out.scalar("top_label", top_label)
-    ctx.out.scalar("top_converged", bool(last.eigen[0].converged[0]))
+    ctx.out.scalar("top_converged", bool(rep.eigen[0].converged[0]))
+    ctx.out.scalar("batches", p.batches)
+    ctx.out.scalar("images", rep.n_batches * rep.images_per_batch)
+    if p.batches > 1:
+        ctx.out.scalar("top_eigenvalue_mean_over_batches", over["mean_over_batches"][0])
+        ctx.out.scalar("top_eigenvalue_se", over["se_over_batches"][0])
     if other:
-        ctx.out.scalar("bottom_eigenvalue", float(last.eigen[1].values[0]))
+        ctx.out.scalar("bottom_eigenvalue", float(rep.eigen[1].values[0]))
         ctx.out.scalar("bottom_label", other)
-    if last.trace is not None:
-        ctx.out.scalar("trace", last.trace.trace)
-        ctx.out.scalar("trace_stderr", last.trace.stderr)
+    if rep.trace is not None:
+        ctx.out.scalar("trace", rep.trace.trace)
+        ctx.out.scalar("trace_stderr", rep.trace.stderr)
+        if rep.trace_per_batch:
+            ctx.out.scalar("trace_se", C.standard_error([t.trace for t in rep.trace_per_batch]))
+    if rep.blocks:
+        sharpest = max(rep.blocks, key=lambda b: float(b.eigen.values[0]))
+        ctx.out.scalar("sharpest_block", sharpest.name)
     ctx.out.scalar("hvps_total", int(arrays["hvps"].sum()))
 
 
-def _figure(ctx, a, top_label: str, other: str | None, density) -> None:
+def series(rows: list, p: Params) -> tuple[dict, dict]:
+    """The per-epoch arrays (HDF5) and attributes of a list of (epoch, HessianReport).
+
+    Unsuffixed eigenvalue and trace arrays are the combined operator's (all B batches'
+    mean loss); `*_per_batch` (epochs, B, ...) are each batch's, `*_mean_over_batches`
+    and `*_se_over_batches` their mean and standard error. Eigenvectors are stored in
+    float32 with their eigenvalues and residuals, so residuals can be rechecked."""
+    import numpy as np
+
+    from probe import curvature as C
+
+    reps = [r for _, r in rows]
+    nan_k = np.full(p.top_k, np.nan)
+
+    def col(pos: int, field: str) -> np.ndarray:  # by position: power's labels can change sign per epoch
+        return np.array([getattr(r.eigen[pos], field).double().numpy() for r in reps])
+
+    top_label = reps[-1].eigen[0].which  # LA (lanczos) or LM (power)
+    other = reps[-1].eigen[1].which if p.smallest else None
+    arrays = {
+        "epoch": np.array([e for e, _ in rows]), "top": col(0, "values"), "top_residual": col(0, "residuals"),
+        "top_converged": col(0, "converged").astype(bool),
+        "top_which": np.array([r.eigen[0].which for r in reps], dtype="S2"),
+        "top_vectors": np.stack([r.eigen[0].vectors.float().cpu().numpy() for r in reps]),
+        "loss": np.array([r.loss for r in reps]), "hvps": np.array([r.hvps for r in reps]),
+        "overlap": np.array([r.overlap.numpy() if r.overlap is not None else nan_k for r in reps]),
+        "subspace_overlap": np.array([np.nan if r.subspace_overlap is None else r.subspace_overlap for r in reps]),
+    }
+    ends = [("top", 0)]
+    if other:
+        arrays.update(bottom=col(1, "values"), bottom_residual=col(1, "residuals"),
+                      bottom_converged=col(1, "converged").astype(bool),
+                      bottom_which=np.array([r.eigen[1].which for r in reps], dtype="S2"),
+                      bottom_vectors=np.stack([r.eigen[1].vectors.float().cpu().numpy() for r in reps]))
+        ends.append(("bottom", 1))
+    if p.batches > 1:
+        arrays["loss_per_batch"] = np.array([r.loss_per_batch for r in reps])
+        for name, pos in ends:
+            over = [r.over_batches(pos) for r in reps]
+            for key in ("per_batch", "mean_over_batches", "se_over_batches"):
+                arrays[f"{name}_{key}"] = np.array([o[key] for o in over], dtype=np.float64)
+    if p.trace_samples:
+        arrays.update(trace=np.array([r.trace.trace for r in reps]),
+                      trace_stderr=np.array([r.trace.stderr for r in reps]))
+        if p.batches > 1:
+            per = np.array([[t.trace for t in r.trace_per_batch] for r in reps])
+            arrays.update(trace_per_batch=per, trace_per_batch_stderr=np.array(
+                [[t.stderr for t in r.trace_per_batch] for r in reps]), trace_mean_over_batches=per.mean(1),
+                trace_se_over_batches=np.array([C.standard_error(v) for v in per]))
+    block_names: list[str] = []
+    if reps[-1].blocks:
+        block_names = [b.name for b in reps[-1].blocks]
+        dim = reps[-1].eigen[0].vectors.shape[-1]
+        vecs = np.zeros((len(reps), dim), dtype=np.float32)
+        for i, r in enumerate(reps):
+            for b in r.blocks:
+                vecs[i, b.index.numpy()] = b.eigen.vectors[0].float().cpu().numpy()
+        arrays.update(block_top=np.array([[float(b.eigen.values[0]) for b in r.blocks] for r in reps]),
+                      block_top_residual=np.array([[float(b.eigen.residuals[0]) for b in r.blocks] for r in reps]),
+                      block_top_converged=np.array([[bool(b.eigen.converged[0]) for b in r.blocks] for r in reps]),
+                      block_size=np.array([b.dim for b in reps[-1].blocks]),
+                      block_top_vectors=vecs)
+        if p.trace_samples:
+            arrays.update(block_trace=np.array([[b.trace.trace for b in r.blocks] for r in reps]),
+                          block_trace_stderr=np.array([[b.trace.stderr for b in r.blocks] for r in reps]))
+    rep = reps[-1]
+    attrs = {"loss_definition": rep.loss_definition, "top_label": top_label, "bottom_label": other or "",
+             "method": p.method, "bn": p.bn, "n_images": rep.n_batches * rep.images_per_batch, "seed": p.seed,
+             "computed_on": rep.computed_on(), "operator": rep.operator, "batches": rep.n_batches,
+             "images_per_batch": rep.images_per_batch, "dtype": rep.dtype, "parameters": rep.names,
+             "labels": "LA: largest algebraic, SA: smallest algebraic, LM: largest magnitude (may be negative)",
+             "layout": "unsuffixed eigenvalues, vectors and traces: the combined operator (mean loss over all "
+                       "batches); *_per_batch: each batch; *_mean_over_batches, *_se_over_batches: their mean and "
+                       "standard error (std/sqrt(B)); trace_stderr: Hutchinson's error of the combined trace; "
+                       "*_vectors: float32 unit eigenvectors over the flat parameters in the order of 'parameters'; "
+                       "block_top_vectors: each block's top eigenvector in its own coordinates, zero elsewhere"}
+    if block_names:
+        attrs.update(block_names=block_names, block_params=[b.params for b in rep.blocks], blocks=p.blocks)
+    return arrays, attrs
+
+
+def _figure(ctx, a, top_label: str, other: str | None, density, batches: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,19 +284,29 @@ def _figure(ctx, a, top_label: str, other: str | None, density) -> None:
         ok = a["top_converged"][:, i]
         line, = ax.plot(a["epoch"], a["top"][:, i], "o-", ms=3, label=f"{top_label} {i + 1}")
         ax.plot(a["epoch"][~ok], a["top"][~ok, i], "x", color=line.get_color(), ms=7)
+        if batches > 1:
+            ax.errorbar(a["epoch"], a["top_mean_over_batches"][:, i], yerr=a["top_se_over_batches"][:, i],
+                        fmt="none", color=line.get_color(), alpha=0.6, capsize=3)
     if other:
         for i in range(a["bottom"].shape[1]):
-            ax.plot(a["epoch"], a["bottom"][:, i], "s--", ms=3, label=f"{other} {i + 1}")
+            line, = ax.plot(a["epoch"], a["bottom"][:, i], "s--", ms=3, label=f"{other} {i + 1}")
+            if batches > 1:
+                ax.errorbar(a["epoch"], a["bottom_mean_over_batches"][:, i], yerr=a["bottom_se_over_batches"][:, i],
+                            fmt="none", color=line.get_color(), alpha=0.6, capsize=3)
     if "trace" in a:
         ax2 = ax.twinx()
-        ax2.errorbar(a["epoch"], a["trace"], yerr=a["trace_stderr"], color="grey", alpha=0.6, label="trace")
+        err = np.hypot(a["trace_stderr"], a["trace_se_over_batches"]) if batches > 1 else a["trace_stderr"]
+        ax2.errorbar(a["epoch"], a["trace"], yerr=err, color="grey", alpha=0.6, label="trace")
         ax2.set_ylabel("trace (Hutchinson, +- 1 s.e.)", color="grey")
     if "edge_of_stability" in a:
         # a dash marker per epoch: epoch 0 has no lr, so a two-epoch series has one point and no line
         ax.plot(a["epoch"], a["edge_of_stability"], "k:", lw=1.2, marker="_", ms=12, label="edge of stability (2/lr)")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_yscale("symlog", linthresh=max(1e-3, float(np.nanmax(np.abs(a["top"]))) * 1e-3))
-    ax.set(xlabel="epoch", ylabel="eigenvalue", title="Hessian eigenvalues (x: not converged)")
+    title = "Hessian eigenvalues (x: not converged)"
+    if batches > 1:
+        title = f"Hessian eigenvalues, {batches} batches\n(lines: combined; bars: mean +- s.e. over batches)"
+    ax.set(xlabel="epoch", ylabel="eigenvalue", title=title)
     ax.legend(fontsize=7)
     ax = axes[1]
     ax.plot(a["epoch"], a["subspace_overlap"], "o-", ms=3, label="subspace (mean cos^2)")
@@ -201,14 +326,41 @@ def _figure(ctx, a, top_label: str, other: str | None, density) -> None:
         axes[2].semilogy(grid.numpy(), np.maximum(curve, 1e-12))
         axes[2].set(xlabel="eigenvalue", ylabel="density", title=f"spectral density, epoch {int(a['epoch'][-1])}")
     ctx.out.figure("hessian", fig, caption="Largest and smallest Hessian eigenvalues per epoch (symlog scale; "
-                   "crosses: not converged; dotted: the 2/lr edge of stability for SGD), and how much the top eigenvectors moved since the previous epoch "
-                   "(1: same subspace).")
+                   "crosses: not converged; dotted: the 2/lr edge of stability for SGD; with several batches, "
+                   "bars: mean +- 1 s.e. over batches beside the combined line), and how much the top "
+                   "eigenvectors moved since the previous epoch (1: same subspace).")
+
+
+def _block_figure(ctx, a, names: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = 1 + ("block_trace" in a)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), constrained_layout=True, squeeze=False)
+    for i, name in enumerate(names):
+        axes[0, 0].plot(a["epoch"], a["block_top"][:, i], "o-", ms=3, label=name)
+        if panels == 2:
+            axes[0, 1].errorbar(a["epoch"], a["block_trace"][:, i], yerr=a["block_trace_stderr"][:, i], marker="o",
+                                ms=3, capsize=2, label=name)
+    axes[0, 0].set(xlabel="epoch", ylabel="top eigenvalue of the block", title="which layer is sharp (top eigenvalue)")
+    axes[0, 0].set_yscale("symlog", linthresh=1e-3)
+    if panels == 2:
+        axes[0, 1].set(xlabel="epoch", ylabel="trace of the block (+- 1 s.e.)", title="block traces")
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    ctx.out.figure("hessian_blocks", fig, caption="Per parameter block (a layer's weight and bias by default): the "
+                   "top eigenvalue and the trace of its diagonal Hessian block, per epoch, on the combined batches.")
 
 
 @probe.hookimpl
 def register_analyses(register) -> None:
     register(probe.Analysis(
         name="hessian", run=run, params=Params, scope="run", needs={"model", "analysis_batch", "config", "metrics"},
-        version="2",
-        summary="Largest/smallest Hessian eigenvalues (Lanczos), trace and density per epoch, warm-started.",
+        version="3",
+        summary="Largest/smallest Hessian eigenvalues (Lanczos), trace, density and per-layer blocks per epoch, "
+                "over one or several batches, warm-started.",
     ))

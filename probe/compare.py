@@ -290,14 +290,19 @@ def summarize(row: RunRow) -> dict[str, Any]:
     return out
 
 
+# Scalars that qualify another one (its standard error over batches, ...), never the value shown.
+NOT_VALUES = ("_se", "_stderr", "mean_over")
+SE_SUFFIX = "_se"  # `NAME_se`, when a run has it, is shown beside NAME as `value ± se`
+
+
 def hessian_key(names: list[str]) -> str | None:
     """The analysis scalar shown as the top Hessian eigenvalue (every scalar is in the CSV)."""
-    return _find(names, "hessian", ("top", "max", "lambda", "eig"), avoid=("min", "small", "bottom", "@"))
+    return _find(names, "hessian", ("top", "max", "lambda", "eig"), avoid=("min", "small", "bottom", "@", *NOT_VALUES))
 
 
 def sharpness_key(names: list[str]) -> str | None:
     """The analysis scalar shown as sharpness: the worst-case one if there are several."""
-    return _find(names, "sharp", ("worst", "sharp"), avoid=("@",))
+    return _find(names, "sharp", ("worst", "sharp"), avoid=("@", *NOT_VALUES))
 
 
 def _find(names: list[str], analysis: str, prefer: tuple[str, ...], avoid: tuple[str, ...]) -> str | None:
@@ -355,7 +360,13 @@ def render(columns: list[str], records: list[dict[str, Any]], keys: list[str], s
              *[c for c in (hessian, sharp) if c], "stability", "train_seconds"]
     if any(r["state"] != "finished" for r in records):
         shown.append("state")
-    cells = [[clean(short.get(c, c), 80) for c in shown]] + [[clean(format_cell(r.get(c), c), 80) for c in shown] for r in records]
+    def cell(r: dict[str, Any], c: str) -> str:
+        text, se = format_cell(r.get(c), c), r.get(c + SE_SUFFIX)
+        if c in (hessian, sharp) and isinstance(se, float) and math.isfinite(se) and text != "-":
+            text += f" ± {format_cell(se, c)}"
+        return text
+
+    cells = [[clean(short.get(c, c), 80) for c in shown]] + [[clean(cell(r, c), 80) for c in shown] for r in records]
     widths = [max(len(row[i]) for row in cells) for i in range(len(shown))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

@@ -76,6 +76,9 @@ class TrainConfig:
         check_cost(self)
         if self.val_size is not None and self.val_size < self.probe_set_size:  # the probe set is part of validation
             raise UsageError("--val-size", f"must be >= --probe-set-size ({self.probe_set_size}), got {self.val_size}")
+        if self.subset_train_size and self.analysis_batch_size > self.subset_train_size:  # drawn from the subset
+            raise UsageError("--analysis-batch-size", f"must be <= --subset-train-size ({self.subset_train_size}), "
+                                                      f"got {self.analysis_batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

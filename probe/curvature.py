@@ -276,6 +276,10 @@ class HessianOperator:
                     total[i] = w * hv[n] if total[i] is None else total[i].add_(hv[n], alpha=w)
         return total
 
+    def release(self) -> None:
+        """Drop the cached first-order graphs (memory); later products rebuild them per product."""
+        self._graphs, self.cache = None, False
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         self.hvps += 1
         named = self.loss.unflatten(v.to(self.dtype))
@@ -576,11 +580,165 @@ def slq_density(op: LinearOperator, runs: int = 5, steps: int = 60, *, seed: int
     return Density(nodes, weights, op.hvps - hvps0, op.dim)
 
 
+# --- several batches and parameter blocks -------------------------------------------------
+
+# Builds the operator of one batch's loss. The default is `HessianOperator`; another
+# operator (a Gauss-Newton one, say) plugs in here, and every estimate below uses it.
+OperatorFactory = Callable[[BatchedLoss], LinearOperator]
+
+
+class MeanOperator:
+    """The mean of several operators of one dimension: the operator of the mean loss over equal batches.
+
+    One product costs one product of each part; `hvps` counts products of this operator,
+    the parts count their own.
+    """
+
+    def __init__(self, parts: Sequence[LinearOperator]):
+        check(len(parts) >= 1, "batches", "needs at least one batch")
+        self.parts = list(parts)
+        first = self.parts[0]
+        self.dim, self.dtype, self.device, self.hvps = first.dim, first.dtype, first.device, 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.hvps += 1
+        out = self.parts[0].matvec(v)
+        for op in self.parts[1:]:
+            out = out + op.matvec(v)
+        return out / len(self.parts)
+
+
+class BlockOperator:
+    """The diagonal block H[idx, idx] of an operator: the full product of v zero-padded outside `idx`, restricted to `idx`."""
+
+    def __init__(self, op: LinearOperator, index: torch.Tensor):
+        self.op, self.index = op, index.to(op.device)
+        self.dim, self.dtype, self.device, self.hvps = len(index), op.dtype, op.device, 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.hvps += 1
+        full = torch.zeros(self.op.dim, dtype=self.dtype, device=self.device)
+        full[self.index] = v.to(self.dtype)
+        return self.op.matvec(full)[self.index]
+
+
+BLOCK_MODES = ("layer", "none")
+OTHER_BLOCK = "other"
+
+
+def parameter_blocks(model: nn.Module, names: Sequence[str], spec: str = "layer") -> list[tuple[str, list[str]]]:
+    """Group parameter names into disjoint blocks: (block name, parameter names), in parameter order.
+
+    "layer": one block per convolution or linear layer (its weight and bias together);
+    "none": no blocks; otherwise comma-separated name patterns (fnmatch, e.g.
+    "features.*,classifier.*"), each parameter in the first block whose pattern it
+    matches. Parameters left over (BatchNorm affine terms under "layer") form one more
+    block, "other", so the blocks cover every parameter and their traces add up to the
+    full trace.
+    """
+    import fnmatch
+
+    spec = spec.strip()
+    if spec == "none":
+        return []
+    order = {n: i for i, n in enumerate(names)}
+    groups: dict[str, list[str]] = {}
+    if spec == "layer":
+        for mod_name, module in model.named_modules():
+            if isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
+                own = [f"{mod_name}.{n}" if mod_name else n for n, _ in module.named_parameters(recurse=False)]
+                own = [n for n in own if n in order]
+                if own:
+                    groups[mod_name or "(model)"] = own
+    else:
+        patterns = [p.strip() for p in spec.split(",")]
+        check(all(patterns), "--param blocks", f"empty pattern in {spec!r}; give 'layer', 'none' or patterns "
+                                               "like 'features.*,classifier.*'")
+        check(OTHER_BLOCK not in patterns, "--param blocks", f"{OTHER_BLOCK!r} is the name of the left-over block")
+        taken: set[str] = set()
+        for pat in patterns:
+            hit = [n for n in names if n not in taken and fnmatch.fnmatchcase(n, pat)]
+            check(bool(hit), "--param blocks", f"pattern {pat!r} matches no parameter not already in a block "
+                                               f"(names look like {names[0]!r})")
+            groups[pat] = hit
+            taken.update(hit)
+    used = {n for ns in groups.values() for n in ns}
+    rest = [n for n in names if n not in used]
+    if rest:
+        groups[OTHER_BLOCK] = rest
+    return sorted(groups.items(), key=lambda kv: order[kv[1][0]])
+
+
+def block_indices(loss: BatchedLoss, blocks: Sequence[tuple[str, list[str]]]) -> list[torch.Tensor]:
+    """Each block's positions in the flat parameter vector of `loss`."""
+    offsets, i = {}, 0
+    for n, s in zip(loss.names, loss.shapes, strict=True):
+        offsets[n] = (i, i + s.numel())
+        i += s.numel()
+    return [torch.cat([torch.arange(*offsets[n]) for n in ns]) for _, ns in blocks]
+
+
+def standard_error(values: Sequence[float] | torch.Tensor) -> float:
+    """Standard error of the mean, std (n - 1 in the denominator) / sqrt(n); NaN for fewer than two values."""
+    t = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    return float(t.std() / math.sqrt(len(t))) if len(t) >= 2 else math.nan
+
+
+def hutchinson_samples(op: LinearOperator, samples: int, *, seed: int = 0,
+                       block_id: torch.Tensor | None = None, blocks: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """v^T H v for `samples` seeded Rademacher v (the same v for every operator of one seed),
+    and, with `block_id` (the block of each coordinate), each block's share v_b^T (H v)_b
+    per sample: an unbiased estimate of that diagonal block's trace from the same
+    products, whose shares add up to v^T H v exactly."""
+    check(samples >= 2, "trace_samples", f"must be >= 2, got {samples}")
+    gen = torch.Generator().manual_seed(seed)
+    vals = torch.zeros(samples, dtype=torch.float64)
+    per_block = torch.zeros(samples, blocks, dtype=torch.float64) if block_id is not None else None
+    for i in range(samples):
+        v = _rademacher(op, gen)
+        prod = v * op.matvec(v)
+        vals[i] = float(prod.sum())
+        if per_block is not None:
+            per_block[i] = torch.zeros(blocks, dtype=torch.float64).index_add_(
+                0, block_id, prod.detach().to(torch.float64).cpu())
+    return vals, per_block
+
+
+def _trace(vals: torch.Tensor, hvps: int) -> TraceResult:
+    return TraceResult(float(vals.mean()), standard_error(vals), len(vals), hvps)
+
+
 # --- the whole analysis on a model -------------------------------------------------------
 
 @dataclass
+class BlockResult:
+    """One parameter block's diagonal Hessian block: its top (LA) eigenpair and its trace."""
+
+    name: str
+    params: list[str]
+    dim: int
+    eigen: EigenResult
+    trace: TraceResult | None
+    index: torch.Tensor  # the block's positions in the flat parameter vector
+
+    def summary(self) -> dict:
+        out = {"name": self.name, "params": self.params, "dim": self.dim, "top": float(self.eigen.values[0]),
+               "top_residual": float(self.eigen.residuals[0]), "top_converged": bool(self.eigen.converged[0]),
+               "hvps": self.eigen.hvps}
+        if self.trace is not None:
+            out["trace"], out["trace_stderr"] = self.trace.trace, self.trace.stderr
+        return out
+
+
+@dataclass
 class HessianReport:
-    """Everything `hessian_analysis` measured, with the loss it differentiated."""
+    """Everything `hessian_analysis` measured, with the loss it differentiated.
+
+    `eigen`, `trace`, `density` and `blocks` are those of the combined operator (the
+    mean loss over all batches). With several batches, `per_batch[b]` holds batch b's
+    eigenpairs and `trace_per_batch[b]` its trace; `hvps` counts products over one
+    batch (a product of the combined operator counts once per batch).
+    """
 
     loss: float
     loss_definition: str
@@ -591,15 +749,47 @@ class HessianReport:
     subspace_overlap: float | None = None
     hvps: int = 0
     names: list[str] = field(default_factory=list)
+    operator: str = "hessian"
+    n_batches: int = 1
+    images_per_batch: int = 0
+    bn: str = "eval"
+    dtype: str = "float32"
+    per_batch: list[list[EigenResult]] = field(default_factory=list)
+    loss_per_batch: list[float] = field(default_factory=list)
+    trace_per_batch: list[TraceResult] = field(default_factory=list)
+    blocks: list[BlockResult] = field(default_factory=list)
 
     def get(self, which: str) -> EigenResult | None:
         return next((e for e in self.eigen if e.which == which), None)
 
+    def computed_on(self) -> dict:
+        """What every number of this report was computed on."""
+        return {"operator": self.operator, "images": self.n_batches * self.images_per_batch,
+                "batches": self.n_batches, "images_per_batch": self.images_per_batch, "bn": self.bn,
+                "dtype": self.dtype}
+
+    def over_batches(self, pos: int) -> dict:
+        """Per-batch values of eigen[pos], their mean and standard error, and the combined operator's values."""
+        per = torch.stack([e[pos].values for e in self.per_batch]) if self.per_batch else self.eigen[pos].values[None]
+        return {"per_batch": per.tolist(), "mean_over_batches": per.mean(0).tolist(),
+                "se_over_batches": [standard_error(per[:, i]) for i in range(per.shape[1])],
+                "combined": self.eigen[pos].values.tolist()}
+
     def summary(self) -> dict:
         out = {"loss": self.loss, "loss_definition": self.loss_definition, "hvps": self.hvps,
-               "eigen": [e.summary() for e in self.eigen]}
+               "computed_on": self.computed_on(), "eigen": [e.summary() for e in self.eigen],
+               "eigenvalues": {e.which: self.over_batches(i) for i, e in enumerate(self.eigen)}}
+        if self.loss_per_batch:
+            out["loss_per_batch"] = self.loss_per_batch
         if self.trace is not None:
-            out["trace"] = {"trace": self.trace.trace, "stderr": self.trace.stderr, "samples": self.trace.samples}
+            out["trace"] = {"trace": self.trace.trace, "stderr": self.trace.stderr, "samples": self.trace.samples,
+                            "combined": self.trace.trace, "combined_stderr": self.trace.stderr}
+            if self.trace_per_batch:
+                per = [t.trace for t in self.trace_per_batch]
+                out["trace"].update(per_batch=per, per_batch_stderr=[t.stderr for t in self.trace_per_batch],
+                                    mean_over_batches=sum(per) / len(per), se_over_batches=standard_error(per))
+        if self.blocks:
+            out["blocks"] = [b.summary() for b in self.blocks]
         if self.overlap is not None:
             out["overlap"] = self.overlap.tolist()
             out["subspace_overlap"] = self.subspace_overlap
@@ -612,42 +802,110 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
                      max_iter: int = 100, init: torch.Tensor | None = None, bn: str = "eval",
                      weight_decay: float = 0.0, batch_size: int = 256, loss_fn: LossFn | None = None,
                      params: Sequence[str] | None = None, dtype: torch.dtype | None = None,
-                     hvp: str = "auto", seed: int = 0) -> HessianReport:
-    """Top-k (LA) and smallest (SA) Hessian eigenvalues, and optionally trace and density.
+                     hvp: str = "auto", seed: int = 0, batches: int = 1, blocks: str = "none",
+                     block_init: dict[str, torch.Tensor] | None = None,
+                     operator: OperatorFactory | None = None, operator_name: str = "hessian") -> HessianReport:
+    """Top-k (LA) and smallest (SA) Hessian eigenvalues, and optionally trace, density and per-block figures.
 
     method="lanczos" (default) gets both ends from one Krylov space. method="power"
     runs deflated power iteration, which finds the largest-magnitude (LM) eigenvalues,
     then shifted power iteration for the opposite end; the labels say which is which.
     `init` (rows = the previous epoch's LA eigenvectors) warm-starts the run, and the
     report gives their overlap with the new ones.
+
+    batches=B splits x into B disjoint equal batches (x must hold B * n samples). Each
+    batch gets its own operator (one cached first-order graph each) and its own
+    eigenpairs, started from `init` as a one-batch analysis would be (chaining the
+    batches' vectors as starts cost more products, measured: the sum of the top vectors
+    slows the smallest end); the combined operator (the mean of the B operators: the
+    Hessian of the mean loss over all of x) reuses the batches' graphs and is solved
+    from `init` too. Its eigenvalues are not the mean of the per-batch ones; both are
+    reported. Hutchinson uses the same probe
+    vectors for every batch, so the combined trace (the mean of the per-batch ones, by
+    linearity) costs nothing more, nor do the block traces. `blocks` ("none", "layer"
+    or name patterns, see `parameter_blocks`) adds the top eigenpair of each diagonal
+    block of the combined operator (warm-started from `block_init[name]`) and, with
+    trace samples, each block's trace. `operator` builds one batch's operator from its
+    `BatchedLoss` (default: `HessianOperator` with `hvp`); `operator_name` labels it.
     """
     check(top_k >= 1, "top_k", f"must be >= 1, got {top_k}")
     check(method in ("lanczos", "power"), "method", f"must be 'lanczos' or 'power', got {method!r}")
     check(trace_samples == 0 or trace_samples >= 2, "trace_samples", f"must be 0 or >= 2, got {trace_samples}")
     check(density_runs >= 0, "density_runs", f"must be >= 0, got {density_runs}")
-    loss = BatchedLoss(model, x, y, loss_fn=loss_fn, batch_size=batch_size, bn=bn, params=params,
-                       dtype=dtype, weight_decay=weight_decay)
-    value = check_finite(loss.value())
-    op = HessianOperator(loss, hvp)
-    check(init is None or init.shape[-1] == op.dim, "init",
-          f"vectors have length {None if init is None else init.shape[-1]}, the operator has {op.dim}")
-    eigen: list[EigenResult] = []
-    if method == "lanczos":
-        top, bottom = lanczos(op, top_k, smallest=smallest, tol=tol, residual_tol=residual_tol,
-                              max_iter=max_iter, init=init, seed=seed)
-        eigen += [top] + ([bottom] if bottom is not None else [])
-    else:
-        top = power_iteration(op, top_k, tol=tol, residual_tol=residual_tol, max_iter=max_iter, init=init, seed=seed)
-        eigen.append(top)
-        if smallest:
-            eigen.append(power_iteration(op, smallest, tol=tol, residual_tol=residual_tol, max_iter=max_iter,
-                                         seed=seed + 1, shift=float(top.values[0])))
-    report = HessianReport(value, loss.describe(), eigen, None, None, names=list(loss.names))
+    check(batches >= 1, "batches", f"must be >= 1, got {batches}")
+    check(len(x) >= batches and len(x) % batches == 0, "batches",
+          f"{len(x)} samples do not split into {batches} equal batches")
+    n = len(x) // batches
+    losses = [BatchedLoss(model, x[b * n:(b + 1) * n], y[b * n:(b + 1) * n], loss_fn=loss_fn,
+                          batch_size=batch_size, bn=bn, params=params, dtype=dtype, weight_decay=weight_decay)
+              for b in range(batches)]
+    values = [check_finite(loss.value()) for loss in losses]
+    # All batches' graphs are kept while they fit the cache limit together; otherwise each batch's graph is
+    # built for its own solves and dropped, and the combined operator rebuilds them per product.
+    keep = len(x) <= CACHE_LIMIT
+    if operator is None:
+        def operator(loss: BatchedLoss) -> LinearOperator:
+            return HessianOperator(loss, hvp, cache=(n <= CACHE_LIMIT) if hvp == "auto" else None)
+    ops = [operator(loss) for loss in losses]
+    dim = ops[0].dim
+    check(init is None or init.shape[-1] == dim, "init",
+          f"vectors have length {None if init is None else init.shape[-1]}, the operator has {dim}")
+    groups = parameter_blocks(model, losses[0].names, blocks)
+    index = block_indices(losses[0], groups)
+    block_id = None
+    if groups:
+        block_id = torch.empty(dim, dtype=torch.long)
+        for i, idx in enumerate(index):
+            block_id[idx] = i
+
+    def solve(op: LinearOperator, start: torch.Tensor | None, k: int = top_k, low: int = smallest) -> list[EigenResult]:
+        if method == "lanczos":
+            top, bottom = lanczos(op, k, smallest=low, tol=tol, residual_tol=residual_tol,
+                                  max_iter=max_iter, init=start, seed=seed)
+            return [top] + ([bottom] if bottom is not None else [])
+        top = power_iteration(op, k, tol=tol, residual_tol=residual_tol, max_iter=max_iter, init=start, seed=seed)
+        if not low:
+            return [top]
+        return [top, power_iteration(op, low, tol=tol, residual_tol=residual_tol, max_iter=max_iter,
+                                     seed=seed + 1, shift=float(top.values[0]))]
+
+    per_batch: list[list[EigenResult]] = []
+    samples: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    for op in ops if batches > 1 else []:
+        eig = solve(op, init)
+        per_batch.append(eig)
+        if trace_samples:
+            samples.append(hutchinson_samples(op, trace_samples, seed=seed, block_id=block_id, blocks=len(groups)))
+        if not keep and hasattr(op, "release"):
+            op.release()
+    combined = MeanOperator(ops) if batches > 1 else ops[0]
+    eigen = solve(combined, init)
+    loss_def = losses[0].describe()
+    if batches > 1:
+        loss_def = (f"{loss_def}; {batches} disjoint batches of {n} samples: per-batch values on each, "
+                    f"'combined' on the mean loss over all {len(x)} samples")
+    report = HessianReport(sum(values) / batches, loss_def, eigen, None, None, names=list(losses[0].names),
+                           operator=operator_name, n_batches=batches, images_per_batch=n, bn=bn,
+                           dtype=str(losses[0].dtype).removeprefix("torch."), per_batch=per_batch,
+                           loss_per_batch=values if batches > 1 else [])
     if init is not None:
-        report.overlap, report.subspace_overlap = eigenvector_overlap(init, top.vectors)
+        report.overlap, report.subspace_overlap = eigenvector_overlap(init, eigen[0].vectors)
     if trace_samples:
-        report.trace = hutchinson_trace(op, trace_samples, seed=seed)
+        if batches == 1:
+            samples.append(hutchinson_samples(combined, trace_samples, seed=seed, block_id=block_id,
+                                              blocks=len(groups)))
+        per_hvps = trace_samples
+        report.trace_per_batch = [_trace(s, per_hvps) for s, _ in samples] if batches > 1 else []
+        report.trace = _trace(torch.stack([s for s, _ in samples]).mean(0), per_hvps * batches)
+        per_block = torch.stack([b for _, b in samples]).mean(0) if groups else None
     if density_runs:
-        report.density = slq_density(op, density_runs, density_steps, seed=seed)
-    report.hvps = op.hvps
+        report.density = slq_density(combined, density_runs, density_steps, seed=seed)
+    for i, ((name, names), idx) in enumerate(zip(groups, index, strict=True)):
+        bop = BlockOperator(combined, idx)
+        prev = (block_init or {}).get(name)
+        prev = prev if prev is not None and prev.shape[-1] == len(idx) else None
+        top = solve(bop, prev, 1, 0)[0]
+        tr = _trace(per_block[:, i], 0) if trace_samples else None
+        report.blocks.append(BlockResult(name, list(names), len(idx), top, tr, idx))
+    report.hvps = sum(op.hvps for op in ops)
     return report
