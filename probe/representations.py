@@ -12,7 +12,7 @@ checked in tests against an independent computation:
   parameters and initialisation for both, thread pools bounded.
 - `cosine_rsm` / `rsm_class_summary`: the representational similarity matrix
   sorted by class, with within- vs between-class similarity (diagonal excluded).
-- `linear_cka` / `cka_matrix`: linear CKA (Kornblith et al. 2019).
+- `linear_cka` / `cka_matrix`: linear CKA (Kornblith et al. 2019), biased or debiased HSIC.
 - `gradcheck_conv_layers`: central finite differences (Richardson-extrapolated,
   ReLU/max-pool patterns frozen) against autograd for sampled conv weights, on a
   float64 eval-mode copy of the model.
@@ -44,6 +44,7 @@ __all__ = [
     "rsm_class_summary",
     "linear_cka",
     "cka_matrix",
+    "CKA_ESTIMATORS",
     "GradCheckRow",
     "gradcheck_conv_layers",
 ]
@@ -375,46 +376,81 @@ def _centred(X: np.ndarray | torch.Tensor) -> np.ndarray:
     return X - X.mean(axis=0)
 
 
-def _cka_centred(Xc: np.ndarray, Yc: np.ndarray) -> float:
-    """Linear CKA of already-centred features.
+CKA_ESTIMATORS = ("biased", "debiased")
+
+
+def _hsic_terms(Xc: np.ndarray, Yc: np.ndarray, estimator: str) -> float:
+    """HSIC of two already-centred representations under a linear kernel, up to a factor
+    common to every pair with the same n (it cancels in CKA).
+
+    "biased" (Gretton et al. 2005, as in Kornblith et al. 2019): tr(Kc Lc) =
+    ||Yc^T Xc||_F^2. "debiased" (Song et al. 2012's unbiased HSIC, used for CKA by
+    Nguyen et al. 2021): with K~, L~ the Gram matrices with zeroed diagonals,
+
+        [tr(K~ L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)).
+
+    For centred features K 1 = 0, so with a_i = ||x_i||^2, b_i = ||y_i||^2 every term
+    is O(n d) beyond the cross product: tr(K~ L~) = tr(K L) - a.b, 1'K~1 = -sum a,
+    1'K~L~1 = a.b.
+    """
+    n = Xc.shape[0]
+    if Xc.shape[1] * Yc.shape[1] <= n * n or max(Xc.shape[1], Yc.shape[1]) <= n:
+        tr_kl = float(np.linalg.norm(Yc.T @ Xc) ** 2)
+    else:
+        tr_kl = float(np.sum((Xc @ Xc.T) * (Yc @ Yc.T)))
+    if estimator == "biased":
+        return tr_kl
+    a, b = np.einsum("ij,ij->i", Xc, Xc), np.einsum("ij,ij->i", Yc, Yc)
+    ab = float(a @ b)
+    return (tr_kl - ab + a.sum() * b.sum() / ((n - 1) * (n - 2)) - 2 * ab / (n - 2)) / (n * (n - 3))
+
+
+def _cka_centred(Xc: np.ndarray, Yc: np.ndarray, estimator: str = "biased") -> float:
+    """Linear CKA of already-centred features: HSIC(X, Y) / sqrt(HSIC(X, X) HSIC(Y, Y)).
 
     Feature-space form: HSIC(X, Y) ~ ||Yc^T Xc||_F^2, O(n d^2), used while the
     widths are at most n (probe's pooled activations). For wider inputs (flattened
     feature maps) the equal Gram form tr(Kc Lc) with K = Xc Xc^T, O(n^2 d), is
-    cheaper and is used instead.
+    cheaper and is used instead. NaN where a self-similarity is not positive (a
+    constant side; or, debiased, too few samples to estimate it).
     """
-    n = Xc.shape[0]
-    if Xc.shape[1] * Yc.shape[1] <= n * n or max(Xc.shape[1], Yc.shape[1]) <= n:
-        hsic = np.linalg.norm(Yc.T @ Xc) ** 2
-        nx = np.linalg.norm(Xc.T @ Xc)
-        ny = np.linalg.norm(Yc.T @ Yc)
-    else:
-        K, L = Xc @ Xc.T, Yc @ Yc.T
-        hsic = float(np.sum(K * L))
-        nx, ny = np.linalg.norm(K), np.linalg.norm(L)
-    denom = nx * ny
-    return float(hsic / denom) if denom > 0 else float("nan")
+    if estimator not in CKA_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {CKA_ESTIMATORS}, got {estimator!r}")
+    if estimator == "debiased" and Xc.shape[0] < 4:
+        return float("nan")  # the unbiased HSIC divides by n (n - 3)
+    hxy = _hsic_terms(Xc, Yc, estimator)
+    hxx = _hsic_terms(Xc, Xc, estimator)
+    hyy = _hsic_terms(Yc, Yc, estimator)
+    if not (hxx > 0 and hyy > 0):
+        return float("nan")
+    return float(hxy / np.sqrt(hxx * hyy))
 
 
-def linear_cka(X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor) -> float:
+def linear_cka(X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor, estimator: str = "biased") -> float:
     """Linear CKA between two representations of the same n samples (Kornblith et al. 2019).
 
-    CKA(X, Y) = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred
-    Xc, Yc, in float64. In [0, 1]; invariant to orthogonal transforms and isotropic
-    scaling of either side; NaN if either side is constant (no variance to compare).
+    estimator="biased" (default, Kornblith et al.'s): CKA(X, Y) = ||Yc^T Xc||_F^2 /
+    (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred Xc, Yc, in float64; in [0, 1],
+    but biased upwards when the width is not small against n (two independent random
+    representations score well above 0). estimator="debiased": the same ratio of
+    Song et al.'s unbiased HSIC (Nguyen et al. 2021); about 0 for independent
+    representations, may be slightly negative, needs n >= 4. Both are invariant to
+    orthogonal transforms and isotropic scaling of either side; NaN if either side
+    is constant (no variance to compare).
     """
     Xc, Yc = _centred(X), _centred(Y)
     if Xc.shape[0] != Yc.shape[0]:
         raise ValueError(f"different numbers of samples: {Xc.shape[0]} vs {Yc.shape[0]}")
-    return _cka_centred(Xc, Yc)
+    return _cka_centred(Xc, Yc, estimator)
 
 
 def cka_matrix(
     reps: Mapping[str, np.ndarray | torch.Tensor] | Sequence[np.ndarray | torch.Tensor],
     others: Mapping[str, np.ndarray | torch.Tensor] | Sequence[np.ndarray | torch.Tensor] | None = None,
+    estimator: str = "biased",
 ) -> np.ndarray:
     """CKA between every pair: of `reps` with itself ([L, L], symmetric, unit diagonal
-    where defined) or of `reps` with `others` ([L, M]).
+    where defined) or of `reps` with `others` ([L, M]); `estimator` as in `linear_cka`.
 
     Each representation is centred once. Keys of a mapping are only carried for the
     caller; the order of the result follows iteration order.
@@ -423,12 +459,12 @@ def cka_matrix(
     if others is None:
         M = np.eye(len(A))
         for i in range(len(A)):
-            M[i, i] = _cka_centred(A[i], A[i])  # 1, or NaN for a constant layer
+            M[i, i] = _cka_centred(A[i], A[i], estimator)  # 1, or NaN for a constant layer
             for j in range(i + 1, len(A)):
-                M[i, j] = M[j, i] = _cka_centred(A[i], A[j])
+                M[i, j] = M[j, i] = _cka_centred(A[i], A[j], estimator)
         return M
     B = [_centred(x) for x in (others.values() if isinstance(others, Mapping) else others)]
-    return np.array([[_cka_centred(a, b) for b in B] for a in A]).reshape(len(A), len(B))
+    return np.array([[_cka_centred(a, b, estimator) for b in B] for a in A]).reshape(len(A), len(B))
 
 
 # --- gradient check ------------------------------------------------------------------------
