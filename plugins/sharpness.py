@@ -22,7 +22,12 @@ class Params:
     average_eps: float = probe.param(0.01, "Standard deviation of the random perturbation.", min=1e-12, max=10.0)
     average_adaptive: bool = probe.param(False, "Scale the random perturbation by |w|.")
     steps: int = probe.param(20, "Projected gradient ascent steps.", min=1, max=10_000)
-    samples: int = probe.param(20, "Random perturbations (antithetic pairs) for the average case.", min=2, max=10_000)
+    samples: int = probe.param(50, "Average case: antithetic noise pairs drawn at least (2 loss evaluations each).",
+                               min=2, max=10_000)
+    max_samples: int = probe.param(200, "Average case: more pairs, up to this many, until the standard error is at "
+                                        "most target_rel_stderr of the value.", min=2, max=10_000)
+    target_rel_stderr: float = probe.param(0.1, "Average case: stop drawing once s.e. <= this x |value| (0: exactly "
+                                                "`samples` pairs).", min=0.0, max=10.0)
     n_images: int = probe.param(1024, "Images per batch, taken in order from the start of the stored analysis batch.",
                                 min=1, max=100_000)
     batches: int = probe.param(1, "Disjoint batches of n_images each: per-batch values, their mean and standard "
@@ -50,7 +55,7 @@ def run(ctx: probe.Context) -> None:
         S.over_batches("worst_case", model, parts, eps=p.eps, steps=p.steps, **common),
         S.over_batches("adaptive", model, parts, eps=p.adaptive_eps, norm=p.adaptive_norm, steps=p.steps, **common),
         S.over_batches("average", model, parts, eps=p.average_eps, samples=p.samples, adaptive=p.average_adaptive,
-                       **common),
+                       max_samples=p.max_samples, target_rel_stderr=p.target_rel_stderr, **common),
     ]
     results = [b.combined for b in spreads]
     total = p.batches * n

@@ -64,6 +64,8 @@ class SharpnessResult:
     antithetic: bool | None = None
     n_images: int = 0
     distinguishable_from_zero: bool | None = None
+    target_rel_stderr: float | None = None  # "average" with a stopping target: stderr <= target * |increase|
+    target_reached: bool | None = None
 
     def __post_init__(self) -> None:
         if self.stderr is not None and self.distinguishable_from_zero is None:
@@ -153,33 +155,52 @@ def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
 
 
 def _average_rises(fs: Sequence[BatchedLoss], bases: Sequence[float], eps: float, samples: int, adaptive: bool,
-                   antithetic: bool, seed: int) -> torch.Tensor:
-    """[len(fs), samples] loss rises, the same noise draw d_s on every batch."""
+                   antithetic: bool, seed: int, max_samples: int | None = None,
+                   target_rel_stderr: float = 0.0) -> torch.Tensor:
+    """[len(fs), S] loss rises, the same noise draw d_s on every batch.
+
+    S = `samples`; with `target_rel_stderr` > 0, more draws follow, one at a time up to
+    `max_samples`, until the standard error of the sample-weighted mean over the batches
+    is at most `target_rel_stderr` times its absolute value.
+    """
+    max_samples = max(samples, max_samples or samples)
     gen = torch.Generator().manual_seed(seed)
-    rises = torch.zeros(len(fs), samples, dtype=torch.float64)
+    rises = torch.zeros(len(fs), max_samples, dtype=torch.float64)
+    w = torch.tensor([float(f.n_samples) for f in fs], dtype=torch.float64)
+    w /= w.sum()
     params = fs[0].params
-    for s in range(samples):
-        d = {n: eps * (w.abs() if adaptive else 1) * torch.randn(w.shape, generator=gen, dtype=torch.float64).to(w)
-             for n, w in params.items()}
+    for s in range(max_samples):
+        if s >= samples and target_rel_stderr > 0:
+            c = w @ rises[:, :s]
+            if float(c.std() / math.sqrt(s)) <= target_rel_stderr * abs(float(c.mean())):
+                return rises[:, :s]
+        elif s >= samples:
+            return rises[:, :s]
+        d = {n: eps * (p.abs() if adaptive else 1) * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p)
+             for n, p in params.items()}
         for b, f in enumerate(fs):
-            up = f.value({n: w + d[n] for n, w in f.params.items()})
-            down = f.value({n: w - d[n] for n, w in f.params.items()}) if antithetic else up
+            up = f.value({n: p + d[n] for n, p in f.params.items()})
+            down = f.value({n: p - d[n] for n, p in f.params.items()}) if antithetic else up
             rises[b, s] = 0.5 * (up + down) - bases[b]
     return rises
 
 
 def _average_result(rises: torch.Tensor, base: float, eps: float, adaptive: bool, antithetic: bool,
-                    definition: str, n_images: int) -> SharpnessResult:
+                    definition: str, n_images: int, target_rel_stderr: float = 0.0) -> SharpnessResult:
     samples = rises.numel()
     mean = float(rises.mean())
-    return SharpnessResult("average", eps, "adaptive" if adaptive else "plain", base, base + mean, mean,
-                           float(rises.std() / math.sqrt(samples)), None, definition, samples=samples,
-                           antithetic=antithetic, n_images=n_images)
+    r = SharpnessResult("average", eps, "adaptive" if adaptive else "plain", base, base + mean, mean,
+                        float(rises.std() / math.sqrt(samples)), None, definition, samples=samples,
+                        antithetic=antithetic, n_images=n_images)
+    if target_rel_stderr > 0:
+        r.target_rel_stderr = target_rel_stderr
+        r.target_reached = bool(r.stderr <= target_rel_stderr * abs(mean))
+    return r
 
 
 def average_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-2,
-                      samples: int = 20, adaptive: bool = False, antithetic: bool = True, seed: int = 0,
-                      batch_size: int = 256,
+                      samples: int = 50, adaptive: bool = False, antithetic: bool = True, seed: int = 0,
+                      max_samples: int | None = None, target_rel_stderr: float = 0.0, batch_size: int = 256,
                       loss_fn: LossFn | None = None, params: Sequence[str] | None = None,
                       dtype: torch.dtype | None = None) -> SharpnessResult:
     """Mean loss increase under Gaussian noise d = eps * s * z, s = |w| if `adaptive` else 1.
@@ -187,12 +208,15 @@ def average_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
     For a quadratic loss the expectation is 0.5 * eps^2 * sum_i H_ii s_i^2. With
     `antithetic` each sample averages d and -d (two evaluations), which cancels the
     gradient term that otherwise dominates the variance away from a minimum. The
-    standard error of the Monte Carlo mean is reported.
+    standard error of the Monte Carlo mean is reported. `samples` draws are made; with
+    `target_rel_stderr` > 0 more follow (up to `max_samples`) until the standard error
+    is at most that fraction of the value, and the result says whether it got there.
     """
     check(samples >= 2, "samples", f"must be >= 2, got {samples}")
+    check(target_rel_stderr >= 0, "target_rel_stderr", f"must be >= 0, got {target_rel_stderr}")
     f, base = _setup(model, x, y, eps, loss_fn, batch_size, params, dtype)
-    rises = _average_rises([f], [base], eps, samples, adaptive, antithetic, seed)[0]
-    return _average_result(rises, base, eps, adaptive, antithetic, f.describe(), f.n_samples)
+    rises = _average_rises([f], [base], eps, samples, adaptive, antithetic, seed, max_samples, target_rel_stderr)[0]
+    return _average_result(rises, base, eps, adaptive, antithetic, f.describe(), f.n_samples, target_rel_stderr)
 
 
 # --- error bars over the data ------------------------------------------------------------------
@@ -251,13 +275,14 @@ def over_batches(measure: str, model: nn.Module, parts: Sequence[tuple[torch.Ten
     check(len(parts) >= 1, "batches", "need at least one batch")
     n = len(parts[0][0])
     if measure == "average":
-        eps, samples = kw.pop("eps", 1e-2), kw.pop("samples", 20)
+        eps, samples = kw.pop("eps", 1e-2), kw.pop("samples", 50)
         adaptive, antithetic, seed = kw.pop("adaptive", False), kw.pop("antithetic", True), kw.pop("seed", 0)
+        max_samples, target = kw.pop("max_samples", None), kw.pop("target_rel_stderr", 0.0)
         check(samples >= 2, "samples", f"must be >= 2, got {samples}")
         setups = [_setup(model, xb, yb, eps, kw.get("loss_fn"), kw.get("batch_size", 256), kw.get("params"),
                          kw.get("dtype")) for xb, yb in parts]
         fs, bases = [f for f, _ in setups], [b for _, b in setups]
-        rises = _average_rises(fs, bases, eps, samples, adaptive, antithetic, seed)
+        rises = _average_rises(fs, bases, eps, samples, adaptive, antithetic, seed, max_samples, target)
         per = [_average_result(r, b, eps, adaptive, antithetic, f.describe(), f.n_samples)
                for r, b, f in zip(rises, bases, fs, strict=True)]
         weights = torch.tensor([float(f.n_samples) for f in fs], dtype=torch.float64)
@@ -266,7 +291,7 @@ def over_batches(measure: str, model: nn.Module, parts: Sequence[tuple[torch.Ten
         total = sum(f.n_samples for f in fs)
         definition = (f"{fs[0].describe()}; combined: the sample-weighted mean over {len(fs)} disjoint batches "
                       f"({total} images), the same noise draws on every batch") if len(fs) > 1 else fs[0].describe()
-        combined = _average_result(weights @ rises, base, eps, adaptive, antithetic, definition, total)
+        combined = _average_result(weights @ rises, base, eps, adaptive, antithetic, definition, total, target)
     else:
         fn = worst_case_sharpness if measure == "worst_case" else adaptive_sharpness
         per = [fn(model, xb, yb, **kw) for xb, yb in parts]

@@ -101,6 +101,25 @@ def test_distinguishable_from_zero_flag():
     assert S.average_sharpness(model, x, y, eps=0.05, samples=50, loss_fn=mse).distinguishable_from_zero
 
 
+def test_average_draws_until_the_target_standard_error():
+    model, x, y = regression()
+    kw = {"eps": 0.05, "loss_fn": mse, "seed": 2}
+    fixed = S.average_sharpness(model, x, y, samples=5, **kw)
+    assert fixed.samples == 5 and fixed.target_reached is None
+    r = S.average_sharpness(model, x, y, samples=5, max_samples=2000, target_rel_stderr=0.02, **kw)
+    assert 5 < r.samples < 2000 and r.target_reached and r.stderr <= 0.02 * r.increase
+    first = S.average_sharpness(model, x, y, samples=r.samples - 1, **kw)  # the same draws, one fewer
+    assert first.stderr > 0.02 * first.increase  # it stopped at the first count that met the target
+    capped = S.average_sharpness(model, x, y, samples=5, max_samples=7, target_rel_stderr=1e-6, **kw)
+    assert capped.samples == 7 and capped.target_reached is False
+    parts = S.split_batches(x, y, 2, 60)
+    spread = S.over_batches("average", model, parts, samples=5, max_samples=2000, target_rel_stderr=0.02, **kw)
+    assert spread.combined.target_reached and spread.combined.stderr <= 0.02 * spread.combined.increase
+    assert spread.combined.samples > 5
+    with pytest.raises(UsageError, match="^target_rel_stderr: "):
+        S.average_sharpness(model, x, y, target_rel_stderr=-1, **kw)
+
+
 @pytest.fixture
 def cnn():
     torch.manual_seed(0)
@@ -145,7 +164,7 @@ def _run(run_dir, name, module, **params):
 def test_sharpness_plugin_with_batches(probe_run):
     from probe_plugins import sharpness
 
-    o = _run(probe_run, "sharpness", sharpness, n_images=16, batches=3, steps=2, samples=3)
+    o = _run(probe_run, "sharpness", sharpness, n_images=16, batches=3, steps=2, samples=3, target_rel_stderr=0)
     assert o.status == "ok", f"{o.error}\n{o.traceback}"
     doc = json.loads((o.path / "sharpness.json").read_text())
     assert doc["computed_on"]["images"] == 48 and doc["computed_on"]["batches"] == 3
