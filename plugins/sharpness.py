@@ -109,6 +109,7 @@ def run(ctx: probe.Context) -> None:
         ctx.out.scalar(r.measure, r.increase)
     ctx.out.scalar("average_stderr", avg.stderr)
     ctx.out.scalar("average_distinguishable_from_zero", float(avg.distinguishable_from_zero))
+    ctx.out.scalar("average_samples", avg.samples)
     if p.batches > 1:
         for b in spreads:
             ctx.out.scalar(f"{b.measure}_batch_mean", b.mean)
