@@ -11,10 +11,12 @@ On the run's stored analysis batch (its first --n images, eval-mode BatchNorm, f
              products used and relative error against the reference.
 - landscape: an 11x11 filter-normalised plane: `probe.landscape.surface` against
              `loss_landscapes.random_plane` (same images, same model, one batch per point).
-- cka:       the CKA matrix between the model's four conv blocks' outputs (flattened
+- cka:       the CKA matrix between the model's conv layers' outputs (flattened
              feature maps) on the batch, forward pass included: probe (biased and
              debiased) against `torch_cka.CKA.compare` (debiased HSIC, Nguyen et al.),
-             and the largest difference between probe's debiased values and torch-cka's.
+             and the largest difference between probe's debiased values and torch-cka's;
+             then the same matrix on channel-mean-pooled outputs (what probe stores),
+             the matrix alone: probe against torch-cka's own HSIC loop on the same tensors.
 Times are CPU seconds (time.process_time) and wall seconds, the minimum of --repeats;
 a peer that cannot be imported is reported as such and the rest is still measured.
 Prints one JSON line per measurement.
@@ -202,6 +204,47 @@ def bench_cka(model, x, y, args) -> None:
          wall_s=wall, probe_biased_speedup_cpu=cpu / results["biased"][1],
          probe_debiased_speedup_cpu=cpu / results["debiased"][1],
          max_abs_diff_vs_probe_debiased=float(np.abs(T - results["debiased"][0]).max()))
+
+    # The representations probe stores: channel means of each conv output ([n, C], C <= 64 here).
+    pooled = [f.reshape(len(x), -1, *o.shape[2:]).mean((2, 3)) if o.dim() == 4 else f
+              for f, o in zip(features(), _maps(model, x, layers), strict=True)]
+    kernel = tc.CKA.__new__(tc.CKA)
+    kernel.device = "cpu"
+
+    def torch_cka_loop():
+        """torch-cka's compare() body on given features: Gram, zeroed diagonal, its _HSIC per pair."""
+        M = torch.zeros(len(pooled), len(pooled), 3)
+        for i, a in enumerate(pooled):
+            K = a @ a.t()
+            K.fill_diagonal_(0.0)
+            M[i, :, 0] += kernel._HSIC(K, K)
+            for j, b in enumerate(pooled):
+                L_ = b @ b.t()
+                L_.fill_diagonal_(0)
+                M[i, j, 1] += kernel._HSIC(K, L_)
+                M[i, j, 2] += kernel._HSIC(L_, L_)
+        return (M[:, :, 1] / (M[:, :, 0].sqrt() * M[:, :, 2].sqrt())).double().numpy()
+
+    P, pcpu, pwall = timed(lambda: R.cka_matrix([f.numpy() for f in pooled], estimator="debiased"), args.repeats * 5)
+    Pb, bcpu, _ = timed(lambda: R.cka_matrix([f.numpy() for f in pooled]), args.repeats * 5)
+    T2, tcpu, twall = timed(torch_cka_loop, args.repeats * 5)
+    emit(section="cka", method="pooled features, matrix only: probe (debiased) vs torch-cka's HSIC loop",
+         widths=[int(f.shape[1]) for f in pooled], probe_debiased_cpu_s=pcpu, probe_biased_cpu_s=bcpu,
+         torch_cka_cpu_s=tcpu, probe_debiased_speedup_cpu=tcpu / pcpu, probe_biased_speedup_cpu=tcpu / bcpu,
+         max_abs_diff=float(np.abs(T2 - P).max()))
+
+
+def _maps(model, x, layers) -> list[torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o.detach()))
+             for n, m in model.named_modules() if n in layers]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [out[n] for n in layers]
 
 
 def main() -> None:

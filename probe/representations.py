@@ -379,8 +379,31 @@ def _centred(X: np.ndarray | torch.Tensor) -> np.ndarray:
 CKA_ESTIMATORS = ("biased", "debiased")
 
 
-def _hsic_terms(Xc: np.ndarray, Yc: np.ndarray, estimator: str) -> float:
-    """HSIC of two already-centred representations under a linear kernel, up to a factor
+class _Rep:
+    """A centred representation with what CKA reuses across pairs: the row norms, the
+    Gram matrix (built once, only when a pair needs the Gram form) and the self-HSIC."""
+
+    def __init__(self, X: np.ndarray | torch.Tensor):
+        self.Xc = _centred(X)
+        self.n, self.d = self.Xc.shape
+        self.sq = np.einsum("ij,ij->i", self.Xc, self.Xc)  # a_i = ||x_i||^2 = K_ii
+        self._gram: np.ndarray | None = None
+        self._self: dict[str, float] = {}
+
+    @property
+    def gram(self) -> np.ndarray:
+        if self._gram is None:
+            self._gram = self.Xc @ self.Xc.T
+        return self._gram
+
+    def self_hsic(self, estimator: str) -> float:
+        if estimator not in self._self:
+            self._self[estimator] = _hsic(self, self, estimator)
+        return self._self[estimator]
+
+
+def _hsic(A: _Rep, B: _Rep, estimator: str) -> float:
+    """HSIC of two centred representations under a linear kernel, up to a factor
     common to every pair with the same n (it cancels in CKA).
 
     "biased" (Gretton et al. 2005, as in Kornblith et al. 2019): tr(Kc Lc) =
@@ -391,39 +414,32 @@ def _hsic_terms(Xc: np.ndarray, Yc: np.ndarray, estimator: str) -> float:
 
     For centred features K 1 = 0, so with a_i = ||x_i||^2, b_i = ||y_i||^2 every term
     is O(n d) beyond the cross product: tr(K~ L~) = tr(K L) - a.b, 1'K~1 = -sum a,
-    1'K~L~1 = a.b.
+    1'K~L~1 = a.b. The cross product takes the feature form ||Yc^T Xc||^2, O(n d1 d2),
+    while d1 d2 <= n^2 or both widths are at most n, and the Gram form <K, L>, with
+    each Gram matrix built once per representation, otherwise.
     """
-    n = Xc.shape[0]
-    if Xc.shape[1] * Yc.shape[1] <= n * n or max(Xc.shape[1], Yc.shape[1]) <= n:
-        tr_kl = float(np.linalg.norm(Yc.T @ Xc) ** 2)
+    n = A.n
+    if A.d * B.d <= n * n or max(A.d, B.d) <= n:
+        tr_kl = float(np.linalg.norm(B.Xc.T @ A.Xc) ** 2)
     else:
-        tr_kl = float(np.sum((Xc @ Xc.T) * (Yc @ Yc.T)))
+        tr_kl = float(np.vdot(A.gram, B.gram))
     if estimator == "biased":
         return tr_kl
-    a, b = np.einsum("ij,ij->i", Xc, Xc), np.einsum("ij,ij->i", Yc, Yc)
-    ab = float(a @ b)
-    return (tr_kl - ab + a.sum() * b.sum() / ((n - 1) * (n - 2)) - 2 * ab / (n - 2)) / (n * (n - 3))
+    ab = float(A.sq @ B.sq)
+    return (tr_kl - ab + A.sq.sum() * B.sq.sum() / ((n - 1) * (n - 2)) - 2 * ab / (n - 2)) / (n * (n - 3))
 
 
-def _cka_centred(Xc: np.ndarray, Yc: np.ndarray, estimator: str = "biased") -> float:
-    """Linear CKA of already-centred features: HSIC(X, Y) / sqrt(HSIC(X, X) HSIC(Y, Y)).
-
-    Feature-space form: HSIC(X, Y) ~ ||Yc^T Xc||_F^2, O(n d^2), used while the
-    widths are at most n (probe's pooled activations). For wider inputs (flattened
-    feature maps) the equal Gram form tr(Kc Lc) with K = Xc Xc^T, O(n^2 d), is
-    cheaper and is used instead. NaN where a self-similarity is not positive (a
-    constant side; or, debiased, too few samples to estimate it).
-    """
+def _cka(A: _Rep, B: _Rep, estimator: str = "biased") -> float:
+    """Linear CKA: HSIC(X, Y) / sqrt(HSIC(X, X) HSIC(Y, Y)); NaN where a self-similarity
+    is not positive (a constant side; or, debiased, fewer than 4 samples)."""
     if estimator not in CKA_ESTIMATORS:
         raise ValueError(f"estimator must be one of {CKA_ESTIMATORS}, got {estimator!r}")
-    if estimator == "debiased" and Xc.shape[0] < 4:
+    if estimator == "debiased" and A.n < 4:
         return float("nan")  # the unbiased HSIC divides by n (n - 3)
-    hxy = _hsic_terms(Xc, Yc, estimator)
-    hxx = _hsic_terms(Xc, Xc, estimator)
-    hyy = _hsic_terms(Yc, Yc, estimator)
+    hxx, hyy = A.self_hsic(estimator), B.self_hsic(estimator)
     if not (hxx > 0 and hyy > 0):
         return float("nan")
-    return float(hxy / np.sqrt(hxx * hyy))
+    return float(_hsic(A, B, estimator) / np.sqrt(hxx * hyy))
 
 
 def linear_cka(X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor, estimator: str = "biased") -> float:
@@ -438,10 +454,10 @@ def linear_cka(X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor, estim
     orthogonal transforms and isotropic scaling of either side; NaN if either side
     is constant (no variance to compare).
     """
-    Xc, Yc = _centred(X), _centred(Y)
-    if Xc.shape[0] != Yc.shape[0]:
-        raise ValueError(f"different numbers of samples: {Xc.shape[0]} vs {Yc.shape[0]}")
-    return _cka_centred(Xc, Yc, estimator)
+    A, B = _Rep(X), _Rep(Y)
+    if A.n != B.n:
+        raise ValueError(f"different numbers of samples: {A.n} vs {B.n}")
+    return _cka(A, B, estimator)
 
 
 def cka_matrix(
@@ -452,19 +468,20 @@ def cka_matrix(
     """CKA between every pair: of `reps` with itself ([L, L], symmetric, unit diagonal
     where defined) or of `reps` with `others` ([L, M]); `estimator` as in `linear_cka`.
 
-    Each representation is centred once. Keys of a mapping are only carried for the
+    Each representation is centred once, and its Gram matrix (wide inputs) and
+    self-similarity are computed once for all its pairs. Keys of a mapping are only carried for the
     caller; the order of the result follows iteration order.
     """
-    A = [_centred(x) for x in (reps.values() if isinstance(reps, Mapping) else reps)]
+    A = [_Rep(x) for x in (reps.values() if isinstance(reps, Mapping) else reps)]
     if others is None:
         M = np.eye(len(A))
         for i in range(len(A)):
-            M[i, i] = _cka_centred(A[i], A[i], estimator)  # 1, or NaN for a constant layer
+            M[i, i] = _cka(A[i], A[i], estimator)  # 1, or NaN for a constant layer
             for j in range(i + 1, len(A)):
-                M[i, j] = M[j, i] = _cka_centred(A[i], A[j], estimator)
+                M[i, j] = M[j, i] = _cka(A[i], A[j], estimator)
         return M
-    B = [_centred(x) for x in (others.values() if isinstance(others, Mapping) else others)]
-    return np.array([[_cka_centred(a, b, estimator) for b in B] for a in A]).reshape(len(A), len(B))
+    B = [_Rep(x) for x in (others.values() if isinstance(others, Mapping) else others)]
+    return np.array([[_cka(a, b, estimator) for b in B] for a in A]).reshape(len(A), len(B))
 
 
 # --- gradient check ------------------------------------------------------------------------
