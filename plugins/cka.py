@@ -9,11 +9,28 @@ so it can compare layers with each other and a layer with itself across training
 - `cka-epochs` (over the selected epochs): each layer at each epoch against the
   same layer at the last selected epoch; the epoch where a row reaches ~1 is when
   that layer stopped changing (lower layers usually settle first).
+
+`estimator=biased` (default) is Kornblith et al.'s CKA from the biased HSIC; it reads
+high for unrelated representations when the width is not small against the number of
+probe images. `estimator=debiased` uses Song et al.'s unbiased HSIC (Nguyen et al.
+2021): about 0 for unrelated representations. Every figure and array says which.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import probe
+
+
+@dataclass(frozen=True)
+class Params:
+    estimator: str = probe.param("biased", "HSIC estimator: biased (Kornblith et al. 2019) or debiased "
+                                           "(Song et al. 2012 / Nguyen et al. 2021).", choices=("biased", "debiased"))
+
+
+def _label(estimator: str) -> str:
+    return "linear CKA" if estimator == "biased" else "linear CKA (debiased)"
 
 
 def _heatmap(ax, M, xlabels, ylabels, *, annotate: bool, xrot: int = 45):
@@ -44,17 +61,18 @@ def run_layers(ctx: probe.Context) -> None:
 
     layers = ctx.layers()
     reps = {name: ctx.activations(name) for name in layers}
-    M = R.cka_matrix(reps)
+    est = ctx.params.estimator
+    M = R.cka_matrix(reps, estimator=est)
     n = len(layers)
     fig, ax = plt.subplots(figsize=(1.0 * n + 2.5, 0.9 * n + 1.5), constrained_layout=True)
     im = _heatmap(ax, M, layers, layers, annotate=n <= 16)
-    fig.colorbar(im, ax=ax, label="linear CKA")
-    ax.set_title(f"linear CKA between layers, epoch {ctx.epoch} (pooled activations, "
+    fig.colorbar(im, ax=ax, label=_label(est))
+    ax.set_title(f"{_label(est)} between layers, epoch {ctx.epoch} (pooled activations, "
                  f"{next(iter(reps.values())).shape[0]} probe images)", fontsize=9)
-    ctx.out.figure("cka_layers", fig, caption="Linear CKA between every pair of recorded layers (1 = the same "
+    ctx.out.figure("cka_layers", fig, caption=f"{_label(est)} ({est} HSIC) between every pair of recorded layers (1 = the same "
                    "representation up to rotation and scale); bright off-diagonal blocks are layers that "
                    "add little.")
-    ctx.out.arrays("cka_layers", attrs={"layers": layers}, cka=M)
+    ctx.out.arrays("cka_layers", attrs={"layers": layers, "estimator": est}, cka=M)
     if n >= 2:
         adjacent = np.array([M[i, i + 1] for i in range(n - 1)])
         ctx.out.scalar("adjacent_mean", float(np.nanmean(adjacent)))
@@ -76,11 +94,12 @@ def run_epochs(ctx: probe.Context) -> None:
     if not epochs:
         raise probe.ProbeError(f"{ctx.run.path}: no complete epoch")
     last = epochs[-1]
+    est = ctx.params.estimator
     layers = ctx.layers(last)
     M = np.full((len(layers), len(epochs)), np.nan)
     for i, name in enumerate(ctx.progress(layers, "layers", total=len(layers))):
         ref = ctx.activations(name, last)
-        M[i] = R.cka_matrix([ref], [ctx.activations(name, e) for e in epochs])[0]
+        M[i] = R.cka_matrix([ref], [ctx.activations(name, e) for e in epochs], estimator=est)[0]
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 0.55 * len(layers) + 3.2),
                                  gridspec_kw={"width_ratios": [1.3, 1]}, constrained_layout=True)
@@ -89,18 +108,18 @@ def run_epochs(ctx: probe.Context) -> None:
     if len(epochs) > 25:
         step = int(np.ceil(len(epochs) / 25))
         ax.set_xticks(range(0, len(epochs), step), [str(e) for e in epochs[::step]], rotation=0)
-    fig.colorbar(im, ax=ax, label=f"linear CKA with epoch {last}")
+    fig.colorbar(im, ax=ax, label=f"{_label(est)} with epoch {last}")
     cmap = plt.get_cmap("viridis")
     for i, name in enumerate(layers):
         bx.plot(epochs, M[i], "o-", ms=3, color=cmap(i / max(1, len(layers) - 1)), label=name)
-    bx.set(xlabel="epoch", ylabel=f"CKA with epoch {last}", ylim=(0, 1.02))
+    bx.set(xlabel="epoch", ylabel=f"CKA with epoch {last}", ylim=(min(0.0, float(np.nanmin(M, initial=0.0))) - 0.02, 1.02))
     bx.xaxis.set_major_locator(MaxNLocator(integer=True))
     bx.legend(fontsize=7, title="layer (input -> output)", title_fontsize=7)
     bx.grid(alpha=0.3)
     fig.suptitle(f"How far each layer is from its final representation (epoch {last})", fontsize=10)
-    ctx.out.figure("cka_epochs", fig, caption="Linear CKA of each layer's probe-set representation with the same "
+    ctx.out.figure("cka_epochs", fig, caption=f"{_label(est)} ({est} HSIC) of each layer's probe-set representation with the same "
                    "layer at the last selected epoch; a row reaching 1 early means that layer settled early.")
-    ctx.out.arrays("cka_epochs", attrs={"layers": layers, "reference_epoch": last}, cka=M, epochs=np.array(epochs))
+    ctx.out.arrays("cka_epochs", attrs={"layers": layers, "reference_epoch": last, "estimator": est}, cka=M, epochs=np.array(epochs))
     for i, name in enumerate(layers):
         ctx.out.scalar(f"first_vs_last.{name}", float(M[i, 0]))
 
@@ -108,10 +127,10 @@ def run_epochs(ctx: probe.Context) -> None:
 @probe.hookimpl
 def register_analyses(register) -> None:
     register(probe.Analysis(
-        name="cka", run=run_layers, scope="epoch", needs={"activations"},
+        name="cka", run=run_layers, params=Params, scope="epoch", needs={"activations"},
         summary="Linear CKA between every pair of recorded layers, as a heatmap.",
     ))
     register(probe.Analysis(
-        name="cka-epochs", run=run_epochs, scope="run", needs={"activations"},
+        name="cka-epochs", run=run_epochs, params=Params, scope="run", needs={"activations"},
         summary="Linear CKA of each layer at each epoch with the same layer at the last epoch.",
     ))

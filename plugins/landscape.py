@@ -36,7 +36,10 @@ class Params:
     seed: int = probe.param(0, "Seed of the random directions (recorded).", min=0, max=2**32 - 1)
     margin: float = probe.param(0.25, "trajectory: extra room around the path, as a fraction of its extent.", min=0.0, max=100.0)
     mean_center: bool = probe.param(False, "trajectory: subtract the mean displacement before the PCA (as Li et al.'s code).")
-    n_images: int = probe.param(1024, "Images of the stored analysis batch to evaluate (its first ones).", min=1, max=MAX_IMAGES)
+    n_images: int = probe.param(1024, "Images per batch, in order from the start of the stored analysis batch.",
+                                min=1, max=MAX_IMAGES)
+    batches: int = probe.param(1, "Centre loss on this many disjoint batches of n_images (mean, s.e., each batch); "
+                                  "the grid uses all of them combined.", min=1, max=1000)
     batch_size: int = probe.param(1024, "Images per forward pass.", min=1, max=MAX_IMAGES)
     bn: str = probe.param("frozen", "BatchNorm: centre's statistics (frozen) or re-estimated per point.",
                           choices=("frozen", "recalibrate"))
@@ -69,11 +72,34 @@ def _surface(ctx: probe.Context, model, x, y, calib, dirs, *, span, span_y=None,
     return L.Surface(alpha, beta, loss, acc, float(c_loss[0, 0]), float(c_acc[0, 0]), p.bn, dirs.kind, dirs.seed, len(y))
 
 
-def _data(ctx: probe.Context, n_images: int, calib_images: int, bn: str):
+def _data(ctx: probe.Context, n_images: int, batches: int, calib_images: int, bn: str):
+    """The grid's images (all batches combined), the disjoint batches, the calibration images."""
+    import torch
+
+    from probe.sharpness import split_batches
+
     batch = ctx.analysis_batch()
     x = batch.normalized(ctx.device)
     calib = x[-calib_images:] if bn == "recalibrate" else None
-    return x[:n_images], batch.labels[:n_images], calib
+    n = min(n_images, len(x)) if batches == 1 else n_images  # one batch: as before, at most what is stored
+    parts = split_batches(x, batch.labels, batches, n)
+    return torch.cat([xb for xb, _ in parts]), torch.cat([yb for _, yb in parts]), parts, calib
+
+
+def _center(model, parts, calib, p) -> dict:
+    """The centre over the disjoint batches, as attributes of the result (B > 1 only)."""
+    from probe import landscape as L
+
+    c = L.center_over_batches(model, parts, bn=p.bn, calib_x=calib, batch_size=p.batch_size)
+    return {"center_batches": c.batches, "center_images_per_batch": c.images_per_batch,
+            "center_loss_per_batch": c.loss, "center_accuracy_per_batch": c.accuracy,
+            "center_loss_batch_mean": c.loss_mean, "center_loss_batch_stderr": c.loss_stderr,
+            "center_accuracy_batch_mean": c.accuracy_mean, "center_accuracy_batch_stderr": c.accuracy_stderr,
+            "center_loss_combined": c.combined_loss,
+            "center_values_are": f"per batch: the centre on each of {c.batches} disjoint batches of "
+                                 f"{c.images_per_batch}; batch_mean/stderr: over those batches (the variation over "
+                                 f"the data); combined: all {c.batches * c.images_per_batch} images as one batch, "
+                                 f"the images the grid uses"}
 
 
 def run(ctx: probe.Context) -> None:
@@ -83,9 +109,10 @@ def run(ctx: probe.Context) -> None:
 
     p = ctx.params
     model = ctx.model()
-    x, y, calib = _data(ctx, p.n_images, p.calib_images, p.bn)
+    x, y, parts, calib = _data(ctx, p.n_images, p.batches, p.calib_images, p.bn)
     common = {"directions": p.directions, "seed": p.seed, "checkpoint_sha256": ctx.checksum(),
-              "data": f"analysis batch, first {len(y)} images", "center_epoch": ctx.epoch}
+              "data": f"analysis batch, first {len(y)} images", "center_epoch": ctx.epoch, "dtype": "float32",
+              **(_center(model, parts, calib, p) if p.batches > 1 else {})}
     if p.directions != "trajectory":
         dirs = L.random_directions(model, p.dims, kind="filter" if p.directions == "filter-normalized" else "random",
                                    seed=p.seed)
@@ -135,9 +162,14 @@ def _save(ctx: probe.Context, s, extra: dict, where: str, path=None, captured=No
     ctx.out.arrays(name, attrs=attrs, **arrays)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
     for ax, z, label in ((axes[0], s.loss, "loss"), (axes[1], s.accuracy, "accuracy")):
+        spread = extra.get(f"center_{label}_batch_stderr")
         if s.beta is None:
             ax.plot(s.alpha, z, "o-", ms=3)
             ax.axvline(0, color="grey", lw=0.6)
+            if spread is not None:
+                ax.errorbar([0.0], [extra[f"center_{label}_batch_mean"]], yerr=[spread], fmt="s", color="tab:red",
+                            capsize=4, label=f"centre: mean +- s.e. over {extra['center_batches']} batches")
+                ax.legend(fontsize=7)
             ax.set(xlabel="alpha", ylabel=label)
         else:
             finite = np.where(np.isfinite(z), z, np.nan)
@@ -146,13 +178,21 @@ def _save(ctx: probe.Context, s, extra: dict, where: str, path=None, captured=No
             cs = ax.contourf(s.alpha, s.beta, finite, levels=levels, cmap="viridis" if label == "loss" else "magma")
             fig.colorbar(cs, ax=ax, label=label)
             ax.plot(0, 0, "r*", ms=10)
+            if spread is not None:
+                ax.text(0.02, 0.02, f"centre {label}: {extra[f'center_{label}_batch_mean']:.4g} +- {spread:.2g} "
+                        f"(s.e. over {extra['center_batches']} batches)", transform=ax.transAxes, fontsize=7,
+                        color="white", bbox={"facecolor": "black", "alpha": 0.5, "lw": 0})
             if path is not None:
                 ax.plot(path[:, 0], path[:, 1], "w.-", lw=1)
                 for e, (px, py) in zip(extra["path_epochs"], path, strict=True):
                     ax.annotate(str(e), (px, py), color="white", fontsize=7)
             ax.set(xlabel="alpha (direction 1)", ylabel="beta (direction 2)")
         ax.set_title(f"{label}, {where}")
-    note = f"BatchNorm {s.bn}, {s.n_samples} images, eval mode"
+    note = f"BatchNorm {s.bn}, {s.n_samples} images, eval mode, float32"
+    if "center_batches" in extra:
+        note += (f"; centre loss {extra['center_loss_batch_mean']:.4g} +- {extra['center_loss_batch_stderr']:.2g} "
+                 f"(mean +- s.e. over {extra['center_batches']} disjoint batches of "
+                 f"{extra['center_images_per_batch']}; the grid uses all of them combined)")
     if s.beta is not None:
         fig3 = plt.figure(figsize=(6.5, 5))
         ax3 = fig3.add_subplot(projection="3d")
@@ -165,6 +205,9 @@ def _save(ctx: probe.Context, s, extra: dict, where: str, path=None, captured=No
     ctx.out.scalar("center_loss", s.center_loss)
     ctx.out.scalar("center_accuracy", s.center_accuracy)
     ctx.out.scalar("max_loss", float(np.nanmax(s.loss)))
+    if "center_batches" in extra:
+        ctx.out.scalar("center_loss_batch_mean", extra["center_loss_batch_mean"])
+        ctx.out.scalar("center_loss_batch_stderr", extra["center_loss_batch_stderr"])
 
 
 @probe.hookimpl

@@ -14,6 +14,11 @@ The random draw of each parameter is seeded by (seed, axis, name): the same seed
 gives the same Gaussian at every epoch; the filter scaling follows the centre's
 weights, as in Li et al.
 
+`center_over_batches` evaluates the centre alone on B disjoint batches: per-batch
+loss and accuracy, their mean and standard error (the variation over the data), and
+the combined value over all the images (the sample-weighted mean of the per-batch
+ones, which is exact: the loss is a mean over images).
+
 A surface is evaluated point by point with `functional_call` (the module is never
 modified) in eval mode. BatchNorm "frozen" keeps the centre checkpoint's running
 statistics at every point (Li et al.); "recalibrate" re-estimates them per point on
@@ -327,3 +332,51 @@ def surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: Dire
         loss, acc = ev.points([(float(a), 0.0) for a in alpha])
     return Surface(alpha, beta, loss, acc, float(c_loss[0]), float(c_acc[0]), bn, directions.kind,
                    directions.seed, ev.n_samples)
+
+
+# --- the centre over several batches -------------------------------------------------------
+
+@dataclass
+class CenterSpread:
+    """Centre loss/accuracy on B disjoint batches and on their union (`combined_*`)."""
+
+    batches: int
+    images_per_batch: int
+    loss: list[float]
+    accuracy: list[float]
+    loss_mean: float
+    loss_stderr: float | None  # over batches; None for one batch
+    accuracy_mean: float
+    accuracy_stderr: float | None
+    combined_loss: float
+    combined_accuracy: float
+    bn: str
+
+
+def _mean_se(v: np.ndarray) -> tuple[float, float | None]:
+    return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def center_over_batches(model: nn.Module, parts: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+                        bn: str = "frozen", calib_x: torch.Tensor | None = None, batch_size: int = 1024,
+                        loss_fn: LossFn | None = None, channels_last: bool = True) -> CenterSpread:
+    """The centre's loss and accuracy on each (x, y) of `parts`, and combined over all of them.
+
+    One forward pass over each image in all: B batches cost what their union costs.
+    A NaN/inf loss on any batch is an error.
+    """
+    check(len(parts) >= 1, "batches", "need at least one batch")
+    none = Directions([], "centre")
+    losses, accs, sizes = [], [], []
+    for xb, yb in parts:
+        ev = _GridEvaluator(model, xb, yb, none, bn=bn, calib_x=calib_x, batch_size=batch_size, loss_fn=loss_fn,
+                            points_per_pass=1, channels_last=channels_last)
+        lo, ac = ev.points([(0.0, 0.0)])
+        losses.append(check_finite(float(lo[0])))
+        accs.append(float(ac[0]))
+        sizes.append(len(xb))
+    w = np.asarray(sizes, dtype=np.float64) / sum(sizes)
+    lm, ls = _mean_se(np.asarray(losses))
+    am, asd = _mean_se(np.asarray(accs))
+    return CenterSpread(len(parts), len(parts[0][0]), losses, accs, lm, ls, am, asd, float(w @ np.asarray(losses)),
+                        float(w @ np.asarray(accs)), bn)

@@ -12,7 +12,7 @@ checked in tests against an independent computation:
   parameters and initialisation for both, thread pools bounded.
 - `cosine_rsm` / `rsm_class_summary`: the representational similarity matrix
   sorted by class, with within- vs between-class similarity (diagonal excluded).
-- `linear_cka` / `cka_matrix`: linear CKA (Kornblith et al. 2019).
+- `linear_cka` / `cka_matrix`: linear CKA (Kornblith et al. 2019), biased or debiased HSIC.
 - `gradcheck_conv_layers`: central finite differences (Richardson-extrapolated,
   ReLU/max-pool patterns frozen) against autograd for sampled conv weights, on a
   float64 eval-mode copy of the model.
@@ -44,6 +44,7 @@ __all__ = [
     "rsm_class_summary",
     "linear_cka",
     "cka_matrix",
+    "CKA_ESTIMATORS",
     "GradCheckRow",
     "gradcheck_conv_layers",
 ]
@@ -375,60 +376,112 @@ def _centred(X: np.ndarray | torch.Tensor) -> np.ndarray:
     return X - X.mean(axis=0)
 
 
-def _cka_centred(Xc: np.ndarray, Yc: np.ndarray) -> float:
-    """Linear CKA of already-centred features.
+CKA_ESTIMATORS = ("biased", "debiased")
 
-    Feature-space form: HSIC(X, Y) ~ ||Yc^T Xc||_F^2, O(n d^2), used while the
-    widths are at most n (probe's pooled activations). For wider inputs (flattened
-    feature maps) the equal Gram form tr(Kc Lc) with K = Xc Xc^T, O(n^2 d), is
-    cheaper and is used instead.
+
+class _Rep:
+    """A centred representation with what CKA reuses across pairs: the row norms, the
+    Gram matrix (built once, only when a pair needs the Gram form) and the self-HSIC."""
+
+    def __init__(self, X: np.ndarray | torch.Tensor):
+        self.Xc = _centred(X)
+        self.n, self.d = self.Xc.shape
+        self.sq = np.einsum("ij,ij->i", self.Xc, self.Xc)  # a_i = ||x_i||^2 = K_ii
+        self._gram: np.ndarray | None = None
+        self._self: dict[str, float] = {}
+
+    @property
+    def gram(self) -> np.ndarray:
+        if self._gram is None:
+            self._gram = self.Xc @ self.Xc.T
+        return self._gram
+
+    def self_hsic(self, estimator: str) -> float:
+        if estimator not in self._self:
+            self._self[estimator] = _hsic(self, self, estimator)
+        return self._self[estimator]
+
+
+def _hsic(A: _Rep, B: _Rep, estimator: str) -> float:
+    """HSIC of two centred representations under a linear kernel, up to a factor
+    common to every pair with the same n (it cancels in CKA).
+
+    "biased" (Gretton et al. 2005, as in Kornblith et al. 2019): tr(Kc Lc) =
+    ||Yc^T Xc||_F^2. "debiased" (Song et al. 2012's unbiased HSIC, used for CKA by
+    Nguyen et al. 2021): with K~, L~ the Gram matrices with zeroed diagonals,
+
+        [tr(K~ L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)).
+
+    For centred features K 1 = 0, so with a_i = ||x_i||^2, b_i = ||y_i||^2 every term
+    is O(n d) beyond the cross product: tr(K~ L~) = tr(K L) - a.b, 1'K~1 = -sum a,
+    1'K~L~1 = a.b. The cross product takes the feature form ||Yc^T Xc||^2, O(n d1 d2),
+    while d1 d2 <= n^2 or both widths are at most n, and the Gram form <K, L>, with
+    each Gram matrix built once per representation, otherwise.
     """
-    n = Xc.shape[0]
-    if Xc.shape[1] * Yc.shape[1] <= n * n or max(Xc.shape[1], Yc.shape[1]) <= n:
-        hsic = np.linalg.norm(Yc.T @ Xc) ** 2
-        nx = np.linalg.norm(Xc.T @ Xc)
-        ny = np.linalg.norm(Yc.T @ Yc)
+    n = A.n
+    if A.d * B.d <= n * n or max(A.d, B.d) <= n:
+        tr_kl = float(np.linalg.norm(B.Xc.T @ A.Xc) ** 2)
     else:
-        K, L = Xc @ Xc.T, Yc @ Yc.T
-        hsic = float(np.sum(K * L))
-        nx, ny = np.linalg.norm(K), np.linalg.norm(L)
-    denom = nx * ny
-    return float(hsic / denom) if denom > 0 else float("nan")
+        tr_kl = float(np.vdot(A.gram, B.gram))
+    if estimator == "biased":
+        return tr_kl
+    ab = float(A.sq @ B.sq)
+    return (tr_kl - ab + A.sq.sum() * B.sq.sum() / ((n - 1) * (n - 2)) - 2 * ab / (n - 2)) / (n * (n - 3))
 
 
-def linear_cka(X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor) -> float:
+def _cka(A: _Rep, B: _Rep, estimator: str = "biased") -> float:
+    """Linear CKA: HSIC(X, Y) / sqrt(HSIC(X, X) HSIC(Y, Y)); NaN where a self-similarity
+    is not positive (a constant side; or, debiased, fewer than 4 samples)."""
+    if estimator not in CKA_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {CKA_ESTIMATORS}, got {estimator!r}")
+    if estimator == "debiased" and A.n < 4:
+        return float("nan")  # the unbiased HSIC divides by n (n - 3)
+    hxx, hyy = A.self_hsic(estimator), B.self_hsic(estimator)
+    if not (hxx > 0 and hyy > 0):
+        return float("nan")
+    return float(_hsic(A, B, estimator) / np.sqrt(hxx * hyy))
+
+
+def linear_cka(X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor, estimator: str = "biased") -> float:
     """Linear CKA between two representations of the same n samples (Kornblith et al. 2019).
 
-    CKA(X, Y) = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred
-    Xc, Yc, in float64. In [0, 1]; invariant to orthogonal transforms and isotropic
-    scaling of either side; NaN if either side is constant (no variance to compare).
+    estimator="biased" (default, Kornblith et al.'s): CKA(X, Y) = ||Yc^T Xc||_F^2 /
+    (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred Xc, Yc, in float64; in [0, 1],
+    but biased upwards when the width is not small against n (two independent random
+    representations score well above 0). estimator="debiased": the same ratio of
+    Song et al.'s unbiased HSIC (Nguyen et al. 2021); about 0 for independent
+    representations, may be slightly negative, needs n >= 4. Both are invariant to
+    orthogonal transforms and isotropic scaling of either side; NaN if either side
+    is constant (no variance to compare).
     """
-    Xc, Yc = _centred(X), _centred(Y)
-    if Xc.shape[0] != Yc.shape[0]:
-        raise ValueError(f"different numbers of samples: {Xc.shape[0]} vs {Yc.shape[0]}")
-    return _cka_centred(Xc, Yc)
+    A, B = _Rep(X), _Rep(Y)
+    if A.n != B.n:
+        raise ValueError(f"different numbers of samples: {A.n} vs {B.n}")
+    return _cka(A, B, estimator)
 
 
 def cka_matrix(
     reps: Mapping[str, np.ndarray | torch.Tensor] | Sequence[np.ndarray | torch.Tensor],
     others: Mapping[str, np.ndarray | torch.Tensor] | Sequence[np.ndarray | torch.Tensor] | None = None,
+    estimator: str = "biased",
 ) -> np.ndarray:
     """CKA between every pair: of `reps` with itself ([L, L], symmetric, unit diagonal
-    where defined) or of `reps` with `others` ([L, M]).
+    where defined) or of `reps` with `others` ([L, M]); `estimator` as in `linear_cka`.
 
-    Each representation is centred once. Keys of a mapping are only carried for the
+    Each representation is centred once, and its Gram matrix (wide inputs) and
+    self-similarity are computed once for all its pairs. Keys of a mapping are only carried for the
     caller; the order of the result follows iteration order.
     """
-    A = [_centred(x) for x in (reps.values() if isinstance(reps, Mapping) else reps)]
+    A = [_Rep(x) for x in (reps.values() if isinstance(reps, Mapping) else reps)]
     if others is None:
         M = np.eye(len(A))
         for i in range(len(A)):
-            M[i, i] = _cka_centred(A[i], A[i])  # 1, or NaN for a constant layer
+            M[i, i] = _cka(A[i], A[i], estimator)  # 1, or NaN for a constant layer
             for j in range(i + 1, len(A)):
-                M[i, j] = M[j, i] = _cka_centred(A[i], A[j])
+                M[i, j] = M[j, i] = _cka(A[i], A[j], estimator)
         return M
-    B = [_centred(x) for x in (others.values() if isinstance(others, Mapping) else others)]
-    return np.array([[_cka_centred(a, b) for b in B] for a in A]).reshape(len(A), len(B))
+    B = [_Rep(x) for x in (others.values() if isinstance(others, Mapping) else others)]
+    return np.array([[_cka(a, b, estimator) for b in B] for a in A]).reshape(len(A), len(B))
 
 
 # --- gradient check ------------------------------------------------------------------------
