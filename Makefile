@@ -12,7 +12,8 @@ DEMO_RUN ?= runs/demo
 # (hessian: about 170 products of 256 images in all, per-layer blocks included; docs/curvature.md).
 DEMO_ANALYZE ?= --param hessian.n_images=256 --param hessian.trace_samples=10 --param hessian.density_steps=20 \
 	--param hessian.blocks=layer --param landscape.n_images=256 \
-	--param landscape.resolution=15 --param sharpness.n_images=256 --param sharpness.steps=5 --param sharpness.samples=8
+	--param landscape.resolution=15 --param sharpness.n_images=256 --param sharpness.steps=5 --param sharpness.samples=8 \
+	--param sharpness.target_rel_stderr=0
 
 .PHONY: install test demo lint bench clean
 
@@ -21,7 +22,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[dev,dask,tsne]'
+	$(BIN)/python -m pip install -q -e '.[dev,dask,tsne,peers]'
 	touch $@
 
 install: $(VENV)/.installed
