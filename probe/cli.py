@@ -7,6 +7,7 @@ this module only turns options into calls and `ProbeError`s into one-line errors
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -146,9 +147,9 @@ def _resumed_config(run_dir: Path, file_values: dict[str, Any], overrides: dict[
     from .errors import UsageError
     from .rundir import CONFIG, Run
 
-    if not (run_dir / CONFIG).is_file():
+    if not os.path.lexists(run_dir / CONFIG):
         raise UsageError("--resume", f"{run_dir} holds no run to resume (no {CONFIG})")
-    stored = Run(run_dir).config["train"]
+    stored = Run(run_dir).config["train"]  # a link, FIFO or damaged config: one line naming it
     given = {**file_values, **overrides}
     differ = []
     for key, value in given.items():
@@ -240,7 +241,7 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
     reg = registry()
     for line in reg.problems():  # disabled analyses (name clashes, bad defaults): the others still run
         click.echo(f"warning: {line}", err=True)
-    _ = Run(run_dir).config  # one line for what is not a run (or whose config.json is not one), before anything else
+    Run(run_dir)  # a clear error for a directory that is not a run, before anything else
     if run_all:
         plugins = tuple(sorted(reg.analyses))
     if not plugins:
