@@ -30,6 +30,7 @@ MAX_LR = 10.0  # learning rate, weight decay and step-decay factor: far above an
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
 MAX_IMAGES = 10_000_000  # image counts (subset, probe set, analysis batch); CIFAR-10 has 60,000
+ANALYSIS_BATCH_DEFAULT = 1024
 MAX_WIDTH = 65_536  # the model spec's own bound; the memory estimate below is the real limit
 MAX_PARAMS = 2**31
 MAX_TRAIN_BYTES = 64 << 30  # estimated training memory (weights, optimizer state, activations of a batch)
@@ -65,7 +66,8 @@ class TrainConfig:
     precision: str = _f("fp32", "Training precision (bf16 = autocast; checkpoints stay float32).", choices=PRECISIONS)
     channels_last: bool = _f(True, "Use the channels-last memory format for convolutions.")
     probe_set_size: int = _f(1000, "Class-stratified validation images whose activations are dumped each epoch.", min=10, max=MAX_IMAGES)
-    analysis_batch_size: int = _f(1024, "Un-augmented training images stored for offline loss-based analyses.", min=1, max=MAX_IMAGES)
+    analysis_batch_size: int = _f(ANALYSIS_BATCH_DEFAULT, "Un-augmented training images stored for offline loss-based analyses "
+                                  "(the default is clipped to a smaller --subset-train-size).", min=1, max=MAX_IMAGES)
     full_maps: tuple[str, ...] = _f((), "Layers whose full feature maps are dumped (comma-separated; pooled channels are always dumped).")
     val_size: int | None = _f(None, "Validate on the probe set plus a seeded, class-stratified rest, N images in all "
                                     "(at least --probe-set-size) [default: all]; for quick runs while developing a plugin.")
@@ -76,7 +78,10 @@ class TrainConfig:
         check_cost(self)
         if self.val_size is not None and self.val_size < self.probe_set_size:  # the probe set is part of validation
             raise UsageError("--val-size", f"must be >= --probe-set-size ({self.probe_set_size}), got {self.val_size}")
-        if self.subset_train_size and self.analysis_batch_size > self.subset_train_size:  # drawn from the subset
+        # Drawn from the training subset: a size asked for beyond it is an error; the default (1024) is
+        # clipped to a smaller subset, as it always was, so a small run needs no extra option.
+        if (self.subset_train_size and self.analysis_batch_size > self.subset_train_size
+                and self.analysis_batch_size != ANALYSIS_BATCH_DEFAULT):
             raise UsageError("--analysis-batch-size", f"must be <= --subset-train-size ({self.subset_train_size}), "
                                                       f"got {self.analysis_batch_size}")
 

@@ -194,8 +194,9 @@ def test_analysis_batch_size_is_bounded_by_the_training_subset():
 
     assert TrainConfig(subset_train_size=4096, analysis_batch_size=4096).analysis_batch_size == 4096
     assert TrainConfig(subset_train_size=0, analysis_batch_size=4096).analysis_batch_size == 4096
-    with pytest.raises(UsageError, match=r"^--analysis-batch-size: must be <= --subset-train-size \(1000\), got 1024$"):
-        TrainConfig(subset_train_size=1000)
+    with pytest.raises(UsageError, match=r"^--analysis-batch-size: must be <= --subset-train-size \(1000\), got 2048$"):
+        TrainConfig(subset_train_size=1000, analysis_batch_size=2048)
+    assert TrainConfig(subset_train_size=1000).analysis_batch_size == 1024  # the default is clipped by training
 
 
 def test_compare_shows_the_standard_error_beside_the_top_eigenvalue():
