@@ -12,8 +12,10 @@ Plots are chosen from what was swept, not from a study's name:
                      sharpness and top Hessian eigenvalue against each regulariser
 
 Every file of a run or sweep is untrusted: it is read through probe.safeio (bounded,
-link-free, confined to its run or sweep folder), as the report reads it; a sweep point whose name would leave the sweep folder, a damaged
-run, a status.json or manifest of the wrong shape is skipped with a one-line warning.
+link-free, confined to its run or sweep folder), as the report reads it. A sweep point
+whose name would leave the sweep folder (checked by probe.paths, as `probe sweep`
+checks it), a damaged run, a status.json or manifest of the wrong shape is skipped
+with a one-line warning.
 Cells of table.csv that a spreadsheet would run as a formula get a leading `'`, and
 the terminal table shows control characters escaped.
 """
@@ -34,7 +36,7 @@ import click
 
 from . import atomic, safeio
 from .errors import ProbeError, UsageError
-from .paths import is_link, lstat_or_none
+from .paths import ConfinementError, child_dir, is_link, lstat_or_none
 from .report import (
     SKIPPED,
     Warn,
@@ -118,25 +120,6 @@ def read_run(path: Path, label: str, warn: Warn = warn_stderr, versions: dict[st
     return RunRow(path, label, cfg, metrics, analysis_scalars(path, warn, versions), state)
 
 
-def point_problem(sweep_dir: Path, name: Any) -> str | None:
-    """Why a sweep point's name cannot be a folder of this sweep (None when it can).
-
-    A name is one path component of at most 255 bytes, not `.` or `..`; its folder,
-    if there, is a real directory (no symlink out of the sweep)."""
-    if not isinstance(name, str) or not name:
-        return "has no name"
-    if name in (".", "..") or "/" in name:
-        return "would leave the sweep folder"
-    if "\\" in name or "\x00" in name:
-        return "is not a folder name (a backslash or NUL)"
-    if len(name.encode("utf-8", "surrogatepass")) > 255:
-        return "is longer than a file name may be"
-    st = lstat_or_none(sweep_dir / name)
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        return "is a symlink" if stat.S_ISLNK(st.st_mode) else "is not a directory"
-    return None
-
-
 def read_status(sweep_dir: Path, warn: Warn) -> dict[str, dict[str, str]]:
     """status.json's runs: {name: {"state": str, "error": str}}; entries of another shape are warned about."""
     from .sweep import STATUS_FILE
@@ -175,14 +158,19 @@ def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr,
     rows, seen = [], set()
     for i, p in enumerate(d["points"]):
         name = p.get("name") if isinstance(p, dict) else None
-        problem = point_problem(sweep_dir, name) or ("is listed twice" if name in seen else None)
-        if problem is None and not isinstance(p.get("values", {}), dict):
-            problem = "has no 'values' object"
+        try:  # one folder name inside the sweep, not a link (probe.paths, as `probe sweep` checks it)
+            run_dir = child_dir(sweep_dir, name, f"{path}: point {i + 1}")
+        except ConfinementError as exc:
+            warn(f"{clean(exc, 480)}; skipped")
+            continue
+        st = lstat_or_none(run_dir)
+        problem = ("is listed twice" if name in seen else None) or \
+            ("has no 'values' object" if not isinstance(p.get("values", {}), dict) else None) or \
+            ("is not a directory" if st is not None and not stat.S_ISDIR(st.st_mode) else None)
         if problem:
             warn(f"{path}: point {i + 1} ({clean(repr(name), 80)}) {problem}; skipped")
             continue
         seen.add(name)
-        run_dir = sweep_dir / name
         row = None
         if lstat_or_none(run_dir / "config.json") is not None:  # a link or FIFO there is a damaged run, said so
             try:

@@ -474,12 +474,12 @@ SWEEP_WARNED = {
     "status-entry-string": (_status({"runs": {"lr=0.1": "failed"}}), "the entry of 'lr=0.1' is not a status (state and error strings); ignored"),
     "status-error-dict": (_status({"runs": {"lr=0.1": {"state": "failed", "error": {"x": 1}}}}), "the entry of 'lr=0.1' is not a status"),
     "status-deep": (lambda s, o: (s / "status.json").write_text(DEEP), "status.json: is nested more than 64 levels deep; ignored"),
-    "point-absolute": (None, "point 4 ('OUTSIDE') would leave the sweep folder; skipped"),
-    "point-dotdot": (_points("../x"), "point 4 ('../x') would leave the sweep folder; skipped"),
-    "point-dot": (_points(".."), "point 4 ('..') would leave the sweep folder; skipped"),
-    "point-long": (_points("x" * 300), "is longer than a file name may be; skipped"),
-    "point-symlink": (_point_link, "point 4 ('evil') is a symlink; skipped"),
-    "point-int": (_points(7), "point 4 (7) has no name; skipped"),
+    "point-absolute": (None, "sweep.json: point 4: 'OUTSIDE' is not a folder name (it must be one name, no '/' or '..'); skipped"),
+    "point-dotdot": (_points("../x"), "sweep.json: point 4: '../x' is not a folder name (it must be one name, no '/' or '..'); skipped"),
+    "point-dot": (_points(".."), "sweep.json: point 4: '..' is not a folder name (it must be one name, no '/' or '..'); skipped"),
+    "point-long": (_points("x" * 300), "sweep.json: point 4: a name of 300 bytes is longer than a folder name may be (255); skipped"),
+    "point-symlink": (_point_link, "/evil: is a symbolic link; probe never writes through a link out of"),
+    "point-int": (_points(7), "sweep.json: point 4: 7 is not a folder name (it must be one name, no '/' or '..'); skipped"),
     "point-twice": (_points("lr=0.1"), "point 4 ('lr=0.1') is listed twice; skipped"),
 }
 
