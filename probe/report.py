@@ -114,8 +114,6 @@ _EPOCH_IN_NAME = re.compile(r"^(?P<stem>.*?)[_-]?epoch[_-]?(?P<n>\d+)$")
 _IMAGE = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
 
 
-
-
 # --- reading untrusted files --------------------------------------------------------------------------------
 # Every file of a run or sweep folder may be crafted: report and compare read each one
 # through probe.safeio (regular files only, bounded, confined `within=` their folder).
