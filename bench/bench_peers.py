@@ -160,16 +160,7 @@ def bench_cka(model, x, y, args) -> None:
     layers = block_outputs(model)
 
     def features() -> list[torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o.detach()))
-                 for n, m in model.named_modules() if n in layers]
-        try:
-            with torch.no_grad():
-                model.eval()(x)
-        finally:
-            for h in hooks:
-                h.remove()
-        return [out[n].flatten(1) for n in layers]
+        return [o.flatten(1) for o in _maps(model, x, layers)]
 
     results = {}
     for est in ("biased", "debiased"):
@@ -206,8 +197,7 @@ def bench_cka(model, x, y, args) -> None:
          max_abs_diff_vs_probe_debiased=float(np.abs(T - results["debiased"][0]).max()))
 
     # The representations probe stores: channel means of each conv output ([n, C], C <= 64 here).
-    pooled = [f.reshape(len(x), -1, *o.shape[2:]).mean((2, 3)) if o.dim() == 4 else f
-              for f, o in zip(features(), _maps(model, x, layers), strict=True)]
+    pooled = [o.mean((2, 3)) if o.dim() == 4 else o.flatten(1) for o in _maps(model, x, layers)]
     kernel = tc.CKA.__new__(tc.CKA)
     kernel.device = "cpu"
 
@@ -235,6 +225,7 @@ def bench_cka(model, x, y, args) -> None:
 
 
 def _maps(model, x, layers) -> list[torch.Tensor]:
+    """The output of each named module for the images x (eval mode, no gradients), in `layers` order."""
     out: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o.detach()))
              for n, m in model.named_modules() if n in layers]

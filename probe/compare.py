@@ -11,9 +11,11 @@ Plots are chosen from what was swept, not from a study's name:
   regularizers.png   with dropout, weight_decay or augment swept: accuracy, gap,
                      sharpness and top Hessian eigenvalue against each regulariser
 
-Every file of a run or sweep is untrusted: it is read through probe.report's bounded,
-link-free readers; a sweep point whose name would leave the sweep folder, a damaged
-run, a status.json or manifest of the wrong shape is skipped with a one-line warning.
+Every file of a run or sweep is untrusted: it is read through probe.safeio (bounded,
+link-free, confined to its run or sweep folder), as the report reads it. A sweep point
+whose name would leave the sweep folder (checked by probe.paths, as `probe sweep`
+checks it), a damaged run, a status.json or manifest of the wrong shape is skipped
+with a one-line warning.
 Cells of table.csv that a spreadsheet would run as a formula get a leading `'`, and
 the terminal table shows control characters escaped.
 """
@@ -32,16 +34,17 @@ from typing import Any
 
 import click
 
-from . import atomic
+from . import atomic, safeio
 from .errors import ProbeError, UsageError
+from .paths import ConfinementError, child_dir, is_link, lstat_or_none
 from .report import (
+    SKIPPED,
     Warn,
     _num,
     clean,
-    lstat,
-    read_config,
-    read_json,
     read_metrics,
+    read_or_warn,
+    read_sweep_file,
     warn_stderr,
 )
 
@@ -106,9 +109,7 @@ def read_run(path: Path, label: str, warn: Warn = warn_stderr, versions: dict[st
     """One run's row; a missing or damaged config.json is a one-line RunFileError."""
     from .rundir import Run
 
-    if lstat(path / "config.json") is None:
-        Run(path)  # a one-line error for what is not a run directory at all
-    cfg = dict(read_config(path)["train"])
+    cfg = dict(Run(path).config["train"])  # not a run, or a damaged config.json: one RunFileError
     metrics = read_metrics(path, warn)
     last = metrics[-1]["epoch"] if metrics else -1
     want = cfg.get("epochs")
@@ -119,36 +120,13 @@ def read_run(path: Path, label: str, warn: Warn = warn_stderr, versions: dict[st
     return RunRow(path, label, cfg, metrics, analysis_scalars(path, warn, versions), state)
 
 
-def point_problem(sweep_dir: Path, name: Any) -> str | None:
-    """Why a sweep point's name cannot be a folder of this sweep (None when it can).
-
-    A name is one path component of at most 255 bytes, not `.` or `..`; its folder,
-    if there, is a real directory (no symlink out of the sweep)."""
-    if not isinstance(name, str) or not name:
-        return "has no name"
-    if name in (".", "..") or "/" in name:
-        return "would leave the sweep folder"
-    if "\\" in name or "\x00" in name:
-        return "is not a folder name (a backslash or NUL)"
-    if len(name.encode("utf-8", "surrogatepass")) > 255:
-        return "is longer than a file name may be"
-    st = lstat(sweep_dir / name)
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        return "is a symlink" if stat.S_ISLNK(st.st_mode) else "is not a directory"
-    return None
-
-
 def read_status(sweep_dir: Path, warn: Warn) -> dict[str, dict[str, str]]:
     """status.json's runs: {name: {"state": str, "error": str}}; entries of another shape are warned about."""
     from .sweep import STATUS_FILE
 
     p = sweep_dir / STATUS_FILE
-    if lstat(p) is None:
-        return {}
-    try:
-        d = read_json(p)
-    except ProbeError as exc:
-        warn(f"{exc}; ignored")
+    d = read_or_warn(safeio.read_json, p, warn, "ignored", within=sweep_dir)
+    if d is SKIPPED:
         return {}
     runs = d.get("runs") if isinstance(d, dict) else None
     if not isinstance(runs, dict):
@@ -169,10 +147,7 @@ def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr,
     from .sweep import SWEEP_FILE
 
     path = sweep_dir / SWEEP_FILE
-    try:
-        d = read_json(path)
-    except ProbeError as exc:
-        raise ProbeError(f"{exc} (not a readable sweep file)") from None
+    d = read_sweep_file(sweep_dir)
     if not isinstance(d, dict) or not isinstance(d.get("points"), list):
         raise ProbeError(f"{path}: not a readable sweep file (no 'points' list)")
     swept = d.get("swept") if isinstance(d.get("swept"), list) else d.get("grid")
@@ -183,16 +158,21 @@ def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr,
     rows, seen = [], set()
     for i, p in enumerate(d["points"]):
         name = p.get("name") if isinstance(p, dict) else None
-        problem = point_problem(sweep_dir, name) or ("is listed twice" if name in seen else None)
-        if problem is None and not isinstance(p.get("values", {}), dict):
-            problem = "has no 'values' object"
+        try:  # one folder name inside the sweep, not a link (probe.paths, as `probe sweep` checks it)
+            run_dir = child_dir(sweep_dir, name, f"{path}: point {i + 1}")
+        except ConfinementError as exc:
+            warn(f"{clean(exc, 480)}; skipped")
+            continue
+        st = lstat_or_none(run_dir)
+        problem = ("is listed twice" if name in seen else None) or \
+            ("has no 'values' object" if not isinstance(p.get("values", {}), dict) else None) or \
+            ("is not a directory" if st is not None and not stat.S_ISDIR(st.st_mode) else None)
         if problem:
             warn(f"{path}: point {i + 1} ({clean(repr(name), 80)}) {problem}; skipped")
             continue
         seen.add(name)
-        run_dir = sweep_dir / name
         row = None
-        if lstat(run_dir / "config.json") is not None:  # a link or FIFO there is a damaged run, said so
+        if lstat_or_none(run_dir / "config.json") is not None:  # a link or FIFO there is a damaged run, said so
             try:
                 row = read_run(run_dir, name, warn, versions)
             except ProbeError as exc:
@@ -220,7 +200,7 @@ def collect(paths: Sequence[str], warn: Warn = warn_stderr,
     multiple = len(paths) > 1
     for p in paths:
         path = Path(p)
-        if lstat(path / SWEEP_FILE) is not None:
+        if lstat_or_none(path / SWEEP_FILE) is not None:
             sweep_rows, sweep_keys = read_sweep(path, warn, versions)
             if multiple:
                 for r in sweep_rows:
@@ -615,7 +595,7 @@ def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, ec
     if known and metric not in known:
         raise UsageError("--metric", f"{metric!r} is not a per-epoch metric of these runs (have: {', '.join(sorted(known))})")
     columns, records = table(rows, keys)
-    echo(render(columns, records, keys, show_run=not all(lstat(Path(p) / SWEEP_FILE) is not None for p in paths)))
+    echo(render(columns, records, keys, show_run=not all(lstat_or_none(Path(p) / SWEEP_FILE) is not None for p in paths)))
     try:
         summary = stability_summary(records, keys)
     except (TypeError, ValueError, KeyError):  # values of mixed types in a crafted config: no summary
@@ -657,7 +637,7 @@ def installed_versions() -> dict[str, str]:
 
 def _write(out: Path, name: str, writer: Callable[[Path], Any]) -> Any:
     """Run one writer of `out/name`; a directory that cannot be made or written is one line (ProbeError)."""
-    st = lstat(out)
+    st = lstat_or_none(out)
     if st is not None and not stat.S_ISDIR(st.st_mode):
         raise ProbeError(f"{out}: not a directory; give another --out")
     try:
@@ -682,9 +662,9 @@ def compare_command(paths: tuple[str, ...], metric: str, out: str | None, no_plo
     from .sweep import SWEEP_FILE
 
     if out is None:
-        one_sweep = len(paths) == 1 and lstat(Path(paths[0]) / SWEEP_FILE) is not None
+        one_sweep = len(paths) == 1 and lstat_or_none(Path(paths[0]) / SWEEP_FILE) is not None
         out = str(Path(paths[0]) / "compare") if one_sweep else "compare"
-        if lstat(Path(out)) is not None and stat.S_ISLNK(lstat(Path(out)).st_mode):  # type: ignore[union-attr]
+        if is_link(out):
             raise ProbeError(f"{out}: a symlink; probe writes nothing through a link (remove it or give --out)")
     written = compare(paths, Path(out), metric, plots=not no_plots)
     click.echo("")

@@ -61,6 +61,21 @@ def confined(root: str | Path, rel: str | Path) -> Path:
     return root.joinpath(*parts) if parts else root
 
 
+def lstat_or_none(path: str | Path) -> os.stat_result | None:
+    """`os.lstat` (never following a link), or None when nothing can be looked at there
+    (absent, a name too long, a NUL byte, no permission): for walking an untrusted folder."""
+    try:
+        return os.lstat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def is_regular(path: str | Path) -> bool:
+    """True for a regular file that is not a symbolic link; never follows one."""
+    st = lstat_or_none(path)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
 def is_link(path: str | Path) -> bool:
     """True for a symbolic link (dangling or not); never follows it."""
     try:

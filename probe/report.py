@@ -12,10 +12,11 @@ and the command that retries it, results of an older version of an analysis with
 the command that recomputes them, and every file that could not be used with why.
 
 Every file of a run or sweep is untrusted input (docs/report.md, "Escaping"):
-  * it is read by `read_json` / `read_metrics` only: a regular file, not a symlink,
-    FIFO or device, at most a few MB, JSON nested at most 64 deep; manifests,
-    failure records, sweep and status files are checked against their shape and a
-    file that does not fit is skipped with a one-line warning (on stderr and on the
+  * it is read through probe.safeio only, confined `within=` its run or sweep folder:
+    a regular file, not a symlink, FIFO or device, bounded in size, nesting and
+    integer length (safeio's limits); manifests, failure records, sweep and status
+    files are checked against their shape, and a file that cannot be read or does
+    not fit is skipped with a one-line warning (`read_or_warn`; on stderr and on the
     page), never a traceback;
   * files a manifest names are linked only when they are regular files inside
     their own result folder, reached without a symlink;
@@ -38,7 +39,6 @@ even jinja2), so `probe --help` stays fast.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import hashlib
 import json
 import math
@@ -56,8 +56,9 @@ from urllib.parse import quote
 
 import click
 
-from . import atomic
+from . import atomic, safeio
 from .errors import NotARunError, ProbeError, RunFileError
+from .paths import is_regular, lstat_or_none
 
 REPORT_DIR = "report"
 INDEX = "index.html"
@@ -113,18 +114,14 @@ _EPOCH_IN_NAME = re.compile(r"^(?P<stem>.*?)[_-]?epoch[_-]?(?P<n>\d+)$")
 _IMAGE = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
 
 
-
-
 # --- reading untrusted files --------------------------------------------------------------------------------
-# Every file of a run or sweep folder may be crafted. These readers are the only way
-# report and compare read one; they are meant to become thin calls of probe.safeio.
-
-MAX_JSON_BYTES = 8 << 20  # a manifest, failure record, config, sweep, status or stamp file
-MAX_METRICS_BYTES = 64 << 20  # metrics.jsonl: one short line per epoch
-MAX_DEPTH = 64  # JSON nesting; probe's own files nest 4 deep
-_NOFOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+# Every file of a run or sweep folder may be crafted: report and compare read each one
+# through probe.safeio (regular files only, bounded, confined `within=` their folder).
+# A file that only costs its own part of the page is skipped with one warning
+# (`read_or_warn`); only what makes the page impossible is an error.
 
 Warn = Callable[[str], None]
+SKIPPED = object()  # what `read_or_warn` returns for a file it did not read
 
 
 def clean(text: Any, limit: int = 300) -> str:
@@ -139,97 +136,26 @@ def warn_stderr(message: str) -> None:
     click.echo(f"warning: {clean(message, 500)}", err=True)
 
 
-def lstat(path: Path) -> os.stat_result | None:
-    """`os.lstat`, or None when the path cannot be looked at (absent, too long, no permission)."""
+def read_or_warn(read: Callable[..., Any], path: Path, warn: Warn, then: str, **kwargs: Any) -> Any:
+    """`read(path, **kwargs)` (a probe.safeio reader), or SKIPPED: a file that is not there is simply
+    absent, one that cannot be read (a link, a FIFO, too large, too deep) is one warning, `<why>; <then>`."""
     try:
-        return os.lstat(path)
-    except (OSError, ValueError):
-        return None
+        return read(path, **kwargs)
+    except safeio.MissingFileError:
+        return SKIPPED
+    except RunFileError as exc:
+        warn(f"{exc}; {then}")
+        return SKIPPED
 
 
-def is_regular(path: Path) -> bool:
-    """A regular file that is not a symlink (nothing is read through a link)."""
-    st = lstat(path)
-    return st is not None and stat.S_ISREG(st.st_mode)
+def read_sweep_file(sweep_dir: Path) -> Any:
+    """sweep.json of a sweep folder (any JSON value); unreadable is one error, as nothing can be shown without it."""
+    from .sweep import SWEEP_FILE
 
-
-def read_bytes(path: Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
-    """The bytes of `path`, which must be a regular file (not a symlink, FIFO or device) of at most max_bytes.
-
-    Opened with O_NOFOLLOW|O_NONBLOCK before anything is checked, so a link to /dev/zero
-    or a FIFO is refused at once instead of hanging.
-    """
     try:
-        fd = os.open(path, _NOFOLLOW)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise RunFileError(path, "is a symlink; probe reads no file of a run through a link") from None
-        raise RunFileError(path, f"cannot read ({exc.strerror or exc})") from None
-    except ValueError as exc:  # a NUL in the name
-        raise RunFileError(path, f"cannot read ({exc})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise RunFileError(path, "is not a regular file")
-        if st.st_size > max_bytes:
-            raise RunFileError(path, f"is {st.st_size} bytes, more than the {max_bytes} allowed")
-        chunks, size = [], 0
-        while chunk := os.read(fd, min(1 << 20, max_bytes + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_bytes:
-                raise RunFileError(path, f"grew past the {max_bytes} bytes allowed while being read")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise RunFileError(path, f"cannot read ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
-
-
-def _depth(obj: Any) -> int:
-    """How deeply containers nest in `obj` (iteratively: a deep value cannot exhaust the stack)."""
-    deepest, stack = 0, [(obj, 1)]
-    while stack:
-        o, d = stack.pop()
-        if isinstance(o, dict | list):
-            deepest = max(deepest, d)
-            if d > MAX_DEPTH:
-                break
-            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
-    return deepest
-
-
-def parse_json(text: str, path: Path) -> Any:
-    """JSON text of `path`, refusing invalid JSON, nesting past MAX_DEPTH and 4,300-digit integers."""
-    try:
-        obj = json.loads(text)
-    except RecursionError:
-        raise RunFileError(path, f"JSON nested deeper than {MAX_DEPTH} levels") from None
-    except ValueError as exc:  # JSONDecodeError, and integers too long to convert
-        raise RunFileError(path, f"not valid JSON ({clean(str(exc).splitlines()[0], 160)})") from None
-    if _depth(obj) > MAX_DEPTH:
-        raise RunFileError(path, f"JSON nested deeper than {MAX_DEPTH} levels")
-    return obj
-
-
-def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
-    """A bounded, link-free JSON read (see `read_bytes`, `parse_json`); any problem is a RunFileError."""
-    data = read_bytes(path, max_bytes)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RunFileError(path, "not UTF-8 text") from None
-    return parse_json(text, path)
-
-
-def read_config(run_path: Path) -> dict[str, Any]:
-    """config.json of a run: a JSON object with a `train` object, else a RunFileError."""
-    from .rundir import CONFIG
-
-    cfg = read_json(run_path / CONFIG)
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("train"), dict):
-        raise RunFileError(run_path / CONFIG, "not a probe config (no 'train' table)")
-    return cfg
+        return safeio.read_json(sweep_dir / SWEEP_FILE, within=sweep_dir)
+    except RunFileError as exc:
+        raise ProbeError(f"{exc} (not a readable sweep file)") from None
 
 
 def read_metrics(run_path: Path, warn: Warn) -> list[dict[str, Any]]:
@@ -237,27 +163,15 @@ def read_metrics(run_path: Path, warn: Warn) -> list[dict[str, Any]]:
     from .rundir import METRICS
 
     p = run_path / METRICS
-    if lstat(p) is None:
-        return []
-    try:
-        lines = read_bytes(p, MAX_METRICS_BYTES).decode("utf-8", errors="replace").splitlines()
-    except ProbeError as exc:
-        warn(f"{exc}; no metrics shown")
-        return []
+    lines = read_or_warn(safeio.read_jsonl_lines, p, warn, "no metrics shown", within=run_path)
     rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = parse_json(line, p)
-        except ProbeError as exc:
-            if i != len(lines) - 1:  # the last line may be torn by a crash mid-write
-                warn(f"{exc} at line {i + 1}; line skipped")
-            continue
-        if not isinstance(row, dict) or not _is_int(row.get("epoch")):
-            warn(f"{p}: line {i + 1} is not a metrics record (no integer 'epoch'); line skipped")
-            continue
-        rows.append(row)
+    for n, row in [] if lines is SKIPPED else lines:
+        if isinstance(row, RunFileError):
+            warn(f"{row}; line skipped")
+        elif not isinstance(row, dict) or not _is_int(row.get("epoch")):
+            warn(f"{p}: line {n} is not a metrics record (no integer 'epoch'); line skipped")
+        else:
+            rows.append(row)
     return rows
 
 
@@ -347,7 +261,7 @@ def linkable(result_dir: Path, name: str) -> tuple[Path | None, str | None]:
     cur = result_dir
     for i, part in enumerate(pp.parts):
         cur = cur / part
-        st = lstat(cur)
+        st = lstat_or_none(cur)
         if st is None:
             return None, None
         if stat.S_ISLNK(st.st_mode):
@@ -389,7 +303,7 @@ def scan_analyses(run_path: Path, warn: Warn) -> tuple[list[tuple[Path, dict[str
     from .rundir import ANALYSES
 
     root = run_path / ANALYSES
-    st = lstat(root)
+    st = lstat_or_none(root)
     if st is None or not stat.S_ISDIR(st.st_mode):
         if st is not None:
             warn(f"{root}: {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a directory'}; no results shown")
@@ -409,15 +323,13 @@ def scan_analyses(run_path: Path, warn: Warn) -> tuple[list[tuple[Path, dict[str
                 expect = {"analysis": a.name, "variant": v.name}
                 if r.name.endswith(".failed.json"):
                     if epoch_dir or r.name == "run.failed.json":
-                        failure = _read_checked(path, FAILURE_FIELDS, ("analysis",), {**expect, "epoch": epoch}, warn)
+                        failure = _read_checked(path, run_path, FAILURE_FIELDS, ("analysis",), {**expect, "epoch": epoch}, warn)
                         if failure is not None:
                             failures.append({"variant": v.name, "epoch": epoch, **failure})
                 elif r.is_dir(follow_symlinks=False) and (epoch_dir or r.name == "run"):
-                    if lstat(path / MANIFEST) is None:
-                        continue  # not a result (yet)
-                    m = _read_checked(path / MANIFEST, MANIFEST_FIELDS, ("format", "analysis"),
+                    m = _read_checked(path / MANIFEST, run_path, MANIFEST_FIELDS, ("format", "analysis"),
                                       {**expect, "epoch": epoch, "scope": "epoch" if epoch_dir else "run"}, warn)
-                    if m is None:
+                    if m is None:  # no manifest (not a result, or not yet), or one warned about
                         continue
                     if m.get("format") != RESULT_FORMAT:
                         warn(f"{path / MANIFEST}: format is not {RESULT_FORMAT}; skipped")
@@ -433,12 +345,11 @@ def scan_analyses(run_path: Path, warn: Warn) -> tuple[list[tuple[Path, dict[str
     return results, failures
 
 
-def _read_checked(path: Path, fields: dict[str, tuple[Callable[[Any], bool], str]], required: Iterable[str],
-                  expect: dict[str, Any], warn: Warn) -> dict[str, Any] | None:
-    try:
-        d = read_json(path)
-    except ProbeError as exc:
-        warn(f"{exc}; skipped")
+def _read_checked(path: Path, run_path: Path, fields: dict[str, tuple[Callable[[Any], bool], str]],
+                  required: Iterable[str], expect: dict[str, Any], warn: Warn) -> dict[str, Any] | None:
+    """A manifest or failure record of the run at `run_path` that fits its shape, else None (warned about unless absent)."""
+    d = read_or_warn(safeio.read_json, path, warn, "skipped", max_bytes=safeio.MAX_CONFIG_BYTES, within=run_path)
+    if d is SKIPPED:
         return None
     problem = shape_problem(d, fields, required, expect)
     if problem:
@@ -602,16 +513,16 @@ def _digest(blob: Any) -> str:
 
 
 def _up_to_date(report_dir: Path, digest: str) -> bool:
-    try:
-        stamp = read_json(report_dir / STAMP)
-    except ProbeError:
+    try:  # confined to the run or sweep: a linked report/ is never read, and refused when written
+        stamp = safeio.read_json(report_dir / STAMP, max_bytes=safeio.MAX_CONFIG_BYTES, within=report_dir.parent)
+    except RunFileError:
         return False
     return isinstance(stamp, dict) and stamp.get("digest") == digest and is_regular(report_dir / INDEX)
 
 
 def check_report_dir(report_dir: Path) -> None:
     """Refuse to replace a `report/` probe did not make: a symlink, a file, or a folder holding other files."""
-    st = lstat(report_dir)
+    st = lstat_or_none(report_dir)
     if st is None:
         return
     if stat.S_ISLNK(st.st_mode):
@@ -686,10 +597,8 @@ class RunData:
 
 def read_run(run_dir: str | Path, display: str, installed: tuple[dict[str, Installed], str], warn: Warn) -> RunData:
     """Read and check everything a run's page shows; problems with single files are warnings."""
-    from .rundir import CONFIG, Run
+    from .rundir import Run
 
-    if lstat(Path(run_dir) / CONFIG) is not None:  # a link or FIFO there: say so, not "no config.json"
-        read_config(Path(run_dir))
     run = Run(run_dir)
     warnings: list[str] = []
 
@@ -697,7 +606,7 @@ def read_run(run_dir: str | Path, display: str, installed: tuple[dict[str, Insta
         warnings.append(msg)
         warn(msg)
 
-    config = read_config(run.path)
+    config = run.config  # bounded, link-free, checked to hold a 'train' table; else one error
     metrics = read_metrics(run.path, note)
     inst, plugin_note = installed
     results, failure_records = scan_analyses(run.path, note)
@@ -730,10 +639,7 @@ def read_sweep_spec(sweep_dir: Path) -> dict[str, Any]:
     """sweep.json as far as the page shows it: name, description, grid and analyses, each of the right type."""
     from .sweep import SWEEP_FILE
 
-    try:
-        spec = read_json(sweep_dir / SWEEP_FILE)
-    except ProbeError as exc:
-        raise ProbeError(f"{exc} (not a readable sweep file)") from None
+    spec = read_sweep_file(sweep_dir)
     if not isinstance(spec, dict):
         raise RunFileError(sweep_dir / SWEEP_FILE, "not a sweep file (not a JSON object)")
     grid = spec.get("grid") if isinstance(spec.get("grid"), dict) else {}
@@ -827,9 +733,9 @@ def report(path: str | Path, *, force: bool = False, echo: Callable[[str], None]
         raise NotARunError(p, reason) from None
     if not stat.S_ISDIR(st.st_mode):
         raise NotARunError(p, "is a file, not a run or sweep directory")
-    if lstat(p / SWEEP_FILE) is not None:
+    if lstat_or_none(p / SWEEP_FILE) is not None:
         return report_sweep(p, force=force, display=str(path), echo=echo)
-    if lstat(p / CONFIG) is not None:
+    if lstat_or_none(p / CONFIG) is not None:
         return report_run(p, force=force, display=str(path))
     raise NotARunError(p, f"neither a run directory (no {CONFIG}) nor a sweep directory (no {SWEEP_FILE}); "
                           "make one with `probe train --run-dir DIR` or `probe sweep SPEC --out DIR`")
@@ -1186,14 +1092,6 @@ def _tick_label(v: float) -> str:
         return f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
     return f"{v:.4g}"
 
-
-
-def _tick_label(v: float) -> str:
-    if v == 0:
-        return "0"
-    if abs(v) >= 1e4 or abs(v) < 1e-3:
-        return f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
-    return f"{v:.4g}"
 
 
 def svg_chart(title: str, series: list[Series], *, ylim: tuple[float, float] | None = None,

@@ -21,6 +21,8 @@ allocated. The API is stable; other modules call it:
     read_json(path, *, max_bytes=..., max_depth=..., within=None) -> Any
     read_jsonl(path, *, max_bytes=..., max_depth=..., within=None,
                skip_torn_tail=True) -> list[Any]
+    read_jsonl_lines(path, ...) -> list[(line number, value or RunFileError)]
+        As read_jsonl, but a bad line is handed back (as its error) instead of raised.
     read_toml(path, *, max_bytes=..., max_depth=..., within=None) -> dict
     sha256_file(path, max_bytes=None, *, within=None) -> str (hex)
     regular_path(path, max_bytes=None, *, within=None)  (context manager) -> str
@@ -194,21 +196,38 @@ def read_jsonl(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: 
     With `numbered`, (line number, value) pairs. An error names the file and the
     line: `<path>: line N is not JSON`, `<path>: line N is nested more than 64 levels deep`.
     """
+    rows: list[Any] = []
+    for n, value in read_jsonl_lines(path, max_bytes=max_bytes, max_depth=max_depth, within=within,
+                                     skip_torn_tail=skip_torn_tail):
+        if isinstance(value, RunFileError):
+            raise value from None
+        rows.append((n, value) if numbered else value)
+    return rows
+
+
+def read_jsonl_lines(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH,
+                     within: str | Path | None = None, skip_torn_tail: bool = True) -> list[tuple[int, Any]]:
+    """(line number, value) per non-empty line, for readers that skip a bad line rather than the file.
+
+    A line that does not parse comes back with, as its value, the RunFileError that
+    `read_jsonl` raises for it (`<path>: line N ...`; nothing JSON parses to is one);
+    the file itself (a link, too large, not UTF-8) is still one RunFileError raised.
+    """
     path = Path(path)
     lines = read_text(path, max_bytes, within=within).splitlines()
-    rows: list[Any] = []
+    rows: list[tuple[int, Any]] = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            value = loads_json(line, source=path, max_depth=max_depth)
+            value: Any = loads_json(line, source=path, max_depth=max_depth)
         except NotJSONError:
             if skip_torn_tail and i == len(lines) - 1:
                 continue
-            raise NotJSONError(path, f"line {i + 1} is not JSON") from None
+            value = NotJSONError(path, f"line {i + 1} is not JSON")
         except RunFileError as exc:
-            raise RunFileError(path, f"line {i + 1} {str(exc)[len(str(path)) + 2:]}") from None
-        rows.append((i + 1, value) if numbered else value)
+            value = RunFileError(path, f"line {i + 1} {str(exc)[len(str(path)) + 2:]}")
+        rows.append((i + 1, value))
     return rows
 
 
@@ -278,5 +297,5 @@ def _short(exc: BaseException) -> str:
 
 
 __all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "MAX_JSON_BYTES", "MAX_CONFIG_BYTES", "MAX_TOML_BYTES", "MissingFileError", "NotJSONError",
-           "json_depth", "loads_json", "open_regular", "read_bytes", "read_json", "read_jsonl", "read_text",
+           "json_depth", "loads_json", "open_regular", "read_bytes", "read_json", "read_jsonl", "read_jsonl_lines", "read_text",
            "read_toml", "regular_path", "sha256_file"]

@@ -9,32 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from curvature_helpers import mse, regression, small_cnn
 
 from probe import landscape as L
 from probe import sharpness as S
 from probe.errors import UsageError
-from probe.model import ModelSpec
-
-
-class Linear(nn.Module):
-    def __init__(self, w: torch.Tensor):
-        super().__init__()
-        self.w = nn.Parameter(w.clone())
-
-    def forward(self, x):
-        return x @ self.w
-
-
-def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((out - y) ** 2).mean()
-
-
-def regression(d: int = 4, n: int = 120, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2.0, d, dtype=torch.float64)
-    y = x @ torch.linspace(-1, 1, d, dtype=torch.float64) + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
-    return Linear(torch.linspace(1.5, -0.5, d, dtype=torch.float64)), x, y
 
 
 def test_split_batches_is_disjoint_and_refuses_too_many_images():
@@ -50,7 +29,7 @@ def test_split_batches_is_disjoint_and_refuses_too_many_images():
 def test_average_over_batches_combined_is_the_full_data_value():
     """Same noise draws on every batch: the combined value is the average-case measure of the
     union (an independent call on all the images), and the mean of the per-batch values."""
-    model, x, y = regression()
+    model, x, y, _ = regression(n=120)
     parts = S.split_batches(x, y, 3, 40)
     kw = {"eps": 0.05, "samples": 30, "seed": 3, "loss_fn": mse, "batch_size": 64}
     spread = S.over_batches("average", model, parts, **kw)
@@ -70,7 +49,7 @@ def test_average_over_batches_combined_is_the_full_data_value():
 
 @pytest.mark.parametrize("measure", ["worst_case", "adaptive"])
 def test_worst_case_over_batches_per_batch_and_combined(measure):
-    model, x, y = regression(seed=1)
+    model, x, y, _ = regression(n=120, seed=1)
     parts = S.split_batches(x, y, 2, 50)
     fn = S.worst_case_sharpness if measure == "worst_case" else S.adaptive_sharpness
     kw = {"eps": 0.02, "steps": 5, "loss_fn": mse}
@@ -97,12 +76,12 @@ def test_distinguishable_from_zero_flag():
     assert avg(0.02, 0.01).distinguishable_from_zero is True  # |v| = 2 s.e. counts as distinguishable
     assert S.SharpnessResult("worst_case", 1e-3, "linf", 1, 1, 0, None, 5, "").distinguishable_from_zero is None
     # real: antithetic noise on a quadratic loss (positive-definite Hessian) is clearly non-zero
-    model, x, y = regression()
+    model, x, y, _ = regression(n=120)
     assert S.average_sharpness(model, x, y, eps=0.05, samples=50, loss_fn=mse).distinguishable_from_zero
 
 
 def test_average_draws_until_the_target_standard_error():
-    model, x, y = regression()
+    model, x, y, _ = regression(n=120)
     kw = {"eps": 0.05, "loss_fn": mse, "seed": 2}
     fixed = S.average_sharpness(model, x, y, samples=5, **kw)
     assert fixed.samples == 5 and fixed.target_reached is None
@@ -122,14 +101,7 @@ def test_average_draws_until_the_target_standard_error():
 
 @pytest.fixture
 def cnn():
-    torch.manual_seed(0)
-    model = ModelSpec(depth=2, base_width=4, hidden=8).build()
-    with torch.no_grad():
-        model.train()
-        for _ in range(3):
-            model(torch.randn(16, 3, 16, 16) * 1.5 + 0.3)
-    model.eval()
-    return model, torch.randn(24, 3, 16, 16), torch.randint(0, 10, (24,))
+    return small_cnn(24)
 
 
 def test_landscape_center_over_batches(cnn):

@@ -8,24 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from curvature_helpers import small_cnn
 from torch import nn
 
 from probe import landscape as L
 from probe.errors import ProbeError, UsageError
-from probe.model import ModelSpec
 
 
 @pytest.fixture
 def cnn():
     """A small CNN whose BatchNorm running statistics differ from batch statistics."""
-    torch.manual_seed(0)
-    model = ModelSpec(depth=2, base_width=4, hidden=8).build()
-    with torch.no_grad():
-        model.train()
-        for _ in range(3):
-            model(torch.randn(16, 3, 16, 16) * 1.5 + 0.3)
-    model.eval()
-    return model, torch.randn(21, 3, 16, 16), torch.randint(0, 10, (21,))
+    return small_cnn(21)
 
 
 def direct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor]) -> tuple[float, float]:

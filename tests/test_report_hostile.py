@@ -29,7 +29,7 @@ import pytest
 import test_report
 from click.testing import CliRunner
 
-from probe import atomic, compare, plugins, report
+from probe import atomic, compare, plugins, report, safeio
 from probe.cli import ProbeGroup
 from probe.report import INDEX, REPORT_DIR, Installed, report_run, report_sweep
 
@@ -350,17 +350,18 @@ WARNED = {
     "format-other": (_set(M0, format="probe-result/99"), "format is not probe-result/1; skipped"),
     "no-analysis": (_write(M0, json.dumps({"format": "probe-result/1"})), "no 'analysis' field; skipped"),
     "manifest-list": (_write(M0, "[]"), f"{M0}: not a JSON object; skipped"),
-    "manifest-garbage": (_write(M0, "{not json"), "not valid JSON (Expecting property name"),
-    "manifest-deep": (_write(M0, DEEP), "JSON nested deeper than 64 levels; skipped"),
+    "manifest-garbage": (_write(M0, "{not json"), "is not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2); skipped"),
+    "manifest-deep": (_write(M0, DEEP), f"{M0}: is nested more than 64 levels deep; skipped"),
     "manifest-nested-70": (_write(M0, '{"format": "probe-result/1", "analysis": "demo", "x": ' + "[" * 70 + "]" * 70 + "}"),
-                           "JSON nested deeper than 64 levels; skipped"),
+                           f"{M0}: is nested more than 64 levels deep; skipped"),
     "manifest-5000-digits": (_write(M0, '{"format": "probe-result/1", "analysis": "demo", "seconds": ' + "9" * 5000 + "}"),
-                             "not valid JSON (Exceeds the limit (4300 digits) for integer string conversion"),
-    "manifest-not-utf8": (lambda run, out: (run / M0).write_bytes(b"\xff\xfe{}"), "not UTF-8 text; skipped"),
-    "manifest-too-big": (_write(M0, " " * (report.MAX_JSON_BYTES + 1) + "{}"), "bytes, more than the 8388608 allowed; skipped"),
-    "manifest-fifo": (_fifo(M0), f"{M0}: is not a regular file; skipped"),
-    "manifest-link-dev-zero": (_link(M0, ""), f"{M0}: is a symlink; probe reads no file of a run through a link; skipped"),
-    "manifest-link-outside": (_link(M0, "sub/manifest.json"), "is a symlink; probe reads no file of a run through a link; skipped"),
+                             f"{M0}: holds an integer of 5,000 digits (at most 40 allowed); skipped"),
+    "manifest-not-utf8": (lambda run, out: (run / M0).write_bytes(b"\xff\xfe{}"), f"{M0}: is not UTF-8 text (byte 0); skipped"),
+    "manifest-too-big": (_write(M0, " " * (safeio.MAX_CONFIG_BYTES + 1) + "{}"),
+                         f"{M0}: is 1,048,579 bytes, more than the 1,048,576 allowed for this file; skipped"),
+    "manifest-fifo": (_fifo(M0), f"{M0}: is a FIFO (named pipe), not a regular file; skipped"),
+    "manifest-link-dev-zero": (_link(M0, ""), f"{M0}: is a symbolic link, not a regular file (probe does not follow links here); skipped"),
+    "manifest-link-outside": (_link(M0, "sub/manifest.json"), f"{M0}: is a symbolic link, not a regular file (probe does not follow links here); skipped"),
     "file-dotdot": (_files("../../../../outside/secret.txt"), "file '../../../../outside/secret.txt' leaves its result folder; not linked"),
     "file-absolute": (_files("/etc/passwd"), "file '/etc/passwd' is an absolute path; not linked"),
     "file-symlink": (_extra("link.png", "link"), "file 'link.png' is a symlink; not linked"),
@@ -377,8 +378,8 @@ WARNED = {
     "failure-link": (_link("analyses/boom/default/epoch_0001.failed.json", "secret.txt"), "epoch_0001.failed.json: a symlink; skipped"),
     "metrics-middle-line": (_write("metrics.jsonl", '{"epoch": 0}\n[1, 2]\n{"epoch": 1}\n'), "metrics.jsonl: line 2 is not a metrics record (no integer 'epoch'); line skipped"),
     "metrics-epoch-string": (_write("metrics.jsonl", '{"epoch": "1"}\n{"epoch": 1}\n'), "line 1 is not a metrics record (no integer 'epoch'); line skipped"),
-    "metrics-deep": (_write("metrics.jsonl", DEEP + '\n{"epoch": 1}\n'), "JSON nested deeper than 64 levels at line 1; line skipped"),
-    "metrics-link": (_link("metrics.jsonl", "secret.txt"), "metrics.jsonl: is a symlink; probe reads no file of a run through a link; no metrics shown"),
+    "metrics-deep": (_write("metrics.jsonl", DEEP + '\n{"epoch": 1}\n'), "metrics.jsonl: line 1 is nested more than 64 levels deep; line skipped"),
+    "metrics-link": (_link("metrics.jsonl", "secret.txt"), "metrics.jsonl: is a symbolic link, not a regular file (probe does not follow links here); no metrics shown"),
 }
 
 
@@ -402,12 +403,12 @@ def test_crafted_file_is_skipped_with_one_warning(tmp_path, empty_registry, sent
 
 # (edit, the error line's expected text) -- nothing written, exit 1.
 REFUSED = {
-    "config-deep": (_write("config.json", DEEP), "config.json: JSON nested deeper than 64 levels"),
+    "config-deep": (_write("config.json", DEEP), "config.json: is nested more than 64 levels deep"),
     "config-list": (_write("config.json", "[]"), "config.json: not a probe config (no 'train' table)"),
     "config-train-string": (_write("config.json", '{"train": "x"}'), "config.json: not a probe config (no 'train' table)"),
-    "config-digits": (_write("config.json", '{"train": {"epochs": ' + "1" * 5000 + "}}"), "config.json: not valid JSON (Exceeds the limit"),
-    "config-dev-zero": (_link("config.json", ""), "config.json: is a symlink; probe reads no file of a run through a link"),
-    "config-outside": (_link("config.json", "secret.txt"), "config.json: is a symlink"),
+    "config-digits": (_write("config.json", '{"train": {"epochs": ' + "1" * 5000 + "}}"), "config.json: holds an integer of 5,000 digits (at most 40 allowed)"),
+    "config-dev-zero": (_link("config.json", ""), "config.json: is a symbolic link, not a regular file (probe does not follow links here)"),
+    "config-outside": (_link("config.json", "secret.txt"), "config.json: is a symbolic link, not a regular file (probe does not follow links here)"),
     "report-link": (_link("report", "sub"), "report: is a symlink; probe writes no report through a link (remove it)"),
     "report-file": (_write("report", "x"), "report: is not a directory (move it away to write the report)"),
     "report-user-files": (lambda run, out: ((run / "report").mkdir(), (run / "report/NOTES.md").write_text("mine")),
@@ -472,13 +473,13 @@ SWEEP_WARNED = {
     "status-runs-list": (_status({"runs": ["lr=0.1"]}), "status.json: not a sweep status (no 'runs' object); ignored"),
     "status-entry-string": (_status({"runs": {"lr=0.1": "failed"}}), "the entry of 'lr=0.1' is not a status (state and error strings); ignored"),
     "status-error-dict": (_status({"runs": {"lr=0.1": {"state": "failed", "error": {"x": 1}}}}), "the entry of 'lr=0.1' is not a status"),
-    "status-deep": (lambda s, o: (s / "status.json").write_text(DEEP), "status.json: JSON nested deeper than 64 levels; ignored"),
-    "point-absolute": (None, "point 4 ('OUTSIDE') would leave the sweep folder; skipped"),
-    "point-dotdot": (_points("../x"), "point 4 ('../x') would leave the sweep folder; skipped"),
-    "point-dot": (_points(".."), "point 4 ('..') would leave the sweep folder; skipped"),
-    "point-long": (_points("x" * 300), "is longer than a file name may be; skipped"),
-    "point-symlink": (_point_link, "point 4 ('evil') is a symlink; skipped"),
-    "point-int": (_points(7), "point 4 (7) has no name; skipped"),
+    "status-deep": (lambda s, o: (s / "status.json").write_text(DEEP), "status.json: is nested more than 64 levels deep; ignored"),
+    "point-absolute": (None, "sweep.json: point 4: 'OUTSIDE' is not a folder name (it must be one name, no '/' or '..'); skipped"),
+    "point-dotdot": (_points("../x"), "sweep.json: point 4: '../x' is not a folder name (it must be one name, no '/' or '..'); skipped"),
+    "point-dot": (_points(".."), "sweep.json: point 4: '..' is not a folder name (it must be one name, no '/' or '..'); skipped"),
+    "point-long": (_points("x" * 300), "sweep.json: point 4: a name of 300 bytes is longer than a folder name may be (255); skipped"),
+    "point-symlink": (_point_link, "/evil: is a symbolic link; probe never writes through a link out of"),
+    "point-int": (_points(7), "sweep.json: point 4: 7 is not a folder name (it must be one name, no '/' or '..'); skipped"),
     "point-twice": (_points("lr=0.1"), "point 4 ('lr=0.1') is listed twice; skipped"),
 }
 
@@ -502,7 +503,7 @@ def test_crafted_sweep_files_are_warned_about_once(tmp_path, empty_registry, sen
 
 
 @pytest.mark.parametrize("text, expected", [
-    (DEEP, "sweep.json: JSON nested deeper than 64 levels (not a readable sweep file)"),
+    (DEEP, "sweep.json: is nested more than 64 levels deep (not a readable sweep file)"),
     ("[]", "sweep.json: not a readable sweep file (no 'points' list)"),
     ('{"points": [], "grid": 3}', "sweep.json: not a readable sweep file (no 'grid' object)"),
 ])

@@ -7,35 +7,11 @@ import itertools
 
 import pytest
 import torch
-from torch import nn
+from curvature_helpers import mse, regression
 
 from probe import sharpness as S
 from probe.errors import ProbeError, UsageError
 from probe.model import ModelSpec
-
-
-class Linear(nn.Module):
-    """x @ w: with the squared error its loss is exactly quadratic in w."""
-
-    def __init__(self, w: torch.Tensor):
-        super().__init__()
-        self.w = nn.Parameter(w.clone())
-
-    def forward(self, x):
-        return x @ self.w
-
-
-def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((out - y) ** 2).mean()
-
-
-def regression(d: int = 4, n: int = 200, seed: int = 0, at_minimum: bool = False):
-    """L(w) = mean (x.w - y)^2: gradient 2 X^T (Xw - y) / n, Hessian 2 X^T X / n."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2.0, d, dtype=torch.float64)
-    y = x @ torch.linspace(-1, 1, d, dtype=torch.float64) + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
-    w = torch.linalg.lstsq(x, y).solution if at_minimum else torch.linspace(1.5, -0.5, d, dtype=torch.float64)
-    return Linear(w), x, y, 2 * x.T @ x / n
 
 
 def loss_at(x, y, w):
