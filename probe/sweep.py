@@ -268,14 +268,11 @@ def read_status(sweep_dir: Path) -> dict[str, dict[str, Any]]:
     It is only a record of past attempts (the run directories are the truth), and it
     is untrusted: its keys are only ever looked up, never used as paths.
     """
-    import json
+    from . import safeio
 
-    p = sweep_dir / STATUS_FILE
-    try:
-        if not p.is_file() or p.stat().st_size > _STATUS_LIMIT:
-            return {}
-        d = json.loads(p.read_bytes().decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
+    try:  # a regular file inside the sweep folder, bounded in size and nesting (probe.safeio)
+        d = safeio.read_json(sweep_dir / STATUS_FILE, max_bytes=_STATUS_LIMIT, within=sweep_dir)
+    except ProbeError:
         return {}
     runs = d.get("runs") if isinstance(d, dict) else None
     if not isinstance(runs, dict):
