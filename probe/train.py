@@ -557,6 +557,9 @@ def _train_locked(run_dir: Path, cfg: TrainConfig, device: torch.device, ds: dat
         log(f"training {count_params(trainer.spec):,}-parameter depth-{cfg.model_depth} CNN (width {trainer.spec.base_width}) "
             f"on {trainer.train_x.shape[0]:,} images, {cfg.epochs} epochs, {device}; run directory {run_dir}")
     else:
+        if start - 1 > cfg.epochs:  # shrinking a run would make config.json contradict its checkpoints
+            raise UsageError("--epochs", f"{run_dir} already holds {start - 1} trained epochs; give --epochs {start - 1} "
+                                         "or more to continue it (nothing was changed)")
         atomic.write_json(run_dir / rundir.CONFIG, {**rundir.Run(run_dir).config, "train": cfg.to_dict()})
     if start > cfg.epochs:
         write_metrics(run_dir, history)  # a kill after the last checkpoint left its metrics line unwritten

@@ -164,3 +164,21 @@ def test_force_checks_every_option_before_deleting(tmp_path: Path, cache: Path) 
         result = probe_cli("train", "--run-dir", run_dir, "--data", data, "--quiet", *SMALL_CLI, "--force", *flags)
         error_line(result, option)
         assert tree(run_dir) == before
+
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    """`--resume --epochs 1` on a 2-epoch run would leave config.json saying 1 epoch beside 2 checkpoints."""
+    import dataclasses
+
+    from probe.errors import UsageError
+    from probe.rundir import Run
+    from probe.testing import make_tiny_run, synthetic_dataset
+    from probe.train import train
+
+    run = make_tiny_run(tmp_path / "run", epochs=2)
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    cfg = dataclasses.replace(Run(run).train_config(), epochs=1)
+    with pytest.raises(UsageError, match=r"^--epochs: .* already holds 2 trained epochs; give --epochs 2 or more"):
+        train(run, cfg, resume=True, quiet=True, dataset=synthetic_dataset())
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
