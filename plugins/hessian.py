@@ -47,10 +47,17 @@ class Params:
                                          "in order; with warm_start=false they are independent pieces that "
                                          "`probe analyze --workers/--dask-workers/--scheduler` spreads out).")
     seed: int = probe.param(0, "Seed for start and probe vectors.", min=0, max=2**32 - 1)
+    operator: str = probe.param("hessian", "Curvature matrix: the Hessian, or the generalised Gauss-Newton "
+                                           "(positive semi-definite; probe.operators).", choices=("hessian", "ggn"))
+    trace_method: str = probe.param("hutchinson", "Trace estimator; trace_samples is its number of products "
+                                                  "(hutch++ needs >= 6).", choices=("hutchinson", "hutch++"))
 
     def __post_init__(self) -> None:
         if self.trace_samples == 1:
             raise ValueError("trace_samples must be 0 or >= 2 (a standard error needs two samples)")
+        if self.trace_method == "hutch++" and 0 < self.trace_samples < 6:
+            raise ValueError("trace_samples must be 0 or >= 6 with trace_method=hutch++ (a third sketches, a third "
+                             "is exact, the rest needs two samples for a standard error)")
 
 
 def check_cost(p: Params, n: int) -> None:
@@ -89,7 +96,8 @@ def run(ctx: probe.Context) -> None:
     wd = float(train.get("weight_decay", 0.0)) if p.weight_decay else 0.0
     kw = dict(top_k=p.top_k, smallest=p.smallest, method=p.method, trace_samples=p.trace_samples,
               density_runs=p.density_runs, density_steps=p.density_steps, tol=p.tol, residual_tol=p.residual_tol,
-              max_iter=p.max_iter, bn=p.bn, weight_decay=wd, batch_size=p.batch_size, seed=p.seed)
+              max_iter=p.max_iter, bn=p.bn, weight_decay=wd, batch_size=p.batch_size, seed=p.seed,
+              operator=p.operator, trace_method=p.trace_method)
     rows, prev, density = [], None, None
     if p.warm_start or ctx.executor is None:
         for epoch in ctx.progress(ctx.epochs, "epochs"):
@@ -128,6 +136,7 @@ def run(ctx: probe.Context) -> None:
         arrays.update(density_nodes=density.nodes.numpy(), density_weights=density.weights.numpy())
     attrs = {"loss_definition": rows[-1][1].loss_definition, "top_label": top_label, "bottom_label": other or "",
              "method": p.method, "bn": p.bn, "n_images": len(x), "seed": p.seed,
+             "operator": p.operator, "trace_method": p.trace_method,
              "labels": "LA: largest algebraic, SA: smallest algebraic, LM: largest magnitude (may be negative)"}
     # The edge of stability (Cohen et al., 2021): gradient descent with step size lr is unstable along
     # directions of curvature above 2/lr; heavy-ball momentum beta moves the threshold to 2(1+beta)/lr.
@@ -180,7 +189,7 @@ def _figure(ctx, a, top_label: str, other: str | None, density) -> None:
         ax.plot(a["epoch"], a["edge_of_stability"], "k:", lw=1.2, marker="_", ms=12, label="edge of stability (2/lr)")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_yscale("symlog", linthresh=max(1e-3, float(np.nanmax(np.abs(a["top"]))) * 1e-3))
-    ax.set(xlabel="epoch", ylabel="eigenvalue", title="Hessian eigenvalues (x: not converged)")
+    ax.set(xlabel="epoch", ylabel="eigenvalue", title=f"{'GGN' if ctx.params.operator == 'ggn' else 'Hessian'} eigenvalues (x: not converged)")
     ax.legend(fontsize=7)
     ax = axes[1]
     ax.plot(a["epoch"], a["subspace_overlap"], "o-", ms=3, label="subspace (mean cos^2)")

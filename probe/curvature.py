@@ -612,15 +612,20 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
                      max_iter: int = 100, init: torch.Tensor | None = None, bn: str = "eval",
                      weight_decay: float = 0.0, batch_size: int = 256, loss_fn: LossFn | None = None,
                      params: Sequence[str] | None = None, dtype: torch.dtype | None = None,
-                     hvp: str = "auto", seed: int = 0) -> HessianReport:
+                     hvp: str = "auto", seed: int = 0, operator: str = "hessian",
+                     trace_method: str = "hutchinson") -> HessianReport:
     """Top-k (LA) and smallest (SA) Hessian eigenvalues, and optionally trace and density.
 
     method="lanczos" (default) gets both ends from one Krylov space. method="power"
     runs deflated power iteration, which finds the largest-magnitude (LM) eigenvalues,
     then shifted power iteration for the opposite end; the labels say which is which.
     `init` (rows = the previous epoch's LA eigenvectors) warm-starts the run, and the
-    report gives their overlap with the new ones.
+    report gives their overlap with the new ones. `operator` ("hessian" or "ggn",
+    `probe.operators`) picks the matrix, `trace_method` ("hutchinson" or "hutch++")
+    the trace estimator.
     """
+    from .operators import make_operator, trace_estimate
+
     check(top_k >= 1, "top_k", f"must be >= 1, got {top_k}")
     check(method in ("lanczos", "power"), "method", f"must be 'lanczos' or 'power', got {method!r}")
     check(trace_samples == 0 or trace_samples >= 2, "trace_samples", f"must be 0 or >= 2, got {trace_samples}")
@@ -628,7 +633,7 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
     loss = BatchedLoss(model, x, y, loss_fn=loss_fn, batch_size=batch_size, bn=bn, params=params,
                        dtype=dtype, weight_decay=weight_decay)
     value = check_finite(loss.value())
-    op = HessianOperator(loss, hvp)
+    op = make_operator(operator, loss, hvp)
     check(init is None or init.shape[-1] == op.dim, "init",
           f"vectors have length {None if init is None else init.shape[-1]}, the operator has {op.dim}")
     eigen: list[EigenResult] = []
@@ -646,7 +651,7 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
     if init is not None:
         report.overlap, report.subspace_overlap = eigenvector_overlap(init, top.vectors)
     if trace_samples:
-        report.trace = hutchinson_trace(op, trace_samples, seed=seed)
+        report.trace = trace_estimate(trace_method, op, trace_samples, seed=seed)
     if density_runs:
         report.density = slq_density(op, density_runs, density_steps, seed=seed)
     report.hvps = op.hvps
