@@ -13,7 +13,6 @@ from torch.func import functional_call, jacrev
 from probe import curvature as C
 from probe import operators as O
 from probe.errors import UsageError
-from probe.model import ModelSpec
 
 
 def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
