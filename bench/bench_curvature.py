@@ -2,7 +2,8 @@
 
 Run by hand (not a test); prints one JSON line per measurement:
 
-    python bench/bench_curvature.py [--device cuda] [--threads 1] [--section hvp|eigen|grid|all]
+    python bench/bench_curvature.py [--device cuda] [--threads 1] [--section hvp|eigen|grid|ggn|all]
+    python bench/bench_curvature.py --section trace --run RUN --epoch E --seeds 20 --products N
 
 - hvp:   one Hessian-vector product (double backward with and without the cached
          first-order graph, forward-over-reverse) against one plain gradient, same batch.
@@ -11,6 +12,13 @@ Run by hand (not a test); prints one JSON line per measurement:
 - grid:  a 21x21 loss grid: the notebook's loop (train-mode BatchNorm, weights copied in
          per point) vs probe.landscape.surface vs 441 raw eval-mode forwards, at 64 and
          1024 samples (at 1024 only --rows-1024 rows are timed and scaled to 21 rows).
+- ggn:   one Gauss-Newton product (jvp + closed-form softmax Hessian + vjp, cached
+         reverse graph and uncached) against one Hessian-vector product (cached
+         double backward) and one gradient, at --ggn-batches images.
+- trace: on a run's checkpoint (--run, --epoch), the spread over --seeds seeds of
+         Hutchinson's and Hutch++'s trace estimates at --products products each, with
+         the spectrum facts that bound Hutch++'s gain (top-k eigenvalues, the share of
+         ||H||_F^2 they carry).
 
 The model is the notebook's SimpleCNN trained for --train-steps SGD steps on CIFAR-10
 (--data; random images if the folder is missing), cached under $PROBE_CACHE.
@@ -34,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probe import curvature as C  # noqa: E402
 from probe import landscape as L  # noqa: E402
+from probe import operators as O  # noqa: E402
 from probe.model import CIFAR10_MEAN, CIFAR10_STD, ModelSpec  # noqa: E402
 
 
@@ -309,12 +318,86 @@ def bench_grid(model, x, y, args) -> None:
              fastest=fastest, speedup_vs_notebook=t["notebook"] / t[fastest],
              vs_raw_forward=t[fastest] / t["raw_forward"])
 
+# --- ggn ---------------------------------------------------------------------------------
+
+def bench_ggn(model, x, y, args) -> None:
+    """GGN product vs Hessian-vector product, interleaved, on the same batch and vector."""
+    for n in args.ggn_batches:
+        loss = C.BatchedLoss(model, x[:n], y[:n], batch_size=n)
+        ops = {"hvp_cached": O.hessian_operator(loss, "double_backward", cache=True),
+               "ggn_cached": O.ggn_operator(loss, cache=True),
+               "ggn_uncached": O.ggn_operator(loss, cache=False)}
+        v = torch.randn(loss.dim, device=loss.device, generator=torch.Generator().manual_seed(0))
+        for op in ops.values():
+            op.matvec(v)  # warm up; builds the cached graphs
+        times = {"gradient": [], **{k: [] for k in ops}}
+        for _ in range(args.repeats):
+            times["gradient"].append(best(loss.value_and_grad, 1))
+            for k, op in ops.items():
+                times[k].append(best(lambda op=op, v=v: op.matvec(v), 1))
+        t = {k: min(ts) for k, ts in times.items()}
+        gv, hv = ops["ggn_cached"].matvec(v), ops["hvp_cached"].matvec(v)
+        emit(section="ggn", batch=n, **{f"{k}_s": val for k, val in t.items()},
+             ggn_cached_x_hvp=t["ggn_cached"] / t["hvp_cached"], ggn_uncached_x_hvp=t["ggn_uncached"] / t["hvp_cached"],
+             hvp_x_gradient=t["hvp_cached"] / t["gradient"], ggn_cached_x_gradient=t["ggn_cached"] / t["gradient"],
+             vGv=float(v @ gv), vHv=float(v @ hv), repeats=args.repeats)
+        del ops
+
+
+# --- trace -------------------------------------------------------------------------------
+
+def bench_trace(args) -> None:
+    """Hutchinson vs Hutch++ at an equal number of products on a real checkpoint, over seeds."""
+    from probe.rundir import Run
+
+    run = Run(args.run)
+    batch = run.analysis_batch()
+    x, y = batch.normalized(args.device)[:args.trace_batch], batch.labels[:args.trace_batch].to(args.device)
+    model = run.model(args.epoch, device=args.device)
+    loss = C.BatchedLoss(model, x, y, batch_size=len(x))
+    op = O.make_operator(args.operator, loss)
+    m, k = args.products, args.products // 3
+    t0 = time.perf_counter()
+    # Hutchinson: keep every single sample (v.Hv, and ||Hv||^2, whose mean estimates ||H||_F^2)
+    singles, frob = [], []
+    for seed in range(args.seeds):
+        gen = torch.Generator().manual_seed(seed)
+        row = []
+        for _ in range(m):
+            v = C._rademacher(op, gen)
+            hv = op.matvec(v)
+            row.append(float(v @ hv))
+            frob.append(float(hv @ hv))
+        singles.append(row)
+    hut = np.array(singles).mean(1)
+    hpp_res = [O.hutchpp_trace(op.matvec, op.dim, m, seed, dtype=op.dtype, device=op.device) for seed in range(args.seeds)]
+    hpp = np.array([r.trace for r in hpp_res])
+    seconds = time.perf_counter() - t0
+    # the spectrum: both ends from one Lanczos run, 2k pairs asked (k = the sketch size)
+    top, bottom = C.lanczos(O.make_operator(args.operator, loss), k, smallest=k, tol=1e-4, residual_tol=1e-2,
+                            max_iter=args.lanczos_steps, verify=False)
+    ev = torch.cat([top.values, bottom.values]).abs().sort(descending=True).values[:k]
+    fro2 = float(np.mean(frob))
+    share = float((ev ** 2).sum()) / fro2
+    var_single = float(np.var(np.array(singles).ravel(), ddof=1))
+    emit(section="trace", run=str(args.run), epoch=args.epoch, operator=args.operator, batch=len(x), dim=op.dim,
+         products=m, sketch=k, seeds=args.seeds,
+         hutchinson_mean=float(hut.mean()), hutchpp_mean=float(hpp.mean()),
+         hutchinson_var=float(np.var(hut, ddof=1)), hutchpp_var=float(np.var(hpp, ddof=1)),
+         var_ratio=float(np.var(hut, ddof=1) / np.var(hpp, ddof=1)),
+         hutchinson_var_from_all_samples=var_single / m,
+         var_ratio_from_all_samples=var_single / m / float(np.var(hpp, ddof=1)),
+         hutchpp_stated_stderr_rms=float(np.sqrt(np.mean([r.stderr ** 2 for r in hpp_res]))),
+         frobenius2=fro2, top_k_abs_eigenvalues=ev.tolist()[:10], top_k_frobenius_share=share,
+         theory_ratio=1 / (3 * max(1 - share, 1e-12)), lanczos_hvps=top.hvps,
+         top_converged=int(top.converged.sum()), seconds=seconds)
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--section", default="all", choices=["hvp", "eigen", "grid", "all"])
+    p.add_argument("--section", default="all", choices=["hvp", "eigen", "grid", "ggn", "trace", "all"])
     p.add_argument("--data", default="/work/shared/data/cifar10")
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
@@ -322,11 +405,23 @@ def main() -> None:
     p.add_argument("--eigen-batch", type=int, default=64)
     p.add_argument("--power-max", type=int, default=300)
     p.add_argument("--rows-1024", type=int, default=1)
-    p.add_argument("--run", help="eigen section on this run's checkpoints and analysis batch instead")
+    p.add_argument("--ggn-batches", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--run", help="eigen section (or --section trace) on this run's checkpoints and analysis batch")
+    p.add_argument("--epoch", type=int, default=None, help="with --section trace: the checkpoint")
+    p.add_argument("--seeds", type=int, default=20, help="with --section trace: seeds per estimator")
+    p.add_argument("--products", type=int, default=30, help="with --section trace: products per estimate")
+    p.add_argument("--trace-batch", type=int, default=256, help="with --section trace: images of the analysis batch")
+    p.add_argument("--operator", default="hessian", choices=list(O.OPERATORS), help="with --section trace")
+    p.add_argument("--lanczos-steps", type=int, default=80, help="with --section trace: spectrum steps")
     p.add_argument("--epochs", default="all", help="with --run: which epochs (probe analyze's --epochs syntax)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.section == "trace":
+        if not args.run or args.epoch is None:
+            p.error("--section trace needs --run and --epoch")
+        bench_trace(args)
+        return
     if args.run:
         bench_eigen_run(args)
         return
@@ -336,7 +431,7 @@ def main() -> None:
     emit(section="setup", device=args.device, threads=torch.get_num_threads(), torch=torch.__version__,
          params=sum(p.numel() for p in model.parameters()), train_steps=args.train_steps,
          data=args.data if Path(args.data).is_dir() else "random")
-    for name, fn in (("hvp", bench_hvp), ("eigen", bench_eigen), ("grid", bench_grid)):
+    for name, fn in (("hvp", bench_hvp), ("eigen", bench_eigen), ("grid", bench_grid), ("ggn", bench_ggn)):
         if args.section in (name, "all"):
             fn(model, x, y, args)
 

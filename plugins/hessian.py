@@ -17,6 +17,7 @@ Another operator plugs in through `hessian_analysis(operator=...)`. Numerics:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import probe
@@ -65,12 +66,22 @@ class Params:
                                          "in order; with warm_start=false they are independent pieces that "
                                          "`probe analyze --workers/--dask-workers/--scheduler` spreads out).")
     seed: int = probe.param(0, "Seed for start and probe vectors.", min=0, max=2**32 - 1)
+    operator: str = probe.param("hessian", "Curvature matrix: the Hessian, or the generalised Gauss-Newton "
+                                           "(positive semi-definite; probe.operators).", choices=("hessian", "ggn"))
+    trace_method: str = probe.param("hutchinson", "Trace estimator; trace_samples is its number of products "
+                                                  "(hutch++ needs >= 6).", choices=("hutchinson", "hutch++"))
 
     def __post_init__(self) -> None:
         if self.trace_samples == 1:
             raise ValueError("trace_samples must be 0 or >= 2 (a standard error needs two samples)")
         if len(self.blocks) > 1000:
             raise ValueError("blocks must be at most 1000 characters")
+        if self.trace_method == "hutch++" and 0 < self.trace_samples < 6:
+            raise ValueError("trace_samples must be 0 or >= 6 with trace_method=hutch++ (a third sketches, a third "
+                             "is exact, the rest needs two samples for a standard error)")
+        if self.trace_method == "hutch++" and (self.batches > 1 or self.blocks != "none"):
+            raise ValueError("trace_method=hutch++ estimates one operator's trace: use batches=1 and blocks=none "
+                             "(hutchinson gives per-batch and per-block traces)")
 
 
 def check_cost(p: Params, n: int) -> None:
@@ -114,6 +125,7 @@ def run(ctx: probe.Context) -> None:
     import numpy as np
 
     from probe import curvature as C
+    from probe.operators import make_operator
 
     p = ctx.params
     check_cost(p, sum(w.numel() for w in ctx.model(ctx.epochs[0]).parameters()))
@@ -125,7 +137,8 @@ def run(ctx: probe.Context) -> None:
     kw = dict(top_k=p.top_k, smallest=p.smallest, method=p.method, trace_samples=p.trace_samples,
               density_runs=p.density_runs, density_steps=p.density_steps, tol=p.tol, residual_tol=p.residual_tol,
               max_iter=p.max_iter, bn=p.bn, weight_decay=wd, batch_size=p.batch_size, seed=p.seed,
-              batches=p.batches, blocks=p.blocks)
+              batches=p.batches, blocks=p.blocks, trace_method=p.trace_method, operator_name=p.operator,
+              operator=None if p.operator == "hessian" else functools.partial(make_operator, p.operator))
     last = ctx.epochs[-1]
 
     def for_epoch(epoch: int) -> dict:  # the density is plotted for the last epoch only: computed there only
@@ -146,6 +159,7 @@ def run(ctx: probe.Context) -> None:
         rows = list(zip(ctx.epochs, ctx.map(epoch_piece, jobs, "epochs"), strict=True))
     density = rows[-1][1].density
     arrays, attrs = series(rows, p)
+    attrs["trace_method"] = p.trace_method
     lrs = {m["epoch"]: m.get("lr") for m in ctx.metrics(ctx.epochs)}
     # The edge of stability (Cohen et al., 2021): gradient descent with step size lr is unstable along
     # directions of curvature above 2/lr; heavy-ball momentum beta moves the threshold to 2(1+beta)/lr.
@@ -303,9 +317,10 @@ def _figure(ctx, a, top_label: str, other: str | None, density, batches: int) ->
         ax.plot(a["epoch"], a["edge_of_stability"], "k:", lw=1.2, marker="_", ms=12, label="edge of stability (2/lr)")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_yscale("symlog", linthresh=max(1e-3, float(np.nanmax(np.abs(a["top"]))) * 1e-3))
-    title = "Hessian eigenvalues (x: not converged)"
+    name = "GGN" if ctx.params.operator == "ggn" else "Hessian"
+    title = f"{name} eigenvalues (x: not converged)"
     if batches > 1:
-        title = f"Hessian eigenvalues, {batches} batches\n(lines: combined; bars: mean +- s.e. over batches)"
+        title = f"{name} eigenvalues, {batches} batches\n(lines: combined; bars: mean +- s.e. over batches)"
     ax.set(xlabel="epoch", ylabel="eigenvalue", title=title)
     ax.legend(fontsize=7)
     ax = axes[1]

@@ -804,7 +804,8 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
                      params: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                      hvp: str = "auto", seed: int = 0, batches: int = 1, blocks: str = "none",
                      block_init: dict[str, torch.Tensor] | None = None,
-                     operator: OperatorFactory | None = None, operator_name: str = "hessian") -> HessianReport:
+                     operator: OperatorFactory | None = None, operator_name: str = "hessian",
+                     trace_method: str = "hutchinson") -> HessianReport:
     """Top-k (LA) and smallest (SA) Hessian eigenvalues, and optionally trace, density and per-block figures.
 
     method="lanczos" (default) gets both ends from one Krylov space. method="power"
@@ -826,8 +827,12 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
     or name patterns, see `parameter_blocks`) adds the top eigenpair of each diagonal
     block of the combined operator (warm-started from `block_init[name]`) and, with
     trace samples, each block's trace. `operator` builds one batch's operator from its
-    `BatchedLoss` (default: `HessianOperator` with `hvp`); `operator_name` labels it.
+    `BatchedLoss` (default: `HessianOperator` with `hvp`; `probe.operators` has the GGN);
+    `operator_name` labels it. `trace_method` is "hutchinson" or "hutch++" (`probe.operators`;
+    one batch, no blocks).
     """
+    from .operators import trace_estimate
+
     check(top_k >= 1, "top_k", f"must be >= 1, got {top_k}")
     check(method in ("lanczos", "power"), "method", f"must be 'lanczos' or 'power', got {method!r}")
     check(trace_samples == 0 or trace_samples >= 2, "trace_samples", f"must be 0 or >= 2, got {trace_samples}")
@@ -851,6 +856,10 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
     check(init is None or init.shape[-1] == dim, "init",
           f"vectors have length {None if init is None else init.shape[-1]}, the operator has {dim}")
     groups = parameter_blocks(model, losses[0].names, blocks)
+    check(trace_method in ("hutchinson", "hutch++"), "trace_method", f"must be hutchinson or hutch++, got {trace_method!r}")
+    check(trace_method == "hutchinson" or (batches == 1 and not groups), "trace_method",
+          "hutch++ estimates one operator's trace: use it with batches=1 and blocks=none "
+          "(hutchinson gives per-batch and per-block traces)")
     index = block_indices(losses[0], groups)
     block_id = None
     if groups:
@@ -891,13 +900,16 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
     if init is not None:
         report.overlap, report.subspace_overlap = eigenvector_overlap(init, eigen[0].vectors)
     if trace_samples:
-        if batches == 1:
-            samples.append(hutchinson_samples(combined, trace_samples, seed=seed, block_id=block_id,
-                                              blocks=len(groups)))
-        per_hvps = trace_samples
-        report.trace_per_batch = [_trace(s, per_hvps) for s, _ in samples] if batches > 1 else []
-        report.trace = _trace(torch.stack([s for s, _ in samples]).mean(0), per_hvps * batches)
-        per_block = torch.stack([b for _, b in samples]).mean(0) if groups else None
+        if trace_method == "hutch++":
+            report.trace = trace_estimate("hutch++", combined, trace_samples, seed=seed)
+        else:
+            if batches == 1:
+                samples.append(hutchinson_samples(combined, trace_samples, seed=seed, block_id=block_id,
+                                                  blocks=len(groups)))
+            per_hvps = trace_samples
+            report.trace_per_batch = [_trace(s, per_hvps) for s, _ in samples] if batches > 1 else []
+            report.trace = _trace(torch.stack([s for s, _ in samples]).mean(0), per_hvps * batches)
+            per_block = torch.stack([b for _, b in samples]).mean(0) if groups else None
     if density_runs:
         report.density = slq_density(combined, density_runs, density_steps, seed=seed)
     for i, ((name, names), idx) in enumerate(zip(groups, index, strict=True)):
