@@ -17,7 +17,6 @@ Another operator plugs in through `hessian_analysis(operator=...)`. Numerics:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import probe
@@ -125,7 +124,6 @@ def run(ctx: probe.Context) -> None:
     import numpy as np
 
     from probe import curvature as C
-    from probe.operators import make_operator
 
     p = ctx.params
     check_cost(p, sum(w.numel() for w in ctx.model(ctx.epochs[0]).parameters()))
@@ -137,8 +135,7 @@ def run(ctx: probe.Context) -> None:
     kw = dict(top_k=p.top_k, smallest=p.smallest, method=p.method, trace_samples=p.trace_samples,
               density_runs=p.density_runs, density_steps=p.density_steps, tol=p.tol, residual_tol=p.residual_tol,
               max_iter=p.max_iter, bn=p.bn, weight_decay=wd, batch_size=p.batch_size, seed=p.seed,
-              batches=p.batches, blocks=p.blocks, trace_method=p.trace_method, operator_name=p.operator,
-              operator=None if p.operator == "hessian" else functools.partial(make_operator, p.operator))
+              batches=p.batches, blocks=p.blocks, trace_method=p.trace_method, operator=p.operator)
     last = ctx.epochs[-1]
 
     def for_epoch(epoch: int) -> dict:  # the density is plotted for the last epoch only: computed there only

@@ -20,6 +20,7 @@ Rules kept throughout (see shared/design/curvature-pitfalls.md):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -804,7 +805,7 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
                      params: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                      hvp: str = "auto", seed: int = 0, batches: int = 1, blocks: str = "none",
                      block_init: dict[str, torch.Tensor] | None = None,
-                     operator: OperatorFactory | None = None, operator_name: str = "hessian",
+                     operator: OperatorFactory | str | None = None, operator_name: str = "hessian",
                      trace_method: str = "hutchinson") -> HessianReport:
     """Top-k (LA) and smallest (SA) Hessian eigenvalues, and optionally trace, density and per-block figures.
 
@@ -831,8 +832,12 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
     `operator_name` labels it. `trace_method` is "hutchinson" or "hutch++" (`probe.operators`;
     one batch, no blocks).
     """
-    from .operators import trace_estimate
+    from .operators import OPERATORS, make_operator, trace_estimate
 
+    if isinstance(operator, str):  # a name from probe.operators: "hessian" keeps the default operator below
+        check(operator in OPERATORS, "operator", f"must be one of {OPERATORS}, got {operator!r}")
+        operator_name, operator = operator, (None if operator == "hessian" else
+                                             functools.partial(make_operator, operator, method=hvp))
     check(top_k >= 1, "top_k", f"must be >= 1, got {top_k}")
     check(method in ("lanczos", "power"), "method", f"must be 'lanczos' or 'power', got {method!r}")
     check(trace_samples == 0 or trace_samples >= 2, "trace_samples", f"must be 0 or >= 2, got {trace_samples}")
