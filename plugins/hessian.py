@@ -56,7 +56,7 @@ class Params:
     residual_tol: float = probe.param(1e-2, "Relative residual at which an eigenvalue counts as converged.",
                                       min=1e-12, max=1.0)
     max_iter: int = probe.param(100, "Most Hessian-vector products per solve (Lanczos keeps one vector each).", min=2, max=MAX_STEPS)
-    trace_samples: int = probe.param(TRACE_SAMPLES, "Hutchinson samples for the trace, per batch (0: skip); the "
+    trace_samples: int = probe.param(TRACE_SAMPLES, "Products for the trace (Hutchinson samples per batch, or Hutch++'s total; 0: skip); the "
                                                     "block traces come from the same products.", min=0, max=MAX_STEPS)
     density_runs: int = probe.param(1, "Stochastic Lanczos quadrature runs for the density of the last epoch analysed "
                                        "(0: skip).", min=0, max=1000)
@@ -308,7 +308,7 @@ def _figure(ctx, a, top_label: str, other: str | None, density, batches: int) ->
         ax2 = ax.twinx()
         err = np.hypot(a["trace_stderr"], a["trace_se_over_batches"]) if batches > 1 else a["trace_stderr"]
         ax2.errorbar(a["epoch"], a["trace"], yerr=err, color="grey", alpha=0.6, label="trace")
-        ax2.set_ylabel("trace (Hutchinson, +- 1 s.e.)", color="grey")
+        ax2.set_ylabel(f"trace ({ctx.params.trace_method}, +- 1 s.e.)", color="grey")
     if "edge_of_stability" in a:
         # a dash marker per epoch: epoch 0 has no lr, so a two-epoch series has one point and no line
         ax.plot(a["epoch"], a["edge_of_stability"], "k:", lw=1.2, marker="_", ms=12, label="edge of stability (2/lr)")
