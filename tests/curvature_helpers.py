@@ -1,5 +1,5 @@
-"""Small models shared by the sharpness and landscape tests (test_sharpness, test_landscape,
-test_batches_sharpness_landscape): a linear regression whose squared-error loss is exactly
+"""Small models shared by the curvature tests (test_sharpness, test_landscape,
+test_batches_sharpness_landscape, test_curvature, test_operators): a linear regression whose squared-error loss is exactly
 quadratic (closed-form gradient and Hessian), and a tiny CNN with BatchNorm statistics."""
 
 from __future__ import annotations
@@ -34,14 +34,20 @@ def regression(d: int = 4, n: int = 200, seed: int = 0, at_minimum: bool = False
     return Linear(w), x, y, 2 * x.T @ x / n
 
 
+def warm_batchnorm(model: nn.Module, shape: tuple[int, ...], scale: float, shift: float,
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Three train-mode passes of shifted noise, so BatchNorm's running statistics differ from
+    any batch's (an eval-mode bug then shows); returns the model in eval mode."""
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(torch.randn(*shape, dtype=dtype) * scale + shift)
+    return model.eval()
+
+
 def small_cnn(n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A small CNN in eval mode whose BatchNorm running statistics differ from batch statistics,
     and n random 16x16 images with labels (seeded: the same every call)."""
     torch.manual_seed(0)
-    model = ModelSpec(depth=2, base_width=4, hidden=8).build()
-    with torch.no_grad():
-        model.train()
-        for _ in range(3):
-            model(torch.randn(16, 3, 16, 16) * 1.5 + 0.3)
-    model.eval()
+    model = warm_batchnorm(ModelSpec(depth=2, base_width=4, hidden=8).build(), (16, 3, 16, 16), 1.5, 0.3)
     return model, torch.randn(n, 3, 16, 16), torch.randint(0, 10, (n,))

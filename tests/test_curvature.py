@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from curvature_helpers import warm_batchnorm
 from torch import nn
 from torch.func import functional_call, jacrev
 
@@ -19,12 +20,8 @@ from probe.model import ModelSpec
 def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """ModelSpec's CNN at ~160 parameters, with non-trivial BatchNorm running statistics."""
     torch.manual_seed(0)
-    model = ModelSpec(depth=2, base_width=2, hidden=4).build().double()
-    with torch.no_grad():
-        model.train()
-        for _ in range(3):
-            model(torch.randn(16, 3, 8, 8, dtype=torch.float64) * 2 + 0.5)
-    model.eval()
+    model = warm_batchnorm(ModelSpec(depth=2, base_width=2, hidden=4).build().double(), (16, 3, 8, 8), 2, 0.5,
+                           torch.float64)
     return model, torch.randn(13, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (13,))
 
 

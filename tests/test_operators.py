@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from curvature_helpers import warm_batchnorm
 from torch import nn
 from torch.func import functional_call, jacrev
 
@@ -19,11 +20,7 @@ def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """Conv -> BatchNorm (non-trivial running statistics) -> tanh -> linear: 81 float64 parameters, 3 classes."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)).double()
-    with torch.no_grad():
-        model.train()
-        for _ in range(3):
-            model(torch.randn(16, 1, 5, 5, dtype=torch.float64) * 2 + 0.5)
-    model.eval()
+    model = warm_batchnorm(model, (16, 1, 5, 5), 2, 0.5, torch.float64)
     return model, torch.randn(13, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (13,))
 
 
