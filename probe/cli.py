@@ -194,7 +194,7 @@ def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quie
         cfg = make_config(file_values, overrides)  # every value checked, also the ones --resume compares
     except TypeError as exc:
         raise UsageError("--config", str(exc)) from None
-    from .train import check_path
+    from .prepare import check_path
     from .train import train as run_training
 
     check_path(Path(run_dir))  # a name too long for the filesystem, before anything looks at the directory

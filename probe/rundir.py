@@ -37,21 +37,6 @@ def is_temp(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith((".tmp", ".old"))
 
 
-def remove_temp_files(run_dir: Path) -> list[Path]:
-    """Delete what killed writers left in the training's folders (not in analyses/); returns them.
-
-    Only for a run no process is writing: `probe train --resume` calls it before it starts.
-    """
-    removed = []
-    for folder in (run_dir, run_dir / CHECKPOINTS, run_dir / ACTIVATIONS, run_dir / DATA):
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if is_temp(p) and p.is_file():
-                    p.unlink(missing_ok=True)
-                    removed.append(p)
-    return removed
-
-
 def checkpoint_name(epoch: int) -> str:
     return f"{CHECKPOINTS}/epoch_{epoch:04d}.safetensors"
 

@@ -295,7 +295,7 @@ def preflight_points(spec: SweepSpec, sweep_dir: Path) -> None:
     checks it: `--full-maps` layer names against that point's model, the run
     directory's name and path length against the filesystem. Imports torch.
     """
-    from .train import preflight
+    from .prepare import preflight
 
     for point in spec.points():
         where = f"{spec.path}: point {point.name if len(point.name) <= 60 else point.name[:60] + '...'}"
