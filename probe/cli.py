@@ -279,19 +279,18 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(verbose: bool, as_json: bool) -> None:
     """List installed plugins, their status and versions, and their analyses."""
-    import json as _json
-
     from .analyze import describe
     from .plugins import registry
+    from .results import dumps
 
     reg = registry()
-    if as_json:
-        click.echo(_json.dumps({
+    if as_json:  # strict JSON: a non-finite default (allow_nonfinite) is written as "nan"/"inf", never bare NaN
+        click.echo(dumps({
             "plugins": [dataclasses.asdict(p) for p in reg.plugins.values()],
             "analyses": [describe(a) for a in reg.analyses.values()],
             "disabled": [dataclasses.asdict(d) | {"message": reg.describe_disabled(d)} for d in reg.disabled],
             "notes": reg.notes,
-        }, indent=2, default=str))
+        }, "str", indent=2))
         return
     for info in reg.plugins.values():
         version = f" {info.version}" if info.version else ""

@@ -181,6 +181,10 @@ def test_a_bad_default_disables_only_that_analysis(params, reason, probe_run, fr
     listed = invoke("plugins")
     assert listed.exit_code == 0 and f"  {expected}" in listed.output.splitlines()
     assert "    good: Writes its epoch." in listed.output.splitlines()
+    as_json = json.loads(invoke("plugins", "--json").output,  # strict JSON: an inf default is "inf", not Infinity
+                         parse_constant=lambda c: pytest.fail(f"bare {c} in probe plugins --json"))
+    (good,) = [a for a in as_json["analyses"] if a["name"] == "good"]
+    assert {p["name"]: p["default"] for p in good["params"]}["tol"] == "inf"
     (outcome,) = run_analyses(probe_run, ["good"], "last", registry=reg)
     assert outcome.status == "ok"
 
