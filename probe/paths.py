@@ -76,6 +76,12 @@ def is_regular(path: str | Path) -> bool:
     return st is not None and stat.S_ISREG(st.st_mode)
 
 
+def is_real_dir(path: str | Path) -> bool:
+    """True for a directory that is not a symbolic link; never follows one."""
+    st = lstat_or_none(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
+
+
 def is_link(path: str | Path) -> bool:
     """True for a symbolic link (dangling or not); never follows it."""
     try:

@@ -14,16 +14,14 @@ import contextlib
 import os
 import re
 import shutil
-import stat
 from pathlib import Path
-
-import torch
 
 from . import lock, paths, rundir, safeio
 from .config import TrainConfig
 from .errors import ProbeError, RunFileError, UsageError
 from .lock import LOCK_FILE
 from .model import spec_from_config
+from .paths import is_real_dir, is_regular
 
 # What `probe train` itself puts in a run directory: --force removes these and nothing else.
 PROBE_FILES = (rundir.CONFIG, rundir.METRICS, LOCK_FILE)
@@ -54,20 +52,6 @@ def is_probe_run(run_dir: Path) -> bool:
     return isinstance(d, dict) and isinstance(d.get("format"), str) and d["format"].startswith("probe-run/")
 
 
-def _is_regular(p: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(p).st_mode)
-    except OSError:
-        return False
-
-
-def _is_real_dir(p: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(p).st_mode)
-    except OSError:
-        return False
-
-
 def foreign_entries(run_dir: Path) -> list[str]:
     """Entries of a run directory that probe did not make (run-relative names, sorted).
 
@@ -83,16 +67,16 @@ def foreign_entries(run_dir: Path) -> list[str]:
         elif _TEMPS[""].match(name):
             continue
         elif name in PROBE_FILES:
-            if not _is_regular(p):
+            if not is_regular(p):
                 out.append(name)
         elif name in PROBE_DIRS:
-            if not _is_real_dir(p):
+            if not is_real_dir(p):
                 out.append(name)
             elif name in _TRAINING_FILES:
                 pattern = _TRAINING_FILES[name]
                 out += [f"{name}/{c.name}" for c in sorted(p.iterdir())
                         if paths.is_link(c) or not ((pattern.match(c.name) or _TEMPS[name].match(c.name))
-                                                    and _is_regular(c))]
+                                                    and is_regular(c))]
         else:
             out.append(name)
     return out
@@ -113,10 +97,10 @@ def remove_training_temps(run_dir: Path) -> list[Path]:
     removed = []
     for folder, pattern in _TEMPS.items():
         d = run_dir / folder
-        if not _is_real_dir(d):
+        if not is_real_dir(d):
             continue
         for p in d.iterdir():
-            if pattern.match(p.name) and p.name.endswith(".tmp") and _is_regular(p):
+            if pattern.match(p.name) and p.name.endswith(".tmp") and is_regular(p):
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
@@ -142,11 +126,11 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool, locked: bool = Fa
     except OSError as exc:
         raise ProbeError(f"{run_dir}: cannot be listed ({exc.strerror or exc})") from None
     if resume:
-        if not _is_regular(run_dir / rundir.CONFIG):
+        if not is_regular(run_dir / rundir.CONFIG):
             raise UsageError("--resume", f"{run_dir} holds no run to resume (no {rundir.CONFIG})")
         for name in (rundir.CONFIG, rundir.METRICS, rundir.CHECKPOINTS, rundir.ACTIVATIONS, rundir.DATA):
             p = paths.confined(run_dir, name)  # a link here would make training write outside the run
-            if os.path.lexists(p) and not (_is_regular(p) if name in PROBE_FILES else _is_real_dir(p)):
+            if os.path.lexists(p) and not (is_regular(p) if name in PROBE_FILES else is_real_dir(p)):
                 kind = "regular file" if name in PROBE_FILES else "folder"
                 raise RunFileError(p, f"expected a {kind}, found something else (a FIFO, a device, a file...); "
                                       "move it away to resume")
@@ -175,16 +159,16 @@ def clear_run(run_dir: Path) -> None:
     entries.sort(key=lambda p: p.name == rundir.CONFIG)
     for p in entries:
         try:
-            if p.name in _TRAINING_FILES and _is_real_dir(p):
+            if p.name in _TRAINING_FILES and is_real_dir(p):
                 pattern = _TRAINING_FILES[p.name]
                 for c in p.iterdir():
-                    if (pattern.match(c.name) or _TEMPS[p.name].match(c.name)) and _is_regular(c):
+                    if (pattern.match(c.name) or _TEMPS[p.name].match(c.name)) and is_regular(c):
                         c.unlink()
                 with contextlib.suppress(OSError):
                     p.rmdir()  # not empty: something not probe's is in it
-            elif (p.name in PROBE_DIRS or _TEMPS[""].match(p.name)) and _is_real_dir(p):
+            elif (p.name in PROBE_DIRS or _TEMPS[""].match(p.name)) and is_real_dir(p):
                 shutil.rmtree(p)  # probe's wholesale (analyses/, logs/, report/, a temporary); never follows a link
-            elif (p.name in PROBE_FILES or _TEMPS[""].match(p.name)) and _is_regular(p):
+            elif (p.name in PROBE_FILES or _TEMPS[""].match(p.name)) and is_regular(p):
                 p.unlink()
         except OSError as exc:
             raise ProbeError(f"{p}: could not be removed ({exc.strerror or exc}); the old run is partly removed, "
@@ -220,6 +204,8 @@ def preflight(cfg: TrainConfig, run_dir: Path, option: str = "--run-dir") -> Non
     the model (built on the meta device: nothing allocated). `option` names what to
     fix in a path error (`--run-dir`, or a sweep point).
     """
+    import torch  # only here: the path checks above need none
+
     check_path(run_dir, option)
     spec = spec_from_config(cfg)
     with torch.device("meta"):
