@@ -43,6 +43,22 @@ def synthetic_dataset(n_train: int = 320, n_test: int = 120, seed: int = 0, num_
     return Dataset(train_x, train_y, test_x, test_y, classes=CIFAR10_CLASSES[:num_classes], source="synthetic")
 
 
+def registry_with(*plugin_objs: Any) -> Any:
+    """Register plugin objects (or modules) in-process as the process-wide registry; returns it.
+
+    For testing a plugin without installing it: `registry_with(MyPlugin())`, then
+    `run_analyses(probe_run, ["mine"], "last")`. Reset it afterwards with
+    `probe.plugins.reset_registry(None)` (probe's own tests use a `fresh_registry` fixture).
+    """
+    from .plugins import PluginInfo, Registry, reset_registry
+
+    reg = Registry()
+    for i, obj in enumerate(plugin_objs):
+        reg.register(obj, PluginInfo(f"test{i}", "tests", "tests", "0"))
+    reset_registry(reg)
+    return reg
+
+
 def make_tiny_run(run_dir: str | Path, **overrides: Any) -> Path:
     """Train a tiny run into `run_dir` (about 2-5 s on a laptop CPU)."""
     from .config import TrainConfig

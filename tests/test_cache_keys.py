@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import probe
-from probe import plugins
 from probe.analyze import run_analyses, run_job
 from probe.results import FINGERPRINT_CACHE
+from probe.testing import registry_with
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS: list[tuple[str, int | None]] = []
@@ -70,13 +70,6 @@ class KeyPlugin:
                                 summary="Reads narrowly."))
         register(probe.Analysis(name="all-metrics", run=_all_metrics, needs={"metrics"}, summary="All rows."))
 
-
-def registry_with(*objs):
-    reg = plugins.Registry()
-    for i, obj in enumerate(objs):
-        reg.register(obj, plugins.PluginInfo(f"test{i}", "tests", "tests", "0"))
-    plugins.reset_registry(reg)
-    return reg
 
 
 def _statuses(run, names, epochs, reg, **kw):

@@ -17,6 +17,7 @@ from probe import plugins
 from probe.analyze import run_analyses
 from probe.cli import cli
 from probe.errors import UsageError
+from probe.testing import registry_with
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,13 +44,6 @@ class CountPlugin:
         register(probe.Analysis(name="count", run=_count, params=CountParams, needs={"model"},
                                 summary="Sum of the first conv's weights."))
 
-
-def registry_with(*plugin_objs):
-    reg = plugins.Registry()
-    for i, obj in enumerate(plugin_objs):
-        reg.register(obj, plugins.PluginInfo(f"test{i}", "tests", "tests", "0"))
-    plugins.reset_registry(reg)
-    return reg
 
 
 def test_in_process_plugin_runs_and_caches(probe_run, fresh_registry):
