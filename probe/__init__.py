@@ -2,7 +2,8 @@
 
 The public API for plugin authors is importable from here without importing torch:
 `hookimpl`, `Analysis`, `Context`, `LayerParams` (what `ctx.parameters()` lists), `ProbeError`,
-`UsageError`, `RunFileError`, `load_model`, `load_checkpoint`, `Run`.
+`UsageError`, `RunFileError`, `load_model`, `load_checkpoint`, `Run`; for model-family and
+data-set plugins `ModelFamily`, `InputSpec`, `ModelSpec`, `DataSource`, `Augmentation`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .hookspecs import hookimpl
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "Context", "LayerParams", "NotARunError", "ProbeError", "Run", "RunFileError", "UsageError",
+    "Analysis", "Augmentation", "Context", "DataSource", "InputSpec", "LayerParams", "ModelFamily", "ModelSpec", "NotARunError", "ProbeError", "Run", "RunFileError", "UsageError",
     "__version__", "hookimpl", "load_checkpoint", "load_model", "param",
 ]
 
@@ -40,6 +41,14 @@ def __getattr__(name: str) -> Any:
         from . import analysis
 
         return getattr(analysis, name)
+    if name in ("ModelFamily", "InputSpec", "ModelSpec"):
+        from . import families
+
+        return getattr(families, name)
+    if name in ("DataSource", "Augmentation"):
+        from . import datasets
+
+        return getattr(datasets, name)
     if name in ("Context", "LayerParams"):
         from . import context
 

@@ -95,50 +95,17 @@ class Analysis:
         Called when the plugin registers: an analysis that fails it is disabled
         (shown by `probe plugins`) instead of failing later, on some user's run.
         """
-        try:
-            specs = self.param_specs()  # a field of an unsupported type raises here
-        except ValueError as exc:
-            raise ValueError(str(exc).removeprefix(f"analysis {self.name!r}: ")) from None
-        except Exception as exc:  # an annotation typing cannot resolve
-            raise ValueError(f"cannot read the parameter types of {self.params.__name__} "
-                             f"({type(exc).__name__}: {exc})") from None
-        for f in dataclasses.fields(self.params):
-            if f.default is dataclasses.MISSING:
-                raise ValueError(f"parameter {f.name!r} has no default; declare it with probe.param(default, help)")
-        for spec in specs:
-            problem = spec.problem(spec.default)
-            if problem:
-                raise ValueError(f"parameter {spec.name!r}: its default {spec.default!r} is refused by its own "
-                                 f"declaration ({problem})")
-        try:
-            self.params()
-        except Exception as exc:
-            raise ValueError(f"the defaults of {self.params.__name__} are refused by its own checks "
-                             f"({type(exc).__name__}: {exc})") from None
+        check_params(self.params, self.name)
 
     def with_provider(self, provider: str, version: str) -> Analysis:
         return dataclasses.replace(self, provider=provider, provider_version=version)
 
     def param_specs(self) -> list[ParamSpec]:
-        hints = typing.get_type_hints(self.params)
-        return [ParamSpec(f.name, _scalar_type(hints[f.name], self.name, f.name), f.default, f.metadata.get("help", ""),
-                          f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max"),
-                          bool(f.metadata.get("allow_nonfinite", False)))
-                for f in dataclasses.fields(self.params)]
+        return param_specs(self.params, self.name)
 
     def make_params(self, raw: Mapping[str, str | Any]) -> Any:
         """Parse `--param` strings (or typed values) into the params dataclass, checking each."""
-        specs = {s.name: s for s in self.param_specs()}
-        values = {}
-        for key, value in raw.items():
-            if key not in specs:
-                known = ", ".join(specs) or "none"
-                raise UsageError("--param", f"{self.name} has no parameter {key!r} (its parameters: {known})")
-            values[key] = specs[key].parse(value, self.name)
-        try:
-            return self.params(**values)
-        except (ValueError, TypeError) as exc:
-            raise UsageError("--param", f"{self.name}: {exc}") from None
+        return make_params(self.params, raw, self.name, "--param")
 
 
 @dataclass(frozen=True)
@@ -167,8 +134,8 @@ class ParamSpec:
         rng = f" ({', '.join(extra)})" if extra else ""
         return f"{self.name} ({self.type.__name__}, default {self.default!r}){rng}: {self.help}"
 
-    def parse(self, value: Any, analysis: str) -> Any:
-        where = f"--param {self.name}"
+    def parse(self, value: Any, analysis: str, option: str = "--param") -> Any:
+        where = f"{option} {self.name}"
         if isinstance(value, str) and self.type is not str:
             text = value.strip()
             try:
@@ -212,12 +179,62 @@ class ParamSpec:
         return None
 
 
-def _scalar_type(hint: Any, analysis: str, name: str) -> type:
+def _scalar_type(hint: Any, owner: str, name: str) -> type:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     t = args[0] if args else hint
     if t not in (int, float, str, bool):
-        raise ValueError(f"analysis {analysis!r}: parameter {name!r} must be int, float, str or bool (or Optional of one)")
+        raise ValueError(f"{owner}: parameter {name!r} must be int, float, str or bool (or Optional of one)")
     return t
+
+
+# --- the typed-parameters machinery, shared by analyses, model families and data sets ---------------
+
+def param_specs(params: type, owner: str) -> list[ParamSpec]:
+    """The fields of a params dataclass declared with `probe.param`, as ParamSpecs (`owner` names it in errors)."""
+    hints = typing.get_type_hints(params)
+    return [ParamSpec(f.name, _scalar_type(hints[f.name], owner, f.name), f.default, f.metadata.get("help", ""),
+                      f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max"),
+                      bool(f.metadata.get("allow_nonfinite", False)))
+            for f in dataclasses.fields(params)]
+
+
+def make_params(params: type, raw: Mapping[str, str | Any], owner: str, option: str) -> Any:
+    """Parse `KEY=VALUE` strings (or typed values) into the params dataclass, checking each; errors name `option`."""
+    specs = {s.name: s for s in param_specs(params, owner)}
+    values = {}
+    for key, value in raw.items():
+        if key not in specs:
+            known = ", ".join(specs) or "none"
+            raise UsageError(option, f"{owner} has no parameter {key!r} (its parameters: {known})")
+        values[key] = specs[key].parse(value, owner, option)
+    try:
+        return params(**values)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(option, f"{owner}: {exc}") from None
+
+
+def check_params(params: type, owner: str) -> None:
+    """Raise a one-line ValueError if `params` cannot be described or its defaults break its own rules."""
+    try:
+        specs = param_specs(params, owner)  # a field of an unsupported type raises here
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix(f"{owner}: ")) from None
+    except Exception as exc:  # an annotation typing cannot resolve
+        raise ValueError(f"cannot read the parameter types of {params.__name__} "
+                         f"({type(exc).__name__}: {exc})") from None
+    for f in dataclasses.fields(params):
+        if f.default is dataclasses.MISSING:
+            raise ValueError(f"parameter {f.name!r} has no default; declare it with probe.param(default, help)")
+    for spec in specs:
+        problem = spec.problem(spec.default)
+        if problem:
+            raise ValueError(f"parameter {spec.name!r}: its default {spec.default!r} is refused by its own "
+                             f"declaration ({problem})")
+    try:
+        params()
+    except Exception as exc:
+        raise ValueError(f"the defaults of {params.__name__} are refused by its own checks "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 def params_dict(params: Any) -> dict[str, Any]:

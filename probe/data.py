@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import atomic, safeio
+from .datasets import Augmentation
 from .errors import ProbeError, RunFileError, UsageError
 
 CIFAR10_BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -29,7 +31,12 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 @dataclass
 class Dataset:
-    """The two splits as uint8 NCHW images and int64 labels, plus where they came from."""
+    """The two splits as uint8 NCHW images and int64 labels, plus where they came from.
+
+    `mean`/`std`: the per-channel normalisation on the [0, 1] scale (None: computed on
+    the training subset by `probe train`). `augmentation`: the default batch-wise
+    training augmentation (None: none); `--no-augment` turns it off.
+    """
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -37,6 +44,9 @@ class Dataset:
     test_y: torch.Tensor
     classes: tuple[str, ...]
     source: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augmentation: Augmentation | None = field(default_factory=Augmentation)
 
 
 def cache_dir() -> Path:
@@ -188,23 +198,36 @@ def _digest(tensors: dict[str, torch.Tensor], classes: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
-def check_cache(path: Path, t: dict[str, torch.Tensor], meta: dict[str, str], classes: tuple[str, ...]) -> None:
+MAX_CHANNELS = 4  # grey, RGB, RGBA: what an image file holds
+MAX_SIDE = 4096
+
+
+def check_cache(path: Path, t: dict[str, torch.Tensor], meta: dict[str, str], classes: tuple[str, ...],
+                shape: tuple[int, int, int] | None = None) -> None:
     """Raise RunFileError unless the cache holds what `_write_cache` wrote for these classes.
 
     The cache folder is untrusted ($PROBE_CACHE may be shared or tampered with):
-    the format, the class list, images uint8 [N, 3, 32, 32], labels int64 [N] in
-    0..classes-1, and the checksum recorded at write time are all checked.
+    the format, the class list, images uint8 [N, C, H, W] of one shape in both
+    splits (C <= 4, sides <= 4096), labels int64 [N] in 0..classes-1, and the checksum
+    recorded at write time are all checked; `shape` (C, H, W), when given, is the
+    one shape the data set has.
     """
     if meta.get("format") != CACHE_FORMAT:
         raise RunFileError(path, f"not a probe data cache (format {meta.get('format')!r})")
     if meta.get("classes") != ",".join(classes):
-        raise RunFileError(path, f"holds classes {meta.get('classes', '')[:80]!r}, expected {','.join(classes)!r}")
+        raise RunFileError(path, f"holds classes {meta.get('classes', '')[:80]!r}, expected {','.join(classes)[:80]!r}")
     if set(t) != {"train_x", "train_y", "test_x", "test_y"}:
         raise RunFileError(path, f"holds tensors {sorted(t)[:6]}, expected train_x, train_y, test_x, test_y")
+    want_shape = shape
     for split in ("train", "test"):
         x, y = t[f"{split}_x"], t[f"{split}_y"]
-        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32) or x.shape[0] < 1:
-            raise RunFileError(path, f"{split}_x must be uint8 [N, 3, 32, 32], got {x.dtype} {list(x.shape)}")
+        shape = want_shape
+        ok = (x.dtype == torch.uint8 and x.dim() == 4 and x.shape[0] >= 1 and 1 <= x.shape[1] <= MAX_CHANNELS
+              and 1 <= x.shape[2] <= MAX_SIDE and 1 <= x.shape[3] <= MAX_SIDE)
+        if not ok or (shape is not None and tuple(x.shape[1:]) != shape):
+            want = "[N, C, H, W] (C <= 4)" if shape is None else f"[N, {', '.join(map(str, shape))}]"
+            raise RunFileError(path, f"{split}_x must be uint8 {want}, got {x.dtype} {list(x.shape)}")
+        want_shape = tuple(x.shape[1:])
         if y.dtype != torch.int64 or y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise RunFileError(path, f"{split}_y must be int64 [{x.shape[0]}], got {y.dtype} {list(y.shape)}")
         if bool(((y < 0) | (y >= len(classes))).any()):
@@ -213,8 +236,38 @@ def check_cache(path: Path, t: dict[str, torch.Tensor], meta: dict[str, str], cl
         raise RunFileError(path, "checksum mismatch (the cache was changed after probe wrote it)")
 
 
+def cached(name: str, classes: tuple[str, ...], make: Callable[[], dict[str, torch.Tensor]],
+           shape: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
+    """`train_x`, `train_y`, `test_x`, `test_y` from the cache file `<cache>/<name>.safetensors`, else from `make()`.
+
+    What `make` returns is checked like a cache file (so a loader's mistake is an
+    error, not a silent run on wrong data) and then cached; a cache that fails the
+    checks is rebuilt with a warning. `shape` (C, H, W): the one image shape the
+    data set has, when it has one. `name` must be a plain file name.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"cache name {name!r} must be a plain file name")
+    path = cache_dir() / f"{name}.safetensors"
+    tensors = _read_cache_tensors(path, classes, shape)
+    if tensors is not None:
+        return tensors
+    tensors = make()
+    meta = {"format": CACHE_FORMAT, "classes": ",".join(classes), "content_sha256": _digest(tensors, classes)}
+    check_cache(Path(f"data set {name}"), tensors, meta, classes, shape)
+    _write_cache(path, tensors, classes)
+    return tensors
+
+
 def _read_cache(path: Path, classes: tuple[str, ...], source: str) -> Dataset | None:
-    """The cached dataset, or None when there is none or it fails `check_cache` (then it is rebuilt, with a warning)."""
+    t = _read_cache_tensors(path, classes, (3, 32, 32))
+    if t is None:
+        return None
+    return Dataset(t["train_x"], t["train_y"], t["test_x"], t["test_y"], classes=classes, source=source)
+
+
+def _read_cache_tensors(path: Path, classes: tuple[str, ...],
+                        shape: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor] | None:
+    """The cached tensors, or None when there is none or it fails `check_cache` (then it is rebuilt, with a warning)."""
     from safetensors import safe_open
 
     if not path.exists() and not path.is_symlink():
@@ -223,8 +276,8 @@ def _read_cache(path: Path, classes: tuple[str, ...], source: str) -> Dataset | 
         with safeio.regular_path(path) as p, safe_open(p, framework="pt") as f:
             meta = dict(f.metadata() or {})
             t = {k: f.get_tensor(k) for k in f.keys()}
-        check_cache(path, t, meta, classes)
-        return Dataset(t["train_x"], t["train_y"], t["test_x"], t["test_y"], classes=classes, source=source)
+        check_cache(path, t, meta, classes, shape)
+        return t
     except RunFileError as exc:
         why = str(exc)
     except Exception as exc:  # safetensors raises several types for a damaged header

@@ -49,6 +49,8 @@ class PluginInfo:
     error: str = ""
     analyses: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -95,6 +97,10 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.analyses: dict[str, Any] = {}  # name -> Analysis
         self.owner: dict[str, str] = {}  # analysis name -> plugin name
+        self.models: dict[str, Any] = {}  # name -> ModelFamily
+        self.datasets: dict[str, Any] = {}  # name -> DataSource
+        self.model_owner: dict[str, str] = {}
+        self.dataset_owner: dict[str, str] = {}
         self.disabled: list[Disabled] = []  # analyses registered but not run, each with its one-line reason
         self.notes: list[str] = []  # entry points skipped because another has the same name
 
@@ -107,6 +113,65 @@ class Registry:
             info.status, info.error = "error", f"{type(exc).__name__}: {exc}"
             return
         self._collect(plugin, info)
+        if info.status == "active":
+            self._collect_kind(plugin, info, "models")
+        if info.status == "active":
+            self._collect_kind(plugin, info, "datasets")
+
+    def _collect_kind(self, plugin: Any, info: PluginInfo, kind: str) -> None:
+        """Model families (`register_models`) or data sets (`register_datasets`): the same rules as analyses.
+
+        A name registered twice by one plugin, or already held by a provider that
+        ranks first (`_rank`), is disabled with one line; a broken params class
+        disables only that family.
+        """
+        from .datasets import DataSource
+        from .families import ModelFamily
+
+        cls, hook, table, owner, what = {
+            "models": (ModelFamily, "register_models", self.models, self.model_owner, "model family"),
+            "datasets": (DataSource, "register_datasets", self.datasets, self.dataset_owner, "data set"),
+        }[kind]
+        impl = getattr(plugin, hook, None)
+        if impl is None:
+            return
+        found: list[Any] = []
+
+        def register(obj: Any) -> None:
+            if not isinstance(obj, cls):
+                raise TypeError(f"register() takes a probe.{cls.__name__}, got {type(obj).__name__}")
+            found.append(obj)
+
+        try:
+            impl(register=register)
+        except Exception as exc:
+            info.status, info.error = "error", f"{hook} raised {type(exc).__name__}: {exc}"
+            return
+        mine: list[str] = getattr(info, kind)
+        for obj in found:
+            obj = obj.with_provider(info.dist or info.name, info.version)
+            if kind == "models":
+                try:
+                    obj.check_params()
+                except Exception as exc:
+                    self.notes.append(f"{what} {obj.name!r} of {info.label} is disabled: {exc}; fix it in "
+                                      f"{info.dist or info.name}")
+                    continue
+            if obj.name in mine:
+                self.notes.append(f"{what} {obj.name!r} of {info.label} is registered twice; the second is ignored")
+                continue
+            if obj.name in table:
+                holder = self.plugins[owner[obj.name]]
+                loser = info if _rank(info) > _rank(holder) else holder
+                keeper = holder if loser is info else info
+                self.notes.append(f"{what} {obj.name!r} of {loser.label} is disabled: the name is already provided "
+                                  f"by {keeper.label}; rename it in {loser.dist or loser.name}")
+                if loser is info:
+                    continue
+                getattr(holder, kind).remove(obj.name)
+            table[obj.name] = obj
+            owner[obj.name] = info.name
+            mine.append(obj.name)
 
     def _collect(self, plugin: Any, info: PluginInfo) -> None:
         from .analysis import Analysis
@@ -189,6 +254,35 @@ class Registry:
         return self.analyses[name]
 
 
+_ENTRY_POINTS: Registry | None = None
+
+
+def _entry_points() -> Registry:
+    """The registry of the installed entry points (the process-wide one unless a test replaced it)."""
+    global _ENTRY_POINTS
+    if _ENTRY_POINTS is None:
+        _ENTRY_POINTS = load_registry()
+    return _ENTRY_POINTS
+
+
+def lookup(kind: str, name: str) -> Any:
+    """The installed model family (`kind="models"`) or data set (`"datasets"`) `name`, or None.
+
+    Looked up in the process-wide registry and then, if a test replaced it with
+    one of its own plugins (`probe.testing.registry_with`), in the installed entry
+    points, so a test registry adds to the installed families instead of hiding them.
+    """
+    table = getattr(registry(), kind)
+    if name in table:
+        return table[name]
+    return getattr(_entry_points(), kind).get(name)
+
+
+def installed(kind: str) -> dict[str, Any]:
+    """Every installed model family or data set by name (a test registry's own first)."""
+    return {**getattr(_entry_points(), kind), **getattr(registry(), kind)}
+
+
 def _selected(ep: EntryPoint) -> bool:
     only = os.environ.get("PROBE_PLUGINS")
     if only is not None:
@@ -235,9 +329,9 @@ _REGISTRY: Registry | None = None
 
 def registry() -> Registry:
     """The process-wide registry, loaded on first use."""
-    global _REGISTRY
+    global _REGISTRY, _ENTRY_POINTS
     if _REGISTRY is None:
-        _REGISTRY = load_registry()
+        _REGISTRY = _ENTRY_POINTS = load_registry()
     return _REGISTRY
 
 
