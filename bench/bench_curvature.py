@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probe import curvature as C  # noqa: E402
 from probe import landscape as L  # noqa: E402
 from probe import operators as O  # noqa: E402
-from probe.model import CIFAR10_MEAN, CIFAR10_STD, ModelSpec  # noqa: E402
+from probe.model import CIFAR10_MEAN, CIFAR10_STD, simplecnn_spec  # noqa: E402
 
 
 def emit(**kw) -> None:
@@ -64,9 +64,9 @@ def best(fn, repeats: int) -> float:
 def data(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     folder = Path(args.data)
     if folder.is_dir():
-        from probe.data import load_cifar10, normalize
+        from probe.data import load_dataset, normalize
 
-        ds = load_cifar10(str(folder), quiet=True)
+        ds = load_dataset("cifar10", str(folder), quiet=True)
         return (normalize(ds.train_x[:20000], CIFAR10_MEAN, CIFAR10_STD), ds.train_y[:20000],
                 normalize(ds.test_x[:1024], CIFAR10_MEAN, CIFAR10_STD), ds.test_y[:1024])
     g = torch.Generator().manual_seed(0)
@@ -80,7 +80,7 @@ def trained_model(args, train_x, train_y) -> torch.nn.Module:
 
     path = cache_dir() / f"bench_curvature_{args.train_steps}_{Path(args.data).name}.pt"
     torch.manual_seed(0)
-    model = ModelSpec().build()
+    model = simplecnn_spec().build()
     if path.exists():
         model.load_state_dict(torch.load(path))
         return model

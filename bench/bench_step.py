@@ -80,7 +80,7 @@ def _time(fn) -> float:
 
 
 def floor(train_images: int = 10_000, val_images: int = 10_000) -> None:
-    fwd, first = conv_flops_per_image(ModelSpec())
+    fwd, first = conv_flops_per_image(simplecnn_spec())
     # training: forward, weight gradient (same count) and input gradient (same, except the first layer's)
     train = train_images * (3 * fwd - first)
     val = val_images * fwd
@@ -92,7 +92,7 @@ def floor(train_images: int = 10_000, val_images: int = 10_000) -> None:
 def layers(repeats: int = 10, train_images: int = 10_000, val_images: int = 10_000) -> None:
     nnpack = torch.backends.nnpack.is_available()  # also initialises NNPACK
     epoch_s = 0.0
-    for i, (in_ch, ch, hw) in enumerate(conv_shapes(ModelSpec())):
+    for i, (in_ch, ch, hw) in enumerate(conv_shapes(simplecnn_spec())):
         x, w, b = torch.randn(128, in_ch, hw, hw), torch.randn(ch, in_ch, 3, 3), torch.randn(ch)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         x_grad = x_cl.clone().requires_grad_(i > 0)  # the first layer's input needs no gradient
@@ -119,7 +119,7 @@ def layers(repeats: int = 10, train_images: int = 10_000, val_images: int = 10_0
 
 def steps(rounds: int, n: int) -> None:
     torch.manual_seed(0)
-    model = ModelSpec().build().to(memory_format=torch.channels_last).train()
+    model = simplecnn_spec().build().to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,))

@@ -172,7 +172,7 @@ _ALLOWED_FILTERS = {1, 2, 3}  # deflate (gzip), shuffle, fletcher32: what h5py w
 def expected_for_run(run_dir: str | Path) -> Expected | None:
     """The shapes the run's model spec and probe-set size allow, or None when `run_dir` is not a readable run."""
     from .config import MAX_IMAGES
-    from .model import ModelSpec
+    from .families import ModelSpec
     from .rundir import CONFIG, Run
 
     run_dir = Path(run_dir)
@@ -192,14 +192,16 @@ def expected_for_run(run_dir: str | Path) -> Expected | None:
     _check_spec(spec, run_dir / CONFIG)
     try:
         shapes = layer_shapes(spec)
-    except Exception as exc:  # e.g. a depth whose poolings shrink 32x32 to nothing
-        raise RunFileError(run_dir / CONFIG, f"model spec does not fit 32x32 images ({(str(exc).splitlines() or [''])[0][:120]})") from None
+    except Exception as exc:  # e.g. a depth whose poolings shrink the images to nothing
+        h, w = spec.input.size
+        raise RunFileError(run_dir / CONFIG, f"model spec does not fit {h}x{w} images "
+                                             f"({(str(exc).splitlines() or [''])[0][:120]})") from None
     return Expected(size, spec.num_classes, shapes)
 
 
 @functools.lru_cache(maxsize=32)
 def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
-    """Every module's output shape for one 32x32 image, without memory.
+    """Every module's output shape for one input image, without memory.
 
     Walked layer by layer from the module types (conv 3x3 with padding 1, 2x2
     max-pool, global pooling, flatten, linear); a module of another type falls
@@ -208,10 +210,9 @@ def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
     """
     from torch import nn
 
-    with torch.device("meta"):
-        model = spec.build()
+    model = spec.skeleton()
     shapes: dict[str, tuple[int, ...]] = {}
-    shape: tuple[int, ...] = (spec.in_channels, 32, 32)
+    shape: tuple[int, ...] = (spec.in_channels, *spec.input.size)
     for name, m in model.named_modules():
         if not name or name in ("features", "classifier"):
             continue
@@ -238,9 +239,10 @@ def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
 def _layer_shapes_by_forward(model, spec) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     with torch.device("meta"):
-        handles = [m.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:])))
+        handles = [m.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:]))
+                                           if torch.is_tensor(out) else None)
                    for name, m in model.named_modules() if name]
-        model.eval()(torch.empty(1, spec.in_channels, 32, 32))
+        model.eval()(torch.empty(1, spec.in_channels, *spec.input.size))
         for h in handles:
             h.remove()
     return shapes

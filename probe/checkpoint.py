@@ -26,7 +26,7 @@ import torch
 
 from . import atomic, safeio
 from .errors import RunFileError
-from .model import ModelSpec, SimpleCNN
+from .families import MAX_MODEL_PARAMS, FamilyNotInstalled, ModelSpec
 
 FORMAT = "probe-checkpoint/1"
 
@@ -45,15 +45,14 @@ class Checkpoint:
     optimizer_meta: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def build_model(self, device: str | torch.device = "cpu") -> SimpleCNN:
+    def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """A fresh model with these weights, in eval mode, on `device`.
 
         The spec is checked against the stored tensors on the meta device first, so
         a spec that does not fit them is one error, never a huge allocation.
         """
         _check_spec(self.spec, self.path)
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in self.spec.build().state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in self.spec.skeleton().state_dict().items()}
         stored = {k: tuple(v.shape) for k, v in self.model_state.items()}
         bad = sorted(k for k in shapes.keys() | stored.keys() if shapes.get(k) != stored.get(k))
         if bad:
@@ -66,17 +65,23 @@ class Checkpoint:
 
 
 def _check_spec(spec: ModelSpec, path: Path) -> None:
-    """Refuse a spec whose fields have the wrong type or an absurd size (a crafted or damaged file)."""
-    for name in ("depth", "base_width", "num_classes", "in_channels", "hidden"):
-        v = getattr(spec, name)
-        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65536:
-            raise RunFileError(path, f"damaged model spec ({name} = {v!r})")
-    if spec.depth > 64 or not isinstance(spec.dropout, (int, float)) or not 0 <= spec.dropout < 1:
-        raise RunFileError(path, f"damaged model spec (depth {spec.depth!r}, dropout {spec.dropout!r})")
-    for name in ("mean", "std"):
-        v = getattr(spec, name)
-        if len(v) != spec.in_channels or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-            raise RunFileError(path, f"damaged model spec ({name} = {v!r})")
+    """Refuse a spec the installed family would not build, or of an absurd size (a crafted or damaged file).
+
+    The spec's own fields were checked when it was parsed (`ModelSpec.from_dict`);
+    here the family must be installed, must accept the parameters (types, ranges,
+    its own checks), and the model must have at most MAX_MODEL_PARAMS parameters,
+    counted on the meta device before anything is allocated.
+    """
+    try:
+        spec.family_params()
+        skeleton = spec.skeleton()
+    except FamilyNotInstalled as exc:
+        raise RunFileError(path, str(exc)) from None
+    except Exception as exc:  # the family refuses the parameters, or its builder fails on them
+        raise RunFileError(path, f"damaged model spec ({spec.family}: {_short(exc)})") from None
+    n = sum(p.numel() for p in skeleton.parameters())
+    if n > MAX_MODEL_PARAMS:
+        raise RunFileError(path, f"damaged model spec ({spec.describe()} would have {n:,} parameters)")
 
 
 def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
@@ -94,7 +99,8 @@ def save(
     path: str | Path,
     *,
     epoch: int,
-    model: SimpleCNN,
+    model: torch.nn.Module,
+    spec: ModelSpec,
     metrics: dict[str, Any],
     config_hash: str,
     optimizer: torch.optim.Optimizer | None = None,
@@ -122,7 +128,7 @@ def save(
     meta = {
         "format": FORMAT,
         "epoch": str(epoch),
-        "model_spec": model.spec.to_json(),
+        "model_spec": spec.to_json(),
         "config_hash": config_hash,
         "metrics": json.dumps(metrics, allow_nan=True),
         "optimizer": json.dumps(opt_meta),
@@ -219,8 +225,7 @@ def _json_field(path: Path, meta: dict[str, str], name: str) -> dict[str, Any]:
 
 def _check_model_state(path: Path, spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     """Names, shapes and dtypes of the model tensors against the spec (built on the meta device); returns parameter shapes."""
-    with torch.device("meta"):
-        model = spec.build()
+    model = spec.skeleton()
     expected = model.state_dict()
     for k in sorted(expected.keys() | state.keys()):
         if k not in state:
@@ -273,12 +278,12 @@ def _check_rng(path: Path, rng: dict[str, torch.Tensor], *, required: bool) -> N
         raise RunFileError(path, f"field rng/cuda: not a CUDA generator state ({rng['cuda'].dtype} {list(rng['cuda'].shape)})")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> SimpleCNN:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model stored in a checkpoint, from that file alone, in eval mode."""
     return load(path).build_model(device)
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, model: SimpleCNN, ckpt: Checkpoint) -> None:
+def restore_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, ckpt: Checkpoint) -> None:
     """Load the optimizer state saved by `save` into a freshly built optimizer.
 
     Called when resuming: the checkpoint must then hold what resuming needs (the

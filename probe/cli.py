@@ -96,6 +96,8 @@ def config_options(fn: Callable) -> Callable:
         elif "choices" in meta:
             choice_type = click.Choice([str(c) for c in meta["choices"]], case_sensitive=True)
             opt = click.option(name, f.name, type=choice_type, default=None, help=help_text)
+        elif typ is tuple and meta.get("pairs"):
+            opt = click.option(name.removesuffix("s"), f.name, multiple=True, help=help_text, metavar="KEY=VALUE")
         elif typ is tuple:
             opt = click.option(name, f.name, default=None, help=help_text, metavar="LAYERS")
         else:
@@ -107,11 +109,13 @@ def config_options(fn: Callable) -> Callable:
 def _overrides(kw: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, value in kw.items():
-        if value is None:
+        if value is None or value == ():
             continue
         f = FIELDS[name]
         if name == "model_depth":
             value = int(value)
+        elif f.metadata.get("pairs"):
+            value = tuple(value)
         elif field_type(f) is tuple:
             value = tuple(v.strip() for v in value.split(",") if v.strip())
         out[name] = value
@@ -304,6 +308,10 @@ def plugins(verbose: bool, as_json: bool) -> None:
                 click.echo(f"        scope: {a.scope}; needs: {', '.join(sorted(a.needs))}; version {a.version}")
                 for spec in a.param_specs():
                     click.echo(f"        --param {spec.describe()}")
+        for name in info.models:
+            click.echo(f"    model family {name}: {reg.models[name].summary}")
+        for name in info.datasets:
+            click.echo(f"    data set {name}: {reg.datasets[name].summary}")
         for cmd in info.commands:
             click.echo(f"    command: probe {cmd}")
     if not reg.plugins:
@@ -313,6 +321,50 @@ def plugins(verbose: bool, as_json: bool) -> None:
         click.echo(f"\n{len(problems)} problem{'s' if len(problems) > 1 else ''} (the other analyses work):")
     for line in problems:
         click.echo(f"  {line}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(as_json: bool) -> None:
+    """List the installed model families and their parameters (`probe train --model NAME --model-param KEY=VALUE`).
+
+    \b
+    probe train --run-dir runs/r20 --model resnet --model-param depth=20
+    probe train --run-dir runs/r56-noshort --model resnet --model-param depth=56 --model-param shortcut=none
+    """
+    from .plugins import installed
+
+    fams = installed("models")
+    if as_json:
+        import json
+
+        click.echo(json.dumps([{"name": f.name, "summary": f.summary, "version": f.version, "provider": f.provider,
+                                "provider_version": f.provider_version,
+                                "params": [{"name": s.name, "type": s.type.__name__, "default": s.default,
+                                            "help": s.help, "choices": s.choices, "min": s.min, "max": s.max}
+                                           for s in f.param_specs()]}
+                               for f in fams.values()], indent=2))
+        return
+    for name in sorted(fams):
+        f = fams[name]
+        click.echo(f"{name} ({f.provider} {f.provider_version}, family version {f.version}): {f.summary}")
+        for spec in f.param_specs():
+            click.echo(f"    --model-param {spec.describe()}")
+    if not fams:
+        click.echo("no model families installed")
+
+
+@cli.command(context_settings=CONTEXT)
+def datasets() -> None:
+    """List the installed image data sets (`probe train --dataset NAME [--data DIR]`)."""
+    from .plugins import installed
+
+    sources = installed("datasets")
+    for name in sorted(sources):
+        s = sources[name]
+        click.echo(f"{name} ({s.provider} {s.provider_version}): {s.summary}")
+    if not sources:
+        click.echo("no data sets installed")
 
 
 def main() -> None:

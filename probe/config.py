@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,16 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 class TrainConfig:
     """Everything that determines a training run (the run directory is not part of it)."""
 
-    data: str | None = _f(None, "Directory with train/ and test/ class folders (else $PROBE_DATA, else download CIFAR-10 with torchvision).")
+    data: str | None = _f(None, "A local copy of the data set: for cifar10 a directory with train/ and test/ class folders; "
+                                "for the others their release files or class folders (else $PROBE_DATA, else download "
+                                "with torchvision's checked downloader).")
+    dataset: str = _f("cifar10", "Image data set (see `probe datasets`): cifar10, cifar100, mnist, fashion-mnist, svhn, "
+                                 "folder, or one a plugin adds.", name_pattern=True)
+    model: str = _f("simplecnn", "Model family (see `probe models`): simplecnn (the notebook's CNN), resnet, mlp, "
+                                 "torchvision, or one a plugin adds.", name_pattern=True)
+    model_params: tuple[str, ...] = _f((), "A parameter of the model family, KEY=VALUE (repeatable; see `probe models`), "
+                                           "e.g. --model resnet --model-param depth=56 --model-param shortcut=none.",
+                                       pairs=True)
     epochs: int = _f(30, "Training epochs (epoch 0 is the initialisation).", min=0, max=MAX_EPOCHS)
     batch_size: int = _f(128, "Training mini-batch size.", min=1, max=MAX_BATCH)
     val_batch_size: int = _f(256, "Validation batch size.", min=1, max=MAX_BATCH)
@@ -56,10 +66,10 @@ class TrainConfig:
     schedule: str = _f("constant", "Learning-rate schedule.", choices=SCHEDULES)
     step_size: int = _f(10, "Epochs between decays for the step schedule.", min=1, max=MAX_EPOCHS)
     gamma: float = _f(0.1, "Decay factor for the step schedule.", min_excl=0.0, max=MAX_LR)
-    model_depth: int = _f(4, "Number of conv layers.", choices=DEPTHS)
-    base_width: int = _f(32, "Channels of the first conv layer (doubled every two layers).", min=1, max=MAX_WIDTH)
-    target_params: int | None = _f(None, "Pick the base width so the model has about this many parameters.", min=1, max=MAX_PARAMS)
-    dropout: float = _f(0.0, "Dropout probability after each block and in the classifier.", min=0.0, max_excl=1.0)
+    model_depth: int = _f(4, "Number of conv layers (--model simplecnn; the same as --model-param depth=N).", choices=DEPTHS)
+    base_width: int = _f(32, "Channels of the first conv layer, doubled every two layers (--model simplecnn).", min=1, max=MAX_WIDTH)
+    target_params: int | None = _f(None, "Pick the base width so the model has about this many parameters (--model simplecnn).", min=1, max=MAX_PARAMS)
+    dropout: float = _f(0.0, "Dropout probability after each block and in the classifier (--model simplecnn).", min=0.0, max_excl=1.0)
     augment: bool = _f(True, "Random crop (4-pixel padding) and horizontal flip, batch-wise on the device.")
     seed: int = _f(42, "Seed for the subset, the probe set, initialisation, shuffling and augmentation.", min=0, max=MAX_SEED)
     device: str = _f("auto", "Training device.", choices=DEVICES)
@@ -88,6 +98,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["full_maps"] = list(self.full_maps)
+        d["model_params"] = list(self.model_params)
         return d
 
     def hash(self) -> str:
@@ -95,10 +106,19 @@ class TrainConfig:
         d = self.to_dict()
         for k in ("device", "val_size"):  # where it ran and how much it validated on do not change the weights
             d.pop(k)
+        for k in NEWER_KEYS:  # at their defaults they leave the fingerprint of runs made before them unchanged
+            if d[k] == _default(k):
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+NEWER_KEYS = ("dataset", "model", "model_params")  # added with model families and data sets
+
+
+def _default(name: str) -> Any:
+    d = FIELDS[name].default
+    return list(d) if isinstance(d, tuple) else d
 
 
 def flag(name: str) -> str:
@@ -131,11 +151,20 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         raise UsageError(opt, f"must be a finite number, got {value}")
     if typ is tuple:
         if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-            raise UsageError(opt, "expected a list of layer names")
+            raise UsageError(opt, "expected a list of KEY=VALUE strings" if f.metadata.get("pairs") else
+                             "expected a list of layer names")
+        if len(value) > 64 or any(len(v) > 256 for v in value):
+            raise UsageError(opt, "at most 64 entries of at most 256 characters")
+        if f.metadata.get("pairs"):
+            from .model import parse_pairs
+
+            parse_pairs(value, opt)
         return
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise UsageError(opt, f"expected {typ.__name__}, got {type(value).__name__} {value!r}")
     m = f.metadata
+    if m.get("name_pattern") and not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", value):
+        raise UsageError(opt, f"{value[:40]!r} is not a name (lower-case letters, digits, '-' or '_')")
     if "choices" in m and value not in m["choices"]:
         raise UsageError(opt, f"{value!r} is not one of {', '.join(map(str, m['choices']))}")
     if "min" in m and value < m["min"]:
@@ -156,6 +185,8 @@ def check_cost(cfg: TrainConfig) -> None:
     """
     from .modelsize import param_count, train_bytes, width_for_params
 
+    if cfg.model != "simplecnn" or cfg.model_params:
+        return  # sized on the meta device once the data set is known (probe.model.check_model)
     opt = "--target-params" if cfg.target_params is not None else "--base-width"
     width = cfg.base_width if cfg.target_params is None else width_for_params(cfg.model_depth, cfg.target_params)
     n = param_count(cfg.model_depth, width)
@@ -176,7 +207,9 @@ def coerce(name: str, value: Any, source: str) -> Any:
         raise UsageError(source, f"unknown config key {name!r} (known keys: {known})")
     f = FIELDS[name]
     typ = field_type(f)
-    if typ is tuple:
+    if typ is tuple and f.metadata.get("pairs") and isinstance(value, dict):  # a TOML table {depth = 56}
+        value = tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in value.items())
+    elif typ is tuple:
         if isinstance(value, str):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
         elif isinstance(value, list):

@@ -333,14 +333,12 @@ class Context:
         order (module registration order: `features.0`, `features.1`, ..., `features.10`,
         `classifier.1`, ...), with each module's name and type. Needs `checkpoint` or `model`."""
         self._need("checkpoint", "model", "trajectory")
-        import torch
 
         from .checkpoint import _check_spec
 
         ckpt = self._load_checkpoint(epoch)
         _check_spec(ckpt.spec, ckpt.path)
-        with torch.device("meta"):
-            skeleton = ckpt.spec.build()
+        skeleton = ckpt.spec.skeleton()
         layers = []
         for mname, module in skeleton.named_modules():
             own = [n for n, _ in module.named_parameters(recurse=False)]

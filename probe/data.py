@@ -1,7 +1,8 @@
-"""CIFAR-10 as uint8 tensors held in memory, and batch-wise augmentation on the device.
+"""Image data sets as uint8 tensors held in memory, and batch-wise augmentation on the device.
 
-Images are decoded once (from torchvision's download or from a folder of class
-folders) and cached as a safetensors file, so every later run starts in seconds.
+Data sets are plugins (probe/datasets.py; CIFAR-10 is plugins/cifar10.py). Their
+images are decoded once and cached as a safetensors file (`cached`), so every
+later run starts in seconds.
 Training then never touches a DataLoader: a batch is an index into a tensor, and
 random crop + flip + normalisation run on the whole batch on the training device.
 """
@@ -10,23 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import atomic, safeio
 from .datasets import Augmentation
-from .errors import ProbeError, RunFileError, UsageError
-
-CIFAR10_BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-CIFAR10_BINARY_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from .errors import ProbeError, RunFileError
 
 
 @dataclass
@@ -54,133 +52,51 @@ def cache_dir() -> Path:
 
 
 def resolve_data(data: str | None) -> str | None:
-    """`--data`, else $PROBE_DATA, else None (download through torchvision)."""
+    """`--data`, else $PROBE_DATA, else None (the data set's loader downloads it)."""
     return data or os.environ.get("PROBE_DATA") or None
 
 
-def load_cifar10(data: str | None, *, quiet: bool = False) -> Dataset:
-    """Load CIFAR-10 from a folder (`data`) or torchvision's download, through the cache."""
-    data = resolve_data(data)
-    if data is not None:
-        return _load_folder(Path(data), quiet=quiet)
-    return _load_download(quiet=quiet)
+def load_dataset(name: str, data: str | None, *, quiet: bool = False) -> Dataset:
+    """Load the installed data set `name` (`--dataset`) from `data` (`--data`; for cifar10 else $PROBE_DATA), else
+    from its download.
 
-
-# --- a folder of class folders ----------------------------------------------------------
-
-def _list_split(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    files = [sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) for c in classes]
-    return classes, files
-
-
-def _folder_key(root: Path, listing: dict[str, list[list[Path]]]) -> str:
-    h = hashlib.sha256(str(root.resolve()).encode())
-    for split, files in sorted(listing.items()):
-        for cls_files in files:
-            for p in cls_files:
-                st = p.stat()
-                h.update(f"{split}/{p.parent.name}/{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
-
-
-def _decode(paths: list[Path]) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-
-    out = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
-    for i, p in enumerate(paths):
-        try:
-            with Image.open(p) as im:
-                img = np.asarray(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise ProbeError(f"{p}: cannot decode image ({exc})") from None
-        if img.shape != (32, 32, 3):
-            raise ProbeError(f"{p}: expected a 32x32 image, got {img.shape[1]}x{img.shape[0]}")
-        out[i] = img
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-
-
-def _load_folder(root: Path, *, quiet: bool) -> Dataset:
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise UsageError("--data", f"{root / split} is not a directory; expected {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg")
-    listing, classes = {}, None
-    for split in ("train", "test"):
-        cls, files = _list_split(root / split)
-        if classes is not None and cls != classes:
-            raise UsageError("--data", f"{root}: train/ and test/ have different class folders")
-        if not cls or not any(files):
-            raise UsageError("--data", f"{root / split} holds no class folders with images")
-        classes, listing[split] = cls, files
-    key = _folder_key(root, listing)
-    cached = cache_dir() / f"folder-{key}.safetensors"
-    ds = _read_cache(cached, tuple(classes), str(root))
-    if ds is not None:
-        return ds
-    tensors = {}
-    for split in ("train", "test"):
-        paths = [p for cls_files in listing[split] for p in cls_files]
-        labels = [i for i, cls_files in enumerate(listing[split]) for _ in cls_files]
-        if not quiet:
-            print(f"decoding {len(paths)} {split} images from {root / split} (once; cached in {cache_dir()})")
-        tensors[f"{split}_x"] = _decode(paths)
-        tensors[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
-    _write_cache(cached, tensors, tuple(classes))
-    return Dataset(**tensors, classes=tuple(classes), source=str(root))
-
-
-# --- torchvision's download -----------------------------------------------------------------
-
-def _read_cifar_binary(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Parse CIFAR-10's binary format: records of 1 label byte + 3,072 pixel bytes (CHW)."""
-    raw = np.frombuffer(safeio.read_bytes(path, 64 << 20), dtype=np.uint8)  # a batch is 30.7 MB
-    if raw.size % 3073 or not raw.size:
-        raise RunFileError(path, f"not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)")
-    rec = raw.reshape(-1, 3073)
-    if int(rec[:, 0].max()) > 9:
-        raise RunFileError(path, f"not a CIFAR-10 binary batch (label {int(rec[:, 0].max())} is not in 0..9)")
-    y = torch.from_numpy(rec[:, 0].astype(np.int64))
-    x = torch.from_numpy(rec[:, 1:].reshape(-1, 3, 32, 32).copy())
-    return x, y
-
-
-def read_binary_dir(folder: Path) -> dict[str, torch.Tensor]:
-    """Read `data_batch_1..5.bin` and `test_batch.bin` of an extracted CIFAR-10 binary archive."""
-    parts = [_read_cifar_binary(folder / f"data_batch_{i}.bin") for i in range(1, 6)]
-    test_x, test_y = _read_cifar_binary(folder / "test_batch.bin")
-    return {
-        "train_x": torch.cat([p[0] for p in parts]), "train_y": torch.cat([p[1] for p in parts]),
-        "test_x": test_x, "test_y": test_y,
-    }
-
-
-def _load_download(*, quiet: bool) -> Dataset:
-    """Download CIFAR-10 with torchvision's checked downloader.
-
-    The binary release is used rather than the python one, because the python
-    release is a set of pickles and probe never unpickles a file.
+    What the loader returns is checked (`check_dataset`), so a plugin's mistake is
+    one error naming the data set, never a run on wrong data.
     """
-    from .model import CIFAR10_CLASSES
+    from .datasets import get_source
 
-    root = cache_dir() / "cifar10"
-    cached = cache_dir() / "cifar10-binary.safetensors"
-    ds = _read_cache(cached, CIFAR10_CLASSES, "torchvision:cifar-10-binary")
-    if ds is not None:
-        return ds
-    folder = root / "cifar-10-batches-bin"
-    if not (folder / "test_batch.bin").exists():
-        from torchvision.datasets.utils import download_and_extract_archive
+    src = get_source(name)
+    # $PROBE_DATA predates data sets and names a CIFAR-10 folder: offered to cifar10 only.
+    ds = src.load(resolve_data(data) if name == "cifar10" else data, quiet)
+    check_dataset(ds, name)
+    return ds
 
-        try:
-            download_and_extract_archive(CIFAR10_BINARY_URL, str(root), md5=CIFAR10_BINARY_MD5)
-        except Exception as exc:  # network errors come in many types
-            raise ProbeError(
-                f"could not download CIFAR-10 ({type(exc).__name__}: {exc}); point --data or $PROBE_DATA at a local "
-                "copy laid out as DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg"
-            ) from None
-    tensors = read_binary_dir(folder)
-    _write_cache(cached, tensors, CIFAR10_CLASSES)
-    return Dataset(**tensors, classes=CIFAR10_CLASSES, source="torchvision:cifar-10-binary")
+
+def check_dataset(ds: Any, name: str) -> None:
+    """Raise ProbeError unless `ds` is a Dataset of uint8 [N, C, H, W] images with labels in 0..classes-1."""
+    where = f"data set {name!r}"
+    if not isinstance(ds, Dataset):
+        raise ProbeError(f"{where}: its loader returned {type(ds).__name__}, not a probe.data.Dataset")
+    classes = ds.classes
+    if not isinstance(classes, tuple) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ProbeError(f"{where}: classes must be a non-empty tuple of names")
+    meta = {"format": CACHE_FORMAT, "classes": ",".join(classes)}
+    tensors = {"train_x": ds.train_x, "train_y": ds.train_y, "test_x": ds.test_x, "test_y": ds.test_y}
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise ProbeError(f"{where}: train_x, train_y, test_x and test_y must be tensors")
+    try:
+        check_cache(Path(where), tensors, {**meta, "content_sha256": "-"}, classes)
+    except RunFileError as exc:
+        if "checksum" not in str(exc):
+            raise ProbeError(str(exc)) from None
+    c = ds.train_x.shape[1]
+    for name_, v in (("mean", ds.mean), ("std", ds.std)):
+        if v is not None and (len(v) != c or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+            raise ProbeError(f"{where}: {name_} must hold {c} finite numbers (one per channel), got {v!r}")
+    if ds.std is not None and any(x <= 0 for x in ds.std):
+        raise ProbeError(f"{where}: std must be positive, got {ds.std!r}")
+    if ds.augmentation is not None and not isinstance(ds.augmentation, Augmentation):
+        raise ProbeError(f"{where}: augmentation must be a probe.Augmentation or None")
 
 
 # --- the decoded cache ------------------------------------------------------------------------
@@ -330,15 +246,17 @@ def normalize(x_uint8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, 
     return (x_uint8.float().div_(255.0) - m) / s
 
 
-def augment(x_uint8: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole batch.
+def augment(x_uint8: torch.Tensor, gen: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding and (with `flip`) random horizontal flip, for a whole batch.
 
     The random numbers come from `gen` (a CPU generator whose state is saved in
     each checkpoint), so augmentation is identical on CPU and CUDA and after resume.
     """
     b, _, h, w = x_uint8.shape
     offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(x_uint8.device)
-    flips = (torch.rand(b, generator=gen) < 0.5).to(x_uint8.device)
+    flips = (torch.rand(b, generator=gen) < 0.5).to(x_uint8.device)  # drawn either way: one random stream
+    if not flip:
+        flips = torch.zeros_like(flips)
     padded = F.pad(x_uint8, (pad, pad, pad, pad))
     rows = (offsets[0].view(b, 1) + torch.arange(h, device=x_uint8.device)).view(b, 1, h, 1)
     cols = offsets[1].view(b, 1) + torch.arange(w, device=x_uint8.device)

@@ -109,8 +109,11 @@ class ModelSpec:
     input: InputSpec
     num_classes: int
     family_version: str = "1"
-    provider: str = ""
+    provider: str = field(default="", compare=False)  # where the family came from: informs, never selects
     _legacy: bool = field(default=False, compare=False, repr=False)
+
+    def __hash__(self) -> int:  # params is a dict: hash the stored form (specs key caches of layer shapes)
+        return hash(self.to_json())
 
     # What most readers need, without knowing the spec's layout.
     @property

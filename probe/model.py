@@ -1,134 +1,155 @@
-"""The notebook's CNN family, and the small JSON spec that rebuilds it.
+"""The model a training config describes: its spec, size and fit, checked before anything is allocated.
 
-`SimpleCNN` keeps the notebook's module layout (`features.N`, `classifier.N`), so
-layer names such as `features.6` mean the same thing in probe as in the notebook:
-conv 3x3 -> BatchNorm -> ReLU per layer, a 2x2 max-pool after every second layer,
-channels doubled after every second layer, then global average pooling, a
-256-unit hidden layer and the 10-way classifier.
+Families themselves are plugins (probe/families.py is the contract; the built-in
+ones live in plugins/). This module turns `probe train`'s options into a
+`ModelSpec` for a data set, and sizes that model on the meta device: its
+parameter count and an estimate of its training memory bound what probe will
+build, and a forward pass there shows that the data set's images fit the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass
-from pathlib import Path
+import math
+from typing import Any
 
-import torch
-from torch import nn
-
-from .modelsize import param_count, train_bytes
+from .errors import UsageError
+from .families import MAX_MODEL_PARAMS, InputSpec, ModelSpec, get_family
+from .modelsize import param_count as simplecnn_param_count
+from .modelsize import width_for_params as _width_for_params
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_INPUT = InputSpec(3, (32, 32), CIFAR10_MEAN, CIFAR10_STD)
+
+# `probe train`'s options that predate model families: fields of the simplecnn family.
+SIMPLECNN_OPTIONS = {"model_depth": "depth", "base_width": "base_width", "dropout": "dropout"}
+MAX_TRAIN_BYTES = 64 << 30  # estimated training memory (weights, optimizer state, activations of a batch)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild the model; stored as JSON in every checkpoint."""
-
-    depth: int = 4
-    base_width: int = 32
-    dropout: float = 0.0
-    num_classes: int = 10
-    in_channels: int = 3
-    hidden: int = 256
-    mean: tuple[float, ...] = CIFAR10_MEAN
-    std: tuple[float, ...] = CIFAR10_STD
-    arch: str = "SimpleCNN"
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, source: str | Path = "model spec") -> ModelSpec:
-        """Parse a stored spec (bounded in depth and integer length); a bad one raises ValueError or RunFileError."""
-        from .safeio import loads_json
-
-        d = loads_json(text, source=source)
-        if not isinstance(d, dict) or d.get("arch") != "SimpleCNN":
-            raise ValueError(f"unsupported model spec {text[:80]!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model spec keys {sorted(unknown)}")
-        for k in ("mean", "std"):
-            if k in d:
-                if not isinstance(d[k], list) or len(d[k]) > 64:
-                    raise ValueError(f"{k} must be a short list of numbers")
-                d[k] = tuple(d[k])
-        return cls(**d)
-
-    def build(self) -> SimpleCNN:
-        return SimpleCNN(self)
-
-
-class SimpleCNN(nn.Module):
-    """Conv-BN-ReLU stack of `depth` layers; see the module docstring."""
-
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        self.spec = spec
-        layers: list[nn.Module] = []
-        self.block_outputs: list[str] = []  # module name whose output is each block's output
-        in_ch, ch = spec.in_channels, spec.base_width
-        for i in range(spec.depth):
-            layers += [nn.Conv2d(in_ch, ch, 3, padding=1), nn.BatchNorm2d(ch), nn.ReLU(inplace=True)]
-            if i % 2 == 1:
-                layers.append(nn.MaxPool2d(2))
-            if spec.dropout > 0:
-                layers.append(nn.Dropout(spec.dropout))
-            self.block_outputs.append(f"features.{len(layers) - 1}")
-            in_ch = ch
-            if i % 2 == 1:
-                ch = min(ch * 2, 512)
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(in_ch, spec.hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(spec.dropout),
-            nn.Linear(spec.hidden, spec.num_classes),
-        )
-        self.penultimate = "classifier.3"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-    @property
-    def recorded_layers(self) -> list[str]:
-        """Layers whose activations are dumped: every conv block and the penultimate layer."""
-        return [*self.block_outputs, self.penultimate]
-
-    def conv_layers(self) -> list[str]:
-        return [n for n, m in self.named_modules() if isinstance(m, nn.Conv2d)]
+def simplecnn_spec(depth: int = 4, base_width: int = 32, dropout: float = 0.0, hidden: int = 256, num_classes: int = 10,
+                   input: InputSpec = CIFAR10_INPUT) -> ModelSpec:
+    """The spec of the notebook's CNN (tests, benchmarks and the plugin-author fixture build it directly)."""
+    return ModelSpec("simplecnn", {"depth": depth, "base_width": base_width, "dropout": dropout, "hidden": hidden},
+                     input, num_classes, "1", "probe-cnn")
 
 
 def count_params(spec: ModelSpec) -> int:
-    """Parameter count of the model `spec` describes, without allocating it."""
-    return param_count(spec.depth, spec.base_width, in_channels=spec.in_channels, hidden=spec.hidden,
-                       num_classes=spec.num_classes)
+    """Parameter count of the model `spec` describes, built on the meta device (nothing allocated)."""
+    return sum(p.numel() for p in spec.skeleton().parameters())
 
 
-def estimate_train_bytes(spec: ModelSpec, batch_size: int, image_size: int = 32) -> int:
-    """Rough float32 training memory of `spec` at `batch_size` (probe.modelsize.train_bytes)."""
-    return train_bytes(spec.depth, spec.base_width, batch_size, in_channels=spec.in_channels, hidden=spec.hidden,
-                       num_classes=spec.num_classes, image_size=image_size)
+def width_for_params(depth: int, target: int, **kw: Any) -> int:
+    """The simplecnn base width whose model has the parameter count closest to `target` (`--target-params`)."""
+    return _width_for_params(depth, target, **kw)
 
 
-def width_for_params(depth: int, target: int, **spec_kw) -> int:
-    """The base width whose model has the parameter count closest to `target`.
+def parse_pairs(pairs: tuple[str, ...] | list[str], option: str = "--model-param") -> dict[str, str]:
+    """`("depth=56", "shortcut=none")` -> {"depth": "56", "shortcut": "none"}; a malformed or repeated key is an error."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise UsageError(option, f"expected KEY=VALUE, got {pair!r}")
+        if key in out:
+            raise UsageError(option, f"{key} is given twice")
+        out[key] = value.strip()
+    return out
 
-    Used to compare depths at about equal parameter count (`--target-params`).
+
+def spec_from_config(cfg: Any, input: InputSpec, num_classes: int) -> ModelSpec:
+    """The spec of the model `cfg` trains on a data set of `input` images and `num_classes` classes.
+
+    `--model-param` sets the family's parameters. For the default family,
+    simplecnn, the older `--model-depth`, `--base-width`, `--target-params` and
+    `--dropout` set the same fields (giving one both ways is an error); with any
+    other family they must stay at their defaults.
     """
-    best = min(range(1, 513), key=lambda w: abs(count_params(ModelSpec(depth=depth, base_width=w, **spec_kw)) - target))
-    return best
+    from .config import FIELDS, flag
+
+    fam = get_family(cfg.model, option="--model")
+    raw: dict[str, Any] = parse_pairs(cfg.model_params)
+    if fam.name == "simplecnn":
+        legacy = {p: getattr(cfg, o) for o, p in SIMPLECNN_OPTIONS.items()}
+        if cfg.target_params is not None:
+            legacy["base_width"] = width_for_params(int(raw.get("depth", cfg.model_depth)), cfg.target_params)
+        for o, p in [*SIMPLECNN_OPTIONS.items(), ("target_params", "base_width")]:
+            if p in raw and getattr(cfg, o) != FIELDS[o].default:
+                raise UsageError("--model-param", f"{p} is also set by {flag(o)}; give it one way")
+        raw = {**legacy, **raw}
+    else:
+        for o in [*SIMPLECNN_OPTIONS, "target_params"]:
+            if getattr(cfg, o) != FIELDS[o].default:
+                raise UsageError(flag(o), f"applies to --model simplecnn only; give {fam.name}'s parameters with "
+                                          f"--model-param KEY=VALUE (see `probe models`)")
+    params = fam.make_params(raw)
+    return ModelSpec(fam.name, dataclasses.asdict(params), input, num_classes, fam.version, fam.provider)
 
 
-def spec_from_config(cfg) -> ModelSpec:
-    width = cfg.base_width
-    if cfg.target_params is not None:
-        width = width_for_params(cfg.model_depth, cfg.target_params, dropout=cfg.dropout)
-    return ModelSpec(depth=cfg.model_depth, base_width=width, dropout=cfg.dropout)
+def check_model(spec: ModelSpec, batch_size: int, option: str = "--model", full_maps: tuple[str, ...] = ()) -> int:
+    """Size the model on the meta device and run one forward pass there; returns its parameter count.
+
+    Refuses, in one line naming `option`: a model of more than MAX_MODEL_PARAMS
+    parameters or an estimated training memory above MAX_TRAIN_BYTES (weights,
+    gradients, two optimizer buffers, and every module's output for one batch,
+    kept for the backward pass), images the model cannot take (a forward pass
+    that fails or does not give [N, num_classes] logits), and `--full-maps` names
+    that are not modules of the model.
+    """
+    import torch
+
+    h, w = spec.input.size
+    where = f"{spec.describe()}"
+    try:
+        model = spec.skeleton()
+    except (ValueError, TypeError) as exc:
+        raise UsageError(option, f"cannot build {where}: {exc}") from None
+    n = sum(p.numel() for p in model.parameters())
+    if n > MAX_MODEL_PARAMS:
+        raise UsageError(option, f"{where} has {n:,} parameters, more than the {MAX_MODEL_PARAMS:,} probe allows")
+    outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel() if torch.is_tensor(out) else 0))
+             for _, m in model.named_modules()]
+    try:
+        with torch.device("meta"), torch.no_grad():
+            logits = model(torch.empty(1, spec.input.channels, h, w))
+    except Exception as exc:  # any error of the model's own forward: the images do not fit it
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(option, f"{where} cannot take {spec.input.channels}x{h}x{w} images ({first}); pick a "
+                                 "family or parameters for this data set") from None
+    finally:
+        for hk in hooks:
+            hk.remove()
+    if not torch.is_tensor(logits) or tuple(logits.shape) != (1, spec.num_classes):
+        shape = list(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+        raise UsageError(option, f"{where} gives outputs {shape} for one image, not [1, {spec.num_classes}] logits")
+    need = 16 * n + 4 * batch_size * sum(outputs)
+    if need > MAX_TRAIN_BYTES:
+        raise UsageError(option, f"{where} needs about {need / 2**30:,.0f} GiB to train at batch size {batch_size}, "
+                                 f"more than the {MAX_TRAIN_BYTES >> 30} GiB probe allows; use a smaller model or batch")
+    unknown = [name for name in full_maps if name not in dict(model.named_modules())]
+    if unknown:
+        raise UsageError("--full-maps", f"unknown layer(s) {', '.join(unknown)}; recorded layers are "
+                                        f"{', '.join(spec.recorded_layers())}")
+    return n
+
+
+def input_spec(images: Any, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> InputSpec:
+    """The model input for uint8 [N, C, H, W] `images`: the data set's normalisation, else theirs (per channel)."""
+    import torch
+
+    c, h, w = images.shape[1:]
+    if mean is None or std is None:
+        x = images.to(torch.float64).div_(255.0)
+        mean = tuple(round(v, 6) for v in x.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(round(max(v, 1e-6), 6) for v in x.std(dim=(0, 2, 3)).tolist())
+    if len(mean) != c or len(std) != c or not all(math.isfinite(v) for v in (*mean, *std)):
+        raise UsageError("--dataset", f"the data set's mean/std have {len(mean)}/{len(std)} entries for {c}-channel images")
+    return InputSpec(int(c), (int(h), int(w)), tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+__all__ = ["CIFAR10_CLASSES", "CIFAR10_INPUT", "CIFAR10_MEAN", "CIFAR10_STD", "ModelSpec", "check_model",
+           "count_params", "input_spec", "simplecnn_param_count", "simplecnn_spec", "spec_from_config",
+           "width_for_params"]

@@ -20,7 +20,6 @@ from . import lock, paths, rundir, safeio
 from .config import TrainConfig
 from .errors import ProbeError, RunFileError, UsageError
 from .lock import LOCK_FILE
-from .model import spec_from_config
 from .paths import is_real_dir, is_regular
 
 # What `probe train` itself puts in a run directory: --force removes these and nothing else.
@@ -198,20 +197,24 @@ def check_path(run_dir: Path, option: str = "--run-dir") -> None:
 
 
 def preflight(cfg: TrainConfig, run_dir: Path, option: str = "--run-dir") -> None:
-    """Everything training would reject later, checked before anything is touched.
+    """Everything training would reject later that needs no data, checked before anything is touched.
 
-    The run directory's path (`check_path`), and `--full-maps` layer names against
-    the model (built on the meta device: nothing allocated). `option` names what to
-    fix in a path error (`--run-dir`, or a sweep point).
+    The run directory's path (`check_path`), that `--model` and `--dataset` are
+    installed, and for CIFAR-10 (whose image shape is known without loading it)
+    the model itself: its size, its fit, and `--full-maps` layer names, on the meta
+    device (nothing allocated). Other data sets are checked the same way once
+    loaded (`probe.train.model_spec`). `option` names what to fix in a path error
+    (`--run-dir`, or a sweep point).
     """
-    import torch  # only here: the path checks above need none
-
     check_path(run_dir, option)
-    spec = spec_from_config(cfg)
-    with torch.device("meta"):
-        model = spec.build()
-    modules = dict(model.named_modules())
-    unknown = [name for name in cfg.full_maps if name not in modules]
-    if unknown:
-        raise UsageError("--full-maps", f"unknown layer(s) {', '.join(unknown)}; recorded layers are "
-                                        f"{', '.join(model.recorded_layers)}")
+    from .datasets import get_source
+    from .families import get_family
+
+    get_family(cfg.model, option="--model")
+    get_source(cfg.dataset)
+    if cfg.dataset != "cifar10":
+        return
+    from .model import CIFAR10_CLASSES, CIFAR10_INPUT, check_model, spec_from_config
+
+    spec = spec_from_config(cfg, CIFAR10_INPUT, len(CIFAR10_CLASSES))
+    check_model(spec, max(cfg.batch_size, cfg.val_batch_size), full_maps=cfg.full_maps)

@@ -10,7 +10,6 @@ sees finished epochs.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -153,13 +152,13 @@ class Run:
         from safetensors.torch import load
 
         from . import safeio
-        from .model import ModelSpec
+        from .families import ModelSpec
 
         p = self.path / rel
         data = safeio.read_bytes(p, MAX_BATCH_BYTES, within=self.path)
         try:
             t = load(data)
-            spec = ModelSpec.from_json(json.dumps(self.config["model_spec"]))
+            spec = ModelSpec.from_dict(self.config["model_spec"])
             batch = DataBatch(t["images"], t["labels"], t["indices"], spec.mean, spec.std)
         except Exception as exc:
             raise RunFileError(p, f"damaged ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
@@ -188,13 +187,14 @@ class Run:
 
 
 def _check_batch(path: Path, batch: DataBatch, spec: Any) -> None:
-    """Images uint8 [N, C, 32, 32], labels [N] in 0..classes-1, indices [N]: else one RunFileError."""
+    """Images uint8 [N, C, H, W] as the model spec's input, labels [N] in 0..classes-1, indices [N]: else one RunFileError."""
     import torch
 
     x, y, idx = batch.images, batch.labels, batch.indices
     n = x.shape[0] if x.dim() == 4 else -1
-    if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (spec.in_channels, 32, 32) or n < 1:
-        raise RunFileError(path, f"'images' must be uint8 [N, {spec.in_channels}, 32, 32], got {x.dtype} {list(x.shape)}")
+    h, w = spec.input.size
+    if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (spec.in_channels, h, w) or n < 1:
+        raise RunFileError(path, f"'images' must be uint8 [N, {spec.in_channels}, {h}, {w}], got {x.dtype} {list(x.shape)}")
     for name, t in (("labels", y), ("indices", idx)):
         if t.dim() != 1 or t.shape[0] != n or t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
             raise RunFileError(path, f"'{name}' must be integers [{n}], got {t.dtype} {list(t.shape)}")

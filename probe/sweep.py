@@ -390,10 +390,10 @@ def final_metrics(run_dir: Path) -> dict[str, Any]:
 
 def warm_data(points: list[Point]) -> None:
     """Decode (or download) each dataset once here, so N workers do not all do it at once."""
-    from .data import load_cifar10
+    from .data import load_dataset
 
-    for source in sorted({p.config.data or "" for p in points}):
-        load_cifar10(source or None, quiet=False)
+    for name, source in sorted({(p.config.dataset, p.config.data or "") for p in points}):
+        load_dataset(name, source or None, quiet=False)
 
 
 # --- the command -------------------------------------------------------------------------------------------

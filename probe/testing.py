@@ -21,26 +21,31 @@ TINY = dict(epochs=2, subset_train_size=0, batch_size=32, val_batch_size=64, bas
             analysis_batch_size=64, lr=0.05, optimizer="SGD_mom", seed=0, device="cpu")
 
 
-def synthetic_dataset(n_train: int = 320, n_test: int = 120, seed: int = 0, num_classes: int = 10):
-    """CIFAR-shaped uint8 images whose class sets a colour and a stripe pattern, plus noise: learnable in an epoch."""
+def synthetic_dataset(n_train: int = 320, n_test: int = 120, seed: int = 0, num_classes: int = 10, channels: int = 3,
+                      size: int = 32):
+    """CIFAR-shaped (or `channels` x `size` x `size`) uint8 images whose class sets a colour and a stripe pattern,
+    plus noise: learnable in an epoch. Normalised with CIFAR-10's statistics when RGB, else with their own."""
     import torch
 
     from .data import Dataset
-    from .model import CIFAR10_CLASSES
+    from .model import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 
     g = torch.Generator().manual_seed(seed)
-    base = torch.rand(num_classes, 3, 1, 1, generator=g) * 160 + 40
-    stripes = (torch.arange(32).view(1, 1, 1, 32) % (torch.arange(num_classes).view(-1, 1, 1, 1) + 2) == 0).float() * 50
+    base = torch.rand(num_classes, channels, 1, 1, generator=g) * 160 + 40
+    stripes = (torch.arange(size).view(1, 1, 1, size) % (torch.arange(num_classes).view(-1, 1, 1, 1) + 2) == 0).float() * 50
 
     def split(n: int):
         y = torch.arange(n) % num_classes
-        noise = torch.randn(n, 3, 32, 32, generator=g) * 30
+        noise = torch.randn(n, channels, size, size, generator=g) * 30
         x = (base[y] + stripes[y] + noise).clamp(0, 255).to(torch.uint8)
         return x, y
 
     train_x, train_y = split(n_train)
     test_x, test_y = split(n_test)
-    return Dataset(train_x, train_y, test_x, test_y, classes=CIFAR10_CLASSES[:num_classes], source="synthetic")
+    classes = CIFAR10_CLASSES[:num_classes] if num_classes <= 10 else tuple(f"class{i}" for i in range(num_classes))
+    rgb = channels == 3
+    return Dataset(train_x, train_y, test_x, test_y, classes=classes, source="synthetic",
+                   mean=CIFAR10_MEAN if rgb else None, std=CIFAR10_STD if rgb else None)
 
 
 def registry_with(*plugin_objs: Any) -> Any:
@@ -59,13 +64,18 @@ def registry_with(*plugin_objs: Any) -> Any:
     return reg
 
 
-def make_tiny_run(run_dir: str | Path, **overrides: Any) -> Path:
-    """Train a tiny run into `run_dir` (about 2-5 s on a laptop CPU)."""
+def make_tiny_run(run_dir: str | Path, dataset: Any = None, **overrides: Any) -> Path:
+    """Train a tiny run into `run_dir` (about 2-5 s on a laptop CPU).
+
+    `overrides` are TrainConfig fields (`model="resnet"`, `model_params=("depth=8",)`); `dataset` replaces the
+    synthetic CIFAR-shaped data (e.g. `synthetic_dataset(channels=1, size=28)` for an MLP).
+    """
     from .config import TrainConfig
     from .train import train
 
-    cfg = TrainConfig(**{**TINY, **overrides})
-    return train(run_dir, cfg, quiet=True, dataset=synthetic_dataset(seed=cfg.seed))
+    tiny = {k: v for k, v in TINY.items() if k != "base_width" or overrides.get("model", "simplecnn") == "simplecnn"}
+    cfg = TrainConfig(**{**tiny, **overrides})
+    return train(run_dir, cfg, quiet=True, dataset=dataset or synthetic_dataset(seed=cfg.seed))
 
 
 def make_image_folder(root: Path, n_train: int = 3, n_test: int = 2, classes: int = 10, seed: int = 0) -> Path:

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from . import activations, atomic, checkpoint, data, lock, rundir
 from .config import TrainConfig
 from .errors import ProbeError, RunFileError, UsageError
-from .model import SimpleCNN, count_params, spec_from_config
+from .families import ModelSpec
+from .model import check_model, input_spec, spec_from_config
 from .prepare import (
     _has_content,
     check_path,
@@ -49,7 +50,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(cfg: TrainConfig, model: SimpleCNN) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
     if cfg.optimizer == "SGD":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -83,12 +84,28 @@ def set_rng_states(states: dict[str, torch.Tensor], gen: torch.Generator) -> Non
         torch.cuda.set_rng_state(states["cuda"])
 
 
+def model_spec(cfg: TrainConfig, ds: data.Dataset) -> ModelSpec:
+    """The spec of the model `cfg` trains on `ds`, sized and checked on the meta device (nothing allocated).
+
+    The input is the data set's image shape and normalisation (computed on the
+    training subset when the data set gives none). Also checks `--full-maps`
+    against the model's layers. Every problem is one UsageError naming the option.
+    """
+    subset = data.train_subset(ds, cfg.subset_train_size, cfg.seed)
+    spec = spec_from_config(cfg, input_spec(ds.train_x[subset], ds.mean, ds.std), len(ds.classes))
+    check_model(spec, max(cfg.batch_size, cfg.val_batch_size), full_maps=cfg.full_maps)
+    return spec
+
+
 class Trainer:
     """Holds the tensors, model and optimizer of one run; `fit()` runs the epochs."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, device: torch.device, ds: data.Dataset, log: Log, progress: bool):
+    def __init__(self, run_dir: Path, cfg: TrainConfig, device: torch.device, ds: data.Dataset, log: Log, progress: bool,
+                 spec: ModelSpec | None = None):
         self.run_dir, self.cfg, self.device, self.log, self.progress = run_dir, cfg, device, log, progress
-        self.spec = spec_from_config(cfg)
+        self.spec = spec or model_spec(cfg, ds)
+        self.layers = self.spec.recorded_layers()
+        self.augmentation = ds.augmentation if cfg.augment else None
         subset = data.train_subset(ds, cfg.subset_train_size, cfg.seed)
         self.train_x = ds.train_x[subset].to(device)
         self.train_y = ds.train_y[subset].to(device)
@@ -122,8 +139,9 @@ class Trainer:
         config = {
             "format": "probe-run/1",
             "train": self.cfg.to_dict(),
-            "model_spec": json.loads(self.spec.to_json()),
-            "num_params": count_params(self.spec),
+            "model_spec": self.spec.to_dict(),
+            "num_params": sum(p.numel() for p in self.model.parameters()),
+            "augmentation": self.augmentation.to_dict() if self.augmentation else None,
             "config_hash": self.cfg.hash(),
             "data_source": self.ds.source,
             "classes": list(self.ds.classes),
@@ -161,8 +179,8 @@ class Trainer:
         for start in bar:
             idx = perm[start : start + cfg.batch_size]
             xb = self.train_x[idx]
-            if cfg.augment:
-                xb = data.augment(xb, self.gen)
+            if self.augmentation is not None:
+                xb = data.augment(xb, self.gen, self.augmentation.pad, self.augmentation.flip)
             x, y = self._input(xb), self.train_y[idx]
             with self._autocast():
                 logits = model(x)
@@ -210,7 +228,7 @@ class Trainer:
     def finish_epoch(self, epoch: int, metrics: dict[str, Any], t0: float) -> dict[str, Any]:
         """Validate (recording activations), then write dump, checkpoint and metrics, in that order."""
         t_val = time.perf_counter()
-        recorder = activations.ActivationRecorder(self.model, self.model.recorded_layers, self.cfg.full_maps, len(self.probe_idx))
+        recorder = activations.ActivationRecorder(self.model, self.layers, self.cfg.full_maps, len(self.probe_idx))
         try:
             metrics.update(self.validate(recorder))
         finally:
@@ -220,7 +238,8 @@ class Trainer:
         t_out = time.perf_counter()
         recorder.write(self.run_dir / rundir.activations_name(epoch), epoch)
         metrics["epoch_seconds"] = time.perf_counter() - t0  # checkpoint's own copy: before its write
-        checkpoint.save(self.run_dir / rundir.checkpoint_name(epoch), epoch=epoch, model=self.model, metrics=metrics,
+        checkpoint.save(self.run_dir / rundir.checkpoint_name(epoch), epoch=epoch, model=self.model, spec=self.spec,
+                        metrics=metrics,
                         config_hash=self.cfg.hash(), optimizer=self.opt, rng=rng_states(self.gen))
         metrics["output_seconds"] = time.perf_counter() - t_out
         metrics["epoch_seconds"] = time.perf_counter() - t0
@@ -303,7 +322,8 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
         cfg = TrainConfig()
     device = resolve_device(cfg.device)
     preflight(cfg, run_dir)
-    ds = dataset or data.load_cifar10(cfg.data, quiet=quiet)  # fails (one line) before anything is written
+    ds = dataset or data.load_dataset(cfg.dataset, cfg.data, quiet=quiet)  # fails (one line) before anything is written
+    spec = model_spec(cfg, ds)  # so do a model that does not fit the data set, or is too large
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -313,12 +333,12 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
         if force and _has_content(run_dir):
             clear_run(run_dir)
         remove_training_temps(run_dir)  # what a killed process was writing
-        return _train_locked(run_dir, cfg, device, ds, log, progress, resume)
+        return _train_locked(run_dir, cfg, device, ds, log, progress, resume, spec)
 
 
 def _train_locked(run_dir: Path, cfg: TrainConfig, device: torch.device, ds: data.Dataset, log: Log,
-                  progress: bool, resume: bool) -> Path:
-    trainer = Trainer(run_dir, cfg, device, ds, log, progress)
+                  progress: bool, resume: bool, spec: ModelSpec) -> Path:
+    trainer = Trainer(run_dir, cfg, device, ds, log, progress, spec)
     history: list[dict[str, Any]] = []
     start = 0
     if resume:
@@ -328,7 +348,8 @@ def _train_locked(run_dir: Path, cfg: TrainConfig, device: torch.device, ds: dat
             if ckpt.config_hash and ckpt.config_hash != cfg.hash() and ckpt.epoch > 0 and cfg.schedule != "constant":
                 log("warning: the config changed since this checkpoint was written")
             if ckpt.spec != trainer.spec:
-                raise RunFileError(ckpt.path, f"holds a different model ({ckpt.spec}) than {rundir.CONFIG} describes ({trainer.spec})")
+                raise RunFileError(ckpt.path, f"holds a different model ({ckpt.spec.describe()}) than {rundir.CONFIG} "
+                                              f"describes ({trainer.spec.describe()})")
             trainer.model.load_state_dict(ckpt.model_state)
             checkpoint.restore_optimizer(trainer.opt, trainer.model, ckpt)
             set_rng_states(ckpt.rng, trainer.gen)
@@ -347,8 +368,9 @@ def _train_locked(run_dir: Path, cfg: TrainConfig, device: torch.device, ds: dat
             log(f"resuming {run_dir} after epoch {ckpt.epoch}")
     if start == 0:
         trainer.write_static(_resolved(cfg, device))
-        log(f"training {count_params(trainer.spec):,}-parameter depth-{cfg.model_depth} CNN (width {trainer.spec.base_width}) "
-            f"on {trainer.train_x.shape[0]:,} images, {cfg.epochs} epochs, {device}; run directory {run_dir}")
+        n = sum(p.numel() for p in trainer.model.parameters())
+        log(f"training {n:,}-parameter {trainer.spec.describe()} on {trainer.train_x.shape[0]:,} {cfg.dataset} images, "
+            f"{cfg.epochs} epochs, {device}; run directory {run_dir}")
     else:
         if start - 1 > cfg.epochs:  # shrinking a run would make config.json contradict its checkpoints
             raise UsageError("--epochs", f"{run_dir} already holds {start - 1} trained epochs; give --epochs {start - 1} "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from probe.model import ModelSpec
+from probe.model import simplecnn_spec
 
 
 class Linear(nn.Module):
@@ -49,5 +49,5 @@ def small_cnn(n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A small CNN in eval mode whose BatchNorm running statistics differ from batch statistics,
     and n random 16x16 images with labels (seeded: the same every call)."""
     torch.manual_seed(0)
-    model = warm_batchnorm(ModelSpec(depth=2, base_width=4, hidden=8).build(), (16, 3, 16, 16), 1.5, 0.3)
+    model = warm_batchnorm(simplecnn_spec(depth=2, base_width=4, hidden=8).build(), (16, 3, 16, 16), 1.5, 0.3)
     return model, torch.randn(n, 3, 16, 16), torch.randint(0, 10, (n,))

@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
@@ -167,7 +168,7 @@ def test_gradcheck_passes_and_writes_the_table(probe_run, registry):
     m = manifest(o.path)
     assert {"gradcheck.png", "gradcheck.json"} <= set(m["files"])
     table = json.loads((o.path / "gradcheck.json").read_text())
-    n_conv = len(Run(probe_run).model(2).conv_layers())
+    n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in Run(probe_run).model(2).modules())
     assert len(table["rows"]) == m["scalars"]["n_checked"] == 2 * n_conv
     assert all(set(r) >= {"layer", "index", "analytic", "numeric", "rel_error"} for r in table["rows"])
     assert m["scalars"]["passed"] is True

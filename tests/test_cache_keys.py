@@ -87,7 +87,7 @@ def _rewrite_epoch(run_dir: Path, epoch: int) -> None:
     model = ck.build_model()
     with torch.no_grad():
         model.features[0].weight.add_(1.0)
-    checkpoint.save(path, epoch=epoch, model=model, metrics=ck.metrics, config_hash=ck.config_hash)
+    checkpoint.save(path, epoch=epoch, model=model, spec=ck.spec, metrics=ck.metrics, config_hash=ck.config_hash)
 
 
 def test_a_reference_epoch_is_keyed(probe_run, fresh_registry):

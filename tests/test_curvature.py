@@ -14,13 +14,13 @@ from torch.func import functional_call, jacrev
 
 from probe import curvature as C
 from probe.errors import ProbeError, UsageError
-from probe.model import ModelSpec
+from probe.model import simplecnn_spec
 
 
 def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """ModelSpec's CNN at ~160 parameters, with non-trivial BatchNorm running statistics."""
     torch.manual_seed(0)
-    model = warm_batchnorm(ModelSpec(depth=2, base_width=2, hidden=4).build().double(), (16, 3, 8, 8), 2, 0.5,
+    model = warm_batchnorm(simplecnn_spec(depth=2, base_width=2, hidden=4).build().double(), (16, 3, 8, 8), 2, 0.5,
                            torch.float64)
     return model, torch.randn(13, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (13,))
 

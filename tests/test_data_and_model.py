@@ -4,12 +4,12 @@ import torch
 
 from probe import data
 from probe.errors import ProbeError, UsageError
-from probe.model import ModelSpec, count_params, width_for_params
+from probe.model import count_params, simplecnn_spec, width_for_params
 from probe.testing import make_image_folder
 
 
 def test_notebook_model_has_the_notebooks_parameter_count():
-    model = ModelSpec(depth=4, base_width=32).build()
+    model = simplecnn_spec(depth=4, base_width=32).build()
     assert sum(p.numel() for p in model.parameters()) == 85162  # printed by the notebook
     assert model.block_outputs == ["features.2", "features.6", "features.9", "features.13"]
 
@@ -17,17 +17,17 @@ def test_notebook_model_has_the_notebooks_parameter_count():
 @pytest.mark.parametrize("depth", [2, 4, 8])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_count_params_matches_the_module(depth, dropout):
-    spec = ModelSpec(depth=depth, base_width=7, dropout=dropout)
+    spec = simplecnn_spec(depth=depth, base_width=7, dropout=dropout)
     assert count_params(spec) == sum(p.numel() for p in spec.build().parameters())
 
 
 def test_width_for_params_matches_depths():
-    target = count_params(ModelSpec(depth=4, base_width=32))
+    target = count_params(simplecnn_spec(depth=4, base_width=32))
     for depth in (2, 8):
         w = width_for_params(depth, target)
-        n = count_params(ModelSpec(depth=depth, base_width=w))
+        n = count_params(simplecnn_spec(depth=depth, base_width=w))
         assert abs(n - target) / target < 0.1
-        assert all(abs(count_params(ModelSpec(depth=depth, base_width=o)) - target) >= abs(n - target) for o in (w - 1, w + 1))
+        assert all(abs(count_params(simplecnn_spec(depth=depth, base_width=o)) - target) >= abs(n - target) for o in (w - 1, w + 1))
 
 
 def test_augment_is_a_padded_crop_and_flip():
@@ -65,20 +65,20 @@ def test_stratified_and_subset_are_seeded_and_balanced():
 
 def test_folder_dataset_is_decoded_once_and_cached(tmp_path):
     root = make_image_folder(tmp_path / "cifar")
-    ds = data.load_cifar10(str(root), quiet=True)
+    ds = data.load_dataset("cifar10", str(root), quiet=True)
     assert ds.train_x.shape == (30, 3, 32, 32) and ds.train_x.dtype == torch.uint8
     assert ds.test_y.tolist() == [c for c in range(10) for _ in range(2)]
     from PIL import Image
 
     first = np.asarray(Image.open(root / "train" / "class0" / "0000.png"))
     assert np.array_equal(ds.train_x[0].permute(1, 2, 0).numpy(), first)
-    cached = data.load_cifar10(str(root), quiet=True)
+    cached = data.load_dataset("cifar10", str(root), quiet=True)
     assert torch.equal(cached.train_x, ds.train_x)
 
 
 def test_missing_data_directory_names_the_option(tmp_path):
     with pytest.raises(UsageError, match="--data"):
-        data.load_cifar10(str(tmp_path / "nope"), quiet=True)
+        data.load_dataset("cifar10", str(tmp_path / "nope"), quiet=True)
 
 
 def test_cifar_binary_format_parser(tmp_path):
@@ -91,7 +91,9 @@ def test_cifar_binary_format_parser(tmp_path):
         r[:, 0] %= 10
         r.tofile(folder / name)
         recs[name] = r
-    t = data.read_binary_dir(folder)
+    from probe_plugins._cifar10_files import read_binary_dir
+
+    t = read_binary_dir(folder)
     assert t["train_x"].shape == (20, 3, 32, 32)
     assert t["test_y"].tolist() == recs["test_batch.bin"][:, 0].tolist()
     assert np.array_equal(t["train_x"][0].numpy().reshape(-1), recs["data_batch_1.bin"][0, 1:])
@@ -106,6 +108,6 @@ def test_failed_download_says_how_to_use_a_local_copy(monkeypatch, tmp_path):
     monkeypatch.setattr(U, "download_and_extract_archive", offline)
     monkeypatch.delenv("PROBE_DATA", raising=False)
     with pytest.raises(ProbeError) as e:
-        data.load_cifar10(None, quiet=True)
+        data.load_dataset("cifar10", None, quiet=True)
     msg = str(e.value)
     assert "--data" in msg and "PROBE_DATA" in msg and "\n" not in msg

@@ -72,7 +72,7 @@ def test_changed_input_invalidates_the_cache(probe_run, fresh_registry):
     model = ck.build_model()
     with __import__("torch").no_grad():
         model.features[0].weight.add_(1.0)
-    checkpoint.save(ckpt, epoch=2, model=model, metrics=ck.metrics, config_hash=ck.config_hash)
+    checkpoint.save(ckpt, epoch=2, model=model, spec=ck.spec, metrics=ck.metrics, config_hash=ck.config_hash)
     assert run_analyses(probe_run, ["count"], "last", registry=reg)[0].status == "ok"
 
 
@@ -154,9 +154,9 @@ def test_plugins_command_shows_status_and_params(monkeypatch, fresh_registry):
 
 def test_builtin_plugins_are_exactly_the_declared_entry_points(fresh_registry):
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["probe"]
-    modules = {p.stem for p in (ROOT / "plugins").glob("*.py") if p.stem != "__init__"}
-    assert set(declared) == modules
-    assert all(v == f"probe_plugins.{k}" for k, v in declared.items())
+    modules = {p.stem for p in (ROOT / "plugins").glob("*.py") if not p.stem.startswith("_")}  # _x: helpers
+    assert {v.removeprefix("probe_plugins.") for v in declared.values()} == modules
+    assert all(v.startswith("probe_plugins.") for v in declared.values())
     reg = plugins.load_registry()
     assert all(reg.plugins[name].status == "active" for name in declared), {n: reg.plugins[n].error for n in declared}
 

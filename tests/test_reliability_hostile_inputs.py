@@ -252,7 +252,7 @@ def load_folder_twice(poison: Callable[[Path, tuple[str, ...]], None]) -> Callab
     """Build the cache, poison it, load again: the second load must warn once and return the true data."""
     def command(env: Env) -> tuple[int, str]:
         folder = make_image_folder(env.tmp / "images", n_train=2, n_test=1)
-        truth = data.load_cifar10(str(folder), quiet=True)
+        truth = data.load_dataset("cifar10", str(folder), quiet=True)
         (cached,) = env.cache.glob("folder-*.safetensors")
         poison(cached, truth.classes)
         import contextlib
@@ -260,10 +260,10 @@ def load_folder_twice(poison: Callable[[Path, tuple[str, ...]], None]) -> Callab
 
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            again = data.load_cifar10(str(folder), quiet=True)
+            again = data.load_dataset("cifar10", str(folder), quiet=True)
         assert torch.equal(again.train_x, truth.train_x) and torch.equal(again.train_y, truth.train_y)
         assert torch.equal(again.test_y, truth.test_y)
-        assert data.load_cifar10(str(folder), quiet=True).train_y.max() < 10  # rebuilt, now trusted again
+        assert data.load_dataset("cifar10", str(folder), quiet=True).train_y.max() < 10  # rebuilt, now trusted again
         return 0, err.getvalue().replace(str(cached), "{cache}")
     return command
 
@@ -591,7 +591,7 @@ def test_hostile_input_is_one_line(case: Case, template: Path, tmp_path: Path, m
 @pytest.mark.parametrize("depth, width, dropout", [(2, 3, 0.0), (4, 32, 0.0), (8, 7, 0.3)])
 def test_declared_shapes_are_checked_against_the_model_itself(depth: int, width: int, dropout: float) -> None:
     """The arithmetic walk that bounds a dump's shapes agrees with a real (meta-device) forward pass."""
-    from probe.model import ModelSpec
+    from probe.model import simplecnn_spec
 
-    spec = ModelSpec(depth=depth, base_width=width, dropout=dropout)
+    spec = simplecnn_spec(depth=depth, base_width=width, dropout=dropout)
     assert activations.layer_shapes(spec) == activations._layer_shapes_by_forward(spec.build().to("meta"), spec)

@@ -11,7 +11,7 @@ from curvature_helpers import mse, regression
 
 from probe import sharpness as S
 from probe.errors import ProbeError, UsageError
-from probe.model import ModelSpec
+from probe.model import simplecnn_spec
 
 
 def loss_at(x, y, w):
@@ -69,7 +69,7 @@ def test_average_case_matches_half_sigma_squared_trace(adaptive):
 
 def test_cnn_measures_and_model_unchanged():
     torch.manual_seed(0)
-    model = ModelSpec(depth=2, base_width=4, hidden=8).build()
+    model = simplecnn_spec(depth=2, base_width=4, hidden=8).build()
     x, y = torch.randn(20, 3, 16, 16), torch.randint(0, 10, (20,))
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

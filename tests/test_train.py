@@ -82,7 +82,7 @@ def test_optimizers_and_schedules_resume_exactly(tmp_path, optimizer, schedule):
 
 def test_grad_norm_metric_matches_the_notebook_formula():
     """The on-device norm equals sqrt(sum of squared per-parameter norms) computed naively."""
-    model = probe.model.ModelSpec(depth=2, base_width=4).build()
+    model = probe.model.simplecnn_spec(depth=2, base_width=4).build()
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     torch.nn.functional.cross_entropy(model(x), y).backward()
     grads = [p.grad for p in model.parameters()]
