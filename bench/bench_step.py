@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe.model import ModelSpec  # noqa: E402
+from probe.families import ModelSpec  # noqa: E402
+from probe.model import simplecnn_spec  # noqa: E402
 
 
 def emit(**kw) -> None:
@@ -44,8 +45,8 @@ def emit(**kw) -> None:
 
 def conv_shapes(spec: ModelSpec, size: int = 32) -> list[tuple[int, int, int]]:
     """(in channels, out channels, input side) of each conv layer, as SimpleCNN builds them."""
-    shapes, in_ch, ch, hw = [], spec.in_channels, spec.base_width, size
-    for i in range(spec.depth):
+    shapes, in_ch, ch, hw = [], spec.in_channels, spec.params["base_width"], size
+    for i in range(spec.params["depth"]):
         shapes.append((in_ch, ch, hw))
         in_ch = ch
         if i % 2 == 1:
