@@ -84,7 +84,7 @@ def _read(fh, n: int, path: Path) -> bytes:
 def _read_exact(fh, n: int, path: Path, what: str) -> bytes:
     data = _read(fh, n + 1, path)
     if len(data) < n:
-        raise probe.RunFileError(path, f"is truncated: {what} needs {n:,} bytes, the file holds {len(data):,}")
+        raise probe.RunFileError(path, f"is truncated: {what} take {n:,} bytes, the file holds {len(data):,}")
     if len(data) > n:
         raise probe.RunFileError(path, f"holds more data than {what} (the header does not match the file)")
     return data
@@ -105,22 +105,21 @@ def read_idx(path: Path, magic: int, max_items: int = MAX_ITEMS, side: int = SID
         head = raw.read(2)
         raw.seek(0)
         fh = gzip.GzipFile(fileobj=raw, mode="rb") if head == b"\x1f\x8b" else raw
-        ndim = magic & 0xFF
+        ndim, kind = magic & 0xFF, ("images" if magic == IMAGES_MAGIC else "labels")
         header = _read(fh, 4 + 4 * ndim, path)
         if len(header) < 4 or struct.unpack(">I", header[:4])[0] != magic:
             got = f"0x{struct.unpack('>I', header[:4])[0]:08x}" if len(header) >= 4 else "no header"
-            kind = "images" if magic == IMAGES_MAGIC else "labels"
             raise probe.RunFileError(path, f"is not an IDX {kind} file (magic {got}, expected 0x{magic:08x})")
         if len(header) < 4 + 4 * ndim:
             raise probe.RunFileError(path, "is truncated inside the IDX header")
         dims = struct.unpack(f">{ndim}I", header[4:])
         n = dims[0]
         if n > max_items or n == 0:
-            raise probe.RunFileError(path, f"declares {n:,} items; probe reads 1 to {max_items:,}")
+            raise probe.RunFileError(path, f"declares {n:,} {kind}; probe reads 1 to {max_items:,}")
         if ndim == 3 and dims[1:] != (side, side):
             raise probe.RunFileError(path, f"holds {dims[2]}x{dims[1]} images, expected {side}x{side}")
         item = side * side if ndim == 3 else 1
-        payload = _read_exact(fh, n * item, path, f"{n:,} items of {item} bytes")
+        payload = _read_exact(fh, n * item, path, f"the {n:,} {kind} its header declares")
     arr = np.frombuffer(payload, dtype=np.uint8)
     return arr.reshape(n, side, side).copy() if ndim == 3 else arr.copy()
 

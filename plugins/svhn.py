@@ -31,6 +31,7 @@ MEAN = (0.4377, 0.4438, 0.4728)
 STD = (0.1980, 0.2010, 0.1970)
 MAX_MAT_BYTES = 1 << 30  # train_32x32.mat is 182 MB
 MAX_ITEMS = 1_000_000  # the extra split, the largest, has 531,131
+NUMERIC = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "double", "single"}
 HINT = "pass --data DIR with train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/"
 
 
@@ -54,6 +55,9 @@ def read_mat(path: Path):
                 raise probe.RunFileError(path, f"X has shape {list(xs)}, expected [32, 32, 3, N] with N <= {MAX_ITEMS:,}")
             if ys not in ((n, 1), (1, n), (n,)):
                 raise probe.RunFileError(path, f"y has shape {list(ys)}, expected [{n}, 1]")
+            if head["X"][1] != "uint8" or head["y"][1] not in NUMERIC:
+                raise probe.RunFileError(path, f"X is a MATLAB {head['X'][1]} array and y a {head['y'][1]}, expected "
+                                               "uint8 and a numeric array")
             mat = scipy.io.loadmat(fh, variable_names=["X", "y"])
         except probe.RunFileError:
             raise

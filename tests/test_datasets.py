@@ -214,29 +214,35 @@ def test_hostile_idx_files(tmp_path, case):
 
 def test_idx_header_declaring_a_billion_images_allocates_nothing_large(tmp_path):
     p = write_idx(tmp_path / "x", 0x803, (10**9, 28, 28), b"", gz=False)
-    with pytest.raises(RunFileError, match="1,000,000,000 items"):
+    with pytest.raises(RunFileError, match="declares 1,000,000,000 images"):
         mnist.read_idx(p, mnist.IMAGES_MAGIC)
 
 
-def test_mnist_class_folders_by_label_number(tmp_path):
-    from PIL import Image
-
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_mnist_class_folders_by_label_number_or_name(tmp_path, name):
+    """Folders map to labels by number ("0".."9") or by name ("T-shirt_top", "ankle boot"), not by sort order."""
+    spec = mnist.MNIST if name == "mnist" else mnist.FASHION
+    folder_names = {i: (str(i) if name == "mnist" or i % 2 else spec["classes"][i].replace("/", "_").lower())
+                    for i in range(10)}
+    if name == "fashion-mnist":
+        folder_names[9] = "Ankle boot"
     rng = np.random.default_rng(3)
     want = {}
     for split in ("train", "test"):
-        for c in (0, 3, 10 - 1, 5, 1, 2, 4, 6, 7, 8):
-            d = tmp_path / "d" / split / str(c)
-            d.mkdir(parents=True)
+        for c, folder in folder_names.items():
             a = rng.integers(0, 256, (28, 28), dtype=np.uint8)
-            Image.fromarray(a, mode="L").save(d / "a.png")
+            png(tmp_path / "d" / split / folder / "a.png", a, "L")
             want[(split, c)] = a
-    ds = load(mnist, "mnist", tmp_path / "d")
+    ds = load(mnist, name, tmp_path / "d")
+    assert ds.classes == spec["classes"]
     for split in ("train", "test"):
         x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
-        assert tuple(x.shape) == (10, 1, 28, 28)
+        assert tuple(x.shape) == (10, 1, 28, 28) and sorted(y.tolist()) == list(range(10))
         for i in range(10):
             assert np.array_equal(x[i, 0].numpy(), want[(split, int(y[i]))])
-        assert sorted(y.tolist()) == list(range(10))
+    if name == "fashion-mnist":  # the folders sort in another order than the labels; the labels follow the names
+        order = sorted(folder_names.values())
+        assert ds.train_y.tolist() == [next(c for c, f in folder_names.items() if f == o) for o in order]
 
 
 def test_mnist_class_folders_of_other_names_or_size_are_refused(tmp_path):
