@@ -109,7 +109,12 @@ def read_run(path: Path, label: str, warn: Warn = warn_stderr, versions: dict[st
     """One run's row; a missing or damaged config.json is a one-line RunFileError."""
     from .rundir import Run
 
-    cfg = dict(Run(path).config["train"])  # not a run, or a damaged config.json: one RunFileError
+    run_config = Run(path).config  # not a run, or a damaged config.json: one RunFileError
+    cfg = dict(run_config["train"])
+    spec = run_config.get("model_spec")
+    if isinstance(spec, dict) and isinstance(spec.get("params"), dict):  # `model.depth`, as sweeps name them
+        cfg.update({f"model.{k}": v for k, v in spec["params"].items() if isinstance(k, str)
+                    and (v is None or isinstance(v, (bool, int, float, str)))})
     metrics = read_metrics(path, warn)
     last = metrics[-1]["epoch"] if metrics else -1
     want = cfg.get("epochs")

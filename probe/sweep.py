@@ -16,6 +16,9 @@ run after each training:
     [analyze.params.hessian]
     top_k = 1
 
+A grid key `model.<parameter>` sweeps one parameter of the model family
+(`model = "resnet"` in [base], `model.depth = [20, 56]`, `model.shortcut = ["A", "none"]`).
+
 Each grid point is an ordinary run directory under the sweep directory, named after
 its swept values (`optimizer=SGD,lr=0.001`), so `probe analyze`, `probe compare`
 and everything else work on it unchanged. The whole file is checked, and every
@@ -52,6 +55,7 @@ ANALYZE_KEYS = ("plugins", "epochs", "params")
 # epochs extend a run (as `probe train --resume --epochs` does); the device does not
 # change what is trained. Anything else means the run is not this grid point.
 RESUMABLE_CHANGES = ("epochs", "device")
+MODEL_PREFIX = "model."  # grid keys `model.<parameter>` sweep one parameter of the model family
 _EPOCH_PART = re.compile(r"^(all|last|first|::[1-9]\d*|\d+-\d+|\d+)$")
 
 
@@ -97,8 +101,13 @@ class SweepSpec:
             if name in seen:
                 raise UsageError(f"{self.path} [grid]", f"two points share the directory name {name!r} ({seen[name]} and {values})")
             seen[name] = values
+            config = {**self.base, **{k: v for k, v in values.items() if not k.startswith(MODEL_PREFIX)}}
+            swept = tuple(f"{k.removeprefix(MODEL_PREFIX)}={format_value(v)}" for k, v in values.items()
+                          if k.startswith(MODEL_PREFIX))
+            if swept:  # `model.depth = [20, 56]`: one model parameter per grid key
+                config["model_params"] = (*config.get("model_params", ()), *swept)
             try:
-                cfg = TrainConfig(**{**self.base, **values})
+                cfg = TrainConfig(**config)
             except UsageError as exc:
                 raise UsageError(f"{self.path}: point {name}", str(exc)) from None
             points.append(Point(name, values, cfg))
@@ -156,6 +165,14 @@ def _read_grid(table: dict[str, Any], path: Path) -> dict[str, list[Any]]:
         raise UsageError(where, "the grid is empty; list at least one key with its values, e.g. lr = [0.01, 0.1]")
     grid: dict[str, list[Any]] = {}
     for key, values in table.items():
+        if key.startswith(MODEL_PREFIX):  # a model-family parameter: scalars, checked by the family at preflight
+            ok = isinstance(values, list) and values and all(isinstance(v, (bool, int, float, str)) for v in values)
+            if not ok or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key.removeprefix(MODEL_PREFIX)):
+                raise UsageError(where, f"{key}: expected model.<parameter> = [values], e.g. model.depth = [20, 56]")
+            if len(set(map(repr, values))) < len(values):
+                raise UsageError(where, f"{key}: a value is listed twice in {values!r}")
+            grid[key] = list(values)
+            continue
         key = key.replace("-", "_")
         if key not in FIELDS:
             raise UsageError(where, f"unknown config key {key!r} (known keys: {', '.join(sorted(FIELDS))})")
@@ -219,8 +236,8 @@ def with_params(spec: SweepSpec, pairs: tuple[str, ...]) -> SweepSpec:
 
 
 def point_name(values: dict[str, Any]) -> str:
-    """`optimizer=SGD,lr=0.001`: readable, and a safe directory name."""
-    return ",".join(f"{k}={_safe(format_value(v))}" for k, v in values.items())
+    """`optimizer=SGD,lr=0.001` (a model parameter by its own name: `depth=56`): readable, and a safe directory name."""
+    return ",".join(f"{k.removeprefix(MODEL_PREFIX)}={_safe(format_value(v))}" for k, v in values.items())
 
 
 def format_value(v: Any) -> str:

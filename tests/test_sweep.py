@@ -231,3 +231,22 @@ def test_param_sets_analysis_parameters_and_is_checked_first(tmp_path):
     result = cli(spec_file(tmp_path), "--out", tmp_path / "out", "--param", "log_loss=true")
     assert result.exit_code == 2 and "runs no analyses" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_model_parameters_are_swept_by_their_own_names(tmp_path):
+    text = """
+name = "skip"
+[base]
+model = "resnet"
+model_params = ["width=1"]
+epochs = 1
+[grid]
+"model.depth" = [8, 14]
+"model.shortcut" = ["A", "none"]
+"""
+    points = load_spec(spec_file(tmp_path, text)).points()
+    assert [p.name for p in points] == ["depth=8,shortcut=A", "depth=8,shortcut=none", "depth=14,shortcut=A",
+                                        "depth=14,shortcut=none"]
+    assert points[1].config.model_params == ("width=1", "depth=8", "shortcut=none")
+    with pytest.raises(UsageError, match=r"model.depth: expected model.<parameter> = \[values\]"):
+        load_spec(spec_file(tmp_path, text.replace("[8, 14]", "8")))
