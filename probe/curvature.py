@@ -586,6 +586,7 @@ def slq_density(op: LinearOperator, runs: int = 5, steps: int = 60, *, seed: int
 # Builds the operator of one batch's loss. The default is `HessianOperator`; another
 # operator (a Gauss-Newton one, say) plugs in here, and every estimate below uses it.
 OperatorFactory = Callable[[BatchedLoss], LinearOperator]
+RITZ_LIMIT_BYTES = 2 << 30  # the combined Krylov basis and each batch's products on it, kept for Rayleigh-Ritz
 
 
 class MeanOperator:
@@ -607,6 +608,74 @@ class MeanOperator:
         for op in self.parts[1:]:
             out = out + op.matvec(v)
         return out / len(self.parts)
+
+
+class RecordingMeanOperator(MeanOperator):
+    """A MeanOperator that keeps every vector it is applied to and each part's product of it.
+
+    A Lanczos run on the combined operator thus leaves, for every batch b, the
+    products H_b V over the whole combined Krylov basis V: a Rayleigh-Ritz pass of each
+    H_b on span(V) then costs no product (`ritz_pairs`). Recording stops (and
+    `complete` turns False) once the vectors would pass `limit_bytes`.
+    """
+
+    def __init__(self, parts: Sequence[LinearOperator], limit_bytes: int):
+        super().__init__(parts)
+        self.limit_bytes = limit_bytes
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: list[list[torch.Tensor]] = [[] for _ in self.parts]
+        self.complete = True
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.hvps += 1
+        outs = [op.matvec(v) for op in self.parts]
+        per_vector = v.numel() * v.element_size() * (len(self.parts) + 1)
+        if self.complete and (len(self.inputs) + 1) * per_vector <= self.limit_bytes:
+            self.inputs.append(v.detach().clone())
+            for store, out in zip(self.outputs, outs, strict=True):
+                store.append(out.detach().clone())
+        else:
+            self.complete = False
+        total = outs[0]
+        for out in outs[1:]:
+            total = total + out
+        return total / len(self.parts)
+
+
+def ritz_pairs(vectors: Sequence[torch.Tensor], products: Sequence[torch.Tensor], k: int, smallest: int,
+               residual_tol: float) -> tuple[EigenResult, EigenResult | None]:
+    """Rayleigh-Ritz of an operator H on span(`vectors`), given `products` = H applied to each vector.
+
+    The span is orthonormalised through the Gram matrix (directions with Gram eigenvalue
+    below 1e-10 of the largest are dropped), H is projected on it and the projection
+    diagonalised; each Ritz pair's residual ||H u - theta u|| / |theta| is exact, from
+    the stored products (H u = sum_i c_i H v_i), with no product spent. A pair is
+    converged when that residual is at most `residual_tol`.
+    """
+    v = torch.stack(list(vectors)).to(torch.float64)
+    hv = torch.stack(list(products)).to(torch.float64)
+    gram = v @ v.T
+    lam, u = torch.linalg.eigh((gram + gram.T) / 2)
+    keep = lam > 1e-10 * lam.max().clamp_min(1e-300)
+    w = u[:, keep] / lam[keep].sqrt()
+    proj = v @ hv.T
+    t = w.T @ ((proj + proj.T) / 2) @ w
+    theta, s = torch.linalg.eigh(t)
+    coef = w @ s  # (m, r): Ritz vector i is coef[:, i] @ v
+    m = len(theta)
+
+    def pairs(which: str, idx: torch.Tensor) -> EigenResult:
+        vecs = coef[:, idx].T @ v
+        hvecs = coef[:, idx].T @ hv
+        vals = theta[idx]
+        res = (hvecs - vals[:, None] * vecs).norm(dim=1) / vals.abs().clamp_min(1e-30)
+        norms = vecs.norm(dim=1, keepdim=True)
+        out = (vecs / norms).to(vectors[0].dtype)
+        return EigenResult(which, vals.clone(), out, res, res <= residual_tol, "rayleigh-ritz", len(vectors), 0)
+
+    top = pairs("LA", torch.arange(m - 1, max(m - 1 - k, -1), -1))
+    bottom = pairs("SA", torch.arange(0, min(smallest, m))) if smallest else None
+    return top, bottom
 
 
 class BlockOperator:
@@ -816,13 +885,15 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
     report gives their overlap with the new ones.
 
     batches=B splits x into B disjoint equal batches (x must hold B * n samples). Each
-    batch gets its own operator (one cached first-order graph each) and its own
-    eigenpairs, started from `init` as a one-batch analysis would be (chaining the
-    batches' vectors as starts cost more products, measured: the sum of the top vectors
-    slows the smallest end); the combined operator (the mean of the B operators: the
-    Hessian of the mean loss over all of x) reuses the batches' graphs and is solved
-    from `init` too. Its eigenvalues are not the mean of the per-batch ones; both are
-    reported. Hutchinson uses the same probe
+    batch gets its own operator (one cached first-order graph each); the combined
+    operator (the mean of the B operators: the Hessian of the mean loss over all of x)
+    reuses the batches' graphs and is solved first, from `init`. Each product of it is
+    one product of every batch's operator, and those are kept: each batch's eigenpairs
+    come from a Rayleigh-Ritz pass of its operator on the combined Krylov basis
+    (`ritz_pairs`: exact residuals, no product), and only a batch whose Ritz pairs miss
+    `residual_tol` gets its own Lanczos run, started from them (method="power": each
+    batch is solved on its own, from `init`). The combined eigenvalues are not the mean
+    of the per-batch ones; both are reported. Hutchinson uses the same probe
     vectors for every batch, so the combined trace (the mean of the per-batch ones, by
     linearity) costs nothing more, nor do the block traces. `blocks` ("none", "layer"
     or name patterns, see `parameter_blocks`) adds the top eigenpair of each diagonal
@@ -883,17 +954,27 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
         return [top, power_iteration(op, low, tol=tol, residual_tol=residual_tol, max_iter=max_iter,
                                      seed=seed + 1, shift=float(top.values[0]))]
 
+    # The combined operator is solved first, recording each batch's products over its Krylov basis: a
+    # Rayleigh-Ritz pass per batch on that basis then gives per-batch eigenpairs with exact residuals for no
+    # product; only a batch whose Ritz pairs miss `residual_tol` gets its own (warm-started) solve.
+    recording = batches > 1 and method == "lanczos"
+    combined = (RecordingMeanOperator(ops, RITZ_LIMIT_BYTES) if recording else MeanOperator(ops)) if batches > 1 \
+        else ops[0]
+    eigen = solve(combined, init)
     per_batch: list[list[EigenResult]] = []
     samples: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-    for op in ops if batches > 1 else []:
-        eig = solve(op, init)
-        per_batch.append(eig)
+    for b, op in enumerate(ops if batches > 1 else []):
+        eig = None
+        if recording and combined.complete and combined.inputs:
+            ritz = ritz_pairs(combined.inputs, combined.outputs[b], top_k, smallest, residual_tol)
+            eig = [e for e in ritz if e is not None]
+            if not all(bool(e.converged.all()) for e in eig):
+                eig = solve(op, ritz[0].vectors)  # refine from the Ritz vectors
+        per_batch.append(eig if eig is not None else solve(op, init))
         if trace_samples:
             samples.append(hutchinson_samples(op, trace_samples, seed=seed, block_id=block_id, blocks=len(groups)))
         if not keep and hasattr(op, "release"):
             op.release()
-    combined = MeanOperator(ops) if batches > 1 else ops[0]
-    eigen = solve(combined, init)
     loss_def = losses[0].describe()
     if batches > 1:
         loss_def = (f"{loss_def}; {batches} disjoint batches of {n} samples: per-batch values on each, "

@@ -114,7 +114,7 @@ def check_model(spec: ModelSpec, batch_size: int, option: str = "--model", full_
              for _, m in model.named_modules()]
     try:
         with torch.device("meta"), torch.no_grad():
-            logits = model(torch.empty(1, spec.input.channels, h, w))
+            logits = model.eval()(torch.empty(1, spec.input.channels, h, w))  # eval: BatchNorm of a 1x1 map
     except Exception as exc:  # any error of the model's own forward: the images do not fit it
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise UsageError(option, f"{where} cannot take {spec.input.channels}x{h}x{w} images ({first}); pick a "
