@@ -60,6 +60,21 @@ def check_finite(loss: float, what: str = "loss") -> float:
 
 # --- the model as a pure function of its parameters --------------------------------------
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether `model` holds a BatchNorm layer (GroupNorm and LayerNorm keep no running statistics)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def require_batchnorm(model: nn.Module, option: str, fallback: str) -> None:
+    """`probe.Skip` for a BatchNorm-only option asked of a model without BatchNorm: the result would
+    equal the default's (`fallback`), so it is not computed again under another name."""
+    if not has_batchnorm(model):
+        from .errors import Skip
+
+        raise Skip(f"{option}: the model has no BatchNorm layer (GroupNorm/LayerNorm keep no running statistics); "
+                   f"{fallback} gives the same result")
+
+
 @contextlib.contextmanager
 def analysis_mode(model: nn.Module, bn: str = "eval") -> Iterator[None]:
     """Eval mode for every module (no dropout, no running-statistics updates).

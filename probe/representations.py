@@ -505,45 +505,64 @@ class GradCheckRow:
 
 
 class _PatternReLU(nn.Module):
-    """ReLU whose on/off pattern can be recorded, then replayed (see `_pattern_copy`)."""
+    """ReLU whose on/off pattern can be recorded, then replayed (see `_pattern_copy`).
+
+    One pattern per call in a forward pass: a module called more than once (torchvision's
+    ResNet blocks apply one `relu` twice) replays each call's own pattern. `start()` before
+    each forward pass rewinds to the first call.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.mode = "record"
-        self.mask: torch.Tensor | None = None
+        self.masks: list[torch.Tensor] = []
+        self.call = 0
         self.switched = False
+
+    def start(self) -> None:
+        self.call = 0
+        if self.mode == "record":
+            self.masks = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         on = x > 0
+        i, self.call = self.call, self.call + 1
         if self.mode == "record":
-            self.mask = on
+            self.masks.append(on)
             return x * on
-        assert self.mask is not None
-        self.switched |= bool((on != self.mask).any())
-        return x * (self.mask if self.mode == "replay" else on)
+        mask = self.masks[i]
+        self.switched |= bool((on != mask).any())
+        return x * (mask if self.mode == "replay" else on)
 
 
 class _PatternMaxPool(nn.Module):
-    """Max-pool whose argmax positions can be recorded, then replayed."""
+    """Max-pool whose argmax positions can be recorded, then replayed (one set per call, like `_PatternReLU`)."""
 
     def __init__(self, pool: nn.MaxPool2d) -> None:
         super().__init__()
         self.pool = pool
         self.mode = "record"
-        self.indices: torch.Tensor | None = None
+        self.indices: list[torch.Tensor] = []
+        self.call = 0
         self.switched = False
+
+    def start(self) -> None:
+        self.call = 0
+        if self.mode == "record":
+            self.indices = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.pool
         out, idx = F.max_pool2d(x, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode, return_indices=True)
+        i, self.call = self.call, self.call + 1
         if self.mode == "record":
-            self.indices = idx
+            self.indices.append(idx)
             return out
-        assert self.indices is not None
-        self.switched |= bool((idx != self.indices).any())
+        recorded = self.indices[i]
+        self.switched |= bool((idx != recorded).any())
         if self.mode == "free":
             return out
-        flat = x.flatten(2).gather(2, self.indices.flatten(2))
+        flat = x.flatten(2).gather(2, recorded.flatten(2))
         return flat.view_as(out)
 
 
@@ -573,8 +592,10 @@ def gradcheck_conv_layers(
     seed: int = 0,
     *,
     freeze_kinks: bool = True,
+    layer_types: tuple[type[nn.Module], ...] = (nn.Conv2d,),
 ) -> list[GradCheckRow]:
-    """Compare autograd with central differences for sampled weights of every conv layer.
+    """Compare autograd with central differences for sampled weights of every conv layer
+    (every module of `layer_types`: `(nn.Linear,)` checks an MLP's layers).
 
     Runs on a float64, eval-mode deep copy on the CPU: float32 (the notebook's
     choice) limits the difference quotient to ~1e-3 relative error, and train-mode
@@ -619,7 +640,7 @@ def gradcheck_conv_layers(
 
     loss = F.cross_entropy(base(x64), y64)
     loss.backward()
-    convs = [(n, m) for n, m in base.named_modules() if isinstance(m, nn.Conv2d)]
+    convs = [(n, m) for n, m in base.named_modules() if isinstance(m, layer_types)]
     analytic = {n: m.weight.grad.detach().clone() for n, m in convs}
 
     probe_model, patterned = _pattern_copy(base)
@@ -628,6 +649,8 @@ def gradcheck_conv_layers(
     rows: list[GradCheckRow] = []
 
     def f() -> float:
+        for mod in patterned:
+            mod.start()
         return float(F.cross_entropy(probe_model(x64), y64))
 
     with torch.no_grad():
