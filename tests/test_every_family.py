@@ -236,3 +236,15 @@ def test_gradcheck_replays_each_call_of_a_reused_relu() -> None:
     assert max(r.rel_error for r in rows) < 1e-6, [(r.layer, r.rel_error, r.kink) for r in rows]
     lin = R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=4, layer_types=(nn.Linear,))
     assert {r.layer for r in lin} == {"fc"} and max(r.rel_error for r in lin) < 1e-6
+
+
+def test_filters_of_a_grey_first_layer(tmp_path, family_registry) -> None:
+    """A 1-channel first conv layer is drawn in grey (the RGB grid needs 3 channels)."""
+    import h5py
+
+    run = make_tiny_run(tmp_path / "run", dataset=synthetic_dataset(channels=1, size=12), model="gn-ln-cnn",
+                        model_params=("width=4",))
+    outcomes = run_analyses(run, ["filters", "filters-evolution"], None, device="cpu", quiet=True)
+    assert [o.status for o in outcomes] == ["ok", "ok"], [o.error for o in outcomes]
+    with h5py.File(outcomes[0].path / "filters.h5") as f:
+        assert f["weight"].shape == (4, 1, 3, 3)
