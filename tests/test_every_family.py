@@ -248,3 +248,37 @@ def test_filters_of_a_grey_first_layer(tmp_path, family_registry) -> None:
     assert [o.status for o in outcomes] == ["ok", "ok"], [o.error for o in outcomes]
     with h5py.File(outcomes[0].path / "filters.h5") as f:
         assert f["weight"].shape == (4, 1, 3, 3)
+
+
+@pytest.mark.parametrize("method", ["double_backward", "forward_over_reverse"])
+def test_hessian_through_hardswish_and_hardsigmoid(method: str) -> None:
+    """MobileNetV3's activations have no second derivative in torch; the Hessian still comes out, and
+    equals the dense float64 Hessian of the same network written with relu6."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from probe.curvature import BatchedLoss, HessianOperator
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Hardswish(), nn.Linear(4, 4), nn.Hardsigmoid(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64) * 3, torch.arange(16) % 3
+    op = HessianOperator(BatchedLoss(model, x, y, batch_size=7), method=method)
+    dense = torch.stack([op.matvec(e) for e in torch.eye(op.dim, dtype=torch.float64)], 1)
+    shapes = [p.shape for p in model.parameters()]
+
+    def loss(flat):
+        ps, i = [], 0
+        for s in shapes:
+            ps.append(flat[i:i + s.numel()].view(s))
+            i += s.numel()
+        h = F.linear(x, ps[0], ps[1])
+        h = h * F.relu6(h + 3) / 6
+        h = F.relu6(F.linear(h, ps[2], ps[3]) + 3) / 6
+        return F.cross_entropy(F.linear(h, ps[4], ps[5]), y)
+
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    ref = torch.autograd.functional.hessian(loss, flat)
+    assert torch.allclose(dense, ref, atol=1e-10), (dense - ref).abs().max()
+    assert ref[:16, :16].abs().max() > 1e-3  # the first layer's block is not trivially zero
+    assert "forward" not in vars(model[1])  # the stand-in is gone afterwards
