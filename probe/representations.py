@@ -535,6 +535,36 @@ class _PatternReLU(nn.Module):
         return x * (mask if self.mode == "replay" else on)
 
 
+class _PatternPiecewise(_PatternReLU):
+    """ReLU6, Hardsigmoid or Hardswish (MobileNets) with its pieces recorded, then replayed.
+
+    Each input falls in one of three pieces (below `lo`, between, at or above `hi`); the
+    recorded piece decides which formula applies, as the recorded on/off pattern does for ReLU.
+    """
+
+    BOUNDS = {"relu6": (0.0, 6.0), "hardsigmoid": (-3.0, 3.0), "hardswish": (-3.0, 3.0)}
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.BOUNDS[self.kind]
+        piece = (x > lo).to(torch.int8) + (x >= hi).to(torch.int8)  # 0, 1, 2: torch's own boundaries
+        i, self.call = self.call, self.call + 1
+        if self.mode == "record":
+            self.masks.append(piece)
+        else:
+            self.switched |= bool((piece != self.masks[i]).any())
+            if self.mode == "replay":
+                piece = self.masks[i]
+        zero = torch.zeros_like(x)
+        if self.kind == "relu6":
+            return torch.where(piece == 0, zero, torch.where(piece == 2, torch.full_like(x, 6.0), x))
+        gate = torch.where(piece == 0, zero, torch.where(piece == 2, torch.ones_like(x), (x + 3) / 6))
+        return gate if self.kind == "hardsigmoid" else x * gate
+
+
 class _PatternMaxPool(nn.Module):
     """Max-pool whose argmax positions can be recorded, then replayed (one set per call, like `_PatternReLU`)."""
 
@@ -567,12 +597,14 @@ class _PatternMaxPool(nn.Module):
 
 
 def _pattern_copy(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
-    """A copy of `model` whose ReLUs and max-pools are pattern-recording modules."""
+    """A copy of `model` whose ReLUs (ReLU6, Hardsigmoid, Hardswish) and max-pools are pattern-recording modules."""
     m = copy.deepcopy(model)
     swapped: list[nn.Module] = []
     for name, mod in list(m.named_modules()):
         if isinstance(mod, nn.ReLU):
             new: nn.Module = _PatternReLU()
+        elif isinstance(mod, nn.ReLU6 | nn.Hardsigmoid | nn.Hardswish):
+            new = _PatternPiecewise(type(mod).__name__.lower())
         elif isinstance(mod, nn.MaxPool2d):
             new = _PatternMaxPool(mod)
         else:
@@ -622,9 +654,10 @@ def gradcheck_conv_layers(
     1e-8 but degrade to 2e-5 on a trained model (truncation); frozen Richardson
     at the default eps=1e-3 stayed below 2e-7 on every model tried.
     `kink` says whether the unfrozen function switched a unit at w +- eps,
-    i.e. whether freezing mattered for that weight. Only nn.ReLU and
-    nn.MaxPool2d are frozen (all probe's models use); other piecewise-linear
-    modules (LeakyReLU, Hardtanh, ...) would still add kink noise.
+    i.e. whether freezing mattered for that weight. nn.ReLU, nn.ReLU6,
+    nn.Hardsigmoid, nn.Hardswish and nn.MaxPool2d modules are frozen (each call
+    of a module used twice replays its own pattern); functional calls (F.relu)
+    and other piecewise modules (LeakyReLU, Hardtanh, ...) still add kink noise.
 
     relative error = |a - n| / max(|a|, |n|, 1e-12); entries whose gradient is
     exactly 0 on both sides therefore report 0.

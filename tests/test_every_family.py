@@ -282,3 +282,24 @@ def test_hessian_through_hardswish_and_hardsigmoid(method: str) -> None:
     assert torch.allclose(dense, ref, atol=1e-10), (dense - ref).abs().max()
     assert ref[:16, :16].abs().max() > 1e-3  # the first layer's block is not trivially zero
     assert "forward" not in vars(model[1])  # the stand-in is gone afterwards
+
+
+def test_gradcheck_freezes_the_pieces_of_mobilenet_activations() -> None:
+    """ReLU6, Hardsigmoid and Hardswish are replayed piece by piece: agreement to 1e-6 at a large eps."""
+    import torch
+    from torch import nn
+
+    from probe import representations as R
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Hardswish(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU6(),
+                          nn.Conv2d(6, 6, 1), nn.Hardsigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+    x, y = torch.randn(4, 3, 8, 8) * 4, torch.arange(4)
+    rows = R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=8, eps=0.05)
+    assert max(r.rel_error for r in rows) < 1e-6, [(r.layer, r.rel_error, r.kink) for r in rows]
+    assert any(r.kink for r in rows)  # the step did cross pieces: freezing is what made it agree
+    model.eval()
+    for kind, mod in (("relu6", nn.ReLU6()), ("hardsigmoid", nn.Hardsigmoid()), ("hardswish", nn.Hardswish())):
+        p = R._PatternPiecewise(kind)
+        t = torch.linspace(-8, 8, 161, dtype=torch.float64)
+        assert torch.allclose(p(t), mod(t), rtol=0, atol=1e-15)  # the same function, boundaries included
