@@ -9,6 +9,8 @@ figure also shows the filters' L2 norms.
 - `filters` (per epoch): all filters of the first conv layer as an RGB grid.
 - `filters-evolution` (over the selected epochs): one column per filter, one row per
   epoch from initialisation to the last, plus norm and change-from-init curves.
+
+A model without a Conv2d layer (an MLP) is skipped with that reason (`probe.Skip`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def first_conv_weight(ctx: probe.Context, epoch: int):
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Conv2d):
             return name, mod.weight.detach().cpu().double().numpy().astype(np.float64)
-    raise probe.ProbeError(f"{ctx.run.path}: the model of epoch {epoch} has no Conv2d layer")
+    raise probe.Skip("the model has no Conv2d layer (filters are shown for convolutional models only)")
 
 
 def to_images(w, normalize: str):

@@ -1,5 +1,7 @@
 """`gradcheck`: autograd against central finite differences for sampled conv weights.
 
+A model without conv layers (an MLP) has its Linear layers checked instead.
+
 The notebook checked one layer in float32 with the model in train mode (so each
 forward pass also moved the BatchNorm running statistics of the model it was
 checking) and got relative errors of 1e-2 to 1e-3, which cannot tell a correct
@@ -41,8 +43,16 @@ def run(ctx: probe.Context) -> None:
     batch = ctx.analysis_batch()
     x = batch.normalized("cpu")[: p.n_images]
     y = batch.labels[: p.n_images]
-    rows = R.gradcheck_conv_layers(ctx.model(), x, y, n_samples_per_layer=p.samples_per_layer, eps=p.eps,
-                                   seed=p.seed, freeze_kinks=p.freeze_kinks)
+    from torch import nn
+
+    model = ctx.model()
+    # Conv layers are what the check is about; a model without any (an MLP) has its Linear layers checked.
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    kind, types = ("conv", (nn.Conv2d,)) if has_conv else ("linear", (nn.Linear,))
+    rows = R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=p.samples_per_layer, eps=p.eps,
+                                   seed=p.seed, freeze_kinks=p.freeze_kinks, layer_types=types)
+    if not rows:
+        raise probe.Skip("the model has no Conv2d or Linear layer to check")
     rel = np.array([r.rel_error for r in rows])
     if not np.all(np.isfinite(rel)):
         raise probe.ProbeError(f"epoch {ctx.epoch}: the loss or its gradient is not finite at this checkpoint")
@@ -66,29 +76,30 @@ def run(ctx: probe.Context) -> None:
     ax.set_ylim(min(floor * 10, rel[rel > 0].min() / 3 if (rel > 0).any() else 1e-16), max(1.0, rel.max() * 3))
     ax.set_xticks(range(len(layers)), layers)
     ax.set_xlim(-0.6, len(layers) - 0.4)
-    ax.set(xlabel="conv layer", ylabel="relative error |a - n| / max(|a|, |n|)")
+    ax.set(xlabel=f"{kind} layer", ylabel="relative error |a - n| / max(|a|, |n|)")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     worst = float(rel.max())
     ax.set_title(f"gradient check, epoch {ctx.epoch}: {len(rows)} weights, {len(x)} images, float64 eval mode, "
                  f"eps={p.eps:g}{', patterns frozen' if p.freeze_kinks else ''}; max {worst:.1e}", fontsize=9)
     ctx.out.figure("gradcheck", fig, caption="Relative error between autograd and central differences per sampled "
-                   "conv weight (bar: median); every point below the dashed 1e-6 line means backprop agrees with "
+                   f"{kind} weight (bar: median); every point below the dashed 1e-6 line means backprop agrees with "
                    "the finite differences.")
     ctx.out.json("gradcheck", {
         "epoch": ctx.epoch, "eps": p.eps, "n_images": len(x), "seed": p.seed, "freeze_kinks": p.freeze_kinks,
-        "dtype": "float64", "mode": "eval", "threshold": THRESHOLD,
+        "dtype": "float64", "mode": "eval", "threshold": THRESHOLD, "layers_checked": kind,
         "rows": [r.to_dict() for r in rows],
     })
     ctx.out.scalar("max_rel_error", worst)
     ctx.out.scalar("median_rel_error", float(np.median(rel)))
     ctx.out.scalar("n_checked", len(rows))
     ctx.out.scalar("passed", bool(worst < THRESHOLD))
+    ctx.out.scalar("layers_checked", kind)
 
 
 @probe.hookimpl
 def register_analyses(register) -> None:
     register(probe.Analysis(
         name="gradcheck", run=run, params=Params, scope="epoch", needs={"model", "analysis_batch"},
-        summary="Autograd vs float64 central differences for sampled weights of every conv layer.",
+        summary="Autograd vs float64 central differences for sampled weights of every conv layer (Linear without conv).",
     ))

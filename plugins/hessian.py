@@ -126,7 +126,10 @@ def run(ctx: probe.Context) -> None:
     from probe import curvature as C
 
     p = ctx.params
-    check_cost(p, sum(w.numel() for w in ctx.model(ctx.epochs[0]).parameters()))
+    first = ctx.model(ctx.epochs[0])
+    if p.bn != "eval":
+        C.require_batchnorm(first, f"bn={p.bn}", "bn=eval")
+    check_cost(p, sum(w.numel() for w in first.parameters()))
     batch = ctx.analysis_batch()
     n = select(p, len(batch.labels))
     x, y = batch.normalized(ctx.device)[:n], batch.labels[:n]

@@ -109,6 +109,10 @@ def run(ctx: probe.Context) -> None:
 
     p = ctx.params
     model = ctx.model()
+    if p.bn != "frozen":
+        from probe.curvature import require_batchnorm
+
+        require_batchnorm(model, f"bn={p.bn}", "bn=frozen")
     x, y, parts, calib = _data(ctx, p.n_images, p.batches, p.calib_images, p.bn)
     common = {"directions": p.directions, "seed": p.seed, "checkpoint_sha256": ctx.checksum(),
               "data": f"analysis batch, first {len(y)} images", "center_epoch": ctx.epoch, "dtype": "float32",

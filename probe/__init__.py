@@ -2,7 +2,7 @@
 
 The public API for plugin authors is importable from here without importing torch:
 `hookimpl`, `Analysis`, `Context`, `LayerParams` (what `ctx.parameters()` lists), `ProbeError`,
-`UsageError`, `RunFileError`, `load_model`, `load_checkpoint`, `Run`; for model-family and
+`UsageError`, `RunFileError`, `Skip` (an analysis that does not apply), `load_model`, `load_checkpoint`, `Run`; for model-family and
 data-set plugins `ModelFamily`, `InputSpec`, `ModelSpec`, `DataSource`, `Augmentation`.
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import NotARunError, ProbeError, RunFileError, UsageError
+from .errors import NotARunError, ProbeError, RunFileError, Skip, UsageError
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "Augmentation", "Context", "DataSource", "InputSpec", "LayerParams", "ModelFamily", "ModelSpec", "NotARunError", "ProbeError", "Run", "RunFileError", "UsageError",
+    "Analysis", "Augmentation", "Context", "DataSource", "InputSpec", "LayerParams", "ModelFamily", "ModelSpec", "NotARunError", "ProbeError", "Run", "RunFileError", "Skip", "UsageError",
     "__version__", "hookimpl", "load_checkpoint", "load_model", "param",
 ]
 

@@ -9,6 +9,10 @@ torch imported, only when a job is computed.
 A job's files are written into a temporary directory that is renamed into place
 with its manifest inside. A job that fails is recorded (one line on the terminal,
 the traceback in RUN/logs/) and the others go on; the command exits 1 if any failed.
+An analysis that does not apply to the model (`raise probe.Skip(reason)`: `filters`
+on a model without a conv layer) is "skipped", not failed: the reason is recorded
+in `<epoch_NNNN|run>.skipped.json` with the key over the inputs it read, so it is
+answered from that record, without running the job, while those inputs are unchanged.
 
 Plugin faults are contained. With a timeout each job runs in a forked child
 process (its own process group) that is killed when the time is up (status
@@ -41,7 +45,7 @@ from typing import Any
 
 from . import atomic, results, rundir, safeio
 from .analysis import Analysis, params_dict
-from .errors import ProbeError
+from .errors import ProbeError, Skip
 from .lock import LOCK_FILE
 from .paths import confined, is_link
 from .results import (
@@ -68,12 +72,13 @@ class Outcome:
 
     analysis: str
     epoch: int | None
-    status: str  # ok | cached | failed | timeout
+    status: str  # ok | cached | skipped | failed | timeout
     seconds: float = 0.0
     path: Path | None = None
     error: str = ""
     traceback: str = ""
     warning: str = ""  # e.g. new files outside the result folder while the job ran (see run_job)
+    reason: str = ""  # why a skipped job does not apply (one line, from probe.Skip)
 
     @property
     def label(self) -> str:
@@ -82,6 +87,25 @@ class Outcome:
     @property
     def failed(self) -> bool:
         return self.status in ("failed", "timeout")
+
+    def line(self) -> str:
+        """How `probe analyze` prints this outcome (one line)."""
+        if self.status == "skipped":
+            return f"skipped: {self.label}: {self.reason}"
+        if self.failed:
+            return f"{self.status.upper()} {self.label}: {self.error}"
+        return f"{self.status:>6} {self.label} ({self.seconds:.1f}s) -> {self.path}"
+
+
+STATUSES = ("ok", "cached", "skipped", "failed", "timeout")
+
+
+def summary_line(outcomes: list[Outcome]) -> str:
+    """`N computed, N cached, N failed` (and skipped, timed out when any): the last line of `probe analyze`."""
+    counts = {s: sum(o.status == s for o in outcomes) for s in STATUSES}
+    skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
+    timed_out = f", {counts['timeout']} timed out" if counts["timeout"] else ""
+    return f"{counts['ok']} computed, {counts['cached']} cached{skipped}, {counts['failed']} failed{timed_out}"
 
 
 @functools.cache
@@ -135,6 +159,54 @@ def _record_failure(run: Run, analysis: Analysis, params: Any, outcome: Outcome)
     except Exception:  # a failure record is best effort: the outcome is reported on the terminal anyway
         if target is not None:
             _remove_empty_folders(run, target.parent)
+
+
+def _skip_record_path(target: Path) -> Path:
+    return target.parent / f"{target.name}.skipped.json"
+
+
+def _record_skip(run: Run, analysis: Analysis, params: Any, outcome: Outcome, key: str,
+                 inputs: dict[str, str]) -> None:
+    """Leave `<epoch_NNNN|run>.skipped.json`: the reason, and the key over the inputs read before skipping.
+
+    Best effort, like a failure record: without it the job is only asked again next time.
+    """
+    target = None
+    try:
+        pdict, variant, target = _target(run, analysis, params, outcome.epoch)
+        confined(run.path, target.relative_to(run.path))
+        record = results.jsonable({
+            "format": RESULT_FORMAT, "analysis": analysis.name, "epoch": outcome.epoch, "variant": variant,
+            "params": pdict, "status": "skipped", "reason": outcome.reason, "inputs": inputs, "key": key,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }, nonfinite="str")
+        atomic.write_json(_skip_record_path(target), record)
+        (target.parent / f"{target.name}.failed.json").unlink(missing_ok=True)
+    except Exception:
+        if target is not None:
+            _remove_empty_folders(run, target.parent)
+
+
+def _cached_skip(run: Run, analysis: Analysis, pdict: dict[str, Any], epoch: int | None, epochs: list[int],
+                 target: Path, fps: Fingerprints, source: str | None) -> Outcome | None:
+    """The skipped outcome if a skip record at `target` is still valid (same identity, inputs unchanged)."""
+    path = _skip_record_path(target)
+    if not os.path.lexists(path):
+        return None
+    try:
+        record = safeio.read_json(path, max_bytes=safeio.MAX_CONFIG_BYTES, within=run.path)
+    except ProbeError:
+        return None
+    if not isinstance(record, dict) or record.get("status") != "skipped" or not isinstance(record.get("reason"), str):
+        return None
+    if not is_cached(record, job_identity(analysis, pdict, epoch, epochs, source), fps):
+        return None
+    return Outcome(analysis.name, epoch, "skipped", 0.0, None, reason=_one_line(record["reason"]))
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return (lines[0] if lines else "does not apply")[:500]
 
 
 def _remove_empty_folders(run: Run, folder: Path) -> None:
@@ -221,6 +293,7 @@ def cached_outcome(run: Run, analysis: Analysis, params: Any, epoch: int | None,
         source = fps.source(analysis) if results.dev_mode() else None
         if _is_hit(analysis, pdict, epoch, epochs, target, fps, source):
             return Outcome(analysis.name, epoch, "cached", 0.0, target)
+        return _cached_skip(run, analysis, pdict, epoch, epochs, target, fps, source)
     except Exception:  # anything odd: let the job itself run (and report it)
         pass
     return None
@@ -231,11 +304,15 @@ def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epoch
     pdict, variant, target = _target(run, analysis, params, epoch)
     failed_marker = target.parent / f"{target.name}.failed.json"
     t0 = time.perf_counter()
+    ctx = None
+    source = None
     try:
         fps = _fingerprints(run)
         source = fps.source(analysis) if results.dev_mode() else None
         if not force and _is_hit(analysis, pdict, epoch, epochs, target, fps, source):
             return Outcome(analysis.name, epoch, "cached", 0.0, target)
+        if not force and (skipped := _cached_skip(run, analysis, pdict, epoch, epochs, target, fps, source)):
+            return skipped
         device = resolve_device(device)
         from .context import Context, ResultWriter, close_new_figures, open_figures
 
@@ -263,12 +340,20 @@ def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epoch
                 manifest["source"] = source
             (tmp / MANIFEST).write_text(results.dumps(manifest, indent=2, sort_keys=True) + "\n")
         failed_marker.unlink(missing_ok=True)
+        _skip_record_path(target).unlink(missing_ok=True)
         return Outcome(analysis.name, epoch, "ok", seconds, target)
+    except Skip as exc:  # the analysis does not apply: not a failure (see probe.errors.Skip)
+        outcome = Outcome(analysis.name, epoch, "skipped", time.perf_counter() - t0, None, reason=_one_line(str(exc)))
+        inputs = dict(ctx.inputs) if ctx is not None else {}
+        key = result_key(job_identity(analysis, pdict, epoch, epochs, source), inputs)
+        _record_skip(run, analysis, params, outcome, key, inputs)
+        return outcome
     except Exception as exc:  # one analysis's failure is reported, not propagated
         tb = traceback.format_exc()
         msg = str(exc) if isinstance(exc, ProbeError) else f"{type(exc).__name__}: {exc}"
         outcome = Outcome(analysis.name, epoch, "failed", time.perf_counter() - t0, None, msg.splitlines()[0] if msg else type(exc).__name__, tb)
         _record_failure(run, analysis, params, outcome)
+        _skip_record_path(target).unlink(missing_ok=True)
         return outcome
 
 

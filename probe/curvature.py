@@ -60,17 +60,52 @@ def check_finite(loss: float, what: str = "loss") -> float:
 
 # --- the model as a pure function of its parameters --------------------------------------
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether `model` holds a BatchNorm layer (GroupNorm and LayerNorm keep no running statistics)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def require_batchnorm(model: nn.Module, option: str, fallback: str) -> None:
+    """`probe.Skip` for a BatchNorm-only option asked of a model without BatchNorm: the result would
+    equal the default's (`fallback`), so it is not computed again under another name."""
+    if not has_batchnorm(model):
+        from .errors import Skip
+
+        raise Skip(f"{option}: the model has no BatchNorm layer (GroupNorm/LayerNorm keep no running statistics); "
+                   f"{fallback} gives the same result")
+
+
+def _hardsigmoid(x: torch.Tensor) -> torch.Tensor:
+    return F.relu6(x + 3) / 6
+
+
+def _hardswish(x: torch.Tensor) -> torch.Tensor:
+    return x * F.relu6(x + 3) / 6
+
+
+# torch implements no second derivative of hardsigmoid/hardswish (MobileNetV3's activations):
+# a Hessian-vector product through them raises. The same functions written with relu6 have one
+# (hardsigmoid's is 0 almost everywhere, as for ReLU), so they stand in while an analysis runs.
+TWICE_DIFFERENTIABLE: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.Hardsigmoid: _hardsigmoid, nn.Hardswish: _hardswish,
+}
+
+
 @contextlib.contextmanager
 def analysis_mode(model: nn.Module, bn: str = "eval") -> Iterator[None]:
     """Eval mode for every module (no dropout, no running-statistics updates).
 
     With bn="batch", BatchNorm layers normalise with the statistics of each mini-batch
     but still never write their running buffers (track_running_stats is switched off
-    for the duration). All flags are restored on exit.
+    for the duration). Hardsigmoid and Hardswish modules compute the same function in a
+    twice-differentiable form (`TWICE_DIFFERENTIABLE`). All is restored on exit.
     """
     check(bn in BN_MODES, "bn", f"must be one of {BN_MODES}, got {bn!r}")
     saved = [(m, m.training, getattr(m, "track_running_stats", None)) for m in model.modules()]
+    swapped = [m for m in model.modules() if type(m) in TWICE_DIFFERENTIABLE and "forward" not in vars(m)]
     try:
+        for m in swapped:
+            m.forward = TWICE_DIFFERENTIABLE[type(m)]  # an instance attribute: nn.Module.__call__ finds it first
         model.eval()
         if bn == "batch":
             for m in model.modules():
@@ -78,6 +113,8 @@ def analysis_mode(model: nn.Module, bn: str = "eval") -> Iterator[None]:
                     m.training, m.track_running_stats = True, False
         yield
     finally:
+        for m in swapped:
+            vars(m).pop("forward", None)
         for m, training, track in saved:
             m.training = training
             if track is not None:

@@ -39,3 +39,15 @@ class RunFileError(ProbeError):
 
 class NotARunError(RunFileError):
     """A directory that is not a probe run directory."""
+
+
+class Skip(ProbeError):
+    """An analysis that does not apply to this model or run, with the one-line reason.
+
+    `raise probe.Skip("the model has no Conv2d layer")` from an analysis: the job's
+    status is "skipped" (not a failure: `probe analyze` exits 0), printed as
+    `skipped: <analysis> epoch N: <reason>`. The reason is recorded beside where the
+    result would be (`<epoch_NNNN|run>.skipped.json`, keyed like a result on the inputs
+    the job read before skipping), so an unchanged run is not asked again and
+    `probe report` lists the analysis as not applicable rather than missing.
+    """

@@ -225,6 +225,11 @@ FAILURE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "params": MANIFEST_FIELDS["params"], "status": (_opt_str, "a string"), "error": (_opt_str, "a string"),
     "traceback": (_opt_str, "a string"), "created": (_opt_str, "a string"),
 }
+# `<epoch_NNNN|run>.skipped.json`: an analysis that does not apply to the model (probe.Skip), with its reason.
+SKIP_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{k: FAILURE_FIELDS[k] for k in ("analysis", "variant", "epoch", "params", "created")},
+    "status": (lambda v: v == "skipped", "'skipped'"), "reason": (_opt_str, "a string"),
+}
 
 
 def shape_problem(d: Any, fields: dict[str, tuple[Callable[[Any], bool], str]], required: Iterable[str],
@@ -296,6 +301,8 @@ def _entries(d: Path, warn: Warn) -> list[os.DirEntry[str]]:
 def scan_analyses(run_path: Path, warn: Warn) -> tuple[list[tuple[Path, dict[str, Any]]], list[dict[str, Any]]]:
     """Every result (folder, checked manifest) and failure record of a run, confined to RUN/analyses.
 
+    Skip records (`.skipped.json`) come with the failure records, with `status` "skipped".
+
     A manifest's `files` keep only names `linkable` in their folder; every file that
     does not fit its shape, or lies where it says it does not, is warned about and skipped.
     """
@@ -318,10 +325,15 @@ def scan_analyses(run_path: Path, warn: Warn) -> tuple[list[tuple[Path, dict[str
                 continue
             for r in _entries(Path(v.path), warn):
                 path = Path(r.path)
-                epoch_dir = _EPOCH_DIR.match(r.name.removesuffix(".failed.json"))
+                epoch_dir = _EPOCH_DIR.match(r.name.removesuffix(".failed.json").removesuffix(".skipped.json"))
                 epoch = int(epoch_dir.group(1)) if epoch_dir else None
                 expect = {"analysis": a.name, "variant": v.name}
-                if r.name.endswith(".failed.json"):
+                if r.name.endswith(".skipped.json"):
+                    if epoch_dir or r.name == "run.skipped.json":
+                        skip = _read_checked(path, run_path, SKIP_FIELDS, ("analysis", "status"), {**expect, "epoch": epoch}, warn)
+                        if skip is not None:
+                            failures.append({"variant": v.name, "epoch": epoch, **skip})
+                elif r.name.endswith(".failed.json"):
                     if epoch_dir or r.name == "run.failed.json":
                         failure = _read_checked(path, run_path, FAILURE_FIELDS, ("analysis",), {**expect, "epoch": epoch}, warn)
                         if failure is not None:
@@ -584,6 +596,7 @@ class RunData:
     inst: dict[str, Installed]
     note: str
     warnings: list[str]
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # analyses that do not apply (probe.Skip)
 
     def digest(self) -> str:
         return _digest({
@@ -592,6 +605,7 @@ class RunData:
             "results": [[str(p.relative_to(self.path)), m] for g in self.groups + self.outdated
                         for _, p, m in g.results + g.older],
             "installed": [i.fingerprint for i in self.inst.values()], "warnings": self.warnings,
+            **({"skipped": self.skipped} if self.skipped else {}),
         })
 
 
@@ -611,11 +625,12 @@ def read_run(run_dir: str | Path, display: str, installed: tuple[dict[str, Insta
     inst, plugin_note = installed
     results, failure_records = scan_analyses(run.path, note)
     groups, outdated = current_versions(collect_groups(results), inst)
-    failures = collect_failures(failure_records, groups)
-    have = {g.analysis for g in groups + outdated} | {f["analysis"] for f in failures}
+    failures = collect_failures([f for f in failure_records if f.get("status") != "skipped"], groups)
+    skipped = collect_failures([f for f in failure_records if f.get("status") == "skipped"], groups)
+    have = {g.analysis for g in groups + outdated} | {f["analysis"] for f in failures + skipped}
     missing = [i for name, i in inst.items() if name not in have]
     return RunData(run.path, display, config, metrics, run.epochs(), groups, outdated, failures, missing, inst,
-                   plugin_note, warnings)
+                   plugin_note, warnings, skipped)
 
 
 def report_run(run_dir: str | Path, *, force: bool = False, display: str | None = None,
@@ -990,6 +1005,8 @@ def run_view(d: RunData) -> dict[str, Any]:
                      "command": analyze_command(d.display, i.name, suggested_epochs(i.scope, d.epochs))} for i in d.missing],
         "outdated": [_older(g, d.display, d.inst.get(g.analysis)) for g in d.outdated],
         "failures": failures, "note": d.note, "skipped": d.warnings,
+        "not_applicable": [{"name": f["analysis"], "variant": f["variant"], "epoch": "run" if f["epoch"] is None
+                            else f["epoch"], "reason": f.get("reason") or ""} for f in d.skipped],
     }
 
 

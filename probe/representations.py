@@ -505,55 +505,106 @@ class GradCheckRow:
 
 
 class _PatternReLU(nn.Module):
-    """ReLU whose on/off pattern can be recorded, then replayed (see `_pattern_copy`)."""
+    """ReLU whose on/off pattern can be recorded, then replayed (see `_pattern_copy`).
+
+    One pattern per call in a forward pass: a module called more than once (torchvision's
+    ResNet blocks apply one `relu` twice) replays each call's own pattern. `start()` before
+    each forward pass rewinds to the first call.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.mode = "record"
-        self.mask: torch.Tensor | None = None
+        self.masks: list[torch.Tensor] = []
+        self.call = 0
         self.switched = False
+
+    def start(self) -> None:
+        self.call = 0
+        if self.mode == "record":
+            self.masks = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         on = x > 0
+        i, self.call = self.call, self.call + 1
         if self.mode == "record":
-            self.mask = on
+            self.masks.append(on)
             return x * on
-        assert self.mask is not None
-        self.switched |= bool((on != self.mask).any())
-        return x * (self.mask if self.mode == "replay" else on)
+        mask = self.masks[i]
+        self.switched |= bool((on != mask).any())
+        return x * (mask if self.mode == "replay" else on)
+
+
+class _PatternPiecewise(_PatternReLU):
+    """ReLU6, Hardsigmoid or Hardswish (MobileNets) with its pieces recorded, then replayed.
+
+    Each input falls in one of three pieces (below `lo`, between, at or above `hi`); the
+    recorded piece decides which formula applies, as the recorded on/off pattern does for ReLU.
+    """
+
+    BOUNDS = {"relu6": (0.0, 6.0), "hardsigmoid": (-3.0, 3.0), "hardswish": (-3.0, 3.0)}
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.BOUNDS[self.kind]
+        piece = (x > lo).to(torch.int8) + (x >= hi).to(torch.int8)  # 0, 1, 2: torch's own boundaries
+        i, self.call = self.call, self.call + 1
+        if self.mode == "record":
+            self.masks.append(piece)
+        else:
+            self.switched |= bool((piece != self.masks[i]).any())
+            if self.mode == "replay":
+                piece = self.masks[i]
+        zero = torch.zeros_like(x)
+        if self.kind == "relu6":
+            return torch.where(piece == 0, zero, torch.where(piece == 2, torch.full_like(x, 6.0), x))
+        gate = torch.where(piece == 0, zero, torch.where(piece == 2, torch.ones_like(x), (x + 3) / 6))
+        return gate if self.kind == "hardsigmoid" else x * gate
 
 
 class _PatternMaxPool(nn.Module):
-    """Max-pool whose argmax positions can be recorded, then replayed."""
+    """Max-pool whose argmax positions can be recorded, then replayed (one set per call, like `_PatternReLU`)."""
 
     def __init__(self, pool: nn.MaxPool2d) -> None:
         super().__init__()
         self.pool = pool
         self.mode = "record"
-        self.indices: torch.Tensor | None = None
+        self.indices: list[torch.Tensor] = []
+        self.call = 0
         self.switched = False
+
+    def start(self) -> None:
+        self.call = 0
+        if self.mode == "record":
+            self.indices = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.pool
         out, idx = F.max_pool2d(x, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode, return_indices=True)
+        i, self.call = self.call, self.call + 1
         if self.mode == "record":
-            self.indices = idx
+            self.indices.append(idx)
             return out
-        assert self.indices is not None
-        self.switched |= bool((idx != self.indices).any())
+        recorded = self.indices[i]
+        self.switched |= bool((idx != recorded).any())
         if self.mode == "free":
             return out
-        flat = x.flatten(2).gather(2, self.indices.flatten(2))
+        flat = x.flatten(2).gather(2, recorded.flatten(2))
         return flat.view_as(out)
 
 
 def _pattern_copy(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
-    """A copy of `model` whose ReLUs and max-pools are pattern-recording modules."""
+    """A copy of `model` whose ReLUs (ReLU6, Hardsigmoid, Hardswish) and max-pools are pattern-recording modules."""
     m = copy.deepcopy(model)
     swapped: list[nn.Module] = []
     for name, mod in list(m.named_modules()):
         if isinstance(mod, nn.ReLU):
             new: nn.Module = _PatternReLU()
+        elif isinstance(mod, nn.ReLU6 | nn.Hardsigmoid | nn.Hardswish):
+            new = _PatternPiecewise(type(mod).__name__.lower())
         elif isinstance(mod, nn.MaxPool2d):
             new = _PatternMaxPool(mod)
         else:
@@ -573,8 +624,10 @@ def gradcheck_conv_layers(
     seed: int = 0,
     *,
     freeze_kinks: bool = True,
+    layer_types: tuple[type[nn.Module], ...] = (nn.Conv2d,),
 ) -> list[GradCheckRow]:
-    """Compare autograd with central differences for sampled weights of every conv layer.
+    """Compare autograd with central differences for sampled weights of every conv layer
+    (every module of `layer_types`: `(nn.Linear,)` checks an MLP's layers).
 
     Runs on a float64, eval-mode deep copy on the CPU: float32 (the notebook's
     choice) limits the difference quotient to ~1e-3 relative error, and train-mode
@@ -601,9 +654,10 @@ def gradcheck_conv_layers(
     1e-8 but degrade to 2e-5 on a trained model (truncation); frozen Richardson
     at the default eps=1e-3 stayed below 2e-7 on every model tried.
     `kink` says whether the unfrozen function switched a unit at w +- eps,
-    i.e. whether freezing mattered for that weight. Only nn.ReLU and
-    nn.MaxPool2d are frozen (all probe's models use); other piecewise-linear
-    modules (LeakyReLU, Hardtanh, ...) would still add kink noise.
+    i.e. whether freezing mattered for that weight. nn.ReLU, nn.ReLU6,
+    nn.Hardsigmoid, nn.Hardswish and nn.MaxPool2d modules are frozen (each call
+    of a module used twice replays its own pattern); functional calls (F.relu)
+    and other piecewise modules (LeakyReLU, Hardtanh, ...) still add kink noise.
 
     relative error = |a - n| / max(|a|, |n|, 1e-12); entries whose gradient is
     exactly 0 on both sides therefore report 0.
@@ -619,7 +673,7 @@ def gradcheck_conv_layers(
 
     loss = F.cross_entropy(base(x64), y64)
     loss.backward()
-    convs = [(n, m) for n, m in base.named_modules() if isinstance(m, nn.Conv2d)]
+    convs = [(n, m) for n, m in base.named_modules() if isinstance(m, layer_types)]
     analytic = {n: m.weight.grad.detach().clone() for n, m in convs}
 
     probe_model, patterned = _pattern_copy(base)
@@ -628,6 +682,8 @@ def gradcheck_conv_layers(
     rows: list[GradCheckRow] = []
 
     def f() -> float:
+        for mod in patterned:
+            mod.start()
         return float(F.cross_entropy(probe_model(x64), y64))
 
     with torch.no_grad():
