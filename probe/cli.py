@@ -237,7 +237,7 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
     parameters returns the cached result at once. Exits 1 if any analysis failed.
     """
     from .analysis import split_params
-    from .analyze import run_analyses
+    from .analyze import run_analyses, summary_line
     from .errors import UsageError
     from .plugins import registry
     from .rundir import Run
@@ -254,10 +254,10 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
     routed = split_params(list(params), analyses)
 
     def report(o) -> None:
-        if o.status in ("failed", "timeout"):
-            click.echo(f"{o.status.upper()} {o.label}: {o.error}", err=True)
+        if o.failed or o.status == "skipped":
+            click.echo(o.line(), err=True)
         elif not quiet:
-            click.echo(f"{o.status:>6} {o.label} ({o.seconds:.1f}s) -> {o.path}")
+            click.echo(o.line())
 
     executor = None
     if workers is not None or dask_workers is not None or scheduler is not None:
@@ -270,10 +270,8 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
     finally:
         if executor is not None:
             executor.close()
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "cached", "failed", "timeout")}
-    timed_out = f", {counts['timeout']} timed out" if counts["timeout"] else ""
-    click.echo(f"{counts['ok']} computed, {counts['cached']} cached, {counts['failed']} failed{timed_out}")
-    if counts["failed"] or counts["timeout"]:
+    click.echo(summary_line(outcomes))
+    if any(o.status in ("failed", "timeout") for o in outcomes):
         click.echo(f"tracebacks: {Path(run_dir) / 'logs'}", err=True)
         raise SystemExit(1)
 
