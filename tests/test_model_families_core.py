@@ -190,3 +190,11 @@ def test_probe_models_and_datasets_list_the_installed_ones(third_party) -> None:
     assert {f["name"] for f in families} >= {"simplecnn", "tiny-mlp"}
     out = probe_cli("datasets").output
     assert "cifar10" in out and "grey" in out
+
+
+def test_batchnorm_models_fit_small_images() -> None:
+    """The meta forward pass runs in eval mode: train-mode BatchNorm would refuse resnet18's 1x1 maps at 32x32."""
+    from probe.model import CIFAR10_INPUT
+
+    spec = ModelSpec("torchvision", {"arch": "resnet18"}, CIFAR10_INPUT, 10)
+    assert check_model(spec, 128) == 11_181_642  # torchvision's resnet18 with a 10-way classifier
