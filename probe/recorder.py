@@ -27,7 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import activations, atomic, checkpoint, data, lock, rundir
+from . import activations, atomic, checkpoint, lock, rundir
+from . import data as _data
 from .errors import ProbeError, UsageError
 from .families import ModelSpec
 
@@ -76,7 +77,7 @@ def _kind(t: torch.Tensor) -> str:
     return f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
 
 
-def resolve_spec(model: ModelSpec | str, ds: data.Dataset, model_params: Mapping[str, Any] | None,
+def resolve_spec(model: ModelSpec | str, ds: _data.Dataset, model_params: Mapping[str, Any] | None,
                  subset: torch.Tensor, batch_size: int, full_maps: tuple[str, ...]) -> ModelSpec:
     """The spec of `model` (a spec, or a family name + params) for `ds`, sized and checked on the meta device."""
     from .families import get_family
@@ -151,7 +152,7 @@ class Recorder:
     non-empty `run_dir` is refused unless `force=True` and it is a probe run.
     """
 
-    def __init__(self, run_dir: str | Path, model: ModelSpec | str, dataset: str | data.Dataset, *,
+    def __init__(self, run_dir: str | Path, model: ModelSpec | str, dataset: str | _data.Dataset, *,
                  model_params: Mapping[str, Any] | None = None, data: str | None = None, probe_set_size: int = 1000,
                  analysis_batch_size: int = 1024, subset_train_size: int = 0, seed: int = 0,
                  val_size: int | None = None, val_batch_size: int = 256, full_maps: tuple[str, ...] = (),
@@ -173,14 +174,14 @@ class Recorder:
         self.force = force
         device = resolve_device(device)
         if isinstance(dataset, str):
-            ds = data.load_dataset(dataset, data, quiet=True)
+            ds = _data.load_dataset(dataset, data, quiet=True)
             name = dataset
-        elif isinstance(dataset, data.Dataset):
-            data.check_dataset(dataset, "given")
+        elif isinstance(dataset, _data.Dataset):
+            _data.check_dataset(dataset, "given")
             ds, name = dataset, getattr(dataset, "source", "given")
         else:
             raise UsageError("dataset", f"expected a data set name or a probe.data.Dataset, got {type(dataset).__name__}")
-        subset = data.train_subset(ds, subset_train_size, seed)
+        subset = _data.train_subset(ds, subset_train_size, seed)
         analysis_batch_size = min(analysis_batch_size, len(subset))
         full_maps = tuple(full_maps)
         spec = resolve_spec(model, ds, model_params, subset, val_batch_size, full_maps)
@@ -200,7 +201,7 @@ class Recorder:
         self._attached = False
 
     @classmethod
-    def attached(cls, run_dir: Path, spec: ModelSpec, ds: data.Dataset, device: torch.device, *,
+    def attached(cls, run_dir: Path, spec: ModelSpec, ds: _data.Dataset, device: torch.device, *,
                  train: dict[str, Any], config_hash: str, augmentation: dict[str, Any] | None, probe_set_size: int,
                  analysis_batch_size: int, subset: torch.Tensor, seed: int, val_size: int | None,
                  val_batch_size: int, full_maps: tuple[str, ...], precision: str, channels_last: bool,
@@ -219,7 +220,7 @@ class Recorder:
         self._opened = True
         return self
 
-    def _setup(self, spec: ModelSpec, ds: data.Dataset, device: torch.device, *, train: dict[str, Any],
+    def _setup(self, spec: ModelSpec, ds: _data.Dataset, device: torch.device, *, train: dict[str, Any],
                config_hash: str, augmentation: dict[str, Any] | None, probe_set_size: int, analysis_batch_size: int,
                subset: torch.Tensor, seed: int, val_size: int | None, val_batch_size: int,
                full_maps: tuple[str, ...], precision: str, channels_last: bool, log: Log | None) -> None:
@@ -230,12 +231,12 @@ class Recorder:
         self.precision, self.channels_last = precision, channels_last
         self.log: Log = log or (lambda s: None)
         self.train_indices = subset
-        probe_idx = data.stratified(ds.test_y, min(probe_set_size, len(ds.test_y)), seed)
+        probe_idx = _data.stratified(ds.test_y, min(probe_set_size, len(ds.test_y)), seed)
         rest = torch.ones(len(ds.test_y), dtype=torch.bool)
         rest[probe_idx] = False
         rest_idx = rest.nonzero().flatten()
         if val_size is not None and val_size < len(ds.test_y):  # a seeded, stratified rest
-            rest_idx = rest_idx[data.stratified(ds.test_y[rest_idx], val_size - len(probe_idx), seed + 3)].sort().values
+            rest_idx = rest_idx[_data.stratified(ds.test_y[rest_idx], val_size - len(probe_idx), seed + 3)].sort().values
         # The probe set goes first in the validation order: its activations are captured for free.
         self.probe_idx = probe_idx
         self.val_order = torch.cat([probe_idx, rest_idx])
@@ -422,7 +423,7 @@ class Recorder:
 
     # --- validation ----------------------------------------------------------------------------------
     def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = data.normalize(x_uint8, self.spec.mean, self.spec.std)
+        x = _data.normalize(x_uint8, self.spec.mean, self.spec.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @torch.no_grad()
