@@ -21,6 +21,7 @@ without epoch 0 has no initialisation, and its first file's epoch is its first e
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ def load_state(path: Path) -> dict[str, Any]:
 
                 obj: Any = load_file(p)
             else:
-                obj = torch.load(p, map_location="cpu", weights_only=True)
+                with warnings.catch_warnings():  # its note on pickle protocols is not the user's concern
+                    warnings.simplefilter("ignore", UserWarning)
+                    obj = torch.load(p, map_location="cpu", weights_only=True)
     except RunFileError:
         raise
     except Exception as exc:  # damaged files, and objects weights_only refuses to rebuild (an UnpicklingError)

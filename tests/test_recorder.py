@@ -58,3 +58,112 @@ def test_probe_train_writes_what_it_wrote_before_the_recorder(tmp_path: Path) ->
         t = lf(run / rel)
         assert {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() + str(list(v.shape))
                 for k, v in t.items()} == digests
+
+
+# --- a loop of the user's own --------------------------------------------------------------------
+
+def tiny_loop(run_dir: Path, epochs: int = 2, **kw) -> Path:
+    """A plain loop (resnet depth 8, 160 synthetic images) recorded with probe.Recorder."""
+    import torch.nn.functional as F
+
+    import probe
+    from probe.data import normalize
+
+    ds = synthetic_dataset(n_train=160, n_test=80, seed=0)
+    torch.manual_seed(0)
+    with probe.Recorder(run_dir, model="resnet", model_params={"depth": 8}, dataset=ds, probe_set_size=20,
+                        analysis_batch_size=32, val_batch_size=64, device="cpu", **kw) as rec:
+        model = rec.spec.build()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        rec.record(0, model, opt)
+        x = normalize(ds.train_x, rec.spec.mean, rec.spec.std)
+        for epoch in range(1, epochs + 1):
+            model.train()
+            for i in range(0, 160, 32):
+                loss = F.cross_entropy(model(x[i:i + 32]), ds.train_y[i:i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            rec.record(epoch, model, opt, {"train_loss": loss.item(), "train_acc": 0.5})
+    return run_dir
+
+
+def test_a_recorded_loop_is_a_complete_run(tmp_path: Path) -> None:
+    from probe.data import normalize
+    from probe.rundir import Run
+
+    run = Run(tiny_loop(tmp_path / "run"))
+    assert run.epochs() == [0, 1, 2]
+    rows = run.metrics()
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[2]["lr"] == 0.05 and rows[1]["train_acc"] == 0.5
+    assert run.config["source"] == {"kind": "recorder"} and run.config["train"]["epochs"] == 2
+    run.train_config()  # a valid TrainConfig, so readers of config["train"] keep working
+    ck = run.load_checkpoint(2)
+    assert ck.optimizer_state and set(ck.rng) == {"torch", "data"}
+    # the recorder measured validation itself: recompute val loss with the stored model, in float64
+    model = ck.build_model().double()
+    ds = synthetic_dataset(n_train=160, n_test=80, seed=0)
+    x = normalize(ds.test_x, ck.spec.mean, ck.spec.std).double()
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x), ds.test_y).item()
+    assert rows[2]["val_loss"] == pytest.approx(loss, rel=1e-4)
+    assert run.probe_set().images.shape[0] == 20 and run.analysis_batch().images.shape[0] == 32
+    assert not (run.path / ".probe-train.lock").exists()  # released on leaving the with block
+
+
+def test_probe_train_refuses_to_resume_a_recorded_run(tmp_path: Path) -> None:
+    from probe.config import TrainConfig
+    from probe.train import train
+
+    run = tiny_loop(tmp_path / "run", epochs=1)
+    with pytest.raises(UsageError, match="probe.Recorder"):
+        train(run, TrainConfig(epochs=3, device="cpu"), resume=True, quiet=True)
+
+
+def test_epochs_out_of_order_are_one_line_and_write_nothing(tmp_path: Path) -> None:
+    import probe
+
+    ds = synthetic_dataset(n_train=64, n_test=40, seed=0)
+    rec = probe.Recorder(tmp_path / "run", model="simplecnn", model_params={"base_width": 4}, dataset=ds,
+                         probe_set_size=20, analysis_batch_size=16, device="cpu")
+    model = rec.spec.build()
+    rec.record(3, model)
+    before = sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
+    with pytest.raises(UsageError, match=r"epoch 2 recorded after epoch 3.*next: 4"):
+        rec.record(2, model)
+    with pytest.raises(UsageError, match="epoch 5 recorded after epoch 3"):
+        rec.record(5, model)
+    rec.close()
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir()) == before == ["epoch_0003.safetensors"]
+
+
+def test_a_model_that_does_not_fit_its_family_writes_nothing(tmp_path: Path) -> None:
+    import probe
+
+    ds = synthetic_dataset(n_train=64, n_test=40, seed=0)
+    rec = probe.Recorder(tmp_path / "run", model="resnet", model_params={"depth": 8}, dataset=ds, probe_set_size=20,
+                         analysis_batch_size=16, device="cpu")
+    wrong = probe.ModelSpec("resnet", {"depth": 14, "width": 1, "shortcut": "A"}, rec.spec.input, 10).build()
+    with pytest.raises(ProbeError, match=r"epoch 0: the model's state does not fit resnet\(depth=8.*unexpected layer"):
+        rec.record(0, wrong)
+    assert not (tmp_path / "run").exists()  # the directory is made at the first record that passes
+    with pytest.raises(UsageError, match="metrics: epoch 0: 'val_loss' is measured by the recorder"):
+        rec.record(0, rec.spec.build(), metrics={"val_loss": 1.0})
+    m = rec.spec.build()
+    rms = torch.optim.RMSprop(m.parameters())
+    m(torch.zeros(2, 3, 32, 32)).sum().backward()
+    rms.step()
+    with pytest.raises(ProbeError, match="RMSprop keeps 'square_avg'"):
+        rec.record(0, m, rms)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_folder_is_refused_without_force(tmp_path: Path) -> None:
+    import probe
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="already exists and is not empty"):
+        probe.Recorder(tmp_path / "run", model="simplecnn", dataset=synthetic_dataset(), device="cpu")
+    with pytest.raises(UsageError, match="not a probe run"):
+        probe.Recorder(tmp_path / "run", model="simplecnn", dataset=synthetic_dataset(), device="cpu", force=True)
