@@ -144,3 +144,14 @@ def test_the_cli_imports_and_resume_is_one_line(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["import", "--help"])
     text = " ".join(res.output.split())
     assert "last run of digits" in text and "weights_only=True" in text
+
+
+@pytest.mark.slow
+def test_an_imported_run_passes_every_analysis_and_the_report(probe_run: Path, tmp_path: Path) -> None:
+    from test_recorder import analyze_and_report
+
+    export(probe_run, tmp_path / "ckpts")
+    spec = checkpoint.load(probe_run / "checkpoints/epoch_0000.safetensors").spec
+    out = import_checkpoints(tmp_path / "ckpts", tmp_path / "imported", spec, synthetic_dataset(seed=0),
+                             probe_set_size=40, analysis_batch_size=64, device="cpu")
+    analyze_and_report(out)

@@ -167,3 +167,21 @@ def test_an_existing_folder_is_refused_without_force(tmp_path: Path) -> None:
         probe.Recorder(tmp_path / "run", model="simplecnn", dataset=synthetic_dataset(), device="cpu")
     with pytest.raises(UsageError, match="not a probe run"):
         probe.Recorder(tmp_path / "run", model="simplecnn", dataset=synthetic_dataset(), device="cpu", force=True)
+
+
+def analyze_and_report(run: Path) -> None:
+    """Every installed analysis (the last epoch, or all for run-wide ones), then `probe report`: all succeed."""
+    from click.testing import CliRunner
+
+    from probe.cli import cli
+
+    res = CliRunner().invoke(cli, ["analyze", str(run), "--all", "--quiet", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert (run / "report" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_a_recorded_run_passes_every_analysis_and_the_report(tmp_path: Path) -> None:
+    analyze_and_report(tiny_loop(tmp_path / "run"))
