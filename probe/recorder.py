@@ -261,6 +261,10 @@ class Recorder:
         """Release the run's lock (a recorder that recorded nothing leaves nothing behind)."""
         self._stack.close()
 
+    def __del__(self) -> None:  # a loop that never calls close(): release the lock when the recorder goes
+        with contextlib.suppress(Exception):
+            self._stack.close()
+
     def record(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                metrics: Mapping[str, Any] | None = None, *, rng: dict[str, torch.Tensor] | None = None,
                started: float | None = None) -> dict[str, Any]:
@@ -314,6 +318,11 @@ class Recorder:
                                       f"in order (next: {self.last_epoch + 1}); nothing was written")
         if not isinstance(model, torch.nn.Module):
             raise UsageError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
+        p = next(model.parameters(), None)
+        if p is not None and p.device != self.device and not (p.device.type == self.device.type == "cuda"
+                                                               and self.device.index is None):
+            raise UsageError("device", f"epoch {epoch}: the model is on {p.device}, the recorder validates on "
+                                       f"{self.device}; create the recorder with device={str(p.device)!r}")
         if self._attached:  # probe train built the model from the spec itself
             return {"epoch": epoch, **(metrics or {})}
         why = state_mismatch(self.spec, model.state_dict())
