@@ -185,3 +185,39 @@ def analyze_and_report(run: Path) -> None:
 @pytest.mark.slow
 def test_a_recorded_run_passes_every_analysis_and_the_report(tmp_path: Path) -> None:
     analyze_and_report(tiny_loop(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_the_own_loop_example_records_a_run_that_analyses(tmp_path: Path) -> None:
+    """examples/own-loop/train.py on a tiny CIFAR-10-shaped folder: a run whose analyses and report work."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from probe.cli import cli
+    from probe.model import CIFAR10_CLASSES
+    from probe.rundir import Run
+
+    root = Path(__file__).resolve().parents[1]
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("test", 5)):
+        for c in CIFAR10_CLASSES:
+            (tmp_path / "cifar" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "cifar" / split / c / f"{i:04d}.png")
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(root / "examples/own-loop/train.py"), "--data", str(tmp_path / "cifar"),
+                          "--run-dir", str(tmp_path / "run"), "--subset", "100", "--val-size", "50", "--epochs", "1"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = Run(tmp_path / "run")
+    assert run.epochs() == [0, 1] and run.metrics()[1]["train_loss"] > 0
+    res = CliRunner().invoke(cli, ["analyze", str(run.path), "-p", "curves", "-p", "cka", "-p", "cka-epochs",
+                                   "--quiet", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert CliRunner().invoke(cli, ["report", str(run.path)]).exit_code == 0

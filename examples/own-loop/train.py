@@ -18,7 +18,7 @@ args = ap.parse_args()
 torch.manual_seed(0)
 
 rec = probe.Recorder(args.run_dir, model="resnet", model_params={"depth": 20}, dataset="cifar10", data=args.data,
-                     subset_train_size=args.subset, probe_set_size=500, analysis_batch_size=256,
+                     subset_train_size=args.subset, probe_set_size=min(500, args.val_size), analysis_batch_size=256,
                      val_size=args.val_size, epochs=args.epochs, device=args.device, force=True)
 ds, spec, dev = rec.dataset, rec.spec, rec.device
 x_train, y_train = ds.train_x[rec.train_indices].to(dev), ds.train_y[rec.train_indices].to(dev)
