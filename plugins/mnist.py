@@ -5,7 +5,7 @@ so on), parsed here: a big-endian header (magic 0x00000803 for images, 0x0000080
 for labels, then the dimensions) and the raw uint8 payload, gzip-compressed or not.
 Every count in a header is bounded before anything is allocated, and the payload
 must be exactly what the header declares. torchvision's processed .pt files are
-never read (they would need torch.load).
+never read (loading them would mean unpickling).
 
 Without --data the files are fetched with torchvision's checked downloader (the
 mirrors and md5 sums torchvision uses) into <cache>/<name>/. With --data DIR, the

@@ -2,8 +2,9 @@
 
 The public API for plugin authors is importable from here without importing torch:
 `hookimpl`, `Analysis`, `Context`, `LayerParams` (what `ctx.parameters()` lists), `ProbeError`,
-`UsageError`, `RunFileError`, `Skip` (an analysis that does not apply), `load_model`, `load_checkpoint`, `Run`; for model-family and
-data-set plugins `ModelFamily`, `InputSpec`, `ModelSpec`, `DataSource`, `Augmentation`.
+`UsageError`, `RunFileError`, `Skip` (an analysis that does not apply), `load_model`, `load_checkpoint`, `Run`;
+`Recorder` (the run-directory writer, for any training loop); for model-family and data-set plugins
+`ModelFamily`, `InputSpec`, `ModelSpec`, `DataSource`, `Augmentation`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from .hookspecs import hookimpl
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "Augmentation", "Context", "DataSource", "InputSpec", "LayerParams", "ModelFamily", "ModelSpec", "NotARunError", "ProbeError", "Run", "RunFileError", "Skip", "UsageError",
+    "Analysis", "Augmentation", "Context", "DataSource", "InputSpec", "LayerParams", "ModelFamily", "ModelSpec",
+    "NotARunError", "ProbeError", "Recorder", "Run", "RunFileError", "Skip", "UsageError",
     "__version__", "hookimpl", "load_checkpoint", "load_model", "param",
 ]
 
@@ -53,6 +55,10 @@ def __getattr__(name: str) -> Any:
         from . import context
 
         return getattr(context, name)
+    if name == "Recorder":
+        from .recorder import Recorder
+
+        return Recorder
     if name == "Run":
         from .rundir import Run
 

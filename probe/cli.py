@@ -26,6 +26,7 @@ LAZY_COMMANDS = {
     "sweep": "probe.sweep:sweep_command",
     "compare": "probe.compare:compare_command",
     "report": "probe.report:report_command",
+    "import": "probe.importer:import_command",
 }
 
 

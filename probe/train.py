@@ -13,9 +13,7 @@ the epoch in progress and `--resume` continues bit-for-bit (on the CPU).
 
 from __future__ import annotations
 
-import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import activations, atomic, checkpoint, data, lock, rundir
+from . import atomic, checkpoint, data, lock, rundir
 from .config import TrainConfig
 from .errors import ProbeError, RunFileError, UsageError
 from .families import ModelSpec
@@ -38,6 +36,8 @@ from .prepare import (
     preflight,
     remove_training_temps,
 )
+from .recorder import Recorder, write_metrics
+from .recorder import _resolved as recorder_resolved
 
 Log = Callable[[str], None]
 
@@ -98,31 +98,24 @@ def model_spec(cfg: TrainConfig, ds: data.Dataset) -> ModelSpec:
 
 
 class Trainer:
-    """Holds the tensors, model and optimizer of one run; `fit()` runs the epochs."""
+    """Holds the tensors, model and optimizer of one run; `fit()` runs the epochs, a `probe.Recorder` writes them."""
 
     def __init__(self, run_dir: Path, cfg: TrainConfig, device: torch.device, ds: data.Dataset, log: Log, progress: bool,
                  spec: ModelSpec | None = None):
         self.run_dir, self.cfg, self.device, self.log, self.progress = run_dir, cfg, device, log, progress
         self.spec = spec or model_spec(cfg, ds)
-        self.layers = self.spec.recorded_layers()
         self.augmentation = ds.augmentation if cfg.augment else None
         subset = data.train_subset(ds, cfg.subset_train_size, cfg.seed)
         self.train_x = ds.train_x[subset].to(device)
         self.train_y = ds.train_y[subset].to(device)
-        probe_idx = data.stratified(ds.test_y, min(cfg.probe_set_size, len(ds.test_y)), cfg.seed)
-        rest = torch.ones(len(ds.test_y), dtype=torch.bool)
-        rest[probe_idx] = False
-        rest_idx = rest.nonzero().flatten()
-        if cfg.val_size is not None and cfg.val_size < len(ds.test_y):  # --val-size: a seeded, stratified rest
-            rest_idx = rest_idx[data.stratified(ds.test_y[rest_idx], cfg.val_size - len(probe_idx), cfg.seed + 3)].sort().values
-        # The probe set goes first in the validation order: its activations are captured for free.
-        self.val_order = torch.cat([probe_idx, rest_idx])
-        self.val_x = ds.test_x[self.val_order].to(device)
-        self.val_y = ds.test_y[self.val_order].to(device)
-        self.probe_idx = probe_idx
-        g = torch.Generator().manual_seed(cfg.seed + 2)
-        self.analysis_idx = torch.randperm(len(subset), generator=g)[: cfg.analysis_batch_size].sort().values
-        self.analysis_src = subset[self.analysis_idx]
+        # The one writer of the run directory: the probe set, validation order and analysis batch are its.
+        self.recorder = Recorder.attached(
+            run_dir, self.spec, ds, device, train=cfg.to_dict(), config_hash=cfg.hash(),
+            augmentation=self.augmentation.to_dict() if self.augmentation else None,
+            probe_set_size=cfg.probe_set_size, analysis_batch_size=cfg.analysis_batch_size, subset=subset,
+            seed=cfg.seed, val_size=cfg.val_size, val_batch_size=cfg.val_batch_size, full_maps=cfg.full_maps,
+            precision=cfg.precision, channels_last=cfg.channels_last, log=log)
+        self.probe_idx, self.val_order = self.recorder.probe_idx, self.recorder.val_order
         self.ds = ds
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         torch.manual_seed(cfg.seed)
@@ -132,28 +125,8 @@ class Trainer:
         self.opt = make_optimizer(cfg, self.model)
         self.params = [p for p in self.model.parameters()]
 
-    # --- the first epoch: what is stored once ---------------------------------------------------
     def write_static(self, resolved: dict[str, Any]) -> None:
-        from safetensors.torch import save_file
-
-        config = {
-            "format": "probe-run/1",
-            "train": self.cfg.to_dict(),
-            "model_spec": self.spec.to_dict(),
-            "num_params": sum(p.numel() for p in self.model.parameters()),
-            "augmentation": self.augmentation.to_dict() if self.augmentation else None,
-            "config_hash": self.cfg.hash(),
-            "data_source": self.ds.source,
-            "classes": list(self.ds.classes),
-            **resolved,
-        }
-        atomic.write_json(self.run_dir / rundir.CONFIG, config)
-        for rel, x, y, idx in (
-            (rundir.PROBE_SET, self.ds.test_x[self.probe_idx], self.ds.test_y[self.probe_idx], self.probe_idx),
-            (rundir.ANALYSIS_BATCH, self.ds.train_x[self.analysis_src], self.ds.train_y[self.analysis_src], self.analysis_src),
-        ):
-            tensors = {"images": x.contiguous(), "labels": y.contiguous(), "indices": idx.contiguous()}
-            atomic.write_with(self.run_dir / rel, lambda tmp, t=tensors: save_file(t, str(tmp)))
+        self.recorder.write_static(resolved)
 
     # --- one epoch ----------------------------------------------------------------------------------
     def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
@@ -205,48 +178,17 @@ class Trainer:
         return {"train_loss": stats[0], "train_acc": stats[1], "grad_norm_mean": stats[2], "grad_norm_max": stats[3],
                 "update_ratio": stats[4], "lr": lr}
 
-    @torch.no_grad()
-    def validate(self, recorder: activations.ActivationRecorder) -> dict[str, float]:
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        n = self.val_x.shape[0]
-        for start in range(0, n, self.cfg.val_batch_size):
-            x = self._input(self.val_x[start : start + self.cfg.val_batch_size])
-            y = self.val_y[start : start + self.cfg.val_batch_size]
-            with self._autocast():
-                logits = self.model(x).float()
-            recorder.after_batch(logits)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-        return {"val_loss": loss_sum.item() / n, "val_acc": correct.item() / n}
-
-    def weight_norm(self) -> float:
-        with torch.no_grad():
-            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params))).item()
-
     def finish_epoch(self, epoch: int, metrics: dict[str, Any], t0: float) -> dict[str, Any]:
-        """Validate (recording activations), then write dump, checkpoint and metrics, in that order."""
-        t_val = time.perf_counter()
-        recorder = activations.ActivationRecorder(self.model, self.layers, self.cfg.full_maps, len(self.probe_idx))
-        try:
-            metrics.update(self.validate(recorder))
-        finally:
-            recorder.close()
-        metrics["val_seconds"] = time.perf_counter() - t_val
-        metrics["weight_norm"] = self.weight_norm()
-        t_out = time.perf_counter()
-        recorder.write(self.run_dir / rundir.activations_name(epoch), epoch)
-        metrics["epoch_seconds"] = time.perf_counter() - t0  # checkpoint's own copy: before its write
-        checkpoint.save(self.run_dir / rundir.checkpoint_name(epoch), epoch=epoch, model=self.model, spec=self.spec,
-                        metrics=metrics,
-                        config_hash=self.cfg.hash(), optimizer=self.opt, rng=rng_states(self.gen))
-        metrics["output_seconds"] = time.perf_counter() - t_out
-        metrics["epoch_seconds"] = time.perf_counter() - t0
+        """Validate (recording activations), then write dump, checkpoint and metrics, in that order (the recorder)."""
+        row = self.recorder.record(epoch, self.model, self.opt, metrics, rng=rng_states(self.gen), started=t0)
+        metrics.clear()
+        metrics.update(row)
         return metrics
 
     def fit(self, start_epoch: int, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cfg = self.cfg
+        self.recorder.history = list(history)
+        self.recorder.last_epoch = start_epoch - 1 if start_epoch > 0 else None
         for epoch in range(start_epoch, cfg.epochs + 1):
             t0 = time.perf_counter()
             metrics: dict[str, Any] = {"epoch": epoch}
@@ -257,10 +199,8 @@ class Trainer:
             self.finish_epoch(epoch, metrics, t0)
             if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
                 self.log(f"warning: epoch {epoch} has non-finite metrics (training diverged?)")
-            history = [h for h in history if h["epoch"] < epoch] + [metrics]
-            write_metrics(self.run_dir, history)
             self.log(summary_line(metrics, cfg.epochs))
-        return history
+        return self.recorder.history
 
 
 def _bar(it, label: str, show: bool):
@@ -271,16 +211,6 @@ def _bar(it, label: str, show: bool):
     return click.progressbar(it, label=label, file=sys.stderr, show_pos=True)
 
 
-
-
-def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.jsonl whole and atomically (it is tiny), so it is never torn by us."""
-    lines = [json.dumps({k: _jsonable(v) for k, v in row.items()}, sort_keys=True) for row in history]
-    atomic.write_text(run_dir / rundir.METRICS, "\n".join(lines) + "\n")
-
-
-def _jsonable(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def summary_line(m: dict[str, Any], epochs: int) -> str:
@@ -303,6 +233,18 @@ def last_good_epoch(run: rundir.Run, log: Log) -> checkpoint.Checkpoint | None:
     return None
 
 
+def refuse_foreign_resume(run_dir: Path) -> None:
+    """`--resume` continues only what probe train wrote: a recorded or imported run is one line saying why not."""
+    source = rundir.Run(run_dir).config.get("source")
+    kind = source.get("kind") if isinstance(source, dict) else None
+    if kind == "import":
+        raise UsageError("--resume", f"{run_dir} was made by `probe import`: its checkpoints carry no optimizer state, "
+                                     "so probe train cannot continue it (analyse it, or train a new run)")
+    if kind is not None:
+        raise UsageError("--resume", f"{run_dir} was written by probe.Recorder from another training loop; continue it "
+                                     "in that loop, probe train cannot")
+
+
 def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool = False, force: bool = False,
           quiet: bool = False, progress: bool | None = None, log: Log | None = None,
           dataset: data.Dataset | None = None) -> Path:
@@ -316,6 +258,8 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
     # Everything is checked before anything is touched: the directory, every option, the data.
     check_path(run_dir)
     check_run_dir(run_dir, resume=resume, force=force)
+    if resume:
+        refuse_foreign_resume(run_dir)
     if resume and cfg is None:
         cfg = rundir.Run(run_dir).train_config()
     if cfg is None:
@@ -385,12 +329,4 @@ def _train_locked(run_dir: Path, cfg: TrainConfig, device: torch.device, ds: dat
 
 
 def _resolved(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    from . import __version__
-
-    info: dict[str, Any] = {
-        "versions": {"probe": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "device": str(device), "seed": cfg.seed,
-    }
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-    return info
+    return recorder_resolved(device, cfg.seed)
