@@ -22,8 +22,8 @@ Each round runs, one after the other in this process (so machine drift hits all 
   channels-last, batch 128), summed over the epoch: --images forward + backward,
   10,000 validation images forward.
 
-torch uses its default threads (torch.get_num_threads(); DataLoader workers run one
-each). Prints JSON lines (one per measurement, then a summary with medians and ratios).
+torch uses its default threads (torch.get_num_threads(), or --threads) for both loops;
+DataLoader workers run one each. Prints JSON lines (one per measurement, then a summary with medians and ratios).
 """
 
 from __future__ import annotations
@@ -228,10 +228,13 @@ def main() -> None:
     ap.add_argument("--workers", default="2,0", help="comma-separated DataLoader num_workers variants")
     ap.add_argument("--repeats", type=int, default=5, help="timings per conv kernel for the floor (best kept)")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads for everything (0: torch's default)")
     ap.add_argument("--profile", action="store_true",
                     help="instead: probe's train_epoch with and without its per-step statistics (A/B, --rounds), "
                          "and a torch.profiler breakdown of one epoch by op category")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.profile:
         profile(args.data, args.images, args.rounds, args.seed)
         return
