@@ -25,12 +25,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import safeio
 from .errors import ProbeError, RunFileError, UsageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -48,37 +48,13 @@ def _short(exc: BaseException) -> str:
 
 
 def open_file(path: str | Path, max_bytes: int) -> BinaryIO:
-    """Open a regular file (links followed) of at most `max_bytes` bytes; anything else is one RunFileError."""
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise RunFileError(path, "does not exist") from None
-    except OSError as exc:
-        raise RunFileError(path, f"cannot read ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise RunFileError(path, "is not a regular file")
-        if st.st_size > max_bytes:
-            raise RunFileError(path, f"is {st.st_size:,} bytes, more than the {max_bytes:,} allowed for this file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    """Open a regular file (links followed: data folders are often trees of links) of at most `max_bytes` bytes."""
+    return safeio.open_regular(path, max_bytes, follow_links=True)
 
 
 def read_file(path: str | Path, max_bytes: int) -> bytes:
-    """The whole regular file `path`, refusing more than `max_bytes` even if it grows while being read."""
-    with open_file(path, max_bytes) as fh:
-        try:
-            data = fh.read(max_bytes + 1)
-        except OSError as exc:
-            raise RunFileError(path, f"cannot read ({exc.strerror or exc})") from None
-    if len(data) > max_bytes:
-        raise RunFileError(path, f"is more than the {max_bytes:,} bytes allowed for this file")
-    return data
+    """The whole regular file `path` (links followed), refusing more than `max_bytes` even if it grows."""
+    return safeio.read_bytes(path, max_bytes, follow_links=True)
 
 
 def files_key(tag: str, root: Path, paths: Iterable[Path]) -> str:

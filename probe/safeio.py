@@ -81,18 +81,21 @@ def _check_within(path: Path, within: str | Path) -> None:
         raise RunFileError(path, f"lies outside {within} through a symbolic link (resolves to {real}); probe reads nothing outside it")
 
 
-def open_regular(path: str | Path, max_bytes: int | None = None, *, within: str | Path | None = None) -> BinaryIO:
+def open_regular(path: str | Path, max_bytes: int | None = None, *, within: str | Path | None = None,
+                 follow_links: bool = False) -> BinaryIO:
     """Open `path` for binary reading if it is a regular file of at most `max_bytes` bytes.
 
     The file is opened with O_NOFOLLOW | O_NONBLOCK and checked with fstat on the
     open descriptor, so what is checked is what is read: a symlink (even to
     /dev/zero), a FIFO, a device, a socket or a directory is refused at once,
-    never hashed or read forever.
+    never hashed or read forever. `follow_links=True` (a user's data folder, which
+    may be a tree of links) opens a link's target, checked the same way.
     """
     path = Path(path)
     if within is not None:
         _check_within(path, within)
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    nofollow = 0 if follow_links else os.O_NOFOLLOW
+    flags = os.O_RDONLY | nofollow | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
@@ -118,10 +121,11 @@ def open_regular(path: str | Path, max_bytes: int | None = None, *, within: str 
         raise
 
 
-def read_bytes(path: str | Path, max_bytes: int = MAX_JSON_BYTES, *, within: str | Path | None = None) -> bytes:
+def read_bytes(path: str | Path, max_bytes: int = MAX_JSON_BYTES, *, within: str | Path | None = None,
+               follow_links: bool = False) -> bytes:
     """The whole file, refusing more than `max_bytes` even if it grows while being read."""
     path = Path(path)
-    with open_regular(path, max_bytes, within=within) as fh:
+    with open_regular(path, max_bytes, within=within, follow_links=follow_links) as fh:
         try:
             data = fh.read(max_bytes + 1)
         except OSError as exc:
