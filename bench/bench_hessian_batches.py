@@ -44,6 +44,7 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--trace-samples", type=int, default=20)
     p.add_argument("--density-steps", type=int, default=40)
+    p.add_argument("--only-batches", action="store_true", help="stop after the eigenpairs of B batches")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,9 +63,14 @@ def main() -> None:
         rep, s = timed(x=x[i * n:(i + 1) * n], y=y[i * n:(i + 1) * n], **base)
         one_h, one_s = one_h + rep.hvps, one_s + s
         emit(f"eigen, batch {i} alone", rep, s)
-    rep, s = timed(x=x, y=y, batches=b, **base)
-    emit(f"eigen, {b} batches + combined", rep, s, ratio_hvps=round(rep.hvps / one_h, 3),
-         ratio_seconds=round(s / one_s, 3), per_batch_hvps=sum(e[0].hvps for e in rep.per_batch))  # both ends share
+    for mode in ("ritz", "solve"):
+        rep, s = timed(x=x, y=y, batches=b, per_batch=mode, **base)
+        emit(f"eigen, {b} batches + combined, per_batch={mode}", rep, s, ratio_hvps=round(rep.hvps / one_h, 3),
+             ratio_seconds=round(s / one_s, 3), per_batch_hvps=sum(e[0].hvps for e in rep.per_batch),  # both ends share
+             per_batch_top=[round(float(e[0].values[0]), 3) for e in rep.per_batch],
+             per_batch_top_residual=[round(float(e[0].residuals[0]), 4) for e in rep.per_batch])
+    if args.only_batches:
+        return
     rep1, s1 = timed(x=x[:n], y=y[:n], trace_samples=args.trace_samples, **base)
     emit(f"eigen + trace {args.trace_samples}, one batch", rep1, s1)
     repb, sb = timed(x=x, y=y, batches=b, trace_samples=args.trace_samples, **base)

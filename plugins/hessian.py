@@ -44,6 +44,10 @@ class Params:
     batches: int = probe.param(1, "Disjoint batches of n_images each (B * n_images stored images needed): per-batch "
                                   "values, their mean and standard error, and the combined (mean-loss) operator's.",
                                min=1, max=MAX_BATCHES)
+    per_batch: str = probe.param("ritz", "With batches > 1: each batch's eigenpairs by Rayleigh-Ritz on the combined "
+                                         "operator's Krylov basis (ritz: no extra product, exact residuals, top values "
+                                         "lower bounds) or by its own Lanczos run (solve: converged, about 2x the products).",
+                                 choices=("ritz", "solve"))
     blocks: str = probe.param("none", "Per-block top eigenvalue and trace: 'layer' (each conv/linear layer, weight and "
                                       "bias; the rest as 'other'), name patterns like 'features.*,classifier.*', or "
                                       "'none' (default: blocks=layer took 2.4x the time of the default analysis).")
@@ -138,7 +142,8 @@ def run(ctx: probe.Context) -> None:
     kw = dict(top_k=p.top_k, smallest=p.smallest, method=p.method, trace_samples=p.trace_samples,
               density_runs=p.density_runs, density_steps=p.density_steps, tol=p.tol, residual_tol=p.residual_tol,
               max_iter=p.max_iter, bn=p.bn, weight_decay=wd, batch_size=p.batch_size, seed=p.seed,
-              batches=p.batches, blocks=p.blocks, trace_method=p.trace_method, operator=p.operator)
+              batches=p.batches, blocks=p.blocks, trace_method=p.trace_method, operator=p.operator,
+              per_batch=p.per_batch)
     last = ctx.epochs[-1]
 
     def for_epoch(epoch: int) -> dict:  # the density is plotted for the last epoch only: computed there only
@@ -272,6 +277,7 @@ def series(rows: list, p: Params) -> tuple[dict, dict]:
              "method": p.method, "bn": p.bn, "n_images": rep.n_batches * rep.images_per_batch, "seed": p.seed,
              "computed_on": rep.computed_on(), "operator": rep.operator, "batches": rep.n_batches,
              "images_per_batch": rep.images_per_batch, "dtype": rep.dtype, "parameters": rep.names,
+             "per_batch": p.per_batch if p.batches > 1 else "",
              "labels": "LA: largest algebraic, SA: smallest algebraic, LM: largest magnitude (may be negative)",
              "layout": "unsuffixed eigenvalues, vectors and traces: the combined operator (mean loss over all "
                        "batches); *_per_batch: each batch; *_mean_over_batches, *_se_over_batches: their mean and "

@@ -912,7 +912,7 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
                      hvp: str = "auto", seed: int = 0, batches: int = 1, blocks: str = "none",
                      block_init: dict[str, torch.Tensor] | None = None,
                      operator: OperatorFactory | str | None = None, operator_name: str = "hessian",
-                     trace_method: str = "hutchinson") -> HessianReport:
+                     trace_method: str = "hutchinson", per_batch: str = "ritz") -> HessianReport:
     """Top-k (LA) and smallest (SA) Hessian eigenvalues, and optionally trace, density and per-block figures.
 
     method="lanczos" (default) gets both ends from one Krylov space. method="power"
@@ -925,12 +925,14 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
     batch gets its own operator (one cached first-order graph each); the combined
     operator (the mean of the B operators: the Hessian of the mean loss over all of x)
     reuses the batches' graphs and is solved first, from `init`. Each product of it is
-    one product of every batch's operator, and those are kept: each batch's eigenpairs
-    come from a Rayleigh-Ritz pass of its operator on the combined Krylov basis
-    (`ritz_pairs`: exact residuals, no product), and only a batch whose Ritz pairs miss
-    `residual_tol` gets its own Lanczos run, started from them (method="power": each
-    batch is solved on its own, from `init`). The combined eigenvalues are not the mean
-    of the per-batch ones; both are reported. Hutchinson uses the same probe
+    one product of every batch's operator, and those are kept. per_batch="ritz"
+    (default): each batch's eigenpairs come from a Rayleigh-Ritz pass of its operator
+    on the combined Krylov basis (`ritz_pairs`: no product; residuals exact, converged
+    only where they are at most `residual_tol`; top Ritz values are lower bounds), so B
+    batches and the combined operator together cost what B one-batch analyses cost.
+    per_batch="solve": each batch also gets its own Lanczos run from `init`, converged
+    to `tol` (about twice the products; method="power" always solves). The combined
+    eigenvalues are not the mean of the per-batch ones; both are reported. Hutchinson uses the same probe
     vectors for every batch, so the combined trace (the mean of the per-batch ones, by
     linearity) costs nothing more, nor do the block traces. `blocks` ("none", "layer"
     or name patterns, see `parameter_blocks`) adds the top eigenpair of each diagonal
@@ -993,21 +995,21 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
 
     # The combined operator is solved first, recording each batch's products over its Krylov basis: a
     # Rayleigh-Ritz pass per batch on that basis then gives per-batch eigenpairs with exact residuals for no
-    # product; only a batch whose Ritz pairs miss `residual_tol` gets its own (warm-started) solve.
-    recording = batches > 1 and method == "lanczos"
+    # product (per_batch="ritz"). Refining unconverged ones from their Ritz vectors was measured: it cost more
+    # products than solving each batch from `init` (101 against 79 on bench_hessian_batches.py).
+    check(per_batch in ("ritz", "solve"), "per_batch", f"must be 'ritz' or 'solve', got {per_batch!r}")
+    recording = batches > 1 and method == "lanczos" and per_batch == "ritz"
     combined = (RecordingMeanOperator(ops, RITZ_LIMIT_BYTES) if recording else MeanOperator(ops)) if batches > 1 \
         else ops[0]
     eigen = solve(combined, init)
-    per_batch: list[list[EigenResult]] = []
+    per_batch_eigen: list[list[EigenResult]] = []
     samples: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     for b, op in enumerate(ops if batches > 1 else []):
         eig = None
         if recording and combined.complete and combined.inputs:
-            ritz = ritz_pairs(combined.inputs, combined.outputs[b], top_k, smallest, residual_tol)
-            eig = [e for e in ritz if e is not None]
-            if not all(bool(e.converged.all()) for e in eig):
-                eig = solve(op, ritz[0].vectors)  # refine from the Ritz vectors
-        per_batch.append(eig if eig is not None else solve(op, init))
+            eig = [e for e in ritz_pairs(combined.inputs, combined.outputs[b], top_k, smallest, residual_tol)
+                   if e is not None]
+        per_batch_eigen.append(eig if eig is not None else solve(op, init))
         if trace_samples:
             samples.append(hutchinson_samples(op, trace_samples, seed=seed, block_id=block_id, blocks=len(groups)))
         if not keep and hasattr(op, "release"):
@@ -1018,7 +1020,7 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
                     f"'combined' on the mean loss over all {len(x)} samples")
     report = HessianReport(sum(values) / batches, loss_def, eigen, None, None, names=list(losses[0].names),
                            operator=operator_name, n_batches=batches, images_per_batch=n, bn=bn,
-                           dtype=str(losses[0].dtype).removeprefix("torch."), per_batch=per_batch,
+                           dtype=str(losses[0].dtype).removeprefix("torch."), per_batch=per_batch_eigen,
                            loss_per_batch=values if batches > 1 else [])
     if init is not None:
         report.overlap, report.subspace_overlap = eigenvector_overlap(init, eigen[0].vectors)
