@@ -239,7 +239,7 @@ def _check_model_state(path: Path, spec: ModelSpec, state: dict[str, torch.Tenso
     return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
-_OPT_KEYS = {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"}
+OPTIMIZER_STATE_KEYS = {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"}  # what a checkpoint holds
 
 
 def _check_optimizer_state(path: Path, params: dict[str, tuple[int, ...]], state: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -248,7 +248,7 @@ def _check_optimizer_state(path: Path, params: dict[str, tuple[int, ...]], state
             field_name = f"optimizer/{pname}/{key}"
             if pname not in params:
                 raise RunFileError(path, f"field {field_name}: the model has no parameter {pname!r}")
-            if key not in _OPT_KEYS:
+            if key not in OPTIMIZER_STATE_KEYS:
                 raise RunFileError(path, f"field {field_name}: not an optimizer state probe writes")
             want = () if key == "step" else params[pname]
             if t.dtype != torch.float32 or tuple(t.shape) != want:

@@ -99,6 +99,12 @@ class ModelFamily:
     def make_params(self, raw: Mapping[str, Any], option: str = "--model-param") -> Any:
         return make_params(self.params, raw, self.name, option)
 
+    def spec(self, raw: Mapping[str, Any], input: InputSpec, num_classes: int,
+             option: str = "--model-param") -> ModelSpec:
+        """The spec of this family with parameters `raw` (checked; defaults filled) for `input` and `num_classes`."""
+        params = dataclasses.asdict(self.make_params(raw, option))
+        return ModelSpec(self.name, params, input, num_classes, self.version, self.provider)
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -9,7 +9,6 @@ build, and a forward pass there shows that the data set's images fit the model.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -84,8 +83,7 @@ def spec_from_config(cfg: Any, input: InputSpec, num_classes: int) -> ModelSpec:
             if getattr(cfg, o) != FIELDS[o].default:
                 raise UsageError(flag(o), f"applies to --model simplecnn only; give {fam.name}'s parameters with "
                                           f"--model-param KEY=VALUE (see `probe models`)")
-    params = fam.make_params(raw)
-    return ModelSpec(fam.name, dataclasses.asdict(params), input, num_classes, fam.version, fam.provider)
+    return fam.spec(raw, input, num_classes)
 
 
 def check_model(spec: ModelSpec, batch_size: int, option: str = "--model", full_maps: tuple[str, ...] = ()) -> int:

@@ -36,7 +36,6 @@ Log = Callable[[str], None]
 
 # Metrics the recorder measures itself; a loop's metrics may not name them.
 RESERVED = ("epoch", "val_loss", "val_acc", "val_seconds", "weight_norm", "epoch_seconds", "output_seconds")
-_OPT_KEYS = {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"}  # what a checkpoint holds
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -88,12 +87,8 @@ def resolve_spec(model: ModelSpec | str, ds: _data.Dataset, model_params: Mappin
             raise UsageError("model_params", "give parameters inside the ModelSpec, or a family name with model_params")
         spec = model
     elif isinstance(model, str):
-        fam = get_family(model, option="--model")
-        params = fam.make_params(dict(model_params or {}))
-        import dataclasses
-
-        spec = ModelSpec(fam.name, dataclasses.asdict(params), input_spec(ds.train_x[subset], ds.mean, ds.std),
-                         len(ds.classes), fam.version, fam.provider)
+        spec = get_family(model, option="--model").spec(dict(model_params or {}),
+                                                        input_spec(ds.train_x[subset], ds.mean, ds.std), len(ds.classes))
     else:
         raise UsageError("model", f"expected a family name or a probe.ModelSpec, got {type(model).__name__}")
     h, w = ds.train_x.shape[2:]
@@ -360,7 +355,7 @@ class Recorder:
                     raise ProbeError(f"epoch {epoch}: the optimizer holds a tensor that is not a parameter of the "
                                      "model; nothing was written")
                 for key, v in optimizer.state.get(p, {}).items():
-                    if torch.is_tensor(v) and (key not in _OPT_KEYS or v.dtype != torch.float32):
+                    if torch.is_tensor(v) and (key not in checkpoint.OPTIMIZER_STATE_KEYS or v.dtype != torch.float32):
                         raise ProbeError(f"epoch {epoch}: {type(optimizer).__name__} keeps {key!r} "
                                          f"({str(v.dtype).removeprefix('torch.')}), which a probe checkpoint cannot "
                                          "store (SGD and Adam(W) states only); record with optimizer=None")

@@ -36,18 +36,10 @@ from .prepare import (
     preflight,
     remove_training_temps,
 )
-from .recorder import Recorder, write_metrics
+from .recorder import Recorder, resolve_device, write_metrics  # noqa: F401 (resolve_device: probe.train API)
 from .recorder import _resolved as recorder_resolved
 
 Log = Callable[[str], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device", "cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
