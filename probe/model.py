@@ -139,10 +139,18 @@ def input_spec(images: Any, mean: tuple[float, ...] | None, std: tuple[float, ..
     import torch
 
     c, h, w = images.shape[1:]
-    if mean is None or std is None:
-        x = images.to(torch.float64).div_(255.0)
-        mean = tuple(round(v, 6) for v in x.mean(dim=(0, 2, 3)).tolist())
-        std = tuple(round(max(v, 1e-6), 6) for v in x.std(dim=(0, 2, 3)).tolist())
+    if mean is None or std is None:  # float64 sums over chunks of images: never a float copy of the whole set
+        total = torch.zeros(c, dtype=torch.float64)
+        squares = torch.zeros(c, dtype=torch.float64)
+        for start in range(0, len(images), 1024):
+            x = images[start:start + 1024].to(torch.float64).div_(255.0)
+            total += x.sum(dim=(0, 2, 3))
+            squares += x.square().sum(dim=(0, 2, 3))
+        n = len(images) * h * w
+        m = total / n
+        var = (squares - n * m.square()).clamp_min(0) / max(n - 1, 1)
+        mean = tuple(round(v, 6) for v in m.tolist())
+        std = tuple(round(max(v, 1e-6), 6) for v in var.sqrt().tolist())
     if len(mean) != c or len(std) != c or not all(math.isfinite(v) for v in (*mean, *std)):
         raise UsageError("--dataset", f"the data set's mean/std have {len(mean)}/{len(std)} entries for {c}-channel images")
     return InputSpec(int(c), (int(h), int(w)), tuple(float(v) for v in mean), tuple(float(v) for v in std))
