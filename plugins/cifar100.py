@@ -163,12 +163,10 @@ def load(data: str | None, quiet: bool = False):
         elif (root / ARCHIVE).is_file():
             key = imagefiles.files_key("cifar100", root, [root / ARCHIVE])
             tensors = cached(f"cifar100-{key}", CLASSES, lambda: read_archive(root / ARCHIVE), shape)
-        elif imagefiles.has_class_folders(root):
-            tensors, _ = imagefiles.load_class_folders(root, name="cifar100-folder", quiet=quiet, shape=shape,
-                                                       classes=CLASSES, what="CIFAR-100")
         else:
-            raise probe.UsageError("--data", f"{root} holds neither the CIFAR-100 binary release nor train/ and test/ "
-                                             f"class folders; {HINT}")
+            tensors = imagefiles.release_folders(root, neither="the CIFAR-100 binary release", hint=HINT,
+                                                 name="cifar100-folder", quiet=quiet, shape=shape, classes=CLASSES,
+                                                 what="CIFAR-100")
         source = str(root.resolve())
     return Dataset(**tensors, classes=CLASSES, source=source, mean=MEAN, std=STD,
                    augmentation=probe.Augmentation(pad=4, flip=True))

@@ -191,12 +191,10 @@ def _load(spec: dict, data: str | None, quiet: bool):
             paths = [p for pair in release.values() for p in pair]
             key = imagefiles.files_key(spec["name"], root, paths)
             tensors = cached(f"{spec['name']}-{key}", classes, lambda: _tensors(release, len(classes)), shape)
-        elif imagefiles.has_class_folders(root):
-            tensors, _ = imagefiles.load_class_folders(root, name=f"{spec['name']}-folder", quiet=quiet, shape=shape,
-                                                       classes=classes, what=spec["title"])
         else:
-            raise probe.UsageError("--data", f"{root} holds neither the {spec['title']} IDX files nor train/ and test/ "
-                                             f"class folders; {_hint(spec)}")
+            tensors = imagefiles.release_folders(root, neither=f"the {spec['title']} IDX files", hint=_hint(spec),
+                                                 name=f"{spec['name']}-folder", quiet=quiet, shape=shape,
+                                                 classes=classes, what=spec["title"])
         source = str(root.resolve())
     return Dataset(**tensors, classes=classes, source=source, mean=spec["mean"], std=spec["std"],
                    augmentation=spec["augmentation"])

@@ -107,12 +107,10 @@ def load(data: str | None, quiet: bool = False):
         if all(p.is_file() for p in files.values()):
             key = imagefiles.files_key("svhn", root, list(files.values()))
             tensors = cached(f"svhn-{key}", CLASSES, lambda: _tensors(files), shape)
-        elif imagefiles.has_class_folders(root):
-            tensors, _ = imagefiles.load_class_folders(root, name="svhn-folder", quiet=quiet, shape=shape,
-                                                       classes=CLASSES, what="SVHN")
         else:
-            raise probe.UsageError("--data", f"{root} holds neither train_32x32.mat and test_32x32.mat nor train/ and "
-                                             f"test/ class folders; {HINT}")
+            tensors = imagefiles.release_folders(root, neither="train_32x32.mat and test_32x32.mat", hint=HINT,
+                                                 name="svhn-folder", quiet=quiet, shape=shape, classes=CLASSES,
+                                                 what="SVHN")
         source = str(root.resolve())
     return Dataset(**tensors, classes=CLASSES, source=source, mean=MEAN, std=STD,
                    augmentation=probe.Augmentation(pad=4, flip=False))

@@ -278,6 +278,18 @@ def decode_class_folders(listing: ClassFolders, order: Sequence[int], shape: tup
     return out
 
 
+def release_folders(root: Path, *, neither: str, hint: str, name: str, quiet: bool, shape: tuple[int, int, int],
+                    classes: Sequence[str], what: str) -> dict[str, Any]:
+    """A data set's class folders under `root`, for a `--data DIR` that does not hold its release files.
+
+    Without train/ and test/ class folders either, one `--data` error: `root holds
+    neither <neither> nor train/ and test/ class folders; <hint>`.
+    """
+    if not has_class_folders(root):
+        raise UsageError("--data", f"{root} holds neither {neither} nor train/ and test/ class folders; {hint}")
+    return load_class_folders(root, name=name, quiet=quiet, shape=shape, classes=classes, what=what)[0]
+
+
 def load_class_folders(root: Path, *, name: str, quiet: bool, shape: tuple[int, int, int] | None = None,
                        classes: Sequence[str] | None = None, what: str = "") -> tuple[dict[str, Any], tuple[str, ...]]:
     """The tensors and class names of a folder of class folders, decoded once and cached.
