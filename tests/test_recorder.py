@@ -23,8 +23,14 @@ def test_probe_train_writes_what_it_wrote_before_the_recorder(tmp_path: Path) ->
 
     ref = load_file(DATA / "recorder_reference.safetensors")
     meta = json.loads((DATA / "recorder_reference.json").read_text())
-    run = make_tiny_run(tmp_path / "run", dataset=synthetic_dataset(n_train=160, n_test=80, seed=0), model="resnet",
-                        model_params=("depth=8",), probe_set_size=20, analysis_batch_size=32, epochs=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference was made: a reduction's order depends on the thread count
+    try:
+        run = make_tiny_run(tmp_path / "run", dataset=synthetic_dataset(n_train=160, n_test=80, seed=0),
+                            model="resnet", model_params=("depth=8",), probe_set_size=20, analysis_batch_size=32,
+                            epochs=2)
+    finally:
+        torch.set_num_threads(threads)
     ck = checkpoint.load(run / "checkpoints/epoch_0002.safetensors")
     got = {f"model/{k}": v for k, v in ck.model_state.items()}
     got |= {f"optimizer/{p}/{k}": v for p, st in ck.optimizer_state.items() for k, v in st.items()}
@@ -35,15 +41,28 @@ def test_probe_train_writes_what_it_wrote_before_the_recorder(tmp_path: Path) ->
             got[f"act{e}/logits"] = torch.from_numpy(f["logits"][()])
             assert [str(x) for x in f.attrs["layers"]] == meta["layers"]
     assert sorted(got) == sorted(ref)
+    trained: dict[str, list[str]] = {}
     for k in ref:
         assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
-        torch.testing.assert_close(got[k], ref[k], rtol=1e-6, atol=1e-6, msg=k)
+        if k.startswith("act0/") or not got[k].is_floating_point():  # no trained weights behind it: exact
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-6, atol=1e-6, msg=k)
+        else:
+            trained.setdefault(k.split("/")[0], []).append(k)
+    # Trained values pass through float kernels that another CPU computes differently (the reference was made on
+    # one with AVX-512): over each group they differ here by 1.6e-5 (model), 6e-4 (optimizer) relative. A change
+    # of what is written moves them far more: epoch 1's state in place of epoch 2's is 0.22 and 0.96 away.
+    for group, keys in trained.items():
+        a = torch.cat([got[k].double().flatten() for k in keys])
+        b = torch.cat([ref[k].double().flatten() for k in keys])
+        err = float((a - b).norm() / b.norm())
+        assert err < 1e-2, (group, err)
     rows = [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r.keys() for r in rows] == [r.keys() for r in meta["metrics"]]
     for r, want in zip(rows, meta["metrics"], strict=True):
         for k, v in want.items():
-            assert r[k] == pytest.approx(v, rel=1e-6, abs=1e-7), (r["epoch"], k)
+            rel = 1e-6 if r["epoch"] == 0 else 1e-3  # trained epochs: another CPU's kernels (7e-6 relative here)
+            assert r[k] == pytest.approx(v, rel=rel, abs=1e-7), (r["epoch"], k)
     cfg = json.loads((run / "config.json").read_text())
     for k in ("versions", "device", "device_name"):
         cfg.pop(k, None)
