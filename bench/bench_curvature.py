@@ -10,7 +10,7 @@ Run by hand (not a test); prints one JSON line per measurement:
 - eigen: Hessian-vector products until the top eigenvalue is within 1e-3 (relative) of
          a tight reference: Lanczos vs power iteration, plus each one's own stopping rule.
 - grid:  a 21x21 loss grid: the notebook's loop (train-mode BatchNorm, weights copied in
-         per point) vs probe.landscape.surface vs 441 raw eval-mode forwards, at 64 and
+         per point) vs probe.numerics.landscape.surface vs 441 raw eval-mode forwards, at 64 and
          1024 samples (at 1024 only --rows-1024 rows are timed and scaled to 21 rows).
 - ggn:   one Gauss-Newton product (jvp + closed-form softmax Hessian + vjp, cached
          reverse graph and uncached) against one Hessian-vector product (cached
@@ -40,10 +40,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe import curvature as C  # noqa: E402
-from probe import landscape as L  # noqa: E402
-from probe import operators as O  # noqa: E402
-from probe.model import CIFAR10_MEAN, CIFAR10_STD, simplecnn_spec  # noqa: E402
+from probe.numerics import curvature as C  # noqa: E402
+from probe.numerics import landscape as L  # noqa: E402
+from probe.numerics import operators as O  # noqa: E402
+from probe.training.model import CIFAR10_MEAN, CIFAR10_STD, simplecnn_spec  # noqa: E402
 
 
 def emit(**kw) -> None:
@@ -64,7 +64,7 @@ def best(fn, repeats: int) -> float:
 def data(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     folder = Path(args.data)
     if folder.is_dir():
-        from probe.data import load_dataset, normalize
+        from probe.datasets.tensors import load_dataset, normalize
 
         ds = load_dataset("cifar10", str(folder), quiet=True)
         return (normalize(ds.train_x[:20000], CIFAR10_MEAN, CIFAR10_STD), ds.train_y[:20000],
@@ -76,7 +76,7 @@ def data(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def trained_model(args, train_x, train_y) -> torch.nn.Module:
     """The notebook's SimpleCNN after a few hundred SGD steps: realistic eigenvalue gaps."""
-    from probe.data import cache_dir
+    from probe.datasets.tensors import cache_dir
 
     path = cache_dir() / f"bench_curvature_{args.train_steps}_{Path(args.data).name}.pt"
     torch.manual_seed(0)
@@ -252,7 +252,7 @@ def notebook_power(model, xb, yb) -> float:
 
 def bench_eigen_run(args) -> None:
     """The same count on every selected checkpoint of a real run, on its stored analysis batch."""
-    from probe.rundir import Run
+    from probe.rundir.run import Run
 
     run = Run(args.run)
     batch = run.analysis_batch()
@@ -351,7 +351,7 @@ def bench_ggn(model, x, y, args) -> None:
 
 def bench_trace(args) -> None:
     """Hutchinson vs Hutch++ at an equal number of products on a real checkpoint, over seeds."""
-    from probe.rundir import Run
+    from probe.rundir.run import Run
 
     run = Run(args.run)
     batch = run.analysis_batch()

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_curvature import data, trained_model  # noqa: E402
 
-from probe import curvature as C  # noqa: E402
+from probe.numerics import curvature as C  # noqa: E402
 
 
 def timed(**kw) -> tuple[C.HessianReport, float]:

@@ -9,7 +9,7 @@ On the run's stored analysis batch (its first --n images, eval-mode BatchNorm, f
              on probe's Hessian-vector product. probe's Lanczos at its defaults against
              PyHessian's power iteration at its defaults (tol 1e-3) and at tol 1e-4:
              products used and relative error against the reference.
-- landscape: an 11x11 filter-normalised plane: `probe.landscape.surface` against
+- landscape: an 11x11 filter-normalised plane: `probe.numerics.landscape.surface` against
              `loss_landscapes.random_plane` (same images, same model, one batch per point).
 - cka:       the CKA matrix between the model's conv layers' outputs (flattened
              feature maps) on the batch, forward pass included: probe (biased and
@@ -38,9 +38,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe import curvature as C  # noqa: E402
-from probe import landscape as L  # noqa: E402
-from probe import representations as R  # noqa: E402
+from probe.numerics import curvature as C  # noqa: E402
+from probe.numerics import landscape as L  # noqa: E402
+from probe.numerics import representations as R  # noqa: E402
 
 
 def emit(**kw) -> None:
@@ -125,7 +125,7 @@ def bench_eigen(model, x, y, args) -> None:
 def bench_landscape(model, x, y, args) -> None:
     dirs = L.random_directions(model, 2, kind="filter", seed=0)
     s, cpu, wall = timed(lambda: L.surface(model, x, y, dirs, resolution=11, batch_size=len(x)), args.repeats)
-    emit(section="landscape", method="probe.landscape.surface 11x11", points=121, cpu_s=cpu, wall_s=wall,
+    emit(section="landscape", method="probe.numerics.landscape.surface 11x11", points=121, cpu_s=cpu, wall_s=wall,
          center_loss=s.center_loss, n_images=len(x))
     ll, why = peer("loss_landscapes")
     if ll is None:
@@ -248,7 +248,7 @@ def main() -> None:
     p.add_argument("--section", default="all", choices=["eigen", "landscape", "cka", "all"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from probe.rundir import Run
+    from probe.rundir.run import Run
 
     run = Run(args.run)
     epoch = args.epoch if args.epoch is not None else run.epochs()[-1]

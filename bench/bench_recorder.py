@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import probe  # noqa: E402
-from probe.data import augment, normalize  # noqa: E402
+from probe.datasets.tensors import augment, normalize  # noqa: E402
 
 
 def main() -> None:

@@ -5,8 +5,8 @@
 Each round runs, one after the other in this process (so machine drift hits all alike):
 
 - probe: one epoch of `probe train --model resnet --model-param depth=20 --optimizer
-  SGD_mom` (probe.train.train, resumed round after round in one run directory) on
-  --images CIFAR-10 training images (probe.data.load_dataset), validating on the
+  SGD_mom` (probe.training.loop.train, resumed round after round in one run directory) on
+  --images CIFAR-10 training images (probe.datasets.tensors.load_dataset), validating on the
   10,000 test images; its own metrics: train_seconds (the training loop) and
   epoch_seconds (training, validation with the activation dump's hooks, dump and
   checkpoint writes).
@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_step  # noqa: E402
 from bench_step import emit  # noqa: E402
 
-from probe import data as pdata  # noqa: E402
-from probe.config import TrainConfig  # noqa: E402
-from probe.train import model_spec, train  # noqa: E402
+from probe.datasets import tensors as pdata  # noqa: E402
+from probe.training.config import TrainConfig  # noqa: E402
+from probe.training.loop import model_spec, train  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -143,7 +143,7 @@ CATEGORIES = [  # (category, substrings of aten op names); first match wins
 
 def _no_stats_epoch(tr, epoch: int) -> None:
     """train_epoch's loop without the per-step statistics (gradient norm, update ratio, loss/acc sums): the A/B."""
-    from probe.train import lr_at
+    from probe.training.loop import lr_at
 
     cfg, model, opt = tr.cfg, tr.model, tr.opt
     for group in opt.param_groups:
@@ -183,7 +183,7 @@ def profile(data: str, images: int, rounds: int, seed: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
-    from probe.train import Trainer
+    from probe.training.loop import Trainer
 
     ds = pdata.load_dataset("cifar10", data, quiet=True)
     cfg = replace(probe_config(data, images, seed), probe_set_size=100, analysis_batch_size=128)

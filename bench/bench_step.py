@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe.families import ModelSpec  # noqa: E402
-from probe.model import simplecnn_spec  # noqa: E402
+from probe.contract.families import ModelSpec  # noqa: E402
+from probe.training.model import simplecnn_spec  # noqa: E402
 
 BATCH = 128
 
@@ -82,8 +82,8 @@ class ConvCall:
 
 def model_spec(family: str, pairs: list[str]) -> ModelSpec:
     """The spec `probe train --model family --model-param ...` builds for CIFAR-10 (10 classes, 3x32x32)."""
-    from probe.config import TrainConfig
-    from probe.model import CIFAR10_INPUT, spec_from_config
+    from probe.training.config import TrainConfig
+    from probe.training.model import CIFAR10_INPUT, spec_from_config
 
     if family == "simplecnn" and not pairs:
         return simplecnn_spec()

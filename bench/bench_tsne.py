@@ -1,6 +1,6 @@
 """Benchmark the t-SNE backends on probe-set-sized inputs (run by hand).
 
-Why: `probe.representations.tsne` prefers openTSNE over scikit-learn; this script
+Why: `probe.numerics.representations.tsne` prefers openTSNE over scikit-learn; this script
 is the evidence, and re-checks it on another machine. The inputs mimic pooled
 activations of the 1,000-image probe set: 10 classes of 100, Gaussian clusters in
 D dimensions passed through a ReLU. Every configuration runs the same problem
@@ -30,7 +30,7 @@ from sklearn.manifold import trustworthiness
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from probe.representations import pca, tsne
+from probe.numerics.representations import pca, tsne
 
 
 def make_data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe import safeio
-from probe.data import Augmentation, Dataset, _read_cache, _write_cache, cache_dir
+from probe.datasets.tensors import Augmentation, Dataset, _read_cache, _write_cache, cache_dir
 from probe.errors import ProbeError, RunFileError, UsageError
-from probe.model import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from probe.io import safeio
+from probe.training.model import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 
 CIFAR10_BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_BINARY_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"

@@ -4,7 +4,7 @@
 the layout of ../shared/data/cifar10); without it the binary release is
 downloaded with torchvision's checked downloader. The python release is a set of
 pickles, and probe never unpickles a file, so it is never used. Either way the
-decoded tensors are cached (`probe.data`), so later runs start in seconds.
+decoded tensors are cached (`probe.datasets.tensors`), so later runs start in seconds.
 The network code this module needs is imported inside the loader: registering
 the data set imports no torch.
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import probe
 
 if TYPE_CHECKING:
-    from probe.data import Dataset
+    from probe.datasets.tensors import Dataset
 
 
 @probe.hookimpl

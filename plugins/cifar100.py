@@ -84,7 +84,7 @@ def check_names(text: bytes, path: Path | str) -> None:
 
 def read_archive(path: Path) -> dict:
     """train/test tensors from the members of the binary release archive, read in place (no extraction)."""
-    from probe.imagefiles import open_file
+    from probe.datasets.files import open_file
 
     wanted = {"train.bin", "test.bin", "fine_label_names.txt"}
     found: dict[str, bytes] = {}
@@ -125,7 +125,7 @@ def read_archive(path: Path) -> dict:
 
 def read_extracted(folder: Path) -> dict:
     """train/test tensors from an extracted release: folder/train.bin, folder/test.bin (fine_label_names.txt if there)."""
-    from probe.imagefiles import read_file
+    from probe.datasets.files import read_file
 
     names = folder / "fine_label_names.txt"
     if names.exists():
@@ -139,8 +139,8 @@ def read_extracted(folder: Path) -> dict:
 
 def load(data: str | None, quiet: bool = False):
     """CIFAR-100 from `data` (the release archive, its extracted files, or class folders) or the checked download."""
-    from probe import imagefiles
-    from probe.data import Dataset, cache_dir, cached
+    from probe.datasets import files as imagefiles
+    from probe.datasets.tensors import Dataset, cache_dir, cached
 
     shape = (3, 32, 32)
     if data is None:

@@ -57,7 +57,7 @@ def run_layers(ctx: probe.Context) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from probe import representations as R
+    from probe.numerics import representations as R
 
     layers = ctx.layers()
     reps = {name: ctx.activations(name) for name in layers}
@@ -88,7 +88,7 @@ def run_epochs(ctx: probe.Context) -> None:
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    from probe import representations as R
+    from probe.numerics import representations as R
 
     epochs = list(ctx.epochs)
     if not epochs:

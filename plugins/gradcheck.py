@@ -5,7 +5,7 @@ A model without conv layers (an MLP) has its Linear layers checked instead.
 The notebook checked one layer in float32 with the model in train mode (so each
 forward pass also moved the BatchNorm running statistics of the model it was
 checking) and got relative errors of 1e-2 to 1e-3, which cannot tell a correct
-backward pass from a subtly wrong one. Here `probe.representations.gradcheck_conv_layers`
+backward pass from a subtly wrong one. Here `probe.numerics.representations.gradcheck_conv_layers`
 checks every conv layer on a float64, eval-mode copy, with ReLU / max-pool
 patterns held fixed across the perturbation; a correct backward pass then gives
 relative errors of 1e-9 to 1e-7, well below the 1e-6 line drawn in the figure.
@@ -37,7 +37,7 @@ def run(ctx: probe.Context) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from probe import representations as R
+    from probe.numerics import representations as R
 
     p = ctx.params
     batch = ctx.analysis_batch()

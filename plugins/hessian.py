@@ -12,7 +12,7 @@ mean and standard error over batches, and for the combined operator (the mean lo
 all B batches); `blocks` adds each layer's diagonal block (top eigenvalue, trace). The
 eigenvectors are stored (float32), and every result says what it was computed on.
 Another operator plugs in through `hessian_analysis(operator=...)`. Numerics:
-`probe.curvature` (docs/curvature.md).
+`probe.numerics.curvature` (docs/curvature.md).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Params:
                                          "`probe analyze --workers/--dask-workers/--scheduler` spreads out).")
     seed: int = probe.param(0, "Seed for start and probe vectors.", min=0, max=2**32 - 1)
     operator: str = probe.param("hessian", "Curvature matrix: the Hessian, or the generalised Gauss-Newton "
-                                           "(positive semi-definite; probe.operators).", choices=("hessian", "ggn"))
+                                           "(positive semi-definite; probe.numerics.operators).", choices=("hessian", "ggn"))
     trace_method: str = probe.param("hutchinson", "Trace estimator; trace_samples is its number of products "
                                                   "(hutch++ needs >= 6).", choices=("hutchinson", "hutch++"))
 
@@ -115,7 +115,7 @@ def select(p: Params, stored: int) -> int:
 
 def epoch_piece(job: tuple):
     """One epoch's analysis, rebuilt from the run directory: an independent piece for an executor."""
-    from probe import curvature as C
+    from probe.numerics import curvature as C
 
     run_dir, epoch, device, n, kwargs = job
     run = probe.Run(run_dir)
@@ -127,7 +127,7 @@ def epoch_piece(job: tuple):
 def run(ctx: probe.Context) -> None:
     import numpy as np
 
-    from probe import curvature as C
+    from probe.numerics import curvature as C
 
     p = ctx.params
     first = ctx.model(ctx.epochs[0])
@@ -216,7 +216,7 @@ def series(rows: list, p: Params) -> tuple[dict, dict]:
     float32 with their eigenvalues and residuals, so residuals can be rechecked."""
     import numpy as np
 
-    from probe import curvature as C
+    from probe.numerics import curvature as C
 
     reps = [r for _, r in rows]
     nan_k = np.full(p.top_k, np.nan)

@@ -23,8 +23,8 @@ LAYOUT = "DIR/train/<class>/<image> and DIR/test/<class>/<image> (or val/ for te
 
 def load(data: str | None, quiet: bool = False):
     """The data set in the class folders of `data` (required)."""
-    from probe import imagefiles
-    from probe.data import Dataset
+    from probe.datasets import files as imagefiles
+    from probe.datasets.tensors import Dataset
 
     if data is None:
         raise probe.UsageError("--data", f"the folder data set needs --data DIR with {LAYOUT}")

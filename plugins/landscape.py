@@ -12,7 +12,7 @@ along `directions`:
 - `trajectory`: the plane of the top two principal directions of the training path
   through the checkpoints up to the centre epoch, with the path projected onto it
   and the fraction of each step the plane captures.
-Numerics: `probe.landscape` (docs/curvature.md).
+Numerics: `probe.numerics.landscape` (docs/curvature.md).
 """
 
 from __future__ import annotations
@@ -50,13 +50,13 @@ class Params:
 
 
 def _surface(ctx: probe.Context, model, x, y, calib, dirs, *, span, span_y=None, p):
-    """`probe.landscape.surface`, or the same grid row by row on the executor when there is one."""
+    """`probe.numerics.landscape.surface`, or the same grid row by row on the executor when there is one."""
     import functools
 
     import numpy as np
 
-    from probe import landscape as L
-    from probe.curvature import check_finite
+    from probe.numerics import landscape as L
+    from probe.numerics.curvature import check_finite
 
     kw = dict(bn=p.bn, calib_x=calib, batch_size=p.batch_size)
     if ctx.executor is None or len(dirs.axes) == 1:
@@ -76,7 +76,7 @@ def _data(ctx: probe.Context, n_images: int, batches: int, calib_images: int, bn
     """The grid's images (all batches combined), the disjoint batches, the calibration images."""
     import torch
 
-    from probe.sharpness import split_batches
+    from probe.numerics.sharpness import split_batches
 
     batch = ctx.analysis_batch()
     x = batch.normalized(ctx.device)
@@ -88,7 +88,7 @@ def _data(ctx: probe.Context, n_images: int, batches: int, calib_images: int, bn
 
 def _center(model, parts, calib, p) -> dict:
     """The centre over the disjoint batches, as attributes of the result (B > 1 only)."""
-    from probe import landscape as L
+    from probe.numerics import landscape as L
 
     c = L.center_over_batches(model, parts, bn=p.bn, calib_x=calib, batch_size=p.batch_size)
     return {"center_batches": c.batches, "center_images_per_batch": c.images_per_batch,
@@ -105,12 +105,12 @@ def _center(model, parts, calib, p) -> dict:
 def run(ctx: probe.Context) -> None:
     import numpy as np
 
-    from probe import landscape as L
+    from probe.numerics import landscape as L
 
     p = ctx.params
     model = ctx.model()
     if p.bn != "frozen":
-        from probe.curvature import require_batchnorm
+        from probe.numerics.curvature import require_batchnorm
 
         require_batchnorm(model, f"bn={p.bn}", "bn=frozen")
     x, y, parts, calib = _data(ctx, p.n_images, p.batches, p.calib_images, p.bn)

@@ -99,7 +99,7 @@ def read_idx(path: Path, magic: int, max_items: int = MAX_ITEMS, side: int = SID
     """
     import numpy as np
 
-    from probe.imagefiles import open_file
+    from probe.datasets.files import open_file
 
     with open_file(path, MAX_FILE_BYTES) as raw:
         head = raw.read(2)
@@ -140,7 +140,7 @@ def read_split(images: Path, labels: Path, classes: int):
 
 def _release_files(dirs: list[Path]) -> dict[str, tuple[Path, Path]] | None:
     """The four IDX files (.gz or extracted, '-idx' or '.idx' in the name) found in `dirs`, or None."""
-    from probe.imagefiles import find_file
+    from probe.datasets.files import find_file
 
     found = {}
     for split, img, lab in FILES:
@@ -163,8 +163,8 @@ def _tensors(files: dict[str, tuple[Path, Path]], classes: int) -> dict:
 
 
 def _load(spec: dict, data: str | None, quiet: bool):
-    from probe import imagefiles
-    from probe.data import Dataset, cache_dir, cached
+    from probe.datasets import files as imagefiles
+    from probe.datasets.tensors import Dataset, cache_dir, cached
 
     classes = spec["classes"]
     shape = (1, SIDE, SIDE)

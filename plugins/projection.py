@@ -148,7 +148,7 @@ def run(ctx: probe.Context) -> None:
     matplotlib.use("Agg")
     import numpy as np
 
-    from probe import representations as R
+    from probe.numerics import representations as R
 
     p = ctx.params
     epochs = list(ctx.epochs)

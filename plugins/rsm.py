@@ -29,7 +29,7 @@ def run(ctx: probe.Context) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from probe import representations as R
+    from probe.numerics import representations as R
 
     p = ctx.params
     layer = ctx.resolve_layer(p.layer)

@@ -4,7 +4,7 @@ Three numbers per epoch, each a loss increase over the base loss on the run's st
 un-augmented analysis batch, in eval mode: worst-case in the box |d| <= eps (|w| + 1)
 (Keskar et al., 2017), adaptive worst-case with |w| scaling (ASAM, Kwon et al., 2021)
 and average-case under Gaussian noise. Ascent gives a lower bound of the true
-worst case. Numerics: `probe.sharpness` (docs/curvature.md).
+worst case. Numerics: `probe.numerics.sharpness` (docs/curvature.md).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run(ctx: probe.Context) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from probe import sharpness as S
+    from probe.numerics import sharpness as S
 
     p = ctx.params
     batch = ctx.analysis_batch()

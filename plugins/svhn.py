@@ -41,7 +41,7 @@ def read_mat(path: Path):
     import scipy.io
     import torch
 
-    from probe.imagefiles import open_file
+    from probe.datasets.files import open_file
 
     with open_file(path, MAX_MAT_BYTES) as fh:
         try:
@@ -88,8 +88,8 @@ def _tensors(files: dict[str, Path]) -> dict:
 
 def load(data: str | None, quiet: bool = False):
     """SVHN from `data` (the two .mat files, or class folders) or the checked download."""
-    from probe import imagefiles
-    from probe.data import Dataset, cache_dir, cached
+    from probe.datasets import files as imagefiles
+    from probe.datasets.tensors import Dataset, cache_dir, cached
 
     shape = (3, 32, 32)
     if data is None:

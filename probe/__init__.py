@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import NotARunError, ProbeError, RunFileError, Skip, UsageError
-from .hookspecs import hookimpl
+from probe.contract.hookspecs import hookimpl
+from probe.errors import NotARunError, ProbeError, RunFileError, Skip, UsageError
 
 __version__ = "0.1.0"
 
@@ -25,14 +25,14 @@ __all__ = [
 
 def load_model(path: Any, device: Any = "cpu") -> Any:
     """Rebuild the model stored in a checkpoint file, from that file alone, in eval mode."""
-    from .checkpoint import load_model as _load_model
+    from probe.rundir.checkpoint import load_model as _load_model
 
     return _load_model(path, device)
 
 
 def load_checkpoint(path: Any) -> Any:
     """Read and verify a checkpoint: its model state, spec, epoch, metrics."""
-    from .checkpoint import load
+    from probe.rundir.checkpoint import load
 
     return load(path)
 
@@ -40,27 +40,27 @@ def load_checkpoint(path: Any) -> Any:
 def __getattr__(name: str) -> Any:
     # Lazy, so `import probe` (and `probe --help`) never pays for torch.
     if name in ("Analysis", "param", "NoParams"):
-        from . import analysis
+        from probe.contract import analysis
 
         return getattr(analysis, name)
     if name in ("ModelFamily", "InputSpec", "ModelSpec"):
-        from . import families
+        from probe.contract import families
 
         return getattr(families, name)
     if name in ("DataSource", "Augmentation"):
-        from . import datasets
+        from probe.contract import datasets
 
         return getattr(datasets, name)
     if name in ("Context", "LayerParams"):
-        from . import context
+        from probe.analysis import context
 
         return getattr(context, name)
     if name == "Recorder":
-        from .recorder import Recorder
+        from probe.training.recorder import Recorder
 
         return Recorder
     if name == "Run":
-        from .rundir import Run
+        from probe.rundir.run import Run
 
         return Run
     raise AttributeError(f"module 'probe' has no attribute {name!r}")

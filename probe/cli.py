@@ -15,18 +15,18 @@ from typing import Any
 
 import click
 
-from .config import FIELDS, TrainConfig, field_type, flag
-from .errors import ProbeError
+from probe.errors import ProbeError
+from probe.training.config import FIELDS, TrainConfig, field_type, flag
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 # Commands that live with the code they drive, imported only when used or listed.
 LAZY_COMMANDS = {
-    "sweep": "probe.sweep:sweep_command",
-    "compare": "probe.compare:compare_command",
-    "report": "probe.report:report_command",
-    "import": "probe.importer:import_command",
+    "sweep": "probe.studies.sweep:sweep_command",
+    "compare": "probe.studies.compare:compare_command",
+    "report": "probe.report.render:report_command",
+    "import": "probe.training.importer:import_command",
 }
 
 
@@ -148,9 +148,9 @@ def _resumed_config(run_dir: Path, file_values: dict[str, Any], overrides: dict[
     So the same command line with --resume added continues the run; a real change is
     refused, naming each differing key with its stored and given values.
     """
-    from .config import from_dict
-    from .errors import UsageError
-    from .rundir import CONFIG, Run
+    from probe.errors import UsageError
+    from probe.rundir.run import CONFIG, Run
+    from probe.training.config import from_dict
 
     if not os.path.lexists(run_dir / CONFIG):
         raise UsageError("--resume", f"{run_dir} holds no run to resume (no {CONFIG})")
@@ -188,8 +188,8 @@ def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quie
     used: the same command line with --resume added continues the run, and only
     --epochs and --device may differ from what is stored.
     """
-    from .config import load_toml, make_config
-    from .errors import UsageError
+    from probe.errors import UsageError
+    from probe.training.config import load_toml, make_config
 
     if resume and force:
         raise UsageError("--resume", "--resume and --force contradict each other; pick one")
@@ -199,8 +199,8 @@ def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quie
         cfg = make_config(file_values, overrides)  # every value checked, also the ones --resume compares
     except TypeError as exc:
         raise UsageError("--config", str(exc)) from None
-    from .prepare import check_path
-    from .train import train as run_training
+    from probe.rundir.prepare import check_path
+    from probe.training.loop import train as run_training
 
     check_path(Path(run_dir))  # a name too long for the filesystem, before anything looks at the directory
     if resume:
@@ -237,11 +237,11 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
     Results go to RUN_DIR/analyses/<analysis>/; rerunning with the same inputs and
     parameters returns the cached result at once. Exits 1 if any analysis failed.
     """
-    from .analysis import split_params
-    from .analyze import run_analyses, summary_line
-    from .errors import UsageError
-    from .plugins import registry
-    from .rundir import Run
+    from probe.analysis.runner import run_analyses, summary_line
+    from probe.contract.analysis import split_params
+    from probe.contract.registry import registry
+    from probe.errors import UsageError
+    from probe.rundir.run import Run
 
     reg = registry()
     for line in reg.problems():  # disabled analyses (name clashes, bad defaults): the others still run
@@ -262,7 +262,7 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
 
     executor = None
     if workers is not None or dask_workers is not None or scheduler is not None:
-        from .executor import make_executor
+        from probe.analysis.executor import make_executor
 
         executor = make_executor(workers, scheduler, dask_workers)  # an unreachable scheduler: one line, nothing run
     try:
@@ -282,9 +282,9 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(verbose: bool, as_json: bool) -> None:
     """List installed plugins, their status and versions, and their analyses."""
-    from .analyze import describe
-    from .plugins import registry
-    from .results import dumps
+    from probe.analysis.runner import describe
+    from probe.contract.registry import registry
+    from probe.rundir.results import dumps
 
     reg = registry()
     if as_json:  # strict JSON: a non-finite default (allow_nonfinite) is written as "nan"/"inf", never bare NaN
@@ -331,7 +331,7 @@ def models(as_json: bool) -> None:
     probe train --run-dir runs/r20 --model resnet --model-param depth=20
     probe train --run-dir runs/r56-noshort --model resnet --model-param depth=56 --model-param shortcut=none
     """
-    from .plugins import installed
+    from probe.contract.registry import installed
 
     fams = installed("models")
     if as_json:
@@ -356,7 +356,7 @@ def models(as_json: bool) -> None:
 @cli.command(context_settings=CONTEXT)
 def datasets() -> None:
     """List the installed image data sets (`probe train --dataset NAME [--data DIR]`)."""
-    from .plugins import installed
+    from probe.contract.registry import installed
 
     sources = installed("datasets")
     for name in sorted(sources):
@@ -367,7 +367,7 @@ def datasets() -> None:
 
 
 def main() -> None:
-    from .plugins import add_plugin_commands
+    from probe.contract.registry import add_plugin_commands
 
     add_plugin_commands(cli)
     cli(prog_name="probe")

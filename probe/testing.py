@@ -5,7 +5,7 @@ Installed as a pytest plugin (entry point `pytest11`), so any test can ask for t
 data with a width-4 CNN, with every file a real run has.
 
     def test_my_analysis(probe_run):
-        from probe.analyze import run_analyses
+        from probe.analysis.runner import run_analyses
         (outcome,) = run_analyses(probe_run, ["my-analysis"], "last")
         assert outcome.status == "ok"
 """
@@ -27,8 +27,8 @@ def synthetic_dataset(n_train: int = 320, n_test: int = 120, seed: int = 0, num_
     plus noise: learnable in an epoch. Normalised with CIFAR-10's statistics when RGB, else with their own."""
     import torch
 
-    from .data import Dataset
-    from .model import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+    from probe.datasets.tensors import Dataset
+    from probe.training.model import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 
     g = torch.Generator().manual_seed(seed)
     base = torch.rand(num_classes, channels, 1, 1, generator=g) * 160 + 40
@@ -53,9 +53,9 @@ def registry_with(*plugin_objs: Any) -> Any:
 
     For testing a plugin without installing it: `registry_with(MyPlugin())`, then
     `run_analyses(probe_run, ["mine"], "last")`. Reset it afterwards with
-    `probe.plugins.reset_registry(None)` (probe's own tests use a `fresh_registry` fixture).
+    `probe.contract.registry.reset_registry(None)` (probe's own tests use a `fresh_registry` fixture).
     """
-    from .plugins import PluginInfo, Registry, reset_registry
+    from probe.contract.registry import PluginInfo, Registry, reset_registry
 
     reg = Registry()
     for i, obj in enumerate(plugin_objs):
@@ -70,8 +70,8 @@ def make_tiny_run(run_dir: str | Path, dataset: Any = None, **overrides: Any) ->
     `overrides` are TrainConfig fields (`model="resnet"`, `model_params=("depth=8",)`); `dataset` replaces the
     synthetic CIFAR-shaped data (e.g. `synthetic_dataset(channels=1, size=28)` for an MLP).
     """
-    from .config import TrainConfig
-    from .train import train
+    from probe.training.config import TrainConfig
+    from probe.training.loop import train
 
     tiny = {k: v for k, v in TINY.items() if k != "base_width" or overrides.get("model", "simplecnn") == "simplecnn"}
     cfg = TrainConfig(**{**tiny, **overrides})

@@ -20,7 +20,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def fresh_registry():
     """Reset the process-wide plugin registry before and after a test that registers plugins."""
-    from probe.plugins import reset_registry
+    from probe.contract.registry import reset_registry
 
     reset_registry(None)
     yield

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from probe.model import simplecnn_spec
+from probe.training.model import simplecnn_spec
 
 
 class Linear(nn.Module):

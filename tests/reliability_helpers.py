@@ -42,7 +42,7 @@ os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
 import torch
 torch.set_num_threads(1)
 import torch._dynamo, torch.optim  # the first optimizer imports dynamo: seconds, so once here
-import h5py, safetensors.torch, probe.cli, probe.train, probe.analyze, probe.context  # noqa: F401
+import h5py, safetensors.torch, probe.cli, probe.training.loop, probe.analysis.runner, probe.analysis.context  # noqa: F401
 out = sys.stdout
 out.write("ready\n"); out.flush()
 for line in sys.stdin:
@@ -199,8 +199,8 @@ def check_run_files(run_dir: Path) -> list[int]:
     import h5py
     from safetensors.torch import load_file
 
-    from probe import activations, checkpoint
-    from probe.rundir import Run
+    from probe.rundir import activations, checkpoint
+    from probe.rundir.run import Run
 
     run = Run(run_dir)
     assert isinstance(run.config["train"], dict)
@@ -239,8 +239,8 @@ def check_run_files(run_dir: Path) -> list[int]:
 
 def checkpoint_digests(run_dir: Path) -> dict[int, str]:
     """content_sha256 of every checkpoint: equal digests mean bitwise equal tensors and metadata."""
-    from probe import checkpoint
-    from probe.rundir import Run
+    from probe.rundir import checkpoint
+    from probe.rundir.run import Run
 
     run = Run(run_dir)
     return {e: checkpoint.read_metadata(run.checkpoint_path(e))["content_sha256"] for e in run.epochs()}
@@ -250,7 +250,7 @@ def final_state(run_dir: Path) -> dict[str, Any]:
     """The final checkpoint's tensors (model, optimizer and RNG states)."""
     from safetensors.torch import load_file
 
-    from probe.rundir import Run
+    from probe.rundir.run import Run
 
     run = Run(run_dir)
     return load_file(str(run.checkpoint_path(run.epochs()[-1])))
@@ -319,7 +319,7 @@ class TestPlugins:
 def install_test_plugins(*extra: Any) -> Any:
     """A registry with the built-in `curves`, `peek`, `census` and `extra` analyses, made process-wide."""
     import probe_plugins.curves
-    from probe.plugins import PluginInfo, Registry, reset_registry
+    from probe.contract.registry import PluginInfo, Registry, reset_registry
 
     reg = Registry()
     reg.register(probe_plugins.curves, PluginInfo("curves", "probe_plugins.curves"))
@@ -349,9 +349,9 @@ def copy_of(template: Path, tmp_path: Path) -> Path:
 
 def train_small(run_dir: Path, **overrides: Any) -> Path:
     """A 2-epoch width-4 run on 80 synthetic images, in this process."""
-    from probe.config import TrainConfig
     from probe.testing import synthetic_dataset
-    from probe.train import train
+    from probe.training.config import TrainConfig
+    from probe.training.loop import train
 
     cfg = TrainConfig(**{**SMALL, **overrides})
     return train(run_dir, cfg, quiet=True, dataset=synthetic_dataset(n_train=80, n_test=40, seed=cfg.seed))

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from curvature_helpers import mse, regression, small_cnn
 
-from probe import landscape as L
-from probe import sharpness as S
 from probe.errors import UsageError
+from probe.numerics import landscape as L
+from probe.numerics import sharpness as S
 
 
 def test_split_batches_is_disjoint_and_refuses_too_many_images():
@@ -123,8 +123,8 @@ def test_landscape_center_over_batches(cnn):
 
 
 def _run(run_dir, name, module, **params):
-    from probe.analyze import run_analyses
-    from probe.plugins import PluginInfo, Registry
+    from probe.analysis.runner import run_analyses
+    from probe.contract.registry import PluginInfo, Registry
 
     reg = Registry()
     reg.register(module, PluginInfo(name, f"probe_plugins.{name}"))

@@ -1,7 +1,7 @@
 """The built-in representation analyses (filters, projection, rsm, cka, gradcheck) on a tiny real run.
 
-The plugins are registered in-process, the way `probe.plugins` registers an entry
-point, and run through `probe.analyze.run_analyses`, so these tests cover the
+The plugins are registered in-process, the way `probe.contract.registry` registers an entry
+point, and run through `probe.analysis.runner.run_analyses`, so these tests cover the
 whole path a user's `probe analyze --plugin NAME` takes. Numbers are checked
 against computations made here from the run's files.
 """
@@ -18,10 +18,10 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
-from probe import activations
-from probe.analyze import run_analyses
-from probe.plugins import PluginInfo, Registry
-from probe.rundir import Run
+from probe.analysis.runner import run_analyses
+from probe.contract.registry import PluginInfo, Registry
+from probe.rundir import activations
+from probe.rundir.run import Run
 from probe_plugins import cka, filters, gradcheck, projection, rsm
 
 PLUGINS = {"filters": filters, "projection": projection, "rsm": rsm, "cka": cka, "gradcheck": gradcheck}

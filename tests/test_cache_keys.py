@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import probe
-from probe.analyze import run_analyses, run_job
-from probe.results import FINGERPRINT_CACHE
+from probe.analysis.runner import run_analyses, run_job
+from probe.rundir.results import FINGERPRINT_CACHE
 from probe.testing import registry_with
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def _rewrite_epoch(run_dir: Path, epoch: int) -> None:
     """Replace a checkpoint with different weights, as a retrain would."""
     import torch
 
-    from probe import checkpoint
+    from probe.rundir import checkpoint
 
     path = probe.Run(run_dir).checkpoint_path(epoch)
     ck = probe.load_checkpoint(path)
@@ -108,9 +108,9 @@ def test_a_reference_epoch_is_keyed(probe_run, fresh_registry):
 
 
 def test_extending_training_keeps_earlier_results(probe_run, fresh_registry):
-    from probe.config import TrainConfig
     from probe.testing import TINY, synthetic_dataset
-    from probe.train import train
+    from probe.training.config import TrainConfig
+    from probe.training.loop import train
 
     reg = registry_with(KeyPlugin())
     names = ["drift", "narrow", "all-metrics"]
@@ -233,7 +233,7 @@ def test_failure_records_and_manifests_are_always_valid_json(probe_run, fresh_re
 
 
 def test_a_failed_job_leaves_no_empty_result_folder(probe_run, fresh_registry, monkeypatch):
-    from probe import analyze
+    from probe.analysis import runner as analyze
 
     def refuse(*a, **k):
         raise OSError(28, "No space left on device")
@@ -300,7 +300,7 @@ def test_a_manifest_listing_unknown_inputs_is_not_a_hit(probe_run, fresh_registr
 
 
 def test_config_key_ignores_where_and_how_long_and_fills_new_defaults(probe_run):
-    from probe.results import CONFIG, Fingerprints
+    from probe.rundir.results import CONFIG, Fingerprints
 
     run_path = probe_run / "config.json"
     base = json.loads(run_path.read_text())

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from probe import representations as R
+from probe.numerics import representations as R
 
 
 def unbiased_hsic(K: np.ndarray, L: np.ndarray) -> float:
@@ -70,10 +70,10 @@ def test_debiased_invariances_and_edge_cases(rng):
 def test_cka_plugins_take_the_estimator(probe_run):
     import h5py
 
-    from probe import activations
-    from probe.analyze import run_analyses
-    from probe.plugins import PluginInfo, Registry
-    from probe.rundir import Run
+    from probe.analysis.runner import run_analyses
+    from probe.contract.registry import PluginInfo, Registry
+    from probe.rundir import activations
+    from probe.rundir.run import Run
     from probe_plugins import cka
 
     reg = Registry()

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from probe import compare as cmp
 from probe.cli import ProbeGroup
-from probe.compare import compare_command, stability
-from probe.config import TrainConfig
-from probe.sweep import STATUS_FILE, SWEEP_FILE, point_name
+from probe.studies import compare as cmp
+from probe.studies.compare import compare_command, stability
+from probe.studies.sweep import STATUS_FILE, SWEEP_FILE, point_name
+from probe.training.config import TrainConfig
 
 
 def metrics(train_loss: list[float], val_acc: list[float], train_acc: list[float] | None = None) -> list[dict]:
@@ -131,7 +131,7 @@ def test_regularization_sweep_plots_against_each_regularizer(tmp_path, monkeypat
     curves = {point_name(dict(zip(grid, c, strict=True))): STEADY
               for c in [(d, w, a) for d in grid["dropout"] for w in grid["weight_decay"] for a in grid["augment"]]}
     sweep = write_sweep(tmp_path / "reg", grid, curves)
-    # Analysis scalars come from probe.results; stand in for the hessian and sharpness analyses.
+    # Analysis scalars come from probe.rundir.results; stand in for the hessian and sharpness analyses.
     monkeypatch.setattr(cmp, "analysis_scalars", lambda run_dir, *args: {
         "hessian.top_eigenvalue": 12.5, "sharpness.sharpness": 0.031, "other.value": 1.0})
     result = invoke(sweep, "--out", tmp_path / "cmp", "--metric", "train_loss")
@@ -188,8 +188,8 @@ def test_a_sweep_with_a_point_not_started_compares_cleanly(tmp_path):
     nor break the optimizer x lr stability summary."""
     import json
 
-    from probe import compare
-    from probe.sweep import SWEEP_FILE
+    from probe.studies import compare
+    from probe.studies.sweep import SWEEP_FILE
     from probe.testing import make_tiny_run
 
     sweep = tmp_path / "sweep"

@@ -1,7 +1,7 @@
 import pytest
 
-from probe.config import TrainConfig, load_toml, make_config
 from probe.errors import UsageError
+from probe.training.config import TrainConfig, load_toml, make_config
 
 
 def test_defaults_are_the_notebooks_config():

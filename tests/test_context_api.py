@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import probe
-from probe.analyze import run_job
-from probe.results import scalars
+from probe.analysis.runner import run_job
+from probe.rundir.results import scalars
 
 SEEN: dict[str, object] = {}
 

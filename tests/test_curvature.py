@@ -12,9 +12,9 @@ from curvature_helpers import warm_batchnorm
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from probe import curvature as C
 from probe.errors import ProbeError, UsageError
-from probe.model import simplecnn_spec
+from probe.numerics import curvature as C
+from probe.training.model import simplecnn_spec
 
 
 def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -289,7 +289,7 @@ def test_nan_loss_is_a_clear_error(cnn):
 
 
 def plugin_registry(module, name):
-    from probe.plugins import PluginInfo, Registry
+    from probe.contract.registry import PluginInfo, Registry
 
     reg = Registry()
     reg.register(module, PluginInfo(name, f"probe_plugins.{name}"))
@@ -300,7 +300,7 @@ def plugin_registry(module, name):
 def run_plugin(run_dir, module, name, analysis=None, epochs=None, **params):
     import json
 
-    from probe.analyze import run_analyses
+    from probe.analysis.runner import run_analyses
 
     analysis = analysis or name
     outcomes = run_analyses(run_dir, [analysis], epochs, {analysis: {k: str(v) for k, v in params.items()}},
@@ -313,7 +313,7 @@ def run_plugin(run_dir, module, name, analysis=None, epochs=None, **params):
 def test_hessian_plugin_warm_starts_across_epochs(probe_run):
     import h5py
 
-    from probe.rundir import Run
+    from probe.rundir.run import Run
     from probe_plugins import hessian
 
     ((o, m),) = run_plugin(probe_run, hessian, "hessian", n_images=16, top_k=2, trace_samples=2, max_iter=30,
@@ -339,9 +339,9 @@ def test_hessian_series_edge_of_stability_and_epochs_on_an_executor(probe_run):
     import h5py
 
     from probe import Run
-    from probe.analyze import run_analyses
-    from probe.executor import make_executor
-    from probe.plugins import PluginInfo, Registry
+    from probe.analysis.executor import make_executor
+    from probe.analysis.runner import run_analyses
+    from probe.contract.registry import PluginInfo, Registry
     from probe_plugins import hessian
 
     reg = Registry()

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from probe import data
+from probe.datasets import tensors as data
 from probe.errors import ProbeError, UsageError
-from probe.model import count_params, simplecnn_spec, width_for_params
 from probe.testing import make_image_folder
+from probe.training.model import count_params, simplecnn_spec, width_for_params
 
 
 def test_notebook_model_has_the_notebooks_parameter_count():

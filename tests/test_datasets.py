@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import probe
+from probe.contract.registry import PluginInfo, Registry
 from probe.errors import ProbeError, RunFileError, UsageError
-from probe.plugins import PluginInfo, Registry
 from probe_plugins import cifar100, imagefolder, mnist, svhn
 
 REPO = Path(__file__).resolve().parent.parent

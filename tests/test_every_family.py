@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import probe
-from probe.analyze import run_analyses
+from probe.analysis.runner import run_analyses
 from probe.testing import make_tiny_run, synthetic_dataset
 
 # Small parameters: each job takes a second or two on a tiny model.
@@ -67,7 +67,7 @@ FAMILIES = {
     "resnet": dict(model="resnet", model_params=("depth=8", "width=1", "shortcut=B")),  # 1x1 projection convs too
     "mlp": dict(model="mlp", model_params=("depth=2", "width=32"), dataset=dict(channels=1, size=12)),
     # squeezenet1_1: no BatchNorm, 26 conv layers. (mobilenet_v3_small, resnet18 and the other BatchNorm
-    # archs fail probe.model.check_model at 32x32: its batch-of-one forward in train mode reaches a 1x1 map.)
+    # archs fail probe.training.model.check_model at 32x32: its batch-of-one forward in train mode reaches a 1x1 map.)
     "torchvision": dict(model="torchvision", model_params=("arch=squeezenet1_1",)),
     "gn-ln-cnn": dict(model="gn-ln-cnn", model_params=("width=8",)),
 }
@@ -76,7 +76,7 @@ FAMILIES = {
 @pytest.fixture(scope="session")
 def family_registry():
     """The installed plugins plus the GroupNorm/LayerNorm family, for the whole session."""
-    from probe.plugins import PluginInfo, load_registry, reset_registry
+    from probe.contract.registry import PluginInfo, load_registry, reset_registry
 
     reg = load_registry()
     reg.register(NormFamily(), PluginInfo("gnln", "tests", "tests", "1"))
@@ -161,9 +161,9 @@ class NeedsConv:
 def test_a_skip_is_one_line_recorded_not_a_failure_and_not_asked_again(family_runs, tmp_path) -> None:
     import shutil
 
-    from probe.analyze import summary_line
-    from probe.plugins import PluginInfo, Registry
-    from probe.report import report_run
+    from probe.analysis.runner import summary_line
+    from probe.contract.registry import PluginInfo, Registry
+    from probe.report.render import report_run
 
     run = tmp_path / "run"
     shutil.copytree(family_runs["mlp"], run)
@@ -199,7 +199,7 @@ def test_a_skip_is_one_line_recorded_not_a_failure_and_not_asked_again(family_ru
 def test_a_conv_model_runs_the_same_analysis(family_runs, tmp_path) -> None:
     import shutil
 
-    from probe.plugins import PluginInfo, Registry
+    from probe.contract.registry import PluginInfo, Registry
 
     run = tmp_path / "run"
     shutil.copytree(family_runs["gn-ln-cnn"], run)
@@ -215,7 +215,7 @@ def test_gradcheck_replays_each_call_of_a_reused_relu() -> None:
     import torch
     from torch import nn
 
-    from probe import representations as R
+    from probe.numerics import representations as R
 
     class Reuse(nn.Module):
         def __init__(self):
@@ -258,7 +258,7 @@ def test_hessian_through_hardswish_and_hardsigmoid(method: str) -> None:
     import torch.nn.functional as F
     from torch import nn
 
-    from probe.curvature import BatchedLoss, HessianOperator
+    from probe.numerics.curvature import BatchedLoss, HessianOperator
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Hardswish(), nn.Linear(4, 4), nn.Hardsigmoid(), nn.Linear(4, 3)).double()
@@ -289,7 +289,7 @@ def test_gradcheck_freezes_the_pieces_of_mobilenet_activations() -> None:
     import torch
     from torch import nn
 
-    from probe import representations as R
+    from probe.numerics import representations as R
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Hardswish(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU6(),

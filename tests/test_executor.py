@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from probe import executor as ex
+from probe.analysis import executor as ex
+from probe.analysis.executor import DaskExecutor, InlineExecutor, LocalExecutor, Task, make_executor
 from probe.errors import UsageError
-from probe.executor import DaskExecutor, InlineExecutor, LocalExecutor, Task, make_executor
 
 
 def tasks() -> list[Task]:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import probe
-from probe.families import InputSpec, ModelSpec, default_layers
-from probe.plugins import PluginInfo, Registry
+from probe.contract.families import InputSpec, ModelSpec, default_layers
+from probe.contract.registry import PluginInfo, Registry
 from probe_plugins import mlp as mlp_plugin
 from probe_plugins import resnet as resnet_plugin
 from probe_plugins import torchvision_models as tv_plugin
@@ -253,7 +253,7 @@ def test_each_plugin_registers_its_family():
 
 
 def test_plugin_modules_and_registration_import_no_torch():
-    code = ("import sys; from probe.plugins import Registry, PluginInfo\n"
+    code = ("import sys; from probe.contract.registry import Registry, PluginInfo\n"
             "import probe_plugins.resnet as a, probe_plugins.mlp as b, probe_plugins.torchvision_models as c\n"
             "r = Registry()\n"
             "for m in (a, b, c): r.register(m, PluginInfo(m.__name__, 'x', 'probe-cnn', '0'))\n"

@@ -13,8 +13,8 @@ import pytest
 import torch
 from test_curvature import dense_hessian, run_plugin, tiny_cnn
 
-from probe import curvature as C
 from probe.errors import UsageError
+from probe.numerics import curvature as C
 
 B, N = 3, 4  # three disjoint batches of four samples
 TIGHT = dict(tol=1e-9, residual_tol=1e-6, max_iter=200)
@@ -122,7 +122,7 @@ def test_plugin_stores_batches_blocks_and_rechecks_residuals_from_the_file(probe
 
     import h5py
 
-    from probe.rundir import Run
+    from probe.rundir.run import Run
     from probe_plugins import hessian
 
     ((o, m),) = run_plugin(probe_run, hessian, "hessian", n_images=8, batches=2, top_k=2, trace_samples=4, blocks="layer",
@@ -179,7 +179,7 @@ def test_default_run_gives_trace_and_density_and_blocks_add_up(probe_run):
 def test_too_few_stored_images_is_one_line(probe_run):
     from test_curvature import plugin_registry
 
-    from probe.analyze import run_analyses
+    from probe.analysis.runner import run_analyses
     from probe_plugins import hessian
 
     (o,) = run_analyses(probe_run, ["hessian"], None, {"hessian": {"n_images": "40", "batches": "2"}},
@@ -190,7 +190,7 @@ def test_too_few_stored_images_is_one_line(probe_run):
 
 
 def test_analysis_batch_size_is_bounded_by_the_training_subset():
-    from probe.config import TrainConfig
+    from probe.training.config import TrainConfig
 
     assert TrainConfig(subset_train_size=4096, analysis_batch_size=4096).analysis_batch_size == 4096
     assert TrainConfig(subset_train_size=0, analysis_batch_size=4096).analysis_batch_size == 4096
@@ -200,7 +200,7 @@ def test_analysis_batch_size_is_bounded_by_the_training_subset():
 
 
 def test_compare_shows_the_standard_error_beside_the_top_eigenvalue():
-    from probe import compare as cmp
+    from probe.studies import compare as cmp
 
     names = ["hessian.top_eigenvalue", "hessian.top_eigenvalue_mean_over_batches", "hessian.top_eigenvalue_se",
              "hessian.trace_se"]

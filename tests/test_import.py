@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from probe import checkpoint
 from probe.errors import ProbeError, RunFileError, UsageError
-from probe.importer import epoch_of, import_checkpoints, list_epochs
-from probe.rundir import Run
+from probe.rundir import checkpoint
+from probe.rundir.run import Run
 from probe.testing import synthetic_dataset
+from probe.training.importer import epoch_of, import_checkpoints, list_epochs
 
 
 def export(run: Path, folder: Path) -> dict[int, dict[str, torch.Tensor]]:
@@ -52,7 +52,7 @@ def test_an_imported_run_has_the_metrics_and_activations_of_the_original(probe_r
     assert src["kind"] == "import" and [f["file"] for f in src["files"]] == ["init_0.safetensors", "resnet8-e0001.pt",
                                                                           "model_e2.pth"]
     assert imp.config["train"]["epochs"] == 2
-    from probe.train import train
+    from probe.training.loop import train
 
     with pytest.raises(UsageError, match="made by `probe import`: its checkpoints carry no optimizer state"):
         train(out, resume=True, quiet=True)
@@ -118,8 +118,8 @@ def test_the_cli_imports_and_resume_is_one_line(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from probe.cli import cli
-    from probe.model import simplecnn_spec
     from probe.testing import make_image_folder
+    from probe.training.model import simplecnn_spec
 
     images = make_image_folder(tmp_path / "imgs")
     spec = simplecnn_spec(base_width=4)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from curvature_helpers import small_cnn
 from torch import nn
 
-from probe import landscape as L
 from probe.errors import ProbeError, UsageError
+from probe.numerics import landscape as L
 
 
 @pytest.fixture
@@ -224,8 +224,8 @@ def test_bad_parameters_and_nan_models(cnn):
 def run_plugin(run_dir, analysis, epochs=None, **params):
     import json
 
-    from probe.analyze import run_analyses
-    from probe.plugins import PluginInfo, Registry
+    from probe.analysis.runner import run_analyses
+    from probe.contract.registry import PluginInfo, Registry
     from probe_plugins import landscape
 
     reg = Registry()
@@ -242,7 +242,7 @@ def test_landscape_plugins(probe_run):
 
     import h5py
 
-    from probe.rundir import Run
+    from probe.rundir.run import Run
 
     ((o, m),) = run_plugin(probe_run, "landscape", "last", resolution=5, n_images=32)
     run = Run(probe_run)
@@ -262,8 +262,8 @@ def test_landscape_plugins(probe_run):
         assert json.loads(f.attrs["path_epochs"]) == [0, 1, 2]
     assert 0 < m["scalars"]["explained_2d"] <= 1 + 1e-9
     assert 0 <= m["scalars"]["min_step_captured"] <= 1 + 1e-9
-    from probe.analyze import run_analyses
-    from probe.plugins import PluginInfo, Registry
+    from probe.analysis.runner import run_analyses
+    from probe.contract.registry import PluginInfo, Registry
     from probe_plugins import landscape
 
     reg = Registry()
@@ -278,9 +278,9 @@ def test_landscape_rows_on_an_executor_equal_the_in_process_grid(probe_run):
 
     import h5py
 
-    from probe.analyze import run_analyses
-    from probe.executor import make_executor
-    from probe.plugins import PluginInfo, Registry
+    from probe.analysis.executor import make_executor
+    from probe.analysis.runner import run_analyses
+    from probe.contract.registry import PluginInfo, Registry
     from probe_plugins import landscape
 
     reg = Registry()

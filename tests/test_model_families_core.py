@@ -17,13 +17,14 @@ import torch
 from reliability_helpers import probe_cli
 
 import probe
-from probe import checkpoint, data
-from probe.config import TrainConfig
+from probe.contract.families import ModelSpec, default_layers
+from probe.datasets import tensors as data
 from probe.errors import ProbeError, RunFileError, UsageError
-from probe.families import ModelSpec, default_layers
-from probe.model import check_model, simplecnn_spec
-from probe.rundir import Run
+from probe.rundir import checkpoint
+from probe.rundir.run import Run
 from probe.testing import make_tiny_run, registry_with, synthetic_dataset  # noqa: F401
+from probe.training.config import TrainConfig
+from probe.training.model import check_model, simplecnn_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,7 @@ class ThirdParty:
 @pytest.fixture
 def third_party(fresh_registry):
     """The installed plugins plus ThirdParty, as if its package were installed."""
-    from probe.plugins import PluginInfo, load_registry, reset_registry
+    from probe.contract.registry import PluginInfo, load_registry, reset_registry
 
     reg = load_registry()
     reg.register(ThirdParty(), PluginInfo("third", "x", "third-party", "1.0"))
@@ -63,7 +64,7 @@ def third_party(fresh_registry):
 
 
 def test_a_third_party_family_trains_loads_and_is_analysed(tmp_path: Path, third_party) -> None:
-    from probe.analyze import run_analyses
+    from probe.analysis.runner import run_analyses
 
     ds = synthetic_dataset(channels=1, size=12)
     run = make_tiny_run(tmp_path / "run", dataset=ds, model="tiny-mlp", model_params=("width=16",))
@@ -92,7 +93,7 @@ def test_default_layers_end_with_the_classifier_input() -> None:
 
 def test_checkpoint_of_a_family_not_installed_is_one_line(tmp_path: Path, third_party) -> None:
     run = make_tiny_run(tmp_path / "run", dataset=synthetic_dataset(channels=1, size=12), model="tiny-mlp", epochs=1)
-    probe.plugins.reset_registry(None)  # the third party's package is uninstalled
+    probe.contract.registry.reset_registry(None)  # the third party's package is uninstalled
     with pytest.raises(RunFileError) as e:
         probe.load_model(run / "checkpoints" / "epoch_0001.safetensors")
     msg = str(e.value)
@@ -194,7 +195,7 @@ def test_probe_models_and_datasets_list_the_installed_ones(third_party) -> None:
 
 def test_batchnorm_models_fit_small_images() -> None:
     """The meta forward pass runs in eval mode: train-mode BatchNorm would refuse resnet18's 1x1 maps at 32x32."""
-    from probe.model import CIFAR10_INPUT
+    from probe.training.model import CIFAR10_INPUT
 
     spec = ModelSpec("torchvision", {"arch": "resnet18"}, CIFAR10_INPUT, 10)
     assert check_model(spec, 128) == 11_181_642  # torchvision's resnet18 with a 10-way classifier

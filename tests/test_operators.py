@@ -1,4 +1,4 @@
-"""The Gauss-Newton operator and Hutch++ against dense float64 references (probe.operators)."""
+"""The Gauss-Newton operator and Hutch++ against dense float64 references (probe.numerics.operators)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from curvature_helpers import warm_batchnorm
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from probe import curvature as C
-from probe import operators as O
 from probe.errors import UsageError
+from probe.numerics import curvature as C
+from probe.numerics import operators as O
 
 
 def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -189,8 +189,8 @@ def test_hutchpp_beats_hutchinson_on_decaying_spectra_only():
 def test_hessian_plugin_ggn_and_hutchpp_are_recorded(probe_run):
     import h5py
 
-    from probe.analyze import run_analyses
-    from probe.plugins import PluginInfo, Registry
+    from probe.analysis.runner import run_analyses
+    from probe.contract.registry import PluginInfo, Registry
     from probe_plugins import hessian
 
     reg = Registry()

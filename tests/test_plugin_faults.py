@@ -27,9 +27,9 @@ from reliability_helpers import (
 )
 
 from probe import Analysis
-from probe.analyze import run_analyses
-from probe.plugins import reset_registry
-from probe.results import iter_failures
+from probe.analysis.runner import run_analyses
+from probe.contract.registry import reset_registry
+from probe.rundir.results import iter_failures
 
 STATE: dict[str, Path] = {}  # where the hanging plugin leaves the pid of the process it started
 
@@ -187,7 +187,7 @@ def test_a_cached_result_is_not_rerun_in_a_child(run_dir: Path) -> None:
 
 
 def _run(run_dir: Path):
-    from probe.rundir import Run
+    from probe.rundir.run import Run
 
     return Run(run_dir)
 

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 import probe
-from probe import plugins
-from probe.analyze import run_analyses
+from probe.analysis.runner import run_analyses
 from probe.cli import cli
+from probe.contract import registry as plugins
 from probe.errors import UsageError
 
 
@@ -274,8 +274,8 @@ def test_the_plugin_doc_covers_every_field_keyword_need_and_output():
     import dataclasses
     import inspect
 
-    from probe.analysis import NEEDS
-    from probe.context import ResultWriter
+    from probe.analysis.context import ResultWriter
+    from probe.contract.analysis import NEEDS
 
     rows = {line.split("|")[1].strip(): line for line in DOC.splitlines() if line.startswith("| `")}
     for f in dataclasses.fields(probe.Analysis):

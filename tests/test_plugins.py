@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 import probe
-from probe import plugins
-from probe.analyze import run_analyses
+from probe.analysis.runner import run_analyses
 from probe.cli import cli
+from probe.contract import registry as plugins
 from probe.errors import UsageError
 from probe.testing import registry_with
 
@@ -67,7 +67,7 @@ def test_changed_input_invalidates_the_cache(probe_run, fresh_registry):
     run_analyses(probe_run, ["count"], "last", registry=reg)
     ckpt = probe.Run(probe_run).checkpoint_path(2)
     ck = probe.load_checkpoint(ckpt)  # rewrite epoch 2 with different weights, as a retrain would
-    from probe import checkpoint
+    from probe.rundir import checkpoint
 
     model = ck.build_model()
     with __import__("torch").no_grad():
@@ -162,7 +162,7 @@ def test_builtin_plugins_are_exactly_the_declared_entry_points(fresh_registry):
 
 
 def test_cli_start_does_not_import_torch():
-    code = ("import sys; from probe.cli import cli; from probe.plugins import registry; registry(); "
+    code = ("import sys; from probe.cli import cli; from probe.contract.registry import registry; registry(); "
             "assert 'torch' not in sys.modules, 'torch imported at start-up'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

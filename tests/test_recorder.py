@@ -9,8 +9,8 @@ import h5py
 import pytest
 import torch
 
-from probe import checkpoint
 from probe.errors import ProbeError, UsageError
+from probe.rundir import checkpoint
 from probe.testing import make_tiny_run, synthetic_dataset
 
 DATA = Path(__file__).parent / "data"
@@ -86,7 +86,7 @@ def tiny_loop(run_dir: Path, epochs: int = 2, **kw) -> Path:
     import torch.nn.functional as F
 
     import probe
-    from probe.data import normalize
+    from probe.datasets.tensors import normalize
 
     ds = synthetic_dataset(n_train=160, n_test=80, seed=0)
     torch.manual_seed(0)
@@ -108,8 +108,8 @@ def tiny_loop(run_dir: Path, epochs: int = 2, **kw) -> Path:
 
 
 def test_a_recorded_loop_is_a_complete_run(tmp_path: Path) -> None:
-    from probe.data import normalize
-    from probe.rundir import Run
+    from probe.datasets.tensors import normalize
+    from probe.rundir.run import Run
 
     run = Run(tiny_loop(tmp_path / "run"))
     assert run.epochs() == [0, 1, 2]
@@ -131,8 +131,8 @@ def test_a_recorded_loop_is_a_complete_run(tmp_path: Path) -> None:
 
 
 def test_probe_train_refuses_to_resume_a_recorded_run(tmp_path: Path) -> None:
-    from probe.config import TrainConfig
-    from probe.train import train
+    from probe.training.config import TrainConfig
+    from probe.training.loop import train
 
     run = tiny_loop(tmp_path / "run", epochs=1)
     with pytest.raises(UsageError, match="probe.Recorder"):
@@ -218,8 +218,8 @@ def test_the_own_loop_example_records_a_run_that_analyses(tmp_path: Path) -> Non
     from PIL import Image
 
     from probe.cli import cli
-    from probe.model import CIFAR10_CLASSES
-    from probe.rundir import Run
+    from probe.rundir.run import Run
+    from probe.training.model import CIFAR10_CLASSES
 
     root = Path(__file__).resolve().parents[1]
     rng = np.random.default_rng(0)

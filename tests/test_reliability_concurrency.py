@@ -27,8 +27,8 @@ from reliability_helpers import (
     wait_for,
 )
 
-from probe.results import MANIFEST, iter_failures, read_manifest
-from probe.rundir import Run
+from probe.rundir.results import MANIFEST, iter_failures, read_manifest
+from probe.rundir.run import Run
 
 ANALYZE = ["-p", "peek", "-p", "census", "-e", "all"]
 
@@ -72,7 +72,7 @@ def assert_results_whole(run_dir: Path) -> dict[str, dict]:
 _WRITER = """
 import sys
 from pathlib import Path
-from probe import atomic
+from probe.io import atomic
 base, tag = Path(sys.argv[1]), sys.argv[2]
 for i in range(150):
     with atomic.atomic_dir(base / f"r{i % 4}") as tmp:
@@ -150,7 +150,7 @@ def test_one_writer_per_run(world) -> None:
     holder and changes nothing; a lock left by a SIGKILLed training is stale and taken over by --resume."""
     import socket
 
-    from probe.lock import LOCK_FILE
+    from probe.rundir.lock import LOCK_FILE
 
     zygote, data = world["zygote"], world["data"]
     run_dir = world["root"] / "one-writer"

@@ -40,9 +40,10 @@ from reliability_helpers import (
     wait_for,
 )
 
-from probe import activations, atomic
 from probe.errors import ProbeError
-from probe.rundir import Run
+from probe.io import atomic
+from probe.rundir import activations
+from probe.rundir.run import Run
 
 DELAY = 0.1  # PROBE_TEST_DELAY_WRITES: each write holds its temporary file open this long
 
@@ -235,8 +236,8 @@ def test_file_size_limit_is_one_line_naming_the_file_and_the_run_resumes(world, 
 
 @pytest.fixture(scope="module")
 def small_reference(tmp_path_factory: pytest.TempPathFactory):
-    from probe.config import TrainConfig
     from probe.testing import synthetic_dataset
+    from probe.training.config import TrainConfig
 
     cfg = TrainConfig(**{**SMALL, "epochs": 3})
     ref = train_small(tmp_path_factory.mktemp("small") / "ref", epochs=3)
@@ -252,7 +253,7 @@ def small_reference(tmp_path_factory: pytest.TempPathFactory):
 def test_disk_full_fails_naming_the_file_keeps_earlier_epochs_and_resumes(
         small_reference, tmp_path: Path, monkeypatch, folder: str, name: str, nth: int, complete: list[int]) -> None:
     """ENOSPC from the fsync of one write, after half the file reached the disk (in process)."""
-    from probe.train import train
+    from probe.training.loop import train
 
     cfg, ds, ref_state = small_reference
     run_dir = tmp_path / "run"

@@ -31,11 +31,11 @@ from reliability_helpers import (
 from safetensors.torch import load_file, save_file
 
 import probe
-from probe import activations, checkpoint
-from probe.config import from_dict
+from probe.contract.registry import reset_registry
 from probe.errors import ProbeError, RunFileError
-from probe.plugins import reset_registry
-from probe.rundir import Run
+from probe.rundir import activations, checkpoint
+from probe.rundir.run import Run
+from probe.training.config import from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -158,9 +158,9 @@ def test_resume_skips_a_damaged_last_checkpoint(run_dir: Path, template: Path, t
     """Resume continues from the newest checkpoint that verifies, and ends as an uninterrupted run."""
     from reliability_helpers import SMALL
 
-    from probe.config import TrainConfig
     from probe.testing import synthetic_dataset
-    from probe.train import train
+    from probe.training.config import TrainConfig
+    from probe.training.loop import train
 
     path = Run(run_dir).checkpoint_path(2)
     _flip(path, path.stat().st_size * 8 - 9)

@@ -35,8 +35,9 @@ from reliability_helpers import (
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from probe import activations, checkpoint, data
-from probe.plugins import reset_registry
+from probe.contract.registry import reset_registry
+from probe.datasets import tensors as data
+from probe.rundir import activations, checkpoint
 from probe.testing import make_image_folder
 
 CKPT = "checkpoints/epoch_0002.safetensors"
@@ -551,7 +552,7 @@ def registry_with_builtins():
     import probe_plugins.landscape
     import probe_plugins.rsm
     import probe_plugins.sharpness
-    from probe.plugins import PluginInfo
+    from probe.contract.registry import PluginInfo
 
     reg = install_test_plugins()
     for mod in (probe_plugins.rsm, probe_plugins.landscape, probe_plugins.hessian, probe_plugins.sharpness,
@@ -591,7 +592,7 @@ def test_hostile_input_is_one_line(case: Case, template: Path, tmp_path: Path, m
 @pytest.mark.parametrize("depth, width, dropout", [(2, 3, 0.0), (4, 32, 0.0), (8, 7, 0.3)])
 def test_declared_shapes_are_checked_against_the_model_itself(depth: int, width: int, dropout: float) -> None:
     """The arithmetic walk that bounds a dump's shapes agrees with a real (meta-device) forward pass."""
-    from probe.model import simplecnn_spec
+    from probe.training.model import simplecnn_spec
 
     spec = simplecnn_spec(depth=depth, base_width=width, dropout=dropout)
     assert activations.layer_shapes(spec) == activations._layer_shapes_by_forward(spec.build().to("meta"), spec)

@@ -32,8 +32,10 @@ from reliability_helpers import (
     train_small,
 )
 
-from probe import Analysis, atomic, lock
-from probe.plugins import reset_registry
+from probe import Analysis
+from probe.contract.registry import reset_registry
+from probe.io import atomic
+from probe.rundir import lock
 
 # --- the world each case starts from -----------------------------------------------------------------------
 
@@ -448,7 +450,7 @@ def _dead_pid() -> int:
 
 def test_clear_run_leaves_what_appeared_after_the_check(world: World) -> None:
     """The user drops a file in after `check_run_dir` passed and before `--force` clears: it is not probe's, so it stays."""
-    from probe.prepare import check_run_dir, clear_run
+    from probe.rundir.prepare import check_run_dir, clear_run
 
     check_run_dir(world.run, resume=False, force=True)  # nothing foreign yet
     (world.run / "NOTES.md").write_text("just now")
@@ -460,7 +462,7 @@ def test_clear_run_leaves_what_appeared_after_the_check(world: World) -> None:
 
 
 def test_training_removes_only_its_own_temporaries(world: World) -> None:
-    from probe.prepare import remove_training_temps
+    from probe.rundir.prepare import remove_training_temps
 
     ours = [".config.json.abc123.tmp", ".metrics.jsonl.9.zzzzzzzz.tmp", "checkpoints/.epoch_0003.safetensors.5.abcdefgh.tmp",
             "activations/.epoch_0003.h5.5.abcdefgh.h5.tmp", "data/.probe_set.safetensors.x.tmp"]

@@ -22,9 +22,9 @@ import pytest
 from click.testing import CliRunner
 
 import probe
-from probe import plugins
 from probe.cli import ProbeGroup
-from probe.report import (
+from probe.contract import registry as plugins
+from probe.report.render import (
     INDEX,
     REPORT_DIR,
     STAMP,
@@ -33,7 +33,7 @@ from probe.report import (
     report_command,
     svg_chart,
 )
-from probe.report import Series as ChartSeries
+from probe.report.render import Series as ChartSeries
 
 CHROMIUM = os.environ.get("PROBE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("PROBE_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -98,7 +98,7 @@ def invoke(*args: object):
 
 
 def analysed(run: Path, reg) -> Path:
-    from probe.analyze import run_analyses
+    from probe.analysis.runner import run_analyses
 
     run_analyses(run, ["curves", "sharpness"], None, registry=reg)
     run_analyses(run, ["demo", "boom"], "all", registry=reg)
@@ -142,7 +142,7 @@ def test_run_page_shows_config_curves_results_missing_and_failed(probe_run, regi
 
 
 def test_second_report_is_up_to_date_until_an_input_changes(probe_run, registry):
-    from probe.analyze import run_analyses
+    from probe.analysis.runner import run_analyses
 
     assert invoke(probe_run).exit_code == 0
     index = probe_run / REPORT_DIR / INDEX
@@ -198,7 +198,7 @@ def test_commands_quote_paths_and_name_non_default_params():
 
 
 def test_import_is_light():
-    code = "import sys, probe.report; print(sorted({'torch', 'matplotlib', 'numpy'} & set(sys.modules)))"
+    code = "import sys, probe.report.render; print(sorted({'torch', 'matplotlib', 'numpy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -217,7 +217,7 @@ def test_svg_chart_survives_nan_inf_and_picks_log_scale():
 @pytest.fixture(scope="module")
 def sweep_template(tmp_path_factory) -> Path:
     """Two tiny trained runs (lr 0.01 and 0.2) and the sweep.json `probe sweep` writes for them."""
-    from probe.sweep import FORMAT, SWEEP_FILE, point_name
+    from probe.studies.sweep import FORMAT, SWEEP_FILE, point_name
     from probe.testing import make_tiny_run
 
     root = tmp_path_factory.mktemp("sweep") / "sw"
@@ -259,7 +259,7 @@ def test_sweep_page_has_table_curves_and_run_pages(sweep, registry):
     assert "0 written, 2 up to date" in again.output and again.output.strip().startswith("2 run pages")
     assert "up to date" in again.output.splitlines()[-1]
 
-    from probe.analyze import run_analyses
+    from probe.analysis.runner import run_analyses
 
     run_analyses(sweep / "lr=0.2", ["sharpness"], None, registry=registry)
     third = invoke(sweep)
@@ -413,7 +413,7 @@ def test_report_shows_the_current_version_and_the_command_for_older_results(prob
     import re
     import shlex
 
-    from probe.analyze import run_analyses
+    from probe.analysis.runner import run_analyses
 
     def page() -> str:
         assert invoke(probe_run).exit_code == 0

@@ -29,9 +29,12 @@ import pytest
 import test_report
 from click.testing import CliRunner
 
-from probe import atomic, compare, plugins, report, safeio
 from probe.cli import ProbeGroup
-from probe.report import INDEX, REPORT_DIR, Installed, report_run, report_sweep
+from probe.contract import registry as plugins
+from probe.io import atomic, safeio
+from probe.report import render as report
+from probe.report.render import INDEX, REPORT_DIR, Installed, report_run, report_sweep
+from probe.studies import compare
 
 browser = test_report.browser  # the module-scoped headless Chromium of the run-page tests, shared
 
@@ -226,7 +229,7 @@ def test_every_context_escapes_every_hostile_string(tmp_path, clean_pages, conte
 
 
 def test_inline_json_escapes_what_ends_a_script():
-    from probe.report import environment
+    from probe.report.render import environment
 
     out = environment().from_string("<script>{{ v|tojson }}</script>").render(
         v={"a": "</script><!--<script>", "b": "'&"})
@@ -236,7 +239,7 @@ def test_inline_json_escapes_what_ends_a_script():
 
 @pytest.mark.parametrize("name", ["javascript:x", "a b?c#d", "%2e%2e", "<x>\"'"])
 def test_links_are_relative_and_percent_encoded(tmp_path, name):
-    from probe.report import _rel
+    from probe.report.render import _rel
 
     url = _rel(tmp_path / "report", tmp_path / "analyses" / name)
     assert url.startswith("../analyses/") and url.count("/") == 2  # one encoded part, never a path step of its own

@@ -1,4 +1,4 @@
-"""probe.representations against independent computations (sklearn, direct formulas, torch)."""
+"""probe.numerics.representations against independent computations (sklearn, direct formulas, torch)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from scipy.stats import ortho_group
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
-from probe import representations as R
-from probe.model import simplecnn_spec
+from probe.numerics import representations as R
+from probe.training.model import simplecnn_spec
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""probe.safeio: what it refuses (links, FIFOs, oversize, deep, huge integers), and what it must not refuse.
+"""probe.io.safeio: what it refuses (links, FIFOs, oversize, deep, huge integers), and what it must not refuse.
 
 The hostile-input table (test_reliability_hostile_inputs.py) drives these readers
 through the command line; here Hypothesis checks the readers themselves: any text
@@ -16,8 +16,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from probe import safeio
 from probe.errors import RunFileError
+from probe.io import safeio
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**30, 10**30) | st.floats(allow_nan=False)

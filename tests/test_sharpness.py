@@ -9,9 +9,9 @@ import pytest
 import torch
 from curvature_helpers import mse, regression
 
-from probe import sharpness as S
 from probe.errors import ProbeError, UsageError
-from probe.model import simplecnn_spec
+from probe.numerics import sharpness as S
+from probe.training.model import simplecnn_spec
 
 
 def loss_at(x, y, w):
@@ -101,8 +101,8 @@ def test_bad_parameters_and_nan_loss():
 def test_sharpness_plugin(probe_run):
     import json
 
-    from probe.analyze import run_analyses
-    from probe.plugins import PluginInfo, Registry
+    from probe.analysis.runner import run_analyses
+    from probe.contract.registry import PluginInfo, Registry
     from probe_plugins import sharpness
 
     reg = Registry()

@@ -19,9 +19,9 @@ import h5py
 import numpy as np
 import pytest
 
-from probe.analyze import run_analyses
-from probe.plugins import PluginInfo, Registry
-from probe.rundir import Run
+from probe.analysis.runner import run_analyses
+from probe.contract.registry import PluginInfo, Registry
+from probe.rundir.run import Run
 from probe_plugins import spectra as S
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from probe import executor as ex
+from probe.analysis import executor as ex
+from probe.analysis.executor import DaskExecutor, InlineExecutor, LocalExecutor
 from probe.cli import ProbeGroup
 from probe.errors import UsageError
-from probe.executor import DaskExecutor, InlineExecutor, LocalExecutor
-from probe.sweep import STATUS_FILE, SWEEP_FILE, load_spec, point_name, run_sweep, sweep_command
+from probe.studies.sweep import (
+    STATUS_FILE,
+    SWEEP_FILE,
+    load_spec,
+    point_name,
+    run_sweep,
+    sweep_command,
+)
 from probe.testing import make_image_folder
 
 TINY = """

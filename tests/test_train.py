@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import probe
-from probe import checkpoint, rundir
-from probe.config import TrainConfig
+from probe.rundir import checkpoint
+from probe.rundir import run as rundir
 from probe.testing import TINY, make_tiny_run, synthetic_dataset
-from probe.train import train
+from probe.training.config import TrainConfig
+from probe.training.loop import train
 
 
 def test_run_directory_has_everything(probe_run):
@@ -82,7 +83,7 @@ def test_optimizers_and_schedules_resume_exactly(tmp_path, optimizer, schedule):
 
 def test_grad_norm_metric_matches_the_notebook_formula():
     """The on-device norm equals sqrt(sum of squared per-parameter norms) computed naively."""
-    model = probe.model.simplecnn_spec(depth=2, base_width=4).build()
+    model = probe.training.model.simplecnn_spec(depth=2, base_width=4).build()
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     torch.nn.functional.cross_entropy(model(x), y).backward()
     grads = [p.grad for p in model.parameters()]

@@ -172,9 +172,9 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_and_changes_nothing(tm
     import dataclasses
 
     from probe.errors import UsageError
-    from probe.rundir import Run
+    from probe.rundir.run import Run
     from probe.testing import make_tiny_run, synthetic_dataset
-    from probe.train import train
+    from probe.training.loop import train
 
     run = make_tiny_run(tmp_path / "run", epochs=2)
     before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}

@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from probe import activations, data
 from probe.cli import cli
-from probe.config import TrainConfig
+from probe.datasets import tensors as data
 from probe.errors import UsageError
-from probe.rundir import Run
+from probe.rundir import activations
+from probe.rundir.run import Run
 from probe.testing import TINY, make_tiny_run, synthetic_dataset
-from probe.train import Trainer
+from probe.training.config import TrainConfig
+from probe.training.loop import Trainer
 
 VAL = 60  # of the synthetic set's 120 test images; the tiny run's probe set is 40
 

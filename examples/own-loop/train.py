@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import probe
-from probe.data import augment, normalize
+from probe.datasets.tensors import augment, normalize
 
 ap = argparse.ArgumentParser(description=__doc__)
 ap.add_argument("--data", help="CIFAR-10 as train/ and test/ class folders (else $PROBE_DATA, else download)")

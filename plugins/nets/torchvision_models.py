@@ -173,7 +173,7 @@ def layers(model: nn.Module, arch: str) -> list[str]:
             if penult == seq:  # squeezenet: the last block's output is the penultimate's
                 blocks = blocks[:-1]
             return [*blocks, penult]
-    from probe.families import InputSpec, default_layers
+    from probe.contract.families import InputSpec, default_layers
 
     inp = getattr(model, "probe_input", None)
     if inp is None:

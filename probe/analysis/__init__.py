@@ -1,0 +1,2 @@
+"""Analysing runs: the job runner behind `probe analyze`, the `Context` each analysis sees, and executors.
+"""

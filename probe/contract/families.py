@@ -1,0 +1,342 @@
+"""Model families: what a family plugin registers, and the spec every checkpoint stores to rebuild its model.
+
+A family is a name, a typed parameters dataclass (the `probe.param` machinery that
+analyses use), a builder `(params, input, num_classes) -> nn.Module`, and the layers
+whose activations are recorded by default (block outputs, then the penultimate
+layer: the input of the classifier). A plugin registers it from `register_models`:
+
+    @probe.hookimpl
+    def register_models(register):
+        register(probe.ModelFamily(name="mlp", summary="...", params=Params, build=build, layers=layers))
+
+The spec stored in each checkpoint and in config.json names the family, its
+version and provider, the parameters with defaults filled, the input (channels,
+size, normalisation) and the number of classes:
+
+    {"family": "resnet", "family_version": "1", "provider": "probe-cnn", "params": {"depth": 20, ...},
+     "input": {"channels": 3, "size": [32, 32], "mean": [...], "std": [...]}, "num_classes": 10}
+
+A spec never names code to import: only installed families are built. Specs of
+the first format (`{"arch": "SimpleCNN", "depth": ..., ...}`) are read as family
+`simplecnn`. This module imports no torch; building does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from probe.contract.analysis import NoParams, check_params, make_params, param_specs
+from probe.errors import UsageError
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+MAX_CHANNELS = 64
+MAX_SIZE = 4096
+MAX_CLASSES = 100_000
+MAX_MODEL_PARAMS = 2**31  # what probe will build, from a file or from options
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model is fed: `channels` x `size` (height, width) images, normalised with `mean`/`std` per channel."""
+
+    channels: int
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": self.channels, "size": list(self.size), "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A model family a plugin provides. See docs/writing-a-plugin.md, "Model families".
+
+    `build(params, input, num_classes)` returns a freshly initialised `nn.Module` mapping
+    a normalised float batch [N, C, H, W] to logits [N, num_classes]; it must work on
+    the meta device (probe sizes a model there before allocating it).
+    `layers(model, params)` lists the recorded layers (module names) in network
+    order, the penultimate layer last; without it probe picks them (`default_layers`).
+    """
+
+    name: str
+    build: Callable[[Any, InputSpec, int], Any]
+    summary: str
+    params: type = NoParams
+    layers: Callable[[Any, Any], list[str]] | None = None
+    version: str = "1"
+    provider: str = ""
+    provider_version: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"model family name {self.name!r} must be lower-case letters, digits, '-' or '_'")
+        if not dataclasses.is_dataclass(self.params):
+            raise ValueError(f"model family {self.name!r}: params must be a dataclass type")
+        if not self.summary or "\n" in self.summary:
+            raise ValueError(f"model family {self.name!r}: summary must be one line")
+        if not isinstance(self.version, str) or not self.version.strip():
+            raise ValueError(f"model family {self.name!r}: version must be a non-empty str")
+        if not callable(self.build):
+            raise ValueError(f"model family {self.name!r}: build must be callable")
+
+    def with_provider(self, provider: str, version: str) -> ModelFamily:
+        return dataclasses.replace(self, provider=provider, provider_version=version)
+
+    def check_params(self) -> None:
+        check_params(self.params, f"model family {self.name!r}")
+
+    def param_specs(self) -> list[Any]:
+        return param_specs(self.params, self.name)
+
+    def make_params(self, raw: Mapping[str, Any], option: str = "--model-param") -> Any:
+        return make_params(self.params, raw, self.name, option)
+
+    def spec(self, raw: Mapping[str, Any], input: InputSpec, num_classes: int,
+             option: str = "--model-param") -> ModelSpec:
+        """The spec of this family with parameters `raw` (checked; defaults filled) for `input` and `num_classes`."""
+        params = dataclasses.asdict(self.make_params(raw, option))
+        return ModelSpec(self.name, params, input, num_classes, self.version, self.provider)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model: stored as JSON in every checkpoint and in config.json."""
+
+    family: str
+    params: Mapping[str, Any]
+    input: InputSpec
+    num_classes: int
+    family_version: str = "1"
+    provider: str = field(default="", compare=False)  # where the family came from: informs, never selects
+    _legacy: bool = field(default=False, compare=False, repr=False)
+
+    def __hash__(self) -> int:  # params is a dict: hash the stored form (specs key caches of layer shapes)
+        return hash(self.to_json())
+
+    # What most readers need, without knowing the spec's layout.
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.input.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.input.std
+
+    @property
+    def in_channels(self) -> int:
+        return self.input.channels
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.input.size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "family_version": self.family_version, "provider": self.provider,
+                "params": dict(self.params), "input": self.input.to_dict(), "num_classes": self.num_classes}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def describe(self) -> str:
+        """`resnet(depth=20, shortcut=A)` on 3x32x32, 10 classes: for log lines and errors."""
+        ps = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        h, w = self.input.size
+        return f"{self.family}({ps}) on {self.input.channels}x{h}x{w}, {self.num_classes} classes"
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str | Path = "model spec") -> ModelSpec:
+        """Parse a stored spec, checking every field's type and size; a bad one raises ValueError.
+
+        The family's own parameters are checked when the model is built (`family_params`).
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+        if "arch" in d:
+            return _from_legacy(d)
+        known = {"family", "family_version", "provider", "params", "input", "num_classes"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model spec keys {sorted(unknown)[:5]}")
+        family = d.get("family")
+        if not isinstance(family, str) or not _NAME.match(family):
+            raise ValueError(f"family must be a family name, got {str(family)[:40]!r}")
+        version, provider = d.get("family_version", "1"), d.get("provider", "")
+        if not isinstance(version, str) or len(version) > 64 or not isinstance(provider, str) or len(provider) > 200:
+            raise ValueError("family_version and provider must be short strings")
+        params = d.get("params", {})
+        if not isinstance(params, dict) or len(params) > 64:
+            raise ValueError("params must be an object of at most 64 entries")
+        for k, v in params.items():
+            if not isinstance(k, str) or len(k) > 64 or not _scalar(v):
+                raise ValueError(f"params: {str(k)[:40]!r} must map to a number, string, bool or null")
+        return cls(family, dict(params), _input(d.get("input")), _count(d.get("num_classes"), "num_classes", MAX_CLASSES),
+                   version, provider)
+
+    @classmethod
+    def from_json(cls, text: str, source: str | Path = "model spec") -> ModelSpec:
+        """Parse stored JSON (bounded in depth and integer length); a bad spec raises ValueError or RunFileError."""
+        from probe.io.safeio import loads_json
+
+        return cls.from_dict(loads_json(text, source=source), source)
+
+    # --- building -----------------------------------------------------------------------------
+    def family_obj(self) -> ModelFamily:
+        return get_family(self.family, provider=self.provider)
+
+    def family_params(self) -> Any:
+        """The family's params dataclass for this spec; a value the family refuses raises ValueError."""
+        fam = self.family_obj()
+        try:
+            return fam.make_params(dict(self.params), option="model spec")
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("model spec: ")) from None
+
+    def build(self) -> Any:
+        """A freshly initialised model (on torch's current default device: `with torch.device("meta")` sizes it)."""
+        fam = self.family_obj()
+        return fam.build(self.family_params(), self.input, self.num_classes)
+
+    def skeleton(self) -> Any:
+        """The model built on the meta device: its names, shapes and parameter count, nothing allocated."""
+        import torch
+
+        with torch.device("meta"):
+            return self.build()
+
+    def recorded_layers(self) -> list[str]:
+        """The layers whose activations are dumped, in network order, the penultimate layer last."""
+        fam = self.family_obj()
+        model = self.skeleton()
+        if fam.layers is not None:
+            return list(fam.layers(model, self.family_params()))
+        return default_layers(model, self.input)
+
+
+def _scalar(v: Any) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return v is None or isinstance(v, (bool, int, str)) and (not isinstance(v, str) or len(v) <= 200)
+
+
+def _count(v: Any, name: str, most: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= most:
+        raise ValueError(f"{name} must be a whole number in 1..{most}, got {str(v)[:40]}")
+    return v
+
+
+def _floats(v: Any, name: str, n: int) -> tuple[float, ...]:
+    if not isinstance(v, (list, tuple)) or len(v) != n:
+        raise ValueError(f"{name} must be a list of {n} numbers (one per channel)")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+        raise ValueError(f"{name} must hold finite numbers")
+    return tuple(float(x) for x in v)
+
+
+def _input(d: Any) -> InputSpec:
+    if not isinstance(d, dict) or set(d) - {"channels", "size", "mean", "std"}:
+        raise ValueError("input must be an object with channels, size, mean and std")
+    channels = _count(d.get("channels"), "input.channels", MAX_CHANNELS)
+    size = d.get("size")
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise ValueError("input.size must be [height, width]")
+    size = (_count(size[0], "input.size", MAX_SIZE), _count(size[1], "input.size", MAX_SIZE))
+    std = _floats(d.get("std"), "input.std", channels)
+    if any(s <= 0 for s in std):
+        raise ValueError("input.std must be positive")
+    return InputSpec(channels, size, _floats(d.get("mean"), "input.mean", channels), std)
+
+
+_LEGACY_KEYS = {"arch", "depth", "base_width", "dropout", "num_classes", "in_channels", "hidden", "mean", "std"}
+
+
+def _from_legacy(d: dict[str, Any]) -> ModelSpec:
+    """The first format: `{"arch": "SimpleCNN", depth, base_width, dropout, num_classes, in_channels, hidden, mean, std}`."""
+    if d.get("arch") != "SimpleCNN":
+        raise ValueError(f"unsupported model spec arch {str(d.get('arch'))[:40]!r}")
+    unknown = set(d) - _LEGACY_KEYS
+    if unknown:
+        raise ValueError(f"unknown model spec keys {sorted(unknown)[:5]}")
+    from probe.training.model import CIFAR10_MEAN, CIFAR10_STD
+
+    channels = _count(d.get("in_channels", 3), "in_channels", MAX_CHANNELS)
+    params = {k: d[k] for k in ("depth", "base_width", "dropout", "hidden") if k in d}
+    for k, v in params.items():
+        if not _scalar(v):
+            raise ValueError(f"{k} must be a number")
+    inp = InputSpec(channels, (32, 32), _floats(d.get("mean", CIFAR10_MEAN), "mean", channels),
+                    _floats(d.get("std", CIFAR10_STD), "std", channels))
+    return ModelSpec("simplecnn", params, inp, _count(d.get("num_classes", 10), "num_classes", MAX_CLASSES), "1",
+                     "probe-cnn", _legacy=True)
+
+
+# --- finding families ------------------------------------------------------------------------------
+
+def get_family(name: str, provider: str = "", option: str | None = None) -> ModelFamily:
+    """The installed family `name`; else one line naming it (and the distribution that provides it, where known)."""
+    from probe.contract.registry import lookup
+
+    fam = lookup("models", name)
+    if fam is not None:
+        return fam
+    from probe.contract.registry import installed
+
+    known = ", ".join(sorted(installed("models"))) or "none"
+    where = f" (provided by the distribution {provider!r}: pip install {provider})" if provider else ""
+    msg = f"model family {name!r} is not installed{where}; installed families: {known}"
+    if option:
+        raise UsageError(option, msg)
+    raise FamilyNotInstalled(msg)
+
+
+class FamilyNotInstalled(ValueError):
+    """A spec names a family that no installed plugin provides."""
+
+
+def default_layers(model: Any, inp: InputSpec) -> list[str]:
+    """Recorded layers for a family that names none: its top-level blocks, then the penultimate layer.
+
+    `model` is on the meta device (`ModelSpec.skeleton`). Runs one forward pass there, noting the order in which modules
+    finish. The classifier is the last `nn.Linear` to run; the penultimate layer is
+    the last module before it whose per-sample output size equals the classifier's
+    input size. Block outputs are the top-level children that ran before the
+    penultimate layer and give 2-D or 4-D outputs.
+    """
+    import torch
+    from torch import nn
+
+    order: list[tuple[str, Any, tuple[int, ...]]] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    hooks = []
+
+    def hook(mod: Any, _inp: Any, out: Any) -> None:
+        if torch.is_tensor(out):
+            order.append((names[id(mod)], mod, tuple(out.shape)))
+
+    for n, m in model.named_modules():
+        if n:
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model(torch.empty(2, inp.channels, *inp.size))
+    finally:
+        for h in hooks:
+            h.remove()
+    linears = [i for i, (_, m, _) in enumerate(order) if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the model has no nn.Linear classifier; give the family a layers() function")
+    last = linears[-1]
+    width = order[last][1].in_features
+    penult = next((order[i][0] for i in range(last - 1, -1, -1)
+                   if math.prod(order[i][2][1:]) == width and len(order[i][2]) in (2, 4)), None)
+    top = {n for n, _ in model.named_children()}
+    ran = [n for n, _, s in order[:last] if n in top and len(s) in (2, 4) and n != penult]
+    blocks = list(dict.fromkeys(ran))
+    return [*blocks, penult] if penult else blocks

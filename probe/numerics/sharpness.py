@@ -1,0 +1,302 @@
+"""Sharpness: how much the loss rises when the weights are perturbed.
+
+Three measures, each reported as an increase over the base loss on the same batch
+(eval mode, mini-batches weighted by sample count, the model never modified):
+- worst-case (Keskar et al., 2017): max L(w + d) - L(w) over the box
+  |d_i| <= eps * (|w_i| + 1), by projected sign-gradient ascent;
+- adaptive (ASAM, Kwon et al., 2021): max over ||d / |w| ||_p <= eps (elementwise
+  |w| scaling; p = 2 as in ASAM, or inf), by projected gradient ascent;
+- average-case: E L(w + d) - L(w) over d ~ N(0, eps^2 diag(s^2)), s = 1 or |w|
+  (antithetic pairs d, -d by default).
+
+Ascent finds a lower bound of the true maximum (a local maximiser); the best loss
+seen along the way is reported.
+
+Every trainable parameter is perturbed, biases and BatchNorm affine terms included:
+the measures ask how the loss responds to the weights the optimiser moves, and the
+box/adaptive radii are relative to each entry, so no tensor dominates by its scale.
+(The landscape's filter-normalised directions zero those 1-D tensors, following Li
+et al.; the two analyses answer different questions.)
+
+`over_batches` evaluates a measure on B disjoint batches and on their union: the
+per-batch values, their mean and standard error (variation over the data), and the
+combined value (the measure of the mean loss over all B batches). For the worst cases
+the combined value is not the mean of the per-batch maxima and costs one more ascent
+over all the images; for the average case, with the same noise draws on every batch,
+the combined value is exactly the sample-weighted mean of the per-batch ones (no
+extra evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from probe.numerics.curvature import BatchedLoss, LossFn, check, check_finite
+
+NORMS = ("l2", "linf")
+
+
+@dataclass
+class SharpnessResult:
+    """One sharpness measure: `increase` = `loss` - `base_loss` (mean for "average").
+
+    `steps` counts ascent steps (worst-case measures; None for "average"); `samples`
+    counts the average's random perturbations, each an antithetic pair of two loss
+    evaluations when `antithetic` (None for the worst cases). `distinguishable_from_zero`
+    is False when |increase| < 2 stderr (the Monte Carlo error could explain the value).
+    """
+
+    measure: str  # "worst_case", "adaptive" or "average"
+    eps: float
+    norm: str
+    base_loss: float
+    loss: float
+    increase: float
+    stderr: float | None  # Monte Carlo standard error of the mean increase ("average" only)
+    steps: int | None  # projected gradient ascent steps (worst-case measures)
+    loss_definition: str
+    samples: int | None = None  # random perturbations ("average"): antithetic pairs if `antithetic`
+    antithetic: bool | None = None
+    n_images: int = 0
+    distinguishable_from_zero: bool | None = None
+    target_rel_stderr: float | None = None  # "average" with a stopping target: stderr <= target * |increase|
+    target_reached: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.stderr is not None and self.distinguishable_from_zero is None:
+            self.distinguishable_from_zero = bool(abs(self.increase) >= 2 * self.stderr)
+
+
+def _ascent(f: BatchedLoss, scale: dict[str, torch.Tensor], eps: float, norm: str, steps: int,
+            step_size: float | None, random_start: bool, seed: int) -> float:
+    """Max of f(w + scale * u) over ||u||_norm <= eps by projected gradient ascent.
+
+    In u the constraint is a plain ball or box: an L-inf step moves every entry by
+    `step_size` along the sign of the gradient (steepest ascent for that norm), an
+    L2 step along the normalised gradient; both are projected back. The default
+    step is 2.5 * eps / steps (Madry et al.), so the walk can cross the set.
+    """
+    alpha = step_size if step_size is not None else 2.5 * eps / steps
+    gen = torch.Generator().manual_seed(seed)
+    u = {n: torch.zeros_like(p) for n, p in f.params.items()}
+    if random_start:
+        for n, p in f.params.items():
+            r = torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1
+            u[n] = (eps * r).to(p)
+        if norm == "l2":
+            _project_l2(u, 0.5 * eps, force=True)
+    best = -math.inf
+    for _ in range(steps):
+        value, g = f.value_and_grad({n: p + scale[n] * u[n] for n, p in f.params.items()})
+        best = max(best, value)
+        gu = {n: scale[n] * g[n] for n in g}
+        if norm == "linf":
+            for n in u:
+                u[n] = (u[n] + alpha * gu[n].sign()).clamp(-eps, eps)
+        else:
+            gn = math.sqrt(sum(float(t.pow(2).sum()) for t in gu.values()))
+            if gn == 0:
+                break
+            for n in u:
+                u[n] = u[n] + (alpha / gn) * gu[n]
+            _project_l2(u, eps)
+    return max(best, f.value({n: p + scale[n] * u[n] for n, p in f.params.items()}))
+
+
+def _project_l2(u: dict[str, torch.Tensor], radius: float, force: bool = False) -> None:
+    norm = math.sqrt(sum(float(t.pow(2).sum()) for t in u.values()))
+    if norm > 0 and (force or norm > radius):
+        for n in u:
+            u[n] *= radius / norm
+
+
+def _setup(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss_fn: LossFn | None,
+           batch_size: int, params: Sequence[str] | None, dtype: torch.dtype | None) -> tuple[BatchedLoss, float]:
+    check(eps > 0, "eps", f"must be > 0, got {eps}")
+    f = BatchedLoss(model, x, y, loss_fn=loss_fn, batch_size=batch_size, params=params, dtype=dtype)
+    return f, check_finite(f.value())
+
+
+def worst_case_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-3,
+                         steps: int = 20, step_size: float | None = None, random_start: bool = True,
+                         seed: int = 0, batch_size: int = 256, loss_fn: LossFn | None = None,
+                         params: Sequence[str] | None = None, dtype: torch.dtype | None = None) -> SharpnessResult:
+    """Keskar et al.'s sharpness: the largest loss in the box |d_i| <= eps * (|w_i| + 1)."""
+    check(steps >= 1, "steps", f"must be >= 1, got {steps}")
+    f, base = _setup(model, x, y, eps, loss_fn, batch_size, params, dtype)
+    scale = {n: p.abs() + 1 for n, p in f.params.items()}
+    top = _ascent(f, scale, eps, "linf", steps, step_size, random_start, seed)
+    return SharpnessResult("worst_case", eps, "linf", base, top, top - base, None, steps, f.describe(),
+                           n_images=f.n_samples)
+
+
+def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.05,
+                       norm: str = "l2", steps: int = 20, step_size: float | None = None,
+                       random_start: bool = True, seed: int = 0, batch_size: int = 256,
+                       loss_fn: LossFn | None = None, params: Sequence[str] | None = None,
+                       dtype: torch.dtype | None = None) -> SharpnessResult:
+    """Adaptive worst-case sharpness: the largest loss over ||d / |w| ||_norm <= eps.
+
+    Scale-invariant under the rescalings that leave a ReLU network's function
+    unchanged; entries with w_i = 0 are not perturbed.
+    """
+    check(norm in NORMS, "norm", f"must be one of {NORMS}, got {norm!r}")
+    check(steps >= 1, "steps", f"must be >= 1, got {steps}")
+    f, base = _setup(model, x, y, eps, loss_fn, batch_size, params, dtype)
+    scale = {n: p.abs() for n, p in f.params.items()}
+    top = _ascent(f, scale, eps, norm, steps, step_size, random_start, seed)
+    return SharpnessResult("adaptive", eps, norm, base, top, top - base, None, steps, f.describe(),
+                           n_images=f.n_samples)
+
+
+def _average_rises(fs: Sequence[BatchedLoss], bases: Sequence[float], eps: float, samples: int, adaptive: bool,
+                   antithetic: bool, seed: int, max_samples: int | None = None,
+                   target_rel_stderr: float = 0.0) -> torch.Tensor:
+    """[len(fs), S] loss rises, the same noise draw d_s on every batch.
+
+    S = `samples`; with `target_rel_stderr` > 0, more draws follow, one at a time up to
+    `max_samples`, until the standard error of the sample-weighted mean over the batches
+    is at most `target_rel_stderr` times its absolute value.
+    """
+    max_samples = max(samples, max_samples or samples)
+    gen = torch.Generator().manual_seed(seed)
+    rises = torch.zeros(len(fs), max_samples, dtype=torch.float64)
+    w = torch.tensor([float(f.n_samples) for f in fs], dtype=torch.float64)
+    w /= w.sum()
+    params = fs[0].params
+    for s in range(max_samples):
+        if s >= samples and target_rel_stderr > 0:
+            c = w @ rises[:, :s]
+            if float(c.std() / math.sqrt(s)) <= target_rel_stderr * abs(float(c.mean())):
+                return rises[:, :s]
+        elif s >= samples:
+            return rises[:, :s]
+        d = {n: eps * (p.abs() if adaptive else 1) * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p)
+             for n, p in params.items()}
+        for b, f in enumerate(fs):
+            up = f.value({n: p + d[n] for n, p in f.params.items()})
+            down = f.value({n: p - d[n] for n, p in f.params.items()}) if antithetic else up
+            rises[b, s] = 0.5 * (up + down) - bases[b]
+    return rises
+
+
+def _average_result(rises: torch.Tensor, base: float, eps: float, adaptive: bool, antithetic: bool,
+                    definition: str, n_images: int, target_rel_stderr: float = 0.0) -> SharpnessResult:
+    samples = rises.numel()
+    mean = float(rises.mean())
+    r = SharpnessResult("average", eps, "adaptive" if adaptive else "plain", base, base + mean, mean,
+                        float(rises.std() / math.sqrt(samples)), None, definition, samples=samples,
+                        antithetic=antithetic, n_images=n_images)
+    if target_rel_stderr > 0:
+        r.target_rel_stderr = target_rel_stderr
+        r.target_reached = bool(r.stderr <= target_rel_stderr * abs(mean))
+    return r
+
+
+def average_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-2,
+                      samples: int = 50, adaptive: bool = False, antithetic: bool = True, seed: int = 0,
+                      max_samples: int | None = None, target_rel_stderr: float = 0.0, batch_size: int = 256,
+                      loss_fn: LossFn | None = None, params: Sequence[str] | None = None,
+                      dtype: torch.dtype | None = None) -> SharpnessResult:
+    """Mean loss increase under Gaussian noise d = eps * s * z, s = |w| if `adaptive` else 1.
+
+    For a quadratic loss the expectation is 0.5 * eps^2 * sum_i H_ii s_i^2. With
+    `antithetic` each sample averages d and -d (two evaluations), which cancels the
+    gradient term that otherwise dominates the variance away from a minimum. The
+    standard error of the Monte Carlo mean is reported. `samples` draws are made; with
+    `target_rel_stderr` > 0 more follow (up to `max_samples`) until the standard error
+    is at most that fraction of the value, and the result says whether it got there.
+    """
+    check(samples >= 2, "samples", f"must be >= 2, got {samples}")
+    check(target_rel_stderr >= 0, "target_rel_stderr", f"must be >= 0, got {target_rel_stderr}")
+    f, base = _setup(model, x, y, eps, loss_fn, batch_size, params, dtype)
+    rises = _average_rises([f], [base], eps, samples, adaptive, antithetic, seed, max_samples, target_rel_stderr)[0]
+    return _average_result(rises, base, eps, adaptive, antithetic, f.describe(), f.n_samples, target_rel_stderr)
+
+
+# --- error bars over the data ------------------------------------------------------------------
+
+MEASURES = ("worst_case", "adaptive", "average")
+
+
+@dataclass
+class BatchSpread:
+    """A measure on B disjoint batches and on their union.
+
+    `per_batch` are the increases on each batch (`per_batch_base_loss` their base
+    losses), `mean` and `stderr` their mean and standard error over batches (the
+    variation over the data; None for B = 1), `combined` the measure on all the
+    images as one batch (what a single call on them would give).
+    """
+
+    measure: str
+    batches: int
+    images_per_batch: int
+    per_batch: list[float]
+    per_batch_base_loss: list[float]
+    mean: float
+    stderr: float | None
+    combined: SharpnessResult
+    distinguishable_from_zero: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.stderr is not None and self.distinguishable_from_zero is None:
+            self.distinguishable_from_zero = bool(abs(self.mean) >= 2 * self.stderr)
+
+
+def split_batches(x: torch.Tensor, y: torch.Tensor, batches: int, n_images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`batches` disjoint consecutive slices of `n_images` each from the start of (x, y)."""
+    check(batches >= 1, "batches", f"must be >= 1, got {batches}")
+    check(n_images >= 1, "n_images", f"must be >= 1, got {n_images}")
+    check(batches * n_images <= len(x), "batches",
+          f"batches * n_images = {batches} * {n_images} = {batches * n_images} exceeds the {len(x)} stored "
+          f"analysis images; lower batches or n_images, or train with a larger --analysis-batch-size")
+    return [(x[i * n_images:(i + 1) * n_images], y[i * n_images:(i + 1) * n_images]) for i in range(batches)]
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float | None]:
+    t = torch.tensor(list(values), dtype=torch.float64)
+    return float(t.mean()), (float(t.std() / math.sqrt(len(t))) if len(t) > 1 else None)
+
+
+def over_batches(measure: str, model: nn.Module, parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 **kw) -> BatchSpread:
+    """`measure` ("worst_case", "adaptive" or "average") on each (x, y) of `parts` and on their union.
+
+    Keyword arguments go to the measure's function. One part: the combined value is
+    that part's (computed once).
+    """
+    check(measure in MEASURES, "measure", f"must be one of {MEASURES}, got {measure!r}")
+    check(len(parts) >= 1, "batches", "need at least one batch")
+    n = len(parts[0][0])
+    if measure == "average":
+        eps, samples = kw.pop("eps", 1e-2), kw.pop("samples", 50)
+        adaptive, antithetic, seed = kw.pop("adaptive", False), kw.pop("antithetic", True), kw.pop("seed", 0)
+        max_samples, target = kw.pop("max_samples", None), kw.pop("target_rel_stderr", 0.0)
+        check(samples >= 2, "samples", f"must be >= 2, got {samples}")
+        setups = [_setup(model, xb, yb, eps, kw.get("loss_fn"), kw.get("batch_size", 256), kw.get("params"),
+                         kw.get("dtype")) for xb, yb in parts]
+        fs, bases = [f for f, _ in setups], [b for _, b in setups]
+        rises = _average_rises(fs, bases, eps, samples, adaptive, antithetic, seed, max_samples, target)
+        per = [_average_result(r, b, eps, adaptive, antithetic, f.describe(), f.n_samples)
+               for r, b, f in zip(rises, bases, fs, strict=True)]
+        weights = torch.tensor([float(f.n_samples) for f in fs], dtype=torch.float64)
+        weights /= weights.sum()
+        base = float((weights * torch.tensor(bases, dtype=torch.float64)).sum())
+        total = sum(f.n_samples for f in fs)
+        definition = (f"{fs[0].describe()}; combined: the sample-weighted mean over {len(fs)} disjoint batches "
+                      f"({total} images), the same noise draws on every batch") if len(fs) > 1 else fs[0].describe()
+        combined = _average_result(weights @ rises, base, eps, adaptive, antithetic, definition, total, target)
+    else:
+        fn = worst_case_sharpness if measure == "worst_case" else adaptive_sharpness
+        per = [fn(model, xb, yb, **kw) for xb, yb in parts]
+        combined = per[0] if len(parts) == 1 else fn(model, torch.cat([p[0] for p in parts]),
+                                                     torch.cat([p[1] for p in parts]), **kw)
+    mean, se = _spread([r.increase for r in per])
+    return BatchSpread(measure, len(parts), n, [r.increase for r in per], [r.base_loss for r in per], mean, se,
+                       combined)

@@ -1,0 +1,210 @@
+"""Reading a run directory. The format itself is documented in docs/run-directory.md.
+
+A run directory is self-contained: its config, the per-epoch checkpoints (epoch 0
+is the initialisation), per-epoch activation dumps of the probe set, the stored
+probe set and analysis batch, and the metrics. An epoch is *complete* when its
+checkpoint exists: the checkpoint is renamed into place after that epoch's
+activations, so a reader (an analysis running while training goes on) only ever
+sees finished epochs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from probe.errors import NotARunError, RunFileError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+ACTIVATIONS = "activations"
+DATA = "data"
+ANALYSES = "analyses"
+PROBE_SET = f"{DATA}/probe_set.safetensors"
+ANALYSIS_BATCH = f"{DATA}/analysis_batch.safetensors"
+MAX_BATCH_BYTES = 1 << 30  # the stored probe set and analysis batch: a few MB at the default sizes
+_EPOCH_FILE = re.compile(r"^epoch_([0-9]{4,9})\.safetensors$")
+
+
+def is_temp(path: Path) -> bool:
+    """A temporary file or directory of an atomic write (`.<name>.<random>.tmp`), not part of the run."""
+    return path.name.startswith(".") and path.name.endswith((".tmp", ".old"))
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"{CHECKPOINTS}/epoch_{epoch:04d}.safetensors"
+
+
+def activations_name(epoch: int) -> str:
+    return f"{ACTIVATIONS}/epoch_{epoch:04d}.h5"
+
+
+@dataclass(frozen=True)
+class DataBatch:
+    """Stored images (uint8 NCHW), labels, and their indices in the original split."""
+
+    images: Any
+    labels: Any
+    indices: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalized(self, device: str = "cpu"):
+        """Float32 images normalised as in training (no augmentation)."""
+        from probe.datasets.tensors import normalize
+
+        return normalize(self.images.to(device), self.mean, self.std)
+
+
+class Run:
+    """A run directory on disk. Cheap to create; reads lazily."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise NotARunError(self.path, "no such run directory")
+        if not os.path.lexists(self.path / CONFIG):  # a link or FIFO here is refused, precisely, by `config`
+            raise NotARunError(self.path, f"not a probe run directory (no {CONFIG}); create one with `probe train --run-dir {self.path}`")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """config.json: {"train": resolved TrainConfig, "model_spec", "versions", "device", ...}."""
+        from probe.io import safeio
+
+        p = self.path / CONFIG
+        d = safeio.read_json(p, max_bytes=safeio.MAX_CONFIG_BYTES, within=self.path)
+        if not isinstance(d, dict) or not isinstance(d.get("train"), dict):
+            raise RunFileError(p, "not a probe config (no 'train' table)")
+        return d
+
+    def train_config(self):
+        from probe.training.config import from_dict
+
+        return from_dict(self.config["train"], str(self.path / CONFIG))
+
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.path / checkpoint_name(epoch)
+
+    def activations_path(self, epoch: int) -> Path:
+        return self.path / activations_name(epoch)
+
+    def epochs(self) -> list[int]:
+        """Complete epochs (those with a checkpoint), ascending."""
+        d = self.path / CHECKPOINTS
+        if not d.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in d.iterdir() if (m := _EPOCH_FILE.match(p.name)))
+
+    def select_epochs(self, spec: str) -> list[int]:
+        """Parse `all`, `last`, `0,5,last`, `2-6` or `::5` against the complete epochs."""
+        from probe.errors import UsageError
+
+        have = self.epochs()
+        if not have:
+            raise RunFileError(self.path / CHECKPOINTS, "no complete epoch yet")
+        spec = spec.strip()
+        if spec == "all":
+            return have
+        out: list[int] = []
+        for part in spec.split(","):
+            part = part.strip()
+            if part == "last":
+                out.append(have[-1])
+            elif part == "first":
+                out.append(have[0])
+            elif re.fullmatch(r"::[0-9]{1,9}", part) and int(part[2:]) > 0:
+                step = int(part[2:])
+                out += [e for e in have if e % step == 0 or e == have[-1]]
+            elif re.fullmatch(r"[0-9]{1,9}-[0-9]{1,9}", part):
+                a, b = map(int, part.split("-"))
+                out += [e for e in have if a <= e <= b]
+            elif re.fullmatch(r"[0-9]{1,9}", part):
+                if int(part) not in have:
+                    raise UsageError("--epochs", f"epoch {part} is not complete in {self.path} (complete: {_ranges(have)})")
+                out.append(int(part))
+            else:
+                raise UsageError("--epochs", f"cannot parse {part!r}; use all, last, 0,5,last, 2-6 or ::5")
+        return sorted(set(out))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl, one dict per epoch; a torn last line (a crash mid-write) is skipped."""
+        from probe.io import safeio
+
+        p = self.path / METRICS
+        if not p.exists() and not p.is_symlink():
+            return []
+        rows = []
+        for i, row in safeio.read_jsonl(p, within=self.path, numbered=True):
+            if not isinstance(row, dict) or type(row.get("epoch")) is not int or not 0 <= row["epoch"] < 10**9:
+                raise RunFileError(p, f"line {i} is not a metrics record (no integer 'epoch')")
+            rows.append(row)
+        return rows
+
+    def _batch(self, rel: str) -> DataBatch:
+        from safetensors.torch import load
+
+        from probe.contract.families import ModelSpec
+        from probe.io import safeio
+
+        p = self.path / rel
+        data = safeio.read_bytes(p, MAX_BATCH_BYTES, within=self.path)
+        try:
+            t = load(data)
+            spec = ModelSpec.from_dict(self.config["model_spec"])
+            batch = DataBatch(t["images"], t["labels"], t["indices"], spec.mean, spec.std)
+        except Exception as exc:
+            raise RunFileError(p, f"damaged ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+        _check_batch(p, batch, spec)
+        return batch
+
+    def probe_set(self) -> DataBatch:
+        """The fixed, class-stratified validation images whose activations are dumped."""
+        return self._batch(PROBE_SET)
+
+    def analysis_batch(self) -> DataBatch:
+        """The fixed, un-augmented training images for loss-based analyses."""
+        return self._batch(ANALYSIS_BATCH)
+
+    def load_checkpoint(self, epoch: int):
+        from probe.rundir import checkpoint
+
+        ckpt = checkpoint.load(self.checkpoint_path(epoch), within=self.path)
+        if ckpt.epoch != epoch:  # a copied or renamed file: its weights are not this epoch's
+            raise RunFileError(ckpt.path, f"holds epoch {ckpt.epoch}, not epoch {epoch}")
+        return ckpt
+
+    def model(self, epoch: int, device: str = "cpu"):
+        """A fresh model for `epoch` in eval mode; changing it never changes the file."""
+        return self.load_checkpoint(epoch).build_model(device)
+
+
+def _check_batch(path: Path, batch: DataBatch, spec: Any) -> None:
+    """Images uint8 [N, C, H, W] as the model spec's input, labels [N] in 0..classes-1, indices [N]: else one RunFileError."""
+    import torch
+
+    x, y, idx = batch.images, batch.labels, batch.indices
+    n = x.shape[0] if x.dim() == 4 else -1
+    h, w = spec.input.size
+    if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (spec.in_channels, h, w) or n < 1:
+        raise RunFileError(path, f"'images' must be uint8 [N, {spec.in_channels}, {h}, {w}], got {x.dtype} {list(x.shape)}")
+    for name, t in (("labels", y), ("indices", idx)):
+        if t.dim() != 1 or t.shape[0] != n or t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+            raise RunFileError(path, f"'{name}' must be integers [{n}], got {t.dtype} {list(t.shape)}")
+    if bool(((y < 0) | (y >= spec.num_classes)).any()):
+        raise RunFileError(path, f"'labels' hold values outside 0..{spec.num_classes - 1}")
+    if bool((idx < 0).any()):
+        raise RunFileError(path, "'indices' hold negative values")
+
+
+def _ranges(epochs: list[int]) -> str:
+    if not epochs:
+        return "none"
+    return f"{epochs[0]}-{epochs[-1]}" if epochs == list(range(epochs[0], epochs[-1] + 1)) else ",".join(map(str, epochs))

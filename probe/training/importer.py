@@ -1,0 +1,208 @@
+"""`probe import`: someone else's per-epoch state dicts become a run directory probe can analyse.
+
+A folder of state dicts (one file per epoch) plus a model family, its parameters and
+a data set: each file is loaded into the family's model and recorded through
+`probe.Recorder`, so the probe set, the analysis batch, the activation dumps and
+the validation metrics are computed on import, exactly as `probe train` computes them.
+
+Nothing is unpickled: `.safetensors` files are read by safetensors, `.pt`/`.pth`
+files only through `torch.load(weights_only=True)`, which rebuilds tensors and
+plain containers and refuses any other object.
+
+File names: the epoch is the last run of digits in the file name without its
+extension (`epoch_3.pt`, `ckpt-0003.safetensors`, `model_e10.pth`; `resnet20_7.pt`
+is epoch 7). Every file is checked before anything is written: a file of another
+kind, a name without digits, two files of one epoch, a gap between epochs, a file
+that does not load or whose tensors do not fit the family: each is one line naming
+the file or the epoch. The smallest epoch is the first one recorded; a folder
+without epoch 0 has no initialisation, and its first file's epoch is its first epoch.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from probe.errors import RunFileError, UsageError
+
+SUFFIXES = (".safetensors", ".pt", ".pth")
+_DIGITS = re.compile(r"[0-9]+")
+_WRAPPERS = ("state_dict", "model", "model_state_dict", "net")  # .pt dicts that hold the state dict under a key
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
+MAX_FILES = 100_000
+
+
+def epoch_of(name: str) -> int | None:
+    """The epoch a file name gives: its last run of digits, without the extension (None when it has none)."""
+    stem = name
+    for suffix in SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    runs = _DIGITS.findall(stem)
+    return int(runs[-1]) if runs and len(runs[-1]) <= 9 else None
+
+
+def list_epochs(folder: Path) -> dict[int, Path]:
+    """{epoch: file} for the checkpoint files in `folder`; anything else there, a gap or a duplicate is one error."""
+    if not folder.is_dir():
+        raise UsageError("FOLDER", f"{folder} is not a folder")
+    found: dict[int, Path] = {}
+    entries = sorted(folder.iterdir())
+    if len(entries) > MAX_FILES:
+        raise UsageError("FOLDER", f"{folder} holds {len(entries):,} entries, more than the {MAX_FILES:,} probe imports")
+    for p in entries:
+        if p.name.startswith("."):
+            continue  # hidden files (.DS_Store, editors' swap files) are not checkpoints
+        if not p.name.lower().endswith(SUFFIXES) or p.is_symlink() or not p.is_file():
+            raise RunFileError(p, "not a checkpoint file: a folder of checkpoints may hold only regular .safetensors, "
+                                  ".pt or .pth files (move it out)")
+        epoch = epoch_of(p.name)
+        if epoch is None:
+            raise RunFileError(p, "no epoch in its name: the epoch is the last run of digits (epoch_3.pt, "
+                                  "ckpt-0003.safetensors)")
+        if epoch in found:
+            raise RunFileError(p, f"epoch {epoch} again (also {found[epoch].name}); keep one file per epoch")
+        found[epoch] = p
+    if not found:
+        raise UsageError("FOLDER", f"{folder} holds no .safetensors, .pt or .pth files")
+    epochs = sorted(found)
+    missing = sorted(set(range(epochs[0], epochs[-1] + 1)) - set(found))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UsageError("FOLDER", f"{folder}: epoch {missing[0]}{more} is missing between {found[epochs[0]].name} "
+                                   f"and {found[epochs[-1]].name}; epochs must run without gaps")
+    return {e: found[e] for e in epochs}
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """The state dict in `path`: safetensors, or torch.load(weights_only=True) (never a full unpickle).
+
+    A .pt dict holding the state under "state_dict"/"model" (with an epoch, an optimizer...) is
+    unwrapped, and a "module."/"_orig_mod." prefix on every key is removed.
+    """
+    import torch
+
+    from probe.io import safeio
+
+    try:
+        with safeio.regular_path(path) as p:
+            if path.name.lower().endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                obj: Any = load_file(p)
+            else:
+                with warnings.catch_warnings():  # its note on pickle protocols is not the user's concern
+                    warnings.simplefilter("ignore", UserWarning)
+                    obj = torch.load(p, map_location="cpu", weights_only=True)
+    except RunFileError:
+        raise
+    except Exception as exc:  # damaged files, and objects weights_only refuses to rebuild (an UnpicklingError)
+        kind = "safetensors" if path.name.lower().endswith(".safetensors") else "weights-only torch"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise RunFileError(path, f"not a loadable {kind} file ({first})") from None
+    if isinstance(obj, Mapping) and any(k.startswith("model/") for k in obj if isinstance(k, str)):
+        obj = {k[len("model/"):]: v for k, v in obj.items() if k.startswith("model/")}  # a probe checkpoint
+    if isinstance(obj, Mapping) and not all(torch.is_tensor(v) for v in obj.values()):
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            keys = ", ".join(str(k) for k in list(obj)[:5])
+            raise RunFileError(path, f"holds no state dict (a dict of tensors, or one under 'state_dict' or 'model'); "
+                                     f"its keys: {keys}")
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise RunFileError(path, f"holds {type(obj).__name__}, not a state dict (a dict of tensors)")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise RunFileError(path, f"entry {bad[0][:80]!r} is not a tensor")
+    state = dict(obj)
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def import_checkpoints(folder: str | Path, run_dir: str | Path, model: Any, dataset: Any, *,
+                       model_params: Mapping[str, Any] | None = None, data: str | None = None,
+                       probe_set_size: int = 1000, analysis_batch_size: int = 1024, seed: int = 0,
+                       device: str = "auto", force: bool = False, log: Any = None) -> Path:
+    """Write a run directory for the state dicts in `folder` (see the module docstring); returns it."""
+    import torch
+
+    from probe.io import safeio
+    from probe.training.recorder import Recorder, state_mismatch
+
+    folder, run_dir = Path(folder), Path(run_dir)
+    log = log or (lambda s: None)
+    files = list_epochs(folder)
+    sources = [{"epoch": e, "file": p.name, "sha256": safeio.sha256_file(p)} for e, p in files.items()]
+    rec = Recorder(run_dir, model, dataset, model_params=model_params, data=data, probe_set_size=probe_set_size,
+                   analysis_batch_size=analysis_batch_size, seed=seed, epochs=max(files), force=force, device=device,
+                   _source={"kind": "import", "folder": str(folder.resolve()), "files": sources})
+    spec = rec.spec
+    # Every file is loaded and checked before the first one is recorded: a bad file writes nothing.
+    for p in files.values():
+        why = state_mismatch(spec, load_state(p), cast=True)
+        if why:
+            raise RunFileError(p, f"does not fit {spec.describe()}: {why}")
+    skeleton = spec.skeleton().state_dict()
+    with rec:
+        for epoch, p in files.items():
+            state = {k: v.to(skeleton[k].dtype) for k, v in load_state(p).items()}
+            with torch.device("cpu"):
+                net = spec.build()
+            net.load_state_dict(state, strict=True)
+            row = rec.record(epoch, net.to(rec.device))
+            log(f"epoch {epoch} ({p.name}): val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}")
+    return run_dir
+
+
+@click.command("import", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="The run directory to write.")
+@click.option("--model", "--family", "family", required=True, help="Model family of the state dicts (see `probe models`).")
+@click.option("--model-param", "model_params", multiple=True, metavar="KEY=VALUE",
+              help="A parameter of the family (repeatable), e.g. --model-param depth=20.")
+@click.option("--dataset", default="cifar10", show_default=True, help="Data set the model was trained on (see `probe datasets`).")
+@click.option("--data", type=click.Path(file_okay=False), default=None, help="A local copy of the data set (as for probe train).")
+@click.option("--probe-set-size", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="Class-stratified validation images whose activations are dumped per epoch.")
+@click.option("--analysis-batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Training images stored for loss-based analyses.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the probe set and analysis batch.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing probe run in --run-dir.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines.")
+def import_command(folder: str, run_dir: str, family: str, model_params: tuple[str, ...], dataset: str,
+                   data: str | None, probe_set_size: int, analysis_batch_size: int, seed: int, device: str,
+                   force: bool, quiet: bool) -> None:
+    """Turn a FOLDER of per-epoch state dicts into a run directory probe can analyse.
+
+    \b
+    probe import ckpts/ --run-dir runs/theirs --model resnet --model-param depth=20 --dataset cifar10
+    probe analyze runs/theirs --all && probe report runs/theirs
+
+    FOLDER holds one file per epoch: .safetensors, or .pt/.pth read only with
+    torch.load(weights_only=True) (nothing is unpickled). The epoch is the last run
+    of digits in the file name without its extension: epoch_3.pt, ckpt-0003.safetensors
+    and model_e10.pth are epochs 3, 3 and 10. Epochs must run without gaps; epoch 0
+    is the initialisation if there is one, else the first file's epoch comes first.
+    A .pt dict holding the weights under "state_dict" or "model" is unwrapped, and a
+    "module." prefix (DataParallel) is removed. The validation metrics, activation
+    dumps, probe set and analysis batch are computed on import; there is no optimizer
+    state, so `probe train --resume` cannot continue the run.
+    """
+    from probe.training.model import parse_pairs
+
+    params = parse_pairs(model_params)
+    import_checkpoints(folder, run_dir, family, dataset, model_params=params, data=data,
+                       probe_set_size=probe_set_size, analysis_batch_size=analysis_batch_size, seed=seed,
+                       device=device, force=force, log=None if quiet else (lambda s: click.echo(s)))
+    if not quiet:
+        click.echo(f"run directory: {run_dir}")
