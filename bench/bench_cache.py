@@ -31,9 +31,13 @@ from pathlib import Path
 
 def analyze(run: Path, env: dict[str, str], quiet: bool = True) -> tuple[float, int, str]:
     """(wall seconds, peak RSS in MB, output) of one `probe analyze RUN --all --epochs all` process."""
-    cmd = [sys.executable, "-m", "probe.cli", "analyze", str(run), "--all", "--epochs", "all"] + (["-q"] if quiet else [])
+    cmd = [sys.executable, "-m", "probe.cli", "analyze", str(run), "--all", "--epochs", "all"] + (
+        ["-q"] if quiet else []
+    )
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -59,11 +63,15 @@ def tiny_run(work: Path, env: dict[str, str]) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, default=None, help="an existing run (default: a tiny 30-epoch run)")
+    ap.add_argument(
+        "--run", type=Path, default=None, help="an existing run (default: a tiny 30-epoch run)"
+    )
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "probe-bench-cache")
     ap.add_argument("--fill", action="store_true", help="compute missing results of --run first")
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--no-bytecode", action="store_true", help="keep PYTHONDONTWRITEBYTECODE as set")
+    ap.add_argument(
+        "--no-bytecode", action="store_true", help="keep PYTHONDONTWRITEBYTECODE as set"
+    )
     args = ap.parse_args()
 
     env = dict(os.environ)
@@ -87,12 +95,18 @@ def main() -> None:
 
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     if own >= min(rss):
-        print(f"warning: this process peaked at {own} MB: the children's RSS figures are not theirs alone")
+        print(
+            f"warning: this process peaked at {own} MB: the children's RSS figures are not theirs alone"
+        )
     epochs = len(list((run / "checkpoints").glob("epoch_*.safetensors")))
-    print(f"python {platform.python_version()}, probe {probe.__version__}, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f}; run {run} ({epochs} checkpoints)")
+    print(
+        f"python {platform.python_version()}, probe {probe.__version__}, {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.1f}; run {run} ({epochs} checkpoints)"
+    )
     print(f"command: probe analyze RUN --all --epochs all -q  ->  {line}")
-    print(f"wall  s: median {statistics.median(walls):.3f}  min {min(walls):.3f}  max {max(walls):.3f}  ({args.repeats} runs)")
+    print(
+        f"wall  s: median {statistics.median(walls):.3f}  min {min(walls):.3f}  max {max(walls):.3f}  ({args.repeats} runs)"
+    )
     print(f"peak RSS MB: median {statistics.median(rss):.0f}  max {max(rss)}")
     if "0 computed" not in line or " 0 failed" not in line:
         raise SystemExit("not a full cache hit: see the line above")

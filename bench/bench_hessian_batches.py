@@ -44,31 +44,49 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--trace-samples", type=int, default=20)
     p.add_argument("--density-steps", type=int, default=40)
-    p.add_argument("--only-batches", action="store_true", help="stop after the eigenpairs of B batches")
+    p.add_argument(
+        "--only-batches", action="store_true", help="stop after the eigenpairs of B batches"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     train_x, train_y, _, _ = data(args)
     model = trained_model(args, train_x, train_y)
     n, b = args.n, args.batches
-    x, y = train_x[:n * b], train_y[:n * b]
+    x, y = train_x[: n * b], train_y[: n * b]
     base = dict(model=model, top_k=args.top_k, smallest=1, seed=0)
 
     def emit(what: str, rep: C.HessianReport, seconds: float, **extra) -> None:
-        print(json.dumps({"what": what, "hvps": rep.hvps, "seconds": round(seconds, 2),
-                          "top": [round(v, 3) for v in rep.eigen[0].values.tolist()], **extra}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "what": what,
+                    "hvps": rep.hvps,
+                    "seconds": round(seconds, 2),
+                    "top": [round(v, 3) for v in rep.eigen[0].values.tolist()],
+                    **extra,
+                }
+            ),
+            flush=True,
+        )
 
     one_h, one_s = 0, 0.0
     for i in range(b):
-        rep, s = timed(x=x[i * n:(i + 1) * n], y=y[i * n:(i + 1) * n], **base)
+        rep, s = timed(x=x[i * n : (i + 1) * n], y=y[i * n : (i + 1) * n], **base)
         one_h, one_s = one_h + rep.hvps, one_s + s
         emit(f"eigen, batch {i} alone", rep, s)
     for mode in ("ritz", "solve"):
         rep, s = timed(x=x, y=y, batches=b, per_batch=mode, **base)
-        emit(f"eigen, {b} batches + combined, per_batch={mode}", rep, s, ratio_hvps=round(rep.hvps / one_h, 3),
-             ratio_seconds=round(s / one_s, 3), per_batch_hvps=sum(e[0].hvps for e in rep.per_batch),  # both ends share
-             per_batch_top=[round(float(e[0].values[0]), 3) for e in rep.per_batch],
-             per_batch_top_residual=[round(float(e[0].residuals[0]), 4) for e in rep.per_batch])
+        emit(
+            f"eigen, {b} batches + combined, per_batch={mode}",
+            rep,
+            s,
+            ratio_hvps=round(rep.hvps / one_h, 3),
+            ratio_seconds=round(s / one_s, 3),
+            per_batch_hvps=sum(e[0].hvps for e in rep.per_batch),  # both ends share
+            per_batch_top=[round(float(e[0].values[0]), 3) for e in rep.per_batch],
+            per_batch_top_residual=[round(float(e[0].residuals[0]), 4) for e in rep.per_batch],
+        )
     if args.only_batches:
         return
     rep1, s1 = timed(x=x[:n], y=y[:n], trace_samples=args.trace_samples, **base)
@@ -76,8 +94,13 @@ def main() -> None:
     repb, sb = timed(x=x, y=y, batches=b, trace_samples=args.trace_samples, **base)
     emit(f"eigen + trace {args.trace_samples}, {b} batches + combined", repb, sb)
     rep2, s2 = timed(x=x[:n], y=y[:n], trace_samples=args.trace_samples, blocks="layer", **base)
-    emit("eigen + trace + blocks=layer, one batch", rep2, s2, block_hvps=[blk.eigen.hvps for blk in rep2.blocks],
-         block_top=[round(float(blk.eigen.values[0]), 3) for blk in rep2.blocks])
+    emit(
+        "eigen + trace + blocks=layer, one batch",
+        rep2,
+        s2,
+        block_hvps=[blk.eigen.hvps for blk in rep2.blocks],
+        block_top=[round(float(blk.eigen.values[0]), 3) for blk in rep2.blocks],
+    )
     rep3, s3 = timed(x=x[:n], y=y[:n], density_runs=1, density_steps=args.density_steps, **base)
     emit(f"eigen + density 1x{args.density_steps}, one batch", rep3, s3)
 

@@ -44,7 +44,10 @@ from probe.numerics import representations as R  # noqa: E402
 
 
 def emit(**kw) -> None:
-    print(json.dumps({k: (float(f"{v:.5g}") if isinstance(v, float) else v) for k, v in kw.items()}), flush=True)
+    print(
+        json.dumps({k: (float(f"{v:.5g}") if isinstance(v, float) else v) for k, v in kw.items()}),
+        flush=True,
+    )
 
 
 def timed(fn, repeats: int):
@@ -68,6 +71,7 @@ def peer(module: str):
 
 # --- eigen -------------------------------------------------------------------------------------
 
+
 def bench_eigen(model, x, y, args) -> None:
     from scipy.sparse.linalg import LinearOperator, eigsh
 
@@ -75,13 +79,32 @@ def bench_eigen(model, x, y, args) -> None:
     op = C.HessianOperator(loss)
 
     def mv(v: np.ndarray) -> np.ndarray:
-        return op.matvec(torch.from_numpy(np.ascontiguousarray(v).reshape(-1)).to(op.dtype)).double().numpy()
+        return (
+            op.matvec(torch.from_numpy(np.ascontiguousarray(v).reshape(-1)).to(op.dtype))
+            .double()
+            .numpy()
+        )
 
-    (vals, _), cpu, wall = timed(lambda: eigsh(LinearOperator((op.dim, op.dim), matvec=mv, dtype=np.float64), k=1,
-                                               which="LA", tol=1e-10, v0=np.ones(op.dim)), 1)
+    (vals, _), cpu, wall = timed(
+        lambda: eigsh(
+            LinearOperator((op.dim, op.dim), matvec=mv, dtype=np.float64),
+            k=1,
+            which="LA",
+            tol=1e-10,
+            v0=np.ones(op.dim),
+        ),
+        1,
+    )
     ref = float(vals[0])
-    emit(section="eigen", method="scipy eigsh (reference, tol 1e-10)", top=ref, hvps=op.hvps, cpu_s=cpu, wall_s=wall,
-         n_images=len(x))
+    emit(
+        section="eigen",
+        method="scipy eigsh (reference, tol 1e-10)",
+        top=ref,
+        hvps=op.hvps,
+        cpu_s=cpu,
+        wall_s=wall,
+        n_images=len(x),
+    )
 
     def probe_lanczos():
         o = C.HessianOperator(loss)
@@ -89,9 +112,16 @@ def bench_eigen(model, x, y, args) -> None:
         return r
 
     r, cpu, wall = timed(probe_lanczos, args.repeats)
-    emit(section="eigen", method="probe Lanczos (defaults: tol 1e-3, residual 1e-2)", top=float(r.values[0]),
-         hvps=r.hvps, rel_error=abs(float(r.values[0]) - ref) / abs(ref), residual=float(r.residuals[0]),
-         cpu_s=cpu, wall_s=wall)
+    emit(
+        section="eigen",
+        method="probe Lanczos (defaults: tol 1e-3, residual 1e-2)",
+        top=float(r.values[0]),
+        hvps=r.hvps,
+        rel_error=abs(float(r.values[0]) - ref) / abs(ref),
+        residual=float(r.residuals[0]),
+        cpu_s=cpu,
+        wall_s=wall,
+    )
 
     ph, why = peer("pyhessian.hessian")
     if ph is None:
@@ -107,26 +137,46 @@ def bench_eigen(model, x, y, args) -> None:
 
         ph.hessian_vector_product = counting
         try:
+
             def run(tol=tol, count=count):
                 count["n"] = 0
                 torch.manual_seed(0)
-                h = ph.hessian(copy.deepcopy(model).eval(), F.cross_entropy, data=(x, y), cuda=False)
+                h = ph.hessian(
+                    copy.deepcopy(model).eval(), F.cross_entropy, data=(x, y), cuda=False
+                )
                 return h.eigenvalues(maxIter=1000, tol=tol, top_n=1)[0][0]
 
             top, cpu, wall = timed(run, args.repeats)
         finally:
             ph.hessian_vector_product = original
-        emit(section="eigen", method=f"PyHessian power iteration (tol {tol:g})", top=float(top), hvps=count["n"],
-             rel_error=abs(float(top) - ref) / abs(ref), cpu_s=cpu, wall_s=wall)
+        emit(
+            section="eigen",
+            method=f"PyHessian power iteration (tol {tol:g})",
+            top=float(top),
+            hvps=count["n"],
+            rel_error=abs(float(top) - ref) / abs(ref),
+            cpu_s=cpu,
+            wall_s=wall,
+        )
 
 
 # --- landscape ---------------------------------------------------------------------------------
 
+
 def bench_landscape(model, x, y, args) -> None:
     dirs = L.random_directions(model, 2, kind="filter", seed=0)
-    s, cpu, wall = timed(lambda: L.surface(model, x, y, dirs, resolution=11, batch_size=len(x)), args.repeats)
-    emit(section="landscape", method="probe.numerics.landscape.surface 11x11", points=121, cpu_s=cpu, wall_s=wall,
-         center_loss=s.center_loss, n_images=len(x))
+    s, cpu, wall = timed(
+        lambda: L.surface(model, x, y, dirs, resolution=11, batch_size=len(x)), args.repeats
+    )
+    emit(
+        section="landscape",
+        method="probe.numerics.landscape.surface 11x11",
+        points=121,
+        cpu_s=cpu,
+        wall_s=wall,
+        center_loss=s.center_loss,
+        n_images=len(x),
+    )
     ll, why = peer("loss_landscapes")
     if ll is None:
         emit(section="landscape", method="loss-landscapes", error=why)
@@ -140,15 +190,29 @@ def bench_landscape(model, x, y, args) -> None:
     def run():
         torch.manual_seed(0)
         with torch.no_grad():
-            return ll.random_plane(copy.deepcopy(model).eval(), metric, distance=1, steps=11,
-                                   normalization="filter", deepcopy_model=True)
+            return ll.random_plane(
+                copy.deepcopy(model).eval(),
+                metric,
+                distance=1,
+                steps=11,
+                normalization="filter",
+                deepcopy_model=True,
+            )
 
     grid, cpu2, wall2 = timed(run, args.repeats)
-    emit(section="landscape", method="loss_landscapes.random_plane 11x11", points=int(np.asarray(grid).size),
-         cpu_s=cpu2, wall_s=wall2, probe_speedup_cpu=cpu2 / cpu, probe_speedup_wall=wall2 / wall)
+    emit(
+        section="landscape",
+        method="loss_landscapes.random_plane 11x11",
+        points=int(np.asarray(grid).size),
+        cpu_s=cpu2,
+        wall_s=wall2,
+        probe_speedup_cpu=cpu2 / cpu,
+        probe_speedup_wall=wall2 / wall,
+    )
 
 
 # --- CKA -----------------------------------------------------------------------------------------
+
 
 def block_outputs(model) -> list[str]:
     """Names of the modules whose outputs are compared: the conv blocks' last ReLU/pool."""
@@ -164,11 +228,20 @@ def bench_cka(model, x, y, args) -> None:
 
     results = {}
     for est in ("biased", "debiased"):
-        M, cpu, wall = timed(lambda est=est: R.cka_matrix([f.numpy() for f in features()], estimator=est),
-                             args.repeats)
+        M, cpu, wall = timed(
+            lambda est=est: R.cka_matrix([f.numpy() for f in features()], estimator=est),
+            args.repeats,
+        )
         results[est] = (M, cpu, wall)
-        emit(section="cka", method=f"probe cka_matrix ({est}, float64)", layers=len(layers), cpu_s=cpu, wall_s=wall,
-             n_images=len(x), widths=[int(f.shape[1]) for f in features()])
+        emit(
+            section="cka",
+            method=f"probe cka_matrix ({est}, float64)",
+            layers=len(layers),
+            cpu_s=cpu,
+            wall_s=wall,
+            n_images=len(x),
+            widths=[int(f.shape[1]) for f in features()],
+        )
     tc, why = peer("torch_cka")
     if tc is None:
         emit(section="cka", method="torch-cka", error=why)
@@ -181,8 +254,15 @@ def bench_cka(model, x, y, args) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m1, m2 = copy.deepcopy(model).eval(), copy.deepcopy(model).eval()
-            c = tc.CKA(m1, m2, model1_name="a", model2_name="b", model1_layers=layers, model2_layers=layers,
-                       device="cpu")
+            c = tc.CKA(
+                m1,
+                m2,
+                model1_name="a",
+                model2_name="b",
+                model1_layers=layers,
+                model2_layers=layers,
+                device="cpu",
+            )
             c.compare(loader)
         return c.hsic_matrix.double().numpy()
 
@@ -191,10 +271,16 @@ def bench_cka(model, x, y, args) -> None:
 
     with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
         T, cpu, wall = timed(run, args.repeats)
-    emit(section="cka", method="torch_cka.CKA.compare (debiased, float32)", layers=len(layers), cpu_s=cpu,
-         wall_s=wall, probe_biased_speedup_cpu=cpu / results["biased"][1],
-         probe_debiased_speedup_cpu=cpu / results["debiased"][1],
-         max_abs_diff_vs_probe_debiased=float(np.abs(T - results["debiased"][0]).max()))
+    emit(
+        section="cka",
+        method="torch_cka.CKA.compare (debiased, float32)",
+        layers=len(layers),
+        cpu_s=cpu,
+        wall_s=wall,
+        probe_biased_speedup_cpu=cpu / results["biased"][1],
+        probe_debiased_speedup_cpu=cpu / results["debiased"][1],
+        max_abs_diff_vs_probe_debiased=float(np.abs(T - results["debiased"][0]).max()),
+    )
 
     # The representations probe stores: channel means of each conv output ([n, C], C <= 64 here).
     pooled = [o.mean((2, 3)) if o.dim() == 4 else o.flatten(1) for o in _maps(model, x, layers)]
@@ -215,20 +301,32 @@ def bench_cka(model, x, y, args) -> None:
                 M[i, j, 2] += kernel._HSIC(L_, L_)
         return (M[:, :, 1] / (M[:, :, 0].sqrt() * M[:, :, 2].sqrt())).double().numpy()
 
-    P, pcpu, pwall = timed(lambda: R.cka_matrix([f.numpy() for f in pooled], estimator="debiased"), args.repeats * 5)
+    P, pcpu, pwall = timed(
+        lambda: R.cka_matrix([f.numpy() for f in pooled], estimator="debiased"), args.repeats * 5
+    )
     Pb, bcpu, _ = timed(lambda: R.cka_matrix([f.numpy() for f in pooled]), args.repeats * 5)
     T2, tcpu, twall = timed(torch_cka_loop, args.repeats * 5)
-    emit(section="cka", method="pooled features, matrix only: probe (debiased) vs torch-cka's HSIC loop",
-         widths=[int(f.shape[1]) for f in pooled], probe_debiased_cpu_s=pcpu, probe_biased_cpu_s=bcpu,
-         torch_cka_cpu_s=tcpu, probe_debiased_speedup_cpu=tcpu / pcpu, probe_biased_speedup_cpu=tcpu / bcpu,
-         max_abs_diff=float(np.abs(T2 - P).max()))
+    emit(
+        section="cka",
+        method="pooled features, matrix only: probe (debiased) vs torch-cka's HSIC loop",
+        widths=[int(f.shape[1]) for f in pooled],
+        probe_debiased_cpu_s=pcpu,
+        probe_biased_cpu_s=bcpu,
+        torch_cka_cpu_s=tcpu,
+        probe_debiased_speedup_cpu=tcpu / pcpu,
+        probe_biased_speedup_cpu=tcpu / bcpu,
+        max_abs_diff=float(np.abs(T2 - P).max()),
+    )
 
 
 def _maps(model, x, layers) -> list[torch.Tensor]:
     """The output of each named module for the images x (eval mode, no gradients), in `layers` order."""
     out: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o.detach()))
-             for n, m in model.named_modules() if n in layers]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o.detach()))
+        for n, m in model.named_modules()
+        if n in layers
+    ]
     try:
         with torch.no_grad():
             model.eval()(x)
@@ -241,8 +339,12 @@ def _maps(model, x, layers) -> list[torch.Tensor]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a probe run directory")
-    p.add_argument("--epoch", type=int, default=None, help="checkpoint (default: the last complete epoch)")
-    p.add_argument("--n", type=int, default=256, help="images: the first N of the stored analysis batch")
+    p.add_argument(
+        "--epoch", type=int, default=None, help="checkpoint (default: the last complete epoch)"
+    )
+    p.add_argument(
+        "--n", type=int, default=256, help="images: the first N of the stored analysis batch"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--section", default="all", choices=["eigen", "landscape", "cka", "all"])
@@ -259,8 +361,16 @@ def main() -> None:
     for name in ("pyhessian", "loss_landscapes", "torch_cka", "scipy"):
         mod, why = peer(name)
         versions[name] = getattr(mod, "__version__", "installed") if mod else why
-    emit(section="setup", run=str(args.run), epoch=epoch, n_images=len(x), threads=args.threads,
-         torch=torch.__version__, params=sum(p.numel() for p in model.parameters()), peers=versions)
+    emit(
+        section="setup",
+        run=str(args.run),
+        epoch=epoch,
+        n_images=len(x),
+        threads=args.threads,
+        torch=torch.__version__,
+        params=sum(p.numel() for p in model.parameters()),
+        peers=versions,
+    )
     for name, fn in (("eigen", bench_eigen), ("landscape", bench_landscape), ("cka", bench_cka)):
         if args.section in (name, "all"):
             fn(model, x, y, args)

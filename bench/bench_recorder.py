@@ -46,20 +46,37 @@ def main() -> None:
     else:
         from probe.testing import synthetic_dataset
 
-        dataset = synthetic_dataset(n_train=args.images, n_test=max(args.val_size, args.probe_set_size))
+        dataset = synthetic_dataset(
+            n_train=args.images, n_test=max(args.val_size, args.probe_set_size)
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        rec = probe.Recorder(Path(tmp) / "run", model="resnet", model_params={"depth": 20}, dataset=dataset,
-                             data=args.data, subset_train_size=args.images, probe_set_size=args.probe_set_size,
-                             val_size=args.val_size, device=args.device)
+        rec = probe.Recorder(
+            Path(tmp) / "run",
+            model="resnet",
+            model_params={"depth": 20},
+            dataset=dataset,
+            data=args.data,
+            subset_train_size=args.images,
+            probe_set_size=args.probe_set_size,
+            val_size=args.val_size,
+            device=args.device,
+        )
         ds, spec, dev = rec.dataset, rec.spec, rec.device
-        x_train, y_train = ds.train_x[rec.train_indices].to(dev), ds.train_y[rec.train_indices].to(dev)
+        x_train, y_train = (
+            ds.train_x[rec.train_indices].to(dev),
+            ds.train_y[rec.train_indices].to(dev),
+        )
         torch.manual_seed(0)
         model = spec.build().to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         gen = torch.Generator().manual_seed(1)
-        print(f"ResNet-20, {len(y_train):,} training images, validation on {len(rec.val_y):,} "
-              f"(probe set {len(rec.probe_idx):,}), {args.threads} threads, {dev}")
-        print(f"{'epoch':>5} {'train s':>8} {'val+hooks s':>11} {'val plain s':>11} {'outputs s':>9} {'overhead':>8}")
+        print(
+            f"ResNet-20, {len(y_train):,} training images, validation on {len(rec.val_y):,} "
+            f"(probe set {len(rec.probe_idx):,}), {args.threads} threads, {dev}"
+        )
+        print(
+            f"{'epoch':>5} {'train s':>8} {'val+hooks s':>11} {'val plain s':>11} {'outputs s':>9} {'overhead':>8}"
+        )
         with rec:
             rec.record(0, model, opt)
             for epoch in range(1, args.epochs + 1):
@@ -67,8 +84,11 @@ def main() -> None:
                 model.train()
                 perm = torch.randperm(len(y_train), generator=gen).to(dev)
                 for i in range(0, len(perm), 128):
-                    idx = perm[i:i + 128]
-                    loss = F.cross_entropy(model(normalize(augment(x_train[idx], gen), spec.mean, spec.std)), y_train[idx])
+                    idx = perm[i : i + 128]
+                    loss = F.cross_entropy(
+                        model(normalize(augment(x_train[idx], gen), spec.mean, spec.std)),
+                        y_train[idx],
+                    )
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -77,8 +97,10 @@ def main() -> None:
                 plain = plain_validation(model, rec)
                 hooks = max(0.0, row["val_seconds"] - plain)
                 share = (row["output_seconds"] + hooks) / train_s
-                print(f"{epoch:>5} {train_s:>8.2f} {row['val_seconds']:>11.2f} {plain:>11.2f} "
-                      f"{row['output_seconds']:>9.3f} {share:>7.1%}")
+                print(
+                    f"{epoch:>5} {train_s:>8.2f} {row['val_seconds']:>11.2f} {plain:>11.2f} "
+                    f"{row['output_seconds']:>9.3f} {share:>7.1%}"
+                )
 
 
 @torch.no_grad()
@@ -87,8 +109,10 @@ def plain_validation(model: torch.nn.Module, rec: probe.Recorder) -> float:
     t = time.perf_counter()
     model.eval()
     for i in range(0, len(rec.val_y), rec.val_batch_size):
-        logits = model(normalize(rec.val_x[i:i + rec.val_batch_size], rec.spec.mean, rec.spec.std))
-        F.cross_entropy(logits, rec.val_y[i:i + rec.val_batch_size], reduction="sum").item()
+        logits = model(
+            normalize(rec.val_x[i : i + rec.val_batch_size], rec.spec.mean, rec.spec.std)
+        )
+        F.cross_entropy(logits, rec.val_y[i : i + rec.val_batch_size], reduction="sum").item()
     return time.perf_counter() - t
 
 

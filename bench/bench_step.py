@@ -47,7 +47,10 @@ BATCH = 128
 
 
 def emit(**kw) -> None:
-    print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in kw.items()}), flush=True)
+    print(
+        json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in kw.items()}),
+        flush=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -98,16 +101,33 @@ def conv_calls(model: torch.nn.Module, spec: ModelSpec) -> list[ConvCall]:
     def hook(mod: torch.nn.Conv2d, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
         if isinstance(mod.padding, str):
-            raise SystemExit(f"{names[mod]}: padding={mod.padding!r} is not supported by this bench")
-        calls.append(ConvCall(names[mod], tuple(inp[0].shape[1:]), tuple(out.shape[1:]), tuple(mod.weight.shape),
-                              pair(mod.stride), pair(mod.padding), pair(mod.dilation), mod.groups,
-                              mod.bias is not None, bool(inp[0].requires_grad)))
+            raise SystemExit(
+                f"{names[mod]}: padding={mod.padding!r} is not supported by this bench"
+            )
+        calls.append(
+            ConvCall(
+                names[mod],
+                tuple(inp[0].shape[1:]),
+                tuple(out.shape[1:]),
+                tuple(mod.weight.shape),
+                pair(mod.stride),
+                pair(mod.padding),
+                pair(mod.dilation),
+                mod.groups,
+                mod.bias is not None,
+                bool(inp[0].requires_grad),
+            )
+        )
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+    ]
     try:
         model.train()
         h, w = spec.input.size
-        model(torch.randn(2, spec.input.channels, h, w))  # the images need no gradient, as in training
+        model(
+            torch.randn(2, spec.input.channels, h, w)
+        )  # the images need no gradient, as in training
     finally:
         for hk in hooks:
             hk.remove()
@@ -134,8 +154,14 @@ def floor(calls: list[ConvCall], train_images: int = 10_000, val_images: int = 1
     train = train_images * sum(c.flops * (3 if c.input_grad else 2) for c in calls)
     val = val_images * fwd
     rate = sgemm_rate()
-    row = dict(section="floor", conv_mflop_per_image_forward=fwd / 1e6, epoch_tflop=(train + val) / 1e12,
-               sgemm_gflops=rate / 1e9, threads=torch.get_num_threads(), floor_epoch_s=(train + val) / rate)
+    row = dict(
+        section="floor",
+        conv_mflop_per_image_forward=fwd / 1e6,
+        epoch_tflop=(train + val) / 1e12,
+        sgemm_gflops=rate / 1e9,
+        threads=torch.get_num_threads(),
+        floor_epoch_s=(train + val) / rate,
+    )
     emit(**row)
     return row
 
@@ -151,12 +177,15 @@ def time_conv(c: ConvCall, repeats: int = 10, nnpack: bool = False) -> dict[str,
     y = conv(xg, wg, bg)
     g = torch.randn_like(y)
     wrt = [t for t in (xg, wg, bg) if t is not None and t.requires_grad]
-    fns = {"onednn_forward": lambda: conv(x, w, b),
-           "onednn_backward": lambda: torch.autograd.grad(y, wrt, g, retain_graph=True)}
+    fns = {
+        "onednn_forward": lambda: conv(x, w, b),
+        "onednn_backward": lambda: torch.autograd.grad(y, wrt, g, retain_graph=True),
+    }
     if nnpack and c.groups == 1 and c.dilation == (1, 1) and torch.backends.nnpack.is_available():
         xc = x.contiguous()
-        fns["nnpack_forward"] = lambda: torch._nnpack_spatial_convolution(xc, w.contiguous(), b, list(c.padding),
-                                                                           list(c.stride))
+        fns["nnpack_forward"] = lambda: torch._nnpack_spatial_convolution(
+            xc, w.contiguous(), b, list(c.padding), list(c.stride)
+        )
     seconds = {}
     for k, fn in fns.items():
         with torch.no_grad() if "forward" in k else torch.enable_grad():
@@ -165,8 +194,14 @@ def time_conv(c: ConvCall, repeats: int = 10, nnpack: bool = False) -> dict[str,
     return seconds
 
 
-def layers(calls: list[ConvCall], repeats: int = 10, train_images: int = 10_000, val_images: int = 10_000,
-           nnpack: bool = False, quiet: bool = False) -> dict:
+def layers(
+    calls: list[ConvCall],
+    repeats: int = 10,
+    train_images: int = 10_000,
+    val_images: int = 10_000,
+    nnpack: bool = False,
+    quiet: bool = False,
+) -> dict:
     """Time every conv call alone; returns the epoch's conv-only seconds (train forward+backward, val forward)."""
     fwd_s = bwd_s = 0.0
     for c in calls:
@@ -174,13 +209,26 @@ def layers(calls: list[ConvCall], repeats: int = 10, train_images: int = 10_000,
         flops = c.flops * BATCH
         bwd_flops = flops * (2 if c.input_grad else 1)
         if not quiet:
-            emit(section="layers", layer=c.label(),
-                 **{f"{k}_gflops": (bwd_flops if "backward" in k else flops) / t / 1e9 for k, t in seconds.items()})
+            emit(
+                section="layers",
+                layer=c.label(),
+                **{
+                    f"{k}_gflops": (bwd_flops if "backward" in k else flops) / t / 1e9
+                    for k, t in seconds.items()
+                },
+            )
         fwd_s += seconds["onednn_forward"] / BATCH
         bwd_s += seconds["onednn_backward"] / BATCH
-    row = dict(section="layers", convs=len(calls), conv_train_s=train_images * (fwd_s + bwd_s),
-               conv_val_s=val_images * fwd_s, conv_only_epoch_s=train_images * (fwd_s + bwd_s) + val_images * fwd_s,
-               train_images=train_images, val_images=val_images, threads=torch.get_num_threads())
+    row = dict(
+        section="layers",
+        convs=len(calls),
+        conv_train_s=train_images * (fwd_s + bwd_s),
+        conv_val_s=val_images * fwd_s,
+        conv_only_epoch_s=train_images * (fwd_s + bwd_s) + val_images * fwd_s,
+        train_images=train_images,
+        val_images=val_images,
+        threads=torch.get_num_threads(),
+    )
     emit(**row)
     return row
 
@@ -209,21 +257,45 @@ def steps(spec: ModelSpec, rounds: int, n: int) -> None:
         for k, f in variants.items():
             times[k].append(_time(lambda f=f: [step(f) for _ in range(n)]) / n)
     for k, t in times.items():
-        emit(section="step", variant=k, min_ms=min(t) * 1e3, median_ms=statistics.median(t) * 1e3,
-             img_s=BATCH / min(t))
+        emit(
+            section="step",
+            variant=k,
+            min_ms=min(t) * 1e3,
+            median_ms=statistics.median(t) * 1e3,
+            img_s=BATCH / min(t),
+        )
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="simplecnn", help="model family, as `probe train --model` (default simplecnn)")
-    p.add_argument("--model-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a parameter of the family, as `probe train --model-param` (repeatable)")
-    p.add_argument("--sections", default="floor,layers,step", help="comma-separated: floor, layers, step")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        default="simplecnn",
+        help="model family, as `probe train --model` (default simplecnn)",
+    )
+    p.add_argument(
+        "--model-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the family, as `probe train --model-param` (repeatable)",
+    )
+    p.add_argument(
+        "--sections", default="floor,layers,step", help="comma-separated: floor, layers, step"
+    )
     p.add_argument("--train-images", type=int, default=10_000)
     p.add_argument("--val-images", type=int, default=10_000)
-    p.add_argument("--repeats", type=int, default=10, help="timings per conv kernel (the best is kept)")
-    p.add_argument("--nnpack", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time NNPACK's forward (default: on for simplecnn)")
+    p.add_argument(
+        "--repeats", type=int, default=10, help="timings per conv kernel (the best is kept)"
+    )
+    p.add_argument(
+        "--nnpack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time NNPACK's forward (default: on for simplecnn)",
+    )
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
@@ -231,8 +303,12 @@ def main() -> None:
     spec = model_spec(args.model, args.model_param)
     torch.manual_seed(0)
     calls = conv_calls(spec.build(), spec)
-    emit(section="model", model=spec.describe(), params=sum(p.numel() for p in spec.build().parameters()),
-         convs=len(calls))
+    emit(
+        section="model",
+        model=spec.describe(),
+        params=sum(p.numel() for p in spec.build().parameters()),
+        convs=len(calls),
+    )
     if "floor" in sections:
         floor(calls, args.train_images, args.val_images)
     if "layers" in sections:

@@ -57,8 +57,14 @@ def opentsne_fft(X: np.ndarray, n_jobs: int) -> np.ndarray:
     init = pca(X, 2).projections
     init = init / init[:, 0].std() * 1e-4
     return np.asarray(
-        TSNE(perplexity=30, n_iter=500, initialization=init, random_state=0, n_jobs=n_jobs,
-             negative_gradient_method="fft").fit(X.astype(np.float64))
+        TSNE(
+            perplexity=30,
+            n_iter=500,
+            initialization=init,
+            random_state=0,
+            n_jobs=n_jobs,
+            negative_gradient_method="fft",
+        ).fit(X.astype(np.float64))
     )
 
 
@@ -66,14 +72,26 @@ def configs(jobs_list: list[int]) -> list[tuple[str, int, Callable[[np.ndarray],
     """(label, threads, function) per configuration."""
     out: list[tuple[str, int, Callable[[np.ndarray], np.ndarray]]] = []
     for jobs in jobs_list:
-        out.append((f"sklearn BH, n_jobs={jobs}", jobs, lambda X, j=jobs: tsne(X, backend="sklearn", n_jobs=j)))
+        out.append(
+            (
+                f"sklearn BH, n_jobs={jobs}",
+                jobs,
+                lambda X, j=jobs: tsne(X, backend="sklearn", n_jobs=j),
+            )
+        )
     try:
         import openTSNE  # noqa: F401
     except ImportError:
         print("openTSNE not installed: only scikit-learn is benchmarked")
         return out
     for jobs in jobs_list:
-        out.append((f"openTSNE BH, n_jobs={jobs}", jobs, lambda X, j=jobs: tsne(X, backend="opentsne", n_jobs=j)))
+        out.append(
+            (
+                f"openTSNE BH, n_jobs={jobs}",
+                jobs,
+                lambda X, j=jobs: tsne(X, backend="opentsne", n_jobs=j),
+            )
+        )
     out.append(("openTSNE FFT, n_jobs=1", 1, lambda X: opentsne_fft(X, 1)))
     return out
 
@@ -83,7 +101,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="n_jobs values (threads) to try")
+    ap.add_argument(
+        "--jobs", type=int, nargs="+", default=[1, 2], help="n_jobs values (threads) to try"
+    )
     args = ap.parse_args()
 
     import sklearn
@@ -94,11 +114,15 @@ def main() -> None:
         open_version = openTSNE.__version__
     except ImportError:
         open_version = "not installed"
-    print(f"python {platform.python_version()}, scikit-learn {sklearn.__version__}, "
-          f"openTSNE {open_version}, {os.cpu_count()} CPUs")
+    print(
+        f"python {platform.python_version()}, scikit-learn {sklearn.__version__}, "
+        f"openTSNE {open_version}, {os.cpu_count()} CPUs"
+    )
     print(f"load average at start: {os.getloadavg()[0]:.1f}")
-    print(f"{'input':>10}  {'backend':<24} {'wall med':>8} {'wall min':>8} {'cpu med':>8} "
-          f"{'trust@10':>8} {'10NN acc':>8}")
+    print(
+        f"{'input':>10}  {'backend':<24} {'wall med':>8} {'wall min':>8} {'cpu med':>8} "
+        f"{'trust@10':>8} {'10NN acc':>8}"
+    )
     for d in args.dims:
         X, labels = make_data(args.n, d)
         for name, threads, fn in configs(args.jobs):
@@ -111,8 +135,11 @@ def main() -> None:
                     wall.append(time.perf_counter() - t0)
                     cpu.append(time.process_time() - c0)
             trust = trustworthiness(X, Y, n_neighbors=10)
-            print(f"{args.n:>5} x {d:<3}  {name:<24} {statistics.median(wall):>8.2f} {min(wall):>8.2f} "
-                  f"{statistics.median(cpu):>8.2f} {trust:>8.3f} {knn_accuracy(Y, labels):>8.3f}", flush=True)
+            print(
+                f"{args.n:>5} x {d:<3}  {name:<24} {statistics.median(wall):>8.2f} {min(wall):>8.2f} "
+                f"{statistics.median(cpu):>8.2f} {trust:>8.3f} {knn_accuracy(Y, labels):>8.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

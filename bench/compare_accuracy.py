@@ -20,7 +20,11 @@ from pathlib import Path
 
 
 def baseline_rows(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{") and '"epoch"' in line]
+    return [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.startswith("{") and '"epoch"' in line
+    ]
 
 
 def probe_rows(run: Path) -> list[dict]:
@@ -29,8 +33,13 @@ def probe_rows(run: Path) -> list[dict]:
 
 def summary(rows: list[dict]) -> dict[str, float]:
     acc = [r["val_acc"] for r in rows]
-    return {"last": acc[-1], "mean_last10": statistics.mean(acc[-10:]), "mean_last5": statistics.mean(acc[-5:]),
-            "max": max(acc), "train_acc_last": rows[-1]["train_acc"]}
+    return {
+        "last": acc[-1],
+        "mean_last10": statistics.mean(acc[-10:]),
+        "mean_last5": statistics.mean(acc[-5:]),
+        "max": max(acc),
+        "train_acc_last": rows[-1]["train_acc"],
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -48,10 +57,15 @@ def main(argv: list[str]) -> None:
         for name, rows in (("baseline", b[:n]), ("probe", p[:n])):
             s = summary(rows)
             totals[name].append(s)
-            print(f"{str(run.name) + ' (' + str(n) + ' epochs)':<40} {name:<10} " + " ".join(f"{s[k]:>14.4f}" for k in keys))
+            print(
+                f"{str(run.name) + ' (' + str(n) + ' epochs)':<40} {name:<10} "
+                + " ".join(f"{s[k]:>14.4f}" for k in keys)
+            )
     for name, ss in totals.items():
-        print(f"{'mean over ' + str(len(ss)) + ' pairs':<40} {name:<10} "
-              + " ".join(f"{statistics.mean(s[k] for s in ss):>14.4f}" for k in keys))
+        print(
+            f"{'mean over ' + str(len(ss)) + ' pairs':<40} {name:<10} "
+            + " ".join(f"{statistics.mean(s[k] for s in ss):>14.4f}" for k in keys)
+        )
 
 
 if __name__ == "__main__":

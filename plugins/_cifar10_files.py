@@ -18,8 +18,6 @@ CIFAR10_BINARY_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-
-
 def load_cifar10(data: str | None, quiet: bool = False) -> Dataset:
     """Load CIFAR-10 from a folder (`data`) or torchvision's download, through the cache."""
     if data is not None:
@@ -29,9 +27,13 @@ def load_cifar10(data: str | None, quiet: bool = False) -> Dataset:
 
 # --- a folder of class folders ----------------------------------------------------------
 
+
 def _list_split(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    files = [sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) for c in classes]
+    files = [
+        sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        for c in classes
+    ]
     return classes, files
 
 
@@ -64,7 +66,10 @@ def _decode(paths: list[Path]) -> torch.Tensor:
 def _load_folder(root: Path, *, quiet: bool) -> Dataset:
     for split in ("train", "test"):
         if not (root / split).is_dir():
-            raise UsageError("--data", f"{root / split} is not a directory; expected {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg")
+            raise UsageError(
+                "--data",
+                f"{root / split} is not a directory; expected {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg",
+            )
     listing, classes = {}, None
     for split in ("train", "test"):
         cls, files = _list_split(root / split)
@@ -83,7 +88,9 @@ def _load_folder(root: Path, *, quiet: bool) -> Dataset:
         paths = [p for cls_files in listing[split] for p in cls_files]
         labels = [i for i, cls_files in enumerate(listing[split]) for _ in cls_files]
         if not quiet:
-            print(f"decoding {len(paths)} {split} images from {root / split} (once; cached in {cache_dir()})")
+            print(
+                f"decoding {len(paths)} {split} images from {root / split} (once; cached in {cache_dir()})"
+            )
         tensors[f"{split}_x"] = _decode(paths)
         tensors[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
     _write_cache(cached, tensors, tuple(classes))
@@ -92,14 +99,19 @@ def _load_folder(root: Path, *, quiet: bool) -> Dataset:
 
 # --- torchvision's download -----------------------------------------------------------------
 
+
 def _read_cifar_binary(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Parse CIFAR-10's binary format: records of 1 label byte + 3,072 pixel bytes (CHW)."""
     raw = np.frombuffer(safeio.read_bytes(path, 64 << 20), dtype=np.uint8)  # a batch is 30.7 MB
     if raw.size % 3073 or not raw.size:
-        raise RunFileError(path, f"not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)")
+        raise RunFileError(
+            path, f"not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)"
+        )
     rec = raw.reshape(-1, 3073)
     if int(rec[:, 0].max()) > 9:
-        raise RunFileError(path, f"not a CIFAR-10 binary batch (label {int(rec[:, 0].max())} is not in 0..9)")
+        raise RunFileError(
+            path, f"not a CIFAR-10 binary batch (label {int(rec[:, 0].max())} is not in 0..9)"
+        )
     y = torch.from_numpy(rec[:, 0].astype(np.int64))
     x = torch.from_numpy(rec[:, 1:].reshape(-1, 3, 32, 32).copy())
     return x, y
@@ -110,8 +122,10 @@ def read_binary_dir(folder: Path) -> dict[str, torch.Tensor]:
     parts = [_read_cifar_binary(folder / f"data_batch_{i}.bin") for i in range(1, 6)]
     test_x, test_y = _read_cifar_binary(folder / "test_batch.bin")
     return {
-        "train_x": torch.cat([p[0] for p in parts]), "train_y": torch.cat([p[1] for p in parts]),
-        "test_x": test_x, "test_y": test_y,
+        "train_x": torch.cat([p[0] for p in parts]),
+        "train_y": torch.cat([p[1] for p in parts]),
+        "test_x": test_x,
+        "test_y": test_y,
     }
 
 
@@ -139,12 +153,12 @@ def _load_download(*, quiet: bool) -> Dataset:
             ) from None
     tensors = read_binary_dir(folder)
     _write_cache(cached, tensors, CIFAR10_CLASSES)
-    return _with_norm(Dataset(**tensors, classes=CIFAR10_CLASSES, source="torchvision:cifar-10-binary"))
+    return _with_norm(
+        Dataset(**tensors, classes=CIFAR10_CLASSES, source="torchvision:cifar-10-binary")
+    )
 
 
 def _with_norm(ds: Dataset) -> Dataset:
     """CIFAR-10's standard per-channel mean and std, and the notebook's augmentation (4-pixel crop, flips)."""
     ds.mean, ds.std, ds.augmentation = CIFAR10_MEAN, CIFAR10_STD, Augmentation(pad=4, flip=True)
     return ds
-
-

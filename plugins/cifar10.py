@@ -21,10 +21,13 @@ if TYPE_CHECKING:
 
 @probe.hookimpl
 def register_datasets(register):
-    register(probe.DataSource(
-        name="cifar10", load=_load,
-        summary="CIFAR-10: 50,000 + 10,000 32x32 colour images of 10 classes (probe's default data set).",
-    ))
+    register(
+        probe.DataSource(
+            name="cifar10",
+            load=_load,
+            summary="CIFAR-10: 50,000 + 10,000 32x32 colour images of 10 classes (probe's default data set).",
+        )
+    )
 
 
 def _load(data: str | None, quiet: bool) -> Dataset:

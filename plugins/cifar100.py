@@ -38,20 +38,112 @@ MAX_ARCHIVE_BYTES = 1 << 30  # the archive is 168 MB
 MAX_MEMBERS = 64  # the archive holds 5 files
 MEAN = (0.5071, 0.4865, 0.4409)
 STD = (0.2673, 0.2564, 0.2762)
-HINT = (f"pass --data DIR with {ARCHIVE} (or its extracted train.bin and test.bin) from {URL}, "
-        "or with train/ and test/ class folders")
+HINT = (
+    f"pass --data DIR with {ARCHIVE} (or its extracted train.bin and test.bin) from {URL}, "
+    "or with train/ and test/ class folders"
+)
 
 CLASSES = (  # the release's fine_label_names.txt, in label order (alphabetical)
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 )
 
 
@@ -61,12 +153,21 @@ def parse_records(raw: bytes, path: Path | str):
     import torch
 
     if not raw or len(raw) % RECORD:
-        raise probe.RunFileError(path, f"is not a CIFAR-100 binary file (size {len(raw):,} is not a multiple of {RECORD})")
+        raise probe.RunFileError(
+            path,
+            f"is not a CIFAR-100 binary file (size {len(raw):,} is not a multiple of {RECORD})",
+        )
     rec = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD)
     if int(rec[:, 0].max()) > 19:
-        raise probe.RunFileError(path, f"is not a CIFAR-100 binary file (coarse label {int(rec[:, 0].max())} is not in 0..19)")
+        raise probe.RunFileError(
+            path,
+            f"is not a CIFAR-100 binary file (coarse label {int(rec[:, 0].max())} is not in 0..19)",
+        )
     if int(rec[:, 1].max()) > 99:
-        raise probe.RunFileError(path, f"is not a CIFAR-100 binary file (fine label {int(rec[:, 1].max())} is not in 0..99)")
+        raise probe.RunFileError(
+            path,
+            f"is not a CIFAR-100 binary file (fine label {int(rec[:, 1].max())} is not in 0..99)",
+        )
     y = torch.from_numpy(rec[:, 1].astype(np.int64))
     x = torch.from_numpy(rec[:, 2:].reshape(-1, 3, 32, 32).copy())
     return x, y
@@ -76,10 +177,16 @@ def check_names(text: bytes, path: Path | str) -> None:
     """fine_label_names.txt must list CIFAR-100's 100 fine classes, in label order."""
     names = [line.strip() for line in text.decode("utf-8", "replace").splitlines() if line.strip()]
     if tuple(names) != CLASSES:
-        diff = next((i for i, (a, b) in enumerate(zip(names, CLASSES, strict=False)) if a != b), min(len(names), 100))
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(names, CLASSES, strict=False)) if a != b),
+            min(len(names), 100),
+        )
         got = repr(names[diff][:40]) if diff < len(names) else "nothing"
         want = repr(CLASSES[diff]) if diff < 100 else "the end"
-        raise probe.RunFileError(path, f"does not list CIFAR-100's fine label names (line {diff + 1}: {got}, expected {want})")
+        raise probe.RunFileError(
+            path,
+            f"does not list CIFAR-100's fine label names (line {diff + 1}: {got}, expected {want})",
+        )
 
 
 def read_archive(path: Path) -> dict:
@@ -93,17 +200,25 @@ def read_archive(path: Path) -> dict:
             with tarfile.open(fileobj=fh, mode="r:*") as tar:
                 for i, member in enumerate(tar):
                     if i >= MAX_MEMBERS:
-                        raise probe.RunFileError(path, f"holds more than {MAX_MEMBERS} members; not the CIFAR-100 binary release")
+                        raise probe.RunFileError(
+                            path,
+                            f"holds more than {MAX_MEMBERS} members; not the CIFAR-100 binary release",
+                        )
                     base = member.name.rsplit("/", 1)[-1]
                     if base not in wanted:
                         continue
                     if not member.isfile():
-                        raise probe.RunFileError(path, f"member {member.name} is not a regular file")
+                        raise probe.RunFileError(
+                            path, f"member {member.name} is not a regular file"
+                        )
                     if base in found:
                         raise probe.RunFileError(path, f"holds {base} twice")
                     if member.size > MAX_BIN_BYTES:
-                        raise probe.RunFileError(path, f"member {member.name} is {member.size:,} bytes, more than "
-                                                       f"the {MAX_BIN_BYTES:,} allowed")
+                        raise probe.RunFileError(
+                            path,
+                            f"member {member.name} is {member.size:,} bytes, more than "
+                            f"the {MAX_BIN_BYTES:,} allowed",
+                        )
                     f = tar.extractfile(member)
                     assert f is not None
                     found[base] = f.read(member.size)
@@ -119,7 +234,9 @@ def read_archive(path: Path) -> dict:
         check_names(found["fine_label_names.txt"], f"{path}:fine_label_names.txt")
     out = {}
     for split in ("train", "test"):
-        out[f"{split}_x"], out[f"{split}_y"] = parse_records(found[f"{split}.bin"], f"{path}:{split}.bin")
+        out[f"{split}_x"], out[f"{split}_y"] = parse_records(
+            found[f"{split}.bin"], f"{path}:{split}.bin"
+        )
     return out
 
 
@@ -132,8 +249,9 @@ def read_extracted(folder: Path) -> dict:
         check_names(read_file(names, 1 << 20), names)
     out = {}
     for split in ("train", "test"):
-        out[f"{split}_x"], out[f"{split}_y"] = parse_records(read_file(folder / f"{split}.bin", MAX_BIN_BYTES),
-                                                             folder / f"{split}.bin")
+        out[f"{split}_x"], out[f"{split}_y"] = parse_records(
+            read_file(folder / f"{split}.bin", MAX_BIN_BYTES), folder / f"{split}.bin"
+        )
     return out
 
 
@@ -147,32 +265,64 @@ def load(data: str | None, quiet: bool = False):
         root = cache_dir() / "cifar100"
 
         def fetch() -> dict:
-            archive = imagefiles.download(URL, root, ARCHIVE, MD5, what="CIFAR-100", hint=HINT, quiet=quiet)
+            archive = imagefiles.download(
+                URL, root, ARCHIVE, MD5, what="CIFAR-100", hint=HINT, quiet=quiet
+            )
             return read_archive(archive)
 
         tensors = cached("cifar100", CLASSES, fetch, shape)
         source = f"download:{URL}"
     else:
         root = imagefiles.data_dir(data, HINT)
-        extracted = next((d for d in (root, root / "cifar-100-binary")
-                          if (d / "train.bin").is_file() and (d / "test.bin").is_file()), None)
+        extracted = next(
+            (
+                d
+                for d in (root, root / "cifar-100-binary")
+                if (d / "train.bin").is_file() and (d / "test.bin").is_file()
+            ),
+            None,
+        )
         if extracted is not None:
-            paths = [extracted / f for f in ("train.bin", "test.bin", "fine_label_names.txt") if (extracted / f).exists()]
+            paths = [
+                extracted / f
+                for f in ("train.bin", "test.bin", "fine_label_names.txt")
+                if (extracted / f).exists()
+            ]
             key = imagefiles.files_key("cifar100", root, paths)
             tensors = cached(f"cifar100-{key}", CLASSES, lambda: read_extracted(extracted), shape)
         elif (root / ARCHIVE).is_file():
             key = imagefiles.files_key("cifar100", root, [root / ARCHIVE])
-            tensors = cached(f"cifar100-{key}", CLASSES, lambda: read_archive(root / ARCHIVE), shape)
+            tensors = cached(
+                f"cifar100-{key}", CLASSES, lambda: read_archive(root / ARCHIVE), shape
+            )
         else:
-            tensors = imagefiles.release_folders(root, neither="the CIFAR-100 binary release", hint=HINT,
-                                                 name="cifar100-folder", quiet=quiet, shape=shape, classes=CLASSES,
-                                                 what="CIFAR-100")
+            tensors = imagefiles.release_folders(
+                root,
+                neither="the CIFAR-100 binary release",
+                hint=HINT,
+                name="cifar100-folder",
+                quiet=quiet,
+                shape=shape,
+                classes=CLASSES,
+                what="CIFAR-100",
+            )
         source = str(root.resolve())
-    return Dataset(**tensors, classes=CLASSES, source=source, mean=MEAN, std=STD,
-                   augmentation=probe.Augmentation(pad=4, flip=True))
+    return Dataset(
+        **tensors,
+        classes=CLASSES,
+        source=source,
+        mean=MEAN,
+        std=STD,
+        augmentation=probe.Augmentation(pad=4, flip=True),
+    )
 
 
 @probe.hookimpl
 def register_datasets(register):
-    register(probe.DataSource(name="cifar100", load=load,
-                              summary="CIFAR-100: 32x32 colour, 100 fine classes, 50,000 + 10,000 images (binary release)"))
+    register(
+        probe.DataSource(
+            name="cifar100",
+            load=load,
+            summary="CIFAR-100: 32x32 colour, 100 fine classes, 50,000 + 10,000 images (binary release)",
+        )
+    )

@@ -27,7 +27,12 @@ def run(ctx: probe.Context) -> None:
         return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows])
 
     epochs = np.array([r["epoch"] for r in rows])
-    train_loss, val_loss, train_acc, val_acc = col("train_loss"), col("val_loss"), col("train_acc"), col("val_acc")
+    train_loss, val_loss, train_acc, val_acc = (
+        col("train_loss"),
+        col("val_loss"),
+        col("train_acc"),
+        col("val_acc"),
+    )
     gap = train_acc - val_acc
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
     ax = axes[0, 0]
@@ -49,10 +54,23 @@ def run(ctx: probe.Context) -> None:
     ax.plot(epochs, gap, "o-", ms=3, color="tab:red")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(title="generalisation gap (train acc - val acc)", xlabel="epoch")
-    ctx.out.figure("curves", fig, caption="Loss, accuracy, gradient norm and generalisation gap per epoch; "
-                   "a widening gap with falling train loss means overfitting.")
-    ctx.out.arrays("curves", epoch=epochs, train_loss=train_loss, val_loss=val_loss, train_acc=train_acc,
-                   val_acc=val_acc, grad_norm_mean=col("grad_norm_mean"), grad_norm_max=col("grad_norm_max"), gap=gap)
+    ctx.out.figure(
+        "curves",
+        fig,
+        caption="Loss, accuracy, gradient norm and generalisation gap per epoch; "
+        "a widening gap with falling train loss means overfitting.",
+    )
+    ctx.out.arrays(
+        "curves",
+        epoch=epochs,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        train_acc=train_acc,
+        val_acc=val_acc,
+        grad_norm_mean=col("grad_norm_mean"),
+        grad_norm_max=col("grad_norm_max"),
+        gap=gap,
+    )
     best = int(np.nanargmax(val_acc))
     ctx.out.scalar("final_val_acc", float(val_acc[-1]))
     ctx.out.scalar("best_val_acc", float(val_acc[best]))
@@ -63,7 +81,13 @@ def run(ctx: probe.Context) -> None:
 
 @probe.hookimpl
 def register_analyses(register) -> None:
-    register(probe.Analysis(
-        name="curves", run=run, params=Params, scope="run", needs={"metrics"},
-        summary="Train/validation loss and accuracy, gradient norm and generalisation gap per epoch.",
-    ))
+    register(
+        probe.Analysis(
+            name="curves",
+            run=run,
+            params=Params,
+            scope="run",
+            needs={"metrics"},
+            summary="Train/validation loss and accuracy, gradient norm and generalisation gap per epoch.",
+        )
+    )

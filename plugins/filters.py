@@ -22,17 +22,29 @@ import probe
 
 @dataclass(frozen=True)
 class Params:
-    normalize: str = probe.param("minmax", "Per-filter scaling: to [0, 1], or symmetric about 0 (sign visible).",
-                                 choices=("minmax", "symmetric"))
-    max_filters: int = probe.param(64, "Show at most this many filters (the first ones).", min=1, max=4096)
+    normalize: str = probe.param(
+        "minmax",
+        "Per-filter scaling: to [0, 1], or symmetric about 0 (sign visible).",
+        choices=("minmax", "symmetric"),
+    )
+    max_filters: int = probe.param(
+        64, "Show at most this many filters (the first ones).", min=1, max=4096
+    )
 
 
 @dataclass(frozen=True)
 class EvolutionParams:
-    normalize: str = probe.param("minmax", "Per-filter scaling: to [0, 1], or symmetric about 0 (sign visible).",
-                                 choices=("minmax", "symmetric"))
-    max_filters: int = probe.param(64, "Columns: at most this many filters (the first ones).", min=1, max=4096)
-    max_epochs: int = probe.param(12, "Rows: at most this many epochs, evenly spaced, first and last kept.", min=2, max=1000)
+    normalize: str = probe.param(
+        "minmax",
+        "Per-filter scaling: to [0, 1], or symmetric about 0 (sign visible).",
+        choices=("minmax", "symmetric"),
+    )
+    max_filters: int = probe.param(
+        64, "Columns: at most this many filters (the first ones).", min=1, max=4096
+    )
+    max_epochs: int = probe.param(
+        12, "Rows: at most this many epochs, evenly spaced, first and last kept.", min=2, max=1000
+    )
 
 
 def first_conv_weight(ctx: probe.Context, epoch: int):
@@ -44,7 +56,9 @@ def first_conv_weight(ctx: probe.Context, epoch: int):
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Conv2d):
             return name, mod.weight.detach().cpu().double().numpy().astype(np.float64)
-    raise probe.Skip("the model has no Conv2d layer (filters are shown for convolutional models only)")
+    raise probe.Skip(
+        "the model has no Conv2d layer (filters are shown for convolutional models only)"
+    )
 
 
 def to_images(w, normalize: str):
@@ -77,7 +91,10 @@ def tile(images, rows: int, cols: int, pad: int = 1):
     grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, 3))
     for i in range(min(n, rows * cols)):
         r, c = divmod(i, cols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i]
+        grid[
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + c * (w + pad) : pad + c * (w + pad) + w,
+        ] = images[i]
     return grid
 
 
@@ -94,18 +111,30 @@ def run_grid(ctx: probe.Context) -> None:
     cols = int(np.ceil(np.sqrt(k)))
     rows = int(np.ceil(k / cols))
     norms = np.linalg.norm(w.reshape(len(w), -1), axis=1)
-    fig, (ax, bx) = plt.subplots(2, 1, figsize=(max(5.0, 0.7 * cols + 1), 0.7 * rows + 3.2),
-                                 gridspec_kw={"height_ratios": [rows, 1.6]}, constrained_layout=True)
+    fig, (ax, bx) = plt.subplots(
+        2,
+        1,
+        figsize=(max(5.0, 0.7 * cols + 1), 0.7 * rows + 3.2),
+        gridspec_kw={"height_ratios": [rows, 1.6]},
+        constrained_layout=True,
+    )
     ax.imshow(tile(to_images(w[:k], p.normalize), rows, cols), interpolation="nearest")
     ax.axis("off")
-    ax.set_title(f"{name}: {k} of {len(w)} filters {w.shape[2]}x{w.shape[3]}, epoch {ctx.epoch} "
-                 f"(each scaled on its own: {p.normalize})", fontsize=9)
+    ax.set_title(
+        f"{name}: {k} of {len(w)} filters {w.shape[2]}x{w.shape[3]}, epoch {ctx.epoch} "
+        f"(each scaled on its own: {p.normalize})",
+        fontsize=9,
+    )
     bx.bar(range(len(w)), norms, color="tab:blue")
     bx.set(xlabel="filter (row-major in the grid above)", ylabel="L2 norm")
     bx.set_xlim(-0.7, len(w) - 0.3)
-    ctx.out.figure("filters", fig, caption="First-layer filters as RGB images, each scaled on its own, with their "
-                   "norms (the scaling hides size). Trained filters look like oriented edges and colour blobs; "
-                   "noise means the layer has not learnt yet.")
+    ctx.out.figure(
+        "filters",
+        fig,
+        caption="First-layer filters as RGB images, each scaled on its own, with their "
+        "norms (the scaling hides size). Trained filters look like oriented edges and colour blobs; "
+        "noise means the layer has not learnt yet.",
+    )
     ctx.out.arrays("filters", attrs={"layer": name}, weight=w.astype(np.float32), norms=norms)
     ctx.out.scalar("mean_norm", float(norms.mean()))
     ctx.out.scalar("layer", name)
@@ -134,14 +163,18 @@ def run_evolution(ctx: probe.Context) -> None:
         shown = epochs
     W = np.stack([weights[e] for e in epochs])  # [E, out, in, kh, kw]
     n_filters = min(p.max_filters, W.shape[1])
-    imgs = np.stack([to_images(weights[e][:n_filters], p.normalize) for e in shown])  # [epochs, filters, h, w, 3]
+    imgs = np.stack(
+        [to_images(weights[e][:n_filters], p.normalize) for e in shown]
+    )  # [epochs, filters, h, w, 3]
     strip = tile(imgs.reshape(-1, *imgs.shape[2:]), len(shown), n_filters)
 
     flat = W.reshape(len(epochs), W.shape[1], -1)
     norms = np.linalg.norm(flat, axis=2)  # [E, out]
     w0 = flat[0]
     change = np.linalg.norm(flat - w0, axis=2) / np.maximum(np.linalg.norm(w0, axis=1), 1e-12)
-    cos = np.sum(flat * w0, axis=2) / np.maximum(np.linalg.norm(flat, axis=2) * np.linalg.norm(w0, axis=1), 1e-12)
+    cos = np.sum(flat * w0, axis=2) / np.maximum(
+        np.linalg.norm(flat, axis=2) * np.linalg.norm(w0, axis=1), 1e-12
+    )
 
     width = 12.0
     strip_h = min(10.0, width * strip.shape[0] / strip.shape[1] + 0.6)
@@ -150,16 +183,26 @@ def run_evolution(ctx: probe.Context) -> None:
     ax = fig.add_subplot(gs[0, :])
     ax.imshow(strip, interpolation="nearest")
     kh, kw = W.shape[3], W.shape[4]
-    ax.set_yticks([1 + r * (kh + 1) + kh / 2 - 0.5 for r in range(len(shown))], [str(e) for e in shown], fontsize=7)
+    ax.set_yticks(
+        [1 + r * (kh + 1) + kh / 2 - 0.5 for r in range(len(shown))],
+        [str(e) for e in shown],
+        fontsize=7,
+    )
     every = max(1, n_filters // 32)
-    ax.set_xticks([1 + c * (kw + 1) + kw / 2 - 0.5 for c in range(0, n_filters, every)],
-                  [str(c) for c in range(0, n_filters, every)], fontsize=6)
+    ax.set_xticks(
+        [1 + c * (kw + 1) + kw / 2 - 0.5 for c in range(0, n_filters, every)],
+        [str(c) for c in range(0, n_filters, every)],
+        fontsize=6,
+    )
     ax.set_ylabel("epoch (0 = initialisation)")
     ax.set_xlabel("filter")
     for sp in ax.spines.values():
         sp.set_visible(False)
-    ax.set_title(f"{name}: filters over training, {n_filters} of {W.shape[1]} "
-                 f"({p.normalize}, each filter and epoch scaled on its own)", fontsize=9)
+    ax.set_title(
+        f"{name}: filters over training, {n_filters} of {W.shape[1]} "
+        f"({p.normalize}, each filter and epoch scaled on its own)",
+        fontsize=9,
+    )
     bx = fig.add_subplot(gs[1, 0])
     bx.plot(epochs, norms, color="tab:blue", alpha=0.25, lw=0.8)
     bx.plot(epochs, norms.mean(axis=1), color="black", lw=2, label="mean")
@@ -173,11 +216,21 @@ def run_evolution(ctx: probe.Context) -> None:
     for a in (bx, cx):
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.grid(alpha=0.3)
-    ctx.out.figure("filters_evolution", fig, caption="Each first-layer filter (column) from initialisation to the last "
-                   "selected epoch (rows), with filter norms and the distance from initialisation; a filter "
-                   "whose cosine with its initial value stays near 1 has barely learnt.")
-    ctx.out.arrays("filters_evolution", attrs={"layer": name}, epochs=np.array(epochs), norms=norms,
-                   relative_change=change, cosine_to_init=cos)
+    ctx.out.figure(
+        "filters_evolution",
+        fig,
+        caption="Each first-layer filter (column) from initialisation to the last "
+        "selected epoch (rows), with filter norms and the distance from initialisation; a filter "
+        "whose cosine with its initial value stays near 1 has barely learnt.",
+    )
+    ctx.out.arrays(
+        "filters_evolution",
+        attrs={"layer": name},
+        epochs=np.array(epochs),
+        norms=norms,
+        relative_change=change,
+        cosine_to_init=cos,
+    )
     ctx.out.scalar("relative_change", float(change[-1].mean()))
     ctx.out.scalar("cosine_to_init", float(cos[-1].mean()))
     ctx.out.scalar("layer", name)
@@ -185,11 +238,23 @@ def run_evolution(ctx: probe.Context) -> None:
 
 @probe.hookimpl
 def register_analyses(register) -> None:
-    register(probe.Analysis(
-        name="filters", run=run_grid, params=Params, scope="epoch", needs={"model"},
-        summary="The first conv layer's filters as an image grid (each filter scaled on its own), with norms.",
-    ))
-    register(probe.Analysis(
-        name="filters-evolution", run=run_evolution, params=EvolutionParams, scope="run", needs={"model"},
-        summary="The first conv layer's filters from initialisation to the last epoch, with norm and change.",
-    ))
+    register(
+        probe.Analysis(
+            name="filters",
+            run=run_grid,
+            params=Params,
+            scope="epoch",
+            needs={"model"},
+            summary="The first conv layer's filters as an image grid (each filter scaled on its own), with norms.",
+        )
+    )
+    register(
+        probe.Analysis(
+            name="filters-evolution",
+            run=run_evolution,
+            params=EvolutionParams,
+            scope="run",
+            needs={"model"},
+            summary="The first conv layer's filters from initialisation to the last epoch, with norm and change.",
+        )
+    )

@@ -22,12 +22,17 @@ THRESHOLD = 1e-6
 
 @dataclass(frozen=True)
 class Params:
-    n_images: int = probe.param(16, "Images of the stored analysis batch to use (its first ones).", min=1, max=4096)
+    n_images: int = probe.param(
+        16, "Images of the stored analysis batch to use (its first ones).", min=1, max=4096
+    )
     samples_per_layer: int = probe.param(8, "Weights drawn per conv layer.", min=1, max=10_000)
     eps: float = probe.param(1e-3, "Finite-difference step.", min=1e-12, max=1.0)
     seed: int = probe.param(0, "Seed for drawing the weights.", min=0, max=2**32 - 1)
-    freeze_kinks: bool = probe.param(True, "Hold ReLU on/off patterns and max-pool winners fixed across w +- eps "
-                                           "(else kinks crossed by the step dominate the error).")
+    freeze_kinks: bool = probe.param(
+        True,
+        "Hold ReLU on/off patterns and max-pool winners fixed across w +- eps "
+        "(else kinks crossed by the step dominate the error).",
+    )
 
 
 def run(ctx: probe.Context) -> None:
@@ -49,13 +54,23 @@ def run(ctx: probe.Context) -> None:
     # Conv layers are what the check is about; a model without any (an MLP) has its Linear layers checked.
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     kind, types = ("conv", (nn.Conv2d,)) if has_conv else ("linear", (nn.Linear,))
-    rows = R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=p.samples_per_layer, eps=p.eps,
-                                   seed=p.seed, freeze_kinks=p.freeze_kinks, layer_types=types)
+    rows = R.gradcheck_conv_layers(
+        model,
+        x,
+        y,
+        n_samples_per_layer=p.samples_per_layer,
+        eps=p.eps,
+        seed=p.seed,
+        freeze_kinks=p.freeze_kinks,
+        layer_types=types,
+    )
     if not rows:
         raise probe.Skip("the model has no Conv2d or Linear layer to check")
     rel = np.array([r.rel_error for r in rows])
     if not np.all(np.isfinite(rel)):
-        raise probe.ProbeError(f"epoch {ctx.epoch}: the loss or its gradient is not finite at this checkpoint")
+        raise probe.ProbeError(
+            f"epoch {ctx.epoch}: the loss or its gradient is not finite at this checkpoint"
+        )
     layers = list(dict.fromkeys(r.layer for r in rows))
     floor = 1e-17  # exact agreement (both 0) cannot sit on a log axis
 
@@ -66,30 +81,63 @@ def run(ctx: probe.Context) -> None:
         v = np.maximum([r.rel_error for r in sel], floor)
         jitter = i + rng.uniform(-0.18, 0.18, len(sel))
         kinks = np.array([r.kink for r in sel])
-        ax.scatter(jitter[~kinks], v[~kinks], s=22, color="tab:blue", zorder=3,
-                   label="sampled weight" if i == 0 else None)
-        ax.scatter(jitter[kinks], v[kinks], s=26, marker="x", color="tab:orange", zorder=3,
-                   label="sampled weight; w +- eps crosses a ReLU/max-pool kink" if i == 0 else None)
+        ax.scatter(
+            jitter[~kinks],
+            v[~kinks],
+            s=22,
+            color="tab:blue",
+            zorder=3,
+            label="sampled weight" if i == 0 else None,
+        )
+        ax.scatter(
+            jitter[kinks],
+            v[kinks],
+            s=26,
+            marker="x",
+            color="tab:orange",
+            zorder=3,
+            label="sampled weight; w +- eps crosses a ReLU/max-pool kink" if i == 0 else None,
+        )
         ax.hlines(np.median(v), i - 0.3, i + 0.3, color="black", lw=1.2, zorder=2)
     ax.axhline(THRESHOLD, color="tab:red", ls="--", lw=1, label=f"{THRESHOLD:g}")
     ax.set_yscale("log")
-    ax.set_ylim(min(floor * 10, rel[rel > 0].min() / 3 if (rel > 0).any() else 1e-16), max(1.0, rel.max() * 3))
+    ax.set_ylim(
+        min(floor * 10, rel[rel > 0].min() / 3 if (rel > 0).any() else 1e-16),
+        max(1.0, rel.max() * 3),
+    )
     ax.set_xticks(range(len(layers)), layers)
     ax.set_xlim(-0.6, len(layers) - 0.4)
     ax.set(xlabel=f"{kind} layer", ylabel="relative error |a - n| / max(|a|, |n|)")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     worst = float(rel.max())
-    ax.set_title(f"gradient check, epoch {ctx.epoch}: {len(rows)} weights, {len(x)} images, float64 eval mode, "
-                 f"eps={p.eps:g}{', patterns frozen' if p.freeze_kinks else ''}; max {worst:.1e}", fontsize=9)
-    ctx.out.figure("gradcheck", fig, caption="Relative error between autograd and central differences per sampled "
-                   f"{kind} weight (bar: median); every point below the dashed 1e-6 line means backprop agrees with "
-                   "the finite differences.")
-    ctx.out.json("gradcheck", {
-        "epoch": ctx.epoch, "eps": p.eps, "n_images": len(x), "seed": p.seed, "freeze_kinks": p.freeze_kinks,
-        "dtype": "float64", "mode": "eval", "threshold": THRESHOLD, "layers_checked": kind,
-        "rows": [r.to_dict() for r in rows],
-    })
+    ax.set_title(
+        f"gradient check, epoch {ctx.epoch}: {len(rows)} weights, {len(x)} images, float64 eval mode, "
+        f"eps={p.eps:g}{', patterns frozen' if p.freeze_kinks else ''}; max {worst:.1e}",
+        fontsize=9,
+    )
+    ctx.out.figure(
+        "gradcheck",
+        fig,
+        caption="Relative error between autograd and central differences per sampled "
+        f"{kind} weight (bar: median); every point below the dashed 1e-6 line means backprop agrees with "
+        "the finite differences.",
+    )
+    ctx.out.json(
+        "gradcheck",
+        {
+            "epoch": ctx.epoch,
+            "eps": p.eps,
+            "n_images": len(x),
+            "seed": p.seed,
+            "freeze_kinks": p.freeze_kinks,
+            "dtype": "float64",
+            "mode": "eval",
+            "threshold": THRESHOLD,
+            "layers_checked": kind,
+            "rows": [r.to_dict() for r in rows],
+        },
+    )
     ctx.out.scalar("max_rel_error", worst)
     ctx.out.scalar("median_rel_error", float(np.median(rel)))
     ctx.out.scalar("n_checked", len(rows))
@@ -99,7 +147,13 @@ def run(ctx: probe.Context) -> None:
 
 @probe.hookimpl
 def register_analyses(register) -> None:
-    register(probe.Analysis(
-        name="gradcheck", run=run, params=Params, scope="epoch", needs={"model", "analysis_batch"},
-        summary="Autograd vs float64 central differences for sampled weights of every conv layer (Linear without conv).",
-    ))
+    register(
+        probe.Analysis(
+            name="gradcheck",
+            run=run,
+            params=Params,
+            scope="epoch",
+            needs={"model", "analysis_batch"},
+            summary="Autograd vs float64 central differences for sampled weights of every conv layer (Linear without conv).",
+        )
+    )

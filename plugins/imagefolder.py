@@ -31,13 +31,22 @@ def load(data: str | None, quiet: bool = False):
     root = imagefiles.data_dir(data, f"expected {LAYOUT}")
     tensors, classes = imagefiles.load_class_folders(root, name="imagefolder", quiet=quiet)
     _, _, h, w = tensors["train_x"].shape
-    return Dataset(**tensors, classes=classes, source=f"folder:{root.resolve()}", mean=None, std=None,
-                   augmentation=probe.Augmentation(pad=max(1, min(h, w) // 8), flip=True))
+    return Dataset(
+        **tensors,
+        classes=classes,
+        source=f"folder:{root.resolve()}",
+        mean=None,
+        std=None,
+        augmentation=probe.Augmentation(pad=max(1, min(h, w) // 8), flip=True),
+    )
 
 
 @probe.hookimpl
 def register_datasets(register):
-    register(probe.DataSource(
-        name="folder", load=load,
-        summary="Any image data set in class folders: --data DIR with DIR/train/<class>/* and DIR/test/<class>/*",
-    ))
+    register(
+        probe.DataSource(
+            name="folder",
+            load=load,
+            summary="Any image data set in class folders: --data DIR with DIR/train/<class>/* and DIR/test/<class>/*",
+        )
+    )

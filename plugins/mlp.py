@@ -15,9 +15,13 @@ import probe
 
 @dataclass(frozen=True)
 class Params:
-    depth: int = probe.param(2, "Hidden layers (0: a linear classifier on the pixels).", min=0, max=64)
+    depth: int = probe.param(
+        2, "Hidden layers (0: a linear classifier on the pixels).", min=0, max=64
+    )
     width: int = probe.param(256, "Units per hidden layer.", min=1, max=65536)
-    dropout: float = probe.param(0.0, "Dropout probability after each hidden layer's ReLU.", min=0.0, max=0.95)
+    dropout: float = probe.param(
+        0.0, "Dropout probability after each hidden layer's ReLU.", min=0.0, max=0.95
+    )
     batchnorm: bool = probe.param(False, "BatchNorm1d between each hidden Linear and its ReLU.")
 
 
@@ -25,7 +29,14 @@ def build(params: Params, input: Any, num_classes: int) -> Any:
     from .nets.mlp import MLP
 
     h, w = input.size
-    return MLP(input.channels * h * w, num_classes, params.depth, params.width, params.dropout, params.batchnorm)
+    return MLP(
+        input.channels * h * w,
+        num_classes,
+        params.depth,
+        params.width,
+        params.dropout,
+        params.batchnorm,
+    )
 
 
 def layers(model: Any, params: Params) -> list[str]:
@@ -37,6 +48,13 @@ def layers(model: Any, params: Params) -> list[str]:
 
 @probe.hookimpl
 def register_models(register: Any) -> None:
-    register(probe.ModelFamily(
-        name="mlp", build=build, params=Params, layers=layers, version="1",
-        summary="Multi-layer perceptron on the flattened image: depth hidden ReLU layers of width units."))
+    register(
+        probe.ModelFamily(
+            name="mlp",
+            build=build,
+            params=Params,
+            layers=layers,
+            version="1",
+            summary="Multi-layer perceptron on the flattened image: depth hidden ReLU layers of width units.",
+        )
+    )

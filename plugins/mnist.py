@@ -37,8 +37,13 @@ MAX_FILE_BYTES = 1 << 30
 SIDE = 28
 
 MNIST = {
-    "name": "mnist", "title": "MNIST", "torchvision": "MNIST",
-    "mirrors": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
+    "name": "mnist",
+    "title": "MNIST",
+    "torchvision": "MNIST",
+    "mirrors": [
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ],
     "md5": {
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
         "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
@@ -46,11 +51,14 @@ MNIST = {
         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
     },
     "classes": tuple(str(i) for i in range(10)),
-    "mean": (0.1307,), "std": (0.3081,),
+    "mean": (0.1307,),
+    "std": (0.3081,),
     "augmentation": probe.Augmentation(pad=2, flip=False),
 }
 FASHION = {
-    "name": "fashion-mnist", "title": "Fashion-MNIST", "torchvision": "FashionMNIST",
+    "name": "fashion-mnist",
+    "title": "Fashion-MNIST",
+    "torchvision": "FashionMNIST",
     "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
     "md5": {
         "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -58,13 +66,27 @@ FASHION = {
         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
     },
-    "classes": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    "mean": (0.2860,), "std": (0.3530,),
+    "classes": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+    "mean": (0.2860,),
+    "std": (0.3530,),
     "augmentation": probe.Augmentation(pad=2, flip=True),
 }
 # (split, images file, labels file), without ".gz"
-FILES = (("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+FILES = (
+    ("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
 
 
 def _hint(spec: dict) -> str:
@@ -76,17 +98,27 @@ def _read(fh, n: int, path: Path) -> bytes:
     """Up to `n` bytes; a damaged gzip stream is one RunFileError."""
     try:
         return fh.read(n)
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; a cut stream an EOFError
+    except (
+        OSError,
+        EOFError,
+        zlib.error,
+    ) as exc:  # gzip.BadGzipFile is an OSError; a cut stream an EOFError
         why = (str(exc).splitlines() or [""])[0][:120] or "cut short"
-        raise probe.RunFileError(path, f"is not a valid gzip stream ({type(exc).__name__}: {why})") from None
+        raise probe.RunFileError(
+            path, f"is not a valid gzip stream ({type(exc).__name__}: {why})"
+        ) from None
 
 
 def _read_exact(fh, n: int, path: Path, what: str) -> bytes:
     data = _read(fh, n + 1, path)
     if len(data) < n:
-        raise probe.RunFileError(path, f"is truncated: {what} take {n:,} bytes, the file holds {len(data):,}")
+        raise probe.RunFileError(
+            path, f"is truncated: {what} take {n:,} bytes, the file holds {len(data):,}"
+        )
     if len(data) > n:
-        raise probe.RunFileError(path, f"holds more data than {what} (the header does not match the file)")
+        raise probe.RunFileError(
+            path, f"holds more data than {what} (the header does not match the file)"
+        )
     return data
 
 
@@ -109,7 +141,9 @@ def read_idx(path: Path, magic: int, max_items: int = MAX_ITEMS, side: int = SID
         header = _read(fh, 4 + 4 * ndim, path)
         if len(header) < 4 or struct.unpack(">I", header[:4])[0] != magic:
             got = f"0x{struct.unpack('>I', header[:4])[0]:08x}" if len(header) >= 4 else "no header"
-            raise probe.RunFileError(path, f"is not an IDX {kind} file (magic {got}, expected 0x{magic:08x})")
+            raise probe.RunFileError(
+                path, f"is not an IDX {kind} file (magic {got}, expected 0x{magic:08x})"
+            )
         if len(header) < 4 + 4 * ndim:
             raise probe.RunFileError(path, "is truncated inside the IDX header")
         dims = struct.unpack(f">{ndim}I", header[4:])
@@ -117,7 +151,9 @@ def read_idx(path: Path, magic: int, max_items: int = MAX_ITEMS, side: int = SID
         if n > max_items or n == 0:
             raise probe.RunFileError(path, f"declares {n:,} {kind}; probe reads 1 to {max_items:,}")
         if ndim == 3 and dims[1:] != (side, side):
-            raise probe.RunFileError(path, f"holds {dims[2]}x{dims[1]} images, expected {side}x{side}")
+            raise probe.RunFileError(
+                path, f"holds {dims[2]}x{dims[1]} images, expected {side}x{side}"
+            )
         item = side * side if ndim == 3 else 1
         payload = _read_exact(fh, n * item, path, f"the {n:,} {kind} its header declares")
     arr = np.frombuffer(payload, dtype=np.uint8)
@@ -132,7 +168,9 @@ def read_split(images: Path, labels: Path, classes: int):
     x = read_idx(images, IMAGES_MAGIC)
     y = read_idx(labels, LABELS_MAGIC)
     if len(x) != len(y):
-        raise probe.RunFileError(labels, f"holds {len(y):,} labels, but {images.name} holds {len(x):,} images")
+        raise probe.RunFileError(
+            labels, f"holds {len(y):,} labels, but {images.name} holds {len(x):,} images"
+        )
     if int(y.max()) >= classes:
         raise probe.RunFileError(labels, f"holds label {int(y.max())}, not in 0..{classes - 1}")
     return torch.from_numpy(x).unsqueeze(1).contiguous(), torch.from_numpy(y.astype(np.int64))
@@ -175,10 +213,17 @@ def _load(spec: dict, data: str | None, quiet: bool):
             files = {}
             for split, img, lab in FILES:
                 files[split] = tuple(
-                    imagefiles.download([m + f"{b}.gz" for m in spec["mirrors"]], root, f"{b}.gz",
-                                        spec["md5"][f"{b}.gz"], what=f"{spec['title']} {b}.gz", hint=_hint(spec),
-                                        quiet=quiet)
-                    for b in (img, lab))
+                    imagefiles.download(
+                        [m + f"{b}.gz" for m in spec["mirrors"]],
+                        root,
+                        f"{b}.gz",
+                        spec["md5"][f"{b}.gz"],
+                        what=f"{spec['title']} {b}.gz",
+                        hint=_hint(spec),
+                        quiet=quiet,
+                    )
+                    for b in (img, lab)
+                )
             return _tensors(files, len(classes))
 
         tensors = cached(spec["name"], classes, fetch, shape)
@@ -190,14 +235,29 @@ def _load(spec: dict, data: str | None, quiet: bool):
         if release is not None:
             paths = [p for pair in release.values() for p in pair]
             key = imagefiles.files_key(spec["name"], root, paths)
-            tensors = cached(f"{spec['name']}-{key}", classes, lambda: _tensors(release, len(classes)), shape)
+            tensors = cached(
+                f"{spec['name']}-{key}", classes, lambda: _tensors(release, len(classes)), shape
+            )
         else:
-            tensors = imagefiles.release_folders(root, neither=f"the {spec['title']} IDX files", hint=_hint(spec),
-                                                 name=f"{spec['name']}-folder", quiet=quiet, shape=shape,
-                                                 classes=classes, what=spec["title"])
+            tensors = imagefiles.release_folders(
+                root,
+                neither=f"the {spec['title']} IDX files",
+                hint=_hint(spec),
+                name=f"{spec['name']}-folder",
+                quiet=quiet,
+                shape=shape,
+                classes=classes,
+                what=spec["title"],
+            )
         source = str(root.resolve())
-    return Dataset(**tensors, classes=classes, source=source, mean=spec["mean"], std=spec["std"],
-                   augmentation=spec["augmentation"])
+    return Dataset(
+        **tensors,
+        classes=classes,
+        source=source,
+        mean=spec["mean"],
+        std=spec["std"],
+        augmentation=spec["augmentation"],
+    )
 
 
 def load_mnist(data: str | None, quiet: bool = False):
@@ -212,7 +272,17 @@ def load_fashion_mnist(data: str | None, quiet: bool = False):
 
 @probe.hookimpl
 def register_datasets(register):
-    register(probe.DataSource(name="mnist", load=load_mnist,
-                              summary="MNIST handwritten digits: 28x28 grey, 10 classes, 60,000 + 10,000 images"))
-    register(probe.DataSource(name="fashion-mnist", load=load_fashion_mnist,
-                              summary="Fashion-MNIST (Zalando): 28x28 grey, 10 garment classes, 60,000 + 10,000 images"))
+    register(
+        probe.DataSource(
+            name="mnist",
+            load=load_mnist,
+            summary="MNIST handwritten digits: 28x28 grey, 10 classes, 60,000 + 10,000 images",
+        )
+    )
+    register(
+        probe.DataSource(
+            name="fashion-mnist",
+            load=load_fashion_mnist,
+            summary="Fashion-MNIST (Zalando): 28x28 grey, 10 garment classes, 60,000 + 10,000 images",
+        )
+    )

@@ -20,19 +20,37 @@ MAX_PANELS = 25
 
 @dataclass(frozen=True)
 class Params:
-    layer: str = probe.param("penultimate", "Recorded layer to project ('penultimate' = the last recorded layer).")
-    method: str = probe.param("both", "Which projections to compute.", choices=("pca", "tsne", "both"))
-    kind: str = probe.param("pooled", "Per-channel pooled activations, or full maps (layers dumped with --full-maps).",
-                            choices=("pooled", "maps"))
-    align: str = probe.param("reference", "PCA axes: fitted on the last epoch, or per-epoch PCA rotated onto it.",
-                             choices=("reference", "procrustes"))
-    perplexity: float = probe.param(30.0, "t-SNE perplexity (capped at (N-1)/3).", min=2, max=10_000)
-    tsne_backend: str = probe.param("auto", "t-SNE implementation: openTSNE if installed, else scikit-learn; "
-                                            "or pinned (the two give different, equally good embeddings).",
-                                    choices=("auto", "opentsne", "sklearn"))
+    layer: str = probe.param(
+        "penultimate", "Recorded layer to project ('penultimate' = the last recorded layer)."
+    )
+    method: str = probe.param(
+        "both", "Which projections to compute.", choices=("pca", "tsne", "both")
+    )
+    kind: str = probe.param(
+        "pooled",
+        "Per-channel pooled activations, or full maps (layers dumped with --full-maps).",
+        choices=("pooled", "maps"),
+    )
+    align: str = probe.param(
+        "reference",
+        "PCA axes: fitted on the last epoch, or per-epoch PCA rotated onto it.",
+        choices=("reference", "procrustes"),
+    )
+    perplexity: float = probe.param(
+        30.0, "t-SNE perplexity (capped at (N-1)/3).", min=2, max=10_000
+    )
+    tsne_backend: str = probe.param(
+        "auto",
+        "t-SNE implementation: openTSNE if installed, else scikit-learn; "
+        "or pinned (the two give different, equally good embeddings).",
+        choices=("auto", "opentsne", "sklearn"),
+    )
     seed: int = probe.param(0, "t-SNE random seed.", min=0, max=2**32 - 1)
-    same_scale: bool = probe.param(False, "Give every panel the same limits (else each is zoomed to its points; "
-                                          "the axes' directions are shared either way).")
+    same_scale: bool = probe.param(
+        False,
+        "Give every panel the same limits (else each is zoomed to its points; "
+        "the axes' directions are shared either way).",
+    )
 
 
 def panel_epochs(epochs: list[int], limit: int = MAX_PANELS) -> list[int]:
@@ -62,8 +80,15 @@ def knn_accuracy(Y, labels, k: int = 10) -> float:
     return float(np.mean(pred == labels))
 
 
-def plot_grid(coords: dict, labels, class_names: list[str], titles: dict, suptitle: str,
-              axis_labels: tuple[str, str], same_scale: bool):
+def plot_grid(
+    coords: dict,
+    labels,
+    class_names: list[str],
+    titles: dict,
+    suptitle: str,
+    axis_labels: tuple[str, str],
+    same_scale: bool,
+):
     """One panel per epoch with equal aspect, one legend with the class names.
 
     Early epochs' activations are often far less spread than late ones: with one
@@ -80,8 +105,15 @@ def plot_grid(coords: dict, labels, class_names: list[str], titles: dict, suptit
     allc = np.concatenate([coords[e] for e in epochs])
     lo, hi = np.percentile(allc, 0.5, axis=0), np.percentile(allc, 99.5, axis=0)
     pad = 0.05 * (hi - lo + 1e-12)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols + 1.6, 2.8 * rows + 0.6), squeeze=False,
-                             sharex=same_scale, sharey=same_scale, constrained_layout=True)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(2.8 * cols + 1.6, 2.8 * rows + 0.6),
+        squeeze=False,
+        sharex=same_scale,
+        sharey=same_scale,
+        constrained_layout=True,
+    )
     cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     handles = []
     size = 4 if len(labels) > 300 else 12
@@ -90,7 +122,15 @@ def plot_grid(coords: dict, labels, class_names: list[str], titles: dict, suptit
         for c, cname in enumerate(class_names):
             sel = labels == c
             if sel.any():
-                h = ax.scatter(Y[sel, 0], Y[sel, 1], s=size, color=cmap(c % cmap.N), alpha=0.75, linewidths=0, label=cname)
+                h = ax.scatter(
+                    Y[sel, 0],
+                    Y[sel, 1],
+                    s=size,
+                    color=cmap(c % cmap.N),
+                    alpha=0.75,
+                    linewidths=0,
+                    label=cname,
+                )
                 if e == epochs[0]:
                     handles.append(h)
         ax.set_title(titles[e], fontsize=8)
@@ -106,7 +146,9 @@ def plot_grid(coords: dict, labels, class_names: list[str], titles: dict, suptit
         ax.set_xlabel(axis_labels[0], fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel(axis_labels[1], fontsize=7)
-    fig.legend(handles=handles, loc="outside right center", fontsize=7, markerscale=3, frameon=False)
+    fig.legend(
+        handles=handles, loc="outside right center", fontsize=7, markerscale=3, frameon=False
+    )
     fig.suptitle(suptitle, fontsize=10)
     return fig
 
@@ -126,8 +168,10 @@ class EpochActivations(Mapping):
             raise KeyError(epoch)
         a = self.ctx.activations(self.layer, epoch, self.kind)
         if a.shape[0] != self.n:
-            raise probe.ProbeError(f"{self.ctx.run.path}: epoch {epoch}'s activation dump has {a.shape[0]} images, "
-                                   f"the probe set {self.n}")
+            raise probe.ProbeError(
+                f"{self.ctx.run.path}: epoch {epoch}'s activation dump has {a.shape[0]} images, "
+                f"the probe set {self.n}"
+            )
         return a.reshape(a.shape[0], -1)
 
     def __iter__(self) -> Iterator[int]:
@@ -167,19 +211,37 @@ def run(ctx: probe.Context) -> None:
     if p.method in ("pca", "both"):
         evr = {pr.epoch: pr.explained_variance_ratio for pr in projs}
         if p.align == "reference":
-            titles = {e: f"epoch {e}: {100 * evr[e][0]:.0f}% + {100 * evr[e][1]:.0f}% var., "
-                         f"spread {_spread(pca_xy[e]):.2g}" for e in shown}
-            how = f"axes = PCs of epoch {epochs[-1]} (PC1 {100 * ref.explained_variance_ratio[0]:.1f}%, " \
-                  f"PC2 {100 * ref.explained_variance_ratio[1]:.1f}% of its variance)"
+            titles = {
+                e: f"epoch {e}: {100 * evr[e][0]:.0f}% + {100 * evr[e][1]:.0f}% var., "
+                f"spread {_spread(pca_xy[e]):.2g}"
+                for e in shown
+            }
+            how = (
+                f"axes = PCs of epoch {epochs[-1]} (PC1 {100 * ref.explained_variance_ratio[0]:.1f}%, "
+                f"PC2 {100 * ref.explained_variance_ratio[1]:.1f}% of its variance)"
+            )
         else:
-            titles = {e: f"epoch {e}: {100 * evr[e].sum():.0f}% var., spread {_spread(pca_xy[e]):.2g}" for e in shown}
+            titles = {
+                e: f"epoch {e}: {100 * evr[e].sum():.0f}% var., spread {_spread(pca_xy[e]):.2g}"
+                for e in shown
+            }
             how = f"per-epoch PCA, rotated onto epoch {epochs[-1]}'s"
-        fig = plot_grid({e: pca_xy[e] for e in shown}, labels, names, titles, f"PCA of {what}\n{how}",
-                        ("PC1", "PC2") if p.align == "reference" else ("aligned axis 1", "aligned axis 2"),
-                        p.same_scale)
-        ctx.out.figure("pca", fig, caption="PCA of the probe set per epoch on shared axes; class clusters "
-                       "pulling apart over epochs is the representation becoming class-selective. Titles: share of "
-                       "that epoch's variance along each axis.")
+        fig = plot_grid(
+            {e: pca_xy[e] for e in shown},
+            labels,
+            names,
+            titles,
+            f"PCA of {what}\n{how}",
+            ("PC1", "PC2") if p.align == "reference" else ("aligned axis 1", "aligned axis 2"),
+            p.same_scale,
+        )
+        ctx.out.figure(
+            "pca",
+            fig,
+            caption="PCA of the probe set per epoch on shared axes; class clusters "
+            "pulling apart over epochs is the representation becoming class-selective. Titles: share of "
+            "that epoch's variance along each axis.",
+        )
         arrays["pca"] = np.stack([pca_xy[e] for e in epochs]).astype(np.float32)
         arrays["pca_explained_variance_ratio"] = np.stack([evr[e] for e in epochs])
         arrays["pca_components"] = ref.components
@@ -201,25 +263,45 @@ def run(ctx: probe.Context) -> None:
         acc = {e: knn_accuracy(ts[e], labels) for e in epochs}
         titles = {e: f"epoch {e}: k-NN acc {acc[e]:.2f}" for e in shown}
         perp = min(p.perplexity, (len(labels) - 1) / 3)
-        fig = plot_grid({e: ts[e] for e in shown}, labels, names, titles,
-                        f"t-SNE of {what}\nperplexity {perp:.3g} ({backend}), started from the shared PCA axes, "
-                        f"rotated onto epoch {epochs[-1]}'s", ("t-SNE 1", "t-SNE 2"), p.same_scale)
-        ctx.out.figure("tsne", fig, caption="t-SNE of the probe set per epoch, aligned across epochs; only "
-                       "neighbourhoods mean something (not distances between clusters). Titles: leave-one-out "
-                       "k-nearest-neighbour class accuracy (k = 10, fewer for tiny classes) in the embedding.")
+        fig = plot_grid(
+            {e: ts[e] for e in shown},
+            labels,
+            names,
+            titles,
+            f"t-SNE of {what}\nperplexity {perp:.3g} ({backend}), started from the shared PCA axes, "
+            f"rotated onto epoch {epochs[-1]}'s",
+            ("t-SNE 1", "t-SNE 2"),
+            p.same_scale,
+        )
+        ctx.out.figure(
+            "tsne",
+            fig,
+            caption="t-SNE of the probe set per epoch, aligned across epochs; only "
+            "neighbourhoods mean something (not distances between clusters). Titles: leave-one-out "
+            "k-nearest-neighbour class accuracy (k = 10, fewer for tiny classes) in the embedding.",
+        )
         arrays["tsne"] = np.stack([ts[e] for e in epochs]).astype(np.float32)
         arrays["tsne_knn_acc"] = np.array([acc[e] for e in epochs])
         ctx.out.scalar("tsne_knn_acc", acc[epochs[-1]])
         ctx.out.scalar("tsne_backend", backend)
 
-    ctx.out.arrays("projection", attrs={"layer": layer, "kind": p.kind, "align": p.align,
-                                        "class_names": names}, **arrays)
+    ctx.out.arrays(
+        "projection",
+        attrs={"layer": layer, "kind": p.kind, "align": p.align, "class_names": names},
+        **arrays,
+    )
     ctx.out.scalar("layer", layer)
 
 
 @probe.hookimpl
 def register_analyses(register) -> None:
-    register(probe.Analysis(
-        name="projection", run=run, params=Params, scope="run", needs={"activations", "probe_set"},
-        summary="PCA and t-SNE of a layer's probe-set activations per epoch, on axes shared across epochs.",
-    ))
+    register(
+        probe.Analysis(
+            name="projection",
+            run=run,
+            params=Params,
+            scope="run",
+            needs={"activations", "probe_set"},
+            summary="PCA and t-SNE of a layer's probe-set activations per epoch, on axes shared across epochs.",
+        )
+    )

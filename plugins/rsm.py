@@ -15,11 +15,19 @@ import probe
 
 @dataclass(frozen=True)
 class Params:
-    layer: str = probe.param("penultimate", "Recorded layer ('penultimate' = the last recorded layer).")
-    kind: str = probe.param("pooled", "Per-channel pooled activations, or full maps (layers dumped with --full-maps).",
-                            choices=("pooled", "maps"))
-    center: bool = probe.param(False, "Subtract the probe-set mean first (after ReLU every cosine is positive and "
-                                      "often close to 1; centring shows the structure around the mean).")
+    layer: str = probe.param(
+        "penultimate", "Recorded layer ('penultimate' = the last recorded layer)."
+    )
+    kind: str = probe.param(
+        "pooled",
+        "Per-channel pooled activations, or full maps (layers dumped with --full-maps).",
+        choices=("pooled", "maps"),
+    )
+    center: bool = probe.param(
+        False,
+        "Subtract the probe-set mean first (after ReLU every cosine is positive and "
+        "often close to 1; centring shows the structure around the mean).",
+    )
 
 
 def run(ctx: probe.Context) -> None:
@@ -37,7 +45,9 @@ def run(ctx: probe.Context) -> None:
     X = ctx.activations(layer, kind=p.kind)
     X = X.reshape(X.shape[0], -1).astype(np.float64)
     if X.shape[0] != len(labels):
-        raise probe.ProbeError(f"{ctx.run.path}: activation dump and probe set disagree on the number of images")
+        raise probe.ProbeError(
+            f"{ctx.run.path}: activation dump and probe set disagree on the number of images"
+        )
     if p.center:
         X = X - X.mean(axis=0)
     s = R.rsm_class_summary(R.cosine_rsm(X), labels)
@@ -46,8 +56,9 @@ def run(ctx: probe.Context) -> None:
 
     lo = -1.0 if s.sorted_rsm.min() < 0 else 0.0
     cmap = "RdBu_r" if lo < 0 else "viridis"
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 6), gridspec_kw={"width_ratios": [1.15, 1]},
-                                 constrained_layout=True)
+    fig, (ax, bx) = plt.subplots(
+        1, 2, figsize=(13, 6), gridspec_kw={"width_ratios": [1.15, 1]}, constrained_layout=True
+    )
     im = ax.imshow(s.sorted_rsm, vmin=lo, vmax=1, cmap=cmap, interpolation="nearest")
     bounds = np.flatnonzero(np.diff(s.sorted_labels)) + 0.5
     for b in bounds:
@@ -65,21 +76,39 @@ def run(ctx: probe.Context) -> None:
         for j in range(len(cls_names)):
             v = s.class_means[i, j]
             if np.isfinite(v):
-                bx.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if (v - lo) / (1 - lo) > 0.6 else "white")
+                bx.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if (v - lo) / (1 - lo) > 0.6 else "white",
+                )
     bx.set_xticks(range(len(cls_names)), cls_names, rotation=60, ha="right", fontsize=8)
     bx.set_yticks(range(len(cls_names)), cls_names, fontsize=8)
     bx.set_title("mean similarity per pair of classes (diagonal: distinct images)", fontsize=9)
     fig.colorbar(im2, ax=bx, shrink=0.8)
-    fig.suptitle(f"cosine RSM of {layer} ({p.kind}{', centred' if p.center else ''}), epoch {ctx.epoch}: "
-                 f"within-class {s.within:.3f}, between-class {s.between:.3f}, contrast {s.contrast:+.3f}",
-                 fontsize=10)
-    ctx.out.figure("rsm", fig, caption="Cosine similarity between probe images sorted by class; bright "
-                   "diagonal blocks on a darker background mean the layer groups images by class. "
-                   "Contrast = within - between.")
-    ctx.out.arrays("rsm", attrs={"layer": layer, "kind": p.kind, "center": p.center, "class_names": cls_names},
-                   sorted_rsm=s.sorted_rsm.astype(np.float32), order=s.order, sorted_labels=s.sorted_labels,
-                   class_means=s.class_means)
+    fig.suptitle(
+        f"cosine RSM of {layer} ({p.kind}{', centred' if p.center else ''}), epoch {ctx.epoch}: "
+        f"within-class {s.within:.3f}, between-class {s.between:.3f}, contrast {s.contrast:+.3f}",
+        fontsize=10,
+    )
+    ctx.out.figure(
+        "rsm",
+        fig,
+        caption="Cosine similarity between probe images sorted by class; bright "
+        "diagonal blocks on a darker background mean the layer groups images by class. "
+        "Contrast = within - between.",
+    )
+    ctx.out.arrays(
+        "rsm",
+        attrs={"layer": layer, "kind": p.kind, "center": p.center, "class_names": cls_names},
+        sorted_rsm=s.sorted_rsm.astype(np.float32),
+        order=s.order,
+        sorted_labels=s.sorted_labels,
+        class_means=s.class_means,
+    )
     ctx.out.scalar("within", s.within)
     ctx.out.scalar("between", s.between)
     ctx.out.scalar("contrast", s.contrast)
@@ -88,7 +117,13 @@ def run(ctx: probe.Context) -> None:
 
 @probe.hookimpl
 def register_analyses(register) -> None:
-    register(probe.Analysis(
-        name="rsm", run=run, params=Params, scope="epoch", needs={"activations", "probe_set"},
-        summary="Cosine similarity matrix of the probe set at a layer, sorted by class; within- vs between-class.",
-    ))
+    register(
+        probe.Analysis(
+            name="rsm",
+            run=run,
+            params=Params,
+            scope="epoch",
+            needs={"activations", "probe_set"},
+            summary="Cosine similarity matrix of the probe set at a layer, sorted by class; within- vs between-class.",
+        )
+    )

@@ -40,32 +40,42 @@ from typing import Any
 import probe
 
 # WeightWatcher 0.7 constants (weightwatcher/constants.py, WW_powerlaw.py).
-EVALS_THRESH = 1e-5     # eigenvalues at or below this are left out of the fit
-MIN_EVALS = 8           # a layer with fewer eigenvalues is not fitted (`min_evals`)
-MAX_EVALS = 15_000      # nor one with more (`max_evals`): the xmin search is O(n^2), ~5 s at this size
-SMALL_N = 20            # below this many fitted eigenvalues, the small-sample fit
-SMALL_N_MIN_TAIL = 8    # the small-sample fit's shortest tail (`k_min`)
-CONV2D_NORM = math.sqrt(0.5)  # `conv2d_norm=True` with pooled slices: sqrt(conv2d_count / 2), count 1
+EVALS_THRESH = 1e-5  # eigenvalues at or below this are left out of the fit
+MIN_EVALS = 8  # a layer with fewer eigenvalues is not fitted (`min_evals`)
+MAX_EVALS = 15_000  # nor one with more (`max_evals`): the xmin search is O(n^2), ~5 s at this size
+SMALL_N = 20  # below this many fitted eigenvalues, the small-sample fit
+SMALL_N_MIN_TAIL = 8  # the small-sample fit's shortest tail (`k_min`)
+CONV2D_NORM = math.sqrt(
+    0.5
+)  # `conv2d_norm=True` with pooled slices: sqrt(conv2d_count / 2), count 1
 
 # WeightWatcher's reading of alpha (Martin & Mahoney 2021, and the weightwatcher README).
 ALPHA_BAND = (2.0, 6.0)
 
-CAPTION_ESD = ("Empirical spectral density of each layer's weight matrices (eigenvalues of W^T W, "
-               "WeightWatcher's convention) on log-log axes, with the power law fitted to its tail from xmin "
-               "(dashed red). A straight, long tail is a heavy-tailed ESD; a tail of a few eigenvalues makes "
-               "alpha unreliable (see n_tail and the KS distance D).")
-CAPTION_ALPHA = ("Power-law exponent alpha of each layer's ESD tail. WeightWatcher reads 2 <= alpha <= 6 (shaded) "
-                 "as well trained, alpha < 2 as possibly over-fit and alpha > 6 as under-trained (Martin & Mahoney "
-                 "2021); these are empirical heuristics from large trained networks, not guarantees, and a small "
-                 "layer's alpha rests on few eigenvalues.")
-CAPTION_EPOCHS = ("Alpha, stable rank and spectral norm of every layer across training. WeightWatcher reads "
-                  "alpha falling into 2-6 (shaded) as a layer learning correlations; alpha below 2 as possibly "
-                  "over-fit; above 6 as under-trained (heuristics, Martin & Mahoney 2021).")
+CAPTION_ESD = (
+    "Empirical spectral density of each layer's weight matrices (eigenvalues of W^T W, "
+    "WeightWatcher's convention) on log-log axes, with the power law fitted to its tail from xmin "
+    "(dashed red). A straight, long tail is a heavy-tailed ESD; a tail of a few eigenvalues makes "
+    "alpha unreliable (see n_tail and the KS distance D)."
+)
+CAPTION_ALPHA = (
+    "Power-law exponent alpha of each layer's ESD tail. WeightWatcher reads 2 <= alpha <= 6 (shaded) "
+    "as well trained, alpha < 2 as possibly over-fit and alpha > 6 as under-trained (Martin & Mahoney "
+    "2021); these are empirical heuristics from large trained networks, not guarantees, and a small "
+    "layer's alpha rests on few eigenvalues."
+)
+CAPTION_EPOCHS = (
+    "Alpha, stable rank and spectral norm of every layer across training. WeightWatcher reads "
+    "alpha falling into 2-6 (shaded) as a layer learning correlations; alpha below 2 as possibly "
+    "over-fit; above 6 as under-trained (heuristics, Martin & Mahoney 2021)."
+)
 
 
 @dataclass(frozen=True)
 class Params:
-    bins: int = probe.param(60, "Histogram bins per layer (log-spaced) in the ESD figure.", min=5, max=1000)
+    bins: int = probe.param(
+        60, "Histogram bins per layer (log-spaced) in the ESD figure.", min=5, max=1000
+    )
 
 
 @dataclass
@@ -174,13 +184,19 @@ def fit_power_law(eigenvalues) -> PowerLawFit:
 
     ev = np.asarray(eigenvalues, dtype=np.float64)
     if ev.size < MIN_EVALS:
-        return PowerLawFit(reason=f"{ev.size} eigenvalues, fewer than {MIN_EVALS} (WeightWatcher's min_evals)")
+        return PowerLawFit(
+            reason=f"{ev.size} eigenvalues, fewer than {MIN_EVALS} (WeightWatcher's min_evals)"
+        )
     if ev.size > MAX_EVALS:
-        return PowerLawFit(reason=f"{ev.size} eigenvalues, more than {MAX_EVALS} (WeightWatcher's max_evals)")
+        return PowerLawFit(
+            reason=f"{ev.size} eigenvalues, more than {MAX_EVALS} (WeightWatcher's max_evals)"
+        )
     data = np.sort(ev[ev > EVALS_THRESH])
     n_all = len(data)
     if n_all < 2:
-        return PowerLawFit(n_fit=n_all, reason=f"{n_all} eigenvalue(s) above {EVALS_THRESH:g}: no tail to fit")
+        return PowerLawFit(
+            n_fit=n_all, reason=f"{n_all} eigenvalue(s) above {EVALS_THRESH:g}: no tail to fit"
+        )
     flat = "the eigenvalues above the threshold are all equal: no tail to fit"
     if data[-1] <= data[0]:
         return PowerLawFit(n_fit=n_all, reason=flat)
@@ -191,8 +207,16 @@ def fit_power_law(eigenvalues) -> PowerLawFit:
     i, alpha, D, method = best
     xmin = float(data[i])
     n_tail = int(np.sum(ev >= xmin))
-    return PowerLawFit(alpha=float(alpha), xmin=xmin, xmax=float(data[-1]), D=float(D),
-                       sigma=float((alpha - 1.0) / math.sqrt(n_all - i)), n_tail=n_tail, n_fit=n_all, method=method)
+    return PowerLawFit(
+        alpha=float(alpha),
+        xmin=xmin,
+        xmax=float(data[-1]),
+        D=float(D),
+        sigma=float((alpha - 1.0) / math.sqrt(n_all - i)),
+        n_tail=n_tail,
+        n_fit=n_all,
+        method=method,
+    )
 
 
 def _fit_csn(data):
@@ -252,7 +276,9 @@ def _fit_small_n(data):
         if s <= 1e-12:
             return None
         alphas[0] = 1.0 + (n - 1.0) / s
-        Ds[0] = float(np.max(np.abs(np.arange(n_all) / n - (1.0 - (data / data[0]) ** (1.0 - alphas[0])))))
+        Ds[0] = float(
+            np.max(np.abs(np.arange(n_all) / n - (1.0 - (data / data[0]) ** (1.0 - alphas[0]))))
+        )
     i = int(np.argmin(Ds))
     return i, alphas[i], Ds[i], "small-n"
 
@@ -269,8 +295,10 @@ def model_layers(ckpt) -> list[tuple[str, str, Any]]:
             kind = "Conv2d" if isinstance(mod, nn.Conv2d) else "Linear"
             w = mod.weight.detach().cpu().float().numpy()
             if not np.isfinite(w).all():
-                raise probe.ProbeError(f"{ckpt.path}: layer {name} has non-finite weights (nan or inf): "
-                                       "no spectrum to compute")
+                raise probe.ProbeError(
+                    f"{ckpt.path}: layer {name} has non-finite weights (nan or inf): "
+                    "no spectrum to compute"
+                )
             layers.append((name, kind, w))
     if not layers:
         raise probe.ProbeError(f"{ckpt.path}: the model has no Conv2d or Linear layer")
@@ -283,33 +311,69 @@ def analyse_epoch(ctx: probe.Context, epoch: int) -> list[dict[str, Any]]:
     for name, kind, w in model_layers(ctx.checkpoint(epoch)):
         spec = layer_spectrum(kind, w)
         fit = fit_power_law(spec["eigenvalues"])
-        rows.append({"layer": name, "type": kind, "shape": list(w.shape), **spec,
-                     "alpha": fit.alpha, "xmin": fit.xmin, "xmax": fit.xmax, "D": fit.D, "sigma": fit.sigma,
-                     "n_tail": fit.n_tail, "n_fit": fit.n_fit, "fit_method": fit.method, "fit_note": fit.reason,
-                     "alpha_weighted": fit.alpha * math.log10(spec["lambda_max"])
-                     if spec["lambda_max"] > 0 else math.nan})
+        rows.append(
+            {
+                "layer": name,
+                "type": kind,
+                "shape": list(w.shape),
+                **spec,
+                "alpha": fit.alpha,
+                "xmin": fit.xmin,
+                "xmax": fit.xmax,
+                "D": fit.D,
+                "sigma": fit.sigma,
+                "n_tail": fit.n_tail,
+                "n_fit": fit.n_fit,
+                "fit_method": fit.method,
+                "fit_note": fit.reason,
+                "alpha_weighted": fit.alpha * math.log10(spec["lambda_max"])
+                if spec["lambda_max"] > 0
+                else math.nan,
+            }
+        )
     return rows
 
 
 def provenance(epochs: list[int]) -> dict[str, Any]:
     """What every number here was computed on: the record each result carries."""
     return {
-        "weights": f"checkpoint of epoch {epochs[0]}" if len(epochs) == 1 else f"checkpoints of epochs {epochs}",
+        "weights": f"checkpoint of epoch {epochs[0]}"
+        if len(epochs) == 1
+        else f"checkpoints of epochs {epochs}",
         "data": "none (data-free: weights only)",
         "dtype": "float32 weights, float64 SVD (scipy)",
         "which_layers": "every Conv2d and Linear layer, in network order; biases and BatchNorm left out",
         "convention": "weightwatcher 0.7 analyze() defaults: conv2d_fft=False, conv2d_norm=True, pool=True, "
-                      "pl_package='ww', xmax=None, fix_fingers=False, eigenvalues > 1e-5 fitted, min_evals=8, "
-                      "max_evals=15000",
+        "pl_package='ww', xmax=None, fix_fingers=False, eigenvalues > 1e-5 fitted, min_evals=8, "
+        "max_evals=15000",
         "eigenvalues": "squared singular values of each matrix (X = W^T W, no 1/N); a Conv2d slice scaled by "
-                       "1/sqrt(2) first",
+        "1/sqrt(2) first",
         "alpha_band": list(ALPHA_BAND),
     }
 
 
-_ROW_KEYS = ("layer", "type", "shape", "N", "M", "n_matrices", "n_evals", "alpha", "xmin", "xmax", "D", "sigma",
-             "n_tail", "n_fit", "fit_method", "fit_note", "lambda_max", "spectral_norm", "stable_rank",
-             "alpha_weighted")
+_ROW_KEYS = (
+    "layer",
+    "type",
+    "shape",
+    "N",
+    "M",
+    "n_matrices",
+    "n_evals",
+    "alpha",
+    "xmin",
+    "xmax",
+    "D",
+    "sigma",
+    "n_tail",
+    "n_fit",
+    "fit_method",
+    "fit_note",
+    "lambda_max",
+    "spectral_norm",
+    "stable_rank",
+    "alpha_weighted",
+)
 
 
 def _mean(values) -> float:
@@ -319,7 +383,9 @@ def _mean(values) -> float:
 
 def _shade_band(ax) -> None:
     lo, hi = ALPHA_BAND
-    ax.axhspan(lo, hi, color="tab:green", alpha=0.12, lw=0, label=f"WeightWatcher's {lo:g}-{hi:g} band")
+    ax.axhspan(
+        lo, hi, color="tab:green", alpha=0.12, lw=0, label=f"WeightWatcher's {lo:g}-{hi:g} band"
+    )
 
 
 def run_epoch(ctx: probe.Context) -> None:
@@ -337,7 +403,9 @@ def run_epoch(ctx: probe.Context) -> None:
     # The ESD of every layer, log-log, with its fitted tail.
     cols = min(3, len(rows))
     nrows = math.ceil(len(rows) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False, constrained_layout=True
+    )
     for ax, r in zip(axes.flat, rows, strict=False):
         ev = r["eigenvalues"]
         pos = ev[ev > EVALS_THRESH]
@@ -350,15 +418,24 @@ def run_epoch(ctx: probe.Context) -> None:
             a, xmin = r["alpha"], r["xmin"]
             frac = r["n_tail"] / max(pos.size, 1)  # the tail's share of the density
             x = np.geomspace(xmin, r["xmax"], 50)
-            ax.plot(x, frac * (a - 1) / xmin * (x / xmin) ** (-a), "r--", lw=1.5, label=f"fit, alpha={a:.2f}")
+            ax.plot(
+                x,
+                frac * (a - 1) / xmin * (x / xmin) ** (-a),
+                "r--",
+                lw=1.5,
+                label=f"fit, alpha={a:.2f}",
+            )
             ax.axvline(xmin, color="red", lw=0.8, alpha=0.6)
         ax.set(xscale="log", yscale="log", xlabel="eigenvalue of W^T W", ylabel="density")
         ax.xaxis.set_minor_formatter(NullFormatter())
-        note = (f"alpha={r['alpha']:.2f}, D={r['D']:.3f}, tail {r['n_tail']}/{r['n_evals']}"
-                if math.isfinite(r["alpha"]) else "no fit")
+        note = (
+            f"alpha={r['alpha']:.2f}, D={r['D']:.3f}, tail {r['n_tail']}/{r['n_evals']}"
+            if math.isfinite(r["alpha"])
+            else "no fit"
+        )
         ax.set_title(f"{r['layer']} ({r['type']})\n{note}", fontsize=8)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(rows):]:
+    for ax in list(axes.flat)[len(rows) :]:
         ax.axis("off")
     fig.suptitle(f"weight spectra, epoch {epoch}", fontsize=10)
     ctx.out.figure("esd", fig, caption=CAPTION_ESD)
@@ -368,18 +445,34 @@ def run_epoch(ctx: probe.Context) -> None:
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 2), 3.6), constrained_layout=True)
     _shade_band(ax)
     err = np.array([r["sigma"] for r in rows])
-    ax.errorbar(range(len(rows)), alphas, yerr=np.where(np.isfinite(err), err, 0), fmt="o", color="black",
-                capsize=3, label="alpha (+- sigma)")
+    ax.errorbar(
+        range(len(rows)),
+        alphas,
+        yerr=np.where(np.isfinite(err), err, 0),
+        fmt="o",
+        color="black",
+        capsize=3,
+        label="alpha (+- sigma)",
+    )
     ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="alpha", title=f"power-law exponent per layer, epoch {epoch}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     ctx.out.figure("alpha", fig, caption=CAPTION_ALPHA)
 
-    ctx.out.arrays("eigenvalues", attrs={"layers": names, "epoch": epoch, **provenance([epoch])},
-                   **{r["layer"]: r["eigenvalues"] for r in rows})
-    ctx.out.json("spectra", {"epoch": epoch, "computed_on": provenance([epoch]),
-                             "layers": [{k: r[k] for k in _ROW_KEYS} for r in rows]})
+    ctx.out.arrays(
+        "eigenvalues",
+        attrs={"layers": names, "epoch": epoch, **provenance([epoch])},
+        **{r["layer"]: r["eigenvalues"] for r in rows},
+    )
+    ctx.out.json(
+        "spectra",
+        {
+            "epoch": epoch,
+            "computed_on": provenance([epoch]),
+            "layers": [{k: r[k] for k in _ROW_KEYS} for r in rows],
+        },
+    )
     finite = [a for a in alphas if math.isfinite(a)]
     ctx.out.scalar("alpha_mean", _mean(alphas))
     ctx.out.scalar("alpha_weighted_mean", _mean([r["alpha_weighted"] for r in rows]))
@@ -402,28 +495,49 @@ def run_epochs(ctx: probe.Context) -> None:
     epochs = list(ctx.epochs)
     if not epochs:
         raise probe.ProbeError(f"{ctx.run.path}: no complete epoch")
-    per_epoch = [analyse_epoch(ctx, e) for e in ctx.progress(epochs, "checkpoints", total=len(epochs))]
+    per_epoch = [
+        analyse_epoch(ctx, e) for e in ctx.progress(epochs, "checkpoints", total=len(epochs))
+    ]
     names = [r["layer"] for r in per_epoch[0]]
     if any([r["layer"] for r in rows] != names for rows in per_epoch):
         raise probe.ProbeError(f"{ctx.run.path}: the layers differ between epochs")
-    table = {k: np.array([[r[k] for r in rows] for rows in per_epoch], dtype=np.float64)
-             for k in ("alpha", "xmin", "xmax", "D", "sigma", "n_tail", "lambda_max", "spectral_norm",
-                       "stable_rank", "alpha_weighted")}
+    table = {
+        k: np.array([[r[k] for r in rows] for rows in per_epoch], dtype=np.float64)
+        for k in (
+            "alpha",
+            "xmin",
+            "xmax",
+            "D",
+            "sigma",
+            "n_tail",
+            "lambda_max",
+            "spectral_norm",
+            "stable_rank",
+            "alpha_weighted",
+        )
+    }
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
     ax = axes[0]
     _shade_band(ax)
     for j, name in enumerate(names):
         ax.plot(epochs, table["alpha"][:, j], "o-", ms=3, label=name)
-    ax.set(xlabel="epoch", ylabel="alpha (log scale)", title="power-law exponent of the ESD tail", yscale="log")
+    ax.set(
+        xlabel="epoch",
+        ylabel="alpha (log scale)",
+        title="power-law exponent of the ESD tail",
+        yscale="log",
+    )
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     finite = table["alpha"][np.isfinite(table["alpha"])]
     top = max(float(finite.max()) if finite.size else 6.0, 6.5)
     ax.set_yticks([t for t in (1, 1.5, 2, 3, 4, 6, 10, 20, 40, 100) if t <= top * 1.2])
     ax.legend(fontsize=6)
-    for ax, key, title in ((axes[1], "stable_rank", "stable rank: sum of eigenvalues / largest"),
-                           (axes[2], "spectral_norm", "spectral norm ||W||_2")):
+    for ax, key, title in (
+        (axes[1], "stable_rank", "stable rank: sum of eigenvalues / largest"),
+        (axes[2], "spectral_norm", "spectral norm ||W||_2"),
+    ):
         for j, name in enumerate(names):
             ax.plot(epochs, table[key][:, j], "o-", ms=3, label=name)
         ax.set(xlabel="epoch", title=title, yscale="log")
@@ -431,10 +545,21 @@ def run_epochs(ctx: probe.Context) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     ctx.out.figure("spectra_epochs", fig, caption=CAPTION_EPOCHS)
-    ctx.out.arrays("spectra_epochs", attrs={"layers": names, **provenance(epochs)}, epochs=np.array(epochs),
-                   **table)
-    ctx.out.json("spectra_epochs", {"epochs": epochs, "layers": names, "computed_on": provenance(epochs),
-                                    **{k: v.tolist() for k, v in table.items()}})
+    ctx.out.arrays(
+        "spectra_epochs",
+        attrs={"layers": names, **provenance(epochs)},
+        epochs=np.array(epochs),
+        **table,
+    )
+    ctx.out.json(
+        "spectra_epochs",
+        {
+            "epochs": epochs,
+            "layers": names,
+            "computed_on": provenance(epochs),
+            **{k: v.tolist() for k, v in table.items()},
+        },
+    )
     ctx.out.scalar("alpha_mean", _mean(table["alpha"][-1]))
     ctx.out.scalar("alpha_mean_change", _mean(table["alpha"][-1]) - _mean(table["alpha"][0]))
     for j, name in enumerate(names):
@@ -443,13 +568,25 @@ def run_epochs(ctx: probe.Context) -> None:
 
 @probe.hookimpl
 def register_analyses(register) -> None:
-    register(probe.Analysis(
-        name="spectra", run=run_epoch, params=Params, scope="epoch", needs={"checkpoint"},
-        summary="Data-free weight spectra per layer (WeightWatcher's): ESD, power-law alpha, stable rank, spectral norm.",
-        figure_captions={"esd": CAPTION_ESD, "alpha": CAPTION_ALPHA},
-    ))
-    register(probe.Analysis(
-        name="spectra-epochs", run=run_epochs, params=probe.NoParams, scope="run", needs={"checkpoint"},
-        summary="Power-law alpha, stable rank and spectral norm of every layer's weights across epochs (data-free).",
-        figure_captions={"spectra_epochs": CAPTION_EPOCHS},
-    ))
+    register(
+        probe.Analysis(
+            name="spectra",
+            run=run_epoch,
+            params=Params,
+            scope="epoch",
+            needs={"checkpoint"},
+            summary="Data-free weight spectra per layer (WeightWatcher's): ESD, power-law alpha, stable rank, spectral norm.",
+            figure_captions={"esd": CAPTION_ESD, "alpha": CAPTION_ALPHA},
+        )
+    )
+    register(
+        probe.Analysis(
+            name="spectra-epochs",
+            run=run_epochs,
+            params=probe.NoParams,
+            scope="run",
+            needs={"checkpoint"},
+            summary="Power-law alpha, stable rank and spectral norm of every layer's weights across epochs (data-free).",
+            figure_captions={"spectra_epochs": CAPTION_EPOCHS},
+        )
+    )

@@ -22,12 +22,17 @@ DEFAULT_ARCH = "resnet18"
 
 @dataclass(frozen=True)
 class Params:
-    arch: str = probe.param(DEFAULT_ARCH, "A torchvision.models classification architecture, e.g. resnet18, "
-                            "mobilenet_v3_small, vgg11_bn, densenet121, convnext_tiny (not ViT/Swin/MaxViT).")
+    arch: str = probe.param(
+        DEFAULT_ARCH,
+        "A torchvision.models classification architecture, e.g. resnet18, "
+        "mobilenet_v3_small, vgg11_bn, densenet121, convnext_tiny (not ViT/Swin/MaxViT).",
+    )
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", self.arch):
-            raise ValueError(f"arch must be a torchvision model name such as resnet18, got {self.arch[:40]!r}")
+            raise ValueError(
+                f"arch must be a torchvision model name such as resnet18, got {self.arch[:40]!r}"
+            )
         if self.arch == DEFAULT_ARCH:
             return  # checked by the tests; registration builds the defaults, and must not import torchvision
         try:
@@ -52,6 +57,13 @@ def layers(model: Any, params: Params) -> list[str]:
 
 @probe.hookimpl
 def register_models(register: Any) -> None:
-    register(probe.ModelFamily(
-        name="torchvision", build=build, params=Params, layers=layers, version="1",
-        summary="Any torchvision.models classification CNN by name (arch=resnet18, vgg11, ...), weights=None."))
+    register(
+        probe.ModelFamily(
+            name="torchvision",
+            build=build,
+            params=Params,
+            layers=layers,
+            version="1",
+            summary="Any torchvision.models classification CNN by name (arch=resnet18, vgg11, ...), weights=None.",
+        )
+    )

@@ -17,9 +17,26 @@ from probe.errors import NotARunError, ProbeError, RunFileError, Skip, UsageErro
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "Augmentation", "Context", "DataSource", "InputSpec", "LayerParams", "ModelFamily", "ModelSpec",
-    "NotARunError", "ProbeError", "Recorder", "Run", "RunFileError", "Skip", "UsageError",
-    "__version__", "hookimpl", "load_checkpoint", "load_model", "param",
+    "Analysis",
+    "Augmentation",
+    "Context",
+    "DataSource",
+    "InputSpec",
+    "LayerParams",
+    "ModelFamily",
+    "ModelSpec",
+    "NotARunError",
+    "ProbeError",
+    "Recorder",
+    "Run",
+    "RunFileError",
+    "Skip",
+    "UsageError",
+    "__version__",
+    "hookimpl",
+    "load_checkpoint",
+    "load_model",
+    "param",
 ]
 
 

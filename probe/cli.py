@@ -88,7 +88,11 @@ def config_options(fn: Callable) -> Callable:
     for f in reversed(dataclasses.fields(TrainConfig)):
         typ, meta = field_type(f), f.metadata
         default = f.default if f.default is not None else None
-        shown = f" [default: {', '.join(default) if isinstance(default, tuple) else default}]" if default not in (None, ()) else ""
+        shown = (
+            f" [default: {', '.join(default) if isinstance(default, tuple) else default}]"
+            if default not in (None, ())
+            else ""
+        )
         help_text = meta["help"] + shown
         name = flag(f.name)
         if typ is bool:
@@ -98,7 +102,9 @@ def config_options(fn: Callable) -> Callable:
             choice_type = click.Choice([str(c) for c in meta["choices"]], case_sensitive=True)
             opt = click.option(name, f.name, type=choice_type, default=None, help=help_text)
         elif typ is tuple and meta.get("pairs"):
-            opt = click.option(name.removesuffix("s"), f.name, multiple=True, help=help_text, metavar="KEY=VALUE")
+            opt = click.option(
+                name.removesuffix("s"), f.name, multiple=True, help=help_text, metavar="KEY=VALUE"
+            )
         elif typ is tuple:
             opt = click.option(name, f.name, default=None, help=help_text, metavar="LAYERS")
         else:
@@ -131,7 +137,11 @@ def _same_value(key: str, stored: Any, given: Any) -> bool:
     """Whether a value given on resume equals the stored one (a list is a tuple; a data path may be spelt otherwise)."""
     if isinstance(given, tuple):
         given = list(given)
-    if stored == given and type(stored) is type(given) or (isinstance(stored, float) and stored == given):
+    if (
+        stored == given
+        and type(stored) is type(given)
+        or (isinstance(stored, float) and stored == given)
+    ):
         return True
     if key == "data" and isinstance(stored, str) and isinstance(given, str):
         try:
@@ -141,8 +151,9 @@ def _same_value(key: str, stored: Any, given: Any) -> bool:
     return False
 
 
-def _resumed_config(run_dir: Path, file_values: dict[str, Any], overrides: dict[str, Any],
-                    config_file: str | None) -> TrainConfig:
+def _resumed_config(
+    run_dir: Path, file_values: dict[str, Any], overrides: dict[str, Any], config_file: str | None
+) -> TrainConfig:
     """The stored config with --epochs/--device applied; any other option must equal what is stored.
 
     So the same command line with --resume added continues the run; a real change is
@@ -165,22 +176,41 @@ def _resumed_config(run_dir: Path, file_values: dict[str, Any], overrides: dict[
         if key not in stored or not _same_value(key, stored[key], value):
             source = flag(key) if key in overrides else f"{key} in {config_file}"
             was = repr(stored[key]) if key in stored else "absent"
-            differ.append(f"{source} (stored {was}, given {list(value) if isinstance(value, tuple) else value!r})")
+            differ.append(
+                f"{source} (stored {was}, given {list(value) if isinstance(value, tuple) else value!r})"
+            )
     if differ:
-        raise UsageError("--resume", f"continues the stored config of {run_dir / CONFIG}; only --epochs and --device "
-                                     f"may change, but {'; '.join(differ)}")
+        raise UsageError(
+            "--resume",
+            f"continues the stored config of {run_dir / CONFIG}; only --epochs and --device "
+            f"may change, but {'; '.join(differ)}",
+        )
     resumed = {k: v for k, v in given.items() if k in RESUMABLE}
     return from_dict({**stored, **resumed}, str(run_dir / CONFIG))
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Where the run directory is written.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of config keys; flags override it.")
-@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last complete epoch.")
+@click.option(
+    "--run-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where the run directory is written.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML file of config keys; flags override it.",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --run-dir from its last complete epoch."
+)
 @click.option("--force", is_flag=True, help="Replace an existing run in --run-dir.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 @config_options
-def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quiet: bool, **kw: Any) -> None:
+def train(
+    run_dir: str, config_file: str | None, resume: bool, force: bool, quiet: bool, **kw: Any
+) -> None:
     """Train a CNN and write a self-contained run directory.
 
     Defaults are the course notebook's CONFIG. Every option is also a key of the
@@ -196,13 +226,17 @@ def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quie
     overrides = _overrides(kw)
     file_values = load_toml(config_file) if config_file else {}
     try:
-        cfg = make_config(file_values, overrides)  # every value checked, also the ones --resume compares
+        cfg = make_config(
+            file_values, overrides
+        )  # every value checked, also the ones --resume compares
     except TypeError as exc:
         raise UsageError("--config", str(exc)) from None
     from probe.rundir.prepare import check_path
     from probe.training.loop import train as run_training
 
-    check_path(Path(run_dir))  # a name too long for the filesystem, before anything looks at the directory
+    check_path(
+        Path(run_dir)
+    )  # a name too long for the filesystem, before anything looks at the directory
     if resume:
         cfg = _resumed_config(Path(run_dir), file_values, overrides, config_file)
 
@@ -213,25 +247,72 @@ def train(run_dir: str, config_file: str | None, resume: bool, force: bool, quie
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--plugin", "-p", "plugins", multiple=True, help="Analysis to run (repeatable). See `probe plugins`.")
+@click.option(
+    "--plugin",
+    "-p",
+    "plugins",
+    multiple=True,
+    help="Analysis to run (repeatable). See `probe plugins`.",
+)
 @click.option("--all", "run_all", is_flag=True, help="Run every installed analysis.")
-@click.option("--epochs", "-e", default=None,
-              help="all, last, first, 0,5,last, 2-6 or ::5 [default: all for run-wide analyses, last otherwise].")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="Analysis parameter (repeatable); ANALYSIS.KEY=VALUE targets one analysis.")
+@click.option(
+    "--epochs",
+    "-e",
+    default=None,
+    help="all, last, first, 0,5,last, 2-6 or ::5 [default: all for run-wide analyses, last otherwise].",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Analysis parameter (repeatable); ANALYSIS.KEY=VALUE targets one analysis.",
+)
 @click.option("--force", is_flag=True, help="Recompute even when a cached result matches.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
 @click.option("--quiet", "-q", is_flag=True, help="Only print failures and the summary.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Run each job in a child process and kill it after SECONDS (status: timeout).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Send the independent pieces of a job (landscape grid rows, per-epoch Hessian pieces) to N local "
-                   "worker processes.")
-@click.option("--dask-workers", type=click.IntRange(min=1), default=None, help="...to a local Dask cluster of N workers.")
-@click.option("--scheduler", default=None, metavar="ADDRESS", help="...to an existing Dask scheduler (tcp://host:8786).")
-def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str | None, params: tuple[str, ...],
-            force: bool, device: str, quiet: bool, timeout: float | None, workers: int | None,
-            dask_workers: int | None, scheduler: str | None) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Run each job in a child process and kill it after SECONDS (status: timeout).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Send the independent pieces of a job (landscape grid rows, per-epoch Hessian pieces) to N local "
+    "worker processes.",
+)
+@click.option(
+    "--dask-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="...to a local Dask cluster of N workers.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="...to an existing Dask scheduler (tcp://host:8786).",
+)
+def analyze(
+    run_dir: str,
+    plugins: tuple[str, ...],
+    run_all: bool,
+    epochs: str | None,
+    params: tuple[str, ...],
+    force: bool,
+    device: str,
+    quiet: bool,
+    timeout: float | None,
+    workers: int | None,
+    dask_workers: int | None,
+    scheduler: str | None,
+) -> None:
     """Run analyses over a saved run, offline.
 
     Results go to RUN_DIR/analyses/<analysis>/; rerunning with the same inputs and
@@ -244,13 +325,18 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
     from probe.rundir.run import Run
 
     reg = registry()
-    for line in reg.problems():  # disabled analyses (name clashes, bad defaults): the others still run
+    for (
+        line
+    ) in reg.problems():  # disabled analyses (name clashes, bad defaults): the others still run
         click.echo(f"warning: {line}", err=True)
     Run(run_dir)  # a clear error for a directory that is not a run, before anything else
     if run_all:
         plugins = tuple(sorted(reg.analyses))
     if not plugins:
-        raise UsageError("--plugin", f"name at least one analysis or use --all (installed: {', '.join(sorted(reg.analyses)) or 'none'})")
+        raise UsageError(
+            "--plugin",
+            f"name at least one analysis or use --all (installed: {', '.join(sorted(reg.analyses)) or 'none'})",
+        )
     analyses = [reg.get(p) for p in dict.fromkeys(plugins)]
     routed = split_params(list(params), analyses)
 
@@ -264,10 +350,23 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
     if workers is not None or dask_workers is not None or scheduler is not None:
         from probe.analysis.executor import make_executor
 
-        executor = make_executor(workers, scheduler, dask_workers)  # an unreachable scheduler: one line, nothing run
+        executor = make_executor(
+            workers, scheduler, dask_workers
+        )  # an unreachable scheduler: one line, nothing run
     try:
-        outcomes = run_analyses(run_dir, [a.name for a in analyses], epochs, routed, device=device, force=force,
-                                quiet=quiet, registry=reg, on_outcome=report, timeout=timeout, executor=executor)
+        outcomes = run_analyses(
+            run_dir,
+            [a.name for a in analyses],
+            epochs,
+            routed,
+            device=device,
+            force=force,
+            quiet=quiet,
+            registry=reg,
+            on_outcome=report,
+            timeout=timeout,
+            executor=executor,
+        )
     finally:
         if executor is not None:
             executor.close()
@@ -278,7 +377,9 @@ def analyze(run_dir: str, plugins: tuple[str, ...], run_all: bool, epochs: str |
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--verbose", "-v", is_flag=True, help="Show each analysis's parameters, scope and inputs.")
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Show each analysis's parameters, scope and inputs."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(verbose: bool, as_json: bool) -> None:
     """List installed plugins, their status and versions, and their analyses."""
@@ -288,12 +389,21 @@ def plugins(verbose: bool, as_json: bool) -> None:
 
     reg = registry()
     if as_json:  # strict JSON: a non-finite default (allow_nonfinite) is written as "nan"/"inf", never bare NaN
-        click.echo(dumps({
-            "plugins": [dataclasses.asdict(p) for p in reg.plugins.values()],
-            "analyses": [describe(a) for a in reg.analyses.values()],
-            "disabled": [dataclasses.asdict(d) | {"message": reg.describe_disabled(d)} for d in reg.disabled],
-            "notes": reg.notes,
-        }, "str", indent=2))
+        click.echo(
+            dumps(
+                {
+                    "plugins": [dataclasses.asdict(p) for p in reg.plugins.values()],
+                    "analyses": [describe(a) for a in reg.analyses.values()],
+                    "disabled": [
+                        dataclasses.asdict(d) | {"message": reg.describe_disabled(d)}
+                        for d in reg.disabled
+                    ],
+                    "notes": reg.notes,
+                },
+                "str",
+                indent=2,
+            )
+        )
         return
     for info in reg.plugins.values():
         version = f" {info.version}" if info.version else ""
@@ -304,7 +414,9 @@ def plugins(verbose: bool, as_json: bool) -> None:
             a = reg.analyses[name]
             click.echo(f"    {a.name}: {a.summary}")
             if verbose:
-                click.echo(f"        scope: {a.scope}; needs: {', '.join(sorted(a.needs))}; version {a.version}")
+                click.echo(
+                    f"        scope: {a.scope}; needs: {', '.join(sorted(a.needs))}; version {a.version}"
+                )
                 for spec in a.param_specs():
                     click.echo(f"        --param {spec.describe()}")
         for name in info.models:
@@ -317,7 +429,9 @@ def plugins(verbose: bool, as_json: bool) -> None:
         click.echo("no plugins installed")
     problems = reg.problems()
     if problems:
-        click.echo(f"\n{len(problems)} problem{'s' if len(problems) > 1 else ''} (the other analyses work):")
+        click.echo(
+            f"\n{len(problems)} problem{'s' if len(problems) > 1 else ''} (the other analyses work):"
+        )
     for line in problems:
         click.echo(f"  {line}")
 
@@ -337,16 +451,39 @@ def models(as_json: bool) -> None:
     if as_json:
         import json
 
-        click.echo(json.dumps([{"name": f.name, "summary": f.summary, "version": f.version, "provider": f.provider,
-                                "provider_version": f.provider_version,
-                                "params": [{"name": s.name, "type": s.type.__name__, "default": s.default,
-                                            "help": s.help, "choices": s.choices, "min": s.min, "max": s.max}
-                                           for s in f.param_specs()]}
-                               for f in fams.values()], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": f.name,
+                        "summary": f.summary,
+                        "version": f.version,
+                        "provider": f.provider,
+                        "provider_version": f.provider_version,
+                        "params": [
+                            {
+                                "name": s.name,
+                                "type": s.type.__name__,
+                                "default": s.default,
+                                "help": s.help,
+                                "choices": s.choices,
+                                "min": s.min,
+                                "max": s.max,
+                            }
+                            for s in f.param_specs()
+                        ],
+                    }
+                    for f in fams.values()
+                ],
+                indent=2,
+            )
+        )
         return
     for name in sorted(fams):
         f = fams[name]
-        click.echo(f"{name} ({f.provider} {f.provider_version}, family version {f.version}): {f.summary}")
+        click.echo(
+            f"{name} ({f.provider} {f.provider_version}, family version {f.version}): {f.summary}"
+        )
         for spec in f.param_specs():
             click.echo(f"    --model-param {spec.describe()}")
     if not fams:

@@ -17,12 +17,29 @@ from typing import Any
 
 import pytest
 
-TINY = dict(epochs=2, subset_train_size=0, batch_size=32, val_batch_size=64, base_width=4, probe_set_size=40,
-            analysis_batch_size=64, lr=0.05, optimizer="SGD_mom", seed=0, device="cpu")
+TINY = dict(
+    epochs=2,
+    subset_train_size=0,
+    batch_size=32,
+    val_batch_size=64,
+    base_width=4,
+    probe_set_size=40,
+    analysis_batch_size=64,
+    lr=0.05,
+    optimizer="SGD_mom",
+    seed=0,
+    device="cpu",
+)
 
 
-def synthetic_dataset(n_train: int = 320, n_test: int = 120, seed: int = 0, num_classes: int = 10, channels: int = 3,
-                      size: int = 32):
+def synthetic_dataset(
+    n_train: int = 320,
+    n_test: int = 120,
+    seed: int = 0,
+    num_classes: int = 10,
+    channels: int = 3,
+    size: int = 32,
+):
     """CIFAR-shaped (or `channels` x `size` x `size`) uint8 images whose class sets a colour and a stripe pattern,
     plus noise: learnable in an epoch. Normalised with CIFAR-10's statistics when RGB, else with their own."""
     import torch
@@ -32,7 +49,10 @@ def synthetic_dataset(n_train: int = 320, n_test: int = 120, seed: int = 0, num_
 
     g = torch.Generator().manual_seed(seed)
     base = torch.rand(num_classes, channels, 1, 1, generator=g) * 160 + 40
-    stripes = (torch.arange(size).view(1, 1, 1, size) % (torch.arange(num_classes).view(-1, 1, 1, 1) + 2) == 0).float() * 50
+    stripes = (
+        torch.arange(size).view(1, 1, 1, size) % (torch.arange(num_classes).view(-1, 1, 1, 1) + 2)
+        == 0
+    ).float() * 50
 
     def split(n: int):
         y = torch.arange(n) % num_classes
@@ -42,10 +62,22 @@ def synthetic_dataset(n_train: int = 320, n_test: int = 120, seed: int = 0, num_
 
     train_x, train_y = split(n_train)
     test_x, test_y = split(n_test)
-    classes = CIFAR10_CLASSES[:num_classes] if num_classes <= 10 else tuple(f"class{i}" for i in range(num_classes))
+    classes = (
+        CIFAR10_CLASSES[:num_classes]
+        if num_classes <= 10
+        else tuple(f"class{i}" for i in range(num_classes))
+    )
     rgb = channels == 3
-    return Dataset(train_x, train_y, test_x, test_y, classes=classes, source="synthetic",
-                   mean=CIFAR10_MEAN if rgb else None, std=CIFAR10_STD if rgb else None)
+    return Dataset(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        classes=classes,
+        source="synthetic",
+        mean=CIFAR10_MEAN if rgb else None,
+        std=CIFAR10_STD if rgb else None,
+    )
 
 
 def registry_with(*plugin_objs: Any) -> Any:
@@ -73,12 +105,18 @@ def make_tiny_run(run_dir: str | Path, dataset: Any = None, **overrides: Any) ->
     from probe.training.config import TrainConfig
     from probe.training.loop import train
 
-    tiny = {k: v for k, v in TINY.items() if k != "base_width" or overrides.get("model", "simplecnn") == "simplecnn"}
+    tiny = {
+        k: v
+        for k, v in TINY.items()
+        if k != "base_width" or overrides.get("model", "simplecnn") == "simplecnn"
+    }
     cfg = TrainConfig(**{**tiny, **overrides})
     return train(run_dir, cfg, quiet=True, dataset=dataset or synthetic_dataset(seed=cfg.seed))
 
 
-def make_image_folder(root: Path, n_train: int = 3, n_test: int = 2, classes: int = 10, seed: int = 0) -> Path:
+def make_image_folder(
+    root: Path, n_train: int = 3, n_test: int = 2, classes: int = 10, seed: int = 0
+) -> Path:
     """A tiny CIFAR-like folder dataset: root/{train,test}/<class>/NNNN.png."""
     import numpy as np
     from PIL import Image
@@ -89,7 +127,9 @@ def make_image_folder(root: Path, n_train: int = 3, n_test: int = 2, classes: in
             d = root / split / f"class{c}"
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    d / f"{i:04d}.png"
+                )
     return root
 
 

@@ -24,14 +24,38 @@ import probe
 from probe.testing import make_image_folder
 
 # A run of 3 epochs on 80 training images: a few hundred milliseconds of training per run.
-TINY_ARGS = ["--epochs", "3", "--batch-size", "16", "--val-batch-size", "32", "--subset-train-size", "0",
-             "--base-width", "4", "--probe-set-size", "10", "--analysis-batch-size", "8", "--optimizer", "SGD_mom",
-             "--lr", "0.05", "--seed", "0", "--device", "cpu", "--quiet"]
+TINY_ARGS = [
+    "--epochs",
+    "3",
+    "--batch-size",
+    "16",
+    "--val-batch-size",
+    "32",
+    "--subset-train-size",
+    "0",
+    "--base-width",
+    "4",
+    "--probe-set-size",
+    "10",
+    "--analysis-batch-size",
+    "8",
+    "--optimizer",
+    "SGD_mom",
+    "--lr",
+    "0.05",
+    "--seed",
+    "0",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
-def make_png_folder(root: Path, n_train: int = 8, n_test: int = 3, classes: int = 10, seed: int = 0) -> Path:
+def make_png_folder(
+    root: Path, n_train: int = 8, n_test: int = 3, classes: int = 10, seed: int = 0
+) -> Path:
     """A CIFAR-shaped folder dataset of random PNGs: root/{train,test}/<class>/NNNN.png."""
     return make_image_folder(root, n_train=n_train, n_test=n_test, classes=classes, seed=seed)
 
@@ -132,8 +156,14 @@ class Zygote:
         self.n = 0
         env = {**os.environ, **CHILD_ENV, "PROBE_CACHE": str(cache)}
         env.pop("PROBE_TEST_DELAY_WRITES", None)
-        self.proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env, bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            bufsize=1,
+        )
         line = self.proc.stdout.readline()
         assert line.strip() == "ready", f"zygote did not start: {line!r}"
 
@@ -153,8 +183,14 @@ class Zygote:
         self.proc.stdin.flush()
         return self._read(timeout)
 
-    def start(self, args: list[str], *, env: dict[str, str] | None = None, fsize: int | None = None,
-              prelude: str = "") -> Child:
+    def start(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        fsize: int | None = None,
+        prelude: str = "",
+    ) -> Child:
         """Fork a child running `probe ARGS`; several may run at once. `prelude`: Python run first."""
         self.n += 1
         log = self.logs / f"child-{self.n:03d}.log"
@@ -207,13 +243,19 @@ def check_run_files(run_dir: Path) -> list[int]:
     epochs = run.epochs()
     for p in sorted(run_dir.rglob("*")):
         parts = p.relative_to(run_dir).parts
-        if p.is_dir() or any(part.startswith(".") for part in parts) or parts[0] in ("analyses", "logs", "report"):
+        if (
+            p.is_dir()
+            or any(part.startswith(".") for part in parts)
+            or parts[0] in ("analyses", "logs", "report")
+        ):
             continue
         rel = p.relative_to(run_dir).as_posix()
         if rel == "config.json":
             json.loads(p.read_text())
         elif rel == "metrics.jsonl":
-            rows = [json.loads(line) for line in p.read_text().splitlines()]  # no torn line: written whole
+            rows = [
+                json.loads(line) for line in p.read_text().splitlines()
+            ]  # no torn line: written whole
             assert [r["epoch"] for r in rows] == sorted(r["epoch"] for r in rows)
             assert {r["epoch"] for r in rows} <= set(epochs), (rows, epochs)
         elif rel.startswith("checkpoints/"):
@@ -243,7 +285,9 @@ def checkpoint_digests(run_dir: Path) -> dict[int, str]:
     from probe.rundir.run import Run
 
     run = Run(run_dir)
-    return {e: checkpoint.read_metadata(run.checkpoint_path(e))["content_sha256"] for e in run.epochs()}
+    return {
+        e: checkpoint.read_metadata(run.checkpoint_path(e))["content_sha256"] for e in run.epochs()
+    }
 
 
 def final_state(run_dir: Path) -> dict[str, Any]:
@@ -262,7 +306,9 @@ def assert_bitwise_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert sorted(a) == sorted(b)
     for k in a:
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
-        assert torch.equal(a[k].reshape(-1).view(torch.uint8), b[k].reshape(-1).view(torch.uint8)), k
+        assert torch.equal(
+            a[k].reshape(-1).view(torch.uint8), b[k].reshape(-1).view(torch.uint8)
+        ), k
 
 
 def one_error_line(text: str) -> str:
@@ -274,6 +320,7 @@ def one_error_line(text: str) -> str:
 
 
 # --- analyses for the tests ---------------------------------------------------------------------------
+
 
 def _peek(ctx: Any) -> None:
     """Per epoch: rebuild the model and read every recorded activation (a damaged input fails it)."""
@@ -308,10 +355,23 @@ class TestPlugins:
     def register_analyses(self, register: Any) -> None:
         from probe import Analysis
 
-        register(Analysis(name="peek", run=_peek, needs={"model", "activations"},
-                          summary="Rebuild each epoch's model and read its activations."))
-        register(Analysis(name="census", run=_census, scope="run", needs={"checkpoint", "activations", "metrics"},
-                          summary="Check every selected epoch is complete."))
+        register(
+            Analysis(
+                name="peek",
+                run=_peek,
+                needs={"model", "activations"},
+                summary="Rebuild each epoch's model and read its activations.",
+            )
+        )
+        register(
+            Analysis(
+                name="census",
+                run=_census,
+                scope="run",
+                needs={"checkpoint", "activations", "metrics"},
+                summary="Check every selected epoch is complete.",
+            )
+        )
         for analysis in self.extra:
             register(analysis)
 
@@ -328,14 +388,27 @@ def install_test_plugins(*extra: Any) -> Any:
     return reg
 
 
-PLUGIN_PRELUDE = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-                  "import reliability_helpers; reliability_helpers.install_test_plugins()\n")
+PLUGIN_PRELUDE = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+    "import reliability_helpers; reliability_helpers.install_test_plugins()\n"
+)
 
 
 # --- in-process runs and commands ---------------------------------------------------------------------
 
-SMALL = dict(epochs=2, subset_train_size=0, batch_size=16, val_batch_size=32, base_width=4, probe_set_size=10,
-             analysis_batch_size=8, lr=0.05, optimizer="SGD_mom", seed=0, device="cpu")
+SMALL = dict(
+    epochs=2,
+    subset_train_size=0,
+    batch_size=16,
+    val_batch_size=32,
+    base_width=4,
+    probe_set_size=10,
+    analysis_batch_size=8,
+    lr=0.05,
+    optimizer="SGD_mom",
+    seed=0,
+    device="cpu",
+)
 
 
 def copy_of(template: Path, tmp_path: Path) -> Path:
@@ -354,7 +427,9 @@ def train_small(run_dir: Path, **overrides: Any) -> Path:
     from probe.training.loop import train
 
     cfg = TrainConfig(**{**SMALL, **overrides})
-    return train(run_dir, cfg, quiet=True, dataset=synthetic_dataset(n_train=80, n_test=40, seed=cfg.seed))
+    return train(
+        run_dir, cfg, quiet=True, dataset=synthetic_dataset(n_train=80, n_test=40, seed=cfg.seed)
+    )
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -24,7 +24,13 @@ from probe.rundir import activations
 from probe.rundir.run import Run
 from probe_plugins import cka, filters, gradcheck, projection, rsm
 
-PLUGINS = {"filters": filters, "projection": projection, "rsm": rsm, "cka": cka, "gradcheck": gradcheck}
+PLUGINS = {
+    "filters": filters,
+    "projection": projection,
+    "rsm": rsm,
+    "cka": cka,
+    "gradcheck": gradcheck,
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +43,14 @@ def registry() -> Registry:
 
 
 def analyse(run_dir: Path, registry: Registry, name: str, epochs: str | None = None, **params):
-    outcomes = run_analyses(run_dir, [name], epochs, {name: {k: str(v) for k, v in params.items()}},
-                            registry=registry, device="cpu")
+    outcomes = run_analyses(
+        run_dir,
+        [name],
+        epochs,
+        {name: {k: str(v) for k, v in params.items()}},
+        registry=registry,
+        device="cpu",
+    )
     for o in outcomes:
         assert o.status == "ok", f"{o.label}: {o.error}\n{o.traceback}"
     return outcomes
@@ -53,12 +65,21 @@ def probe_labels(run_dir: Path) -> np.ndarray:
 
 
 def pooled(run_dir: Path, layer: str, epoch: int) -> np.ndarray:
-    return np.asarray(activations.read(Run(run_dir).activations_path(epoch), layer), dtype=np.float64)
+    return np.asarray(
+        activations.read(Run(run_dir).activations_path(epoch), layer), dtype=np.float64
+    )
 
 
 def test_registered_analyses(registry):
-    assert set(registry.analyses) == {"filters", "filters-evolution", "projection", "rsm", "cka", "cka-epochs",
-                                      "gradcheck"}
+    assert set(registry.analyses) == {
+        "filters",
+        "filters-evolution",
+        "projection",
+        "rsm",
+        "cka",
+        "cka-epochs",
+        "gradcheck",
+    }
     assert registry.get("projection").scope == "run"
     assert registry.get("rsm").scope == "epoch"
 
@@ -85,8 +106,16 @@ def test_projection_pca_on_shared_axes(probe_run, registry):
 
 
 def test_projection_tsne_and_procrustes(probe_run, registry):
-    (o,) = analyse(probe_run, registry, "projection", "1,2", method="both", align="procrustes", layer="features.6",
-                   tsne_backend="sklearn")
+    (o,) = analyse(
+        probe_run,
+        registry,
+        "projection",
+        "1,2",
+        method="both",
+        align="procrustes",
+        layer="features.6",
+        tsne_backend="sklearn",
+    )
     m = manifest(o.path)
     assert {"pca.png", "tsne.png"} <= set(m["files"])
     assert m["scalars"]["layer"] == "features.6"
@@ -97,8 +126,14 @@ def test_projection_tsne_and_procrustes(probe_run, registry):
 
 
 def test_bad_layer_is_a_clear_failure(probe_run, registry):
-    (o,) = run_analyses(probe_run, ["rsm"], "last", {"rsm": {"layer": "features.99"}}, registry=registry,
-                        device="cpu")
+    (o,) = run_analyses(
+        probe_run,
+        ["rsm"],
+        "last",
+        {"rsm": {"layer": "features.99"}},
+        registry=registry,
+        device="cpu",
+    )
     assert o.status == "failed"
     assert "not a recorded layer" in o.error and "features.99" in o.error
 
@@ -170,6 +205,8 @@ def test_gradcheck_passes_and_writes_the_table(probe_run, registry):
     table = json.loads((o.path / "gradcheck.json").read_text())
     n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in Run(probe_run).model(2).modules())
     assert len(table["rows"]) == m["scalars"]["n_checked"] == 2 * n_conv
-    assert all(set(r) >= {"layer", "index", "analytic", "numeric", "rel_error"} for r in table["rows"])
+    assert all(
+        set(r) >= {"layer", "index", "analytic", "numeric", "rel_error"} for r in table["rows"]
+    )
     assert m["scalars"]["passed"] is True
     assert m["scalars"]["max_rel_error"] < 1e-6

@@ -25,8 +25,10 @@ CALLS: list[tuple[str, int | None]] = []
 
 def _strict(path: Path) -> dict:
     """Parse JSON refusing NaN/Infinity, as any other JSON reader would."""
+
     def bad(token):
         raise ValueError(f"bare {token} in {path}")
+
     return json.loads(path.read_text(), parse_constant=bad)
 
 
@@ -64,16 +66,36 @@ def _all_metrics(ctx):
 class KeyPlugin:
     @probe.hookimpl
     def register_analyses(self, register):
-        register(probe.Analysis(name="drift", run=_drift, needs={"checkpoint"}, summary="Drift from epoch 0."))
-        register(probe.Analysis(name="declared", run=_declared, needs={"checkpoint"}, summary="Declares epoch 0."))
-        register(probe.Analysis(name="narrow", run=_narrow, needs={"metrics", "config", "probe_set"},
-                                summary="Reads narrowly."))
-        register(probe.Analysis(name="all-metrics", run=_all_metrics, needs={"metrics"}, summary="All rows."))
-
+        register(
+            probe.Analysis(
+                name="drift", run=_drift, needs={"checkpoint"}, summary="Drift from epoch 0."
+            )
+        )
+        register(
+            probe.Analysis(
+                name="declared", run=_declared, needs={"checkpoint"}, summary="Declares epoch 0."
+            )
+        )
+        register(
+            probe.Analysis(
+                name="narrow",
+                run=_narrow,
+                needs={"metrics", "config", "probe_set"},
+                summary="Reads narrowly.",
+            )
+        )
+        register(
+            probe.Analysis(
+                name="all-metrics", run=_all_metrics, needs={"metrics"}, summary="All rows."
+            )
+        )
 
 
 def _statuses(run, names, epochs, reg, **kw):
-    return {(o.analysis, o.epoch): o.status for o in run_analyses(run, names, epochs, registry=reg, **kw)}
+    return {
+        (o.analysis, o.epoch): o.status
+        for o in run_analyses(run, names, epochs, registry=reg, **kw)
+    }
 
 
 def _rewrite_epoch(run_dir: Path, epoch: int) -> None:
@@ -87,14 +109,22 @@ def _rewrite_epoch(run_dir: Path, epoch: int) -> None:
     model = ck.build_model()
     with torch.no_grad():
         model.features[0].weight.add_(1.0)
-    checkpoint.save(path, epoch=epoch, model=model, spec=ck.spec, metrics=ck.metrics, config_hash=ck.config_hash)
+    checkpoint.save(
+        path, epoch=epoch, model=model, spec=ck.spec, metrics=ck.metrics, config_hash=ck.config_hash
+    )
 
 
 def test_a_reference_epoch_is_keyed(probe_run, fresh_registry):
     reg = registry_with(KeyPlugin())
-    assert _statuses(probe_run, ["drift", "declared"], "last", reg) == {("drift", 2): "ok", ("declared", 2): "ok"}
+    assert _statuses(probe_run, ["drift", "declared"], "last", reg) == {
+        ("drift", 2): "ok",
+        ("declared", 2): "ok",
+    }
     manifest = _strict(probe_run / "analyses/drift/default/epoch_0002/manifest.json")
-    assert set(manifest["inputs"]) == {"checkpoints/epoch_0000.safetensors", "checkpoints/epoch_0002.safetensors"}
+    assert set(manifest["inputs"]) == {
+        "checkpoints/epoch_0000.safetensors",
+        "checkpoints/epoch_0002.safetensors",
+    }
     declared = _strict(probe_run / "analyses/declared/default/epoch_0002/manifest.json")
     assert set(declared["inputs"]) == {"checkpoints/epoch_0000.safetensors"}
     assert set(_statuses(probe_run, ["drift", "declared"], "last", reg).values()) == {"cached"}
@@ -117,12 +147,20 @@ def test_extending_training_keeps_earlier_results(probe_run, fresh_registry):
     first = _statuses(probe_run, names, "all", reg)
     assert set(first.values()) == {"ok"} and len(first) == 9
     config_before = (probe_run / "config.json").read_bytes()
-    train(probe_run, TrainConfig(**{**TINY, "epochs": 3}), resume=True, quiet=True, dataset=synthetic_dataset(seed=0))
+    train(
+        probe_run,
+        TrainConfig(**{**TINY, "epochs": 3}),
+        resume=True,
+        quiet=True,
+        dataset=synthetic_dataset(seed=0),
+    )
     assert probe.Run(probe_run).epochs() == [0, 1, 2, 3]
     assert (probe_run / "config.json").read_bytes() != config_before  # train.epochs was rewritten
     again = _statuses(probe_run, names, "0-2", reg)
     expected = {k: "cached" for k in first}
-    expected.update({("all-metrics", e): "ok" for e in (0, 1, 2)})  # it read every metrics row: one more now
+    expected.update(
+        {("all-metrics", e): "ok" for e in (0, 1, 2)}
+    )  # it read every metrics row: one more now
     assert again == expected
     assert _statuses(probe_run, ["narrow"], "last", reg) == {("narrow", 3): "ok"}
 
@@ -143,24 +181,30 @@ def test_renaming_or_moving_a_run_keeps_its_results(probe_run, fresh_registry, t
             os.utime(p, ns=(1_000_000_000, 1_000_000_000))
     assert set(_statuses(moved, names, "all", reg).values()) == {"cached"}
     # the fingerprint cache is an optimisation only: a damaged one changes nothing
-    (moved / "analyses" / FINGERPRINT_CACHE).write_text('{"format": "probe-fingerprints/1", "files": {"x": 1}')
+    (moved / "analyses" / FINGERPRINT_CACHE).write_text(
+        '{"format": "probe-fingerprints/1", "files": {"x": 1}'
+    )
     assert set(_statuses(moved, names, "all", reg).values()) == {"cached"}
     _rewrite_epoch(moved, 2)
     after = _statuses(moved, names, "all", reg)
     assert after[("drift", 2)] == "ok" and after[("drift", 1)] == "cached"
 
 
-def test_a_forged_fingerprint_cache_entry_is_not_trusted_once_the_file_changes(probe_run, fresh_registry):
+def test_a_forged_fingerprint_cache_entry_is_not_trusted_once_the_file_changes(
+    probe_run, fresh_registry
+):
     reg = registry_with(KeyPlugin())
     assert _statuses(probe_run, ["drift"], "last", reg) == {("drift", 2): "ok"}
     cache = probe_run / "analyses" / FINGERPRINT_CACHE
     before = json.loads(cache.read_text())
-    _rewrite_epoch(probe_run, 2)  # a new file: new inode and ctime, so the old entry no longer applies
+    _rewrite_epoch(
+        probe_run, 2
+    )  # a new file: new inode and ctime, so the old entry no longer applies
     cache.write_text(json.dumps(before))
     assert _statuses(probe_run, ["drift"], "last", reg) == {("drift", 2): "ok"}
 
 
-PLUGIN_SRC = '''
+PLUGIN_SRC = """
 import probe
 
 def run(ctx):
@@ -169,10 +213,12 @@ def run(ctx):
 @probe.hookimpl
 def register_analyses(register):
     register(probe.Analysis(name="devplug", run=run, needs=set(), summary="Edited while developing."))
-'''
+"""
 
 
-def test_development_mode_keys_on_the_plugin_source(probe_run, fresh_registry, tmp_path, monkeypatch):
+def test_development_mode_keys_on_the_plugin_source(
+    probe_run, fresh_registry, tmp_path, monkeypatch
+):
     import importlib
 
     pkg = tmp_path / "src" / "devplug_pkg"
@@ -217,7 +263,9 @@ def _fine(ctx):
 
 def test_failure_records_and_manifests_are_always_valid_json(probe_run, fresh_registry):
     boom = probe.Analysis(name="boom", run=_boom, params=NanParams, needs=set(), summary="Fails.")
-    fine = probe.Analysis(name="fine", run=_fine, params=NanParams, needs=set(), summary="Succeeds.")
+    fine = probe.Analysis(
+        name="fine", run=_fine, params=NanParams, needs=set(), summary="Succeeds."
+    )
     run = probe.Run(probe_run)
     nan = NanParams(x=float("nan"))  # however it got past the parameter checks
     failed = run_job(run, boom, nan, 2, [2], device="cpu")
@@ -257,14 +305,20 @@ def test_every_undeclared_read_is_refused_model_included(probe_run, fresh_regist
     run = probe.Run(probe_run)
     cases = [
         (_model_without_need, {"checkpoint"}, "reads model without declaring needs={'model'}"),
-        (_checkpoint_without_need, {"model"}, "reads checkpoint without declaring needs={'checkpoint'}"),
+        (
+            _checkpoint_without_need,
+            {"model"},
+            "reads checkpoint without declaring needs={'checkpoint'}",
+        ),
         (lambda ctx: ctx.metrics(), {"config"}, "needs={'metrics'}"),
         (lambda ctx: ctx.config(), {"metrics"}, "needs={'config'}"),
         (lambda ctx: ctx.declare_reads(checkpoints=[0]), {"metrics"}, "needs={'checkpoint'}"),
         (lambda ctx: ctx.declare_reads(activations=[0]), {"checkpoint"}, "needs={'activations'}"),
     ]
     for i, (fn, needs, message) in enumerate(cases):
-        a = probe.Analysis(name=f"undeclared{i}", run=fn, needs=needs, summary="Reads what it did not declare.")
+        a = probe.Analysis(
+            name=f"undeclared{i}", run=fn, needs=needs, summary="Reads what it did not declare."
+        )
         outcome = run_job(run, a, a.params(), 2, [2], device="cpu")
         assert outcome.status == "failed" and message in outcome.error, (i, outcome.error)
 
@@ -283,13 +337,20 @@ def test_a_fully_cached_analyze_does_not_import_torch(probe_run, fresh_registry)
             assert not exc.code, exc.code
         assert "torch" not in sys.modules, "torch imported on a cache hit"
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "0 computed, 7 cached, 0 failed" in done.stdout
 
 
-@pytest.mark.parametrize("name", ["../x", "checkpoints/epoch_12.safetensors", "metrics.jsonl#a", "/etc/passwd"])
+@pytest.mark.parametrize(
+    "name", ["../x", "checkpoints/epoch_12.safetensors", "metrics.jsonl#a", "/etc/passwd"]
+)
 def test_a_manifest_listing_unknown_inputs_is_not_a_hit(probe_run, fresh_registry, name):
     reg = registry_with(KeyPlugin())
     (o,) = run_analyses(probe_run, ["drift"], "last", registry=reg)
@@ -310,11 +371,20 @@ def test_config_key_ignores_where_and_how_long_and_fills_new_defaults(probe_run)
         return Fingerprints(probe.Run(probe_run), persistent=False)(CONFIG)
 
     reference = fingerprint(base)
-    unkeyed = {**base, "device": "cuda:3", "device_name": "H100", "versions": {"torch": "9"},
-               "data_source": "/elsewhere/cifar10", "config_hash": "x",
-               "train": {**base["train"], "epochs": 300, "device": "cuda", "data": "/mnt/data"}}
+    unkeyed = {
+        **base,
+        "device": "cuda:3",
+        "device_name": "H100",
+        "versions": {"torch": "9"},
+        "data_source": "/elsewhere/cifar10",
+        "config_hash": "x",
+        "train": {**base["train"], "epochs": 300, "device": "cuda", "data": "/mnt/data"},
+    }
     assert fingerprint(unkeyed) == reference
-    older = {**base, "train": {k: v for k, v in base["train"].items() if k != "precision"}}  # before a key existed
+    older = {
+        **base,
+        "train": {k: v for k, v in base["train"].items() if k != "precision"},
+    }  # before a key existed
     assert base["train"]["precision"] == "fp32" and fingerprint(older) == reference
     assert fingerprint({**base, "train": {**base["train"], "lr": 0.5}}) != reference
     assert fingerprint({**base, "classes": list(reversed(base["classes"]))}) != reference

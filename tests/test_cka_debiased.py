@@ -17,8 +17,14 @@ def unbiased_hsic(K: np.ndarray, L: np.ndarray) -> float:
     np.fill_diagonal(K, 0.0)
     np.fill_diagonal(L, 0.0)
     one = np.ones(n)
-    return float((np.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
-                  - 2.0 / (n - 2) * (one @ K @ L @ one)) / (n * (n - 3)))
+    return float(
+        (
+            np.trace(K @ L)
+            + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (one @ K @ L @ one)
+        )
+        / (n * (n - 3))
+    )
 
 
 def debiased_cka_reference(X: np.ndarray, Y: np.ndarray) -> float:
@@ -64,7 +70,9 @@ def test_debiased_invariances_and_edge_cases(rng):
     assert M[0, 1] == pytest.approx(base, rel=1e-12) and M[1, 0] == M[0, 1]
     assert M[0, 2] == pytest.approx(debiased_cka_reference(X, X[:, :3] + Y), rel=1e-10)
     assert R.cka_matrix([X], [Y, X], estimator="debiased")[0, 1] == pytest.approx(1.0, abs=1e-12)
-    assert R.cka_matrix([X, Y])[0, 1] == pytest.approx(R.linear_cka(X, Y), rel=1e-12)  # default stays biased
+    assert R.cka_matrix([X, Y])[0, 1] == pytest.approx(
+        R.linear_cka(X, Y), rel=1e-12
+    )  # default stays biased
 
 
 def test_cka_plugins_take_the_estimator(probe_run):
@@ -78,7 +86,9 @@ def test_cka_plugins_take_the_estimator(probe_run):
 
     reg = Registry()
     reg.register(cka, PluginInfo("cka", "probe_plugins.cka"))
-    (o,) = run_analyses(probe_run, ["cka"], "last", {"cka": {"estimator": "debiased"}}, registry=reg, device="cpu")
+    (o,) = run_analyses(
+        probe_run, ["cka"], "last", {"cka": {"estimator": "debiased"}}, registry=reg, device="cpu"
+    )
     assert o.status == "ok", f"{o.error}\n{o.traceback}"
     run = Run(probe_run)
     last = run.epochs()[-1]
@@ -86,11 +96,22 @@ def test_cka_plugins_take_the_estimator(probe_run):
         layers = json.loads(f.attrs["layers"])
         assert f.attrs["estimator"] == "debiased"
         M = f["cka"][()]
-    a, b = (np.asarray(activations.read(run.activations_path(last), name), dtype=np.float32) for name in layers[:2])
+    a, b = (
+        np.asarray(activations.read(run.activations_path(last), name), dtype=np.float32)
+        for name in layers[:2]
+    )
     assert M.shape == (len(layers), len(layers))
     assert M[0, 1] == pytest.approx(debiased_cka_reference(a, b), rel=1e-8)
-    (e,) = run_analyses(probe_run, ["cka-epochs"], None, {"cka-epochs": {"estimator": "debiased"}}, registry=reg,
-                        device="cpu")
+    (e,) = run_analyses(
+        probe_run,
+        ["cka-epochs"],
+        None,
+        {"cka-epochs": {"estimator": "debiased"}},
+        registry=reg,
+        device="cpu",
+    )
     assert e.status == "ok", f"{e.error}\n{e.traceback}"
     with h5py.File(e.path / "cka_epochs.h5") as f:
-        assert f.attrs["estimator"] == "debiased" and f["cka"][()][:, -1] == pytest.approx(1.0, abs=1e-9)
+        assert f.attrs["estimator"] == "debiased" and f["cka"][()][:, -1] == pytest.approx(
+            1.0, abs=1e-9
+        )

@@ -15,16 +15,24 @@ def test_toml_then_flags(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('optimizer = "Adam"\nlr = 0.001\nmodel-depth = 8\nfull_maps = ["features.2"]\n')
     cfg = make_config(load_toml(f), {"lr": 0.05})
-    assert cfg.optimizer == "Adam" and cfg.model_depth == 8 and cfg.lr == 0.05 and cfg.full_maps == ("features.2",)
+    assert (
+        cfg.optimizer == "Adam"
+        and cfg.model_depth == 8
+        and cfg.lr == 0.05
+        and cfg.full_maps == ("features.2",)
+    )
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('optimiser = "Adam"', "unknown config key 'optimiser'"),
-    ('lr = "fast"', "lr"),
-    ("model_depth = 5", "model_depth"),
-    ("epochs = -1", "epochs"),
-    ("lr = [", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('optimiser = "Adam"', "unknown config key 'optimiser'"),
+        ('lr = "fast"', "lr"),
+        ("model_depth = 5", "model_depth"),
+        ("epochs = -1", "epochs"),
+        ("lr = [", "not valid TOML"),
+    ],
+)
 def test_bad_config_file_is_one_line_naming_it(tmp_path, text, needle):
     f = tmp_path / "bad.toml"
     f.write_text(text + "\n")

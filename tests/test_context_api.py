@@ -30,10 +30,22 @@ def test_parameters_come_in_network_order_with_module_types(probe_run):
     outcome = _run(probe_run, fn)
     layers, state = SEEN["layers"], SEEN["state"]
     names = [layer.name for layer in layers]
-    assert names == ["features.0", "features.1", "features.3", "features.4", "features.7", "features.8",
-                     "features.10", "features.11", "classifier.2", "classifier.5"]
+    assert names == [
+        "features.0",
+        "features.1",
+        "features.3",
+        "features.4",
+        "features.7",
+        "features.8",
+        "features.10",
+        "features.11",
+        "classifier.2",
+        "classifier.5",
+    ]
     assert names != sorted(names)  # not the name order of model_state
-    assert [layer.type for layer in layers[:2]] == ["Conv2d", "BatchNorm2d"] and layers[-1].type == "Linear"
+    assert [layer.type for layer in layers[:2]] == ["Conv2d", "BatchNorm2d"] and layers[
+        -1
+    ].type == "Linear"
     for layer in layers:
         assert layer.weight.dtype == np.float32
         np.testing.assert_array_equal(layer.weight, state[f"{layer.name}.weight"].numpy())
@@ -49,17 +61,27 @@ def test_parameters_of_another_epoch_and_model_need(probe_run):
         SEEN["w0"] = ctx.parameters(0)[0].weight
 
     outcome = _run(probe_run, fn, needs={"model"})
-    expected = probe.load_checkpoint(probe.Run(probe_run).checkpoint_path(0)).model_state["features.0.weight"].numpy()
+    expected = (
+        probe.load_checkpoint(probe.Run(probe_run).checkpoint_path(0))
+        .model_state["features.0.weight"]
+        .numpy()
+    )
     np.testing.assert_array_equal(SEEN["w0"], expected)
-    assert "checkpoints/epoch_0000.safetensors" in json.loads((outcome.path / "manifest.json").read_text())["inputs"]
+    assert (
+        "checkpoints/epoch_0000.safetensors"
+        in json.loads((outcome.path / "manifest.json").read_text())["inputs"]
+    )
 
 
 def test_layer_scalars_go_to_json_manifest_and_compare_keys(probe_run):
     def fn(ctx):
-        ctx.out.layer_scalars("drift", {
-            "features.10": {"rel": np.float32(0.5), "abs": 2},
-            "features.3": {"rel": float("nan"), "abs": np.int64(3)},
-        })
+        ctx.out.layer_scalars(
+            "drift",
+            {
+                "features.10": {"rel": np.float32(0.5), "abs": 2},
+                "features.3": {"rel": float("nan"), "abs": np.int64(3)},
+            },
+        )
 
     outcome = _run(probe_run, fn, name="layered")
     table = json.loads((outcome.path / "drift.json").read_text())
@@ -77,10 +99,14 @@ def test_layer_arrays_hold_ragged_arrays_one_group_per_layer(probe_run):
     import h5py
 
     def fn(ctx):
-        ctx.out.layer_arrays("spectra", {
-            "features.0": np.arange(4.0),
-            "classifier.5": {"sv": np.arange(10.0), "alpha": np.array(1.5)},
-        }, attrs={"method": "svd", "fit": {"xmin": 1}})
+        ctx.out.layer_arrays(
+            "spectra",
+            {
+                "features.0": np.arange(4.0),
+                "classifier.5": {"sv": np.arange(10.0), "alpha": np.array(1.5)},
+            },
+            attrs={"method": "svd", "fit": {"xmin": 1}},
+        )
         with pytest.raises(ValueError, match="no '/'"):
             ctx.out.layer_arrays("bad", {"a/b": np.zeros(1)})
 
@@ -109,7 +135,10 @@ def test_figures_are_closed_and_pyplot_is_ready(probe_run):
     assert SEEN["open_in_job"] == len(before) + 1
     assert plt.get_fignums() == before
     assert (outcome.path / "line.png").stat().st_size > 0
-    assert json.loads((outcome.path / "manifest.json").read_text())["captions"]["line.png"] == "A line."
+    assert (
+        json.loads((outcome.path / "manifest.json").read_text())["captions"]["line.png"]
+        == "A line."
+    )
 
 
 def test_non_finite_and_non_scalar_values(probe_run):
@@ -134,6 +163,8 @@ def test_non_finite_and_non_scalar_values(probe_run):
 
 
 def test_bad_epochs_are_one_line_errors(probe_run):
-    a = probe.Analysis(name="bad-epoch", run=lambda ctx: ctx.checkpoint(-1), summary="Negative epoch.")
+    a = probe.Analysis(
+        name="bad-epoch", run=lambda ctx: ctx.checkpoint(-1), summary="Negative epoch."
+    )
     outcome = run_job(probe.Run(probe_run), a, a.params(), 2, [2], device="cpu")
     assert outcome.status == "failed" and "epoch must be a non-negative integer" in outcome.error

@@ -20,12 +20,19 @@ from probe.training.model import simplecnn_spec
 def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """ModelSpec's CNN at ~160 parameters, with non-trivial BatchNorm running statistics."""
     torch.manual_seed(0)
-    model = warm_batchnorm(simplecnn_spec(depth=2, base_width=2, hidden=4).build().double(), (16, 3, 8, 8), 2, 0.5,
-                           torch.float64)
+    model = warm_batchnorm(
+        simplecnn_spec(depth=2, base_width=2, hidden=4).build().double(),
+        (16, 3, 8, 8),
+        2,
+        0.5,
+        torch.float64,
+    )
     return model, torch.randn(13, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (13,))
 
 
-def flat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stats_bs: int | None = None):
+def flat_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stats_bs: int | None = None
+):
     """Reference loss as a function of the flat parameter vector, and that vector.
 
     With `batch_stats_bs`, BatchNorm normalises with each mini-batch's statistics (a
@@ -36,7 +43,12 @@ def flat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stats_bs
     if batch_stats_bs:
         for m in ref.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.track_running_stats, m.running_mean, m.running_var, m.num_batches_tracked = False, None, None, None
+                m.track_running_stats, m.running_mean, m.running_var, m.num_batches_tracked = (
+                    False,
+                    None,
+                    None,
+                    None,
+                )
     names = [n for n, _ in ref.named_parameters()]
     shapes = [p.shape for _, p in ref.named_parameters()]
     flat = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
@@ -45,17 +57,21 @@ def flat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stats_bs
     def f(w: torch.Tensor) -> torch.Tensor:
         p, i = {}, 0
         for n, s in zip(names, shapes, strict=True):
-            p[n] = w[i:i + s.numel()].view(s)
+            p[n] = w[i : i + s.numel()].view(s)
             i += s.numel()
         if not batch_stats_bs:
             return F.cross_entropy(functional_call(ref, (p, buffers), (x,)), y)
-        return sum(len(xb) / len(x) * F.cross_entropy(functional_call(ref, (p, buffers), (xb,)), yb)
-                   for xb, yb in zip(x.split(batch_stats_bs), y.split(batch_stats_bs), strict=True))
+        return sum(
+            len(xb) / len(x) * F.cross_entropy(functional_call(ref, (p, buffers), (xb,)), yb)
+            for xb, yb in zip(x.split(batch_stats_bs), y.split(batch_stats_bs), strict=True)
+        )
 
     return f, flat
 
 
-def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stats_bs: int | None = None) -> torch.Tensor:
+def dense_hessian(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stats_bs: int | None = None
+) -> torch.Tensor:
     """Reference: jacrev(jacrev) of the full-batch mean loss in the flat parameters (see flat_loss)."""
     f, flat = flat_loss(model, x, y, batch_stats_bs)
     return jacrev(jacrev(f))(flat)
@@ -78,11 +94,15 @@ def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
         assert torch.equal(after[k], v), k
 
 
-@pytest.mark.parametrize("method,cache", [("double_backward", True), ("double_backward", False),
-                                          ("forward_over_reverse", None)])
+@pytest.mark.parametrize(
+    "method,cache",
+    [("double_backward", True), ("double_backward", False), ("forward_over_reverse", None)],
+)
 def test_hvp_matches_dense_hessian_with_uneven_minibatches(cnn, method, cache):
     model, x, y, h = cnn
-    op = C.HessianOperator(C.BatchedLoss(model, x, y, batch_size=5), method, cache=cache)  # 5 + 5 + 3
+    op = C.HessianOperator(
+        C.BatchedLoss(model, x, y, batch_size=5), method, cache=cache
+    )  # 5 + 5 + 3
     v = torch.randn(op.dim, dtype=torch.float64)
     assert torch.allclose(op.matvec(v), h @ v, atol=1e-12, rtol=1e-9)
     assert torch.allclose(op.matvec(2 * v), 2 * h @ v, atol=1e-12, rtol=1e-9)
@@ -129,14 +149,18 @@ def test_power_iteration_reports_largest_magnitude_which_may_be_negative():
     la, sa = C.lanczos(op, 1, smallest=1, tol=1e-8, residual_tol=1e-6)
     assert la.which == "LA" and abs(la.values[0] - 3.0) < 1e-6
     assert sa.which == "SA" and abs(sa.values[0] + 5.0) < 1e-6
-    other = C.power_iteration(op, 1, tol=1e-6, residual_tol=1e-4, max_iter=500, shift=float(lm.values[0]))
+    other = C.power_iteration(
+        op, 1, tol=1e-6, residual_tol=1e-4, max_iter=500, shift=float(lm.values[0])
+    )
     assert other.which == "LA" and abs(other.values[0] - 3.0) < 1e-3
 
 
 def test_power_iteration_deflation_finds_top_three():
     op = C.MatrixOperator(spectrum_matrix([10.0, 7.0, 4.0]))
     res = C.power_iteration(op, 3, tol=1e-7, residual_tol=1e-4, max_iter=500)
-    assert torch.allclose(res.values, torch.tensor([10.0, 7.0, 4.0], dtype=torch.float64), rtol=1e-5)
+    assert torch.allclose(
+        res.values, torch.tensor([10.0, 7.0, 4.0], dtype=torch.float64), rtol=1e-5
+    )
     assert res.converged.all() and res.hvps == op.hvps
 
 
@@ -159,7 +183,9 @@ def test_lanczos_needs_fewer_products_than_power_iteration():
 def test_warm_start_saves_products_and_reports_overlap(cnn):
     model, x, y, _ = cnn
     first = C.hessian_analysis(model, x, y, top_k=2, smallest=0)
-    again = C.hessian_analysis(model, x, y, top_k=2, smallest=0, init=first.get("LA").vectors, seed=1)
+    again = C.hessian_analysis(
+        model, x, y, top_k=2, smallest=0, init=first.get("LA").vectors, seed=1
+    )
     assert again.hvps < first.hvps
     assert again.subspace_overlap > 0.99 and (again.overlap > 0.99).all()
     assert torch.allclose(again.get("LA").values, first.get("LA").values, rtol=1e-3)
@@ -190,9 +216,9 @@ def test_slq_moments_estimate_normalised_traces():
     d = C.slq_density(C.MatrixOperator(a), runs=40, steps=15, seed=1)
     assert d.hvps == 40 * 15
     for p in (1, 2):
-        per_run = (d.weights * d.nodes ** p).sum(-1)
+        per_run = (d.weights * d.nodes**p).sum(-1)
         exact = float(torch.trace(torch.linalg.matrix_power(a, p))) / 60
-        assert abs(float(per_run.mean()) - exact) <= 4 * float(per_run.std()) / 40 ** 0.5
+        assert abs(float(per_run.mean()) - exact) <= 4 * float(per_run.std()) / 40**0.5
 
 
 def test_batch_statistics_mode_matches_its_reference():
@@ -205,7 +231,9 @@ def test_batch_statistics_mode_matches_its_reference():
     op = C.HessianOperator(loss)
     for _ in range(2):
         v = torch.randn(op.dim, dtype=torch.float64)
-        assert torch.allclose(op.matvec(v), torch.autograd.functional.hvp(f, flat, v)[1], atol=1e-12, rtol=1e-9)
+        assert torch.allclose(
+            op.matvec(v), torch.autograd.functional.hvp(f, flat, v)[1], atol=1e-12, rtol=1e-9
+        )
 
 
 class WithUnused(nn.Module):
@@ -250,8 +278,20 @@ def test_weights_buffers_and_mode_unchanged(bn, method):
     model, x, y = tiny_cnn()
     model.train()
     before = snapshot(model)
-    C.hessian_analysis(model, x, y, top_k=2, smallest=1, method=method, max_iter=15, trace_samples=3,
-                       density_runs=1, density_steps=4, bn=bn, batch_size=5)
+    C.hessian_analysis(
+        model,
+        x,
+        y,
+        top_k=2,
+        smallest=1,
+        method=method,
+        max_iter=15,
+        trace_samples=3,
+        density_runs=1,
+        density_steps=4,
+        bn=bn,
+        batch_size=5,
+    )
     assert_unchanged(model, before)
     assert all(m.training for m in model.modules())
     assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
@@ -303,8 +343,14 @@ def run_plugin(run_dir, module, name, analysis=None, epochs=None, **params):
     from probe.analysis.runner import run_analyses
 
     analysis = analysis or name
-    outcomes = run_analyses(run_dir, [analysis], epochs, {analysis: {k: str(v) for k, v in params.items()}},
-                            registry=plugin_registry(module, name), device="cpu")
+    outcomes = run_analyses(
+        run_dir,
+        [analysis],
+        epochs,
+        {analysis: {k: str(v) for k, v in params.items()}},
+        registry=plugin_registry(module, name),
+        device="cpu",
+    )
     for o in outcomes:
         assert o.status == "ok", f"{o.label}: {o.error}\n{o.traceback}"
     return [(o, json.loads((o.path / "manifest.json").read_text())) for o in outcomes]
@@ -316,8 +362,16 @@ def test_hessian_plugin_warm_starts_across_epochs(probe_run):
     from probe.rundir.run import Run
     from probe_plugins import hessian
 
-    ((o, m),) = run_plugin(probe_run, hessian, "hessian", n_images=16, top_k=2, trace_samples=2, max_iter=30,
-                            weight_decay=True)
+    ((o, m),) = run_plugin(
+        probe_run,
+        hessian,
+        "hessian",
+        n_images=16,
+        top_k=2,
+        trace_samples=2,
+        max_iter=30,
+        weight_decay=True,
+    )
     assert {"hessian.h5", "hessian.json", "hessian.png"} <= set(m["files"])
     with h5py.File(o.path / "hessian.h5") as f:
         assert list(f["epoch"][()]) == [0, 1, 2]
@@ -327,8 +381,15 @@ def test_hessian_plugin_warm_starts_across_epochs(probe_run):
         top = f["top"][()]
     run = Run(probe_run)
     batch = run.analysis_batch()
-    ref = C.hessian_analysis(run.model(2, "cpu"), batch.normalized()[:16], batch.labels[:16], top_k=1, smallest=0,
-                             tol=1e-6, residual_tol=1e-4)
+    ref = C.hessian_analysis(
+        run.model(2, "cpu"),
+        batch.normalized()[:16],
+        batch.labels[:16],
+        top_k=1,
+        smallest=0,
+        tol=1e-6,
+        residual_tol=1e-4,
+    )
     assert top[2, 0] == pytest.approx(float(ref.eigen[0].values[0]), rel=5e-3)
     assert m["scalars"]["top_label"] == "LA"
 
@@ -346,15 +407,33 @@ def test_hessian_series_edge_of_stability_and_epochs_on_an_executor(probe_run):
 
     reg = Registry()
     reg.register(hessian, PluginInfo("hessian", "probe_plugins.hessian"))
-    params = {"hessian": {"n_images": "16", "top_k": "1", "smallest": "0", "max_iter": "30", "warm_start": "false"}}
+    params = {
+        "hessian": {
+            "n_images": "16",
+            "top_k": "1",
+            "smallest": "0",
+            "max_iter": "30",
+            "warm_start": "false",
+        }
+    }
     (local,) = run_analyses(probe_run, ["hessian"], "all", params, registry=reg, device="cpu")
     with h5py.File(local.path / "hessian.h5") as f:
         top_local, eos = f["top"][()], f["edge_of_stability"][()]
     lrs = [m.get("lr") for m in Run(probe_run).metrics()]
-    assert np.isnan(eos[0]) and eos[1:] == pytest.approx([2 * (1 + 0.9) / lr for lr in lrs[1:]])  # SGD_mom run
+    assert np.isnan(eos[0]) and eos[1:] == pytest.approx(
+        [2 * (1 + 0.9) / lr for lr in lrs[1:]]
+    )  # SGD_mom run
     with make_executor(workers=2) as executor:
-        (split,) = run_analyses(probe_run, ["hessian"], "all", params, registry=reg, device="cpu",
-                                executor=executor, force=True)
+        (split,) = run_analyses(
+            probe_run,
+            ["hessian"],
+            "all",
+            params,
+            registry=reg,
+            device="cpu",
+            executor=executor,
+            force=True,
+        )
     assert split.status == "ok", split.error
     with h5py.File(split.path / "hessian.h5") as f:
         np.testing.assert_allclose(f["top"][()], top_local, rtol=1e-6)

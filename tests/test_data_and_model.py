@@ -27,7 +27,10 @@ def test_width_for_params_matches_depths():
         w = width_for_params(depth, target)
         n = count_params(simplecnn_spec(depth=depth, base_width=w))
         assert abs(n - target) / target < 0.1
-        assert all(abs(count_params(simplecnn_spec(depth=depth, base_width=o)) - target) >= abs(n - target) for o in (w - 1, w + 1))
+        assert all(
+            abs(count_params(simplecnn_spec(depth=depth, base_width=o)) - target) >= abs(n - target)
+            for o in (w - 1, w + 1)
+        )
 
 
 def test_augment_is_a_padded_crop_and_flip():
@@ -41,7 +44,7 @@ def test_augment_is_a_padded_crop_and_flip():
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(16):
         oy, ox = offsets[:, i].tolist()
-        want = padded[i, :, oy:oy + 32, ox:ox + 32]
+        want = padded[i, :, oy : oy + 32, ox : ox + 32]
         if flips[i]:
             want = want.flip(2)
         assert torch.equal(out[i], want)
@@ -52,7 +55,9 @@ def test_normalize_matches_torchvision():
 
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    want = torch.stack([TF.normalize(TF.convert_image_dtype(im, torch.float32), mean, std) for im in x])
+    want = torch.stack(
+        [TF.normalize(TF.convert_image_dtype(im, torch.float32), mean, std) for im in x]
+    )
     torch.testing.assert_close(data.normalize(x, mean, std), want)
 
 

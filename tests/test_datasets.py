@@ -74,18 +74,29 @@ def fake_download(monkeypatch):
 
 
 def test_registration_names_and_no_torch_at_import():
-    names = {m: set(source(m, n).name for n in ns) for m, ns in
-             ((mnist, ("mnist", "fashion-mnist")), (cifar100, ("cifar100",)), (svhn, ("svhn",)),
-              (imagefolder, ("folder",)))}
+    names = {
+        m: set(source(m, n).name for n in ns)
+        for m, ns in (
+            (mnist, ("mnist", "fashion-mnist")),
+            (cifar100, ("cifar100",)),
+            (svhn, ("svhn",)),
+            (imagefolder, ("folder",)),
+        )
+    }
     assert names[mnist] == {"mnist", "fashion-mnist"}
-    code = ("import sys\nimport probe_plugins.mnist, probe_plugins.cifar100, probe_plugins.svhn, "
-            "probe_plugins.imagefolder\nassert 'torch' not in sys.modules, 'torch imported'\nprint('ok')")
+    code = (
+        "import sys\nimport probe_plugins.mnist, probe_plugins.cifar100, probe_plugins.svhn, "
+        "probe_plugins.imagefolder\nassert 'torch' not in sys.modules, 'torch imported'\nprint('ok')"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 # --- MNIST / Fashion-MNIST: IDX ---------------------------------------------------------------
+
 
 def idx_bytes(magic: int, dims: tuple[int, ...], payload: bytes) -> bytes:
     return struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims) + payload
@@ -132,7 +143,9 @@ def test_fashion_mnist_from_raw_files_in_torchvision_layout(tmp_path):
     truth = write_mnist(tmp_path / "d" / "FashionMNIST" / "raw", gz=False, seed=1)
     ds = load(mnist, "fashion-mnist", tmp_path / "d")
     check_idx(ds, truth)
-    assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot" and len(ds.classes) == 10
+    assert (
+        ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot" and len(ds.classes) == 10
+    )
     assert ds.mean == (0.2860,) and ds.std == (0.3530,)
     assert ds.augmentation == probe.Augmentation(pad=2, flip=True)
 
@@ -145,8 +158,10 @@ def test_mnist_download_passes_md5_and_second_load_uses_cache(tmp_path, fake_dow
     from torchvision.datasets import MNIST
 
     assert {(f, md5) for _, _, f, md5 in fake_download["calls"]} == set(MNIST.resources)
-    assert all(root == cache / "mnist" and url.startswith(MNIST.mirrors[0]) and url.endswith(f)
-               for url, root, f, _ in fake_download["calls"])
+    assert all(
+        root == cache / "mnist" and url.startswith(MNIST.mirrors[0]) and url.endswith(f)
+        for url, root, f, _ in fake_download["calls"]
+    )
     shutil.rmtree(cache / "mnist")
     fake_download["fail"] = AssertionError("downloaded again")
     check_idx(load(mnist, "mnist", None), truth)
@@ -179,8 +194,20 @@ def test_mnist_data_dir_results_are_cached_by_listing(tmp_path):
     assert str(p) in one_line(e)
 
 
-@pytest.mark.parametrize("case", ["truncated-gz", "truncated-raw", "billion", "magic", "label", "count", "size",
-                                  "not-gz", "trailing"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated-gz",
+        "truncated-raw",
+        "billion",
+        "magic",
+        "label",
+        "count",
+        "size",
+        "not-gz",
+        "trailing",
+    ],
+)
 def test_hostile_idx_files(tmp_path, case):
     d = tmp_path / "d"
     write_mnist(d)
@@ -222,8 +249,10 @@ def test_idx_header_declaring_a_billion_images_allocates_nothing_large(tmp_path)
 def test_mnist_class_folders_by_label_number_or_name(tmp_path, name):
     """Folders map to labels by number ("0".."9") or by name ("T-shirt_top", "ankle boot"), not by sort order."""
     spec = mnist.MNIST if name == "mnist" else mnist.FASHION
-    folder_names = {i: (str(i) if name == "mnist" or i % 2 else spec["classes"][i].replace("/", "_").lower())
-                    for i in range(10)}
+    folder_names = {
+        i: (str(i) if name == "mnist" or i % 2 else spec["classes"][i].replace("/", "_").lower())
+        for i in range(10)
+    }
     if name == "fashion-mnist":
         folder_names[9] = "Ankle boot"
     rng = np.random.default_rng(3)
@@ -240,15 +269,21 @@ def test_mnist_class_folders_by_label_number_or_name(tmp_path, name):
         assert tuple(x.shape) == (10, 1, 28, 28) and sorted(y.tolist()) == list(range(10))
         for i in range(10):
             assert np.array_equal(x[i, 0].numpy(), want[(split, int(y[i]))])
-    if name == "fashion-mnist":  # the folders sort in another order than the labels; the labels follow the names
+    if (
+        name == "fashion-mnist"
+    ):  # the folders sort in another order than the labels; the labels follow the names
         order = sorted(folder_names.values())
-        assert ds.train_y.tolist() == [next(c for c, f in folder_names.items() if f == o) for o in order]
+        assert ds.train_y.tolist() == [
+            next(c for c, f in folder_names.items() if f == o) for o in order
+        ]
 
 
 def test_mnist_class_folders_of_other_names_or_size_are_refused(tmp_path):
     from probe.testing import make_image_folder
 
-    make_image_folder(tmp_path / "cifar", n_train=1, n_test=1, classes=10)  # class0..class9, 32x32 RGB
+    make_image_folder(
+        tmp_path / "cifar", n_train=1, n_test=1, classes=10
+    )  # class0..class9, 32x32 RGB
     with pytest.raises(UsageError) as e:
         load(mnist, "mnist", tmp_path / "cifar")
     assert "class0" in one_line(e) and "MNIST" in str(e.value)
@@ -262,7 +297,12 @@ def test_mnist_class_folders_of_other_names_or_size_are_refused(tmp_path):
 
 def test_no_release_files_is_one_usage_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    for module, name in ((mnist, "mnist"), (cifar100, "cifar100"), (svhn, "svhn"), (imagefolder, "folder")):
+    for module, name in (
+        (mnist, "mnist"),
+        (cifar100, "cifar100"),
+        (svhn, "svhn"),
+        (imagefolder, "folder"),
+    ):
         with pytest.raises(UsageError) as e:
             load(module, name, tmp_path / "empty")
         assert one_line(e).startswith("--data: ")
@@ -271,6 +311,7 @@ def test_no_release_files_is_one_usage_line(tmp_path):
 
 
 # --- CIFAR-100: binary records ----------------------------------------------------------------
+
 
 def cifar100_records(n: int, seed: int) -> tuple[bytes, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -289,7 +330,9 @@ def write_cifar100(folder: Path, names: str | None = None) -> dict:
         raw, x, y = cifar100_records(n, seed)
         (folder / f"{split}.bin").write_bytes(raw)
         truth[split] = (x, y)
-    (folder / "fine_label_names.txt").write_text(names if names is not None else "\n".join(cifar100.CLASSES) + "\n")
+    (folder / "fine_label_names.txt").write_text(
+        names if names is not None else "\n".join(cifar100.CLASSES) + "\n"
+    )
     (folder / "coarse_label_names.txt").write_text("aquatic_mammals\n")
     return truth
 
@@ -323,15 +366,23 @@ def test_cifar100_download_passes_md5_and_second_load_uses_cache(tmp_path, fake_
     archive = make_tar(tmp_path / "src" / "cifar-100-binary", tmp_path / "src" / cifar100.ARCHIVE)
     fake_download["files"] = {cifar100.ARCHIVE: archive}
     check_cifar100(load(cifar100, "cifar100", None), truth)
-    assert fake_download["calls"] == [("https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz", cache / "cifar100",
-                                       cifar100.ARCHIVE, "03b5dce01913d631647c71ecec9e9cb8")]
+    assert fake_download["calls"] == [
+        (
+            "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+            cache / "cifar100",
+            cifar100.ARCHIVE,
+            "03b5dce01913d631647c71ecec9e9cb8",
+        )
+    ]
     shutil.rmtree(cache / "cifar100")
     fake_download["fail"] = AssertionError("downloaded again")
     check_cifar100(load(cifar100, "cifar100", None), truth)
 
 
-@pytest.mark.parametrize("case", ["label200", "coarse", "size", "names", "archive-label", "archive-garbage",
-                                  "archive-missing"])
+@pytest.mark.parametrize(
+    "case",
+    ["label200", "coarse", "size", "names", "archive-label", "archive-garbage", "archive-missing"],
+)
 def test_hostile_cifar100_files(tmp_path, case):
     d = tmp_path / "d" / "cifar-100-binary"
     write_cifar100(d)
@@ -371,6 +422,7 @@ def test_hostile_cifar100_files(tmp_path, case):
 
 
 # --- SVHN: .mat ---------------------------------------------------------------------------------
+
 
 def write_svhn(folder: Path, n=(5, 3), y_dtype=np.uint8) -> dict:
     import scipy.io
@@ -413,7 +465,10 @@ def test_svhn_download_passes_md5_and_second_load_uses_cache(tmp_path, fake_down
     check_svhn(load(svhn, "svhn", None), truth)
     from torchvision.datasets import SVHN
 
-    want = {(SVHN.split_list[s][0], SVHN.split_list[s][1], SVHN.split_list[s][2]) for s in ("train", "test")}
+    want = {
+        (SVHN.split_list[s][0], SVHN.split_list[s][1], SVHN.split_list[s][2])
+        for s in ("train", "test")
+    }
     assert {(u, f, m) for u, _, f, m in fake_download["calls"]} == want
     shutil.rmtree(cache / "svhn")
     fake_download["fail"] = AssertionError("downloaded again")
@@ -433,7 +488,9 @@ def test_hostile_svhn_files(tmp_path, case):
     elif case == "label0":
         scipy.io.savemat(bad, {"X": X, "y": np.array([[0], [1]], np.uint8)})
     elif case == "shape":
-        scipy.io.savemat(bad, {"X": np.zeros((28, 28, 3, 2), np.uint8), "y": np.ones((2, 1), np.uint8)})
+        scipy.io.savemat(
+            bad, {"X": np.zeros((28, 28, 3, 2), np.uint8), "y": np.ones((2, 1), np.uint8)}
+        )
     elif case == "missing-var":
         scipy.io.savemat(bad, {"X": X})
     elif case == "garbage":
@@ -446,6 +503,7 @@ def test_hostile_svhn_files(tmp_path, case):
 
 
 # --- folder: class folders of any size -----------------------------------------------------------
+
 
 def png(path: Path, a: np.ndarray, mode: str) -> np.ndarray:
     from PIL import Image
@@ -462,7 +520,11 @@ def test_folder_grey_non_square_with_val_split(tmp_path):
     for split, n in (("train", 2), ("val", 1)):
         for c in ("zebra", "ant"):
             for i in range(n):
-                want[(split, c, i)] = png(root / split / c / f"{i}.png", rng.integers(0, 256, (12, 20), dtype=np.uint8), "L")
+                want[(split, c, i)] = png(
+                    root / split / c / f"{i}.png",
+                    rng.integers(0, 256, (12, 20), dtype=np.uint8),
+                    "L",
+                )
     ds = load(imagefolder, "folder", root)
     assert ds.classes == ("ant", "zebra")
     assert tuple(ds.train_x.shape) == (4, 1, 12, 20) and tuple(ds.test_x.shape) == (2, 1, 12, 20)
@@ -478,14 +540,20 @@ def test_folder_rgb_and_mode_conversion(tmp_path):
 
     rng = np.random.default_rng(1)
     root = tmp_path / "d"
-    a = png(root / "train" / "a" / "0.png", rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB")
+    a = png(
+        root / "train" / "a" / "0.png", rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB"
+    )
     g = png(root / "train" / "b" / "0.png", rng.integers(0, 256, (40, 48), dtype=np.uint8), "L")
-    t = png(root / "test" / "a" / "0.png", rng.integers(0, 256, (40, 48, 4), dtype=np.uint8), "RGBA")
+    t = png(
+        root / "test" / "a" / "0.png", rng.integers(0, 256, (40, 48, 4), dtype=np.uint8), "RGBA"
+    )
     png(root / "test" / "b" / "0.png", rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB")
     ds = load(imagefolder, "folder", root)
     assert tuple(ds.train_x.shape) == (2, 3, 40, 48)
     assert np.array_equal(ds.train_x[0].permute(1, 2, 0).numpy(), a)
-    assert np.array_equal(ds.train_x[1].permute(1, 2, 0).numpy(), np.repeat(g[:, :, None], 3, axis=2))
+    assert np.array_equal(
+        ds.train_x[1].permute(1, 2, 0).numpy(), np.repeat(g[:, :, None], 3, axis=2)
+    )
     want_t = np.asarray(Image.fromarray(t, mode="RGBA").convert("RGB"))
     assert np.array_equal(ds.test_x[0].permute(1, 2, 0).numpy(), want_t)
     assert ds.augmentation == probe.Augmentation(pad=5, flip=True)  # 40 // 8
@@ -494,10 +562,14 @@ def test_folder_rgb_and_mode_conversion(tmp_path):
 def test_folder_rgba_keeps_four_channels(tmp_path):
     rng = np.random.default_rng(2)
     root = tmp_path / "d"
-    want = png(root / "train" / "a" / "0.png", rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA")
+    want = png(
+        root / "train" / "a" / "0.png", rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA"
+    )
     png(root / "test" / "a" / "0.png", rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA")
     ds = load(imagefolder, "folder", root)
-    assert tuple(ds.train_x.shape) == (1, 4, 8, 8) and np.array_equal(ds.train_x[0].permute(1, 2, 0).numpy(), want)
+    assert tuple(ds.train_x.shape) == (1, 4, 8, 8) and np.array_equal(
+        ds.train_x[0].permute(1, 2, 0).numpy(), want
+    )
 
 
 def small_folder(root: Path, size=(10, 10)) -> None:
@@ -518,7 +590,9 @@ def test_folder_hostile_layouts(tmp_path):
     with pytest.raises(RunFileError) as e:
         load(imagefolder, "folder", mixed)
     msg = one_line(e)
-    assert msg.startswith(str(mixed / "train" / "b" / "1.png")) and "10x11" in msg and "10x10" in msg
+    assert (
+        msg.startswith(str(mixed / "train" / "b" / "1.png")) and "10x11" in msg and "10x10" in msg
+    )
 
     empty = tmp_path / "empty"
     small_folder(empty)

@@ -24,15 +24,35 @@ from probe.testing import make_tiny_run, synthetic_dataset
 
 # Small parameters: each job takes a second or two on a tiny model.
 PARAMS = {
-    "hessian": {"n_images": 8, "top_k": 1, "smallest": 1, "max_iter": 4, "trace_samples": 2, "density_runs": 1,
-                "density_steps": 4, "blocks": "layer", "tol": 0.5, "residual_tol": 1.0},
+    "hessian": {
+        "n_images": 8,
+        "top_k": 1,
+        "smallest": 1,
+        "max_iter": 4,
+        "trace_samples": 2,
+        "density_runs": 1,
+        "density_steps": 4,
+        "blocks": "layer",
+        "tol": 0.5,
+        "residual_tol": 1.0,
+    },
     "landscape": {"resolution": 3, "n_images": 32},
     "sharpness": {"steps": 2, "samples": 2, "max_samples": 2, "n_images": 32},
     "projection": {"perplexity": 5.0, "method": "pca"},
     "gradcheck": {"n_images": 2, "samples_per_layer": 2},
 }
-EPOCH_ANALYSES = ["cka", "curves", "filters", "gradcheck", "hessian", "landscape", "projection", "rsm",
-                  "sharpness", "spectra"]
+EPOCH_ANALYSES = [
+    "cka",
+    "curves",
+    "filters",
+    "gradcheck",
+    "hessian",
+    "landscape",
+    "projection",
+    "rsm",
+    "sharpness",
+    "spectra",
+]
 RUN_ANALYSES = ["cka-epochs", "filters-evolution", "spectra-epochs"]
 CONV_ONLY = {"filters", "filters-evolution"}
 # What a family lacks, and which analyses must then be skipped (not failed).
@@ -50,22 +70,40 @@ def build_norm_cnn(params: NormParams, input: probe.InputSpec, num_classes: int)
 
     w = params.width
     return nn.Sequential(
-        nn.Conv2d(input.channels, w, 3, padding=1, bias=False), nn.GroupNorm(2, w), nn.ReLU(),
-        nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False), nn.GroupNorm(2, 2 * w), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(2 * w), nn.Linear(2 * w, num_classes))
+        nn.Conv2d(input.channels, w, 3, padding=1, bias=False),
+        nn.GroupNorm(2, w),
+        nn.ReLU(),
+        nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False),
+        nn.GroupNorm(2, 2 * w),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.LayerNorm(2 * w),
+        nn.Linear(2 * w, num_classes),
+    )
 
 
 class NormFamily:
     @probe.hookimpl
     def register_models(self, register):
-        register(probe.ModelFamily(name="gn-ln-cnn", build=build_norm_cnn, params=NormParams,
-                                   summary="A CNN normalised with GroupNorm and LayerNorm (no BatchNorm)."))
+        register(
+            probe.ModelFamily(
+                name="gn-ln-cnn",
+                build=build_norm_cnn,
+                params=NormParams,
+                summary="A CNN normalised with GroupNorm and LayerNorm (no BatchNorm).",
+            )
+        )
 
 
 FAMILIES = {
     "simplecnn": dict(),
-    "resnet": dict(model="resnet", model_params=("depth=8", "width=1", "shortcut=B")),  # 1x1 projection convs too
-    "mlp": dict(model="mlp", model_params=("depth=2", "width=32"), dataset=dict(channels=1, size=12)),
+    "resnet": dict(
+        model="resnet", model_params=("depth=8", "width=1", "shortcut=B")
+    ),  # 1x1 projection convs too
+    "mlp": dict(
+        model="mlp", model_params=("depth=2", "width=32"), dataset=dict(channels=1, size=12)
+    ),
     # squeezenet1_1: no BatchNorm, 26 conv layers. (mobilenet_v3_small, resnet18 and the other BatchNorm
     # archs fail probe.training.model.check_model at 32x32: its batch-of-one forward in train mode reaches a 1x1 map.)
     "torchvision": dict(model="torchvision", model_params=("arch=squeezenet1_1",)),
@@ -129,13 +167,30 @@ def test_batchnorm_options_skip_on_models_without_batchnorm(family_runs) -> None
     """bn=batch / bn=recalibrate would equal the default on a model without BatchNorm: skipped, saying so."""
     for family in ("mlp", "gn-ln-cnn"):
         run = family_runs[family]
-        outcomes = run_analyses(run, ["hessian", "landscape"], "last", device="cpu", quiet=True, params={
-            "hessian": {**PARAMS["hessian"], "bn": "batch"}, "landscape": {**PARAMS["landscape"], "bn": "recalibrate"}})
-        assert [o.status for o in outcomes] == ["skipped", "skipped"], [(o.label, o.error) for o in outcomes]
+        outcomes = run_analyses(
+            run,
+            ["hessian", "landscape"],
+            "last",
+            device="cpu",
+            quiet=True,
+            params={
+                "hessian": {**PARAMS["hessian"], "bn": "batch"},
+                "landscape": {**PARAMS["landscape"], "bn": "recalibrate"},
+            },
+        )
+        assert [o.status for o in outcomes] == ["skipped", "skipped"], [
+            (o.label, o.error) for o in outcomes
+        ]
         assert "bn=batch: the model has no BatchNorm layer" in outcomes[0].reason
         assert "bn=recalibrate: the model has no BatchNorm layer" in outcomes[1].reason
-    (o,) = run_analyses(family_runs["simplecnn"], ["hessian"], "last", device="cpu", quiet=True,
-                        params={"hessian": {**PARAMS["hessian"], "blocks": "none", "bn": "batch"}})
+    (o,) = run_analyses(
+        family_runs["simplecnn"],
+        ["hessian"],
+        "last",
+        device="cpu",
+        quiet=True,
+        params={"hessian": {**PARAMS["hessian"], "blocks": "none", "bn": "batch"}},
+    )
     assert o.status == "ok", o.error
 
 
@@ -155,10 +210,16 @@ class NeedsConv:
                 raise probe.Skip("the model has no Conv2d layer\nsecond line dropped")
             ctx.out.scalar("convs", sum(isinstance(m, nn.Conv2d) for m in model.modules()))
 
-        register(probe.Analysis(name="needs-conv", run=run, needs={"model"}, summary="Counts conv layers."))
+        register(
+            probe.Analysis(
+                name="needs-conv", run=run, needs={"model"}, summary="Counts conv layers."
+            )
+        )
 
 
-def test_a_skip_is_one_line_recorded_not_a_failure_and_not_asked_again(family_runs, tmp_path) -> None:
+def test_a_skip_is_one_line_recorded_not_a_failure_and_not_asked_again(
+    family_runs, tmp_path
+) -> None:
     import shutil
 
     from probe.analysis.runner import summary_line
@@ -171,17 +232,26 @@ def test_a_skip_is_one_line_recorded_not_a_failure_and_not_asked_again(family_ru
     reg.register(NeedsConv(), PluginInfo("needs", "tests", "tests", "1"))
     NeedsConv.calls = 0
     (o,) = run_analyses(run, ["needs-conv"], "last", registry=reg, device="cpu", quiet=True)
-    assert (o.status, o.reason, o.failed, o.path) == ("skipped", "the model has no Conv2d layer", False, None)
+    assert (o.status, o.reason, o.failed, o.path) == (
+        "skipped",
+        "the model has no Conv2d layer",
+        False,
+        None,
+    )
     assert o.line() == "skipped: needs-conv epoch 2: the model has no Conv2d layer"
     assert summary_line([o]) == "0 computed, 0 cached, 1 skipped, 0 failed"
     record = run / "analyses" / "needs-conv" / "default" / "epoch_0002.skipped.json"
-    assert record.is_file() and not list(run.glob("analyses/needs-conv/default/epoch_0002*.failed.json"))
+    assert record.is_file() and not list(
+        run.glob("analyses/needs-conv/default/epoch_0002*.failed.json")
+    )
     assert not (run / "analyses" / "needs-conv" / "default" / "epoch_0002").exists()
     assert not (run / "logs").exists() or not list((run / "logs").iterdir())  # no failure log
     # answered from the record: the analysis does not run again while its inputs are unchanged
     (again,) = run_analyses(run, ["needs-conv"], "last", registry=reg, device="cpu", quiet=True)
     assert (again.status, again.reason, NeedsConv.calls) == ("skipped", o.reason, 1)
-    (forced,) = run_analyses(run, ["needs-conv"], "last", registry=reg, device="cpu", quiet=True, force=True)
+    (forced,) = run_analyses(
+        run, ["needs-conv"], "last", registry=reg, device="cpu", quiet=True, force=True
+    )
     assert forced.status == "skipped" and NeedsConv.calls == 2
     # another epoch is another model: asked again
     (e0,) = run_analyses(run, ["needs-conv"], "0", registry=reg, device="cpu", quiet=True)
@@ -189,7 +259,9 @@ def test_a_skip_is_one_line_recorded_not_a_failure_and_not_asked_again(family_ru
     # the report lists it as not applicable, with its reason, not as missing or failed
     page = report_run(run, installed=({}, ""), warn=lambda m: None)
     html = page.path.read_text()
-    assert "Not applicable" in html and "the model has no Conv2d layer" in html and page.failures == 0
+    assert (
+        "Not applicable" in html and "the model has no Conv2d layer" in html and page.failures == 0
+    )
     # a record whose key no longer matches (changed inputs or identity) is not trusted: asked again
     record.write_text(record.read_text().replace('"key": "', '"key": "x'))
     (o2,) = run_analyses(run, ["needs-conv"], "last", registry=reg, device="cpu", quiet=True)
@@ -220,7 +292,10 @@ def test_gradcheck_replays_each_call_of_a_reused_relu() -> None:
     class Reuse(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 3, stride=2, padding=1)
+            self.conv1, self.conv2 = (
+                nn.Conv2d(3, 4, 3, padding=1),
+                nn.Conv2d(4, 6, 3, stride=2, padding=1),
+            )
             self.relu, self.pool = nn.ReLU(inplace=True), nn.MaxPool2d(2)
             self.fc = nn.Linear(6, 5)
 
@@ -242,8 +317,12 @@ def test_filters_of_a_grey_first_layer(tmp_path, family_registry) -> None:
     """A 1-channel first conv layer is drawn in grey (the RGB grid needs 3 channels)."""
     import h5py
 
-    run = make_tiny_run(tmp_path / "run", dataset=synthetic_dataset(channels=1, size=12), model="gn-ln-cnn",
-                        model_params=("width=4",))
+    run = make_tiny_run(
+        tmp_path / "run",
+        dataset=synthetic_dataset(channels=1, size=12),
+        model="gn-ln-cnn",
+        model_params=("width=4",),
+    )
     outcomes = run_analyses(run, ["filters", "filters-evolution"], None, device="cpu", quiet=True)
     assert [o.status for o in outcomes] == ["ok", "ok"], [o.error for o in outcomes]
     with h5py.File(outcomes[0].path / "filters.h5") as f:
@@ -261,7 +340,9 @@ def test_hessian_through_hardswish_and_hardsigmoid(method: str) -> None:
     from probe.numerics.curvature import BatchedLoss, HessianOperator
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Hardswish(), nn.Linear(4, 4), nn.Hardsigmoid(), nn.Linear(4, 3)).double()
+    model = nn.Sequential(
+        nn.Linear(3, 4), nn.Hardswish(), nn.Linear(4, 4), nn.Hardsigmoid(), nn.Linear(4, 3)
+    ).double()
     x, y = torch.randn(16, 3, dtype=torch.float64) * 3, torch.arange(16) % 3
     op = HessianOperator(BatchedLoss(model, x, y, batch_size=7), method=method)
     dense = torch.stack([op.matvec(e) for e in torch.eye(op.dim, dtype=torch.float64)], 1)
@@ -270,7 +351,7 @@ def test_hessian_through_hardswish_and_hardsigmoid(method: str) -> None:
     def loss(flat):
         ps, i = [], 0
         for s in shapes:
-            ps.append(flat[i:i + s.numel()].view(s))
+            ps.append(flat[i : i + s.numel()].view(s))
             i += s.numel()
         h = F.linear(x, ps[0], ps[1])
         h = h * F.relu6(h + 3) / 6
@@ -292,14 +373,29 @@ def test_gradcheck_freezes_the_pieces_of_mobilenet_activations() -> None:
     from probe.numerics import representations as R
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Hardswish(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU6(),
-                          nn.Conv2d(6, 6, 1), nn.Hardsigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.Hardswish(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU6(),
+        nn.Conv2d(6, 6, 1),
+        nn.Hardsigmoid(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
     x, y = torch.randn(4, 3, 8, 8) * 4, torch.arange(4)
     rows = R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=8, eps=0.05)
     assert max(r.rel_error for r in rows) < 1e-6, [(r.layer, r.rel_error, r.kink) for r in rows]
     assert any(r.kink for r in rows)  # the step did cross pieces: freezing is what made it agree
     model.eval()
-    for kind, mod in (("relu6", nn.ReLU6()), ("hardsigmoid", nn.Hardsigmoid()), ("hardswish", nn.Hardswish())):
+    for kind, mod in (
+        ("relu6", nn.ReLU6()),
+        ("hardsigmoid", nn.Hardsigmoid()),
+        ("hardswish", nn.Hardswish()),
+    ):
         p = R._PatternPiecewise(kind)
         t = torch.linspace(-8, 8, 161, dtype=torch.float64)
-        assert torch.allclose(p(t), mod(t), rtol=0, atol=1e-15)  # the same function, boundaries included
+        assert torch.allclose(
+            p(t), mod(t), rtol=0, atol=1e-15
+        )  # the same function, boundaries included

@@ -114,4 +114,8 @@ def test_dask_local_cluster_gives_the_same_outcomes():
         dask = by_key(e.run(tasks()))
     assert set(dask) == set(local)
     for key in local:
-        assert (dask[key].ok, dask[key].value, dask[key].error) == (local[key].ok, local[key].value, local[key].error)
+        assert (dask[key].ok, dask[key].value, dask[key].error) == (
+            local[key].ok,
+            local[key].value,
+            local[key].error,
+        )

@@ -42,6 +42,7 @@ def n_params(model: nn.Module) -> int:
 
 # --- resnet ---------------------------------------------------------------------------------------
 
+
 def he_count(depth: int, width: int = 1, classes: int = 10, shortcut: str = "A") -> int:
     """Closed form: stem conv+BN, n blocks of two 3x3 conv+BN per stage, projections for option B, fc."""
     n = (depth - 2) // 6
@@ -56,7 +57,9 @@ def he_count(depth: int, width: int = 1, classes: int = 10, shortcut: str = "A")
     return total + c[2] * classes + classes
 
 
-@pytest.mark.parametrize("depth,table", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)])
+@pytest.mark.parametrize(
+    "depth,table", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)]
+)
 def test_resnet_parameter_counts_match_he_et_al_table_6(depth, table):
     with torch.device("meta"):
         model = CifarResNet(depth)
@@ -83,7 +86,11 @@ def test_resnet_state_dict_keys_are_readable_and_stable():
     assert not [k for k in keys if "shortcut" in k]  # option A: parameter-free
     b = CifarResNet(20, shortcut="B").state_dict()
     assert {k.rsplit(".", 1)[0] for k in b if "shortcut" in k} == {
-        "layer2.0.shortcut.0", "layer2.0.shortcut.1", "layer3.0.shortcut.0", "layer3.0.shortcut.1"}
+        "layer2.0.shortcut.0",
+        "layer2.0.shortcut.1",
+        "layer3.0.shortcut.0",
+        "layer3.0.shortcut.1",
+    }
     assert b["layer2.0.shortcut.0.weight"].shape == (32, 16, 1, 1)
 
 
@@ -108,8 +115,10 @@ def _random_bn(block: BasicBlock) -> None:
 
 def _residual_branch(block: BasicBlock, x: torch.Tensor, stride: int) -> torch.Tensor:
     def bn(t, m):
-        return (t - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps) \
-            * m.weight[:, None, None] + m.bias[:, None, None]
+        return (t - m.running_mean[:, None, None]) / torch.sqrt(
+            m.running_var[:, None, None] + m.eps
+        ) * m.weight[:, None, None] + m.bias[:, None, None]
+
     out = torch.relu(bn(F.conv2d(x, block.conv1.weight, stride=stride, padding=1), block.bn1))
     return bn(F.conv2d(out, block.conv2.weight, padding=1), block.bn2)
 
@@ -121,7 +130,9 @@ def test_option_a_block_adds_zero_padded_subsampled_identity():
     assert isinstance(block.shortcut, PadShortcut)
     x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
     ident = torch.zeros(2, 8, 4, 4, dtype=torch.float64)
-    ident[:, 2:6] = x[:, :, 0::2, 0::2]  # 2 zero channels on each side, as F.pad(planes//4, planes//4)
+    ident[:, 2:6] = x[
+        :, :, 0::2, 0::2
+    ]  # 2 zero channels on each side, as F.pad(planes//4, planes//4)
     with torch.no_grad():
         ref = torch.relu(_residual_branch(block, x, 2) + ident)
         torch.testing.assert_close(block(x), ref)
@@ -137,7 +148,11 @@ def test_shortcut_none_block_has_no_skip(stride, cin):
     with torch.no_grad():
         torch.testing.assert_close(block(x), torch.relu(_residual_branch(block, x, stride)))
     model = CifarResNet(20, shortcut="none")
-    assert not [n for n, m in model.named_modules() if isinstance(m, (PadShortcut, nn.Identity)) or "shortcut" in n]
+    assert not [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (PadShortcut, nn.Identity)) or "shortcut" in n
+    ]
 
 
 def test_resnet_params_refuse_bad_depth_in_one_line():
@@ -149,7 +164,9 @@ def test_resnet_params_refuse_bad_depth_in_one_line():
         fam.make_params({"depth": "33"})
     with pytest.raises(probe.UsageError, match="shortcut"):
         fam.make_params({"shortcut": "C"})
-    assert fam.make_params({"depth": "56", "shortcut": "none"}) == resnet_plugin.Params(56, 1, "none")
+    assert fam.make_params({"depth": "56", "shortcut": "none"}) == resnet_plugin.Params(
+        56, 1, "none"
+    )
 
 
 @pytest.mark.parametrize("channels,size", [(1, (8, 8)), (3, (9, 13)), (5, (32, 32))])
@@ -160,11 +177,14 @@ def test_resnet_any_input_size_and_channels(channels, size):
 
 # --- mlp ------------------------------------------------------------------------------------------
 
+
 def test_mlp_structure_and_shapes():
     p = mlp_plugin.Params(depth=3, width=16, dropout=0.2, batchnorm=True)
     model = mlp_plugin.build(p, spec(1, (28, 28)), 10)
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-    assert n_params(model) == 784 * 16 + 2 * 16 * 16 + 3 * 2 * 16 + 16 * 10 + 10  # no Linear bias before BN
+    assert (
+        n_params(model) == 784 * 16 + 2 * 16 * 16 + 3 * 2 * 16 + 16 * 10 + 10
+    )  # no Linear bias before BN
     assert [n for n, _ in model.named_children()] == ["flatten", "hidden", "classifier"]
     assert "hidden.2.bn.running_mean" in model.state_dict()
     plain = mlp_plugin.build(mlp_plugin.Params(), spec(3, (5, 7)), 4)
@@ -178,11 +198,14 @@ def test_mlp_structure_and_shapes():
 
 # --- recorded layers, for every family ------------------------------------------------------------
 
+
 def _record(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
     mods = dict(model.named_modules())
     assert set(names) <= set(mods), set(names) - set(mods)
     outs: dict[str, torch.Tensor] = {}
-    hooks = [mods[n].register_forward_hook(lambda _m, _i, o, n=n: outs.__setitem__(n, o)) for n in names]
+    hooks = [
+        mods[n].register_forward_hook(lambda _m, _i, o, n=n: outs.__setitem__(n, o)) for n in names
+    ]
     model.eval()
     with torch.no_grad():
         model(x)
@@ -199,16 +222,25 @@ def _classifier_inputs(model: nn.Module) -> int:
 
 
 CASES = [
-    (resnet_plugin, {}, 3, 32), (resnet_plugin, {"shortcut": "B", "width": 2}, 1, 12),
-    (resnet_plugin, {"shortcut": "none"}, 2, 9), (mlp_plugin, {}, 1, 28),
-    (mlp_plugin, {"depth": 1, "batchnorm": True, "dropout": 0.5}, 3, 6), (mlp_plugin, {"depth": 0}, 1, 5),
-    (tv_plugin, {}, 3, 32), (tv_plugin, {"arch": "mobilenet_v3_small"}, 1, 32),
-    (tv_plugin, {"arch": "squeezenet1_1"}, 1, 32), (tv_plugin, {"arch": "shufflenet_v2_x0_5"}, 3, 32),
+    (resnet_plugin, {}, 3, 32),
+    (resnet_plugin, {"shortcut": "B", "width": 2}, 1, 12),
+    (resnet_plugin, {"shortcut": "none"}, 2, 9),
+    (mlp_plugin, {}, 1, 28),
+    (mlp_plugin, {"depth": 1, "batchnorm": True, "dropout": 0.5}, 3, 6),
+    (mlp_plugin, {"depth": 0}, 1, 5),
+    (tv_plugin, {}, 3, 32),
+    (tv_plugin, {"arch": "mobilenet_v3_small"}, 1, 32),
+    (tv_plugin, {"arch": "squeezenet1_1"}, 1, 32),
+    (tv_plugin, {"arch": "shufflenet_v2_x0_5"}, 3, 32),
 ]
 
 
-@pytest.mark.parametrize("module,raw,channels,size", CASES, ids=lambda v: str(v) if isinstance(v, dict) else None)
-def test_recorded_layers_are_2d_or_4d_and_end_with_the_classifier_input(module, raw, channels, size):
+@pytest.mark.parametrize(
+    "module,raw,channels,size", CASES, ids=lambda v: str(v) if isinstance(v, dict) else None
+)
+def test_recorded_layers_are_2d_or_4d_and_end_with_the_classifier_input(
+    module, raw, channels, size
+):
     _, models = family(module)
     (fam,) = models.values()
     params = fam.make_params(raw)
@@ -223,8 +255,9 @@ def test_recorded_layers_are_2d_or_4d_and_end_with_the_classifier_input(module, 
     assert list(outs) == names  # all ran, in network order
     assert all(o.dim() in (2, 4) and o.shape[0] == 2 for o in outs.values())
     last = outs[names[-1]]
-    assert (last.shape[1] if module is tv_plugin and "squeeze" in str(raw) else last[0].numel()) \
-        == _classifier_inputs(model)
+    assert (
+        last.shape[1] if module is tv_plugin and "squeeze" in str(raw) else last[0].numel()
+    ) == _classifier_inputs(model)
     assert model(torch.randn(2, channels, size, size)).shape == (2, 10)
 
 
@@ -239,36 +272,53 @@ def test_model_spec_builds_and_lists_layers_through_the_registry(fresh_registry)
         ModelSpec("resnet", {"depth": 30}, spec(), 10).build()
     assert ModelSpec("mlp", {"depth": 3}, spec(1, (28, 28)), 10).recorded_layers()[-1] == "hidden.2"
     tv = ModelSpec("torchvision", {"arch": "vgg11"}, spec(1, (32, 32)), 10)
-    assert tv.recorded_layers() == ["features.1", "features.4", "features.9", "features.14", "features.19",
-                                    "features.20", "classifier.5"]
+    assert tv.recorded_layers() == [
+        "features.1",
+        "features.4",
+        "features.9",
+        "features.14",
+        "features.19",
+        "features.20",
+        "classifier.5",
+    ]
 
 
 # --- registration ---------------------------------------------------------------------------------
 
+
 def test_each_plugin_registers_its_family():
-    for module, name in ((resnet_plugin, "resnet"), (mlp_plugin, "mlp"), (tv_plugin, "torchvision")):
+    for module, name in (
+        (resnet_plugin, "resnet"),
+        (mlp_plugin, "mlp"),
+        (tv_plugin, "torchvision"),
+    ):
         reg, models = family(module)
         assert list(models) == [name] and not reg.notes
         assert models[name].provider == "probe-cnn" and models[name].params is module.Params
 
 
 def test_plugin_modules_and_registration_import_no_torch():
-    code = ("import sys; from probe.contract.registry import Registry, PluginInfo\n"
-            "import probe_plugins.resnet as a, probe_plugins.mlp as b, probe_plugins.torchvision_models as c\n"
-            "r = Registry()\n"
-            "for m in (a, b, c): r.register(m, PluginInfo(m.__name__, 'x', 'probe-cnn', '0'))\n"
-            "assert sorted(r.models) == ['mlp', 'resnet', 'torchvision'], r.models\n"
-            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'torchvision')))")
+    code = (
+        "import sys; from probe.contract.registry import Registry, PluginInfo\n"
+        "import probe_plugins.resnet as a, probe_plugins.mlp as b, probe_plugins.torchvision_models as c\n"
+        "r = Registry()\n"
+        "for m in (a, b, c): r.register(m, PluginInfo(m.__name__, 'x', 'probe-cnn', '0'))\n"
+        "assert sorted(r.models) == ['mlp', 'resnet', 'torchvision'], r.models\n"
+        "print(sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'torchvision')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 # --- torchvision ----------------------------------------------------------------------------------
 
+
 def test_torchvision_arch_is_checked_with_one_line_errors():
     with pytest.raises(ValueError, match="transformer.*resnet\\*"):
         tv_plugin.Params(arch="vit_b_16")
-    with pytest.raises(ValueError, match="no classification model 'resnet19'; did you mean resnet18"):
+    with pytest.raises(
+        ValueError, match="no classification model 'resnet19'; did you mean resnet18"
+    ):
         tv_plugin.Params(arch="resnet19")
     with pytest.raises(ValueError, match="model name"):
         tv_plugin.Params(arch="../resnet18")
@@ -282,8 +332,12 @@ def test_torchvision_arch_is_checked_with_one_line_errors():
 def test_torchvision_stem_takes_any_channels_with_the_family_init():
     torch.manual_seed(0)
     model = tv_plugin.build(tv_plugin.Params(), spec(1), 10)
-    assert (model.conv1.in_channels, model.conv1.out_channels, model.conv1.kernel_size, model.conv1.stride) == \
-        (1, 64, (7, 7), (2, 2))
+    assert (
+        model.conv1.in_channels,
+        model.conv1.out_channels,
+        model.conv1.kernel_size,
+        model.conv1.stride,
+    ) == (1, 64, (7, 7), (2, 2))
     # torchvision's resnet init: kaiming normal, fan_out, for the replaced conv as for the others
     assert model.conv1.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 49)), rel=0.05)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)

@@ -20,47 +20,83 @@ from probe.training.importer import epoch_of, import_checkpoints, list_epochs
 def export(run: Path, folder: Path) -> dict[int, dict[str, torch.Tensor]]:
     """The run's per-epoch model state dicts, written the ways other people's code writes them."""
     folder.mkdir()
-    states = {e: checkpoint.load(run / f"checkpoints/epoch_{e:04d}.safetensors").model_state for e in (0, 1, 2)}
+    states = {
+        e: checkpoint.load(run / f"checkpoints/epoch_{e:04d}.safetensors").model_state
+        for e in (0, 1, 2)
+    }
     save_file(states[0], str(folder / "init_0.safetensors"))  # epoch 0 from the last run of digits
-    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in states[1].items()}, "note": "x"},
-               folder / "resnet8-e0001.pt")  # nested and DataParallel-prefixed
+    torch.save(
+        {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in states[1].items()}, "note": "x"},
+        folder / "resnet8-e0001.pt",
+    )  # nested and DataParallel-prefixed
     torch.save({"model": states[2], "optimizer": {"lr": 0.1}}, folder / "model_e2.pth")
     return states
 
 
-def test_an_imported_run_has_the_metrics_and_activations_of_the_original(probe_run: Path, tmp_path: Path) -> None:
+def test_an_imported_run_has_the_metrics_and_activations_of_the_original(
+    probe_run: Path, tmp_path: Path
+) -> None:
     export(probe_run, tmp_path / "ckpts")
     spec = checkpoint.load(probe_run / "checkpoints/epoch_0000.safetensors").spec
-    out = import_checkpoints(tmp_path / "ckpts", tmp_path / "imported", spec, synthetic_dataset(seed=0),
-                             probe_set_size=40, analysis_batch_size=64, seed=0, device="cpu")
+    out = import_checkpoints(
+        tmp_path / "ckpts",
+        tmp_path / "imported",
+        spec,
+        synthetic_dataset(seed=0),
+        probe_set_size=40,
+        analysis_batch_size=64,
+        seed=0,
+        device="cpu",
+    )
     orig, imp = Run(probe_run), Run(out)
     assert imp.epochs() == [0, 1, 2]
-    for a, b in zip(orig.metrics(), imp.metrics(), strict=True):  # the same model on the same validation order
-        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6) and b["val_acc"] == a["val_acc"]
+    for a, b in zip(
+        orig.metrics(), imp.metrics(), strict=True
+    ):  # the same model on the same validation order
+        assert (
+            b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6) and b["val_acc"] == a["val_acc"]
+        )
         assert "train_loss" not in b
     for e in (0, 2):
         with h5py.File(orig.activations_path(e)) as f, h5py.File(imp.activations_path(e)) as g:
             for name in f["pooled"]:
                 # probe train ran channels-last, import does not: the same values up to float16 rounding
-                a, b = torch.from_numpy(f["pooled"][name][()]), torch.from_numpy(g["pooled"][name][()])
+                a, b = (
+                    torch.from_numpy(f["pooled"][name][()]),
+                    torch.from_numpy(g["pooled"][name][()]),
+                )
                 torch.testing.assert_close(b.float(), a.float(), rtol=2e-3, atol=2e-3)
     assert torch.equal(orig.probe_set().images, imp.probe_set().images)
     assert torch.equal(orig.analysis_batch().indices, imp.analysis_batch().indices)
     ck = imp.load_checkpoint(1)
     assert not ck.optimizer_state and not ck.rng  # nothing to resume from
     src = imp.config["source"]
-    assert src["kind"] == "import" and [f["file"] for f in src["files"]] == ["init_0.safetensors", "resnet8-e0001.pt",
-                                                                          "model_e2.pth"]
+    assert src["kind"] == "import" and [f["file"] for f in src["files"]] == [
+        "init_0.safetensors",
+        "resnet8-e0001.pt",
+        "model_e2.pth",
+    ]
     assert imp.config["train"]["epochs"] == 2
     from probe.training.loop import train
 
-    with pytest.raises(UsageError, match="made by `probe import`: its checkpoints carry no optimizer state"):
+    with pytest.raises(
+        UsageError, match="made by `probe import`: its checkpoints carry no optimizer state"
+    ):
         train(out, resume=True, quiet=True)
 
 
 def test_epochs_from_file_names() -> None:
-    assert [epoch_of(n) for n in ("epoch_3.pt", "ckpt-0003.safetensors", "model_e10.pth", "resnet20_7.PT", "final.pt",
-                                  "v2-step-12.safetensors")] == [3, 3, 10, 7, None, 12]
+    assert [
+        epoch_of(n)
+        for n in (
+            "epoch_3.pt",
+            "ckpt-0003.safetensors",
+            "model_e10.pth",
+            "resnet20_7.PT",
+            "final.pt",
+            "v2-step-12.safetensors",
+        )
+    ] == [3, 3, 10, 7, None, 12]
 
 
 def write_states(folder: Path, names: list[str], state: dict[str, torch.Tensor]) -> None:
@@ -72,13 +108,24 @@ def write_states(folder: Path, names: list[str], state: dict[str, torch.Tensor])
             torch.save(state, folder / n)
 
 
-@pytest.mark.parametrize("names, match", [
-    (["epoch_0.pt", "epoch_1.pt", "epoch_3.pt"], r"epoch 2 is missing between epoch_0.pt and epoch_3.pt"),
-    (["epoch_1.pt", "ckpt-0001.safetensors"], r"epoch_1.pt: epoch 1 again \(also ckpt-0001.safetensors\)"),
-    (["epoch_0.pt", "notes.txt"], r"notes.txt: not a checkpoint file"),
-    (["epoch_0.pt", "final.pt"], r"final.pt: no epoch in its name"),
-])
-def test_bad_folders_are_one_line_naming_the_file_or_epoch(tmp_path: Path, names: list[str], match: str) -> None:
+@pytest.mark.parametrize(
+    "names, match",
+    [
+        (
+            ["epoch_0.pt", "epoch_1.pt", "epoch_3.pt"],
+            r"epoch 2 is missing between epoch_0.pt and epoch_3.pt",
+        ),
+        (
+            ["epoch_1.pt", "ckpt-0001.safetensors"],
+            r"epoch_1.pt: epoch 1 again \(also ckpt-0001.safetensors\)",
+        ),
+        (["epoch_0.pt", "notes.txt"], r"notes.txt: not a checkpoint file"),
+        (["epoch_0.pt", "final.pt"], r"final.pt: no epoch in its name"),
+    ],
+)
+def test_bad_folders_are_one_line_naming_the_file_or_epoch(
+    tmp_path: Path, names: list[str], match: str
+) -> None:
     write_states(tmp_path / "ckpts", [n for n in names if n != "notes.txt"], {"w": torch.zeros(2)})
     if "notes.txt" in names:
         (tmp_path / "ckpts" / "notes.txt").write_text("hello")
@@ -87,7 +134,9 @@ def test_bad_folders_are_one_line_naming_the_file_or_epoch(tmp_path: Path, names
     assert "\n" not in str(info.value)
 
 
-def test_a_state_dict_that_does_not_fit_and_a_pickle_write_nothing(probe_run: Path, tmp_path: Path) -> None:
+def test_a_state_dict_that_does_not_fit_and_a_pickle_write_nothing(
+    probe_run: Path, tmp_path: Path
+) -> None:
     spec = checkpoint.load(probe_run / "checkpoints/epoch_0000.safetensors").spec
     good = checkpoint.load(probe_run / "checkpoints/epoch_0000.safetensors").model_state
     bad = dict(good)
@@ -96,9 +145,18 @@ def test_a_state_dict_that_does_not_fit_and_a_pickle_write_nothing(probe_run: Pa
     bad["extra.weight"] = torch.zeros(3)
     write_states(tmp_path / "a", ["epoch_0.safetensors"], good)
     write_states(tmp_path / "a", ["epoch_1.pt"], bad)
-    with pytest.raises(RunFileError, match=rf"epoch_1.pt: does not fit simplecnn\(.*missing {first}.*unexpected extra.weight"):
-        import_checkpoints(tmp_path / "a", tmp_path / "out", spec, synthetic_dataset(seed=0), probe_set_size=40,
-                           device="cpu")
+    with pytest.raises(
+        RunFileError,
+        match=rf"epoch_1.pt: does not fit simplecnn\(.*missing {first}.*unexpected extra.weight",
+    ):
+        import_checkpoints(
+            tmp_path / "a",
+            tmp_path / "out",
+            spec,
+            synthetic_dataset(seed=0),
+            probe_set_size=40,
+            device="cpu",
+        )
     assert not (tmp_path / "out").exists()
 
     class Evil:
@@ -109,8 +167,14 @@ def test_a_state_dict_that_does_not_fit_and_a_pickle_write_nothing(probe_run: Pa
     with open(tmp_path / "b" / "epoch_0.pt", "wb") as fh:
         pickle.dump({"w": Evil()}, fh)
     with pytest.raises(RunFileError, match=r"epoch_0.pt: not a loadable weights-only torch file"):
-        import_checkpoints(tmp_path / "b", tmp_path / "out", spec, synthetic_dataset(seed=0), probe_set_size=40,
-                           device="cpu")
+        import_checkpoints(
+            tmp_path / "b",
+            tmp_path / "out",
+            spec,
+            synthetic_dataset(seed=0),
+            probe_set_size=40,
+            device="cpu",
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -128,18 +192,42 @@ def test_the_cli_imports_and_resume_is_one_line(tmp_path: Path) -> None:
         torch.manual_seed(e)
         save_file(spec.build().state_dict(), str(tmp_path / "ckpts" / f"ckpt-{e:04d}.safetensors"))
     run = tmp_path / "run"
-    args = ["import", str(tmp_path / "ckpts"), "--run-dir", str(run), "--model", "simplecnn", "--model-param",
-            "base_width=4", "--dataset", "folder", "--data", str(images), "--probe-set-size", "10",
-            "--analysis-batch-size", "8", "--device", "cpu"]
+    args = [
+        "import",
+        str(tmp_path / "ckpts"),
+        "--run-dir",
+        str(run),
+        "--model",
+        "simplecnn",
+        "--model-param",
+        "base_width=4",
+        "--dataset",
+        "folder",
+        "--data",
+        str(images),
+        "--probe-set-size",
+        "10",
+        "--analysis-batch-size",
+        "8",
+        "--device",
+        "cpu",
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert Run(run).epochs() == [1, 2]  # no initialisation in the folder: the first file's epoch comes first
+    assert Run(run).epochs() == [
+        1,
+        2,
+    ]  # no initialisation in the folder: the first file's epoch comes first
     res = CliRunner().invoke(cli, args)
     assert res.exit_code != 0 and "already exists" in res.output
     res = CliRunner().invoke(cli, [*args, "--force"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["train", "--run-dir", str(run), "--resume"])
-    assert res.exit_code != 0 and "carry no optimizer state" in res.output and "Traceback" not in res.output
+    assert (
+        res.exit_code != 0
+        and "carry no optimizer state" in res.output
+        and "Traceback" not in res.output
+    )
     assert len(res.output.strip().splitlines()) == 1
     res = CliRunner().invoke(cli, ["import", "--help"])
     text = " ".join(res.output.split())
@@ -147,11 +235,20 @@ def test_the_cli_imports_and_resume_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_an_imported_run_passes_every_analysis_and_the_report(probe_run: Path, tmp_path: Path) -> None:
+def test_an_imported_run_passes_every_analysis_and_the_report(
+    probe_run: Path, tmp_path: Path
+) -> None:
     from test_recorder import analyze_and_report
 
     export(probe_run, tmp_path / "ckpts")
     spec = checkpoint.load(probe_run / "checkpoints/epoch_0000.safetensors").spec
-    out = import_checkpoints(tmp_path / "ckpts", tmp_path / "imported", spec, synthetic_dataset(seed=0),
-                             probe_set_size=40, analysis_batch_size=64, device="cpu")
+    out = import_checkpoints(
+        tmp_path / "ckpts",
+        tmp_path / "imported",
+        spec,
+        synthetic_dataset(seed=0),
+        probe_set_size=40,
+        analysis_batch_size=64,
+        device="cpu",
+    )
     analyze_and_report(out)

@@ -21,7 +21,9 @@ def cnn():
     return small_cnn(21)
 
 
-def direct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor]) -> tuple[float, float]:
+def direct(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor]
+) -> tuple[float, float]:
     """Reference: a copy of the model with the weights written in, eval mode, one pass."""
     ref = copy.deepcopy(model)
     with torch.no_grad():
@@ -43,7 +45,15 @@ def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_center_equals_eval_loss(cnn, channels_last):
     model, x, y = cnn
-    s = L.surface(model, x, y, L.random_directions(model), resolution=5, batch_size=8, channels_last=channels_last)
+    s = L.surface(
+        model,
+        x,
+        y,
+        L.random_directions(model),
+        resolution=5,
+        batch_size=8,
+        channels_last=channels_last,
+    )
     loss, acc = direct(model, x, y, dict(model.named_parameters()))
     assert s.alpha[2] == 0 and s.beta[2] == 0
     assert abs(s.center_loss - loss) < 1e-5 and abs(s.loss[2, 2] - loss) < 1e-5
@@ -53,13 +63,27 @@ def test_center_equals_eval_loss(cnn, channels_last):
 def test_non_square_grid_is_indexed_beta_then_alpha(cnn):
     model, x, y = cnn
     d = L.random_directions(model, seed=3)
-    s = L.surface(model, x, y, d, span=(-0.5, 1.0), resolution=4, span_y=(-1.0, 0.2), resolution_y=3, batch_size=8)
+    s = L.surface(
+        model,
+        x,
+        y,
+        d,
+        span=(-0.5, 1.0),
+        resolution=4,
+        span_y=(-1.0, 0.2),
+        resolution_y=3,
+        batch_size=8,
+    )
     assert s.loss.shape == s.accuracy.shape == (3, 4)
-    assert np.allclose(s.alpha, np.linspace(-0.5, 1.0, 4)) and np.allclose(s.beta, np.linspace(-1.0, 0.2, 3))
+    assert np.allclose(s.alpha, np.linspace(-0.5, 1.0, 4)) and np.allclose(
+        s.beta, np.linspace(-1.0, 0.2, 3)
+    )
     w = {k: p.detach() for k, p in model.named_parameters()}
     for j, b in enumerate(s.beta):
         for i, a in enumerate(s.alpha):
-            loss, acc = direct(model, x, y, {k: w[k] + a * d.axes[0][k] + b * d.axes[1][k] for k in w})
+            loss, acc = direct(
+                model, x, y, {k: w[k] + a * d.axes[0][k] + b * d.axes[1][k] for k in w}
+            )
             assert abs(s.loss[j, i] - loss) < 1e-4 * max(1.0, loss)
             assert abs(s.accuracy[j, i] - acc) < 1e-9
 
@@ -91,10 +115,16 @@ def test_filter_normalised_directions(cnn):
             else:
                 norms = axis[k].flatten(1).norm(dim=1)
                 assert torch.allclose(norms, w.detach().flatten(1).norm(dim=1), rtol=1e-5), k
-    assert all(torch.equal(a[k], b[k]) for a, b in zip(d.axes, L.random_directions(model, seed=7).axes, strict=True)
-               for k in a)
+    assert all(
+        torch.equal(a[k], b[k])
+        for a, b in zip(d.axes, L.random_directions(model, seed=7).axes, strict=True)
+        for k in a
+    )
     assert not torch.equal(d.axes[0]["features.0.weight"], d.axes[1]["features.0.weight"])
-    assert not torch.equal(d.axes[0]["features.0.weight"], L.random_directions(model, seed=8).axes[0]["features.0.weight"])
+    assert not torch.equal(
+        d.axes[0]["features.0.weight"],
+        L.random_directions(model, seed=8).axes[0]["features.0.weight"],
+    )
 
 
 def test_directions_are_keyed_by_name_not_position(cnn):
@@ -111,8 +141,10 @@ def test_plain_random_direction_has_the_weights_norm(cnn):
     model, *_ = cnn
     d = L.random_directions(model, n=1, kind="random").axes[0]
     ws = [w.detach() for w in model.parameters() if w.dim() > 1]
-    assert abs(sum(float(d[k].pow(2).sum()) for k, w in model.named_parameters() if w.dim() > 1)
-               - sum(float(w.pow(2).sum()) for w in ws)) < 1e-3 * sum(float(w.pow(2).sum()) for w in ws)
+    assert abs(
+        sum(float(d[k].pow(2).sum()) for k, w in model.named_parameters() if w.dim() > 1)
+        - sum(float(w.pow(2).sum()) for w in ws)
+    ) < 1e-3 * sum(float(w.pow(2).sum()) for w in ws)
 
 
 def test_recalibrate_matches_reestimated_statistics(cnn):
@@ -155,7 +187,10 @@ def trajectory(model: nn.Module, t: int = 7, seed: int = 0) -> list[dict[str, to
     for i in range(t):
         s = (t - 1 - i) / (t - 1)
         a, b = 2.0 * s, 0.8 * s * s
-        state = {k: w[k] + a * e[0][k] + b * e[1][k] + 0.01 * torch.randn(w[k].shape, generator=g) for k in w}
+        state = {
+            k: w[k] + a * e[0][k] + b * e[1][k] + 0.01 * torch.randn(w[k].shape, generator=g)
+            for k in w
+        }
         state.update({k: v.clone() for k, v in model.named_buffers()})
         states.append(state)
     return states
@@ -166,7 +201,9 @@ def test_pca_matches_a_dense_svd(cnn, mean_center):
     model, *_ = cnn
     states = trajectory(model)
     w = {k: p.detach() for k, p in model.named_parameters()}
-    dmat = np.stack([np.concatenate([(s[k] - w[k]).numpy().ravel() for k in w]) for s in states]).astype(np.float64)
+    dmat = np.stack(
+        [np.concatenate([(s[k] - w[k]).numpy().ravel() for k in w]) for s in states]
+    ).astype(np.float64)
     fit = dmat - dmat.mean(0) if mean_center else dmat
     _, sv, vt = np.linalg.svd(fit, full_matrices=False)
     pca = L.pca_directions(model, states, mean_center=mean_center)
@@ -174,10 +211,12 @@ def test_pca_matches_a_dense_svd(cnn, mean_center):
         got = np.concatenate([pca.axes[a][k].numpy().ravel() for k in w])
         assert abs(abs(got @ vt[a]) - 1) < 1e-5
         assert np.allclose(pca.path[:, a], dmat @ got, atol=1e-4)
-    assert np.allclose(pca.explained, sv[:2] ** 2 / (sv ** 2).sum(), atol=1e-6)
-    basis = np.stack([np.concatenate([pca.axes[a][k].numpy().ravel() for k in w]) for a in range(2)])
+    assert np.allclose(pca.explained, sv[:2] ** 2 / (sv**2).sum(), atol=1e-6)
+    basis = np.stack(
+        [np.concatenate([pca.axes[a][k].numpy().ravel() for k in w]) for a in range(2)]
+    )
     steps = np.diff(dmat, axis=0)
-    expected = ((steps @ basis.T) ** 2).sum(1) / (steps ** 2).sum(1)
+    expected = ((steps @ basis.T) ** 2).sum(1) / (steps**2).sum(1)
     assert np.allclose(pca.captured, expected, atol=1e-5)
     assert (pca.captured > 0.99).all() if not mean_center else True
 
@@ -199,7 +238,9 @@ def test_pca_streams_in_blocks_with_the_same_result(cnn):
     whole = L.pca_directions(model, states)
     dim = sum(p.numel() for p in model.parameters())
     blocked = L.pca_directions(model, Loader(), max_bytes=8 * dim * 2)  # two states per block
-    assert np.allclose(blocked.path, whole.path, atol=1e-6) and np.allclose(blocked.captured, whole.captured)
+    assert np.allclose(blocked.path, whole.path, atol=1e-6) and np.allclose(
+        blocked.captured, whole.captured
+    )
     assert Loader.loads > len(states)  # streamed: re-read rather than held
 
 
@@ -230,8 +271,14 @@ def run_plugin(run_dir, analysis, epochs=None, **params):
 
     reg = Registry()
     reg.register(landscape, PluginInfo("landscape", "probe_plugins.landscape"))
-    outcomes = run_analyses(run_dir, [analysis], epochs, {analysis: {k: str(v) for k, v in params.items()}},
-                            registry=reg, device="cpu")
+    outcomes = run_analyses(
+        run_dir,
+        [analysis],
+        epochs,
+        {analysis: {k: str(v) for k, v in params.items()}},
+        registry=reg,
+        device="cpu",
+    )
     for o in outcomes:
         assert o.status == "ok", f"{o.label}: {o.error}\n{o.traceback}"
     return [(o, json.loads((o.path / "manifest.json").read_text())) for o in outcomes]
@@ -247,15 +294,25 @@ def test_landscape_plugins(probe_run):
     ((o, m),) = run_plugin(probe_run, "landscape", "last", resolution=5, n_images=32)
     run = Run(probe_run)
     batch = run.analysis_batch()
-    loss, _ = direct(run.model(2, "cpu"), batch.normalized()[:32], batch.labels[:32],
-                     dict(run.model(2, "cpu").named_parameters()))
+    loss, _ = direct(
+        run.model(2, "cpu"),
+        batch.normalized()[:32],
+        batch.labels[:32],
+        dict(run.model(2, "cpu").named_parameters()),
+    )
     assert m["scalars"]["center_loss"] == pytest.approx(loss, rel=1e-5)
     with h5py.File(o.path / "landscape.h5") as f:
         assert f["loss"].shape == (5, 5) and f["loss"][2, 2] == pytest.approx(loss, rel=1e-5)
-        assert f.attrs["seed"] == 0 and f.attrs["bn"] == "frozen" and f.attrs["directions"] == "filter-normalized"
+        assert (
+            f.attrs["seed"] == 0
+            and f.attrs["bn"] == "frozen"
+            and f.attrs["directions"] == "filter-normalized"
+        )
         assert f.attrs["checkpoint_sha256"] == m["inputs"]["checkpoints/epoch_0002.safetensors"]
     assert {"landscape.png", "landscape_surface.png"} <= set(m["files"])
-    ((o, m),) = run_plugin(probe_run, "landscape", "last", directions="trajectory", resolution=4, n_images=32)
+    ((o, m),) = run_plugin(
+        probe_run, "landscape", "last", directions="trajectory", resolution=4, n_images=32
+    )
     with h5py.File(o.path / "landscape.h5") as f:
         assert f["path"].shape == (3, 2) and np.allclose(f["path"][2], 0, atol=1e-6)
         assert f["captured"].shape == (2,) and f["loss"].shape == (4, 4)
@@ -268,7 +325,9 @@ def test_landscape_plugins(probe_run):
 
     reg = Registry()
     reg.register(landscape, PluginInfo("landscape", "probe_plugins.landscape"))
-    (bad,) = run_analyses(probe_run, ["landscape"], "1", {"landscape": {"directions": "trajectory"}}, registry=reg)
+    (bad,) = run_analyses(
+        probe_run, ["landscape"], "1", {"landscape": {"directions": "trajectory"}}, registry=reg
+    )
     assert bad.status == "failed" and "at least 3 complete epochs" in bad.error
 
 
@@ -290,8 +349,16 @@ def test_landscape_rows_on_an_executor_equal_the_in_process_grid(probe_run):
     with h5py.File(local.path / "landscape.h5") as f:
         loss_local = f["loss"][()]
     with make_executor(workers=2) as executor:
-        (split,) = run_analyses(probe_run, ["landscape"], "last", params, registry=reg, device="cpu",
-                                executor=executor, force=True)
+        (split,) = run_analyses(
+            probe_run,
+            ["landscape"],
+            "last",
+            params,
+            registry=reg,
+            device="cpu",
+            executor=executor,
+            force=True,
+        )
     assert local.status == split.status == "ok"
     with h5py.File(split.path / "landscape.h5") as f:
         loss_split = f["loss"][()]
@@ -299,7 +366,9 @@ def test_landscape_rows_on_an_executor_equal_the_in_process_grid(probe_run):
     run = __import__("probe").Run(probe_run)
     batch = run.analysis_batch()
     model = run.model(2, "cpu")
-    direct_loss, _ = direct(model, batch.normalized()[:32], batch.labels[:32], dict(model.named_parameters()))
+    direct_loss, _ = direct(
+        model, batch.normalized()[:32], batch.labels[:32], dict(model.named_parameters())
+    )
     assert loss_split.shape == (5, 5) and loss_split[2, 2] == pytest.approx(direct_loss, rel=1e-5)
     np.testing.assert_allclose(loss_split, loss_local, rtol=1e-5)
     assert m["scalars"]["center_loss"] == pytest.approx(direct_loss, rel=1e-5)

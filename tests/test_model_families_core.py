@@ -36,7 +36,12 @@ def build_tiny(params: TinyParams, input: probe.InputSpec, num_classes: int) -> 
     from torch import nn
 
     c, (h, w) = input.channels, input.size
-    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, params.width), nn.ReLU(), nn.Linear(params.width, num_classes))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(c * h * w, params.width),
+        nn.ReLU(),
+        nn.Linear(params.width, num_classes),
+    )
 
 
 class ThirdParty:
@@ -44,12 +49,21 @@ class ThirdParty:
 
     @probe.hookimpl
     def register_models(self, register):
-        register(probe.ModelFamily(name="tiny-mlp", build=build_tiny, params=TinyParams, summary="A one-layer MLP."))
+        register(
+            probe.ModelFamily(
+                name="tiny-mlp", build=build_tiny, params=TinyParams, summary="A one-layer MLP."
+            )
+        )
 
     @probe.hookimpl
     def register_datasets(self, register):
-        register(probe.DataSource(name="grey", load=lambda data, quiet: synthetic_dataset(channels=1, size=12),
-                                  summary="Synthetic grey 12x12 images."))
+        register(
+            probe.DataSource(
+                name="grey",
+                load=lambda data, quiet: synthetic_dataset(channels=1, size=12),
+                summary="Synthetic grey 12x12 images.",
+            )
+        )
 
 
 @pytest.fixture
@@ -92,12 +106,18 @@ def test_default_layers_end_with_the_classifier_input() -> None:
 
 
 def test_checkpoint_of_a_family_not_installed_is_one_line(tmp_path: Path, third_party) -> None:
-    run = make_tiny_run(tmp_path / "run", dataset=synthetic_dataset(channels=1, size=12), model="tiny-mlp", epochs=1)
+    run = make_tiny_run(
+        tmp_path / "run", dataset=synthetic_dataset(channels=1, size=12), model="tiny-mlp", epochs=1
+    )
     probe.contract.registry.reset_registry(None)  # the third party's package is uninstalled
     with pytest.raises(RunFileError) as e:
         probe.load_model(run / "checkpoints" / "epoch_0001.safetensors")
     msg = str(e.value)
-    assert "'tiny-mlp' is not installed" in msg and "distribution 'third-party'" in msg and "\n" not in msg
+    assert (
+        "'tiny-mlp' is not installed" in msg
+        and "distribution 'third-party'" in msg
+        and "\n" not in msg
+    )
     result = probe_cli("analyze", run, "-p", "curves", "-p", "filters", "--epochs", "last")
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "'tiny-mlp' is not installed" in result.output
@@ -112,8 +132,14 @@ def test_legacy_spec_still_loads(tmp_path: Path, probe_run: Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
     new = json.loads(meta["model_spec"])
-    legacy = {"arch": "SimpleCNN", **new["params"], "num_classes": 10, "in_channels": 3,
-              "mean": new["input"]["mean"], "std": new["input"]["std"]}
+    legacy = {
+        "arch": "SimpleCNN",
+        **new["params"],
+        "num_classes": 10,
+        "in_channels": 3,
+        "mean": new["input"]["mean"],
+        "std": new["input"]["std"],
+    }
     meta["model_spec"] = json.dumps(legacy, sort_keys=True)
     meta["content_sha256"] = checkpoint._digest(tensors, meta)
     save_file(tensors, str(path), metadata=meta)
@@ -159,25 +185,42 @@ def test_a_loader_that_returns_wrong_data_is_one_error(fresh_registry) -> None:
         data.load_dataset("broken", None)
 
 
-@pytest.mark.parametrize(("args", "option", "words"), [
-    (["--model", "nope"], "--model", "'nope' is not installed"),
-    (["--model", "Bad Name"], "--model", "is not a name"),
-    (["--dataset", "nope"], "--dataset", "unknown data set 'nope'"),
-    (["--model-param", "depth=0"], "--model-param depth", "must be >= 1"),
-    (["--model-param", "width=3"], "--model-param", "has no parameter 'width'"),
-    (["--model-param", "depth"], "--model-param", "KEY=VALUE"),
-    (["--model-param", "depth=8", "--model-depth", "2"], "--model-param", "also set by --model-depth"),
-    (["--model", "tiny-mlp", "--model-depth", "8"], "--model-depth", "simplecnn only"),
-    (["--model", "tiny-mlp", "--model-param", "width=100000"], "--model-param width", "<= 4096"),
-    (["--dataset", "grey", "--model-depth", "8", "--full-maps", "features.2"], "--model", "cannot take 1x12x12"),
-    (["--full-maps", "features.99"], "--full-maps", "unknown layer"),
-])
+@pytest.mark.parametrize(
+    ("args", "option", "words"),
+    [
+        (["--model", "nope"], "--model", "'nope' is not installed"),
+        (["--model", "Bad Name"], "--model", "is not a name"),
+        (["--dataset", "nope"], "--dataset", "unknown data set 'nope'"),
+        (["--model-param", "depth=0"], "--model-param depth", "must be >= 1"),
+        (["--model-param", "width=3"], "--model-param", "has no parameter 'width'"),
+        (["--model-param", "depth"], "--model-param", "KEY=VALUE"),
+        (
+            ["--model-param", "depth=8", "--model-depth", "2"],
+            "--model-param",
+            "also set by --model-depth",
+        ),
+        (["--model", "tiny-mlp", "--model-depth", "8"], "--model-depth", "simplecnn only"),
+        (
+            ["--model", "tiny-mlp", "--model-param", "width=100000"],
+            "--model-param width",
+            "<= 4096",
+        ),
+        (
+            ["--dataset", "grey", "--model-depth", "8", "--full-maps", "features.2"],
+            "--model",
+            "cannot take 1x12x12",
+        ),
+        (["--full-maps", "features.99"], "--full-maps", "unknown layer"),
+    ],
+)
 def test_bad_model_and_data_options(tmp_path: Path, third_party, args, option, words) -> None:
     from reliability_helpers import make_png_folder
 
     folder = make_png_folder(tmp_path / "data", n_train=1, n_test=1)
     run = tmp_path / "run"
-    result = probe_cli("train", "--run-dir", run, "--data", folder, "--epochs", "1", "--quiet", *args)
+    result = probe_cli(
+        "train", "--run-dir", run, "--data", folder, "--epochs", "1", "--quiet", *args
+    )
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and option in lines[0] and words in lines[0], result.output
@@ -186,7 +229,9 @@ def test_bad_model_and_data_options(tmp_path: Path, third_party, args, option, w
 
 def test_probe_models_and_datasets_list_the_installed_ones(third_party) -> None:
     out = probe_cli("models").output
-    assert "simplecnn" in out and "tiny-mlp" in out and "--model-param width (int, default 8)" in out
+    assert (
+        "simplecnn" in out and "tiny-mlp" in out and "--model-param width (int, default 8)" in out
+    )
     families = json.loads(probe_cli("models", "--json").output)
     assert {f["name"] for f in families} >= {"simplecnn", "tiny-mlp"}
     out = probe_cli("datasets").output

@@ -19,7 +19,9 @@ from probe.numerics import operators as O
 def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """Conv -> BatchNorm (non-trivial running statistics) -> tanh -> linear: 81 float64 parameters, 3 classes."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)).double()
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)
+    ).double()
     model = warm_batchnorm(model, (16, 1, 5, 5), 2, 0.5, torch.float64)
     return model, torch.randn(13, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (13,))
 
@@ -81,7 +83,13 @@ def test_ggn_equals_the_hessian_when_logits_are_linear_in_the_parameters():
     p = torch.softmax(x @ model.weight.detach().T + model.bias.detach(), dim=-1)
     ref = torch.zeros(28, 28, dtype=torch.float64)
     for n in range(9):
-        j = torch.cat([torch.kron(torch.eye(4, dtype=torch.float64), x[n][None, :]), torch.eye(4, dtype=torch.float64)], 1)
+        j = torch.cat(
+            [
+                torch.kron(torch.eye(4, dtype=torch.float64), x[n][None, :]),
+                torch.eye(4, dtype=torch.float64),
+            ],
+            1,
+        )
         ref += j.T @ (torch.diag(p[n]) - torch.outer(p[n], p[n])) @ j / 9
     loss = C.BatchedLoss(model, x, y, batch_size=4)
     assert (dense(O.ggn_operator(loss)) - ref).abs().max() < 1e-12
@@ -100,11 +108,25 @@ def test_eigenvalues_trace_and_density_of_the_ggn_from_the_same_machinery(cnn):
     assert abs(hut.trace - tr) < 4 * hut.stderr and hut.stderr < 0.3 * tr
     hpp = O.trace_estimate("hutch++", op, 3 * op.dim, seed=3)  # the sketch spans everything: exact
     assert hpp.trace == pytest.approx(tr, rel=1e-9) and hpp.hvps == 3 * op.dim
-    dens = C.slq_density(op, runs=2, steps=op.dim, seed=1)  # a full Krylov space: nodes are eigenvalues
+    dens = C.slq_density(
+        op, runs=2, steps=op.dim, seed=1
+    )  # a full Krylov space: nodes are eigenvalues
     nodes = dens.nodes[dens.weights > 1e-8]
     assert (nodes[:, None] - exact[None, :]).abs().min(1).values.max() < 1e-8 * float(exact[-1])
-    report = C.hessian_analysis(model, x, y, top_k=2, smallest=1, batch_size=5, operator="ggn",
-                                trace_samples=30, trace_method="hutch++", tol=1e-10, residual_tol=1e-8, max_iter=op.dim)
+    report = C.hessian_analysis(
+        model,
+        x,
+        y,
+        top_k=2,
+        smallest=1,
+        batch_size=5,
+        operator="ggn",
+        trace_samples=30,
+        trace_method="hutch++",
+        tol=1e-10,
+        residual_tol=1e-8,
+        max_iter=op.dim,
+    )
     assert torch.allclose(report.get("LA").values, exact.flip(0)[:2], rtol=1e-8)
     assert float(report.get("SA").values[0]) > -1e-8 * float(exact[-1])
     assert report.trace.hvps == 30 and abs(report.trace.trace - tr) < 0.3 * tr
@@ -115,8 +137,21 @@ def test_weights_buffers_and_mode_unchanged(bn):
     model, x, y = tiny_cnn()
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    C.hessian_analysis(model, x, y, top_k=2, smallest=1, max_iter=10, trace_samples=6, trace_method="hutch++",
-                       density_runs=1, density_steps=4, bn=bn, batch_size=5, operator="ggn")
+    C.hessian_analysis(
+        model,
+        x,
+        y,
+        top_k=2,
+        smallest=1,
+        max_iter=10,
+        trace_samples=6,
+        trace_method="hutch++",
+        density_runs=1,
+        density_steps=4,
+        bn=bn,
+        batch_size=5,
+        operator="ggn",
+    )
     loss = C.BatchedLoss(model, x, y, bn=bn)
     O.ggn_operator(loss, cache=False).matvec(torch.ones(loss.dim, dtype=torch.float64))
     after = model.state_dict()
@@ -128,7 +163,7 @@ def test_weights_buffers_and_mode_unchanged(bn):
 def test_bad_choices_name_themselves(cnn):
     model, x, y, _ = cnn
     with pytest.raises(UsageError, match="^operator: .*cross-entropy"):
-        O.ggn_operator(C.BatchedLoss(model, x, y, loss_fn=lambda z, t: (z ** 2).mean()))
+        O.ggn_operator(C.BatchedLoss(model, x, y, loss_fn=lambda z, t: (z**2).mean()))
     with pytest.raises(UsageError, match="^operator: "):
         C.hessian_analysis(model, x, y, operator="fisher")
     with pytest.raises(UsageError, match="^trace_method: "):
@@ -141,9 +176,16 @@ def test_bad_choices_name_themselves(cnn):
 
 # --- Hutch++ on dense matrices -------------------------------------------------------------
 
+
 def spd(eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), dtype=torch.float64,
-                                       generator=torch.Generator().manual_seed(seed)))
+    q, _ = torch.linalg.qr(
+        torch.randn(
+            len(eigenvalues),
+            len(eigenvalues),
+            dtype=torch.float64,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    )
     return (q * eigenvalues) @ q.T
 
 
@@ -166,7 +208,7 @@ def test_hutchpp_is_unbiased_and_its_stderr_is_calibrated():
     se = float(t.std()) / 20
     assert abs(float(t.mean()) - float(a.trace())) < 4 * se
     # the stated stderr (of the deflated Hutchinson part) matches the spread over seeds on average
-    stated = float(torch.tensor([e.stderr ** 2 for e in est]).mean()) ** 0.5
+    stated = float(torch.tensor([e.stderr**2 for e in est]).mean()) ** 0.5
     assert 0.6 < stated / float(t.std()) < 1.6
 
 
@@ -186,6 +228,7 @@ def test_hutchpp_beats_hutchinson_on_decaying_spectra_only():
 
 # --- the plugin --------------------------------------------------------------------------
 
+
 def test_hessian_plugin_ggn_and_hutchpp_are_recorded(probe_run):
     import h5py
 
@@ -195,13 +238,26 @@ def test_hessian_plugin_ggn_and_hutchpp_are_recorded(probe_run):
 
     reg = Registry()
     reg.register(hessian, PluginInfo("hessian", "probe_plugins.hessian"))
-    params = {"hessian": {"n_images": "16", "top_k": "1", "smallest": "1", "max_iter": "20", "operator": "ggn",
-                          "trace_samples": "6", "trace_method": "hutch++"}}
+    params = {
+        "hessian": {
+            "n_images": "16",
+            "top_k": "1",
+            "smallest": "1",
+            "max_iter": "20",
+            "operator": "ggn",
+            "trace_samples": "6",
+            "trace_method": "hutch++",
+        }
+    }
     (o,) = run_analyses(probe_run, ["hessian"], "2", params, registry=reg, device="cpu")
     assert o.status == "ok", o.error
     with h5py.File(o.path / "hessian.h5") as f:
         assert f.attrs["operator"] == "ggn" and f.attrs["trace_method"] == "hutch++"
-        top, bottom, trace = float(f["top"][-1, 0]), float(f["bottom"][-1, 0]), float(f["trace"][-1])
+        top, bottom, trace = (
+            float(f["top"][-1, 0]),
+            float(f["bottom"][-1, 0]),
+            float(f["trace"][-1]),
+        )
     doc = json.loads((o.path / "hessian.json").read_text())
     assert doc["operator"] == "ggn" and doc["trace_method"] == "hutch++"
     assert top > 0 and bottom > -1e-4 * top and trace > top  # PSD (float32 round-off aside)

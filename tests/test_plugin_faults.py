@@ -67,8 +67,16 @@ FAULTY = [
     Analysis(name="boom", run=_boom, needs={"checkpoint"}, summary="Raises."),
     Analysis(name="hang", run=_hang, scope="run", needs={"checkpoint"}, summary="Never returns."),
     Analysis(name="die", run=_die, scope="run", needs={"checkpoint"}, summary="Its process exits."),
-    Analysis(name="vandal", run=_vandal, scope="run", needs={"checkpoint"}, summary="Writes into the run."),
-    Analysis(name="tamper", run=_tamper, scope="run", needs={"checkpoint"}, summary="Changes run files."),
+    Analysis(
+        name="vandal",
+        run=_vandal,
+        scope="run",
+        needs={"checkpoint"},
+        summary="Writes into the run.",
+    ),
+    Analysis(
+        name="tamper", run=_tamper, scope="run", needs={"checkpoint"}, summary="Changes run files."
+    ),
 ]
 
 
@@ -91,8 +99,11 @@ def plugins(tmp_path: Path):
 
 def fingerprint(run_dir: Path) -> dict[str, bytes]:
     """Every file outside analyses/ and logs/, with its contents."""
-    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.relative_to(run_dir).parts[0] not in ("analyses", "logs")}
+    return {
+        p.relative_to(run_dir).as_posix(): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.relative_to(run_dir).parts[0] not in ("analyses", "logs")
+    }
 
 
 def failures(stderr: str) -> dict[str, str]:
@@ -110,13 +121,19 @@ def leftovers(run_dir: Path) -> list[Path]:
 
 # What `boom` and `vandal` print over the template's epochs 0, 1, 2, in every test that runs them.
 BOOM_AND_VANDAL = {
-        "FAILED boom epoch 0": "RuntimeError: boom at epoch 0",
-        "FAILED boom epoch 1": "RuntimeError: boom at epoch 1",
-        "FAILED boom epoch 2": "RuntimeError: boom at epoch 2",
+    "FAILED boom epoch 0": "RuntimeError: boom at epoch 0",
+    "FAILED boom epoch 1": "RuntimeError: boom at epoch 1",
+    "FAILED boom epoch 2": "RuntimeError: boom at epoch 2",
 }
-VANDAL_WARNING = ("warning: vandal (run): new files outside its result folder while it ran (left in place): "
-                  "checkpoints/notes.txt, junk/deep/x.bin, stray.txt")
-VANDAL_FILES = {"checkpoints/notes.txt": b"not a checkpoint", "junk/deep/x.bin": b"\0" * 10, "stray.txt": b"left behind"}
+VANDAL_WARNING = (
+    "warning: vandal (run): new files outside its result folder while it ran (left in place): "
+    "checkpoints/notes.txt, junk/deep/x.bin, stray.txt"
+)
+VANDAL_FILES = {
+    "checkpoints/notes.txt": b"not a checkpoint",
+    "junk/deep/x.bin": b"\0" * 10,
+    "stray.txt": b"left behind",
+}
 
 
 def remove_vandal_files(run_dir: Path) -> None:
@@ -135,7 +152,10 @@ def test_raising_and_vandal_plugins_in_process(run_dir: Path) -> None:
     assert failures(result.stderr) == BOOM_AND_VANDAL, result.stderr
     assert VANDAL_WARNING in result.stderr.splitlines(), result.stderr
     assert result.stdout.splitlines()[-1] == "4 computed, 0 cached, 3 failed"
-    assert fingerprint(run_dir) == {**before, **VANDAL_FILES}  # new files named, kept; nothing else touched
+    assert fingerprint(run_dir) == {
+        **before,
+        **VANDAL_FILES,
+    }  # new files named, kept; nothing else touched
     assert (run_dir / "analyses/vandal/default/run/manifest.json").is_file()  # its result is kept
     remove_vandal_files(run_dir)
     check_run_files(run_dir)
@@ -149,8 +169,24 @@ def test_raising_and_vandal_plugins_in_process(run_dir: Path) -> None:
 def test_timeout_kills_a_hanging_plugin_and_what_it_started(run_dir: Path) -> None:
     before = fingerprint(run_dir)
     t0 = time.monotonic()
-    result = probe_cli("analyze", run_dir, "-p", "hang", "-p", "die", "-p", "boom", "-p", "vandal", "-p", "peek",
-                       "-e", "all", "--timeout", "4")
+    result = probe_cli(
+        "analyze",
+        run_dir,
+        "-p",
+        "hang",
+        "-p",
+        "die",
+        "-p",
+        "boom",
+        "-p",
+        "vandal",
+        "-p",
+        "peek",
+        "-e",
+        "all",
+        "--timeout",
+        "4",
+    )
     took = time.monotonic() - t0
     assert result.exit_code == 1
     assert "Traceback" not in result.output
@@ -163,7 +199,9 @@ def test_timeout_kills_a_hanging_plugin_and_what_it_started(run_dir: Path) -> No
     assert result.stdout.splitlines()[-1] == "4 computed, 0 cached, 4 failed, 1 timed out"
     assert took < 60
     grandchild = int(STATE["pidfile"].read_text())
-    assert wait_for(lambda: not _alive(grandchild), timeout=10), "the process the plugin started is still running"
+    assert wait_for(lambda: not _alive(grandchild), timeout=10), (
+        "the process the plugin started is still running"
+    )
     assert fingerprint(run_dir) == {**before, **VANDAL_FILES}
     remove_vandal_files(run_dir)
     check_run_files(run_dir)

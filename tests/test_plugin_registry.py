@@ -68,21 +68,39 @@ CLASH_WITH_BUILTIN = (
 
 
 @pytest.mark.parametrize("builtin_first", [True, False])
-def test_a_builtin_keeps_its_name_whatever_the_load_order(builtin_first, fresh_registry, monkeypatch):
+def test_a_builtin_keeps_its_name_whatever_the_load_order(
+    builtin_first, fresh_registry, monkeypatch
+):
     monkeypatch.delenv("PROBE_DISABLE_PLUGINS", raising=False)
-    builtin = ("builtin", "probe-cnn", Provides(analysis("drift", "Built-in drift."), analysis("other")))
-    third = ("thirdp", "third-party", Provides(analysis("drift", "Their drift."), analysis("spectra")))
+    builtin = (
+        "builtin",
+        "probe-cnn",
+        Provides(analysis("drift", "Built-in drift."), analysis("other")),
+    )
+    third = (
+        "thirdp",
+        "third-party",
+        Provides(analysis("drift", "Their drift."), analysis("spectra")),
+    )
     reg = registry(*([builtin, third] if builtin_first else [third, builtin]))
     assert reg.get("drift").summary == "Built-in drift." and reg.owner["drift"] == "builtin"
-    assert sorted(reg.analyses) == ["drift", "other", "spectra"]  # the newcomer's other analysis still works
-    assert reg.plugins["thirdp"].analyses == ["spectra"] and reg.plugins["thirdp"].status == "active"
+    assert sorted(reg.analyses) == [
+        "drift",
+        "other",
+        "spectra",
+    ]  # the newcomer's other analysis still works
+    assert (
+        reg.plugins["thirdp"].analyses == ["spectra"] and reg.plugins["thirdp"].status == "active"
+    )
     assert reg.problems() == [CLASH_WITH_BUILTIN]
 
 
 def test_two_third_parties_are_ordered_by_distribution_name(fresh_registry, monkeypatch):
     monkeypatch.setenv("PROBE_DISABLE_PLUGINS", "old")
-    reg = registry(("zeta", "zzz-plugins", Provides(analysis("drift", "From zzz."))),
-                   ("alpha", "aaa-plugins", Provides(analysis("drift", "From aaa."))))
+    reg = registry(
+        ("zeta", "zzz-plugins", Provides(analysis("drift", "From zzz."))),
+        ("alpha", "aaa-plugins", Provides(analysis("drift", "From aaa."))),
+    )
     assert reg.get("drift").summary == "From aaa."
     assert reg.problems() == [
         "analysis 'drift' of plugin 'zeta' (zzz-plugins 1.0) is disabled: the name is already provided by plugin "
@@ -93,9 +111,15 @@ def test_two_third_parties_are_ordered_by_distribution_name(fresh_registry, monk
 
 def test_every_clash_is_listed_and_analyze_runs_the_rest(probe_run, fresh_registry, monkeypatch):
     monkeypatch.delenv("PROBE_DISABLE_PLUGINS", raising=False)
-    registry(("builtin", "probe-cnn", Provides(analysis("drift"), analysis("spectra"))),
-             ("thirdp", "third-party", Provides(analysis("drift"), analysis("spectra"), analysis("fresh"))),
-             ("more", "more-plugins", Provides(analysis("fresh"))))
+    registry(
+        ("builtin", "probe-cnn", Provides(analysis("drift"), analysis("spectra"))),
+        (
+            "thirdp",
+            "third-party",
+            Provides(analysis("drift"), analysis("spectra"), analysis("fresh")),
+        ),
+        ("more", "more-plugins", Provides(analysis("fresh"))),
+    )
     listed = invoke("plugins")
     assert listed.exit_code == 0, listed.output
     lines = [s.strip() for s in listed.output.splitlines()]
@@ -108,7 +132,10 @@ def test_every_clash_is_listed_and_analyze_runs_the_rest(probe_run, fresh_regist
     ]
     as_json = json.loads(invoke("plugins", "--json").output)
     assert [(d["analysis"], d["plugin"], d["kind"]) for d in as_json["disabled"]] == [
-        ("drift", "thirdp", "clash"), ("spectra", "thirdp", "clash"), ("fresh", "thirdp", "clash")]
+        ("drift", "thirdp", "clash"),
+        ("spectra", "thirdp", "clash"),
+        ("fresh", "thirdp", "clash"),
+    ]
     assert sorted(a["name"] for a in as_json["analyses"]) == ["drift", "fresh", "spectra"]
 
     result = invoke("analyze", str(probe_run), "--all", "--epochs", "last")
@@ -119,13 +146,18 @@ def test_every_clash_is_listed_and_analyze_runs_the_rest(probe_run, fresh_regist
 
 
 def test_a_plugin_registering_one_name_twice_keeps_the_first(fresh_registry):
-    reg = registry(("dup", "dup-plugin", Provides(analysis("drift", "First."), analysis("drift", "Second."))))
+    reg = registry(
+        ("dup", "dup-plugin", Provides(analysis("drift", "First."), analysis("drift", "Second.")))
+    )
     assert reg.get("drift").summary == "First." and [d.kind for d in reg.disabled] == ["twice"]
-    assert reg.problems() == ["analysis 'drift' of plugin 'dup' (dup-plugin 1.0) is disabled: the plugin registers "
-                              "this name twice; the second is ignored; fix it in dup-plugin"]
+    assert reg.problems() == [
+        "analysis 'drift' of plugin 'dup' (dup-plugin 1.0) is disabled: the plugin registers "
+        "this name twice; the second is ignored; fix it in dup-plugin"
+    ]
 
 
 # --- defaults that break their own declaration ------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class BadMax:
@@ -163,16 +195,40 @@ class Fine:
     tol: float = probe.param(math.inf, "inf allowed here.", allow_nonfinite=True)
 
 
-@pytest.mark.parametrize("params, reason", [
-    (BadMax, "parameter 'eps': its default 2.0 is refused by its own declaration (must be <= 1.0, got 2.0)"),
-    (BadChoice, "parameter 'mode': its default 'c' is refused by its own declaration ('c' is not one of a, b)"),
-    (BadType, "parameter 'steps': its default 2.5 is refused by its own declaration (expected int, got 2.5)"),
-    (NanDefault, "parameter 'tol': its default nan is refused by its own declaration (must be a finite number, "
-                 "got nan)"),
-    (OwnCheck, "the defaults of OwnCheck are refused by its own checks (ValueError: lo must not exceed hi)"),
-])
+@pytest.mark.parametrize(
+    "params, reason",
+    [
+        (
+            BadMax,
+            "parameter 'eps': its default 2.0 is refused by its own declaration (must be <= 1.0, got 2.0)",
+        ),
+        (
+            BadChoice,
+            "parameter 'mode': its default 'c' is refused by its own declaration ('c' is not one of a, b)",
+        ),
+        (
+            BadType,
+            "parameter 'steps': its default 2.5 is refused by its own declaration (expected int, got 2.5)",
+        ),
+        (
+            NanDefault,
+            "parameter 'tol': its default nan is refused by its own declaration (must be a finite number, "
+            "got nan)",
+        ),
+        (
+            OwnCheck,
+            "the defaults of OwnCheck are refused by its own checks (ValueError: lo must not exceed hi)",
+        ),
+    ],
+)
 def test_a_bad_default_disables_only_that_analysis(params, reason, probe_run, fresh_registry):
-    reg = registry(("mine", "my-plugin", Provides(analysis("bad", params=params), analysis("good", params=Fine))))
+    reg = registry(
+        (
+            "mine",
+            "my-plugin",
+            Provides(analysis("bad", params=params), analysis("good", params=Fine)),
+        )
+    )
     expected = f"analysis 'bad' of plugin 'mine' (my-plugin 1.0) is disabled: {reason}; fix it in my-plugin"
     assert reg.problems() == [expected]
     assert sorted(reg.analyses) == ["good"] and reg.plugins["mine"].status == "active"
@@ -181,8 +237,10 @@ def test_a_bad_default_disables_only_that_analysis(params, reason, probe_run, fr
     listed = invoke("plugins")
     assert listed.exit_code == 0 and f"  {expected}" in listed.output.splitlines()
     assert "    good: Writes its epoch." in listed.output.splitlines()
-    as_json = json.loads(invoke("plugins", "--json").output,  # strict JSON: an inf default is "inf", not Infinity
-                         parse_constant=lambda c: pytest.fail(f"bare {c} in probe plugins --json"))
+    as_json = json.loads(
+        invoke("plugins", "--json").output,  # strict JSON: an inf default is "inf", not Infinity
+        parse_constant=lambda c: pytest.fail(f"bare {c} in probe plugins --json"),
+    )
     (good,) = [a for a in as_json["analyses"] if a["name"] == "good"]
     assert {p["name"]: p["default"] for p in good["params"]}["tol"] == "inf"
     (outcome,) = run_analyses(probe_run, ["good"], "last", registry=reg)
@@ -191,12 +249,18 @@ def test_a_bad_default_disables_only_that_analysis(params, reason, probe_run, fr
 
 # --- version is a str ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("version, shown", [(2, "int 2"), (1.5, "float 1.5"), ("", "str ''"), (None, "NoneType None")])
+
+@pytest.mark.parametrize(
+    "version, shown", [(2, "int 2"), (1.5, "float 1.5"), ("", "str ''"), (None, "NoneType None")]
+)
 def test_version_must_be_a_str(version, shown):
     with pytest.raises(ValueError) as err:
         analysis("drift", version=version)
     hint = str(version) if isinstance(version, int | float) else "1"
-    assert str(err.value) == f"analysis 'drift': version must be a non-empty str (e.g. version=\"{hint}\"), got {shown}"
+    assert (
+        str(err.value)
+        == f"analysis 'drift': version must be a non-empty str (e.g. version=\"{hint}\"), got {shown}"
+    )
 
 
 def test_an_int_version_is_shown_as_the_plugins_error(fresh_registry):
@@ -207,12 +271,15 @@ def test_an_int_version_is_shown_as_the_plugins_error(fresh_registry):
 
     reg = registry(("mine", "my-plugin", IntVersion()))
     assert reg.plugins["mine"].status == "error" and "drift" not in reg.analyses
-    assert reg.plugins["mine"].error == ("register_analyses raised ValueError: analysis 'drift': version must be a "
-                                         "non-empty str (e.g. version=\"2\"), got int 2")
+    assert reg.plugins["mine"].error == (
+        "register_analyses raised ValueError: analysis 'drift': version must be a "
+        'non-empty str (e.g. version="2"), got int 2'
+    )
     assert analysis("drift", version="2").version == "2"
 
 
 # --- non-finite values -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Ranged:
@@ -227,10 +294,20 @@ RANGED = analysis("ranged", params=Ranged)
 
 
 @pytest.mark.parametrize("name", ["eps", "scale", "cap"])
-@pytest.mark.parametrize("value, shown", [
-    ("nan", "nan"), ("NaN", "nan"), ("inf", "inf"), ("-inf", "-inf"), ("Infinity", "inf"), (" -Infinity ", "-inf"),
-    (math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf"),
-])
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        ("nan", "nan"),
+        ("NaN", "nan"),
+        ("inf", "inf"),
+        ("-inf", "-inf"),
+        ("Infinity", "inf"),
+        (" -Infinity ", "-inf"),
+        (math.nan, "nan"),
+        (math.inf, "inf"),
+        (-math.inf, "-inf"),
+    ],
+)
 def test_non_finite_values_are_refused(name, value, shown):
     with pytest.raises(UsageError) as err:
         RANGED.make_params({name: value})
@@ -238,10 +315,17 @@ def test_non_finite_values_are_refused(name, value, shown):
     assert err.value.exit_code == 2
 
 
-@pytest.mark.parametrize("name, value, check", [
-    ("ok", "nan", math.isnan), ("ok", "-inf", lambda v: v == -math.inf), ("ok", math.inf, lambda v: v == math.inf),
-    ("pos", "inf", lambda v: v == math.inf), ("eps", "1", lambda v: v == 1.0), ("scale", 10**300, lambda v: v == 1e300),
-])
+@pytest.mark.parametrize(
+    "name, value, check",
+    [
+        ("ok", "nan", math.isnan),
+        ("ok", "-inf", lambda v: v == -math.inf),
+        ("ok", math.inf, lambda v: v == math.inf),
+        ("pos", "inf", lambda v: v == math.inf),
+        ("eps", "1", lambda v: v == 1.0),
+        ("scale", 10**300, lambda v: v == 1e300),
+    ],
+)
 def test_allowed_values(name, value, check):
     assert check(getattr(RANGED.make_params({name: value}), name))
 
@@ -249,7 +333,9 @@ def test_allowed_values(name, value, check):
 def test_allow_nonfinite_still_applies_the_bounds_and_sweeps_get_the_same_checks():
     with pytest.raises(UsageError, match=r"^--param pos: ranged: must be >= 0.0, got -inf$"):
         RANGED.make_params({"pos": "-inf"})
-    with pytest.raises(UsageError, match=r"^--param scale: ranged: 10{400} is too large for a float$"):
+    with pytest.raises(
+        UsageError, match=r"^--param scale: ranged: 10{400} is too large for a float$"
+    ):
         RANGED.make_params({"scale": 10**400})  # a TOML integer where a float is meant
     spec = {s.name: s for s in RANGED.param_specs()}
     assert spec["ok"].allow_nonfinite and not spec["eps"].allow_nonfinite
@@ -281,9 +367,16 @@ def test_the_plugin_doc_covers_every_field_keyword_need_and_output():
     for f in dataclasses.fields(probe.Analysis):
         assert f"`{f.name}`" in rows, f"Analysis.{f.name} is not in the doc's table"
         if f.default is not dataclasses.MISSING:
-            shown = ("NoParams" if f.name == "params" else json.dumps(f.default) if f.name != "needs"
-                     else "{" + ", ".join(json.dumps(n) for n in sorted(f.default)) + "}")
-            assert f"`{shown}`" in rows[f"`{f.name}`"], f"the doc gives another default for Analysis.{f.name}"
+            shown = (
+                "NoParams"
+                if f.name == "params"
+                else json.dumps(f.default)
+                if f.name != "needs"
+                else "{" + ", ".join(json.dumps(n) for n in sorted(f.default)) + "}"
+            )
+            assert f"`{shown}`" in rows[f"`{f.name}`"], (
+                f"the doc gives another default for Analysis.{f.name}"
+            )
     for kw in list(inspect.signature(probe.param).parameters):
         assert f"`{kw}`" in rows, f"probe.param's {kw!r} is not in the doc"
     for need in NEEDS:
@@ -301,7 +394,9 @@ def _python_blocks(text: str) -> list[str]:
 def test_the_documented_plugin_runs(source, probe_run, fresh_registry, monkeypatch):
     code = next(b for b in _python_blocks((ROOT / source).read_text()) if "register_analyses" in b)
     module = __import__("types").ModuleType("documented_plugin")
-    monkeypatch.setitem(__import__("sys").modules, "documented_plugin", module)  # dataclasses look it up
+    monkeypatch.setitem(
+        __import__("sys").modules, "documented_plugin", module
+    )  # dataclasses look it up
     exec(compile(code, source, "exec"), module.__dict__)
     reg = registry(("mine", "my-probe-plugin", module))
     assert reg.problems() == [] and "mine" in reg.analyses
@@ -318,17 +413,30 @@ def test_installed_entry_points_load_builtins_first(monkeypatch, fresh_registry)
     import probe_plugins.curves
 
     def ep(name: str, dist: str, obj) -> SimpleNamespace:
-        return SimpleNamespace(name=name, value=f"{dist}:{name}", dist=SimpleNamespace(name=dist, version="2.0"),
-                               load=lambda: obj)
+        return SimpleNamespace(
+            name=name,
+            value=f"{dist}:{name}",
+            dist=SimpleNamespace(name=dist, version="2.0"),
+            load=lambda: obj,
+        )
 
-    eps = [ep("aaa", "aaa-plugins", Provides(analysis("curves", "Not the built-in."), analysis("extra"))),
-           ep("curves", "zzz-plugins", Provides(analysis("other"))),
-           ep("curves", "probe_cnn", probe_plugins.curves)]
+    eps = [
+        ep(
+            "aaa",
+            "aaa-plugins",
+            Provides(analysis("curves", "Not the built-in."), analysis("extra")),
+        ),
+        ep("curves", "zzz-plugins", Provides(analysis("other"))),
+        ep("curves", "probe_cnn", probe_plugins.curves),
+    ]
     monkeypatch.setattr(plugins, "entry_points", lambda group: eps)
     monkeypatch.delenv("PROBE_PLUGINS", raising=False)
     monkeypatch.delenv("PROBE_DISABLE_PLUGINS", raising=False)
     reg = plugins.load_registry()
-    assert list(reg.plugins) == ["curves", "aaa"] and reg.owner == {"curves": "curves", "extra": "aaa"}
+    assert list(reg.plugins) == ["curves", "aaa"] and reg.owner == {
+        "curves": "curves",
+        "extra": "aaa",
+    }
     assert reg.get("curves").provider == "probe_cnn"
     assert reg.problems() == [
         "analysis 'curves' of plugin 'aaa' (aaa-plugins 2.0) is disabled: the name is already provided by plugin "

@@ -41,9 +41,15 @@ def _count(ctx):
 class CountPlugin:
     @probe.hookimpl
     def register_analyses(self, register):
-        register(probe.Analysis(name="count", run=_count, params=CountParams, needs={"model"},
-                                summary="Sum of the first conv's weights."))
-
+        register(
+            probe.Analysis(
+                name="count",
+                run=_count,
+                params=CountParams,
+                needs={"model"},
+                summary="Sum of the first conv's weights.",
+            )
+        )
 
 
 def test_in_process_plugin_runs_and_caches(probe_run, fresh_registry):
@@ -72,21 +78,28 @@ def test_changed_input_invalidates_the_cache(probe_run, fresh_registry):
     model = ck.build_model()
     with __import__("torch").no_grad():
         model.features[0].weight.add_(1.0)
-    checkpoint.save(ckpt, epoch=2, model=model, spec=ck.spec, metrics=ck.metrics, config_hash=ck.config_hash)
+    checkpoint.save(
+        ckpt, epoch=2, model=model, spec=ck.spec, metrics=ck.metrics, config_hash=ck.config_hash
+    )
     assert run_analyses(probe_run, ["count"], "last", registry=reg)[0].status == "ok"
 
 
-@pytest.mark.parametrize("pairs, needle", [
-    (["scale=-1"], "--param scale"),
-    (["scale=abc"], "expected float"),
-    (["mode=c"], "not one of a, b"),
-    (["nope=1"], "no selected analysis has a parameter 'nope'"),
-    (["scale"], "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "pairs, needle",
+    [
+        (["scale=-1"], "--param scale"),
+        (["scale=abc"], "expected float"),
+        (["mode=c"], "not one of a, b"),
+        (["nope=1"], "no selected analysis has a parameter 'nope'"),
+        (["scale"], "KEY=VALUE"),
+    ],
+)
 def test_bad_params_fail_before_anything_runs(probe_run, fresh_registry, pairs, needle):
     registry_with(CountPlugin())
     CALLS.clear()
-    result = CliRunner().invoke(cli, ["analyze", str(probe_run), "-p", "count", *sum((["--param", p] for p in pairs), [])])
+    result = CliRunner().invoke(
+        cli, ["analyze", str(probe_run), "-p", "count", *sum((["--param", p] for p in pairs), [])]
+    )
     assert result.exit_code == 2, result.output
     assert needle in result.output and CALLS == []
 
@@ -94,7 +107,11 @@ def test_bad_params_fail_before_anything_runs(probe_run, fresh_registry, pairs, 
 def test_unknown_plugin_lists_what_exists(probe_run, fresh_registry):
     registry_with(CountPlugin())
     result = CliRunner().invoke(cli, ["analyze", str(probe_run), "-p", "nope"])
-    assert result.exit_code == 2 and "unknown analysis 'nope'" in result.output and "count" in result.output
+    assert (
+        result.exit_code == 2
+        and "unknown analysis 'nope'" in result.output
+        and "count" in result.output
+    )
 
 
 def test_not_a_run_directory(tmp_path, fresh_registry):
@@ -110,7 +127,9 @@ def test_a_raising_analysis_is_reported_and_others_finish(probe_run, fresh_regis
     class Bad:
         @probe.hookimpl
         def register_analyses(self, register):
-            register(probe.Analysis(name="boom", run=boom, summary="Always fails.", needs={"model"}))
+            register(
+                probe.Analysis(name="boom", run=boom, summary="Always fails.", needs={"model"})
+            )
 
     registry_with(CountPlugin(), Bad())
     result = CliRunner().invoke(cli, ["analyze", str(probe_run), "-p", "boom", "-p", "count"])
@@ -125,15 +144,23 @@ def test_a_raising_analysis_is_reported_and_others_finish(probe_run, fresh_regis
 def test_duplicate_analysis_names_disable_the_newcomer(fresh_registry):
     reg = registry_with(CountPlugin(), CountPlugin())  # more cases: tests/test_plugin_registry.py
     assert reg.owner["count"] == "test0" and len(reg.problems()) == 1
-    assert reg.problems()[0].startswith("analysis 'count' of plugin 'test1' (tests 0) is disabled: the name is "
-                                        "already provided by plugin 'test0' (tests 0)")
+    assert reg.problems()[0].startswith(
+        "analysis 'count' of plugin 'test1' (tests 0) is disabled: the name is "
+        "already provided by plugin 'test0' (tests 0)"
+    )
 
 
 def test_broken_entry_point_is_reported_and_the_rest_load(monkeypatch, fresh_registry):
-    eps = [EntryPoint("broken", "probe_no_such_module_xyz", "probe"), EntryPoint("curves", "probe_plugins.curves", "probe")]
+    eps = [
+        EntryPoint("broken", "probe_no_such_module_xyz", "probe"),
+        EntryPoint("curves", "probe_plugins.curves", "probe"),
+    ]
     monkeypatch.setattr(plugins, "entry_points", lambda group: eps)
     reg = plugins.load_registry()
-    assert reg.plugins["broken"].status == "error" and "ModuleNotFoundError" in reg.plugins["broken"].error
+    assert (
+        reg.plugins["broken"].status == "error"
+        and "ModuleNotFoundError" in reg.plugins["broken"].error
+    )
     assert reg.plugins["curves"].status == "active" and "curves" in reg.analyses
     monkeypatch.setenv("PROBE_DISABLE_PLUGINS", "curves")
     reg = plugins.load_registry()
@@ -145,7 +172,10 @@ def test_broken_entry_point_is_reported_and_the_rest_load(monkeypatch, fresh_reg
 
 
 def test_plugins_command_shows_status_and_params(monkeypatch, fresh_registry):
-    eps = [EntryPoint("broken", "probe_no_such_module_xyz", "probe"), EntryPoint("curves", "probe_plugins.curves", "probe")]
+    eps = [
+        EntryPoint("broken", "probe_no_such_module_xyz", "probe"),
+        EntryPoint("curves", "probe_plugins.curves", "probe"),
+    ]
     monkeypatch.setattr(plugins, "entry_points", lambda group: eps)
     out = CliRunner().invoke(cli, ["plugins", "--verbose"]).output
     assert "broken [error]" in out and "ModuleNotFoundError" in out
@@ -153,17 +183,25 @@ def test_plugins_command_shows_status_and_params(monkeypatch, fresh_registry):
 
 
 def test_builtin_plugins_are_exactly_the_declared_entry_points(fresh_registry):
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["probe"]
-    modules = {p.stem for p in (ROOT / "plugins").glob("*.py") if not p.stem.startswith("_")}  # _x: helpers
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][
+        "probe"
+    ]
+    modules = {
+        p.stem for p in (ROOT / "plugins").glob("*.py") if not p.stem.startswith("_")
+    }  # _x: helpers
     assert {v.removeprefix("probe_plugins.") for v in declared.values()} == modules
     assert all(v.startswith("probe_plugins.") for v in declared.values())
     reg = plugins.load_registry()
-    assert all(reg.plugins[name].status == "active" for name in declared), {n: reg.plugins[n].error for n in declared}
+    assert all(reg.plugins[name].status == "active" for name in declared), {
+        n: reg.plugins[n].error for n in declared
+    }
 
 
 def test_cli_start_does_not_import_torch():
-    code = ("import sys; from probe.cli import cli; from probe.contract.registry import registry; registry(); "
-            "assert 'torch' not in sys.modules, 'torch imported at start-up'")
+    code = (
+        "import sys; from probe.cli import cli; from probe.contract.registry import registry; registry(); "
+        "assert 'torch' not in sys.modules, 'torch imported at start-up'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -180,8 +218,20 @@ def test_undeclared_reads_are_refused(probe_run, fresh_registry):
     def sneaky(ctx):
         ctx.metrics()
 
-    reg = registry_with(SimpleNamespace(register_analyses=probe.hookimpl(lambda register: register(
-        probe.Analysis(name="sneaky", run=sneaky, summary="Reads metrics without saying so.", needs={"model"})))))
+    reg = registry_with(
+        SimpleNamespace(
+            register_analyses=probe.hookimpl(
+                lambda register: register(
+                    probe.Analysis(
+                        name="sneaky",
+                        run=sneaky,
+                        summary="Reads metrics without saying so.",
+                        needs={"model"},
+                    )
+                )
+            )
+        )
+    )
     (o,) = run_analyses(probe_run, ["sneaky"], "last", registry=reg)
     assert o.status == "failed" and "without declaring" in o.error
 

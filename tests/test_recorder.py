@@ -24,11 +24,19 @@ def test_probe_train_writes_what_it_wrote_before_the_recorder(tmp_path: Path) ->
     ref = load_file(DATA / "recorder_reference.safetensors")
     meta = json.loads((DATA / "recorder_reference.json").read_text())
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the reference was made: a reduction's order depends on the thread count
+    torch.set_num_threads(
+        1
+    )  # as the reference was made: a reduction's order depends on the thread count
     try:
-        run = make_tiny_run(tmp_path / "run", dataset=synthetic_dataset(n_train=160, n_test=80, seed=0),
-                            model="resnet", model_params=("depth=8",), probe_set_size=20, analysis_batch_size=32,
-                            epochs=2)
+        run = make_tiny_run(
+            tmp_path / "run",
+            dataset=synthetic_dataset(n_train=160, n_test=80, seed=0),
+            model="resnet",
+            model_params=("depth=8",),
+            probe_set_size=20,
+            analysis_batch_size=32,
+            epochs=2,
+        )
     finally:
         torch.set_num_threads(threads)
     ck = checkpoint.load(run / "checkpoints/epoch_0002.safetensors")
@@ -44,7 +52,9 @@ def test_probe_train_writes_what_it_wrote_before_the_recorder(tmp_path: Path) ->
     trained: dict[str, list[str]] = {}
     for k in ref:
         assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
-        if k.startswith("act0/") or not got[k].is_floating_point():  # no trained weights behind it: exact
+        if (
+            k.startswith("act0/") or not got[k].is_floating_point()
+        ):  # no trained weights behind it: exact
             torch.testing.assert_close(got[k], ref[k], rtol=1e-6, atol=1e-6, msg=k)
         else:
             trained.setdefault(k.split("/")[0], []).append(k)
@@ -56,12 +66,16 @@ def test_probe_train_writes_what_it_wrote_before_the_recorder(tmp_path: Path) ->
         b = torch.cat([ref[k].double().flatten() for k in keys])
         err = float((a - b).norm() / b.norm())
         assert err < 1e-2, (group, err)
-    rows = [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        {k: v for k, v in json.loads(line).items() if k not in TIMINGS}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r.keys() for r in rows] == [r.keys() for r in meta["metrics"]]
     for r, want in zip(rows, meta["metrics"], strict=True):
         for k, v in want.items():
-            rel = 1e-6 if r["epoch"] == 0 else 1e-3  # trained epochs: another CPU's kernels (7e-6 relative here)
+            rel = (
+                1e-6 if r["epoch"] == 0 else 1e-3
+            )  # trained epochs: another CPU's kernels (7e-6 relative here)
             assert r[k] == pytest.approx(v, rel=rel, abs=1e-7), (r["epoch"], k)
     cfg = json.loads((run / "config.json").read_text())
     for k in ("versions", "device", "device_name"):
@@ -73,13 +87,17 @@ def test_probe_train_writes_what_it_wrote_before_the_recorder(tmp_path: Path) ->
     import hashlib
 
     from safetensors.torch import load_file as lf
+
     for rel, digests in meta["batches"].items():
         t = lf(run / rel)
-        assert {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() + str(list(v.shape))
-                for k, v in t.items()} == digests
+        assert {
+            k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() + str(list(v.shape))
+            for k, v in t.items()
+        } == digests
 
 
 # --- a loop of the user's own --------------------------------------------------------------------
+
 
 def tiny_loop(run_dir: Path, epochs: int = 2, **kw) -> Path:
     """A plain loop (resnet depth 8, 160 synthetic images) recorded with probe.Recorder."""
@@ -90,8 +108,17 @@ def tiny_loop(run_dir: Path, epochs: int = 2, **kw) -> Path:
 
     ds = synthetic_dataset(n_train=160, n_test=80, seed=0)
     torch.manual_seed(0)
-    with probe.Recorder(run_dir, model="resnet", model_params={"depth": 8}, dataset=ds, probe_set_size=20,
-                        analysis_batch_size=32, val_batch_size=64, device="cpu", **kw) as rec:
+    with probe.Recorder(
+        run_dir,
+        model="resnet",
+        model_params={"depth": 8},
+        dataset=ds,
+        probe_set_size=20,
+        analysis_batch_size=32,
+        val_batch_size=64,
+        device="cpu",
+        **kw,
+    ) as rec:
         model = rec.spec.build()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         rec.record(0, model, opt)
@@ -99,7 +126,7 @@ def tiny_loop(run_dir: Path, epochs: int = 2, **kw) -> Path:
         for epoch in range(1, epochs + 1):
             model.train()
             for i in range(0, 160, 32):
-                loss = F.cross_entropy(model(x[i:i + 32]), ds.train_y[i:i + 32])
+                loss = F.cross_entropy(model(x[i : i + 32]), ds.train_y[i : i + 32])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -114,7 +141,11 @@ def test_a_recorded_loop_is_a_complete_run(tmp_path: Path) -> None:
     run = Run(tiny_loop(tmp_path / "run"))
     assert run.epochs() == [0, 1, 2]
     rows = run.metrics()
-    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[2]["lr"] == 0.05 and rows[1]["train_acc"] == 0.5
+    assert (
+        [r["epoch"] for r in rows] == [0, 1, 2]
+        and rows[2]["lr"] == 0.05
+        and rows[1]["train_acc"] == 0.5
+    )
     assert run.config["source"] == {"kind": "recorder"} and run.config["train"]["epochs"] == 2
     run.train_config()  # a valid TrainConfig, so readers of config["train"] keep working
     ck = run.load_checkpoint(2)
@@ -143,8 +174,15 @@ def test_epochs_out_of_order_are_one_line_and_write_nothing(tmp_path: Path) -> N
     import probe
 
     ds = synthetic_dataset(n_train=64, n_test=40, seed=0)
-    rec = probe.Recorder(tmp_path / "run", model="simplecnn", model_params={"base_width": 4}, dataset=ds,
-                         probe_set_size=20, analysis_batch_size=16, device="cpu")
+    rec = probe.Recorder(
+        tmp_path / "run",
+        model="simplecnn",
+        model_params={"base_width": 4},
+        dataset=ds,
+        probe_set_size=20,
+        analysis_batch_size=16,
+        device="cpu",
+    )
     model = rec.spec.build()
     rec.record(3, model)
     before = sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
@@ -153,20 +191,38 @@ def test_epochs_out_of_order_are_one_line_and_write_nothing(tmp_path: Path) -> N
     with pytest.raises(UsageError, match="epoch 5 recorded after epoch 3"):
         rec.record(5, model)
     rec.close()
-    assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir()) == before == ["epoch_0003.safetensors"]
+    assert (
+        sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
+        == before
+        == ["epoch_0003.safetensors"]
+    )
 
 
 def test_a_model_that_does_not_fit_its_family_writes_nothing(tmp_path: Path) -> None:
     import probe
 
     ds = synthetic_dataset(n_train=64, n_test=40, seed=0)
-    rec = probe.Recorder(tmp_path / "run", model="resnet", model_params={"depth": 8}, dataset=ds, probe_set_size=20,
-                         analysis_batch_size=16, device="cpu")
-    wrong = probe.ModelSpec("resnet", {"depth": 14, "width": 1, "shortcut": "A"}, rec.spec.input, 10).build()
-    with pytest.raises(ProbeError, match=r"epoch 0: the model's state does not fit resnet\(depth=8.*unexpected layer"):
+    rec = probe.Recorder(
+        tmp_path / "run",
+        model="resnet",
+        model_params={"depth": 8},
+        dataset=ds,
+        probe_set_size=20,
+        analysis_batch_size=16,
+        device="cpu",
+    )
+    wrong = probe.ModelSpec(
+        "resnet", {"depth": 14, "width": 1, "shortcut": "A"}, rec.spec.input, 10
+    ).build()
+    with pytest.raises(
+        ProbeError,
+        match=r"epoch 0: the model's state does not fit resnet\(depth=8.*unexpected layer",
+    ):
         rec.record(0, wrong)
     assert not (tmp_path / "run").exists()  # the directory is made at the first record that passes
-    with pytest.raises(UsageError, match="metrics: epoch 0: 'val_loss' is measured by the recorder"):
+    with pytest.raises(
+        UsageError, match="metrics: epoch 0: 'val_loss' is measured by the recorder"
+    ):
         rec.record(0, rec.spec.build(), metrics={"val_loss": 1.0})
     m = rec.spec.build()
     rms = torch.optim.RMSprop(m.parameters())
@@ -183,9 +239,17 @@ def test_an_existing_folder_is_refused_without_force(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="already exists and is not empty"):
-        probe.Recorder(tmp_path / "run", model="simplecnn", dataset=synthetic_dataset(), device="cpu")
+        probe.Recorder(
+            tmp_path / "run", model="simplecnn", dataset=synthetic_dataset(), device="cpu"
+        )
     with pytest.raises(UsageError, match="not a probe run"):
-        probe.Recorder(tmp_path / "run", model="simplecnn", dataset=synthetic_dataset(), device="cpu", force=True)
+        probe.Recorder(
+            tmp_path / "run",
+            model="simplecnn",
+            dataset=synthetic_dataset(),
+            device="cpu",
+            force=True,
+        )
 
 
 def analyze_and_report(run: Path) -> None:
@@ -228,15 +292,47 @@ def test_the_own_loop_example_records_a_run_that_analyses(tmp_path: Path) -> Non
             (tmp_path / "cifar" / split / c).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
-                    tmp_path / "cifar" / split / c / f"{i:04d}.png")
+                    tmp_path / "cifar" / split / c / f"{i:04d}.png"
+                )
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, str(root / "examples/own-loop/train.py"), "--data", str(tmp_path / "cifar"),
-                          "--run-dir", str(tmp_path / "run"), "--subset", "100", "--val-size", "50", "--epochs", "1"],
-                         env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(root / "examples/own-loop/train.py"),
+            "--data",
+            str(tmp_path / "cifar"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--subset",
+            "100",
+            "--val-size",
+            "50",
+            "--epochs",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     run = Run(tmp_path / "run")
     assert run.epochs() == [0, 1] and run.metrics()[1]["train_loss"] > 0
-    res = CliRunner().invoke(cli, ["analyze", str(run.path), "-p", "curves", "-p", "cka", "-p", "cka-epochs",
-                                   "--quiet", "--device", "cpu"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "analyze",
+            str(run.path),
+            "-p",
+            "curves",
+            "-p",
+            "cka",
+            "-p",
+            "cka-epochs",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert CliRunner().invoke(cli, ["report", str(run.path)]).exit_code == 0

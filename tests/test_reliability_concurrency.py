@@ -43,7 +43,16 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 
 def train_args(run_dir: Path, data: Path, epochs: int) -> list[str]:
-    return ["train", "--run-dir", str(run_dir), "--data", str(data), *TINY_ARGS, "--epochs", str(epochs)]
+    return [
+        "train",
+        "--run-dir",
+        str(run_dir),
+        "--data",
+        str(data),
+        *TINY_ARGS,
+        "--epochs",
+        str(epochs),
+    ]
 
 
 def assert_results_whole(run_dir: Path) -> dict[str, dict]:
@@ -53,7 +62,9 @@ def assert_results_whole(run_dir: Path) -> dict[str, dict]:
     for manifest in sorted((run_dir / "analyses").glob(f"*/*/*/{MANIFEST}")):
         m = read_manifest(manifest.parent)
         assert m is not None, manifest
-        assert set(m["files"]) | {MANIFEST} == {p.name for p in manifest.parent.iterdir()}, manifest.parent
+        assert set(m["files"]) | {MANIFEST} == {p.name for p in manifest.parent.iterdir()}, (
+            manifest.parent
+        )
         for name in m["files"]:
             p = manifest.parent / name
             if name.endswith(".h5"):
@@ -87,11 +98,20 @@ def test_two_processes_renaming_the_same_result_directories(tmp_path: Path) -> N
     (Before the fix, a rename that lost the race failed with ENOTEMPTY or ENOENT and
     left .tmp/.old directories behind.)
     """
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), tag], stderr=subprocess.PIPE, text=True)
-             for tag in ("A", "B")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(tmp_path), tag], stderr=subprocess.PIPE, text=True
+        )
+        for tag in ("A", "B")
+    ]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0", "r1", "r2", "r3"]  # no .tmp or .old left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "r0",
+        "r1",
+        "r2",
+        "r3",
+    ]  # no .tmp or .old left
     for d in tmp_path.iterdir():
         assert sorted(p.name for p in d.iterdir()) == ["a.txt", "manifest.json"]
         assert (d / "a.txt").read_text() == (d / "manifest.json").read_text()  # one writer's, whole
@@ -101,12 +121,20 @@ def test_two_analyze_commands_at_once(world) -> None:
     zygote = world["zygote"]
     run_dir = world["root"] / "both"
     assert zygote.run(train_args(run_dir, world["data"], 2)).exit_code == 0
-    for _ in range(3):  # both recompute the same results, renaming them into place at about the same moments
-        a = zygote.start(["analyze", str(run_dir), *ANALYZE, "--force", "-q"], prelude=PLUGIN_PRELUDE)
-        b = zygote.start(["analyze", str(run_dir), *ANALYZE, "--force", "-q"], prelude=PLUGIN_PRELUDE)
+    for _ in range(
+        3
+    ):  # both recompute the same results, renaming them into place at about the same moments
+        a = zygote.start(
+            ["analyze", str(run_dir), *ANALYZE, "--force", "-q"], prelude=PLUGIN_PRELUDE
+        )
+        b = zygote.start(
+            ["analyze", str(run_dir), *ANALYZE, "--force", "-q"], prelude=PLUGIN_PRELUDE
+        )
         for child in (a.wait(), b.wait()):
             assert child.exit_code == 0, child.output
-            assert child.output.strip().splitlines()[-1] == "4 computed, 0 cached, 0 failed", child.output
+            assert child.output.strip().splitlines()[-1] == "4 computed, 0 cached, 0 failed", (
+                child.output
+            )
         results = assert_results_whole(run_dir)
         assert len(results) == 4  # peek epochs 0-2, census
     check_run_files(run_dir)
@@ -124,7 +152,9 @@ def test_analyze_while_train_is_writing(world) -> None:
         child = zygote.run(["analyze", str(run_dir), *ANALYZE, "-q"], prelude=PLUGIN_PRELUDE)
         assert child.exit_code == 0, child.output
         census = json.loads((run_dir / "analyses/census/default/run/census.json").read_text())
-        assert census["epochs"] == list(range(len(census["epochs"])))  # finished epochs, in order, no gaps
+        assert census["epochs"] == list(
+            range(len(census["epochs"]))
+        )  # finished epochs, in order, no gaps
         # metrics rows never precede their checkpoint (census asserts it against the checkpoints present when it
         # reads them). Each epoch writes its dump, then its checkpoint, then its metrics row, so when `analyze`
         # planned epochs 0..k, rows 0..k-1 were already written; row k may still be on its way (or, like later
@@ -133,16 +163,21 @@ def test_analyze_while_train_is_writing(world) -> None:
         assert len(census["metric_epochs"]) >= len(census["epochs"]) - 1
         seen.append(len(census["epochs"]))
     assert trainer.wait().exit_code == 0, trainer.output
-    assert len(seen) >= 2 and seen == sorted(seen), seen  # it ran several times while epochs were being added
+    assert len(seen) >= 2 and seen == sorted(seen), (
+        seen
+    )  # it ran several times while epochs were being added
     assert seen[0] < 7, seen
     final = zygote.run(["analyze", str(run_dir), *ANALYZE, "-q"], prelude=PLUGIN_PRELUDE)
     assert final.exit_code == 0, final.output
     results = assert_results_whole(run_dir)
     assert sorted(r for r in results if r.startswith("analyses/peek/")) == [
-        f"analyses/peek/default/epoch_{e:04d}" for e in range(7)]
+        f"analyses/peek/default/epoch_{e:04d}" for e in range(7)
+    ]
     assert results["analyses/census/default/run"]["epochs"] == list(range(7))
     assert check_run_files(run_dir) == list(range(7))
-    assert_bitwise_equal(final_state(run_dir), final_state(alone))  # the analyses changed nothing it wrote
+    assert_bitwise_equal(
+        final_state(run_dir), final_state(alone)
+    )  # the analyses changed nothing it wrote
 
 
 def test_one_writer_per_run(world) -> None:
@@ -158,13 +193,18 @@ def test_one_writer_per_run(world) -> None:
     assert wait_for(lambda: (run_dir / "checkpoints/epoch_0000.safetensors").exists(), timeout=60)
     record = json.loads((run_dir / LOCK_FILE).read_text())
     assert record["pid"] == trainer.pid and record["host"] == socket.gethostname()
-    holder = (f"is being trained by pid {trainer.pid} on {socket.gethostname()} since {record['started']}; "
-              "wait for it to finish or stop it (one training writes a run at a time)")
-    others = [zygote.start(args) for args in (
-        [*train_args(run_dir, data, 4), "--force", "--optimizer", "Adam"],
-        ["train", "--run-dir", str(run_dir), "--resume", "--epochs", "4", "--quiet"],
-        train_args(run_dir, data, 4),
-    )]
+    holder = (
+        f"is being trained by pid {trainer.pid} on {socket.gethostname()} since {record['started']}; "
+        "wait for it to finish or stop it (one training writes a run at a time)"
+    )
+    others = [
+        zygote.start(args)
+        for args in (
+            [*train_args(run_dir, data, 4), "--force", "--optimizer", "Adam"],
+            ["train", "--run-dir", str(run_dir), "--resume", "--epochs", "4", "--quiet"],
+            train_args(run_dir, data, 4),
+        )
+    ]
     for child in others:
         child.wait()
         assert child.exit_code == 2, child.output
@@ -177,10 +217,14 @@ def test_one_writer_per_run(world) -> None:
 
     killed_dir = world["root"] / "killed-writer"
     victim = zygote.start(train_args(killed_dir, data, 3), env={"PROBE_TEST_DELAY_WRITES": "0.2"})
-    assert wait_for(lambda: (killed_dir / "checkpoints/epoch_0001.safetensors").exists(), timeout=60)
+    assert wait_for(
+        lambda: (killed_dir / "checkpoints/epoch_0001.safetensors").exists(), timeout=60
+    )
     victim.kill()
     assert victim.wait().killed
-    assert json.loads((killed_dir / LOCK_FILE).read_text())["pid"] == victim.pid  # left behind, but stale
+    assert (
+        json.loads((killed_dir / LOCK_FILE).read_text())["pid"] == victim.pid
+    )  # left behind, but stale
     resumed = zygote.run(["train", "--run-dir", str(killed_dir), "--resume", "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert check_run_files(killed_dir) == [0, 1, 2, 3]
@@ -193,11 +237,16 @@ def test_a_killed_analysis_leaves_temporaries_the_next_one_removes(world) -> Non
     zygote = world["zygote"]
     run_dir = world["root"] / "killed-analysis"
     assert zygote.run(train_args(run_dir, world["data"], 1)).exit_code == 0
-    mine = run_dir / "analyses" / "peek" / ".my-notes.tmp"  # a name probe does not make: never removed
+    mine = (
+        run_dir / "analyses" / "peek" / ".my-notes.tmp"
+    )  # a name probe does not make: never removed
     mine.parent.mkdir(parents=True)
     mine.write_text("mine")
-    job = zygote.start(["analyze", str(run_dir), *ANALYZE, "-q"], prelude=PLUGIN_PRELUDE,
-                       env={"PROBE_TEST_DELAY_WRITES": "1"})
+    job = zygote.start(
+        ["analyze", str(run_dir), *ANALYZE, "-q"],
+        prelude=PLUGIN_PRELUDE,
+        env={"PROBE_TEST_DELAY_WRITES": "1"},
+    )
     assert wait_for(lambda: any(p != mine for p in temp_files(run_dir / "analyses")), timeout=60)
     job.kill()
     assert job.wait().killed

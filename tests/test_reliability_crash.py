@@ -71,11 +71,17 @@ def run_state(run_dir: Path) -> dict:
 
     run = Run(run_dir)
     timing = ("_seconds", "_per_second")
-    state = {"epochs": run.epochs(), "metrics": [{k: v for k, v in m.items() if not k.endswith(timing)} for m in run.metrics()]}
+    state = {
+        "epochs": run.epochs(),
+        "metrics": [{k: v for k, v in m.items() if not k.endswith(timing)} for m in run.metrics()],
+    }
     for e in run.epochs():
         state[f"ckpt{e}"] = load_file(str(run.checkpoint_path(e)))
         info = activations.read(run.activations_path(e))
-        dump = {layer: torch.from_numpy(activations.read(run.activations_path(e), layer)) for layer in info["layers"]}
+        dump = {
+            layer: torch.from_numpy(activations.read(run.activations_path(e), layer))
+            for layer in info["layers"]
+        }
         dump["logits"] = torch.from_numpy(activations.read(run.activations_path(e), None, "logits"))
         state[f"dump{e}"] = dump
     return state
@@ -92,13 +98,21 @@ def assert_same_run(run_dir: Path, ref: dict) -> None:
 
 # --- the kill loop ------------------------------------------------------------------------------------
 
+
 def moments(seed: int = 7, n: int = 20) -> list[tuple[str, object, float]]:
     """(phase, epoch or file, fraction): every phase of every epoch once, then seeded extra picks."""
     rng = random.Random(seed)
-    out: list[tuple[str, object, float]] = [("static", "config.json", rng.random()),
-                                              ("static", "data/probe_set.safetensors", rng.random()),
-                                              ("dump", 0, rng.random()), ("checkpoint", 0, rng.random())]
-    out += [(phase, e, rng.random()) for e in (1, 2, 3) for phase in ("train", "dump", "checkpoint", "metrics")]
+    out: list[tuple[str, object, float]] = [
+        ("static", "config.json", rng.random()),
+        ("static", "data/probe_set.safetensors", rng.random()),
+        ("dump", 0, rng.random()),
+        ("checkpoint", 0, rng.random()),
+    ]
+    out += [
+        (phase, e, rng.random())
+        for e in (1, 2, 3)
+        for phase in ("train", "dump", "checkpoint", "metrics")
+    ]
     while len(out) < n:
         out.append((rng.choice(["train", "dump", "checkpoint"]), rng.randint(1, 3), rng.random()))
     return out
@@ -118,7 +132,9 @@ def _reached(run_dir: Path, phase: str, where: object) -> bool:
     if phase == "checkpoint":
         return _tmp_of(run_dir, f"checkpoints/epoch_{e:04d}.safetensors")
     if phase == "metrics":
-        return (run_dir / f"checkpoints/epoch_{e:04d}.safetensors").exists() and _tmp_of(run_dir, "metrics.jsonl")
+        return (run_dir / f"checkpoints/epoch_{e:04d}.safetensors").exists() and _tmp_of(
+            run_dir, "metrics.jsonl"
+        )
     try:  # train: epoch e-1 fully written (its metrics line too), so epoch e is being trained
         rows = (run_dir / "metrics.jsonl").read_text().splitlines()
         return any(json.loads(r)["epoch"] == e - 1 for r in rows)
@@ -141,7 +157,10 @@ def test_sigkill_at_20_moments_then_resume_is_bitwise_identical(world) -> None:
     for i, (phase, where, frac) in enumerate(moments()):
         run_dir = world["root"] / f"kill-{i:02d}"
         child = zygote.start(train_args(run_dir, data), env={"PROBE_TEST_DELAY_WRITES": str(DELAY)})
-        reached = wait_for(lambda r=run_dir, p=phase, w=where, c=child: _reached(r, p, w) or not c.alive(), timeout=60)
+        reached = wait_for(
+            lambda r=run_dir, p=phase, w=where, c=child: _reached(r, p, w) or not c.alive(),
+            timeout=60,
+        )
         assert reached
         time.sleep(frac * (0.05 if phase == "train" else DELAY))  # a seeded moment inside the phase
         child.kill()
@@ -158,7 +177,9 @@ def test_sigkill_at_20_moments_then_resume_is_bitwise_identical(world) -> None:
             check_run_files(run_dir)
             recover = ["train", "--run-dir", str(run_dir), "--resume", "--quiet"]
         else:  # killed before the first file was in place: nothing to resume, the same command starts over
-            assert [p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith(".")] == [], label
+            assert [
+                p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith(".")
+            ] == [], label
             recover = train_args(run_dir, data)
         done = zygote.run(recover)
         assert done.exit_code == 0, f"{label}: {done.output}"
@@ -174,13 +195,26 @@ def test_sigkill_at_20_moments_then_resume_is_bitwise_identical(world) -> None:
 def test_real_probe_command_killed_mid_checkpoint_and_resumed(world, tmp_path: Path) -> None:
     """The installed `probe` script, a real SIGKILL while epoch 2's checkpoint is being written, then --resume."""
     exe = Path(sys.executable).with_name("probe")
-    env = {**os.environ, **CHILD_ENV, "PROBE_CACHE": str(world["root"] / "cache"), "PROBE_TEST_DELAY_WRITES": "0.4"}
+    env = {
+        **os.environ,
+        **CHILD_ENV,
+        "PROBE_CACHE": str(world["root"] / "cache"),
+        "PROBE_TEST_DELAY_WRITES": "0.4",
+    }
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([str(exe), *train_args(run_dir, world["data"])], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(exe), *train_args(run_dir, world["data"])],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        assert wait_for(lambda: _tmp_of(run_dir, "checkpoints/epoch_0002.safetensors") or proc.poll() is not None,
-                        timeout=120)
+        assert wait_for(
+            lambda: (
+                _tmp_of(run_dir, "checkpoints/epoch_0002.safetensors") or proc.poll() is not None
+            ),
+            timeout=120,
+        )
         proc.send_signal(signal.SIGKILL)
         out = proc.communicate(timeout=60)[0].decode()
     finally:
@@ -191,8 +225,13 @@ def test_real_probe_command_killed_mid_checkpoint_and_resumed(world, tmp_path: P
     assert Run(run_dir).epochs() == [0, 1]
     check_run_files(run_dir)
     env.pop("PROBE_TEST_DELAY_WRITES")
-    done = subprocess.run([str(exe), "train", "--run-dir", str(run_dir), "--resume"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(exe), "train", "--run-dir", str(run_dir), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "after epoch 1" in done.stdout
     assert temp_files(run_dir) == []
@@ -212,20 +251,38 @@ def test_killed_while_writing_config_the_same_command_starts_over(world, tmp_pat
 
 # --- failed writes: file too large, disk full ---------------------------------------------------------
 
-def test_file_size_limit_is_one_line_naming_the_file_and_the_run_resumes(world, tmp_path: Path) -> None:
+
+def test_file_size_limit_is_one_line_naming_the_file_and_the_run_resumes(
+    world, tmp_path: Path
+) -> None:
     """RLIMIT_FSIZE below epoch 1's checkpoint (SIGXFSZ ignored, so the write gets EFBIG)."""
     ref = Run(world["ref"])
-    sizes = {p.relative_to(ref.path).as_posix(): p.stat().st_size for p in ref.path.rglob("*") if p.is_file()}
-    before = [v for k, v in sizes.items() if k != "checkpoints/epoch_0001.safetensors" and
-              (k.endswith("0000.safetensors") or k.endswith("_0000.h5") or k.endswith("_0001.h5") or k.startswith("data/")
-               or k in ("config.json", "metrics.jsonl"))]
+    sizes = {
+        p.relative_to(ref.path).as_posix(): p.stat().st_size
+        for p in ref.path.rglob("*")
+        if p.is_file()
+    }
+    before = [
+        v
+        for k, v in sizes.items()
+        if k != "checkpoints/epoch_0001.safetensors"
+        and (
+            k.endswith("0000.safetensors")
+            or k.endswith("_0000.h5")
+            or k.endswith("_0001.h5")
+            or k.startswith("data/")
+            or k in ("config.json", "metrics.jsonl")
+        )
+    ]
     limit = max(before) + 1024
     assert limit < sizes["checkpoints/epoch_0001.safetensors"], sizes
     run_dir = tmp_path / "run"
     child = world["zygote"].run(train_args(run_dir, world["data"]), fsize=limit)
     assert child.exit_code == 1, child.output
     line = one_error_line(child.output)
-    assert line.startswith(f"error: {run_dir / 'checkpoints/epoch_0001.safetensors'}: could not write"), line
+    assert line.startswith(
+        f"error: {run_dir / 'checkpoints/epoch_0001.safetensors'}: could not write"
+    ), line
     assert "too large" in line.lower()
     assert check_run_files(run_dir) == [0]
     assert temp_files(run_dir) == []
@@ -244,14 +301,29 @@ def small_reference(tmp_path_factory: pytest.TempPathFactory):
     return cfg, synthetic_dataset(n_train=80, n_test=40, seed=cfg.seed), run_state(ref)
 
 
-@pytest.mark.parametrize(("folder", "name", "nth", "complete"), [
-    ("activations", "epoch_0002.h5", 1, [0, 1]),
-    ("checkpoints", "epoch_0002.safetensors", 1, [0, 1]),
-    ("", "metrics.jsonl", 3, [0, 1, 2]),  # the third metrics write: epoch 2 is complete, its line not yet written
-    ("data", "analysis_batch.safetensors", 1, []),
-])
+@pytest.mark.parametrize(
+    ("folder", "name", "nth", "complete"),
+    [
+        ("activations", "epoch_0002.h5", 1, [0, 1]),
+        ("checkpoints", "epoch_0002.safetensors", 1, [0, 1]),
+        (
+            "",
+            "metrics.jsonl",
+            3,
+            [0, 1, 2],
+        ),  # the third metrics write: epoch 2 is complete, its line not yet written
+        ("data", "analysis_batch.safetensors", 1, []),
+    ],
+)
 def test_disk_full_fails_naming_the_file_keeps_earlier_epochs_and_resumes(
-        small_reference, tmp_path: Path, monkeypatch, folder: str, name: str, nth: int, complete: list[int]) -> None:
+    small_reference,
+    tmp_path: Path,
+    monkeypatch,
+    folder: str,
+    name: str,
+    nth: int,
+    complete: list[int],
+) -> None:
     """ENOSPC from the fsync of one write, after half the file reached the disk (in process)."""
     from probe.training.loop import train
 
@@ -274,7 +346,10 @@ def test_disk_full_fails_naming_the_file_keeps_earlier_epochs_and_resumes(
         train(run_dir, cfg, quiet=True, dataset=ds)
     monkeypatch.undo()
     target = run_dir / folder / name
-    assert str(info.value) == f"{target}: could not write (No space left on device); nothing was replaced"
+    assert (
+        str(info.value)
+        == f"{target}: could not write (No space left on device); nothing was replaced"
+    )
     assert temp_files(run_dir) == []
     assert check_run_files(run_dir) == complete
     train(run_dir, cfg, resume=True, quiet=True, dataset=ds)  # space is back

@@ -38,7 +38,9 @@ from probe.rundir.run import Run
 from probe.training.config import from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,7 @@ def analyze_all_epochs(run_dir: Path, damaged: Path) -> None:
 
 # --- checkpoints --------------------------------------------------------------------------------------
 
+
 def _spec_mismatch(path: Path) -> None:
     """A validly signed checkpoint whose spec says width 8 while its tensors are width 4."""
     tensors = load_file(str(path))
@@ -128,7 +131,9 @@ CHECKPOINT_DAMAGE = {
     "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
     "truncated-header": lambda p: p.write_bytes(p.read_bytes()[:5]),
     "bit-flip-in-data": lambda p: _flip(p, p.stat().st_size * 8 - 100),
-    "bit-flip-in-metadata": lambda p: _flip(p, p.read_bytes().index(b'"epoch":"1"') * 8 + 8 * 9),  # 1 -> 0
+    "bit-flip-in-metadata": lambda p: _flip(
+        p, p.read_bytes().index(b'"epoch":"1"') * 8 + 8 * 9
+    ),  # 1 -> 0
     "json-file": lambda p: p.write_text('{"model": [1, 2, 3]}'),
     "random-bytes": lambda p: p.write_bytes(os.urandom(4096)),
     "other-safetensors": _other_safetensors,
@@ -145,7 +150,9 @@ def _flip(path: Path, bit: int) -> None:
 
 
 @pytest.mark.parametrize("damage", sorted(CHECKPOINT_DAMAGE))
-def test_damaged_checkpoint_is_one_line_naming_it_and_other_epochs_analyse(run_dir: Path, damage: str) -> None:
+def test_damaged_checkpoint_is_one_line_naming_it_and_other_epochs_analyse(
+    run_dir: Path, damage: str
+) -> None:
     path = Run(run_dir).checkpoint_path(1)
     CHECKPOINT_DAMAGE[damage](path)
     with pytest.raises(RunFileError) as info:
@@ -154,7 +161,9 @@ def test_damaged_checkpoint_is_one_line_naming_it_and_other_epochs_analyse(run_d
     analyze_all_epochs(run_dir, path)
 
 
-def test_resume_skips_a_damaged_last_checkpoint(run_dir: Path, template: Path, tmp_path: Path) -> None:
+def test_resume_skips_a_damaged_last_checkpoint(
+    run_dir: Path, template: Path, tmp_path: Path
+) -> None:
     """Resume continues from the newest checkpoint that verifies, and ends as an uninterrupted run."""
     from reliability_helpers import SMALL
 
@@ -166,7 +175,13 @@ def test_resume_skips_a_damaged_last_checkpoint(run_dir: Path, template: Path, t
     _flip(path, path.stat().st_size * 8 - 9)
     log: list[str] = []
     cfg = TrainConfig(**SMALL)
-    train(run_dir, cfg, resume=True, log=log.append, dataset=synthetic_dataset(n_train=80, n_test=40, seed=cfg.seed))
+    train(
+        run_dir,
+        cfg,
+        resume=True,
+        log=log.append,
+        dataset=synthetic_dataset(n_train=80, n_test=40, seed=cfg.seed),
+    )
     assert any(line.startswith(f"warning: {path}: checksum mismatch") for line in log), log
     want, got = load_file(str(Run(template).checkpoint_path(2))), load_file(str(path))
     assert sorted(want) == sorted(got) and all(torch.equal(want[k], got[k]) for k in want)
@@ -188,13 +203,17 @@ def test_any_bit_flip_in_a_checkpoint_is_detected(template: Path, tmp_path: Path
 
 @SETTINGS
 @given(data=st.data())
-def test_any_truncation_or_garbage_checkpoint_is_refused(template: Path, tmp_path: Path, data: st.DataObject) -> None:
+def test_any_truncation_or_garbage_checkpoint_is_refused(
+    template: Path, tmp_path: Path, data: st.DataObject
+) -> None:
     original = Run(template).checkpoint_path(1).read_bytes()
-    content = data.draw(st.one_of(
-        st.integers(0, len(original) - 1).map(lambda n: original[:n]),
-        st.binary(max_size=2048),
-        st.binary(min_size=8, max_size=64).map(lambda head: head + original[len(head):]),
-    ))
+    content = data.draw(
+        st.one_of(
+            st.integers(0, len(original) - 1).map(lambda n: original[:n]),
+            st.binary(max_size=2048),
+            st.binary(min_size=8, max_size=64).map(lambda head: head + original[len(head) :]),
+        )
+    )
     path = tmp_path / "epoch_0001.safetensors"
     path.write_bytes(content)
     with pytest.raises(RunFileError) as info:
@@ -216,7 +235,9 @@ DUMP_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(DUMP_DAMAGE))
-def test_damaged_dump_is_one_line_naming_it_and_other_epochs_analyse(run_dir: Path, damage: str) -> None:
+def test_damaged_dump_is_one_line_naming_it_and_other_epochs_analyse(
+    run_dir: Path, damage: str
+) -> None:
     path = Run(run_dir).activations_path(1)
     DUMP_DAMAGE[damage](path)
     with pytest.raises(RunFileError) as info:
@@ -227,15 +248,22 @@ def test_damaged_dump_is_one_line_naming_it_and_other_epochs_analyse(run_dir: Pa
 
 @SETTINGS
 @given(data=st.data())
-def test_any_damaged_dump_is_refused_or_reads_the_same(template: Path, tmp_path: Path, data: st.DataObject) -> None:
+def test_any_damaged_dump_is_refused_or_reads_the_same(
+    template: Path, tmp_path: Path, data: st.DataObject
+) -> None:
     """A flip, a truncation or garbage: an error naming the file, or (a flip in padding) the same numbers."""
     src = Run(template).activations_path(1)
     original = src.read_bytes()
     flip = data.draw(st.integers(0, len(original) * 8 - 1))
     flipped = bytearray(original)
     flipped[flip // 8] ^= 1 << (flip % 8)
-    content = data.draw(st.one_of(st.just(bytes(flipped)), st.integers(0, len(original) - 1).map(lambda n: original[:n]),
-                                  st.binary(max_size=4096)))
+    content = data.draw(
+        st.one_of(
+            st.just(bytes(flipped)),
+            st.integers(0, len(original) - 1).map(lambda n: original[:n]),
+            st.binary(max_size=4096),
+        )
+    )
     path = tmp_path / "epoch_0001.h5"
     path.write_bytes(content)
     try:
@@ -249,13 +277,16 @@ def test_any_damaged_dump_is_refused_or_reads_the_same(template: Path, tmp_path:
 
 # --- metrics ------------------------------------------------------------------------------------------
 
+
 def test_torn_last_metrics_line_is_skipped_and_curves_runs(run_dir: Path) -> None:
     path = run_dir / "metrics.jsonl"
     path.write_bytes(path.read_bytes()[:-40])
     assert [m["epoch"] for m in Run(run_dir).metrics()] == [0, 1]
     result = probe_cli("analyze", run_dir, "-p", "curves")
     assert result.exit_code == 0, result.output
-    assert json.loads(next((run_dir / "analyses/curves/default/run").glob("manifest.json")).read_text())["scalars"]
+    assert json.loads(
+        next((run_dir / "analyses/curves/default/run").glob("manifest.json")).read_text()
+    )["scalars"]
 
 
 def test_garbled_metrics_line_is_one_line_naming_the_file(run_dir: Path) -> None:
@@ -272,14 +303,37 @@ def test_garbled_metrics_line_is_one_line_naming_the_file(run_dir: Path) -> None
 
 
 @SETTINGS
-@given(content=st.one_of(
-    st.binary(max_size=512),
-    st.lists(st.one_of(st.text(max_size=40), st.builds(json.dumps, st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.sampled_from(["epoch", "val_acc", "x"]), kids, max_size=3),
-        max_leaves=6))), max_size=5).map(lambda lines: "\n".join(lines).encode()),
-))
-def test_any_metrics_file_gives_records_or_an_error_naming_it(run_dir: Path, content: bytes) -> None:
+@given(
+    content=st.one_of(
+        st.binary(max_size=512),
+        st.lists(
+            st.one_of(
+                st.text(max_size=40),
+                st.builds(
+                    json.dumps,
+                    st.recursive(
+                        st.none()
+                        | st.booleans()
+                        | st.integers()
+                        | st.floats()
+                        | st.text(max_size=5),
+                        lambda kids: (
+                            st.lists(kids, max_size=3)
+                            | st.dictionaries(
+                                st.sampled_from(["epoch", "val_acc", "x"]), kids, max_size=3
+                            )
+                        ),
+                        max_leaves=6,
+                    ),
+                ),
+            ),
+            max_size=5,
+        ).map(lambda lines: "\n".join(lines).encode()),
+    )
+)
+def test_any_metrics_file_gives_records_or_an_error_naming_it(
+    run_dir: Path, content: bytes
+) -> None:
     path = run_dir / "metrics.jsonl"
     path.write_bytes(content)
     try:
@@ -292,10 +346,24 @@ def test_any_metrics_file_gives_records_or_an_error_naming_it(run_dir: Path, con
 
 # --- configs ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("config", ['[1, 2]', '"train"', '{"train": 5}', '{"train": {"epochs": "three"}}',
-                                    '{"train": {"optimizer": "Nesterov"}}', '{"train": {"no_such_key": 1}}',
-                                    '{"train": {"lr": [0.1]}}', '{"train": {"full_maps": [1, 2]}}', "{not json"])
-def test_wrong_config_json_is_one_line_naming_it_and_analysis_still_runs(run_dir: Path, config: str) -> None:
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "[1, 2]",
+        '"train"',
+        '{"train": 5}',
+        '{"train": {"epochs": "three"}}',
+        '{"train": {"optimizer": "Nesterov"}}',
+        '{"train": {"no_such_key": 1}}',
+        '{"train": {"lr": [0.1]}}',
+        '{"train": {"full_maps": [1, 2]}}',
+        "{not json",
+    ],
+)
+def test_wrong_config_json_is_one_line_naming_it_and_analysis_still_runs(
+    run_dir: Path, config: str
+) -> None:
     path = run_dir / "config.json"
     path.write_text(config)
     before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
@@ -303,23 +371,49 @@ def test_wrong_config_json_is_one_line_naming_it_and_analysis_still_runs(run_dir
     assert result.exit_code in (1, 2), result.output
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], (
+        result.output
+    )
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
     ok = probe_cli("analyze", run_dir, "-p", "curves", "-p", "peek", "-e", "all")
     assert ok.exit_code == 0, ok.output
     assert "3 computed, 1 cached, 0 failed" in ok.stdout, ok.output
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
-                    | st.text(max_size=8), lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
-                    max_leaves=8)
-KEYS = st.sampled_from(["epochs", "lr", "optimizer", "model_depth", "batch_size", "full_maps", "augment", "data",
-                        "dropout", "target_params", "seed", "nonsense"])
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3)
+    ),
+    max_leaves=8,
+)
+KEYS = st.sampled_from(
+    [
+        "epochs",
+        "lr",
+        "optimizer",
+        "model_depth",
+        "batch_size",
+        "full_maps",
+        "augment",
+        "data",
+        "dropout",
+        "target_params",
+        "seed",
+        "nonsense",
+    ]
+)
 
 
 @SETTINGS
 @given(train=st.dictionaries(KEYS, JSON, max_size=4))
-def test_any_stored_train_config_is_checked_or_refused_naming_the_file(tmp_path: Path, train: dict) -> None:
+def test_any_stored_train_config_is_checked_or_refused_naming_the_file(
+    tmp_path: Path, train: dict
+) -> None:
     source = str(tmp_path / "config.json")
     try:
         cfg = from_dict(train, source)
@@ -329,14 +423,26 @@ def test_any_stored_train_config_is_checked_or_refused_naming_the_file(tmp_path:
     assert cfg.epochs >= 0 and cfg.lr > 0
 
 
-@pytest.mark.parametrize(("toml", "where"), [('epochs = "three"', "epochs"), ("optimizer = 3", "optimizer"),
-                                             ("model_depth = 5", "model_depth"), ("[train]\nlr = -1.0", "lr"),
-                                             ("epochs = ", "not valid TOML"), ("bogus = 1", "bogus")])
-def test_wrong_toml_config_is_one_line_naming_file_and_key(tmp_path: Path, toml: str, where: str) -> None:
+@pytest.mark.parametrize(
+    ("toml", "where"),
+    [
+        ('epochs = "three"', "epochs"),
+        ("optimizer = 3", "optimizer"),
+        ("model_depth = 5", "model_depth"),
+        ("[train]\nlr = -1.0", "lr"),
+        ("epochs = ", "not valid TOML"),
+        ("bogus = 1", "bogus"),
+    ],
+)
+def test_wrong_toml_config_is_one_line_naming_file_and_key(
+    tmp_path: Path, toml: str, where: str
+) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(toml)
     run_dir = tmp_path / "run"
-    result = probe_cli("train", "--run-dir", run_dir, "--config", config, "--data", tmp_path / "none")
+    result = probe_cli(
+        "train", "--run-dir", run_dir, "--config", config, "--data", tmp_path / "none"
+    )
     assert result.exit_code == 2, result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and str(config) in lines[0] and where in lines[0], result.output
@@ -344,6 +450,7 @@ def test_wrong_toml_config_is_one_line_naming_file_and_key(tmp_path: Path, toml:
 
 
 # --- no code from data --------------------------------------------------------------------------------
+
 
 class Planted:
     """Unpickling this creates the marker file: proof that code ran."""
@@ -380,8 +487,10 @@ def test_a_planted_pickle_is_refused_not_executed(run_dir: Path, tmp_path: Path,
     assert not marker.exists()
 
 
-UNPICKLING = re.compile(r"\bpickle\.loads?\b|\bUnpickler\b|\btorch\.load\b(?!\(.*weights_only=True)|allow_pickle\s*=\s*True|\bread_pickle\b|"
-                        r"\bjoblib\.load\b|\bdill\b|\bcloudpickle\b|\bshelve\b|\bmarshal\.loads?\b|weights_only\s*=\s*False")
+UNPICKLING = re.compile(
+    r"\bpickle\.loads?\b|\bUnpickler\b|\btorch\.load\b(?!\(.*weights_only=True)|allow_pickle\s*=\s*True|\bread_pickle\b|"
+    r"\bjoblib\.load\b|\bdill\b|\bcloudpickle\b|\bshelve\b|\bmarshal\.loads?\b|weights_only\s*=\s*False"
+)
 
 
 def test_no_source_file_can_unpickle() -> None:

@@ -39,7 +39,9 @@ from probe.rundir import lock
 
 # --- the world each case starts from -----------------------------------------------------------------------
 
-RECORDED = "features.2, features.6, features.9, features.13, classifier.3"  # depth 4: a block ends at each
+RECORDED = (
+    "features.2, features.6, features.9, features.13, classifier.3"  # depth 4: a block ends at each
+)
 
 
 @dataclass
@@ -50,7 +52,9 @@ class World:
     data: Path  # a tiny image folder
 
     def fmt(self, text: str) -> str:
-        return text.format(run=self.run, out=self.out, sweep=self.sweep, data=self.data, host=socket.gethostname())
+        return text.format(
+            run=self.run, out=self.out, sweep=self.sweep, data=self.data, host=socket.gethostname()
+        )
 
 
 def _scribe(ctx) -> None:
@@ -69,8 +73,20 @@ def _editor(ctx) -> None:
 
 
 EXTRA = [
-    Analysis(name="scribe", run=_scribe, scope="run", needs={"metrics"}, summary="Writes notes into the run."),
-    Analysis(name="editor", run=_editor, scope="run", needs={"metrics"}, summary="Edits the user's notes."),
+    Analysis(
+        name="scribe",
+        run=_scribe,
+        scope="run",
+        needs={"metrics"},
+        summary="Writes notes into the run.",
+    ),
+    Analysis(
+        name="editor",
+        run=_editor,
+        scope="run",
+        needs={"metrics"},
+        summary="Edits the user's notes.",
+    ),
 ]
 
 
@@ -121,13 +137,17 @@ def tree(root: Path) -> dict[str, object]:
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = "dir"
             elif not stat.S_ISREG(st.st_mode):
-                out[rel] = ("special", stat.S_IFMT(st.st_mode))  # a FIFO: opening it to read would block
+                out[rel] = (
+                    "special",
+                    stat.S_IFMT(st.st_mode),
+                )  # a FIFO: opening it to read would block
             else:
                 out[rel] = p.read_bytes()
     return out
 
 
 # --- the hostile states ----------------------------------------------------------------------------------------
+
 
 def link(at: Path, to: Path) -> None:
     if at.exists() and not at.is_symlink():
@@ -157,7 +177,17 @@ def empty_run_dir(w: World) -> None:
 
 
 def train(w: World, *extra: str) -> list[str]:
-    return ["train", "--run-dir", str(w.run), "--data", str(w.data), "--quiet", "--epochs", "1", *extra]
+    return [
+        "train",
+        "--run-dir",
+        str(w.run),
+        "--data",
+        str(w.data),
+        "--quiet",
+        "--epochs",
+        "1",
+        *extra,
+    ]
 
 
 def resume(w: World, *extra: str) -> list[str]:
@@ -166,15 +196,19 @@ def resume(w: World, *extra: str) -> list[str]:
 
 def dry_run(grid: str) -> Callable[[World], list[str]]:
     """`probe sweep --dry-run` of a spec with this [grid]: it must reject what training would."""
+
     def args(w: World) -> list[str]:
         (w.sweep / "spec.toml").write_text(f"[base]\nepochs = 1\n[grid]\n{grid}\n")
         return ["sweep", str(w.sweep / "spec.toml"), "--out", str(w.sweep / "out"), "--dry-run"]
+
     return args
 
 
 FORCE_FOREIGN = "error: --force: {run} holds files probe did not make ({names}); move them out or pick another --run-dir; nothing was deleted"
-NOT_A_RUN = ("error: --force: {run} is not a probe run (its config.json is missing or does not say probe-run/...); "
-             "refusing to delete anything in it")
+NOT_A_RUN = (
+    "error: --force: {run} is not a probe run (its config.json is missing or does not say probe-run/...); "
+    "refusing to delete anything in it"
+)
 LINK = "error: {path}: is a symbolic link; probe never writes through a link out of {root} (replace it with a real folder or file)"
 
 
@@ -193,11 +227,14 @@ class Case:
     created: tuple[str, ...] = field(default=())  # run-relative files that must exist afterwards
 
 
-def _setup(*steps: Callable[[World], object], args: Callable[[World], list[str]]) -> Callable[[World], list[str]]:
+def _setup(
+    *steps: Callable[[World], object], args: Callable[[World], list[str]]
+) -> Callable[[World], list[str]]:
     def run(w: World) -> list[str]:
         for step in steps:
             step(w)
         return args(w)
+
     return run
 
 
@@ -206,6 +243,7 @@ def write(rel: str, text: str = "mine") -> Callable[[World], None]:
         p = w.run / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
+
     return step
 
 
@@ -219,119 +257,348 @@ def analyze(*extra: str) -> Callable[[World], list[str]]:
 
 CASES = [
     # probe train --force: only a probe run, only probe's own entries, every option checked first
-    Case("force-user-project-any-json", _setup(lambda w: user_project(w, '{"name": "my project"}'), args=lambda w: train(w, "--force")),
-         2, NOT_A_RUN, ("thesis.tex", "src/main.py", "config.json")),
-    Case("force-user-project-not-json", _setup(lambda w: user_project(w, "name = 'x'"), args=lambda w: train(w, "--force")),
-         2, NOT_A_RUN, ("thesis.tex", "src/main.py")),
-    Case("force-user-project-format-not-string", _setup(lambda w: user_project(w, '{"format": ["probe-run/1"]}'),
-                                                        args=lambda w: train(w, "--force")), 2, NOT_A_RUN, ("thesis.tex",)),
-    Case("force-config-nested-deep", _setup(lambda w: user_project(w, "[" * 100_000 + "]" * 100_000),
-                                            args=lambda w: train(w, "--force")), 2, NOT_A_RUN, ("thesis.tex",)),
-    Case("force-config-is-a-link", _setup(to_out("config.json", "config.json"), args=lambda w: train(w, "--force")),
-         2, NOT_A_RUN),
-    Case("force-run-with-user-notes", _setup(write("NOTES.md"), args=lambda w: train(w, "--force")),
-         2, _foreign("NOTES.md"), ("NOTES.md",)),
-    Case("force-run-with-user-folder", _setup(write("mine/plot.py"), write("paper.tex"), args=lambda w: train(w, "--force")),
-         2, _foreign("mine, paper.tex"), ("mine/plot.py", "paper.tex")),
-    Case("force-user-file-in-checkpoints", _setup(write("checkpoints/notes.txt"), args=lambda w: train(w, "--force")),
-         2, _foreign("checkpoints/notes.txt"), ("checkpoints/notes.txt",)),
-    Case("force-user-file-in-data", _setup(write("data/labels.csv"), args=lambda w: train(w, "--force")),
-         2, _foreign("data/labels.csv"), ("data/labels.csv",)),
-    Case("force-checkpoints-linked-out", _setup(to_out("checkpoints", "ckpts"), args=lambda w: train(w, "--force")),
-         2, _foreign("checkpoints")),
-    Case("force-analyses-linked-out", _setup(to_out("analyses", "victim"), args=lambda w: train(w, "--force")),
-         2, _foreign("analyses")),
-    Case("force-report-is-a-file", _setup(write("report", "a file"), args=lambda w: train(w, "--force")),
-         2, _foreign("report"), ("report",)),
-    Case("force-metrics-is-a-folder", _setup(lambda w: (w.run / "metrics.jsonl").unlink(), write("metrics.jsonl/x"),
-                                             args=lambda w: train(w, "--force")), 2, _foreign("metrics.jsonl"),
-         ("metrics.jsonl/x",)),
-    Case("force-activations-linked-out", _setup(to_out("activations", "ckpts"), args=lambda w: train(w, "--force")),
-         2, _foreign("activations")),
-    Case("force-logs-linked-out", _setup(to_out("logs", "victim"), args=lambda w: train(w, "--force")),
-         2, _foreign("logs")),
-    Case("force-temp-named-link", _setup(to_out(".x.123.abcdefgh.tmp", "victim"), args=lambda w: train(w, "--force")),
-         2, _foreign(".x.123.abcdefgh.tmp")),
-    Case("force-lock-file-linked-out", _setup(to_out(".probe-train.lock", "thesis.tex"), args=lambda w: train(w, "--force")),
-         2, _foreign(".probe-train.lock")),
-    Case("force-user-temp-named-file", _setup(write(".notes.tmp"), write("checkpoints/.draft.tmp"),
-                                              args=lambda w: train(w, "--force")),
-         2, _foreign(".notes.tmp, checkpoints/.draft.tmp"), (".notes.tmp", "checkpoints/.draft.tmp")),
-    Case("force-lock-file-is-a-fifo", _setup(lambda w: os.mkfifo(w.run / ".probe-train.lock"), args=lambda w: train(w, "--force")),
-         2, _foreign(".probe-train.lock")),
-    Case("train-lock-file-is-a-fifo", _setup(empty_run_dir, lambda w: os.mkfifo(w.run / ".probe-train.lock"),
-                                             args=lambda w: train(w)),
-         1, "error: {run}/.probe-train.lock: is not a regular file; remove it (probe keeps its lock file there)"),
-    Case("force-user-folder-in-activations", _setup(write("activations/extra/a.npy"), args=lambda w: train(w, "--force")),
-         2, _foreign("activations/extra"), ("activations/extra/a.npy",)),
-    Case("train-into-user-project", _setup(lambda w: user_project(w, "{}"), args=lambda w: train(w)),
-         2, "error: --run-dir: {run} already exists; use --resume to continue it or --force to replace it",
-         ("thesis.tex", "src/main.py")),
-    Case("train-lock-file-linked-out", _setup(empty_run_dir, to_out(".probe-train.lock", "thesis.tex"),
-                                              args=lambda w: train(w)),
-         1, "error: {run}/.probe-train.lock: is a symbolic link; remove it (probe keeps its lock file inside the run)"),
-    Case("force-bad-full-maps-deletes-nothing", lambda w: train(w, "--force", "--full-maps", "features.99"),
-         2, f"error: --full-maps: unknown layer(s) features.99; recorded layers are {RECORDED}"),
-    Case("force-bad-depth-deletes-nothing", lambda w: train(w, "--force", "--model-depth", "5"),
-         2, "error: Invalid value for '--model-depth': '5' is not one of '2', '4', '8'. (see `cli train --help`)"),  # CliRunner's program name
-    Case("train-run-dir-name-too-long", lambda w: ["train", "--run-dir", str(w.out / ("r" * 300)), "--data", str(w.data)],
-         2, "error: --run-dir: the folder name " + "r" * 40 + "... is 300 bytes; a file name may have at most 255"),
+    Case(
+        "force-user-project-any-json",
+        _setup(
+            lambda w: user_project(w, '{"name": "my project"}'), args=lambda w: train(w, "--force")
+        ),
+        2,
+        NOT_A_RUN,
+        ("thesis.tex", "src/main.py", "config.json"),
+    ),
+    Case(
+        "force-user-project-not-json",
+        _setup(lambda w: user_project(w, "name = 'x'"), args=lambda w: train(w, "--force")),
+        2,
+        NOT_A_RUN,
+        ("thesis.tex", "src/main.py"),
+    ),
+    Case(
+        "force-user-project-format-not-string",
+        _setup(
+            lambda w: user_project(w, '{"format": ["probe-run/1"]}'),
+            args=lambda w: train(w, "--force"),
+        ),
+        2,
+        NOT_A_RUN,
+        ("thesis.tex",),
+    ),
+    Case(
+        "force-config-nested-deep",
+        _setup(
+            lambda w: user_project(w, "[" * 100_000 + "]" * 100_000),
+            args=lambda w: train(w, "--force"),
+        ),
+        2,
+        NOT_A_RUN,
+        ("thesis.tex",),
+    ),
+    Case(
+        "force-config-is-a-link",
+        _setup(to_out("config.json", "config.json"), args=lambda w: train(w, "--force")),
+        2,
+        NOT_A_RUN,
+    ),
+    Case(
+        "force-run-with-user-notes",
+        _setup(write("NOTES.md"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign("NOTES.md"),
+        ("NOTES.md",),
+    ),
+    Case(
+        "force-run-with-user-folder",
+        _setup(write("mine/plot.py"), write("paper.tex"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign("mine, paper.tex"),
+        ("mine/plot.py", "paper.tex"),
+    ),
+    Case(
+        "force-user-file-in-checkpoints",
+        _setup(write("checkpoints/notes.txt"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign("checkpoints/notes.txt"),
+        ("checkpoints/notes.txt",),
+    ),
+    Case(
+        "force-user-file-in-data",
+        _setup(write("data/labels.csv"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign("data/labels.csv"),
+        ("data/labels.csv",),
+    ),
+    Case(
+        "force-checkpoints-linked-out",
+        _setup(to_out("checkpoints", "ckpts"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign("checkpoints"),
+    ),
+    Case(
+        "force-analyses-linked-out",
+        _setup(to_out("analyses", "victim"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign("analyses"),
+    ),
+    Case(
+        "force-report-is-a-file",
+        _setup(write("report", "a file"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign("report"),
+        ("report",),
+    ),
+    Case(
+        "force-metrics-is-a-folder",
+        _setup(
+            lambda w: (w.run / "metrics.jsonl").unlink(),
+            write("metrics.jsonl/x"),
+            args=lambda w: train(w, "--force"),
+        ),
+        2,
+        _foreign("metrics.jsonl"),
+        ("metrics.jsonl/x",),
+    ),
+    Case(
+        "force-activations-linked-out",
+        _setup(to_out("activations", "ckpts"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign("activations"),
+    ),
+    Case(
+        "force-logs-linked-out",
+        _setup(to_out("logs", "victim"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign("logs"),
+    ),
+    Case(
+        "force-temp-named-link",
+        _setup(to_out(".x.123.abcdefgh.tmp", "victim"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign(".x.123.abcdefgh.tmp"),
+    ),
+    Case(
+        "force-lock-file-linked-out",
+        _setup(to_out(".probe-train.lock", "thesis.tex"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign(".probe-train.lock"),
+    ),
+    Case(
+        "force-user-temp-named-file",
+        _setup(
+            write(".notes.tmp"), write("checkpoints/.draft.tmp"), args=lambda w: train(w, "--force")
+        ),
+        2,
+        _foreign(".notes.tmp, checkpoints/.draft.tmp"),
+        (".notes.tmp", "checkpoints/.draft.tmp"),
+    ),
+    Case(
+        "force-lock-file-is-a-fifo",
+        _setup(
+            lambda w: os.mkfifo(w.run / ".probe-train.lock"), args=lambda w: train(w, "--force")
+        ),
+        2,
+        _foreign(".probe-train.lock"),
+    ),
+    Case(
+        "train-lock-file-is-a-fifo",
+        _setup(
+            empty_run_dir, lambda w: os.mkfifo(w.run / ".probe-train.lock"), args=lambda w: train(w)
+        ),
+        1,
+        "error: {run}/.probe-train.lock: is not a regular file; remove it (probe keeps its lock file there)",
+    ),
+    Case(
+        "force-user-folder-in-activations",
+        _setup(write("activations/extra/a.npy"), args=lambda w: train(w, "--force")),
+        2,
+        _foreign("activations/extra"),
+        ("activations/extra/a.npy",),
+    ),
+    Case(
+        "train-into-user-project",
+        _setup(lambda w: user_project(w, "{}"), args=lambda w: train(w)),
+        2,
+        "error: --run-dir: {run} already exists; use --resume to continue it or --force to replace it",
+        ("thesis.tex", "src/main.py"),
+    ),
+    Case(
+        "train-lock-file-linked-out",
+        _setup(empty_run_dir, to_out(".probe-train.lock", "thesis.tex"), args=lambda w: train(w)),
+        1,
+        "error: {run}/.probe-train.lock: is a symbolic link; remove it (probe keeps its lock file inside the run)",
+    ),
+    Case(
+        "force-bad-full-maps-deletes-nothing",
+        lambda w: train(w, "--force", "--full-maps", "features.99"),
+        2,
+        f"error: --full-maps: unknown layer(s) features.99; recorded layers are {RECORDED}",
+    ),
+    Case(
+        "force-bad-depth-deletes-nothing",
+        lambda w: train(w, "--force", "--model-depth", "5"),
+        2,
+        "error: Invalid value for '--model-depth': '5' is not one of '2', '4', '8'. (see `cli train --help`)",
+    ),  # CliRunner's program name
+    Case(
+        "train-run-dir-name-too-long",
+        lambda w: ["train", "--run-dir", str(w.out / ("r" * 300)), "--data", str(w.data)],
+        2,
+        "error: --run-dir: the folder name "
+        + "r" * 40
+        + "... is 300 bytes; a file name may have at most 255",
+    ),
     # --resume: the stored config; links in the training's folders are refused
-    Case("resume-real-change", lambda w: resume(w, "--optimizer", "Adam", "--lr", "0.1"),
-         2, "error: --resume: continues the stored config of {run}/config.json; only --epochs and --device may change, "
-            "but --optimizer (stored 'SGD_mom', given 'Adam'); --lr (stored 0.05, given 0.1)"),
-    Case("resume-checkpoints-linked-out", _setup(to_out("checkpoints", "ckpts"), args=lambda w: resume(w)),
-         1, LINK.replace("{path}", "{run}/checkpoints").replace("{root}", "{run}")),
-    Case("resume-metrics-linked-out", _setup(to_out("metrics.jsonl", "thesis.tex"), args=lambda w: resume(w)),
-         1, LINK.replace("{path}", "{run}/metrics.jsonl").replace("{root}", "{run}")),
-    Case("resume-metrics-is-a-fifo", _setup(lambda w: (w.run / "metrics.jsonl").unlink(),
-                                            lambda w: os.mkfifo(w.run / "metrics.jsonl"), args=lambda w: resume(w)),
-         1, "error: {run}/metrics.jsonl: expected a regular file, found something else (a FIFO, a device, a file...); "
-            "move it away to resume"),
-    Case("resume-data-is-a-file", _setup(lambda w: __import__("shutil").rmtree(w.run / "data"), write("data", "x"),
-                                         args=lambda w: resume(w)),
-         1, "error: {run}/data: expected a folder, found something else (a FIFO, a device, a file...); "
-            "move it away to resume"),
+    Case(
+        "resume-real-change",
+        lambda w: resume(w, "--optimizer", "Adam", "--lr", "0.1"),
+        2,
+        "error: --resume: continues the stored config of {run}/config.json; only --epochs and --device may change, "
+        "but --optimizer (stored 'SGD_mom', given 'Adam'); --lr (stored 0.05, given 0.1)",
+    ),
+    Case(
+        "resume-checkpoints-linked-out",
+        _setup(to_out("checkpoints", "ckpts"), args=lambda w: resume(w)),
+        1,
+        LINK.replace("{path}", "{run}/checkpoints").replace("{root}", "{run}"),
+    ),
+    Case(
+        "resume-metrics-linked-out",
+        _setup(to_out("metrics.jsonl", "thesis.tex"), args=lambda w: resume(w)),
+        1,
+        LINK.replace("{path}", "{run}/metrics.jsonl").replace("{root}", "{run}"),
+    ),
+    Case(
+        "resume-metrics-is-a-fifo",
+        _setup(
+            lambda w: (w.run / "metrics.jsonl").unlink(),
+            lambda w: os.mkfifo(w.run / "metrics.jsonl"),
+            args=lambda w: resume(w),
+        ),
+        1,
+        "error: {run}/metrics.jsonl: expected a regular file, found something else (a FIFO, a device, a file...); "
+        "move it away to resume",
+    ),
+    Case(
+        "resume-data-is-a-file",
+        _setup(
+            lambda w: __import__("shutil").rmtree(w.run / "data"),
+            write("data", "x"),
+            args=lambda w: resume(w),
+        ),
+        1,
+        "error: {run}/data: expected a folder, found something else (a FIFO, a device, a file...); "
+        "move it away to resume",
+    ),
     # probe analyze: no link on the way to a result, logs/ included
-    Case("analyze-analyses-linked-out", _setup(to_out("analyses", "victim"), args=analyze("-p", "curves")),
-         1, LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}")),
-    Case("analyze-analysis-folder-linked-out", _setup(to_out("analyses/curves", "victim"), args=analyze("-p", "curves")),
-         1, LINK.replace("{path}", "{run}/analyses/curves").replace("{root}", "{run}")),
-    Case("analyze-variant-folder-linked-out", _setup(to_out("analyses/curves/default", "victim/default"), args=analyze("-p", "curves")),
-         1, LINK.replace("{path}", "{run}/analyses/curves/default").replace("{root}", "{run}")),
-    Case("analyze-result-folder-linked-out", _setup(to_out("analyses/curves/default/run", "victim/default/run"),
-                                                    args=analyze("-p", "curves")),
-         1, LINK.replace("{path}", "{run}/analyses/curves/default/run").replace("{root}", "{run}")),
-    Case("analyze-link-inside-the-run", _setup(lambda w: link(w.run / "analyses", w.run / "checkpoints"),
-                                               args=analyze("-p", "curves")),
-         1, LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}")),
-    Case("analyze-dangling-link", _setup(to_out("analyses", "not-there"), args=analyze("-p", "curves")),
-         1, LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}")),
-    Case("analyze-logs-linked-out", _setup(to_out("logs", "victim"), args=analyze("-p", "curves")),
-         1, LINK.replace("{path}", "{run}/logs").replace("{root}", "{run}")),
-    Case("analyze-analyses-is-a-file", _setup(write("analyses", "a file"), args=analyze("-p", "curves")),
-         1, "error: {run}/analyses: expected a folder, found a file of another kind", ("analyses",)),
+    Case(
+        "analyze-analyses-linked-out",
+        _setup(to_out("analyses", "victim"), args=analyze("-p", "curves")),
+        1,
+        LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}"),
+    ),
+    Case(
+        "analyze-analysis-folder-linked-out",
+        _setup(to_out("analyses/curves", "victim"), args=analyze("-p", "curves")),
+        1,
+        LINK.replace("{path}", "{run}/analyses/curves").replace("{root}", "{run}"),
+    ),
+    Case(
+        "analyze-variant-folder-linked-out",
+        _setup(to_out("analyses/curves/default", "victim/default"), args=analyze("-p", "curves")),
+        1,
+        LINK.replace("{path}", "{run}/analyses/curves/default").replace("{root}", "{run}"),
+    ),
+    Case(
+        "analyze-result-folder-linked-out",
+        _setup(
+            to_out("analyses/curves/default/run", "victim/default/run"),
+            args=analyze("-p", "curves"),
+        ),
+        1,
+        LINK.replace("{path}", "{run}/analyses/curves/default/run").replace("{root}", "{run}"),
+    ),
+    Case(
+        "analyze-link-inside-the-run",
+        _setup(
+            lambda w: link(w.run / "analyses", w.run / "checkpoints"), args=analyze("-p", "curves")
+        ),
+        1,
+        LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}"),
+    ),
+    Case(
+        "analyze-dangling-link",
+        _setup(to_out("analyses", "not-there"), args=analyze("-p", "curves")),
+        1,
+        LINK.replace("{path}", "{run}/analyses").replace("{root}", "{run}"),
+    ),
+    Case(
+        "analyze-logs-linked-out",
+        _setup(to_out("logs", "victim"), args=analyze("-p", "curves")),
+        1,
+        LINK.replace("{path}", "{run}/logs").replace("{root}", "{run}"),
+    ),
+    Case(
+        "analyze-analyses-is-a-file",
+        _setup(write("analyses", "a file"), args=analyze("-p", "curves")),
+        1,
+        "error: {run}/analyses: expected a folder, found a file of another kind",
+        ("analyses",),
+    ),
     # probe analyze: files the user makes while a job runs are never removed, the result is kept
-    Case("analyze-user-writes-notes-meanwhile", analyze("-p", "scribe", "-q"),
-         0, "warning: scribe (run): new files outside its result folder while it ran (left in place): "
-            "NOTES.md, mine/plot.py", run_unchanged=False,
-         created=("NOTES.md", "mine/plot.py", "analyses/scribe/default/run/manifest.json")),
-    Case("analyze-beside-a-fifo", _setup(lambda w: (w.run / "metrics.jsonl").unlink(),
-                                         lambda w: os.mkfifo(w.run / "metrics.jsonl"), args=analyze("-p", "peek", "-q")),
-         0, "", run_unchanged=False, created=("analyses/peek/default/epoch_0002/manifest.json",)),
-    Case("analyze-user-edits-notes-meanwhile", _setup(write("NOTES.md", "draft"), args=analyze("-p", "editor", "-q")),
-         0, "", run_unchanged=False, created=("analyses/editor/default/run/manifest.json",)),
+    Case(
+        "analyze-user-writes-notes-meanwhile",
+        analyze("-p", "scribe", "-q"),
+        0,
+        "warning: scribe (run): new files outside its result folder while it ran (left in place): "
+        "NOTES.md, mine/plot.py",
+        run_unchanged=False,
+        created=("NOTES.md", "mine/plot.py", "analyses/scribe/default/run/manifest.json"),
+    ),
+    Case(
+        "analyze-beside-a-fifo",
+        _setup(
+            lambda w: (w.run / "metrics.jsonl").unlink(),
+            lambda w: os.mkfifo(w.run / "metrics.jsonl"),
+            args=analyze("-p", "peek", "-q"),
+        ),
+        0,
+        "",
+        run_unchanged=False,
+        created=("analyses/peek/default/epoch_0002/manifest.json",),
+    ),
+    Case(
+        "analyze-user-edits-notes-meanwhile",
+        _setup(write("NOTES.md", "draft"), args=analyze("-p", "editor", "-q")),
+        0,
+        "",
+        run_unchanged=False,
+        created=("analyses/editor/default/run/manifest.json",),
+    ),
     # probe report: a linked report/ is not replaced
-    Case("report-folder-linked-out", _setup(to_out("report", "report"), args=lambda w: ["report", str(w.run)]),
-         1, "error: {run}/report: is a symlink; probe writes no report through a link (remove it)"),
+    Case(
+        "report-folder-linked-out",
+        _setup(to_out("report", "report"), args=lambda w: ["report", str(w.run)]),
+        1,
+        "error: {run}/report: is a symlink; probe writes no report through a link (remove it)",
+    ),
     # sweep points read from sweep.json: see the sweep table of tests/test_report_hostile.py
     # probe sweep --dry-run: what training would reject, for every point
-    Case("sweep-dry-run-unknown-layer", dry_run('full_maps = [["features.2"], ["features.99"]]'),
-         2, "error: {sweep}/spec.toml: point full_maps=features.99: --full-maps: unknown layer(s) features.99; "
-            f"recorded layers are {RECORDED}"),
-    Case("sweep-dry-run-point-name-too-long", dry_run(f'data = ["{"d" * 300}"]'),
-         2, "error: {sweep}/spec.toml: point data=" + "d" * 55 + "...: the folder name data=" + "d" * 35
-            + "... is 305 bytes; a file name may have at most 255"),
+    Case(
+        "sweep-dry-run-unknown-layer",
+        dry_run('full_maps = [["features.2"], ["features.99"]]'),
+        2,
+        "error: {sweep}/spec.toml: point full_maps=features.99: --full-maps: unknown layer(s) features.99; "
+        f"recorded layers are {RECORDED}",
+    ),
+    Case(
+        "sweep-dry-run-point-name-too-long",
+        dry_run(f'data = ["{"d" * 300}"]'),
+        2,
+        "error: {sweep}/spec.toml: point data="
+        + "d" * 55
+        + "...: the folder name data="
+        + "d" * 35
+        + "... is 305 bytes; a file name may have at most 255",
+    ),
 ]
 
 
@@ -363,6 +630,7 @@ def test_hostile_input(world: World, case: Case) -> None:
 
 # --- what is allowed still works --------------------------------------------------------------------------------
 
+
 def test_force_replaces_a_probe_run_and_keeps_nothing_of_it(world: World) -> None:
     """Only probe's entries (and its temporaries) are there: --force replaces the run, nothing else is touched."""
     (world.run / "analyses" / "x").mkdir(parents=True)
@@ -371,7 +639,12 @@ def test_force_replaces_a_probe_run_and_keeps_nothing_of_it(world: World) -> Non
     result = probe_cli(*train(world, "--force", "--optimizer", "Adam", "--base-width", "2"))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in world.run.iterdir()) == [
-        "activations", "checkpoints", "config.json", "data", "metrics.jsonl"]
+        "activations",
+        "checkpoints",
+        "config.json",
+        "data",
+        "metrics.jsonl",
+    ]
     config = json.loads((world.run / "config.json").read_text())
     assert config["train"]["optimizer"] == "Adam" and config["train"]["epochs"] == 1
     assert tree(world.out) == outside
@@ -393,15 +666,26 @@ def test_analyze_removes_stale_temporaries_and_nothing_else(world: World) -> Non
     stale_log.write_text("x")
     live = variant / ".run.1.abcd1234.tmp"  # pid 1 is alive: another process's work in progress
     live.mkdir()
-    users = [variant / ".notes.tmp", variant / f".x.{dead}.tmp", world.run / "analyses" / "mine.txt"]
+    users = [
+        variant / ".notes.tmp",
+        variant / f".x.{dead}.tmp",
+        world.run / "analyses" / "mine.txt",
+    ]
     for p in users:
         p.write_text("mine")
-    linked = variant / f".run.{dead}.link1234.tmp"  # probe-named but a link: never followed nor removed
+    linked = (
+        variant / f".run.{dead}.link1234.tmp"
+    )  # probe-named but a link: never followed nor removed
     linked.symlink_to(world.out / "victim")
     outside = tree(world.out)
     result = probe_cli("analyze", world.run, "-p", "curves", "-q")
     assert result.exit_code == 0, result.output
-    assert not stale_dir.exists() and not stale_old.exists() and not stale_file.exists() and not stale_log.exists()
+    assert (
+        not stale_dir.exists()
+        and not stale_old.exists()
+        and not stale_file.exists()
+        and not stale_log.exists()
+    )
     assert live.is_dir() and linked.is_symlink() and all(p.read_text() == "mine" for p in users)
     assert tree(world.out) == outside
 
@@ -411,7 +695,10 @@ def test_atomic_dir_refuses_a_link_as_target(tmp_path: Path) -> None:
     victim.mkdir()
     (victim / "keep.txt").write_text("keep")
     (tmp_path / "result").symlink_to(victim)
-    with pytest.raises(Exception, match="is a symbolic link") as info, atomic.atomic_dir(tmp_path / "result") as tmp:
+    with (
+        pytest.raises(Exception, match="is a symbolic link") as info,
+        atomic.atomic_dir(tmp_path / "result") as tmp,
+    ):
         (tmp / "a.txt").write_text("new")
     assert "result" in str(info.value)
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
@@ -424,16 +711,25 @@ def test_a_training_lock_held_elsewhere_refuses_a_second_writer(world: World) ->
         record = json.loads((world.run / lock.LOCK_FILE).read_text())
         result = probe_cli(*resume(world))
         forced = probe_cli(*train(world, "--force"))
-    expected = (f"error: --run-dir: {world.run} is being trained by pid {os.getpid()} on {socket.gethostname()} "
-                f"since {record['started']}; wait for it to finish or stop it (one training writes a run at a time)")
+    expected = (
+        f"error: --run-dir: {world.run} is being trained by pid {os.getpid()} on {socket.gethostname()} "
+        f"since {record['started']}; wait for it to finish or stop it (one training writes a run at a time)"
+    )
     for r in (result, forced):
         assert r.exit_code == 2 and r.stderr.strip() == expected, r.output
     assert tree(world.run) == before  # the lock file is gone with its holder, nothing else changed
 
 
 def test_a_stale_lock_file_is_taken_over(world: World) -> None:
-    (world.run / lock.LOCK_FILE).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
-                                                        "started": "2020-01-01T00:00:00+00:00"}))
+    (world.run / lock.LOCK_FILE).write_text(
+        json.dumps(
+            {
+                "pid": _dead_pid(),
+                "host": socket.gethostname(),
+                "started": "2020-01-01T00:00:00+00:00",
+            }
+        )
+    )
     result = probe_cli(*train(world, "--force", "--base-width", "2"))
     assert result.exit_code == 0, result.output
     assert not (world.run / lock.LOCK_FILE).exists()
@@ -458,15 +754,28 @@ def test_clear_run_leaves_what_appeared_after_the_check(world: World) -> None:
     (world.run / ".metrics.jsonl.77.abcdefgh.tmp").write_text("a killed writer's")
     clear_run(world.run)
     assert sorted(p.relative_to(world.run).as_posix() for p in world.run.rglob("*")) == [
-        "NOTES.md", "checkpoints", "checkpoints/mine.txt"]
+        "NOTES.md",
+        "checkpoints",
+        "checkpoints/mine.txt",
+    ]
 
 
 def test_training_removes_only_its_own_temporaries(world: World) -> None:
     from probe.rundir.prepare import remove_training_temps
 
-    ours = [".config.json.abc123.tmp", ".metrics.jsonl.9.zzzzzzzz.tmp", "checkpoints/.epoch_0003.safetensors.5.abcdefgh.tmp",
-            "activations/.epoch_0003.h5.5.abcdefgh.h5.tmp", "data/.probe_set.safetensors.x.tmp"]
-    theirs = [".notes.tmp", "checkpoints/.draft.tmp", "activations/.epoch_0003.npy.tmp", "data/.labels.csv.1.tmp"]
+    ours = [
+        ".config.json.abc123.tmp",
+        ".metrics.jsonl.9.zzzzzzzz.tmp",
+        "checkpoints/.epoch_0003.safetensors.5.abcdefgh.tmp",
+        "activations/.epoch_0003.h5.5.abcdefgh.h5.tmp",
+        "data/.probe_set.safetensors.x.tmp",
+    ]
+    theirs = [
+        ".notes.tmp",
+        "checkpoints/.draft.tmp",
+        "activations/.epoch_0003.npy.tmp",
+        "data/.labels.csv.1.tmp",
+    ]
     for rel in ours + theirs:
         (world.run / rel).write_text("x")
     removed = remove_training_temps(world.run)

@@ -39,7 +39,8 @@ from probe.studies import compare
 browser = test_report.browser  # the module-scoped headless Chromium of the run-page tests, shared
 
 PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
 
 # Each breaks out of one context if written unescaped: text, a quoted attribute (either
 # quote), the inline JSON script (`</script>`, and `<!--<script>`, the double-escaped
@@ -73,12 +74,28 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj))
 
 
-def manifest(analysis: str, variant: str, epoch: int | None, files: list[str], s: str, version: str = "1") -> dict:
-    return {"format": "probe-result/1", "analysis": analysis, "variant": variant, "version": version,
-            "provider": s, "provider_version": s, "params": {s: s, "n": 1},
-            "scope": "run" if epoch is None else "epoch", "epoch": epoch, "epochs": [0, 1] if epoch is None else [epoch],
-            "files": files, "scalars": {s: s, "value": 1.5}, "captions": {files[0]: s} if files else {},
-            "created": s, "seconds": 0.5, "key": s, "inputs": {s: s}}
+def manifest(
+    analysis: str, variant: str, epoch: int | None, files: list[str], s: str, version: str = "1"
+) -> dict:
+    return {
+        "format": "probe-result/1",
+        "analysis": analysis,
+        "variant": variant,
+        "version": version,
+        "provider": s,
+        "provider_version": s,
+        "params": {s: s, "n": 1},
+        "scope": "run" if epoch is None else "epoch",
+        "epoch": epoch,
+        "epochs": [0, 1] if epoch is None else [epoch],
+        "files": files,
+        "scalars": {s: s, "value": 1.5},
+        "captions": {files[0]: s} if files else {},
+        "created": s,
+        "seconds": 0.5,
+        "key": s,
+        "inputs": {s: s},
+    }
 
 
 def make_run(root: Path, h: dict[str, str]) -> Path:
@@ -87,12 +104,32 @@ def make_run(root: Path, h: dict[str, str]) -> Path:
     (root / "checkpoints").mkdir(parents=True)
     for e in (0, 1):
         (root / f"checkpoints/epoch_{e:04d}.safetensors").write_bytes(b"")
-    write_json(root / "config.json", {
-        "format": "probe-run/1", "train": {"epochs": 1, "optimizer": c, "lr": 0.1, c: c, "augment": [c, 1]},
-        "model_spec": {"arch": c, c: [c, {c: c}]}, "versions": {"torch": c, c: c}, "data_source": c,
-        "classes": [c, c], "num_params": 1234, c: {c: c}, "device": c})
-    rows = [{"epoch": 0, "val_loss": 2.3, "val_acc": 0.1, mt: 0.5, "note": mt},
-            {"epoch": 1, "train_loss": 1.9, "train_acc": 0.3, "val_loss": 2.0, "val_acc": 0.25, mt: 0.7, "note": mt}]
+    write_json(
+        root / "config.json",
+        {
+            "format": "probe-run/1",
+            "train": {"epochs": 1, "optimizer": c, "lr": 0.1, c: c, "augment": [c, 1]},
+            "model_spec": {"arch": c, c: [c, {c: c}]},
+            "versions": {"torch": c, c: c},
+            "data_source": c,
+            "classes": [c, c],
+            "num_params": 1234,
+            c: {c: c},
+            "device": c,
+        },
+    )
+    rows = [
+        {"epoch": 0, "val_loss": 2.3, "val_acc": 0.1, mt: 0.5, "note": mt},
+        {
+            "epoch": 1,
+            "train_loss": 1.9,
+            "train_acc": 0.3,
+            "val_loss": 2.0,
+            "val_acc": 0.25,
+            mt: 0.7,
+            "note": mt,
+        },
+    ]
     (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     a = root / "analyses"
     fig, data = fname(mf) + ".png", fname(mf) + ".json"
@@ -111,19 +148,36 @@ def make_run(root: Path, h: dict[str, str]) -> Path:
     # results of an older version of an installed analysis: hidden, with the command that recomputes them
     d = a / "sharp/default/run"
     write_json(d / "manifest.json", manifest("sharp", "default", None, [], mf, version=mf))
-    write_json(a / "boom/default/epoch_0001.failed.json", {
-        "analysis": "boom", "variant": "default", "epoch": 1, "params": {fl: fl, "eps": 0.5}, "status": fl,
-        "error": fl, "traceback": f"Traceback:\n  {fl}\n{fl}", "created": fl})
+    write_json(
+        a / "boom/default/epoch_0001.failed.json",
+        {
+            "analysis": "boom",
+            "variant": "default",
+            "epoch": 1,
+            "params": {fl: fl, "eps": 0.5},
+            "status": fl,
+            "error": fl,
+            "traceback": f"Traceback:\n  {fl}\n{fl}",
+            "created": fl,
+        },
+    )
     return root
 
 
 def installed(s: str) -> tuple[dict[str, Installed], str]:
     """Installed analyses whose summaries and captions carry `s`; a plugin-load note too."""
-    def one(name: str, scope: str, version: str = "1") -> Installed:
-        return Installed(name, scope, s, {"eps": 0.1}, {"x.png": s}, {"name": name, "summary": s}, version)
 
-    inst = {"demo": one("demo", "epoch"), "sharp": one("sharp", "run", "2"), "boom": one("boom", "epoch"),
-            "never": one("never", "epoch")}
+    def one(name: str, scope: str, version: str = "1") -> Installed:
+        return Installed(
+            name, scope, s, {"eps": 0.1}, {"x.png": s}, {"name": name, "summary": s}, version
+        )
+
+    inst = {
+        "demo": one("demo", "epoch"),
+        "sharp": one("sharp", "run", "2"),
+        "boom": one("boom", "epoch"),
+        "never": one("never", "epoch"),
+    }
     return inst, f"plugin broken did not load: {s}"
 
 
@@ -132,11 +186,25 @@ def make_sweep(root: Path, s: str) -> Path:
     names = [fname(s), "lr=0.1"]
     points = [{"name": n, "values": {"lr": v}} for n, v in zip(names, [s, 0.1], strict=True)]
     points.append({"name": fname(s + "-unstarted"), "values": {"lr": s}})
-    write_json(root / "sweep.json", {"format": "probe-sweep/1", "name": s, "description": s,
-                                     "grid": {"lr": [s, 0.1]}, "swept": ["lr"], "points": points,
-                                     "analyze": {"plugins": [s], "epochs": s, "params": {}}})
-    write_json(root / "status.json", {"format": "probe-sweep/1", "runs": {
-        names[0]: {"state": "failed", "error": s}, names[1]: {"state": "done"}}})
+    write_json(
+        root / "sweep.json",
+        {
+            "format": "probe-sweep/1",
+            "name": s,
+            "description": s,
+            "grid": {"lr": [s, 0.1]},
+            "swept": ["lr"],
+            "points": points,
+            "analyze": {"plugins": [s], "epochs": s, "params": {}},
+        },
+    )
+    write_json(
+        root / "status.json",
+        {
+            "format": "probe-sweep/1",
+            "runs": {names[0]: {"state": "failed", "error": s}, names[1]: {"state": "done"}},
+        },
+    )
     for n, lr in zip(names, [s, 0.1], strict=True):
         make_run(root / n, {**{k: CLEAN for k in CONTEXTS}, "config": s})
         cfg = json.loads((root / n / "config.json").read_text())
@@ -153,7 +221,9 @@ def build(tmp: Path, h: dict[str, str], sweep: bool = True) -> tuple[Path, Path 
     assert not warnings, warnings  # every hostile string is a legal value: nothing is skipped
     if not sweep:
         return run_page, None
-    sweep_page = report_sweep(make_sweep(tmp / "sweep", h["sweep"]), echo=lambda _: None, warn=warnings.append).path
+    sweep_page = report_sweep(
+        make_sweep(tmp / "sweep", h["sweep"]), echo=lambda _: None, warn=warnings.append
+    ).path
     assert not warnings, warnings
     return run_page, sweep_page
 
@@ -176,7 +246,9 @@ class Parsed(HTMLParser):
         self.tags.add(tag)
         self.attrs.update(k for k, _ in attrs)
         self.ids.update(v for k, v in attrs if k == "id")
-        self.text.extend(v for k, v in attrs if v and k in ("alt", "title", "data-run", "data-fig", "aria-label"))
+        self.text.extend(
+            v for k, v in attrs if v and k in ("alt", "title", "data-run", "data-fig", "aria-label")
+        )
         if tag == "script":
             self._script = dict(attrs)
 
@@ -210,12 +282,15 @@ def _same_shape(page: Parsed, clean: Parsed) -> None:
 
 # --- escaping, table-driven ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("context", CONTEXTS)
 @pytest.mark.parametrize("key", list(HOSTILE))
 def test_every_context_escapes_every_hostile_string(tmp_path, clean_pages, context, key):
     s = HOSTILE[key]
     # the sweep page shows the sweep's files and its runs' configs; the rest only reach the run page
-    run_page, sweep_page = build(tmp_path, {**{k: CLEAN for k in CONTEXTS}, context: s}, context in ("sweep", "config"))
+    run_page, sweep_page = build(
+        tmp_path, {**{k: CLEAN for k in CONTEXTS}, context: s}, context in ("sweep", "config")
+    )
     run = Parsed(run_page.read_text())
     _same_shape(run, clean_pages[0])
     if sweep_page is not None:
@@ -224,17 +299,24 @@ def test_every_context_escapes_every_hostile_string(tmp_path, clean_pages, conte
     want = fname(s) if context == "names" else s
     text = "".join(page.text)
     inline = "".join(body for _, body in page.scripts)
-    assert want in text or json.dumps(want)[1:-1].replace("<", "\\u003c") in inline, f"{want!r} not shown as text"
+    assert want in text or json.dumps(want)[1:-1].replace("<", "\\u003c") in inline, (
+        f"{want!r} not shown as text"
+    )
     assert "{{" not in s or "100001" not in text.replace(want, "")  # no template evaluated a value
 
 
 def test_inline_json_escapes_what_ends_a_script():
     from probe.report.render import environment
 
-    out = environment().from_string("<script>{{ v|tojson }}</script>").render(
-        v={"a": "</script><!--<script>", "b": "'&"})
-    assert out == ('<script>{"a": "\\u003c/script\\u003e\\u003c!--\\u003cscript\\u003e", '
-                   '"b": "\\u0027\\u0026"}</script>')
+    out = (
+        environment()
+        .from_string("<script>{{ v|tojson }}</script>")
+        .render(v={"a": "</script><!--<script>", "b": "'&"})
+    )
+    assert out == (
+        '<script>{"a": "\\u003c/script\\u003e\\u003c!--\\u003cscript\\u003e", '
+        '"b": "\\u0027\\u0026"}</script>'
+    )
 
 
 @pytest.mark.parametrize("name", ["javascript:x", "a b?c#d", "%2e%2e", "<x>\"'"])
@@ -242,13 +324,18 @@ def test_links_are_relative_and_percent_encoded(tmp_path, name):
     from probe.report.render import _rel
 
     url = _rel(tmp_path / "report", tmp_path / "analyses" / name)
-    assert url.startswith("../analyses/") and url.count("/") == 2  # one encoded part, never a path step of its own
-    assert not set(url[len("../analyses/"):]) & set(":?#<>\"' ") and "%" in url[len("../analyses/"):]
+    assert (
+        url.startswith("../analyses/") and url.count("/") == 2
+    )  # one encoded part, never a path step of its own
+    assert (
+        not set(url[len("../analyses/") :]) & set(":?#<>\"' ") and "%" in url[len("../analyses/") :]
+    )
     with pytest.raises(ValueError):
         _rel(tmp_path / "report", tmp_path / "analyses" / ".." / name)
 
 
 # --- crafted files: one line each --------------------------------------------------------------------------------
+
 
 def clean_run(root: Path) -> Path:
     return make_run(root, {k: CLEAN for k in CONTEXTS})
@@ -280,7 +367,9 @@ def sentinel(tmp_path) -> Path:
     s = tmp_path / "outside"
     (s / "sub").mkdir(parents=True)
     (s / "secret.txt").write_text("secret-canary")
-    (s / "sub" / "manifest.json").write_text(json.dumps(manifest("demo", "default", 0, ["secret.txt"], "canary")))
+    (s / "sub" / "manifest.json").write_text(
+        json.dumps(manifest("demo", "default", 0, ["secret.txt"], "canary"))
+    )
     return s
 
 
@@ -293,12 +382,14 @@ def _set(rel: str, **fields):
         d = json.loads(p.read_text())
         d.update(fields)
         p.write_text(json.dumps(d))
+
     return edit
 
 
 def _write(rel: str, text: str):
     def edit(run: Path, outside: Path) -> None:
         (run / rel).write_text(text)
+
     return edit
 
 
@@ -312,6 +403,7 @@ def _link(rel: str, target: str):
         elif p.exists():
             p.unlink()
         p.symlink_to(outside / target if target else Path("/dev/zero"))
+
     return edit
 
 
@@ -319,6 +411,7 @@ def _fifo(rel: str):
     def edit(run: Path, outside: Path) -> None:
         (run / rel).unlink()
         os.mkfifo(run / rel)
+
     return edit
 
 
@@ -334,55 +427,137 @@ def _extra(rel: str, kind: str):
         else:
             p.symlink_to(outside / "secret.txt")
         _files(rel)(run, outside)
+
     return edit
 
 
 DEEP = "[" * 10000 + "]" * 10000
 # (edit, the warning line's expected text) -- the page is still written, exit 0.
 WARNED = {
-    "scalars-as-list": (_set(M0, scalars=[1, 2]), f"{M0}: 'scalars' is not an object of numbers or strings; skipped"),
-    "scalars-nested": (_set(M0, scalars={"a": {"b": 1}}), "'scalars' is not an object of numbers or strings; skipped"),
-    "files-as-string": (_set(M0, files="plain.png"), "'files' is not a list of file names; skipped"),
-    "captions-int": (_set(M0, captions={"a": 1}), "'captions' is not an object of strings; skipped"),
-    "epoch-string": (_set(M0, epoch="<img src=x onerror=1>"), "'epoch' is not an integer or null; skipped"),
+    "scalars-as-list": (
+        _set(M0, scalars=[1, 2]),
+        f"{M0}: 'scalars' is not an object of numbers or strings; skipped",
+    ),
+    "scalars-nested": (
+        _set(M0, scalars={"a": {"b": 1}}),
+        "'scalars' is not an object of numbers or strings; skipped",
+    ),
+    "files-as-string": (
+        _set(M0, files="plain.png"),
+        "'files' is not a list of file names; skipped",
+    ),
+    "captions-int": (
+        _set(M0, captions={"a": 1}),
+        "'captions' is not an object of strings; skipped",
+    ),
+    "epoch-string": (
+        _set(M0, epoch="<img src=x onerror=1>"),
+        "'epoch' is not an integer or null; skipped",
+    ),
     "epoch-elsewhere": (_set(M0, epoch=7), "'epoch' is 7 but its folder says 0; skipped"),
-    "analysis-elsewhere": (_set(M0, analysis="never"), "'analysis' is 'never' but its folder says 'demo'; skipped"),
+    "analysis-elsewhere": (
+        _set(M0, analysis="never"),
+        "'analysis' is 'never' but its folder says 'demo'; skipped",
+    ),
     "scope-wrong": (_set(M0, scope="run"), "'scope' is 'run' but its folder says 'epoch'; skipped"),
     "params-list": (_set(M0, params=[1]), "'params' is not an object; skipped"),
     "version-float": (_set(M0, version=1.5), "'version' is not a string; skipped"),
     "format-other": (_set(M0, format="probe-result/99"), "format is not probe-result/1; skipped"),
-    "no-analysis": (_write(M0, json.dumps({"format": "probe-result/1"})), "no 'analysis' field; skipped"),
+    "no-analysis": (
+        _write(M0, json.dumps({"format": "probe-result/1"})),
+        "no 'analysis' field; skipped",
+    ),
     "manifest-list": (_write(M0, "[]"), f"{M0}: not a JSON object; skipped"),
-    "manifest-garbage": (_write(M0, "{not json"), "is not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2); skipped"),
+    "manifest-garbage": (
+        _write(M0, "{not json"),
+        "is not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2); skipped",
+    ),
     "manifest-deep": (_write(M0, DEEP), f"{M0}: is nested more than 64 levels deep; skipped"),
-    "manifest-nested-70": (_write(M0, '{"format": "probe-result/1", "analysis": "demo", "x": ' + "[" * 70 + "]" * 70 + "}"),
-                           f"{M0}: is nested more than 64 levels deep; skipped"),
-    "manifest-5000-digits": (_write(M0, '{"format": "probe-result/1", "analysis": "demo", "seconds": ' + "9" * 5000 + "}"),
-                             f"{M0}: holds an integer of 5,000 digits (at most 40 allowed); skipped"),
-    "manifest-not-utf8": (lambda run, out: (run / M0).write_bytes(b"\xff\xfe{}"), f"{M0}: is not UTF-8 text (byte 0); skipped"),
-    "manifest-too-big": (_write(M0, " " * (safeio.MAX_CONFIG_BYTES + 1) + "{}"),
-                         f"{M0}: is 1,048,579 bytes, more than the 1,048,576 allowed for this file; skipped"),
+    "manifest-nested-70": (
+        _write(
+            M0, '{"format": "probe-result/1", "analysis": "demo", "x": ' + "[" * 70 + "]" * 70 + "}"
+        ),
+        f"{M0}: is nested more than 64 levels deep; skipped",
+    ),
+    "manifest-5000-digits": (
+        _write(
+            M0, '{"format": "probe-result/1", "analysis": "demo", "seconds": ' + "9" * 5000 + "}"
+        ),
+        f"{M0}: holds an integer of 5,000 digits (at most 40 allowed); skipped",
+    ),
+    "manifest-not-utf8": (
+        lambda run, out: (run / M0).write_bytes(b"\xff\xfe{}"),
+        f"{M0}: is not UTF-8 text (byte 0); skipped",
+    ),
+    "manifest-too-big": (
+        _write(M0, " " * (safeio.MAX_CONFIG_BYTES + 1) + "{}"),
+        f"{M0}: is 1,048,579 bytes, more than the 1,048,576 allowed for this file; skipped",
+    ),
     "manifest-fifo": (_fifo(M0), f"{M0}: is a FIFO (named pipe), not a regular file; skipped"),
-    "manifest-link-dev-zero": (_link(M0, ""), f"{M0}: is a symbolic link, not a regular file (probe does not follow links here); skipped"),
-    "manifest-link-outside": (_link(M0, "sub/manifest.json"), f"{M0}: is a symbolic link, not a regular file (probe does not follow links here); skipped"),
-    "file-dotdot": (_files("../../../../outside/secret.txt"), "file '../../../../outside/secret.txt' leaves its result folder; not linked"),
+    "manifest-link-dev-zero": (
+        _link(M0, ""),
+        f"{M0}: is a symbolic link, not a regular file (probe does not follow links here); skipped",
+    ),
+    "manifest-link-outside": (
+        _link(M0, "sub/manifest.json"),
+        f"{M0}: is a symbolic link, not a regular file (probe does not follow links here); skipped",
+    ),
+    "file-dotdot": (
+        _files("../../../../outside/secret.txt"),
+        "file '../../../../outside/secret.txt' leaves its result folder; not linked",
+    ),
     "file-absolute": (_files("/etc/passwd"), "file '/etc/passwd' is an absolute path; not linked"),
     "file-symlink": (_extra("link.png", "link"), "file 'link.png' is a symlink; not linked"),
-    "file-directory": (_extra("dir.png", "dir"), "file 'dir.png' is not a regular file; not linked"),
+    "file-directory": (
+        _extra("dir.png", "dir"),
+        "file 'dir.png' is not a regular file; not linked",
+    ),
     "file-backslash": (_files("..\\..\\x.png"), "is not a file name; not linked"),
-    "result-dir-link": (_link("analyses/demo/default/epoch_0000", "sub"),
-                        "analyses/demo/default/epoch_0000: a symlink; skipped (probe follows no link out of a run)"),
+    "result-dir-link": (
+        _link("analyses/demo/default/epoch_0000", "sub"),
+        "analyses/demo/default/epoch_0000: a symlink; skipped (probe follows no link out of a run)",
+    ),
     "analyses-link": (_link("analyses", "sub"), "analyses: a symlink; no results shown"),
-    "failure-list": (_write("analyses/boom/default/epoch_0001.failed.json", "[1]"), "epoch_0001.failed.json: not a JSON object; skipped"),
-    "failure-error-dict": (_set("analyses/boom/default/epoch_0001.failed.json", error={"a": 1}), "'error' is not a string; skipped"),
-    "failure-epoch-elsewhere": (_set("analyses/boom/default/epoch_0001.failed.json", epoch=0), "'epoch' is 0 but its folder says 1; skipped"),
-    "failure-params-list": (_set("analyses/boom/default/epoch_0001.failed.json", params=["x"]), "'params' is not an object; skipped"),
-    "failure-traceback-int": (_set("analyses/boom/default/epoch_0001.failed.json", traceback=12), "'traceback' is not a string; skipped"),
-    "failure-link": (_link("analyses/boom/default/epoch_0001.failed.json", "secret.txt"), "epoch_0001.failed.json: a symlink; skipped"),
-    "metrics-middle-line": (_write("metrics.jsonl", '{"epoch": 0}\n[1, 2]\n{"epoch": 1}\n'), "metrics.jsonl: line 2 is not a metrics record (no integer 'epoch'); line skipped"),
-    "metrics-epoch-string": (_write("metrics.jsonl", '{"epoch": "1"}\n{"epoch": 1}\n'), "line 1 is not a metrics record (no integer 'epoch'); line skipped"),
-    "metrics-deep": (_write("metrics.jsonl", DEEP + '\n{"epoch": 1}\n'), "metrics.jsonl: line 1 is nested more than 64 levels deep; line skipped"),
-    "metrics-link": (_link("metrics.jsonl", "secret.txt"), "metrics.jsonl: is a symbolic link, not a regular file (probe does not follow links here); no metrics shown"),
+    "failure-list": (
+        _write("analyses/boom/default/epoch_0001.failed.json", "[1]"),
+        "epoch_0001.failed.json: not a JSON object; skipped",
+    ),
+    "failure-error-dict": (
+        _set("analyses/boom/default/epoch_0001.failed.json", error={"a": 1}),
+        "'error' is not a string; skipped",
+    ),
+    "failure-epoch-elsewhere": (
+        _set("analyses/boom/default/epoch_0001.failed.json", epoch=0),
+        "'epoch' is 0 but its folder says 1; skipped",
+    ),
+    "failure-params-list": (
+        _set("analyses/boom/default/epoch_0001.failed.json", params=["x"]),
+        "'params' is not an object; skipped",
+    ),
+    "failure-traceback-int": (
+        _set("analyses/boom/default/epoch_0001.failed.json", traceback=12),
+        "'traceback' is not a string; skipped",
+    ),
+    "failure-link": (
+        _link("analyses/boom/default/epoch_0001.failed.json", "secret.txt"),
+        "epoch_0001.failed.json: a symlink; skipped",
+    ),
+    "metrics-middle-line": (
+        _write("metrics.jsonl", '{"epoch": 0}\n[1, 2]\n{"epoch": 1}\n'),
+        "metrics.jsonl: line 2 is not a metrics record (no integer 'epoch'); line skipped",
+    ),
+    "metrics-epoch-string": (
+        _write("metrics.jsonl", '{"epoch": "1"}\n{"epoch": 1}\n'),
+        "line 1 is not a metrics record (no integer 'epoch'); line skipped",
+    ),
+    "metrics-deep": (
+        _write("metrics.jsonl", DEEP + '\n{"epoch": 1}\n'),
+        "metrics.jsonl: line 1 is nested more than 64 levels deep; line skipped",
+    ),
+    "metrics-link": (
+        _link("metrics.jsonl", "secret.txt"),
+        "metrics.jsonl: is a symbolic link, not a regular file (probe does not follow links here); no metrics shown",
+    ),
 }
 
 
@@ -407,15 +582,38 @@ def test_crafted_file_is_skipped_with_one_warning(tmp_path, empty_registry, sent
 # (edit, the error line's expected text) -- nothing written, exit 1.
 REFUSED = {
     "config-deep": (_write("config.json", DEEP), "config.json: is nested more than 64 levels deep"),
-    "config-list": (_write("config.json", "[]"), "config.json: not a probe config (no 'train' table)"),
-    "config-train-string": (_write("config.json", '{"train": "x"}'), "config.json: not a probe config (no 'train' table)"),
-    "config-digits": (_write("config.json", '{"train": {"epochs": ' + "1" * 5000 + "}}"), "config.json: holds an integer of 5,000 digits (at most 40 allowed)"),
-    "config-dev-zero": (_link("config.json", ""), "config.json: is a symbolic link, not a regular file (probe does not follow links here)"),
-    "config-outside": (_link("config.json", "secret.txt"), "config.json: is a symbolic link, not a regular file (probe does not follow links here)"),
-    "report-link": (_link("report", "sub"), "report: is a symlink; probe writes no report through a link (remove it)"),
-    "report-file": (_write("report", "x"), "report: is not a directory (move it away to write the report)"),
-    "report-user-files": (lambda run, out: ((run / "report").mkdir(), (run / "report/NOTES.md").write_text("mine")),
-                          "report: holds files probe did not write (NOTES.md); move them away to rebuild the report"),
+    "config-list": (
+        _write("config.json", "[]"),
+        "config.json: not a probe config (no 'train' table)",
+    ),
+    "config-train-string": (
+        _write("config.json", '{"train": "x"}'),
+        "config.json: not a probe config (no 'train' table)",
+    ),
+    "config-digits": (
+        _write("config.json", '{"train": {"epochs": ' + "1" * 5000 + "}}"),
+        "config.json: holds an integer of 5,000 digits (at most 40 allowed)",
+    ),
+    "config-dev-zero": (
+        _link("config.json", ""),
+        "config.json: is a symbolic link, not a regular file (probe does not follow links here)",
+    ),
+    "config-outside": (
+        _link("config.json", "secret.txt"),
+        "config.json: is a symbolic link, not a regular file (probe does not follow links here)",
+    ),
+    "report-link": (
+        _link("report", "sub"),
+        "report: is a symlink; probe writes no report through a link (remove it)",
+    ),
+    "report-file": (
+        _write("report", "x"),
+        "report: is not a directory (move it away to write the report)",
+    ),
+    "report-user-files": (
+        lambda run, out: ((run / "report").mkdir(), (run / "report/NOTES.md").write_text("mine")),
+        "report: holds files probe did not write (NOTES.md); move them away to rebuild the report",
+    ),
 }
 
 
@@ -455,6 +653,7 @@ def test_report_write_failure_is_one_line(tmp_path, empty_registry, monkeypatch,
 def _status(obj):
     def edit(sweep: Path, outside: Path) -> None:
         write_json(sweep / "status.json", obj)
+
     return edit
 
 
@@ -463,6 +662,7 @@ def _points(*names):
         d = json.loads((sweep / "sweep.json").read_text())
         d["points"] += [{"name": n, "values": {"lr": 0.5}} for n in names]
         write_json(sweep / "sweep.json", d)
+
     return edit
 
 
@@ -473,23 +673,55 @@ def _point_link(sweep: Path, outside: Path) -> None:
 
 SWEEP_WARNED = {
     "status-list": (_status([1]), "status.json: not a sweep status (no 'runs' object); ignored"),
-    "status-runs-list": (_status({"runs": ["lr=0.1"]}), "status.json: not a sweep status (no 'runs' object); ignored"),
-    "status-entry-string": (_status({"runs": {"lr=0.1": "failed"}}), "the entry of 'lr=0.1' is not a status (state and error strings); ignored"),
-    "status-error-dict": (_status({"runs": {"lr=0.1": {"state": "failed", "error": {"x": 1}}}}), "the entry of 'lr=0.1' is not a status"),
-    "status-deep": (lambda s, o: (s / "status.json").write_text(DEEP), "status.json: is nested more than 64 levels deep; ignored"),
-    "point-absolute": (None, "sweep.json: point 4: 'OUTSIDE' is not a folder name (it must be one name, no '/' or '..'); skipped"),
-    "point-dotdot": (_points("../x"), "sweep.json: point 4: '../x' is not a folder name (it must be one name, no '/' or '..'); skipped"),
-    "point-dot": (_points(".."), "sweep.json: point 4: '..' is not a folder name (it must be one name, no '/' or '..'); skipped"),
-    "point-long": (_points("x" * 300), "sweep.json: point 4: a name of 300 bytes is longer than a folder name may be (255); skipped"),
-    "point-symlink": (_point_link, "/evil: is a symbolic link; probe never writes through a link out of"),
-    "point-int": (_points(7), "sweep.json: point 4: 7 is not a folder name (it must be one name, no '/' or '..'); skipped"),
+    "status-runs-list": (
+        _status({"runs": ["lr=0.1"]}),
+        "status.json: not a sweep status (no 'runs' object); ignored",
+    ),
+    "status-entry-string": (
+        _status({"runs": {"lr=0.1": "failed"}}),
+        "the entry of 'lr=0.1' is not a status (state and error strings); ignored",
+    ),
+    "status-error-dict": (
+        _status({"runs": {"lr=0.1": {"state": "failed", "error": {"x": 1}}}}),
+        "the entry of 'lr=0.1' is not a status",
+    ),
+    "status-deep": (
+        lambda s, o: (s / "status.json").write_text(DEEP),
+        "status.json: is nested more than 64 levels deep; ignored",
+    ),
+    "point-absolute": (
+        None,
+        "sweep.json: point 4: 'OUTSIDE' is not a folder name (it must be one name, no '/' or '..'); skipped",
+    ),
+    "point-dotdot": (
+        _points("../x"),
+        "sweep.json: point 4: '../x' is not a folder name (it must be one name, no '/' or '..'); skipped",
+    ),
+    "point-dot": (
+        _points(".."),
+        "sweep.json: point 4: '..' is not a folder name (it must be one name, no '/' or '..'); skipped",
+    ),
+    "point-long": (
+        _points("x" * 300),
+        "sweep.json: point 4: a name of 300 bytes is longer than a folder name may be (255); skipped",
+    ),
+    "point-symlink": (
+        _point_link,
+        "/evil: is a symbolic link; probe never writes through a link out of",
+    ),
+    "point-int": (
+        _points(7),
+        "sweep.json: point 4: 7 is not a folder name (it must be one name, no '/' or '..'); skipped",
+    ),
     "point-twice": (_points("lr=0.1"), "point 4 ('lr=0.1') is listed twice; skipped"),
 }
 
 
 @pytest.mark.parametrize("command", ["report", "compare"])
 @pytest.mark.parametrize("case", list(SWEEP_WARNED))
-def test_crafted_sweep_files_are_warned_about_once(tmp_path, empty_registry, sentinel, case, command):
+def test_crafted_sweep_files_are_warned_about_once(
+    tmp_path, empty_registry, sentinel, case, command
+):
     edit, expected = SWEEP_WARNED[case]
     sweep = make_sweep(tmp_path / "sw", CLEAN)
     if edit is None:  # a point naming a folder outside the sweep by its absolute path
@@ -505,19 +737,26 @@ def test_crafted_sweep_files_are_warned_about_once(tmp_path, empty_registry, sen
     assert tree_digest(sentinel) == before and not (sentinel / REPORT_DIR).exists()
 
 
-@pytest.mark.parametrize("text, expected", [
-    (DEEP, "sweep.json: is nested more than 64 levels deep (not a readable sweep file)"),
-    ("[]", "sweep.json: not a readable sweep file (no 'points' list)"),
-    ('{"points": [], "grid": 3}', "sweep.json: not a readable sweep file (no 'grid' object)"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (DEEP, "sweep.json: is nested more than 64 levels deep (not a readable sweep file)"),
+        ("[]", "sweep.json: not a readable sweep file (no 'points' list)"),
+        ('{"points": [], "grid": 3}', "sweep.json: not a readable sweep file (no 'grid' object)"),
+    ],
+)
 @pytest.mark.parametrize("command", ["report", "compare"])
 def test_unreadable_sweep_file_is_one_error_line(tmp_path, empty_registry, text, expected, command):
     sweep = make_sweep(tmp_path / "sw", CLEAN)
     (sweep / "sweep.json").write_text(text)
     cmd = report.report_command if command == "report" else compare.compare_command
     r = invoke(cmd, sweep, *(["--no-plots"] if command == "compare" else []))
-    assert r.exit_code == 1 and r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
-    if command == "compare" or "points" not in expected:  # the page reads sweep.json itself, compare its points
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and r.output.startswith("error: "), (
+        r.output
+    )
+    if (
+        command == "compare" or "points" not in expected
+    ):  # the page reads sweep.json itself, compare its points
         assert expected in r.output, r.output
 
 
@@ -530,8 +769,11 @@ def test_compare_write_failure_is_one_line(tmp_path, empty_registry, monkeypatch
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", fail)
     r = invoke(compare.compare_command, sweep, "--no-plots", "--out", tmp_path / "out")
-    assert r.exit_code == 1 and r.output.splitlines()[-1] == \
-        f"error: {tmp_path / 'out' / 'table.csv'}: could not write ({os.strerror(err)}); nothing was replaced", r.output
+    assert (
+        r.exit_code == 1
+        and r.output.splitlines()[-1]
+        == f"error: {tmp_path / 'out' / 'table.csv'}: could not write ({os.strerror(err)}); nothing was replaced"
+    ), r.output
 
 
 def test_compare_default_out_that_is_a_symlink_is_refused(tmp_path, empty_registry, sentinel):
@@ -540,11 +782,16 @@ def test_compare_default_out_that_is_a_symlink_is_refused(tmp_path, empty_regist
     before = tree_digest(sentinel)
     r = invoke(compare.compare_command, sweep, "--no-plots")
     assert r.exit_code == 1 and r.output.count("\n") == 1
-    assert r.output == f"error: {sweep / 'compare'}: a symlink; probe writes nothing through a link (remove it or give --out)\n"
+    assert (
+        r.output
+        == f"error: {sweep / 'compare'}: a symlink; probe writes nothing through a link (remove it or give --out)\n"
+    )
     assert tree_digest(sentinel) == before
 
 
-@pytest.mark.parametrize("value", ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "plain"])
+@pytest.mark.parametrize(
+    "value", ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "plain"]
+)
 def test_csv_cells_never_start_a_formula(value):
     text = compare.to_csv(["run", value], [{"run": value, value: value}])
     import csv
@@ -556,7 +803,9 @@ def test_csv_cells_never_start_a_formula(value):
 
 
 def test_terminal_table_shows_control_characters_escaped(tmp_path):
-    row = compare.RunRow(tmp_path, "a\x1b[2Jb\u202e", {}, [{"epoch": 0, "val_acc": 0.5}], state="\x07done")
+    row = compare.RunRow(
+        tmp_path, "a\x1b[2Jb\u202e", {}, [{"epoch": 0, "val_acc": 0.5}], state="\x07done"
+    )
     columns, records = compare.table([row], [])
     out = compare.render(columns, records, [], show_run=True)
     assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
@@ -564,6 +813,7 @@ def test_terminal_table_shows_control_characters_escaped(tmp_path):
 
 
 # --- older versions (#12, item 3) -----------------------------------------------------------------------------
+
 
 def test_only_current_version_results_are_shown_with_the_command_for_older_ones(tmp_path):
     run = clean_run(tmp_path / "run")
@@ -612,29 +862,47 @@ def test_hostile_everything_runs_no_script_in_a_browser(browser, clean_dom, tmp_
     for page, clean in ((run_page, clean_dom[0]), (sweep_page, clean_dom[1])):
         dom = _dom(browser, page)
         assert dom["pwned"] == "undefined", page
-        assert dom["tags"] == clean["tags"] and dom["attrs"] == clean["attrs"], (dom["tags"], dom["attrs"])
+        assert dom["tags"] == clean["tags"] and dom["attrs"] == clean["attrs"], (
+            dom["tags"],
+            dom["attrs"],
+        )
         assert dom["scripts"] == clean["scripts"] and dom["footer"]
-        assert len(dom["ids"]) == len(clean["ids"]) and dom["ids"][-1] == clean["ids"][-1]  # no section swallowed
+        assert (
+            len(dom["ids"]) == len(clean["ids"]) and dom["ids"][-1] == clean["ids"][-1]
+        )  # no section swallowed
         assert all(u.startswith("file:") for u in dom["urls"]), dom["urls"]
-    run_dir = sweep_page.parent.parent / fname(HOSTILE[key]) / REPORT_DIR / INDEX  # a run page of the sweep, by link
+    run_dir = (
+        sweep_page.parent.parent / fname(HOSTILE[key]) / REPORT_DIR / INDEX
+    )  # a run page of the sweep, by link
     dom = _dom(browser, run_dir)
     assert dom["pwned"] == "undefined" and dom["footer"]
 
 
-
 # --- any JSON in any field: never a traceback (Hypothesis) ------------------------------------------------------
+
 
 def _json_values():
     from hypothesis import strategies as st
 
     leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-                        max_leaves=8)
+    return st.recursive(
+        leaves,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        ),
+        max_leaves=8,
+    )
 
 
-FIELDS = [("manifest", k) for k in report.MANIFEST_FIELDS] + [("failure", k) for k in report.FAILURE_FIELDS] + \
-    [("config", k) for k in ("train", "model_spec", "versions", "classes", "num_params", "data_source")] + \
-    [("metrics", k) for k in ("epoch", "val_acc", "train_acc", "epoch_seconds", "lr")]
+FIELDS = (
+    [("manifest", k) for k in report.MANIFEST_FIELDS]
+    + [("failure", k) for k in report.FAILURE_FIELDS]
+    + [
+        ("config", k)
+        for k in ("train", "model_spec", "versions", "classes", "num_params", "data_source")
+    ]
+    + [("metrics", k) for k in ("epoch", "val_acc", "train_acc", "epoch_seconds", "lr")]
+)
 
 
 @pytest.fixture(scope="module")
@@ -646,11 +914,17 @@ def fuzz_run(tmp_path_factory) -> Path:
 def test_any_json_in_any_field_is_shown_or_skipped_never_a_traceback(fuzz_run, where, key):
     from hypothesis import HealthCheck, given, settings
 
-    files = {"manifest": fuzz_run / M0, "failure": fuzz_run / "analyses/boom/default/epoch_0001.failed.json",
-             "config": fuzz_run / "config.json", "metrics": fuzz_run / "metrics.jsonl"}
+    files = {
+        "manifest": fuzz_run / M0,
+        "failure": fuzz_run / "analyses/boom/default/epoch_0001.failed.json",
+        "config": fuzz_run / "config.json",
+        "metrics": fuzz_run / "metrics.jsonl",
+    }
     original = files[where].read_text()
 
-    @settings(max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(value=_json_values())
     def check(value):
         if where == "metrics":
@@ -663,7 +937,9 @@ def test_any_json_in_any_field_is_shown_or_skipped_never_a_traceback(fuzz_run, w
             files[where].write_text(json.dumps(d))
         warnings: list[str] = []
         try:
-            page = report_run(fuzz_run, force=True, installed=installed(CLEAN), warn=warnings.append).path
+            page = report_run(
+                fuzz_run, force=True, installed=installed(CLEAN), warn=warnings.append
+            ).path
         except report.ProbeError as exc:  # only a config.json that is no config may stop the page
             assert where == "config" and key == "train" and "\n" not in str(exc), exc
             return
@@ -676,17 +952,23 @@ def test_any_json_in_any_field_is_shown_or_skipped_never_a_traceback(fuzz_run, w
         files[where].write_text(original)
 
 
-def test_a_crafted_manifest_in_a_sweep_run_is_one_warning_for_table_and_page(tmp_path, empty_registry):
+def test_a_crafted_manifest_in_a_sweep_run_is_one_warning_for_table_and_page(
+    tmp_path, empty_registry
+):
     sweep = make_sweep(tmp_path / "sw", CLEAN)
     _set(M0, scalars=[1])(sweep / "lr=0.1", tmp_path)
     r = invoke(report.report_command, sweep)
     assert r.exit_code == 0, r.output
     warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning: ")]
-    assert len(warnings) == 1 and f"lr=0.1/{M0}: 'scalars' is not an object" in warnings[0], r.output
+    assert len(warnings) == 1 and f"lr=0.1/{M0}: 'scalars' is not an object" in warnings[0], (
+        r.output
+    )
 
 
 def test_compare_takes_analysis_scalars_of_the_installed_version_only(tmp_path):
     run = clean_run(tmp_path / "run")  # demo's results are version 1, with the scalar value=1.5
     assert compare.analysis_scalars(run, print, {"demo": "1"})["demo.value"] == 1.5
     assert "demo.value" not in compare.analysis_scalars(run, print, {"demo": "2"})
-    assert compare.analysis_scalars(run, print, None)["demo.value"] == 1.5  # nothing installed to compare with
+    assert (
+        compare.analysis_scalars(run, print, None)["demo.value"] == 1.5
+    )  # nothing installed to compare with

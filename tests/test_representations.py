@@ -21,7 +21,9 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
-def _clustered(rng: np.random.Generator, n_per: int = 20, k: int = 4, d: int = 12) -> tuple[np.ndarray, np.ndarray]:
+def _clustered(
+    rng: np.random.Generator, n_per: int = 20, k: int = 4, d: int = 12
+) -> tuple[np.ndarray, np.ndarray]:
     centres = rng.normal(scale=4.0, size=(k, d))
     labels = np.repeat(np.arange(k), n_per)
     X = centres[labels] + rng.normal(size=(k * n_per, d))
@@ -40,7 +42,9 @@ def test_pca_matches_sklearn_up_to_sign(rng):
     assert np.all(np.abs(signs) == 1)
     np.testing.assert_allclose(ours.components, ref.components_ * signs[:, None], atol=1e-10)
     np.testing.assert_allclose(ours.projections, ref.transform(X) * signs, atol=1e-9)
-    np.testing.assert_allclose(ours.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-10)
+    np.testing.assert_allclose(
+        ours.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-10
+    )
     np.testing.assert_allclose(ours.explained_variance, ref.explained_variance_, rtol=1e-10)
 
 
@@ -61,8 +65,12 @@ def test_pca_across_epochs_reference_uses_fixed_axes(rng):
     # the last epoch is its own PCA; the shifted copy lands on the same coordinates
     np.testing.assert_allclose(proj[2].projections, ref.projections, atol=1e-12)
     np.testing.assert_allclose(proj[1].projections, ref.projections, atol=1e-9)
-    np.testing.assert_allclose(proj[2].explained_variance_ratio, ref.explained_variance_ratio, rtol=1e-12)
-    np.testing.assert_allclose(proj[0].projections, (epochs[0] - epochs[0].mean(0)) @ ref.components.T)
+    np.testing.assert_allclose(
+        proj[2].explained_variance_ratio, ref.explained_variance_ratio, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        proj[0].projections, (epochs[0] - epochs[0].mean(0)) @ ref.components.T
+    )
 
 
 def test_pca_across_epochs_procrustes_undoes_rotation(rng):
@@ -186,7 +194,11 @@ def test_linear_cka_invariances(rng):
 
 
 def test_cka_matrix(rng):
-    layers = {"a": rng.normal(size=(40, 5)), "b": rng.normal(size=(40, 9)), "c": rng.normal(size=(40, 2, 2, 2))}
+    layers = {
+        "a": rng.normal(size=(40, 5)),
+        "b": rng.normal(size=(40, 9)),
+        "c": rng.normal(size=(40, 2, 2, 2)),
+    }
     M = R.cka_matrix(layers)
     vals = list(layers.values())
     assert M.shape == (3, 3)
@@ -269,7 +281,9 @@ def test_gradcheck_leaves_model_untouched(small_model_batch):
 
 def test_gradcheck_rows_serialise_and_unfrozen_flags_kinks(small_model_batch):
     model, x, y = small_model_batch
-    rows = R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=3, eps=1e-2, seed=1, freeze_kinks=False)
+    rows = R.gradcheck_conv_layers(
+        model, x, y, n_samples_per_layer=3, eps=1e-2, seed=1, freeze_kinks=False
+    )
     d = rows[0].to_dict()
     assert set(d) == {"layer", "index", "analytic", "numeric", "rel_error", "kink"}
     assert isinstance(d["index"], list)
@@ -301,5 +315,7 @@ def test_gradcheck_catches_a_wrong_backward(small_model_batch):
     rows = R.gradcheck_conv_layers(buggy, x, y, n_samples_per_layer=3)
     first = [r for r in rows if r.layer == "features.0"]
     later = [r for r in rows if r.layer != "features.0"]
-    assert all(r.rel_error == pytest.approx(0.01 / 1.01, rel=1e-4) for r in first if r.analytic != 0)
+    assert all(
+        r.rel_error == pytest.approx(0.01 / 1.01, rel=1e-4) for r in first if r.analytic != 0
+    )
     assert all(r.rel_error < 1e-6 for r in later)

@@ -19,10 +19,20 @@ from hypothesis import HealthCheck, given, settings
 from probe.errors import RunFileError
 from probe.io import safeio
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**30, 10**30) | st.floats(allow_nan=False)
-                    | st.text(max_size=12), lambda kids: st.lists(kids, max_size=4)
-                    | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=20)
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @SETTINGS
@@ -34,8 +44,14 @@ def test_probe_sized_json_reads_back_unchanged(tmp_path: Path, value) -> None:
 
 
 @SETTINGS
-@given(text=st.text(alphabet='[]{}"\\:,0123456789 -e.atrufnl', max_size=400)
-       | st.builds(lambda d, inner: "[" * d + inner + "]" * d, st.integers(0, 5000), st.sampled_from(["", "1", '"["', "9" * 60])))
+@given(
+    text=st.text(alphabet='[]{}"\\:,0123456789 -e.atrufnl', max_size=400)
+    | st.builds(
+        lambda d, inner: "[" * d + inner + "]" * d,
+        st.integers(0, 5000),
+        st.sampled_from(["", "1", '"["', "9" * 60]),
+    )
+)
 def test_any_text_is_a_value_or_one_line_naming_the_file(tmp_path: Path, text: str) -> None:
     p = tmp_path / "v.json"
     p.write_text(text)
@@ -82,7 +98,11 @@ def test_not_regular_files_are_refused_before_reading(tmp_path: Path) -> None:
     (tmp_path / "zero").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "dir").mkdir()
-    for name, what in (("zero", "is a symbolic link"), ("fifo", "is a FIFO"), ("dir", "is a directory")):
+    for name, what in (
+        ("zero", "is a symbolic link"),
+        ("fifo", "is a FIFO"),
+        ("dir", "is a directory"),
+    ):
         with pytest.raises(RunFileError, match=what):
             safeio.sha256_file(tmp_path / name)
     with pytest.raises(FileNotFoundError):  # MissingFileError is both
@@ -106,7 +126,9 @@ def test_size_limit_and_within(tmp_path: Path) -> None:
     (run / "inner").mkdir()
     (run / "alias").symlink_to(run / "inner", target_is_directory=True)
     (run / "inner" / "c.json").write_text("[4]")
-    assert safeio.read_json(run / "alias" / "c.json", within=run) == [4]  # a link that stays inside is fine
+    assert safeio.read_json(run / "alias" / "c.json", within=run) == [
+        4
+    ]  # a link that stays inside is fine
     with safeio.regular_path(run / "a.json") as name:
         assert Path(name).read_text() == "[1, 2]"
 
@@ -115,9 +137,12 @@ def test_toml_bounds(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text("a = 1\n[b]\nc = [1, [2, [3]]]\n")
     assert safeio.read_toml(p) == {"a": 1, "b": {"c": [1, [2, [3]]]}}
-    for text, what in (("a = " + "[" * 3000 + "]" * 3000, "nested more than 64"),
-                       (".".join(["k"] * 100) + " = 1", "nested more than 64"),
-                       ("a = " + "9" * 5000, "more than 40 digits"), ("a = [", "not valid TOML")):
+    for text, what in (
+        ("a = " + "[" * 3000 + "]" * 3000, "nested more than 64"),
+        (".".join(["k"] * 100) + " = 1", "nested more than 64"),
+        ("a = " + "9" * 5000, "more than 40 digits"),
+        ("a = [", "not valid TOML"),
+    ):
         p.write_text(text)
         with pytest.raises(RunFileError, match=what):
             safeio.read_toml(p)

@@ -21,8 +21,13 @@ def loss_at(x, y, w):
 def box_maximum(x, y, w, radius):
     """The exact maximum of a convex loss over a box sits at one of its vertices."""
     base = loss_at(x, y, w)
-    return max(loss_at(x, y, w + torch.tensor(s, dtype=torch.float64) * radius)
-               for s in itertools.product((-1.0, 1.0), repeat=len(w))) - base
+    return (
+        max(
+            loss_at(x, y, w + torch.tensor(s, dtype=torch.float64) * radius)
+            for s in itertools.product((-1.0, 1.0), repeat=len(w))
+        )
+        - base
+    )
 
 
 def test_worst_case_reaches_the_box_maximum():
@@ -46,8 +51,10 @@ def test_adaptive_l2_at_a_minimum_is_half_eps_squared_top_eigenvalue():
     model, x, y, h = regression(d=5, at_minimum=True)
     t = torch.diag(model.w.detach().abs())
     eps = 0.1
-    exact = 0.5 * eps ** 2 * float(torch.linalg.eigvalsh(t @ h @ t)[-1])
-    res = S.adaptive_sharpness(model, x, y, eps=eps, norm="l2", steps=40, step_size=eps, loss_fn=mse)
+    exact = 0.5 * eps**2 * float(torch.linalg.eigvalsh(t @ h @ t)[-1])
+    res = S.adaptive_sharpness(
+        model, x, y, eps=eps, norm="l2", steps=40, step_size=eps, loss_fn=mse
+    )
     assert res.increase == pytest.approx(exact, rel=1e-3)
     assert res.increase <= exact * (1 + 1e-9)  # ascent gives a lower bound
 
@@ -58,12 +65,15 @@ def test_average_case_matches_half_sigma_squared_trace(adaptive):
     w = model.w.detach()
     s = w.abs() if adaptive else torch.ones_like(w)
     eps = 0.05
-    exact = 0.5 * eps ** 2 * float((torch.diag(h) * s ** 2).sum())  # the linear term averages out
-    res = S.average_sharpness(model, x, y, eps=eps, samples=200, adaptive=adaptive, loss_fn=mse, seed=1)
+    exact = 0.5 * eps**2 * float((torch.diag(h) * s**2).sum())  # the linear term averages out
+    res = S.average_sharpness(
+        model, x, y, eps=eps, samples=200, adaptive=adaptive, loss_fn=mse, seed=1
+    )
     assert abs(res.increase - exact) <= 4 * res.stderr
     assert res.stderr < 0.2 * exact  # antithetic pairs cancel the gradient term
-    plain = S.average_sharpness(model, x, y, eps=eps, samples=200, adaptive=adaptive, loss_fn=mse, seed=1,
-                                antithetic=False)
+    plain = S.average_sharpness(
+        model, x, y, eps=eps, samples=200, adaptive=adaptive, loss_fn=mse, seed=1, antithetic=False
+    )
     assert abs(plain.increase - exact) <= 4 * plain.stderr and plain.stderr > res.stderr
 
 
@@ -107,9 +117,14 @@ def test_sharpness_plugin(probe_run):
 
     reg = Registry()
     reg.register(sharpness, PluginInfo("sharpness", "probe_plugins.sharpness"))
-    (o,) = run_analyses(probe_run, ["sharpness"], "last", {"sharpness": {"n_images": "32", "steps": "3",
-                                                                          "samples": "3"}},
-                        registry=reg, device="cpu")
+    (o,) = run_analyses(
+        probe_run,
+        ["sharpness"],
+        "last",
+        {"sharpness": {"n_images": "32", "steps": "3", "samples": "3"}},
+        registry=reg,
+        device="cpu",
+    )
     assert o.status == "ok", f"{o.error}\n{o.traceback}"
     m = json.loads((o.path / "manifest.json").read_text())
     assert m["scalars"]["worst_case"] > 0 and m["scalars"]["adaptive"] > 0

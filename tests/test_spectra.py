@@ -55,10 +55,16 @@ def with_spectrum(eigenvalues: np.ndarray, shape: tuple[int, int], seed: int = 0
 
 
 def test_entry_point_is_declared_and_registers_both_analyses(registry):
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["probe"]
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][
+        "probe"
+    ]
     assert declared["spectra"] == "probe_plugins.spectra"
     assert set(registry.analyses) == {"spectra", "spectra-epochs"}
-    assert registry.analyses["spectra"].needs == frozenset({"checkpoint"}) == registry.analyses["spectra-epochs"].needs
+    assert (
+        registry.analyses["spectra"].needs
+        == frozenset({"checkpoint"})
+        == registry.analyses["spectra-epochs"].needs
+    )
     assert registry.analyses["spectra-epochs"].scope == "run"
 
 
@@ -118,7 +124,7 @@ def test_small_and_degenerate_spectra():
         assert math.isnan(flat.alpha) and "all equal" in flat.reason
     small = S.fit_power_law(np.concatenate([np.zeros(5), np.linspace(1.0, 4.0, 12)]))
     assert small.method == "small-n" and small.n_fit == 12 and small.n_tail >= S.SMALL_N_MIN_TAIL
-    tail = np.linspace(1.0, 4.0, 12)[-small.n_tail:]
+    tail = np.linspace(1.0, 4.0, 12)[-small.n_tail :]
     n = len(tail)
     assert small.alpha == pytest.approx(1 + (n - 1) / np.sum(np.log(tail / tail[0])), rel=1e-12)
 
@@ -129,7 +135,9 @@ def test_norms_against_numpy_on_random_matrices():
     spec = S.layer_spectrum("Linear", w)
     w64 = w.astype(np.float64)
     assert spec["spectral_norm"] == pytest.approx(np.linalg.norm(w64, 2), rel=1e-12)
-    assert spec["stable_rank"] == pytest.approx(np.linalg.norm(w64) ** 2 / np.linalg.norm(w64, 2) ** 2, rel=1e-12)
+    assert spec["stable_rank"] == pytest.approx(
+        np.linalg.norm(w64) ** 2 / np.linalg.norm(w64, 2) ** 2, rel=1e-12
+    )
     np.testing.assert_allclose(spec["eigenvalues"], np.linalg.eigvalsh(w64 @ w64.T), rtol=1e-9)
     assert (spec["N"], spec["M"], spec["n_evals"], spec["n_matrices"]) == (50, 30, 30, 1)
 
@@ -139,25 +147,28 @@ def test_norms_against_numpy_on_random_matrices():
     slices = [k64[:, :, i, j] for i in range(3) for j in range(3)]
     top = max(np.linalg.norm(s, 2) for s in slices)
     assert spec["spectral_norm"] == pytest.approx(top, rel=1e-12)
-    assert spec["stable_rank"] == pytest.approx(np.sum(k64 ** 2) / top ** 2, rel=1e-12)
+    assert spec["stable_rank"] == pytest.approx(np.sum(k64**2) / top**2, rel=1e-12)
     expected = np.sort(np.concatenate([np.linalg.eigvalsh(0.5 * s.T @ s) for s in slices]))
     np.testing.assert_allclose(spec["eigenvalues"], expected, rtol=1e-9)
-    assert spec["lambda_max"] == pytest.approx(0.5 * top ** 2, rel=1e-9)
+    assert spec["lambda_max"] == pytest.approx(0.5 * top**2, rel=1e-9)
     assert (spec["n_evals"], spec["n_matrices"]) == (4 * 9, 9)
 
 
 def test_conv_reshaping_against_a_hand_built_kernel():
     """[out=2, in=3, kh=1, kw=2]: two [2, 3] slices, one per kernel position, each transposed to [3, 2]."""
-    k = np.array([[[[1, 2]], [[3, 4]], [[5, 6]]],
-                  [[[7, 8]], [[9, 10]], [[11, 12]]]], dtype=np.float32)
+    k = np.array(
+        [[[[1, 2]], [[3, 4]], [[5, 6]]], [[[7, 8]], [[9, 10]], [[11, 12]]]], dtype=np.float32
+    )
     assert k.shape == (2, 3, 1, 2)
     mats = S.layer_matrices("Conv2d", k)
-    np.testing.assert_array_equal(mats[0], [[1, 7], [3, 9], [5, 11]])    # position (0, 0), transposed
-    np.testing.assert_array_equal(mats[1], [[2, 8], [4, 10], [6, 12]])   # position (0, 1), transposed
+    np.testing.assert_array_equal(mats[0], [[1, 7], [3, 9], [5, 11]])  # position (0, 0), transposed
+    np.testing.assert_array_equal(
+        mats[1], [[2, 8], [4, 10], [6, 12]]
+    )  # position (0, 1), transposed
     tall = np.arange(3 * 2 * 2 * 1, dtype=np.float32).reshape(3, 2, 2, 1)
     mats = S.layer_matrices("Conv2d", tall)
     assert len(mats) == 2 and all(m.shape == (3, 2) for m in mats)
-    np.testing.assert_array_equal(mats[1], tall[:, :, 1, 0])              # out >= in: kept as it is
+    np.testing.assert_array_equal(mats[1], tall[:, :, 1, 0])  # out >= in: kept as it is
     with pytest.raises(ValueError, match="4-D"):
         S.layer_matrices("Conv2d", np.zeros((2, 3)))
 
@@ -171,7 +182,9 @@ def test_non_finite_weights_are_one_error_naming_the_checkpoint():
     model = nn.Sequential(nn.Linear(4, 3))
     with torch.no_grad():
         model[0].weight[1, 2] = float("nan")
-    ckpt = SimpleNamespace(path=Path("checkpoints/epoch_0003.safetensors"), build_model=lambda device: model)
+    ckpt = SimpleNamespace(
+        path=Path("checkpoints/epoch_0003.safetensors"), build_model=lambda device: model
+    )
     with pytest.raises(ProbeError, match=r"epoch_0003.safetensors: layer 0 has non-finite weights"):
         S.model_layers(ckpt)
 
@@ -190,7 +203,11 @@ def test_spectra_on_a_run_matches_its_checkpoint(probe_run, registry):
     model = run.load_checkpoint(last).build_model("cpu")
     import torch
 
-    expected = [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    expected = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     assert [r["layer"] for r in result["layers"]] == [n for n, _ in expected]
     assert result["computed_on"]["data"].startswith("none")
     with h5py.File(o.path / "eigenvalues.h5") as f:
@@ -198,14 +215,24 @@ def test_spectra_on_a_run_matches_its_checkpoint(probe_run, registry):
         for (name, mod), row in zip(expected, result["layers"], strict=True):
             w = mod.weight.detach().double().numpy()
             if w.ndim == 4:
-                mats = [0.5 * w[:, :, i, j].T @ w[:, :, i, j] for i in range(w.shape[2]) for j in range(w.shape[3])]
-                ev = np.sort(np.concatenate([np.linalg.eigvalsh(m)[-min(w.shape[:2]):] for m in mats]))
+                mats = [
+                    0.5 * w[:, :, i, j].T @ w[:, :, i, j]
+                    for i in range(w.shape[2])
+                    for j in range(w.shape[3])
+                ]
+                ev = np.sort(
+                    np.concatenate([np.linalg.eigvalsh(m)[-min(w.shape[:2]) :] for m in mats])
+                )
             else:
                 ev = np.linalg.eigvalsh(w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w)
             np.testing.assert_allclose(f[name][()], ev, rtol=1e-6, atol=1e-12)
-            assert row["n_evals"] == len(ev) and row["lambda_max"] == pytest.approx(ev[-1], rel=1e-6)
+            assert row["n_evals"] == len(ev) and row["lambda_max"] == pytest.approx(
+                ev[-1], rel=1e-6
+            )
             assert manifest["scalars"][f"alpha.{name}"] == pytest.approx(row["alpha"])
-            assert row["alpha"] > 1 and row["xmin"] <= row["xmax"] == pytest.approx(ev[-1], rel=1e-6)
+            assert row["alpha"] > 1 and row["xmin"] <= row["xmax"] == pytest.approx(
+                ev[-1], rel=1e-6
+            )
             assert 0 < row["D"] < 1 and row["n_tail"] == int(np.sum(ev >= row["xmin"] * (1 - 1e-9)))
     alphas = [r["alpha"] for r in result["layers"]]
     assert manifest["scalars"]["alpha_mean"] == pytest.approx(np.mean(alphas))
@@ -253,7 +280,11 @@ def assert_agrees_with_weightwatcher(model) -> float:
     import torch
 
     details = weightwatcher_details(model)
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    layers = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     assert list(details["longname"]) == [n for n, _ in layers]
     worst = 0.0
     for (name, mod), (_, ref) in zip(layers, details.iterrows(), strict=True):
@@ -266,7 +297,9 @@ def assert_agrees_with_weightwatcher(model) -> float:
         assert fit.xmax == pytest.approx(ref["xmax"], rel=1e-9), name
         assert fit.D == pytest.approx(ref["D"], rel=1e-9, abs=1e-12), name
         assert fit.n_tail == ref["num_pl_spikes"], name
-        assert spec["lambda_max"] == pytest.approx(ref["spectral_norm"], rel=1e-9), name  # ww's name for it
+        assert spec["lambda_max"] == pytest.approx(ref["spectral_norm"], rel=1e-9), (
+            name
+        )  # ww's name for it
         assert spec["stable_rank"] == pytest.approx(ref["stable_rank"], rel=1e-6), name
         assert spec["n_evals"] == ref["num_evals"], name
     return worst
@@ -276,7 +309,9 @@ def assert_agrees_with_weightwatcher(model) -> float:
 def test_alpha_agrees_with_weightwatcher_on_a_trained_run(probe_run):
     run = Run(probe_run)
     for epoch in (0, max(run.epochs())):
-        assert assert_agrees_with_weightwatcher(run.load_checkpoint(epoch).build_model("cpu")) < 1e-9
+        assert (
+            assert_agrees_with_weightwatcher(run.load_checkpoint(epoch).build_model("cpu")) < 1e-9
+        )
 
 
 @pytestmark_ww
@@ -286,8 +321,13 @@ def test_alpha_agrees_with_weightwatcher_on_heavy_tailed_layers():
     from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(16, 24, 3), nn.Conv2d(24, 12, 3), nn.Flatten(), nn.Linear(60, 40),
-                          nn.Linear(40, 25))
+    model = nn.Sequential(
+        nn.Conv2d(16, 24, 3),
+        nn.Conv2d(24, 12, 3),
+        nn.Flatten(),
+        nn.Linear(60, 40),
+        nn.Linear(40, 25),
+    )
     with torch.no_grad():
         for m in model:
             if hasattr(m, "weight"):

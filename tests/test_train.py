@@ -18,11 +18,25 @@ def test_run_directory_has_everything(probe_run):
     run = probe.Run(probe_run)
     assert run.epochs() == [0, 1, 2]
     cfg = json.loads((probe_run / "config.json").read_text())
-    assert cfg["train"]["epochs"] == 2 and cfg["versions"]["torch"] == torch.__version__ and cfg["device"] == "cpu"
+    assert (
+        cfg["train"]["epochs"] == 2
+        and cfg["versions"]["torch"] == torch.__version__
+        and cfg["device"] == "cpu"
+    )
     rows = run.metrics()
     assert [r["epoch"] for r in rows] == [0, 1, 2]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "grad_norm_mean", "grad_norm_max", "weight_norm",
-                "update_ratio", "lr", "epoch_seconds"):
+    for key in (
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "grad_norm_mean",
+        "grad_norm_max",
+        "weight_norm",
+        "update_ratio",
+        "lr",
+        "epoch_seconds",
+    ):
         assert key in rows[-1], key
     assert rows[-1]["grad_norm_max"] >= rows[-1]["grad_norm_mean"] > 0
     assert rows[-1]["val_acc"] > 0.3  # synthetic classes are easy: it learned something
@@ -33,7 +47,10 @@ def test_run_directory_has_everything(probe_run):
     with h5py.File(run.activations_path(2)) as f:
         layers = [s.decode() if isinstance(s, bytes) else s for s in f.attrs["layers"]]
         assert layers == ["features.2", "features.6", "features.9", "features.13", "classifier.3"]
-        assert f["pooled/features.6"].shape == (40, 4) and f["pooled/features.6"].dtype.name == "float16"
+        assert (
+            f["pooled/features.6"].shape == (40, 4)
+            and f["pooled/features.6"].dtype.name == "float16"
+        )
         assert f["pooled/classifier.3"].shape == (40, 256)
         assert f["logits"].shape == (40, 10)
 
@@ -64,7 +81,9 @@ def test_resume_after_losing_the_last_epoch_is_bitwise_identical(probe_run, tmp_
     assert [r["epoch"] for r in run.metrics()] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("optimizer, schedule", [("Adam", "cosine"), ("AdamW", "step"), ("SGD", "constant")])
+@pytest.mark.parametrize(
+    "optimizer, schedule", [("Adam", "cosine"), ("AdamW", "step"), ("SGD", "constant")]
+)
 def test_optimizers_and_schedules_resume_exactly(tmp_path, optimizer, schedule):
     kw = dict(optimizer=optimizer, schedule=schedule, step_size=1, lr=0.01, epochs=2, dropout=0.2)
     full = make_tiny_run(tmp_path / "full", **kw)

@@ -23,7 +23,10 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def tree(path: Path) -> dict[str, tuple[int, int]]:
-    return {p.relative_to(path).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
+    return {
+        p.relative_to(path).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(path.rglob("*"))
+    }
 
 
 def error_line(result, option: str) -> str:
@@ -36,15 +39,18 @@ def error_line(result, option: str) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize(("args", "option"), [
-    (["--optimizer", "Nesterov"], "--optimizer"),
-    (["--model-depth", "5"], "--model-depth"),
-    (["--epochs", "-1"], "--epochs"),
-    (["--epochs", "three"], "--epochs"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--dropout", "1.5"], "--dropout"),
-    (["--device", "tpu"], "--device"),
-])
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--optimizer", "Nesterov"], "--optimizer"),
+        (["--model-depth", "5"], "--model-depth"),
+        (["--epochs", "-1"], "--epochs"),
+        (["--epochs", "three"], "--epochs"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--dropout", "1.5"], "--dropout"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
 def test_bad_option_values(tmp_path: Path, cache: Path, args: list[str], option: str) -> None:
     data = make_png_folder(tmp_path / "data", n_train=1, n_test=1)
     run_dir = tmp_path / "run"
@@ -81,12 +87,17 @@ def _existing_run(tmp_path: Path) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize(("flags", "option"), [
-    ([], "--run-dir"),  # exists, neither --resume nor --force
-    (["--resume", "--force"], "--resume"),
-    (["--resume", "--optimizer", "Adam"], "--resume"),  # resume keeps the stored config
-])
-def test_existing_run_directory_is_not_touched(tmp_path: Path, cache: Path, flags: list[str], option: str) -> None:
+@pytest.mark.parametrize(
+    ("flags", "option"),
+    [
+        ([], "--run-dir"),  # exists, neither --resume nor --force
+        (["--resume", "--force"], "--resume"),
+        (["--resume", "--optimizer", "Adam"], "--resume"),  # resume keeps the stored config
+    ],
+)
+def test_existing_run_directory_is_not_touched(
+    tmp_path: Path, cache: Path, flags: list[str], option: str
+) -> None:
     data = make_png_folder(tmp_path / "data", n_train=1, n_test=1)
     run_dir = _existing_run(tmp_path)
     before = tree(run_dir)
@@ -126,8 +137,24 @@ def test_run_dir_that_is_a_file(tmp_path: Path, cache: Path) -> None:
 
 # --- issue 12.11: the same command line with --resume added continues the run -------------------------------
 
-SMALL_CLI = ["--subset-train-size", "0", "--base-width", "2", "--probe-set-size", "10", "--analysis-batch-size", "4",
-             "--batch-size", "8", "--device", "cpu", "--seed", "3", "--full-maps", "features.2"]
+SMALL_CLI = [
+    "--subset-train-size",
+    "0",
+    "--base-width",
+    "2",
+    "--probe-set-size",
+    "10",
+    "--analysis-batch-size",
+    "4",
+    "--batch-size",
+    "8",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--full-maps",
+    "features.2",
+]
 
 
 def test_the_same_command_line_with_resume_continues_the_run(tmp_path: Path, cache: Path) -> None:
@@ -137,37 +164,63 @@ def test_the_same_command_line_with_resume_continues_the_run(tmp_path: Path, cac
     assert probe_cli(*command, "--epochs", "1").exit_code == 0
     result = probe_cli(*command, "--epochs", "2", "--resume")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"epoch_{e:04d}.safetensors" for e in range(3)]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        f"epoch_{e:04d}.safetensors" for e in range(3)
+    ]
     toml = tmp_path / "run.toml"
     toml.write_text(f'data = "{data}"\nbase_width = 2\nfull_maps = ["features.2"]\nepochs = 3\n')
     result = probe_cli("train", "--run-dir", run_dir, "--config", toml, "--resume", "--quiet")
     assert result.exit_code == 0, result.output
     assert len(list((run_dir / "checkpoints").iterdir())) == 4
     before = tree(run_dir)
-    toml.write_text('base_width = 4\nseed = 3\n')
-    result = probe_cli("train", "--run-dir", run_dir, "--config", toml, "--resume", "--quiet", "--lr", "0.5",
-                       "--full-maps", "features.2,features.6")
+    toml.write_text("base_width = 4\nseed = 3\n")
+    result = probe_cli(
+        "train",
+        "--run-dir",
+        run_dir,
+        "--config",
+        toml,
+        "--resume",
+        "--quiet",
+        "--lr",
+        "0.5",
+        "--full-maps",
+        "features.2,features.6",
+    )
     line = error_line(result, "--resume")
-    assert line == (f"error: --resume: continues the stored config of {run_dir}/config.json; only --epochs and --device "
-                    f"may change, but base_width in {toml} (stored 2, given 4); --lr (stored 0.01, given 0.5); "
-                    "--full-maps (stored ['features.2'], given ['features.2', 'features.6'])")
+    assert line == (
+        f"error: --resume: continues the stored config of {run_dir}/config.json; only --epochs and --device "
+        f"may change, but base_width in {toml} (stored 2, given 4); --lr (stored 0.01, given 0.5); "
+        "--full-maps (stored ['features.2'], given ['features.2', 'features.6'])"
+    )
     assert tree(run_dir) == before
 
 
 def test_force_checks_every_option_before_deleting(tmp_path: Path, cache: Path) -> None:
     data = make_png_folder(tmp_path / "data", n_train=1, n_test=1)
     run_dir = tmp_path / "run"
-    assert probe_cli("train", "--run-dir", run_dir, "--data", data, "--quiet", *SMALL_CLI, "--epochs", "1").exit_code == 0
+    assert (
+        probe_cli(
+            "train", "--run-dir", run_dir, "--data", data, "--quiet", *SMALL_CLI, "--epochs", "1"
+        ).exit_code
+        == 0
+    )
     before = tree(run_dir)
-    for flags, option in ((["--full-maps", "features.99"], "--full-maps"), (["--data", tmp_path / "nope"], "--data"),
-                          (["--base-width", "0"], "--base-width")):
-        result = probe_cli("train", "--run-dir", run_dir, "--data", data, "--quiet", *SMALL_CLI, "--force", *flags)
+    for flags, option in (
+        (["--full-maps", "features.99"], "--full-maps"),
+        (["--data", tmp_path / "nope"], "--data"),
+        (["--base-width", "0"], "--base-width"),
+    ):
+        result = probe_cli(
+            "train", "--run-dir", run_dir, "--data", data, "--quiet", *SMALL_CLI, "--force", *flags
+        )
         error_line(result, option)
         assert tree(run_dir) == before
 
 
-
-def test_resume_with_fewer_epochs_than_trained_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
     """`--resume --epochs 1` on a 2-epoch run would leave config.json saying 1 epoch beside 2 checkpoints."""
     import dataclasses
 
@@ -179,6 +232,8 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_and_changes_nothing(tm
     run = make_tiny_run(tmp_path / "run", epochs=2)
     before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
     cfg = dataclasses.replace(Run(run).train_config(), epochs=1)
-    with pytest.raises(UsageError, match=r"^--epochs: .* already holds 2 trained epochs; give --epochs 2 or more"):
+    with pytest.raises(
+        UsageError, match=r"^--epochs: .* already holds 2 trained epochs; give --epochs 2 or more"
+    ):
         train(run, cfg, resume=True, quiet=True, dataset=synthetic_dataset())
     assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before

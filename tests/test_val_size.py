@@ -30,19 +30,25 @@ VAL = 60  # of the synthetic set's 120 test images; the tiny run's probe set is 
 
 def trainer(tmp_path: Path, **overrides) -> Trainer:
     cfg = TrainConfig(**{**TINY, **overrides})
-    return Trainer(tmp_path, cfg, torch.device("cpu"), synthetic_dataset(seed=cfg.seed), lambda s: None, False)
+    return Trainer(
+        tmp_path, cfg, torch.device("cpu"), synthetic_dataset(seed=cfg.seed), lambda s: None, False
+    )
 
 
 def test_the_subset_is_the_probe_set_then_a_stratified_seeded_rest(tmp_path):
     full, small = trainer(tmp_path), trainer(tmp_path, val_size=VAL)
     assert len(full.val_order) == 120 and len(small.val_order) == VAL
     assert torch.equal(small.probe_idx, full.probe_idx)
-    assert torch.equal(small.val_order[:40], full.val_order[:40])  # the probe set comes first, unchanged
+    assert torch.equal(
+        small.val_order[:40], full.val_order[:40]
+    )  # the probe set comes first, unchanged
     rest = small.val_order[40:]
     assert len(set(rest.tolist()) | set(small.probe_idx.tolist())) == VAL  # no image twice
     assert rest.tolist() == sorted(rest.tolist())
     labels = synthetic_dataset(seed=0).test_y
-    assert Counter(labels[small.val_order].tolist()) == {c: 6 for c in range(10)}  # 4 probe + 2 rest per class
+    assert Counter(labels[small.val_order].tolist()) == {
+        c: 6 for c in range(10)
+    }  # 4 probe + 2 rest per class
     assert torch.equal(trainer(tmp_path, val_size=VAL).val_order, small.val_order)  # seeded
     assert not torch.equal(trainer(tmp_path, val_size=VAL, seed=1).val_order[40:], rest)
     assert len(trainer(tmp_path, val_size=1000).val_order) == 120  # more than there is: all
@@ -50,14 +56,20 @@ def test_the_subset_is_the_probe_set_then_a_stratified_seeded_rest(tmp_path):
 
 
 def test_a_val_size_below_the_probe_set_is_a_usage_error(tmp_path):
-    with pytest.raises(UsageError, match=r"^--val-size: must be >= --probe-set-size \(40\), got 39$"):
+    with pytest.raises(
+        UsageError, match=r"^--val-size: must be >= --probe-set-size \(40\), got 39$"
+    ):
         TrainConfig(**{**TINY, "val_size": 39})
     run_dir = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--run-dir", str(run_dir), "--val-size", "5", "--data", str(tmp_path)])
+    result = CliRunner().invoke(
+        cli, ["train", "--run-dir", str(run_dir), "--val-size", "5", "--data", str(tmp_path)]
+    )
     assert result.exit_code == 2
     assert result.output.strip() == "error: --val-size: must be >= --probe-set-size (1000), got 5"
     assert not run_dir.exists()
-    assert TrainConfig(val_size=2000).hash() == TrainConfig().hash()  # it does not change the weights
+    assert (
+        TrainConfig(val_size=2000).hash() == TrainConfig().hash()
+    )  # it does not change the weights
 
 
 def test_a_small_validation_changes_only_the_validation_metrics(probe_run_template, tmp_path):
@@ -68,19 +80,30 @@ def test_a_small_validation_changes_only_the_validation_metrics(probe_run_templa
     order = trainer(tmp_path, val_size=VAL).val_order
     x = data.normalize(ds.test_x[order], *_stats(small))
     for epoch in (0, 1, 2):
-        for layer in activations.read(Run(full).activations_path(epoch))["layers"]:  # probe set: unchanged
-            np.testing.assert_array_equal(activations.read(Run(small).activations_path(epoch), layer),
-                                          activations.read(Run(full).activations_path(epoch), layer))
-        a, b = Run(full).load_checkpoint(epoch).model_state, Run(small).load_checkpoint(epoch).model_state
+        for layer in activations.read(Run(full).activations_path(epoch))[
+            "layers"
+        ]:  # probe set: unchanged
+            np.testing.assert_array_equal(
+                activations.read(Run(small).activations_path(epoch), layer),
+                activations.read(Run(full).activations_path(epoch), layer),
+            )
+        a, b = (
+            Run(full).load_checkpoint(epoch).model_state,
+            Run(small).load_checkpoint(epoch).model_state,
+        )
         assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
         with torch.no_grad():
             logits = Run(small).model(epoch)(x)
         m = {r["epoch"]: r for r in Run(small).metrics()}[epoch]
         assert m["val_acc"] == (logits.argmax(1) == ds.test_y[order]).sum().item() / VAL
-        assert m["val_loss"] == pytest.approx(F.cross_entropy(logits, ds.test_y[order]).item(), rel=1e-4)
+        assert m["val_loss"] == pytest.approx(
+            F.cross_entropy(logits, ds.test_y[order]).item(), rel=1e-4
+        )
     acc_small = [r["val_acc"] * VAL for r in Run(small).metrics()]
     assert all(abs(v - round(v)) < 1e-6 for v in acc_small)  # counts of VAL images
-    assert [r.get("train_loss") for r in Run(small).metrics()] == [r.get("train_loss") for r in Run(full).metrics()]
+    assert [r.get("train_loss") for r in Run(small).metrics()] == [
+        r.get("train_loss") for r in Run(full).metrics()
+    ]
 
 
 def _stats(run: Path) -> tuple:

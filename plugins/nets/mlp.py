@@ -16,7 +16,9 @@ from torch import nn
 class HiddenLayer(nn.Module):
     """Linear -> BatchNorm1d (optional) -> ReLU -> Dropout (optional)."""
 
-    def __init__(self, fan_in: int, width: int, dropout: float = 0.0, batchnorm: bool = False) -> None:
+    def __init__(
+        self, fan_in: int, width: int, dropout: float = 0.0, batchnorm: bool = False
+    ) -> None:
         super().__init__()
         self.linear = nn.Linear(fan_in, width, bias=not batchnorm)
         self.bn = nn.BatchNorm1d(width) if batchnorm else None
@@ -32,12 +34,23 @@ class HiddenLayer(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, in_features: int, num_classes: int, depth: int = 2, width: int = 256, dropout: float = 0.0,
-                 batchnorm: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        depth: int = 2,
+        width: int = 256,
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+    ) -> None:
         super().__init__()
         self.flatten = nn.Flatten()
-        self.hidden = nn.Sequential(*(HiddenLayer(in_features if i == 0 else width, width, dropout, batchnorm)
-                                      for i in range(depth)))
+        self.hidden = nn.Sequential(
+            *(
+                HiddenLayer(in_features if i == 0 else width, width, dropout, batchnorm)
+                for i in range(depth)
+            )
+        )
         self.classifier = nn.Linear(width if depth else in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ class PadShortcut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride != 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+            x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad_lo, self.pad_hi))
 
     def extra_repr(self) -> str:
@@ -64,8 +64,9 @@ class BasicBlock(nn.Module):
         elif shortcut == "A":
             self.shortcut = PadShortcut(in_planes, planes, stride)
         else:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -85,11 +86,19 @@ class GlobalAvgPool(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for small images: `conv1`/`bn1`/`relu`, `layer1`..`layer3`, `avgpool`, `fc`."""
 
-    def __init__(self, depth: int = 20, width: int = 1, shortcut: str = "A", in_channels: int = 3,
-                 num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        depth: int = 20,
+        width: int = 1,
+        shortcut: str = "A",
+        in_channels: int = 3,
+        num_classes: int = 10,
+    ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
+            raise ValueError(
+                f"depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}"
+            )
         n = (depth - 2) // 6
         planes = [16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stride=1, padding=1, bias=False)

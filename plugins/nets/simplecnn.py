@@ -14,13 +14,25 @@ from torch import nn
 class SimpleCNN(nn.Module):
     """Conv-BN-ReLU stack of `depth` layers; see the module docstring."""
 
-    def __init__(self, depth: int, base_width: int, dropout: float, hidden: int, in_channels: int, num_classes: int):
+    def __init__(
+        self,
+        depth: int,
+        base_width: int,
+        dropout: float,
+        hidden: int,
+        in_channels: int,
+        num_classes: int,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         self.block_outputs: list[str] = []  # module name whose output is each block's output
         in_ch, ch = in_channels, base_width
         for i in range(depth):
-            layers += [nn.Conv2d(in_ch, ch, 3, padding=1), nn.BatchNorm2d(ch), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(in_ch, ch, 3, padding=1),
+                nn.BatchNorm2d(ch),
+                nn.ReLU(inplace=True),
+            ]
             if i % 2 == 1:
                 layers.append(nn.MaxPool2d(2))
             if dropout > 0:

@@ -27,8 +27,23 @@ import torch
 from torch import nn
 
 # Architectures whose stem can take any channel count, by name prefix.
-ADAPTABLE = ("resnet", "resnext", "wide_resnet", "vgg", "alexnet", "mobilenet", "efficientnet", "densenet",
-             "convnext", "regnet", "squeezenet", "shufflenet", "mnasnet", "googlenet", "inception")
+ADAPTABLE = (
+    "resnet",
+    "resnext",
+    "wide_resnet",
+    "vgg",
+    "alexnet",
+    "mobilenet",
+    "efficientnet",
+    "densenet",
+    "convnext",
+    "regnet",
+    "squeezenet",
+    "shufflenet",
+    "mnasnet",
+    "googlenet",
+    "inception",
+)
 # Transformers: their blocks give [N, L, D] tokens (ViT) or channels-last maps (Swin, MaxViT's windows).
 REFUSED = ("vit_", "swin_", "maxvit")
 
@@ -47,27 +62,34 @@ def supported_archs() -> list[str]:
 def check_arch(arch: str) -> None:
     """A one-line ValueError unless `arch` is a torchvision classification model probe can record."""
     if arch.startswith(REFUSED):
-        raise ValueError(f"torchvision {arch!r} is a transformer whose blocks give 3-D token outputs, which probe "
-                         f"cannot record; architectures that work: {_families()}")
+        raise ValueError(
+            f"torchvision {arch!r} is a transformer whose blocks give 3-D token outputs, which probe "
+            f"cannot record; architectures that work: {_families()}"
+        )
     known = classification_archs()
     if arch not in known:
         close = difflib.get_close_matches(arch, known, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ValueError(f"torchvision has no classification model {arch!r}; {hint}architectures that work: "
-                         f"{_families()}")
+        raise ValueError(
+            f"torchvision has no classification model {arch!r}; {hint}architectures that work: "
+            f"{_families()}"
+        )
 
 
 def _families() -> str:
-    return ", ".join(p + ("*" if p not in ("alexnet", "googlenet") else "") for p in ADAPTABLE).replace(
-        "inception*", "inception_v3")
+    return ", ".join(
+        p + ("*" if p not in ("alexnet", "googlenet") else "") for p in ADAPTABLE
+    ).replace("inception*", "inception_v3")
 
 
 def build(arch: str, input: Any, num_classes: int) -> nn.Module:
     """A freshly initialised torchvision `arch` for `input` (an InputSpec) with `num_classes` outputs."""
     check_arch(arch)
     if input.channels != 3 and not arch.startswith(ADAPTABLE):
-        raise ValueError(f"torchvision {arch!r} takes 3-channel input only in probe (input has {input.channels}); "
-                         f"architectures that take any channel count: {_families()}")
+        raise ValueError(
+            f"torchvision {arch!r} takes 3-channel input only in probe (input has {input.channels}); "
+            f"architectures that take any channel count: {_families()}"
+        )
     on_meta = torch.empty(0).device.type == "meta"
     if not on_meta:  # refuse a bad input size before allocating anything
         with torch.device("meta"):
@@ -87,7 +109,9 @@ def _make(arch: str, input: Any, num_classes: int) -> nn.Module:
         model.features.add_module("pool5", nn.AdaptiveAvgPool2d(1))
     if input.channels != 3:
         _replace_stem(arch, model, input.channels)
-    model.probe_input = input  # for `layers` of architectures without a table (default_layers needs it)
+    model.probe_input = (
+        input  # for `layers` of architectures without a table (default_layers needs it)
+    )
     return model
 
 
@@ -115,12 +139,26 @@ def _construct(arch: str, num_classes: int) -> nn.Module:
 
 
 def _replace_stem(arch: str, model: nn.Module, channels: int) -> None:
-    name, old = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
+    name, old = next(
+        ((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), ("", None)
+    )
     if old is None or old.in_channels != 3 or old.groups != 1:
-        raise ValueError(f"torchvision {arch!r}: cannot find its 3-channel stem conv to adapt to {channels} channels")
-    new = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
-                    old.groups, bias=old.bias is not None, padding_mode=old.padding_mode,
-                    device=old.weight.device, dtype=old.weight.dtype)
+        raise ValueError(
+            f"torchvision {arch!r}: cannot find its 3-channel stem conv to adapt to {channels} channels"
+        )
+    new = nn.Conv2d(
+        channels,
+        old.out_channels,
+        old.kernel_size,
+        old.stride,
+        old.padding,
+        old.dilation,
+        old.groups,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
     _init_stem(arch, new)
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, new)
@@ -150,10 +188,16 @@ def _init_stem(arch: str, conv: nn.Conv2d) -> None:
 # --- recorded layers ------------------------------------------------------------------------------
 
 # Architectures whose blocks are the stage ends of one Sequential, and their penultimate layer.
-_SEQUENTIAL = {"vgg": ("features", "classifier.5"), "alexnet": ("features", "classifier.5"),
-               "mobilenet_v2": ("features", "classifier.0"), "mobilenet_v3": ("features", "classifier.2"),
-               "efficientnet": ("features", "classifier.0"), "convnext": ("features", "classifier.1"),
-               "mnasnet": ("layers", "classifier.0"), "squeezenet": ("features", "features")}
+_SEQUENTIAL = {
+    "vgg": ("features", "classifier.5"),
+    "alexnet": ("features", "classifier.5"),
+    "mobilenet_v2": ("features", "classifier.0"),
+    "mobilenet_v3": ("features", "classifier.2"),
+    "efficientnet": ("features", "classifier.0"),
+    "convnext": ("features", "classifier.1"),
+    "mnasnet": ("layers", "classifier.0"),
+    "squeezenet": ("features", "features"),
+}
 
 
 def layers(model: nn.Module, arch: str) -> list[str]:
@@ -161,12 +205,19 @@ def layers(model: nn.Module, arch: str) -> list[str]:
     if arch.startswith(("resnet", "resnext", "wide_resnet")):
         return ["layer1", "layer2", "layer3", "layer4", "avgpool"]
     if arch.startswith("regnet"):
-        return ["stem", *(f"trunk_output.{n}" for n, _ in model.trunk_output.named_children()), "avgpool"]
+        return [
+            "stem",
+            *(f"trunk_output.{n}" for n, _ in model.trunk_output.named_children()),
+            "avgpool",
+        ]
     if arch.startswith("shufflenet"):
         return ["maxpool", "stage2", "stage3", "stage4", "conv5"]
     if arch.startswith("densenet"):
-        return [f"features.{n}" for n, _ in model.features.named_children() if n.startswith("denseblock")] + [
-            "features"]
+        return [
+            f"features.{n}"
+            for n, _ in model.features.named_children()
+            if n.startswith("denseblock")
+        ] + ["features"]
     for prefix, (seq, penult) in _SEQUENTIAL.items():
         if arch.startswith(prefix):
             blocks = stage_ends(seq, model.get_submodule(seq))
@@ -178,14 +229,20 @@ def layers(model: nn.Module, arch: str) -> list[str]:
     inp = getattr(model, "probe_input", None)
     if inp is None:
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-        inp = InputSpec(first.in_channels, (224, 224), (0.0,) * first.in_channels, (1.0,) * first.in_channels)
+        inp = InputSpec(
+            first.in_channels, (224, 224), (0.0,) * first.in_channels, (1.0,) * first.in_channels
+        )
     return default_layers(model, inp)
 
 
 def stage_ends(prefix: str, seq: nn.Module) -> list[str]:
     """The children of `seq` after which the resolution drops (the next child downsamples), and its last child."""
     kids = list(seq.named_children())
-    return [f"{prefix}.{n}" for i, (n, _) in enumerate(kids) if i + 1 == len(kids) or _downsamples(kids[i + 1][1])]
+    return [
+        f"{prefix}.{n}"
+        for i, (n, _) in enumerate(kids)
+        if i + 1 == len(kids) or _downsamples(kids[i + 1][1])
+    ]
 
 
 def _downsamples(module: nn.Module) -> bool:
@@ -205,8 +262,13 @@ def _check_forward(arch: str, model: nn.Module, input: Any, num_classes: int) ->
     shapes: dict[str, tuple[int, ...]] = {}
 
     def note(name: str) -> Any:
-        def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:  # returns None: the output is left as it is
-            shapes.setdefault(name, tuple(out.shape) if torch.is_tensor(out) else (type(out).__name__,))
+        def hook(
+            _mod: nn.Module, _inp: Any, out: Any
+        ) -> None:  # returns None: the output is left as it is
+            shapes.setdefault(
+                name, tuple(out.shape) if torch.is_tensor(out) else (type(out).__name__,)
+            )
+
         return hook
 
     was_training = model.training
@@ -220,13 +282,17 @@ def _check_forward(arch: str, model: nn.Module, input: Any, num_classes: int) ->
             out = model(torch.empty(2, input.channels, h, w))
     except Exception as exc:  # torch's own message says which layer and which size
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"torchvision {arch!r} cannot take {input.channels}x{h}x{w} input ({msg}); "
-                         f"try a larger input size or another architecture") from None
+        raise ValueError(
+            f"torchvision {arch!r} cannot take {input.channels}x{h}x{w} input ({msg}); "
+            f"try a larger input size or another architecture"
+        ) from None
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
     bad = [f"{n} {list(s)}" for n, s in shapes.items() if len(s) not in (2, 4)]
     if bad or tuple(out.shape) != (2, num_classes):
-        raise ValueError(f"torchvision {arch!r}: recorded outputs must be 2-D or 4-D and logits [N, classes], got "
-                         f"{', '.join(bad) or list(out.shape)}; architectures that work: {_families()}")
+        raise ValueError(
+            f"torchvision {arch!r}: recorded outputs must be 2-D or 4-D and logits [N, classes], got "
+            f"{', '.join(bad) or list(out.shape)}; architectures that work: {_families()}"
+        )

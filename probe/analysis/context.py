@@ -57,7 +57,14 @@ class ResultWriter:
         self.captions: dict[str, str] = {}
 
     def _path(self, name: str, suffix: str) -> Path:
-        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        if (
+            not isinstance(name, str)
+            or not name
+            or "/" in name
+            or "\\" in name
+            or name.startswith(".")
+            or "\0" in name
+        ):
             raise ValueError(f"result file names are plain names, got {name!r}")
         fname = name if name.endswith(suffix) else name + suffix
         self.files.append(fname)
@@ -91,7 +98,9 @@ class ResultWriter:
                 _dataset(f, k, v)
         return path
 
-    def layer_arrays(self, name: str, per_layer: Mapping[str, Any], attrs: dict[str, Any] | None = None) -> Path:
+    def layer_arrays(
+        self, name: str, per_layer: Mapping[str, Any], attrs: dict[str, Any] | None = None
+    ) -> Path:
         """Ragged per-layer arrays into `<name>.h5`: one group per layer, in the order given.
 
         `per_layer` maps a layer name to an array (stored as the group's `values`
@@ -138,7 +147,9 @@ class ResultWriter:
         values: dict[str, dict[str, Any]] = {}
         for layer, row in zip(layers, table.values(), strict=True):
             if not isinstance(row, Mapping):
-                raise ValueError(f"layer_scalars {name!r}: layer {layer!r} maps to {type(row).__name__}, not a dict")
+                raise ValueError(
+                    f"layer_scalars {name!r}: layer {layer!r} maps to {type(row).__name__}, not a dict"
+                )
             values[layer] = {}
             for metric, v in row.items():
                 metric = str(metric)
@@ -156,15 +167,21 @@ class ResultWriter:
 
 
 def _scalar_value(value: Any, what: str) -> Any:
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars: numpy's float32 is no float
+    if hasattr(value, "item") and callable(
+        value.item
+    ):  # numpy / torch scalars: numpy's float32 is no float
         try:
             value = value.item()
         except (ValueError, RuntimeError):
-            raise ValueError(f"{what}: expected one number, got an array of shape {getattr(value, 'shape', '?')}") from None
+            raise ValueError(
+                f"{what}: expected one number, got an array of shape {getattr(value, 'shape', '?')}"
+            ) from None
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if value is not None and not isinstance(value, (bool, int, float, str)):
-        raise ValueError(f"{what}: expected a number, bool, str or None, got {type(value).__name__}")
+        raise ValueError(
+            f"{what}: expected a number, bool, str or None, got {type(value).__name__}"
+        )
     return value
 
 
@@ -230,9 +247,18 @@ class Context:
     see probe/results.py); the runner stores it in the manifest and keys the result on it.
     """
 
-    def __init__(self, run: Run, analysis: Any, params: Any, epochs: list[int], epoch: int | None,
-                 device: str, out: ResultWriter, quiet: bool = False,
-                 fingerprints: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        run: Run,
+        analysis: Any,
+        params: Any,
+        epochs: list[int],
+        epoch: int | None,
+        device: str,
+        out: ResultWriter,
+        quiet: bool = False,
+        fingerprints: Callable[[str], str] | None = None,
+    ):
         self.run = run
         self.inputs: dict[str, str] = {}
         self._fingerprints = fingerprints or results.Fingerprints(run, persistent=False)
@@ -247,7 +273,9 @@ class Context:
     # --- reading: each read is checked against `needs` and recorded -------------------------------------
     def _need(self, *names: str) -> None:
         if not set(names) & self.analysis.needs:
-            raise ProbeError(f"analysis {self.analysis.name!r} reads {names[0]} without declaring needs={{{names[0]!r}}}")
+            raise ProbeError(
+                f"analysis {self.analysis.name!r} reads {names[0]} without declaring needs={{{names[0]!r}}}"
+            )
 
     def _record(self, name: str) -> str:
         """Fingerprint input `name` and add it to this job's inputs (its cache key)."""
@@ -255,7 +283,9 @@ class Context:
             self.inputs[name] = self._fingerprints(name)
         return self.inputs[name]
 
-    def declare_reads(self, checkpoints: Iterable[int] = (), activations: Iterable[int] = ()) -> None:
+    def declare_reads(
+        self, checkpoints: Iterable[int] = (), activations: Iterable[int] = ()
+    ) -> None:
         """Record inputs the job reads without going through this Context.
 
         For files opened elsewhere, e.g. by the pieces of `ctx.map` in worker
@@ -351,7 +381,15 @@ class Context:
                 if t is not None:
                     t = t.detach().cpu()
                     tensors[n] = (t.float() if t.is_floating_point() else t).numpy().copy()
-            layers.append(LayerParams(mname, type(module).__name__, tensors.get("weight"), tensors.get("bias"), tensors))
+            layers.append(
+                LayerParams(
+                    mname,
+                    type(module).__name__,
+                    tensors.get("weight"),
+                    tensors.get("bias"),
+                    tensors,
+                )
+            )
         return layers
 
     def layers(self, epoch: int | None = None) -> list[str]:
@@ -363,7 +401,9 @@ class Context:
         self._record(activations_name(e))
         return activations.read(self.run.activations_path(e))["layers"]
 
-    def resolve_layer(self, name: str, epoch: int | None = None, option: str = "--param layer") -> str:
+    def resolve_layer(
+        self, name: str, epoch: int | None = None, option: str = "--param layer"
+    ) -> str:
         """`penultimate` -> the last recorded layer; any other name must be a recorded layer."""
         from probe.errors import UsageError
 
@@ -371,7 +411,9 @@ class Context:
         if name == "penultimate":
             return layers[-1]
         if name not in layers:
-            raise UsageError(option, f"{name!r} is not a recorded layer (recorded: {', '.join(layers)})")
+            raise UsageError(
+                option, f"{name!r} is not a recorded layer (recorded: {', '.join(layers)})"
+            )
         return name
 
     def activations(self, layer: str, epoch: int | None = None, kind: str = "pooled") -> np.ndarray:
@@ -383,7 +425,9 @@ class Context:
         self._need("activations")
         e = self._epoch(epoch)
         self._record(activations_name(e))
-        return np.asarray(activations.read(self.run.activations_path(e), layer, kind), dtype=np.float32)
+        return np.asarray(
+            activations.read(self.run.activations_path(e), layer, kind), dtype=np.float32
+        )
 
     def probe_set(self) -> DataBatch:
         self._need("probe_set")
@@ -424,7 +468,9 @@ class Context:
         if hasattr(epoch, "item") and not isinstance(epoch, (int, float)):
             epoch = epoch.item()  # numpy / torch integers
         if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < 10**9:
-            raise ProbeError(f"analysis {self.analysis.name!r}: epoch must be a non-negative integer, got {epoch!r}")
+            raise ProbeError(
+                f"analysis {self.analysis.name!r}: epoch must be a non-negative integer, got {epoch!r}"
+            )
         return int(epoch)
 
     # --- splitting a job into pieces --------------------------------------------------------------------
@@ -449,21 +495,29 @@ class Context:
 
         tasks = [Task(f"{self.analysis.name}[{i}]", fn, (item,)) for i, item in enumerate(items)]
         done: dict[str, Any] = {}
-        for outcome in self.progress(executor.run(tasks), f"{label} on {executor.describe()}", total=len(tasks)):
+        for outcome in self.progress(
+            executor.run(tasks), f"{label} on {executor.describe()}", total=len(tasks)
+        ):
             if not outcome.ok:
-                raise ProbeError(f"{self.analysis.name}: piece {outcome.key} failed on {executor.describe()}: {outcome.error}")
+                raise ProbeError(
+                    f"{self.analysis.name}: piece {outcome.key} failed on {executor.describe()}: {outcome.error}"
+                )
             done[outcome.key] = outcome.value
         return [done[t.key] for t in tasks]
 
     # --- feedback ---------------------------------------------------------------------------------------
-    def progress(self, items: Iterable[Any], label: str = "", total: int | None = None) -> Iterator[Any]:
+    def progress(
+        self, items: Iterable[Any], label: str = "", total: int | None = None
+    ) -> Iterator[Any]:
         """Iterate with a progress bar on an interactive terminal."""
         if self.quiet or not sys.stderr.isatty():
             yield from items
             return
         import click
 
-        with click.progressbar(items, length=total, label=f"{self.analysis.name}: {label}", file=sys.stderr) as bar:
+        with click.progressbar(
+            items, length=total, label=f"{self.analysis.name}: {label}", file=sys.stderr
+        ) as bar:
             yield from bar
 
     def log(self, message: str) -> None:

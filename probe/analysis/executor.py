@@ -80,8 +80,13 @@ def run_task(task: Task) -> Outcome:
     try:
         value = task.fn(*task.args, **task.kwargs)
     except Exception as exc:
-        return Outcome(task.key, False, error=error_line(exc), traceback=traceback.format_exc(),
-                       seconds=time.perf_counter() - start)
+        return Outcome(
+            task.key,
+            False,
+            error=error_line(exc),
+            traceback=traceback.format_exc(),
+            seconds=time.perf_counter() - start,
+        )
     return Outcome(task.key, True, value=value, seconds=time.perf_counter() - start)
 
 
@@ -169,11 +174,15 @@ class LocalExecutor(Executor):
         self._ctx = multiprocessing.get_context("spawn")
 
     def describe(self) -> str:
-        return (f"{self.workers} local worker process{'es' if self.workers > 1 else ''}, "
-                f"{self.threads} thread{'s' if self.threads > 1 else ''} each")
+        return (
+            f"{self.workers} local worker process{'es' if self.workers > 1 else ''}, "
+            f"{self.threads} thread{'s' if self.threads > 1 else ''} each"
+        )
 
     def _new_pool(self, workers: int) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(workers, mp_context=self._ctx, initializer=set_threads, initargs=(self.threads,))
+        return cf.ProcessPoolExecutor(
+            workers, mp_context=self._ctx, initializer=set_threads, initargs=(self.threads,)
+        )
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         pending = list(tasks)
@@ -187,7 +196,9 @@ class LocalExecutor(Executor):
                 while futures:
                     done, _ = cf.wait(futures, timeout=self.POLL_S, return_when=cf.FIRST_COMPLETED)
                     if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
-                        done = set(futures)  # a dead worker fails every unfinished task: sort them all
+                        done = set(
+                            futures
+                        )  # a dead worker fails every unfinished task: sort them all
                         cf.wait(done)
                     for f in done:
                         task = futures.pop(f)
@@ -195,8 +206,12 @@ class LocalExecutor(Executor):
                         if exc is None:
                             yield f.result()
                             continue
-                        if not isinstance(exc, BrokenProcessPool):  # e.g. an argument that cannot be pickled
-                            yield Outcome(task.key, False, error=error_line(exc), traceback=_format(exc))
+                        if not isinstance(
+                            exc, BrokenProcessPool
+                        ):  # e.g. an argument that cannot be pickled
+                            yield Outcome(
+                                task.key, False, error=error_line(exc), traceback=_format(exc)
+                            )
                             continue
                         breaks[task.key] = breaks.get(task.key, 0) + 1
                         # Whatever was on a worker may be the culprit; the rest just goes again.
@@ -212,8 +227,12 @@ class LocalExecutor(Executor):
             try:
                 return pool.submit(run_task, task).result()
             except BrokenProcessPool:
-                return Outcome(task.key, False, error="its worker process died (killed for memory, or crashed)",
-                               seconds=time.perf_counter() - start)
+                return Outcome(
+                    task.key,
+                    False,
+                    error="its worker process died (killed for memory, or crashed)",
+                    seconds=time.perf_counter() - start,
+                )
 
 
 def _format(exc: BaseException) -> str:
@@ -266,14 +285,21 @@ class DaskExecutor(Executor):
                 self.client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
             except (OSError, TimeoutError, ValueError) as exc:
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise UsageError("--scheduler", f"cannot reach the Dask scheduler at {scheduler} ({msg[:200]}); nothing was started") from None
+                raise UsageError(
+                    "--scheduler",
+                    f"cannot reach the Dask scheduler at {scheduler} ({msg[:200]}); nothing was started",
+                ) from None
             self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         else:
             self.workers = n_workers or default_workers()
             self.threads = max(1, cpu_count() // self.workers)
             self._cluster = LocalCluster(
-                n_workers=self.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, silence_logs=40,
+                n_workers=self.workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=40,
             )
             self.client = Client(self._cluster, set_as_default=False)
 
@@ -290,7 +316,13 @@ class DaskExecutor(Executor):
             return
         futures = {}
         for t in tasks:
-            f = self.client.submit(_run_with_threads, t, self.threads, pure=False, key=f"probe-{t.key}-{os.urandom(4).hex()}")
+            f = self.client.submit(
+                _run_with_threads,
+                t,
+                self.threads,
+                pure=False,
+                key=f"probe-{t.key}-{os.urandom(4).hex()}",
+            )
             futures[f] = t
         try:
             for fut in as_completed(list(futures), loop=self.client.loop):
@@ -298,7 +330,9 @@ class DaskExecutor(Executor):
                 try:
                     yield fut.result()
                 except Exception as exc:  # KilledWorker, lost connection, ...
-                    yield Outcome(t.key, False, error=f"Dask: {error_line(exc)}", traceback=_format(exc))
+                    yield Outcome(
+                        t.key, False, error=f"Dask: {error_line(exc)}", traceback=_format(exc)
+                    )
         finally:
             for f in futures:
                 f.cancel()
@@ -309,12 +343,20 @@ class DaskExecutor(Executor):
             self._cluster.close()
 
 
-def make_executor(workers: int | None = None, scheduler: str | None = None, dask_workers: int | None = None) -> Executor:
+def make_executor(
+    workers: int | None = None, scheduler: str | None = None, dask_workers: int | None = None
+) -> Executor:
     """The executor the CLI options ask for (local processes unless Dask is named)."""
     if scheduler and dask_workers:
-        raise UsageError("--dask-workers", "cannot be combined with --scheduler (that cluster has its own workers)")
+        raise UsageError(
+            "--dask-workers",
+            "cannot be combined with --scheduler (that cluster has its own workers)",
+        )
     if (scheduler or dask_workers) and workers is not None:
-        raise UsageError("--workers", "is for local processes; with Dask, use --dask-workers or the cluster's own workers")
+        raise UsageError(
+            "--workers",
+            "is for local processes; with Dask, use --dask-workers or the cluster's own workers",
+        )
     if scheduler or dask_workers:
         return DaskExecutor(scheduler=scheduler, n_workers=dask_workers)
     if workers == 0:

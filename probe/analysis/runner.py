@@ -65,7 +65,9 @@ from probe.rundir.run import Run
 
 # The fingerprints of the command's run (one per `run_analyses`, so each file is hashed once);
 # a context variable, so a job (in this process or a forked child) finds it without plumbing.
-FINGERPRINTS: contextvars.ContextVar[Fingerprints | None] = contextvars.ContextVar("probe_fingerprints", default=None)
+FINGERPRINTS: contextvars.ContextVar[Fingerprints | None] = contextvars.ContextVar(
+    "probe_fingerprints", default=None
+)
 
 
 @dataclass
@@ -124,10 +126,14 @@ def resolve_device(device: str) -> str:
     return str(resolve(device))
 
 
-def plan(run: Run, analysis: Analysis, epochs_spec: str | None) -> list[tuple[int | None, list[int]]]:
+def plan(
+    run: Run, analysis: Analysis, epochs_spec: str | None
+) -> list[tuple[int | None, list[int]]]:
     """(epoch, epochs) per job: one per selected epoch, or one (None, selected) for run scope."""
     spec = epochs_spec or ("all" if analysis.scope == "run" else "last")
-    if not run.epochs() and not (analysis.needs & {"checkpoint", "model", "activations", "trajectory"}):
+    if not run.epochs() and not (
+        analysis.needs & {"checkpoint", "model", "activations", "trajectory"}
+    ):
         return [(None, [])]
     selected = run.select_epochs(spec)
     if analysis.scope == "run":
@@ -135,7 +141,9 @@ def plan(run: Run, analysis: Analysis, epochs_spec: str | None) -> list[tuple[in
     return [(e, [e]) for e in selected]
 
 
-def _target(run: Run, analysis: Analysis, params: Any, epoch: int | None) -> tuple[dict[str, Any], str, Path]:
+def _target(
+    run: Run, analysis: Analysis, params: Any, epoch: int | None
+) -> tuple[dict[str, Any], str, Path]:
     pdict = params_dict(params)
     variant = variant_name(pdict, params_dict(analysis.params()))
     return pdict, variant, result_dir(run, analysis.name, variant, epoch)
@@ -151,14 +159,26 @@ def _record_failure(run: Run, analysis: Analysis, params: Any, outcome: Outcome)
     target = None
     try:
         pdict, variant, target = _target(run, analysis, params, outcome.epoch)
-        confined(run.path, target.relative_to(run.path))  # checked again: a plugin may have put a link there
-        record = results.jsonable({
-            "analysis": analysis.name, "epoch": outcome.epoch, "variant": variant, "params": pdict,
-            "status": outcome.status, "error": outcome.error, "traceback": outcome.traceback,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }, nonfinite="str")
+        confined(
+            run.path, target.relative_to(run.path)
+        )  # checked again: a plugin may have put a link there
+        record = results.jsonable(
+            {
+                "analysis": analysis.name,
+                "epoch": outcome.epoch,
+                "variant": variant,
+                "params": pdict,
+                "status": outcome.status,
+                "error": outcome.error,
+                "traceback": outcome.traceback,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+            nonfinite="str",
+        )
         atomic.write_json(target.parent / f"{target.name}.failed.json", record)
-    except Exception:  # a failure record is best effort: the outcome is reported on the terminal anyway
+    except (
+        Exception
+    ):  # a failure record is best effort: the outcome is reported on the terminal anyway
         if target is not None:
             _remove_empty_folders(run, target.parent)
 
@@ -167,8 +187,9 @@ def _skip_record_path(target: Path) -> Path:
     return target.parent / f"{target.name}.skipped.json"
 
 
-def _record_skip(run: Run, analysis: Analysis, params: Any, outcome: Outcome, key: str,
-                 inputs: dict[str, str]) -> None:
+def _record_skip(
+    run: Run, analysis: Analysis, params: Any, outcome: Outcome, key: str, inputs: dict[str, str]
+) -> None:
     """Leave `<epoch_NNNN|run>.skipped.json`: the reason, and the key over the inputs read before skipping.
 
     Best effort, like a failure record: without it the job is only asked again next time.
@@ -177,11 +198,21 @@ def _record_skip(run: Run, analysis: Analysis, params: Any, outcome: Outcome, ke
     try:
         pdict, variant, target = _target(run, analysis, params, outcome.epoch)
         confined(run.path, target.relative_to(run.path))
-        record = results.jsonable({
-            "format": RESULT_FORMAT, "analysis": analysis.name, "epoch": outcome.epoch, "variant": variant,
-            "params": pdict, "status": "skipped", "reason": outcome.reason, "inputs": inputs, "key": key,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }, nonfinite="str")
+        record = results.jsonable(
+            {
+                "format": RESULT_FORMAT,
+                "analysis": analysis.name,
+                "epoch": outcome.epoch,
+                "variant": variant,
+                "params": pdict,
+                "status": "skipped",
+                "reason": outcome.reason,
+                "inputs": inputs,
+                "key": key,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+            nonfinite="str",
+        )
         atomic.write_json(_skip_record_path(target), record)
         (target.parent / f"{target.name}.failed.json").unlink(missing_ok=True)
     except Exception:
@@ -189,8 +220,16 @@ def _record_skip(run: Run, analysis: Analysis, params: Any, outcome: Outcome, ke
             _remove_empty_folders(run, target.parent)
 
 
-def _cached_skip(run: Run, analysis: Analysis, pdict: dict[str, Any], epoch: int | None, epochs: list[int],
-                 target: Path, fps: Fingerprints, source: str | None) -> Outcome | None:
+def _cached_skip(
+    run: Run,
+    analysis: Analysis,
+    pdict: dict[str, Any],
+    epoch: int | None,
+    epochs: list[int],
+    target: Path,
+    fps: Fingerprints,
+    source: str | None,
+) -> Outcome | None:
     """The skipped outcome if a skip record at `target` is still valid (same identity, inputs unchanged)."""
     path = _skip_record_path(target)
     if not os.path.lexists(path):
@@ -199,7 +238,11 @@ def _cached_skip(run: Run, analysis: Analysis, pdict: dict[str, Any], epoch: int
         record = safeio.read_json(path, max_bytes=safeio.MAX_CONFIG_BYTES, within=run.path)
     except ProbeError:
         return None
-    if not isinstance(record, dict) or record.get("status") != "skipped" or not isinstance(record.get("reason"), str):
+    if (
+        not isinstance(record, dict)
+        or record.get("status") != "skipped"
+        or not isinstance(record.get("reason"), str)
+    ):
         return None
     if not is_cached(record, job_identity(analysis, pdict, epoch, epochs, source), fps):
         return None
@@ -222,22 +265,46 @@ def _remove_empty_folders(run: Run, folder: Path) -> None:
         folder = folder.parent
 
 
-def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
-            device: str, force: bool = False, quiet: bool = True, timeout: float | None = None,
-            guard: bool = True) -> Outcome:
+def run_job(
+    run: Run,
+    analysis: Analysis,
+    params: Any,
+    epoch: int | None,
+    epochs: list[int],
+    *,
+    device: str,
+    force: bool = False,
+    quiet: bool = True,
+    timeout: float | None = None,
+    guard: bool = True,
+) -> Outcome:
     """Compute one result (or find it cached), never raising for the analysis's own errors.
 
     `timeout` (seconds) runs the job in a child process killed past it; `guard`
     checks the job wrote nothing outside its result folder (see the module docstring).
     """
+
     def job() -> Outcome:
         if timeout is not None:
-            return _run_in_child(run, analysis, params, epoch, epochs, device=device, force=force,
-                                 quiet=quiet, timeout=timeout)
-        return _run_job(run, analysis, params, epoch, epochs, device=device, force=force, quiet=quiet)
+            return _run_in_child(
+                run,
+                analysis,
+                params,
+                epoch,
+                epochs,
+                device=device,
+                force=force,
+                quiet=quiet,
+                timeout=timeout,
+            )
+        return _run_job(
+            run, analysis, params, epoch, epochs, device=device, force=force, quiet=quiet
+        )
 
     _, _, target = _target(run, analysis, params, epoch)
-    confined(run.path, target.relative_to(run.path))  # no link on the way: nothing is read or written outside the run
+    confined(
+        run.path, target.relative_to(run.path)
+    )  # no link on the way: nothing is read or written outside the run
     if not guard:
         return job()
     before = snapshot(run.path)
@@ -246,18 +313,29 @@ def run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs
         return outcome
     stray, changed = check_writes(run, before)
     if changed:
-        error = f"changed run files: {', '.join(changed)}" + (f"; and {outcome.error}" if outcome.error else "")
+        error = f"changed run files: {', '.join(changed)}" + (
+            f"; and {outcome.error}" if outcome.error else ""
+        )
         if outcome.status == "ok" and outcome.path is not None and not is_link(outcome.path):
-            shutil.rmtree(outcome.path, ignore_errors=True)  # a job that changed the run: its result is not kept
-        outcome = dataclasses.replace(outcome, status="failed" if outcome.status != "timeout" else "timeout",
-                                      path=None, error=error)
+            shutil.rmtree(
+                outcome.path, ignore_errors=True
+            )  # a job that changed the run: its result is not kept
+        outcome = dataclasses.replace(
+            outcome,
+            status="failed" if outcome.status != "timeout" else "timeout",
+            path=None,
+            error=error,
+        )
         _record_failure(run, analysis, params, outcome)
     if stray:
         # Someone made new files outside the result folder while the job ran: the job, or the
         # user (NOTES.md), or another tool. Who cannot be told, so nothing is removed and the
         # result is kept; the files are named, so a plugin that litters is noticed.
-        outcome = dataclasses.replace(outcome, warning=f"new files outside its result folder while it ran (left in "
-                                                       f"place): {_listing(stray)}")
+        outcome = dataclasses.replace(
+            outcome,
+            warning=f"new files outside its result folder while it ran (left in "
+            f"place): {_listing(stray)}",
+        )
         print(f"warning: {outcome.label}: {outcome.warning}", file=sys.stderr, flush=True)
     return outcome
 
@@ -268,11 +346,20 @@ def _listing(names: list[str], most: int = 8) -> str:
 
 def _fingerprints(run: Run) -> Fingerprints:
     fps = FINGERPRINTS.get()
-    return fps if fps is not None and fps.run.path == run.path else Fingerprints(run, persistent=False)
+    return (
+        fps if fps is not None and fps.run.path == run.path else Fingerprints(run, persistent=False)
+    )
 
 
-def _is_hit(analysis: Analysis, pdict: dict[str, Any], epoch: int | None, epochs: list[int], target: Path,
-            fps: Fingerprints, source: str | None) -> bool:
+def _is_hit(
+    analysis: Analysis,
+    pdict: dict[str, Any],
+    epoch: int | None,
+    epochs: list[int],
+    target: Path,
+    fps: Fingerprints,
+    source: str | None,
+) -> bool:
     """Whether the finished result at `target` is still valid (see results.is_cached)."""
     existing = read_manifest(target)
     if existing is None:
@@ -283,7 +370,9 @@ def _is_hit(analysis: Analysis, pdict: dict[str, Any], epoch: int | None, epochs
     return is_cached(existing, job_identity(analysis, pdict, epoch, epochs, source), fps)
 
 
-def cached_outcome(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int]) -> Outcome | None:
+def cached_outcome(
+    run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int]
+) -> Outcome | None:
     """The job's outcome if its result is cached, else None; imports no torch and runs no plugin code.
 
     `run_analyses` asks this first, so a command whose jobs are all cached does no
@@ -301,8 +390,17 @@ def cached_outcome(run: Run, analysis: Analysis, params: Any, epoch: int | None,
     return None
 
 
-def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
-             device: str, force: bool, quiet: bool) -> Outcome:
+def _run_job(
+    run: Run,
+    analysis: Analysis,
+    params: Any,
+    epoch: int | None,
+    epochs: list[int],
+    *,
+    device: str,
+    force: bool,
+    quiet: bool,
+) -> Outcome:
     pdict, variant, target = _target(run, analysis, params, epoch)
     failed_marker = target.parent / f"{target.name}.failed.json"
     t0 = time.perf_counter()
@@ -313,14 +411,18 @@ def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epoch
         source = fps.source(analysis) if results.dev_mode() else None
         if not force and _is_hit(analysis, pdict, epoch, epochs, target, fps, source):
             return Outcome(analysis.name, epoch, "cached", 0.0, target)
-        if not force and (skipped := _cached_skip(run, analysis, pdict, epoch, epochs, target, fps, source)):
+        if not force and (
+            skipped := _cached_skip(run, analysis, pdict, epoch, epochs, target, fps, source)
+        ):
             return skipped
         device = resolve_device(device)
         from probe.analysis.context import Context, ResultWriter, close_new_figures, open_figures
 
         with atomic.atomic_dir(target) as tmp:
             out = ResultWriter(tmp)
-            ctx = Context(run, analysis, params, epochs, epoch, device, out, quiet=quiet, fingerprints=fps)
+            ctx = Context(
+                run, analysis, params, epochs, epoch, device, out, quiet=quiet, fingerprints=fps
+            )
             figures = open_figures()
             try:
                 analysis.run(ctx)
@@ -329,14 +431,25 @@ def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epoch
             seconds = time.perf_counter() - t0
             inputs = dict(ctx.inputs)
             manifest = {
-                "format": RESULT_FORMAT, "analysis": analysis.name, "version": str(analysis.version),
-                "provider": analysis.provider, "provider_version": analysis.provider_version,
-                "params": results.jsonable(pdict, nonfinite="str"), "variant": variant, "scope": analysis.scope,
-                "epoch": epoch, "epochs": epochs, "inputs": inputs,
+                "format": RESULT_FORMAT,
+                "analysis": analysis.name,
+                "version": str(analysis.version),
+                "provider": analysis.provider,
+                "provider_version": analysis.provider_version,
+                "params": results.jsonable(pdict, nonfinite="str"),
+                "variant": variant,
+                "scope": analysis.scope,
+                "epoch": epoch,
+                "epochs": epochs,
+                "inputs": inputs,
                 "key": result_key(job_identity(analysis, pdict, epoch, epochs, source), inputs),
-                "files": sorted(set(out.files)), "scalars": out.scalars, "layer_scalars": out.layer_tables,
-                "captions": {**dict(analysis.figure_captions), **out.captions}, "seconds": round(seconds, 3),
-                "device": device, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "files": sorted(set(out.files)),
+                "scalars": out.scalars,
+                "layer_scalars": out.layer_tables,
+                "captions": {**dict(analysis.figure_captions), **out.captions},
+                "seconds": round(seconds, 3),
+                "device": device,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
             if source:
                 manifest["source"] = source
@@ -345,7 +458,14 @@ def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epoch
         _skip_record_path(target).unlink(missing_ok=True)
         return Outcome(analysis.name, epoch, "ok", seconds, target)
     except Skip as exc:  # the analysis does not apply: not a failure (see probe.errors.Skip)
-        outcome = Outcome(analysis.name, epoch, "skipped", time.perf_counter() - t0, None, reason=_one_line(str(exc)))
+        outcome = Outcome(
+            analysis.name,
+            epoch,
+            "skipped",
+            time.perf_counter() - t0,
+            None,
+            reason=_one_line(str(exc)),
+        )
         inputs = dict(ctx.inputs) if ctx is not None else {}
         key = result_key(job_identity(analysis, pdict, epoch, epochs, source), inputs)
         _record_skip(run, analysis, params, outcome, key, inputs)
@@ -353,7 +473,15 @@ def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epoch
     except Exception as exc:  # one analysis's failure is reported, not propagated
         tb = traceback.format_exc()
         msg = str(exc) if isinstance(exc, ProbeError) else f"{type(exc).__name__}: {exc}"
-        outcome = Outcome(analysis.name, epoch, "failed", time.perf_counter() - t0, None, msg.splitlines()[0] if msg else type(exc).__name__, tb)
+        outcome = Outcome(
+            analysis.name,
+            epoch,
+            "failed",
+            time.perf_counter() - t0,
+            None,
+            msg.splitlines()[0] if msg else type(exc).__name__,
+            tb,
+        )
         _record_failure(run, analysis, params, outcome)
         _skip_record_path(target).unlink(missing_ok=True)
         return outcome
@@ -361,8 +489,19 @@ def _run_job(run: Run, analysis: Analysis, params: Any, epoch: int | None, epoch
 
 # --- a job in a child process, killed past its timeout ----------------------------------------------
 
-def _run_in_child(run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int], *,
-                  device: str, force: bool, quiet: bool, timeout: float) -> Outcome:
+
+def _run_in_child(
+    run: Run,
+    analysis: Analysis,
+    params: Any,
+    epoch: int | None,
+    epochs: list[int],
+    *,
+    device: str,
+    force: bool,
+    quiet: bool,
+    timeout: float,
+) -> Outcome:
     """Fork a child for the job; kill its process group past `timeout`.
 
     fork, not spawn: the analysis (often a closure or a module-level function of a
@@ -374,7 +513,9 @@ def _run_in_child(run: Run, analysis: Analysis, params: Any, epoch: int | None, 
     mp = multiprocessing.get_context("fork")
     recv, send = mp.Pipe(duplex=False)
     # not a daemon: a daemonic process may not start processes, and an analysis may
-    proc = mp.Process(target=_child_main, args=(send, run, analysis, params, epoch, epochs, device, force, quiet))
+    proc = mp.Process(
+        target=_child_main, args=(send, run, analysis, params, epoch, epochs, device, force, quiet)
+    )
     t0 = time.perf_counter()
     proc.start()
     send.close()
@@ -400,22 +541,42 @@ def _run_in_child(run: Run, analysis: Analysis, params: Any, epoch: int | None, 
     for tmp in target.parent.glob(f".{target.name}.{proc.pid}.*"):  # its unfinished result folder
         shutil.rmtree(tmp, ignore_errors=True)
     if not answered:
-        outcome = Outcome(analysis.name, epoch, "timeout", seconds, None, f"timed out after {timeout:g} s (killed)")
+        outcome = Outcome(
+            analysis.name,
+            epoch,
+            "timeout",
+            seconds,
+            None,
+            f"timed out after {timeout:g} s (killed)",
+        )
     else:
         code = proc.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        outcome = Outcome(analysis.name, epoch, "failed", seconds, None, f"the analysis process died ({how})")
+        outcome = Outcome(
+            analysis.name, epoch, "failed", seconds, None, f"the analysis process died ({how})"
+        )
     _record_failure(run, analysis, params, outcome)
     return outcome
 
 
-def _child_main(conn: Any, run: Run, analysis: Analysis, params: Any, epoch: int | None, epochs: list[int],
-                device: str, force: bool, quiet: bool) -> None:
+def _child_main(
+    conn: Any,
+    run: Run,
+    analysis: Analysis,
+    params: Any,
+    epoch: int | None,
+    epochs: list[int],
+    device: str,
+    force: bool,
+    quiet: bool,
+) -> None:
     try:
         os.setpgid(0, 0)  # its own process group, so whatever it starts is killed with it
     except OSError:
         pass
-    outcome = _run_job(run, analysis, params, epoch, epochs, device=device, force=force, quiet=quiet)
+    outcome = _run_job(
+        run, analysis, params, epoch, epochs, device=device, force=force, quiet=quiet
+    )
     d = dataclasses.asdict(outcome)
     d["path"] = str(outcome.path) if outcome.path else None
     conn.send_bytes(json.dumps(d).encode())
@@ -434,9 +595,15 @@ def _kill_group(pid: int) -> None:
 
 # --- writes outside the result folder ----------------------------------------------------------------
 
-_UNWATCHED = {rundir.ANALYSES, "logs", "report"}  # written by analyze itself, or by other commands meanwhile
-_RUN_FILE = re.compile(r"^(checkpoints/epoch_\d{4,}\.safetensors|activations/epoch_\d{4,}\.h5|"
-                       r"metrics\.jsonl|config\.json|data/(probe_set|analysis_batch)\.safetensors)$")
+_UNWATCHED = {
+    rundir.ANALYSES,
+    "logs",
+    "report",
+}  # written by analyze itself, or by other commands meanwhile
+_RUN_FILE = re.compile(
+    r"^(checkpoints/epoch_\d{4,}\.safetensors|activations/epoch_\d{4,}\.h5|"
+    r"metrics\.jsonl|config\.json|data/(probe_set|analysis_batch)\.safetensors)$"
+)
 _TRAINING_OUTPUT = re.compile(_RUN_FILE.pattern[:-1] + "|" + re.escape(LOCK_FILE) + "$")
 
 
@@ -454,7 +621,11 @@ def snapshot(run_dir: Path) -> Snapshot:
     snap = Snapshot({}, set(), b"")
     for root, dirs, files in os.walk(run_dir):
         rel_root = Path(root).relative_to(run_dir)
-        dirs[:] = [d for d in dirs if not rundir.is_temp(Path(d)) and not (rel_root == Path(".") and d in _UNWATCHED)]
+        dirs[:] = [
+            d
+            for d in dirs
+            if not rundir.is_temp(Path(d)) and not (rel_root == Path(".") and d in _UNWATCHED)
+        ]
         snap.dirs.update((rel_root / d).as_posix() for d in dirs)
         for name in files:
             if rundir.is_temp(Path(name)):
@@ -472,7 +643,6 @@ def snapshot(run_dir: Path) -> Snapshot:
     return snap
 
 
-
 def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
     """(new files; changed or deleted run files) since `before`. Removes nothing.
 
@@ -484,14 +654,22 @@ def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
     checkpoint yet (an unfinished epoch), its lock file.
     """
     after = snapshot(run.path)
-    stray = sorted(rel for rel in after.files if rel not in before.files and not _TRAINING_OUTPUT.match(rel))
+    stray = sorted(
+        rel for rel in after.files if rel not in before.files and not _TRAINING_OUTPUT.match(rel)
+    )
     changed = []
     for rel, st in sorted(before.files.items()):
         if st == after.files.get(rel):
             continue
-        if not _RUN_FILE.match(rel):  # a file of the user's, edited or removed meanwhile: theirs to change
+        if not _RUN_FILE.match(
+            rel
+        ):  # a file of the user's, edited or removed meanwhile: theirs to change
             continue
-        if rel == rundir.METRICS and rel in after.files and after.metrics.startswith(before.metrics):
+        if (
+            rel == rundir.METRICS
+            and rel in after.files
+            and after.metrics.startswith(before.metrics)
+        ):
             continue
         m = re.match(r"^activations/epoch_(\d+)\.h5$", rel)
         if m and rundir.checkpoint_name(int(m.group(1))) not in before.files:
@@ -500,10 +678,20 @@ def check_writes(run: Run, before: Snapshot) -> tuple[list[str], list[str]]:
     return stray, changed
 
 
-def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = None,
-                 params: dict[str, dict[str, Any]] | None = None, *, device: str = "auto",
-                 force: bool = False, quiet: bool = True, registry: Any = None,
-                 on_outcome: Any = None, timeout: float | None = None, executor: Any = None) -> list[Outcome]:
+def run_analyses(
+    run_dir: str | Path,
+    plugins: list[str],
+    epochs: str | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    *,
+    device: str = "auto",
+    force: bool = False,
+    quiet: bool = True,
+    registry: Any = None,
+    on_outcome: Any = None,
+    timeout: float | None = None,
+    executor: Any = None,
+) -> list[Outcome]:
     """Run the named analyses over a run; returns one Outcome per job. Used by the CLI and by sweeps.
 
     `timeout`: seconds per job; each job then runs in a child process, killed past it.
@@ -514,11 +702,15 @@ def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = N
     from probe.contract.registry import registry as default_registry
 
     if "matplotlib" not in sys.modules:
-        os.environ.setdefault("MPLBACKEND", "Agg")  # results are files: no window, no display needed
+        os.environ.setdefault(
+            "MPLBACKEND", "Agg"
+        )  # results are files: no window, no display needed
     run = Run(run_dir)
     reg = registry or default_registry()
     analyses = [reg.get(name) for name in plugins]
-    parsed = {a.name: a.make_params((params or {}).get(a.name, {})) for a in analyses}  # all checked up front
+    parsed = {
+        a.name: a.make_params((params or {}).get(a.name, {})) for a in analyses
+    }  # all checked up front
     jobs = [(a, e, es) for a in analyses for e, es in plan(run, a, epochs)]
     if device == "cuda":
         device = resolve_device(device)  # asked for, and absent: one line before anything runs
@@ -531,8 +723,17 @@ def run_analyses(run_dir: str | Path, plugins: list[str], epochs: str | None = N
         for a, e, es in _progress(jobs, quiet):
             outcome = None if force else cached_outcome(run, a, parsed[a.name], e, es)
             if outcome is None:
-                outcome = run_job(run, a, parsed[a.name], e, es, device=device, force=force, quiet=quiet,
-                                  timeout=timeout)
+                outcome = run_job(
+                    run,
+                    a,
+                    parsed[a.name],
+                    e,
+                    es,
+                    device=device,
+                    force=force,
+                    quiet=quiet,
+                    timeout=timeout,
+                )
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
@@ -555,8 +756,9 @@ def prepare_run(run: Run) -> list[Path]:
     """
     for name in (rundir.ANALYSES, "logs"):
         confined(run.path, name)
-    return (atomic.remove_stale_temps(run.path / rundir.ANALYSES, depth=2)
-            + atomic.remove_stale_temps(run.path / "logs", depth=0))
+    return atomic.remove_stale_temps(
+        run.path / rundir.ANALYSES, depth=2
+    ) + atomic.remove_stale_temps(run.path / "logs", depth=0)
 
 
 def write_log(run: Run, failures: list[Outcome]) -> Path:
@@ -564,7 +766,9 @@ def write_log(run: Run, failures: list[Outcome]) -> Path:
     path = run.path / "logs" / f"analyze-{stamp}-{id(failures) % 10000:04d}.log"
     text = "\n".join(f"== {o.label}: {o.error}\n{o.traceback}" for o in failures)
     try:
-        atomic.write_text(confined(run.path, path.relative_to(run.path)), text)  # logs/ may have become a link
+        atomic.write_text(
+            confined(run.path, path.relative_to(run.path)), text
+        )  # logs/ may have become a link
     except ProbeError:
         pass
     return path
@@ -576,15 +780,27 @@ def _progress(jobs: list, quiet: bool):
         return
     import click
 
-    with click.progressbar(jobs, label="analyses", file=sys.stderr, show_pos=True,
-                           item_show_func=lambda j: j and f"{j[0].name} {j[1] if j[1] is not None else ''}") as bar:
+    with click.progressbar(
+        jobs,
+        label="analyses",
+        file=sys.stderr,
+        show_pos=True,
+        item_show_func=lambda j: j and f"{j[0].name} {j[1] if j[1] is not None else ''}",
+    ) as bar:
         yield from bar
 
 
 def describe(analysis: Analysis) -> dict[str, Any]:
     """A JSON-able description (for `probe plugins --json`)."""
     return {
-        "name": analysis.name, "summary": analysis.summary, "scope": analysis.scope, "version": analysis.version,
-        "needs": sorted(analysis.needs), "provider": analysis.provider, "provider_version": analysis.provider_version,
-        "params": [dataclasses.asdict(s) | {"type": s.type.__name__} for s in analysis.param_specs()],
+        "name": analysis.name,
+        "summary": analysis.summary,
+        "scope": analysis.scope,
+        "version": analysis.version,
+        "needs": sorted(analysis.needs),
+        "provider": analysis.provider,
+        "provider_version": analysis.provider_version,
+        "params": [
+            dataclasses.asdict(s) | {"type": s.type.__name__} for s in analysis.param_specs()
+        ],
     }

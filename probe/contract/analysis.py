@@ -33,20 +33,43 @@ from probe.errors import UsageError
 
 # "trajectory": the job may read the checkpoint of any complete epoch (not only its own), so
 # its cache key covers them all.
-NEEDS = frozenset({"checkpoint", "model", "activations", "probe_set", "analysis_batch", "metrics", "config", "trajectory"})
+NEEDS = frozenset(
+    {
+        "checkpoint",
+        "model",
+        "activations",
+        "probe_set",
+        "analysis_batch",
+        "metrics",
+        "config",
+        "trajectory",
+    }
+)
 SCOPES = ("epoch", "run")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
-def param(default: Any, help: str, *, choices: tuple | list | None = None,
-          min: float | None = None, max: float | None = None, allow_nonfinite: bool = False) -> Any:
+def param(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple | list | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    allow_nonfinite: bool = False,
+) -> Any:
     """Declare one analysis parameter: its default, help text, and allowed values.
 
     `min`/`max` are inclusive bounds; `allow_nonfinite=True` lets a float parameter
     take nan, inf and -inf (refused otherwise, since nan passes every bound).
     """
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
-            "allow_nonfinite": bool(allow_nonfinite)}
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "min": min,
+        "max": max,
+        "allow_nonfinite": bool(allow_nonfinite),
+    }
     return field(default=default, metadata=meta)
 
 
@@ -72,13 +95,19 @@ class Analysis:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise ValueError(f"analysis name {self.name!r} must be lower-case letters, digits, '-' or '_'")
+            raise ValueError(
+                f"analysis name {self.name!r} must be lower-case letters, digits, '-' or '_'"
+            )
         if self.scope not in SCOPES:
-            raise ValueError(f"analysis {self.name!r}: scope must be one of {SCOPES}, got {self.scope!r}")
+            raise ValueError(
+                f"analysis {self.name!r}: scope must be one of {SCOPES}, got {self.scope!r}"
+            )
         object.__setattr__(self, "needs", frozenset(self.needs))
         unknown = set(self.needs) - NEEDS
         if unknown:
-            raise ValueError(f"analysis {self.name!r}: unknown needs {sorted(unknown)}; known: {sorted(NEEDS)}")
+            raise ValueError(
+                f"analysis {self.name!r}: unknown needs {sorted(unknown)}; known: {sorted(NEEDS)}"
+            )
         if not dataclasses.is_dataclass(self.params):
             raise ValueError(f"analysis {self.name!r}: params must be a dataclass type")
         if not self.summary or "\n" in self.summary:
@@ -86,8 +115,10 @@ class Analysis:
         # One type, so manifests and reports never compare "2" with 2.
         if not isinstance(self.version, str) or not self.version.strip():
             hint = str(self.version).strip() if isinstance(self.version, int | float) else "1"
-            raise ValueError(f"analysis {self.name!r}: version must be a non-empty str (e.g. version=\"{hint}\"), "
-                             f"got {type(self.version).__name__} {self.version!r}")
+            raise ValueError(
+                f'analysis {self.name!r}: version must be a non-empty str (e.g. version="{hint}"), '
+                f"got {type(self.version).__name__} {self.version!r}"
+            )
 
     def check_params(self) -> None:
         """Raise a one-line ValueError if the params class cannot be described or its defaults break its own rules.
@@ -148,7 +179,9 @@ class ParamSpec:
                 else:
                     value = self.type(text)
             except ValueError:
-                raise UsageError(where, f"{analysis}: expected {self.type.__name__}, got {text!r}") from None
+                raise UsageError(
+                    where, f"{analysis}: expected {self.type.__name__}, got {text!r}"
+                ) from None
         if value is None and self.default is None:
             return None
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
@@ -165,8 +198,12 @@ class ParamSpec:
         """Why `value` (already of the parsed type, or not) is not allowed, or None; shared by --param and defaults."""
         if value is None and self.default is None:
             return None
-        as_float = self.type is float and isinstance(value, int) and not isinstance(value, bool)  # 1 for 1.0
-        if not (isinstance(value, self.type) or as_float) or (self.type is int and isinstance(value, bool)):
+        as_float = (
+            self.type is float and isinstance(value, int) and not isinstance(value, bool)
+        )  # 1 for 1.0
+        if not (isinstance(value, self.type) or as_float) or (
+            self.type is int and isinstance(value, bool)
+        ):
             return f"expected {self.type.__name__}, got {value!r}"
         if isinstance(value, float) and not math.isfinite(value) and not self.allow_nonfinite:
             return f"must be a finite number, got {value}"
@@ -183,19 +220,31 @@ def _scalar_type(hint: Any, owner: str, name: str) -> type:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     t = args[0] if args else hint
     if t not in (int, float, str, bool):
-        raise ValueError(f"{owner}: parameter {name!r} must be int, float, str or bool (or Optional of one)")
+        raise ValueError(
+            f"{owner}: parameter {name!r} must be int, float, str or bool (or Optional of one)"
+        )
     return t
 
 
 # --- the typed-parameters machinery, shared by analyses, model families and data sets ---------------
 
+
 def param_specs(params: type, owner: str) -> list[ParamSpec]:
     """The fields of a params dataclass declared with `probe.param`, as ParamSpecs (`owner` names it in errors)."""
     hints = typing.get_type_hints(params)
-    return [ParamSpec(f.name, _scalar_type(hints[f.name], owner, f.name), f.default, f.metadata.get("help", ""),
-                      f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max"),
-                      bool(f.metadata.get("allow_nonfinite", False)))
-            for f in dataclasses.fields(params)]
+    return [
+        ParamSpec(
+            f.name,
+            _scalar_type(hints[f.name], owner, f.name),
+            f.default,
+            f.metadata.get("help", ""),
+            f.metadata.get("choices"),
+            f.metadata.get("min"),
+            f.metadata.get("max"),
+            bool(f.metadata.get("allow_nonfinite", False)),
+        )
+        for f in dataclasses.fields(params)
+    ]
 
 
 def make_params(params: type, raw: Mapping[str, str | Any], owner: str, option: str) -> Any:
@@ -220,21 +269,28 @@ def check_params(params: type, owner: str) -> None:
     except ValueError as exc:
         raise ValueError(str(exc).removeprefix(f"{owner}: ")) from None
     except Exception as exc:  # an annotation typing cannot resolve
-        raise ValueError(f"cannot read the parameter types of {params.__name__} "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"cannot read the parameter types of {params.__name__} ({type(exc).__name__}: {exc})"
+        ) from None
     for f in dataclasses.fields(params):
         if f.default is dataclasses.MISSING:
-            raise ValueError(f"parameter {f.name!r} has no default; declare it with probe.param(default, help)")
+            raise ValueError(
+                f"parameter {f.name!r} has no default; declare it with probe.param(default, help)"
+            )
     for spec in specs:
         problem = spec.problem(spec.default)
         if problem:
-            raise ValueError(f"parameter {spec.name!r}: its default {spec.default!r} is refused by its own "
-                             f"declaration ({problem})")
+            raise ValueError(
+                f"parameter {spec.name!r}: its default {spec.default!r} is refused by its own "
+                f"declaration ({problem})"
+            )
     try:
         params()
     except Exception as exc:
-        raise ValueError(f"the defaults of {params.__name__} are refused by its own checks "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"the defaults of {params.__name__} are refused by its own checks "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def params_dict(params: Any) -> dict[str, Any]:
@@ -251,13 +307,18 @@ def split_params(pairs: list[str], analyses: list[Analysis]) -> dict[str, dict[s
             raise UsageError("--param", f"expected KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         key = key.strip()
-        target, _, pname = key.rpartition(".") if "." in key and key.split(".", 1)[0] in by_name else ("", "", key)
+        target, _, pname = (
+            key.rpartition(".") if "." in key and key.split(".", 1)[0] in by_name else ("", "", key)
+        )
         if target:
             out[target][pname] = value
             continue
         takers = [a.name for a in analyses if pname in {s.name for s in a.param_specs()}]
         if not takers:
-            known = "; ".join(f"{a.name}: {', '.join(s.name for s in a.param_specs()) or 'none'}" for a in analyses)
+            known = "; ".join(
+                f"{a.name}: {', '.join(s.name for s in a.param_specs()) or 'none'}"
+                for a in analyses
+            )
             raise UsageError("--param", f"no selected analysis has a parameter {pname!r} ({known})")
         for t in takers:
             out[t][pname] = value

@@ -49,7 +49,9 @@ class DataSource:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise ValueError(f"data set name {self.name!r} must be lower-case letters, digits, '-' or '_'")
+            raise ValueError(
+                f"data set name {self.name!r} must be lower-case letters, digits, '-' or '_'"
+            )
         if not self.summary or "\n" in self.summary:
             raise ValueError(f"data set {self.name!r}: summary must be one line")
         if not isinstance(self.version, str) or not self.version.strip():
@@ -69,5 +71,8 @@ def get_source(name: str, option: str = "--dataset") -> DataSource:
     src = lookup("datasets", name)
     if src is None:
         known = ", ".join(sorted(installed("datasets"))) or "none"
-        raise UsageError(option, f"unknown data set {name!r}; installed data sets: {known} (see `probe datasets`)")
+        raise UsageError(
+            option,
+            f"unknown data set {name!r}; installed data sets: {known} (see `probe datasets`)",
+        )
     return src

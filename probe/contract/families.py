@@ -52,7 +52,12 @@ class InputSpec:
     std: tuple[float, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"channels": self.channels, "size": list(self.size), "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "channels": self.channels,
+            "size": list(self.size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,9 @@ class ModelFamily:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise ValueError(f"model family name {self.name!r} must be lower-case letters, digits, '-' or '_'")
+            raise ValueError(
+                f"model family name {self.name!r} must be lower-case letters, digits, '-' or '_'"
+            )
         if not dataclasses.is_dataclass(self.params):
             raise ValueError(f"model family {self.name!r}: params must be a dataclass type")
         if not self.summary or "\n" in self.summary:
@@ -99,8 +106,13 @@ class ModelFamily:
     def make_params(self, raw: Mapping[str, Any], option: str = "--model-param") -> Any:
         return make_params(self.params, raw, self.name, option)
 
-    def spec(self, raw: Mapping[str, Any], input: InputSpec, num_classes: int,
-             option: str = "--model-param") -> ModelSpec:
+    def spec(
+        self,
+        raw: Mapping[str, Any],
+        input: InputSpec,
+        num_classes: int,
+        option: str = "--model-param",
+    ) -> ModelSpec:
         """The spec of this family with parameters `raw` (checked; defaults filled) for `input` and `num_classes`."""
         params = dataclasses.asdict(self.make_params(raw, option))
         return ModelSpec(self.name, params, input, num_classes, self.version, self.provider)
@@ -115,10 +127,14 @@ class ModelSpec:
     input: InputSpec
     num_classes: int
     family_version: str = "1"
-    provider: str = field(default="", compare=False)  # where the family came from: informs, never selects
+    provider: str = field(
+        default="", compare=False
+    )  # where the family came from: informs, never selects
     _legacy: bool = field(default=False, compare=False, repr=False)
 
-    def __hash__(self) -> int:  # params is a dict: hash the stored form (specs key caches of layer shapes)
+    def __hash__(
+        self,
+    ) -> int:  # params is a dict: hash the stored form (specs key caches of layer shapes)
         return hash(self.to_json())
 
     # What most readers need, without knowing the spec's layout.
@@ -139,8 +155,14 @@ class ModelSpec:
         return self.input.size
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "family_version": self.family_version, "provider": self.provider,
-                "params": dict(self.params), "input": self.input.to_dict(), "num_classes": self.num_classes}
+        return {
+            "family": self.family,
+            "family_version": self.family_version,
+            "provider": self.provider,
+            "params": dict(self.params),
+            "input": self.input.to_dict(),
+            "num_classes": self.num_classes,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -169,16 +191,29 @@ class ModelSpec:
         if not isinstance(family, str) or not _NAME.match(family):
             raise ValueError(f"family must be a family name, got {str(family)[:40]!r}")
         version, provider = d.get("family_version", "1"), d.get("provider", "")
-        if not isinstance(version, str) or len(version) > 64 or not isinstance(provider, str) or len(provider) > 200:
+        if (
+            not isinstance(version, str)
+            or len(version) > 64
+            or not isinstance(provider, str)
+            or len(provider) > 200
+        ):
             raise ValueError("family_version and provider must be short strings")
         params = d.get("params", {})
         if not isinstance(params, dict) or len(params) > 64:
             raise ValueError("params must be an object of at most 64 entries")
         for k, v in params.items():
             if not isinstance(k, str) or len(k) > 64 or not _scalar(v):
-                raise ValueError(f"params: {str(k)[:40]!r} must map to a number, string, bool or null")
-        return cls(family, dict(params), _input(d.get("input")), _count(d.get("num_classes"), "num_classes", MAX_CLASSES),
-                   version, provider)
+                raise ValueError(
+                    f"params: {str(k)[:40]!r} must map to a number, string, bool or null"
+                )
+        return cls(
+            family,
+            dict(params),
+            _input(d.get("input")),
+            _count(d.get("num_classes"), "num_classes", MAX_CLASSES),
+            version,
+            provider,
+        )
 
     @classmethod
     def from_json(cls, text: str, source: str | Path = "model spec") -> ModelSpec:
@@ -223,7 +258,9 @@ class ModelSpec:
 def _scalar(v: Any) -> bool:
     if isinstance(v, float):
         return math.isfinite(v)
-    return v is None or isinstance(v, (bool, int, str)) and (not isinstance(v, str) or len(v) <= 200)
+    return (
+        v is None or isinstance(v, (bool, int, str)) and (not isinstance(v, str) or len(v) <= 200)
+    )
 
 
 def _count(v: Any, name: str, most: int) -> int:
@@ -235,7 +272,9 @@ def _count(v: Any, name: str, most: int) -> int:
 def _floats(v: Any, name: str, n: int) -> tuple[float, ...]:
     if not isinstance(v, (list, tuple)) or len(v) != n:
         raise ValueError(f"{name} must be a list of {n} numbers (one per channel)")
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+    if not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+    ):
         raise ValueError(f"{name} must hold finite numbers")
     return tuple(float(x) for x in v)
 
@@ -254,7 +293,17 @@ def _input(d: Any) -> InputSpec:
     return InputSpec(channels, size, _floats(d.get("mean"), "input.mean", channels), std)
 
 
-_LEGACY_KEYS = {"arch", "depth", "base_width", "dropout", "num_classes", "in_channels", "hidden", "mean", "std"}
+_LEGACY_KEYS = {
+    "arch",
+    "depth",
+    "base_width",
+    "dropout",
+    "num_classes",
+    "in_channels",
+    "hidden",
+    "mean",
+    "std",
+}
 
 
 def _from_legacy(d: dict[str, Any]) -> ModelSpec:
@@ -271,13 +320,25 @@ def _from_legacy(d: dict[str, Any]) -> ModelSpec:
     for k, v in params.items():
         if not _scalar(v):
             raise ValueError(f"{k} must be a number")
-    inp = InputSpec(channels, (32, 32), _floats(d.get("mean", CIFAR10_MEAN), "mean", channels),
-                    _floats(d.get("std", CIFAR10_STD), "std", channels))
-    return ModelSpec("simplecnn", params, inp, _count(d.get("num_classes", 10), "num_classes", MAX_CLASSES), "1",
-                     "probe-cnn", _legacy=True)
+    inp = InputSpec(
+        channels,
+        (32, 32),
+        _floats(d.get("mean", CIFAR10_MEAN), "mean", channels),
+        _floats(d.get("std", CIFAR10_STD), "std", channels),
+    )
+    return ModelSpec(
+        "simplecnn",
+        params,
+        inp,
+        _count(d.get("num_classes", 10), "num_classes", MAX_CLASSES),
+        "1",
+        "probe-cnn",
+        _legacy=True,
+    )
 
 
 # --- finding families ------------------------------------------------------------------------------
+
 
 def get_family(name: str, provider: str = "", option: str | None = None) -> ModelFamily:
     """The installed family `name`; else one line naming it (and the distribution that provides it, where known)."""
@@ -289,7 +350,9 @@ def get_family(name: str, provider: str = "", option: str | None = None) -> Mode
     from probe.contract.registry import installed
 
     known = ", ".join(sorted(installed("models"))) or "none"
-    where = f" (provided by the distribution {provider!r}: pip install {provider})" if provider else ""
+    where = (
+        f" (provided by the distribution {provider!r}: pip install {provider})" if provider else ""
+    )
     msg = f"model family {name!r} is not installed{where}; installed families: {known}"
     if option:
         raise UsageError(option, msg)
@@ -331,11 +394,19 @@ def default_layers(model: Any, inp: InputSpec) -> list[str]:
             h.remove()
     linears = [i for i, (_, m, _) in enumerate(order) if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("the model has no nn.Linear classifier; give the family a layers() function")
+        raise ValueError(
+            "the model has no nn.Linear classifier; give the family a layers() function"
+        )
     last = linears[-1]
     width = order[last][1].in_features
-    penult = next((order[i][0] for i in range(last - 1, -1, -1)
-                   if math.prod(order[i][2][1:]) == width and len(order[i][2]) in (2, 4)), None)
+    penult = next(
+        (
+            order[i][0]
+            for i in range(last - 1, -1, -1)
+            if math.prod(order[i][2][1:]) == width and len(order[i][2]) in (2, 4)
+        ),
+        None,
+    )
     top = {n for n, _ in model.named_children()}
     ran = [n for n, _, s in order[:last] if n in top and len(s) in (2, 4) and n != penult]
     blocks = list(dict.fromkeys(ran))

@@ -101,7 +101,9 @@ class Registry:
         self.datasets: dict[str, Any] = {}  # name -> DataSource
         self.model_owner: dict[str, str] = {}
         self.dataset_owner: dict[str, str] = {}
-        self.disabled: list[Disabled] = []  # analyses registered but not run, each with its one-line reason
+        self.disabled: list[
+            Disabled
+        ] = []  # analyses registered but not run, each with its one-line reason
         self.notes: list[str] = []  # entry points skipped because another has the same name
 
     def register(self, plugin: Any, info: PluginInfo) -> None:
@@ -129,8 +131,20 @@ class Registry:
         from probe.contract.families import ModelFamily
 
         cls, hook, table, owner, what = {
-            "models": (ModelFamily, "register_models", self.models, self.model_owner, "model family"),
-            "datasets": (DataSource, "register_datasets", self.datasets, self.dataset_owner, "data set"),
+            "models": (
+                ModelFamily,
+                "register_models",
+                self.models,
+                self.model_owner,
+                "model family",
+            ),
+            "datasets": (
+                DataSource,
+                "register_datasets",
+                self.datasets,
+                self.dataset_owner,
+                "data set",
+            ),
         }[kind]
         impl = getattr(plugin, hook, None)
         if impl is None:
@@ -139,7 +153,9 @@ class Registry:
 
         def register(obj: Any) -> None:
             if not isinstance(obj, cls):
-                raise TypeError(f"register() takes a probe.{cls.__name__}, got {type(obj).__name__}")
+                raise TypeError(
+                    f"register() takes a probe.{cls.__name__}, got {type(obj).__name__}"
+                )
             found.append(obj)
 
         try:
@@ -154,18 +170,24 @@ class Registry:
                 try:
                     obj.check_params()
                 except Exception as exc:
-                    self.notes.append(f"{what} {obj.name!r} of {info.label} is disabled: {exc}; fix it in "
-                                      f"{info.dist or info.name}")
+                    self.notes.append(
+                        f"{what} {obj.name!r} of {info.label} is disabled: {exc}; fix it in "
+                        f"{info.dist or info.name}"
+                    )
                     continue
             if obj.name in mine:
-                self.notes.append(f"{what} {obj.name!r} of {info.label} is registered twice; the second is ignored")
+                self.notes.append(
+                    f"{what} {obj.name!r} of {info.label} is registered twice; the second is ignored"
+                )
                 continue
             if obj.name in table:
                 holder = self.plugins[owner[obj.name]]
                 loser = info if _rank(info) > _rank(holder) else holder
                 keeper = holder if loser is info else info
-                self.notes.append(f"{what} {obj.name!r} of {loser.label} is disabled: the name is already provided "
-                                  f"by {keeper.label}; rename it in {loser.dist or loser.name}")
+                self.notes.append(
+                    f"{what} {obj.name!r} of {loser.label} is disabled: the name is already provided "
+                    f"by {keeper.label}; rename it in {loser.dist or loser.name}"
+                )
                 if loser is info:
                     continue
                 getattr(holder, kind).remove(obj.name)
@@ -188,7 +210,10 @@ class Registry:
             try:
                 impl(register=register)
             except Exception as exc:
-                info.status, info.error = "error", f"register_analyses raised {type(exc).__name__}: {exc}"
+                info.status, info.error = (
+                    "error",
+                    f"register_analyses raised {type(exc).__name__}: {exc}",
+                )
                 return
         for analysis in found:
             analysis = analysis.with_provider(info.dist or info.name, info.version)
@@ -198,15 +223,23 @@ class Registry:
                 self.disabled.append(Disabled(analysis.name, info.name, "params", str(exc)))
                 continue
             if analysis.name in info.analyses:
-                self.disabled.append(Disabled(analysis.name, info.name, "twice",
-                                              "the plugin registers this name twice; the second is ignored"))
+                self.disabled.append(
+                    Disabled(
+                        analysis.name,
+                        info.name,
+                        "twice",
+                        "the plugin registers this name twice; the second is ignored",
+                    )
+                )
                 continue
             if analysis.name in self.analyses:
                 holder = self.plugins[self.owner[analysis.name]]
                 if _rank(info) > _rank(holder):
                     self.disabled.append(Disabled(analysis.name, info.name, "clash"))
                     continue
-                holder.analyses.remove(analysis.name)  # a built-in registered after a newcomer takes its name back
+                holder.analyses.remove(
+                    analysis.name
+                )  # a built-in registered after a newcomer takes its name back
                 self.disabled.append(Disabled(analysis.name, holder.name, "clash"))
             self.analyses[analysis.name] = analysis
             self.owner[analysis.name] = info.name
@@ -218,9 +251,15 @@ class Registry:
         head = f"analysis {d.analysis!r} of {info.label} is disabled"
         if d.kind == "clash":
             holder = self.plugins[self.owner[d.analysis]]
-            skip = [s.strip() for s in os.environ.get("PROBE_DISABLE_PLUGINS", "").split(",") if s.strip()] + [info.name]
-            return (f"{head}: the name is already provided by {holder.label}; rename it in {info.dist or info.name}, "
-                    f"or set PROBE_DISABLE_PLUGINS={','.join(skip)} to stop loading {info.name!r}")
+            skip = [
+                s.strip()
+                for s in os.environ.get("PROBE_DISABLE_PLUGINS", "").split(",")
+                if s.strip()
+            ] + [info.name]
+            return (
+                f"{head}: the name is already provided by {holder.label}; rename it in {info.dist or info.name}, "
+                f"or set PROBE_DISABLE_PLUGINS={','.join(skip)} to stop loading {info.name!r}"
+            )
         return f"{head}: {d.reason}; fix it in {info.dist or info.name}"
 
     def problems(self) -> list[str]:
@@ -239,7 +278,10 @@ class Registry:
             try:
                 impl(cli=cli)
             except Exception as exc:
-                info.status, info.error = "error", f"register_commands raised {type(exc).__name__}: {exc}"
+                info.status, info.error = (
+                    "error",
+                    f"register_commands raised {type(exc).__name__}: {exc}",
+                )
             info.commands = sorted(set(cli.commands) - before)
 
     def get(self, name: str) -> Any:
@@ -287,7 +329,9 @@ def _selected(ep: EntryPoint) -> bool:
     only = os.environ.get("PROBE_PLUGINS")
     if only is not None:
         return ep.name in {s.strip() for s in only.split(",") if s.strip()}
-    disabled = {s.strip() for s in os.environ.get("PROBE_DISABLE_PLUGINS", "").split(",") if s.strip()}
+    disabled = {
+        s.strip() for s in os.environ.get("PROBE_DISABLE_PLUGINS", "").split(",") if s.strip()
+    }
     return ep.name not in disabled
 
 
@@ -297,12 +341,21 @@ def load_registry() -> Registry:
     found = []
     for ep in entry_points(group=GROUP):
         dist = getattr(ep, "dist", None)
-        found.append((ep, PluginInfo(ep.name, ep.value, dist.name if dist else "", dist.version if dist else "")))
+        found.append(
+            (
+                ep,
+                PluginInfo(
+                    ep.name, ep.value, dist.name if dist else "", dist.version if dist else ""
+                ),
+            )
+        )
     for ep, info in sorted(found, key=lambda pair: _rank(pair[1])):
         if ep.name in reg.plugins:
             first = reg.plugins[ep.name]
-            reg.notes.append(f"entry point {ep.name!r} of {info.dist or ep.value} is not loaded: {first.label} has the "
-                             f"same name; uninstall one of them")
+            reg.notes.append(
+                f"entry point {ep.name!r} of {info.dist or ep.value} is not loaded: {first.label} has the "
+                f"same name; uninstall one of them"
+            )
             continue
         if not _selected(ep):
             info.status = "not-loaded"

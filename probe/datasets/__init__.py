@@ -1,2 +1,1 @@
-"""Image data sets as uint8 tensors: what data-set plugins build on (the sealed cache, checked files, downloads).
-"""
+"""Image data sets as uint8 tensors: what data-set plugins build on (the sealed cache, checked files, downloads)."""

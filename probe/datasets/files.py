@@ -33,11 +33,18 @@ from typing import Any, BinaryIO
 from probe.errors import ProbeError, RunFileError, UsageError
 from probe.io import safeio
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+)
 MAX_IMAGE_FILE_BYTES = 64 << 20  # one encoded image
 MAX_SIDE = 4096  # as probe.datasets.tensors.check_cache allows
 MAX_DECODED_BYTES = 16 << 30  # all decoded images of a data set, held in memory as uint8
-NATIVE_MODES = {"L": "L", "1": "L", "RGB": "RGB", "RGBA": "RGBA"}  # any other mode is converted to RGB
+NATIVE_MODES = {
+    "L": "L",
+    "1": "L",
+    "RGB": "RGB",
+    "RGBA": "RGBA",
+}  # any other mode is converted to RGB
 CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
 MODE_OF_CHANNELS = {c: m for m, c in CHANNELS.items()}
 TEST_SPLITS = ("test", "val")
@@ -84,8 +91,16 @@ def find_file(dirs: Sequence[Path], names: Sequence[str]) -> Path | None:
     return None
 
 
-def download(urls: str | Sequence[str], root: Path, filename: str, md5: str, *, what: str, hint: str,
-             quiet: bool = False) -> Path:
+def download(
+    urls: str | Sequence[str],
+    root: Path,
+    filename: str,
+    md5: str,
+    *,
+    what: str,
+    hint: str,
+    quiet: bool = False,
+) -> Path:
     """`root/filename`, fetched with torchvision's checked downloader (md5 verified; kept if already there).
 
     `urls` are mirrors, tried in order. Any failure (network, checksum) is one
@@ -101,7 +116,9 @@ def download(urls: str | Sequence[str], root: Path, filename: str, md5: str, *, 
         try:
             tv_utils.download_url(url, str(root), filename=filename, md5=md5)
             return root / filename
-        except Exception as exc:  # network errors come in many types; a bad checksum is a RuntimeError
+        except (
+            Exception
+        ) as exc:  # network errors come in many types; a bad checksum is a RuntimeError
             last = exc
     assert last is not None
     raise ProbeError(f"could not download {what} ({type(last).__name__}: {_short(last)}); {hint}")
@@ -116,6 +133,7 @@ def data_dir(data: str | Path, hint: str) -> Path:
 
 # --- a folder of class folders --------------------------------------------------------------
 
+
 @dataclass
 class ClassFolders:
     """`root/train/<class>/*` and `root/<test>/<class>/*`: the class folder names (sorted) and the image files."""
@@ -123,7 +141,9 @@ class ClassFolders:
     root: Path
     classes: list[str]
     test: str  # "test" or "val"
-    files: dict[str, list[list[Path]]]  # "train" / "test" -> per class folder, its image files (sorted)
+    files: dict[
+        str, list[list[Path]]
+    ]  # "train" / "test" -> per class folder, its image files (sorted)
 
     def all_files(self) -> list[Path]:
         return [p for split in ("train", "test") for fs in self.files[split] for p in fs]
@@ -142,10 +162,19 @@ def has_class_folders(root: Path) -> bool:
 
 def _list_split(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
     try:
-        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        files = [sorted(p for p in (split_dir / c).iterdir()
-                        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and not p.is_dir())
-                 for c in classes]
+        classes = sorted(
+            p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        files = [
+            sorted(
+                p
+                for p in (split_dir / c).iterdir()
+                if p.suffix.lower() in IMAGE_EXTENSIONS
+                and not p.name.startswith(".")
+                and not p.is_dir()
+            )
+            for c in classes
+        ]
     except OSError as exc:
         raise UsageError("--data", f"cannot list {split_dir} ({exc.strerror or exc})") from None
     return classes, files
@@ -153,7 +182,9 @@ def _list_split(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
 
 def list_class_folders(root: Path) -> ClassFolders:
     """The class folders of `root`, or one UsageError: train/ and test/ (or val/) with the same non-empty class folders."""
-    layout = f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/ for test/)"
+    layout = (
+        f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/ for test/)"
+    )
     test_dir = find_test_split(root)
     if not (root / "train").is_dir() or test_dir is None:
         raise UsageError("--data", f"{root} has no train/ and test/ folders; {layout}")
@@ -165,13 +196,20 @@ def list_class_folders(root: Path) -> ClassFolders:
             raise UsageError("--data", f"{d} holds no class folders; {layout}")
         if classes is not None and cls != classes:
             only = sorted(set(cls) ^ set(classes))[:3]
-            raise UsageError("--data", f"{root / 'train'} and {d} have different class folders (e.g. {', '.join(map(repr, only))})")
+            raise UsageError(
+                "--data",
+                f"{root / 'train'} and {d} have different class folders (e.g. {', '.join(map(repr, only))})",
+            )
         for c, f in zip(cls, fs, strict=True):
             if not f:
-                raise UsageError("--data", f"{d / c} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise UsageError(
+                    "--data", f"{d / c} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
         for c in cls:
             if any(ord(ch) < 32 or ch == "," for ch in c):
-                raise UsageError("--data", f"{d}: class folder name {c!r} holds a comma or a control character")
+                raise UsageError(
+                    "--data", f"{d}: class folder name {c!r} holds a comma or a control character"
+                )
         classes, files[split] = cls, fs
     assert classes is not None
     return ClassFolders(root, classes, test_dir.name, files)
@@ -197,14 +235,24 @@ def match_classes(listing: ClassFolders, classes: Sequence[str], what: str) -> l
             order.append(by_name[_norm(f)])
         else:
             preview = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
-            raise UsageError("--data", f"{listing.root / 'train' / f}: not one of the {len(classes)} {what} classes "
-                                       f"({preview}) nor a label number 0..{len(classes) - 1}")
+            raise UsageError(
+                "--data",
+                f"{listing.root / 'train' / f}: not one of the {len(classes)} {what} classes "
+                f"({preview}) nor a label number 0..{len(classes) - 1}",
+            )
     if sorted(order) != list(range(len(classes))):
         missing = [classes[i] for i in range(len(classes)) if i not in order][:3]
         dup = sorted({listing.classes[j] for j, i in enumerate(order) if order.count(i) > 1})[:3]
-        why = f"two folders for one class ({', '.join(dup)})" if dup else f"no folder for {', '.join(missing)}"
-        raise UsageError("--data", f"{listing.root / 'train'}: the class folders are not the {len(classes)} {what} "
-                                   f"classes: {why}")
+        why = (
+            f"two folders for one class ({', '.join(dup)})"
+            if dup
+            else f"no folder for {', '.join(missing)}"
+        )
+        raise UsageError(
+            "--data",
+            f"{listing.root / 'train'}: the class folders are not the {len(classes)} {what} "
+            f"classes: {why}",
+        )
     return order
 
 
@@ -214,7 +262,9 @@ def _open_image(path: Path) -> Any:
     data = read_file(path, MAX_IMAGE_FILE_BYTES)
     try:
         im = Image.open(io.BytesIO(data))
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
+    except (
+        Exception
+    ) as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
         raise RunFileError(path, f"cannot decode image ({_short(exc)})") from None
     w, h = im.size
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
@@ -223,8 +273,9 @@ def _open_image(path: Path) -> Any:
     return im
 
 
-def decode_class_folders(listing: ClassFolders, order: Sequence[int], shape: tuple[int, int, int] | None,
-                         quiet: bool) -> dict[str, Any]:
+def decode_class_folders(
+    listing: ClassFolders, order: Sequence[int], shape: tuple[int, int, int] | None, quiet: bool
+) -> dict[str, Any]:
     """Decode both splits into uint8 [N, C, H, W] and int64 labels (`order`: folder index -> label).
 
     With `shape` (C, H, W) that is the data set's one shape; without, the first
@@ -247,8 +298,10 @@ def decode_class_folders(listing: ClassFolders, order: Sequence[int], shape: tup
         paths = [p for fs in listing.files[split] for p in fs]
         labels = [order[i] for i, fs in enumerate(listing.files[split]) for _ in fs]
         if not quiet:
-            print(f"decoding {len(paths)} {split} images from {listing.root / (split if split == 'train' else listing.test)}"
-                  f" (once; cached)")
+            print(
+                f"decoding {len(paths)} {split} images from {listing.root / (split if split == 'train' else listing.test)}"
+                f" (once; cached)"
+            )
         arr = None
         for j, p in enumerate(paths):
             with _open_image(p) as im:
@@ -257,15 +310,21 @@ def decode_class_folders(listing: ClassFolders, order: Sequence[int], shape: tup
                 if mode is None:
                     mode = NATIVE_MODES.get(im.mode, "RGB")
                 if im.size != size:
-                    raise RunFileError(p, f"is {im.size[0]}x{im.size[1]}, but the data set's images are "
-                                          f"{size[0]}x{size[1]} ({decides}); resize them to one size")
+                    raise RunFileError(
+                        p,
+                        f"is {im.size[0]}x{im.size[1]}, but the data set's images are "
+                        f"{size[0]}x{size[1]} ({decides}); resize them to one size",
+                    )
                 if arr is None:
                     c = CHANNELS[mode]
                     total = (counts["train"] + counts["test"]) * c * size[0] * size[1]
                     if total > MAX_DECODED_BYTES:
-                        raise UsageError("--data", f"{listing.root}: {counts['train'] + counts['test']:,} images of "
-                                                   f"{c}x{size[1]}x{size[0]} take {total / 2**30:.1f} GiB decoded, more "
-                                                   f"than the {MAX_DECODED_BYTES / 2**30:.0f} GiB probe holds in memory")
+                        raise UsageError(
+                            "--data",
+                            f"{listing.root}: {counts['train'] + counts['test']:,} images of "
+                            f"{c}x{size[1]}x{size[0]} take {total / 2**30:.1f} GiB decoded, more "
+                            f"than the {MAX_DECODED_BYTES / 2**30:.0f} GiB probe holds in memory",
+                        )
                     arr = np.empty((len(paths), size[1], size[0], c), dtype=np.uint8)
                 try:
                     px = np.asarray(im.convert(mode))
@@ -278,20 +337,40 @@ def decode_class_folders(listing: ClassFolders, order: Sequence[int], shape: tup
     return out
 
 
-def release_folders(root: Path, *, neither: str, hint: str, name: str, quiet: bool, shape: tuple[int, int, int],
-                    classes: Sequence[str], what: str) -> dict[str, Any]:
+def release_folders(
+    root: Path,
+    *,
+    neither: str,
+    hint: str,
+    name: str,
+    quiet: bool,
+    shape: tuple[int, int, int],
+    classes: Sequence[str],
+    what: str,
+) -> dict[str, Any]:
     """A data set's class folders under `root`, for a `--data DIR` that does not hold its release files.
 
     Without train/ and test/ class folders either, one `--data` error: `root holds
     neither <neither> nor train/ and test/ class folders; <hint>`.
     """
     if not has_class_folders(root):
-        raise UsageError("--data", f"{root} holds neither {neither} nor train/ and test/ class folders; {hint}")
-    return load_class_folders(root, name=name, quiet=quiet, shape=shape, classes=classes, what=what)[0]
+        raise UsageError(
+            "--data", f"{root} holds neither {neither} nor train/ and test/ class folders; {hint}"
+        )
+    return load_class_folders(
+        root, name=name, quiet=quiet, shape=shape, classes=classes, what=what
+    )[0]
 
 
-def load_class_folders(root: Path, *, name: str, quiet: bool, shape: tuple[int, int, int] | None = None,
-                       classes: Sequence[str] | None = None, what: str = "") -> tuple[dict[str, Any], tuple[str, ...]]:
+def load_class_folders(
+    root: Path,
+    *,
+    name: str,
+    quiet: bool,
+    shape: tuple[int, int, int] | None = None,
+    classes: Sequence[str] | None = None,
+    what: str = "",
+) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The tensors and class names of a folder of class folders, decoded once and cached.
 
     Without `classes` the class names are the folder names (sorted); with them, the

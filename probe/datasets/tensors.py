@@ -76,12 +76,23 @@ def check_dataset(ds: Any, name: str) -> None:
     """Raise ProbeError unless `ds` is a Dataset of uint8 [N, C, H, W] images with labels in 0..classes-1."""
     where = f"data set {name!r}"
     if not isinstance(ds, Dataset):
-        raise ProbeError(f"{where}: its loader returned {type(ds).__name__}, not a probe.datasets.tensors.Dataset")
+        raise ProbeError(
+            f"{where}: its loader returned {type(ds).__name__}, not a probe.datasets.tensors.Dataset"
+        )
     classes = ds.classes
-    if not isinstance(classes, tuple) or not classes or not all(isinstance(c, str) for c in classes):
+    if (
+        not isinstance(classes, tuple)
+        or not classes
+        or not all(isinstance(c, str) for c in classes)
+    ):
         raise ProbeError(f"{where}: classes must be a non-empty tuple of names")
     meta = {"format": CACHE_FORMAT, "classes": ",".join(classes)}
-    tensors = {"train_x": ds.train_x, "train_y": ds.train_y, "test_x": ds.test_x, "test_y": ds.test_y}
+    tensors = {
+        "train_x": ds.train_x,
+        "train_y": ds.train_y,
+        "test_x": ds.test_x,
+        "test_y": ds.test_y,
+    }
     if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
         raise ProbeError(f"{where}: train_x, train_y, test_x and test_y must be tensors")
     try:
@@ -91,8 +102,12 @@ def check_dataset(ds: Any, name: str) -> None:
             raise ProbeError(str(exc)) from None
     c = ds.train_x.shape[1]
     for name_, v in (("mean", ds.mean), ("std", ds.std)):
-        if v is not None and (len(v) != c or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
-            raise ProbeError(f"{where}: {name_} must hold {c} finite numbers (one per channel), got {v!r}")
+        if v is not None and (
+            len(v) != c or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+        ):
+            raise ProbeError(
+                f"{where}: {name_} must hold {c} finite numbers (one per channel), got {v!r}"
+            )
     if ds.std is not None and any(x <= 0 for x in ds.std):
         raise ProbeError(f"{where}: std must be positive, got {ds.std!r}")
     if ds.augmentation is not None and not isinstance(ds.augmentation, Augmentation):
@@ -118,8 +133,13 @@ MAX_CHANNELS = 4  # grey, RGB, RGBA: what an image file holds
 MAX_SIDE = 4096
 
 
-def check_cache(path: Path, t: dict[str, torch.Tensor], meta: dict[str, str], classes: tuple[str, ...],
-                shape: tuple[int, int, int] | None = None) -> None:
+def check_cache(
+    path: Path,
+    t: dict[str, torch.Tensor],
+    meta: dict[str, str],
+    classes: tuple[str, ...],
+    shape: tuple[int, int, int] | None = None,
+) -> None:
     """Raise RunFileError unless the cache holds what `_write_cache` wrote for these classes.
 
     The cache folder is untrusted ($PROBE_CACHE may be shared or tampered with):
@@ -131,29 +151,50 @@ def check_cache(path: Path, t: dict[str, torch.Tensor], meta: dict[str, str], cl
     if meta.get("format") != CACHE_FORMAT:
         raise RunFileError(path, f"not a probe data cache (format {meta.get('format')!r})")
     if meta.get("classes") != ",".join(classes):
-        raise RunFileError(path, f"holds classes {meta.get('classes', '')[:80]!r}, expected {','.join(classes)[:80]!r}")
+        raise RunFileError(
+            path,
+            f"holds classes {meta.get('classes', '')[:80]!r}, expected {','.join(classes)[:80]!r}",
+        )
     if set(t) != {"train_x", "train_y", "test_x", "test_y"}:
-        raise RunFileError(path, f"holds tensors {sorted(t)[:6]}, expected train_x, train_y, test_x, test_y")
+        raise RunFileError(
+            path, f"holds tensors {sorted(t)[:6]}, expected train_x, train_y, test_x, test_y"
+        )
     want_shape = shape
     for split in ("train", "test"):
         x, y = t[f"{split}_x"], t[f"{split}_y"]
         shape = want_shape
-        ok = (x.dtype == torch.uint8 and x.dim() == 4 and x.shape[0] >= 1 and 1 <= x.shape[1] <= MAX_CHANNELS
-              and 1 <= x.shape[2] <= MAX_SIDE and 1 <= x.shape[3] <= MAX_SIDE)
+        ok = (
+            x.dtype == torch.uint8
+            and x.dim() == 4
+            and x.shape[0] >= 1
+            and 1 <= x.shape[1] <= MAX_CHANNELS
+            and 1 <= x.shape[2] <= MAX_SIDE
+            and 1 <= x.shape[3] <= MAX_SIDE
+        )
         if not ok or (shape is not None and tuple(x.shape[1:]) != shape):
-            want = "[N, C, H, W] (C <= 4)" if shape is None else f"[N, {', '.join(map(str, shape))}]"
-            raise RunFileError(path, f"{split}_x must be uint8 {want}, got {x.dtype} {list(x.shape)}")
+            want = (
+                "[N, C, H, W] (C <= 4)" if shape is None else f"[N, {', '.join(map(str, shape))}]"
+            )
+            raise RunFileError(
+                path, f"{split}_x must be uint8 {want}, got {x.dtype} {list(x.shape)}"
+            )
         want_shape = tuple(x.shape[1:])
         if y.dtype != torch.int64 or y.dim() != 1 or y.shape[0] != x.shape[0]:
-            raise RunFileError(path, f"{split}_y must be int64 [{x.shape[0]}], got {y.dtype} {list(y.shape)}")
+            raise RunFileError(
+                path, f"{split}_y must be int64 [{x.shape[0]}], got {y.dtype} {list(y.shape)}"
+            )
         if bool(((y < 0) | (y >= len(classes))).any()):
             raise RunFileError(path, f"{split}_y holds labels outside 0..{len(classes) - 1}")
     if meta.get("content_sha256") != _digest(t, classes):
         raise RunFileError(path, "checksum mismatch (the cache was changed after probe wrote it)")
 
 
-def cached(name: str, classes: tuple[str, ...], make: Callable[[], dict[str, torch.Tensor]],
-           shape: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
+def cached(
+    name: str,
+    classes: tuple[str, ...],
+    make: Callable[[], dict[str, torch.Tensor]],
+    shape: tuple[int, int, int] | None = None,
+) -> dict[str, torch.Tensor]:
     """`train_x`, `train_y`, `test_x`, `test_y` from the cache file `<cache>/<name>.safetensors`, else from `make()`.
 
     What `make` returns is checked like a cache file (so a loader's mistake is an
@@ -168,7 +209,11 @@ def cached(name: str, classes: tuple[str, ...], make: Callable[[], dict[str, tor
     if tensors is not None:
         return tensors
     tensors = make()
-    meta = {"format": CACHE_FORMAT, "classes": ",".join(classes), "content_sha256": _digest(tensors, classes)}
+    meta = {
+        "format": CACHE_FORMAT,
+        "classes": ",".join(classes),
+        "content_sha256": _digest(tensors, classes),
+    }
     check_cache(Path(f"data set {name}"), tensors, meta, classes, shape)
     _write_cache(path, tensors, classes)
     return tensors
@@ -178,11 +223,14 @@ def _read_cache(path: Path, classes: tuple[str, ...], source: str) -> Dataset | 
     t = _read_cache_tensors(path, classes, (3, 32, 32))
     if t is None:
         return None
-    return Dataset(t["train_x"], t["train_y"], t["test_x"], t["test_y"], classes=classes, source=source)
+    return Dataset(
+        t["train_x"], t["train_y"], t["test_x"], t["test_y"], classes=classes, source=source
+    )
 
 
-def _read_cache_tensors(path: Path, classes: tuple[str, ...],
-                        shape: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor] | None:
+def _read_cache_tensors(
+    path: Path, classes: tuple[str, ...], shape: tuple[int, int, int] | None = None
+) -> dict[str, torch.Tensor] | None:
     """The cached tensors, or None when there is none or it fails `check_cache` (then it is rebuilt, with a warning)."""
     from safetensors import safe_open
 
@@ -207,7 +255,11 @@ def _read_cache_tensors(path: Path, classes: tuple[str, ...],
 def _write_cache(path: Path, tensors: dict[str, torch.Tensor], classes: tuple[str, ...]) -> None:
     from safetensors.torch import save_file
 
-    meta = {"format": CACHE_FORMAT, "classes": ",".join(classes), "content_sha256": _digest(tensors, classes)}
+    meta = {
+        "format": CACHE_FORMAT,
+        "classes": ",".join(classes),
+        "content_sha256": _digest(tensors, classes),
+    }
     try:
         atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     except ProbeError:
@@ -215,6 +267,7 @@ def _write_cache(path: Path, tensors: dict[str, torch.Tensor], classes: tuple[st
 
 
 # --- selections and batches --------------------------------------------------------------------
+
 
 def train_subset(ds: Dataset, size: int, seed: int) -> torch.Tensor:
     """Indices of a seeded random training subset (size 0 or >= len = all, in order)."""
@@ -239,14 +292,18 @@ def stratified(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     return torch.cat(picks)
 
 
-def normalize(x_uint8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def normalize(
+    x_uint8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
     """uint8 NCHW -> float32, scaled to [0, 1] and standardised per channel."""
     m = torch.tensor(mean, device=x_uint8.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x_uint8.device).view(1, -1, 1, 1)
     return (x_uint8.float().div_(255.0) - m) / s
 
 
-def augment(x_uint8: torch.Tensor, gen: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+def augment(
+    x_uint8: torch.Tensor, gen: torch.Generator, pad: int = 4, flip: bool = True
+) -> torch.Tensor:
     """Random crop with zero padding and (with `flip`) random horizontal flip, for a whole batch.
 
     The random numbers come from `gen` (a CPU generator whose state is saved in
@@ -254,7 +311,9 @@ def augment(x_uint8: torch.Tensor, gen: torch.Generator, pad: int = 4, flip: boo
     """
     b, _, h, w = x_uint8.shape
     offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(x_uint8.device)
-    flips = (torch.rand(b, generator=gen) < 0.5).to(x_uint8.device)  # drawn either way: one random stream
+    flips = (torch.rand(b, generator=gen) < 0.5).to(
+        x_uint8.device
+    )  # drawn either way: one random stream
     if not flip:
         flips = torch.zeros_like(flips)
     padded = F.pad(x_uint8, (pad, pad, pad, pad))

@@ -83,9 +83,13 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=suffix + ".tmp", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.{os.getpid()}.", suffix=suffix + ".tmp", dir=target.parent
+        )
     except OSError as exc:  # a read-only or full folder, a name too long: one line, nothing written
-        raise ProbeError(f"{target}: could not write ({exc.strerror or exc}); nothing was replaced") from exc
+        raise ProbeError(
+            f"{target}: could not write ({exc.strerror or exc}); nothing was replaced"
+        ) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     mode = 0o666 & ~_umask()  # mkstemp makes 0600; give the file the usual permissions
@@ -148,10 +152,18 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     _refuse_link(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+        tmp = Path(
+            tempfile.mkdtemp(
+                prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent
+            )
+        )
     except OSError as exc:  # a read-only or full folder, a name too long: one line, nothing written
-        raise ProbeError(f"{target}: could not write ({exc.strerror or exc}); nothing was replaced") from exc
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are read by reports and other users
+        raise ProbeError(
+            f"{target}: could not write ({exc.strerror or exc}); nothing was replaced"
+        ) from exc
+    os.chmod(
+        tmp, 0o777 & ~_umask()
+    )  # mkdtemp makes 0700; results are read by reports and other users
     try:
         yield tmp
         fsync_dir(tmp)
@@ -164,8 +176,10 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 
 def _refuse_link(target: Path) -> None:
     if os.path.islink(target):
-        raise ProbeError(f"{target}: is a symbolic link; probe replaces only folders it made, never a link's target "
-                         "(remove the link)")
+        raise ProbeError(
+            f"{target}: is a symbolic link; probe replaces only folders it made, never a link's target "
+            "(remove the link)"
+        )
 
 
 def _swap_into_place(tmp: Path, target: Path, attempts: int = 10) -> None:
@@ -180,15 +194,26 @@ def _swap_into_place(tmp: Path, target: Path, attempts: int = 10) -> None:
     try:
         for attempt in range(attempts):
             try:
-                _refuse_link(target)  # checked again at the swap: it may have been put there meanwhile
+                _refuse_link(
+                    target
+                )  # checked again at the swap: it may have been put there meanwhile
                 if os.path.lexists(target):
-                    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".old", dir=target.parent))
+                    old = Path(
+                        tempfile.mkdtemp(
+                            prefix=f".{target.name}.{os.getpid()}.",
+                            suffix=".old",
+                            dir=target.parent,
+                        )
+                    )
                     olds.append(old)
                     os.replace(target, old)  # onto an empty directory: allowed
                 os.replace(tmp, target)
                 return
             except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST) or attempt == attempts - 1:
+                if (
+                    exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST)
+                    or attempt == attempts - 1
+                ):
                     raise
     finally:
         for old in olds:
@@ -239,8 +264,11 @@ def remove_stale_temps(root: str | Path, depth: int) -> list[Path]:
         return removed
     for folder, dirs, files in os.walk(root):
         level = len(Path(folder).relative_to(root).parts)
-        stale = [n for n in [*dirs, *files] if (pid := temp_owner(n)) is not None and pid != os.getpid()
-                 and not pid_alive(pid)]
+        stale = [
+            n
+            for n in [*dirs, *files]
+            if (pid := temp_owner(n)) is not None and pid != os.getpid() and not pid_alive(pid)
+        ]
         dirs[:] = [d for d in dirs if temp_owner(d) is None and level < depth]
         for name in stale:
             p = Path(folder) / name

@@ -31,7 +31,9 @@ def _relative_parts(rel: str | Path, root: Path) -> tuple[str, ...]:
         raise ConfinementError(f"{root}: refusing a path holding a NUL byte ({text!r})")
     pure = PurePosixPath(text)
     if pure.is_absolute() or any(part == ".." for part in pure.parts):
-        raise ConfinementError(f"{root}: refusing {text!r}, which leads out of it (absolute or with '..')")
+        raise ConfinementError(
+            f"{root}: refusing {text!r}, which leads out of it (absolute or with '..')"
+        )
     return tuple(part for part in pure.parts if part != ".")
 
 
@@ -54,8 +56,10 @@ def confined(root: str | Path, rel: str | Path) -> Path:
         except OSError as exc:
             raise ConfinementError(f"{p}: cannot be checked ({exc.strerror or exc})") from None
         if stat.S_ISLNK(st.st_mode):
-            raise ConfinementError(f"{p}: is a symbolic link; probe never writes through a link out of {root} "
-                                   "(replace it with a real folder or file)")
+            raise ConfinementError(
+                f"{p}: is a symbolic link; probe never writes through a link out of {root} "
+                "(replace it with a real folder or file)"
+            )
         if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
             raise ConfinementError(f"{p}: expected a folder, found a file of another kind")
     return root.joinpath(*parts) if parts else root
@@ -93,10 +97,14 @@ def is_link(path: str | Path) -> bool:
 def check_name(name: object, where: str) -> str:
     """A single folder name read from disk (a sweep point, a status key): no separator, no `..`, not too long."""
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise ConfinementError(f"{where}: {name!r} is not a folder name (it must be one name, no '/' or '..')")
+        raise ConfinementError(
+            f"{where}: {name!r} is not a folder name (it must be one name, no '/' or '..')"
+        )
     if len(os.fsencode(name)) > NAME_MAX:
-        raise ConfinementError(f"{where}: a name of {len(os.fsencode(name))} bytes is longer than a folder name may be "
-                               f"({NAME_MAX})")
+        raise ConfinementError(
+            f"{where}: a name of {len(os.fsencode(name))} bytes is longer than a folder name may be "
+            f"({NAME_MAX})"
+        )
     return name
 
 

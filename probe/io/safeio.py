@@ -48,14 +48,24 @@ from typing import Any, BinaryIO
 
 from probe.errors import RunFileError
 
-MAX_JSON_BYTES = 64 << 20  # config.json, manifests and metrics are kilobytes; a long run's metrics a few MB
+MAX_JSON_BYTES = (
+    64 << 20
+)  # config.json, manifests and metrics are kilobytes; a long run's metrics a few MB
 MAX_CONFIG_BYTES = 1 << 20  # config.json, a manifest, a failure record: kilobytes
 MAX_TOML_BYTES = 1 << 20  # config and sweep files are written by hand
 MAX_DEPTH = 64  # probe's own files nest 4 deep at most
-MAX_INT_DIGITS = 40  # enough for any 128-bit integer; Python refuses > 4,300 digits with a ValueError
+MAX_INT_DIGITS = (
+    40  # enough for any 128-bit integer; Python refuses > 4,300 digits with a ValueError
+)
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
 _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
 
 
@@ -78,11 +88,19 @@ def _check_within(path: Path, within: str | Path) -> None:
     real = os.path.realpath(path.parent)
     root = os.path.realpath(within)
     if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
-        raise RunFileError(path, f"lies outside {within} through a symbolic link (resolves to {real}); probe reads nothing outside it")
+        raise RunFileError(
+            path,
+            f"lies outside {within} through a symbolic link (resolves to {real}); probe reads nothing outside it",
+        )
 
 
-def open_regular(path: str | Path, max_bytes: int | None = None, *, within: str | Path | None = None,
-                 follow_links: bool = False) -> BinaryIO:
+def open_regular(
+    path: str | Path,
+    max_bytes: int | None = None,
+    *,
+    within: str | Path | None = None,
+    follow_links: bool = False,
+) -> BinaryIO:
     """Open `path` for binary reading if it is a regular file of at most `max_bytes` bytes.
 
     The file is opened with O_NOFOLLOW | O_NONBLOCK and checked with fstat on the
@@ -106,14 +124,18 @@ def open_regular(path: str | Path, max_bytes: int | None = None, *, within: str 
         except OSError:
             st = None
         if st is not None and stat.S_ISLNK(st.st_mode):
-            raise RunFileError(path, "is a symbolic link, not a regular file (probe does not follow links here)") from None
+            raise RunFileError(
+                path, "is a symbolic link, not a regular file (probe does not follow links here)"
+            ) from None
         raise RunFileError(path, f"cannot read ({exc.strerror or exc})") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RunFileError(path, f"is {_kind(st.st_mode)}, not a regular file")
         if max_bytes is not None and st.st_size > max_bytes:
-            raise RunFileError(path, f"is {st.st_size:,} bytes, more than the {max_bytes:,} allowed for this file")
+            raise RunFileError(
+                path, f"is {st.st_size:,} bytes, more than the {max_bytes:,} allowed for this file"
+            )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -121,8 +143,13 @@ def open_regular(path: str | Path, max_bytes: int | None = None, *, within: str 
         raise
 
 
-def read_bytes(path: str | Path, max_bytes: int = MAX_JSON_BYTES, *, within: str | Path | None = None,
-               follow_links: bool = False) -> bytes:
+def read_bytes(
+    path: str | Path,
+    max_bytes: int = MAX_JSON_BYTES,
+    *,
+    within: str | Path | None = None,
+    follow_links: bool = False,
+) -> bytes:
     """The whole file, refusing more than `max_bytes` even if it grows while being read."""
     path = Path(path)
     with open_regular(path, max_bytes, within=within, follow_links=follow_links) as fh:
@@ -135,7 +162,9 @@ def read_bytes(path: str | Path, max_bytes: int = MAX_JSON_BYTES, *, within: str
     return data
 
 
-def read_text(path: str | Path, max_bytes: int = MAX_JSON_BYTES, *, within: str | Path | None = None) -> str:
+def read_text(
+    path: str | Path, max_bytes: int = MAX_JSON_BYTES, *, within: str | Path | None = None
+) -> str:
     path = Path(path)
     try:
         return read_bytes(path, max_bytes, within=within).decode("utf-8")
@@ -161,14 +190,21 @@ def json_depth(text: str) -> int:
 def _parse_int(max_digits: int):
     def parse(s: str) -> int:
         if len(s.lstrip("-")) > max_digits:
-            raise ValueError(f"an integer of {len(s.lstrip('-')):,} digits (at most {max_digits} allowed)")
+            raise ValueError(
+                f"an integer of {len(s.lstrip('-')):,} digits (at most {max_digits} allowed)"
+            )
         return int(s)
 
     return parse
 
 
-def loads_json(text: str | bytes, *, source: str | Path, max_depth: int = MAX_DEPTH,
-               max_int_digits: int = MAX_INT_DIGITS) -> Any:
+def loads_json(
+    text: str | bytes,
+    *,
+    source: str | Path,
+    max_depth: int = MAX_DEPTH,
+    max_int_digits: int = MAX_INT_DIGITS,
+) -> Any:
     """Parse JSON text; too deep, too-long integers or malformed text is one RunFileError naming `source`."""
     if isinstance(text, bytes):
         try:
@@ -180,37 +216,58 @@ def loads_json(text: str | bytes, *, source: str | Path, max_depth: int = MAX_DE
     try:
         return json.loads(text, parse_int=_parse_int(max_int_digits))
     except json.JSONDecodeError as exc:
-        raise NotJSONError(source, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise NotJSONError(
+            source, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
     except ValueError as exc:  # the digit limit, ours or Python's
         raise RunFileError(source, f"holds {_short(exc)}") from None
     except RecursionError:
         raise RunFileError(source, f"is nested more than {max_depth} levels deep") from None
 
 
-def read_json(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH,
-              within: str | Path | None = None) -> Any:
+def read_json(
+    path: str | Path,
+    *,
+    max_bytes: int = MAX_JSON_BYTES,
+    max_depth: int = MAX_DEPTH,
+    within: str | Path | None = None,
+) -> Any:
     """A JSON file, bounded in size, nesting and integer length; any problem is one RunFileError."""
     return loads_json(read_text(path, max_bytes, within=within), source=path, max_depth=max_depth)
 
 
-def read_jsonl(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH,
-               within: str | Path | None = None, skip_torn_tail: bool = True, numbered: bool = False) -> list[Any]:
+def read_jsonl(
+    path: str | Path,
+    *,
+    max_bytes: int = MAX_JSON_BYTES,
+    max_depth: int = MAX_DEPTH,
+    within: str | Path | None = None,
+    skip_torn_tail: bool = True,
+    numbered: bool = False,
+) -> list[Any]:
     """One JSON value per non-empty line; a malformed last line (a crash mid-append) is skipped if asked.
 
     With `numbered`, (line number, value) pairs. An error names the file and the
     line: `<path>: line N is not JSON`, `<path>: line N is nested more than 64 levels deep`.
     """
     rows: list[Any] = []
-    for n, value in read_jsonl_lines(path, max_bytes=max_bytes, max_depth=max_depth, within=within,
-                                     skip_torn_tail=skip_torn_tail):
+    for n, value in read_jsonl_lines(
+        path, max_bytes=max_bytes, max_depth=max_depth, within=within, skip_torn_tail=skip_torn_tail
+    ):
         if isinstance(value, RunFileError):
             raise value from None
         rows.append((n, value) if numbered else value)
     return rows
 
 
-def read_jsonl_lines(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH,
-                     within: str | Path | None = None, skip_torn_tail: bool = True) -> list[tuple[int, Any]]:
+def read_jsonl_lines(
+    path: str | Path,
+    *,
+    max_bytes: int = MAX_JSON_BYTES,
+    max_depth: int = MAX_DEPTH,
+    within: str | Path | None = None,
+    skip_torn_tail: bool = True,
+) -> list[tuple[int, Any]]:
     """(line number, value) per non-empty line, for readers that skip a bad line rather than the file.
 
     A line that does not parse comes back with, as its value, the RunFileError that
@@ -230,7 +287,7 @@ def read_jsonl_lines(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, max_d
                 continue
             value = NotJSONError(path, f"line {i + 1} is not JSON")
         except RunFileError as exc:
-            value = RunFileError(path, f"line {i + 1} {str(exc)[len(str(path)) + 2:]}")
+            value = RunFileError(path, f"line {i + 1} {str(exc)[len(str(path)) + 2 :]}")
         rows.append((i + 1, value))
     return rows
 
@@ -248,8 +305,13 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def read_toml(path: str | Path, *, max_bytes: int = MAX_TOML_BYTES, max_depth: int = MAX_DEPTH,
-              within: str | Path | None = None) -> dict[str, Any]:
+def read_toml(
+    path: str | Path,
+    *,
+    max_bytes: int = MAX_TOML_BYTES,
+    max_depth: int = MAX_DEPTH,
+    within: str | Path | None = None,
+) -> dict[str, Any]:
     """A TOML file, bounded in size, nesting and integer length; any problem is one RunFileError."""
     path = Path(path)
     text = read_text(path, max_bytes, within=within)
@@ -270,12 +332,14 @@ def read_toml(path: str | Path, *, max_bytes: int = MAX_TOML_BYTES, max_depth: i
             stack += v.values()
         elif isinstance(v, list):
             stack += v
-        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10 ** MAX_INT_DIGITS:
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**MAX_INT_DIGITS:
             raise RunFileError(path, f"holds an integer of more than {MAX_INT_DIGITS} digits")
     return data
 
 
-def sha256_file(path: str | Path, max_bytes: int | None = None, *, within: str | Path | None = None) -> str:
+def sha256_file(
+    path: str | Path, max_bytes: int | None = None, *, within: str | Path | None = None
+) -> str:
     """SHA-256 (hex) of a regular file; a link, FIFO or device is refused before a byte is hashed."""
     path = Path(path)
     h = hashlib.sha256()
@@ -289,7 +353,9 @@ def sha256_file(path: str | Path, max_bytes: int | None = None, *, within: str |
 
 
 @contextmanager
-def regular_path(path: str | Path, max_bytes: int | None = None, *, within: str | Path | None = None) -> Iterator[str]:
+def regular_path(
+    path: str | Path, max_bytes: int | None = None, *, within: str | Path | None = None
+) -> Iterator[str]:
     """A file name for the checked regular file `path`, valid inside the `with` block (see the module docstring)."""
     with open_regular(path, max_bytes, within=within) as fh:
         fd_path = f"/proc/self/fd/{fh.fileno()}"
@@ -300,6 +366,23 @@ def _short(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "MAX_JSON_BYTES", "MAX_CONFIG_BYTES", "MAX_TOML_BYTES", "MissingFileError", "NotJSONError",
-           "json_depth", "loads_json", "open_regular", "read_bytes", "read_json", "read_jsonl", "read_jsonl_lines", "read_text",
-           "read_toml", "regular_path", "sha256_file"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
+    "MAX_JSON_BYTES",
+    "MAX_CONFIG_BYTES",
+    "MAX_TOML_BYTES",
+    "MissingFileError",
+    "NotJSONError",
+    "json_depth",
+    "loads_json",
+    "open_regular",
+    "read_bytes",
+    "read_json",
+    "read_jsonl",
+    "read_jsonl_lines",
+    "read_text",
+    "read_toml",
+    "regular_path",
+    "sha256_file",
+]

@@ -44,6 +44,7 @@ CACHE_LIMIT = 1024
 
 # --- checks ------------------------------------------------------------------------------
 
+
 def check(ok: bool, param: str, message: str) -> None:
     """Raise the one-line `UsageError` naming `param` unless `ok`."""
     if not ok:
@@ -53,12 +54,15 @@ def check(ok: bool, param: str, message: str) -> None:
 def check_finite(loss: float, what: str = "loss") -> float:
     """A NaN/inf loss at the checkpoint makes every curvature number meaningless."""
     if not math.isfinite(loss):
-        raise ProbeError(f"the {what} is {loss} at this checkpoint; nothing to analyse "
-                         "(the weights or the data contain NaN/inf, or training diverged)")
+        raise ProbeError(
+            f"the {what} is {loss} at this checkpoint; nothing to analyse "
+            "(the weights or the data contain NaN/inf, or training diverged)"
+        )
     return loss
 
 
 # --- the model as a pure function of its parameters --------------------------------------
+
 
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether `model` holds a BatchNorm layer (GroupNorm and LayerNorm keep no running statistics)."""
@@ -71,8 +75,10 @@ def require_batchnorm(model: nn.Module, option: str, fallback: str) -> None:
     if not has_batchnorm(model):
         from probe.errors import Skip
 
-        raise Skip(f"{option}: the model has no BatchNorm layer (GroupNorm/LayerNorm keep no running statistics); "
-                   f"{fallback} gives the same result")
+        raise Skip(
+            f"{option}: the model has no BatchNorm layer (GroupNorm/LayerNorm keep no running statistics); "
+            f"{fallback} gives the same result"
+        )
 
 
 def _hardsigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +93,8 @@ def _hardswish(x: torch.Tensor) -> torch.Tensor:
 # a Hessian-vector product through them raises. The same functions written with relu6 have one
 # (hardsigmoid's is 0 almost everywhere, as for ReLU), so they stand in while an analysis runs.
 TWICE_DIFFERENTIABLE: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
-    nn.Hardsigmoid: _hardsigmoid, nn.Hardswish: _hardswish,
+    nn.Hardsigmoid: _hardsigmoid,
+    nn.Hardswish: _hardswish,
 }
 
 
@@ -102,10 +109,14 @@ def analysis_mode(model: nn.Module, bn: str = "eval") -> Iterator[None]:
     """
     check(bn in BN_MODES, "bn", f"must be one of {BN_MODES}, got {bn!r}")
     saved = [(m, m.training, getattr(m, "track_running_stats", None)) for m in model.modules()]
-    swapped = [m for m in model.modules() if type(m) in TWICE_DIFFERENTIABLE and "forward" not in vars(m)]
+    swapped = [
+        m for m in model.modules() if type(m) in TWICE_DIFFERENTIABLE and "forward" not in vars(m)
+    ]
     try:
         for m in swapped:
-            m.forward = TWICE_DIFFERENTIABLE[type(m)]  # an instance attribute: nn.Module.__call__ finds it first
+            m.forward = TWICE_DIFFERENTIABLE[
+                type(m)
+            ]  # an instance attribute: nn.Module.__call__ finds it first
         model.eval()
         if bn == "batch":
             for m in model.modules():
@@ -121,13 +132,18 @@ def analysis_mode(model: nn.Module, bn: str = "eval") -> Iterator[None]:
                 m.track_running_stats = track
 
 
-def split(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+def split(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     """Mini-batches with their weight n_b / N, so weighted sums are means over the batch."""
     n = len(x)
     check(n > 0, "x", "the batch is empty")
     check(len(y) == n, "y", f"has {len(y)} entries for {n} inputs")
     check(batch_size >= 1, "batch_size", f"must be >= 1, got {batch_size}")
-    return [(x[i:i + batch_size], y[i:i + batch_size], min(batch_size, n - i) / n) for i in range(0, n, batch_size)]
+    return [
+        (x[i : i + batch_size], y[i : i + batch_size], min(batch_size, n - i) / n)
+        for i in range(0, n, batch_size)
+    ]
 
 
 class BatchedLoss:
@@ -139,9 +155,19 @@ class BatchedLoss:
     the analysed parameters, so H gains wd * I; by default it is excluded.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: LossFn | None = None,
-                 batch_size: int = 256, bn: str = "eval", params: Sequence[str] | None = None,
-                 dtype: torch.dtype | None = None, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        loss_fn: LossFn | None = None,
+        batch_size: int = 256,
+        bn: str = "eval",
+        params: Sequence[str] | None = None,
+        dtype: torch.dtype | None = None,
+        weight_decay: float = 0.0,
+    ):
         check(bn in BN_MODES, "bn", f"must be one of {BN_MODES}, got {bn!r}")
         check(weight_decay >= 0, "weight_decay", f"must be >= 0, got {weight_decay}")
         named = dict(model.named_parameters())
@@ -178,11 +204,13 @@ class BatchedLoss:
         out, i = {}, 0
         for n, s in zip(self.names, self.shapes, strict=True):
             k = s.numel()
-            out[n] = flat[i:i + k].view(s)
+            out[n] = flat[i : i + k].view(s)
             i += k
         return out
 
-    def batch_loss(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def batch_loss(
+        self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
+    ) -> torch.Tensor:
         """Mean loss of one mini-batch; call inside `analysis_mode`."""
         out = functional_call(self.model, (params, self.fixed), (xb,))
         return self.loss_fn(out, yb)
@@ -200,7 +228,9 @@ class BatchedLoss:
             total = sum(w * self.batch_loss(params, xb, yb) for xb, yb, w in self.batches)
         return float(total + self._decay(params))
 
-    def value_and_grad(self, params: dict[str, torch.Tensor] | None = None) -> tuple[float, dict[str, torch.Tensor]]:
+    def value_and_grad(
+        self, params: dict[str, torch.Tensor] | None = None
+    ) -> tuple[float, dict[str, torch.Tensor]]:
         """Loss and gradient at `params`; parameters the loss does not use get zeros."""
         params = self.params if params is None else params
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
@@ -222,16 +252,25 @@ class BatchedLoss:
         """Which loss is differentiated, in words (goes into every report)."""
         name = getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__)
         name = "mean cross-entropy" if self.loss_fn is F.cross_entropy else f"mean {name}"
-        wd = (f"+ 0.5*{self.weight_decay:g}*||w||^2 (weight decay included)" if self.weight_decay
-              else "(weight decay excluded)")
-        bn = "BatchNorm in eval mode (running statistics)" if self.bn == "eval" else \
-            "BatchNorm with per-mini-batch statistics (buffers untouched)"
-        return (f"{name} {wd} over {self.n_samples} samples in {len(self.batches)} mini-batch(es) of <= "
-                f"{self.batch_size}, averaged weighted by sample count; {bn}; {len(self.names)} parameter "
-                f"tensors ({self.dim} entries); {str(self.dtype).removeprefix('torch.')}")
+        wd = (
+            f"+ 0.5*{self.weight_decay:g}*||w||^2 (weight decay included)"
+            if self.weight_decay
+            else "(weight decay excluded)"
+        )
+        bn = (
+            "BatchNorm in eval mode (running statistics)"
+            if self.bn == "eval"
+            else "BatchNorm with per-mini-batch statistics (buffers untouched)"
+        )
+        return (
+            f"{name} {wd} over {self.n_samples} samples in {len(self.batches)} mini-batch(es) of <= "
+            f"{self.batch_size}, averaged weighted by sample count; {bn}; {len(self.names)} parameter "
+            f"tensors ({self.dim} entries); {str(self.dtype).removeprefix('torch.')}"
+        )
 
 
 # --- linear operators ------------------------------------------------------------------
+
 
 class LinearOperator(Protocol):
     """A symmetric matrix known only through products with vectors of length `dim`."""
@@ -249,7 +288,12 @@ class MatrixOperator:
 
     def __init__(self, matrix: torch.Tensor):
         self.matrix = matrix
-        self.dim, self.dtype, self.device, self.hvps = matrix.shape[0], matrix.dtype, matrix.device, 0
+        self.dim, self.dtype, self.device, self.hvps = (
+            matrix.shape[0],
+            matrix.dtype,
+            matrix.device,
+            0,
+        )
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         self.hvps += 1
@@ -274,11 +318,19 @@ class HessianOperator:
         if method == "auto":
             method = "double_backward"
             cache = loss.n_samples <= CACHE_LIMIT if cache is None else cache
-        self.loss, self.method, self.cache = loss, method, bool(cache) and method == "double_backward"
+        self.loss, self.method, self.cache = (
+            loss,
+            method,
+            bool(cache) and method == "double_backward",
+        )
         self.dim, self.dtype, self.device, self.hvps = loss.dim, loss.dtype, loss.device, 0
-        self._graphs: list[tuple[list[torch.Tensor], list[torch.Tensor | None], float]] | None = None
+        self._graphs: list[tuple[list[torch.Tensor], list[torch.Tensor | None], float]] | None = (
+            None
+        )
 
-    def _graph(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    def _graph(
+        self, xb: torch.Tensor, yb: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         leaves = [p.detach().requires_grad_() for p in self.loss.params.values()]
         params = dict(zip(self.loss.names, leaves, strict=True))
         with analysis_mode(self.loss.model, self.loss.bn):
@@ -289,11 +341,17 @@ class HessianOperator:
     def _double_backward(self, v: dict[str, torch.Tensor]) -> list[torch.Tensor | None]:
         if self.cache and self._graphs is None:
             self._graphs = [(*self._graph(xb, yb), w) for xb, yb, w in self.loss.batches]
-        graphs = self._graphs if self.cache else ((*self._graph(xb, yb), w) for xb, yb, w in self.loss.batches)
+        graphs = (
+            self._graphs
+            if self.cache
+            else ((*self._graph(xb, yb), w) for xb, yb, w in self.loss.batches)
+        )
         total: list[torch.Tensor | None] = [None] * len(v)
         vs = list(v.values())
         for leaves, gs, w in graphs:
-            used = [(g, vi) for g, vi in zip(gs, vs, strict=True) if g is not None and g.requires_grad]
+            used = [
+                (g, vi) for g, vi in zip(gs, vs, strict=True) if g is not None and g.requires_grad
+            ]
             if not used:
                 continue
             gv = sum((g * vi).sum() for g, vi in used)
@@ -307,8 +365,12 @@ class HessianOperator:
         total: list[torch.Tensor | None] = [None] * len(v)
         with analysis_mode(self.loss.model, self.loss.bn):
             for xb, yb, w in self.loss.batches:
-                def f(p: dict[str, torch.Tensor], xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
+
+                def f(
+                    p: dict[str, torch.Tensor], xb: torch.Tensor = xb, yb: torch.Tensor = yb
+                ) -> torch.Tensor:
                     return self.loss.batch_loss(p, xb, yb)
+
                 _, hv = jvp(grad(f), (self.loss.params,), (v,))
                 for i, n in enumerate(self.loss.names):
                     total[i] = w * hv[n] if total[i] is None else total[i].add_(hv[n], alpha=w)
@@ -321,15 +383,28 @@ class HessianOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         self.hvps += 1
         named = self.loss.unflatten(v.to(self.dtype))
-        parts = self._double_backward(named) if self.method == "double_backward" else self._forward_over_reverse(named)
-        out = torch.cat([(torch.zeros(s, dtype=self.dtype, device=self.device) if h is None else h.detach()).reshape(-1)
-                         for h, s in zip(parts, self.loss.shapes, strict=True)])
+        parts = (
+            self._double_backward(named)
+            if self.method == "double_backward"
+            else self._forward_over_reverse(named)
+        )
+        out = torch.cat(
+            [
+                (
+                    torch.zeros(s, dtype=self.dtype, device=self.device)
+                    if h is None
+                    else h.detach()
+                ).reshape(-1)
+                for h, s in zip(parts, self.loss.shapes, strict=True)
+            ]
+        )
         if self.loss.weight_decay:
             out += self.loss.weight_decay * v
         return out
 
 
 # --- eigenvalues ---------------------------------------------------------------------------
+
 
 @dataclass
 class EigenResult:
@@ -351,9 +426,15 @@ class EigenResult:
     hvps: int
 
     def summary(self) -> dict:
-        return {"which": self.which, "values": self.values.tolist(), "residuals": self.residuals.tolist(),
-                "converged": self.converged.tolist(), "method": self.method,
-                "iterations": self.iterations, "hvps": self.hvps}
+        return {
+            "which": self.which,
+            "values": self.values.tolist(),
+            "residuals": self.residuals.tolist(),
+            "converged": self.converged.tolist(),
+            "method": self.method,
+            "iterations": self.iterations,
+            "hvps": self.hvps,
+        }
 
 
 def _start(op: LinearOperator, k: int, init: torch.Tensor | None, seed: int) -> torch.Tensor:
@@ -371,9 +452,17 @@ def _residual(op: LinearOperator, vec: torch.Tensor, lam: float) -> float:
     return float((op.matvec(vec) - lam * vec).norm()) / max(abs(lam), 1e-30)
 
 
-def power_iteration(op: LinearOperator, k: int = 1, *, tol: float = 1e-3, residual_tol: float = 1e-2,
-                    max_iter: int = 100, init: torch.Tensor | None = None, seed: int = 0,
-                    shift: float = 0.0) -> EigenResult:
+def power_iteration(
+    op: LinearOperator,
+    k: int = 1,
+    *,
+    tol: float = 1e-3,
+    residual_tol: float = 1e-2,
+    max_iter: int = 100,
+    init: torch.Tensor | None = None,
+    seed: int = 0,
+    shift: float = 0.0,
+) -> EigenResult:
     """The k largest-magnitude eigenvalues of H - shift*I (plus shift), by deflation.
 
     Found vectors are projected out of the iterate and of H v (power iteration on
@@ -414,14 +503,24 @@ def power_iteration(op: LinearOperator, k: int = 1, *, tol: float = 1e-3, residu
         res.append(r)
         conv.append(ok)
     which = "LM" if shift == 0 else ("SA" if shift > 0 else "LA")
-    return EigenResult(which, torch.tensor(vals, dtype=torch.float64), torch.stack(vecs),
-                       torch.tensor(res, dtype=torch.float64), torch.tensor(conv),
-                       "power", iters, op.hvps - hvps0)
+    return EigenResult(
+        which,
+        torch.tensor(vals, dtype=torch.float64),
+        torch.stack(vecs),
+        torch.tensor(res, dtype=torch.float64),
+        torch.tensor(conv),
+        "power",
+        iters,
+        op.hvps - hvps0,
+    )
 
 
-def _lanczos_run(op: LinearOperator, q0: torch.Tensor, steps: int,
-                 stop: Callable[[torch.Tensor, torch.Tensor, bool], bool] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+def _lanczos_run(
+    op: LinearOperator,
+    q0: torch.Tensor,
+    steps: int,
+    stop: Callable[[torch.Tensor, torch.Tensor, bool], bool] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """Lanczos with full reorthogonalisation: basis Q (m, dim), alphas (m,), betas (m,).
 
     betas[j] couples step j to j+1; betas[-1] is the residual norm of the last step.
@@ -436,7 +535,7 @@ def _lanczos_run(op: LinearOperator, q0: torch.Tensor, steps: int,
     for j in range(steps):
         w = op.matvec(q[j])
         alphas[j] = float(q[j] @ w)
-        basis = q[:j + 1]
+        basis = q[: j + 1]
         for _ in range(2):  # classical Gram-Schmidt twice ("twice is enough")
             w = w - basis.T @ (basis @ w)
         betas[j] = float(w.norm())
@@ -455,9 +554,18 @@ def _tridiag(alphas: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.linalg.eigh(t)
 
 
-def lanczos(op: LinearOperator, k: int = 1, *, smallest: int = 0, tol: float = 1e-3, residual_tol: float = 1e-2,
-            max_iter: int = 100, init: torch.Tensor | None = None, seed: int = 0,
-            verify: bool = True) -> tuple[EigenResult, EigenResult | None]:
+def lanczos(
+    op: LinearOperator,
+    k: int = 1,
+    *,
+    smallest: int = 0,
+    tol: float = 1e-3,
+    residual_tol: float = 1e-2,
+    max_iter: int = 100,
+    init: torch.Tensor | None = None,
+    seed: int = 0,
+    verify: bool = True,
+) -> tuple[EigenResult, EigenResult | None]:
     """The k largest (LA) and `smallest` smallest (SA) algebraic eigenvalues.
 
     One Krylov space serves both ends. Full reorthogonalisation keeps the basis
@@ -500,9 +608,15 @@ def lanczos(op: LinearOperator, k: int = 1, *, smallest: int = 0, tol: float = 1
             p_ends = ends(prev)[0 if name == "LA" else 1]
             n = min(len(idx), len(p_ends))
             change = torch.full((len(idx),), math.inf, dtype=torch.float64)
-            change[:n] = (theta[idx[:n]] - prev[p_ends[:n]]).abs() / theta[idx[:n]].abs().clamp_min(1e-30)
+            change[:n] = (theta[idx[:n]] - prev[p_ends[:n]]).abs() / theta[idx[:n]].abs().clamp_min(
+                1e-30
+            )
             state["ok"][name] = (change <= tol) & (res[idx] <= residual_tol)
-        return len(top) == k and len(bottom) == smallest and all(bool(v.all()) for v in state["ok"].values())
+        return (
+            len(top) == k
+            and len(bottom) == smallest
+            and all(bool(v.all()) for v in state["ok"].values())
+        )
 
     basis, alphas, betas, _ = _lanczos_run(op, q0, max_iter, stop)
     theta, s, res = state["theta"], state["s"], state["res"]
@@ -515,7 +629,10 @@ def lanczos(op: LinearOperator, k: int = 1, *, smallest: int = 0, tol: float = 1
         vecs = vecs / vecs.norm(dim=1, keepdim=True)
         r = res[idx].clone()
         if verify:
-            r = torch.tensor([_residual(op, v, float(lam)) for v, lam in zip(vecs, vals, strict=True)], dtype=torch.float64)
+            r = torch.tensor(
+                [_residual(op, v, float(lam)) for v, lam in zip(vecs, vals, strict=True)],
+                dtype=torch.float64,
+            )
         ok = state["ok"][name] & (r <= residual_tol)
         out[name] = EigenResult(name, vals, vecs, r, ok, "lanczos", len(alphas), 0)
     for e in out.values():
@@ -523,7 +640,9 @@ def lanczos(op: LinearOperator, k: int = 1, *, smallest: int = 0, tol: float = 1
     return out["LA"], out.get("SA")
 
 
-def eigenvector_overlap(previous: torch.Tensor, current: torch.Tensor) -> tuple[torch.Tensor, float]:
+def eigenvector_overlap(
+    previous: torch.Tensor, current: torch.Tensor
+) -> tuple[torch.Tensor, float]:
     """How far the top eigenvectors moved between two checkpoints.
 
     Returns |<u_i, v_i>| per index and the subspace overlap ||U^T V||_F^2 / k (1 when
@@ -542,6 +661,7 @@ def eigenvector_overlap(previous: torch.Tensor, current: torch.Tensor) -> tuple[
 
 # --- trace and density -----------------------------------------------------------------
 
+
 @dataclass
 class TraceResult:
     """Hutchinson's estimate with its standard error (stderr of the sample mean)."""
@@ -556,8 +676,14 @@ def _rademacher(op: LinearOperator, gen: torch.Generator) -> torch.Tensor:
     return (torch.randint(0, 2, (op.dim,), generator=gen) * 2 - 1).to(op.dtype).to(op.device)
 
 
-def hutchinson_trace(op: LinearOperator, samples: int = 100, *, seed: int = 0,
-                     rel_stderr: float | None = None, min_samples: int = 10) -> TraceResult:
+def hutchinson_trace(
+    op: LinearOperator,
+    samples: int = 100,
+    *,
+    seed: int = 0,
+    rel_stderr: float | None = None,
+    min_samples: int = 10,
+) -> TraceResult:
     """tr(H) ~ mean of v^T H v over Rademacher v, with the standard error of that mean.
 
     With `rel_stderr`, stops early once stderr <= rel_stderr * |trace| (after
@@ -596,7 +722,7 @@ class Density:
 
     def moment(self, p: int) -> float:
         """Estimate of tr(H^p) / dim."""
-        return float((self.weights * self.nodes ** p).sum(-1).mean())
+        return float((self.weights * self.nodes**p).sum(-1).mean())
 
 
 def slq_density(op: LinearOperator, runs: int = 5, steps: int = 60, *, seed: int = 0) -> Density:
@@ -610,11 +736,14 @@ def slq_density(op: LinearOperator, runs: int = 5, steps: int = 60, *, seed: int
     check(steps >= 2, "density_steps", f"must be >= 2, got {steps}")
     gen, hvps0 = torch.Generator().manual_seed(seed), op.hvps
     m = min(steps, op.dim)
-    nodes, weights = torch.zeros(runs, m, dtype=torch.float64), torch.zeros(runs, m, dtype=torch.float64)
+    nodes, weights = (
+        torch.zeros(runs, m, dtype=torch.float64),
+        torch.zeros(runs, m, dtype=torch.float64),
+    )
     for r in range(runs):
         _, alphas, betas, _ = _lanczos_run(op, _rademacher(op, gen), m)
         theta, s = _tridiag(alphas, betas)
-        nodes[r, :len(theta)], weights[r, :len(theta)] = theta, s[0] ** 2
+        nodes[r, : len(theta)], weights[r, : len(theta)] = theta, s[0] ** 2
     return Density(nodes, weights, op.hvps - hvps0, op.dim)
 
 
@@ -623,7 +752,9 @@ def slq_density(op: LinearOperator, runs: int = 5, steps: int = 60, *, seed: int
 # Builds the operator of one batch's loss. The default is `HessianOperator`; another
 # operator (a Gauss-Newton one, say) plugs in here, and every estimate below uses it.
 OperatorFactory = Callable[[BatchedLoss], LinearOperator]
-RITZ_LIMIT_BYTES = 2 << 30  # the combined Krylov basis and each batch's products on it, kept for Rayleigh-Ritz
+RITZ_LIMIT_BYTES = (
+    2 << 30
+)  # the combined Krylov basis and each batch's products on it, kept for Rayleigh-Ritz
 
 
 class MeanOperator:
@@ -679,8 +810,13 @@ class RecordingMeanOperator(MeanOperator):
         return total / len(self.parts)
 
 
-def ritz_pairs(vectors: Sequence[torch.Tensor], products: Sequence[torch.Tensor], k: int, smallest: int,
-               residual_tol: float) -> tuple[EigenResult, EigenResult | None]:
+def ritz_pairs(
+    vectors: Sequence[torch.Tensor],
+    products: Sequence[torch.Tensor],
+    k: int,
+    smallest: int,
+    residual_tol: float,
+) -> tuple[EigenResult, EigenResult | None]:
     """Rayleigh-Ritz of an operator H on span(`vectors`), given `products` = H applied to each vector.
 
     The span is orthonormalised through the Gram matrix (directions with Gram eigenvalue
@@ -708,7 +844,9 @@ def ritz_pairs(vectors: Sequence[torch.Tensor], products: Sequence[torch.Tensor]
         res = (hvecs - vals[:, None] * vecs).norm(dim=1) / vals.abs().clamp_min(1e-30)
         norms = vecs.norm(dim=1, keepdim=True)
         out = (vecs / norms).to(vectors[0].dtype)
-        return EigenResult(which, vals.clone(), out, res, res <= residual_tol, "rayleigh-ritz", len(vectors), 0)
+        return EigenResult(
+            which, vals.clone(), out, res, res <= residual_tol, "rayleigh-ritz", len(vectors), 0
+        )
 
     top = pairs("LA", torch.arange(m - 1, max(m - 1 - k, -1), -1))
     bottom = pairs("SA", torch.arange(0, min(smallest, m))) if smallest else None
@@ -733,7 +871,9 @@ BLOCK_MODES = ("layer", "none")
 OTHER_BLOCK = "other"
 
 
-def parameter_blocks(model: nn.Module, names: Sequence[str], spec: str = "layer") -> list[tuple[str, list[str]]]:
+def parameter_blocks(
+    model: nn.Module, names: Sequence[str], spec: str = "layer"
+) -> list[tuple[str, list[str]]]:
     """Group parameter names into disjoint blocks: (block name, parameter names), in parameter order.
 
     "layer": one block per convolution or linear layer (its weight and bias together);
@@ -753,20 +893,35 @@ def parameter_blocks(model: nn.Module, names: Sequence[str], spec: str = "layer"
     if spec == "layer":
         for mod_name, module in model.named_modules():
             if isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
-                own = [f"{mod_name}.{n}" if mod_name else n for n, _ in module.named_parameters(recurse=False)]
+                own = [
+                    f"{mod_name}.{n}" if mod_name else n
+                    for n, _ in module.named_parameters(recurse=False)
+                ]
                 own = [n for n in own if n in order]
                 if own:
                     groups[mod_name or "(model)"] = own
     else:
         patterns = [p.strip() for p in spec.split(",")]
-        check(all(patterns), "--param blocks", f"empty pattern in {spec!r}; give 'layer', 'none' or patterns "
-                                               "like 'features.*,classifier.*'")
-        check(OTHER_BLOCK not in patterns, "--param blocks", f"{OTHER_BLOCK!r} is the name of the left-over block")
+        check(
+            all(patterns),
+            "--param blocks",
+            f"empty pattern in {spec!r}; give 'layer', 'none' or patterns "
+            "like 'features.*,classifier.*'",
+        )
+        check(
+            OTHER_BLOCK not in patterns,
+            "--param blocks",
+            f"{OTHER_BLOCK!r} is the name of the left-over block",
+        )
         taken: set[str] = set()
         for pat in patterns:
             hit = [n for n in names if n not in taken and fnmatch.fnmatchcase(n, pat)]
-            check(bool(hit), "--param blocks", f"pattern {pat!r} matches no parameter not already in a block "
-                                               f"(names look like {names[0]!r})")
+            check(
+                bool(hit),
+                "--param blocks",
+                f"pattern {pat!r} matches no parameter not already in a block "
+                f"(names look like {names[0]!r})",
+            )
             groups[pat] = hit
             taken.update(hit)
     used = {n for ns in groups.values() for n in ns}
@@ -791,8 +946,14 @@ def standard_error(values: Sequence[float] | torch.Tensor) -> float:
     return float(t.std() / math.sqrt(len(t))) if len(t) >= 2 else math.nan
 
 
-def hutchinson_samples(op: LinearOperator, samples: int, *, seed: int = 0,
-                       block_id: torch.Tensor | None = None, blocks: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def hutchinson_samples(
+    op: LinearOperator,
+    samples: int,
+    *,
+    seed: int = 0,
+    block_id: torch.Tensor | None = None,
+    blocks: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """v^T H v for `samples` seeded Rademacher v (the same v for every operator of one seed),
     and, with `block_id` (the block of each coordinate), each block's share v_b^T (H v)_b
     per sample: an unbiased estimate of that diagonal block's trace from the same
@@ -807,7 +968,8 @@ def hutchinson_samples(op: LinearOperator, samples: int, *, seed: int = 0,
         vals[i] = float(prod.sum())
         if per_block is not None:
             per_block[i] = torch.zeros(blocks, dtype=torch.float64).index_add_(
-                0, block_id, prod.detach().to(torch.float64).cpu())
+                0, block_id, prod.detach().to(torch.float64).cpu()
+            )
     return vals, per_block
 
 
@@ -816,6 +978,7 @@ def _trace(vals: torch.Tensor, hvps: int) -> TraceResult:
 
 
 # --- the whole analysis on a model -------------------------------------------------------
+
 
 @dataclass
 class BlockResult:
@@ -829,9 +992,15 @@ class BlockResult:
     index: torch.Tensor  # the block's positions in the flat parameter vector
 
     def summary(self) -> dict:
-        out = {"name": self.name, "params": self.params, "dim": self.dim, "top": float(self.eigen.values[0]),
-               "top_residual": float(self.eigen.residuals[0]), "top_converged": bool(self.eigen.converged[0]),
-               "hvps": self.eigen.hvps}
+        out = {
+            "name": self.name,
+            "params": self.params,
+            "dim": self.dim,
+            "top": float(self.eigen.values[0]),
+            "top_residual": float(self.eigen.residuals[0]),
+            "top_converged": bool(self.eigen.converged[0]),
+            "hvps": self.eigen.hvps,
+        }
         if self.trace is not None:
             out["trace"], out["trace_stderr"] = self.trace.trace, self.trace.stderr
         return out
@@ -871,30 +1040,56 @@ class HessianReport:
 
     def computed_on(self) -> dict:
         """What every number of this report was computed on."""
-        return {"operator": self.operator, "images": self.n_batches * self.images_per_batch,
-                "batches": self.n_batches, "images_per_batch": self.images_per_batch, "bn": self.bn,
-                "dtype": self.dtype}
+        return {
+            "operator": self.operator,
+            "images": self.n_batches * self.images_per_batch,
+            "batches": self.n_batches,
+            "images_per_batch": self.images_per_batch,
+            "bn": self.bn,
+            "dtype": self.dtype,
+        }
 
     def over_batches(self, pos: int) -> dict:
         """Per-batch values of eigen[pos], their mean and standard error, and the combined operator's values."""
-        per = torch.stack([e[pos].values for e in self.per_batch]) if self.per_batch else self.eigen[pos].values[None]
-        return {"per_batch": per.tolist(), "mean_over_batches": per.mean(0).tolist(),
-                "se_over_batches": [standard_error(per[:, i]) for i in range(per.shape[1])],
-                "combined": self.eigen[pos].values.tolist()}
+        per = (
+            torch.stack([e[pos].values for e in self.per_batch])
+            if self.per_batch
+            else self.eigen[pos].values[None]
+        )
+        return {
+            "per_batch": per.tolist(),
+            "mean_over_batches": per.mean(0).tolist(),
+            "se_over_batches": [standard_error(per[:, i]) for i in range(per.shape[1])],
+            "combined": self.eigen[pos].values.tolist(),
+        }
 
     def summary(self) -> dict:
-        out = {"loss": self.loss, "loss_definition": self.loss_definition, "hvps": self.hvps,
-               "computed_on": self.computed_on(), "eigen": [e.summary() for e in self.eigen],
-               "eigenvalues": {e.which: self.over_batches(i) for i, e in enumerate(self.eigen)}}
+        out = {
+            "loss": self.loss,
+            "loss_definition": self.loss_definition,
+            "hvps": self.hvps,
+            "computed_on": self.computed_on(),
+            "eigen": [e.summary() for e in self.eigen],
+            "eigenvalues": {e.which: self.over_batches(i) for i, e in enumerate(self.eigen)},
+        }
         if self.loss_per_batch:
             out["loss_per_batch"] = self.loss_per_batch
         if self.trace is not None:
-            out["trace"] = {"trace": self.trace.trace, "stderr": self.trace.stderr, "samples": self.trace.samples,
-                            "combined": self.trace.trace, "combined_stderr": self.trace.stderr}
+            out["trace"] = {
+                "trace": self.trace.trace,
+                "stderr": self.trace.stderr,
+                "samples": self.trace.samples,
+                "combined": self.trace.trace,
+                "combined_stderr": self.trace.stderr,
+            }
             if self.trace_per_batch:
                 per = [t.trace for t in self.trace_per_batch]
-                out["trace"].update(per_batch=per, per_batch_stderr=[t.stderr for t in self.trace_per_batch],
-                                    mean_over_batches=sum(per) / len(per), se_over_batches=standard_error(per))
+                out["trace"].update(
+                    per_batch=per,
+                    per_batch_stderr=[t.stderr for t in self.trace_per_batch],
+                    mean_over_batches=sum(per) / len(per),
+                    se_over_batches=standard_error(per),
+                )
         if self.blocks:
             out["blocks"] = [b.summary() for b in self.blocks]
         if self.overlap is not None:
@@ -903,16 +1098,37 @@ class HessianReport:
         return out
 
 
-def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_k: int = 1, smallest: int = 1,
-                     method: str = "lanczos", trace_samples: int = 0, density_runs: int = 0,
-                     density_steps: int = 60, tol: float = 1e-3, residual_tol: float = 1e-2,
-                     max_iter: int = 100, init: torch.Tensor | None = None, bn: str = "eval",
-                     weight_decay: float = 0.0, batch_size: int = 256, loss_fn: LossFn | None = None,
-                     params: Sequence[str] | None = None, dtype: torch.dtype | None = None,
-                     hvp: str = "auto", seed: int = 0, batches: int = 1, blocks: str = "none",
-                     block_init: dict[str, torch.Tensor] | None = None,
-                     operator: OperatorFactory | str | None = None, operator_name: str = "hessian",
-                     trace_method: str = "hutchinson", per_batch: str = "ritz") -> HessianReport:
+def hessian_analysis(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    top_k: int = 1,
+    smallest: int = 1,
+    method: str = "lanczos",
+    trace_samples: int = 0,
+    density_runs: int = 0,
+    density_steps: int = 60,
+    tol: float = 1e-3,
+    residual_tol: float = 1e-2,
+    max_iter: int = 100,
+    init: torch.Tensor | None = None,
+    bn: str = "eval",
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    loss_fn: LossFn | None = None,
+    params: Sequence[str] | None = None,
+    dtype: torch.dtype | None = None,
+    hvp: str = "auto",
+    seed: int = 0,
+    batches: int = 1,
+    blocks: str = "none",
+    block_init: dict[str, torch.Tensor] | None = None,
+    operator: OperatorFactory | str | None = None,
+    operator_name: str = "hessian",
+    trace_method: str = "hutchinson",
+    per_batch: str = "ritz",
+) -> HessianReport:
     """Top-k (LA) and smallest (SA) Hessian eigenvalues, and optionally trace, density and per-block figures.
 
     method="lanczos" (default) gets both ends from one Krylov space. method="power"
@@ -944,37 +1160,75 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
     """
     from probe.numerics.operators import OPERATORS, make_operator, trace_estimate
 
-    if isinstance(operator, str):  # a name from probe.numerics.operators: "hessian" keeps the default operator below
+    if isinstance(
+        operator, str
+    ):  # a name from probe.numerics.operators: "hessian" keeps the default operator below
         check(operator in OPERATORS, "operator", f"must be one of {OPERATORS}, got {operator!r}")
-        operator_name, operator = operator, (None if operator == "hessian" else
-                                             functools.partial(make_operator, operator, method=hvp))
+        operator_name, operator = (
+            operator,
+            (
+                None
+                if operator == "hessian"
+                else functools.partial(make_operator, operator, method=hvp)
+            ),
+        )
     check(top_k >= 1, "top_k", f"must be >= 1, got {top_k}")
     check(method in ("lanczos", "power"), "method", f"must be 'lanczos' or 'power', got {method!r}")
-    check(trace_samples == 0 or trace_samples >= 2, "trace_samples", f"must be 0 or >= 2, got {trace_samples}")
+    check(
+        trace_samples == 0 or trace_samples >= 2,
+        "trace_samples",
+        f"must be 0 or >= 2, got {trace_samples}",
+    )
     check(density_runs >= 0, "density_runs", f"must be >= 0, got {density_runs}")
     check(batches >= 1, "batches", f"must be >= 1, got {batches}")
-    check(len(x) >= batches and len(x) % batches == 0, "batches",
-          f"{len(x)} samples do not split into {batches} equal batches")
+    check(
+        len(x) >= batches and len(x) % batches == 0,
+        "batches",
+        f"{len(x)} samples do not split into {batches} equal batches",
+    )
     n = len(x) // batches
-    losses = [BatchedLoss(model, x[b * n:(b + 1) * n], y[b * n:(b + 1) * n], loss_fn=loss_fn,
-                          batch_size=batch_size, bn=bn, params=params, dtype=dtype, weight_decay=weight_decay)
-              for b in range(batches)]
+    losses = [
+        BatchedLoss(
+            model,
+            x[b * n : (b + 1) * n],
+            y[b * n : (b + 1) * n],
+            loss_fn=loss_fn,
+            batch_size=batch_size,
+            bn=bn,
+            params=params,
+            dtype=dtype,
+            weight_decay=weight_decay,
+        )
+        for b in range(batches)
+    ]
     values = [check_finite(loss.value()) for loss in losses]
     # All batches' graphs are kept while they fit the cache limit together; otherwise each batch's graph is
     # built for its own solves and dropped, and the combined operator rebuilds them per product.
     keep = len(x) <= CACHE_LIMIT
     if operator is None:
+
         def operator(loss: BatchedLoss) -> LinearOperator:
             return HessianOperator(loss, hvp, cache=(n <= CACHE_LIMIT) if hvp == "auto" else None)
+
     ops = [operator(loss) for loss in losses]
     dim = ops[0].dim
-    check(init is None or init.shape[-1] == dim, "init",
-          f"vectors have length {None if init is None else init.shape[-1]}, the operator has {dim}")
+    check(
+        init is None or init.shape[-1] == dim,
+        "init",
+        f"vectors have length {None if init is None else init.shape[-1]}, the operator has {dim}",
+    )
     groups = parameter_blocks(model, losses[0].names, blocks)
-    check(trace_method in ("hutchinson", "hutch++"), "trace_method", f"must be hutchinson or hutch++, got {trace_method!r}")
-    check(trace_method == "hutchinson" or (batches == 1 and not groups), "trace_method",
-          "hutch++ estimates one operator's trace: use it with batches=1 and blocks=none "
-          "(hutchinson gives per-batch and per-block traces)")
+    check(
+        trace_method in ("hutchinson", "hutch++"),
+        "trace_method",
+        f"must be hutchinson or hutch++, got {trace_method!r}",
+    )
+    check(
+        trace_method == "hutchinson" or (batches == 1 and not groups),
+        "trace_method",
+        "hutch++ estimates one operator's trace: use it with batches=1 and blocks=none "
+        "(hutchinson gives per-batch and per-block traces)",
+    )
     index = block_indices(losses[0], groups)
     block_id = None
     if groups:
@@ -982,46 +1236,95 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
         for i, idx in enumerate(index):
             block_id[idx] = i
 
-    def solve(op: LinearOperator, start: torch.Tensor | None, k: int = top_k, low: int = smallest) -> list[EigenResult]:
+    def solve(
+        op: LinearOperator, start: torch.Tensor | None, k: int = top_k, low: int = smallest
+    ) -> list[EigenResult]:
         if method == "lanczos":
-            top, bottom = lanczos(op, k, smallest=low, tol=tol, residual_tol=residual_tol,
-                                  max_iter=max_iter, init=start, seed=seed)
+            top, bottom = lanczos(
+                op,
+                k,
+                smallest=low,
+                tol=tol,
+                residual_tol=residual_tol,
+                max_iter=max_iter,
+                init=start,
+                seed=seed,
+            )
             return [top] + ([bottom] if bottom is not None else [])
-        top = power_iteration(op, k, tol=tol, residual_tol=residual_tol, max_iter=max_iter, init=start, seed=seed)
+        top = power_iteration(
+            op, k, tol=tol, residual_tol=residual_tol, max_iter=max_iter, init=start, seed=seed
+        )
         if not low:
             return [top]
-        return [top, power_iteration(op, low, tol=tol, residual_tol=residual_tol, max_iter=max_iter,
-                                     seed=seed + 1, shift=float(top.values[0]))]
+        return [
+            top,
+            power_iteration(
+                op,
+                low,
+                tol=tol,
+                residual_tol=residual_tol,
+                max_iter=max_iter,
+                seed=seed + 1,
+                shift=float(top.values[0]),
+            ),
+        ]
 
     # The combined operator is solved first, recording each batch's products over its Krylov basis: a
     # Rayleigh-Ritz pass per batch on that basis then gives per-batch eigenpairs with exact residuals for no
     # product (per_batch="ritz"). Refining unconverged ones from their Ritz vectors was measured: it cost more
     # products than solving each batch from `init` (101 against 79 on bench_hessian_batches.py).
-    check(per_batch in ("ritz", "solve"), "per_batch", f"must be 'ritz' or 'solve', got {per_batch!r}")
+    check(
+        per_batch in ("ritz", "solve"), "per_batch", f"must be 'ritz' or 'solve', got {per_batch!r}"
+    )
     recording = batches > 1 and method == "lanczos" and per_batch == "ritz"
-    combined = (RecordingMeanOperator(ops, RITZ_LIMIT_BYTES) if recording else MeanOperator(ops)) if batches > 1 \
+    combined = (
+        (RecordingMeanOperator(ops, RITZ_LIMIT_BYTES) if recording else MeanOperator(ops))
+        if batches > 1
         else ops[0]
+    )
     eigen = solve(combined, init)
     per_batch_eigen: list[list[EigenResult]] = []
     samples: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     for b, op in enumerate(ops if batches > 1 else []):
         eig = None
         if recording and combined.complete and combined.inputs:
-            eig = [e for e in ritz_pairs(combined.inputs, combined.outputs[b], top_k, smallest, residual_tol)
-                   if e is not None]
+            eig = [
+                e
+                for e in ritz_pairs(
+                    combined.inputs, combined.outputs[b], top_k, smallest, residual_tol
+                )
+                if e is not None
+            ]
         per_batch_eigen.append(eig if eig is not None else solve(op, init))
         if trace_samples:
-            samples.append(hutchinson_samples(op, trace_samples, seed=seed, block_id=block_id, blocks=len(groups)))
+            samples.append(
+                hutchinson_samples(
+                    op, trace_samples, seed=seed, block_id=block_id, blocks=len(groups)
+                )
+            )
         if not keep and hasattr(op, "release"):
             op.release()
     loss_def = losses[0].describe()
     if batches > 1:
-        loss_def = (f"{loss_def}; {batches} disjoint batches of {n} samples: per-batch values on each, "
-                    f"'combined' on the mean loss over all {len(x)} samples")
-    report = HessianReport(sum(values) / batches, loss_def, eigen, None, None, names=list(losses[0].names),
-                           operator=operator_name, n_batches=batches, images_per_batch=n, bn=bn,
-                           dtype=str(losses[0].dtype).removeprefix("torch."), per_batch=per_batch_eigen,
-                           loss_per_batch=values if batches > 1 else [])
+        loss_def = (
+            f"{loss_def}; {batches} disjoint batches of {n} samples: per-batch values on each, "
+            f"'combined' on the mean loss over all {len(x)} samples"
+        )
+    report = HessianReport(
+        sum(values) / batches,
+        loss_def,
+        eigen,
+        None,
+        None,
+        names=list(losses[0].names),
+        operator=operator_name,
+        n_batches=batches,
+        images_per_batch=n,
+        bn=bn,
+        dtype=str(losses[0].dtype).removeprefix("torch."),
+        per_batch=per_batch_eigen,
+        loss_per_batch=values if batches > 1 else [],
+    )
     if init is not None:
         report.overlap, report.subspace_overlap = eigenvector_overlap(init, eigen[0].vectors)
     if trace_samples:
@@ -1029,10 +1332,15 @@ def hessian_analysis(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_
             report.trace = trace_estimate("hutch++", combined, trace_samples, seed=seed)
         else:
             if batches == 1:
-                samples.append(hutchinson_samples(combined, trace_samples, seed=seed, block_id=block_id,
-                                                  blocks=len(groups)))
+                samples.append(
+                    hutchinson_samples(
+                        combined, trace_samples, seed=seed, block_id=block_id, blocks=len(groups)
+                    )
+                )
             per_hvps = trace_samples
-            report.trace_per_batch = [_trace(s, per_hvps) for s, _ in samples] if batches > 1 else []
+            report.trace_per_batch = (
+                [_trace(s, per_hvps) for s, _ in samples] if batches > 1 else []
+            )
             report.trace = _trace(torch.stack([s for s, _ in samples]).mean(0), per_hvps * batches)
             per_block = torch.stack([b for _, b in samples]).mean(0) if groups else None
     if density_runs:

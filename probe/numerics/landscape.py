@@ -60,13 +60,20 @@ class Directions:
 
 # --- random directions ---------------------------------------------------------------
 
+
 def _generator(seed: int, axis: int, name: str) -> torch.Generator:
     digest = hashlib.sha256(f"{seed}:{axis}:{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def random_directions(model: nn.Module, n: int = 2, *, kind: str = "filter", seed: int = 0,
-                      include_bias_bn: bool = False) -> Directions:
+def random_directions(
+    model: nn.Module,
+    n: int = 2,
+    *,
+    kind: str = "filter",
+    seed: int = 0,
+    include_bias_bn: bool = False,
+) -> Directions:
     """`n` seeded Gaussian directions keyed by parameter name, scaled to `model`'s weights.
 
     kind="filter" normalises each output channel (dim 0 slice) to the norm of the same
@@ -90,7 +97,9 @@ def random_directions(model: nn.Module, n: int = 2, *, kind: str = "filter", see
                     g *= w.norm() / (g.norm() + 1e-10)
                 else:
                     dims = tuple(range(1, w.dim()))
-                    g *= w.pow(2).sum(dims, keepdim=True).sqrt() / (g.pow(2).sum(dims, keepdim=True).sqrt() + 1e-10)
+                    g *= w.pow(2).sum(dims, keepdim=True).sqrt() / (
+                        g.pow(2).sum(dims, keepdim=True).sqrt() + 1e-10
+                    )
             d[name] = g
         if kind == "random":
             used = [k for k, w in params.items() if w.dim() > 1 or include_bias_bn]
@@ -104,12 +113,22 @@ def random_directions(model: nn.Module, n: int = 2, *, kind: str = "filter", see
 
 # --- trajectory PCA -------------------------------------------------------------------
 
-def _flat(state: Mapping[str, torch.Tensor], center: Mapping[str, torch.Tensor], names: list[str]) -> torch.Tensor:
-    return torch.cat([(state[n].detach().to(center[n]) - center[n]).reshape(-1) for n in names]).double()
+
+def _flat(
+    state: Mapping[str, torch.Tensor], center: Mapping[str, torch.Tensor], names: list[str]
+) -> torch.Tensor:
+    return torch.cat(
+        [(state[n].detach().to(center[n]) - center[n]).reshape(-1) for n in names]
+    ).double()
 
 
-def pca_directions(model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]], *, mean_center: bool = False,
-                   max_bytes: int = 1 << 28) -> Directions:
+def pca_directions(
+    model: nn.Module,
+    states: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    mean_center: bool = False,
+    max_bytes: int = 1 << 28,
+) -> Directions:
     """The plane through `model`'s weights that best captures a training trajectory.
 
     `states` are state dicts along the trajectory (e.g. one per epoch); it is indexed
@@ -135,12 +154,14 @@ def pca_directions(model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]
     cache: dict[int, torch.Tensor] = {}
     for i0 in range(0, t, block):
         rows = torch.stack([_flat(states[i], center, names) for i in range(i0, min(t, i0 + block))])
-        gram[i0:i0 + len(rows), i0:i0 + len(rows)] = (rows @ rows.T).cpu()
+        gram[i0 : i0 + len(rows), i0 : i0 + len(rows)] = (rows @ rows.T).cpu()
         for j0 in range(0, i0, block):
-            cols = torch.stack([_flat(states[j], center, names) for j in range(j0, min(t, j0 + block))])
+            cols = torch.stack(
+                [_flat(states[j], center, names) for j in range(j0, min(t, j0 + block))]
+            )
             g = (rows @ cols.T).cpu()
-            gram[i0:i0 + len(rows), j0:j0 + len(cols)] = g
-            gram[j0:j0 + len(cols), i0:i0 + len(rows)] = g.T
+            gram[i0 : i0 + len(rows), j0 : j0 + len(cols)] = g
+            gram[j0 : j0 + len(cols), i0 : i0 + len(rows)] = g.T
         if block >= t:
             cache = dict(enumerate(rows))
     g_used = gram
@@ -149,8 +170,11 @@ def pca_directions(model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]
         g_used = j @ gram @ j
     lam, u = torch.linalg.eigh(g_used)
     lam, u = lam.flip(0)[:2], u.flip(1)[:, :2]
-    check(bool(lam[1] > 1e-12 * max(float(lam[0]), 1e-300)), "states",
-          "the trajectory spans fewer than two directions (are the checkpoints distinct?)")
+    check(
+        bool(lam[1] > 1e-12 * max(float(lam[0]), 1e-300)),
+        "states",
+        "the trajectory spans fewer than two directions (are the checkpoints distinct?)",
+    )
     coef = u / lam.sqrt()  # e_k = sum_i coef[i, k] d_i (also mean-centred: J u_k = u_k)
     axes: list[Direction] = [{n: torch.zeros_like(p) for n, p in center.items()} for _ in range(2)]
     for i in range(t):
@@ -158,7 +182,7 @@ def pca_directions(model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]
         off = 0
         for n in names:
             k = center[n].numel()
-            piece = d[off:off + k].view(center[n].shape)
+            piece = d[off : off + k].view(center[n].shape)
             for a in range(2):
                 axes[a][n] += (float(coef[i, a]) * piece).to(center[n].dtype)
             off += k
@@ -167,12 +191,13 @@ def pca_directions(model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]
     g = gram.numpy()
     step_sq = np.diag(g)[1:] + np.diag(g)[:-1] - 2 * np.diag(g, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        captured = np.where(step_sq > 0, (steps ** 2).sum(1) / step_sq, np.nan)
+        captured = np.where(step_sq > 0, (steps**2).sum(1) / step_sq, np.nan)
     explained = (lam / torch.trace(g_used)).numpy()
     return Directions(axes, "pca", None, path, captured, explained)
 
 
 # --- evaluating a grid ------------------------------------------------------------------
+
 
 @dataclass
 class Surface:
@@ -193,12 +218,27 @@ class Surface:
 class _GridEvaluator:
     """Mean loss and accuracy over a fixed batch at points centre + a*d1 + b*d2."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: Directions, *,
-                 bn: str, calib_x: torch.Tensor | None, batch_size: int, loss_fn: LossFn | None,
-                 points_per_pass: int, channels_last: bool):
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        directions: Directions,
+        *,
+        bn: str,
+        calib_x: torch.Tensor | None,
+        batch_size: int,
+        loss_fn: LossFn | None,
+        points_per_pass: int,
+        channels_last: bool,
+    ):
         check(bn in BN_MODES, "bn", f"must be one of {BN_MODES}, got {bn!r}")
         check(points_per_pass >= 1, "points_per_pass", f"must be >= 1, got {points_per_pass}")
-        check(bn != "recalibrate" or calib_x is not None, "calib_x", "is required with bn='recalibrate'")
+        check(
+            bn != "recalibrate" or calib_x is not None,
+            "calib_x",
+            "is required with bn='recalibrate'",
+        )
         self.model, self.bn, self.loss_fn = model, bn, loss_fn or F.cross_entropy
         self.center = {k: p.detach() for k, p in model.named_parameters()}
         device = next(iter(self.center.values())).device
@@ -208,10 +248,16 @@ class _GridEvaluator:
             return t.contiguous(memory_format=layout) if t.dim() == 4 else t
 
         self.center = {k: fmt(p) for k, p in self.center.items()}
-        self.axes = [{k: fmt(d[k].to(p)) for k, p in self.center.items() if k in d} for d in directions.axes]
+        self.axes = [
+            {k: fmt(d[k].to(p)) for k, p in self.center.items() if k in d} for d in directions.axes
+        ]
         self.buffers = {k: b.detach() for k, b in model.named_buffers()}
-        self.batches = [(fmt(xb.to(device)), yb.to(device), w) for xb, yb, w in split(x, y, batch_size)]
-        self.calib = [fmt(c.to(device)) for c in calib_x.split(batch_size)] if calib_x is not None else []
+        self.batches = [
+            (fmt(xb.to(device)), yb.to(device), w) for xb, yb, w in split(x, y, batch_size)
+        ]
+        self.calib = (
+            [fmt(c.to(device)) for c in calib_x.split(batch_size)] if calib_x is not None else []
+        )
         self.points_per_pass = points_per_pass
         self.n_samples = len(x)
 
@@ -261,22 +307,26 @@ class _GridEvaluator:
         with analysis_mode(self.model, "eval"):
             step = 1 if self.bn == "recalibrate" else self.points_per_pass
             for s in range(0, len(coords), step):
-                chunk = coords[s:s + step]
+                chunk = coords[s : s + step]
                 if len(chunk) == 1:
                     p = self.params_at(*chunk[0])
                     bufs = self._recalibrated(p) if self.bn == "recalibrate" else self.buffers
                     for xb, yb, w in self.batches:
-                        lb, ab = self._stats(functional_call(self.model, (p, bufs), (xb,))[None], yb)
+                        lb, ab = self._stats(
+                            functional_call(self.model, (p, bufs), (xb,))[None], yb
+                        )
                         loss[s] += w * float(lb[0])
                         acc[s] += w * float(ab[0])
                     continue
                 ps = [self.params_at(*c) for c in chunk]
                 stacked = {k: torch.stack([p[k] for p in ps]) for k in ps[0]}
                 for xb, yb, w in self.batches:
-                    out = vmap(lambda q, xb=xb: functional_call(self.model, (q, self.buffers), (xb,)))(stacked)
+                    out = vmap(
+                        lambda q, xb=xb: functional_call(self.model, (q, self.buffers), (xb,))
+                    )(stacked)
                     lb, ab = self._stats(out, yb)
-                    loss[s:s + len(chunk)] += w * lb.cpu().numpy()
-                    acc[s:s + len(chunk)] += w * ab.cpu().numpy()
+                    loss[s : s + len(chunk)] += w * lb.cpu().numpy()
+                    acc[s : s + len(chunk)] += w * ab.cpu().numpy()
         return loss, acc
 
 
@@ -287,28 +337,62 @@ def grid(span: tuple[float, float] = (-1.0, 1.0), resolution: int = 21) -> np.nd
     return np.linspace(span[0], span[1], resolution)
 
 
-def surface_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: Directions,
-                 alpha: np.ndarray, beta: np.ndarray, rows: Sequence[int], *, bn: str = "frozen",
-                 calib_x: torch.Tensor | None = None, batch_size: int = 1024, loss_fn: LossFn | None = None,
-                 points_per_pass: int = 1, channels_last: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def surface_rows(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    directions: Directions,
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    rows: Sequence[int],
+    *,
+    bn: str = "frozen",
+    calib_x: torch.Tensor | None = None,
+    batch_size: int = 1024,
+    loss_fn: LossFn | None = None,
+    points_per_pass: int = 1,
+    channels_last: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows `rows` of a 2-D surface: arrays (len(rows), len(alpha)) of loss and accuracy.
 
     Independent of every other row, so a large grid can be split across workers and
     the pieces stacked in row order.
     """
     check(len(directions.axes) == 2, "directions", "a 2-D surface needs two directions")
-    ev = _GridEvaluator(model, x, y, directions, bn=bn, calib_x=calib_x, batch_size=batch_size,
-                        loss_fn=loss_fn, points_per_pass=points_per_pass, channels_last=channels_last)
+    ev = _GridEvaluator(
+        model,
+        x,
+        y,
+        directions,
+        bn=bn,
+        calib_x=calib_x,
+        batch_size=batch_size,
+        loss_fn=loss_fn,
+        points_per_pass=points_per_pass,
+        channels_last=channels_last,
+    )
     coords = [(float(a), float(beta[j])) for j in rows for a in alpha]
     loss, acc = ev.points(coords)
     return loss.reshape(len(rows), len(alpha)), acc.reshape(len(rows), len(alpha))
 
 
-def surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: Directions, *,
-            span: tuple[float, float] = (-1.0, 1.0), resolution: int = 21,
-            span_y: tuple[float, float] | None = None, resolution_y: int | None = None,
-            bn: str = "frozen", calib_x: torch.Tensor | None = None, batch_size: int = 1024,
-            loss_fn: LossFn | None = None, points_per_pass: int = 1, channels_last: bool = True) -> Surface:
+def surface(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    directions: Directions,
+    *,
+    span: tuple[float, float] = (-1.0, 1.0),
+    resolution: int = 21,
+    span_y: tuple[float, float] | None = None,
+    resolution_y: int | None = None,
+    bn: str = "frozen",
+    calib_x: torch.Tensor | None = None,
+    batch_size: int = 1024,
+    loss_fn: LossFn | None = None,
+    points_per_pass: int = 1,
+    channels_last: bool = True,
+) -> Surface:
     """A 1-D (one direction) or 2-D (two) surface of loss and accuracy around `model`.
 
     The centre (the model itself) is always evaluated, and a NaN/inf loss there is
@@ -320,8 +404,18 @@ def surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: Dire
     alpha = grid(span, resolution)
     two_d = len(directions.axes) == 2
     beta = grid(span_y or span, resolution_y or resolution) if two_d else None
-    ev = _GridEvaluator(model, x, y, directions, bn=bn, calib_x=calib_x, batch_size=batch_size,
-                        loss_fn=loss_fn, points_per_pass=points_per_pass, channels_last=channels_last)
+    ev = _GridEvaluator(
+        model,
+        x,
+        y,
+        directions,
+        bn=bn,
+        calib_x=calib_x,
+        batch_size=batch_size,
+        loss_fn=loss_fn,
+        points_per_pass=points_per_pass,
+        channels_last=channels_last,
+    )
     c_loss, c_acc = ev.points([(0.0, 0.0)])
     check_finite(float(c_loss[0]))
     if two_d:
@@ -330,11 +424,22 @@ def surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: Dire
         loss, acc = loss.reshape(len(beta), len(alpha)), acc.reshape(len(beta), len(alpha))
     else:
         loss, acc = ev.points([(float(a), 0.0) for a in alpha])
-    return Surface(alpha, beta, loss, acc, float(c_loss[0]), float(c_acc[0]), bn, directions.kind,
-                   directions.seed, ev.n_samples)
+    return Surface(
+        alpha,
+        beta,
+        loss,
+        acc,
+        float(c_loss[0]),
+        float(c_acc[0]),
+        bn,
+        directions.kind,
+        directions.seed,
+        ev.n_samples,
+    )
 
 
 # --- the centre over several batches -------------------------------------------------------
+
 
 @dataclass
 class CenterSpread:
@@ -357,9 +462,16 @@ def _mean_se(v: np.ndarray) -> tuple[float, float | None]:
     return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None)
 
 
-def center_over_batches(model: nn.Module, parts: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
-                        bn: str = "frozen", calib_x: torch.Tensor | None = None, batch_size: int = 1024,
-                        loss_fn: LossFn | None = None, channels_last: bool = True) -> CenterSpread:
+def center_over_batches(
+    model: nn.Module,
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    bn: str = "frozen",
+    calib_x: torch.Tensor | None = None,
+    batch_size: int = 1024,
+    loss_fn: LossFn | None = None,
+    channels_last: bool = True,
+) -> CenterSpread:
     """The centre's loss and accuracy on each (x, y) of `parts`, and combined over all of them.
 
     One forward pass over each image in all: B batches cost what their union costs.
@@ -369,8 +481,18 @@ def center_over_batches(model: nn.Module, parts: Sequence[tuple[torch.Tensor, to
     none = Directions([], "centre")
     losses, accs, sizes = [], [], []
     for xb, yb in parts:
-        ev = _GridEvaluator(model, xb, yb, none, bn=bn, calib_x=calib_x, batch_size=batch_size, loss_fn=loss_fn,
-                            points_per_pass=1, channels_last=channels_last)
+        ev = _GridEvaluator(
+            model,
+            xb,
+            yb,
+            none,
+            bn=bn,
+            calib_x=calib_x,
+            batch_size=batch_size,
+            loss_fn=loss_fn,
+            points_per_pass=1,
+            channels_last=channels_last,
+        )
         lo, ac = ev.points([(0.0, 0.0)])
         losses.append(check_finite(float(lo[0])))
         accs.append(float(ac[0]))
@@ -378,5 +500,16 @@ def center_over_batches(model: nn.Module, parts: Sequence[tuple[torch.Tensor, to
     w = np.asarray(sizes, dtype=np.float64) / sum(sizes)
     lm, ls = _mean_se(np.asarray(losses))
     am, asd = _mean_se(np.asarray(accs))
-    return CenterSpread(len(parts), len(parts[0][0]), losses, accs, lm, ls, am, asd, float(w @ np.asarray(losses)),
-                        float(w @ np.asarray(accs)), bn)
+    return CenterSpread(
+        len(parts),
+        len(parts[0][0]),
+        losses,
+        accs,
+        lm,
+        ls,
+        am,
+        asd,
+        float(w @ np.asarray(losses)),
+        float(w @ np.asarray(accs)),
+        bn,
+    )

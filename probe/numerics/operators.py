@@ -47,7 +47,9 @@ OPERATORS = ("hessian", "ggn")
 TRACE_METHODS = ("hutchinson", "hutch++")
 
 
-def hessian_operator(loss: BatchedLoss, method: str = "auto", cache: bool | None = None) -> LinearOperator:
+def hessian_operator(
+    loss: BatchedLoss, method: str = "auto", cache: bool | None = None
+) -> LinearOperator:
     """H v of the mean loss (see `probe.numerics.curvature.HessianOperator`)."""
     return HessianOperator(loss, method, cache)
 
@@ -64,9 +66,16 @@ class GGNOperator:
     """
 
     def __init__(self, loss: BatchedLoss, method: str = "auto", cache: bool | None = None):
-        check(loss.loss_fn is F.cross_entropy, "operator",
-              "ggn is implemented for the mean cross-entropy loss only (its Hessian in the logits is closed-form)")
-        check(method in ("auto", "jvp_vjp"), "method", f"the ggn operator has one method, 'jvp_vjp'; got {method!r}")
+        check(
+            loss.loss_fn is F.cross_entropy,
+            "operator",
+            "ggn is implemented for the mean cross-entropy loss only (its Hessian in the logits is closed-form)",
+        )
+        check(
+            method in ("auto", "jvp_vjp"),
+            "method",
+            f"the ggn operator has one method, 'jvp_vjp'; got {method!r}",
+        )
         self.loss = loss
         self.cache = loss.n_samples <= CACHE_LIMIT if cache is None else bool(cache)
         self.dim, self.dtype, self.device, self.hvps = loss.dim, loss.dtype, loss.device, 0
@@ -75,6 +84,7 @@ class GGNOperator:
     def _logits(self, xb: torch.Tensor) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         def f(params: dict[str, torch.Tensor]) -> torch.Tensor:
             return functional_call(self.loss.model, (params, self.loss.fixed), (xb,))
+
         return f
 
     def _graph(self, xb: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -98,7 +108,9 @@ class GGNOperator:
             h = (p * u - p * (p * u).sum(-1, keepdim=True)) * (w / len(xb))  # (1/N) H_n J_n v
             if self.cache:
                 leaves, out = self._graphs[i]
-                parts = torch.autograd.grad(out, leaves, grad_outputs=h, retain_graph=True, allow_unused=True)
+                parts = torch.autograd.grad(
+                    out, leaves, grad_outputs=h, retain_graph=True, allow_unused=True
+                )
             else:
                 with analysis_mode(loss.model, loss.bn):
                     _, pull = vjp(f, loss.params)
@@ -113,7 +125,9 @@ class GGNOperator:
         return out
 
 
-def ggn_operator(loss: BatchedLoss, method: str = "auto", cache: bool | None = None) -> LinearOperator:
+def ggn_operator(
+    loss: BatchedLoss, method: str = "auto", cache: bool | None = None
+) -> LinearOperator:
     """G v of the mean cross-entropy (see `GGNOperator`); same signature as `hessian_operator`."""
     return GGNOperator(loss, method, cache)
 
@@ -126,13 +140,22 @@ def make_operator(name: str, loss: BatchedLoss, method: str = "auto") -> LinearO
 
 # --- Hutch++ -----------------------------------------------------------------------------
 
-def _signs(n: int, k: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+
+def _signs(
+    n: int, k: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     return (torch.randint(0, 2, (n, k), generator=gen) * 2 - 1).to(dtype).to(device)
 
 
-def hutchpp_trace(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, num_products: int,
-                  rng: torch.Generator | int = 0, *, dtype: torch.dtype = torch.float64,
-                  device: torch.device | str = "cpu") -> TraceResult:
+def hutchpp_trace(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    num_products: int,
+    rng: torch.Generator | int = 0,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> TraceResult:
     """Hutch++ estimate of tr(A) from `num_products` products with A (symmetric).
 
     k = num_products // 3 Rademacher vectors S sketch the range: Q = orth(A S) (k
@@ -142,7 +165,9 @@ def hutchpp_trace(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, num_
     of the Hutchinson part given the sketch (the exact part has none); it needs
     n >= 2, else it is NaN. With k at least the rank of A the estimate is exact.
     """
-    check(num_products >= 3, "trace_samples", f"Hutch++ needs at least 3 products, got {num_products}")
+    check(
+        num_products >= 3, "trace_samples", f"Hutch++ needs at least 3 products, got {num_products}"
+    )
     check(dim >= 1, "dim", f"must be >= 1, got {dim}")
     gen = rng if isinstance(rng, torch.Generator) else torch.Generator().manual_seed(int(rng))
     k = min(num_products // 3, dim)
@@ -153,7 +178,9 @@ def hutchpp_trace(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, num_
     exact = sum(float(q[:, j] @ matvec(q[:, j])) for j in range(k))
     g = _signs(dim, n_rest, gen, dtype, device)
     g = g - q @ (q.T @ g)
-    vals = torch.tensor([float(g[:, j] @ matvec(g[:, j])) for j in range(n_rest)], dtype=torch.float64)
+    vals = torch.tensor(
+        [float(g[:, j] @ matvec(g[:, j])) for j in range(n_rest)], dtype=torch.float64
+    )
     mean = float(vals.mean()) if n_rest else 0.0
     stderr = float(vals.std() / math.sqrt(n_rest)) if n_rest >= 2 else math.nan
     return TraceResult(exact + mean, stderr, num_products, 2 * k + n_rest)
@@ -161,10 +188,16 @@ def hutchpp_trace(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, num_
 
 def trace_estimate(method: str, op: LinearOperator, products: int, *, seed: int = 0) -> TraceResult:
     """tr(op) by Hutchinson or Hutch++ at `products` products, with a standard error."""
-    check(method in TRACE_METHODS, "trace_method", f"must be one of {TRACE_METHODS}, got {method!r}")
+    check(
+        method in TRACE_METHODS, "trace_method", f"must be one of {TRACE_METHODS}, got {method!r}"
+    )
     if method == "hutchinson":
         return hutchinson_trace(op, products, seed=seed)
-    check(products >= 6, "trace_samples", f"Hutch++ needs at least 6 products for a standard error, got {products}")
+    check(
+        products >= 6,
+        "trace_samples",
+        f"Hutch++ needs at least 6 products for a standard error, got {products}",
+    )
     hvps0 = op.hvps
     res = hutchpp_trace(op.matvec, op.dim, products, seed, dtype=op.dtype, device=op.device)
     res.hvps = op.hvps - hvps0

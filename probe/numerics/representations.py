@@ -74,7 +74,9 @@ class PCAResult:
     mean: np.ndarray  # [D]
     total_variance: float
 
-    def transform(self, X: np.ndarray | torch.Tensor, *, center: Literal["own", "fit"] = "fit") -> np.ndarray:
+    def transform(
+        self, X: np.ndarray | torch.Tensor, *, center: Literal["own", "fit"] = "fit"
+    ) -> np.ndarray:
         """Project other data (e.g. another epoch) on these axes.
 
         `center="fit"` subtracts the mean this PCA was fitted with; `"own"` subtracts
@@ -284,16 +286,20 @@ def tsne(
 
         from sklearn.manifold import TSNE as SkTSNE
 
-        return SkTSNE(
-            n_components=n_components,
-            perplexity=perplexity,
-            early_exaggeration=12.0,
-            learning_rate="auto",
-            max_iter=early_exaggeration_iter + n_iter,
-            init=Y0.astype(np.float32),
-            random_state=seed,
-            n_jobs=n_jobs,
-        ).fit_transform(X).astype(np.float64)
+        return (
+            SkTSNE(
+                n_components=n_components,
+                perplexity=perplexity,
+                early_exaggeration=12.0,
+                learning_rate="auto",
+                max_iter=early_exaggeration_iter + n_iter,
+                init=Y0.astype(np.float32),
+                random_state=seed,
+                n_jobs=n_jobs,
+            )
+            .fit_transform(X)
+            .astype(np.float64)
+        )
 
 
 # --- RSM -----------------------------------------------------------------------------------
@@ -426,7 +432,9 @@ def _hsic(A: _Rep, B: _Rep, estimator: str) -> float:
     if estimator == "biased":
         return tr_kl
     ab = float(A.sq @ B.sq)
-    return (tr_kl - ab + A.sq.sum() * B.sq.sum() / ((n - 1) * (n - 2)) - 2 * ab / (n - 2)) / (n * (n - 3))
+    return (tr_kl - ab + A.sq.sum() * B.sq.sum() / ((n - 1) * (n - 2)) - 2 * ab / (n - 2)) / (
+        n * (n - 3)
+    )
 
 
 def _cka(A: _Rep, B: _Rep, estimator: str = "biased") -> float:
@@ -442,7 +450,9 @@ def _cka(A: _Rep, B: _Rep, estimator: str = "biased") -> float:
     return float(_hsic(A, B, estimator) / np.sqrt(hxx * hyy))
 
 
-def linear_cka(X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor, estimator: str = "biased") -> float:
+def linear_cka(
+    X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor, estimator: str = "biased"
+) -> float:
     """Linear CKA between two representations of the same n samples (Kornblith et al. 2019).
 
     estimator="biased" (default, Kornblith et al.'s): CKA(X, Y) = ||Yc^T Xc||_F^2 /
@@ -462,7 +472,9 @@ def linear_cka(X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor, estim
 
 def cka_matrix(
     reps: Mapping[str, np.ndarray | torch.Tensor] | Sequence[np.ndarray | torch.Tensor],
-    others: Mapping[str, np.ndarray | torch.Tensor] | Sequence[np.ndarray | torch.Tensor] | None = None,
+    others: Mapping[str, np.ndarray | torch.Tensor]
+    | Sequence[np.ndarray | torch.Tensor]
+    | None = None,
     estimator: str = "biased",
 ) -> np.ndarray:
     """CKA between every pair: of `reps` with itself ([L, L], symmetric, unit diagonal
@@ -550,7 +562,9 @@ class _PatternPiecewise(_PatternReLU):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.BOUNDS[self.kind]
-        piece = (x > lo).to(torch.int8) + (x >= hi).to(torch.int8)  # 0, 1, 2: torch's own boundaries
+        piece = (x > lo).to(torch.int8) + (x >= hi).to(
+            torch.int8
+        )  # 0, 1, 2: torch's own boundaries
         i, self.call = self.call, self.call + 1
         if self.mode == "record":
             self.masks.append(piece)
@@ -560,8 +574,12 @@ class _PatternPiecewise(_PatternReLU):
                 piece = self.masks[i]
         zero = torch.zeros_like(x)
         if self.kind == "relu6":
-            return torch.where(piece == 0, zero, torch.where(piece == 2, torch.full_like(x, 6.0), x))
-        gate = torch.where(piece == 0, zero, torch.where(piece == 2, torch.ones_like(x), (x + 3) / 6))
+            return torch.where(
+                piece == 0, zero, torch.where(piece == 2, torch.full_like(x, 6.0), x)
+            )
+        gate = torch.where(
+            piece == 0, zero, torch.where(piece == 2, torch.ones_like(x), (x + 3) / 6)
+        )
         return gate if self.kind == "hardsigmoid" else x * gate
 
 
@@ -583,7 +601,9 @@ class _PatternMaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.pool
-        out, idx = F.max_pool2d(x, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode, return_indices=True)
+        out, idx = F.max_pool2d(
+            x, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode, return_indices=True
+        )
         i, self.call = self.call, self.call + 1
         if self.mode == "record":
             self.indices.append(idx)

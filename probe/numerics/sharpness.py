@@ -64,7 +64,9 @@ class SharpnessResult:
     antithetic: bool | None = None
     n_images: int = 0
     distinguishable_from_zero: bool | None = None
-    target_rel_stderr: float | None = None  # "average" with a stopping target: stderr <= target * |increase|
+    target_rel_stderr: float | None = (
+        None  # "average" with a stopping target: stderr <= target * |increase|
+    )
     target_reached: bool | None = None
 
     def __post_init__(self) -> None:
@@ -72,8 +74,16 @@ class SharpnessResult:
             self.distinguishable_from_zero = bool(abs(self.increase) >= 2 * self.stderr)
 
 
-def _ascent(f: BatchedLoss, scale: dict[str, torch.Tensor], eps: float, norm: str, steps: int,
-            step_size: float | None, random_start: bool, seed: int) -> float:
+def _ascent(
+    f: BatchedLoss,
+    scale: dict[str, torch.Tensor],
+    eps: float,
+    norm: str,
+    steps: int,
+    step_size: float | None,
+    random_start: bool,
+    seed: int,
+) -> float:
     """Max of f(w + scale * u) over ||u||_norm <= eps by projected gradient ascent.
 
     In u the constraint is a plain ball or box: an L-inf step moves every entry by
@@ -115,31 +125,71 @@ def _project_l2(u: dict[str, torch.Tensor], radius: float, force: bool = False) 
             u[n] *= radius / norm
 
 
-def _setup(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss_fn: LossFn | None,
-           batch_size: int, params: Sequence[str] | None, dtype: torch.dtype | None) -> tuple[BatchedLoss, float]:
+def _setup(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    loss_fn: LossFn | None,
+    batch_size: int,
+    params: Sequence[str] | None,
+    dtype: torch.dtype | None,
+) -> tuple[BatchedLoss, float]:
     check(eps > 0, "eps", f"must be > 0, got {eps}")
     f = BatchedLoss(model, x, y, loss_fn=loss_fn, batch_size=batch_size, params=params, dtype=dtype)
     return f, check_finite(f.value())
 
 
-def worst_case_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-3,
-                         steps: int = 20, step_size: float | None = None, random_start: bool = True,
-                         seed: int = 0, batch_size: int = 256, loss_fn: LossFn | None = None,
-                         params: Sequence[str] | None = None, dtype: torch.dtype | None = None) -> SharpnessResult:
+def worst_case_sharpness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float = 1e-3,
+    steps: int = 20,
+    step_size: float | None = None,
+    random_start: bool = True,
+    seed: int = 0,
+    batch_size: int = 256,
+    loss_fn: LossFn | None = None,
+    params: Sequence[str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> SharpnessResult:
     """Keskar et al.'s sharpness: the largest loss in the box |d_i| <= eps * (|w_i| + 1)."""
     check(steps >= 1, "steps", f"must be >= 1, got {steps}")
     f, base = _setup(model, x, y, eps, loss_fn, batch_size, params, dtype)
     scale = {n: p.abs() + 1 for n, p in f.params.items()}
     top = _ascent(f, scale, eps, "linf", steps, step_size, random_start, seed)
-    return SharpnessResult("worst_case", eps, "linf", base, top, top - base, None, steps, f.describe(),
-                           n_images=f.n_samples)
+    return SharpnessResult(
+        "worst_case",
+        eps,
+        "linf",
+        base,
+        top,
+        top - base,
+        None,
+        steps,
+        f.describe(),
+        n_images=f.n_samples,
+    )
 
 
-def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.05,
-                       norm: str = "l2", steps: int = 20, step_size: float | None = None,
-                       random_start: bool = True, seed: int = 0, batch_size: int = 256,
-                       loss_fn: LossFn | None = None, params: Sequence[str] | None = None,
-                       dtype: torch.dtype | None = None) -> SharpnessResult:
+def adaptive_sharpness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float = 0.05,
+    norm: str = "l2",
+    steps: int = 20,
+    step_size: float | None = None,
+    random_start: bool = True,
+    seed: int = 0,
+    batch_size: int = 256,
+    loss_fn: LossFn | None = None,
+    params: Sequence[str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> SharpnessResult:
     """Adaptive worst-case sharpness: the largest loss over ||d / |w| ||_norm <= eps.
 
     Scale-invariant under the rescalings that leave a ReLU network's function
@@ -150,13 +200,31 @@ def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     f, base = _setup(model, x, y, eps, loss_fn, batch_size, params, dtype)
     scale = {n: p.abs() for n, p in f.params.items()}
     top = _ascent(f, scale, eps, norm, steps, step_size, random_start, seed)
-    return SharpnessResult("adaptive", eps, norm, base, top, top - base, None, steps, f.describe(),
-                           n_images=f.n_samples)
+    return SharpnessResult(
+        "adaptive",
+        eps,
+        norm,
+        base,
+        top,
+        top - base,
+        None,
+        steps,
+        f.describe(),
+        n_images=f.n_samples,
+    )
 
 
-def _average_rises(fs: Sequence[BatchedLoss], bases: Sequence[float], eps: float, samples: int, adaptive: bool,
-                   antithetic: bool, seed: int, max_samples: int | None = None,
-                   target_rel_stderr: float = 0.0) -> torch.Tensor:
+def _average_rises(
+    fs: Sequence[BatchedLoss],
+    bases: Sequence[float],
+    eps: float,
+    samples: int,
+    adaptive: bool,
+    antithetic: bool,
+    seed: int,
+    max_samples: int | None = None,
+    target_rel_stderr: float = 0.0,
+) -> torch.Tensor:
     """[len(fs), S] loss rises, the same noise draw d_s on every batch.
 
     S = `samples`; with `target_rel_stderr` > 0, more draws follow, one at a time up to
@@ -176,8 +244,12 @@ def _average_rises(fs: Sequence[BatchedLoss], bases: Sequence[float], eps: float
                 return rises[:, :s]
         elif s >= samples:
             return rises[:, :s]
-        d = {n: eps * (p.abs() if adaptive else 1) * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p)
-             for n, p in params.items()}
+        d = {
+            n: eps
+            * (p.abs() if adaptive else 1)
+            * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p)
+            for n, p in params.items()
+        }
         for b, f in enumerate(fs):
             up = f.value({n: p + d[n] for n, p in f.params.items()})
             down = f.value({n: p - d[n] for n, p in f.params.items()}) if antithetic else up
@@ -185,24 +257,55 @@ def _average_rises(fs: Sequence[BatchedLoss], bases: Sequence[float], eps: float
     return rises
 
 
-def _average_result(rises: torch.Tensor, base: float, eps: float, adaptive: bool, antithetic: bool,
-                    definition: str, n_images: int, target_rel_stderr: float = 0.0) -> SharpnessResult:
+def _average_result(
+    rises: torch.Tensor,
+    base: float,
+    eps: float,
+    adaptive: bool,
+    antithetic: bool,
+    definition: str,
+    n_images: int,
+    target_rel_stderr: float = 0.0,
+) -> SharpnessResult:
     samples = rises.numel()
     mean = float(rises.mean())
-    r = SharpnessResult("average", eps, "adaptive" if adaptive else "plain", base, base + mean, mean,
-                        float(rises.std() / math.sqrt(samples)), None, definition, samples=samples,
-                        antithetic=antithetic, n_images=n_images)
+    r = SharpnessResult(
+        "average",
+        eps,
+        "adaptive" if adaptive else "plain",
+        base,
+        base + mean,
+        mean,
+        float(rises.std() / math.sqrt(samples)),
+        None,
+        definition,
+        samples=samples,
+        antithetic=antithetic,
+        n_images=n_images,
+    )
     if target_rel_stderr > 0:
         r.target_rel_stderr = target_rel_stderr
         r.target_reached = bool(r.stderr <= target_rel_stderr * abs(mean))
     return r
 
 
-def average_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-2,
-                      samples: int = 50, adaptive: bool = False, antithetic: bool = True, seed: int = 0,
-                      max_samples: int | None = None, target_rel_stderr: float = 0.0, batch_size: int = 256,
-                      loss_fn: LossFn | None = None, params: Sequence[str] | None = None,
-                      dtype: torch.dtype | None = None) -> SharpnessResult:
+def average_sharpness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float = 1e-2,
+    samples: int = 50,
+    adaptive: bool = False,
+    antithetic: bool = True,
+    seed: int = 0,
+    max_samples: int | None = None,
+    target_rel_stderr: float = 0.0,
+    batch_size: int = 256,
+    loss_fn: LossFn | None = None,
+    params: Sequence[str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> SharpnessResult:
     """Mean loss increase under Gaussian noise d = eps * s * z, s = |w| if `adaptive` else 1.
 
     For a quadratic loss the expectation is 0.5 * eps^2 * sum_i H_ii s_i^2. With
@@ -215,8 +318,12 @@ def average_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
     check(samples >= 2, "samples", f"must be >= 2, got {samples}")
     check(target_rel_stderr >= 0, "target_rel_stderr", f"must be >= 0, got {target_rel_stderr}")
     f, base = _setup(model, x, y, eps, loss_fn, batch_size, params, dtype)
-    rises = _average_rises([f], [base], eps, samples, adaptive, antithetic, seed, max_samples, target_rel_stderr)[0]
-    return _average_result(rises, base, eps, adaptive, antithetic, f.describe(), f.n_samples, target_rel_stderr)
+    rises = _average_rises(
+        [f], [base], eps, samples, adaptive, antithetic, seed, max_samples, target_rel_stderr
+    )[0]
+    return _average_result(
+        rises, base, eps, adaptive, antithetic, f.describe(), f.n_samples, target_rel_stderr
+    )
 
 
 # --- error bars over the data ------------------------------------------------------------------
@@ -249,14 +356,22 @@ class BatchSpread:
             self.distinguishable_from_zero = bool(abs(self.mean) >= 2 * self.stderr)
 
 
-def split_batches(x: torch.Tensor, y: torch.Tensor, batches: int, n_images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def split_batches(
+    x: torch.Tensor, y: torch.Tensor, batches: int, n_images: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`batches` disjoint consecutive slices of `n_images` each from the start of (x, y)."""
     check(batches >= 1, "batches", f"must be >= 1, got {batches}")
     check(n_images >= 1, "n_images", f"must be >= 1, got {n_images}")
-    check(batches * n_images <= len(x), "batches",
-          f"batches * n_images = {batches} * {n_images} = {batches * n_images} exceeds the {len(x)} stored "
-          f"analysis images; lower batches or n_images, or train with a larger --analysis-batch-size")
-    return [(x[i * n_images:(i + 1) * n_images], y[i * n_images:(i + 1) * n_images]) for i in range(batches)]
+    check(
+        batches * n_images <= len(x),
+        "batches",
+        f"batches * n_images = {batches} * {n_images} = {batches * n_images} exceeds the {len(x)} stored "
+        f"analysis images; lower batches or n_images, or train with a larger --analysis-batch-size",
+    )
+    return [
+        (x[i * n_images : (i + 1) * n_images], y[i * n_images : (i + 1) * n_images])
+        for i in range(batches)
+    ]
 
 
 def _spread(values: Sequence[float]) -> tuple[float, float | None]:
@@ -264,8 +379,9 @@ def _spread(values: Sequence[float]) -> tuple[float, float | None]:
     return float(t.mean()), (float(t.std() / math.sqrt(len(t))) if len(t) > 1 else None)
 
 
-def over_batches(measure: str, model: nn.Module, parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                 **kw) -> BatchSpread:
+def over_batches(
+    measure: str, model: nn.Module, parts: Sequence[tuple[torch.Tensor, torch.Tensor]], **kw
+) -> BatchSpread:
     """`measure` ("worst_case", "adaptive" or "average") on each (x, y) of `parts` and on their union.
 
     Keyword arguments go to the measure's function. One part: the combined value is
@@ -276,27 +392,65 @@ def over_batches(measure: str, model: nn.Module, parts: Sequence[tuple[torch.Ten
     n = len(parts[0][0])
     if measure == "average":
         eps, samples = kw.pop("eps", 1e-2), kw.pop("samples", 50)
-        adaptive, antithetic, seed = kw.pop("adaptive", False), kw.pop("antithetic", True), kw.pop("seed", 0)
+        adaptive, antithetic, seed = (
+            kw.pop("adaptive", False),
+            kw.pop("antithetic", True),
+            kw.pop("seed", 0),
+        )
         max_samples, target = kw.pop("max_samples", None), kw.pop("target_rel_stderr", 0.0)
         check(samples >= 2, "samples", f"must be >= 2, got {samples}")
-        setups = [_setup(model, xb, yb, eps, kw.get("loss_fn"), kw.get("batch_size", 256), kw.get("params"),
-                         kw.get("dtype")) for xb, yb in parts]
+        setups = [
+            _setup(
+                model,
+                xb,
+                yb,
+                eps,
+                kw.get("loss_fn"),
+                kw.get("batch_size", 256),
+                kw.get("params"),
+                kw.get("dtype"),
+            )
+            for xb, yb in parts
+        ]
         fs, bases = [f for f, _ in setups], [b for _, b in setups]
-        rises = _average_rises(fs, bases, eps, samples, adaptive, antithetic, seed, max_samples, target)
-        per = [_average_result(r, b, eps, adaptive, antithetic, f.describe(), f.n_samples)
-               for r, b, f in zip(rises, bases, fs, strict=True)]
+        rises = _average_rises(
+            fs, bases, eps, samples, adaptive, antithetic, seed, max_samples, target
+        )
+        per = [
+            _average_result(r, b, eps, adaptive, antithetic, f.describe(), f.n_samples)
+            for r, b, f in zip(rises, bases, fs, strict=True)
+        ]
         weights = torch.tensor([float(f.n_samples) for f in fs], dtype=torch.float64)
         weights /= weights.sum()
         base = float((weights * torch.tensor(bases, dtype=torch.float64)).sum())
         total = sum(f.n_samples for f in fs)
-        definition = (f"{fs[0].describe()}; combined: the sample-weighted mean over {len(fs)} disjoint batches "
-                      f"({total} images), the same noise draws on every batch") if len(fs) > 1 else fs[0].describe()
-        combined = _average_result(weights @ rises, base, eps, adaptive, antithetic, definition, total, target)
+        definition = (
+            (
+                f"{fs[0].describe()}; combined: the sample-weighted mean over {len(fs)} disjoint batches "
+                f"({total} images), the same noise draws on every batch"
+            )
+            if len(fs) > 1
+            else fs[0].describe()
+        )
+        combined = _average_result(
+            weights @ rises, base, eps, adaptive, antithetic, definition, total, target
+        )
     else:
         fn = worst_case_sharpness if measure == "worst_case" else adaptive_sharpness
         per = [fn(model, xb, yb, **kw) for xb, yb in parts]
-        combined = per[0] if len(parts) == 1 else fn(model, torch.cat([p[0] for p in parts]),
-                                                     torch.cat([p[1] for p in parts]), **kw)
+        combined = (
+            per[0]
+            if len(parts) == 1
+            else fn(model, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), **kw)
+        )
     mean, se = _spread([r.increase for r in per])
-    return BatchSpread(measure, len(parts), n, [r.increase for r in per], [r.base_loss for r in per], mean, se,
-                       combined)
+    return BatchSpread(
+        measure,
+        len(parts),
+        n,
+        [r.increase for r in per],
+        [r.base_loss for r in per],
+        mean,
+        se,
+        combined,
+    )

@@ -1,2 +1,1 @@
-"""`probe report`: one static HTML page per run or sweep, readable from disk years later.
-"""
+"""`probe report`: one static HTML page per run or sweep, readable from disk years later."""

@@ -66,49 +66,99 @@ STAMP = "inputs.json"
 STAMP_FORMAT = "probe-report/1"
 
 # Preferred section order; analyses not named here follow alphabetically.
-ORDER = ("curves", "filters", "projection", "rsm", "cka", "gradcheck", "hessian", "landscape", "sharpness")
+ORDER = (
+    "curves",
+    "filters",
+    "projection",
+    "rsm",
+    "cka",
+    "gradcheck",
+    "hessian",
+    "landscape",
+    "sharpness",
+)
 
 # One line per analysis on what its figures show and how to read them, used when
 # a result's manifest carries no caption of its own.
 CAPTIONS: dict[str, str] = {
     "curves": "Loss, accuracy, gradient norm and generalisation gap per epoch; a widening gap while "
-              "training loss keeps falling means overfitting.",
+    "training loss keeps falling means overfitting.",
     "filters": "First-layer convolution filters shown as colour patches; smooth oriented edges and colour "
-               "blobs mean the layer has learned, salt-and-pepper noise means it has not (yet).",
+    "blobs mean the layer has learned, salt-and-pepper noise means it has not (yet).",
     "projection": "The probe images' activations projected to 2-D and coloured by class; tighter, "
-                  "better-separated class clusters mean more linearly separable features.",
+    "better-separated class clusters mean more linearly separable features.",
     "rsm": "Representational similarity matrix of the probe images sorted by class; bright blocks on "
-           "the diagonal mean the layer represents images of one class alike.",
+    "the diagonal mean the layer represents images of one class alike.",
     "cka": "Linear CKA similarity between layers or epochs (0 to 1); values near 1 mean two "
-           "representations are the same up to rotation and scale.",
+    "representations are the same up to rotation and scale.",
     "gradcheck": "Backpropagated against finite-difference gradients per parameter tensor; relative errors "
-                 "far below 1e-3 mean the gradients are computed correctly.",
+    "far below 1e-3 mean the gradients are computed correctly.",
     "hessian": "Top eigenvalues of the loss Hessian on the analysis batch; larger values mean a sharper "
-               "minimum, and gradient descent is stable only while the top one stays below 2/lr.",
+    "minimum, and gradient descent is stable only while the top one stays below 2/lr.",
     "landscape": "Training loss along random filter-normalised directions around the weights; a wide, flat "
-                 "basin means a minimum robust to weight perturbations.",
+    "basin means a minimum robust to weight perturbations.",
     "sharpness": "Loss increase under small weight perturbations of a given radius; lower means a flatter "
-                 "minimum, which often goes with better generalisation.",
+    "minimum, which often goes with better generalisation.",
 }
 
 # The run page's metric charts: title, metrics drawn, fixed y range, how to read it.
 METRIC_CHARTS: tuple[tuple[str, tuple[str, ...], tuple[float, float] | None, str], ...] = (
-    ("loss", ("train_loss", "val_loss"), None,
-     "Mean training loss per epoch and validation loss at its end; validation rising while training falls means overfitting."),
-    ("accuracy", ("train_acc", "val_acc"), (0.0, 1.0),
-     "Training and validation accuracy per epoch; the vertical distance between them is the generalisation gap."),
-    ("gradient norm", ("grad_norm_mean", "grad_norm_max"), None,
-     "Global L2 norm of the gradient per step, mean and max over the epoch; spikes in the max warn of instability."),
-    ("weight norm", ("weight_norm",), None,
-     "L2 norm of all parameters at the end of each epoch; steady growth without weight decay is normal."),
-    ("update ratio", ("update_ratio",), None,
-     "Mean ||Δw|| / ||w|| per step; around 1e-3 is healthy, far above means a too-large learning rate."),
+    (
+        "loss",
+        ("train_loss", "val_loss"),
+        None,
+        "Mean training loss per epoch and validation loss at its end; validation rising while training falls means overfitting.",
+    ),
+    (
+        "accuracy",
+        ("train_acc", "val_acc"),
+        (0.0, 1.0),
+        "Training and validation accuracy per epoch; the vertical distance between them is the generalisation gap.",
+    ),
+    (
+        "gradient norm",
+        ("grad_norm_mean", "grad_norm_max"),
+        None,
+        "Global L2 norm of the gradient per step, mean and max over the epoch; spikes in the max warn of instability.",
+    ),
+    (
+        "weight norm",
+        ("weight_norm",),
+        None,
+        "L2 norm of all parameters at the end of each epoch; steady growth without weight decay is normal.",
+    ),
+    (
+        "update ratio",
+        ("update_ratio",),
+        None,
+        "Mean ||Δw|| / ||w|| per step; around 1e-3 is healthy, far above means a too-large learning rate.",
+    ),
     ("learning rate", ("lr",), None, "Learning rate used in each epoch (the schedule)."),
-    ("time", ("train_seconds", "val_seconds", "epoch_seconds"), None,
-     "Wall-clock seconds per epoch: training, validation, and everything including writing outputs."),
+    (
+        "time",
+        ("train_seconds", "val_seconds", "epoch_seconds"),
+        None,
+        "Wall-clock seconds per epoch: training, validation, and everything including writing outputs.",
+    ),
 )
-SWEEP_METRICS = (("val_acc", (0.0, 1.0)), ("train_acc", (0.0, 1.0)), ("val_loss", None), ("train_loss", None))
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+SWEEP_METRICS = (
+    ("val_acc", (0.0, 1.0)),
+    ("train_acc", (0.0, 1.0)),
+    ("val_loss", None),
+    ("train_loss", None),
+)
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 _EPOCH_IN_NAME = re.compile(r"^(?P<stem>.*?)[_-]?epoch[_-]?(?P<n>\d+)$")
 _IMAGE = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
@@ -126,8 +176,10 @@ SKIPPED = object()  # what `read_or_warn` returns for a file it did not read
 
 def clean(text: Any, limit: int = 300) -> str:
     """`text` made safe for one terminal line: control and bidi characters shown escaped, long text cut."""
-    s = "".join(c if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") else f"\\u{ord(c):04x}"
-                for c in str(text)[: limit * 2])
+    s = "".join(
+        c if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") else f"\\u{ord(c):04x}"
+        for c in str(text)[: limit * 2]
+    )
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
@@ -195,6 +247,7 @@ def _num(v: Any) -> float:
 
 # --- the shapes of the files read ---------------------------------------------------------------------------
 
+
 def _opt_str(v: Any) -> bool:
     return v is None or isinstance(v, str)
 
@@ -214,26 +267,45 @@ MANIFEST_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scope": (lambda v: v in ("epoch", "run"), '"epoch" or "run"'),
     "epoch": (lambda v: v is None or _is_int(v), "an integer or null"),
     "epochs": (lambda v: isinstance(v, list) and all(_is_int(e) for e in v), "a list of integers"),
-    "files": (lambda v: isinstance(v, list) and all(isinstance(f, str) for f in v), "a list of file names"),
-    "scalars": (lambda v: isinstance(v, dict) and all(_scalar(x) for x in v.values()), "an object of numbers or strings"),
-    "captions": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "an object of strings"),
+    "files": (
+        lambda v: isinstance(v, list) and all(isinstance(f, str) for f in v),
+        "a list of file names",
+    ),
+    "scalars": (
+        lambda v: isinstance(v, dict) and all(_scalar(x) for x in v.values()),
+        "an object of numbers or strings",
+    ),
+    "captions": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "an object of strings",
+    ),
     "created": (_opt_str, "a string"),
     "seconds": (lambda v: v is None or _is_num(v), "a number"),
 }
 FAILURE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "analysis": MANIFEST_FIELDS["analysis"], "variant": MANIFEST_FIELDS["variant"], "epoch": MANIFEST_FIELDS["epoch"],
-    "params": MANIFEST_FIELDS["params"], "status": (_opt_str, "a string"), "error": (_opt_str, "a string"),
-    "traceback": (_opt_str, "a string"), "created": (_opt_str, "a string"),
+    "analysis": MANIFEST_FIELDS["analysis"],
+    "variant": MANIFEST_FIELDS["variant"],
+    "epoch": MANIFEST_FIELDS["epoch"],
+    "params": MANIFEST_FIELDS["params"],
+    "status": (_opt_str, "a string"),
+    "error": (_opt_str, "a string"),
+    "traceback": (_opt_str, "a string"),
+    "created": (_opt_str, "a string"),
 }
 # `<epoch_NNNN|run>.skipped.json`: an analysis that does not apply to the model (probe.Skip), with its reason.
 SKIP_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: FAILURE_FIELDS[k] for k in ("analysis", "variant", "epoch", "params", "created")},
-    "status": (lambda v: v == "skipped", "'skipped'"), "reason": (_opt_str, "a string"),
+    "status": (lambda v: v == "skipped", "'skipped'"),
+    "reason": (_opt_str, "a string"),
 }
 
 
-def shape_problem(d: Any, fields: dict[str, tuple[Callable[[Any], bool], str]], required: Iterable[str],
-                  expect: dict[str, Any]) -> str | None:
+def shape_problem(
+    d: Any,
+    fields: dict[str, tuple[Callable[[Any], bool], str]],
+    required: Iterable[str],
+    expect: dict[str, Any],
+) -> str | None:
     """Why `d` does not fit `fields` (a missing required field, a wrong type, a value that contradicts
     where the file lies: `expect`), or None when it fits."""
     if not isinstance(d, dict):
@@ -298,7 +370,9 @@ def _entries(d: Path, warn: Warn) -> list[os.DirEntry[str]]:
     return out
 
 
-def scan_analyses(run_path: Path, warn: Warn) -> tuple[list[tuple[Path, dict[str, Any]]], list[dict[str, Any]]]:
+def scan_analyses(
+    run_path: Path, warn: Warn
+) -> tuple[list[tuple[Path, dict[str, Any]]], list[dict[str, Any]]]:
     """Every result (folder, checked manifest) and failure record of a run, confined to RUN/analyses.
 
     Skip records (`.skipped.json`) come with the failure records, with `status` "skipped".
@@ -313,7 +387,9 @@ def scan_analyses(run_path: Path, warn: Warn) -> tuple[list[tuple[Path, dict[str
     st = lstat_or_none(root)
     if st is None or not stat.S_ISDIR(st.st_mode):
         if st is not None:
-            warn(f"{root}: {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a directory'}; no results shown")
+            warn(
+                f"{root}: {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a directory'}; no results shown"
+            )
         return [], []
     results: list[tuple[Path, dict[str, Any]]] = []
     failures: list[dict[str, Any]] = []
@@ -325,22 +401,44 @@ def scan_analyses(run_path: Path, warn: Warn) -> tuple[list[tuple[Path, dict[str
                 continue
             for r in _entries(Path(v.path), warn):
                 path = Path(r.path)
-                epoch_dir = _EPOCH_DIR.match(r.name.removesuffix(".failed.json").removesuffix(".skipped.json"))
+                epoch_dir = _EPOCH_DIR.match(
+                    r.name.removesuffix(".failed.json").removesuffix(".skipped.json")
+                )
                 epoch = int(epoch_dir.group(1)) if epoch_dir else None
                 expect = {"analysis": a.name, "variant": v.name}
                 if r.name.endswith(".skipped.json"):
                     if epoch_dir or r.name == "run.skipped.json":
-                        skip = _read_checked(path, run_path, SKIP_FIELDS, ("analysis", "status"), {**expect, "epoch": epoch}, warn)
+                        skip = _read_checked(
+                            path,
+                            run_path,
+                            SKIP_FIELDS,
+                            ("analysis", "status"),
+                            {**expect, "epoch": epoch},
+                            warn,
+                        )
                         if skip is not None:
                             failures.append({"variant": v.name, "epoch": epoch, **skip})
                 elif r.name.endswith(".failed.json"):
                     if epoch_dir or r.name == "run.failed.json":
-                        failure = _read_checked(path, run_path, FAILURE_FIELDS, ("analysis",), {**expect, "epoch": epoch}, warn)
+                        failure = _read_checked(
+                            path,
+                            run_path,
+                            FAILURE_FIELDS,
+                            ("analysis",),
+                            {**expect, "epoch": epoch},
+                            warn,
+                        )
                         if failure is not None:
                             failures.append({"variant": v.name, "epoch": epoch, **failure})
                 elif r.is_dir(follow_symlinks=False) and (epoch_dir or r.name == "run"):
-                    m = _read_checked(path / MANIFEST, run_path, MANIFEST_FIELDS, ("format", "analysis"),
-                                      {**expect, "epoch": epoch, "scope": "epoch" if epoch_dir else "run"}, warn)
+                    m = _read_checked(
+                        path / MANIFEST,
+                        run_path,
+                        MANIFEST_FIELDS,
+                        ("format", "analysis"),
+                        {**expect, "epoch": epoch, "scope": "epoch" if epoch_dir else "run"},
+                        warn,
+                    )
                     if m is None:  # no manifest (not a result, or not yet), or one warned about
                         continue
                     if m.get("format") != RESULT_FORMAT:
@@ -350,17 +448,27 @@ def scan_analyses(run_path: Path, warn: Warn) -> tuple[list[tuple[Path, dict[str
                     for name in m.get("files") or []:
                         where, why = linkable(path, name)
                         if why:
-                            warn(f"{path / MANIFEST}: file {clean(repr(name), 120)} {why}; not linked")
+                            warn(
+                                f"{path / MANIFEST}: file {clean(repr(name), 120)} {why}; not linked"
+                            )
                         elif where is not None:
                             files.append(name)
                     results.append((path, {**m, "files": files}))
     return results, failures
 
 
-def _read_checked(path: Path, run_path: Path, fields: dict[str, tuple[Callable[[Any], bool], str]],
-                  required: Iterable[str], expect: dict[str, Any], warn: Warn) -> dict[str, Any] | None:
+def _read_checked(
+    path: Path,
+    run_path: Path,
+    fields: dict[str, tuple[Callable[[Any], bool], str]],
+    required: Iterable[str],
+    expect: dict[str, Any],
+    warn: Warn,
+) -> dict[str, Any] | None:
     """A manifest or failure record of the run at `run_path` that fits its shape, else None (warned about unless absent)."""
-    d = read_or_warn(safeio.read_json, path, warn, "skipped", max_bytes=safeio.MAX_CONFIG_BYTES, within=run_path)
+    d = read_or_warn(
+        safeio.read_json, path, warn, "skipped", max_bytes=safeio.MAX_CONFIG_BYTES, within=run_path
+    )
     if d is SKIPPED:
         return None
     problem = shape_problem(d, fields, required, expect)
@@ -371,6 +479,7 @@ def _read_checked(path: Path, run_path: Path, fields: dict[str, tuple[Callable[[
 
 
 # --- what a run holds ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Group:
@@ -410,18 +519,35 @@ def installed_analyses() -> tuple[dict[str, Installed], str]:
         reg = registry()
     except ProbeError as exc:  # e.g. two plugins registering the same analysis name
         return {}, str(exc)
-    broken = [f"plugin {i.name} ({i.dist} {i.version}) did not load: {i.error}".replace("  ", " ")
-              for i in reg.plugins.values() if i.status == "error"]
+    broken = [
+        f"plugin {i.name} ({i.dist} {i.version}) did not load: {i.error}".replace("  ", " ")
+        for i in reg.plugins.values()
+        if i.status == "error"
+    ]
     out = {}
     for name, a in sorted(reg.analyses.items()):
         try:
             defaults = params_dict(a.params())
         except Exception:  # a params class without defaults: the commands simply name no --param
             defaults = {}
-        out[name] = Installed(name, a.scope, a.summary, defaults, dict(a.figure_captions), {
-            "name": name, "scope": a.scope, "summary": a.summary, "version": str(a.version), "provider": a.provider,
-            "provider_version": a.provider_version, "defaults": _jsonable(defaults), "captions": dict(a.figure_captions)},
-            str(a.version))
+        out[name] = Installed(
+            name,
+            a.scope,
+            a.summary,
+            defaults,
+            dict(a.figure_captions),
+            {
+                "name": name,
+                "scope": a.scope,
+                "summary": a.summary,
+                "version": str(a.version),
+                "provider": a.provider,
+                "provider_version": a.provider_version,
+                "defaults": _jsonable(defaults),
+                "captions": dict(a.figure_captions),
+            },
+            str(a.version),
+        )
     return out, "; ".join(broken)
 
 
@@ -436,10 +562,14 @@ def collect_groups(results: list[tuple[Path, dict[str, Any]]]) -> list[Group]:
         g.results.append((int(match.group(1)) if match else None, path, m))
     for g in groups.values():
         g.results.sort(key=lambda r: -1 if r[0] is None else r[0])
-    return sorted(groups.values(), key=lambda g: (_order(g.analysis), g.variant != "default", g.variant))
+    return sorted(
+        groups.values(), key=lambda g: (_order(g.analysis), g.variant != "default", g.variant)
+    )
 
 
-def current_versions(groups: list[Group], inst: dict[str, Installed]) -> tuple[list[Group], list[Group]]:
+def current_versions(
+    groups: list[Group], inst: dict[str, Installed]
+) -> tuple[list[Group], list[Group]]:
     """Keep each installed analysis's results of its current `version`; older ones move to `Group.older`.
 
     Returns (groups with current results, groups with older-version results only).
@@ -459,14 +589,23 @@ def collect_failures(failures: list[dict[str, Any]], groups: list[Group]) -> lis
     """Failure records that no later success has superseded."""
     done = {(g.analysis, g.variant, e) for g in groups for e, _, _ in g.results}
     out = [f for f in failures if (f["analysis"], f["variant"], f["epoch"]) not in done]
-    return sorted(out, key=lambda f: (_order(f["analysis"]), f["variant"], -1 if f["epoch"] is None else f["epoch"]))
+    return sorted(
+        out,
+        key=lambda f: (
+            _order(f["analysis"]),
+            f["variant"],
+            -1 if f["epoch"] is None else f["epoch"],
+        ),
+    )
 
 
 def _order(name: str) -> tuple[int, str]:
     return (ORDER.index(name) if name in ORDER else len(ORDER), name)
 
 
-def caption(analysis: str, fname: str, manifest: dict[str, Any], installed: Installed | None) -> str:
+def caption(
+    analysis: str, fname: str, manifest: dict[str, Any], installed: Installed | None
+) -> str:
     """The manifest's caption for this file, else the analysis's declared one, else built-in, else generic."""
     stem = fname.rsplit(".", 1)[0]
     for table in (manifest.get("captions") or {}, installed.captions if installed else {}):
@@ -479,10 +618,23 @@ def caption(analysis: str, fname: str, manifest: dict[str, Any], installed: Inst
     return f"Figure {fname} of the {analysis} analysis{what}"
 
 
-def analyze_command(run_display: str, analysis: str, epochs: str, params: dict[str, Any] | None = None,
-                    defaults: dict[str, Any] | None = None) -> str:
+def analyze_command(
+    run_display: str,
+    analysis: str,
+    epochs: str,
+    params: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> str:
     """The `probe analyze` command that (re)computes one analysis, with its non-default parameters."""
-    parts = ["probe", "analyze", shlex.quote(run_display), "--plugin", shlex.quote(analysis), "--epochs", shlex.quote(epochs)]
+    parts = [
+        "probe",
+        "analyze",
+        shlex.quote(run_display),
+        "--plugin",
+        shlex.quote(analysis),
+        "--epochs",
+        shlex.quote(epochs),
+    ]
     for k, v in sorted((params or {}).items()):
         if defaults is not None and k in defaults and defaults[k] == v:
             continue
@@ -526,10 +678,14 @@ def _digest(blob: Any) -> str:
 
 def _up_to_date(report_dir: Path, digest: str) -> bool:
     try:  # confined to the run or sweep: a linked report/ is never read, and refused when written
-        stamp = safeio.read_json(report_dir / STAMP, max_bytes=safeio.MAX_CONFIG_BYTES, within=report_dir.parent)
+        stamp = safeio.read_json(
+            report_dir / STAMP, max_bytes=safeio.MAX_CONFIG_BYTES, within=report_dir.parent
+        )
     except RunFileError:
         return False
-    return isinstance(stamp, dict) and stamp.get("digest") == digest and is_regular(report_dir / INDEX)
+    return (
+        isinstance(stamp, dict) and stamp.get("digest") == digest and is_regular(report_dir / INDEX)
+    )
 
 
 def check_report_dir(report_dir: Path) -> None:
@@ -538,7 +694,9 @@ def check_report_dir(report_dir: Path) -> None:
     if st is None:
         return
     if stat.S_ISLNK(st.st_mode):
-        raise RunFileError(report_dir, "is a symlink; probe writes no report through a link (remove it)")
+        raise RunFileError(
+            report_dir, "is a symlink; probe writes no report through a link (remove it)"
+        )
     if not stat.S_ISDIR(st.st_mode):
         raise RunFileError(report_dir, "is not a directory (move it away to write the report)")
     try:
@@ -546,8 +704,13 @@ def check_report_dir(report_dir: Path) -> None:
     except OSError as exc:
         raise RunFileError(report_dir, f"cannot list ({exc.strerror or exc})") from None
     if other:
-        names = ", ".join(clean(n, 60) for n in other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
-        raise RunFileError(report_dir, f"holds files probe did not write ({names}); move them away to rebuild the report")
+        names = ", ".join(clean(n, 60) for n in other[:5]) + (
+            f" and {len(other) - 5} more" if len(other) > 5 else ""
+        )
+        raise RunFileError(
+            report_dir,
+            f"holds files probe did not write ({names}); move them away to rebuild the report",
+        )
 
 
 def _write_report(report_dir: Path, page: str, digest: str, inputs: dict[str, Any]) -> None:
@@ -559,13 +722,16 @@ def _write_report(report_dir: Path, page: str, digest: str, inputs: dict[str, An
             atomic.write_json(tmp / STAMP, {"format": STAMP_FORMAT, "digest": digest, **inputs})
     except OSError as exc:
         raise ProbeError(f"{report_dir}: cannot write the report ({exc.strerror or exc})") from None
-    except ProbeError as exc:  # atomic's own one-liner names the temporary file: name the report instead
+    except (
+        ProbeError
+    ) as exc:  # atomic's own one-liner names the temporary file: name the report instead
         cause = exc.__cause__
         reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
         raise ProbeError(f"{report_dir}: cannot write the report ({reason})") from None
 
 
 # --- building pages ------------------------------------------------------------------------------------------
+
 
 @dataclass
 class PageResult:
@@ -596,20 +762,36 @@ class RunData:
     inst: dict[str, Installed]
     note: str
     warnings: list[str]
-    skipped: list[dict[str, Any]] = field(default_factory=list)  # analyses that do not apply (probe.Skip)
+    skipped: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # analyses that do not apply (probe.Skip)
 
     def digest(self) -> str:
-        return _digest({
-            "format": STAMP_FORMAT, "code": _code_digest(), "display": self.display, "epochs": self.epochs,
-            "config": self.config, "metrics": self.metrics, "failures": self.failures, "note": self.note,
-            "results": [[str(p.relative_to(self.path)), m] for g in self.groups + self.outdated
-                        for _, p, m in g.results + g.older],
-            "installed": [i.fingerprint for i in self.inst.values()], "warnings": self.warnings,
-            **({"skipped": self.skipped} if self.skipped else {}),
-        })
+        return _digest(
+            {
+                "format": STAMP_FORMAT,
+                "code": _code_digest(),
+                "display": self.display,
+                "epochs": self.epochs,
+                "config": self.config,
+                "metrics": self.metrics,
+                "failures": self.failures,
+                "note": self.note,
+                "results": [
+                    [str(p.relative_to(self.path)), m]
+                    for g in self.groups + self.outdated
+                    for _, p, m in g.results + g.older
+                ],
+                "installed": [i.fingerprint for i in self.inst.values()],
+                "warnings": self.warnings,
+                **({"skipped": self.skipped} if self.skipped else {}),
+            }
+        )
 
 
-def read_run(run_dir: str | Path, display: str, installed: tuple[dict[str, Installed], str], warn: Warn) -> RunData:
+def read_run(
+    run_dir: str | Path, display: str, installed: tuple[dict[str, Installed], str], warn: Warn
+) -> RunData:
     """Read and check everything a run's page shows; problems with single files are warnings."""
     from probe.rundir.run import Run
 
@@ -625,27 +807,59 @@ def read_run(run_dir: str | Path, display: str, installed: tuple[dict[str, Insta
     inst, plugin_note = installed
     results, failure_records = scan_analyses(run.path, note)
     groups, outdated = current_versions(collect_groups(results), inst)
-    failures = collect_failures([f for f in failure_records if f.get("status") != "skipped"], groups)
+    failures = collect_failures(
+        [f for f in failure_records if f.get("status") != "skipped"], groups
+    )
     skipped = collect_failures([f for f in failure_records if f.get("status") == "skipped"], groups)
     have = {g.analysis for g in groups + outdated} | {f["analysis"] for f in failures + skipped}
     missing = [i for name, i in inst.items() if name not in have]
-    return RunData(run.path, display, config, metrics, run.epochs(), groups, outdated, failures, missing, inst,
-                   plugin_note, warnings, skipped)
+    return RunData(
+        run.path,
+        display,
+        config,
+        metrics,
+        run.epochs(),
+        groups,
+        outdated,
+        failures,
+        missing,
+        inst,
+        plugin_note,
+        warnings,
+        skipped,
+    )
 
 
-def report_run(run_dir: str | Path, *, force: bool = False, display: str | None = None,
-               installed: tuple[dict[str, Installed], str] | None = None, warn: Warn = warn_stderr) -> PageResult:
+def report_run(
+    run_dir: str | Path,
+    *,
+    force: bool = False,
+    display: str | None = None,
+    installed: tuple[dict[str, Installed], str] | None = None,
+    warn: Warn = warn_stderr,
+) -> PageResult:
     """Write RUN/report/index.html unless it is up to date; return what happened."""
     display = display or str(run_dir)
-    data = read_run(run_dir, display, installed if installed is not None else installed_analyses(), warn)
+    data = read_run(
+        run_dir, display, installed if installed is not None else installed_analyses(), warn
+    )
     digest = data.digest()
     report_dir = data.path / REPORT_DIR
-    counts = dict(results=sum(len(g.results) for g in data.groups), failures=len(data.failures),
-                  missing=len(data.missing), warnings=data.warnings)
+    counts = dict(
+        results=sum(len(g.results) for g in data.groups),
+        failures=len(data.failures),
+        missing=len(data.missing),
+        warnings=data.warnings,
+    )
     if not force and _up_to_date(report_dir, digest):
         return PageResult(report_dir / INDEX, False, digest, **counts)
-    page = render("run.html.j2", f"probe report: {data.path.resolve().name}", _run_nav(data),
-                  f"probe report {shlex.quote(display)}", run_view(data))
+    page = render(
+        "run.html.j2",
+        f"probe report: {data.path.resolve().name}",
+        _run_nav(data),
+        f"probe report {shlex.quote(display)}",
+        run_view(data),
+    )
     _write_report(report_dir, page, digest, {"kind": "run", "path": display})
     return PageResult(report_dir / INDEX, True, digest, **counts)
 
@@ -660,14 +874,17 @@ def read_sweep_spec(sweep_dir: Path) -> dict[str, Any]:
     grid = spec.get("grid") if isinstance(spec.get("grid"), dict) else {}
     analyze = spec.get("analyze") if isinstance(spec.get("analyze"), dict) else {}
     plugins = analyze.get("plugins") if isinstance(analyze.get("plugins"), list) else []
-    return {"name": spec.get("name") if isinstance(spec.get("name"), str) else "",
-            "description": spec.get("description") if isinstance(spec.get("description"), str) else "",
-            "grid": {str(k): (v if isinstance(v, list) else [v]) for k, v in grid.items()},
-            "plugins": [str(p) for p in plugins]}
+    return {
+        "name": spec.get("name") if isinstance(spec.get("name"), str) else "",
+        "description": spec.get("description") if isinstance(spec.get("description"), str) else "",
+        "grid": {str(k): (v if isinstance(v, list) else [v]) for k, v in grid.items()},
+        "plugins": [str(p) for p in plugins],
+    }
 
 
-def sweep_table(sweep_dir: Path, warn: Warn = warn_stderr, versions: dict[str, str] | None = None
-                ) -> tuple[list[Any], list[str], list[str], list[dict[str, Any]]]:
+def sweep_table(
+    sweep_dir: Path, warn: Warn = warn_stderr, versions: dict[str, str] | None = None
+) -> tuple[list[Any], list[str], list[str], list[dict[str, Any]]]:
     """The comparison rows of a sweep: `probe compare`'s own, so page and terminal agree.
 
     Returns (runs, swept keys, columns, records), as `compare.collect` + `compare.table`;
@@ -680,13 +897,23 @@ def sweep_table(sweep_dir: Path, warn: Warn = warn_stderr, versions: dict[str, s
     # `collect`; keep the grid's keys and those that differ between started runs.
     grid = set(read_sweep_spec(sweep_dir)["grid"])
     started = [r for r in rows if r.started]
-    keys = [k for k in keys if k in grid or len({json.dumps(r.config.get(k), default=str) for r in started}) > 1]
+    keys = [
+        k
+        for k in keys
+        if k in grid or len({json.dumps(r.config.get(k), default=str) for r in started}) > 1
+    ]
     columns, records = compare.table(rows, keys)
     return rows, keys, columns, records
 
 
-def report_sweep(sweep_dir: str | Path, *, force: bool = False, display: str | None = None,
-                 echo: Callable[[str], None] = click.echo, warn: Warn = warn_stderr) -> PageResult:
+def report_sweep(
+    sweep_dir: str | Path,
+    *,
+    force: bool = False,
+    display: str | None = None,
+    echo: Callable[[str], None] = click.echo,
+    warn: Warn = warn_stderr,
+) -> PageResult:
     """Write each run's page, then SWEEP/report/index.html, each only if its inputs changed."""
     from probe.studies.sweep import STATUS_FILE
 
@@ -706,35 +933,59 @@ def report_sweep(sweep_dir: str | Path, *, force: bool = False, display: str | N
 
     spec = read_sweep_spec(sweep_dir)
     installed = installed_analyses()
-    rows, keys, columns, records = sweep_table(sweep_dir, note, {n: i.version for n, i in installed[0].items()})
+    rows, keys, columns, records = sweep_table(
+        sweep_dir, note, {n: i.version for n, i in installed[0].items()}
+    )
     pages: dict[str, PageResult] = {}
     for row in rows:
         if row.started:
             try:
-                pages[row.label] = report_run(row.path, force=force, display=f"{display.rstrip('/')}/{row.label}",
-                                              installed=installed, warn=once)
+                pages[row.label] = report_run(
+                    row.path,
+                    force=force,
+                    display=f"{display.rstrip('/')}/{row.label}",
+                    installed=installed,
+                    warn=once,
+                )
             except ProbeError as exc:  # one damaged run costs its own page, not the sweep's
                 note(f"{exc}; no page for {row.label}")
     written = sum(p.written for p in pages.values())
-    echo(f"{len(pages)} run page{'s' if len(pages) != 1 else ''}: {written} written, {len(pages) - written} up to date")
+    echo(
+        f"{len(pages)} run page{'s' if len(pages) != 1 else ''}: {written} written, {len(pages) - written} up to date"
+    )
     status = sweep_dir / STATUS_FILE
-    digest = _digest({"format": STAMP_FORMAT, "code": _code_digest("compare.py", "sweep.py"), "display": display,
-                      "spec": spec, "status": [[r.label, r.state, r.error] for r in rows],
-                      "status_file": is_regular(status), "records": records, "keys": keys, "warnings": warnings,
-                      "runs": {k: p.digest for k, p in sorted(pages.items())}})
+    digest = _digest(
+        {
+            "format": STAMP_FORMAT,
+            "code": _code_digest("compare.py", "sweep.py"),
+            "display": display,
+            "spec": spec,
+            "status": [[r.label, r.state, r.error] for r in rows],
+            "status_file": is_regular(status),
+            "records": records,
+            "keys": keys,
+            "warnings": warnings,
+            "runs": {k: p.digest for k, p in sorted(pages.items())},
+        }
+    )
     report_dir = sweep_dir / REPORT_DIR
     if not force and _up_to_date(report_dir, digest):
         return PageResult(report_dir / INDEX, False, digest, warnings=warnings)
     name = spec["name"] or sweep_dir.resolve().name
-    page = render("sweep.html.j2", f"probe sweep report: {name}",
-                  [("table", "comparison"), ("curves", "curves"), ("runs", "run pages")],
-                  f"probe report {shlex.quote(display)}",
-                  sweep_view(display, spec, name, rows, keys, columns, records, pages, warnings))
+    page = render(
+        "sweep.html.j2",
+        f"probe sweep report: {name}",
+        [("table", "comparison"), ("curves", "curves"), ("runs", "run pages")],
+        f"probe report {shlex.quote(display)}",
+        sweep_view(display, spec, name, rows, keys, columns, records, pages, warnings),
+    )
     _write_report(report_dir, page, digest, {"kind": "sweep", "path": display})
     return PageResult(report_dir / INDEX, True, digest, warnings=warnings)
 
 
-def report(path: str | Path, *, force: bool = False, echo: Callable[[str], None] = click.echo) -> PageResult:
+def report(
+    path: str | Path, *, force: bool = False, echo: Callable[[str], None] = click.echo
+) -> PageResult:
     """The page for a run directory or a sweep directory, whichever `path` is."""
     from probe.rundir.run import CONFIG
     from probe.studies.sweep import SWEEP_FILE
@@ -743,8 +994,11 @@ def report(path: str | Path, *, force: bool = False, echo: Callable[[str], None]
     try:
         st = os.stat(p)
     except (OSError, ValueError) as exc:
-        reason = "no such directory" if isinstance(exc, FileNotFoundError) else \
-            f"cannot open ({getattr(exc, 'strerror', None) or exc})"
+        reason = (
+            "no such directory"
+            if isinstance(exc, FileNotFoundError)
+            else f"cannot open ({getattr(exc, 'strerror', None) or exc})"
+        )
         raise NotARunError(p, reason) from None
     if not stat.S_ISDIR(st.st_mode):
         raise NotARunError(p, "is a file, not a run or sweep directory")
@@ -752,13 +1006,22 @@ def report(path: str | Path, *, force: bool = False, echo: Callable[[str], None]
         return report_sweep(p, force=force, display=str(path), echo=echo)
     if lstat_or_none(p / CONFIG) is not None:
         return report_run(p, force=force, display=str(path))
-    raise NotARunError(p, f"neither a run directory (no {CONFIG}) nor a sweep directory (no {SWEEP_FILE}); "
-                          "make one with `probe train --run-dir DIR` or `probe sweep SPEC --out DIR`")
+    raise NotARunError(
+        p,
+        f"neither a run directory (no {CONFIG}) nor a sweep directory (no {SWEEP_FILE}); "
+        "make one with `probe train --run-dir DIR` or `probe sweep SPEC --out DIR`",
+    )
 
 
-@click.command("report", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("path", type=click.Path())  # checked by `report`, so every bad path is a one-line error
-@click.option("--force", is_flag=True, help="Rewrite the pages even when their inputs are unchanged.")
+@click.command(
+    "report", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+@click.argument(
+    "path", type=click.Path()
+)  # checked by `report`, so every bad path is a one-line error
+@click.option(
+    "--force", is_flag=True, help="Rewrite the pages even when their inputs are unchanged."
+)
 def report_command(path: str, force: bool) -> None:
     """Write a static HTML page for a run or a sweep, and print its path.
 
@@ -780,24 +1043,34 @@ def report_command(path: str, force: bool) -> None:
 
 # --- rendering: Jinja2 with autoescaping ------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=1)
 def environment() -> Any:
     """The template environment: autoescaping on for every template, undefined names are errors."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "allow_nan": False}
     return env
 
 
-def render(template: str, title: str, nav: list[tuple[str, str]], regen: str, view: dict[str, Any]) -> str:
+def render(
+    template: str, title: str, nav: list[tuple[str, str]], regen: str, view: dict[str, Any]
+) -> str:
     """One whole page: `view` holds plain values only; the template escapes each where it lands."""
     from probe import __version__
 
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    return environment().get_template(template).render(
-        title=title, nav=nav, regen=regen, version=__version__, now=now, p=view)
+    return (
+        environment()
+        .get_template(template)
+        .render(title=title, nav=nav, regen=regen, version=__version__, now=now, p=view)
+    )
 
 
 def _rel(report_dir: Path, target: Path) -> str:
@@ -830,13 +1103,19 @@ def _items(d: Any, name: str) -> list[tuple[str, str]]:
     return [(str(k), _fmt(v)) for k, v in d.items()] if isinstance(d, dict) else [(name, _fmt(d))]
 
 
-def _cards(cfg: dict[str, Any], metrics: list[dict[str, Any]], epochs: list[int]) -> list[tuple[str, str]]:
+def _cards(
+    cfg: dict[str, Any], metrics: list[dict[str, Any]], epochs: list[int]
+) -> list[tuple[str, str]]:
     want = cfg["train"].get("epochs")
     trained = [m for m in metrics if _is_num(m.get("val_acc"))]
-    cards = [("epochs", f"{epochs[-1] if epochs else '-'} / {_fmt(want) if want is not None else '?'}")]
+    cards = [
+        ("epochs", f"{epochs[-1] if epochs else '-'} / {_fmt(want) if want is not None else '?'}")
+    ]
     if trained:
         last = trained[-1]
-        best = max(trained, key=lambda m: _num(m["val_acc"]) if math.isfinite(_num(m["val_acc"])) else -1)
+        best = max(
+            trained, key=lambda m: _num(m["val_acc"]) if math.isfinite(_num(m["val_acc"])) else -1
+        )
         cards.append(("final val acc", f"{_num(last['val_acc']):.3f}"))
         cards.append(("best val acc", f"{_num(best['val_acc']):.3f} @ {best['epoch']}"))
         if _is_num(last.get("train_acc")):
@@ -851,14 +1130,25 @@ def _cards(cfg: dict[str, Any], metrics: list[dict[str, Any]], epochs: list[int]
 
 
 def _config_view(cfg: dict[str, Any]) -> dict[str, Any]:
-    other = [(str(k), _fmt(v)) for k, v in cfg.items() if k not in ("train", "model_spec", "versions", "classes")]
+    other = [
+        (str(k), _fmt(v))
+        for k, v in cfg.items()
+        if k not in ("train", "model_spec", "versions", "classes")
+    ]
     versions = cfg.get("versions")
-    other += [(f"versions.{k}", _fmt(v)) for k, v in versions.items()] if isinstance(versions, dict) else \
-        ([("versions", _fmt(versions))] if versions is not None else [])
+    other += (
+        [(f"versions.{k}", _fmt(v)) for k, v in versions.items()]
+        if isinstance(versions, dict)
+        else ([("versions", _fmt(versions))] if versions is not None else [])
+    )
     if cfg.get("classes"):
         other.append(("classes", _fmt(cfg["classes"])))
-    return {"train": _items(cfg["train"], "train"), "model": _items(cfg.get("model_spec", {}), "model_spec"),
-            "run": other, "json": json.dumps(cfg, indent=2, sort_keys=True)}
+    return {
+        "train": _items(cfg["train"], "train"),
+        "model": _items(cfg.get("model_spec", {}), "model_spec"),
+        "run": other,
+        "json": json.dumps(cfg, indent=2, sort_keys=True),
+    }
 
 
 def _metrics_view(metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -867,21 +1157,42 @@ def _metrics_view(metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
     charts = []
     drawn: set[str] = set()
     for title, keys, ylim, how in METRIC_CHARTS:
-        series = [s for s in (_metric_series(metrics, k, PALETTE[i]) for i, k in enumerate(keys)) if s.points]
+        series = [
+            s
+            for s in (_metric_series(metrics, k, PALETTE[i]) for i, k in enumerate(keys))
+            if s.points
+        ]
         if series:
             drawn.update(keys)
             charts.append({"svg": svg_chart(title, series, ylim=ylim), "caption": how})
-    extra = sorted({k for m in metrics for k, v in m.items() if k != "epoch" and k not in drawn and _is_num(v)})
+    extra = sorted(
+        {k for m in metrics for k, v in m.items() if k != "epoch" and k not in drawn and _is_num(v)}
+    )
     for k in extra:
         s = _metric_series(metrics, k, PALETTE[0])
         if s.points:
-            charts.append({"svg": svg_chart(k.replace("_", " "), [s]), "caption": f"{k} per epoch, from metrics.jsonl."})
-    cols = ["epoch", *[k for _, keys, _, _ in METRIC_CHARTS for k in keys if any(k in m for m in metrics)], *extra]
-    return {"charts": charts, "cols": cols, "rows": [[_fmt(m.get(c)) for c in cols] for m in metrics]}
+            charts.append(
+                {
+                    "svg": svg_chart(k.replace("_", " "), [s]),
+                    "caption": f"{k} per epoch, from metrics.jsonl.",
+                }
+            )
+    cols = [
+        "epoch",
+        *[k for _, keys, _, _ in METRIC_CHARTS for k in keys if any(k in m for m in metrics)],
+        *extra,
+    ]
+    return {
+        "charts": charts,
+        "cols": cols,
+        "rows": [[_fmt(m.get(c)) for c in cols] for m in metrics],
+    }
 
 
 def _metric_series(metrics: list[dict[str, Any]], key: str, color: str) -> Series:
-    return Series(key.replace("_", " "), [(m["epoch"], _num(m.get(key))) for m in metrics if key in m], color)
+    return Series(
+        key.replace("_", " "), [(m["epoch"], _num(m.get(key))) for m in metrics if key in m], color
+    )
 
 
 def _figures_of(files: Iterable[str]) -> list[str]:
@@ -892,40 +1203,79 @@ def _file_links(report_dir: Path, path: Path, files: Iterable[str]) -> list[tupl
     return [(_rel(report_dir, path / f), f) for f in files if not f.lower().endswith(_IMAGE)]
 
 
-def _browser(bid: str, data: dict[str, Any], names: list[str], table: dict[str, Any] | None = None,
-             files: list[tuple[str, str]] | None = None, files_label: str = "data") -> dict[str, Any]:
+def _browser(
+    bid: str,
+    data: dict[str, Any],
+    names: list[str],
+    table: dict[str, Any] | None = None,
+    files: list[tuple[str, str]] | None = None,
+    files_label: str = "data",
+) -> dict[str, Any]:
     """Figures of several epochs behind one slider; `data` becomes inline JSON (`tojson`)."""
     epochs = data["epochs"]
     last = str(epochs[-1])
     figs = []
     for n in names:
         entry = data["figures"][n].get(last)
-        figs.append({"name": n, "src": entry["src"] if entry else "", "caption": entry["caption"] if entry else ""})
-    return {"id": bid, "data": data, "n": len(epochs), "last": last, "epochs_text": ", ".join(map(str, epochs)),
-            "figs": figs, "table": table, "files": files or [], "files_label": files_label}
+        figs.append(
+            {
+                "name": n,
+                "src": entry["src"] if entry else "",
+                "caption": entry["caption"] if entry else "",
+            }
+        )
+    return {
+        "id": bid,
+        "data": data,
+        "n": len(epochs),
+        "last": last,
+        "epochs_text": ", ".join(map(str, epochs)),
+        "figs": figs,
+        "table": table,
+        "files": files or [],
+        "files_label": files_label,
+    }
 
 
-def _group_view(g: Group, report_dir: Path, inst: Installed | None, failures: list[dict[str, Any]],
-                display: str) -> dict[str, Any]:
+def _group_view(
+    g: Group, report_dir: Path, inst: Installed | None, failures: list[dict[str, Any]], display: str
+) -> dict[str, Any]:
     title = g.analysis if g.variant == "default" else f"{g.analysis} ({g.variant})"
     sid = f"a-{g.analysis}-{g.variant}"
     first = g.results[-1][2]
-    meta = [f"scope: {'per epoch' if g.scope == 'epoch' else 'whole run'}",
-            f"version {_fmt(first.get('version', '?'))}",
-            f"provider {first.get('provider') or '?'} {first.get('provider_version') or ''}".rstrip()]
+    meta = [
+        f"scope: {'per epoch' if g.scope == 'epoch' else 'whole run'}",
+        f"version {_fmt(first.get('version', '?'))}",
+        f"provider {first.get('provider') or '?'} {first.get('provider_version') or ''}".rstrip(),
+    ]
     if g.variant != "default" and g.params:
-        meta.append("params: " + ", ".join(f"{k}={_param_text(v)}" for k, v in sorted(g.params.items())))
-    view: dict[str, Any] = {"sid": sid, "title": title, "sub": (inst.summary + " · " if inst else "") + " · ".join(meta),
-                            "browser": None, "table": None, "files": [], "files_label": "data", "run_results": [],
-                            "older": None, "failed_epochs": ""}
+        meta.append(
+            "params: " + ", ".join(f"{k}={_param_text(v)}" for k, v in sorted(g.params.items()))
+        )
+    view: dict[str, Any] = {
+        "sid": sid,
+        "title": title,
+        "sub": (inst.summary + " · " if inst else "") + " · ".join(meta),
+        "browser": None,
+        "table": None,
+        "files": [],
+        "files_label": "data",
+        "run_results": [],
+        "older": None,
+        "failed_epochs": "",
+    }
     if g.scope == "epoch":
         _epoch_view(view, g, report_dir, inst)
     else:
-        view["run_results"] = [_run_result(report_dir, path, m, g.analysis, inst) for _, path, m in g.results]
+        view["run_results"] = [
+            _run_result(report_dir, path, m, g.analysis, inst) for _, path, m in g.results
+        ]
     if g.older:
         view["older"] = _older(g, display, inst)
     mine = [f for f in failures if f["analysis"] == g.analysis and f["variant"] == g.variant]
-    view["failed_epochs"] = ", ".join("run" if f["epoch"] is None else str(f["epoch"]) for f in mine)
+    view["failed_epochs"] = ", ".join(
+        "run" if f["epoch"] is None else str(f["epoch"]) for f in mine
+    )
     return view
 
 
@@ -935,12 +1285,20 @@ def _older(g: Group, display: str, inst: Installed | None) -> dict[str, Any]:
     epochs = sorted({e for e, _, _ in g.older if e is not None})
     spec = "all" if g.scope == "run" or not epochs else ",".join(map(str, epochs))
     versions = sorted({_fmt(m.get("version", "1")) for _, _, m in g.older})
-    return {"count": len(g.older), "versions": ", ".join(versions), "current": inst.version if inst else "?",
-            "name": g.analysis if g.variant == "default" else f"{g.analysis} ({g.variant})",
-            "command": analyze_command(display, g.analysis, spec, g.params, inst.defaults if inst else None)}
+    return {
+        "count": len(g.older),
+        "versions": ", ".join(versions),
+        "current": inst.version if inst else "?",
+        "name": g.analysis if g.variant == "default" else f"{g.analysis} ({g.variant})",
+        "command": analyze_command(
+            display, g.analysis, spec, g.params, inst.defaults if inst else None
+        ),
+    }
 
 
-def _run_result(report_dir: Path, path: Path, m: dict[str, Any], analysis: str, inst: Installed | None) -> dict[str, Any]:
+def _run_result(
+    report_dir: Path, path: Path, m: dict[str, Any], analysis: str, inst: Installed | None
+) -> dict[str, Any]:
     files = m["files"]
     figs = _figures_of(files)
     # Run-wide results may still hold one figure per epoch (`<stem>_epoch_0005.png`): browse those.
@@ -953,14 +1311,30 @@ def _run_result(report_dir: Path, path: Path, m: dict[str, Any], analysis: str, 
     in_series = {f for v in series.values() for f in v.values()}
     browsers = []
     for stem, by_epoch in sorted(series.items()):
-        data = {"epochs": sorted(by_epoch), "figures": {stem: {str(e): {
-            "src": _rel(report_dir, path / f), "caption": caption(analysis, f, m, inst)} for e, f in by_epoch.items()}}}
+        data = {
+            "epochs": sorted(by_epoch),
+            "figures": {
+                stem: {
+                    str(e): {
+                        "src": _rel(report_dir, path / f),
+                        "caption": caption(analysis, f, m, inst),
+                    }
+                    for e, f in by_epoch.items()
+                }
+            },
+        }
         browsers.append(_browser(f"s-{analysis}-{path.parent.name}-{stem}", data, [stem]))
-    return {"figures": [{"src": _rel(report_dir, path / f), "name": f, "caption": caption(analysis, f, m, inst)}
-                        for f in figs if f not in in_series],
-            "browsers": browsers,
-            "scalars": [(k, _fmt(v)) for k, v in sorted((m.get("scalars") or {}).items())],
-            "files": _file_links(report_dir, path, files), "epochs": _fmt(m["epochs"]) if m.get("epochs") else ""}
+    return {
+        "figures": [
+            {"src": _rel(report_dir, path / f), "name": f, "caption": caption(analysis, f, m, inst)}
+            for f in figs
+            if f not in in_series
+        ],
+        "browsers": browsers,
+        "scalars": [(k, _fmt(v)) for k, v in sorted((m.get("scalars") or {}).items())],
+        "files": _file_links(report_dir, path, files),
+        "epochs": _fmt(m["epochs"]) if m.get("epochs") else "",
+    }
 
 
 def _epoch_view(view: dict[str, Any], g: Group, report_dir: Path, inst: Installed | None) -> None:
@@ -971,17 +1345,33 @@ def _epoch_view(view: dict[str, Any], g: Group, report_dir: Path, inst: Installe
             if f not in figures:
                 names.append(f)
                 figures[f] = {}
-            figures[f][str(e)] = {"src": _rel(report_dir, path / f), "caption": caption(g.analysis, f, m, inst)}
+            figures[f][str(e)] = {
+                "src": _rel(report_dir, path / f),
+                "caption": caption(g.analysis, f, m, inst),
+            }
     scalar_names = sorted({k for _, _, m in g.results for k in (m.get("scalars") or {})})
-    table = {"head": scalar_names, "rows": [
-        {"epoch": e, "cells": [_fmt((m.get("scalars") or {}).get(k)) for k in scalar_names]} for e, _, m in g.results
-    ]} if scalar_names else None
+    table = (
+        {
+            "head": scalar_names,
+            "rows": [
+                {"epoch": e, "cells": [_fmt((m.get("scalars") or {}).get(k)) for k in scalar_names]}
+                for e, _, m in g.results
+            ],
+        }
+        if scalar_names
+        else None
+    )
     last_path, last_m = g.results[-1][1], g.results[-1][2]
-    files, label = _file_links(report_dir, last_path, last_m["files"]), f"data (epoch {g.epochs[-1]})"
+    files, label = (
+        _file_links(report_dir, last_path, last_m["files"]),
+        f"data (epoch {g.epochs[-1]})",
+    )
     if not names:  # numbers only: the table already shows every epoch, a slider would add nothing
         view.update(table=table, files=files, files_label=label)
         return
-    view["browser"] = _browser(view["sid"], {"epochs": g.epochs, "figures": figures}, names, table, files, label)
+    view["browser"] = _browser(
+        view["sid"], {"epochs": g.epochs, "figures": figures}, names, table, files, label
+    )
 
 
 def run_view(d: RunData) -> dict[str, Any]:
@@ -991,35 +1381,74 @@ def run_view(d: RunData) -> dict[str, Any]:
     for f in d.failures:
         i = d.inst.get(f["analysis"])
         epoch = f["epoch"]
-        failures.append({
-            "name": f["analysis"], "variant": f["variant"], "epoch": "run" if epoch is None else epoch,
-            "error": f.get("error") or "", "traceback": f.get("traceback") or "", "created": f.get("created") or "",
-            "command": analyze_command(d.display, f["analysis"], str(epoch) if epoch is not None else "all",
-                                       f.get("params") or {}, i.defaults if i else None)})
+        failures.append(
+            {
+                "name": f["analysis"],
+                "variant": f["variant"],
+                "epoch": "run" if epoch is None else epoch,
+                "error": f.get("error") or "",
+                "traceback": f.get("traceback") or "",
+                "created": f.get("created") or "",
+                "command": analyze_command(
+                    d.display,
+                    f["analysis"],
+                    str(epoch) if epoch is not None else "all",
+                    f.get("params") or {},
+                    i.defaults if i else None,
+                ),
+            }
+        )
     return {
-        "name": d.path.resolve().name, "display": d.display, "data_source": _fmt(d.config.get("data_source", "")),
-        "cards": _cards(d.config, d.metrics, d.epochs), "config": _config_view(d.config),
+        "name": d.path.resolve().name,
+        "display": d.display,
+        "data_source": _fmt(d.config.get("data_source", "")),
+        "cards": _cards(d.config, d.metrics, d.epochs),
+        "config": _config_view(d.config),
         "metrics": _metrics_view(d.metrics),
-        "groups": [_group_view(g, report_dir, d.inst.get(g.analysis), d.failures, d.display) for g in d.groups],
-        "missing": [{"name": i.name, "summary": i.summary,
-                     "command": analyze_command(d.display, i.name, suggested_epochs(i.scope, d.epochs))} for i in d.missing],
+        "groups": [
+            _group_view(g, report_dir, d.inst.get(g.analysis), d.failures, d.display)
+            for g in d.groups
+        ],
+        "missing": [
+            {
+                "name": i.name,
+                "summary": i.summary,
+                "command": analyze_command(d.display, i.name, suggested_epochs(i.scope, d.epochs)),
+            }
+            for i in d.missing
+        ],
         "outdated": [_older(g, d.display, d.inst.get(g.analysis)) for g in d.outdated],
-        "failures": failures, "note": d.note, "skipped": d.warnings,
-        "not_applicable": [{"name": f["analysis"], "variant": f["variant"], "epoch": "run" if f["epoch"] is None
-                            else f["epoch"], "reason": f.get("reason") or ""} for f in d.skipped],
+        "failures": failures,
+        "note": d.note,
+        "skipped": d.warnings,
+        "not_applicable": [
+            {
+                "name": f["analysis"],
+                "variant": f["variant"],
+                "epoch": "run" if f["epoch"] is None else f["epoch"],
+                "reason": f.get("reason") or "",
+            }
+            for f in d.skipped
+        ],
     }
 
 
 def _run_nav(d: RunData) -> list[tuple[str, str]]:
     nav = [("config", "config"), ("metrics", "training curves")]
-    nav += [(f"a-{g.analysis}-{g.variant}", g.analysis if g.variant == "default" else f"{g.analysis}·{g.variant[:8]}")
-            for g in d.groups]
+    nav += [
+        (
+            f"a-{g.analysis}-{g.variant}",
+            g.analysis if g.variant == "default" else f"{g.analysis}·{g.variant[:8]}",
+        )
+        for g in d.groups
+    ]
     n_bad = len(d.missing) + len(d.failures) + len(d.outdated)
     nav.append(("missing", f"missing & failed ({n_bad})" if n_bad else "missing & failed"))
     return nav
 
 
 # --- the sweep page ----------------------------------------------------------------------------------------------
+
 
 def _colors(n: int) -> list[str]:
     if n <= len(PALETTE):
@@ -1037,42 +1466,98 @@ def _sort_value(v: Any) -> str:
     return str(v)
 
 
-def sweep_view(display: str, spec: dict[str, Any], name: str, rows: list[Any], keys: list[str], columns: list[str],
-               records: list[dict[str, Any]], pages: dict[str, PageResult], warnings: list[str]) -> dict[str, Any]:
+def sweep_view(
+    display: str,
+    spec: dict[str, Any],
+    name: str,
+    rows: list[Any],
+    keys: list[str],
+    columns: list[str],
+    records: list[dict[str, Any]],
+    pages: dict[str, PageResult],
+    warnings: list[str],
+) -> dict[str, Any]:
     """The plain values the sweep template shows."""
     from probe.studies.compare import format_cell, stability_summary
 
     colors = dict(zip([r.label for r in rows], _colors(len(rows)), strict=True))
-    shown = [c for c in columns if c == "run" or any(format_cell(r.get(c), c) not in ("-", "") for r in records)]
+    shown = [
+        c
+        for c in columns
+        if c == "run" or any(format_cell(r.get(c), c) not in ("-", "") for r in records)
+    ]
     view_rows = []
     for rec, row in zip(records, rows, strict=True):
         p = pages.get(row.label)
-        view_rows.append({
-            "label": row.label, "color": colors[row.label], "state": row.state, "error": row.error,
-            "href": f"../{quote(row.label, safe='')}/report/index.html" if p else "", "has_metrics": bool(row.metrics),
-            "cells": [{"run": c == "run", "wrap": c == "error", "sort": _sort_value(rec.get(c)),
-                       "text": format_cell(rec.get(c), c)} for c in shown],
-            "analyses": (f"{p.results} results" + (f", {p.failures} failed" if p.failures else "")
-                         + (f", {p.missing} missing" if p.missing else "")) if p else "-",
-            "analyses_sort": str(p.results) if p else ""})
+        view_rows.append(
+            {
+                "label": row.label,
+                "color": colors[row.label],
+                "state": row.state,
+                "error": row.error,
+                "href": f"../{quote(row.label, safe='')}/report/index.html" if p else "",
+                "has_metrics": bool(row.metrics),
+                "cells": [
+                    {
+                        "run": c == "run",
+                        "wrap": c == "error",
+                        "sort": _sort_value(rec.get(c)),
+                        "text": format_cell(rec.get(c), c),
+                    }
+                    for c in shown
+                ],
+                "analyses": (
+                    f"{p.results} results"
+                    + (f", {p.failures} failed" if p.failures else "")
+                    + (f", {p.missing} missing" if p.missing else "")
+                )
+                if p
+                else "-",
+                "analyses_sort": str(p.results) if p else "",
+            }
+        )
     try:
         stab = stability_summary(records, keys)
     except (TypeError, ValueError, KeyError):  # decorative; never lose the page over it
         stab = ""
     charts = []
     for metric, ylim in SWEEP_METRICS:
-        series = [s for s in (Series(r.label, list(zip(*r.series(metric), strict=True)), colors[r.label], key=r.label)
-                              for r in rows) if s.points]
+        series = [
+            s
+            for s in (
+                Series(
+                    r.label, list(zip(*r.series(metric), strict=True)), colors[r.label], key=r.label
+                )
+                for r in rows
+            )
+            if s.points
+        ]
         if series:
-            charts.append({"svg": svg_chart(metric.replace("_", " "), series, ylim=ylim, legend=False),
-                           "caption": f"{metric} per epoch for every run of the sweep, one colour per run (legend below)."})
-    grid_text = " × ".join(f"{k} ∈ {{{', '.join(_param_text(v) for v in vs)}}}" for k, vs in spec["grid"].items())
-    return {"name": name, "description": spec["description"], "display": display, "grid_text": grid_text,
-            "plugins": ", ".join(spec["plugins"]), "columns": shown, "rows": view_rows, "stability": stab,
-            "charts": charts, "skipped": warnings}
+            charts.append(
+                {
+                    "svg": svg_chart(metric.replace("_", " "), series, ylim=ylim, legend=False),
+                    "caption": f"{metric} per epoch for every run of the sweep, one colour per run (legend below).",
+                }
+            )
+    grid_text = " × ".join(
+        f"{k} ∈ {{{', '.join(_param_text(v) for v in vs)}}}" for k, vs in spec["grid"].items()
+    )
+    return {
+        "name": name,
+        "description": spec["description"],
+        "display": display,
+        "grid_text": grid_text,
+        "plugins": ", ".join(spec["plugins"]),
+        "columns": shown,
+        "rows": view_rows,
+        "stability": stab,
+        "charts": charts,
+        "skipped": warnings,
+    }
 
 
 # --- inline SVG charts ------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Series:
@@ -1110,9 +1595,16 @@ def _tick_label(v: float) -> str:
     return f"{v:.4g}"
 
 
-
-def svg_chart(title: str, series: list[Series], *, ylim: tuple[float, float] | None = None,
-              log: bool | None = None, legend: bool = True, width: int = 440, height: int = 250) -> Any:
+def svg_chart(
+    title: str,
+    series: list[Series],
+    *,
+    ylim: tuple[float, float] | None = None,
+    log: bool | None = None,
+    legend: bool = True,
+    width: int = 440,
+    height: int = 250,
+) -> Any:
     """A small line chart as inline SVG (a `markupsafe.Markup`): no plotting library, no file, readable offline.
 
     The geometry is computed here; chart.svg.j2 writes it, escaping every label. The
@@ -1125,8 +1617,18 @@ def svg_chart(title: str, series: list[Series], *, ylim: tuple[float, float] | N
     finite = [(x, y) for pts in points for x, y in pts if math.isfinite(x) and math.isfinite(y)]
     ml, mr, mt, mb = 52, 12, 24, 34
     pw, ph = width - ml - mr, height - mt - mb
-    c: dict[str, Any] = {"title": title, "width": width, "height": height, "ml": ml, "mt": mt, "right": ml + pw,
-                         "bottom": mt + ph, "cx": ml + pw / 2, "cy": mt + ph / 2, "empty": not finite}
+    c: dict[str, Any] = {
+        "title": title,
+        "width": width,
+        "height": height,
+        "ml": ml,
+        "mt": mt,
+        "right": ml + pw,
+        "bottom": mt + ph,
+        "cx": ml + pw / 2,
+        "cy": mt + ph / 2,
+        "empty": not finite,
+    }
     if not finite:
         return Markup(environment().get_template("chart.svg.j2").render(c=c))
     xs = [x for x, _ in finite]
@@ -1159,16 +1661,30 @@ def svg_chart(title: str, series: list[Series], *, ylim: tuple[float, float] | N
         return mt + ph - (v - y0) / (y1 - y0) * ph
 
     if log:
-        yticks = [10.0 ** k for k in range(math.floor(y0), math.ceil(y1) + 1) if y0 - 1e-9 <= k <= y1 + 1e-9]
+        yticks = [
+            10.0**k for k in range(math.floor(y0), math.ceil(y1) + 1) if y0 - 1e-9 <= k <= y1 + 1e-9
+        ]
         if len(yticks) < 3:
-            yticks = sorted({m * 10.0 ** k for k in range(math.floor(y0), math.ceil(y1) + 1) for m in (1, 2, 5)
-                             if y0 - 1e-9 <= math.log10(m * 10.0 ** k) <= y1 + 1e-9})
+            yticks = sorted(
+                {
+                    m * 10.0**k
+                    for k in range(math.floor(y0), math.ceil(y1) + 1)
+                    for m in (1, 2, 5)
+                    if y0 - 1e-9 <= math.log10(m * 10.0**k) <= y1 + 1e-9
+                }
+            )
     else:
         yticks = nice_ticks(y0, y1)
     xticks = [t for t in nice_ticks(x0, x1, 6, integer=True) if x0 <= t <= x1]
-    c.update(log=log, ygrid=[f"{sy(t):.1f}" for t in yticks], xgrid=[f"{sx(t):.1f}" for t in xticks],
-             ylabels=[(f"{sy(t) + 4:.1f}", _tick_label(t)) for t in yticks],
-             xlabels=[(f"{sx(t):.1f}", _tick_label(t)) for t in xticks], series=[], legend=[])
+    c.update(
+        log=log,
+        ygrid=[f"{sy(t):.1f}" for t in yticks],
+        xgrid=[f"{sx(t):.1f}" for t in xticks],
+        ylabels=[(f"{sy(t) + 4:.1f}", _tick_label(t)) for t in yticks],
+        xlabels=[(f"{sx(t):.1f}", _tick_label(t)) for t in xticks],
+        series=[],
+        legend=[],
+    )
     few = sum(len(p) for p in points) <= 80
     for s, pts in zip(series, points, strict=True):
         segs: list[list[str]] = []
@@ -1178,20 +1694,38 @@ def svg_chart(title: str, series: list[Series], *, ylim: tuple[float, float] | N
             if math.isfinite(x) and math.isfinite(y) and (y > 0 or not log):
                 cur.append(f"{sx(x):.1f},{sy(y):.1f}")
                 if few:
-                    dots.append((f"{sx(x):.1f}", f"{sy(y):.1f}", f"{s.label}: epoch {_fmt(x)}, {_fmt(y)}"))
+                    dots.append(
+                        (f"{sx(x):.1f}", f"{sy(y):.1f}", f"{s.label}: epoch {_fmt(x)}, {_fmt(y)}")
+                    )
             elif cur:
                 segs.append(cur)
                 cur = []
         if cur:
             segs.append(cur)
-        c["series"].append({"label": s.label, "key": s.key, "color": s.color, "dots": dots,
-                            "d": " ".join("M" + " L".join(seg) for seg in segs)})
-    if legend and len(series) > 1:  # one row at the right of the title line, laid out from the right edge
+        c["series"].append(
+            {
+                "label": s.label,
+                "key": s.key,
+                "color": s.color,
+                "dots": dots,
+                "d": " ".join("M" + " L".join(seg) for seg in segs),
+            }
+        )
+    if (
+        legend and len(series) > 1
+    ):  # one row at the right of the title line, laid out from the right edge
         cursor = width - mr
         for s in reversed(series):
             w = 6.6 * len(s.label)
-            c["legend"].append({"x1": f"{cursor - w - 18:.1f}", "x2": f"{cursor - w - 5:.1f}", "x": f"{cursor:.1f}",
-                                "color": s.color, "label": s.label})
+            c["legend"].append(
+                {
+                    "x1": f"{cursor - w - 18:.1f}",
+                    "x2": f"{cursor - w - 5:.1f}",
+                    "x": f"{cursor:.1f}",
+                    "color": s.color,
+                    "label": s.label,
+                }
+            )
             cursor -= w + 28
     return Markup(environment().get_template("chart.svg.j2").render(c=c))
 

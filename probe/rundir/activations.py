@@ -41,13 +41,18 @@ _SEAL = FORMAT.encode() + b" sha256="
 class ActivationRecorder:
     """Forward hooks that keep the first `n` samples' outputs of the chosen layers."""
 
-    def __init__(self, model: torch.nn.Module, layers: list[str], full_maps: tuple[str, ...], n: int):
+    def __init__(
+        self, model: torch.nn.Module, layers: list[str], full_maps: tuple[str, ...], n: int
+    ):
         modules = dict(model.named_modules())
         unknown = [name for name in full_maps if name not in modules]
         if unknown:
             from probe.errors import UsageError
 
-            raise UsageError("--full-maps", f"unknown layer(s) {', '.join(unknown)}; recorded layers are {', '.join(layers)}")
+            raise UsageError(
+                "--full-maps",
+                f"unknown layer(s) {', '.join(unknown)}; recorded layers are {', '.join(layers)}",
+            )
         self.layers = list(layers)
         self.full_maps = tuple(full_maps)
         self.n = n
@@ -101,11 +106,23 @@ class ActivationRecorder:
                 f.attrs["layers"] = np.array(self.layers, dtype=h5py.string_dtype())
                 g = f.create_group("pooled")
                 for name, parts in self.pooled.items():
-                    g.create_dataset(name, data=torch.cat(parts).numpy(), chunks=True, compression="gzip", shuffle=True)
+                    g.create_dataset(
+                        name,
+                        data=torch.cat(parts).numpy(),
+                        chunks=True,
+                        compression="gzip",
+                        shuffle=True,
+                    )
                 m = f.create_group("maps")
                 for name, parts in self.maps.items():
                     arr = torch.cat(parts).contiguous().numpy()
-                    m.create_dataset(name, data=arr, chunks=(min(64, arr.shape[0]), *arr.shape[1:]), compression="gzip", shuffle=True)
+                    m.create_dataset(
+                        name,
+                        data=arr,
+                        chunks=(min(64, arr.shape[0]), *arr.shape[1:]),
+                        compression="gzip",
+                        shuffle=True,
+                    )
                 f.create_dataset("logits", data=torch.cat(self.logits).numpy())
             _seal(tmp)
 
@@ -146,12 +163,14 @@ def _verify_open(path: Path, fh) -> None:
         head = fh.read(USERBLOCK)
         if not head.startswith(_SEAL):
             raise RunFileError(path, "not a probe activation dump (no probe checksum header)")
-        expected = head[len(_SEAL):len(_SEAL) + 64].decode("ascii", "replace")
+        expected = head[len(_SEAL) : len(_SEAL) + 64].decode("ascii", "replace")
         actual = _sha256_after_userblock(fh)
     except OSError as exc:
         raise RunFileError(path, f"cannot read activation dump ({exc.strerror or exc})") from None
     if actual != expected:
-        raise RunFileError(path, "checksum mismatch: the file is damaged (truncated, bit flip or partial copy)")
+        raise RunFileError(
+            path, "checksum mismatch: the file is damaged (truncated, bit flip or partial copy)"
+        )
 
 
 @dataclass(frozen=True)
@@ -160,13 +179,19 @@ class Expected:
 
     max_samples: int
     num_classes: int
-    shapes: dict[str, tuple[int, ...]]  # module name -> output shape of one sample (C, H, W) or (features,)
+    shapes: dict[
+        str, tuple[int, ...]
+    ]  # module name -> output shape of one sample (C, H, W) or (features,)
 
 
 # Bounds for a dump outside a run directory (no config to compare against).
 MAX_SAMPLES = 100_000  # the probe set is drawn from the test split (10,000 images for CIFAR-10)
 MAX_ELEMENTS = 2**29  # one dataset: 1 GiB as float16
-_ALLOWED_FILTERS = {1, 2, 3}  # deflate (gzip), shuffle, fletcher32: what h5py writes without plugins
+_ALLOWED_FILTERS = {
+    1,
+    2,
+    3,
+}  # deflate (gzip), shuffle, fletcher32: what h5py writes without plugins
 
 
 def expected_for_run(run_dir: str | Path) -> Expected | None:
@@ -186,7 +211,9 @@ def expected_for_run(run_dir: str | Path) -> Expected | None:
         if type(size) is not int or not 1 <= size <= MAX_IMAGES:
             raise ValueError(f"probe_set_size {size!r}")
     except (ValueError, TypeError) as exc:
-        raise RunFileError(run_dir / CONFIG, f"damaged model spec or probe-set size ({str(exc)[:200]})") from None
+        raise RunFileError(
+            run_dir / CONFIG, f"damaged model spec or probe-set size ({str(exc)[:200]})"
+        ) from None
     from probe.rundir.checkpoint import _check_spec
 
     _check_spec(spec, run_dir / CONFIG)
@@ -194,8 +221,10 @@ def expected_for_run(run_dir: str | Path) -> Expected | None:
         shapes = layer_shapes(spec)
     except Exception as exc:  # e.g. a depth whose poolings shrink the images to nothing
         h, w = spec.input.size
-        raise RunFileError(run_dir / CONFIG, f"model spec does not fit {h}x{w} images "
-                                             f"({(str(exc).splitlines() or [''])[0][:120]})") from None
+        raise RunFileError(
+            run_dir / CONFIG,
+            f"model spec does not fit {h}x{w} images ({(str(exc).splitlines() or [''])[0][:120]})",
+        ) from None
     return Expected(size, spec.num_classes, shapes)
 
 
@@ -216,9 +245,16 @@ def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
     for name, m in model.named_modules():
         if not name or name in ("features", "classifier"):
             continue
-        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.padding == (1, 1) and m.stride == (1, 1):
+        if (
+            isinstance(m, nn.Conv2d)
+            and m.kernel_size == (3, 3)
+            and m.padding == (1, 1)
+            and m.stride == (1, 1)
+        ):
             shape = (m.out_channels, *shape[1:])
-        elif isinstance(m, nn.MaxPool2d) and m.kernel_size == 2 and m.stride == 2 and m.padding == 0:
+        elif (
+            isinstance(m, nn.MaxPool2d) and m.kernel_size == 2 and m.stride == 2 and m.padding == 0
+        ):
             shape = (shape[0], shape[1] // 2, shape[2] // 2)
         elif isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size == 1:
             shape = (shape[0], 1, 1)
@@ -231,7 +267,9 @@ def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
         if 0 in shape:
             raise ValueError(f"{name} has no output left ({list(shape)})")
         shapes[name] = shape
-    shapes["features"] = shapes[f"features.{len(model.features) - 1}"]  # the containers: their last module's output
+    shapes["features"] = shapes[
+        f"features.{len(model.features) - 1}"
+    ]  # the containers: their last module's output
     shapes["classifier"] = shape
     return shapes
 
@@ -239,9 +277,15 @@ def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
 def _layer_shapes_by_forward(model, spec) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     with torch.device("meta"):
-        handles = [m.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:]))
-                                           if torch.is_tensor(out) else None)
-                   for name, m in model.named_modules() if name]
+        handles = [
+            m.register_forward_hook(
+                lambda _m, _i, out, name=name: (
+                    shapes.__setitem__(name, tuple(out.shape[1:])) if torch.is_tensor(out) else None
+                )
+            )
+            for name, m in model.named_modules()
+            if name
+        ]
         model.eval()(torch.empty(1, spec.in_channels, *spec.input.size))
         for h in handles:
             h.remove()
@@ -256,35 +300,62 @@ def _refuse_links(path: Path, group, where: str) -> dict:
     for name in group:
         link = group.get(name, getlink=True)
         if isinstance(link, h5py.ExternalLink):
-            raise RunFileError(path, f"{where}{name} is an HDF5 external link to {link.filename}:{link.path}; probe reads nothing outside the file")
+            raise RunFileError(
+                path,
+                f"{where}{name} is an HDF5 external link to {link.filename}:{link.path}; probe reads nothing outside the file",
+            )
         if not isinstance(link, h5py.HardLink):
-            raise RunFileError(path, f"{where}{name} is an HDF5 {type(link).__name__}; probe writes only plain datasets")
+            raise RunFileError(
+                path,
+                f"{where}{name} is an HDF5 {type(link).__name__}; probe writes only plain datasets",
+            )
         out[name] = group[name]
     return out
 
 
-def _check_dataset(path: Path, ds, name: str, dtype: str, shape: tuple[int, ...] | None, rank: int, max_rows: int) -> int:
+def _check_dataset(
+    path: Path, ds, name: str, dtype: str, shape: tuple[int, ...] | None, rank: int, max_rows: int
+) -> int:
     """Refuse external or virtual storage, unknown filters, the wrong dtype or a shape the run cannot have."""
     import h5py
 
     if not isinstance(ds, h5py.Dataset):
         raise RunFileError(path, f"{name} is not a dataset")
     if ds.is_virtual:
-        raise RunFileError(path, f"{name} is a virtual dataset (it maps other files); probe refuses it")
+        raise RunFileError(
+            path, f"{name} is a virtual dataset (it maps other files); probe refuses it"
+        )
     if ds.external:
-        raise RunFileError(path, f"{name} keeps its data in an external file ({ds.external[0][0]!r}); probe refuses it")
+        raise RunFileError(
+            path,
+            f"{name} keeps its data in an external file ({ds.external[0][0]!r}); probe refuses it",
+        )
     plist = ds.id.get_create_plist()
     filters = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
     if filters - _ALLOWED_FILTERS:
-        raise RunFileError(path, f"{name} uses HDF5 filter(s) {sorted(filters - _ALLOWED_FILTERS)} (probe writes gzip and shuffle only)")
+        raise RunFileError(
+            path,
+            f"{name} uses HDF5 filter(s) {sorted(filters - _ALLOWED_FILTERS)} (probe writes gzip and shuffle only)",
+        )
     if ds.dtype != np.dtype(dtype) or len(ds.shape) != rank:
-        raise RunFileError(path, f"{name} must be {dtype} of rank {rank}, got {ds.dtype} {list(ds.shape)}")
+        raise RunFileError(
+            path, f"{name} must be {dtype} of rank {rank}, got {ds.dtype} {list(ds.shape)}"
+        )
     if not 1 <= ds.shape[0] <= max_rows:
-        raise RunFileError(path, f"{name} declares shape {list(ds.shape)}: {ds.shape[0]:,} probe images, expected 1 to {max_rows:,}")
+        raise RunFileError(
+            path,
+            f"{name} declares shape {list(ds.shape)}: {ds.shape[0]:,} probe images, expected 1 to {max_rows:,}",
+        )
     if shape is not None and tuple(ds.shape[1:]) != shape:
-        raise RunFileError(path, f"{name} declares shape {list(ds.shape)}; this run's model gives [P, {', '.join(map(str, shape))}]")
+        raise RunFileError(
+            path,
+            f"{name} declares shape {list(ds.shape)}; this run's model gives [P, {', '.join(map(str, shape))}]",
+        )
     if math.prod(ds.shape) > MAX_ELEMENTS:
-        raise RunFileError(path, f"{name} declares shape {list(ds.shape)} ({math.prod(ds.shape):,} values), more than {MAX_ELEMENTS:,}")
+        raise RunFileError(
+            path,
+            f"{name} declares shape {list(ds.shape)} ({math.prod(ds.shape):,} values), more than {MAX_ELEMENTS:,}",
+        )
     return ds.shape[0]
 
 
@@ -302,12 +373,23 @@ def check_structure(path: Path, f, expect: Expected | None) -> None:
     top = _refuse_links(path, f, "/")
     unknown = sorted(set(top) - {"pooled", "maps", "logits"})
     if unknown:
-        raise RunFileError(path, f"unexpected object /{unknown[0]} (a dump holds /pooled, /maps and /logits)")
+        raise RunFileError(
+            path, f"unexpected object /{unknown[0]} (a dump holds /pooled, /maps and /logits)"
+        )
     if "logits" not in top:
         raise RunFileError(path, "no /logits dataset")
     limit = expect.max_samples if expect else MAX_SAMPLES
-    rows = {"/logits": _check_dataset(path, top["logits"], "/logits", "float32",
-                                       (expect.num_classes,) if expect else None, 2, limit)}
+    rows = {
+        "/logits": _check_dataset(
+            path,
+            top["logits"],
+            "/logits",
+            "float32",
+            (expect.num_classes,) if expect else None,
+            2,
+            limit,
+        )
+    }
     for group, rank in (("pooled", 2), ("maps", 4)):
         if group not in top:
             continue
@@ -317,19 +399,30 @@ def check_structure(path: Path, f, expect: Expected | None) -> None:
             shape = None
             if expect is not None:
                 if name not in expect.shapes:
-                    raise RunFileError(path, f"/{group}/{name}: the run's model has no layer {name!r}")
+                    raise RunFileError(
+                        path, f"/{group}/{name}: the run's model has no layer {name!r}"
+                    )
                 full = expect.shapes[name]
                 shape = (full[0],) if group == "pooled" and len(full) == 3 else full
                 if group == "maps" and len(full) != 3:
                     raise RunFileError(path, f"/{group}/{name}: layer {name!r} has no feature maps")
-            rows[f"/{group}/{name}"] = _check_dataset(path, ds, f"/{group}/{name}", "float16", shape, rank, limit)
+            rows[f"/{group}/{name}"] = _check_dataset(
+                path, ds, f"/{group}/{name}", "float16", shape, rank, limit
+            )
     for name, n in rows.items():
         if n != rows["/logits"]:
-            raise RunFileError(path, f"{name} declares {n:,} probe images, /logits {rows['/logits']:,}")
+            raise RunFileError(
+                path, f"{name} declares {n:,} probe images, /logits {rows['/logits']:,}"
+            )
 
 
-def read(path: str | Path, layer: str | None = None, kind: str = "pooled", *,
-         expect: Expected | None = None) -> np.ndarray | dict:
+def read(
+    path: str | Path,
+    layer: str | None = None,
+    kind: str = "pooled",
+    *,
+    expect: Expected | None = None,
+) -> np.ndarray | dict:
     """Read one dataset (`kind` = pooled, maps or logits) or, with layer=None, the layer list.
 
     Any damage (truncation, bit flip in the header, a non-HDF5 file) is one RunFileError.
@@ -346,7 +439,9 @@ def read(path: str | Path, layer: str | None = None, kind: str = "pooled", *,
         if expect is None:
             try:
                 expect = expected_for_run(within)
-            except RunFileError:  # a damaged config.json is reported by what reads it; the fixed bounds still hold
+            except (
+                RunFileError
+            ):  # a damaged config.json is reported by what reads it; the fixed bounds still hold
                 expect = None
     try:
         fh = safeio.open_regular(path, within=within)
@@ -358,17 +453,31 @@ def read(path: str | Path, layer: str | None = None, kind: str = "pooled", *,
         try:
             with h5py.File(fd_path if os.path.exists(fd_path) else path, "r") as f:
                 if f.attrs.get("format") != FORMAT:
-                    raise RunFileError(path, f"not a probe activation dump (format {f.attrs.get('format')!r})")
+                    raise RunFileError(
+                        path, f"not a probe activation dump (format {f.attrs.get('format')!r})"
+                    )
                 check_structure(path, f, expect)
                 if layer is None and kind != "logits":
-                    return {"layers": [s.decode() if isinstance(s, bytes) else str(s) for s in f.attrs["layers"]],
-                            "maps": sorted(f["maps"].keys()), "epoch": int(f.attrs["epoch"])}
+                    return {
+                        "layers": [
+                            s.decode() if isinstance(s, bytes) else str(s)
+                            for s in f.attrs["layers"]
+                        ],
+                        "maps": sorted(f["maps"].keys()),
+                        "epoch": int(f.attrs["epoch"]),
+                    }
                 key = "logits" if kind == "logits" else f"{kind}/{layer}"
                 if key not in f:
                     have = sorted(f[kind].keys()) if kind in f else []
-                    raise RunFileError(path, f"no {kind} activations for layer {layer!r} (have: {', '.join(have) or 'none'})")
+                    raise RunFileError(
+                        path,
+                        f"no {kind} activations for layer {layer!r} (have: {', '.join(have) or 'none'})",
+                    )
                 return f[key][()]
         except RunFileError:
             raise
         except Exception as exc:  # h5py raises OSError, KeyError, ValueError for damaged files
-            raise RunFileError(path, f"damaged activation dump ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})") from None
+            raise RunFileError(
+                path,
+                f"damaged activation dump ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})",
+            ) from None

@@ -57,8 +57,11 @@ class Checkpoint:
         bad = sorted(k for k in shapes.keys() | stored.keys() if shapes.get(k) != stored.get(k))
         if bad:
             k = bad[0]
-            raise RunFileError(self.path, f"tensors do not match the model spec ({len(bad)} differ; {k}: "
-                                          f"spec {shapes.get(k, 'none')}, file {stored.get(k, 'none')})")
+            raise RunFileError(
+                self.path,
+                f"tensors do not match the model spec ({len(bad)} differ; {k}: "
+                f"spec {shapes.get(k, 'none')}, file {stored.get(k, 'none')})",
+            )
         model = self.spec.build()
         model.load_state_dict(self.model_state, strict=True)
         return model.to(device).eval()
@@ -81,7 +84,9 @@ def _check_spec(spec: ModelSpec, path: Path) -> None:
         raise RunFileError(path, f"damaged model spec ({spec.family}: {_short(exc)})") from None
     n = sum(p.numel() for p in skeleton.parameters())
     if n > MAX_MODEL_PARAMS:
-        raise RunFileError(path, f"damaged model spec ({spec.describe()} would have {n:,} parameters)")
+        raise RunFileError(
+            path, f"damaged model spec ({spec.describe()} would have {n:,} parameters)"
+        )
 
 
 def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
@@ -91,7 +96,11 @@ def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
         t = tensors[name].detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(tensors[name].shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update(json.dumps({k: v for k, v in meta.items() if k != "content_sha256"}, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {k: v for k, v in meta.items() if k != "content_sha256"}, sort_keys=True
+        ).encode()
+    )
     return h.hexdigest()
 
 
@@ -121,8 +130,14 @@ def save(
             for p in group["params"]:
                 for key, value in optimizer.state.get(p, {}).items():
                     if torch.is_tensor(value):
-                        tensors[f"optimizer/{names[id(p)]}/{key}"] = value.detach().to("cpu", copy=True).contiguous()
-        opt_meta = {k: v for k, v in optimizer.param_groups[0].items() if k != "params" and isinstance(v, (int, float, bool, str, type(None), tuple, list))}
+                        tensors[f"optimizer/{names[id(p)]}/{key}"] = (
+                            value.detach().to("cpu", copy=True).contiguous()
+                        )
+        opt_meta = {
+            k: v
+            for k, v in optimizer.param_groups[0].items()
+            if k != "params" and isinstance(v, (int, float, bool, str, type(None), tuple, list))
+        }
     for k, v in (rng or {}).items():
         tensors[f"rng/{k}"] = v.detach().to("cpu", copy=True).contiguous()
     meta = {
@@ -168,7 +183,9 @@ def load(path: str | Path, *, verify: bool = True, within: str | Path | None = N
     path = Path(path)
     meta = read_metadata(path, within=within)
     if meta.get("format") != FORMAT:
-        raise RunFileError(path, f"not a probe checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+        raise RunFileError(
+            path, f"not a probe checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})"
+        )
     try:
         with safeio.regular_path(path, within=within) as p:
             tensors = load_file(p)
@@ -177,7 +194,9 @@ def load(path: str | Path, *, verify: bool = True, within: str | Path | None = N
     except Exception as exc:
         raise RunFileError(path, f"damaged checkpoint ({_short(exc)})") from None
     if verify and _digest(tensors, meta) != meta.get("content_sha256"):
-        raise RunFileError(path, "checksum mismatch: the file is damaged (bit flip or partial copy)")
+        raise RunFileError(
+            path, "checksum mismatch: the file is damaged (bit flip or partial copy)"
+        )
     epoch_text = meta.get("epoch", "")
     if not re.fullmatch(r"[0-9]{1,9}", epoch_text):
         raise RunFileError(path, f"field epoch: expected a whole number, got {epoch_text[:40]!r}")
@@ -206,24 +225,40 @@ def load(path: str | Path, *, verify: bool = True, within: str | Path | None = N
         elif kind == "rng":
             rng[rest] = t
         else:
-            raise RunFileError(path, f"field {name}: not a tensor probe writes (model/, optimizer/ or rng/)")
+            raise RunFileError(
+                path, f"field {name}: not a tensor probe writes (model/, optimizer/ or rng/)"
+            )
     params = _check_model_state(path, spec, model_state)
     _check_optimizer_state(path, params, opt_state)
     _check_rng(path, rng, required=bool(rng or opt_state))
-    return Checkpoint(path, epoch, spec, model_state, metrics, meta.get("config_hash", ""), opt_state, opt_meta, rng)
+    return Checkpoint(
+        path,
+        epoch,
+        spec,
+        model_state,
+        metrics,
+        meta.get("config_hash", ""),
+        opt_state,
+        opt_meta,
+        rng,
+    )
 
 
 def _json_field(path: Path, meta: dict[str, str], name: str) -> dict[str, Any]:
     try:
         value = safeio.loads_json(meta.get(name, "{}"), source=f"{path}: field {name}")
     except RunFileError as exc:
-        raise RunFileError(path, str(exc)[len(str(path)) + 2:]) from None
+        raise RunFileError(path, str(exc)[len(str(path)) + 2 :]) from None
     if not isinstance(value, dict):
-        raise RunFileError(path, f"field {name}: expected a JSON object, got {type(value).__name__}")
+        raise RunFileError(
+            path, f"field {name}: expected a JSON object, got {type(value).__name__}"
+        )
     return value
 
 
-def _check_model_state(path: Path, spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+def _check_model_state(
+    path: Path, spec: ModelSpec, state: dict[str, torch.Tensor]
+) -> dict[str, tuple[int, ...]]:
     """Names, shapes and dtypes of the model tensors against the spec (built on the meta device); returns parameter shapes."""
     model = spec.skeleton()
     expected = model.state_dict()
@@ -234,26 +269,42 @@ def _check_model_state(path: Path, spec: ModelSpec, state: dict[str, torch.Tenso
             raise RunFileError(path, f"field model/{k}: not a tensor of this model spec")
         want, got = expected[k], state[k]
         if got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
-            raise RunFileError(path, f"field model/{k}: expected {str(want.dtype).removeprefix('torch.')} "
-                                     f"{list(want.shape)}, got {str(got.dtype).removeprefix('torch.')} {list(got.shape)}")
+            raise RunFileError(
+                path,
+                f"field model/{k}: expected {str(want.dtype).removeprefix('torch.')} "
+                f"{list(want.shape)}, got {str(got.dtype).removeprefix('torch.')} {list(got.shape)}",
+            )
     return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
-OPTIMIZER_STATE_KEYS = {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"}  # what a checkpoint holds
+OPTIMIZER_STATE_KEYS = {
+    "momentum_buffer",
+    "exp_avg",
+    "exp_avg_sq",
+    "max_exp_avg_sq",
+    "step",
+}  # what a checkpoint holds
 
 
-def _check_optimizer_state(path: Path, params: dict[str, tuple[int, ...]], state: dict[str, dict[str, torch.Tensor]]) -> None:
+def _check_optimizer_state(
+    path: Path, params: dict[str, tuple[int, ...]], state: dict[str, dict[str, torch.Tensor]]
+) -> None:
     for pname in sorted(state):
         for key, t in sorted(state[pname].items()):
             field_name = f"optimizer/{pname}/{key}"
             if pname not in params:
-                raise RunFileError(path, f"field {field_name}: the model has no parameter {pname!r}")
+                raise RunFileError(
+                    path, f"field {field_name}: the model has no parameter {pname!r}"
+                )
             if key not in OPTIMIZER_STATE_KEYS:
                 raise RunFileError(path, f"field {field_name}: not an optimizer state probe writes")
             want = () if key == "step" else params[pname]
             if t.dtype != torch.float32 or tuple(t.shape) != want:
-                raise RunFileError(path, f"field {field_name}: expected float32 {list(want)}, got "
-                                         f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}")
+                raise RunFileError(
+                    path,
+                    f"field {field_name}: expected float32 {list(want)}, got "
+                    f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}",
+                )
             if key == "step" and not (math.isfinite(float(t)) and 0 <= float(t) < 2**31):
                 raise RunFileError(path, f"field {field_name}: {float(t)} is not a step count")
 
@@ -272,10 +323,16 @@ def _check_rng(path: Path, rng: dict[str, torch.Tensor], *, required: bool) -> N
             torch.Generator().set_state(rng[key])
         except (RuntimeError, TypeError, ValueError):
             t = rng[key]
-            raise RunFileError(path, f"field rng/{key}: not a CPU generator state "
-                                     f"({str(t.dtype).removeprefix('torch.')} {list(t.shape)})") from None
+            raise RunFileError(
+                path,
+                f"field rng/{key}: not a CPU generator state "
+                f"({str(t.dtype).removeprefix('torch.')} {list(t.shape)})",
+            ) from None
     if "cuda" in rng and (rng["cuda"].dtype != torch.uint8 or rng["cuda"].dim() != 1):
-        raise RunFileError(path, f"field rng/cuda: not a CUDA generator state ({rng['cuda'].dtype} {list(rng['cuda'].shape)})")
+        raise RunFileError(
+            path,
+            f"field rng/cuda: not a CUDA generator state ({rng['cuda'].dtype} {list(rng['cuda'].shape)})",
+        )
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -283,7 +340,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
     return load(path).build_model(device)
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, ckpt: Checkpoint) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, model: torch.nn.Module, ckpt: Checkpoint
+) -> None:
     """Load the optimizer state saved by `save` into a freshly built optimizer.
 
     Called when resuming: the checkpoint must then hold what resuming needs (the
@@ -297,7 +356,10 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, 
     if isinstance(optimizer, torch.optim.SGD):
         kinds = [{"momentum_buffer"}, set()] if group.get("momentum") else [set()]
     else:
-        kinds = [{"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())]
+        kinds = [
+            {"step", "exp_avg", "exp_avg_sq"}
+            | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())
+        ]
     sd = optimizer.state_dict()
     order = [n for n, _ in model.named_parameters()]
     state = {}
@@ -306,8 +368,11 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, 
             keys = set(ckpt.optimizer_state[name])
             if keys not in kinds:
                 want = " + ".join(sorted(kinds[0])) or "no state"
-                raise RunFileError(ckpt.path, f"field optimizer/{name}: holds {', '.join(sorted(keys))}, but "
-                                              f"{type(optimizer).__name__} keeps {want}")
+                raise RunFileError(
+                    ckpt.path,
+                    f"field optimizer/{name}: holds {', '.join(sorted(keys))}, but "
+                    f"{type(optimizer).__name__} keeps {want}",
+                )
             state[i] = {k: v.clone() for k, v in ckpt.optimizer_state[name].items()}
     sd["state"] = state
     optimizer.load_state_dict(sd)

@@ -62,11 +62,17 @@ def _open(path: Path) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | _FLAGS, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise ProbeError(f"{path}: is a symbolic link; remove it (probe keeps its lock file inside the run)") from None
-        raise ProbeError(f"{path.parent}: cannot lock the run for writing ({exc.strerror or exc})") from None
+            raise ProbeError(
+                f"{path}: is a symbolic link; remove it (probe keeps its lock file inside the run)"
+            ) from None
+        raise ProbeError(
+            f"{path.parent}: cannot lock the run for writing ({exc.strerror or exc})"
+        ) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise ProbeError(f"{path}: is not a regular file; remove it (probe keeps its lock file there)")
+        raise ProbeError(
+            f"{path}: is not a regular file; remove it (probe keeps its lock file there)"
+        )
     return fd
 
 
@@ -100,8 +106,11 @@ def holder(run_dir: str | Path) -> str | None:
 
 
 def busy_error(run_dir: str | Path, who: str) -> UsageError:
-    return UsageError("--run-dir", f"{run_dir} is being trained by {who}; wait for it to finish or stop it "
-                                   "(one training writes a run at a time)")
+    return UsageError(
+        "--run-dir",
+        f"{run_dir} is being trained by {who}; wait for it to finish or stop it "
+        "(one training writes a run at a time)",
+    )
 
 
 def _lock_soon(fd: int, patience: float = 0.25) -> None:
@@ -139,11 +148,17 @@ def hold(run_dir: str | Path, command: str = "train") -> Iterator[Path]:
             raise ProbeError(f"{path}: cannot lock the run ({exc.strerror or exc})") from None
         if _same_file(fd, path):
             break
-        os.close(fd)  # the previous holder removed the file between our open and our lock: take the new one
+        os.close(
+            fd
+        )  # the previous holder removed the file between our open and our lock: take the new one
     else:
         raise ProbeError(f"{path}: cannot lock the run (the lock file keeps being replaced)")
-    record: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                              "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    record: dict[str, Any] = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
@@ -154,5 +169,7 @@ def hold(run_dir: str | Path, command: str = "train") -> Iterator[Path]:
     finally:
         if _same_file(fd, path):
             with contextlib.suppress(OSError):
-                os.unlink(path)  # while still holding it: a waiting taker then sees a new file and retries
+                os.unlink(
+                    path
+                )  # while still holding it: a waiting taker then sees a new file and retries
         os.close(fd)

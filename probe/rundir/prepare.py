@@ -26,7 +26,14 @@ from probe.training.config import TrainConfig
 
 # What `probe train` itself puts in a run directory: --force removes these and nothing else.
 PROBE_FILES = (rundir.CONFIG, rundir.METRICS, LOCK_FILE)
-PROBE_DIRS = (rundir.CHECKPOINTS, rundir.ACTIVATIONS, rundir.DATA, rundir.ANALYSES, "logs", "report")
+PROBE_DIRS = (
+    rundir.CHECKPOINTS,
+    rundir.ACTIVATIONS,
+    rundir.DATA,
+    rundir.ANALYSES,
+    "logs",
+    "report",
+)
 # Inside the training's own folders only its own file names are expected (anything else is the user's).
 _TRAINING_FILES = {
     rundir.CHECKPOINTS: re.compile(r"^epoch_\d{4,}\.safetensors$"),
@@ -50,7 +57,11 @@ def is_probe_run(run_dir: Path) -> bool:
         d = safeio.read_json(run_dir / rundir.CONFIG, max_bytes=_CONFIG_LIMIT)
     except ProbeError:
         return False
-    return isinstance(d, dict) and isinstance(d.get("format"), str) and d["format"].startswith("probe-run/")
+    return (
+        isinstance(d, dict)
+        and isinstance(d.get("format"), str)
+        and d["format"].startswith("probe-run/")
+    )
 
 
 def foreign_entries(run_dir: Path) -> list[str]:
@@ -75,9 +86,12 @@ def foreign_entries(run_dir: Path) -> list[str]:
                 out.append(name)
             elif name in _TRAINING_FILES:
                 pattern = _TRAINING_FILES[name]
-                out += [f"{name}/{c.name}" for c in sorted(p.iterdir())
-                        if paths.is_link(c) or not ((pattern.match(c.name) or _TEMPS[name].match(c.name))
-                                                    and is_regular(c))]
+                out += [
+                    f"{name}/{c.name}"
+                    for c in sorted(p.iterdir())
+                    if paths.is_link(c)
+                    or not ((pattern.match(c.name) or _TEMPS[name].match(c.name)) and is_regular(c))
+                ]
         else:
             out.append(name)
     return out
@@ -85,8 +99,10 @@ def foreign_entries(run_dir: Path) -> list[str]:
 
 def _has_content(run_dir: Path) -> bool:
     """A folder holding more than probe's temporaries and a lock file (a run killed while writing its first file)."""
-    return any(not (_TEMPS[""].match(p.name) and not paths.is_link(p)) and p.name != LOCK_FILE
-               for p in run_dir.iterdir())
+    return any(
+        not (_TEMPS[""].match(p.name) and not paths.is_link(p)) and p.name != LOCK_FILE
+        for p in run_dir.iterdir()
+    )
 
 
 def remove_training_temps(run_dir: Path) -> list[Path]:
@@ -129,23 +145,47 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool, locked: bool = Fa
     if resume:
         if not is_regular(run_dir / rundir.CONFIG):
             raise UsageError("--resume", f"{run_dir} holds no run to resume (no {rundir.CONFIG})")
-        for name in (rundir.CONFIG, rundir.METRICS, rundir.CHECKPOINTS, rundir.ACTIVATIONS, rundir.DATA):
-            p = paths.confined(run_dir, name)  # a link here would make training write outside the run
-            if os.path.lexists(p) and not (is_regular(p) if name in PROBE_FILES else is_real_dir(p)):
+        for name in (
+            rundir.CONFIG,
+            rundir.METRICS,
+            rundir.CHECKPOINTS,
+            rundir.ACTIVATIONS,
+            rundir.DATA,
+        ):
+            p = paths.confined(
+                run_dir, name
+            )  # a link here would make training write outside the run
+            if os.path.lexists(p) and not (
+                is_regular(p) if name in PROBE_FILES else is_real_dir(p)
+            ):
                 kind = "regular file" if name in PROBE_FILES else "folder"
-                raise RunFileError(p, f"expected a {kind}, found something else (a FIFO, a device, a file...); "
-                                      "move it away to resume")
+                raise RunFileError(
+                    p,
+                    f"expected a {kind}, found something else (a FIFO, a device, a file...); "
+                    "move it away to resume",
+                )
     elif exists:
         if not force:
-            raise UsageError("--run-dir", f"{run_dir} already exists; use --resume to continue it or --force to replace it")
+            raise UsageError(
+                "--run-dir",
+                f"{run_dir} already exists; use --resume to continue it or --force to replace it",
+            )
         if not is_probe_run(run_dir):
-            raise UsageError("--force", f"{run_dir} is not a probe run (its {rundir.CONFIG} is missing or does not say "
-                                        "probe-run/...); refusing to delete anything in it")
+            raise UsageError(
+                "--force",
+                f"{run_dir} is not a probe run (its {rundir.CONFIG} is missing or does not say "
+                "probe-run/...); refusing to delete anything in it",
+            )
         foreign = foreign_entries(run_dir)
         if foreign:
-            shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
-            raise UsageError("--force", f"{run_dir} holds files probe did not make ({shown}); move them out or pick "
-                                        "another --run-dir; nothing was deleted")
+            shown = ", ".join(foreign[:8]) + (
+                f" and {len(foreign) - 8} more" if len(foreign) > 8 else ""
+            )
+            raise UsageError(
+                "--force",
+                f"{run_dir} holds files probe did not make ({shown}); move them out or pick "
+                "another --run-dir; nothing was deleted",
+            )
 
 
 def clear_run(run_dir: Path) -> None:
@@ -168,12 +208,16 @@ def clear_run(run_dir: Path) -> None:
                 with contextlib.suppress(OSError):
                     p.rmdir()  # not empty: something not probe's is in it
             elif (p.name in PROBE_DIRS or _TEMPS[""].match(p.name)) and is_real_dir(p):
-                shutil.rmtree(p)  # probe's wholesale (analyses/, logs/, report/, a temporary); never follows a link
+                shutil.rmtree(
+                    p
+                )  # probe's wholesale (analyses/, logs/, report/, a temporary); never follows a link
             elif (p.name in PROBE_FILES or _TEMPS[""].match(p.name)) and is_regular(p):
                 p.unlink()
         except OSError as exc:
-            raise ProbeError(f"{p}: could not be removed ({exc.strerror or exc}); the old run is partly removed, "
-                             "rerun the same command to finish") from None
+            raise ProbeError(
+                f"{p}: could not be removed ({exc.strerror or exc}); the old run is partly removed, "
+                "rerun the same command to finish"
+            ) from None
 
 
 # The longest tail probe writes below a run directory while training
@@ -190,12 +234,18 @@ def check_path(run_dir: Path, option: str = "--run-dir") -> None:
     absolute = Path(os.path.abspath(run_dir))
     longest, n = paths.longest_name(absolute)
     if n > paths.NAME_MAX:
-        raise UsageError(option, f"the folder name {longest[:40]}... is {n} bytes; a file name may have at most "
-                                 f"{paths.NAME_MAX}")
+        raise UsageError(
+            option,
+            f"the folder name {longest[:40]}... is {n} bytes; a file name may have at most "
+            f"{paths.NAME_MAX}",
+        )
     limit = paths.path_max(absolute)
     if len(os.fsencode(str(absolute))) + _WRITE_TAIL > limit:
-        raise UsageError(option, f"{str(absolute)[:60]}... is {len(os.fsencode(str(absolute)))} bytes long; with the "
-                                 f"files inside it that passes this filesystem's limit of {limit}; pick a shorter path")
+        raise UsageError(
+            option,
+            f"{str(absolute)[:60]}... is {len(os.fsencode(str(absolute)))} bytes long; with the "
+            f"files inside it that passes this filesystem's limit of {limit}; pick a shorter path",
+        )
 
 
 def preflight(cfg: TrainConfig, run_dir: Path, option: str = "--run-dir") -> None:

@@ -45,7 +45,9 @@ KEY_FORMAT = 2  # bumped when what a key covers changes: older results are then 
 # Input names, as recorded by the Context and listed in a manifest's "inputs".
 _FILE_INPUT = r"checkpoints/epoch_\d{4,9}\.safetensors|activations/epoch_\d{4,9}\.h5|data/(?:probe_set|analysis_batch)\.safetensors"
 FILE_INPUT = re.compile(rf"^(?:{_FILE_INPUT})$")
-INPUT_NAME = re.compile(rf"^(?:{_FILE_INPUT}|config\.json|metrics\.jsonl(?:#\d{{1,9}}(?:,\d{{1,9}}){{0,99999}})?|epochs(?:#upto=\d{{1,9}})?)$")
+INPUT_NAME = re.compile(
+    rf"^(?:{_FILE_INPUT}|config\.json|metrics\.jsonl(?:#\d{{1,9}}(?:,\d{{1,9}}){{0,99999}})?|epochs(?:#upto=\d{{1,9}})?)$"
+)
 MAX_INPUTS = 100_000  # a manifest listing more is not trusted (read as "not cached")
 
 # config.json entries that cannot change a stored epoch's result: where training ran, where its
@@ -53,7 +55,9 @@ MAX_INPUTS = 100_000  # a manifest listing more is not trusted (read as "not cac
 CONFIG_UNKEYED = frozenset({"device", "device_name", "versions", "config_hash", "data_source"})
 TRAIN_UNKEYED = frozenset({"epochs", "device", "data"})
 
-FINGERPRINT_CACHE = ".fingerprints.json"  # in RUN/analyses/: (size, mtime_ns, ctime_ns, inode) -> SHA-256
+FINGERPRINT_CACHE = (
+    ".fingerprints.json"  # in RUN/analyses/: (size, mtime_ns, ctime_ns, inode) -> SHA-256
+)
 _FP_CACHE_MAX_BYTES = 16 << 20
 
 
@@ -77,7 +81,11 @@ def jsonable(obj: Any, nonfinite: str = "null", _depth: int = 0) -> Any:
     if isinstance(obj, float):
         if math.isfinite(obj):
             return obj
-        return None if nonfinite == "null" else ("nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf"))
+        return (
+            None
+            if nonfinite == "null"
+            else ("nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf"))
+        )
     if isinstance(obj, dict):
         return {str(k): jsonable(v, nonfinite, _depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
@@ -99,7 +107,9 @@ def dumps(obj: Any, nonfinite: str = "null", **kw: Any) -> str:
 
 
 def canonical_hash(obj: Any) -> str:
-    return hashlib.sha256(dumps(obj, "str", sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        dumps(obj, "str", sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def variant_name(params: dict[str, Any], defaults: dict[str, Any]) -> str:
@@ -125,7 +135,11 @@ def _train_defaults() -> dict[str, Any]:
 
     from probe.training.config import TrainConfig
 
-    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(TrainConfig)
+        if f.default is not dataclasses.MISSING
+    }
 
 
 def metrics_rows(rows: list[dict[str, Any]], epochs: list[int] | None) -> list[dict[str, Any]]:
@@ -137,7 +151,9 @@ def metrics_rows(rows: list[dict[str, Any]], epochs: list[int] | None) -> list[d
 
 
 def metrics_input(epochs: list[int] | None) -> str:
-    return METRICS if epochs is None else f"{METRICS}#" + ",".join(str(e) for e in sorted(set(epochs)))
+    return (
+        METRICS if epochs is None else f"{METRICS}#" + ",".join(str(e) for e in sorted(set(epochs)))
+    )
 
 
 def epochs_input(upto: int | None) -> str:
@@ -157,7 +173,9 @@ class Fingerprints:
     def __init__(self, run: Run, persistent: bool = True):
         self.run = run
         self.persistent = persistent
-        self._stat: dict[str, tuple[tuple[int, int, int, int], str]] = self._load() if persistent else {}
+        self._stat: dict[str, tuple[tuple[int, int, int, int], str]] = (
+            self._load() if persistent else {}
+        )
         self._dirty = False
         self._memo: dict[str, str] = {}
         self._sources: dict[str, str] = {}
@@ -219,12 +237,23 @@ class Fingerprints:
             d = safeio.read_json(p, max_bytes=_FP_CACHE_MAX_BYTES, within=self.run.path)
         except ProbeError:
             return out
-        files = d.get("files") if isinstance(d, dict) and d.get("format") == "probe-fingerprints/1" else None
+        files = (
+            d.get("files")
+            if isinstance(d, dict) and d.get("format") == "probe-fingerprints/1"
+            else None
+        )
         if not isinstance(files, dict):
             return out
         for name, v in list(files.items())[:MAX_INPUTS]:
-            if (isinstance(name, str) and FILE_INPUT.match(name) and isinstance(v, list) and len(v) == 5
-                    and all(type(x) is int for x in v[:4]) and isinstance(v[4], str) and re.fullmatch(r"[0-9a-f]{64}", v[4])):
+            if (
+                isinstance(name, str)
+                and FILE_INPUT.match(name)
+                and isinstance(v, list)
+                and len(v) == 5
+                and all(type(x) is int for x in v[:4])
+                and isinstance(v[4], str)
+                and re.fullmatch(r"[0-9a-f]{64}", v[4])
+            ):
                 out[name] = ((v[0], v[1], v[2], v[3]), v[4])
         return out
 
@@ -235,10 +264,15 @@ class Fingerprints:
         from probe.io import atomic
 
         try:
-            atomic.write_json(self._cache_path(), {
-                "format": "probe-fingerprints/1",
-                "files": {k: [*stat, digest] for k, (stat, digest) in sorted(self._stat.items())},
-            })
+            atomic.write_json(
+                self._cache_path(),
+                {
+                    "format": "probe-fingerprints/1",
+                    "files": {
+                        k: [*stat, digest] for k, (stat, digest) in sorted(self._stat.items())
+                    },
+                },
+            )
             self._dirty = False
         except Exception:
             pass
@@ -249,15 +283,26 @@ def _stat_key(path: Path) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def job_identity(analysis: Any, params: dict[str, Any], epoch: int | None, epochs: list[int],
-                 source: str | None = None) -> dict[str, Any]:
+def job_identity(
+    analysis: Any,
+    params: dict[str, Any],
+    epoch: int | None,
+    epochs: list[int],
+    source: str | None = None,
+) -> dict[str, Any]:
     """What a key covers besides the inputs: the analysis, its versions, parameters and epochs
     (and, in development mode, a hash of the plugin's source)."""
     ident: dict[str, Any] = {
-        "key_format": KEY_FORMAT, "format": RESULT_FORMAT, "analysis": analysis.name,
-        "version": str(analysis.version), "provider": analysis.provider,
-        "provider_version": str(analysis.provider_version), "params": params, "scope": analysis.scope,
-        "epoch": epoch, "epochs": list(epochs),
+        "key_format": KEY_FORMAT,
+        "format": RESULT_FORMAT,
+        "analysis": analysis.name,
+        "version": str(analysis.version),
+        "provider": analysis.provider,
+        "provider_version": str(analysis.provider_version),
+        "params": params,
+        "scope": analysis.scope,
+        "epoch": epoch,
+        "epochs": list(epochs),
     }
     if source:
         ident["source"] = source
@@ -274,12 +319,16 @@ def listed_inputs(manifest: dict[str, Any]) -> dict[str, str] | None:
     inputs = manifest.get("inputs")
     if not isinstance(inputs, dict) or len(inputs) > MAX_INPUTS:
         return None
-    if not all(isinstance(k, str) and isinstance(v, str) and INPUT_NAME.match(k) for k, v in inputs.items()):
+    if not all(
+        isinstance(k, str) and isinstance(v, str) and INPUT_NAME.match(k) for k, v in inputs.items()
+    ):
         return None
     return inputs
 
 
-def is_cached(manifest: dict[str, Any] | None, identity: dict[str, Any], fingerprints: Fingerprints) -> bool:
+def is_cached(
+    manifest: dict[str, Any] | None, identity: dict[str, Any], fingerprints: Fingerprints
+) -> bool:
     """Whether a finished result is still valid: re-fingerprint exactly the inputs it lists."""
     if manifest is None:
         return False
@@ -327,7 +376,13 @@ def dev_mode() -> bool:
 
 
 def result_dir(run: Run, analysis: str, variant: str, epoch: int | None) -> Path:
-    return run.path / ANALYSES / analysis / variant / (f"epoch_{epoch:04d}" if epoch is not None else "run")
+    return (
+        run.path
+        / ANALYSES
+        / analysis
+        / variant
+        / (f"epoch_{epoch:04d}" if epoch is not None else "run")
+    )
 
 
 def read_manifest(path: Path, within: Path | None = None) -> dict[str, Any] | None:
@@ -370,11 +425,15 @@ def scalars(run_dir: str | Path) -> dict[str, Any]:
     """
     run = Run(run_dir)
     out: dict[str, Any] = {}
-    results = sorted(iter_results(run), key=lambda r: (r[1]["variant"] != "default", -(r[1].get("epoch") or -1)))
+    results = sorted(
+        iter_results(run), key=lambda r: (r[1]["variant"] != "default", -(r[1].get("epoch") or -1))
+    )
     for _, m in reversed(results):  # later entries overwrite: default variant, last epoch win
         flat = dict(m.get("scalars") or {})
         for table in (m.get("layer_scalars") or {}).values():
-            for layer, metrics in ((table or {}).get("values") or {}).items() if isinstance(table, dict) else ():
+            for layer, metrics in (
+                ((table or {}).get("values") or {}).items() if isinstance(table, dict) else ()
+            ):
                 for metric, v in (metrics or {}).items() if isinstance(metrics, dict) else ():
                     flat[f"{metric}.{layer}"] = v
         for k, v in flat.items():

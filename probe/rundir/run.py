@@ -68,8 +68,13 @@ class Run:
         self.path = Path(path)
         if not self.path.is_dir():
             raise NotARunError(self.path, "no such run directory")
-        if not os.path.lexists(self.path / CONFIG):  # a link or FIFO here is refused, precisely, by `config`
-            raise NotARunError(self.path, f"not a probe run directory (no {CONFIG}); create one with `probe train --run-dir {self.path}`")
+        if not os.path.lexists(
+            self.path / CONFIG
+        ):  # a link or FIFO here is refused, precisely, by `config`
+            raise NotARunError(
+                self.path,
+                f"not a probe run directory (no {CONFIG}); create one with `probe train --run-dir {self.path}`",
+            )
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -128,10 +133,15 @@ class Run:
                 out += [e for e in have if a <= e <= b]
             elif re.fullmatch(r"[0-9]{1,9}", part):
                 if int(part) not in have:
-                    raise UsageError("--epochs", f"epoch {part} is not complete in {self.path} (complete: {_ranges(have)})")
+                    raise UsageError(
+                        "--epochs",
+                        f"epoch {part} is not complete in {self.path} (complete: {_ranges(have)})",
+                    )
                 out.append(int(part))
             else:
-                raise UsageError("--epochs", f"cannot parse {part!r}; use all, last, 0,5,last, 2-6 or ::5")
+                raise UsageError(
+                    "--epochs", f"cannot parse {part!r}; use all, last, 0,5,last, 2-6 or ::5"
+                )
         return sorted(set(out))
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -143,7 +153,11 @@ class Run:
             return []
         rows = []
         for i, row in safeio.read_jsonl(p, within=self.path, numbered=True):
-            if not isinstance(row, dict) or type(row.get("epoch")) is not int or not 0 <= row["epoch"] < 10**9:
+            if (
+                not isinstance(row, dict)
+                or type(row.get("epoch")) is not int
+                or not 0 <= row["epoch"] < 10**9
+            ):
                 raise RunFileError(p, f"line {i} is not a metrics record (no integer 'epoch')")
             rows.append(row)
         return rows
@@ -161,7 +175,9 @@ class Run:
             spec = ModelSpec.from_dict(self.config["model_spec"])
             batch = DataBatch(t["images"], t["labels"], t["indices"], spec.mean, spec.std)
         except Exception as exc:
-            raise RunFileError(p, f"damaged ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+            raise RunFileError(
+                p, f"damaged ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
+            ) from None
         _check_batch(p, batch, spec)
         return batch
 
@@ -193,11 +209,27 @@ def _check_batch(path: Path, batch: DataBatch, spec: Any) -> None:
     x, y, idx = batch.images, batch.labels, batch.indices
     n = x.shape[0] if x.dim() == 4 else -1
     h, w = spec.input.size
-    if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (spec.in_channels, h, w) or n < 1:
-        raise RunFileError(path, f"'images' must be uint8 [N, {spec.in_channels}, {h}, {w}], got {x.dtype} {list(x.shape)}")
+    if (
+        x.dtype != torch.uint8
+        or x.dim() != 4
+        or tuple(x.shape[1:]) != (spec.in_channels, h, w)
+        or n < 1
+    ):
+        raise RunFileError(
+            path,
+            f"'images' must be uint8 [N, {spec.in_channels}, {h}, {w}], got {x.dtype} {list(x.shape)}",
+        )
     for name, t in (("labels", y), ("indices", idx)):
-        if t.dim() != 1 or t.shape[0] != n or t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
-            raise RunFileError(path, f"'{name}' must be integers [{n}], got {t.dtype} {list(t.shape)}")
+        if (
+            t.dim() != 1
+            or t.shape[0] != n
+            or t.dtype.is_floating_point
+            or t.dtype == torch.bool
+            or t.is_complex()
+        ):
+            raise RunFileError(
+                path, f"'{name}' must be integers [{n}], got {t.dtype} {list(t.shape)}"
+            )
     if bool(((y < 0) | (y >= spec.num_classes)).any()):
         raise RunFileError(path, f"'labels' hold values outside 0..{spec.num_classes - 1}")
     if bool((idx < 0).any()):
@@ -207,4 +239,8 @@ def _check_batch(path: Path, batch: DataBatch, spec: Any) -> None:
 def _ranges(epochs: list[int]) -> str:
     if not epochs:
         return "none"
-    return f"{epochs[0]}-{epochs[-1]}" if epochs == list(range(epochs[0], epochs[-1] + 1)) else ",".join(map(str, epochs))
+    return (
+        f"{epochs[0]}-{epochs[-1]}"
+        if epochs == list(range(epochs[0], epochs[-1] + 1))
+        else ",".join(map(str, epochs))
+    )

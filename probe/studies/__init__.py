@@ -1,2 +1,1 @@
-"""Studies across runs: `probe sweep` (a grid of runs, locally or on Dask) and `probe compare` (one table).
-"""
+"""Studies across runs: `probe sweep` (a grid of runs, locally or on Dask) and `probe compare` (one table)."""

@@ -82,7 +82,10 @@ class RunRow:
 
 # --- reading runs and sweeps ------------------------------------------------------------------------------
 
-def analysis_scalars(run_dir: Path, warn: Warn = warn_stderr, versions: dict[str, str] | None = None) -> dict[str, float]:
+
+def analysis_scalars(
+    run_dir: Path, warn: Warn = warn_stderr, versions: dict[str, str] | None = None
+) -> dict[str, float]:
     """Numeric scalars of the newest result of each analysis (default variant preferred, last epoch),
     read from the checked manifests of `report.scan_analyses`, as `probe.rundir.results.scalars` keys them.
 
@@ -93,10 +96,16 @@ def analysis_scalars(run_dir: Path, warn: Warn = warn_stderr, versions: dict[str
 
     results, _ = scan_analyses(Path(run_dir), warn)
     if versions:
-        results = [(p, m) for p, m in results
-                   if versions.get(p.parent.parent.name, str(m.get("version", "1"))) == str(m.get("version", "1"))]
+        results = [
+            (p, m)
+            for p, m in results
+            if versions.get(p.parent.parent.name, str(m.get("version", "1")))
+            == str(m.get("version", "1"))
+        ]
     # The last entry wins: other variants first, then the default one, each by ascending epoch.
-    results.sort(key=lambda r: (r[1].get("variant", r[0].parent.name) == "default", r[1].get("epoch") or -1))
+    results.sort(
+        key=lambda r: (r[1].get("variant", r[0].parent.name) == "default", r[1].get("epoch") or -1)
+    )
     out: dict[str, float] = {}
     for path, m in results:
         for k, v in (m.get("scalars") or {}).items():
@@ -105,16 +114,25 @@ def analysis_scalars(run_dir: Path, warn: Warn = warn_stderr, versions: dict[str
     return out
 
 
-def read_run(path: Path, label: str, warn: Warn = warn_stderr, versions: dict[str, str] | None = None) -> RunRow:
+def read_run(
+    path: Path, label: str, warn: Warn = warn_stderr, versions: dict[str, str] | None = None
+) -> RunRow:
     """One run's row; a missing or damaged config.json is a one-line RunFileError."""
     from probe.rundir.run import Run
 
     run_config = Run(path).config  # not a run, or a damaged config.json: one RunFileError
     cfg = dict(run_config["train"])
     spec = run_config.get("model_spec")
-    if isinstance(spec, dict) and isinstance(spec.get("params"), dict):  # `model.depth`, as sweeps name them
-        cfg.update({f"model.{k}": v for k, v in spec["params"].items() if isinstance(k, str)
-                    and (v is None or isinstance(v, (bool, int, float, str)))})
+    if isinstance(spec, dict) and isinstance(
+        spec.get("params"), dict
+    ):  # `model.depth`, as sweeps name them
+        cfg.update(
+            {
+                f"model.{k}": v
+                for k, v in spec["params"].items()
+                if isinstance(k, str) and (v is None or isinstance(v, (bool, int, float, str)))
+            }
+        )
     metrics = read_metrics(path, warn)
     last = metrics[-1]["epoch"] if metrics else -1
     want = cfg.get("epochs")
@@ -139,15 +157,20 @@ def read_status(sweep_dir: Path, warn: Warn) -> dict[str, dict[str, str]]:
         return {}
     out = {}
     for name, st in runs.items():
-        if not isinstance(st, dict) or not all(isinstance(st.get(k, ""), str) for k in ("state", "error")):
-            warn(f"{p}: the entry of {clean(repr(name), 80)} is not a status (state and error strings); ignored")
+        if not isinstance(st, dict) or not all(
+            isinstance(st.get(k, ""), str) for k in ("state", "error")
+        ):
+            warn(
+                f"{p}: the entry of {clean(repr(name), 80)} is not a status (state and error strings); ignored"
+            )
             continue
         out[name] = {"state": st.get("state", ""), "error": st.get("error", "")}
     return out
 
 
-def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr,
-               versions: dict[str, str] | None = None) -> tuple[list[RunRow], list[str]]:
+def read_sweep(
+    sweep_dir: Path, warn: Warn = warn_stderr, versions: dict[str, str] | None = None
+) -> tuple[list[RunRow], list[str]]:
     """The runs of a sweep in grid order (failed ones included), and its swept keys."""
     from probe.studies.sweep import SWEEP_FILE
 
@@ -169,22 +192,35 @@ def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr,
             warn(f"{clean(exc, 480)}; skipped")
             continue
         st = lstat_or_none(run_dir)
-        problem = ("is listed twice" if name in seen else None) or \
-            ("has no 'values' object" if not isinstance(p.get("values", {}), dict) else None) or \
-            ("is not a directory" if st is not None and not stat.S_ISDIR(st.st_mode) else None)
+        problem = (
+            ("is listed twice" if name in seen else None)
+            or ("has no 'values' object" if not isinstance(p.get("values", {}), dict) else None)
+            or ("is not a directory" if st is not None and not stat.S_ISDIR(st.st_mode) else None)
+        )
         if problem:
             warn(f"{path}: point {i + 1} ({clean(repr(name), 80)}) {problem}; skipped")
             continue
         seen.add(name)
         row = None
-        if lstat_or_none(run_dir / "config.json") is not None:  # a link or FIFO there is a damaged run, said so
+        if (
+            lstat_or_none(run_dir / "config.json") is not None
+        ):  # a link or FIFO there is a damaged run, said so
             try:
                 row = read_run(run_dir, name, warn, versions)
             except ProbeError as exc:
                 warn(f"{exc}; {name} shown as damaged")
-                row = RunRow(run_dir, name, dict(p.get("values") or {}), state="damaged", error=clean(exc), started=False)
+                row = RunRow(
+                    run_dir,
+                    name,
+                    dict(p.get("values") or {}),
+                    state="damaged",
+                    error=clean(exc),
+                    started=False,
+                )
         if row is None:
-            row = RunRow(run_dir, name, dict(p.get("values") or {}), state="not started", started=False)
+            row = RunRow(
+                run_dir, name, dict(p.get("values") or {}), state="not started", started=False
+            )
         st = status.get(name, {})
         if st.get("state") == "failed":
             row.state, row.error = "failed", st.get("error", "")
@@ -192,8 +228,9 @@ def read_sweep(sweep_dir: Path, warn: Warn = warn_stderr,
     return rows, keys
 
 
-def collect(paths: Sequence[str], warn: Warn = warn_stderr,
-            versions: dict[str, str] | None = None) -> tuple[list[RunRow], list[str]]:
+def collect(
+    paths: Sequence[str], warn: Warn = warn_stderr, versions: dict[str, str] | None = None
+) -> tuple[list[RunRow], list[str]]:
     """Runs from every path (a sweep directory or a run directory) and the keys that vary.
 
     `versions` (analysis -> installed version) keeps analysis scalars of those versions only.
@@ -220,12 +257,18 @@ def collect(paths: Sequence[str], warn: Warn = warn_stderr,
     # Runs not started yet carry only their grid values, so they cannot say what else differs.
     started = [r for r in rows if r.started]
     for key in started[0].config if started else {}:
-        if key not in keys and key not in ("data", "device") and len({json.dumps(r.config[key], default=str) for r in started if key in r.config}) > 1:
+        if (
+            key not in keys
+            and key not in ("data", "device")
+            and len({json.dumps(r.config[key], default=str) for r in started if key in r.config})
+            > 1
+        ):
             keys.append(key)
     return rows, keys
 
 
 # --- what the table says about a run ---------------------------------------------------------------------
+
 
 def stability(metrics: list[dict[str, Any]]) -> str:
     """A verdict on the optimisation, from the per-epoch training loss and val accuracy.
@@ -253,7 +296,9 @@ def stability(metrics: list[dict[str, Any]]) -> str:
     if losses[-1] >= NO_PROGRESS * start:
         return STALLED
     accs = [_num(m.get("val_acc")) for m in trained]
-    if any(b > a * (1 + LOSS_RISE) for a, b in zip(losses, losses[1:], strict=False)) or any(a - b > ACC_DROP for a, b in zip(accs, accs[1:], strict=False)):
+    if any(b > a * (1 + LOSS_RISE) for a, b in zip(losses, losses[1:], strict=False)) or any(
+        a - b > ACC_DROP for a, b in zip(accs, accs[1:], strict=False)
+    ):
         return OSCILLATING
     return CONVERGED
 
@@ -261,13 +306,26 @@ def stability(metrics: list[dict[str, Any]]) -> str:
 def summarize(row: RunRow) -> dict[str, Any]:
     """The table's numbers for one run (NaN where there is nothing to show)."""
     trained = [m for m in row.metrics if "val_acc" in m]
-    out: dict[str, Any] = {"final_val_acc": math.nan, "best_val_acc": math.nan, "best_epoch": None,
-                           "final_train_acc": math.nan, "gap": math.nan, "final_train_loss": math.nan}
+    out: dict[str, Any] = {
+        "final_val_acc": math.nan,
+        "best_val_acc": math.nan,
+        "best_epoch": None,
+        "final_train_acc": math.nan,
+        "gap": math.nan,
+        "final_train_loss": math.nan,
+    }
     if trained:
         last = trained[-1]
-        best = max(trained, key=lambda m: _num(m["val_acc"]) if math.isfinite(_num(m["val_acc"])) else -1)
-        out.update(final_val_acc=_num(last["val_acc"]), best_val_acc=_num(best["val_acc"]), best_epoch=best["epoch"],
-                   final_train_acc=_num(last.get("train_acc")), final_train_loss=_num(last.get("train_loss")))
+        best = max(
+            trained, key=lambda m: _num(m["val_acc"]) if math.isfinite(_num(m["val_acc"])) else -1
+        )
+        out.update(
+            final_val_acc=_num(last["val_acc"]),
+            best_val_acc=_num(best["val_acc"]),
+            best_epoch=best["epoch"],
+            final_train_acc=_num(last.get("train_acc")),
+            final_train_loss=_num(last.get("train_loss")),
+        )
         out["gap"] = out["final_train_acc"] - out["final_val_acc"]
     out["stability"] = stability(row.metrics)
     seconds = [_num(m.get("epoch_seconds")) for m in row.metrics]
@@ -282,7 +340,12 @@ SE_SUFFIX = "_se"  # `NAME_se`, when a run has it, is shown beside NAME as `valu
 
 def hessian_key(names: list[str]) -> str | None:
     """The analysis scalar shown as the top Hessian eigenvalue (every scalar is in the CSV)."""
-    return _find(names, "hessian", ("top", "max", "lambda", "eig"), avoid=("min", "small", "bottom", "@", *NOT_VALUES))
+    return _find(
+        names,
+        "hessian",
+        ("top", "max", "lambda", "eig"),
+        avoid=("min", "small", "bottom", "@", *NOT_VALUES),
+    )
 
 
 def sharpness_key(names: list[str]) -> str | None:
@@ -290,8 +353,12 @@ def sharpness_key(names: list[str]) -> str | None:
     return _find(names, "sharp", ("worst", "sharp"), avoid=("@", *NOT_VALUES))
 
 
-def _find(names: list[str], analysis: str, prefer: tuple[str, ...], avoid: tuple[str, ...]) -> str | None:
-    names = [k for k in sorted(names) if analysis in k.lower() and not any(a in k.lower() for a in avoid)]
+def _find(
+    names: list[str], analysis: str, prefer: tuple[str, ...], avoid: tuple[str, ...]
+) -> str | None:
+    names = [
+        k for k in sorted(names) if analysis in k.lower() and not any(a in k.lower() for a in avoid)
+    ]
     for word in prefer:
         for k in names:
             if word in k.lower().split(".", 1)[-1]:
@@ -302,12 +369,31 @@ def _find(names: list[str], analysis: str, prefer: tuple[str, ...], avoid: tuple
 def table(rows: list[RunRow], keys: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
     """Columns and one record per run: swept values, summary numbers, every analysis scalar."""
     scalar_names = sorted({k for r in rows for k in r.scalars})
-    columns = ["run", *keys, "state", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "gap",
-               "final_train_loss", *scalar_names, "stability", "train_seconds", "error"]
+    columns = [
+        "run",
+        *keys,
+        "state",
+        "final_val_acc",
+        "best_val_acc",
+        "best_epoch",
+        "final_train_acc",
+        "gap",
+        "final_train_loss",
+        *scalar_names,
+        "stability",
+        "train_seconds",
+        "error",
+    ]
     records = []
     for r in rows:
-        rec = {"run": r.label, **{k: r.config.get(k) for k in keys}, "state": r.state, **summarize(r),
-               **{k: r.scalars.get(k, math.nan) for k in scalar_names}, "error": r.error}
+        rec = {
+            "run": r.label,
+            **{k: r.config.get(k) for k in keys},
+            "state": r.state,
+            **summarize(r),
+            **{k: r.scalars.get(k, math.nan) for k in scalar_names},
+            "error": r.error,
+        }
         records.append(rec)
     return columns, records
 
@@ -331,29 +417,51 @@ def format_cell(v: Any, col: str) -> str:
     return str(v)
 
 
-def render(columns: list[str], records: list[dict[str, Any]], keys: list[str], show_run: bool = False) -> str:
+def render(
+    columns: list[str], records: list[dict[str, Any]], keys: list[str], show_run: bool = False
+) -> str:
     """A plain fixed-width table for the terminal (the CSV has every column)."""
     scalars = scalar_columns(columns, keys)
     hessian, sharp = hessian_key(scalars), sharpness_key(scalars)
-    short = {"final_val_acc": "val_acc", "best_val_acc": "best_val", "best_epoch": "@epoch",
-             "final_train_acc": "train_acc", "train_seconds": "time"}
+    short = {
+        "final_val_acc": "val_acc",
+        "best_val_acc": "best_val",
+        "best_epoch": "@epoch",
+        "final_train_acc": "train_acc",
+        "train_seconds": "time",
+    }
     if hessian:
         short[hessian] = "top_eig"
     if sharp:
         short[sharp] = "sharpness"
-    shown = [*(["run"] if show_run or not keys else []), *keys, "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "gap",
-             *[c for c in (hessian, sharp) if c], "stability", "train_seconds"]
+    shown = [
+        *(["run"] if show_run or not keys else []),
+        *keys,
+        "final_val_acc",
+        "best_val_acc",
+        "best_epoch",
+        "final_train_acc",
+        "gap",
+        *[c for c in (hessian, sharp) if c],
+        "stability",
+        "train_seconds",
+    ]
     if any(r["state"] != "finished" for r in records):
         shown.append("state")
+
     def cell(r: dict[str, Any], c: str) -> str:
         text, se = format_cell(r.get(c), c), r.get(c + SE_SUFFIX)
         if c in (hessian, sharp) and isinstance(se, float) and math.isfinite(se) and text != "-":
             text += f" ± {format_cell(se, c)}"
         return text
 
-    cells = [[clean(short.get(c, c), 80) for c in shown]] + [[clean(cell(r, c), 80) for c in shown] for r in records]
+    cells = [[clean(short.get(c, c), 80) for c in shown]] + [
+        [clean(cell(r, c), 80) for c in shown] for r in records
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(shown))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines = [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
@@ -371,7 +479,9 @@ def csv_text(v: Any) -> Any:
 
 def to_csv(columns: list[str], records: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[csv_text(c) for c in columns], extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(
+        buf, fieldnames=[csv_text(c) for c in columns], extrasaction="ignore", lineterminator="\n"
+    )
     w.writeheader()
     for r in records:
         w.writerow({csv_text(c): csv_text(r.get(c)) for c in columns})
@@ -398,7 +508,9 @@ def stability_summary(records: list[dict[str, Any]], keys: list[str]) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     out = ["  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip() for c in cells]
     order = f" (one letter per run, in order of {', '.join(rest)})" if rest else ""
-    return "\n".join(["stability: C converged, O oscillating, S stalled, D diverged, - no metrics" + order, *out])
+    return "\n".join(
+        ["stability: C converged, O oscillating, S stalled, D diverged, - no metrics" + order, *out]
+    )
 
 
 def format_value(v: Any) -> str:
@@ -417,6 +529,7 @@ def _unique(values: Any) -> list[Any]:
 
 # --- plots -----------------------------------------------------------------------------------------------
 
+
 def _pyplot():
     import matplotlib
 
@@ -427,7 +540,9 @@ def _pyplot():
 
 
 def _save(fig: Any, path: Path) -> None:
-    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    atomic.write_with(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    )
     _pyplot().close(fig)
 
 
@@ -437,7 +552,10 @@ def _styles(values: list[Any], kind: str) -> dict[str, Any]:
 
         cmap = matplotlib.colormaps["viridis" if len(values) > 4 else "tab10"]
         n = max(1, len(values) - 1)
-        return {json.dumps(v): (cmap(i / n) if len(values) > 4 else cmap(i)) for i, v in enumerate(values)}
+        return {
+            json.dumps(v): (cmap(i / n) if len(values) > 4 else cmap(i))
+            for i, v in enumerate(values)
+        }
     dashes = ["-", "--", ":", "-."]
     return {json.dumps(v): dashes[i % len(dashes)] for i, v in enumerate(values)}
 
@@ -462,16 +580,31 @@ def plot_curves(rows: list[RunRow], keys: list[str], metric: str, path: Path) ->
     panels = _sorted_values(rows, panel_key) if panel_key else [None]
     colors = _styles(_sorted_values(rows, color_key), "color") if color_key else {}
     dashes = _styles(_sorted_values(rows, dash_key), "dash") if dash_key else {}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(4.2 * len(panels), 3.4),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, pv in zip(axes[0], panels, strict=True):
         for r in rows:
             if panel_key and r.config.get(panel_key) != pv:
                 continue
             xs, ys = r.series(metric)
-            label = ", ".join(f"{k}={format_value(r.config.get(k))}" for k in keys if k != panel_key) or r.label
-            ax.plot(xs, ys, label=label, lw=1.4,
-                    color=colors.get(json.dumps(r.config.get(color_key))) if color_key else None,
-                    linestyle=dashes.get(json.dumps(r.config.get(dash_key)), "-") if dash_key else "-")
+            label = (
+                ", ".join(f"{k}={format_value(r.config.get(k))}" for k in keys if k != panel_key)
+                or r.label
+            )
+            ax.plot(
+                xs,
+                ys,
+                label=label,
+                lw=1.4,
+                color=colors.get(json.dumps(r.config.get(color_key))) if color_key else None,
+                linestyle=dashes.get(json.dumps(r.config.get(dash_key)), "-") if dash_key else "-",
+            )
         ax.set_title(f"{panel_key}={format_value(pv)}" if panel_key else metric)
         _epoch_axis(ax)
     axes[0][0].set_ylabel(metric)
@@ -482,7 +615,9 @@ def plot_curves(rows: list[RunRow], keys: list[str], metric: str, path: Path) ->
     return True
 
 
-def plot_loss_grid(rows: list[RunRow], keys: list[str], records: list[dict[str, Any]], path: Path) -> bool:
+def plot_loss_grid(
+    rows: list[RunRow], keys: list[str], records: list[dict[str, Any]], path: Path
+) -> bool:
     """Optimisation study: training (solid) and validation (dashed) loss, optimizer x lr."""
     if "optimizer" not in keys or "lr" not in keys:
         return False
@@ -490,11 +625,22 @@ def plot_loss_grid(rows: list[RunRow], keys: list[str], records: list[dict[str, 
     if not rows:
         return False
     plt = _pyplot()
-    opts, lrs = _unique(r.config["optimizer"] for r in rows), sorted(_unique(r.config["lr"] for r in rows))
+    opts, lrs = (
+        _unique(r.config["optimizer"] for r in rows),
+        sorted(_unique(r.config["lr"] for r in rows)),
+    )
     rest = [k for k in keys if k not in ("optimizer", "lr")]
     colors = _styles(_sorted_values(rows, rest[0]), "color") if rest else {}
     verdict = {r["run"]: r["stability"] for r in records}
-    fig, axes = plt.subplots(len(opts), len(lrs), figsize=(3.6 * len(lrs), 2.8 * len(opts)), sharex=True, sharey=True, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(opts),
+        len(lrs),
+        figsize=(3.6 * len(lrs), 2.8 * len(opts)),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
     for i, opt in enumerate(opts):
         for j, lr in enumerate(lrs):
             ax = axes[i][j]
@@ -503,7 +649,12 @@ def plot_loss_grid(rows: list[RunRow], keys: list[str], records: list[dict[str, 
                     continue
                 c = colors.get(json.dumps(r.config.get(rest[0]))) if rest else None
                 label = ", ".join(f"{k}={format_value(r.config.get(k))}" for k in rest) or r.label
-                ax.plot(*r.series("train_loss"), color=c, lw=1.4, label=f"{label} ({verdict.get(r.label, '')})")
+                ax.plot(
+                    *r.series("train_loss"),
+                    color=c,
+                    lw=1.4,
+                    label=f"{label} ({verdict.get(r.label, '')})",
+                )
                 ax.plot(*r.series("val_loss"), color=c, lw=1.0, linestyle="--")
             ax.set_title(f"{opt}, lr={format_value(lr)}", fontsize=9)
             _epoch_axis(ax, label=i == len(opts) - 1)
@@ -531,15 +682,28 @@ def _clip_losses(axes: list[Any], rows: list[RunRow], metric: str) -> None:
     Otherwise one diverged run (a loss of 30) flattens every other curve into a line.
     """
     values = [y for r in rows for y in r.series(metric)[1] if math.isfinite(y)]
-    start = sorted(_num(r.metrics[0].get("val_loss")) for r in rows if r.metrics and r.metrics[0].get("epoch") == 0)
+    start = sorted(
+        _num(r.metrics[0].get("val_loss"))
+        for r in rows
+        if r.metrics and r.metrics[0].get("epoch") == 0
+    )
     if not values:
         return
-    top = BLOW_UP ** 0.5 * start[len(start) // 2] if start else max(values)
+    top = BLOW_UP**0.5 * start[len(start) // 2] if start else max(values)
     bottom = min(values)
     for ax in axes:
         ax.set_ylim(bottom - 0.05 * (top - bottom), top)
         if any(y > top for line in ax.lines for y in line.get_ydata() if math.isfinite(y)):
-            ax.text(0.98, 0.97, "some curves leave the top", transform=ax.transAxes, ha="right", va="top", fontsize=6, alpha=0.7)
+            ax.text(
+                0.98,
+                0.97,
+                "some curves leave the top",
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=6,
+                alpha=0.7,
+            )
 
 
 def _legend_outside(fig: Any, axes: Any) -> None:
@@ -552,7 +716,9 @@ def _legend_outside(fig: Any, axes: Any) -> None:
         fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=7)
 
 
-def plot_regularizers(columns: list[str], keys: list[str], records: list[dict[str, Any]], path: Path) -> bool:
+def plot_regularizers(
+    columns: list[str], keys: list[str], records: list[dict[str, Any]], path: Path
+) -> bool:
     """Regularisation study: final val accuracy, gap, sharpness and top Hessian eigenvalue
     (where analysed) against each regulariser."""
     regs = [k for k in keys if k in REGULARIZERS]
@@ -562,7 +728,13 @@ def plot_regularizers(columns: list[str], keys: list[str], records: list[dict[st
     scalars = scalar_columns(columns, keys)
     panels = [("final_val_acc", "final val accuracy"), ("gap", "train - val accuracy")]
     panels += [(k, k) for k in (sharpness_key(scalars), hessian_key(scalars)) if k]
-    fig, axes = plt.subplots(len(regs), len(panels), figsize=(3.8 * len(panels), 2.9 * len(regs)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(regs),
+        len(panels),
+        figsize=(3.8 * len(panels), 2.9 * len(regs)),
+        squeeze=False,
+        layout="constrained",
+    )
     for i, reg in enumerate(regs):
         values = _unique(r[reg] for r in records)
         try:
@@ -578,32 +750,63 @@ def plot_regularizers(columns: list[str], keys: list[str], records: list[dict[st
                 ax.scatter([x] * len(ys), ys, s=14, alpha=0.6, color="tab:blue")
                 means.append(sum(ys) / len(ys) if ys else math.nan)
             ax.plot(range(len(values)), means, color="black", lw=1.5, marker="o", label="mean")
-            ax.set_xticks(range(len(values)), [format_cell(v, reg) if isinstance(v, bool) else format_value(v) for v in values])
+            ax.set_xticks(
+                range(len(values)),
+                [format_cell(v, reg) if isinstance(v, bool) else format_value(v) for v in values],
+            )
             ax.set_xlim(-0.5, len(values) - 0.5)
             ax.set_xlabel(reg)
             ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)
             if j == 0 and others:
-                ax.text(0.02, 0.02, f"dots: runs over {', '.join(others)}", transform=ax.transAxes, fontsize=6, alpha=0.7)
+                ax.text(
+                    0.02,
+                    0.02,
+                    f"dots: runs over {', '.join(others)}",
+                    transform=ax.transAxes,
+                    fontsize=6,
+                    alpha=0.7,
+                )
     _save(fig, path)
     return True
 
 
 # --- the command ------------------------------------------------------------------------------------------
 
-def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, echo: Callable[[str], None] = click.echo) -> list[Path]:
+
+def compare(
+    paths: Sequence[str],
+    out: Path | None,
+    metric: str,
+    plots: bool,
+    echo: Callable[[str], None] = click.echo,
+) -> list[Path]:
     """Print the table; write table.csv and the plots into `out`; return the files written."""
     from probe.studies.sweep import SWEEP_FILE
 
     rows, keys = collect(paths, versions=installed_versions())
     known = {k for r in rows for m in r.metrics for k in m}
     if known and metric not in known:
-        raise UsageError("--metric", f"{metric!r} is not a per-epoch metric of these runs (have: {', '.join(sorted(known))})")
+        raise UsageError(
+            "--metric",
+            f"{metric!r} is not a per-epoch metric of these runs (have: {', '.join(sorted(known))})",
+        )
     columns, records = table(rows, keys)
-    echo(render(columns, records, keys, show_run=not all(lstat_or_none(Path(p) / SWEEP_FILE) is not None for p in paths)))
+    echo(
+        render(
+            columns,
+            records,
+            keys,
+            show_run=not all(lstat_or_none(Path(p) / SWEEP_FILE) is not None for p in paths),
+        )
+    )
     try:
         summary = stability_summary(records, keys)
-    except (TypeError, ValueError, KeyError):  # values of mixed types in a crafted config: no summary
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+    ):  # values of mixed types in a crafted config: no summary
         summary = ""
     if summary:
         echo("")
@@ -625,7 +828,11 @@ def compare(paths: Sequence[str], out: Path | None, metric: str, plots: bool, ec
                 with matplotlib.rc_context({"text.parse_math": False}):
                     if _write(out, name, draw):
                         written.append(out / name)
-            except (TypeError, ValueError, KeyError) as exc:  # values a crafted config makes unplottable
+            except (
+                TypeError,
+                ValueError,
+                KeyError,
+            ) as exc:  # values a crafted config makes unplottable
                 _pyplot().close("all")
                 why = (str(exc).strip() or type(exc).__name__).splitlines()[0]
                 click.echo(f"warning: {name} not drawn ({clean(why, 160)})", err=True)
@@ -652,10 +859,18 @@ def _write(out: Path, name: str, writer: Callable[[Path], Any]) -> Any:
         raise ProbeError(f"{out / name}: cannot write ({exc.strerror or exc})") from None
 
 
-@click.command("compare", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(
+    "compare", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--metric", default="val_acc", show_default=True, help="Per-epoch metric drawn in curves.png.")
-@click.option("--out", type=click.Path(file_okay=False), help="Where table.csv and the plots go [default: SWEEP/compare for one sweep, else ./compare].")
+@click.option(
+    "--metric", default="val_acc", show_default=True, help="Per-epoch metric drawn in curves.png."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Where table.csv and the plots go [default: SWEEP/compare for one sweep, else ./compare].",
+)
 @click.option("--no-plots", is_flag=True, help="Only the table and table.csv.")
 def compare_command(paths: tuple[str, ...], metric: str, out: str | None, no_plots: bool) -> None:
     """Compare runs and sweeps: a table of accuracies, gap, sharpness and stability, and plots.
@@ -670,7 +885,9 @@ def compare_command(paths: tuple[str, ...], metric: str, out: str | None, no_plo
         one_sweep = len(paths) == 1 and lstat_or_none(Path(paths[0]) / SWEEP_FILE) is not None
         out = str(Path(paths[0]) / "compare") if one_sweep else "compare"
         if is_link(out):
-            raise ProbeError(f"{out}: a symlink; probe writes nothing through a link (remove it or give --out)")
+            raise ProbeError(
+                f"{out}: a symlink; probe writes nothing through a link (remove it or give --out)"
+            )
     written = compare(paths, Path(out), metric, plots=not no_plots)
     click.echo("")
     click.echo("wrote " + ", ".join(str(p) for p in written))

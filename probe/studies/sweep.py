@@ -99,11 +99,20 @@ class SweepSpec:
             values = dict(zip(keys, combo, strict=True))
             name = point_name(values)
             if name in seen:
-                raise UsageError(f"{self.path} [grid]", f"two points share the directory name {name!r} ({seen[name]} and {values})")
+                raise UsageError(
+                    f"{self.path} [grid]",
+                    f"two points share the directory name {name!r} ({seen[name]} and {values})",
+                )
             seen[name] = values
-            config = {**self.base, **{k: v for k, v in values.items() if not k.startswith(MODEL_PREFIX)}}
-            swept = tuple(f"{k.removeprefix(MODEL_PREFIX)}={format_value(v)}" for k, v in values.items()
-                          if k.startswith(MODEL_PREFIX))
+            config = {
+                **self.base,
+                **{k: v for k, v in values.items() if not k.startswith(MODEL_PREFIX)},
+            }
+            swept = tuple(
+                f"{k.removeprefix(MODEL_PREFIX)}={format_value(v)}"
+                for k, v in values.items()
+                if k.startswith(MODEL_PREFIX)
+            )
             if swept:  # `model.depth = [20, 56]`: one model parameter per grid key
                 config["model_params"] = (*config.get("model_params", ()), *swept)
             try:
@@ -114,11 +123,18 @@ class SweepSpec:
         return points
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "spec_file": str(self.path),
-                "base": _plain(self.base), "grid": _plain(self.grid), "analyze": self.analyses.to_dict()}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "spec_file": str(self.path),
+            "base": _plain(self.base),
+            "grid": _plain(self.grid),
+            "analyze": self.analyses.to_dict(),
+        }
 
 
 # --- reading a sweep file ----------------------------------------------------------------------------
+
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
     """Read and check a sweep file; `overrides` (from --set) replace base values.
@@ -129,7 +145,9 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
     raw = read_toml(path, "SPEC")
     for key in raw:
         if key not in TOP_KEYS:
-            raise UsageError(str(path), f"unknown key {key!r} (a sweep file has {', '.join(TOP_KEYS)})")
+            raise UsageError(
+                str(path), f"unknown key {key!r} (a sweep file has {', '.join(TOP_KEYS)})"
+            )
     name = raw.get("name", path.stem)
     description = raw.get("description", "")
     for key, value in (("name", name), ("description", description)):
@@ -144,7 +162,9 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
             raise UsageError(f"{path} [grid]", f"{key} is both swept and set in [base]; keep one")
     for key, value in (overrides or {}).items():
         if key in grid:
-            raise UsageError("--set", f"{key} is swept by {path}; it cannot be set for the whole sweep")
+            raise UsageError(
+                "--set", f"{key} is swept by {path}; it cannot be set for the whole sweep"
+            )
         base[key] = coerce(key, value, "--set")
     if base.get("data"):  # workers may start elsewhere: give them an absolute path
         base["data"] = str(Path(base["data"]).expanduser().resolve())
@@ -162,22 +182,39 @@ def _table(raw: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
 def _read_grid(table: dict[str, Any], path: Path) -> dict[str, list[Any]]:
     where = f"{path} [grid]"
     if not table:
-        raise UsageError(where, "the grid is empty; list at least one key with its values, e.g. lr = [0.01, 0.1]")
+        raise UsageError(
+            where, "the grid is empty; list at least one key with its values, e.g. lr = [0.01, 0.1]"
+        )
     grid: dict[str, list[Any]] = {}
     for key, values in table.items():
-        if key.startswith(MODEL_PREFIX):  # a model-family parameter: scalars, checked by the family at preflight
-            ok = isinstance(values, list) and values and all(isinstance(v, (bool, int, float, str)) for v in values)
-            if not ok or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key.removeprefix(MODEL_PREFIX)):
-                raise UsageError(where, f"{key}: expected model.<parameter> = [values], e.g. model.depth = [20, 56]")
+        if key.startswith(
+            MODEL_PREFIX
+        ):  # a model-family parameter: scalars, checked by the family at preflight
+            ok = (
+                isinstance(values, list)
+                and values
+                and all(isinstance(v, (bool, int, float, str)) for v in values)
+            )
+            if not ok or not re.fullmatch(
+                r"[A-Za-z_][A-Za-z0-9_]{0,63}", key.removeprefix(MODEL_PREFIX)
+            ):
+                raise UsageError(
+                    where,
+                    f"{key}: expected model.<parameter> = [values], e.g. model.depth = [20, 56]",
+                )
             if len(set(map(repr, values))) < len(values):
                 raise UsageError(where, f"{key}: a value is listed twice in {values!r}")
             grid[key] = list(values)
             continue
         key = key.replace("-", "_")
         if key not in FIELDS:
-            raise UsageError(where, f"unknown config key {key!r} (known keys: {', '.join(sorted(FIELDS))})")
+            raise UsageError(
+                where, f"unknown config key {key!r} (known keys: {', '.join(sorted(FIELDS))})"
+            )
         if not isinstance(values, list):
-            raise UsageError(where, f"{key}: expected a list of values, got {type(values).__name__} {values!r}")
+            raise UsageError(
+                where, f"{key}: expected a list of values, got {type(values).__name__} {values!r}"
+            )
         if not values:
             raise UsageError(where, f"{key}: the list of values is empty")
         checked = [coerce(key, v, where) for v in values]
@@ -196,14 +233,20 @@ def _read_analyses(table: dict[str, Any], path: Path) -> Analyses:
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise UsageError(where, f"plugins: expected a list of analysis names, got {plugins!r}")
     epochs = table.get("epochs", "last")
-    if not isinstance(epochs, str) or not all(_EPOCH_PART.match(p.strip()) for p in epochs.split(",")):
+    if not isinstance(epochs, str) or not all(
+        _EPOCH_PART.match(p.strip()) for p in epochs.split(",")
+    ):
         raise UsageError(where, f"epochs: expected all, last, 0,5,last, 2-6 or ::5, got {epochs!r}")
     params = table.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
-        raise UsageError(where, "params: expected one table per analysis, e.g. [analyze.params.hessian]")
+        raise UsageError(
+            where, "params: expected one table per analysis, e.g. [analyze.params.hessian]"
+        )
     for name in params:
         if name not in plugins:
-            raise UsageError(where, f"params: {name!r} has parameters but is not in plugins {plugins}")
+            raise UsageError(
+                where, f"params: {name!r} has parameters but is not in plugins {plugins}"
+            )
     return Analyses(tuple(plugins), epochs, params)
 
 
@@ -230,14 +273,19 @@ def with_params(spec: SweepSpec, pairs: tuple[str, ...]) -> SweepSpec:
 
     check_plugins(spec)
     routed = split_params(list(pairs), [registry().get(name) for name in spec.analyses.plugins])
-    merged = {name: {**spec.analyses.params.get(name, {}), **routed.get(name, {})} for name in spec.analyses.plugins}
+    merged = {
+        name: {**spec.analyses.params.get(name, {}), **routed.get(name, {})}
+        for name in spec.analyses.plugins
+    }
     merged = {name: values for name, values in merged.items() if values}
     return dataclasses.replace(spec, analyses=dataclasses.replace(spec.analyses, params=merged))
 
 
 def point_name(values: dict[str, Any]) -> str:
     """`optimizer=SGD,lr=0.001` (a model parameter by its own name: `depth=56`): readable, and a safe directory name."""
-    return ",".join(f"{k.removeprefix(MODEL_PREFIX)}={_safe(format_value(v))}" for k, v in values.items())
+    return ",".join(
+        f"{k.removeprefix(MODEL_PREFIX)}={_safe(format_value(v))}" for k, v in values.items()
+    )
 
 
 def format_value(v: Any) -> str:
@@ -315,7 +363,9 @@ def preflight_points(spec: SweepSpec, sweep_dir: Path) -> None:
     from probe.rundir.prepare import preflight
 
     for point in spec.points():
-        where = f"{spec.path}: point {point.name if len(point.name) <= 60 else point.name[:60] + '...'}"
+        where = (
+            f"{spec.path}: point {point.name if len(point.name) <= 60 else point.name[:60] + '...'}"
+        )
         try:
             preflight(point.config, sweep_dir / point.name, option=where)
         except UsageError as exc:
@@ -351,27 +401,37 @@ def check_existing(run_dir: Path, point: Point) -> None:
             continue
         if stored[key] != value and not (isinstance(value, list) and stored[key] == list(value)):
             raise UsageError(
-                str(run_dir), f"holds a run with {key}={stored[key]!r}, but the sweep asks for {value!r}; "
-                "remove that directory, or sweep into another --out")
+                str(run_dir),
+                f"holds a run with {key}={stored[key]!r}, but the sweep asks for {value!r}; "
+                "remove that directory, or sweep into another --out",
+            )
 
 
-def plan(spec: SweepSpec, sweep_dir: Path) -> tuple[list[Point], list[Point], dict[str, dict[str, Any]]]:
+def plan(
+    spec: SweepSpec, sweep_dir: Path
+) -> tuple[list[Point], list[Point], dict[str, dict[str, Any]]]:
     """Split the points into finished ones and ones to run (new, interrupted, failed, or
     trained but without the analyses the file now asks for)."""
     status = read_status(sweep_dir)
     wanted = spec.analyses.to_dict()
     done, todo = [], []
     for point in spec.points():
-        run_dir = point_dir(sweep_dir, point.name)  # a link there would make training write elsewhere
+        run_dir = point_dir(
+            sweep_dir, point.name
+        )  # a link there would make training write elsewhere
         check_existing(run_dir, point)
         entry = status.get(point.name, {})
-        finished = (entry.get("state") == "done" and run_complete(run_dir, point.config)
-                    and (not spec.analyses.plugins or entry.get("analyze") == wanted))
+        finished = (
+            entry.get("state") == "done"
+            and run_complete(run_dir, point.config)
+            and (not spec.analyses.plugins or entry.get("analyze") == wanted)
+        )
         (done if finished else todo).append(point)
     return done, todo, status
 
 
 # --- what runs on a worker -------------------------------------------------------------------------------
+
 
 def run_point(run_dir: str, config: dict[str, Any], analyses: dict[str, Any]) -> dict[str, Any]:
     """Train one grid point (resuming what is there), then run its analyses.
@@ -388,11 +448,21 @@ def run_point(run_dir: str, config: dict[str, Any], analyses: dict[str, Any]) ->
     if analyses.get("plugins"):
         from probe.analysis.runner import run_analyses
 
-        outcomes = run_analyses(path, list(analyses["plugins"]), analyses["epochs"], analyses["params"], device=cfg.device)
+        outcomes = run_analyses(
+            path,
+            list(analyses["plugins"]),
+            analyses["epochs"],
+            analyses["params"],
+            device=cfg.device,
+        )
         failed = [o for o in outcomes if o.status == "failed"]
-        if failed:  # the trained run stays; a rerun retries only the failed analyses (the rest are cached)
-            raise ProbeError(f"analysis {failed[0].label} failed: {failed[0].error}"
-                             + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+        if (
+            failed
+        ):  # the trained run stays; a rerun retries only the failed analyses (the rest are cached)
+            raise ProbeError(
+                f"analysis {failed[0].label} failed: {failed[0].error}"
+                + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else "")
+            )
     return final_metrics(path)
 
 
@@ -402,7 +472,11 @@ def final_metrics(run_dir: Path) -> dict[str, Any]:
 
     rows = Run(run_dir).metrics()
     last = rows[-1] if rows else {}
-    return {"epoch": last.get("epoch"), "val_acc": last.get("val_acc"), "train_loss": last.get("train_loss")}
+    return {
+        "epoch": last.get("epoch"),
+        "val_acc": last.get("val_acc"),
+        "train_loss": last.get("train_loss"),
+    }
 
 
 def warm_data(points: list[Point]) -> None:
@@ -415,36 +489,65 @@ def warm_data(points: list[Point]) -> None:
 
 # --- the command -------------------------------------------------------------------------------------------
 
-def run_sweep(spec: SweepSpec, sweep_dir: Path, executor: Any, *, echo: Any = click.echo, warm: bool = True) -> int:
+
+def run_sweep(
+    spec: SweepSpec, sweep_dir: Path, executor: Any, *, echo: Any = click.echo, warm: bool = True
+) -> int:
     """Run the sweep's unfinished points on `executor`; returns the number that failed."""
     from probe.analysis.executor import Task
 
     sweep_dir = sweep_dir.resolve()  # workers elsewhere need absolute paths
     done, todo, status = plan(spec, sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(sweep_dir / SWEEP_FILE, {
-        "format": FORMAT, **spec.to_dict(), "swept": list(spec.grid),
-        "points": [{"name": p.name, "values": _plain(p.values), "config_hash": p.config.hash()} for p in spec.points()],
-    })
+    atomic.write_json(
+        sweep_dir / SWEEP_FILE,
+        {
+            "format": FORMAT,
+            **spec.to_dict(),
+            "swept": list(spec.grid),
+            "points": [
+                {"name": p.name, "values": _plain(p.values), "config_hash": p.config.hash()}
+                for p in spec.points()
+            ],
+        },
+    )
     total = len(done) + len(todo)
-    echo(f"sweep {spec.name}: {total} run{'s' if total != 1 else ''} in {sweep_dir}"
-         + (f", {len(done)} already finished" if done else ""))
+    echo(
+        f"sweep {spec.name}: {total} run{'s' if total != 1 else ''} in {sweep_dir}"
+        + (f", {len(done)} already finished" if done else "")
+    )
     if not todo:
         return 0
     if warm:
         warm_data(todo)
     echo(f"running {len(todo)} on {executor.describe()}")
-    tasks = [Task(p.name, run_point, (str(sweep_dir / p.name), p.config.to_dict(), spec.analyses.to_dict())) for p in todo]
+    tasks = [
+        Task(
+            p.name,
+            run_point,
+            (str(sweep_dir / p.name), p.config.to_dict(), spec.analyses.to_dict()),
+        )
+        for p in todo
+    ]
     failed: dict[str, str] = {}
     width = len(str(len(todo)))
     for i, outcome in enumerate(executor.run(tasks), 1):
-        entry: dict[str, Any] = {"state": "done" if outcome.ok else "failed", "seconds": round(outcome.seconds, 1),
-                                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        entry: dict[str, Any] = {
+            "state": "done" if outcome.ok else "failed",
+            "seconds": round(outcome.seconds, 1),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         if outcome.ok:
             entry["analyze"] = spec.analyses.to_dict()
             acc = (outcome.value or {}).get("val_acc")
-            detail = f"val_acc {acc:.4f}" if isinstance(acc, float) and math.isfinite(acc) else "val_acc n/a"
-            echo(f"[{i:>{width}}/{len(todo)}] done    {outcome.key}  {detail}  {_duration(outcome.seconds)}")
+            detail = (
+                f"val_acc {acc:.4f}"
+                if isinstance(acc, float) and math.isfinite(acc)
+                else "val_acc n/a"
+            )
+            echo(
+                f"[{i:>{width}}/{len(todo)}] done    {outcome.key}  {detail}  {_duration(outcome.seconds)}"
+            )
         else:
             entry.update(error=outcome.error, traceback=outcome.traceback)
             failed[outcome.key] = outcome.error or "unknown error"
@@ -452,13 +555,17 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, executor: Any, *, echo: Any = cl
         status[outcome.key] = entry
         write_status(sweep_dir, status)
     ok = len(todo) - len(failed)
-    echo(f"{total} runs: {len(done) + ok} finished"
-         + (f" ({len(done)} skipped, already finished)" if done else "")
-         + (f", {len(failed)} failed" if failed else ""))
+    echo(
+        f"{total} runs: {len(done) + ok} finished"
+        + (f" ({len(done)} skipped, already finished)" if done else "")
+        + (f", {len(failed)} failed" if failed else "")
+    )
     for key, err in failed.items():
         echo(f"  failed: {key}: {err}")
     if failed:
-        echo(f"tracebacks are in {sweep_dir / STATUS_FILE}; rerun the same command to retry the failed runs")
+        echo(
+            f"tracebacks are in {sweep_dir / STATUS_FILE}; rerun the same command to retry the failed runs"
+        )
     return len(failed)
 
 
@@ -466,20 +573,66 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f}min"
 
 
-@click.command("sweep", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(
+    "sweep", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep directory; one run directory per grid point.")
-@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE", help="Override a [base] key for the whole sweep (repeatable), e.g. --set epochs=3.")
-@click.option("--data", type=click.Path(file_okay=False), help="Dataset directory for every run (else the file's data key, else $PROBE_DATA).")
-@click.option("--workers", type=click.IntRange(min=0), help="Local worker processes; the cores are divided between them [default: half the cores, at most 4; 0 = in this process].")
-@click.option("--scheduler", metavar="ADDRESS", help="Run on this Dask scheduler (tcp://host:8786); run directories must be on a filesystem the workers share.")
-@click.option("--dask-workers", type=click.IntRange(min=1), help="Start a local Dask cluster with this many worker processes.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Analysis parameter over the file's [analyze.params] (repeatable); ANALYSIS.KEY=VALUE targets one analysis.")
-@click.option("--no-analyze", is_flag=True, help="Train only; a later run without it adds the analyses.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Sweep directory; one run directory per grid point.",
+)
+@click.option(
+    "--set",
+    "set_",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a [base] key for the whole sweep (repeatable), e.g. --set epochs=3.",
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    help="Dataset directory for every run (else the file's data key, else $PROBE_DATA).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Local worker processes; the cores are divided between them [default: half the cores, at most 4; 0 = in this process].",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Run on this Dask scheduler (tcp://host:8786); run directories must be on a filesystem the workers share.",
+)
+@click.option(
+    "--dask-workers",
+    type=click.IntRange(min=1),
+    help="Start a local Dask cluster with this many worker processes.",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Analysis parameter over the file's [analyze.params] (repeatable); ANALYSIS.KEY=VALUE targets one analysis.",
+)
+@click.option(
+    "--no-analyze", is_flag=True, help="Train only; a later run without it adds the analyses."
+)
 @click.option("--dry-run", is_flag=True, help="Check the file and list the runs; train nothing.")
-def sweep_command(spec_file: str, out: str, set_: tuple[str, ...], data: str | None, workers: int | None,
-                  scheduler: str | None, dask_workers: int | None, params: tuple[str, ...], no_analyze: bool,
-                  dry_run: bool) -> None:
+def sweep_command(
+    spec_file: str,
+    out: str,
+    set_: tuple[str, ...],
+    data: str | None,
+    workers: int | None,
+    scheduler: str | None,
+    dask_workers: int | None,
+    params: tuple[str, ...],
+    no_analyze: bool,
+    dry_run: bool,
+) -> None:
     """Train every point of a grid (a TOML file), then run its analyses.
 
     \b
@@ -508,9 +661,17 @@ def sweep_command(spec_file: str, out: str, set_: tuple[str, ...], data: str | N
     if dry_run:
         finished = {p.name for p in done}
         for p in spec.points():
-            state = "finished" if p.name in finished else "resume" if (sweep_dir / p.name).exists() else "new"
+            state = (
+                "finished"
+                if p.name in finished
+                else "resume"
+                if (sweep_dir / p.name).exists()
+                else "new"
+            )
             click.echo(f"{state:<9} {sweep_dir / p.name}")
-        click.echo(f"{len(done) + len(todo)} runs, {len(todo)} to run; analyses: {', '.join(spec.analyses.plugins) or 'none'}")
+        click.echo(
+            f"{len(done) + len(todo)} runs, {len(todo)} to run; analyses: {', '.join(spec.analyses.plugins) or 'none'}"
+        )
         return
     from probe.analysis.executor import make_executor
 

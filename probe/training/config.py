@@ -26,7 +26,9 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
 # Bounds tied to cost (docs/reliability.md, "Bounds"): checked before anything is allocated.
-MAX_SEED = 2**63 - 1  # torch.manual_seed's range is 64 bits; training also seeds with seed + 1 and seed + 2
+MAX_SEED = (
+    2**63 - 1
+)  # torch.manual_seed's range is 64 bits; training also seeds with seed + 1 and seed + 2
 MAX_LR = 10.0  # learning rate, weight decay and step-decay factor: far above anything that trains
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
@@ -34,7 +36,9 @@ MAX_IMAGES = 10_000_000  # image counts (subset, probe set, analysis batch); CIF
 ANALYSIS_BATCH_DEFAULT = 1024
 MAX_WIDTH = 65_536  # the model spec's own bound; the memory estimate below is the real limit
 MAX_PARAMS = 2**31
-MAX_TRAIN_BYTES = 64 << 30  # estimated training memory (weights, optimizer state, activations of a batch)
+MAX_TRAIN_BYTES = (
+    64 << 30
+)  # estimated training memory (weights, optimizer state, activations of a batch)
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -45,20 +49,39 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 class TrainConfig:
     """Everything that determines a training run (the run directory is not part of it)."""
 
-    data: str | None = _f(None, "A local copy of the data set: for cifar10 a directory with train/ and test/ class folders; "
-                                "for the others their release files or class folders (else $PROBE_DATA, else download "
-                                "with torchvision's checked downloader).")
-    dataset: str = _f("cifar10", "Image data set (see `probe datasets`): cifar10, cifar100, mnist, fashion-mnist, svhn, "
-                                 "folder, or one a plugin adds.", name_pattern=True)
-    model: str = _f("simplecnn", "Model family (see `probe models`): simplecnn (the notebook's CNN), resnet, mlp, "
-                                 "torchvision, or one a plugin adds.", name_pattern=True)
-    model_params: tuple[str, ...] = _f((), "A parameter of the model family, KEY=VALUE (repeatable; see `probe models`), "
-                                           "e.g. --model resnet --model-param depth=56 --model-param shortcut=none.",
-                                       pairs=True)
+    data: str | None = _f(
+        None,
+        "A local copy of the data set: for cifar10 a directory with train/ and test/ class folders; "
+        "for the others their release files or class folders (else $PROBE_DATA, else download "
+        "with torchvision's checked downloader).",
+    )
+    dataset: str = _f(
+        "cifar10",
+        "Image data set (see `probe datasets`): cifar10, cifar100, mnist, fashion-mnist, svhn, "
+        "folder, or one a plugin adds.",
+        name_pattern=True,
+    )
+    model: str = _f(
+        "simplecnn",
+        "Model family (see `probe models`): simplecnn (the notebook's CNN), resnet, mlp, "
+        "torchvision, or one a plugin adds.",
+        name_pattern=True,
+    )
+    model_params: tuple[str, ...] = _f(
+        (),
+        "A parameter of the model family, KEY=VALUE (repeatable; see `probe models`), "
+        "e.g. --model resnet --model-param depth=56 --model-param shortcut=none.",
+        pairs=True,
+    )
     epochs: int = _f(30, "Training epochs (epoch 0 is the initialisation).", min=0, max=MAX_EPOCHS)
     batch_size: int = _f(128, "Training mini-batch size.", min=1, max=MAX_BATCH)
     val_batch_size: int = _f(256, "Validation batch size.", min=1, max=MAX_BATCH)
-    subset_train_size: int = _f(10_000, "Seeded random subset of the 50,000 training images (0 = all).", min=0, max=MAX_IMAGES)
+    subset_train_size: int = _f(
+        10_000,
+        "Seeded random subset of the 50,000 training images (0 = all).",
+        min=0,
+        max=MAX_IMAGES,
+    )
     optimizer: str = _f("SGD", "Optimizer.", choices=OPTIMIZERS)
     lr: float = _f(0.01, "Learning rate.", min_excl=0.0, max=MAX_LR)
     momentum: float = _f(0.9, "Momentum (used by SGD_mom).", min=0.0, max=1.0)
@@ -66,34 +89,91 @@ class TrainConfig:
     schedule: str = _f("constant", "Learning-rate schedule.", choices=SCHEDULES)
     step_size: int = _f(10, "Epochs between decays for the step schedule.", min=1, max=MAX_EPOCHS)
     gamma: float = _f(0.1, "Decay factor for the step schedule.", min_excl=0.0, max=MAX_LR)
-    model_depth: int = _f(4, "Number of conv layers (--model simplecnn; the same as --model-param depth=N).", choices=DEPTHS)
-    base_width: int = _f(32, "Channels of the first conv layer, doubled every two layers (--model simplecnn).", min=1, max=MAX_WIDTH)
-    target_params: int | None = _f(None, "Pick the base width so the model has about this many parameters (--model simplecnn).", min=1, max=MAX_PARAMS)
-    dropout: float = _f(0.0, "Dropout probability after each block and in the classifier (--model simplecnn).", min=0.0, max_excl=1.0)
-    augment: bool = _f(True, "Random crop (4-pixel padding) and horizontal flip, batch-wise on the device.")
-    seed: int = _f(42, "Seed for the subset, the probe set, initialisation, shuffling and augmentation.", min=0, max=MAX_SEED)
+    model_depth: int = _f(
+        4,
+        "Number of conv layers (--model simplecnn; the same as --model-param depth=N).",
+        choices=DEPTHS,
+    )
+    base_width: int = _f(
+        32,
+        "Channels of the first conv layer, doubled every two layers (--model simplecnn).",
+        min=1,
+        max=MAX_WIDTH,
+    )
+    target_params: int | None = _f(
+        None,
+        "Pick the base width so the model has about this many parameters (--model simplecnn).",
+        min=1,
+        max=MAX_PARAMS,
+    )
+    dropout: float = _f(
+        0.0,
+        "Dropout probability after each block and in the classifier (--model simplecnn).",
+        min=0.0,
+        max_excl=1.0,
+    )
+    augment: bool = _f(
+        True, "Random crop (4-pixel padding) and horizontal flip, batch-wise on the device."
+    )
+    seed: int = _f(
+        42,
+        "Seed for the subset, the probe set, initialisation, shuffling and augmentation.",
+        min=0,
+        max=MAX_SEED,
+    )
     device: str = _f("auto", "Training device.", choices=DEVICES)
-    precision: str = _f("fp32", "Training precision (bf16 = autocast; checkpoints stay float32).", choices=PRECISIONS)
+    precision: str = _f(
+        "fp32",
+        "Training precision (bf16 = autocast; checkpoints stay float32).",
+        choices=PRECISIONS,
+    )
     channels_last: bool = _f(True, "Use the channels-last memory format for convolutions.")
-    probe_set_size: int = _f(1000, "Class-stratified validation images whose activations are dumped each epoch.", min=10, max=MAX_IMAGES)
-    analysis_batch_size: int = _f(ANALYSIS_BATCH_DEFAULT, "Un-augmented training images stored for offline loss-based analyses "
-                                  "(the default is clipped to a smaller --subset-train-size).", min=1, max=MAX_IMAGES)
-    full_maps: tuple[str, ...] = _f((), "Layers whose full feature maps are dumped (comma-separated; pooled channels are always dumped).")
-    val_size: int | None = _f(None, "Validate on the probe set plus a seeded, class-stratified rest, N images in all "
-                                    "(at least --probe-set-size) [default: all]; for quick runs while developing a plugin.")
+    probe_set_size: int = _f(
+        1000,
+        "Class-stratified validation images whose activations are dumped each epoch.",
+        min=10,
+        max=MAX_IMAGES,
+    )
+    analysis_batch_size: int = _f(
+        ANALYSIS_BATCH_DEFAULT,
+        "Un-augmented training images stored for offline loss-based analyses "
+        "(the default is clipped to a smaller --subset-train-size).",
+        min=1,
+        max=MAX_IMAGES,
+    )
+    full_maps: tuple[str, ...] = _f(
+        (),
+        "Layers whose full feature maps are dumped (comma-separated; pooled channels are always dumped).",
+    )
+    val_size: int | None = _f(
+        None,
+        "Validate on the probe set plus a seeded, class-stratified rest, N images in all "
+        "(at least --probe-set-size) [default: all]; for quick runs while developing a plugin.",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             check_value(f, getattr(self, f.name))
         check_cost(self)
-        if self.val_size is not None and self.val_size < self.probe_set_size:  # the probe set is part of validation
-            raise UsageError("--val-size", f"must be >= --probe-set-size ({self.probe_set_size}), got {self.val_size}")
+        if (
+            self.val_size is not None and self.val_size < self.probe_set_size
+        ):  # the probe set is part of validation
+            raise UsageError(
+                "--val-size",
+                f"must be >= --probe-set-size ({self.probe_set_size}), got {self.val_size}",
+            )
         # Drawn from the training subset: a size asked for beyond it is an error; the default (1024) is
         # clipped to a smaller subset, as it always was, so a small run needs no extra option.
-        if (self.subset_train_size and self.analysis_batch_size > self.subset_train_size
-                and self.analysis_batch_size != ANALYSIS_BATCH_DEFAULT):
-            raise UsageError("--analysis-batch-size", f"must be <= --subset-train-size ({self.subset_train_size}), "
-                                                      f"got {self.analysis_batch_size}")
+        if (
+            self.subset_train_size
+            and self.analysis_batch_size > self.subset_train_size
+            and self.analysis_batch_size != ANALYSIS_BATCH_DEFAULT
+        ):
+            raise UsageError(
+                "--analysis-batch-size",
+                f"must be <= --subset-train-size ({self.subset_train_size}), "
+                f"got {self.analysis_batch_size}",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -104,9 +184,14 @@ class TrainConfig:
     def hash(self) -> str:
         """A short, stable fingerprint of everything that changes the trained weights."""
         d = self.to_dict()
-        for k in ("device", "val_size"):  # where it ran and how much it validated on do not change the weights
+        for k in (
+            "device",
+            "val_size",
+        ):  # where it ran and how much it validated on do not change the weights
             d.pop(k)
-        for k in NEWER_KEYS:  # at their defaults they leave the fingerprint of runs made before them unchanged
+        for k in (
+            NEWER_KEYS
+        ):  # at their defaults they leave the fingerprint of runs made before them unchanged
             if d[k] == _default(k):
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -128,7 +213,13 @@ def flag(name: str) -> str:
 def field_type(f: dataclasses.Field) -> type:
     """The scalar type of a config field (its annotation is a string)."""
     t = str(f.type)
-    for name, typ in (("bool", bool), ("int", int), ("float", float), ("tuple", tuple), ("str", str)):
+    for name, typ in (
+        ("bool", bool),
+        ("int", int),
+        ("float", float),
+        ("tuple", tuple),
+        ("str", str),
+    ):
         if t.startswith(name):
             return typ
     raise TypeError(t)
@@ -151,8 +242,12 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         raise UsageError(opt, f"must be a finite number, got {value}")
     if typ is tuple:
         if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-            raise UsageError(opt, "expected a list of KEY=VALUE strings" if f.metadata.get("pairs") else
-                             "expected a list of layer names")
+            raise UsageError(
+                opt,
+                "expected a list of KEY=VALUE strings"
+                if f.metadata.get("pairs")
+                else "expected a list of layer names",
+            )
         if len(value) > 64 or any(len(v) > 256 for v in value):
             raise UsageError(opt, "at most 64 entries of at most 256 characters")
         if f.metadata.get("pairs"):
@@ -164,7 +259,9 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         raise UsageError(opt, f"expected {typ.__name__}, got {type(value).__name__} {value!r}")
     m = f.metadata
     if m.get("name_pattern") and not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", value):
-        raise UsageError(opt, f"{value[:40]!r} is not a name (lower-case letters, digits, '-' or '_')")
+        raise UsageError(
+            opt, f"{value[:40]!r} is not a name (lower-case letters, digits, '-' or '_')"
+        )
     if "choices" in m and value not in m["choices"]:
         raise UsageError(opt, f"{value!r} is not one of {', '.join(map(str, m['choices']))}")
     if "min" in m and value < m["min"]:
@@ -188,16 +285,26 @@ def check_cost(cfg: TrainConfig) -> None:
     if cfg.model != "simplecnn" or cfg.model_params:
         return  # sized on the meta device once the data set is known (probe.training.model.check_model)
     opt = "--target-params" if cfg.target_params is not None else "--base-width"
-    width = cfg.base_width if cfg.target_params is None else width_for_params(cfg.model_depth, cfg.target_params)
+    width = (
+        cfg.base_width
+        if cfg.target_params is None
+        else width_for_params(cfg.model_depth, cfg.target_params)
+    )
     n = param_count(cfg.model_depth, width)
     if n > MAX_PARAMS:
-        raise UsageError(opt, f"a depth-{cfg.model_depth} model of base width {width} has {n:,} parameters, more than "
-                              f"the {MAX_PARAMS:,} probe allows; use a smaller {opt}")
+        raise UsageError(
+            opt,
+            f"a depth-{cfg.model_depth} model of base width {width} has {n:,} parameters, more than "
+            f"the {MAX_PARAMS:,} probe allows; use a smaller {opt}",
+        )
     need = train_bytes(cfg.model_depth, width, max(cfg.batch_size, cfg.val_batch_size))
     if need > MAX_TRAIN_BYTES:
-        raise UsageError(opt, f"a depth-{cfg.model_depth} model of base width {width} needs about {need / 2**30:,.0f} GiB "
-                              f"to train at batch size {max(cfg.batch_size, cfg.val_batch_size)}, more than the "
-                              f"{MAX_TRAIN_BYTES >> 30} GiB probe allows; use a smaller {opt} or batch size")
+        raise UsageError(
+            opt,
+            f"a depth-{cfg.model_depth} model of base width {width} needs about {need / 2**30:,.0f} GiB "
+            f"to train at batch size {max(cfg.batch_size, cfg.val_batch_size)}, more than the "
+            f"{MAX_TRAIN_BYTES >> 30} GiB probe allows; use a smaller {opt} or batch size",
+        )
 
 
 def coerce(name: str, value: Any, source: str) -> Any:
@@ -207,8 +314,12 @@ def coerce(name: str, value: Any, source: str) -> Any:
         raise UsageError(source, f"unknown config key {name!r} (known keys: {known})")
     f = FIELDS[name]
     typ = field_type(f)
-    if typ is tuple and f.metadata.get("pairs") and isinstance(value, dict):  # a TOML table {depth = 56}
-        value = tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in value.items())
+    if (
+        typ is tuple and f.metadata.get("pairs") and isinstance(value, dict)
+    ):  # a TOML table {depth = 56}
+        value = tuple(
+            f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in value.items()
+        )
     elif typ is tuple:
         if isinstance(value, str):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -243,9 +354,14 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return {k.replace("-", "_"): coerce(k.replace("-", "_"), v, str(path)) for k, v in raw.items()}
 
 
-def make_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def make_config(
+    file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """Defaults, then the config file, then command-line flags."""
-    values = {**(file_values or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    values = {
+        **(file_values or {}),
+        **{k: v for k, v in (overrides or {}).items() if v is not None},
+    }
     return TrainConfig(**values)
 
 

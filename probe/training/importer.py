@@ -32,7 +32,12 @@ from probe.errors import RunFileError, UsageError
 
 SUFFIXES = (".safetensors", ".pt", ".pth")
 _DIGITS = re.compile(r"[0-9]+")
-_WRAPPERS = ("state_dict", "model", "model_state_dict", "net")  # .pt dicts that hold the state dict under a key
+_WRAPPERS = (
+    "state_dict",
+    "model",
+    "model_state_dict",
+    "net",
+)  # .pt dicts that hold the state dict under a key
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 MAX_FILES = 100_000
 
@@ -55,19 +60,30 @@ def list_epochs(folder: Path) -> dict[int, Path]:
     found: dict[int, Path] = {}
     entries = sorted(folder.iterdir())
     if len(entries) > MAX_FILES:
-        raise UsageError("FOLDER", f"{folder} holds {len(entries):,} entries, more than the {MAX_FILES:,} probe imports")
+        raise UsageError(
+            "FOLDER",
+            f"{folder} holds {len(entries):,} entries, more than the {MAX_FILES:,} probe imports",
+        )
     for p in entries:
         if p.name.startswith("."):
             continue  # hidden files (.DS_Store, editors' swap files) are not checkpoints
         if not p.name.lower().endswith(SUFFIXES) or p.is_symlink() or not p.is_file():
-            raise RunFileError(p, "not a checkpoint file: a folder of checkpoints may hold only regular .safetensors, "
-                                  ".pt or .pth files (move it out)")
+            raise RunFileError(
+                p,
+                "not a checkpoint file: a folder of checkpoints may hold only regular .safetensors, "
+                ".pt or .pth files (move it out)",
+            )
         epoch = epoch_of(p.name)
         if epoch is None:
-            raise RunFileError(p, "no epoch in its name: the epoch is the last run of digits (epoch_3.pt, "
-                                  "ckpt-0003.safetensors)")
+            raise RunFileError(
+                p,
+                "no epoch in its name: the epoch is the last run of digits (epoch_3.pt, "
+                "ckpt-0003.safetensors)",
+            )
         if epoch in found:
-            raise RunFileError(p, f"epoch {epoch} again (also {found[epoch].name}); keep one file per epoch")
+            raise RunFileError(
+                p, f"epoch {epoch} again (also {found[epoch].name}); keep one file per epoch"
+            )
         found[epoch] = p
     if not found:
         raise UsageError("FOLDER", f"{folder} holds no .safetensors, .pt or .pth files")
@@ -75,8 +91,11 @@ def list_epochs(folder: Path) -> dict[int, Path]:
     missing = sorted(set(range(epochs[0], epochs[-1] + 1)) - set(found))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UsageError("FOLDER", f"{folder}: epoch {missing[0]}{more} is missing between {found[epochs[0]].name} "
-                                   f"and {found[epochs[-1]].name}; epochs must run without gaps")
+        raise UsageError(
+            "FOLDER",
+            f"{folder}: epoch {missing[0]}{more} is missing between {found[epochs[0]].name} "
+            f"and {found[epochs[-1]].name}; epochs must run without gaps",
+        )
     return {e: found[e] for e in epochs}
 
 
@@ -97,40 +116,62 @@ def load_state(path: Path) -> dict[str, Any]:
 
                 obj: Any = load_file(p)
             else:
-                with warnings.catch_warnings():  # its note on pickle protocols is not the user's concern
+                with (
+                    warnings.catch_warnings()
+                ):  # its note on pickle protocols is not the user's concern
                     warnings.simplefilter("ignore", UserWarning)
                     obj = torch.load(p, map_location="cpu", weights_only=True)
     except RunFileError:
         raise
-    except Exception as exc:  # damaged files, and objects weights_only refuses to rebuild (an UnpicklingError)
+    except (
+        Exception
+    ) as exc:  # damaged files, and objects weights_only refuses to rebuild (an UnpicklingError)
         kind = "safetensors" if path.name.lower().endswith(".safetensors") else "weights-only torch"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise RunFileError(path, f"not a loadable {kind} file ({first})") from None
     if isinstance(obj, Mapping) and any(k.startswith("model/") for k in obj if isinstance(k, str)):
-        obj = {k[len("model/"):]: v for k, v in obj.items() if k.startswith("model/")}  # a probe checkpoint
+        obj = {
+            k[len("model/") :]: v for k, v in obj.items() if k.startswith("model/")
+        }  # a probe checkpoint
     if isinstance(obj, Mapping) and not all(torch.is_tensor(v) for v in obj.values()):
         inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             keys = ", ".join(str(k) for k in list(obj)[:5])
-            raise RunFileError(path, f"holds no state dict (a dict of tensors, or one under 'state_dict' or 'model'); "
-                                     f"its keys: {keys}")
+            raise RunFileError(
+                path,
+                f"holds no state dict (a dict of tensors, or one under 'state_dict' or 'model'); "
+                f"its keys: {keys}",
+            )
         obj = inner
     if not isinstance(obj, Mapping) or not obj:
-        raise RunFileError(path, f"holds {type(obj).__name__}, not a state dict (a dict of tensors)")
+        raise RunFileError(
+            path, f"holds {type(obj).__name__}, not a state dict (a dict of tensors)"
+        )
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise RunFileError(path, f"entry {bad[0][:80]!r} is not a tensor")
     state = dict(obj)
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
-def import_checkpoints(folder: str | Path, run_dir: str | Path, model: Any, dataset: Any, *,
-                       model_params: Mapping[str, Any] | None = None, data: str | None = None,
-                       probe_set_size: int = 1000, analysis_batch_size: int = 1024, seed: int = 0,
-                       device: str = "auto", force: bool = False, log: Any = None) -> Path:
+def import_checkpoints(
+    folder: str | Path,
+    run_dir: str | Path,
+    model: Any,
+    dataset: Any,
+    *,
+    model_params: Mapping[str, Any] | None = None,
+    data: str | None = None,
+    probe_set_size: int = 1000,
+    analysis_batch_size: int = 1024,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    log: Any = None,
+) -> Path:
     """Write a run directory for the state dicts in `folder` (see the module docstring); returns it."""
     import torch
 
@@ -140,10 +181,23 @@ def import_checkpoints(folder: str | Path, run_dir: str | Path, model: Any, data
     folder, run_dir = Path(folder), Path(run_dir)
     log = log or (lambda s: None)
     files = list_epochs(folder)
-    sources = [{"epoch": e, "file": p.name, "sha256": safeio.sha256_file(p)} for e, p in files.items()]
-    rec = Recorder(run_dir, model, dataset, model_params=model_params, data=data, probe_set_size=probe_set_size,
-                   analysis_batch_size=analysis_batch_size, seed=seed, epochs=max(files), force=force, device=device,
-                   _source={"kind": "import", "folder": str(folder.resolve()), "files": sources})
+    sources = [
+        {"epoch": e, "file": p.name, "sha256": safeio.sha256_file(p)} for e, p in files.items()
+    ]
+    rec = Recorder(
+        run_dir,
+        model,
+        dataset,
+        model_params=model_params,
+        data=data,
+        probe_set_size=probe_set_size,
+        analysis_batch_size=analysis_batch_size,
+        seed=seed,
+        epochs=max(files),
+        force=force,
+        device=device,
+        _source={"kind": "import", "folder": str(folder.resolve()), "files": sources},
+    )
     spec = rec.spec
     # Every file is loaded and checked before the first one is recorded: a bad file writes nothing.
     for p in files.values():
@@ -158,30 +212,85 @@ def import_checkpoints(folder: str | Path, run_dir: str | Path, model: Any, data
                 net = spec.build()
             net.load_state_dict(state, strict=True)
             row = rec.record(epoch, net.to(rec.device))
-            log(f"epoch {epoch} ({p.name}): val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}")
+            log(
+                f"epoch {epoch} ({p.name}): val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}"
+            )
     return run_dir
 
 
-@click.command("import", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(
+    "import", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="The run directory to write.")
-@click.option("--model", "--family", "family", required=True, help="Model family of the state dicts (see `probe models`).")
-@click.option("--model-param", "model_params", multiple=True, metavar="KEY=VALUE",
-              help="A parameter of the family (repeatable), e.g. --model-param depth=20.")
-@click.option("--dataset", default="cifar10", show_default=True, help="Data set the model was trained on (see `probe datasets`).")
-@click.option("--data", type=click.Path(file_okay=False), default=None, help="A local copy of the data set (as for probe train).")
-@click.option("--probe-set-size", type=click.IntRange(min=10), default=1000, show_default=True,
-              help="Class-stratified validation images whose activations are dumped per epoch.")
-@click.option("--analysis-batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Training images stored for loss-based analyses.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the probe set and analysis batch.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--run-dir", required=True, type=click.Path(file_okay=False), help="The run directory to write."
+)
+@click.option(
+    "--model",
+    "--family",
+    "family",
+    required=True,
+    help="Model family of the state dicts (see `probe models`).",
+)
+@click.option(
+    "--model-param",
+    "model_params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A parameter of the family (repeatable), e.g. --model-param depth=20.",
+)
+@click.option(
+    "--dataset",
+    default="cifar10",
+    show_default=True,
+    help="Data set the model was trained on (see `probe datasets`).",
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A local copy of the data set (as for probe train).",
+)
+@click.option(
+    "--probe-set-size",
+    type=click.IntRange(min=10),
+    default=1000,
+    show_default=True,
+    help="Class-stratified validation images whose activations are dumped per epoch.",
+)
+@click.option(
+    "--analysis-batch-size",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Training images stored for loss-based analyses.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the probe set and analysis batch.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
 @click.option("--force", is_flag=True, help="Replace an existing probe run in --run-dir.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines.")
-def import_command(folder: str, run_dir: str, family: str, model_params: tuple[str, ...], dataset: str,
-                   data: str | None, probe_set_size: int, analysis_batch_size: int, seed: int, device: str,
-                   force: bool, quiet: bool) -> None:
+def import_command(
+    folder: str,
+    run_dir: str,
+    family: str,
+    model_params: tuple[str, ...],
+    dataset: str,
+    data: str | None,
+    probe_set_size: int,
+    analysis_batch_size: int,
+    seed: int,
+    device: str,
+    force: bool,
+    quiet: bool,
+) -> None:
     """Turn a FOLDER of per-epoch state dicts into a run directory probe can analyse.
 
     \b
@@ -201,8 +310,19 @@ def import_command(folder: str, run_dir: str, family: str, model_params: tuple[s
     from probe.training.model import parse_pairs
 
     params = parse_pairs(model_params)
-    import_checkpoints(folder, run_dir, family, dataset, model_params=params, data=data,
-                       probe_set_size=probe_set_size, analysis_batch_size=analysis_batch_size, seed=seed,
-                       device=device, force=force, log=None if quiet else (lambda s: click.echo(s)))
+    import_checkpoints(
+        folder,
+        run_dir,
+        family,
+        dataset,
+        model_params=params,
+        data=data,
+        probe_set_size=probe_set_size,
+        analysis_batch_size=analysis_batch_size,
+        seed=seed,
+        device=device,
+        force=force,
+        log=None if quiet else (lambda s: click.echo(s)),
+    )
     if not quiet:
         click.echo(f"run directory: {run_dir}")

@@ -50,7 +50,9 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     if cfg.optimizer == "SGD":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "SGD_mom":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "Adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -95,9 +97,23 @@ def model_spec(cfg: TrainConfig, ds: data.Dataset) -> ModelSpec:
 class Trainer:
     """Holds the tensors, model and optimizer of one run; `fit()` runs the epochs, a `probe.Recorder` writes them."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, device: torch.device, ds: data.Dataset, log: Log, progress: bool,
-                 spec: ModelSpec | None = None):
-        self.run_dir, self.cfg, self.device, self.log, self.progress = run_dir, cfg, device, log, progress
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: TrainConfig,
+        device: torch.device,
+        ds: data.Dataset,
+        log: Log,
+        progress: bool,
+        spec: ModelSpec | None = None,
+    ):
+        self.run_dir, self.cfg, self.device, self.log, self.progress = (
+            run_dir,
+            cfg,
+            device,
+            log,
+            progress,
+        )
         self.spec = spec or model_spec(cfg, ds)
         self.augmentation = ds.augmentation if cfg.augment else None
         subset = data.train_subset(ds, cfg.subset_train_size, cfg.seed)
@@ -105,11 +121,24 @@ class Trainer:
         self.train_y = ds.train_y[subset].to(device)
         # The one writer of the run directory: the probe set, validation order and analysis batch are its.
         self.recorder = Recorder.attached(
-            run_dir, self.spec, ds, device, train=cfg.to_dict(), config_hash=cfg.hash(),
+            run_dir,
+            self.spec,
+            ds,
+            device,
+            train=cfg.to_dict(),
+            config_hash=cfg.hash(),
             augmentation=self.augmentation.to_dict() if self.augmentation else None,
-            probe_set_size=cfg.probe_set_size, analysis_batch_size=cfg.analysis_batch_size, subset=subset,
-            seed=cfg.seed, val_size=cfg.val_size, val_batch_size=cfg.val_batch_size, full_maps=cfg.full_maps,
-            precision=cfg.precision, channels_last=cfg.channels_last, log=log)
+            probe_set_size=cfg.probe_set_size,
+            analysis_batch_size=cfg.analysis_batch_size,
+            subset=subset,
+            seed=cfg.seed,
+            val_size=cfg.val_size,
+            val_batch_size=cfg.val_batch_size,
+            full_maps=cfg.full_maps,
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+            log=log,
+        )
         self.probe_idx, self.val_order = self.recorder.probe_idx, self.recorder.val_order
         self.ds = ds
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -141,7 +170,13 @@ class Trainer:
         n = self.train_x.shape[0]
         perm = torch.randperm(n, generator=self.gen).to(self.device)
         zero = torch.zeros((), device=self.device)
-        loss_sum, correct, gn_sum, gn_max, ratio_sum = zero.clone(), zero.clone(), zero.clone(), zero.clone(), zero.clone()
+        loss_sum, correct, gn_sum, gn_max, ratio_sum = (
+            zero.clone(),
+            zero.clone(),
+            zero.clone(),
+            zero.clone(),
+            zero.clone(),
+        )
         steps = range(0, n, cfg.batch_size)
         bar = _bar(steps, f"epoch {epoch}/{cfg.epochs}", self.progress)
         for start in bar:
@@ -161,7 +196,9 @@ class Trainer:
             opt.step()
             with torch.no_grad():
                 delta = torch._foreach_sub(self.params, before)
-                ratio = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta))) / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
+                ratio = torch.linalg.vector_norm(
+                    torch.stack(torch._foreach_norm(delta))
+                ) / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
                 b = y.shape[0]
                 loss_sum += loss.detach() * b
                 correct += (logits.argmax(1) == y).sum()
@@ -169,13 +206,23 @@ class Trainer:
                 gn_max = torch.maximum(gn_max, gn)
                 ratio_sum += ratio
         nsteps = len(steps)
-        stats = torch.stack([loss_sum / n, correct / n, gn_sum / nsteps, gn_max, ratio_sum / nsteps]).tolist()
-        return {"train_loss": stats[0], "train_acc": stats[1], "grad_norm_mean": stats[2], "grad_norm_max": stats[3],
-                "update_ratio": stats[4], "lr": lr}
+        stats = torch.stack(
+            [loss_sum / n, correct / n, gn_sum / nsteps, gn_max, ratio_sum / nsteps]
+        ).tolist()
+        return {
+            "train_loss": stats[0],
+            "train_acc": stats[1],
+            "grad_norm_mean": stats[2],
+            "grad_norm_max": stats[3],
+            "update_ratio": stats[4],
+            "lr": lr,
+        }
 
     def finish_epoch(self, epoch: int, metrics: dict[str, Any], t0: float) -> dict[str, Any]:
         """Validate (recording activations), then write dump, checkpoint and metrics, in that order (the recorder)."""
-        row = self.recorder.record(epoch, self.model, self.opt, metrics, rng=rng_states(self.gen), started=t0)
+        row = self.recorder.record(
+            epoch, self.model, self.opt, metrics, rng=rng_states(self.gen), started=t0
+        )
         metrics.clear()
         metrics.update(row)
         return metrics
@@ -206,17 +253,18 @@ def _bar(it, label: str, show: bool):
     return click.progressbar(it, label=label, file=sys.stderr, show_pos=True)
 
 
-
-
 def summary_line(m: dict[str, Any], epochs: int) -> str:
     if m["epoch"] == 0:
         return f"epoch 0/{epochs} (init)  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  {m['epoch_seconds']:.1f}s"
-    return (f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
-            f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  grad {m['grad_norm_mean']:.3f}  "
-            f"lr {m['lr']:.4g}  {m['epoch_seconds']:.1f}s ({m['images_per_second']:.0f} img/s)")
+    return (
+        f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
+        f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  grad {m['grad_norm_mean']:.3f}  "
+        f"lr {m['lr']:.4g}  {m['epoch_seconds']:.1f}s ({m['images_per_second']:.0f} img/s)"
+    )
 
 
 # --- resuming ---------------------------------------------------------------------------------------
+
 
 def last_good_epoch(run: rundir.Run, log: Log) -> checkpoint.Checkpoint | None:
     """The newest checkpoint that loads and verifies; damaged later ones are reported and skipped."""
@@ -233,16 +281,30 @@ def refuse_foreign_resume(run_dir: Path) -> None:
     source = rundir.Run(run_dir).config.get("source")
     kind = source.get("kind") if isinstance(source, dict) else None
     if kind == "import":
-        raise UsageError("--resume", f"{run_dir} was made by `probe import`: its checkpoints carry no optimizer state, "
-                                     "so probe train cannot continue it (analyse it, or train a new run)")
+        raise UsageError(
+            "--resume",
+            f"{run_dir} was made by `probe import`: its checkpoints carry no optimizer state, "
+            "so probe train cannot continue it (analyse it, or train a new run)",
+        )
     if kind is not None:
-        raise UsageError("--resume", f"{run_dir} was written by probe.Recorder from another training loop; continue it "
-                                     "in that loop, probe train cannot")
+        raise UsageError(
+            "--resume",
+            f"{run_dir} was written by probe.Recorder from another training loop; continue it "
+            "in that loop, probe train cannot",
+        )
 
 
-def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool = False, force: bool = False,
-          quiet: bool = False, progress: bool | None = None, log: Log | None = None,
-          dataset: data.Dataset | None = None) -> Path:
+def train(
+    run_dir: str | Path,
+    cfg: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    quiet: bool = False,
+    progress: bool | None = None,
+    log: Log | None = None,
+    dataset: data.Dataset | None = None,
+) -> Path:
     """Train `cfg` into `run_dir` (or continue it with resume=True); returns the run directory.
 
     `dataset` replaces loading CIFAR-10 (tests and the plugin-author fixture pass small synthetic data).
@@ -261,22 +323,36 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
         cfg = TrainConfig()
     device = resolve_device(cfg.device)
     preflight(cfg, run_dir)
-    ds = dataset or data.load_dataset(cfg.dataset, cfg.data, quiet=quiet)  # fails (one line) before anything is written
+    ds = dataset or data.load_dataset(
+        cfg.dataset, cfg.data, quiet=quiet
+    )  # fails (one line) before anything is written
     spec = model_spec(cfg, ds)  # so do a model that does not fit the data set, or is too large
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ProbeError(f"{run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
+        raise ProbeError(
+            f"{run_dir}: cannot create the run directory ({exc.strerror or exc})"
+        ) from None
     with lock.hold(run_dir):  # one writer per run; held until the last epoch is written
-        check_run_dir(run_dir, resume=resume, force=force, locked=True)  # it may have changed while we loaded data
+        check_run_dir(
+            run_dir, resume=resume, force=force, locked=True
+        )  # it may have changed while we loaded data
         if force and _has_content(run_dir):
             clear_run(run_dir)
         remove_training_temps(run_dir)  # what a killed process was writing
         return _train_locked(run_dir, cfg, device, ds, log, progress, resume, spec)
 
 
-def _train_locked(run_dir: Path, cfg: TrainConfig, device: torch.device, ds: data.Dataset, log: Log,
-                  progress: bool, resume: bool, spec: ModelSpec) -> Path:
+def _train_locked(
+    run_dir: Path,
+    cfg: TrainConfig,
+    device: torch.device,
+    ds: data.Dataset,
+    log: Log,
+    progress: bool,
+    resume: bool,
+    spec: ModelSpec,
+) -> Path:
     trainer = Trainer(run_dir, cfg, device, ds, log, progress, spec)
     history: list[dict[str, Any]] = []
     start = 0
@@ -284,11 +360,19 @@ def _train_locked(run_dir: Path, cfg: TrainConfig, device: torch.device, ds: dat
         run = rundir.Run(run_dir)
         ckpt = last_good_epoch(run, log)
         if ckpt is not None:
-            if ckpt.config_hash and ckpt.config_hash != cfg.hash() and ckpt.epoch > 0 and cfg.schedule != "constant":
+            if (
+                ckpt.config_hash
+                and ckpt.config_hash != cfg.hash()
+                and ckpt.epoch > 0
+                and cfg.schedule != "constant"
+            ):
                 log("warning: the config changed since this checkpoint was written")
             if ckpt.spec != trainer.spec:
-                raise RunFileError(ckpt.path, f"holds a different model ({ckpt.spec.describe()}) than {rundir.CONFIG} "
-                                              f"describes ({trainer.spec.describe()})")
+                raise RunFileError(
+                    ckpt.path,
+                    f"holds a different model ({ckpt.spec.describe()}) than {rundir.CONFIG} "
+                    f"describes ({trainer.spec.describe()})",
+                )
             trainer.model.load_state_dict(ckpt.model_state)
             checkpoint.restore_optimizer(trainer.opt, trainer.model, ckpt)
             set_rng_states(ckpt.rng, trainer.gen)
@@ -299,7 +383,11 @@ def _train_locked(run_dir: Path, cfg: TrainConfig, device: torch.device, ds: dat
                 log(f"warning: {exc}; rebuilding {rundir.METRICS} from the checkpoints")
                 history = []
             have = {m["epoch"] for m in history}
-            history += [run.load_checkpoint(e).metrics for e in run.epochs() if e <= ckpt.epoch and e not in have]
+            history += [
+                run.load_checkpoint(e).metrics
+                for e in run.epochs()
+                if e <= ckpt.epoch and e not in have
+            ]
             history.sort(key=lambda m: m["epoch"])
             for e in run.epochs():
                 if e > ckpt.epoch:
@@ -308,15 +396,26 @@ def _train_locked(run_dir: Path, cfg: TrainConfig, device: torch.device, ds: dat
     if start == 0:
         trainer.write_static(_resolved(cfg, device))
         n = sum(p.numel() for p in trainer.model.parameters())
-        log(f"training {n:,}-parameter {trainer.spec.describe()} on {trainer.train_x.shape[0]:,} {cfg.dataset} images, "
-            f"{cfg.epochs} epochs, {device}; run directory {run_dir}")
+        log(
+            f"training {n:,}-parameter {trainer.spec.describe()} on {trainer.train_x.shape[0]:,} {cfg.dataset} images, "
+            f"{cfg.epochs} epochs, {device}; run directory {run_dir}"
+        )
     else:
-        if start - 1 > cfg.epochs:  # shrinking a run would make config.json contradict its checkpoints
-            raise UsageError("--epochs", f"{run_dir} already holds {start - 1} trained epochs; give --epochs {start - 1} "
-                                         "or more to continue it (nothing was changed)")
-        atomic.write_json(run_dir / rundir.CONFIG, {**rundir.Run(run_dir).config, "train": cfg.to_dict()})
+        if (
+            start - 1 > cfg.epochs
+        ):  # shrinking a run would make config.json contradict its checkpoints
+            raise UsageError(
+                "--epochs",
+                f"{run_dir} already holds {start - 1} trained epochs; give --epochs {start - 1} "
+                "or more to continue it (nothing was changed)",
+            )
+        atomic.write_json(
+            run_dir / rundir.CONFIG, {**rundir.Run(run_dir).config, "train": cfg.to_dict()}
+        )
     if start > cfg.epochs:
-        write_metrics(run_dir, history)  # a kill after the last checkpoint left its metrics line unwritten
+        write_metrics(
+            run_dir, history
+        )  # a kill after the last checkpoint left its metrics line unwritten
         log(f"{run_dir} is already complete ({cfg.epochs} epochs)")
         return run_dir
     trainer.fit(start, history)

@@ -13,7 +13,9 @@ import probe
 
 @dataclass(frozen=True)
 class Params:
-    relative: bool = probe.param(True, "Divide the distance from initialisation by the initial norm.")
+    relative: bool = probe.param(
+        True, "Divide the distance from initialisation by the initial norm."
+    )
 
 
 def run(ctx: probe.Context) -> None:
@@ -34,16 +36,29 @@ def run(ctx: probe.Context) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for j, name in enumerate(names):
         ax.plot(ctx.epochs, dist[:, j], "o-", ms=3, label=name)
-    ax.set(xlabel="epoch", ylabel="relative distance from init" if ctx.params.relative else "distance from init")
+    ax.set(
+        xlabel="epoch",
+        ylabel="relative distance from init" if ctx.params.relative else "distance from init",
+    )
     ax.legend(fontsize=7)
-    ctx.out.figure("distance", fig, caption="How far each layer's weights moved from initialisation.")
-    ctx.out.arrays("distance", distance=dist, epochs=np.array(ctx.epochs), layers=np.array(names, dtype="S"))
+    ctx.out.figure(
+        "distance", fig, caption="How far each layer's weights moved from initialisation."
+    )
+    ctx.out.arrays(
+        "distance", distance=dist, epochs=np.array(ctx.epochs), layers=np.array(names, dtype="S")
+    )
     ctx.out.scalar("max_distance", float(dist.max()))
 
 
 @probe.hookimpl
 def register_analyses(register) -> None:
-    register(probe.Analysis(
-        name="example", run=run, params=Params, scope="run", needs={"checkpoint"},
-        summary="How far each layer's weights moved from initialisation, per epoch.",
-    ))
+    register(
+        probe.Analysis(
+            name="example",
+            run=run,
+            params=Params,
+            scope="run",
+            needs={"checkpoint"},
+            summary="How far each layer's weights moved from initialisation, per epoch.",
+        )
+    )
