@@ -13,8 +13,7 @@ from typing import Any
 
 from probe.contract.hookspecs import hookimpl
 from probe.errors import NotARunError, ProbeError, RunFileError, Skip, UsageError
-
-__version__ = "0.1.0"
+from probe.version import __version__
 
 __all__ = [
     "Analysis",

@@ -1063,7 +1063,7 @@ def render(
     template: str, title: str, nav: list[tuple[str, str]], regen: str, view: dict[str, Any]
 ) -> str:
     """One whole page: `view` holds plain values only; the template escapes each where it lands."""
-    from probe import __version__
+    from probe.version import __version__
 
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return (

@@ -118,7 +118,7 @@ def save(
     """Atomically write the checkpoint of `epoch` (temp file, fsync, rename)."""
     from safetensors.torch import save_file
 
-    from probe import __version__
+    from probe.version import __version__
 
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():

@@ -136,7 +136,7 @@ def resolve_spec(
 
 
 def _resolved(device: torch.device, seed: int) -> dict[str, Any]:
-    from probe import __version__
+    from probe.version import __version__
 
     info: dict[str, Any] = {
         "versions": {
