@@ -172,6 +172,11 @@ def register_analyses(register) -> None:
             scope="epoch",
             needs={"activations"},
             summary="Linear CKA between every pair of recorded layers, as a heatmap.",
+            report_order=50,
+            caption=(
+                "Linear CKA similarity between layers or epochs (0 to 1); values near 1 mean two "
+                "representations are the same up to rotation and scale."
+            ),
         )
     )
     register(
@@ -182,5 +187,6 @@ def register_analyses(register) -> None:
             scope="run",
             needs={"activations"},
             summary="Linear CKA of each layer at each epoch with the same layer at the last epoch.",
+            report_order=100,
         )
     )

@@ -585,5 +585,12 @@ def register_analyses(register) -> None:
             version="3",
             summary="Largest/smallest Hessian eigenvalues (Lanczos), trace, density and per-layer blocks per epoch, "
             "over one or several batches, warm-started.",
+            report_order=70,
+            caption=(
+                "Top eigenvalues of the loss Hessian on the analysis batch; larger values mean a "
+                "sharper minimum, and gradient descent is stable only while the top one stays "
+                "below 2/lr."
+            ),
+            headline={"top_eigenvalue": "top_eig"},
         )
     )

@@ -359,5 +359,10 @@ def register_analyses(register) -> None:
             version="2",
             needs={"model", "checkpoint", "analysis_batch", "trajectory"},
             summary="Loss/accuracy surface along filter-normalised, random or trajectory-PCA directions, eval mode.",
+            report_order=80,
+            caption=(
+                "Training loss along random filter-normalised directions around the weights; a "
+                "wide, flat basin means a minimum robust to weight perturbations."
+            ),
         )
     )

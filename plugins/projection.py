@@ -303,5 +303,10 @@ def register_analyses(register) -> None:
             scope="run",
             needs={"activations", "probe_set"},
             summary="PCA and t-SNE of a layer's probe-set activations per epoch, on axes shared across epochs.",
+            report_order=30,
+            caption=(
+                "The probe images' activations projected to 2-D and coloured by class; tighter, "
+                "better-separated class clusters mean more linearly separable features."
+            ),
         )
     )

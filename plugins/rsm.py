@@ -125,5 +125,10 @@ def register_analyses(register) -> None:
             scope="epoch",
             needs={"activations", "probe_set"},
             summary="Cosine similarity matrix of the probe set at a layer, sorted by class; within- vs between-class.",
+            report_order=40,
+            caption=(
+                "Representational similarity matrix of the probe images sorted by class; bright "
+                "blocks on the diagonal mean the layer represents images of one class alike."
+            ),
         )
     )

@@ -216,5 +216,11 @@ def register_analyses(register) -> None:
             version="2",
             needs={"model", "analysis_batch"},
             summary="Worst-case (Keskar), adaptive (ASAM) and average-case sharpness as loss increases, eval mode.",
+            report_order=90,
+            caption=(
+                "Loss increase under small weight perturbations of a given radius; lower means a "
+                "flatter minimum, which often goes with better generalisation."
+            ),
+            headline={"worst_case": "sharpness"},
         )
     )

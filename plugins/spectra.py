@@ -577,6 +577,7 @@ def register_analyses(register) -> None:
             needs={"checkpoint"},
             summary="Data-free weight spectra per layer (WeightWatcher's): ESD, power-law alpha, stable rank, spectral norm.",
             figure_captions={"esd": CAPTION_ESD, "alpha": CAPTION_ALPHA},
+            report_order=120,
         )
     )
     register(
@@ -588,5 +589,6 @@ def register_analyses(register) -> None:
             needs={"checkpoint"},
             summary="Power-law alpha, stable rank and spectral norm of every layer's weights across epochs (data-free).",
             figure_captions={"spectra_epochs": CAPTION_EPOCHS},
+            report_order=130,
         )
     )

@@ -25,7 +25,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 LAZY_COMMANDS = {
     "sweep": "probe.studies.sweep:sweep_command",
     "compare": "probe.studies.compare:compare_command",
-    "report": "probe.report.render:report_command",
+    "report": "probe.report.command:report_command",
     "import": "probe.training.importer:import_command",
 }
 

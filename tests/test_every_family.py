@@ -224,7 +224,7 @@ def test_a_skip_is_one_line_recorded_not_a_failure_and_not_asked_again(
 
     from probe.analysis.runner import summary_line
     from probe.contract.registry import PluginInfo, Registry
-    from probe.report.render import report_run
+    from probe.report.pages import report_run
 
     run = tmp_path / "run"
     shutil.copytree(family_runs["mlp"], run)

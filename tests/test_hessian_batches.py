@@ -286,7 +286,8 @@ def test_analysis_batch_size_is_bounded_by_the_training_subset():
 
 
 def test_compare_shows_the_standard_error_beside_the_top_eigenvalue():
-    from probe.studies import compare as cmp
+    from probe.studies import table as cmp
+    from probe.studies.rows import installed_analyses
 
     names = [
         "hessian.top_eigenvalue",
@@ -294,8 +295,9 @@ def test_compare_shows_the_standard_error_beside_the_top_eigenvalue():
         "hessian.top_eigenvalue_se",
         "hessian.trace_se",
     ]
-    assert cmp.hessian_key(names) == "hessian.top_eigenvalue"
-    assert cmp.hessian_key(["hessian.top_eigenvalue_se"]) is None
+    analyses = installed_analyses()  # hessian declares its headline scalar (Analysis.headline)
+    assert cmp.headline_columns(names, analyses) == [("hessian.top_eigenvalue", "top_eig")]
+    assert cmp.headline_columns(["hessian.top_eigenvalue_se"], analyses) == []
     keys = ["lr"]
     columns = [
         "run",

@@ -80,7 +80,19 @@ class NoParams:
 
 @dataclass(frozen=True)
 class Analysis:
-    """One analysis a plugin provides. See docs/writing-a-plugin.md."""
+    """One analysis a plugin provides. See docs/writing-a-plugin.md ("Reference").
+
+    Besides what it runs on, an analysis says how the report and `probe compare` present it,
+    so that neither names any analysis (a third party's is shown exactly like a built-in one):
+    `report_order` places its section on a run's page (lower first, then by name; built-ins use
+    10 to 130, the default puts it after them), `caption` is the one line on how to read its
+    figures when a figure has no caption of its own, and `headline` maps the scalars that
+    `probe compare` shows as columns of its terminal table to their column labels (a scalar's
+    `<name>_se`, where a result has it, is shown beside it as `value ± se`).
+    """
+
+    # The default `report_order`: after every built-in analysis.
+    DEFAULT_REPORT_ORDER: typing.ClassVar[int] = 1000
 
     name: str
     run: Callable[[Any], Any]
@@ -92,6 +104,9 @@ class Analysis:
     figure_captions: Mapping[str, str] = field(default_factory=dict)
     provider: str = ""
     provider_version: str = ""
+    report_order: int = DEFAULT_REPORT_ORDER
+    caption: str = ""
+    headline: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -119,6 +134,34 @@ class Analysis:
                 f'analysis {self.name!r}: version must be a non-empty str (e.g. version="{hint}"), '
                 f"got {type(self.version).__name__} {self.version!r}"
             )
+        self._check_presentation()
+
+    def _check_presentation(self) -> None:
+        """`report_order`, `caption` and `headline`, each refused with one line if malformed."""
+        order = self.report_order
+        if not isinstance(order, int) or isinstance(order, bool):
+            raise ValueError(
+                f"analysis {self.name!r}: report_order must be an int (lower comes first), "
+                f"got {type(order).__name__} {order!r}"
+            )
+        if not isinstance(self.caption, str) or "\n" in self.caption:
+            raise ValueError(f"analysis {self.name!r}: caption must be one line of text")
+        if not isinstance(self.headline, Mapping):
+            raise ValueError(
+                f"analysis {self.name!r}: headline must map scalar names to column labels, "
+                f'e.g. {{"top_eigenvalue": "top_eig"}}, got {type(self.headline).__name__}'
+            )
+        for scalar, label in self.headline.items():
+            if not isinstance(scalar, str) or not scalar.strip() or "\n" in scalar:
+                raise ValueError(
+                    f"analysis {self.name!r}: headline scalar {scalar!r} must be a scalar's name"
+                )
+            if not isinstance(label, str) or not label.strip() or "\n" in label or len(label) > 40:
+                raise ValueError(
+                    f"analysis {self.name!r}: headline label {label!r} of {scalar!r} must be "
+                    "one line of 1 to 40 characters"
+                )
+        object.__setattr__(self, "headline", dict(self.headline))  # a copy the caller cannot change
 
     def check_params(self) -> None:
         """Raise a one-line ValueError if the params class cannot be described or its defaults break its own rules.
