@@ -23,7 +23,15 @@ A surface is evaluated point by point with `functional_call` (the module is neve
 modified) in eval mode. BatchNorm "frozen" keeps the centre checkpoint's running
 statistics at every point (Li et al.); "recalibrate" re-estimates them per point on
 a fixed calibration batch. Arrays are indexed [row = beta (y) index, column = alpha
-(x) index], the layout matplotlib's `contour(alpha, beta, loss)` expects.
+(x) index], the layout matplotlib's `contour(alpha, beta, loss)` expects. How each point
+is evaluated (BatchNorm mode, batch size, loss, points per pass, memory layout) is one
+`SurfaceConfig`, taken by `surface`, `surface_rows` and `center_over_batches`, or its
+fields as keywords.
+
+Guarantees: the model is never modified (weights, buffers, train/eval flags); loss and
+accuracy are accumulated in float64 over mini-batches weighted by sample count; the same
+seed gives the same directions; a NaN/inf loss at the centre is a `probe.ProbeError`, a bad
+option a `probe.UsageError` naming it.
 """
 
 from __future__ import annotations

@@ -25,6 +25,13 @@ the combined value is not the mean of the per-batch maxima and costs one more as
 over all the images; for the average case, with the same noise draws on every batch,
 the combined value is exactly the sample-weighted mean of the per-batch ones (no
 extra evaluation).
+
+Each measure's options are one frozen value (`WorstCaseConfig`, `AdaptiveConfig`,
+`AverageConfig`; the loss's options from `probe.numerics.loss.LossOptions`), taken by its
+function and by `over_batches`, or as keywords. Guarantees: the model is never modified;
+the same seed gives the same start and noise; the average case states its Monte Carlo
+standard error and whether the value is distinguishable from zero; a NaN/inf base loss is a
+`probe.ProbeError`, a bad option a `probe.UsageError` naming it.
 """
 
 from __future__ import annotations
