@@ -333,7 +333,8 @@ def test_batches_beyond_the_cache_limit_drop_their_graphs_and_agree(batches, mon
     model, x, y, _ = batches
     kw = dict(top_k=2, smallest=1, batches=B, trace_samples=3, blocks="layer", seed=4, **TIGHT)
     kept = C.hessian_analysis(model, x, y, **kw)
-    monkeypatch.setattr(C, "CACHE_LIMIT", N)  # each batch fits, all of them together do not
+    # each batch fits, all of them together do not (the limit lives in the operators' module)
+    monkeypatch.setattr(C.operators, "CACHE_LIMIT", N)
     dropped = C.hessian_analysis(model, x, y, **kw)
     np.testing.assert_allclose(dropped.eigen[0].values, kept.eigen[0].values, rtol=1e-9)
     np.testing.assert_allclose(
