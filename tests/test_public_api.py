@@ -1,4 +1,4 @@
-"""The public API a plugin may use: `probe`, the modules of `probe.PUBLIC_MODULES`, and `probe.datasets`.
+"""The public API a plugin may use: `probe` and the modules of `probe.PUBLIC_MODULES`.
 
 `probe.datasets` is what a data-set plugin builds on: `Dataset`, the sealed cache
 (`cached`, `read_cache`/`write_cache`), the checked download and file helpers, CIFAR-10's
