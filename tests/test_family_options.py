@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from reliability_helpers import installed_with
 
 import probe
-from probe.contract.registry import PluginInfo, load_registry, reset_registry
 from probe.datasets import CIFAR10_INPUT
 from probe.errors import UsageError
 from probe.training.config import TrainConfig, family_params
@@ -88,10 +88,7 @@ class GridPlugin:
 @pytest.fixture
 def grid(fresh_registry):
     """The installed plugins plus the grid family, as if its package were installed."""
-    reg = load_registry()
-    reg.register(GridPlugin(), PluginInfo("grid", "grid_plugin", "grid-family", "1.0"))
-    reset_registry(reg)
-    return reg
+    return installed_with(GridPlugin(), "grid", "grid-family")
 
 
 def spec_params(**cfg) -> dict:

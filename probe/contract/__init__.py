@@ -1,4 +1,4 @@
-"""The plugin contract: the records a plugin registers, the hooks it implements, the registry that collects them.
+"""The plugin contract: the records plugins register, the hooks they implement, the registry.
 
 Imports point one way inside the layer: params (typed parameters) -> analysis and
 records (what plugins register) -> registry (pluggy, entry points, one set of rules

@@ -8,13 +8,14 @@ classifier). A plugin registers it from `register_models`:
 
     @probe.hookimpl
     def register_models(register):
-        register(probe.ModelFamily(name="mlp", summary="...", params=Params, build=build, layers=layers))
+        register(probe.ModelFamily(name="mlp", summary="...", params=Params, build=build))
 
 The spec stored in each checkpoint and in config.json names the family, its
 version and provider, the parameters with defaults filled, the input (channels,
 size, normalisation) and the number of classes:
 
-    {"family": "resnet", "family_version": "1", "provider": "probe-cnn", "params": {"depth": 20, ...},
+    {"family": "resnet", "family_version": "1", "provider": "probe-cnn",
+     "params": {"depth": 20, ...},
      "input": {"channels": 3, "size": [32, 32], "mean": [...], "std": [...]}, "num_classes": 10}
 
 A spec never names code to import: only installed families are built (`get_family`
@@ -84,14 +85,14 @@ class ModelFamily(FamilyRecord):
         num_classes: int,
         option: str = "--model-param",
     ) -> ModelSpec:
-        """The spec of this family with parameters `raw` (checked; defaults filled) for `input` and `num_classes`."""
+        """The spec of this family with parameters `raw` (checked, defaults filled) for `input`."""
         params = dataclasses.asdict(self.make_params(raw, option))
         return ModelSpec(self.name, params, input, num_classes, self.version, self.provider)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model: stored as JSON in every checkpoint and in config.json."""
+    """Everything needed to rebuild a model: JSON in each checkpoint and in config.json."""
 
     family: str
     params: Mapping[str, Any]
@@ -188,7 +189,7 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str, source: str | Path = "model spec") -> ModelSpec:
-        """Parse stored JSON (bounded in depth and integer length); a bad spec raises ValueError or RunFileError."""
+        """Parse stored JSON (bounded depth, integer length); bad: ValueError or RunFileError."""
         return cls.from_dict(loads_json(text, source=source), source)
 
     # --- building -----------------------------------------------------------------------------
@@ -196,7 +197,7 @@ class ModelSpec:
         return get_family(self.family, provider=self.provider)
 
     def family_params(self) -> Any:
-        """The family's params dataclass for this spec; a value the family refuses raises ValueError."""
+        """The family's params dataclass for this spec; a refused value is a ValueError."""
         fam = self.family_obj()
         try:
             return fam.make_params(dict(self.params), option="model spec")
@@ -204,12 +205,12 @@ class ModelSpec:
             raise ValueError(str(exc).removeprefix("model spec: ")) from None
 
     def build(self) -> Any:
-        """A freshly initialised model (on torch's current default device: `with torch.device("meta")` sizes it)."""
+        """A freshly initialised model on torch's default device (the meta device sizes it)."""
         fam = self.family_obj()
         return fam.build(self.family_params(), self.input, self.num_classes)
 
     def skeleton(self) -> Any:
-        """The model built on the meta device: its names, shapes and parameter count, nothing allocated."""
+        """The model built on the meta device: its names, shapes and parameter count, no memory."""
         import torch
 
         with torch.device("meta"):
@@ -276,7 +277,8 @@ _LEGACY_KEYS = {
 
 
 def _from_legacy(d: dict[str, Any]) -> ModelSpec:
-    """The first format: `{"arch": "SimpleCNN", depth, base_width, dropout, num_classes, in_channels, hidden, mean, std}`."""
+    """The first format: `{"arch": "SimpleCNN", depth, base_width, dropout, num_classes,
+    in_channels, hidden, mean, std}`, without mean and std when they were CIFAR-10's."""
     if d.get("arch") != "SimpleCNN":
         raise ValueError(f"unsupported model spec arch {str(d.get('arch'))[:40]!r}")
     unknown = set(d) - _LEGACY_KEYS
@@ -304,11 +306,11 @@ def _from_legacy(d: dict[str, Any]) -> ModelSpec:
     )
 
 
-# --- finding families ------------------------------------------------------------------------------
+# --- finding families ----------------------------------------------------------------------
 
 
 def get_family(name: str, provider: str = "", option: str | None = None) -> ModelFamily:
-    """The installed family `name`; else one line naming it (and the distribution that provides it, where known)."""
+    """The installed family `name`; else one line naming it (and its distribution, where known)."""
     fam = lookup("models", name)
     if fam is not None:
         return fam
@@ -327,13 +329,13 @@ class FamilyNotInstalled(ValueError):
 
 
 def default_layers(model: Any, inp: InputSpec) -> list[str]:
-    """Recorded layers for a family that names none: its top-level blocks, then the penultimate layer.
+    """Recorded layers for a family that names none: its top-level blocks, then the penultimate.
 
-    `model` is on the meta device (`ModelSpec.skeleton`). Runs one forward pass there, noting the order in which modules
-    finish. The classifier is the last `nn.Linear` to run; the penultimate layer is
-    the last module before it whose per-sample output size equals the classifier's
-    input size. Block outputs are the top-level children that ran before the
-    penultimate layer and give 2-D or 4-D outputs.
+    `model` is on the meta device (`ModelSpec.skeleton`). Runs one forward pass there,
+    noting the order in which modules finish. The classifier is the last `nn.Linear` to
+    run; the penultimate layer is the last module before it whose per-sample output size
+    equals the classifier's input size. Block outputs are the top-level children that ran
+    before the penultimate layer and give 2-D or 4-D outputs.
     """
     import torch
     from torch import nn

@@ -1,4 +1,4 @@
-"""Typed parameters: how analyses, model families and data sets declare theirs, and how values are checked.
+"""Typed parameters: how analyses and model families declare theirs, and how values are checked.
 
 A plugin declares its parameters as a frozen dataclass whose fields are `probe.param`s:
 
@@ -39,7 +39,7 @@ def param(
     max: float | None = None,
     allow_nonfinite: bool = False,
 ) -> Any:
-    """Declare one parameter (of an analysis or a model family): its default, help text, allowed values.
+    """Declare one parameter (of an analysis or a model family): default, help text, allowed values.
 
     `min`/`max` are inclusive bounds; `allow_nonfinite=True` lets a float parameter
     take nan, inf and -inf (refused otherwise, since nan passes every bound).
@@ -115,7 +115,7 @@ class ParamSpec:
         return value
 
     def problem(self, value: Any) -> str | None:
-        """Why `value` (already of the parsed type, or not) is not allowed, or None; shared by --param and defaults."""
+        """Why `value` (parsed or not) is not allowed, or None; shared by --param and defaults."""
         if value is None and self.default is None:
             return None
         as_float = (
@@ -147,7 +147,7 @@ def _scalar_type(hint: Any, owner: str, name: str) -> type:
 
 
 def param_specs(params: type, owner: str) -> list[ParamSpec]:
-    """The fields of a params dataclass declared with `probe.param`, as ParamSpecs (`owner` names it in errors)."""
+    """The `probe.param` fields of a params dataclass as ParamSpecs (errors name `owner`)."""
     hints = typing.get_type_hints(params)
     return [
         ParamSpec(
@@ -165,7 +165,10 @@ def param_specs(params: type, owner: str) -> list[ParamSpec]:
 
 
 def make_params(params: type, raw: Mapping[str, str | Any], owner: str, option: str) -> Any:
-    """Parse `KEY=VALUE` strings (or typed values) into the params dataclass, checking each; errors name `option`."""
+    """Parse `KEY=VALUE` strings (or typed values) into the params dataclass, checking each.
+
+    An error names `option` and `owner`.
+    """
     specs = {s.name: s for s in param_specs(params, owner)}
     values = {}
     for key, value in raw.items():
@@ -180,7 +183,7 @@ def make_params(params: type, raw: Mapping[str, str | Any], owner: str, option: 
 
 
 def check_params(params: type, owner: str) -> None:
-    """Raise a one-line ValueError if `params` cannot be described or its defaults break its own rules."""
+    """A one-line ValueError if `params` cannot be described or its defaults break its rules."""
     try:
         specs = param_specs(params, owner)  # a field of an unsupported type raises here
     except ValueError as exc:

@@ -8,7 +8,7 @@ the registry, so it lives above it. No torch import: registering costs nothing a
 
     @probe.hookimpl
     def register_models(register):
-        register(probe.ModelFamily(name="mlp", summary="...", params=Params, build=build, layers=layers))
+        register(probe.ModelFamily(name="mlp", summary="...", params=Params, build=build))
 
     @probe.hookimpl
     def register_datasets(register):
@@ -39,7 +39,7 @@ FAMILY_OPTIONS = ("model_depth", "base_width", "dropout", "target_params")
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model is fed: `channels` x `size` (height, width) images, normalised with `mean`/`std` per channel."""
+    """What the model is fed: `channels` x `size` (height, width) images, normalised per channel."""
 
     channels: int
     size: tuple[int, int]
@@ -72,7 +72,7 @@ class OptionAlias:
 
 @dataclass(frozen=True)
 class SizeEstimate:
-    """A family's arithmetic estimate of one model's size (`ModelFamily.estimate`): no torch, no allocation.
+    """A family's arithmetic estimate of a model's size (`ModelFamily.estimate`), without torch.
 
     `model` names the model in the refusal ("a depth-4 model of base width 60000");
     `param` is the parameter whose option the refusal names (the option that set it).
@@ -86,7 +86,7 @@ class SizeEstimate:
 
 @dataclass(frozen=True)
 class FamilyRecord:
-    """What a model family is (`probe.ModelFamily` adds `spec`). See docs/writing-a-plugin.md, "Model families".
+    """What a model family is (`probe.ModelFamily` adds `spec`). See docs/writing-a-plugin.md.
 
     `build(params, input, num_classes)` returns a freshly initialised `nn.Module` mapping
     a normalised float batch [N, C, H, W] to logits [N, num_classes]; it must work on
@@ -129,7 +129,7 @@ class FamilyRecord:
         object.__setattr__(self, "options", self._aliases())
 
     def _aliases(self) -> dict[str, OptionAlias]:
-        """`options` with every entry an OptionAlias, checked against FAMILY_OPTIONS and the parameters."""
+        """`options`, each entry an OptionAlias, checked against FAMILY_OPTIONS and `params`."""
         if not isinstance(self.options, Mapping):
             raise ValueError(f"model family {self.name!r}: options must be a mapping")
         fields = {f.name for f in dataclasses.fields(self.params)}
@@ -168,7 +168,7 @@ class FamilyRecord:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Batch-wise training augmentation: random crop with `pad` pixels of zero padding, and horizontal flips."""
+    """Batch-wise training augmentation: random crops with `pad` pixels of zero padding, h-flips."""
 
     pad: int = 4
     flip: bool = True

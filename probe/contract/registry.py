@@ -174,7 +174,7 @@ class Registry:
                 self._collect(plugin, info, kind)
 
     def _call(self, plugin: Any, hook: str, **kwargs: Any) -> None:
-        """Call `plugin`'s own implementations of `hook`, as pluggy registered them, none of the others'.
+        """Call `plugin`'s own implementations of `hook`, as pluggy collected them, and no others.
 
         Each implementation gets the hook's arguments it names (`HookImpl.argnames`),
         as pluggy passes them. One plugin at a time, so an exception is its own.
@@ -184,7 +184,7 @@ class Registry:
                 impl.function(*(kwargs[name] for name in impl.argnames))
 
     def _collect(self, plugin: Any, info: PluginInfo, kind: Kind) -> None:
-        """Everything `plugin` registers of one kind; a hook that raises makes the plugin's status error."""
+        """Everything `plugin` registers of one kind; a hook that raises sets the plugin's error."""
         found: list[Any] = []
 
         def register(entry: Any) -> None:
@@ -203,7 +203,7 @@ class Registry:
             self._add(kind, entry.with_provider(info.dist or info.name, info.version), info)
 
     def _add(self, kind: Kind, entry: Any, info: PluginInfo) -> None:
-        """Take one entry, or disable it (bad defaults, registered twice, a name another provider keeps)."""
+        """Take one entry, or disable it: bad defaults, registered twice, a name another keeps."""
         table, mine = self.tables[kind.table], getattr(info, kind.table)
         if kind.checks_params:
             try:
@@ -243,7 +243,7 @@ class Registry:
             skip = ",".join([*_names("PROBE_DISABLE_PLUGINS"), info.name])
             return f"{line}, or set PROBE_DISABLE_PLUGINS={skip} to stop loading {info.name!r}"
         if d.kind == "twice" and not kind.keeps_records:
-            return f"{kind.what} {d.analysis!r} of {info.label} is registered twice; the second is ignored"
+            return f"{head.removesuffix(' is disabled')} is registered twice; the second is ignored"
         return f"{head}: {d.reason}; fix it in {fix}"
 
     def describe_disabled(self, d: Disabled) -> str:
@@ -251,7 +251,7 @@ class Registry:
         return self._describe(ANALYSES, d)
 
     def problems(self) -> list[str]:
-        """Every disabled entry and skipped entry point, one line each (`probe plugins`, `probe analyze`)."""
+        """Every disabled entry and skipped entry point, one line each (plugins, analyze)."""
         return [self.describe_disabled(d) for d in self.disabled] + list(self.notes)
 
     def add_commands(self, cli: Any) -> None:
@@ -268,7 +268,7 @@ class Registry:
             info.commands = sorted(set(cli.commands) - before)
 
     def get(self, name: str) -> Any:
-        """The analysis `name`, or a UsageError naming why it is disabled or which ones are installed."""
+        """The analysis `name`, or a UsageError saying why it is disabled or which are installed."""
         if name not in self.tables["analyses"]:
             for d in self.disabled:
                 if d.analysis == name:
@@ -282,7 +282,7 @@ _ENTRY_POINTS: Registry | None = None
 
 
 def _entry_points() -> Registry:
-    """The registry of the installed entry points (the process-wide one unless a test replaced it)."""
+    """The registry of the installed entry points (the process-wide one, unless a test set one)."""
     global _ENTRY_POINTS
     if _ENTRY_POINTS is None:
         _ENTRY_POINTS = load_registry()
