@@ -32,15 +32,10 @@ from probe.version import __version__
 
 # The modules (relative to `probe`) a plugin may import besides `probe` itself; everything else is
 # probe's own and may change. tests/test_architecture.py holds the built-in plugins to this.
-PUBLIC_MODULES = (
+PUBLIC_MODULES = (  # each with the modules under it; a `_private` name is never public
     "datasets",
     "errors",
     "numerics",
-    "numerics.curvature",
-    "numerics.landscape",
-    "numerics.operators",
-    "numerics.representations",
-    "numerics.sharpness",
     "testing",
 )
 
