@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import datetime as dt
-import functools
 import json
 import os
 import re
@@ -47,6 +46,7 @@ from probe.contract.analysis import Analysis, params_dict
 from probe.errors import ProbeError, Skip
 from probe.io import atomic, safeio
 from probe.io.paths import confined, is_link
+from probe.numerics.device import device_string
 from probe.rundir import results
 from probe.rundir import run as rundir
 from probe.rundir.lock import LOCK_FILE
@@ -110,20 +110,6 @@ def summary_line(outcomes: list[Outcome]) -> str:
     skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
     timed_out = f", {counts['timeout']} timed out" if counts["timeout"] else ""
     return f"{counts['ok']} computed, {counts['cached']} cached{skipped}, {counts['failed']} failed{timed_out}"
-
-
-@functools.cache
-def resolve_device(device: str) -> str:
-    """`auto`/`cpu`/`cuda` as a device string; the same rule and error as `probe train --device`.
-
-    Called only when a job is computed (and once per process): a command whose jobs
-    are all cached never imports torch.
-    """
-    if device == "cpu":
-        return device
-    from probe.training.loop import resolve_device as resolve
-
-    return str(resolve(device))
 
 
 def plan(
@@ -415,7 +401,7 @@ def _run_job(
             skipped := _cached_skip(run, analysis, pdict, epoch, epochs, target, fps, source)
         ):
             return skipped
-        device = resolve_device(device)
+        device = device_string(device)
         from probe.analysis.context import Context, ResultWriter, close_new_figures, open_figures
 
         with atomic.atomic_dir(target) as tmp:
@@ -713,7 +699,7 @@ def run_analyses(
     }  # all checked up front
     jobs = [(a, e, es) for a in analyses for e, es in plan(run, a, epochs)]
     if device == "cuda":
-        device = resolve_device(device)  # asked for, and absent: one line before anything runs
+        device = device_string(device)  # asked for, and absent: one line before anything runs
     fingerprints = Fingerprints(run)
     prepare_run(run)
     outcomes = []

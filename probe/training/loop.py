@@ -27,6 +27,7 @@ from probe.contract.families import ModelSpec
 from probe.datasets import tensors as data
 from probe.errors import ProbeError, RunFileError, UsageError
 from probe.io import atomic
+from probe.numerics.device import resolve_device
 from probe.rundir import checkpoint, lock
 from probe.rundir import run as rundir
 from probe.rundir.prepare import (
@@ -39,7 +40,7 @@ from probe.rundir.prepare import (
 )
 from probe.training.config import TrainConfig
 from probe.training.model import check_model, input_spec, spec_from_config
-from probe.training.recorder import Recorder, resolve_device, write_metrics  # noqa: F401 (resolve_device: probe.training.loop API)
+from probe.training.recorder import Recorder, write_metrics
 from probe.training.recorder import _resolved as recorder_resolved
 
 Log = Callable[[str], None]

@@ -31,6 +31,7 @@ from probe.contract.families import ModelSpec
 from probe.datasets import tensors as _data
 from probe.errors import ProbeError, UsageError
 from probe.io import atomic
+from probe.numerics.device import resolve_device
 from probe.rundir import activations, checkpoint, lock
 from probe.rundir import run as rundir
 
@@ -150,23 +151,6 @@ def _resolved(device: torch.device, seed: int) -> dict[str, Any]:
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError(
-            "--device", "cuda was asked for but torch sees no CUDA device; use --device cpu or auto"
-        )
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(
-            "--device", f"{name!r} is not a device (auto, cpu, cuda, cuda:N)"
-        ) from None
 
 
 class Recorder:
