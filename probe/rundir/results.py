@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 
 from probe.errors import ProbeError
 from probe.io import safeio
+from probe.io.jsonsafe import dumps, jsonable  # noqa: F401 (results.jsonable: kept for its callers)
 from probe.rundir.run import ANALYSES, CONFIG, METRICS, Run
 
 RESULT_FORMAT = "probe-result/1"
@@ -64,46 +64,6 @@ _FP_CACHE_MAX_BYTES = 16 << 20
 def sha256_file(path: Path) -> str:
     """SHA-256 of a regular file; a symlink, FIFO or device is one RunFileError, never hashed."""
     return safeio.sha256_file(path)
-
-
-def jsonable(obj: Any, nonfinite: str = "null", _depth: int = 0) -> Any:
-    """`obj` as plain JSON that `json.dumps(..., allow_nan=False)` always accepts.
-
-    Keys become strings, tuples lists, numpy values Python ones, bytes text, other
-    objects their `str`. A non-finite float becomes null (`nonfinite="null"`: result
-    data, where it means "no value") or its name "nan"/"inf"/"-inf" (`"str"`:
-    parameters and failure records, where the value itself is the information).
-    """
-    if _depth > 64:
-        return str(obj)
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, float):
-        if math.isfinite(obj):
-            return obj
-        return (
-            None
-            if nonfinite == "null"
-            else ("nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf"))
-        )
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v, nonfinite, _depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
-        return [jsonable(v, nonfinite, _depth + 1) for v in items]
-    if isinstance(obj, (bytes, bytearray)):
-        return bytes(obj).decode("utf-8", errors="replace")
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
-        try:
-            return jsonable(obj.tolist(), nonfinite, _depth + 1)
-        except Exception:
-            return str(obj)
-    return str(obj)
-
-
-def dumps(obj: Any, nonfinite: str = "null", **kw: Any) -> str:
-    """JSON text of `obj` (cleaned by `jsonable`); never holds a bare NaN."""
-    return json.dumps(jsonable(obj, nonfinite), allow_nan=False, **kw)
 
 
 def canonical_hash(obj: Any) -> str:

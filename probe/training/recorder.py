@@ -17,7 +17,6 @@ run directory itself is only created and locked at the first record that passes.
 from __future__ import annotations
 
 import contextlib
-import math
 import platform
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from probe.contract.families import ModelSpec
 from probe.datasets import tensors as _data
 from probe.errors import ProbeError, UsageError
-from probe.io import atomic
+from probe.io import atomic, jsonsafe
 from probe.numerics.device import resolve_device
 from probe.rundir import activations, checkpoint, lock
 from probe.rundir import run as rundir
@@ -670,13 +669,5 @@ def weight_norm(model: torch.nn.Module) -> float:
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl whole and atomically (it is tiny), so it is never torn by us."""
-    import json
-
-    lines = [
-        json.dumps({k: _jsonable(v) for k, v in row.items()}, sort_keys=True) for row in history
-    ]
+    lines = [jsonsafe.dumps(row, sort_keys=True) for row in history]
     atomic.write_text(run_dir / rundir.METRICS, "\n".join(lines) + "\n")
-
-
-def _jsonable(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
