@@ -15,8 +15,18 @@ from typing import Any
 
 import click
 
-from probe.errors import ProbeError
-from probe.training.config import FIELDS, TrainConfig, field_type, flag
+from probe.errors import ProbeError, UsageError
+from probe.rundir.prepare import check_path
+from probe.rundir.run import CONFIG, Run
+from probe.training.config import (
+    FIELDS,
+    TrainConfig,
+    field_type,
+    flag,
+    from_dict,
+    load_toml,
+    make_config,
+)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -84,7 +94,7 @@ def cli() -> None:
 
 
 def config_options(fn: Callable) -> Callable:
-    """One option per TrainConfig field, named like the field (--batch-size, --augment/--no-augment...)."""
+    """One option per TrainConfig field, named like it (--batch-size, --augment/--no-augment...)."""
     for f in reversed(dataclasses.fields(TrainConfig)):
         typ, meta = field_type(f), f.metadata
         default = f.default if f.default is not None else None
@@ -129,12 +139,14 @@ def _overrides(kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# What `--resume` may change: more epochs extend the run; the device does not change what is trained.
+# What `--resume` may change: more epochs extend the run; the device does not change what is
+# trained.
 RESUMABLE = ("epochs", "device")
 
 
 def _same_value(key: str, stored: Any, given: Any) -> bool:
-    """Whether a value given on resume equals the stored one (a list is a tuple; a data path may be spelt otherwise)."""
+    """Whether a value given on resume equals the stored one (a list is a tuple; a data path may be
+    spelt otherwise)."""
     if isinstance(given, tuple):
         given = list(given)
     if (
@@ -159,10 +171,6 @@ def _resumed_config(
     So the same command line with --resume added continues the run; a real change is
     refused, naming each differing key with its stored and given values.
     """
-    from probe.errors import UsageError
-    from probe.rundir.run import CONFIG, Run
-    from probe.training.config import from_dict
-
     if not os.path.lexists(run_dir / CONFIG):
         raise UsageError("--resume", f"{run_dir} holds no run to resume (no {CONFIG})")
     stored = Run(run_dir).config["train"]  # a link, FIFO or damaged config: one line naming it
@@ -172,13 +180,12 @@ def _resumed_config(
         if key in RESUMABLE:
             continue
         if key not in stored and value == FIELDS[key].default:
-            continue  # a key newer than the run, given at its default: what the run was trained with
+            continue  # a key newer than the run, at its default: what the run was trained with
         if key not in stored or not _same_value(key, stored[key], value):
             source = flag(key) if key in overrides else f"{key} in {config_file}"
             was = repr(stored[key]) if key in stored else "absent"
-            differ.append(
-                f"{source} (stored {was}, given {list(value) if isinstance(value, tuple) else value!r})"
-            )
+            shown = list(value) if isinstance(value, tuple) else value
+            differ.append(f"{source} (stored {was}, given {shown!r})")
     if differ:
         raise UsageError(
             "--resume",
@@ -218,25 +225,17 @@ def train(
     used: the same command line with --resume added continues the run, and only
     --epochs and --device may differ from what is stored.
     """
-    from probe.errors import UsageError
-    from probe.training.config import load_toml, make_config
-
     if resume and force:
         raise UsageError("--resume", "--resume and --force contradict each other; pick one")
     overrides = _overrides(kw)
     file_values = load_toml(config_file) if config_file else {}
-    try:
-        cfg = make_config(
-            file_values, overrides
-        )  # every value checked, also the ones --resume compares
+    try:  # every value checked, also the ones --resume compares
+        cfg = make_config(file_values, overrides)
     except TypeError as exc:
         raise UsageError("--config", str(exc)) from None
-    from probe.rundir.prepare import check_path
-    from probe.training.loop import train as run_training
+    from probe.training.loop import train as run_training  # here: `probe --help` imports no torch
 
-    check_path(
-        Path(run_dir)
-    )  # a name too long for the filesystem, before anything looks at the directory
+    check_path(Path(run_dir))  # a name too long for the filesystem, before anything looks at it
     if resume:
         cfg = _resumed_config(Path(run_dir), file_values, overrides, config_file)
 
