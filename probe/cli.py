@@ -143,15 +143,14 @@ def _overrides(kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# What `--resume` may change: more epochs extend the run; the device does not change the training.
+# What `--resume` may change: more epochs extend the run; the device does not change what is
+# trained.
 RESUMABLE = ("epochs", "device")
 
 
 def _same_value(key: str, stored: Any, given: Any) -> bool:
-    """Whether a value given on resume equals the stored one.
-
-    A list is a tuple; a data path may be spelt otherwise.
-    """
+    """Whether a value given on resume equals the stored one (a list is a tuple; a data path may be
+    spelt otherwise)."""
     if isinstance(given, tuple):
         given = list(given)
     if (
@@ -185,14 +184,12 @@ def _resumed_config(
         if key in RESUMABLE:
             continue
         if key not in stored and value == FIELDS[key].default:
-            continue  # a key newer than the run, given at its default: what the run trained with
+            continue  # a key newer than the run, at its default: what the run was trained with
         if key not in stored or not _same_value(key, stored[key], value):
             source = flag(key) if key in overrides else f"{key} in {config_file}"
             was = repr(stored[key]) if key in stored else "absent"
-            differ.append(
-                f"{source} (stored {was}, "
-                f"given {list(value) if isinstance(value, tuple) else value!r})"
-            )
+            shown = list(value) if isinstance(value, tuple) else value
+            differ.append(f"{source} (stored {was}, given {shown!r})")
     if differ:
         raise UsageError(
             "--resume",
@@ -236,17 +233,13 @@ def train(
         raise UsageError("--resume", "--resume and --force contradict each other; pick one")
     overrides = _overrides(kw)
     file_values = load_toml(config_file) if config_file else {}
-    try:
-        cfg = make_config(
-            file_values, overrides
-        )  # every value checked, also the ones --resume compares
+    try:  # every value checked, also the ones --resume compares
+        cfg = make_config(file_values, overrides)
     except TypeError as exc:
         raise UsageError("--config", str(exc)) from None
-    from probe.training.loop import train as run_training  # torch
+    from probe.training.loop import train as run_training  # here: `probe --help` imports no torch
 
-    check_path(
-        Path(run_dir)
-    )  # a name too long for the filesystem, before anything looks at the directory
+    check_path(Path(run_dir))  # a name too long for the filesystem, before anything looks at it
     if resume:
         cfg = _resumed_config(Path(run_dir), file_values, overrides, config_file)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 from probe.analysis.context import Context, ResultWriter, close_new_figures, open_figures
@@ -29,6 +28,7 @@ from probe.analysis.records import (
 )
 from probe.errors import ProbeError, Skip
 from probe.io import atomic
+from probe.numerics.device import device_string
 from probe.rundir import results
 from probe.rundir.results import MANIFEST, RESULT_FORMAT, result_key
 
@@ -41,12 +41,11 @@ def compute(
     device: str,
     force: bool,
     quiet: bool,
-    resolve_device: Callable[[str], str],
 ) -> Outcome:
     """Compute `job` (or find it cached unless `force`) and write its result; never raises for it.
 
-    `resolve_device` turns `device` ("auto", "cpu", "cuda") into the device the job runs on; it
-    is called only when the job is computed, so a cached job imports no torch.
+    `device` ("auto", "cpu", "cuda") is resolved only when the job is computed, so a cached job
+    imports no torch.
     """
     t0 = time.perf_counter()
     ctx = None
@@ -58,7 +57,7 @@ def compute(
             return Outcome(job.name, job.epoch, "cached", 0.0, job.target)
         if not force and (skipped := cached_skip(job, fps, source)):
             return skipped
-        device = resolve_device(device)
+        device = device_string(device)
         with atomic.atomic_dir(job.target) as tmp:
             out = ResultWriter(tmp)
             ctx = Context(

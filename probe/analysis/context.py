@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from probe.analysis.executor import Task
 from probe.errors import ProbeError, UsageError
+from probe.io.jsonsafe import jsonable as _clean  # noqa: F401 (kept for plugins that imported it)
 from probe.rundir import results
 from probe.rundir.run import (
     ANALYSIS_BATCH,
@@ -198,11 +199,6 @@ def _dataset(group: Any, key: str, value: Any) -> None:
     arr = np.asarray(value)
     kw = {"compression": "gzip"} if arr.size > 1024 and arr.dtype.kind in "fiub" else {}
     group.create_dataset(key, data=arr, **kw)
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-able copy of `obj` with NaN/inf as None (kept for plugins that imported it)."""
-    return results.jsonable(obj)
 
 
 @dataclass(frozen=True)

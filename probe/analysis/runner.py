@@ -54,6 +54,7 @@ from probe.contract.registry import registry as default_registry
 from probe.errors import ProbeError
 from probe.io import atomic
 from probe.io.paths import confined
+from probe.numerics.device import device_string
 from probe.rundir import run as rundir
 from probe.rundir.results import Fingerprints
 from probe.rundir.run import Run
@@ -64,27 +65,12 @@ __all__ = [
     "Outcome",
     "describe",
     "prepare_run",
-    "resolve_device",
     "run_analyses",
     "run_job",
     "run_one",
     "summary_line",
     "write_log",
 ]
-
-
-@functools.cache
-def resolve_device(device: str) -> str:
-    """`auto`/`cpu`/`cuda` as a device string; the same rule and error as `probe train --device`.
-
-    Called only when a job is computed (and once per process): a command whose jobs
-    are all cached never imports torch.
-    """
-    if device == "cpu":
-        return device
-    from probe.training.loop import resolve_device as resolve
-
-    return str(resolve(device))
 
 
 def run_job(
@@ -121,9 +107,7 @@ def run_one(
     """`run_job` for a `Job`: in this process or a child, guarded or not."""
     # no link on the way: nothing is read or written outside the run
     confined(job.run.path, job.target.relative_to(job.run.path))
-    work = functools.partial(
-        compute, job, device=device, force=force, quiet=quiet, resolve_device=resolve_device
-    )
+    work = functools.partial(compute, job, device=device, force=force, quiet=quiet)
     if timeout is not None:
         work = functools.partial(run_in_child, job, work, timeout)
     return watch(job, work) if guard else work()
@@ -159,7 +143,7 @@ def run_analyses(
     parsed = {a.name: a.make_params((params or {}).get(a.name, {})) for a in analyses}
     jobs = [job for a in analyses for job in plan_jobs(run, a, parsed[a.name], epochs)]
     if device == "cuda":
-        device = resolve_device(device)  # asked for, and absent: one line before anything runs
+        device = device_string(device)  # asked for, and absent: one line before anything runs
     fingerprints = Fingerprints(run)
     prepare_run(run)
     outcomes = []

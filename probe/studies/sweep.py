@@ -339,7 +339,7 @@ def preflight_points(spec: SweepSpec, sweep_dir: Path) -> None:
     checks it: `--full-maps` layer names against that point's model, the run
     directory's name and path length against the filesystem. Imports torch.
     """
-    from probe.rundir.prepare import preflight
+    from probe.training.trainplan import preflight
 
     for point in spec.points():
         where = (
