@@ -19,6 +19,9 @@ from the module that defines them:
 - `probe.numerics.spectra`: WeightWatcher's weight-matrix spectra (`weight_spectra`).
 - `probe.numerics.gradcheck`: autograd against finite differences.
 
+Names are loaded on first use (PEP 562), so `import probe.numerics.device` from a light
+module does not import torch.
+
 What every function guarantees: the model is never mutated (weights, buffers, train/eval
 flags and `requires_grad` are as before the call); numbers that need it are accumulated in
 float64 (representations, Ritz values, traces; `dtype=torch.float64` runs a whole curvature
@@ -29,164 +32,103 @@ Options of an analysis are one frozen value (`HessianConfig`, `SurfaceConfig`, .
 once; every function also takes its fields as keywords.
 """
 
-from probe.numerics.checks import check, check_finite
-from probe.numerics.curvature import (
-    BatchedLoss,
-    BlockResult,
-    Density,
-    EigenResult,
-    GGNOperator,
-    HessianConfig,
-    HessianOperator,
-    HessianReport,
-    LinearOperator,
-    MatrixOperator,
-    TraceResult,
-    eigenvector_overlap,
-    ggn_operator,
-    hessian_analysis,
-    hessian_operator,
-    hutchinson_trace,
-    hutchpp_trace,
-    lanczos,
-    make_operator,
-    parameter_blocks,
-    power_iteration,
-    ritz_pairs,
-    slq_density,
-    standard_error,
-    trace_estimate,
-)
-from probe.numerics.gradcheck import GradCheckRow, gradcheck_conv_layers
-from probe.numerics.landscape import (
-    CenterSpread,
-    Directions,
-    Surface,
-    SurfaceConfig,
-    center_over_batches,
-    grid,
-    pca_directions,
-    random_directions,
-    surface,
-    surface_rows,
-)
-from probe.numerics.loss import (
-    LossOptions,
-    analysis_mode,
-    has_batchnorm,
-    require_batchnorm,
-    split_batches,
-)
-from probe.numerics.representations import (
-    CKA_ESTIMATORS,
-    EpochProjection,
-    PCAResult,
-    RSMSummary,
-    cka_matrix,
-    cosine_rsm,
-    linear_cka,
-    pca,
-    pca_across_epochs,
-    procrustes_align,
-    rsm_class_summary,
-    tsne,
-    tsne_backend,
-)
-from probe.numerics.sharpness import (
-    AdaptiveConfig,
-    AverageConfig,
-    BatchSpread,
-    SharpnessResult,
-    WorstCaseConfig,
-    adaptive_sharpness,
-    average_sharpness,
-    worst_case_sharpness,
-)
-from probe.numerics.sharpness import over_batches as sharpness_over_batches
-from probe.numerics.spectra import (
-    ALPHA_BAND,
-    EVALS_THRESH,
-    PowerLawFit,
-    fit_power_law,
-    layer_spectrum,
-    spectrum_row,
-    weight_layers,
-    weight_spectra,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ALPHA_BAND",
-    "CKA_ESTIMATORS",
-    "EVALS_THRESH",
-    "AdaptiveConfig",
-    "AverageConfig",
-    "BatchSpread",
-    "BatchedLoss",
-    "BlockResult",
-    "CenterSpread",
-    "Density",
-    "Directions",
-    "EigenResult",
-    "EpochProjection",
-    "GGNOperator",
-    "GradCheckRow",
-    "HessianConfig",
-    "HessianOperator",
-    "HessianReport",
-    "LinearOperator",
-    "LossOptions",
-    "MatrixOperator",
-    "PCAResult",
-    "PowerLawFit",
-    "RSMSummary",
-    "SharpnessResult",
-    "Surface",
-    "SurfaceConfig",
-    "TraceResult",
-    "WorstCaseConfig",
-    "adaptive_sharpness",
-    "analysis_mode",
-    "average_sharpness",
-    "center_over_batches",
-    "check",
-    "check_finite",
-    "cka_matrix",
-    "cosine_rsm",
-    "eigenvector_overlap",
-    "fit_power_law",
-    "ggn_operator",
-    "gradcheck_conv_layers",
-    "grid",
-    "has_batchnorm",
-    "hessian_analysis",
-    "hessian_operator",
-    "hutchinson_trace",
-    "hutchpp_trace",
-    "lanczos",
-    "layer_spectrum",
-    "linear_cka",
-    "make_operator",
-    "parameter_blocks",
-    "pca",
-    "pca_across_epochs",
-    "pca_directions",
-    "power_iteration",
-    "procrustes_align",
-    "random_directions",
-    "require_batchnorm",
-    "ritz_pairs",
-    "rsm_class_summary",
-    "sharpness_over_batches",
-    "slq_density",
-    "spectrum_row",
-    "split_batches",
-    "standard_error",
-    "surface",
-    "surface_rows",
-    "trace_estimate",
-    "tsne",
-    "tsne_backend",
-    "weight_layers",
-    "weight_spectra",
-    "worst_case_sharpness",
-]
+import importlib
+from typing import Any
+
+# Where each public name is defined (module, or module and its name there); `from probe.numerics
+# import X` imports that module on first use.
+_WHERE: dict[str, str | tuple[str, str]] = {
+    "check": "probe.numerics.checks",
+    "check_finite": "probe.numerics.checks",
+    "BatchedLoss": "probe.numerics.curvature",
+    "BlockResult": "probe.numerics.curvature",
+    "Density": "probe.numerics.curvature",
+    "EigenResult": "probe.numerics.curvature",
+    "GGNOperator": "probe.numerics.curvature",
+    "HessianConfig": "probe.numerics.curvature",
+    "HessianOperator": "probe.numerics.curvature",
+    "HessianReport": "probe.numerics.curvature",
+    "LinearOperator": "probe.numerics.curvature",
+    "MatrixOperator": "probe.numerics.curvature",
+    "TraceResult": "probe.numerics.curvature",
+    "eigenvector_overlap": "probe.numerics.curvature",
+    "ggn_operator": "probe.numerics.curvature",
+    "hessian_analysis": "probe.numerics.curvature",
+    "hessian_operator": "probe.numerics.curvature",
+    "hutchinson_trace": "probe.numerics.curvature",
+    "hutchpp_trace": "probe.numerics.curvature",
+    "lanczos": "probe.numerics.curvature",
+    "make_operator": "probe.numerics.curvature",
+    "parameter_blocks": "probe.numerics.curvature",
+    "power_iteration": "probe.numerics.curvature",
+    "ritz_pairs": "probe.numerics.curvature",
+    "slq_density": "probe.numerics.curvature",
+    "standard_error": "probe.numerics.curvature",
+    "trace_estimate": "probe.numerics.curvature",
+    "GradCheckRow": "probe.numerics.gradcheck",
+    "gradcheck_conv_layers": "probe.numerics.gradcheck",
+    "CenterSpread": "probe.numerics.landscape",
+    "Directions": "probe.numerics.landscape",
+    "Surface": "probe.numerics.landscape",
+    "SurfaceConfig": "probe.numerics.landscape",
+    "center_over_batches": "probe.numerics.landscape",
+    "grid": "probe.numerics.landscape",
+    "pca_directions": "probe.numerics.landscape",
+    "random_directions": "probe.numerics.landscape",
+    "surface": "probe.numerics.landscape",
+    "surface_rows": "probe.numerics.landscape",
+    "LossOptions": "probe.numerics.loss",
+    "analysis_mode": "probe.numerics.loss",
+    "has_batchnorm": "probe.numerics.loss",
+    "require_batchnorm": "probe.numerics.loss",
+    "split_batches": "probe.numerics.loss",
+    "CKA_ESTIMATORS": "probe.numerics.representations",
+    "EpochProjection": "probe.numerics.representations",
+    "PCAResult": "probe.numerics.representations",
+    "RSMSummary": "probe.numerics.representations",
+    "cka_matrix": "probe.numerics.representations",
+    "cosine_rsm": "probe.numerics.representations",
+    "linear_cka": "probe.numerics.representations",
+    "pca": "probe.numerics.representations",
+    "pca_across_epochs": "probe.numerics.representations",
+    "procrustes_align": "probe.numerics.representations",
+    "rsm_class_summary": "probe.numerics.representations",
+    "tsne": "probe.numerics.representations",
+    "tsne_backend": "probe.numerics.representations",
+    "AdaptiveConfig": "probe.numerics.sharpness",
+    "AverageConfig": "probe.numerics.sharpness",
+    "BatchSpread": "probe.numerics.sharpness",
+    "SharpnessResult": "probe.numerics.sharpness",
+    "WorstCaseConfig": "probe.numerics.sharpness",
+    "adaptive_sharpness": "probe.numerics.sharpness",
+    "average_sharpness": "probe.numerics.sharpness",
+    "sharpness_over_batches": ("probe.numerics.sharpness", "over_batches"),
+    "worst_case_sharpness": "probe.numerics.sharpness",
+    "ALPHA_BAND": "probe.numerics.spectra",
+    "EVALS_THRESH": "probe.numerics.spectra",
+    "PowerLawFit": "probe.numerics.spectra",
+    "fit_power_law": "probe.numerics.spectra",
+    "layer_spectrum": "probe.numerics.spectra",
+    "spectrum_row": "probe.numerics.spectra",
+    "weight_layers": "probe.numerics.spectra",
+    "weight_spectra": "probe.numerics.spectra",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    # in a function: the names' modules import torch, and a light caller must not pay for it
+    if name not in _WHERE:
+        raise AttributeError(f"module 'probe.numerics' has no attribute {name!r}")
+    where = _WHERE[name]
+    module, attr = where if isinstance(where, tuple) else (where, name)
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
