@@ -89,6 +89,11 @@ def test_kept_statistics_endpoints_equal_each_model_s_own_eval_loss():
     assert seg.loss[5] == pytest.approx(own_eval(mid, x, y)[0], abs=1e-6)
     h, _ = I.barrier(seg.alphas, seg.loss)
     assert seg.loss_barrier == h >= 0.0 and seg.bn == "kept" and len(seg.alphas) == 11
+    plain = I.interpolation_path(
+        ma, ma.state_dict(), mb.state_dict(), x, y, batch_size=16, channels_last=False
+    )
+    assert np.allclose(plain.loss, seg.loss, rtol=1e-5)
+    assert np.max(np.abs(plain.accuracy - seg.accuracy)) <= 1 / 40  # at most a near-tie flips
 
 
 def test_recalibrated_statistics_equal_torch_update_bn():

@@ -185,25 +185,36 @@ def interpolation_path(
     calib_x: torch.Tensor | None = None,
     batch_size: int = 256,
     loss_fn: LossFn | None = None,
+    channels_last: bool = True,
 ) -> Segment:
     """Loss and accuracy at theta(alpha) for each alpha (default 11 points on [0, 1]).
 
     `model` gives the architecture only; `state_a`/`state_b` are full state dicts of it
     (parameters and buffers, e.g. two checkpoints' `model_state`). `bn`: "kept" or
     "recalibrate" (then `calib_x` is required). Loss values must be finite.
+    `channels_last`: evaluate with 4-D tensors in the channels-last layout (the same
+    numbers up to float rounding; faster convolutions on CPU, as in training).
     """
     check(bn in BN_MODES, "bn", f"must be one of {BN_MODES}, got {bn!r}")
     check(bn != "recalibrate" or calib_x is not None, "calib_x", "is required with bn=recalibrate")
     check_states(model, state_a, state_b)
     device = next(iter(model.parameters())).device
-    a = {k: v.to(device) for k, v in state_a.items()}
-    b = {k: v.to(device) for k, v in state_b.items()}
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+
+    def fmt(t: torch.Tensor) -> torch.Tensor:  # conv weights and images: the faster CPU layout
+        t = t.to(device)
+        return t.contiguous(memory_format=layout) if t.dim() == 4 else t
+
+    a = {k: fmt(v) for k, v in state_a.items()}
+    b = {k: fmt(v) for k, v in state_b.items()}
+    x, y = fmt(x), y.to(device)
+    calib_x = fmt(calib_x) if calib_x is not None else None
     grid = alpha_grid(11) if alphas is None else np.asarray(alphas, dtype=np.float64)
     loss, acc = np.zeros(len(grid)), np.zeros(len(grid))
     for i, alpha in enumerate(grid):
         state = interpolate_states(a, b, float(alpha))
         if bn == "recalibrate":
-            state = recalibrated(model, state, calib_x.to(device), batch_size)
+            state = recalibrated(model, state, calib_x, batch_size)
         loss[i], acc[i] = evaluate(model, state, x, y, batch_size=batch_size, loss_fn=loss_fn)
     if not np.all(np.isfinite(loss)):
         bad = float(grid[int(np.argmin(np.isfinite(loss)))])
@@ -238,6 +249,7 @@ def linear_mode_barrier(
     calib_x: torch.Tensor | None = None,
     batch_size: int = 256,
     loss_fn: LossFn | None = None,
+    channels_last: bool = True,
 ) -> Segment:
     """The linear-mode-connectivity barrier between two weight sets of one architecture.
 
@@ -256,4 +268,5 @@ def linear_mode_barrier(
         calib_x=calib_x,
         batch_size=batch_size,
         loss_fn=loss_fn,
+        channels_last=channels_last,
     )
