@@ -177,7 +177,8 @@ def _write(ctx: probe.Context, table: dict, layers: list[str], epochs: list[int]
         },
     )
     final = acc[:, -1]
-    ctx.out.scalar("penultimate_accuracy", float(final[-1]))
+    if layers[-1] == ctx.layers(last)[-1]:  # the penultimate layer was probed
+        ctx.out.scalar("penultimate_accuracy", float(final[-1]))
     if np.any(np.isfinite(final)):
         best = int(np.nanargmax(final))
         ctx.out.scalar("best_layer", layers[best])

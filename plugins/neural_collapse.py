@@ -181,7 +181,9 @@ def _write(ctx, results, layers, epochs, penultimate, description, source) -> No
         "neural_collapse_layers",
         {n: {k: getattr(r, k) for k in MEASURES} for n, r in results[last].items()},
     )
-    head = results[last].get(penultimate) or next(iter(results[last].values()))
+    head_layer = penultimate if penultimate in results[last] else layers[-1]
+    head = results[last][head_layer]
+    ctx.out.scalar("layer", head_layer)
     for k in MEASURES:
         ctx.out.scalar(k, getattr(head, k))
     ctx.out.scalar("ncc_accuracy", head.ncc_accuracy)

@@ -133,6 +133,14 @@ def test_named_layers_and_an_unrecorded_layer(probe_run):
         probe_run,
         ["linear-probe"],
         "last",
+        {"linear-probe": {"folds": "2", "layers": "features.2"}},
+    )
+    scalars = json.loads((o.path / "manifest.json").read_text())["scalars"]
+    assert "penultimate_accuracy" not in scalars and scalars["best_layer"] == "features.2"
+    (o,) = run_analyses(
+        probe_run,
+        ["linear-probe"],
+        "last",
         {"linear-probe": {"folds": "2", "layers": "features.99"}},
     )
     assert o.status == "failed" and "not a recorded layer" in o.error and "features.99" in o.error

@@ -166,6 +166,7 @@ def test_the_analysis_equals_the_reference_on_the_dump_and_the_checkpoint(probe_
                 assert np.isnan(f["nc3"][i, j])
     m = json.loads((o.path / "manifest.json").read_text())
     assert m["scalars"]["nc1"] == pytest.approx(f["nc1"][-1, -1])
+    assert m["scalars"]["layer"] == "classifier.3"
     assert m["scalars"]["reliable"] is False  # 4 probe images per class
     assert any("some class has 4 images" in w for w in doc["warnings"])
     assert m["layer_scalars"]["neural_collapse_layers"]["layers"] == layers
