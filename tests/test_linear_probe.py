@@ -144,3 +144,15 @@ def test_named_layers_and_an_unrecorded_layer(probe_run):
         {"linear-probe": {"folds": "2", "layers": "features.99"}},
     )
     assert o.status == "failed" and "not a recorded layer" in o.error and "features.99" in o.error
+
+
+def test_layers_go_to_the_executor_with_the_same_result(probe_run):
+    from probe.analysis.executor import make_executor
+
+    params = {"linear-probe": {"folds": "2"}}
+    (inline,) = run_analyses(probe_run, ["linear-probe"], "last", params)
+    with make_executor(workers=2) as executor:
+        (split,) = run_analyses(
+            probe_run, ["linear-probe"], "last", params, executor=executor, force=True
+        )
+    assert _result(inline)["accuracy"] == _result(split)["accuracy"]
