@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probe.numerics import curvature as C  # noqa: E402
 from probe.numerics import landscape as L  # noqa: E402
-from probe.numerics import operators as O  # noqa: E402
 from probe.training.model import CIFAR10_MEAN, CIFAR10_STD, simplecnn_spec  # noqa: E402
 
 
@@ -438,9 +437,9 @@ def bench_ggn(model, x, y, args) -> None:
     for n in args.ggn_batches:
         loss = C.BatchedLoss(model, x[:n], y[:n], batch_size=n)
         ops = {
-            "hvp_cached": O.hessian_operator(loss, "double_backward", cache=True),
-            "ggn_cached": O.ggn_operator(loss, cache=True),
-            "ggn_uncached": O.ggn_operator(loss, cache=False),
+            "hvp_cached": C.hessian_operator(loss, "double_backward", cache=True),
+            "ggn_cached": C.ggn_operator(loss, cache=True),
+            "ggn_uncached": C.ggn_operator(loss, cache=False),
         }
         v = torch.randn(loss.dim, device=loss.device, generator=torch.Generator().manual_seed(0))
         t = interleaved(loss, ops, v, args.repeats)
@@ -475,7 +474,7 @@ def bench_trace(args) -> None:
     )
     model = run.model(args.epoch, device=args.device)
     loss = C.BatchedLoss(model, x, y, batch_size=len(x))
-    op = O.make_operator(args.operator, loss)
+    op = C.make_operator(args.operator, loss)
     m, k = args.products, args.products // 3
     t0 = time.perf_counter()
     # Hutchinson: keep every single sample (v.Hv, and ||Hv||^2, whose mean estimates ||H||_F^2)
@@ -484,21 +483,21 @@ def bench_trace(args) -> None:
         gen = torch.Generator().manual_seed(seed)
         row = []
         for _ in range(m):
-            v = C._rademacher(op, gen)
+            v = C.rademacher(op, gen)
             hv = op.matvec(v)
             row.append(float(v @ hv))
             frob.append(float(hv @ hv))
         singles.append(row)
     hut = np.array(singles).mean(1)
     hpp_res = [
-        O.hutchpp_trace(op.matvec, op.dim, m, seed, dtype=op.dtype, device=op.device)
+        C.hutchpp_trace(op.matvec, op.dim, m, seed, dtype=op.dtype, device=op.device)
         for seed in range(args.seeds)
     ]
     hpp = np.array([r.trace for r in hpp_res])
     seconds = time.perf_counter() - t0
     # the spectrum: both ends from one Lanczos run, 2k pairs asked (k = the sketch size)
     top, bottom = C.lanczos(
-        O.make_operator(args.operator, loss),
+        C.make_operator(args.operator, loss),
         k,
         smallest=k,
         tol=1e-4,
@@ -575,7 +574,7 @@ def main() -> None:
         help="with --section trace: images of the analysis batch",
     )
     p.add_argument(
-        "--operator", default="hessian", choices=list(O.OPERATORS), help="with --section trace"
+        "--operator", default="hessian", choices=list(C.OPERATORS), help="with --section trace"
     )
     p.add_argument(
         "--lanczos-steps", type=int, default=80, help="with --section trace: spectrum steps"

@@ -289,13 +289,13 @@ def profile(data: str, images: int, rounds: int, seed: int) -> None:
     from torch.profiler import profile as tprofile
 
     from probe.training.loop import Trainer
+    from probe.training.trainplan import train_plan
 
     ds = pdata.load_dataset("cifar10", data, quiet=True)
     cfg = replace(probe_config(data, images, seed), probe_set_size=100, analysis_batch_size=128)
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(
-            Path(tmp), cfg, torch.device("cpu"), ds, lambda s: None, False, model_spec(cfg, ds)
-        )
+        plan = train_plan(cfg, ds, Path(tmp), torch.device("cpu"), model_spec(cfg, ds))
+        tr = Trainer(plan, cfg)
         tr.train_epoch(1)  # warm-up
         ab: dict[str, list[float]] = {"train_epoch": [], "without_statistics": []}
         for _ in range(rounds):

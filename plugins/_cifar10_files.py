@@ -1,4 +1,4 @@
-"""Reading CIFAR-10: a folder of class folders, the binary release, and torchvision's checked download."""
+"""Reading CIFAR-10: class folders, the binary release, and torchvision's checked download."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe.datasets.tensors import Augmentation, Dataset, _read_cache, _write_cache, cache_dir
+from probe import datasets
+from probe.datasets import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, Augmentation, Dataset
 from probe.errors import ProbeError, RunFileError, UsageError
-from probe.io import safeio
-from probe.training.model import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 
 CIFAR10_BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_BINARY_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+SHAPE = (3, 32, 32)
 
 
 def load_cifar10(data: str | None, quiet: bool = False) -> Dataset:
@@ -48,7 +48,7 @@ def _folder_key(root: Path, listing: dict[str, list[list[Path]]]) -> str:
 
 
 def _decode(paths: list[Path]) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # only when a folder is decoded
 
     out = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
     for i, p in enumerate(paths):
@@ -68,7 +68,8 @@ def _load_folder(root: Path, *, quiet: bool) -> Dataset:
         if not (root / split).is_dir():
             raise UsageError(
                 "--data",
-                f"{root / split} is not a directory; expected {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg",
+                f"{root / split} is not a directory; expected {root}/train/<class>/*.jpg and "
+                f"{root}/test/<class>/*.jpg",
             )
     listing, classes = {}, None
     for split in ("train", "test"):
@@ -78,22 +79,23 @@ def _load_folder(root: Path, *, quiet: bool) -> Dataset:
         if not cls or not any(files):
             raise UsageError("--data", f"{root / split} holds no class folders with images")
         classes, listing[split] = cls, files
+
+    def decode() -> dict[str, torch.Tensor]:
+        tensors = {}
+        for split in ("train", "test"):
+            paths = [p for cls_files in listing[split] for p in cls_files]
+            labels = [i for i, cls_files in enumerate(listing[split]) for _ in cls_files]
+            if not quiet:
+                print(
+                    f"decoding {len(paths)} {split} images from {root / split} "
+                    f"(once; cached in {datasets.cache_dir()})"
+                )
+            tensors[f"{split}_x"] = _decode(paths)
+            tensors[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
+        return tensors
+
     key = _folder_key(root, listing)
-    cached = cache_dir() / f"folder-{key}.safetensors"
-    ds = _read_cache(cached, tuple(classes), str(root))
-    if ds is not None:
-        return _with_norm(ds)
-    tensors = {}
-    for split in ("train", "test"):
-        paths = [p for cls_files in listing[split] for p in cls_files]
-        labels = [i for i, cls_files in enumerate(listing[split]) for _ in cls_files]
-        if not quiet:
-            print(
-                f"decoding {len(paths)} {split} images from {root / split} (once; cached in {cache_dir()})"
-            )
-        tensors[f"{split}_x"] = _decode(paths)
-        tensors[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
-    _write_cache(cached, tensors, tuple(classes))
+    tensors = datasets.cached(f"folder-{key}", tuple(classes), decode, SHAPE)
     return _with_norm(Dataset(**tensors, classes=tuple(classes), source=str(root)))
 
 
@@ -102,7 +104,8 @@ def _load_folder(root: Path, *, quiet: bool) -> Dataset:
 
 def _read_cifar_binary(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Parse CIFAR-10's binary format: records of 1 label byte + 3,072 pixel bytes (CHW)."""
-    raw = np.frombuffer(safeio.read_bytes(path, 64 << 20), dtype=np.uint8)  # a batch is 30.7 MB
+    # in probe's cache folder, never trusted: no links followed; a batch is 30.7 MB
+    raw = np.frombuffer(datasets.read_file(path, 64 << 20, follow_links=False), dtype=np.uint8)
     if raw.size % 3073 or not raw.size:
         raise RunFileError(
             path, f"not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)"
@@ -135,30 +138,31 @@ def _load_download(*, quiet: bool) -> Dataset:
     The binary release is used rather than the python one, because the python
     release is a set of pickles and probe never unpickles a file.
     """
-    root = cache_dir() / "cifar10"
-    cached = cache_dir() / "cifar10-binary.safetensors"
-    ds = _read_cache(cached, CIFAR10_CLASSES, "torchvision:cifar-10-binary")
-    if ds is not None:
-        return _with_norm(ds)
-    folder = root / "cifar-10-batches-bin"
-    if not (folder / "test_batch.bin").exists():
-        from torchvision.datasets.utils import download_and_extract_archive
+    root = datasets.cache_dir() / "cifar10"
 
-        try:
-            download_and_extract_archive(CIFAR10_BINARY_URL, str(root), md5=CIFAR10_BINARY_MD5)
-        except Exception as exc:  # network errors come in many types
-            raise ProbeError(
-                f"could not download CIFAR-10 ({type(exc).__name__}: {exc}); point --data or $PROBE_DATA at a local "
-                "copy laid out as DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg"
-            ) from None
-    tensors = read_binary_dir(folder)
-    _write_cache(cached, tensors, CIFAR10_CLASSES)
+    def fetch() -> dict[str, torch.Tensor]:
+        folder = root / "cifar-10-batches-bin"
+        if not (folder / "test_batch.bin").exists():
+            # torchvision only when there is something to download
+            from torchvision.datasets.utils import download_and_extract_archive
+
+            try:
+                download_and_extract_archive(CIFAR10_BINARY_URL, str(root), md5=CIFAR10_BINARY_MD5)
+            except Exception as exc:  # network errors come in many types
+                raise ProbeError(
+                    f"could not download CIFAR-10 ({type(exc).__name__}: {exc}); point --data or "
+                    "$PROBE_DATA at a local copy laid out as DIR/train/<class>/*.jpg and "
+                    "DIR/test/<class>/*.jpg"
+                ) from None
+        return read_binary_dir(folder)
+
+    tensors = datasets.cached("cifar10-binary", CIFAR10_CLASSES, fetch, SHAPE)
     return _with_norm(
         Dataset(**tensors, classes=CIFAR10_CLASSES, source="torchvision:cifar-10-binary")
     )
 
 
 def _with_norm(ds: Dataset) -> Dataset:
-    """CIFAR-10's standard per-channel mean and std, and the notebook's augmentation (4-pixel crop, flips)."""
+    """CIFAR-10's per-channel mean and std, and the notebook's augmentation (crop, flip)."""
     ds.mean, ds.std, ds.augmentation = CIFAR10_MEAN, CIFAR10_STD, Augmentation(pad=4, flip=True)
     return ds

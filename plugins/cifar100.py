@@ -1,4 +1,4 @@
-"""`cifar100`: CIFAR-100, 32x32 colour images in 100 fine classes, 50,000 for training and 10,000 for testing.
+"""`cifar100`: CIFAR-100: 32x32 colour images of 100 fine classes, 50,000 + 10,000.
 
 Read from the binary release (cifar-100-binary.tar.gz: train.bin and test.bin,
 records of 1 coarse label byte, 1 fine label byte and 3,072 pixel bytes in CHW
@@ -28,6 +28,7 @@ import zlib
 from pathlib import Path
 
 import probe
+from probe import datasets
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
 MD5 = "03b5dce01913d631647c71ecec9e9cb8"
@@ -148,7 +149,7 @@ CLASSES = (  # the release's fine_label_names.txt, in label order (alphabetical)
 
 
 def parse_records(raw: bytes, path: Path | str):
-    """Images [N, 3, 32, 32] uint8 and fine labels [N] int64 from a CIFAR-100 binary file's bytes."""
+    """Images [N, 3, 32, 32] uint8 and fine labels [N] int64 from a CIFAR-100 binary file."""
     import numpy as np
     import torch
 
@@ -190,19 +191,18 @@ def check_names(text: bytes, path: Path | str) -> None:
 
 
 def read_archive(path: Path) -> dict:
-    """train/test tensors from the members of the binary release archive, read in place (no extraction)."""
-    from probe.datasets.files import open_file
-
+    """train/test tensors from the release archive's members, read in place (not extracted)."""
     wanted = {"train.bin", "test.bin", "fine_label_names.txt"}
     found: dict[str, bytes] = {}
-    with open_file(path, MAX_ARCHIVE_BYTES) as fh:
+    with datasets.open_file(path, MAX_ARCHIVE_BYTES) as fh:
         try:
             with tarfile.open(fileobj=fh, mode="r:*") as tar:
                 for i, member in enumerate(tar):
                     if i >= MAX_MEMBERS:
                         raise probe.RunFileError(
                             path,
-                            f"holds more than {MAX_MEMBERS} members; not the CIFAR-100 binary release",
+                            f"holds more than {MAX_MEMBERS} members; "
+                            "not the CIFAR-100 binary release",
                         )
                     base = member.name.rsplit("/", 1)[-1]
                     if base not in wanted:
@@ -241,39 +241,37 @@ def read_archive(path: Path) -> dict:
 
 
 def read_extracted(folder: Path) -> dict:
-    """train/test tensors from an extracted release: folder/train.bin, folder/test.bin (fine_label_names.txt if there)."""
-    from probe.datasets.files import read_file
+    """train/test tensors from an extracted release: folder/train.bin and test.bin.
 
+    fine_label_names.txt, when the folder holds it, is checked against CLASSES.
+    """
     names = folder / "fine_label_names.txt"
     if names.exists():
-        check_names(read_file(names, 1 << 20), names)
+        check_names(datasets.read_file(names, 1 << 20), names)
     out = {}
     for split in ("train", "test"):
         out[f"{split}_x"], out[f"{split}_y"] = parse_records(
-            read_file(folder / f"{split}.bin", MAX_BIN_BYTES), folder / f"{split}.bin"
+            datasets.read_file(folder / f"{split}.bin", MAX_BIN_BYTES), folder / f"{split}.bin"
         )
     return out
 
 
 def load(data: str | None, quiet: bool = False):
-    """CIFAR-100 from `data` (the release archive, its extracted files, or class folders) or the checked download."""
-    from probe.datasets import files as imagefiles
-    from probe.datasets.tensors import Dataset, cache_dir, cached
-
+    """CIFAR-100 from `data` (archive, its files, class folders), else the checked download."""
     shape = (3, 32, 32)
     if data is None:
-        root = cache_dir() / "cifar100"
+        root = datasets.cache_dir() / "cifar100"
 
         def fetch() -> dict:
-            archive = imagefiles.download(
+            archive = datasets.download(
                 URL, root, ARCHIVE, MD5, what="CIFAR-100", hint=HINT, quiet=quiet
             )
             return read_archive(archive)
 
-        tensors = cached("cifar100", CLASSES, fetch, shape)
+        tensors = datasets.cached("cifar100", CLASSES, fetch, shape)
         source = f"download:{URL}"
     else:
-        root = imagefiles.data_dir(data, HINT)
+        root = datasets.data_dir(data, HINT)
         extracted = next(
             (
                 d
@@ -288,15 +286,17 @@ def load(data: str | None, quiet: bool = False):
                 for f in ("train.bin", "test.bin", "fine_label_names.txt")
                 if (extracted / f).exists()
             ]
-            key = imagefiles.files_key("cifar100", root, paths)
-            tensors = cached(f"cifar100-{key}", CLASSES, lambda: read_extracted(extracted), shape)
+            key = datasets.files_key("cifar100", root, paths)
+            tensors = datasets.cached(
+                f"cifar100-{key}", CLASSES, lambda: read_extracted(extracted), shape
+            )
         elif (root / ARCHIVE).is_file():
-            key = imagefiles.files_key("cifar100", root, [root / ARCHIVE])
-            tensors = cached(
+            key = datasets.files_key("cifar100", root, [root / ARCHIVE])
+            tensors = datasets.cached(
                 f"cifar100-{key}", CLASSES, lambda: read_archive(root / ARCHIVE), shape
             )
         else:
-            tensors = imagefiles.release_folders(
+            tensors = datasets.release_folders(
                 root,
                 neither="the CIFAR-100 binary release",
                 hint=HINT,
@@ -307,7 +307,7 @@ def load(data: str | None, quiet: bool = False):
                 what="CIFAR-100",
             )
         source = str(root.resolve())
-    return Dataset(
+    return datasets.Dataset(
         **tensors,
         classes=CLASSES,
         source=source,
@@ -323,6 +323,7 @@ def register_datasets(register):
         probe.DataSource(
             name="cifar100",
             load=load,
-            summary="CIFAR-100: 32x32 colour, 100 fine classes, 50,000 + 10,000 images (binary release)",
+            summary="CIFAR-100: 32x32 colour, 100 fine classes, 50,000 + 10,000 images "
+            "(binary release)",
         )
     )

@@ -70,12 +70,12 @@ def run_layers(ctx: probe.Context) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from probe.numerics import representations as R
+    from probe.numerics import cka_matrix
 
     layers = ctx.layers()
     reps = {name: ctx.activations(name) for name in layers}
     est = ctx.params.estimator
-    M = R.cka_matrix(reps, estimator=est)
+    M = cka_matrix(reps, estimator=est)
     n = len(layers)
     fig, ax = plt.subplots(figsize=(1.0 * n + 2.5, 0.9 * n + 1.5), constrained_layout=True)
     im = _heatmap(ax, M, layers, layers, annotate=n <= 16)
@@ -108,7 +108,7 @@ def run_epochs(ctx: probe.Context) -> None:
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    from probe.numerics import representations as R
+    from probe.numerics import cka_matrix
 
     epochs = list(ctx.epochs)
     if not epochs:
@@ -119,7 +119,7 @@ def run_epochs(ctx: probe.Context) -> None:
     M = np.full((len(layers), len(epochs)), np.nan)
     for i, name in enumerate(ctx.progress(layers, "layers", total=len(layers))):
         ref = ctx.activations(name, last)
-        M[i] = R.cka_matrix([ref], [ctx.activations(name, e) for e in epochs], estimator=est)[0]
+        M[i] = cka_matrix([ref], [ctx.activations(name, e) for e in epochs], estimator=est)[0]
 
     fig, (ax, bx) = plt.subplots(
         1,
@@ -172,6 +172,11 @@ def register_analyses(register) -> None:
             scope="epoch",
             needs={"activations"},
             summary="Linear CKA between every pair of recorded layers, as a heatmap.",
+            report_order=50,
+            caption=(
+                "Linear CKA similarity between layers or epochs (0 to 1); values near 1 mean two "
+                "representations are the same up to rotation and scale."
+            ),
         )
     )
     register(
@@ -182,5 +187,6 @@ def register_analyses(register) -> None:
             scope="run",
             needs={"activations"},
             summary="Linear CKA of each layer at each epoch with the same layer at the last epoch.",
+            report_order=100,
         )
     )

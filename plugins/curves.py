@@ -89,5 +89,10 @@ def register_analyses(register) -> None:
             scope="run",
             needs={"metrics"},
             summary="Train/validation loss and accuracy, gradient norm and generalisation gap per epoch.",
+            report_order=10,
+            caption=(
+                "Loss, accuracy, gradient norm and generalisation gap per epoch; a widening gap "
+                "while training loss keeps falling means overfitting."
+            ),
         )
     )

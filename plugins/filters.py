@@ -246,6 +246,12 @@ def register_analyses(register) -> None:
             scope="epoch",
             needs={"model"},
             summary="The first conv layer's filters as an image grid (each filter scaled on its own), with norms.",
+            report_order=20,
+            caption=(
+                "First-layer convolution filters shown as colour patches; smooth oriented edges "
+                "and colour blobs mean the layer has learned, salt-and-pepper noise means it has "
+                "not (yet)."
+            ),
         )
     )
     register(
@@ -256,5 +262,6 @@ def register_analyses(register) -> None:
             scope="run",
             needs={"model"},
             summary="The first conv layer's filters from initialisation to the last epoch, with norm and change.",
+            report_order=110,
         )
     )

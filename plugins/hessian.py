@@ -11,15 +11,20 @@ reported. With `batches=B` every eigenvalue and the trace come per batch, as the
 mean and standard error over batches, and for the combined operator (the mean loss over
 all B batches); `blocks` adds each layer's diagonal block (top eigenvalue, trace). The
 eigenvectors are stored (float32), and every result says what it was computed on.
-Another operator plugs in through `hessian_analysis(operator=...)`. Numerics:
-`probe.numerics.curvature` (docs/curvature.md).
+Another operator plugs in through `HessianConfig(operator=...)`. Numerics:
+`probe.numerics.curvature` (docs/curvature.md): this plugin turns its parameters into a
+`HessianConfig`, runs `hessian_analysis` per epoch and stores and draws the reports.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import probe
+
+if TYPE_CHECKING:  # torch is imported when a job computes, not when the plugin registers
+    from probe.numerics import HessianConfig
 
 # Bounds tied to cost (docs/reliability.md, "Bounds"). Lanczos keeps one vector of the
 # parameter count per step, so its memory is also checked against the model at job start.
@@ -127,7 +132,7 @@ class Params:
     operator: str = probe.param(
         "hessian",
         "Curvature matrix: the Hessian, or the generalised Gauss-Newton "
-        "(positive semi-definite; probe.numerics.operators).",
+        "(positive semi-definite; probe.numerics.curvature.operators).",
         choices=("hessian", "ggn"),
     )
     trace_method: str = probe.param(
@@ -188,33 +193,11 @@ def select(p: Params, stored: int) -> int:
     return need
 
 
-def epoch_piece(job: tuple):
-    """One epoch's analysis, rebuilt from the run directory: an independent piece for an executor."""
-    from probe.numerics import curvature as C
+def hessian_config(p: Params, weight_decay: float) -> HessianConfig:
+    """The numerics' options for these parameters (`weight_decay`: the run's, or 0: excluded)."""
+    from probe.numerics import HessianConfig
 
-    run_dir, epoch, device, n, kwargs = job
-    run = probe.Run(run_dir)
-    batch = run.analysis_batch()
-    x, y = batch.normalized(device)[:n], batch.labels[:n]
-    return C.hessian_analysis(run.model(epoch, device), x, y, **kwargs)
-
-
-def run(ctx: probe.Context) -> None:
-    import numpy as np
-
-    from probe.numerics import curvature as C
-
-    p = ctx.params
-    first = ctx.model(ctx.epochs[0])
-    if p.bn != "eval":
-        C.require_batchnorm(first, f"bn={p.bn}", "bn=eval")
-    check_cost(p, sum(w.numel() for w in first.parameters()))
-    batch = ctx.analysis_batch()
-    n = select(p, len(batch.labels))
-    x, y = batch.normalized(ctx.device)[:n], batch.labels[:n]
-    train = ctx.config()["train"]
-    wd = float(train.get("weight_decay", 0.0)) if p.weight_decay else 0.0
-    kw = dict(
+    return HessianConfig(
         top_k=p.top_k,
         smallest=p.smallest,
         method=p.method,
@@ -225,7 +208,7 @@ def run(ctx: probe.Context) -> None:
         residual_tol=p.residual_tol,
         max_iter=p.max_iter,
         bn=p.bn,
-        weight_decay=wd,
+        weight_decay=weight_decay,
         batch_size=p.batch_size,
         seed=p.seed,
         batches=p.batches,
@@ -234,24 +217,51 @@ def run(ctx: probe.Context) -> None:
         operator=p.operator,
         per_batch=p.per_batch,
     )
+
+
+def epoch_piece(job: tuple):
+    """One epoch's analysis, rebuilt from the run directory: an independent piece for an executor."""
+    from probe.numerics import hessian_analysis
+
+    run_dir, epoch, device, n, config = job
+    run = probe.Run(run_dir)
+    batch = run.analysis_batch()
+    x, y = batch.normalized(device)[:n], batch.labels[:n]
+    return hessian_analysis(run.model(epoch, device), x, y, config)
+
+
+def run(ctx: probe.Context) -> None:
+    import numpy as np
+
+    from probe.numerics import hessian_analysis, require_batchnorm, standard_error
+
+    p = ctx.params
+    first = ctx.model(ctx.epochs[0])
+    if p.bn != "eval":
+        require_batchnorm(first, f"bn={p.bn}", "bn=eval")
+    check_cost(p, sum(w.numel() for w in first.parameters()))
+    batch = ctx.analysis_batch()
+    n = select(p, len(batch.labels))
+    x, y = batch.normalized(ctx.device)[:n], batch.labels[:n]
+    train = ctx.config()["train"]
+    config = hessian_config(p, float(train.get("weight_decay", 0.0)) if p.weight_decay else 0.0)
     last = ctx.epochs[-1]
 
-    def for_epoch(
-        epoch: int,
-    ) -> dict:  # the density is plotted for the last epoch only: computed there only
-        return kw if epoch == last else {**kw, "density_runs": 0}
+    def for_epoch(epoch: int) -> HessianConfig:
+        # the density is plotted for the last epoch only: computed there only
+        return config if epoch == last else replace(config, density_runs=0)
 
     rows = []
     if p.warm_start or ctx.executor is None:
         prev, prev_blocks = None, None
         for epoch in ctx.progress(ctx.epochs, "epochs"):
-            rep = C.hessian_analysis(
+            rep = hessian_analysis(
                 ctx.model(epoch),
                 x,
                 y,
+                for_epoch(epoch),
                 init=prev if p.warm_start else None,
                 block_init=prev_blocks if p.warm_start else None,
-                **for_epoch(epoch),
             )
             rows.append((epoch, rep))
             prev = rep.eigen[0].vectors
@@ -300,7 +310,7 @@ def run(ctx: probe.Context) -> None:
         ctx.out.scalar("trace", rep.trace.trace)
         ctx.out.scalar("trace_stderr", rep.trace.stderr)
         if rep.trace_per_batch:
-            ctx.out.scalar("trace_se", C.standard_error([t.trace for t in rep.trace_per_batch]))
+            ctx.out.scalar("trace_se", standard_error([t.trace for t in rep.trace_per_batch]))
     if rep.blocks:
         sharpest = max(rep.blocks, key=lambda b: float(b.eigen.values[0]))
         ctx.out.scalar("sharpest_block", sharpest.name)
@@ -316,7 +326,7 @@ def series(rows: list, p: Params) -> tuple[dict, dict]:
     float32 with their eigenvalues and residuals, so residuals can be rechecked."""
     import numpy as np
 
-    from probe.numerics import curvature as C
+    from probe.numerics import standard_error
 
     reps = [r for _, r in rows]
     nan_k = np.full(p.top_k, np.nan)
@@ -371,7 +381,7 @@ def series(rows: list, p: Params) -> tuple[dict, dict]:
                     [[t.stderr for t in r.trace_per_batch] for r in reps]
                 ),
                 trace_mean_over_batches=per.mean(1),
-                trace_se_over_batches=np.array([C.standard_error(v) for v in per]),
+                trace_se_over_batches=np.array([standard_error(v) for v in per]),
             )
     block_names: list[str] = []
     if reps[-1].blocks:
@@ -585,5 +595,12 @@ def register_analyses(register) -> None:
             version="3",
             summary="Largest/smallest Hessian eigenvalues (Lanczos), trace, density and per-layer blocks per epoch, "
             "over one or several batches, warm-started.",
+            report_order=70,
+            caption=(
+                "Top eigenvalues of the loss Hessian on the analysis batch; larger values mean a "
+                "sharper minimum, and gradient descent is stable only while the top one stays "
+                "below 2/lr."
+            ),
+            headline={"top_eigenvalue": "top_eig"},
         )
     )

@@ -1,4 +1,6 @@
-"""`folder`: any image data set laid out as class folders, `--data DIR` with DIR/train/<class>/* and DIR/test/<class>/*.
+"""`folder`: any image data set laid out as class folders.
+
+`--data DIR` with DIR/train/<class>/* and DIR/test/<class>/*.
 
 `val/` is accepted instead of `test/`; train/ and test/ must hold the same class
 folders, each with at least one image. The class names are the folder names,
@@ -17,21 +19,19 @@ key over the listing (names, sizes, mtimes), so a changed folder is decoded agai
 from __future__ import annotations
 
 import probe
+from probe import datasets
 
 LAYOUT = "DIR/train/<class>/<image> and DIR/test/<class>/<image> (or val/ for test/)"
 
 
 def load(data: str | None, quiet: bool = False):
     """The data set in the class folders of `data` (required)."""
-    from probe.datasets import files as imagefiles
-    from probe.datasets.tensors import Dataset
-
     if data is None:
         raise probe.UsageError("--data", f"the folder data set needs --data DIR with {LAYOUT}")
-    root = imagefiles.data_dir(data, f"expected {LAYOUT}")
-    tensors, classes = imagefiles.load_class_folders(root, name="imagefolder", quiet=quiet)
+    root = datasets.data_dir(data, f"expected {LAYOUT}")
+    tensors, classes = datasets.load_class_folders(root, name="imagefolder", quiet=quiet)
     _, _, h, w = tensors["train_x"].shape
-    return Dataset(
+    return datasets.Dataset(
         **tensors,
         classes=classes,
         source=f"folder:{root.resolve()}",
@@ -47,6 +47,7 @@ def register_datasets(register):
         probe.DataSource(
             name="folder",
             load=load,
-            summary="Any image data set in class folders: --data DIR with DIR/train/<class>/* and DIR/test/<class>/*",
+            summary="Any image data set in class folders: --data DIR with DIR/train/<class>/* "
+            "and DIR/test/<class>/*",
         )
     )

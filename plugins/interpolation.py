@@ -87,7 +87,7 @@ def run(ctx: probe.Context) -> None:
     import torch
 
     from probe.numerics import interpolation as I
-    from probe.numerics.curvature import require_batchnorm
+    from probe.numerics import require_batchnorm
 
     p = ctx.params
     segments = plan(ctx, list(ctx.epochs), p.segments)

@@ -12,7 +12,8 @@ along `directions`:
 - `trajectory`: the plane of the top two principal directions of the training path
   through the checkpoints up to the centre epoch, with the path projected onto it
   and the fraction of each step the plane captures.
-Numerics: `probe.numerics.landscape` (docs/curvature.md).
+Numerics: `probe.numerics.landscape` (docs/curvature.md); this plugin picks the images
+and directions, evaluates the grid (row pieces on an executor) and stores and draws it.
 """
 
 from __future__ import annotations
@@ -89,22 +90,34 @@ class Params:
     )
 
 
+def _surface_config(p: Params):
+    """How each grid point is evaluated (`probe.numerics.SurfaceConfig`)."""
+    from probe.numerics import SurfaceConfig
+
+    return SurfaceConfig(bn=p.bn, batch_size=p.batch_size)
+
+
 def _surface(ctx: probe.Context, model, x, y, calib, dirs, *, span, span_y=None, p):
-    """`probe.numerics.landscape.surface`, or the same grid row by row on the executor when there is one."""
+    """`probe.numerics.surface`, or the same grid row by row on the executor when there is one."""
     import functools
 
     import numpy as np
 
-    from probe.numerics import landscape as L
-    from probe.numerics.curvature import check_finite
+    from probe.numerics import Surface, check_finite, grid, surface, surface_rows
 
-    kw = dict(bn=p.bn, calib_x=calib, batch_size=p.batch_size)
+    cfg = _surface_config(p)
     if ctx.executor is None or len(dirs.axes) == 1:
-        return L.surface(model, x, y, dirs, span=span, span_y=span_y, resolution=p.resolution, **kw)
-    alpha, beta = L.grid(span, p.resolution), L.grid(span_y or span, p.resolution)
-    c_loss, c_acc = L.surface_rows(model, x, y, dirs, np.zeros(1), np.zeros(1), [0], **kw)
+        return surface(
+            model, x, y, dirs, cfg, span=span, span_y=span_y, resolution=p.resolution, calib_x=calib
+        )
+    alpha, beta = grid(span, p.resolution), grid(span_y or span, p.resolution)
+    c_loss, c_acc = surface_rows(
+        model, x, y, dirs, np.zeros(1), np.zeros(1), [0], cfg, calib_x=calib
+    )
     check_finite(float(c_loss[0, 0]))
-    piece = functools.partial(L.surface_rows, model, x, y, dirs, alpha, beta, **kw)
+    piece = functools.partial(
+        surface_rows, model, x, y, dirs, alpha, beta, config=cfg, calib_x=calib
+    )
     blocks = [
         list(range(i, min(i + p.rows_per_piece, len(beta))))
         for i in range(0, len(beta), p.rows_per_piece)
@@ -112,7 +125,7 @@ def _surface(ctx: probe.Context, model, x, y, calib, dirs, *, span, span_y=None,
     parts = ctx.map(piece, blocks, "grid rows")
     loss = np.concatenate([lp for lp, _ in parts])
     acc = np.concatenate([ap for _, ap in parts])
-    return L.Surface(
+    return Surface(
         alpha,
         beta,
         loss,
@@ -130,7 +143,7 @@ def _data(ctx: probe.Context, n_images: int, batches: int, calib_images: int, bn
     """The grid's images (all batches combined), the disjoint batches, the calibration images."""
     import torch
 
-    from probe.numerics.sharpness import split_batches
+    from probe.numerics import split_batches
 
     batch = ctx.analysis_batch()
     x = batch.normalized(ctx.device)
@@ -144,9 +157,9 @@ def _data(ctx: probe.Context, n_images: int, batches: int, calib_images: int, bn
 
 def _center(model, parts, calib, p) -> dict:
     """The centre over the disjoint batches, as attributes of the result (B > 1 only)."""
-    from probe.numerics import landscape as L
+    from probe.numerics import center_over_batches
 
-    c = L.center_over_batches(model, parts, bn=p.bn, calib_x=calib, batch_size=p.batch_size)
+    c = center_over_batches(model, parts, _surface_config(p), calib_x=calib)
     return {
         "center_batches": c.batches,
         "center_images_per_batch": c.images_per_batch,
@@ -167,13 +180,11 @@ def _center(model, parts, calib, p) -> dict:
 def run(ctx: probe.Context) -> None:
     import numpy as np
 
-    from probe.numerics import landscape as L
+    from probe.numerics import pca_directions, random_directions, require_batchnorm
 
     p = ctx.params
     model = ctx.model()
     if p.bn != "frozen":
-        from probe.numerics.curvature import require_batchnorm
-
         require_batchnorm(model, f"bn={p.bn}", "bn=frozen")
     x, y, parts, calib = _data(ctx, p.n_images, p.batches, p.calib_images, p.bn)
     common = {
@@ -186,7 +197,7 @@ def run(ctx: probe.Context) -> None:
         **(_center(model, parts, calib, p) if p.batches > 1 else {}),
     }
     if p.directions != "trajectory":
-        dirs = L.random_directions(
+        dirs = random_directions(
             model,
             p.dims,
             kind="filter" if p.directions == "filter-normalized" else "random",
@@ -210,7 +221,7 @@ def run(ctx: probe.Context) -> None:
         def __getitem__(self, i: int):
             return ctx.checkpoint(path_epochs[i]).model_state
 
-    dirs = L.pca_directions(model, States(), mean_center=p.mean_center)
+    dirs = pca_directions(model, States(), mean_center=p.mean_center)
     lo, hi = dirs.path.min(0), dirs.path.max(0)
     room = p.margin * np.maximum(hi - lo, 1e-12)
     s = _surface(
@@ -359,5 +370,10 @@ def register_analyses(register) -> None:
             version="2",
             needs={"model", "checkpoint", "analysis_batch", "trajectory"},
             summary="Loss/accuracy surface along filter-normalised, random or trajectory-PCA directions, eval mode.",
+            report_order=80,
+            caption=(
+                "Training loss along random filter-normalised directions around the weights; a "
+                "wide, flat basin means a minimum robust to weight perturbations."
+            ),
         )
     )

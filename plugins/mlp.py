@@ -55,6 +55,7 @@ def register_models(register: Any) -> None:
             params=Params,
             layers=layers,
             version="1",
-            summary="Multi-layer perceptron on the flattened image: depth hidden ReLU layers of width units.",
+            summary="Multi-layer perceptron on the flattened image: depth hidden ReLU layers "
+            "of width units.",
         )
     )

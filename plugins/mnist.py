@@ -1,4 +1,4 @@
-"""`mnist` and `fashion-mnist`: 28x28 grey images in 10 classes, 60,000 for training and 10,000 for testing.
+"""`mnist` and `fashion-mnist`: 28x28 grey images in 10 classes, 60,000 to train and 10,000 to test.
 
 Read from the IDX files of the original releases (train-images-idx3-ubyte.gz and
 so on), parsed here: a big-endian header (magic 0x00000803 for images, 0x00000801
@@ -30,6 +30,7 @@ import zlib
 from pathlib import Path
 
 import probe
+from probe import datasets
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
 MAX_ITEMS = 1_000_000  # MNIST has 60,000 training images; EMNIST-sized sets fit too
@@ -123,7 +124,7 @@ def _read_exact(fh, n: int, path: Path, what: str) -> bytes:
 
 
 def read_idx(path: Path, magic: int, max_items: int = MAX_ITEMS, side: int = SIDE):
-    """A uint8 IDX file as a numpy array: images [N, side, side] (magic 0x803) or labels [N] (magic 0x801).
+    """A uint8 IDX file as numpy: images [N, side, side] (magic 0x803) or labels [N] (magic 0x801).
 
     gzip-compressed files (told by their first two bytes, not their name) are read
     through a bounded stream, so neither a crafted header nor a gzip bomb can make
@@ -131,9 +132,7 @@ def read_idx(path: Path, magic: int, max_items: int = MAX_ITEMS, side: int = SID
     """
     import numpy as np
 
-    from probe.datasets.files import open_file
-
-    with open_file(path, MAX_FILE_BYTES) as raw:
+    with datasets.open_file(path, MAX_FILE_BYTES) as raw:
         head = raw.read(2)
         raw.seek(0)
         fh = gzip.GzipFile(fileobj=raw, mode="rb") if head == b"\x1f\x8b" else raw
@@ -161,7 +160,7 @@ def read_idx(path: Path, magic: int, max_items: int = MAX_ITEMS, side: int = SID
 
 
 def read_split(images: Path, labels: Path, classes: int):
-    """Images [N, 1, 28, 28] uint8 and labels [N] int64 from one pair of IDX files, checked against each other."""
+    """Images [N, 1, 28, 28] uint8, labels [N] int64 from a pair of IDX files, checked together."""
     import numpy as np
     import torch
 
@@ -177,15 +176,13 @@ def read_split(images: Path, labels: Path, classes: int):
 
 
 def _release_files(dirs: list[Path]) -> dict[str, tuple[Path, Path]] | None:
-    """The four IDX files (.gz or extracted, '-idx' or '.idx' in the name) found in `dirs`, or None."""
-    from probe.datasets.files import find_file
-
+    """The four IDX files (.gz or not, '-idx' or '.idx' in the name) found in `dirs`, or None."""
     found = {}
     for split, img, lab in FILES:
         pair = []
         for base in (img, lab):
             dotted = base.replace("-idx", ".idx")
-            p = find_file(dirs, [base, f"{base}.gz", dotted, f"{dotted}.gz"])
+            p = datasets.find_file(dirs, [base, f"{base}.gz", dotted, f"{dotted}.gz"])
             if p is None:
                 return None
             pair.append(p)
@@ -201,19 +198,16 @@ def _tensors(files: dict[str, tuple[Path, Path]], classes: int) -> dict:
 
 
 def _load(spec: dict, data: str | None, quiet: bool):
-    from probe.datasets import files as imagefiles
-    from probe.datasets.tensors import Dataset, cache_dir, cached
-
     classes = spec["classes"]
     shape = (1, SIDE, SIDE)
     if data is None:
-        root = cache_dir() / spec["name"]
+        root = datasets.cache_dir() / spec["name"]
 
         def fetch() -> dict:
             files = {}
             for split, img, lab in FILES:
                 files[split] = tuple(
-                    imagefiles.download(
+                    datasets.download(
                         [m + f"{b}.gz" for m in spec["mirrors"]],
                         root,
                         f"{b}.gz",
@@ -226,20 +220,20 @@ def _load(spec: dict, data: str | None, quiet: bool):
                 )
             return _tensors(files, len(classes))
 
-        tensors = cached(spec["name"], classes, fetch, shape)
+        tensors = datasets.cached(spec["name"], classes, fetch, shape)
         source = f"download:{spec['mirrors'][0]}"
     else:
-        root = imagefiles.data_dir(data, _hint(spec))
+        root = datasets.data_dir(data, _hint(spec))
         dirs = [root, root / "raw", root / spec["torchvision"] / "raw"]
         release = _release_files(dirs)
         if release is not None:
             paths = [p for pair in release.values() for p in pair]
-            key = imagefiles.files_key(spec["name"], root, paths)
-            tensors = cached(
+            key = datasets.files_key(spec["name"], root, paths)
+            tensors = datasets.cached(
                 f"{spec['name']}-{key}", classes, lambda: _tensors(release, len(classes)), shape
             )
         else:
-            tensors = imagefiles.release_folders(
+            tensors = datasets.release_folders(
                 root,
                 neither=f"the {spec['title']} IDX files",
                 hint=_hint(spec),
@@ -250,7 +244,7 @@ def _load(spec: dict, data: str | None, quiet: bool):
                 what=spec["title"],
             )
         source = str(root.resolve())
-    return Dataset(
+    return datasets.Dataset(
         **tensors,
         classes=classes,
         source=source,
@@ -283,6 +277,7 @@ def register_datasets(register):
         probe.DataSource(
             name="fashion-mnist",
             load=load_fashion_mnist,
-            summary="Fashion-MNIST (Zalando): 28x28 grey, 10 garment classes, 60,000 + 10,000 images",
+            summary="Fashion-MNIST (Zalando): 28x28 grey, 10 garment classes, "
+            "60,000 + 10,000 images",
         )
     )

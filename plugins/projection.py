@@ -192,7 +192,7 @@ def run(ctx: probe.Context) -> None:
     matplotlib.use("Agg")
     import numpy as np
 
-    from probe.numerics import representations as R
+    from probe.numerics import pca_across_epochs, procrustes_align, tsne, tsne_backend
 
     p = ctx.params
     epochs = list(ctx.epochs)
@@ -206,7 +206,7 @@ def run(ctx: probe.Context) -> None:
     what = f"{layer} ({p.kind}, {len(labels)} probe images)"
     arrays: dict[str, np.ndarray] = {"epochs": np.array(epochs), "labels": labels}
 
-    ref, projs = R.pca_across_epochs(X, 2, align=p.align)
+    ref, projs = pca_across_epochs(X, 2, align=p.align)
     pca_xy = {pr.epoch: pr.projections for pr in projs}
     if p.method in ("pca", "both"):
         evr = {pr.epoch: pr.explained_variance_ratio for pr in projs}
@@ -251,14 +251,14 @@ def run(ctx: probe.Context) -> None:
 
     if p.method in ("tsne", "both"):
         try:
-            backend = R.tsne_backend(p.tsne_backend)
+            backend = tsne_backend(p.tsne_backend)
         except ImportError as exc:
             raise probe.UsageError("--param tsne_backend", str(exc)) from None
         ts: dict[int, np.ndarray] = {}
         order = [epochs[-1], *epochs[:-1]]  # the last first: the others are rotated onto it
         for e in ctx.progress(order, "t-SNE", total=len(order)):
-            Y = R.tsne(X[e], perplexity=p.perplexity, seed=p.seed, init=pca_xy[e], backend=backend)
-            ts[e] = Y if e == epochs[-1] else R.procrustes_align(Y, ts[epochs[-1]])
+            Y = tsne(X[e], perplexity=p.perplexity, seed=p.seed, init=pca_xy[e], backend=backend)
+            ts[e] = Y if e == epochs[-1] else procrustes_align(Y, ts[epochs[-1]])
         ts[epochs[-1]] = ts[epochs[-1]] - ts[epochs[-1]].mean(axis=0)
         acc = {e: knn_accuracy(ts[e], labels) for e in epochs}
         titles = {e: f"epoch {e}: k-NN acc {acc[e]:.2f}" for e in shown}
@@ -303,5 +303,10 @@ def register_analyses(register) -> None:
             scope="run",
             needs={"activations", "probe_set"},
             summary="PCA and t-SNE of a layer's probe-set activations per epoch, on axes shared across epochs.",
+            report_order=30,
+            caption=(
+                "The probe images' activations projected to 2-D and coloured by class; tighter, "
+                "better-separated class clusters mean more linearly separable features."
+            ),
         )
     )

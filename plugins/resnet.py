@@ -1,4 +1,4 @@
-"""`resnet`: the CIFAR ResNets of He et al. 2016 (section 4.2), depth 6n+2, shortcut option A, B or none.
+"""`resnet`: the CIFAR ResNets of He et al. 2016 (section 4.2), depth 6n+2, shortcut A, B or none.
 
 ResNet-20/32/44/56/110 have 0.27M/0.46M/0.66M/0.85M/1.7M parameters (He et al.,
 Table 6) at width 1 with option A. `shortcut=none` is Li et al. 2018's
@@ -49,7 +49,7 @@ def build(params: Params, input: Any, num_classes: int) -> Any:
 
 
 def layers(model: Any, params: Params) -> list[str]:
-    """The stem's output (after ReLU), each stage's output, then the global average pool (the penultimate)."""
+    """The stem's output (after ReLU), each stage's, then the global average pool (penultimate)."""
     return ["relu", "layer1", "layer2", "layer3", "avgpool"]
 
 
@@ -62,6 +62,7 @@ def register_models(register: Any) -> None:
             params=Params,
             layers=layers,
             version="1",
-            summary="CIFAR ResNet-(6n+2) of He et al. 2016 (ResNet-20/32/44/56/110), shortcut option A, B or none.",
+            summary="CIFAR ResNet-(6n+2) of He et al. 2016 (ResNet-20/32/44/56/110), "
+            "shortcut option A, B or none.",
         )
     )

@@ -37,7 +37,7 @@ def run(ctx: probe.Context) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from probe.numerics import representations as R
+    from probe.numerics import cosine_rsm, rsm_class_summary
 
     p = ctx.params
     layer = ctx.resolve_layer(p.layer)
@@ -50,7 +50,7 @@ def run(ctx: probe.Context) -> None:
         )
     if p.center:
         X = X - X.mean(axis=0)
-    s = R.rsm_class_summary(R.cosine_rsm(X), labels)
+    s = rsm_class_summary(cosine_rsm(X), labels)
     names = ctx.class_names()
     cls_names = [names[c] if c < len(names) else str(c) for c in s.classes]
 
@@ -125,5 +125,10 @@ def register_analyses(register) -> None:
             scope="epoch",
             needs={"activations", "probe_set"},
             summary="Cosine similarity matrix of the probe set at a layer, sorted by class; within- vs between-class.",
+            report_order=40,
+            caption=(
+                "Representational similarity matrix of the probe images sorted by class; bright "
+                "blocks on the diagonal mean the layer represents images of one class alike."
+            ),
         )
     )

@@ -4,7 +4,8 @@ Three numbers per epoch, each a loss increase over the base loss on the run's st
 un-augmented analysis batch, in eval mode: worst-case in the box |d| <= eps (|w| + 1)
 (Keskar et al., 2017), adaptive worst-case with |w| scaling (ASAM, Kwon et al., 2021)
 and average-case under Gaussian noise. Ascent gives a lower bound of the true
-worst case. Numerics: `probe.numerics.sharpness` (docs/curvature.md).
+worst case. Numerics: `probe.numerics.sharpness` (docs/curvature.md); this plugin turns
+its parameters into the measures' configs and stores and draws the results.
 """
 
 from __future__ import annotations
@@ -66,38 +67,17 @@ class Params:
     seed: int = probe.param(0, "Seed for the random start and the noise.", min=0, max=2**32 - 1)
 
 
-def run(ctx: probe.Context) -> None:
-    import matplotlib
+def measure_configs(p: Params) -> dict:
+    """Each measure's options (`probe.numerics` configs) for these parameters, in plot order."""
+    from probe.numerics import AdaptiveConfig, AverageConfig, WorstCaseConfig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from probe.numerics import sharpness as S
-
-    p = ctx.params
-    batch = ctx.analysis_batch()
-    x = batch.normalized(ctx.device)
-    n = (
-        min(p.n_images, len(x)) if p.batches == 1 else p.n_images
-    )  # one batch: as before, at most what is stored
-    parts = S.split_batches(x, batch.labels, p.batches, n)
-    model = ctx.model()
     common = {"batch_size": p.batch_size, "seed": p.seed}
-    spreads = [
-        S.over_batches("worst_case", model, parts, eps=p.eps, steps=p.steps, **common),
-        S.over_batches(
-            "adaptive",
-            model,
-            parts,
-            eps=p.adaptive_eps,
-            norm=p.adaptive_norm,
-            steps=p.steps,
-            **common,
+    return {
+        "worst_case": WorstCaseConfig(eps=p.eps, steps=p.steps, **common),
+        "adaptive": AdaptiveConfig(
+            eps=p.adaptive_eps, norm=p.adaptive_norm, steps=p.steps, **common
         ),
-        S.over_batches(
-            "average",
-            model,
-            parts,
+        "average": AverageConfig(
             eps=p.average_eps,
             samples=p.samples,
             adaptive=p.average_adaptive,
@@ -105,6 +85,27 @@ def run(ctx: probe.Context) -> None:
             target_rel_stderr=p.target_rel_stderr,
             **common,
         ),
+    }
+
+
+def run(ctx: probe.Context) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from probe.numerics import sharpness_over_batches, split_batches
+
+    p = ctx.params
+    batch = ctx.analysis_batch()
+    x = batch.normalized(ctx.device)
+    # one batch: as before, at most what is stored
+    n = min(p.n_images, len(x)) if p.batches == 1 else p.n_images
+    parts = split_batches(x, batch.labels, p.batches, n)
+    model = ctx.model()
+    spreads = [
+        sharpness_over_batches(measure, model, parts, config)
+        for measure, config in measure_configs(p).items()
     ]
     results = [b.combined for b in spreads]
     total = p.batches * n
@@ -216,5 +217,11 @@ def register_analyses(register) -> None:
             version="2",
             needs={"model", "analysis_batch"},
             summary="Worst-case (Keskar), adaptive (ASAM) and average-case sharpness as loss increases, eval mode.",
+            report_order=90,
+            caption=(
+                "Loss increase under small weight perturbations of a given radius; lower means a "
+                "flatter minimum, which often goes with better generalisation."
+            ),
+            headline={"worst_case": "sharpness"},
         )
     )

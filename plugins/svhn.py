@@ -1,4 +1,4 @@
-"""`svhn`: Street View House Numbers (cropped digits), 32x32 colour, 73,257 training and 26,032 test images.
+"""`svhn`: Street View House Numbers (cropped digits), 32x32 colour, 73,257 training, 26,032 test.
 
 Read from the release's train_32x32.mat and test_32x32.mat (MATLAB v5 files:
 `X` uint8 [32, 32, 3, N] and `y` [N, 1] with labels 1..10, where 10 is the digit
@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import probe
+from probe import datasets
 
 FILES = {
     "train": (
@@ -58,9 +59,7 @@ def read_mat(path: Path):
     import scipy.io
     import torch
 
-    from probe.datasets.files import open_file
-
-    with open_file(path, MAX_MAT_BYTES) as fh:
+    with datasets.open_file(path, MAX_MAT_BYTES) as fh:
         try:
             head = {name: (shape, cls) for name, shape, cls in scipy.io.whosmat(fh)}
             fh.seek(0)
@@ -120,33 +119,30 @@ def _tensors(files: dict[str, Path]) -> dict:
 
 def load(data: str | None, quiet: bool = False):
     """SVHN from `data` (the two .mat files, or class folders) or the checked download."""
-    from probe.datasets import files as imagefiles
-    from probe.datasets.tensors import Dataset, cache_dir, cached
-
     shape = (3, 32, 32)
     if data is None:
-        root = cache_dir() / "svhn"
+        root = datasets.cache_dir() / "svhn"
 
         def fetch() -> dict:
             return _tensors(
                 {
-                    split: imagefiles.download(
+                    split: datasets.download(
                         url, root, name, md5, what=f"SVHN {name}", hint=HINT, quiet=quiet
                     )
                     for split, (url, name, md5) in FILES.items()
                 }
             )
 
-        tensors = cached("svhn", CLASSES, fetch, shape)
+        tensors = datasets.cached("svhn", CLASSES, fetch, shape)
         source = "download:http://ufldl.stanford.edu/housenumbers/"
     else:
-        root = imagefiles.data_dir(data, HINT)
+        root = datasets.data_dir(data, HINT)
         files = {split: root / name for split, (_, name, _) in FILES.items()}
         if all(p.is_file() for p in files.values()):
-            key = imagefiles.files_key("svhn", root, list(files.values()))
-            tensors = cached(f"svhn-{key}", CLASSES, lambda: _tensors(files), shape)
+            key = datasets.files_key("svhn", root, list(files.values()))
+            tensors = datasets.cached(f"svhn-{key}", CLASSES, lambda: _tensors(files), shape)
         else:
-            tensors = imagefiles.release_folders(
+            tensors = datasets.release_folders(
                 root,
                 neither="train_32x32.mat and test_32x32.mat",
                 hint=HINT,
@@ -157,7 +153,7 @@ def load(data: str | None, quiet: bool = False):
                 what="SVHN",
             )
         source = str(root.resolve())
-    return Dataset(
+    return datasets.Dataset(
         **tensors,
         classes=CLASSES,
         source=source,
@@ -173,6 +169,7 @@ def register_datasets(register):
         probe.DataSource(
             name="svhn",
             load=load,
-            summary="SVHN cropped house-number digits: 32x32 colour, 10 classes, 73,257 + 26,032 images",
+            summary="SVHN cropped house-number digits: 32x32 colour, 10 classes, "
+            "73,257 + 26,032 images",
         )
     )

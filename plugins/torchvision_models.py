@@ -1,4 +1,4 @@
-"""`torchvision`: any classification architecture of torchvision.models, trained from scratch (weights=None).
+"""`torchvision`: any classification architecture of torchvision.models, untrained (weights=None).
 
 `arch` names it (`resnet18`, `mobilenet_v3_small`, `vgg11`, ...). Any input channel
 count works for the CNN families (the stem conv is rebuilt for it); transformers
@@ -34,7 +34,8 @@ class Params:
                 f"arch must be a torchvision model name such as resnet18, got {self.arch[:40]!r}"
             )
         if self.arch == DEFAULT_ARCH:
-            return  # checked by the tests; registration builds the defaults, and must not import torchvision
+            # checked by the tests: registration builds the defaults and must not import torchvision
+            return
         try:
             from .nets.torchvision_models import check_arch
         except ImportError as exc:
@@ -49,7 +50,7 @@ def build(params: Params, input: Any, num_classes: int) -> Any:
 
 
 def layers(model: Any, params: Params) -> list[str]:
-    """Stage outputs (per architecture; probe's default_layers for those without a rule), then the penultimate."""
+    """Stage outputs (per architecture, else probe's default_layers), then the penultimate layer."""
     from .nets.torchvision_models import layers as tv_layers
 
     return tv_layers(model, params.arch)
@@ -64,6 +65,7 @@ def register_models(register: Any) -> None:
             params=Params,
             layers=layers,
             version="1",
-            summary="Any torchvision.models classification CNN by name (arch=resnet18, vgg11, ...), weights=None.",
+            summary="Any torchvision.models classification CNN by name "
+            "(arch=resnet18, vgg11, ...), weights=None.",
         )
     )

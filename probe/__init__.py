@@ -1,21 +1,46 @@
 """probe: train a CNN on CIFAR-10, keep everything the training produced, analyse it offline.
 
 The public API for plugin authors is importable from here without importing torch:
-`hookimpl`, `Analysis`, `Context`, `LayerParams` (what `ctx.parameters()` lists), `ProbeError`,
-`UsageError`, `RunFileError`, `Skip` (an analysis that does not apply), `load_model`, `load_checkpoint`, `Run`;
-`Recorder` (the run-directory writer, for any training loop); for model-family and data-set plugins
-`ModelFamily`, `InputSpec`, `ModelSpec`, `DataSource`, `Augmentation`.
+`hookimpl`, `Analysis`, `param`, `Context`, `LayerParams` (what `ctx.parameters()` lists),
+`ProbeError`, `UsageError`, `RunFileError`, `Skip` (an analysis that does not apply),
+`load_model`, `load_checkpoint`, `Run`; `Recorder` (the run-directory writer, for any
+training loop); for model-family and data-set plugins `ModelFamily` (with `OptionAlias`
+and `SizeEstimate`), `InputSpec`, `ModelSpec`, `default_layers`, `DataSource`,
+`Augmentation`. A plugin imports only `probe` and the modules in `PUBLIC_MODULES`
+(e.g. `probe.datasets`, what a data-set plugin builds on); never a `_private` name.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from probe.analysis.context import Context, LayerParams
+from probe.contract.analysis import Analysis, NoParams, param
+from probe.contract.datasets import Augmentation, DataSource
+from probe.contract.families import (
+    InputSpec,
+    ModelFamily,
+    ModelSpec,
+    OptionAlias,
+    SizeEstimate,
+    default_layers,
+)
 from probe.contract.hookspecs import hookimpl
 from probe.errors import NotARunError, ProbeError, RunFileError, Skip, UsageError
+from probe.rundir.run import Run
 from probe.version import __version__
 
+# The modules (relative to `probe`) a plugin may import besides `probe` itself; everything else is
+# probe's own and may change. tests/test_architecture.py holds the built-in plugins to this.
+PUBLIC_MODULES = (  # each with the modules under it; a `_private` name is never public
+    "datasets",
+    "errors",
+    "numerics",
+    "testing",
+)
+
 __all__ = [
+    "PUBLIC_MODULES",
     "Analysis",
     "Augmentation",
     "Context",
@@ -24,14 +49,18 @@ __all__ = [
     "LayerParams",
     "ModelFamily",
     "ModelSpec",
+    "NoParams",
     "NotARunError",
+    "OptionAlias",
     "ProbeError",
     "Recorder",
     "Run",
     "RunFileError",
+    "SizeEstimate",
     "Skip",
     "UsageError",
     "__version__",
+    "default_layers",
     "hookimpl",
     "load_checkpoint",
     "load_model",
@@ -41,42 +70,22 @@ __all__ = [
 
 def load_model(path: Any, device: Any = "cpu") -> Any:
     """Rebuild the model stored in a checkpoint file, from that file alone, in eval mode."""
-    from probe.rundir.checkpoint import load_model as _load_model
+    from probe.rundir.checkpoint import load_model as _load_model  # torch
 
     return _load_model(path, device)
 
 
 def load_checkpoint(path: Any) -> Any:
     """Read and verify a checkpoint: its model state, spec, epoch, metrics."""
-    from probe.rundir.checkpoint import load
+    from probe.rundir.checkpoint import load  # torch
 
     return load(path)
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so `import probe` (and `probe --help`) never pays for torch.
-    if name in ("Analysis", "param", "NoParams"):
-        from probe.contract import analysis
-
-        return getattr(analysis, name)
-    if name in ("ModelFamily", "InputSpec", "ModelSpec"):
-        from probe.contract import families
-
-        return getattr(families, name)
-    if name in ("DataSource", "Augmentation"):
-        from probe.contract import datasets
-
-        return getattr(datasets, name)
-    if name in ("Context", "LayerParams"):
-        from probe.analysis import context
-
-        return getattr(context, name)
     if name == "Recorder":
         from probe.training.recorder import Recorder
 
         return Recorder
-    if name == "Run":
-        from probe.rundir.run import Run
-
-        return Run
     raise AttributeError(f"module 'probe' has no attribute {name!r}")

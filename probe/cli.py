@@ -7,6 +7,7 @@ this module only turns options into calls and `ProbeError`s into one-line errors
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -15,8 +16,21 @@ from typing import Any
 
 import click
 
-from probe.errors import ProbeError
-from probe.training.config import FIELDS, TrainConfig, field_type, flag
+from probe.analysis.runner import describe
+from probe.contract.registry import add_plugin_commands, installed, registry
+from probe.errors import ProbeError, UsageError
+from probe.rundir.prepare import check_path
+from probe.rundir.results import dumps
+from probe.rundir.run import CONFIG, Run
+from probe.training.config import (
+    FIELDS,
+    TrainConfig,
+    field_type,
+    flag,
+    from_dict,
+    load_toml,
+    make_config,
+)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -25,7 +39,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 LAZY_COMMANDS = {
     "sweep": "probe.studies.sweep:sweep_command",
     "compare": "probe.studies.compare:compare_command",
-    "report": "probe.report.render:report_command",
+    "report": "probe.report.command:report_command",
     "import": "probe.training.importer:import_command",
 }
 
@@ -84,7 +98,7 @@ def cli() -> None:
 
 
 def config_options(fn: Callable) -> Callable:
-    """One option per TrainConfig field, named like the field (--batch-size, --augment/--no-augment...)."""
+    """One option per TrainConfig field, named like it (--batch-size, --augment/--no-augment...)."""
     for f in reversed(dataclasses.fields(TrainConfig)):
         typ, meta = field_type(f), f.metadata
         default = f.default if f.default is not None else None
@@ -119,7 +133,7 @@ def _overrides(kw: dict[str, Any]) -> dict[str, Any]:
         if value is None or value == ():
             continue
         f = FIELDS[name]
-        if name == "model_depth":
+        if field_type(f) is int and "choices" in f.metadata:  # click gives the choice as a str
             value = int(value)
         elif f.metadata.get("pairs"):
             value = tuple(value)
@@ -129,12 +143,14 @@ def _overrides(kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# What `--resume` may change: more epochs extend the run; the device does not change what is trained.
+# What `--resume` may change: more epochs extend the run; the device does not change what is
+# trained.
 RESUMABLE = ("epochs", "device")
 
 
 def _same_value(key: str, stored: Any, given: Any) -> bool:
-    """Whether a value given on resume equals the stored one (a list is a tuple; a data path may be spelt otherwise)."""
+    """Whether a value given on resume equals the stored one (a list is a tuple; a data path may be
+    spelt otherwise)."""
     if isinstance(given, tuple):
         given = list(given)
     if (
@@ -159,10 +175,6 @@ def _resumed_config(
     So the same command line with --resume added continues the run; a real change is
     refused, naming each differing key with its stored and given values.
     """
-    from probe.errors import UsageError
-    from probe.rundir.run import CONFIG, Run
-    from probe.training.config import from_dict
-
     if not os.path.lexists(run_dir / CONFIG):
         raise UsageError("--resume", f"{run_dir} holds no run to resume (no {CONFIG})")
     stored = Run(run_dir).config["train"]  # a link, FIFO or damaged config: one line naming it
@@ -172,13 +184,12 @@ def _resumed_config(
         if key in RESUMABLE:
             continue
         if key not in stored and value == FIELDS[key].default:
-            continue  # a key newer than the run, given at its default: what the run was trained with
+            continue  # a key newer than the run, at its default: what the run was trained with
         if key not in stored or not _same_value(key, stored[key], value):
             source = flag(key) if key in overrides else f"{key} in {config_file}"
             was = repr(stored[key]) if key in stored else "absent"
-            differ.append(
-                f"{source} (stored {was}, given {list(value) if isinstance(value, tuple) else value!r})"
-            )
+            shown = list(value) if isinstance(value, tuple) else value
+            differ.append(f"{source} (stored {was}, given {shown!r})")
     if differ:
         raise UsageError(
             "--resume",
@@ -218,25 +229,17 @@ def train(
     used: the same command line with --resume added continues the run, and only
     --epochs and --device may differ from what is stored.
     """
-    from probe.errors import UsageError
-    from probe.training.config import load_toml, make_config
-
     if resume and force:
         raise UsageError("--resume", "--resume and --force contradict each other; pick one")
     overrides = _overrides(kw)
     file_values = load_toml(config_file) if config_file else {}
-    try:
-        cfg = make_config(
-            file_values, overrides
-        )  # every value checked, also the ones --resume compares
+    try:  # every value checked, also the ones --resume compares
+        cfg = make_config(file_values, overrides)
     except TypeError as exc:
         raise UsageError("--config", str(exc)) from None
-    from probe.rundir.prepare import check_path
-    from probe.training.loop import train as run_training
+    from probe.training.loop import train as run_training  # here: `probe --help` imports no torch
 
-    check_path(
-        Path(run_dir)
-    )  # a name too long for the filesystem, before anything looks at the directory
+    check_path(Path(run_dir))  # a name too long for the filesystem, before anything looks at it
     if resume:
         cfg = _resumed_config(Path(run_dir), file_values, overrides, config_file)
 
@@ -383,12 +386,9 @@ def analyze(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(verbose: bool, as_json: bool) -> None:
     """List installed plugins, their status and versions, and their analyses."""
-    from probe.analysis.runner import describe
-    from probe.contract.registry import registry
-    from probe.rundir.results import dumps
-
     reg = registry()
-    if as_json:  # strict JSON: a non-finite default (allow_nonfinite) is written as "nan"/"inf", never bare NaN
+    # strict JSON: a non-finite default (allow_nonfinite) is written as "nan"/"inf", never bare NaN
+    if as_json:
         click.echo(
             dumps(
                 {
@@ -415,7 +415,8 @@ def plugins(verbose: bool, as_json: bool) -> None:
             click.echo(f"    {a.name}: {a.summary}")
             if verbose:
                 click.echo(
-                    f"        scope: {a.scope}; needs: {', '.join(sorted(a.needs))}; version {a.version}"
+                    f"        scope: {a.scope}; needs: {', '.join(sorted(a.needs))}; "
+                    f"version {a.version}"
                 )
                 for spec in a.param_specs():
                     click.echo(f"        --param {spec.describe()}")
@@ -430,7 +431,8 @@ def plugins(verbose: bool, as_json: bool) -> None:
     problems = reg.problems()
     if problems:
         click.echo(
-            f"\n{len(problems)} problem{'s' if len(problems) > 1 else ''} (the other analyses work):"
+            f"\n{len(problems)} problem{'s' if len(problems) > 1 else ''} "
+            "(the other analyses work):"
         )
     for line in problems:
         click.echo(f"  {line}")
@@ -444,13 +446,9 @@ def models(as_json: bool) -> None:
     \b
     probe train --run-dir runs/r20 --model resnet --model-param depth=20
     probe train --run-dir runs/r56-noshort --model resnet --model-param depth=56 --model-param shortcut=none
-    """
-    from probe.contract.registry import installed
-
+    """  # noqa: E501 (click prints the docstring as `probe models --help`: its lines stay whole)
     fams = installed("models")
     if as_json:
-        import json
-
         click.echo(
             json.dumps(
                 [
@@ -493,8 +491,6 @@ def models(as_json: bool) -> None:
 @cli.command(context_settings=CONTEXT)
 def datasets() -> None:
     """List the installed image data sets (`probe train --dataset NAME [--data DIR]`)."""
-    from probe.contract.registry import installed
-
     sources = installed("datasets")
     for name in sorted(sources):
         s = sources[name]
@@ -504,8 +500,6 @@ def datasets() -> None:
 
 
 def main() -> None:
-    from probe.contract.registry import add_plugin_commands
-
     add_plugin_commands(cli)
     cli(prog_name="probe")
 

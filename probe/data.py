@@ -1,4 +1,4 @@
-"""Where the data-set helpers used to live; kept so plugins written against the old docs still import.
+"""Where the data-set helpers used to live; kept so plugins written to the old docs still import.
 
 New code imports them from `probe.datasets` (docs/writing-a-plugin.md, "Data sets").
 """

@@ -17,6 +17,11 @@ from typing import Any
 
 import pytest
 
+from probe.contract.families import FAMILY_OPTIONS
+from probe.contract.registry import PluginInfo, Registry, lookup, reset_registry
+from probe.datasets import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from probe.training.config import FIELDS, TrainConfig
+
 TINY = dict(
     epochs=2,
     subset_train_size=0,
@@ -40,12 +45,14 @@ def synthetic_dataset(
     channels: int = 3,
     size: int = 32,
 ):
-    """CIFAR-shaped (or `channels` x `size` x `size`) uint8 images whose class sets a colour and a stripe pattern,
-    plus noise: learnable in an epoch. Normalised with CIFAR-10's statistics when RGB, else with their own."""
+    """CIFAR-shaped (or `channels` x `size` x `size`) uint8 images, learnable in an epoch.
+
+    Each class sets a colour and a stripe pattern, plus noise. Normalised with CIFAR-10's
+    statistics when RGB, else with their own.
+    """
     import torch
 
-    from probe.datasets.tensors import Dataset
-    from probe.training.model import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+    from probe.datasets.tensors import Dataset  # torch
 
     g = torch.Generator().manual_seed(seed)
     base = torch.rand(num_classes, channels, 1, 1, generator=g) * 160 + 40
@@ -85,10 +92,9 @@ def registry_with(*plugin_objs: Any) -> Any:
 
     For testing a plugin without installing it: `registry_with(MyPlugin())`, then
     `run_analyses(probe_run, ["mine"], "last")`. Reset it afterwards with
-    `probe.contract.registry.reset_registry(None)` (probe's own tests use a `fresh_registry` fixture).
+    `probe.contract.registry.reset_registry(None)` (probe's own tests use a `fresh_registry`
+    fixture).
     """
-    from probe.contract.registry import PluginInfo, Registry, reset_registry
-
     reg = Registry()
     for i, obj in enumerate(plugin_objs):
         reg.register(obj, PluginInfo(f"test{i}", "tests", "tests", "0"))
@@ -99,17 +105,16 @@ def registry_with(*plugin_objs: Any) -> Any:
 def make_tiny_run(run_dir: str | Path, dataset: Any = None, **overrides: Any) -> Path:
     """Train a tiny run into `run_dir` (about 2-5 s on a laptop CPU).
 
-    `overrides` are TrainConfig fields (`model="resnet"`, `model_params=("depth=8",)`); `dataset` replaces the
-    synthetic CIFAR-shaped data (e.g. `synthetic_dataset(channels=1, size=28)` for an MLP).
+    `overrides` are TrainConfig fields (`model="resnet"`, `model_params=("depth=8",)`);
+    `dataset` replaces the synthetic CIFAR-shaped data (e.g. `synthetic_dataset(channels=1,
+    size=28)` for an MLP).
     """
-    from probe.training.config import TrainConfig
-    from probe.training.loop import train
+    from probe.training.loop import train  # torch
 
-    tiny = {
-        k: v
-        for k, v in TINY.items()
-        if k != "base_width" or overrides.get("model", "simplecnn") == "simplecnn"
-    }
+    # TINY's older options (base_width) only where the family takes them
+    family = lookup("models", overrides.get("model", FIELDS["model"].default))
+    takes = family.options if family is not None else {}
+    tiny = {k: v for k, v in TINY.items() if k not in FAMILY_OPTIONS or k in takes}
     cfg = TrainConfig(**{**tiny, **overrides})
     return train(run_dir, cfg, quiet=True, dataset=dataset or synthetic_dataset(seed=cfg.seed))
 

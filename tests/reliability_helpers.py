@@ -388,6 +388,17 @@ def install_test_plugins(*extra: Any) -> Any:
     return reg
 
 
+def installed_with(plugin: Any, name: str, dist: str) -> Any:
+    """The installed entry points plus `plugin` (from distribution `dist`), as if its package were
+    installed, made process-wide."""
+    from probe.contract.registry import PluginInfo, load_registry, reset_registry
+
+    reg = load_registry()
+    reg.register(plugin, PluginInfo(name, f"{dist.replace('-', '_')}:plugin", dist, "1.0"))
+    reset_registry(reg)
+    return reg
+
+
 PLUGIN_PRELUDE = (
     f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
     "import reliability_helpers; reliability_helpers.install_test_plugins()\n"

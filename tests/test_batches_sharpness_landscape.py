@@ -14,25 +14,26 @@ from curvature_helpers import mse, regression, small_cnn
 from probe.errors import UsageError
 from probe.numerics import landscape as L
 from probe.numerics import sharpness as S
+from probe.numerics.loss import split_batches
 
 
 def test_split_batches_is_disjoint_and_refuses_too_many_images():
     x, y = torch.arange(10.0)[:, None], torch.arange(10)
-    parts = S.split_batches(x, y, 3, 3)
+    parts = split_batches(x, y, 3, 3)
     assert [p[1].tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     with pytest.raises(
         UsageError, match=r"^batches: .*4 \* 3 = 12 exceeds the 10 stored analysis images"
     ):
-        S.split_batches(x, y, 4, 3)
+        split_batches(x, y, 4, 3)
     with pytest.raises(UsageError, match="^batches: "):
-        S.split_batches(x, y, 0, 3)
+        split_batches(x, y, 0, 3)
 
 
 def test_average_over_batches_combined_is_the_full_data_value():
     """Same noise draws on every batch: the combined value is the average-case measure of the
     union (an independent call on all the images), and the mean of the per-batch values."""
     model, x, y, _ = regression(n=120)
-    parts = S.split_batches(x, y, 3, 40)
+    parts = split_batches(x, y, 3, 40)
     kw = {"eps": 0.05, "samples": 30, "seed": 3, "loss_fn": mse, "batch_size": 64}
     spread = S.over_batches("average", model, parts, **kw)
     full = S.average_sharpness(model, x, y, **kw)
@@ -60,7 +61,7 @@ def test_average_over_batches_combined_is_the_full_data_value():
 @pytest.mark.parametrize("measure", ["worst_case", "adaptive"])
 def test_worst_case_over_batches_per_batch_and_combined(measure):
     model, x, y, _ = regression(n=120, seed=1)
-    parts = S.split_batches(x, y, 2, 50)
+    parts = split_batches(x, y, 2, 50)
     fn = S.worst_case_sharpness if measure == "worst_case" else S.adaptive_sharpness
     kw = {"eps": 0.02, "steps": 5, "loss_fn": mse}
     spread = S.over_batches(measure, model, parts, **kw)
@@ -116,7 +117,7 @@ def test_average_draws_until_the_target_standard_error():
         model, x, y, samples=5, max_samples=7, target_rel_stderr=1e-6, **kw
     )
     assert capped.samples == 7 and capped.target_reached is False
-    parts = S.split_batches(x, y, 2, 60)
+    parts = split_batches(x, y, 2, 60)
     spread = S.over_batches(
         "average", model, parts, samples=5, max_samples=2000, target_rel_stderr=0.02, **kw
     )
@@ -135,7 +136,7 @@ def cnn():
 
 def test_landscape_center_over_batches(cnn):
     model, x, y = cnn
-    parts = S.split_batches(x, y, 3, 8)
+    parts = split_batches(x, y, 3, 8)
     c = L.center_over_batches(model, parts, batch_size=5)
     with torch.no_grad():
         direct = [

@@ -15,9 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from probe.cli import ProbeGroup
-from probe.studies import compare as cmp
-from probe.studies.compare import compare_command, stability
+from probe.studies import rows as study_rows
+from probe.studies import table as study_table
+from probe.studies.compare import compare_command
 from probe.studies.sweep import STATUS_FILE, SWEEP_FILE, point_name
+from probe.studies.table import stability
 from probe.training.config import TrainConfig
 
 
@@ -112,7 +114,7 @@ def test_stability_verdicts():
 
 def test_summary_numbers():
     rows = metrics([2.0, 1.5, 1.2], [0.30, 0.50, 0.45], [0.35, 0.60, 0.70])
-    s = cmp.summarize(cmp.RunRow(Path("x"), "x", {}, rows))
+    s = study_table.summarize(study_rows.RunRow(Path("x"), "x", {}, rows))
     assert s["final_val_acc"] == 0.45 and s["best_val_acc"] == 0.50 and s["best_epoch"] == 2
     assert s["final_train_acc"] == 0.70
     assert math.isclose(s["gap"], 0.25)
@@ -182,11 +184,11 @@ def test_regularization_sweep_plots_against_each_regularizer(tmp_path, monkeypat
     sweep = write_sweep(tmp_path / "reg", grid, curves)
     # Analysis scalars come from probe.rundir.results; stand in for the hessian and sharpness analyses.
     monkeypatch.setattr(
-        cmp,
+        study_rows,
         "analysis_scalars",
         lambda run_dir, *args: {
             "hessian.top_eigenvalue": 12.5,
-            "sharpness.sharpness": 0.031,
+            "sharpness.worst_case": 0.031,
             "other.value": 1.0,
         },
     )
@@ -239,9 +241,12 @@ def test_which_scalars_are_shown_as_top_eigenvalue_and_sharpness():
         "sharpness.worst_case",
         "curves.final_gap",
     ]
-    assert cmp.hessian_key(names) == "hessian.top_eigenvalue"
-    assert cmp.sharpness_key(names) == "sharpness.worst_case"
-    assert cmp.hessian_key(["curves.x"]) is None
+    analyses = study_rows.installed_analyses()  # the built-ins declare them (Analysis.headline)
+    assert study_table.headline_columns(names, analyses) == [
+        ("hessian.top_eigenvalue", "top_eig"),
+        ("sharpness.worst_case", "sharpness"),
+    ]
+    assert study_table.headline_columns(["curves.x"], analyses) == []
 
 
 @pytest.mark.parametrize(
@@ -254,7 +259,7 @@ def test_which_scalars_are_shown_as_top_eigenvalue_and_sharpness():
     ],
 )
 def test_format_cell(value, col, text):
-    assert cmp.format_cell(value, col) == text
+    assert study_table.format_cell(value, col) == text
 
 
 def test_a_sweep_with_a_point_not_started_compares_cleanly(tmp_path):
@@ -262,7 +267,6 @@ def test_a_sweep_with_a_point_not_started_compares_cleanly(tmp_path):
     nor break the optimizer x lr stability summary."""
     import json
 
-    from probe.studies import compare
     from probe.studies.sweep import SWEEP_FILE
     from probe.testing import make_tiny_run
 
@@ -283,8 +287,8 @@ def test_a_sweep_with_a_point_not_started_compares_cleanly(tmp_path):
         )
     )
     make_tiny_run(sweep / points[1]["name"], epochs=1)
-    rows, keys = compare.collect([str(sweep)])
+    rows, keys = study_rows.collect([str(sweep)])
     assert keys == ["optimizer", "lr"]
     assert [r.state for r in rows] == ["not started", "finished"]
-    columns, records = compare.table(rows, keys)
-    assert "SGD_mom" in compare.stability_summary(records, keys)
+    columns, records = study_table.table(rows, keys)
+    assert "SGD_mom" in study_table.stability_summary(records, keys)

@@ -5,7 +5,8 @@ import torch
 from probe.datasets import tensors as data
 from probe.errors import ProbeError, UsageError
 from probe.testing import make_image_folder
-from probe.training.model import count_params, simplecnn_spec, width_for_params
+from probe.training.model import count_params, simplecnn_spec
+from probe_plugins.simplecnn import width_for_params
 
 
 def test_notebook_model_has_the_notebooks_parameter_count():

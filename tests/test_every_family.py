@@ -224,7 +224,7 @@ def test_a_skip_is_one_line_recorded_not_a_failure_and_not_asked_again(
 
     from probe.analysis.runner import summary_line
     from probe.contract.registry import PluginInfo, Registry
-    from probe.report.render import report_run
+    from probe.report.pages import report_run
 
     run = tmp_path / "run"
     shutil.copytree(family_runs["mlp"], run)
@@ -287,7 +287,7 @@ def test_gradcheck_replays_each_call_of_a_reused_relu() -> None:
     import torch
     from torch import nn
 
-    from probe.numerics import representations as R
+    from probe.numerics import gradcheck as G
 
     class Reuse(nn.Module):
         def __init__(self):
@@ -306,10 +306,10 @@ def test_gradcheck_replays_each_call_of_a_reused_relu() -> None:
 
     torch.manual_seed(0)
     model, x, y = Reuse(), torch.randn(4, 3, 12, 12), torch.tensor([0, 1, 2, 3])
-    rows = R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=6, eps=1e-2)
+    rows = G.gradcheck_conv_layers(model, x, y, n_samples_per_layer=6, eps=1e-2)
     assert {r.layer for r in rows} == {"conv1", "conv2"}
     assert max(r.rel_error for r in rows) < 1e-6, [(r.layer, r.rel_error, r.kink) for r in rows]
-    lin = R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=4, layer_types=(nn.Linear,))
+    lin = G.gradcheck_conv_layers(model, x, y, n_samples_per_layer=4, layer_types=(nn.Linear,))
     assert {r.layer for r in lin} == {"fc"} and max(r.rel_error for r in lin) < 1e-6
 
 
@@ -370,7 +370,7 @@ def test_gradcheck_freezes_the_pieces_of_mobilenet_activations() -> None:
     import torch
     from torch import nn
 
-    from probe.numerics import representations as R
+    from probe.numerics import gradcheck as G
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -385,7 +385,7 @@ def test_gradcheck_freezes_the_pieces_of_mobilenet_activations() -> None:
         nn.Linear(6, 4),
     )
     x, y = torch.randn(4, 3, 8, 8) * 4, torch.arange(4)
-    rows = R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=8, eps=0.05)
+    rows = G.gradcheck_conv_layers(model, x, y, n_samples_per_layer=8, eps=0.05)
     assert max(r.rel_error for r in rows) < 1e-6, [(r.layer, r.rel_error, r.kink) for r in rows]
     assert any(r.kink for r in rows)  # the step did cross pieces: freezing is what made it agree
     model.eval()
@@ -394,7 +394,7 @@ def test_gradcheck_freezes_the_pieces_of_mobilenet_activations() -> None:
         ("hardsigmoid", nn.Hardsigmoid()),
         ("hardswish", nn.Hardswish()),
     ):
-        p = R._PatternPiecewise(kind)
+        p = G._PatternPiecewise(kind)
         t = torch.linspace(-8, 8, 161, dtype=torch.float64)
         assert torch.allclose(
             p(t), mod(t), rtol=0, atol=1e-15

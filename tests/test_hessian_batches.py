@@ -286,7 +286,8 @@ def test_analysis_batch_size_is_bounded_by_the_training_subset():
 
 
 def test_compare_shows_the_standard_error_beside_the_top_eigenvalue():
-    from probe.studies import compare as cmp
+    from probe.studies import table as cmp
+    from probe.studies.rows import installed_analyses
 
     names = [
         "hessian.top_eigenvalue",
@@ -294,8 +295,9 @@ def test_compare_shows_the_standard_error_beside_the_top_eigenvalue():
         "hessian.top_eigenvalue_se",
         "hessian.trace_se",
     ]
-    assert cmp.hessian_key(names) == "hessian.top_eigenvalue"
-    assert cmp.hessian_key(["hessian.top_eigenvalue_se"]) is None
+    analyses = installed_analyses()  # hessian declares its headline scalar (Analysis.headline)
+    assert cmp.headline_columns(names, analyses) == [("hessian.top_eigenvalue", "top_eig")]
+    assert cmp.headline_columns(["hessian.top_eigenvalue_se"], analyses) == []
     keys = ["lr"]
     columns = [
         "run",
@@ -331,7 +333,8 @@ def test_batches_beyond_the_cache_limit_drop_their_graphs_and_agree(batches, mon
     model, x, y, _ = batches
     kw = dict(top_k=2, smallest=1, batches=B, trace_samples=3, blocks="layer", seed=4, **TIGHT)
     kept = C.hessian_analysis(model, x, y, **kw)
-    monkeypatch.setattr(C, "CACHE_LIMIT", N)  # each batch fits, all of them together do not
+    # each batch fits, all of them together do not (the limit lives in the operators' module)
+    monkeypatch.setattr(C.operators, "CACHE_LIMIT", N)
     dropped = C.hessian_analysis(model, x, y, **kw)
     np.testing.assert_allclose(dropped.eigen[0].values, kept.eigen[0].values, rtol=1e-9)
     np.testing.assert_allclose(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import probe_cli
+from reliability_helpers import installed_with, probe_cli
 
 import probe
 from probe.contract.families import ModelSpec, default_layers
@@ -69,12 +69,7 @@ class ThirdParty:
 @pytest.fixture
 def third_party(fresh_registry):
     """The installed plugins plus ThirdParty, as if its package were installed."""
-    from probe.contract.registry import PluginInfo, load_registry, reset_registry
-
-    reg = load_registry()
-    reg.register(ThirdParty(), PluginInfo("third", "x", "third-party", "1.0"))
-    reset_registry(reg)
-    return reg
+    return installed_with(ThirdParty(), "third", "third-party")
 
 
 def test_a_third_party_family_trains_loads_and_is_analysed(tmp_path: Path, third_party) -> None:

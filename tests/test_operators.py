@@ -1,4 +1,4 @@
-"""The Gauss-Newton operator and Hutch++ against dense float64 references (probe.numerics.operators)."""
+"""The Gauss-Newton operator and Hutch++ against dense float64 references (probe.numerics.curvature)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from torch.func import functional_call, jacrev
 
 from probe.errors import UsageError
 from probe.numerics import curvature as C
-from probe.numerics import operators as O
 
 
 def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -56,7 +55,7 @@ def cnn():
 @pytest.mark.parametrize("cache", [True, False])
 def test_ggn_products_match_the_dense_ggn_with_uneven_minibatches(cnn, cache):
     model, x, y, g = cnn
-    op = O.ggn_operator(C.BatchedLoss(model, x, y, batch_size=5), cache=cache)  # 5 + 5 + 3
+    op = C.ggn_operator(C.BatchedLoss(model, x, y, batch_size=5), cache=cache)  # 5 + 5 + 3
     if cache:
         assert (dense(op) - g).abs().max() < 1e-10
     v = torch.randn(op.dim, 2, dtype=torch.float64)
@@ -68,8 +67,8 @@ def test_ggn_products_match_the_dense_ggn_with_uneven_minibatches(cnn, cache):
 def test_ggn_is_positive_semidefinite_where_the_hessian_is_not(cnn):
     model, x, y, g = cnn
     loss = C.BatchedLoss(model, x, y)
-    ggn = torch.linalg.eigvalsh(dense(O.ggn_operator(loss)))
-    hess = torch.linalg.eigvalsh(dense(O.hessian_operator(loss)))
+    ggn = torch.linalg.eigvalsh(dense(C.ggn_operator(loss)))
+    hess = torch.linalg.eigvalsh(dense(C.hessian_operator(loss)))
     assert float(ggn[0]) >= -1e-10
     assert float(hess[0]) < -1e-4  # the check means something: H itself is indefinite here
     assert float(ggn[-1]) > 0
@@ -92,21 +91,21 @@ def test_ggn_equals_the_hessian_when_logits_are_linear_in_the_parameters():
         )
         ref += j.T @ (torch.diag(p[n]) - torch.outer(p[n], p[n])) @ j / 9
     loss = C.BatchedLoss(model, x, y, batch_size=4)
-    assert (dense(O.ggn_operator(loss)) - ref).abs().max() < 1e-12
-    assert (dense(O.hessian_operator(loss)) - ref).abs().max() < 1e-12
+    assert (dense(C.ggn_operator(loss)) - ref).abs().max() < 1e-12
+    assert (dense(C.hessian_operator(loss)) - ref).abs().max() < 1e-12
 
 
 def test_eigenvalues_trace_and_density_of_the_ggn_from_the_same_machinery(cnn):
     model, x, y, g = cnn
     exact = torch.linalg.eigvalsh(g)
-    op = O.make_operator("ggn", C.BatchedLoss(model, x, y, batch_size=5))
+    op = C.make_operator("ggn", C.BatchedLoss(model, x, y, batch_size=5))
     top, bottom = C.lanczos(op, 3, smallest=1, tol=1e-12, residual_tol=1e-8, max_iter=op.dim)
     assert torch.allclose(top.values, exact.flip(0)[:3], rtol=1e-8, atol=1e-12)
     assert abs(float(bottom.values[0]) - float(exact[0])) < 1e-8 * float(exact[-1])
     tr = float(exact.sum())
-    hut = O.trace_estimate("hutchinson", op, 100, seed=3)
+    hut = C.trace_estimate("hutchinson", op, 100, seed=3)
     assert abs(hut.trace - tr) < 4 * hut.stderr and hut.stderr < 0.3 * tr
-    hpp = O.trace_estimate("hutch++", op, 3 * op.dim, seed=3)  # the sketch spans everything: exact
+    hpp = C.trace_estimate("hutch++", op, 3 * op.dim, seed=3)  # the sketch spans everything: exact
     assert hpp.trace == pytest.approx(tr, rel=1e-9) and hpp.hvps == 3 * op.dim
     dens = C.slq_density(
         op, runs=2, steps=op.dim, seed=1
@@ -153,7 +152,7 @@ def test_weights_buffers_and_mode_unchanged(bn):
         operator="ggn",
     )
     loss = C.BatchedLoss(model, x, y, bn=bn)
-    O.ggn_operator(loss, cache=False).matvec(torch.ones(loss.dim, dtype=torch.float64))
+    C.ggn_operator(loss, cache=False).matvec(torch.ones(loss.dim, dtype=torch.float64))
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert all(m.training for m in model.modules())
@@ -163,7 +162,7 @@ def test_weights_buffers_and_mode_unchanged(bn):
 def test_bad_choices_name_themselves(cnn):
     model, x, y, _ = cnn
     with pytest.raises(UsageError, match="^operator: .*cross-entropy"):
-        O.ggn_operator(C.BatchedLoss(model, x, y, loss_fn=lambda z, t: (z**2).mean()))
+        C.ggn_operator(C.BatchedLoss(model, x, y, loss_fn=lambda z, t: (z**2).mean()))
     with pytest.raises(UsageError, match="^operator: "):
         C.hessian_analysis(model, x, y, operator="fisher")
     with pytest.raises(UsageError, match="^trace_method: "):
@@ -171,7 +170,7 @@ def test_bad_choices_name_themselves(cnn):
     with pytest.raises(UsageError, match="^trace_samples: "):
         C.hessian_analysis(model, x, y, trace_samples=4, trace_method="hutch++")
     with pytest.raises(UsageError, match="^trace_samples: "):
-        O.hutchpp_trace(lambda v: v, 5, 2)
+        C.hutchpp_trace(lambda v: v, 5, 2)
 
 
 # --- Hutch++ on dense matrices -------------------------------------------------------------
@@ -194,7 +193,7 @@ def test_hutchpp_is_exact_on_low_rank_matrices():
         ev = torch.zeros(60, dtype=torch.float64)
         ev[:rank] = torch.linspace(1, 7, rank, dtype=torch.float64)
         a = spd(ev, rank)
-        res = O.hutchpp_trace(lambda v, a=a: a @ v, 60, products, rng=rank)
+        res = C.hutchpp_trace(lambda v, a=a: a @ v, 60, products, rng=rank)
         assert res.trace == pytest.approx(float(ev.sum()), rel=1e-10), rank
         assert res.hvps == products
     hut = C.hutchinson_trace(C.MatrixOperator(a), 30, seed=0)
@@ -203,7 +202,7 @@ def test_hutchpp_is_exact_on_low_rank_matrices():
 
 def test_hutchpp_is_unbiased_and_its_stderr_is_calibrated():
     a = spd(torch.rand(40, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3, 1)
-    est = [O.hutchpp_trace(lambda v: a @ v, 40, 12, rng=s) for s in range(400)]
+    est = [C.hutchpp_trace(lambda v: a @ v, 40, 12, rng=s) for s in range(400)]
     t = torch.tensor([e.trace for e in est], dtype=torch.float64)
     se = float(t.std()) / 20
     assert abs(float(t.mean()) - float(a.trace())) < 4 * se
@@ -218,7 +217,7 @@ def test_hutchpp_beats_hutchinson_on_decaying_spectra_only():
         ev = torch.arange(1, dim + 1, dtype=torch.float64) ** -decay
         a = spd(ev, 7)
         op = C.MatrixOperator(a)
-        hpp = np.var([O.hutchpp_trace(op.matvec, dim, products, rng=s).trace for s in range(seeds)])
+        hpp = np.var([C.hutchpp_trace(op.matvec, dim, products, rng=s).trace for s in range(seeds)])
         hut = np.var([C.hutchinson_trace(op, products, seed=s).trace for s in range(seeds)])
         if better:
             assert hpp < hut / 10, (hpp, hut)

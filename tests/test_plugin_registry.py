@@ -447,3 +447,114 @@ def test_installed_entry_points_load_builtins_first(monkeypatch, fresh_registry)
     ]
     monkeypatch.setenv("PROBE_DISABLE_PLUGINS", "aaa")
     assert plugins.load_registry().problems()[:1] == [reg.problems()[1]]
+
+
+# --- model families and data sets: the same rules, one line each in the notes ----------------
+
+
+@dataclass(frozen=True)
+class FamilyParams:
+    width: int = probe.param(4, "Units.", min=1)
+
+
+@dataclass(frozen=True)
+class BadFamilyParams:
+    width: int = probe.param(0, "Units.", min=1)
+
+
+def family(name: str, summary: str = "A family.", params: type = FamilyParams) -> probe.ModelFamily:
+    return probe.ModelFamily(name=name, build=lambda p, i, n: None, summary=summary, params=params)
+
+
+def source(name: str, summary: str = "A data set.") -> probe.DataSource:
+    return probe.DataSource(name=name, load=lambda data, quiet: None, summary=summary)
+
+
+class Registers:
+    """A plugin object registering the given families and data sets."""
+
+    def __init__(self, *entries):
+        self.entries = entries
+
+    @probe.hookimpl
+    def register_models(self, register):
+        for e in self.entries:
+            if isinstance(e, probe.ModelFamily):
+                register(e)
+
+    @probe.hookimpl
+    def register_datasets(self, register):
+        for e in self.entries:
+            if isinstance(e, probe.DataSource):
+                register(e)
+
+
+@pytest.mark.parametrize("builtin_first", [True, False])
+def test_families_and_data_sets_follow_the_analysis_rules(builtin_first, fresh_registry):
+    builtin = (
+        "builtin",
+        "probe-cnn",
+        Registers(family("net", "Built-in."), source("pics", "Ours.")),
+    )
+    third = (
+        "thirdp",
+        "third-party",
+        Registers(
+            family("net", "Theirs."),
+            family("other"),
+            family("other", "Again."),
+            family("broken", params=BadFamilyParams),
+            source("pics", "Theirs."),
+            source("more"),
+        ),
+    )
+    reg = registry(*([builtin, third] if builtin_first else [third, builtin]))
+    assert reg.models["net"].summary == "Built-in." and reg.datasets["pics"].summary == "Ours."
+    assert sorted(reg.models) == ["net", "other"] and sorted(reg.datasets) == ["more", "pics"]
+    assert reg.plugins["thirdp"].models == ["other"] and reg.plugins["thirdp"].datasets == ["more"]
+    assert reg.plugins["builtin"].models == ["net"] and reg.plugins["thirdp"].status == "active"
+    assert reg.disabled == []  # families and data sets are noted, not listed as disabled analyses
+    third_label, builtin_label = (
+        "plugin 'thirdp' (third-party 1.0)",
+        "plugin 'builtin' (probe-cnn 1.0, built-in)",
+    )
+    clash_net = (
+        f"model family 'net' of {third_label} is disabled: the name is already provided by "
+        f"{builtin_label}; rename it in third-party"
+    )
+    clash_pics = (
+        f"data set 'pics' of {third_label} is disabled: the name is already provided by "
+        f"{builtin_label}; rename it in third-party"
+    )
+    twice = f"model family 'other' of {third_label} is registered twice; the second is ignored"
+    broken = (
+        f"model family 'broken' of {third_label} is disabled: parameter 'width': its default 0 is "
+        "refused by its own declaration (must be >= 1, got 0); fix it in third-party"
+    )
+    expected = [clash_net, twice, broken, clash_pics]
+    if not builtin_first:  # the built-in takes its names back when it registers second
+        expected = [twice, broken, clash_net, clash_pics]
+    assert reg.problems() == expected
+
+
+def test_a_hook_that_raises_or_registers_the_wrong_record_is_its_plugins_error(fresh_registry):
+    class WrongRecord:
+        @probe.hookimpl
+        def register_models(self, register):
+            register(source("pics"))
+
+    class Raises:
+        @probe.hookimpl
+        def register_datasets(self, register):
+            raise RuntimeError("no network")
+
+    reg = registry(
+        ("wrong", "wrong-plugin", WrongRecord()),
+        ("raises", "raises-plugin", Raises()),
+        ("fine", "fine-plugin", Registers(family("net"))),
+    )
+    assert reg.plugins["wrong"].status == "error" and reg.plugins["wrong"].error == (
+        "register_models raised TypeError: register() takes a probe.ModelFamily, got DataSource"
+    )
+    assert reg.plugins["raises"].error == "register_datasets raised RuntimeError: no network"
+    assert list(reg.models) == ["net"] and reg.plugins["fine"].status == "active"

@@ -137,6 +137,7 @@ def tiny_loop(run_dir: Path, epochs: int = 2, **kw) -> Path:
 def test_a_recorded_loop_is_a_complete_run(tmp_path: Path) -> None:
     from probe.datasets.tensors import normalize
     from probe.rundir.run import Run
+    from probe.training.trainplan import stored_config
 
     run = Run(tiny_loop(tmp_path / "run"))
     assert run.epochs() == [0, 1, 2]
@@ -147,7 +148,7 @@ def test_a_recorded_loop_is_a_complete_run(tmp_path: Path) -> None:
         and rows[1]["train_acc"] == 0.5
     )
     assert run.config["source"] == {"kind": "recorder"} and run.config["train"]["epochs"] == 2
-    run.train_config()  # a valid TrainConfig, so readers of config["train"] keep working
+    stored_config(run)  # a valid TrainConfig, so readers of config["train"] keep working
     ck = run.load_checkpoint(2)
     assert ck.optimizer_state and set(ck.rng) == {"torch", "data"}
     # the recorder measured validation itself: recompute val loss with the stored model, in float64

@@ -24,16 +24,11 @@ from click.testing import CliRunner
 import probe
 from probe.cli import ProbeGroup
 from probe.contract import registry as plugins
-from probe.report.render import (
-    INDEX,
-    REPORT_DIR,
-    STAMP,
-    analyze_command,
-    nice_ticks,
-    report_command,
-    svg_chart,
-)
-from probe.report.render import Series as ChartSeries
+from probe.report.charts import Series as ChartSeries
+from probe.report.charts import nice_ticks, svg_chart
+from probe.report.command import report_command
+from probe.report.digest import INDEX, REPORT_DIR, STAMP
+from probe.report.views import analyze_command
 
 CHROMIUM = os.environ.get("PROBE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("PROBE_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -95,6 +90,8 @@ def _register(register) -> None:
             scope="run",
             needs={"metrics"},
             summary="Stand-in sharpness.",
+            caption="Loss increase under small weight perturbations of a given radius; lower "
+            "means a flatter minimum, which often goes with better generalisation.",
         )
     )
     register(
@@ -157,14 +154,14 @@ def test_run_page_shows_config_curves_results_missing_and_failed(probe_run, regi
     for src in srcs:
         assert not src.startswith(("http:", "https:", "/")), src
         assert (index.parent / src).resolve().is_file(), src
-    # captions: the manifest's own, the built-in table's, the generic one
+    # captions: the manifest's own, the analysis's declared one, the generic one
     assert "Demo panel of epoch 1." in page
     assert (
         "Loss, accuracy, gradient norm and generalisation gap per epoch" in page
     )  # curves' manifest caption
     assert (
         "Loss increase under small weight perturbations" in page
-    )  # built-in caption for `sharpness`
+    )  # the caption `sharpness` declares (Analysis.caption)
     assert "Figure plain.png of the demo analysis: A figure per epoch." in page
     # nothing is fetched from the network: no external URLs at all
     assert (
@@ -261,7 +258,10 @@ def test_commands_quote_paths_and_name_non_default_params():
 
 
 def test_import_is_light():
-    code = "import sys, probe.report.render; print(sorted({'torch', 'matplotlib', 'numpy'} & set(sys.modules)))"
+    code = (
+        "import sys, probe.report.command, probe.report.pages, probe.studies.compare; "
+        "print(sorted({'torch', 'matplotlib', 'numpy', 'jinja2'} & set(sys.modules)))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

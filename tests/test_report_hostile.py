@@ -31,10 +31,14 @@ from click.testing import CliRunner
 
 from probe.cli import ProbeGroup
 from probe.contract import registry as plugins
+from probe.errors import ProbeError
 from probe.io import atomic, safeio
-from probe.report import render as report
-from probe.report.render import INDEX, REPORT_DIR, Installed, report_run, report_sweep
-from probe.studies import compare
+from probe.report.command import report_command
+from probe.report.digest import INDEX, REPORT_DIR
+from probe.report.model import Installed
+from probe.report.pages import report_run, report_sweep
+from probe.rundir.readers import FAILURE_FIELDS, MANIFEST_FIELDS
+from probe.studies import compare, rows, table
 
 browser = test_report.browser  # the module-scoped headless Chromium of the run-page tests, shared
 
@@ -321,7 +325,7 @@ def test_inline_json_escapes_what_ends_a_script():
 
 @pytest.mark.parametrize("name", ["javascript:x", "a b?c#d", "%2e%2e", "<x>\"'"])
 def test_links_are_relative_and_percent_encoded(tmp_path, name):
-    from probe.report.render import _rel
+    from probe.report.views import _rel
 
     url = _rel(tmp_path / "report", tmp_path / "analyses" / name)
     assert (
@@ -567,7 +571,7 @@ def test_crafted_file_is_skipped_with_one_warning(tmp_path, empty_registry, sent
     run = clean_run(tmp_path / "run")
     edit(run, sentinel)
     before = tree_digest(sentinel)
-    r = invoke(report.report_command, run)
+    r = invoke(report_command, run)
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     warnings = [ln for ln in lines if ln.startswith("warning: ")]
@@ -623,7 +627,7 @@ def test_crafted_file_is_refused_with_one_line(tmp_path, empty_registry, sentine
     run = clean_run(tmp_path / "run")
     edit(run, sentinel)
     before = tree_digest(sentinel)
-    r = invoke(report.report_command, run)
+    r = invoke(report_command, run)
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
     assert r.output.startswith("error: ") and expected in r.output, r.output
     assert tree_digest(sentinel) == before
@@ -643,7 +647,7 @@ def test_report_write_failure_is_one_line(tmp_path, empty_registry, monkeypatch,
         monkeypatch.setattr(atomic.tempfile, "mkdtemp", fail)
     else:  # writing index.html inside it (a full disk shows at fsync at the latest)
         monkeypatch.setattr(atomic.os, "fsync", fail)
-    r = invoke(report.report_command, run)
+    r = invoke(report_command, run)
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
     assert r.output == f"error: {run / REPORT_DIR}: cannot write the report ({os.strerror(err)})\n"
     assert not (run / REPORT_DIR).exists()
@@ -728,7 +732,7 @@ def test_crafted_sweep_files_are_warned_about_once(
         edit, expected = _points(str(sentinel)), expected.replace("OUTSIDE", str(sentinel))
     edit(sweep, sentinel)
     before = tree_digest(sentinel)
-    cmd = report.report_command if command == "report" else compare.compare_command
+    cmd = report_command if command == "report" else compare.compare_command
     r = invoke(cmd, sweep, *(["--no-plots"] if command == "compare" else []))
     assert r.exit_code == 0, r.output
     warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning: ")]
@@ -749,7 +753,7 @@ def test_crafted_sweep_files_are_warned_about_once(
 def test_unreadable_sweep_file_is_one_error_line(tmp_path, empty_registry, text, expected, command):
     sweep = make_sweep(tmp_path / "sw", CLEAN)
     (sweep / "sweep.json").write_text(text)
-    cmd = report.report_command if command == "report" else compare.compare_command
+    cmd = report_command if command == "report" else compare.compare_command
     r = invoke(cmd, sweep, *(["--no-plots"] if command == "compare" else []))
     assert r.exit_code == 1 and r.output.count("\n") == 1 and r.output.startswith("error: "), (
         r.output
@@ -793,21 +797,21 @@ def test_compare_default_out_that_is_a_symlink_is_refused(tmp_path, empty_regist
     "value", ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "plain"]
 )
 def test_csv_cells_never_start_a_formula(value):
-    text = compare.to_csv(["run", value], [{"run": value, value: value}])
+    text = table.to_csv(["run", value], [{"run": value, value: value}])
     import csv
     import io
 
     rows = list(csv.reader(io.StringIO(text)))
-    assert all(not cell.startswith(compare.FORMULA_START) for row in rows for cell in row)
+    assert all(not cell.startswith(table.FORMULA_START) for row in rows for cell in row)
     assert rows[1][0] == (value if value == "plain" else "'" + value)
 
 
 def test_terminal_table_shows_control_characters_escaped(tmp_path):
-    row = compare.RunRow(
+    row = rows.RunRow(
         tmp_path, "a\x1b[2Jb\u202e", {}, [{"epoch": 0, "val_acc": 0.5}], state="\x07done"
     )
-    columns, records = compare.table([row], [])
-    out = compare.render(columns, records, [], show_run=True)
+    columns, records = table.table([row], [])
+    out = table.render(columns, records, [], show_run=True)
     assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
     assert "a\\u001b[2Jb\\u202e" in out and "\\u0007done" in out
 
@@ -895,8 +899,8 @@ def _json_values():
 
 
 FIELDS = (
-    [("manifest", k) for k in report.MANIFEST_FIELDS]
-    + [("failure", k) for k in report.FAILURE_FIELDS]
+    [("manifest", k) for k in MANIFEST_FIELDS]
+    + [("failure", k) for k in FAILURE_FIELDS]
     + [
         ("config", k)
         for k in ("train", "model_spec", "versions", "classes", "num_params", "data_source")
@@ -940,7 +944,7 @@ def test_any_json_in_any_field_is_shown_or_skipped_never_a_traceback(fuzz_run, w
             page = report_run(
                 fuzz_run, force=True, installed=installed(CLEAN), warn=warnings.append
             ).path
-        except report.ProbeError as exc:  # only a config.json that is no config may stop the page
+        except ProbeError as exc:  # only a config.json that is no config may stop the page
             assert where == "config" and key == "train" and "\n" not in str(exc), exc
             return
         assert all("\n" not in w for w in warnings) and len(warnings) <= 1, warnings
@@ -957,7 +961,7 @@ def test_a_crafted_manifest_in_a_sweep_run_is_one_warning_for_table_and_page(
 ):
     sweep = make_sweep(tmp_path / "sw", CLEAN)
     _set(M0, scalars=[1])(sweep / "lr=0.1", tmp_path)
-    r = invoke(report.report_command, sweep)
+    r = invoke(report_command, sweep)
     assert r.exit_code == 0, r.output
     warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning: ")]
     assert len(warnings) == 1 and f"lr=0.1/{M0}: 'scalars' is not an object" in warnings[0], (
@@ -967,8 +971,8 @@ def test_a_crafted_manifest_in_a_sweep_run_is_one_warning_for_table_and_page(
 
 def test_compare_takes_analysis_scalars_of_the_installed_version_only(tmp_path):
     run = clean_run(tmp_path / "run")  # demo's results are version 1, with the scalar value=1.5
-    assert compare.analysis_scalars(run, print, {"demo": "1"})["demo.value"] == 1.5
-    assert "demo.value" not in compare.analysis_scalars(run, print, {"demo": "2"})
+    assert rows.analysis_scalars(run, print, {"demo": "1"})["demo.value"] == 1.5
+    assert "demo.value" not in rows.analysis_scalars(run, print, {"demo": "2"})
     assert (
-        compare.analysis_scalars(run, print, None)["demo.value"] == 1.5
+        rows.analysis_scalars(run, print, None)["demo.value"] == 1.5
     )  # nothing installed to compare with

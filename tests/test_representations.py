@@ -12,6 +12,7 @@ from scipy.stats import ortho_group
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
+from probe.numerics import gradcheck as G
 from probe.numerics import representations as R
 from probe.training.model import simplecnn_spec
 
@@ -250,7 +251,7 @@ def conv_layers(model) -> list[str]:
 
 def test_gradcheck_conv_layers_agrees_with_torch_gradcheck(small_model_batch):
     model, x, y = small_model_batch
-    rows = R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=5, seed=7)
+    rows = G.gradcheck_conv_layers(model, x, y, n_samples_per_layer=5, seed=7)
     assert {r.layer for r in rows} == set(conv_layers(model))
     assert len(rows) == 5 * len(conv_layers(model))
     assert max(r.rel_error for r in rows) < 1e-6
@@ -271,7 +272,7 @@ def test_gradcheck_leaves_model_untouched(small_model_batch):
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     dtypes = {k: v.dtype for k, v in model.state_dict().items()}
-    R.gradcheck_conv_layers(model, x, y, n_samples_per_layer=2)
+    G.gradcheck_conv_layers(model, x, y, n_samples_per_layer=2)
     assert model.training
     for k, v in model.state_dict().items():
         assert v.dtype == dtypes[k]
@@ -281,7 +282,7 @@ def test_gradcheck_leaves_model_untouched(small_model_batch):
 
 def test_gradcheck_rows_serialise_and_unfrozen_flags_kinks(small_model_batch):
     model, x, y = small_model_batch
-    rows = R.gradcheck_conv_layers(
+    rows = G.gradcheck_conv_layers(
         model, x, y, n_samples_per_layer=3, eps=1e-2, seed=1, freeze_kinks=False
     )
     d = rows[0].to_dict()
@@ -312,7 +313,7 @@ def test_gradcheck_catches_a_wrong_backward(small_model_batch):
     model, x, y = small_model_batch
     buggy = copy.deepcopy(model)
     buggy.features.insert(1, _Buggy())  # after the first conv: only its gradient is wrong
-    rows = R.gradcheck_conv_layers(buggy, x, y, n_samples_per_layer=3)
+    rows = G.gradcheck_conv_layers(buggy, x, y, n_samples_per_layer=3)
     first = [r for r in rows if r.layer == "features.0"]
     later = [r for r in rows if r.layer != "features.0"]
     assert all(

@@ -21,6 +21,7 @@ import pytest
 
 from probe.analysis.runner import run_analyses
 from probe.contract.registry import PluginInfo, Registry
+from probe.numerics import spectra as W
 from probe.rundir.run import Run
 from probe_plugins import spectra as S
 
@@ -77,9 +78,9 @@ def test_planted_power_law_spectrum_recovers_alpha():
     alpha, n = 2.5, 400
     planted = (1.0 - rng.random(n)) ** (-1.0 / (alpha - 1.0))
     w = with_spectrum(planted, (600, n))
-    spec = S.layer_spectrum("Linear", w)
+    spec = W.layer_spectrum("Linear", w)
     np.testing.assert_allclose(spec["eigenvalues"], np.sort(planted), rtol=1e-6)  # float32 weights
-    fit = S.fit_power_law(spec["eigenvalues"])
+    fit = W.fit_power_law(spec["eigenvalues"])
     assert fit.method == "csn" and fit.n_fit == n
     assert abs(fit.alpha - alpha) < 3 * (alpha - 1) / math.sqrt(fit.n_tail), fit
     assert fit.xmax == pytest.approx(planted.max(), rel=1e-6)
@@ -92,7 +93,7 @@ def test_power_law_tail_above_a_bulk_is_found():
     alpha = 3.0
     tail = (1.0 - rng.random(300)) ** (-1.0 / (alpha - 1.0))
     bulk = rng.uniform(0.05, 0.6, 300)
-    fit = S.fit_power_law(np.concatenate([bulk, tail]))
+    fit = W.fit_power_law(np.concatenate([bulk, tail]))
     assert 0.9 <= fit.xmin <= 1.3, fit
     assert abs(fit.alpha - alpha) < 3 * (alpha - 1) / math.sqrt(fit.n_tail), fit
     assert 200 <= fit.n_tail <= 300
@@ -101,7 +102,7 @@ def test_power_law_tail_above_a_bulk_is_found():
 def test_fit_is_the_clauset_shalizi_newman_mle_at_the_ks_minimum():
     """At the chosen xmin, alpha is 1 + n / sum(log(x / xmin)) and no other xmin has a smaller KS distance."""
     x = np.sort(np.random.default_rng(3).lognormal(0.0, 1.0, 60))
-    fit = S.fit_power_law(x)
+    fit = W.fit_power_law(x)
     tail = x[x >= fit.xmin]
     assert fit.alpha == pytest.approx(1 + len(tail) / np.sum(np.log(tail / fit.xmin)), rel=1e-12)
 
@@ -115,15 +116,15 @@ def test_fit_is_the_clauset_shalizi_newman_mle_at_the_ks_minimum():
 
 
 def test_small_and_degenerate_spectra():
-    few = S.fit_power_law(np.arange(1.0, 8.0))
+    few = W.fit_power_law(np.arange(1.0, 8.0))
     assert math.isnan(few.alpha) and "fewer than 8" in few.reason
-    many = S.fit_power_law(np.linspace(1.0, 2.0, S.MAX_EVALS + 1))
+    many = W.fit_power_law(np.linspace(1.0, 2.0, W.MAX_EVALS + 1))
     assert math.isnan(many.alpha) and "max_evals" in many.reason
     for n in (12, 30):  # the small-sample and the standard fit
-        flat = S.fit_power_law(np.ones(n))
+        flat = W.fit_power_law(np.ones(n))
         assert math.isnan(flat.alpha) and "all equal" in flat.reason
-    small = S.fit_power_law(np.concatenate([np.zeros(5), np.linspace(1.0, 4.0, 12)]))
-    assert small.method == "small-n" and small.n_fit == 12 and small.n_tail >= S.SMALL_N_MIN_TAIL
+    small = W.fit_power_law(np.concatenate([np.zeros(5), np.linspace(1.0, 4.0, 12)]))
+    assert small.method == "small-n" and small.n_fit == 12 and small.n_tail >= W.SMALL_N_MIN_TAIL
     tail = np.linspace(1.0, 4.0, 12)[-small.n_tail :]
     n = len(tail)
     assert small.alpha == pytest.approx(1 + (n - 1) / np.sum(np.log(tail / tail[0])), rel=1e-12)
@@ -132,7 +133,7 @@ def test_small_and_degenerate_spectra():
 def test_norms_against_numpy_on_random_matrices():
     rng = np.random.default_rng(4)
     w = rng.standard_normal((30, 50)).astype(np.float32)
-    spec = S.layer_spectrum("Linear", w)
+    spec = W.layer_spectrum("Linear", w)
     w64 = w.astype(np.float64)
     assert spec["spectral_norm"] == pytest.approx(np.linalg.norm(w64, 2), rel=1e-12)
     assert spec["stable_rank"] == pytest.approx(
@@ -142,7 +143,7 @@ def test_norms_against_numpy_on_random_matrices():
     assert (spec["N"], spec["M"], spec["n_evals"], spec["n_matrices"]) == (50, 30, 30, 1)
 
     k = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
-    spec = S.layer_spectrum("Conv2d", k)
+    spec = W.layer_spectrum("Conv2d", k)
     k64 = k.astype(np.float64)
     slices = [k64[:, :, i, j] for i in range(3) for j in range(3)]
     top = max(np.linalg.norm(s, 2) for s in slices)
@@ -160,17 +161,17 @@ def test_conv_reshaping_against_a_hand_built_kernel():
         [[[[1, 2]], [[3, 4]], [[5, 6]]], [[[7, 8]], [[9, 10]], [[11, 12]]]], dtype=np.float32
     )
     assert k.shape == (2, 3, 1, 2)
-    mats = S.layer_matrices("Conv2d", k)
+    mats = W.layer_matrices("Conv2d", k)
     np.testing.assert_array_equal(mats[0], [[1, 7], [3, 9], [5, 11]])  # position (0, 0), transposed
     np.testing.assert_array_equal(
         mats[1], [[2, 8], [4, 10], [6, 12]]
     )  # position (0, 1), transposed
     tall = np.arange(3 * 2 * 2 * 1, dtype=np.float32).reshape(3, 2, 2, 1)
-    mats = S.layer_matrices("Conv2d", tall)
+    mats = W.layer_matrices("Conv2d", tall)
     assert len(mats) == 2 and all(m.shape == (3, 2) for m in mats)
     np.testing.assert_array_equal(mats[1], tall[:, :, 1, 0])  # out >= in: kept as it is
     with pytest.raises(ValueError, match="4-D"):
-        S.layer_matrices("Conv2d", np.zeros((2, 3)))
+        W.layer_matrices("Conv2d", np.zeros((2, 3)))
 
 
 def test_non_finite_weights_are_one_error_naming_the_checkpoint():
@@ -252,8 +253,8 @@ def test_spectra_epochs_agrees_with_each_epochs_checkpoint(probe_run, registry):
         found = S.model_layers(run.load_checkpoint(e))
         assert [name for name, _, _ in found] == layers
         for j, (_, kind, w) in enumerate(found):
-            spec = S.layer_spectrum(kind, w)
-            assert alpha[i, j] == S.fit_power_law(spec["eigenvalues"]).alpha
+            spec = W.layer_spectrum(kind, w)
+            assert alpha[i, j] == W.fit_power_law(spec["eigenvalues"]).alpha
             assert (srank[i, j], snorm[i, j]) == (spec["stable_rank"], spec["spectral_norm"])
     # Training moves the spectra: the initialisation (epoch 0) differs from the last epoch.
     assert not np.allclose(alpha[0], alpha[-1])
@@ -289,8 +290,8 @@ def assert_agrees_with_weightwatcher(model) -> float:
     worst = 0.0
     for (name, mod), (_, ref) in zip(layers, details.iterrows(), strict=True):
         kind = "Conv2d" if isinstance(mod, torch.nn.Conv2d) else "Linear"
-        spec = S.layer_spectrum(kind, mod.weight.detach().float().numpy())
-        fit = S.fit_power_law(spec["eigenvalues"])
+        spec = W.layer_spectrum(kind, mod.weight.detach().float().numpy())
+        fit = W.fit_power_law(spec["eigenvalues"])
         worst = max(worst, abs(fit.alpha - ref["alpha"]))
         assert fit.alpha == pytest.approx(ref["alpha"], rel=1e-9, abs=1e-9), name
         assert fit.xmin == pytest.approx(ref["xmin"], rel=1e-9), name

@@ -228,10 +228,11 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_and_changes_nothing(
     from probe.rundir.run import Run
     from probe.testing import make_tiny_run, synthetic_dataset
     from probe.training.loop import train
+    from probe.training.trainplan import stored_config
 
     run = make_tiny_run(tmp_path / "run", epochs=2)
     before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
-    cfg = dataclasses.replace(Run(run).train_config(), epochs=1)
+    cfg = dataclasses.replace(stored_config(Run(run)), epochs=1)
     with pytest.raises(
         UsageError, match=r"^--epochs: .* already holds 2 trained epochs; give --epochs 2 or more"
     ):

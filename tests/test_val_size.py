@@ -20,39 +20,39 @@ from probe.cli import cli
 from probe.datasets import tensors as data
 from probe.errors import UsageError
 from probe.rundir import activations
+from probe.rundir.plan import RunPlan
 from probe.rundir.run import Run
 from probe.testing import TINY, make_tiny_run, synthetic_dataset
 from probe.training.config import TrainConfig
-from probe.training.loop import Trainer
+from probe.training.trainplan import stored_config, train_plan
 
 VAL = 60  # of the synthetic set's 120 test images; the tiny run's probe set is 40
 
 
-def trainer(tmp_path: Path, **overrides) -> Trainer:
+def plan_of(tmp_path: Path, **overrides) -> RunPlan:
+    """The plan probe train draws for TINY with `overrides` (its probe set and validation order)."""
     cfg = TrainConfig(**{**TINY, **overrides})
-    return Trainer(
-        tmp_path, cfg, torch.device("cpu"), synthetic_dataset(seed=cfg.seed), lambda s: None, False
-    )
+    return train_plan(cfg, synthetic_dataset(seed=cfg.seed), tmp_path, torch.device("cpu"))
 
 
 def test_the_subset_is_the_probe_set_then_a_stratified_seeded_rest(tmp_path):
-    full, small = trainer(tmp_path), trainer(tmp_path, val_size=VAL)
+    full, small = plan_of(tmp_path), plan_of(tmp_path, val_size=VAL)
     assert len(full.val_order) == 120 and len(small.val_order) == VAL
-    assert torch.equal(small.probe_idx, full.probe_idx)
+    assert torch.equal(small.probe_indices, full.probe_indices)
     assert torch.equal(
         small.val_order[:40], full.val_order[:40]
     )  # the probe set comes first, unchanged
     rest = small.val_order[40:]
-    assert len(set(rest.tolist()) | set(small.probe_idx.tolist())) == VAL  # no image twice
+    assert len(set(rest.tolist()) | set(small.probe_indices.tolist())) == VAL  # no image twice
     assert rest.tolist() == sorted(rest.tolist())
     labels = synthetic_dataset(seed=0).test_y
     assert Counter(labels[small.val_order].tolist()) == {
         c: 6 for c in range(10)
     }  # 4 probe + 2 rest per class
-    assert torch.equal(trainer(tmp_path, val_size=VAL).val_order, small.val_order)  # seeded
-    assert not torch.equal(trainer(tmp_path, val_size=VAL, seed=1).val_order[40:], rest)
-    assert len(trainer(tmp_path, val_size=1000).val_order) == 120  # more than there is: all
-    assert trainer(tmp_path, val_size=40).val_order.tolist() == full.val_order[:40].tolist()
+    assert torch.equal(plan_of(tmp_path, val_size=VAL).val_order, small.val_order)  # seeded
+    assert not torch.equal(plan_of(tmp_path, val_size=VAL, seed=1).val_order[40:], rest)
+    assert len(plan_of(tmp_path, val_size=1000).val_order) == 120  # more than there is: all
+    assert plan_of(tmp_path, val_size=40).val_order.tolist() == full.val_order[:40].tolist()
 
 
 def test_a_val_size_below_the_probe_set_is_a_usage_error(tmp_path):
@@ -75,9 +75,9 @@ def test_a_val_size_below_the_probe_set_is_a_usage_error(tmp_path):
 def test_a_small_validation_changes_only_the_validation_metrics(probe_run_template, tmp_path):
     full = probe_run_template  # the same TINY config without --val-size
     small = make_tiny_run(tmp_path / "small", val_size=VAL)
-    assert Run(small).train_config().val_size == VAL
+    assert stored_config(Run(small)).val_size == VAL
     ds = synthetic_dataset(seed=0)
-    order = trainer(tmp_path, val_size=VAL).val_order
+    order = plan_of(tmp_path, val_size=VAL).val_order
     x = data.normalize(ds.test_x[order], *_stats(small))
     for epoch in (0, 1, 2):
         for layer in activations.read(Run(full).activations_path(epoch))[

@@ -1,1 +1,1 @@
-"""The networks of the built-in model families (imported only when a model is built: they import torch)."""
+"""The built-in model families' networks (imported when a model is built: they import torch)."""

@@ -1,4 +1,4 @@
-"""A multi-layer perceptron: flatten, `depth` hidden Linear(+BatchNorm)+ReLU(+Dropout) layers, a linear classifier.
+"""A multi-layer perceptron: flatten, `depth` Linear(+BatchNorm)+ReLU(+Dropout), a classifier.
 
 Module names: `flatten`, `hidden.0` ... `hidden.{depth-1}` (each with `linear`,
 `bn` when batchnorm is on, `act`, `drop` when dropout > 0) and `classifier`. A
@@ -58,5 +58,5 @@ class MLP(nn.Module):
 
 
 def recorded(depth: int) -> list[str]:
-    """Each hidden layer's output; with no hidden layer, the flattened input (the classifier's input)."""
+    """Each hidden layer's output; with none, the flattened input (the classifier's input)."""
     return [f"hidden.{i}" for i in range(depth)] if depth else ["flatten"]

@@ -28,7 +28,7 @@ SHORTCUTS = ("A", "B", "none")
 
 
 class PadShortcut(nn.Module):
-    """He et al.'s option A: identity, subsampled by `stride`, with zero channels added (no parameters)."""
+    """He et al.'s option A: identity subsampled by `stride`, zero channels added (no weights)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
@@ -77,7 +77,7 @@ class BasicBlock(nn.Module):
 
 
 class GlobalAvgPool(nn.Module):
-    """Mean over the spatial dimensions: [N, C, H, W] -> [N, C] (the classifier's input, the penultimate layer)."""
+    """Mean over the spatial dimensions: [N, C, H, W] -> [N, C] (the classifier's input)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)

@@ -1,4 +1,4 @@
-"""The course notebook's CNN, unchanged, so layer names such as `features.6` mean what they mean there.
+"""The course notebook's CNN, unchanged, so layer names (`features.6`) mean what they did there.
 
 conv 3x3 -> BatchNorm -> ReLU per layer, a 2x2 max-pool after every second layer,
 channels doubled after every second layer (at most 512), then global average

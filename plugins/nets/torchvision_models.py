@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from probe import InputSpec, default_layers
+
 # Architectures whose stem can take any channel count, by name prefix.
 ADAPTABLE = (
     "resnet",
@@ -44,12 +46,13 @@ ADAPTABLE = (
     "googlenet",
     "inception",
 )
-# Transformers: their blocks give [N, L, D] tokens (ViT) or channels-last maps (Swin, MaxViT's windows).
+# Transformers: their blocks give [N, L, D] tokens (ViT) or channels-last maps (Swin, MaxViT's
+# windows).
 REFUSED = ("vit_", "swin_", "maxvit")
 
 
 def classification_archs() -> list[str]:
-    """torchvision's classification architectures (not detection, segmentation, video or quantized ones)."""
+    """torchvision's classifiers (not its detection, segmentation, video or quantized models)."""
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
@@ -60,10 +63,11 @@ def supported_archs() -> list[str]:
 
 
 def check_arch(arch: str) -> None:
-    """A one-line ValueError unless `arch` is a torchvision classification model probe can record."""
+    """A one-line ValueError unless `arch` is a torchvision classifier probe can record."""
     if arch.startswith(REFUSED):
         raise ValueError(
-            f"torchvision {arch!r} is a transformer whose blocks give 3-D token outputs, which probe "
+            f"torchvision {arch!r} is a transformer whose blocks give 3-D token outputs, "
+            "which probe "
             f"cannot record; architectures that work: {_families()}"
         )
     known = classification_archs()
@@ -83,11 +87,12 @@ def _families() -> str:
 
 
 def build(arch: str, input: Any, num_classes: int) -> nn.Module:
-    """A freshly initialised torchvision `arch` for `input` (an InputSpec) with `num_classes` outputs."""
+    """A freshly initialised torchvision `arch` for `input` (an InputSpec), num_classes outputs."""
     check_arch(arch)
     if input.channels != 3 and not arch.startswith(ADAPTABLE):
         raise ValueError(
-            f"torchvision {arch!r} takes 3-channel input only in probe (input has {input.channels}); "
+            f"torchvision {arch!r} takes 3-channel input only in probe "
+            f"(input has {input.channels}); "
             f"architectures that take any channel count: {_families()}"
         )
     on_meta = torch.empty(0).device.type == "meta"
@@ -144,7 +149,8 @@ def _replace_stem(arch: str, model: nn.Module, channels: int) -> None:
     )
     if old is None or old.in_channels != 3 or old.groups != 1:
         raise ValueError(
-            f"torchvision {arch!r}: cannot find its 3-channel stem conv to adapt to {channels} channels"
+            f"torchvision {arch!r}: cannot find its 3-channel stem conv to adapt to "
+            f"{channels} channels"
         )
     new = nn.Conv2d(
         channels,
@@ -179,7 +185,8 @@ def _init_stem(arch: str, conv: nn.Conv2d) -> None:
         nn.init.trunc_normal_(w, mean=0.0, std=0.1, a=-2, b=2)
     elif arch.startswith(("shufflenet", "alexnet")):
         return  # PyTorch's default Conv2d init, which the new conv already has
-    else:  # resnet, resnext, wide_resnet, vgg, mobilenet, efficientnet, mnasnet, regnet (std sqrt(2/fan_out))
+    else:  # resnet, resnext, wide_resnet, vgg, mobilenet, efficientnet, mnasnet, regnet:
+        # std sqrt(2/fan_out)
         nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
@@ -224,8 +231,6 @@ def layers(model: nn.Module, arch: str) -> list[str]:
             if penult == seq:  # squeezenet: the last block's output is the penultimate's
                 blocks = blocks[:-1]
             return [*blocks, penult]
-    from probe.contract.families import InputSpec, default_layers
-
     inp = getattr(model, "probe_input", None)
     if inp is None:
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -236,7 +241,7 @@ def layers(model: nn.Module, arch: str) -> list[str]:
 
 
 def stage_ends(prefix: str, seq: nn.Module) -> list[str]:
-    """The children of `seq` after which the resolution drops (the next child downsamples), and its last child."""
+    """The children of `seq` after which the resolution drops, and its last child."""
     kids = list(seq.named_children())
     return [
         f"{prefix}.{n}"
@@ -257,7 +262,7 @@ def _downsamples(module: nn.Module) -> bool:
 
 
 def _check_forward(arch: str, model: nn.Module, input: Any, num_classes: int) -> None:
-    """Run `model` (on the meta device) once: a size it cannot take, or a recorded output not 2-D/4-D, is refused."""
+    """Run `model` once on the meta device: refuse a size it cannot take, outputs not 2-D/4-D."""
     h, w = input.size
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -293,6 +298,7 @@ def _check_forward(arch: str, model: nn.Module, input: Any, num_classes: int) ->
     bad = [f"{n} {list(s)}" for n, s in shapes.items() if len(s) not in (2, 4)]
     if bad or tuple(out.shape) != (2, num_classes):
         raise ValueError(
-            f"torchvision {arch!r}: recorded outputs must be 2-D or 4-D and logits [N, classes], got "
+            f"torchvision {arch!r}: recorded outputs must be 2-D or 4-D and logits [N, classes], "
+            "got "
             f"{', '.join(bad) or list(out.shape)}; architectures that work: {_families()}"
         )

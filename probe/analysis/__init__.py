@@ -1,1 +1,1 @@
-"""Analysing runs: the job runner behind `probe analyze`, the `Context` each analysis sees, and executors."""
+"""Analysing runs: the job runner of `probe analyze`, the `Context` an analysis sees, executors."""

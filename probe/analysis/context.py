@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from probe.errors import ProbeError
+from probe.analysis.executor import Task
+from probe.errors import ProbeError, UsageError
+from probe.io.jsonsafe import jsonable as _clean  # noqa: F401 (kept for plugins that imported it)
 from probe.rundir import results
 from probe.rundir.run import (
     ANALYSIS_BATCH,
@@ -125,7 +127,7 @@ class ResultWriter:
         return path
 
     def json(self, name: str, obj: Any) -> Path:
-        """Write `obj` to `<name>.json` (keys sorted; numpy values converted; NaN/inf become null)."""
+        """Write `obj` to `<name>.json` (keys sorted; numpy values converted; NaN/inf: null)."""
         path = self._path(name, ".json")
         path.write_text(results.dumps(obj, indent=2, sort_keys=True) + "\n")
         return path
@@ -148,7 +150,8 @@ class ResultWriter:
         for layer, row in zip(layers, table.values(), strict=True):
             if not isinstance(row, Mapping):
                 raise ValueError(
-                    f"layer_scalars {name!r}: layer {layer!r} maps to {type(row).__name__}, not a dict"
+                    f"layer_scalars {name!r}: layer {layer!r} maps to {type(row).__name__}, "
+                    "not a dict"
                 )
             values[layer] = {}
             for metric, v in row.items():
@@ -196,11 +199,6 @@ def _dataset(group: Any, key: str, value: Any) -> None:
     arr = np.asarray(value)
     kw = {"compression": "gzip"} if arr.size > 1024 and arr.dtype.kind in "fiub" else {}
     group.create_dataset(key, data=arr, **kw)
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-able copy of `obj` with NaN/inf as None (kept for plugins that imported it)."""
-    return results.jsonable(obj)
 
 
 @dataclass(frozen=True)
@@ -270,11 +268,12 @@ class Context:
         self.out = out
         self.quiet = quiet
 
-    # --- reading: each read is checked against `needs` and recorded -------------------------------------
+    # --- reading: each read is checked against `needs` and recorded ---------------------------
     def _need(self, *names: str) -> None:
         if not set(names) & self.analysis.needs:
             raise ProbeError(
-                f"analysis {self.analysis.name!r} reads {names[0]} without declaring needs={{{names[0]!r}}}"
+                f"analysis {self.analysis.name!r} reads {names[0]} without declaring "
+                f"needs={{{names[0]!r}}}"
             )
 
     def _record(self, name: str) -> str:
@@ -321,9 +320,12 @@ class Context:
         return self._record(checkpoint_name(self._epoch(epoch)))
 
     def config(self) -> dict[str, Any]:
-        """config.json as results are keyed on it: a copy without where training ran and for how long
-        (`train.epochs`, `train.device`, `train.data`, `device`, `device_name`, `versions`, `config_hash`,
-        `data_source`), so extending or moving a run keeps results. Use `all_epochs()` for the epochs."""
+        """config.json as results are keyed on it: without where training ran and for how long.
+
+        Left out: `train.epochs`, `train.device`, `train.data`, `device`, `device_name`,
+        `versions`, `config_hash`, `data_source`; so extending or moving a run keeps results.
+        Use `all_epochs()` for the epochs.
+        """
         self._need("config")
         self._record(CONFIG)
         return results.keyed_config(self.run.config)
@@ -340,7 +342,7 @@ class Context:
         return results.metrics_rows(self.run.metrics(), sel)
 
     def checkpoint(self, epoch: int | None = None):
-        """The checkpoint (model state as fresh tensors, spec, metrics) of `epoch` (any epoch; recorded).
+        """The checkpoint (model state as fresh tensors, spec, metrics) of `epoch` (any; recorded).
 
         `model_state` is a dict in state-dict key order sorted by name (`features.10.weight`
         before `features.3.weight`); use `ctx.parameters()` for the layers in network order.
@@ -405,8 +407,6 @@ class Context:
         self, name: str, epoch: int | None = None, option: str = "--param layer"
     ) -> str:
         """`penultimate` -> the last recorded layer; any other name must be a recorded layer."""
-        from probe.errors import UsageError
-
         layers = self.layers(epoch)
         if name == "penultimate":
             return layers[-1]
@@ -417,7 +417,10 @@ class Context:
         return name
 
     def activations(self, layer: str, epoch: int | None = None, kind: str = "pooled") -> np.ndarray:
-        """float32 activations of the probe set at `layer` (`kind`: pooled [P, C], maps [P, C, H, W], logits)."""
+        """float32 activations of the probe set at `layer`.
+
+        `kind`: pooled [P, C], maps [P, C, H, W], logits.
+        """
         import numpy as np
 
         from probe.rundir import activations
@@ -447,7 +450,7 @@ class Context:
         return list(self.run.config.get("classes") or [str(i) for i in range(10)])
 
     def pyplot(self) -> Any:
-        """`matplotlib.pyplot`, with the non-interactive Agg backend unless pyplot was already set up.
+        """`matplotlib.pyplot`, with the non-interactive Agg backend unless pyplot is imported.
 
         Figures saved with `ctx.out.figure` are closed; any the job leaves open are
         closed by the runner after the job.
@@ -469,11 +472,12 @@ class Context:
             epoch = epoch.item()  # numpy / torch integers
         if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < 10**9:
             raise ProbeError(
-                f"analysis {self.analysis.name!r}: epoch must be a non-negative integer, got {epoch!r}"
+                f"analysis {self.analysis.name!r}: epoch must be a non-negative integer, "
+                f"got {epoch!r}"
             )
         return int(epoch)
 
-    # --- splitting a job into pieces --------------------------------------------------------------------
+    # --- splitting a job into pieces ------------------------------------------------------------
     @property
     def executor(self) -> Any:
         """The executor `map` uses, or None when pieces run in this process."""
@@ -491,8 +495,6 @@ class Context:
         executor = self.executor
         if executor is None:
             return [fn(item) for item in self.progress(items, label, total=len(items))]
-        from probe.analysis.executor import Task
-
         tasks = [Task(f"{self.analysis.name}[{i}]", fn, (item,)) for i, item in enumerate(items)]
         done: dict[str, Any] = {}
         for outcome in self.progress(
@@ -500,12 +502,13 @@ class Context:
         ):
             if not outcome.ok:
                 raise ProbeError(
-                    f"{self.analysis.name}: piece {outcome.key} failed on {executor.describe()}: {outcome.error}"
+                    f"{self.analysis.name}: piece {outcome.key} failed on "
+                    f"{executor.describe()}: {outcome.error}"
                 )
             done[outcome.key] = outcome.value
         return [done[t.key] for t in tasks]
 
-    # --- feedback ---------------------------------------------------------------------------------------
+    # --- feedback -------------------------------------------------------------------------------
     def progress(
         self, items: Iterable[Any], label: str = "", total: int | None = None
     ) -> Iterator[Any]:

@@ -260,6 +260,11 @@ def _closing(pool: cf.ProcessPoolExecutor) -> Iterator[cf.ProcessPoolExecutor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _s(n: int) -> str:
+    """The plural ending of a count (`1 worker`, `2 workers`)."""
+    return "s" if n > 1 else ""
+
+
 class DaskExecutor(Executor):
     """Tasks on a Dask distributed cluster: an existing scheduler, or a local one.
 
@@ -287,7 +292,8 @@ class DaskExecutor(Executor):
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise UsageError(
                     "--scheduler",
-                    f"cannot reach the Dask scheduler at {scheduler} ({msg[:200]}); nothing was started",
+                    f"cannot reach the Dask scheduler at {scheduler} ({msg[:200]}); "
+                    "nothing was started",
                 ) from None
             self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         else:
@@ -305,8 +311,11 @@ class DaskExecutor(Executor):
 
     def describe(self) -> str:
         if self.scheduler:
-            return f"Dask scheduler {self.scheduler} ({self.workers} worker{'s' if self.workers > 1 else ''} now)"
-        return f"local Dask cluster, {self.workers} worker process{'es' if self.workers > 1 else ''}, {self.threads} thread{'s' if self.threads and self.threads > 1 else ''} each"
+            return f"Dask scheduler {self.scheduler} ({self.workers} worker{_s(self.workers)} now)"
+        return (
+            f"local Dask cluster, {self.workers} worker process{'es' if self.workers > 1 else ''}, "
+            f"{self.threads} thread{_s(self.threads or 0)} each"
+        )
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         from distributed import as_completed

@@ -1,6 +1,8 @@
-"""The plugin contract: the records a plugin registers, the hooks it implements, the registry that collects them.
+"""The plugin contract: the records plugins register, the hooks they implement, the registry.
 
-Analyses (`Analysis`, `param`), model families (`ModelFamily`, `ModelSpec`, `InputSpec`),
-data sets (`DataSource`, `Augmentation`) and the pluggy hooks. No torch import: registering
-plugins costs nothing at start-up. Plugins import these names from `probe` itself.
+Imports point one way inside the layer: params (typed parameters) -> analysis and
+records (what plugins register) -> registry (pluggy, entry points, one set of rules
+for clashes) -> families (`ModelSpec`, `get_family`) and datasets (`get_source`),
+which find installed entries through it. No torch import: registering plugins costs
+nothing at start-up. Plugins import these names from `probe` itself.
 """

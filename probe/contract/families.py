@@ -1,24 +1,27 @@
-"""Model families: what a family plugin registers, and the spec every checkpoint stores to rebuild its model.
+"""The spec every checkpoint stores to rebuild its model, and the installed family that builds it.
 
-A family is a name, a typed parameters dataclass (the `probe.param` machinery that
-analyses use), a builder `(params, input, num_classes) -> nn.Module`, and the layers
-whose activations are recorded by default (block outputs, then the penultimate
-layer: the input of the classifier). A plugin registers it from `register_models`:
+A family (`probe.contract.records.ModelFamily`) is a name, a typed parameters
+dataclass (the `probe.param` machinery that analyses use), a builder
+`(params, input, num_classes) -> nn.Module`, and the layers whose activations are
+recorded by default (block outputs, then the penultimate layer: the input of the
+classifier). A plugin registers it from `register_models`:
 
     @probe.hookimpl
     def register_models(register):
-        register(probe.ModelFamily(name="mlp", summary="...", params=Params, build=build, layers=layers))
+        register(probe.ModelFamily(name="mlp", summary="...", params=Params, build=build))
 
 The spec stored in each checkpoint and in config.json names the family, its
 version and provider, the parameters with defaults filled, the input (channels,
 size, normalisation) and the number of classes:
 
-    {"family": "resnet", "family_version": "1", "provider": "probe-cnn", "params": {"depth": 20, ...},
+    {"family": "resnet", "family_version": "1", "provider": "probe-cnn",
+     "params": {"depth": 20, ...},
      "input": {"channels": 3, "size": [32, 32], "mean": [...], "std": [...]}, "num_classes": 10}
 
-A spec never names code to import: only installed families are built. Specs of
-the first format (`{"arch": "SimpleCNN", "depth": ..., ...}`) are read as family
-`simplecnn`. This module imports no torch; building does.
+A spec never names code to import: only installed families are built (`get_family`
+looks them up in the registry). Specs of the first format (`{"arch": "SimpleCNN",
+"depth": ..., ...}`) are read as family `simplecnn`. This module imports no torch;
+building does.
 """
 
 from __future__ import annotations
@@ -27,84 +30,53 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probe.contract.analysis import NoParams, check_params, make_params, param_specs
+from probe.contract.cifar10 import CIFAR10_MEAN, CIFAR10_STD
+from probe.contract.records import (
+    FAMILY_OPTIONS,
+    FamilyRecord,
+    InputSpec,
+    OptionAlias,
+    SizeEstimate,
+)
+from probe.contract.registry import installed, lookup
 from probe.errors import UsageError
+from probe.io.safeio import loads_json
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 MAX_CHANNELS = 64
 MAX_SIZE = 4096
 MAX_CLASSES = 100_000
 MAX_MODEL_PARAMS = 2**31  # what probe will build, from a file or from options
+# estimated training memory (weights, optimizer state, activations of a batch) probe will allow
+MAX_TRAIN_BYTES = 64 << 30
+
+__all__ = [
+    "FAMILY_OPTIONS",
+    "MAX_MODEL_PARAMS",
+    "MAX_TRAIN_BYTES",
+    "FamilyNotInstalled",
+    "InputSpec",
+    "ModelFamily",
+    "ModelSpec",
+    "OptionAlias",
+    "SizeEstimate",
+    "default_layers",
+    "get_family",
+]
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """What the model is fed: `channels` x `size` (height, width) images, normalised with `mean`/`std` per channel."""
-
-    channels: int
-    size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "channels": self.channels,
-            "size": list(self.size),
-            "mean": list(self.mean),
-            "std": list(self.std),
-        }
-
-
-@dataclass(frozen=True)
-class ModelFamily:
+class ModelFamily(FamilyRecord):
     """A model family a plugin provides. See docs/writing-a-plugin.md, "Model families".
 
-    `build(params, input, num_classes)` returns a freshly initialised `nn.Module` mapping
-    a normalised float batch [N, C, H, W] to logits [N, num_classes]; it must work on
-    the meta device (probe sizes a model there before allocating it).
-    `layers(model, params)` lists the recorded layers (module names) in network
-    order, the penultimate layer last; without it probe picks them (`default_layers`).
+    Its fields and checks are `probe.contract.records.FamilyRecord`'s (the record the
+    registry collects); this class adds `spec`, the `ModelSpec` of given parameters.
     """
-
-    name: str
-    build: Callable[[Any, InputSpec, int], Any]
-    summary: str
-    params: type = NoParams
-    layers: Callable[[Any, Any], list[str]] | None = None
-    version: str = "1"
-    provider: str = ""
-    provider_version: str = ""
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ValueError(
-                f"model family name {self.name!r} must be lower-case letters, digits, '-' or '_'"
-            )
-        if not dataclasses.is_dataclass(self.params):
-            raise ValueError(f"model family {self.name!r}: params must be a dataclass type")
-        if not self.summary or "\n" in self.summary:
-            raise ValueError(f"model family {self.name!r}: summary must be one line")
-        if not isinstance(self.version, str) or not self.version.strip():
-            raise ValueError(f"model family {self.name!r}: version must be a non-empty str")
-        if not callable(self.build):
-            raise ValueError(f"model family {self.name!r}: build must be callable")
-
-    def with_provider(self, provider: str, version: str) -> ModelFamily:
-        return dataclasses.replace(self, provider=provider, provider_version=version)
-
-    def check_params(self) -> None:
-        check_params(self.params, f"model family {self.name!r}")
-
-    def param_specs(self) -> list[Any]:
-        return param_specs(self.params, self.name)
-
-    def make_params(self, raw: Mapping[str, Any], option: str = "--model-param") -> Any:
-        return make_params(self.params, raw, self.name, option)
 
     def spec(
         self,
@@ -113,14 +85,14 @@ class ModelFamily:
         num_classes: int,
         option: str = "--model-param",
     ) -> ModelSpec:
-        """The spec of this family with parameters `raw` (checked; defaults filled) for `input` and `num_classes`."""
+        """The spec of this family with parameters `raw` (checked, defaults filled) for `input`."""
         params = dataclasses.asdict(self.make_params(raw, option))
         return ModelSpec(self.name, params, input, num_classes, self.version, self.provider)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model: stored as JSON in every checkpoint and in config.json."""
+    """Everything needed to rebuild a model: JSON in each checkpoint and in config.json."""
 
     family: str
     params: Mapping[str, Any]
@@ -217,9 +189,7 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str, source: str | Path = "model spec") -> ModelSpec:
-        """Parse stored JSON (bounded in depth and integer length); a bad spec raises ValueError or RunFileError."""
-        from probe.io.safeio import loads_json
-
+        """Parse stored JSON (bounded depth, integer length); bad: ValueError or RunFileError."""
         return cls.from_dict(loads_json(text, source=source), source)
 
     # --- building -----------------------------------------------------------------------------
@@ -227,7 +197,7 @@ class ModelSpec:
         return get_family(self.family, provider=self.provider)
 
     def family_params(self) -> Any:
-        """The family's params dataclass for this spec; a value the family refuses raises ValueError."""
+        """The family's params dataclass for this spec; a refused value is a ValueError."""
         fam = self.family_obj()
         try:
             return fam.make_params(dict(self.params), option="model spec")
@@ -235,12 +205,12 @@ class ModelSpec:
             raise ValueError(str(exc).removeprefix("model spec: ")) from None
 
     def build(self) -> Any:
-        """A freshly initialised model (on torch's current default device: `with torch.device("meta")` sizes it)."""
+        """A freshly initialised model on torch's default device (the meta device sizes it)."""
         fam = self.family_obj()
         return fam.build(self.family_params(), self.input, self.num_classes)
 
     def skeleton(self) -> Any:
-        """The model built on the meta device: its names, shapes and parameter count, nothing allocated."""
+        """The model built on the meta device: its names, shapes and parameter count, no memory."""
         import torch
 
         with torch.device("meta"):
@@ -307,14 +277,13 @@ _LEGACY_KEYS = {
 
 
 def _from_legacy(d: dict[str, Any]) -> ModelSpec:
-    """The first format: `{"arch": "SimpleCNN", depth, base_width, dropout, num_classes, in_channels, hidden, mean, std}`."""
+    """The first format: `{"arch": "SimpleCNN", depth, base_width, dropout, num_classes,
+    in_channels, hidden, mean, std}`, without mean and std when they were CIFAR-10's."""
     if d.get("arch") != "SimpleCNN":
         raise ValueError(f"unsupported model spec arch {str(d.get('arch'))[:40]!r}")
     unknown = set(d) - _LEGACY_KEYS
     if unknown:
         raise ValueError(f"unknown model spec keys {sorted(unknown)[:5]}")
-    from probe.training.model import CIFAR10_MEAN, CIFAR10_STD
-
     channels = _count(d.get("in_channels", 3), "in_channels", MAX_CHANNELS)
     params = {k: d[k] for k in ("depth", "base_width", "dropout", "hidden") if k in d}
     for k, v in params.items():
@@ -337,18 +306,14 @@ def _from_legacy(d: dict[str, Any]) -> ModelSpec:
     )
 
 
-# --- finding families ------------------------------------------------------------------------------
+# --- finding families ----------------------------------------------------------------------
 
 
 def get_family(name: str, provider: str = "", option: str | None = None) -> ModelFamily:
-    """The installed family `name`; else one line naming it (and the distribution that provides it, where known)."""
-    from probe.contract.registry import lookup
-
+    """The installed family `name`; else one line naming it (and its distribution, where known)."""
     fam = lookup("models", name)
     if fam is not None:
         return fam
-    from probe.contract.registry import installed
-
     known = ", ".join(sorted(installed("models"))) or "none"
     where = (
         f" (provided by the distribution {provider!r}: pip install {provider})" if provider else ""
@@ -364,13 +329,13 @@ class FamilyNotInstalled(ValueError):
 
 
 def default_layers(model: Any, inp: InputSpec) -> list[str]:
-    """Recorded layers for a family that names none: its top-level blocks, then the penultimate layer.
+    """Recorded layers for a family that names none: its top-level blocks, then the penultimate.
 
-    `model` is on the meta device (`ModelSpec.skeleton`). Runs one forward pass there, noting the order in which modules
-    finish. The classifier is the last `nn.Linear` to run; the penultimate layer is
-    the last module before it whose per-sample output size equals the classifier's
-    input size. Block outputs are the top-level children that ran before the
-    penultimate layer and give 2-D or 4-D outputs.
+    `model` is on the meta device (`ModelSpec.skeleton`). Runs one forward pass there,
+    noting the order in which modules finish. The classifier is the last `nn.Linear` to
+    run; the penultimate layer is the last module before it whose per-sample output size
+    equals the classifier's input size. Block outputs are the top-level children that ran
+    before the penultimate layer and give 2-D or 4-D outputs.
     """
     import torch
     from torch import nn

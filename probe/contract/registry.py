@@ -3,16 +3,20 @@
 pluggy's `load_setuptools_entrypoints` stops at the first import error; like conda
 and kedro, probe iterates the `probe` entry points itself, loads each in its own
 try, and keeps a status per plugin (active, error, blocked, not-loaded) that
-`probe plugins` shows. Each plugin's `register_analyses` is called separately, so
-every analysis is credited to its distribution and version, and a plugin that
-raises there is that plugin's problem.
+`probe plugins` shows. The `register_*` implementations pluggy collected are called
+one plugin at a time (`pm.hook.register_models.get_hookimpls()`, each with the
+arguments it names), so every entry is credited to its distribution and version,
+and a plugin that raises there is that plugin's problem.
 
-An analysis can be disabled while the rest of its plugin keeps working, each time
-with one line that `probe plugins` lists and `probe analyze` repeats as a warning:
-  - its parameters' defaults break their own declaration (`Analysis.check_params`);
+One collector takes the three kinds of entry (analyses, model families, data sets;
+`KINDS`) by one set of rules. An entry is disabled while the rest of its plugin
+keeps working, each time with one line that `probe plugins` lists and `probe analyze`
+repeats as a warning:
+  - its parameters' defaults break their own declaration (`check_params`);
+  - its plugin registers the name twice (the second is ignored);
   - its name is already taken. Who keeps a name does not depend on load order: the
     built-ins (distribution probe-cnn) first, then plugins by distribution name, then
-    by entry-point name; every other provider's analysis of that name is disabled.
+    by entry-point name; every other provider's entry of that name is disabled.
 
 Environment variables:
   PROBE_PLUGINS=a,b          load only these entry points (empty string: none)
@@ -31,10 +35,39 @@ from typing import Any
 import pluggy
 
 from probe.contract import hookspecs
-from probe.errors import ProbeError
+from probe.contract.analysis import Analysis
+from probe.contract.records import DataSource, FamilyRecord
+from probe.errors import ProbeError, UsageError
 
 GROUP = "probe"
 BUILTIN_DIST = "probe-cnn"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of entry plugins register: the hook, the record it takes, how a line names one.
+
+    `table` names both the Registry mapping and the PluginInfo list that hold the
+    kind's names. Disabled analyses are kept as `Disabled` records (`probe plugins
+    --json` lists them, `probe analyze --plugin NAME` names the reason); a disabled
+    family or data set is one line in `Registry.notes`.
+    """
+
+    table: str
+    hook: str
+    record: type  # what register() accepts
+    public: str  # its name in probe's API, for the line refusing anything else
+    what: str
+    checks_params: bool
+    keeps_records: bool
+
+
+ANALYSES = Kind("analyses", "register_analyses", Analysis, "Analysis", "analysis", True, True)
+# probe.ModelFamily is the record plus spec() (probe.contract.families, above this module)
+MODELS = Kind("models", "register_models", FamilyRecord, "ModelFamily", "model family", True, False)
+DATASETS = Kind("datasets", "register_datasets", DataSource, "DataSource", "data set", False, False)
+KINDS = (ANALYSES, MODELS, DATASETS)
+TWICE = "the plugin registers this name twice; the second is ignored"
 
 
 @dataclass
@@ -62,11 +95,12 @@ class PluginInfo:
 
 @dataclass
 class Disabled:
-    """An analysis a plugin registered that probe will not run, and why.
+    """An entry a plugin registered that probe will not use, and why.
 
-    kind is "clash" (the name belongs to an earlier provider, see `_rank`), "params"
-    (its parameters' defaults break their own declaration; `reason` says how) or
-    "twice" (its plugin registered the name before).
+    kind is "clash" (the name belongs to a provider that ranks first, see `_rank`),
+    "params" (its parameters' defaults break their own declaration; `reason` says
+    how) or "twice" (its plugin registered the name before). `analysis` is the
+    entry's name (analyses were the first kind; `probe plugins --json` keeps the key).
     """
 
     analysis: str
@@ -84,8 +118,12 @@ def _is_builtin(info: PluginInfo) -> bool:
 
 
 def _rank(info: PluginInfo) -> tuple[int, str, str]:
-    """Who keeps a contested analysis name: built-ins, then by distribution name, then entry-point name."""
+    """Who keeps a contested name: built-ins, then by distribution name, then entry-point name."""
     return (0 if _is_builtin(info) else 1, _normalize(info.dist), info.name)
+
+
+def _names(variable: str) -> list[str]:
+    return [s.strip() for s in os.environ.get(variable, "").split(",") if s.strip()]
 
 
 class Registry:
@@ -95,17 +133,34 @@ class Registry:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
-        self.analyses: dict[str, Any] = {}  # name -> Analysis
-        self.owner: dict[str, str] = {}  # analysis name -> plugin name
-        self.models: dict[str, Any] = {}  # name -> ModelFamily
-        self.datasets: dict[str, Any] = {}  # name -> DataSource
-        self.model_owner: dict[str, str] = {}
-        self.dataset_owner: dict[str, str] = {}
-        self.disabled: list[
-            Disabled
-        ] = []  # analyses registered but not run, each with its one-line reason
-        self.notes: list[str] = []  # entry points skipped because another has the same name
+        # per kind: entry name -> (entry, name of the plugin that provides it)
+        self.tables: dict[str, dict[str, tuple[Any, str]]] = {k.table: {} for k in KINDS}
+        self.disabled: list[Disabled] = []  # analyses registered but not run, each with its reason
+        self.notes: list[str] = []  # disabled families and data sets, skipped entry points
 
+    # --- what the plugins registered ----------------------------------------------------------
+    def entries(self, kind: str) -> dict[str, Any]:
+        """Name -> entry of one kind ("analyses", "models" or "datasets")."""
+        return {name: entry for name, (entry, _) in self.tables[kind].items()}
+
+    @property
+    def analyses(self) -> dict[str, Any]:
+        return self.entries("analyses")
+
+    @property
+    def models(self) -> dict[str, Any]:
+        return self.entries("models")
+
+    @property
+    def datasets(self) -> dict[str, Any]:
+        return self.entries("datasets")
+
+    @property
+    def owner(self) -> dict[str, str]:
+        """Analysis name -> the plugin that provides it."""
+        return {name: plugin for name, (_, plugin) in self.tables["analyses"].items()}
+
+    # --- registering ----------------------------------------------------------------------------
     def register(self, plugin: Any, info: PluginInfo) -> None:
         """Register a plugin object (module) in-process; tests use this directly."""
         self.plugins[info.name] = info
@@ -114,193 +169,120 @@ class Registry:
         except Exception as exc:  # pluggy validates hook names and signatures here
             info.status, info.error = "error", f"{type(exc).__name__}: {exc}"
             return
-        self._collect(plugin, info)
-        if info.status == "active":
-            self._collect_kind(plugin, info, "models")
-        if info.status == "active":
-            self._collect_kind(plugin, info, "datasets")
+        for kind in KINDS:
+            if info.status == "active":
+                self._collect(plugin, info, kind)
 
-    def _collect_kind(self, plugin: Any, info: PluginInfo, kind: str) -> None:
-        """Model families (`register_models`) or data sets (`register_datasets`): the same rules as analyses.
+    def _call(self, plugin: Any, hook: str, **kwargs: Any) -> None:
+        """Call `plugin`'s own implementations of `hook`, as pluggy collected them, and no others.
 
-        A name registered twice by one plugin, or already held by a provider that
-        ranks first (`_rank`), is disabled with one line; a broken params class
-        disables only that family.
+        Each implementation gets the hook's arguments it names (`HookImpl.argnames`),
+        as pluggy passes them. One plugin at a time, so an exception is its own.
         """
-        from probe.contract.datasets import DataSource
-        from probe.contract.families import ModelFamily
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            if impl.plugin is plugin:
+                impl.function(*(kwargs[name] for name in impl.argnames))
 
-        cls, hook, table, owner, what = {
-            "models": (
-                ModelFamily,
-                "register_models",
-                self.models,
-                self.model_owner,
-                "model family",
-            ),
-            "datasets": (
-                DataSource,
-                "register_datasets",
-                self.datasets,
-                self.dataset_owner,
-                "data set",
-            ),
-        }[kind]
-        impl = getattr(plugin, hook, None)
-        if impl is None:
-            return
+    def _collect(self, plugin: Any, info: PluginInfo, kind: Kind) -> None:
+        """Everything `plugin` registers of one kind; a hook that raises sets the plugin's error."""
         found: list[Any] = []
 
-        def register(obj: Any) -> None:
-            if not isinstance(obj, cls):
+        def register(entry: Any) -> None:
+            if not isinstance(entry, kind.record):
                 raise TypeError(
-                    f"register() takes a probe.{cls.__name__}, got {type(obj).__name__}"
+                    f"register() takes a probe.{kind.public}, got {type(entry).__name__}"
                 )
-            found.append(obj)
+            found.append(entry)
 
         try:
-            impl(register=register)
+            self._call(plugin, kind.hook, register=register)
         except Exception as exc:
-            info.status, info.error = "error", f"{hook} raised {type(exc).__name__}: {exc}"
+            info.status, info.error = "error", f"{kind.hook} raised {type(exc).__name__}: {exc}"
             return
-        mine: list[str] = getattr(info, kind)
-        for obj in found:
-            obj = obj.with_provider(info.dist or info.name, info.version)
-            if kind == "models":
-                try:
-                    obj.check_params()
-                except Exception as exc:
-                    self.notes.append(
-                        f"{what} {obj.name!r} of {info.label} is disabled: {exc}; fix it in "
-                        f"{info.dist or info.name}"
-                    )
-                    continue
-            if obj.name in mine:
-                self.notes.append(
-                    f"{what} {obj.name!r} of {info.label} is registered twice; the second is ignored"
-                )
-                continue
-            if obj.name in table:
-                holder = self.plugins[owner[obj.name]]
-                loser = info if _rank(info) > _rank(holder) else holder
-                keeper = holder if loser is info else info
-                self.notes.append(
-                    f"{what} {obj.name!r} of {loser.label} is disabled: the name is already provided "
-                    f"by {keeper.label}; rename it in {loser.dist or loser.name}"
-                )
-                if loser is info:
-                    continue
-                getattr(holder, kind).remove(obj.name)
-            table[obj.name] = obj
-            owner[obj.name] = info.name
-            mine.append(obj.name)
+        for entry in found:
+            self._add(kind, entry.with_provider(info.dist or info.name, info.version), info)
 
-    def _collect(self, plugin: Any, info: PluginInfo) -> None:
-        from probe.contract.analysis import Analysis
-
-        found: list[Any] = []
-
-        def register(analysis: Any) -> None:
-            if not isinstance(analysis, Analysis):
-                raise TypeError(f"register() takes a probe.Analysis, got {type(analysis).__name__}")
-            found.append(analysis)
-
-        impl = getattr(plugin, "register_analyses", None)
-        if impl is not None:
+    def _add(self, kind: Kind, entry: Any, info: PluginInfo) -> None:
+        """Take one entry, or disable it: bad defaults, registered twice, a name another keeps."""
+        table, mine = self.tables[kind.table], getattr(info, kind.table)
+        if kind.checks_params:
             try:
-                impl(register=register)
-            except Exception as exc:
-                info.status, info.error = (
-                    "error",
-                    f"register_analyses raised {type(exc).__name__}: {exc}",
-                )
+                entry.check_params()
+            except Exception as exc:  # a broken params class is this entry's problem only
+                self._disable(kind, Disabled(entry.name, info.name, "params", str(exc)))
                 return
-        for analysis in found:
-            analysis = analysis.with_provider(info.dist or info.name, info.version)
-            try:
-                analysis.check_params()
-            except Exception as exc:  # a broken params class is this analysis's problem only
-                self.disabled.append(Disabled(analysis.name, info.name, "params", str(exc)))
-                continue
-            if analysis.name in info.analyses:
-                self.disabled.append(
-                    Disabled(
-                        analysis.name,
-                        info.name,
-                        "twice",
-                        "the plugin registers this name twice; the second is ignored",
-                    )
-                )
-                continue
-            if analysis.name in self.analyses:
-                holder = self.plugins[self.owner[analysis.name]]
-                if _rank(info) > _rank(holder):
-                    self.disabled.append(Disabled(analysis.name, info.name, "clash"))
-                    continue
-                holder.analyses.remove(
-                    analysis.name
-                )  # a built-in registered after a newcomer takes its name back
-                self.disabled.append(Disabled(analysis.name, holder.name, "clash"))
-            self.analyses[analysis.name] = analysis
-            self.owner[analysis.name] = info.name
-            info.analyses.append(analysis.name)
+        if entry.name in mine:
+            self._disable(kind, Disabled(entry.name, info.name, "twice", TWICE))
+            return
+        holder = self.plugins[table[entry.name][1]] if entry.name in table else None
+        if holder is not None and _rank(info) > _rank(holder):
+            self._disable(kind, Disabled(entry.name, info.name, "clash"))
+            return
+        table[entry.name] = (entry, info.name)
+        mine.append(entry.name)
+        if holder is not None:  # e.g. a built-in registered after a newcomer takes its name back
+            getattr(holder, kind.table).remove(entry.name)
+            self._disable(kind, Disabled(entry.name, holder.name, "clash"))
+
+    def _disable(self, kind: Kind, d: Disabled) -> None:
+        if kind.keeps_records:
+            self.disabled.append(d)
+        else:  # described now, naming the provider that holds the name at this point
+            self.notes.append(self._describe(kind, d))
+
+    # --- saying what is off ----------------------------------------------------------------------
+    def _describe(self, kind: Kind, d: Disabled) -> str:
+        info = self.plugins[d.plugin]
+        head = f"{kind.what} {d.analysis!r} of {info.label} is disabled"
+        fix = info.dist or info.name
+        if d.kind == "clash":
+            holder = self.plugins[self.tables[kind.table][d.analysis][1]]
+            line = f"{head}: the name is already provided by {holder.label}; rename it in {fix}"
+            if not kind.keeps_records:
+                return line
+            skip = ",".join([*_names("PROBE_DISABLE_PLUGINS"), info.name])
+            return f"{line}, or set PROBE_DISABLE_PLUGINS={skip} to stop loading {info.name!r}"
+        if d.kind == "twice" and not kind.keeps_records:
+            return f"{head.removesuffix(' is disabled')} is registered twice; the second is ignored"
+        return f"{head}: {d.reason}; fix it in {fix}"
 
     def describe_disabled(self, d: Disabled) -> str:
         """One line: which analysis of which plugin is off, why, and what to do about it."""
-        info = self.plugins[d.plugin]
-        head = f"analysis {d.analysis!r} of {info.label} is disabled"
-        if d.kind == "clash":
-            holder = self.plugins[self.owner[d.analysis]]
-            skip = [
-                s.strip()
-                for s in os.environ.get("PROBE_DISABLE_PLUGINS", "").split(",")
-                if s.strip()
-            ] + [info.name]
-            return (
-                f"{head}: the name is already provided by {holder.label}; rename it in {info.dist or info.name}, "
-                f"or set PROBE_DISABLE_PLUGINS={','.join(skip)} to stop loading {info.name!r}"
-            )
-        return f"{head}: {d.reason}; fix it in {info.dist or info.name}"
+        return self._describe(ANALYSES, d)
 
     def problems(self) -> list[str]:
-        """Every disabled analysis and skipped entry point, one line each (`probe plugins`, `probe analyze`)."""
+        """Every disabled entry and skipped entry point, one line each (plugins, analyze)."""
         return [self.describe_disabled(d) for d in self.disabled] + list(self.notes)
 
     def add_commands(self, cli: Any) -> None:
+        """Each active plugin's `register_commands(cli)`; one that raises makes its status error."""
         for name, info in self.plugins.items():
             if info.status != "active":
                 continue
-            plugin = self.pm.get_plugin(name)
-            impl = getattr(plugin, "register_commands", None)
-            if impl is None:
-                continue
             before = set(cli.commands)
             try:
-                impl(cli=cli)
+                self._call(self.pm.get_plugin(name), "register_commands", cli=cli)
             except Exception as exc:
-                info.status, info.error = (
-                    "error",
-                    f"register_commands raised {type(exc).__name__}: {exc}",
-                )
+                info.status = "error"
+                info.error = f"register_commands raised {type(exc).__name__}: {exc}"
             info.commands = sorted(set(cli.commands) - before)
 
     def get(self, name: str) -> Any:
-        if name not in self.analyses:
-            from probe.errors import UsageError
-
+        """The analysis `name`, or a UsageError saying why it is disabled or which are installed."""
+        if name not in self.tables["analyses"]:
             for d in self.disabled:
                 if d.analysis == name:
                     raise UsageError("--plugin", self.describe_disabled(d))
-            known = ", ".join(sorted(self.analyses)) or "none"
+            known = ", ".join(sorted(self.tables["analyses"])) or "none"
             raise UsageError("--plugin", f"unknown analysis {name!r}; installed analyses: {known}")
-        return self.analyses[name]
+        return self.tables["analyses"][name][0]
 
 
 _ENTRY_POINTS: Registry | None = None
 
 
 def _entry_points() -> Registry:
-    """The registry of the installed entry points (the process-wide one unless a test replaced it)."""
+    """The registry of the installed entry points (the process-wide one, unless a test set one)."""
     global _ENTRY_POINTS
     if _ENTRY_POINTS is None:
         _ENTRY_POINTS = load_registry()
@@ -314,25 +296,19 @@ def lookup(kind: str, name: str) -> Any:
     one of its own plugins (`probe.testing.registry_with`), in the installed entry
     points, so a test registry adds to the installed families instead of hiding them.
     """
-    table = getattr(registry(), kind)
-    if name in table:
-        return table[name]
-    return getattr(_entry_points(), kind).get(name)
+    found = registry().tables[kind].get(name) or _entry_points().tables[kind].get(name)
+    return found[0] if found else None
 
 
 def installed(kind: str) -> dict[str, Any]:
     """Every installed model family or data set by name (a test registry's own first)."""
-    return {**getattr(_entry_points(), kind), **getattr(registry(), kind)}
+    return {**_entry_points().entries(kind), **registry().entries(kind)}
 
 
 def _selected(ep: EntryPoint) -> bool:
-    only = os.environ.get("PROBE_PLUGINS")
-    if only is not None:
-        return ep.name in {s.strip() for s in only.split(",") if s.strip()}
-    disabled = {
-        s.strip() for s in os.environ.get("PROBE_DISABLE_PLUGINS", "").split(",") if s.strip()
-    }
-    return ep.name not in disabled
+    if os.environ.get("PROBE_PLUGINS") is not None:
+        return ep.name in _names("PROBE_PLUGINS")
+    return ep.name not in _names("PROBE_DISABLE_PLUGINS")
 
 
 def load_registry() -> Registry:
@@ -341,20 +317,16 @@ def load_registry() -> Registry:
     found = []
     for ep in entry_points(group=GROUP):
         dist = getattr(ep, "dist", None)
-        found.append(
-            (
-                ep,
-                PluginInfo(
-                    ep.name, ep.value, dist.name if dist else "", dist.version if dist else ""
-                ),
-            )
+        info = PluginInfo(
+            ep.name, ep.value, dist.name if dist else "", dist.version if dist else ""
         )
+        found.append((ep, info))
     for ep, info in sorted(found, key=lambda pair: _rank(pair[1])):
         if ep.name in reg.plugins:
             first = reg.plugins[ep.name]
             reg.notes.append(
-                f"entry point {ep.name!r} of {info.dist or ep.value} is not loaded: {first.label} has the "
-                f"same name; uninstall one of them"
+                f"entry point {ep.name!r} of {info.dist or ep.value} is not loaded: {first.label} "
+                f"has the same name; uninstall one of them"
             )
             continue
         if not _selected(ep):

@@ -1,15 +1,15 @@
-"""Reading image data sets from files a user hands probe: checked opens, cache keys, downloads, class folders.
+"""Reading image data sets from a user's files: checked opens, keys, downloads, class folders.
 
 Shared by the built-in data-set plugins (`probe_plugins.cifar100`, `.mnist`, `.svhn`,
-`.imagefolder`) and usable by third-party ones. Everything here treats the files as
-untrusted input: a file is opened with O_NONBLOCK and must be a regular file of a
-bounded size (so a FIFO or /dev/zero in `--data` is one error, not a hang); every
-size a header or listing declares is bounded before memory is allocated; and every
-problem is one line (`RunFileError` naming the file, or `UsageError('--data', ...)`
-for a folder laid out wrongly). Links are followed: `--data` is the user's own copy,
-and symlink farms of images are common.
+`.imagefolder`) and usable by third-party ones, through the public `probe.datasets`.
+Everything here treats the files as untrusted input: a file is opened with O_NONBLOCK
+and must be a regular file of a bounded size (so a FIFO or /dev/zero in `--data` is
+one error, not a hang); every size a header or listing declares is bounded before
+memory is allocated; and every problem is one line (`RunFileError` naming the file, or
+`UsageError('--data', ...)` for a folder laid out wrongly). Links are followed: `--data`
+is the user's own copy, and symlink farms of images are common.
 
-No torch import at module level (plugins import this inside their load functions).
+No torch import at module level, so `import probe.datasets` costs nothing at registration.
 
     open_file(path, max_bytes) / read_file(path, max_bytes)
     files_key(tag, root, paths)              -> a cache key over paths, sizes and mtimes
@@ -17,7 +17,9 @@ No torch import at module level (plugins import this inside their load functions
     download(urls, root, filename, md5, ...) -> the checked download, or one ProbeError line
     data_dir(data, hint)                     -> `--data` as a directory, or one UsageError
     has_class_folders(root)                  -> whether root holds train/ and test/ (or val/)
-    load_class_folders(root, ...)            -> tensors and classes, decoded once (probe.datasets.tensors.cached)
+    load_class_folders(root, ...)            -> tensors and classes, decoded once (`cached`)
+    release_folders(root, ...)               -> the same for a release's class folders, else
+                                                one --data line
 """
 
 from __future__ import annotations
@@ -55,17 +57,21 @@ def _short(exc: BaseException) -> str:
 
 
 def open_file(path: str | Path, max_bytes: int) -> BinaryIO:
-    """Open a regular file (links followed: data folders are often trees of links) of at most `max_bytes` bytes."""
+    """Open a regular file of at most `max_bytes` (links followed: data folders are link trees)."""
     return safeio.open_regular(path, max_bytes, follow_links=True)
 
 
-def read_file(path: str | Path, max_bytes: int) -> bytes:
-    """The whole regular file `path` (links followed), refusing more than `max_bytes` even if it grows."""
-    return safeio.read_bytes(path, max_bytes, follow_links=True)
+def read_file(path: str | Path, max_bytes: int, *, follow_links: bool = True) -> bytes:
+    """The whole regular file `path`, refusing more than `max_bytes` even if it grows.
+
+    Links are followed (the user's `--data` folders are often trees of links) unless
+    `follow_links=False`: for files in probe's cache folder, which is never trusted.
+    """
+    return safeio.read_bytes(path, max_bytes, follow_links=follow_links)
 
 
 def files_key(tag: str, root: Path, paths: Iterable[Path]) -> str:
-    """A short hex key over `tag`, the folder and each file's name, size and mtime (as probe.datasets.tensors's folder key).
+    """A short hex key over `tag`, the folder and each file's name, size and mtime.
 
     A changed, added or removed file gives a new key, so the decoded cache follows
     the files; the tag separates data sets that decode the same files differently.
@@ -101,7 +107,7 @@ def download(
     hint: str,
     quiet: bool = False,
 ) -> Path:
-    """`root/filename`, fetched with torchvision's checked downloader (md5 verified; kept if already there).
+    """`root/filename`, fetched with torchvision's checked downloader (md5 checked; kept if there).
 
     `urls` are mirrors, tried in order. Any failure (network, checksum) is one
     ProbeError line ending with `hint` (how to pass the files with --data).
@@ -136,7 +142,7 @@ def data_dir(data: str | Path, hint: str) -> Path:
 
 @dataclass
 class ClassFolders:
-    """`root/train/<class>/*` and `root/<test>/<class>/*`: the class folder names (sorted) and the image files."""
+    """`root/train/<class>/*` and `root/<test>/<class>/*`: class names (sorted) and images."""
 
     root: Path
     classes: list[str]
@@ -181,7 +187,10 @@ def _list_split(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
 
 
 def list_class_folders(root: Path) -> ClassFolders:
-    """The class folders of `root`, or one UsageError: train/ and test/ (or val/) with the same non-empty class folders."""
+    """The class folders of `root`, or one UsageError.
+
+    train/ and test/ (or val/) must hold the same non-empty class folders.
+    """
     layout = (
         f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/ for test/)"
     )
@@ -198,7 +207,8 @@ def list_class_folders(root: Path) -> ClassFolders:
             only = sorted(set(cls) ^ set(classes))[:3]
             raise UsageError(
                 "--data",
-                f"{root / 'train'} and {d} have different class folders (e.g. {', '.join(map(repr, only))})",
+                f"{root / 'train'} and {d} have different class folders "
+                f"(e.g. {', '.join(map(repr, only))})",
             )
         for c, f in zip(cls, fs, strict=True):
             if not f:
@@ -220,7 +230,7 @@ def _norm(name: str) -> str:
 
 
 def match_classes(listing: ClassFolders, classes: Sequence[str], what: str) -> list[int]:
-    """For each class folder, the index of the data set's class it holds: by name, or by label number.
+    """For each class folder, the index of the data set's class it holds: by name or label number.
 
     A folder matches a class when its name, lower-cased with everything but letters
     and digits dropped, equals the class name's ("T-shirt_top" is "T-shirt/top"),
@@ -299,8 +309,8 @@ def decode_class_folders(
         labels = [order[i] for i, fs in enumerate(listing.files[split]) for _ in fs]
         if not quiet:
             print(
-                f"decoding {len(paths)} {split} images from {listing.root / (split if split == 'train' else listing.test)}"
-                f" (once; cached)"
+                f"decoding {len(paths)} {split} images from "
+                f"{listing.root / (split if split == 'train' else listing.test)} (once; cached)"
             )
         arr = None
         for j, p in enumerate(paths):
@@ -348,7 +358,7 @@ def release_folders(
     classes: Sequence[str],
     what: str,
 ) -> dict[str, Any]:
-    """A data set's class folders under `root`, for a `--data DIR` that does not hold its release files.
+    """A data set's class folders under `root`, for a `--data DIR` without its release files.
 
     Without train/ and test/ class folders either, one `--data` error: `root holds
     neither <neither> nor train/ and test/ class folders; <hint>`.

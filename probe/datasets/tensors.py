@@ -1,8 +1,10 @@
 """Image data sets as uint8 tensors held in memory, and batch-wise augmentation on the device.
 
-Data sets are plugins (probe/datasets.py; CIFAR-10 is plugins/cifar10.py). Their
-images are decoded once and cached as a safetensors file (`cached`), so every
-later run starts in seconds.
+Data sets are plugins (the contract is probe.contract.records.DataSource; CIFAR-10 is
+plugins/cifar10.py; what they build on is the public `probe.datasets`). Their images
+are decoded once and cached as a sealed safetensors file (`cached`, or
+`read_cache`/`write_cache` for a plugin that names its own file), so every later run
+starts in seconds.
 Training then never touches a DataLoader: a batch is an index into a tensor, and
 random crop + flip + normalisation run on the whole batch on the training device.
 """
@@ -21,8 +23,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from probe.contract.datasets import Augmentation
+from probe.contract.datasets import Augmentation, get_source
 from probe.errors import ProbeError, RunFileError
 from probe.io import atomic, safeio
 
@@ -57,14 +61,13 @@ def resolve_data(data: str | None) -> str | None:
 
 
 def load_dataset(name: str, data: str | None, *, quiet: bool = False) -> Dataset:
-    """Load the installed data set `name` (`--dataset`) from `data` (`--data`; for cifar10 else $PROBE_DATA), else
-    from its download.
+    """Load the installed data set `name` (`--dataset`) from `data` (`--data`), else its download.
+
+    For cifar10, `data` defaults to $PROBE_DATA.
 
     What the loader returns is checked (`check_dataset`), so a plugin's mistake is
     one error naming the data set, never a run on wrong data.
     """
-    from probe.contract.datasets import get_source
-
     src = get_source(name)
     # $PROBE_DATA predates data sets and names a CIFAR-10 folder: offered to cifar10 only.
     ds = src.load(resolve_data(data) if name == "cifar10" else data, quiet)
@@ -73,11 +76,11 @@ def load_dataset(name: str, data: str | None, *, quiet: bool = False) -> Dataset
 
 
 def check_dataset(ds: Any, name: str) -> None:
-    """Raise ProbeError unless `ds` is a Dataset of uint8 [N, C, H, W] images with labels in 0..classes-1."""
+    """ProbeError unless `ds` is a Dataset of uint8 [N, C, H, W] images, labels in 0..classes-1."""
     where = f"data set {name!r}"
     if not isinstance(ds, Dataset):
         raise ProbeError(
-            f"{where}: its loader returned {type(ds).__name__}, not a probe.datasets.tensors.Dataset"
+            f"{where}: its loader returned {type(ds).__name__}, not a probe.datasets.Dataset"
         )
     classes = ds.classes
     if (
@@ -140,7 +143,7 @@ def check_cache(
     classes: tuple[str, ...],
     shape: tuple[int, int, int] | None = None,
 ) -> None:
-    """Raise RunFileError unless the cache holds what `_write_cache` wrote for these classes.
+    """Raise RunFileError unless the cache holds what `write_cache` wrote for these classes.
 
     The cache folder is untrusted ($PROBE_CACHE may be shared or tampered with):
     the format, the class list, images uint8 [N, C, H, W] of one shape in both
@@ -195,7 +198,7 @@ def cached(
     make: Callable[[], dict[str, torch.Tensor]],
     shape: tuple[int, int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """`train_x`, `train_y`, `test_x`, `test_y` from the cache file `<cache>/<name>.safetensors`, else from `make()`.
+    """`train_x`, `train_y`, `test_x`, `test_y` from `<cache>/<name>.safetensors`, else `make()`.
 
     What `make` returns is checked like a cache file (so a loader's mistake is an
     error, not a silent run on wrong data) and then cached; a cache that fails the
@@ -205,7 +208,7 @@ def cached(
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"cache name {name!r} must be a plain file name")
     path = cache_dir() / f"{name}.safetensors"
-    tensors = _read_cache_tensors(path, classes, shape)
+    tensors = read_cache(path, classes, shape)
     if tensors is not None:
         return tensors
     tensors = make()
@@ -215,25 +218,18 @@ def cached(
         "content_sha256": _digest(tensors, classes),
     }
     check_cache(Path(f"data set {name}"), tensors, meta, classes, shape)
-    _write_cache(path, tensors, classes)
+    write_cache(path, tensors, classes)
     return tensors
 
 
-def _read_cache(path: Path, classes: tuple[str, ...], source: str) -> Dataset | None:
-    t = _read_cache_tensors(path, classes, (3, 32, 32))
-    if t is None:
-        return None
-    return Dataset(
-        t["train_x"], t["train_y"], t["test_x"], t["test_y"], classes=classes, source=source
-    )
-
-
-def _read_cache_tensors(
+def read_cache(
     path: Path, classes: tuple[str, ...], shape: tuple[int, int, int] | None = None
 ) -> dict[str, torch.Tensor] | None:
-    """The cached tensors, or None when there is none or it fails `check_cache` (then it is rebuilt, with a warning)."""
-    from safetensors import safe_open
+    """The tensors of the sealed cache file `path`; None if there is none or it fails the checks.
 
+    A file that fails (damaged, tampered with, other classes or shape) is removed
+    with a warning, so it is rebuilt: the cache folder is never trusted.
+    """
     if not path.exists() and not path.is_symlink():
         return None
     try:
@@ -245,16 +241,21 @@ def _read_cache_tensors(
     except RunFileError as exc:
         why = str(exc)
     except Exception as exc:  # safetensors raises several types for a damaged header
-        why = f"{path}: not a readable cache ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})"
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        why = f"{path}: not a readable cache ({first})"
     print(f"warning: {why}; ignoring it and rebuilding the cache", file=sys.stderr)
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)  # a damaged or tampered cache is rebuilt, never trusted
     return None
 
 
-def _write_cache(path: Path, tensors: dict[str, torch.Tensor], classes: tuple[str, ...]) -> None:
-    from safetensors.torch import save_file
+def write_cache(path: Path, tensors: dict[str, torch.Tensor], classes: tuple[str, ...]) -> None:
+    """Seal `tensors` (train_x, train_y, test_x, test_y) into the cache file `path`, atomically.
 
+    The checksum over the classes and every tensor is stored with them (`read_cache`
+    checks it). A write that fails (read-only home, full disk) is skipped: no cache
+    only costs time next run.
+    """
     meta = {
         "format": CACHE_FORMAT,
         "classes": ",".join(classes),

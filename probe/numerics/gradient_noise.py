@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from probe.numerics.curvature import analysis_mode, check
+from probe.numerics.checks import check
+from probe.numerics.loss import analysis_mode
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -40,7 +40,8 @@ from torch import nn
 from torch.func import functional_call
 
 from probe.errors import ProbeError
-from probe.numerics.curvature import LossFn, analysis_mode, check, split
+from probe.numerics.checks import check
+from probe.numerics.loss import LossFn, analysis_mode, split
 
 BN_MODES = ("kept", "recalibrate")
 State = Mapping[str, torch.Tensor]

@@ -23,7 +23,15 @@ A surface is evaluated point by point with `functional_call` (the module is neve
 modified) in eval mode. BatchNorm "frozen" keeps the centre checkpoint's running
 statistics at every point (Li et al.); "recalibrate" re-estimates them per point on
 a fixed calibration batch. Arrays are indexed [row = beta (y) index, column = alpha
-(x) index], the layout matplotlib's `contour(alpha, beta, loss)` expects.
+(x) index], the layout matplotlib's `contour(alpha, beta, loss)` expects. How each point
+is evaluated (BatchNorm mode, batch size, loss, points per pass, memory layout) is one
+`SurfaceConfig`, taken by `surface`, `surface_rows` and `center_over_batches`, or its
+fields as keywords.
+
+Guarantees: the model is never modified (weights, buffers, train/eval flags); loss and
+accuracy are accumulated in float64 over mini-batches weighted by sample count; the same
+seed gives the same directions; a NaN/inf loss at the centre is a `probe.ProbeError`, a bad
+option a `probe.UsageError` naming it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,11 +48,56 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from probe.numerics.curvature import LossFn, analysis_mode, check, check_finite, split
+from probe.numerics.checks import check, check_finite
+from probe.numerics.loss import LossFn, analysis_mode, split
+from probe.numerics.options import Options
+
+__all__ = [
+    "BN_MODES",
+    "DIRECTION_KINDS",
+    "CenterSpread",
+    "Direction",
+    "Directions",
+    "Surface",
+    "SurfaceConfig",
+    "center_over_batches",
+    "grid",
+    "pca_directions",
+    "random_directions",
+    "surface",
+    "surface_rows",
+]
 
 Direction = dict[str, torch.Tensor]
 DIRECTION_KINDS = ("filter", "random")
 BN_MODES = ("frozen", "recalibrate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SurfaceConfig(Options):
+    """How each point of a surface is evaluated.
+
+    `bn`: "frozen" keeps the centre checkpoint's BatchNorm statistics at every point (Li et
+    al.); "recalibrate" re-estimates them per point on a calibration batch (`calib_x` of the
+    functions below). `batch_size`: images per forward pass (results averaged weighted by
+    sample count). `loss_fn`: default mean cross-entropy. `points_per_pass` > 1 evaluates that
+    many grid points in one vmapped pass (faster on a GPU with small batches, slower on CPU).
+    `channels_last` picks the faster convolution layout on CPU.
+    """
+
+    bn: str = "frozen"
+    batch_size: int = 1024
+    loss_fn: LossFn | None = None
+    points_per_pass: int = 1
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.bn in BN_MODES, "bn", f"must be one of {BN_MODES}, got {self.bn!r}")
+        check(
+            self.points_per_pass >= 1,
+            "points_per_pass",
+            f"must be >= 1, got {self.points_per_pass}",
+        )
 
 
 @dataclass
@@ -224,25 +278,19 @@ class _GridEvaluator:
         x: torch.Tensor,
         y: torch.Tensor,
         directions: Directions,
-        *,
-        bn: str,
+        config: SurfaceConfig,
         calib_x: torch.Tensor | None,
-        batch_size: int,
-        loss_fn: LossFn | None,
-        points_per_pass: int,
-        channels_last: bool,
     ):
-        check(bn in BN_MODES, "bn", f"must be one of {BN_MODES}, got {bn!r}")
-        check(points_per_pass >= 1, "points_per_pass", f"must be >= 1, got {points_per_pass}")
+        bn, batch_size = config.bn, config.batch_size
         check(
             bn != "recalibrate" or calib_x is not None,
             "calib_x",
             "is required with bn='recalibrate'",
         )
-        self.model, self.bn, self.loss_fn = model, bn, loss_fn or F.cross_entropy
+        self.model, self.bn, self.loss_fn = model, bn, config.loss_fn or F.cross_entropy
         self.center = {k: p.detach() for k, p in model.named_parameters()}
         device = next(iter(self.center.values())).device
-        layout = torch.channels_last if channels_last else torch.contiguous_format
+        layout = torch.channels_last if config.channels_last else torch.contiguous_format
 
         def fmt(t: torch.Tensor) -> torch.Tensor:
             return t.contiguous(memory_format=layout) if t.dim() == 4 else t
@@ -258,7 +306,7 @@ class _GridEvaluator:
         self.calib = (
             [fmt(c.to(device)) for c in calib_x.split(batch_size)] if calib_x is not None else []
         )
-        self.points_per_pass = points_per_pass
+        self.points_per_pass = config.points_per_pass
         self.n_samples = len(x)
 
     def params_at(self, a: float, b: float = 0.0) -> dict[str, torch.Tensor]:
@@ -270,7 +318,7 @@ class _GridEvaluator:
         return p
 
     def _recalibrated(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Fresh BatchNorm statistics at `params`: a cumulative average over the calibration batch."""
+        """Fresh BatchNorm statistics at `params`: a cumulative average over the calibration set."""
         bufs = {k: b.clone() for k, b in self.buffers.items()}
         bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         saved = [(m, m.training, m.momentum) for m in bns]
@@ -345,32 +393,20 @@ def surface_rows(
     alpha: np.ndarray,
     beta: np.ndarray,
     rows: Sequence[int],
+    config: SurfaceConfig | None = None,
     *,
-    bn: str = "frozen",
     calib_x: torch.Tensor | None = None,
-    batch_size: int = 1024,
-    loss_fn: LossFn | None = None,
-    points_per_pass: int = 1,
-    channels_last: bool = True,
+    **options: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows `rows` of a 2-D surface: arrays (len(rows), len(alpha)) of loss and accuracy.
 
     Independent of every other row, so a large grid can be split across workers and
-    the pieces stacked in row order.
+    the pieces stacked in row order. `config` (default `SurfaceConfig()`) with `options`
+    replacing some of its fields.
     """
     check(len(directions.axes) == 2, "directions", "a 2-D surface needs two directions")
-    ev = _GridEvaluator(
-        model,
-        x,
-        y,
-        directions,
-        bn=bn,
-        calib_x=calib_x,
-        batch_size=batch_size,
-        loss_fn=loss_fn,
-        points_per_pass=points_per_pass,
-        channels_last=channels_last,
-    )
+    cfg = SurfaceConfig.of(config, **options)
+    ev = _GridEvaluator(model, x, y, directions, cfg, calib_x)
     coords = [(float(a), float(beta[j])) for j in rows for a in alpha]
     loss, acc = ev.points(coords)
     return loss.reshape(len(rows), len(alpha)), acc.reshape(len(rows), len(alpha))
@@ -381,41 +417,29 @@ def surface(
     x: torch.Tensor,
     y: torch.Tensor,
     directions: Directions,
+    config: SurfaceConfig | None = None,
     *,
     span: tuple[float, float] = (-1.0, 1.0),
     resolution: int = 21,
     span_y: tuple[float, float] | None = None,
     resolution_y: int | None = None,
-    bn: str = "frozen",
     calib_x: torch.Tensor | None = None,
-    batch_size: int = 1024,
-    loss_fn: LossFn | None = None,
-    points_per_pass: int = 1,
-    channels_last: bool = True,
+    **options: Any,
 ) -> Surface:
     """A 1-D (one direction) or 2-D (two) surface of loss and accuracy around `model`.
 
-    The centre (the model itself) is always evaluated, and a NaN/inf loss there is
-    an error. Loss is the mean over `x` (mini-batches of `batch_size` weighted by
-    sample count); accuracy is top-1. `points_per_pass` > 1 evaluates that many grid
-    points in one vmapped pass (faster on a GPU with small batches, slower on CPU);
-    `channels_last` picks the faster convolution layout on CPU.
+    The grid is `resolution` points over `span` along the first direction (and
+    `resolution_y` over `span_y`, default the same, along the second). The centre (the
+    model itself) is always evaluated, and a NaN/inf loss there is an error. Loss is the
+    mean over `x` (mini-batches weighted by sample count); accuracy is top-1. How each
+    point is evaluated: `config` (default `SurfaceConfig()`) with `options` replacing some
+    of its fields; `calib_x` is the calibration batch of bn="recalibrate".
     """
+    cfg = SurfaceConfig.of(config, **options)
     alpha = grid(span, resolution)
     two_d = len(directions.axes) == 2
     beta = grid(span_y or span, resolution_y or resolution) if two_d else None
-    ev = _GridEvaluator(
-        model,
-        x,
-        y,
-        directions,
-        bn=bn,
-        calib_x=calib_x,
-        batch_size=batch_size,
-        loss_fn=loss_fn,
-        points_per_pass=points_per_pass,
-        channels_last=channels_last,
-    )
+    ev = _GridEvaluator(model, x, y, directions, cfg, calib_x)
     c_loss, c_acc = ev.points([(0.0, 0.0)])
     check_finite(float(c_loss[0]))
     if two_d:
@@ -431,7 +455,7 @@ def surface(
         acc,
         float(c_loss[0]),
         float(c_acc[0]),
-        bn,
+        cfg.bn,
         directions.kind,
         directions.seed,
         ev.n_samples,
@@ -465,35 +489,22 @@ def _mean_se(v: np.ndarray) -> tuple[float, float | None]:
 def center_over_batches(
     model: nn.Module,
     parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    config: SurfaceConfig | None = None,
     *,
-    bn: str = "frozen",
     calib_x: torch.Tensor | None = None,
-    batch_size: int = 1024,
-    loss_fn: LossFn | None = None,
-    channels_last: bool = True,
+    **options: Any,
 ) -> CenterSpread:
     """The centre's loss and accuracy on each (x, y) of `parts`, and combined over all of them.
 
     One forward pass over each image in all: B batches cost what their union costs.
-    A NaN/inf loss on any batch is an error.
+    A NaN/inf loss on any batch is an error. `config` and `options` as for `surface`.
     """
     check(len(parts) >= 1, "batches", "need at least one batch")
+    cfg = SurfaceConfig.of(config, **options)
     none = Directions([], "centre")
     losses, accs, sizes = [], [], []
     for xb, yb in parts:
-        ev = _GridEvaluator(
-            model,
-            xb,
-            yb,
-            none,
-            bn=bn,
-            calib_x=calib_x,
-            batch_size=batch_size,
-            loss_fn=loss_fn,
-            points_per_pass=1,
-            channels_last=channels_last,
-        )
-        lo, ac = ev.points([(0.0, 0.0)])
+        lo, ac = _GridEvaluator(model, xb, yb, none, cfg, calib_x).points([(0.0, 0.0)])
         losses.append(check_finite(float(lo[0])))
         accs.append(float(ac[0]))
         sizes.append(len(xb))
@@ -511,5 +522,5 @@ def center_over_batches(
         asd,
         float(w @ np.asarray(losses)),
         float(w @ np.asarray(accs)),
-        bn,
+        cfg.bn,
     )

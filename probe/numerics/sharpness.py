@@ -25,6 +25,13 @@ the combined value is not the mean of the per-batch maxima and costs one more as
 over all the images; for the average case, with the same noise draws on every batch,
 the combined value is exactly the sample-weighted mean of the per-batch ones (no
 extra evaluation).
+
+Each measure's options are one frozen value (`WorstCaseConfig`, `AdaptiveConfig`,
+`AverageConfig`; the loss's options from `probe.numerics.loss.LossOptions`), taken by its
+function and by `over_batches`, or as keywords. Guarantees: the model is never modified;
+the same seed gives the same start and noise; the average case states its Monte Carlo
+standard error and whether the value is distinguishable from zero; a NaN/inf base loss is a
+`probe.ProbeError`, a bad option a `probe.UsageError` naming it.
 """
 
 from __future__ import annotations
@@ -32,13 +39,94 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from probe.numerics.curvature import BatchedLoss, LossFn, check, check_finite
+from probe.numerics.checks import check, check_finite
+from probe.numerics.loss import BatchedLoss, LossOptions
+
+__all__ = [
+    "MEASURES",
+    "NORMS",
+    "AdaptiveConfig",
+    "AscentConfig",
+    "AverageConfig",
+    "BatchSpread",
+    "SharpnessResult",
+    "WorstCaseConfig",
+    "adaptive_sharpness",
+    "average_sharpness",
+    "over_batches",
+    "worst_case_sharpness",
+]
 
 NORMS = ("l2", "linf")
+
+
+# --- the options of each measure -------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AscentConfig(LossOptions):
+    """What the two worst-case measures share: radius `eps`, `steps` projected ascent steps of
+    `step_size` (default 2.5 * eps / steps), from a random start (`random_start`) seeded by
+    `seed`; the loss's options from `LossOptions`."""
+
+    eps: float = 1e-3
+    steps: int = 20
+    step_size: float | None = None
+    random_start: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        check(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorstCaseConfig(AscentConfig):
+    """Keskar et al.'s measure: the box |d_i| <= eps * (|w_i| + 1) (default eps 1e-3)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveConfig(AscentConfig):
+    """ASAM's measure: ||d / |w| ||_norm <= eps (default eps 0.05, `norm` "l2" or "linf")."""
+
+    eps: float = 0.05
+    norm: str = "l2"
+
+    def __post_init__(self) -> None:
+        check(self.norm in NORMS, "norm", f"must be one of {NORMS}, got {self.norm!r}")
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AverageConfig(LossOptions):
+    """Average-case: Gaussian noise of standard deviation `eps` (times |w| if `adaptive`),
+    `samples` draws (antithetic pairs if `antithetic`), seeded by `seed`; with
+    `target_rel_stderr` > 0 more draws, up to `max_samples`, until the standard error is at most
+    that fraction of the value."""
+
+    eps: float = 1e-2
+    samples: int = 50
+    adaptive: bool = False
+    antithetic: bool = True
+    seed: int = 0
+    max_samples: int | None = None
+    target_rel_stderr: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.samples >= 2, "samples", f"must be >= 2, got {self.samples}")
+        check(
+            self.target_rel_stderr >= 0,
+            "target_rel_stderr",
+            f"must be >= 0, got {self.target_rel_stderr}",
+        )
+        check(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
 
 
 @dataclass
@@ -75,14 +163,7 @@ class SharpnessResult:
 
 
 def _ascent(
-    f: BatchedLoss,
-    scale: dict[str, torch.Tensor],
-    eps: float,
-    norm: str,
-    steps: int,
-    step_size: float | None,
-    random_start: bool,
-    seed: int,
+    f: BatchedLoss, scale: dict[str, torch.Tensor], config: AscentConfig, norm: str
 ) -> float:
     """Max of f(w + scale * u) over ||u||_norm <= eps by projected gradient ascent.
 
@@ -91,10 +172,11 @@ def _ascent(
     L2 step along the normalised gradient; both are projected back. The default
     step is 2.5 * eps / steps (Madry et al.), so the walk can cross the set.
     """
-    alpha = step_size if step_size is not None else 2.5 * eps / steps
-    gen = torch.Generator().manual_seed(seed)
+    eps, steps = config.eps, config.steps
+    alpha = config.step_size if config.step_size is not None else 2.5 * eps / steps
+    gen = torch.Generator().manual_seed(config.seed)
     u = {n: torch.zeros_like(p) for n, p in f.params.items()}
-    if random_start:
+    if config.random_start:
         for n, p in f.params.items():
             r = torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1
             u[n] = (eps * r).to(p)
@@ -126,104 +208,71 @@ def _project_l2(u: dict[str, torch.Tensor], radius: float, force: bool = False) 
 
 
 def _setup(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    loss_fn: LossFn | None,
-    batch_size: int,
-    params: Sequence[str] | None,
-    dtype: torch.dtype | None,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: LossOptions
 ) -> tuple[BatchedLoss, float]:
-    check(eps > 0, "eps", f"must be > 0, got {eps}")
-    f = BatchedLoss(model, x, y, loss_fn=loss_fn, batch_size=batch_size, params=params, dtype=dtype)
+    """The loss over (x, y) and its finite value at the model's weights."""
+    f = config.batched_loss(model, x, y)
     return f, check_finite(f.value())
+
+
+def _worst_case(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AscentConfig
+) -> SharpnessResult:
+    """Either worst-case measure, by the type of `config`."""
+    f, base = _setup(model, x, y, config)
+    if isinstance(config, AdaptiveConfig):
+        measure, norm = "adaptive", config.norm
+        scale = {n: p.abs() for n, p in f.params.items()}
+    else:
+        measure, norm = "worst_case", "linf"
+        scale = {n: p.abs() + 1 for n, p in f.params.items()}
+    top = _ascent(f, scale, config, norm)
+    return SharpnessResult(
+        measure,
+        config.eps,
+        norm,
+        base,
+        top,
+        top - base,
+        None,
+        config.steps,
+        f.describe(),
+        n_images=f.n_samples,
+    )
 
 
 def worst_case_sharpness(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    *,
-    eps: float = 1e-3,
-    steps: int = 20,
-    step_size: float | None = None,
-    random_start: bool = True,
-    seed: int = 0,
-    batch_size: int = 256,
-    loss_fn: LossFn | None = None,
-    params: Sequence[str] | None = None,
-    dtype: torch.dtype | None = None,
+    config: WorstCaseConfig | None = None,
+    **options: Any,
 ) -> SharpnessResult:
-    """Keskar et al.'s sharpness: the largest loss in the box |d_i| <= eps * (|w_i| + 1)."""
-    check(steps >= 1, "steps", f"must be >= 1, got {steps}")
-    f, base = _setup(model, x, y, eps, loss_fn, batch_size, params, dtype)
-    scale = {n: p.abs() + 1 for n, p in f.params.items()}
-    top = _ascent(f, scale, eps, "linf", steps, step_size, random_start, seed)
-    return SharpnessResult(
-        "worst_case",
-        eps,
-        "linf",
-        base,
-        top,
-        top - base,
-        None,
-        steps,
-        f.describe(),
-        n_images=f.n_samples,
-    )
+    """Keskar et al.'s sharpness: the largest loss in the box |d_i| <= eps * (|w_i| + 1).
+
+    `config` (default `WorstCaseConfig()`) with `options` (its fields) replacing some fields.
+    """
+    return _worst_case(model, x, y, WorstCaseConfig.of(config, **options))
 
 
 def adaptive_sharpness(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    *,
-    eps: float = 0.05,
-    norm: str = "l2",
-    steps: int = 20,
-    step_size: float | None = None,
-    random_start: bool = True,
-    seed: int = 0,
-    batch_size: int = 256,
-    loss_fn: LossFn | None = None,
-    params: Sequence[str] | None = None,
-    dtype: torch.dtype | None = None,
+    config: AdaptiveConfig | None = None,
+    **options: Any,
 ) -> SharpnessResult:
     """Adaptive worst-case sharpness: the largest loss over ||d / |w| ||_norm <= eps.
 
     Scale-invariant under the rescalings that leave a ReLU network's function
-    unchanged; entries with w_i = 0 are not perturbed.
+    unchanged; entries with w_i = 0 are not perturbed. `config` (default
+    `AdaptiveConfig()`) with `options` replacing some fields.
     """
-    check(norm in NORMS, "norm", f"must be one of {NORMS}, got {norm!r}")
-    check(steps >= 1, "steps", f"must be >= 1, got {steps}")
-    f, base = _setup(model, x, y, eps, loss_fn, batch_size, params, dtype)
-    scale = {n: p.abs() for n, p in f.params.items()}
-    top = _ascent(f, scale, eps, norm, steps, step_size, random_start, seed)
-    return SharpnessResult(
-        "adaptive",
-        eps,
-        norm,
-        base,
-        top,
-        top - base,
-        None,
-        steps,
-        f.describe(),
-        n_images=f.n_samples,
-    )
+    return _worst_case(model, x, y, AdaptiveConfig.of(config, **options))
 
 
 def _average_rises(
-    fs: Sequence[BatchedLoss],
-    bases: Sequence[float],
-    eps: float,
-    samples: int,
-    adaptive: bool,
-    antithetic: bool,
-    seed: int,
-    max_samples: int | None = None,
-    target_rel_stderr: float = 0.0,
+    fs: Sequence[BatchedLoss], bases: Sequence[float], config: AverageConfig
 ) -> torch.Tensor:
     """[len(fs), S] loss rises, the same noise draw d_s on every batch.
 
@@ -231,16 +280,18 @@ def _average_rises(
     `max_samples`, until the standard error of the sample-weighted mean over the batches
     is at most `target_rel_stderr` times its absolute value.
     """
-    max_samples = max(samples, max_samples or samples)
-    gen = torch.Generator().manual_seed(seed)
+    samples, target = config.samples, config.target_rel_stderr
+    eps, adaptive, antithetic = config.eps, config.adaptive, config.antithetic
+    max_samples = max(samples, config.max_samples or samples)
+    gen = torch.Generator().manual_seed(config.seed)
     rises = torch.zeros(len(fs), max_samples, dtype=torch.float64)
     w = torch.tensor([float(f.n_samples) for f in fs], dtype=torch.float64)
     w /= w.sum()
     params = fs[0].params
     for s in range(max_samples):
-        if s >= samples and target_rel_stderr > 0:
+        if s >= samples and target > 0:
             c = w @ rises[:, :s]
-            if float(c.std() / math.sqrt(s)) <= target_rel_stderr * abs(float(c.mean())):
+            if float(c.std() / math.sqrt(s)) <= target * abs(float(c.mean())):
                 return rises[:, :s]
         elif s >= samples:
             return rises[:, :s]
@@ -260,19 +311,18 @@ def _average_rises(
 def _average_result(
     rises: torch.Tensor,
     base: float,
-    eps: float,
-    adaptive: bool,
-    antithetic: bool,
+    config: AverageConfig,
     definition: str,
     n_images: int,
     target_rel_stderr: float = 0.0,
 ) -> SharpnessResult:
+    """The average-case result of `rises`; with `target_rel_stderr` > 0, whether it was met."""
     samples = rises.numel()
     mean = float(rises.mean())
     r = SharpnessResult(
         "average",
-        eps,
-        "adaptive" if adaptive else "plain",
+        config.eps,
+        "adaptive" if config.adaptive else "plain",
         base,
         base + mean,
         mean,
@@ -280,7 +330,7 @@ def _average_result(
         None,
         definition,
         samples=samples,
-        antithetic=antithetic,
+        antithetic=config.antithetic,
         n_images=n_images,
     )
     if target_rel_stderr > 0:
@@ -293,18 +343,8 @@ def average_sharpness(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    *,
-    eps: float = 1e-2,
-    samples: int = 50,
-    adaptive: bool = False,
-    antithetic: bool = True,
-    seed: int = 0,
-    max_samples: int | None = None,
-    target_rel_stderr: float = 0.0,
-    batch_size: int = 256,
-    loss_fn: LossFn | None = None,
-    params: Sequence[str] | None = None,
-    dtype: torch.dtype | None = None,
+    config: AverageConfig | None = None,
+    **options: Any,
 ) -> SharpnessResult:
     """Mean loss increase under Gaussian noise d = eps * s * z, s = |w| if `adaptive` else 1.
 
@@ -314,21 +354,17 @@ def average_sharpness(
     standard error of the Monte Carlo mean is reported. `samples` draws are made; with
     `target_rel_stderr` > 0 more follow (up to `max_samples`) until the standard error
     is at most that fraction of the value, and the result says whether it got there.
+    `config` (default `AverageConfig()`) with `options` replacing some fields.
     """
-    check(samples >= 2, "samples", f"must be >= 2, got {samples}")
-    check(target_rel_stderr >= 0, "target_rel_stderr", f"must be >= 0, got {target_rel_stderr}")
-    f, base = _setup(model, x, y, eps, loss_fn, batch_size, params, dtype)
-    rises = _average_rises(
-        [f], [base], eps, samples, adaptive, antithetic, seed, max_samples, target_rel_stderr
-    )[0]
-    return _average_result(
-        rises, base, eps, adaptive, antithetic, f.describe(), f.n_samples, target_rel_stderr
-    )
+    cfg = AverageConfig.of(config, **options)
+    f, base = _setup(model, x, y, cfg)
+    rises = _average_rises([f], [base], cfg)[0]
+    return _average_result(rises, base, cfg, f.describe(), f.n_samples, cfg.target_rel_stderr)
 
 
 # --- error bars over the data ------------------------------------------------------------------
 
-MEASURES = ("worst_case", "adaptive", "average")
+MEASURES = {"worst_case": WorstCaseConfig, "adaptive": AdaptiveConfig, "average": AverageConfig}
 
 
 @dataclass
@@ -356,101 +392,76 @@ class BatchSpread:
             self.distinguishable_from_zero = bool(abs(self.mean) >= 2 * self.stderr)
 
 
-def split_batches(
-    x: torch.Tensor, y: torch.Tensor, batches: int, n_images: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`batches` disjoint consecutive slices of `n_images` each from the start of (x, y)."""
-    check(batches >= 1, "batches", f"must be >= 1, got {batches}")
-    check(n_images >= 1, "n_images", f"must be >= 1, got {n_images}")
-    check(
-        batches * n_images <= len(x),
-        "batches",
-        f"batches * n_images = {batches} * {n_images} = {batches * n_images} exceeds the {len(x)} stored "
-        f"analysis images; lower batches or n_images, or train with a larger --analysis-batch-size",
-    )
-    return [
-        (x[i * n_images : (i + 1) * n_images], y[i * n_images : (i + 1) * n_images])
-        for i in range(batches)
-    ]
-
-
 def _spread(values: Sequence[float]) -> tuple[float, float | None]:
     t = torch.tensor(list(values), dtype=torch.float64)
     return float(t.mean()), (float(t.std() / math.sqrt(len(t))) if len(t) > 1 else None)
 
 
 def over_batches(
-    measure: str, model: nn.Module, parts: Sequence[tuple[torch.Tensor, torch.Tensor]], **kw
+    measure: str,
+    model: nn.Module,
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    config: AscentConfig | AverageConfig | None = None,
+    **options: Any,
 ) -> BatchSpread:
-    """`measure` ("worst_case", "adaptive" or "average") on each (x, y) of `parts` and on their union.
+    """`measure` ("worst_case", "adaptive" or "average") on each (x, y) of `parts` and their union.
 
-    Keyword arguments go to the measure's function. One part: the combined value is
-    that part's (computed once).
+    `config` (the measure's config class, `MEASURES[measure]`; default its defaults) with
+    `options` replacing some fields. One part: the combined value is that part's (computed once).
     """
-    check(measure in MEASURES, "measure", f"must be one of {MEASURES}, got {measure!r}")
+    check(measure in MEASURES, "measure", f"must be one of {tuple(MEASURES)}, got {measure!r}")
     check(len(parts) >= 1, "batches", "need at least one batch")
-    n = len(parts[0][0])
-    if measure == "average":
-        eps, samples = kw.pop("eps", 1e-2), kw.pop("samples", 50)
-        adaptive, antithetic, seed = (
-            kw.pop("adaptive", False),
-            kw.pop("antithetic", True),
-            kw.pop("seed", 0),
-        )
-        max_samples, target = kw.pop("max_samples", None), kw.pop("target_rel_stderr", 0.0)
-        check(samples >= 2, "samples", f"must be >= 2, got {samples}")
-        setups = [
-            _setup(
-                model,
-                xb,
-                yb,
-                eps,
-                kw.get("loss_fn"),
-                kw.get("batch_size", 256),
-                kw.get("params"),
-                kw.get("dtype"),
-            )
-            for xb, yb in parts
-        ]
-        fs, bases = [f for f, _ in setups], [b for _, b in setups]
-        rises = _average_rises(
-            fs, bases, eps, samples, adaptive, antithetic, seed, max_samples, target
-        )
-        per = [
-            _average_result(r, b, eps, adaptive, antithetic, f.describe(), f.n_samples)
-            for r, b, f in zip(rises, bases, fs, strict=True)
-        ]
-        weights = torch.tensor([float(f.n_samples) for f in fs], dtype=torch.float64)
-        weights /= weights.sum()
-        base = float((weights * torch.tensor(bases, dtype=torch.float64)).sum())
-        total = sum(f.n_samples for f in fs)
-        definition = (
-            (
-                f"{fs[0].describe()}; combined: the sample-weighted mean over {len(fs)} disjoint batches "
-                f"({total} images), the same noise draws on every batch"
-            )
-            if len(fs) > 1
-            else fs[0].describe()
-        )
-        combined = _average_result(
-            weights @ rises, base, eps, adaptive, antithetic, definition, total, target
-        )
+    cfg = MEASURES[measure].of(config, **options)
+    if isinstance(cfg, AverageConfig):
+        per, combined = _average_over_batches(model, parts, cfg)
     else:
-        fn = worst_case_sharpness if measure == "worst_case" else adaptive_sharpness
-        per = [fn(model, xb, yb, **kw) for xb, yb in parts]
+        per = [_worst_case(model, xb, yb, cfg) for xb, yb in parts]
         combined = (
             per[0]
             if len(parts) == 1
-            else fn(model, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), **kw)
+            else _worst_case(
+                model, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), cfg
+            )
         )
     mean, se = _spread([r.increase for r in per])
     return BatchSpread(
         measure,
         len(parts),
-        n,
+        len(parts[0][0]),
         [r.increase for r in per],
         [r.base_loss for r in per],
         mean,
         se,
         combined,
     )
+
+
+def _average_over_batches(
+    model: nn.Module, parts: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: AverageConfig
+) -> tuple[list[SharpnessResult], SharpnessResult]:
+    """Per-batch average-case results and the combined one, the same noise draws on every batch.
+
+    The combined value is exactly the sample-weighted mean of the per-batch ones (no extra
+    evaluation); only it carries the stopping target.
+    """
+    setups = [_setup(model, xb, yb, cfg) for xb, yb in parts]
+    fs, bases = [f for f, _ in setups], [b for _, b in setups]
+    rises = _average_rises(fs, bases, cfg)
+    per = [
+        _average_result(r, b, cfg, f.describe(), f.n_samples)
+        for r, b, f in zip(rises, bases, fs, strict=True)
+    ]
+    weights = torch.tensor([float(f.n_samples) for f in fs], dtype=torch.float64)
+    weights /= weights.sum()
+    base = float((weights * torch.tensor(bases, dtype=torch.float64)).sum())
+    total = sum(f.n_samples for f in fs)
+    definition = (
+        (
+            f"{fs[0].describe()}; combined: the sample-weighted mean over {len(fs)} disjoint "
+            f"batches ({total} images), the same noise draws on every batch"
+        )
+        if len(fs) > 1
+        else fs[0].describe()
+    )
+    combined = _average_result(weights @ rises, base, cfg, definition, total, cfg.target_rel_stderr)
+    return per, combined

@@ -30,8 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe.errors import RunFileError
+from probe.contract.families import ModelSpec
+from probe.errors import RunFileError, UsageError
 from probe.io import atomic, safeio
+from probe.rundir.checkpoint import check_spec
+from probe.rundir.run import CONFIG, MAX_IMAGES, Run
 
 FORMAT = "probe-activations/1"
 USERBLOCK = 512
@@ -47,8 +50,6 @@ class ActivationRecorder:
         modules = dict(model.named_modules())
         unknown = [name for name in full_maps if name not in modules]
         if unknown:
-            from probe.errors import UsageError
-
             raise UsageError(
                 "--full-maps",
                 f"unknown layer(s) {', '.join(unknown)}; recorded layers are {', '.join(layers)}",
@@ -175,7 +176,7 @@ def _verify_open(path: Path, fh) -> None:
 
 @dataclass(frozen=True)
 class Expected:
-    """What a run's dumps may declare: at most `max_samples` rows, and each layer's per-sample shape."""
+    """What a run's dumps may declare: at most `max_samples` rows, each layer's per-sample shape."""
 
     max_samples: int
     num_classes: int
@@ -195,11 +196,8 @@ _ALLOWED_FILTERS = {
 
 
 def expected_for_run(run_dir: str | Path) -> Expected | None:
-    """The shapes the run's model spec and probe-set size allow, or None when `run_dir` is not a readable run."""
-    from probe.contract.families import ModelSpec
-    from probe.rundir.run import CONFIG, Run
-    from probe.training.config import MAX_IMAGES
-
+    """The shapes the run's model spec and probe-set size allow, or None when `run_dir` is not a
+    readable run."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         return None
@@ -214,9 +212,7 @@ def expected_for_run(run_dir: str | Path) -> Expected | None:
         raise RunFileError(
             run_dir / CONFIG, f"damaged model spec or probe-set size ({str(exc)[:200]})"
         ) from None
-    from probe.rundir.checkpoint import _check_spec
-
-    _check_spec(spec, run_dir / CONFIG)
+    check_spec(spec, run_dir / CONFIG)
     try:
         shapes = layer_shapes(spec)
     except Exception as exc:  # e.g. a depth whose poolings shrink the images to nothing
@@ -293,7 +289,8 @@ def _layer_shapes_by_forward(model, spec) -> dict[str, tuple[int, ...]]:
 
 
 def _refuse_links(path: Path, group, where: str) -> dict:
-    """The members of `group` as objects; a soft or external link (or anything but a hard link) is refused."""
+    """The members of `group` as objects; a soft or external link (anything but a hard link) is
+    refused."""
     import h5py
 
     out = {}
@@ -302,7 +299,8 @@ def _refuse_links(path: Path, group, where: str) -> dict:
         if isinstance(link, h5py.ExternalLink):
             raise RunFileError(
                 path,
-                f"{where}{name} is an HDF5 external link to {link.filename}:{link.path}; probe reads nothing outside the file",
+                f"{where}{name} is an HDF5 external link to {link.filename}:{link.path}; "
+                "probe reads nothing outside the file",
             )
         if not isinstance(link, h5py.HardLink):
             raise RunFileError(
@@ -316,7 +314,8 @@ def _refuse_links(path: Path, group, where: str) -> dict:
 def _check_dataset(
     path: Path, ds, name: str, dtype: str, shape: tuple[int, ...] | None, rank: int, max_rows: int
 ) -> int:
-    """Refuse external or virtual storage, unknown filters, the wrong dtype or a shape the run cannot have."""
+    """Refuse external or virtual storage, unknown filters, the wrong dtype or a shape the run
+    cannot have."""
     import h5py
 
     if not isinstance(ds, h5py.Dataset):
@@ -335,7 +334,8 @@ def _check_dataset(
     if filters - _ALLOWED_FILTERS:
         raise RunFileError(
             path,
-            f"{name} uses HDF5 filter(s) {sorted(filters - _ALLOWED_FILTERS)} (probe writes gzip and shuffle only)",
+            f"{name} uses HDF5 filter(s) {sorted(filters - _ALLOWED_FILTERS)} "
+            "(probe writes gzip and shuffle only)",
         )
     if ds.dtype != np.dtype(dtype) or len(ds.shape) != rank:
         raise RunFileError(
@@ -344,17 +344,20 @@ def _check_dataset(
     if not 1 <= ds.shape[0] <= max_rows:
         raise RunFileError(
             path,
-            f"{name} declares shape {list(ds.shape)}: {ds.shape[0]:,} probe images, expected 1 to {max_rows:,}",
+            f"{name} declares shape {list(ds.shape)}: {ds.shape[0]:,} probe images, "
+            f"expected 1 to {max_rows:,}",
         )
     if shape is not None and tuple(ds.shape[1:]) != shape:
         raise RunFileError(
             path,
-            f"{name} declares shape {list(ds.shape)}; this run's model gives [P, {', '.join(map(str, shape))}]",
+            f"{name} declares shape {list(ds.shape)}; this run's model gives "
+            f"[P, {', '.join(map(str, shape))}]",
         )
     if math.prod(ds.shape) > MAX_ELEMENTS:
         raise RunFileError(
             path,
-            f"{name} declares shape {list(ds.shape)} ({math.prod(ds.shape):,} values), more than {MAX_ELEMENTS:,}",
+            f"{name} declares shape {list(ds.shape)} ({math.prod(ds.shape):,} values), "
+            f"more than {MAX_ELEMENTS:,}",
         )
     return ds.shape[0]
 
@@ -471,7 +474,8 @@ def read(
                     have = sorted(f[kind].keys()) if kind in f else []
                     raise RunFileError(
                         path,
-                        f"no {kind} activations for layer {layer!r} (have: {', '.join(have) or 'none'})",
+                        f"no {kind} activations for layer {layer!r} "
+                        f"(have: {', '.join(have) or 'none'})",
                     )
                 return f[key][()]
         except RunFileError:
@@ -479,5 +483,9 @@ def read(
         except Exception as exc:  # h5py raises OSError, KeyError, ValueError for damaged files
             raise RunFileError(
                 path,
-                f"damaged activation dump ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})",
+                f"damaged activation dump ({_first_line(exc)})",
             ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]

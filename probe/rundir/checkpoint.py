@@ -27,6 +27,7 @@ import torch
 from probe.contract.families import MAX_MODEL_PARAMS, FamilyNotInstalled, ModelSpec
 from probe.errors import RunFileError
 from probe.io import atomic, safeio
+from probe.version import __version__
 
 FORMAT = "probe-checkpoint/1"
 
@@ -51,7 +52,7 @@ class Checkpoint:
         The spec is checked against the stored tensors on the meta device first, so
         a spec that does not fit them is one error, never a huge allocation.
         """
-        _check_spec(self.spec, self.path)
+        check_spec(self.spec, self.path)
         shapes = {k: tuple(v.shape) for k, v in self.spec.skeleton().state_dict().items()}
         stored = {k: tuple(v.shape) for k, v in self.model_state.items()}
         bad = sorted(k for k in shapes.keys() | stored.keys() if shapes.get(k) != stored.get(k))
@@ -67,8 +68,9 @@ class Checkpoint:
         return model.to(device).eval()
 
 
-def _check_spec(spec: ModelSpec, path: Path) -> None:
-    """Refuse a spec the installed family would not build, or of an absurd size (a crafted or damaged file).
+def check_spec(spec: ModelSpec, path: Path) -> None:
+    """Refuse a spec the installed family would not build, or of an absurd size (a crafted or
+    damaged file).
 
     The spec's own fields were checked when it was parsed (`ModelSpec.from_dict`);
     here the family must be installed, must accept the parameters (types, ranges,
@@ -87,6 +89,9 @@ def _check_spec(spec: ModelSpec, path: Path) -> None:
         raise RunFileError(
             path, f"damaged model spec ({spec.describe()} would have {n:,} parameters)"
         )
+
+
+_check_spec = check_spec  # the name probe.analysis.context imports
 
 
 def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
@@ -117,8 +122,6 @@ def save(
 ) -> None:
     """Atomically write the checkpoint of `epoch` (temp file, fsync, rename)."""
     from safetensors.torch import save_file
-
-    from probe.version import __version__
 
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
@@ -154,7 +157,7 @@ def save(
 
 
 def read_metadata(path: str | Path, *, within: str | Path | None = None) -> dict[str, str]:
-    """The metadata of a checkpoint without reading its tensors (`within`: see safeio.open_regular)."""
+    """The metadata of a checkpoint without reading its tensors (`within`: safeio.open_regular)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -207,7 +210,7 @@ def load(path: str | Path, *, verify: bool = True, within: str | Path | None = N
         raise RunFileError(path, "field model_spec: missing") from None
     except (ValueError, TypeError) as exc:
         raise RunFileError(path, f"field model_spec: {_short(exc)}") from None
-    _check_spec(spec, path)
+    check_spec(spec, path)
     metrics = _json_field(path, meta, "metrics")
     opt_meta = _json_field(path, meta, "optimizer")
     if "epoch" in metrics and metrics["epoch"] != epoch:
@@ -259,7 +262,8 @@ def _json_field(path: Path, meta: dict[str, str], name: str) -> dict[str, Any]:
 def _check_model_state(
     path: Path, spec: ModelSpec, state: dict[str, torch.Tensor]
 ) -> dict[str, tuple[int, ...]]:
-    """Names, shapes and dtypes of the model tensors against the spec (built on the meta device); returns parameter shapes."""
+    """Names, shapes and dtypes of the model tensors against the spec (built on the meta device);
+    returns parameter shapes."""
     model = spec.skeleton()
     expected = model.state_dict()
     for k in sorted(expected.keys() | state.keys()):
@@ -272,7 +276,8 @@ def _check_model_state(
             raise RunFileError(
                 path,
                 f"field model/{k}: expected {str(want.dtype).removeprefix('torch.')} "
-                f"{list(want.shape)}, got {str(got.dtype).removeprefix('torch.')} {list(got.shape)}",
+                f"{list(want.shape)}, "
+                f"got {str(got.dtype).removeprefix('torch.')} {list(got.shape)}",
             )
     return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
@@ -310,7 +315,7 @@ def _check_optimizer_state(
 
 
 def _check_rng(path: Path, rng: dict[str, torch.Tensor], *, required: bool) -> None:
-    """rng/torch and rng/data must be CPU generator states (uint8 [5056]); rng/cuda a uint8 vector."""
+    """rng/torch and rng/data must be CPU generator states (uint8 [5056]); rng/cuda uint8 [n]."""
     for key in sorted(rng):
         if key not in ("torch", "data", "cuda"):
             raise RunFileError(path, f"field rng/{key}: not a random-number state probe writes")
@@ -331,7 +336,8 @@ def _check_rng(path: Path, rng: dict[str, torch.Tensor], *, required: bool) -> N
     if "cuda" in rng and (rng["cuda"].dtype != torch.uint8 or rng["cuda"].dim() != 1):
         raise RunFileError(
             path,
-            f"field rng/cuda: not a CUDA generator state ({rng['cuda'].dtype} {list(rng['cuda'].shape)})",
+            "field rng/cuda: not a CUDA generator state "
+            f"({rng['cuda'].dtype} {list(rng['cuda'].shape)})",
         )
 
 

@@ -38,7 +38,7 @@ _MAX_HOLDER_BYTES = 4096  # what we read of a holder record: the file is in an u
 
 
 def _holder_text(fd: int) -> str:
-    """`pid 123 on host since 2026-...` from the record the holder wrote (whatever the file holds)."""
+    """`pid 123 on host since 2026-...` from the record the holder wrote (whatever the file has)."""
     try:
         raw = os.pread(fd, _MAX_HOLDER_BYTES, 0)
         d = json.loads(raw.decode("utf-8"))
@@ -114,7 +114,8 @@ def busy_error(run_dir: str | Path, who: str) -> UsageError:
 
 
 def _lock_soon(fd: int, patience: float = 0.25) -> None:
-    """flock(LOCK_EX) without waiting for a holder, but past a `holder()` peek (a shared lock held for microseconds)."""
+    """flock(LOCK_EX) without waiting for a holder, but past a `holder()` peek (a shared lock held
+    for microseconds)."""
     end = time.monotonic() + patience
     while True:
         try:

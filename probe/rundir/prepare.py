@@ -1,11 +1,11 @@
-"""Preparing a directory for `probe train`: what probe may delete there, and every check made
-before anything is touched.
+"""The rules of a run directory's writer: what probe may delete there, what it refuses to touch.
 
 A run directory may sit in a user's project folder, so `--force` removes only what
-`probe train` itself makes (`PROBE_FILES`, `PROBE_DIRS` holding only probe's own
-file names, the temporaries of those writes) and refuses, naming them, when anything
-else is there. Every option that training would reject later (path length, layer
-names) is checked first, so a bad command line changes nothing. See docs/reliability.md.
+the writer itself makes (`PROBE_FILES`, `PROBE_DIRS` holding only probe's own file
+names, the temporaries of those writes) and refuses, naming them, when anything else
+is there. The checks here read only; they run before anything is touched, and again
+under the lock (probe.rundir.writer). `probe train`'s checks of its options before
+any data is loaded are probe.training.trainplan.preflight. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from probe.io.paths import is_real_dir, is_regular
 from probe.rundir import lock
 from probe.rundir import run as rundir
 from probe.rundir.lock import LOCK_FILE
-from probe.training.config import TrainConfig
 
 # What `probe train` itself puts in a run directory: --force removes these and nothing else.
 PROBE_FILES = (rundir.CONFIG, rundir.METRICS, LOCK_FILE)
@@ -34,14 +33,15 @@ PROBE_DIRS = (
     "logs",
     "report",
 )
-# Inside the training's own folders only its own file names are expected (anything else is the user's).
+# Inside the training's own folders only its own file names are expected (anything else is the
+# user's).
 _TRAINING_FILES = {
     rundir.CHECKPOINTS: re.compile(r"^epoch_\d{4,}\.safetensors$"),
     rundir.ACTIVATIONS: re.compile(r"^epoch_\d{4,}\.h5$"),
     rundir.DATA: re.compile(r"^(probe_set|analysis_batch)\.safetensors$"),
 }
-# Temporaries of probe's own writes (`.<name>.<random>.tmp`, a swapped-out `.report.<...>.old`), by folder:
-# a user's `.notes.tmp` is not one of them.
+# Temporaries of probe's own writes (`.<name>.<random>.tmp`, a swapped-out `.report.<...>.old`),
+# by folder: a user's `.notes.tmp` is not one of them.
 _TEMPS = {
     "": re.compile(r"^\.(config\.json|metrics\.jsonl|report)\..+\.(tmp|old)$"),
     rundir.CHECKPOINTS: re.compile(r"^\.epoch_\d{4,}\.safetensors\..+\.tmp$"),
@@ -52,8 +52,11 @@ _CONFIG_LIMIT = 1 << 20  # a config.json is a few kB; reading a larger one is no
 
 
 def is_probe_run(run_dir: Path) -> bool:
-    """Whether `run_dir/config.json` is a regular file whose JSON says `"format": "probe-run/..."`."""
-    try:  # a regular file, bounded in size and nesting (probe.io.safeio): anything else is not a probe run
+    """Whether `run_dir/config.json` is a regular file whose JSON says `"format": "probe-run/..."`.
+
+    A regular file, bounded in size and nesting (probe.io.safeio): anything else is not a probe run.
+    """
+    try:
         d = safeio.read_json(run_dir / rundir.CONFIG, max_bytes=_CONFIG_LIMIT)
     except ProbeError:
         return False
@@ -97,8 +100,9 @@ def foreign_entries(run_dir: Path) -> list[str]:
     return out
 
 
-def _has_content(run_dir: Path) -> bool:
-    """A folder holding more than probe's temporaries and a lock file (a run killed while writing its first file)."""
+def has_content(run_dir: Path) -> bool:
+    """A folder holding more than probe's temporaries and a lock file (a run killed while writing
+    its first file holds only those)."""
     return any(
         not (_TEMPS[""].match(p.name) and not paths.is_link(p)) and p.name != LOCK_FILE
         for p in run_dir.iterdir()
@@ -139,7 +143,7 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool, locked: bool = Fa
     if not locked and (who := lock.holder(run_dir)) is not None:
         raise lock.busy_error(run_dir, who)
     try:
-        exists = _has_content(run_dir)
+        exists = has_content(run_dir)
     except OSError as exc:
         raise ProbeError(f"{run_dir}: cannot be listed ({exc.strerror or exc})") from None
     if resume:
@@ -208,15 +212,14 @@ def clear_run(run_dir: Path) -> None:
                 with contextlib.suppress(OSError):
                     p.rmdir()  # not empty: something not probe's is in it
             elif (p.name in PROBE_DIRS or _TEMPS[""].match(p.name)) and is_real_dir(p):
-                shutil.rmtree(
-                    p
-                )  # probe's wholesale (analyses/, logs/, report/, a temporary); never follows a link
+                # probe's wholesale (analyses/, logs/, report/, a temporary); never follows a link
+                shutil.rmtree(p)
             elif (p.name in PROBE_FILES or _TEMPS[""].match(p.name)) and is_regular(p):
                 p.unlink()
         except OSError as exc:
             raise ProbeError(
-                f"{p}: could not be removed ({exc.strerror or exc}); the old run is partly removed, "
-                "rerun the same command to finish"
+                f"{p}: could not be removed ({exc.strerror or exc}); the old run is partly "
+                "removed, rerun the same command to finish"
             ) from None
 
 
@@ -248,25 +251,15 @@ def check_path(run_dir: Path, option: str = "--run-dir") -> None:
         )
 
 
-def preflight(cfg: TrainConfig, run_dir: Path, option: str = "--run-dir") -> None:
-    """Everything training would reject later that needs no data, checked before anything is touched.
-
-    The run directory's path (`check_path`), that `--model` and `--dataset` are
-    installed, and for CIFAR-10 (whose image shape is known without loading it)
-    the model itself: its size, its fit, and `--full-maps` layer names, on the meta
-    device (nothing allocated). Other data sets are checked the same way once
-    loaded (`probe.training.loop.model_spec`). `option` names what to fix in a path error
-    (`--run-dir`, or a sweep point).
-    """
-    check_path(run_dir, option)
-    from probe.contract.datasets import get_source
-    from probe.contract.families import get_family
-
-    get_family(cfg.model, option="--model")
-    get_source(cfg.dataset)
-    if cfg.dataset != "cifar10":
-        return
-    from probe.training.model import CIFAR10_CLASSES, CIFAR10_INPUT, check_model, spec_from_config
-
-    spec = spec_from_config(cfg, CIFAR10_INPUT, len(CIFAR10_CLASSES))
-    check_model(spec, max(cfg.batch_size, cfg.val_batch_size), full_maps=cfg.full_maps)
+def check_new_run_dir(run_dir: Path, force: bool, option: str = "run_dir") -> None:
+    """For a writer that starts a run (probe.Recorder, `probe import`): an existing, non-empty
+    `run_dir` is refused unless `force` and it is a probe run holding nothing foreign."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(option, f"{run_dir} exists and is not a directory")
+    if run_dir.is_dir() and not force and has_content(run_dir):
+        raise UsageError(
+            option,
+            f"{run_dir} already exists and is not empty; pick another run directory, or pass "
+            "force=True (--force) to replace the probe run there",
+        )
+    check_run_dir(run_dir, resume=False, force=force)

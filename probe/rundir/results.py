@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -35,23 +34,31 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import ProbeError
-from probe.io import safeio
-from probe.rundir.run import ANALYSES, CONFIG, METRICS, Run
+from probe.io import atomic, safeio
+from probe.io.jsonsafe import dumps, jsonable  # noqa: F401 (results.jsonable: kept for its callers)
+from probe.rundir.run import ANALYSES, CONFIG, METRICS, TRAIN_DEFAULTS, Run
 
 RESULT_FORMAT = "probe-result/1"
 MANIFEST = "manifest.json"
 KEY_FORMAT = 2  # bumped when what a key covers changes: older results are then recomputed once
 
 # Input names, as recorded by the Context and listed in a manifest's "inputs".
-_FILE_INPUT = r"checkpoints/epoch_\d{4,9}\.safetensors|activations/epoch_\d{4,9}\.h5|data/(?:probe_set|analysis_batch)\.safetensors"
+_FILE_INPUT = (
+    r"checkpoints/epoch_\d{4,9}\.safetensors"
+    r"|activations/epoch_\d{4,9}\.h5"
+    r"|data/(?:probe_set|analysis_batch)\.safetensors"
+)
 FILE_INPUT = re.compile(rf"^(?:{_FILE_INPUT})$")
 INPUT_NAME = re.compile(
-    rf"^(?:{_FILE_INPUT}|config\.json|metrics\.jsonl(?:#\d{{1,9}}(?:,\d{{1,9}}){{0,99999}})?|epochs(?:#upto=\d{{1,9}})?)$"
+    rf"^(?:{_FILE_INPUT}|config\.json"
+    r"|metrics\.jsonl(?:#\d{1,9}(?:,\d{1,9}){0,99999})?"
+    r"|epochs(?:#upto=\d{1,9})?)$"
 )
 MAX_INPUTS = 100_000  # a manifest listing more is not trusted (read as "not cached")
 
 # config.json entries that cannot change a stored epoch's result: where training ran, where its
-# data lay, how long it was planned to run (extending a run rewrites it), and what is derived from those.
+# data lay, how long it was planned to run (extending a run rewrites it), and what derives from
+# those.
 CONFIG_UNKEYED = frozenset({"device", "device_name", "versions", "config_hash", "data_source"})
 TRAIN_UNKEYED = frozenset({"epochs", "device", "data"})
 
@@ -64,46 +71,6 @@ _FP_CACHE_MAX_BYTES = 16 << 20
 def sha256_file(path: Path) -> str:
     """SHA-256 of a regular file; a symlink, FIFO or device is one RunFileError, never hashed."""
     return safeio.sha256_file(path)
-
-
-def jsonable(obj: Any, nonfinite: str = "null", _depth: int = 0) -> Any:
-    """`obj` as plain JSON that `json.dumps(..., allow_nan=False)` always accepts.
-
-    Keys become strings, tuples lists, numpy values Python ones, bytes text, other
-    objects their `str`. A non-finite float becomes null (`nonfinite="null"`: result
-    data, where it means "no value") or its name "nan"/"inf"/"-inf" (`"str"`:
-    parameters and failure records, where the value itself is the information).
-    """
-    if _depth > 64:
-        return str(obj)
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, float):
-        if math.isfinite(obj):
-            return obj
-        return (
-            None
-            if nonfinite == "null"
-            else ("nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf"))
-        )
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v, nonfinite, _depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
-        return [jsonable(v, nonfinite, _depth + 1) for v in items]
-    if isinstance(obj, (bytes, bytearray)):
-        return bytes(obj).decode("utf-8", errors="replace")
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
-        try:
-            return jsonable(obj.tolist(), nonfinite, _depth + 1)
-        except Exception:
-            return str(obj)
-    return str(obj)
-
-
-def dumps(obj: Any, nonfinite: str = "null", **kw: Any) -> str:
-    """JSON text of `obj` (cleaned by `jsonable`); never holds a bare NaN."""
-    return json.dumps(jsonable(obj, nonfinite), allow_nan=False, **kw)
 
 
 def canonical_hash(obj: Any) -> str:
@@ -125,21 +92,9 @@ def keyed_config(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("train"), dict):
         # keys a newer probe added are filled with their defaults, so resuming an older run (which
         # rewrites `train` with every current key) changes nothing unless a value really changed
-        train = {**_train_defaults(), **out["train"]}
+        train = {**TRAIN_DEFAULTS, **out["train"]}
         out["train"] = {k: v for k, v in train.items() if k not in TRAIN_UNKEYED}
     return json.loads(dumps(out, "str"))  # a deep copy: a plugin changing it changes nothing else
-
-
-def _train_defaults() -> dict[str, Any]:
-    import dataclasses
-
-    from probe.training.config import TrainConfig
-
-    return {
-        f.name: f.default
-        for f in dataclasses.fields(TrainConfig)
-        if f.default is not dataclasses.MISSING
-    }
 
 
 def metrics_rows(rows: list[dict[str, Any]], epochs: list[int] | None) -> list[dict[str, Any]]:
@@ -233,7 +188,8 @@ class Fingerprints:
     def _load(self) -> dict[str, tuple[tuple[int, int, int, int], str]]:
         out: dict[str, tuple[tuple[int, int, int, int], str]] = {}
         p = self._cache_path()
-        try:  # a regular file inside the run, bounded: anything else is ignored (the cache is only a speed-up)
+        # a regular file inside the run, bounded: anything else is ignored (the cache is a speed-up)
+        try:
             d = safeio.read_json(p, max_bytes=_FP_CACHE_MAX_BYTES, within=self.run.path)
         except ProbeError:
             return out
@@ -258,11 +214,9 @@ class Fingerprints:
         return out
 
     def save(self) -> None:
-        """Write the stat cache back (only if it learnt something and analyses/ exists); never fails."""
+        """Write the stat cache back (if it learnt something and analyses/ exists); never fails."""
         if not (self.persistent and self._dirty and (self.run.path / ANALYSES).is_dir()):
             return
-        from probe.io import atomic
-
         try:
             atomic.write_json(
                 self._cache_path(),
@@ -386,7 +340,8 @@ def result_dir(run: Run, analysis: str, variant: str, epoch: int | None) -> Path
 
 
 def read_manifest(path: Path, within: Path | None = None) -> dict[str, Any] | None:
-    """The manifest of a result directory, or None if absent, unreadable or (with `within`) outside it."""
+    """The manifest of a result directory, or None if absent, unreadable or (with `within`)
+    outside it."""
     try:
         m = safeio.read_json(path / MANIFEST, max_bytes=safeio.MAX_CONFIG_BYTES, within=within)
         return m if isinstance(m, dict) and m.get("format") == RESULT_FORMAT else None

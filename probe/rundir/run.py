@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from probe.errors import NotARunError, RunFileError
+from probe.contract.families import ModelSpec
+from probe.errors import NotARunError, RunFileError, UsageError
+from probe.io import safeio
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -28,11 +32,47 @@ ANALYSES = "analyses"
 PROBE_SET = f"{DATA}/probe_set.safetensors"
 ANALYSIS_BATCH = f"{DATA}/analysis_batch.safetensors"
 MAX_BATCH_BYTES = 1 << 30  # the stored probe set and analysis batch: a few MB at the default sizes
+MAX_IMAGES = 10_000_000  # image counts a config may declare (subset, probe set, analysis batch)
+# What a `train` table lacks reads as these: probe train's defaults. A run written before a key
+# existed (or by probe.Recorder, whose table holds only what it knows) is keyed and read as if it
+# had the key at this value. A key added to probe train's config is added here too (a test checks).
+TRAIN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "data": None,
+        "dataset": "cifar10",
+        "model": "simplecnn",
+        "model_params": (),
+        "epochs": 30,
+        "batch_size": 128,
+        "val_batch_size": 256,
+        "subset_train_size": 10_000,
+        "optimizer": "SGD",
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "step_size": 10,
+        "gamma": 0.1,
+        "model_depth": 4,
+        "base_width": 32,
+        "target_params": None,
+        "dropout": 0.0,
+        "augment": True,
+        "seed": 42,
+        "device": "auto",
+        "precision": "fp32",
+        "channels_last": True,
+        "probe_set_size": 1000,
+        "analysis_batch_size": 1024,
+        "full_maps": (),
+        "val_size": None,
+    }
+)
 _EPOCH_FILE = re.compile(r"^epoch_([0-9]{4,9})\.safetensors$")
 
 
 def is_temp(path: Path) -> bool:
-    """A temporary file or directory of an atomic write (`.<name>.<random>.tmp`), not part of the run."""
+    """A temporary file or folder of an atomic write (`.<name>.<random>.tmp`), not in the run."""
     return path.name.startswith(".") and path.name.endswith((".tmp", ".old"))
 
 
@@ -73,7 +113,8 @@ class Run:
         ):  # a link or FIFO here is refused, precisely, by `config`
             raise NotARunError(
                 self.path,
-                f"not a probe run directory (no {CONFIG}); create one with `probe train --run-dir {self.path}`",
+                f"not a probe run directory (no {CONFIG}); create one with "
+                f"`probe train --run-dir {self.path}`",
             )
 
     def __repr__(self) -> str:
@@ -81,19 +122,16 @@ class Run:
 
     @cached_property
     def config(self) -> dict[str, Any]:
-        """config.json: {"train": resolved TrainConfig, "model_spec", "versions", "device", ...}."""
-        from probe.io import safeio
+        """config.json: {"train": the resolved config, "model_spec", "versions", "device", ...}.
 
+        Checked as data (a bounded JSON object with a `train` table); probe train turns
+        `train` back into its config (probe.training.trainplan.stored_config).
+        """
         p = self.path / CONFIG
         d = safeio.read_json(p, max_bytes=safeio.MAX_CONFIG_BYTES, within=self.path)
         if not isinstance(d, dict) or not isinstance(d.get("train"), dict):
             raise RunFileError(p, "not a probe config (no 'train' table)")
         return d
-
-    def train_config(self):
-        from probe.training.config import from_dict
-
-        return from_dict(self.config["train"], str(self.path / CONFIG))
 
     def checkpoint_path(self, epoch: int) -> Path:
         return self.path / checkpoint_name(epoch)
@@ -110,8 +148,6 @@ class Run:
 
     def select_epochs(self, spec: str) -> list[int]:
         """Parse `all`, `last`, `0,5,last`, `2-6` or `::5` against the complete epochs."""
-        from probe.errors import UsageError
-
         have = self.epochs()
         if not have:
             raise RunFileError(self.path / CHECKPOINTS, "no complete epoch yet")
@@ -146,8 +182,6 @@ class Run:
 
     def metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl, one dict per epoch; a torn last line (a crash mid-write) is skipped."""
-        from probe.io import safeio
-
         p = self.path / METRICS
         if not p.exists() and not p.is_symlink():
             return []
@@ -163,10 +197,7 @@ class Run:
         return rows
 
     def _batch(self, rel: str) -> DataBatch:
-        from safetensors.torch import load
-
-        from probe.contract.families import ModelSpec
-        from probe.io import safeio
+        from safetensors.torch import load  # here: reading config or metrics needs no torch
 
         p = self.path / rel
         data = safeio.read_bytes(p, MAX_BATCH_BYTES, within=self.path)
@@ -203,7 +234,8 @@ class Run:
 
 
 def _check_batch(path: Path, batch: DataBatch, spec: Any) -> None:
-    """Images uint8 [N, C, H, W] as the model spec's input, labels [N] in 0..classes-1, indices [N]: else one RunFileError."""
+    """Images uint8 [N, C, H, W] as the model spec's input, labels [N] in 0..classes-1, indices
+    [N]: else one RunFileError."""
     import torch
 
     x, y, idx = batch.images, batch.labels, batch.indices
@@ -217,7 +249,8 @@ def _check_batch(path: Path, batch: DataBatch, spec: Any) -> None:
     ):
         raise RunFileError(
             path,
-            f"'images' must be uint8 [N, {spec.in_channels}, {h}, {w}], got {x.dtype} {list(x.shape)}",
+            f"'images' must be uint8 [N, {spec.in_channels}, {h}, {w}], "
+            f"got {x.dtype} {list(x.shape)}",
         )
     for name, t in (("labels", y), ("indices", idx)):
         if (

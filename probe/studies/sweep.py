@@ -44,10 +44,9 @@ import click
 
 from probe.errors import ProbeError, UsageError
 from probe.io import atomic
+from probe.rundir.readers import STATUS_FILE, SWEEP_FILE, read_status
 from probe.training.config import FIELDS, TrainConfig, coerce, read_toml
 
-SWEEP_FILE = "sweep.json"
-STATUS_FILE = "status.json"
 FORMAT = "probe-sweep/1"
 TOP_KEYS = ("name", "description", "base", "grid", "analyze")
 ANALYZE_KEYS = ("plugins", "epochs", "params")
@@ -324,26 +323,6 @@ def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
 
 # --- the state of each point on disk -------------------------------------------------------------------
 
-_STATUS_LIMIT = 16 << 20  # a status file of a 10,000-point sweep with tracebacks is a few MB
-
-
-def read_status(sweep_dir: Path) -> dict[str, dict[str, Any]]:
-    """status.json's runs, as {point name: entry}; anything unreadable or of the wrong shape counts as absent.
-
-    It is only a record of past attempts (the run directories are the truth), and it
-    is untrusted: its keys are only ever looked up, never used as paths.
-    """
-    from probe.io import safeio
-
-    try:  # a regular file inside the sweep folder, bounded in size and nesting (probe.io.safeio)
-        d = safeio.read_json(sweep_dir / STATUS_FILE, max_bytes=_STATUS_LIMIT, within=sweep_dir)
-    except ProbeError:
-        return {}
-    runs = d.get("runs") if isinstance(d, dict) else None
-    if not isinstance(runs, dict):
-        return {}
-    return {k: v for k, v in runs.items() if isinstance(k, str) and isinstance(v, dict)}
-
 
 def point_dir(sweep_dir: str | Path, name: object) -> Path:
     """The run directory of the point called `name` (as read from sweep.json): one folder name inside
@@ -360,7 +339,7 @@ def preflight_points(spec: SweepSpec, sweep_dir: Path) -> None:
     checks it: `--full-maps` layer names against that point's model, the run
     directory's name and path length against the filesystem. Imports torch.
     """
-    from probe.rundir.prepare import preflight
+    from probe.training.trainplan import preflight
 
     for point in spec.points():
         where = (

@@ -4,6 +4,11 @@ Defaults are the course notebook's CONFIG (batch 128, val batch 256, 30 epochs, 
 10,000-image training subset, lr 0.01, momentum 0.9, no weight decay, plain SGD,
 depth 4, no dropout, augmentation on, seed 42). `probe train --help` is generated
 from the field metadata below, so the help text and the config file cannot drift.
+
+The options that predate model families (`FAMILY_OPTIONS`: --model-depth,
+--base-width, --target-params, --dropout) mean what the chosen family's alias table
+(`ModelFamily.options`) says; `family_params` applies it, and `check_cost` refuses a
+model its family's `estimate` finds too large, before torch is imported.
 """
 
 from __future__ import annotations
@@ -13,11 +18,20 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probe.errors import UsageError
+from probe.contract.families import (
+    FAMILY_OPTIONS,
+    MAX_MODEL_PARAMS,
+    MAX_TRAIN_BYTES,
+    ModelFamily,
+)
+from probe.contract.registry import installed, lookup
+from probe.errors import RunFileError, UsageError
+from probe.io import safeio
 
 OPTIMIZERS = ("SGD", "SGD_mom", "Adam", "AdamW")
 SCHEDULES = ("constant", "cosine", "step")
@@ -35,10 +49,7 @@ MAX_BATCH = 65_536
 MAX_IMAGES = 10_000_000  # image counts (subset, probe set, analysis batch); CIFAR-10 has 60,000
 ANALYSIS_BATCH_DEFAULT = 1024
 MAX_WIDTH = 65_536  # the model spec's own bound; the memory estimate below is the real limit
-MAX_PARAMS = 2**31
-MAX_TRAIN_BYTES = (
-    64 << 30
-)  # estimated training memory (weights, optimizer state, activations of a batch)
+MAX_PARAMS = MAX_MODEL_PARAMS
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -51,7 +62,8 @@ class TrainConfig:
 
     data: str | None = _f(
         None,
-        "A local copy of the data set: for cifar10 a directory with train/ and test/ class folders; "
+        "A local copy of the data set: for cifar10 a directory with train/ and test/ "
+        "class folders; "
         "for the others their release files or class folders (else $PROBE_DATA, else download "
         "with torchvision's checked downloader).",
     )
@@ -143,7 +155,8 @@ class TrainConfig:
     )
     full_maps: tuple[str, ...] = _f(
         (),
-        "Layers whose full feature maps are dumped (comma-separated; pooled channels are always dumped).",
+        "Layers whose full feature maps are dumped (comma-separated; pooled channels are always "
+        "dumped).",
     )
     val_size: int | None = _f(
         None,
@@ -162,8 +175,8 @@ class TrainConfig:
                 "--val-size",
                 f"must be >= --probe-set-size ({self.probe_set_size}), got {self.val_size}",
             )
-        # Drawn from the training subset: a size asked for beyond it is an error; the default (1024) is
-        # clipped to a smaller subset, as it always was, so a small run needs no extra option.
+        # Drawn from the training subset: a size asked for beyond it is an error; the default
+        # (1024) is clipped to a smaller subset, as it always was, so a small run needs no option.
         if (
             self.subset_train_size
             and self.analysis_batch_size > self.subset_train_size
@@ -241,23 +254,30 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
     if typ is float and isinstance(value, float) and not math.isfinite(value):
         raise UsageError(opt, f"must be a finite number, got {value}")
     if typ is tuple:
-        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-            raise UsageError(
-                opt,
-                "expected a list of KEY=VALUE strings"
-                if f.metadata.get("pairs")
-                else "expected a list of layer names",
-            )
-        if len(value) > 64 or any(len(v) > 256 for v in value):
-            raise UsageError(opt, "at most 64 entries of at most 256 characters")
-        if f.metadata.get("pairs"):
-            from probe.training.model import parse_pairs
-
-            parse_pairs(value, opt)
+        _check_strings(f, value, opt)
         return
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise UsageError(opt, f"expected {typ.__name__}, got {type(value).__name__} {value!r}")
-    m = f.metadata
+    _check_allowed(f.metadata, value, opt)
+
+
+def _check_strings(f: dataclasses.Field, value: Any, opt: str) -> None:
+    """A list field's value: at most 64 short strings (KEY=VALUE pairs or layer names)."""
+    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+        raise UsageError(
+            opt,
+            "expected a list of KEY=VALUE strings"
+            if f.metadata.get("pairs")
+            else "expected a list of layer names",
+        )
+    if len(value) > 64 or any(len(v) > 256 for v in value):
+        raise UsageError(opt, "at most 64 entries of at most 256 characters")
+    if f.metadata.get("pairs"):
+        parse_pairs(value, opt)
+
+
+def _check_allowed(m: Mapping[str, Any], value: Any, opt: str) -> None:
+    """A scalar value of the field's type against its metadata: name pattern, choices, bounds."""
     if m.get("name_pattern") and not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", value):
         raise UsageError(
             opt, f"{value[:40]!r} is not a name (lower-case letters, digits, '-' or '_')"
@@ -274,36 +294,106 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         raise UsageError(opt, f"must be <= {m['max']}, got {value}")
 
 
-def check_cost(cfg: TrainConfig) -> None:
-    """Refuse a model whose parameters or training memory exceed the bounds, naming the option that sized it.
+def parse_pairs(
+    pairs: tuple[str, ...] | list[str], option: str = "--model-param"
+) -> dict[str, str]:
+    """`("depth=56", "shortcut=none")` -> {"depth": "56", "shortcut": "none"}.
 
-    The estimate is arithmetic on the options (probe.training.modelsize; no torch import), so
-    `--base-width 1000000` is one line, not an attempt to allocate terabytes.
+    A malformed or repeated key is an error naming `option`.
     """
-    from probe.training.modelsize import param_count, train_bytes, width_for_params
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise UsageError(option, f"expected KEY=VALUE, got {pair!r}")
+        if key in out:
+            raise UsageError(option, f"{key} is given twice")
+        out[key] = value.strip()
+    return out
 
-    if cfg.model != "simplecnn" or cfg.model_params:
-        return  # sized on the meta device once the data set is known (probe.training.model.check_model)
-    opt = "--target-params" if cfg.target_params is not None else "--base-width"
-    width = (
-        cfg.base_width
-        if cfg.target_params is None
-        else width_for_params(cfg.model_depth, cfg.target_params)
-    )
-    n = param_count(cfg.model_depth, width)
-    if n > MAX_PARAMS:
+
+def family_params(cfg: TrainConfig, fam: ModelFamily) -> dict[str, Any]:
+    """The raw parameters `cfg` gives family `fam`: `--model-param` and the older options it takes.
+
+    Each option of FAMILY_OPTIONS the family's alias table names sets that parameter
+    (its value, default included; None sets nothing) unless `--model-param` gives it,
+    and giving it both ways is an error; a computed alias (`OptionAlias.value`) is
+    evaluated on the family's parameters from the rest. An option the family does not
+    take must stay at its default.
+    """
+    raw: dict[str, Any] = parse_pairs(cfg.model_params)
+    for o in FAMILY_OPTIONS:
+        if getattr(cfg, o) == FIELDS[o].default:
+            continue
+        if o not in fam.options:
+            raise UsageError(
+                flag(o),
+                f"applies to {_takers(o)} only; give {fam.name}'s parameters with "
+                f"--model-param KEY=VALUE (see `probe models`)",
+            )
+        p = fam.options[o].param
+        if p in raw:
+            raise UsageError("--model-param", f"{p} is also set by {flag(o)}; give it one way")
+    applied = [o for o in _setters(fam, cfg) if fam.options[o].value is None]
+    merged = {**{fam.options[o].param: getattr(cfg, o) for o in applied}, **raw}
+    computed = [o for o in _setters(fam, cfg) if fam.options[o].value is not None]
+    if computed:
+        params = fam.make_params(merged)
+        for o in computed:
+            merged[fam.options[o].param] = fam.options[o].value(getattr(cfg, o), params)
+    return merged
+
+
+def _setters(fam: ModelFamily, cfg: TrainConfig, param: str | None = None) -> list[str]:
+    """The options of `fam`'s alias table that set a parameter (`param`), in the order they apply.
+
+    Plain aliases first, then computed ones.
+    """
+    given = [o for o in FAMILY_OPTIONS if o in fam.options and getattr(cfg, o) is not None]
+    if param is not None:
+        given = [o for o in given if fam.options[o].param == param]
+    return sorted(given, key=lambda o: fam.options[o].value is not None)  # computed ones apply last
+
+
+def _takers(option: str) -> str:
+    """`--model a or --model b`: the installed families whose alias table takes `option`."""
+    names = [n for n, f in sorted(installed("models").items()) if option in f.options]
+    return " or ".join(f"--model {n}" for n in names) or "no installed model family"
+
+
+def check_cost(cfg: TrainConfig) -> None:
+    """Refuse a model whose parameters or training memory exceed the bounds, naming its option.
+
+    For a family with an `estimate` and no `--model-param` (the model is sized by
+    options alone) the estimate is arithmetic, with no torch import, so
+    `--base-width 60000` is one line, not an attempt to allocate terabytes. Any other
+    model is sized on the meta device once the data set is known
+    (probe.training.model.check_model), which also reports an option the family refuses.
+    """
+    fam = lookup("models", cfg.model)
+    if fam is None or fam.estimate is None or cfg.model_params:
+        return
+    try:
+        params = fam.make_params(family_params(cfg, fam))
+    except UsageError:
+        return  # reported, naming the option, when the spec is made (spec_from_config)
+    batch = max(cfg.batch_size, cfg.val_batch_size)
+    est = fam.estimate(params, batch)
+    setters = _setters(fam, cfg, est.param)  # the option that set what the estimate names
+    opt = flag(setters[-1] if setters else "model")
+    if est.parameters > MAX_PARAMS:
         raise UsageError(
             opt,
-            f"a depth-{cfg.model_depth} model of base width {width} has {n:,} parameters, more than "
-            f"the {MAX_PARAMS:,} probe allows; use a smaller {opt}",
+            f"{est.model} has {est.parameters:,} parameters, more than the {MAX_PARAMS:,} "
+            f"probe allows; use a smaller {opt}",
         )
-    need = train_bytes(cfg.model_depth, width, max(cfg.batch_size, cfg.val_batch_size))
-    if need > MAX_TRAIN_BYTES:
+    if est.train_bytes > MAX_TRAIN_BYTES:
         raise UsageError(
             opt,
-            f"a depth-{cfg.model_depth} model of base width {width} needs about {need / 2**30:,.0f} GiB "
-            f"to train at batch size {max(cfg.batch_size, cfg.val_batch_size)}, more than the "
-            f"{MAX_TRAIN_BYTES >> 30} GiB probe allows; use a smaller {opt} or batch size",
+            f"{est.model} needs about {est.train_bytes / 2**30:,.0f} GiB to train at batch size "
+            f"{batch}, more than the {MAX_TRAIN_BYTES >> 30} GiB probe allows; use a smaller "
+            f"{opt} or batch size",
         )
 
 
@@ -333,10 +423,7 @@ def coerce(name: str, value: Any, source: str) -> Any:
 
 
 def read_toml(path: str | Path, option: str) -> dict[str, Any]:
-    """Parse a TOML file; a missing or malformed one is a one-line UsageError naming `option` and the file."""
-    from probe.errors import RunFileError
-    from probe.io import safeio
-
+    """Parse a TOML file; a missing or malformed one is a UsageError naming `option`, the file."""
     path = Path(path)
     try:
         return safeio.read_toml(path)

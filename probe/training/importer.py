@@ -16,6 +16,9 @@ kind, a name without digits, two files of one epoch, a gap between epochs, a fil
 that does not load or whose tensors do not fit the family: each is one line naming
 the file or the epoch. The smallest epoch is the first one recorded; a folder
 without epoch 0 has no initialisation, and its first file's epoch is its first epoch.
+
+The recorder builds the run's plan (probe.rundir.plan) and writes through the run
+writer (probe.rundir.writer) that `probe train` writes through too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 import click
 
 from probe.errors import RunFileError, UsageError
+from probe.io import safeio
+from probe.training.model import parse_pairs
 
 SUFFIXES = (".safetensors", ".pt", ".pth")
 _DIGITS = re.compile(r"[0-9]+")
@@ -43,7 +48,8 @@ MAX_FILES = 100_000
 
 
 def epoch_of(name: str) -> int | None:
-    """The epoch a file name gives: its last run of digits, without the extension (None when it has none)."""
+    """The epoch a file name gives: its last run of digits, without the extension (None when it
+    has none)."""
     stem = name
     for suffix in SUFFIXES:
         if stem.lower().endswith(suffix):
@@ -54,7 +60,8 @@ def epoch_of(name: str) -> int | None:
 
 
 def list_epochs(folder: Path) -> dict[int, Path]:
-    """{epoch: file} for the checkpoint files in `folder`; anything else there, a gap or a duplicate is one error."""
+    """{epoch: file} for the checkpoint files in `folder`; anything else there, a gap or a
+    duplicate is one error."""
     if not folder.is_dir():
         raise UsageError("FOLDER", f"{folder} is not a folder")
     found: dict[int, Path] = {}
@@ -70,8 +77,8 @@ def list_epochs(folder: Path) -> dict[int, Path]:
         if not p.name.lower().endswith(SUFFIXES) or p.is_symlink() or not p.is_file():
             raise RunFileError(
                 p,
-                "not a checkpoint file: a folder of checkpoints may hold only regular .safetensors, "
-                ".pt or .pth files (move it out)",
+                "not a checkpoint file: a folder of checkpoints may hold only regular "
+                ".safetensors, .pt or .pth files (move it out)",
             )
         epoch = epoch_of(p.name)
         if epoch is None:
@@ -100,14 +107,13 @@ def list_epochs(folder: Path) -> dict[int, Path]:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """The state dict in `path`: safetensors, or torch.load(weights_only=True) (never a full unpickle).
+    """The state dict in `path`: safetensors, or torch.load(weights_only=True) (never a full
+    unpickle).
 
     A .pt dict holding the state under "state_dict"/"model" (with an epoch, an optimizer...) is
     unwrapped, and a "module."/"_orig_mod." prefix on every key is removed.
     """
-    import torch
-
-    from probe.io import safeio
+    import torch  # here, and safetensors: `probe --help` lists this command without torch
 
     try:
         with safeio.regular_path(path) as p:
@@ -172,10 +178,9 @@ def import_checkpoints(
     force: bool = False,
     log: Any = None,
 ) -> Path:
-    """Write a run directory for the state dicts in `folder` (see the module docstring); returns it."""
-    import torch
+    """Write a run directory for the state dicts in `folder` (the module docstring); returns it."""
+    import torch  # here, and the recorder: `probe --help` lists this command without torch
 
-    from probe.io import safeio
     from probe.training.recorder import Recorder, state_mismatch
 
     folder, run_dir = Path(folder), Path(run_dir)
@@ -213,7 +218,8 @@ def import_checkpoints(
             net.load_state_dict(state, strict=True)
             row = rec.record(epoch, net.to(rec.device))
             log(
-                f"epoch {epoch} ({p.name}): val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}"
+                f"epoch {epoch} ({p.name}): val_loss {row['val_loss']:.4f}  "
+                f"val_acc {row['val_acc']:.4f}"
             )
     return run_dir
 
@@ -306,9 +312,7 @@ def import_command(
     "module." prefix (DataParallel) is removed. The validation metrics, activation
     dumps, probe set and analysis batch are computed on import; there is no optimizer
     state, so `probe train --resume` cannot continue the run.
-    """
-    from probe.training.model import parse_pairs
-
+    """  # noqa: E501 (the help's example command is printed as it is written)
     params = parse_pairs(model_params)
     import_checkpoints(
         folder,

@@ -5,10 +5,13 @@ on the device, a batch is an index, augmentation and normalisation are batched
 tensor ops, and per-step statistics stay on the device until the epoch ends (one
 host sync per epoch, not one per step or per parameter).
 
-Each epoch ends by writing, in this order: the activation dump, the checkpoint
-(with optimizer and RNG states), then metrics.jsonl. Every write is atomic, and the
-checkpoint is what marks an epoch complete, so a crash at any moment loses at most
-the epoch in progress and `--resume` continues bit-for-bit (on the CPU).
+`train()` checks everything before anything is touched, builds the run's plan
+(probe.training.trainplan) and hands each epoch to the run writer
+(probe.rundir.writer), which validates it and writes, in this order, the activation
+dump, the checkpoint (with optimizer and RNG states), then metrics.jsonl. Every write
+is atomic, and the checkpoint is what marks an epoch complete, so a crash at any
+moment loses at most the epoch in progress and `--resume` continues bit-for-bit (on
+the CPU).
 """
 
 from __future__ import annotations
@@ -20,27 +23,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import torch
 import torch.nn.functional as F
 
-from probe.contract.families import ModelSpec
 from probe.datasets import tensors as data
-from probe.errors import ProbeError, RunFileError, UsageError
-from probe.io import atomic
-from probe.rundir import checkpoint, lock
-from probe.rundir import run as rundir
-from probe.rundir.prepare import (
-    _has_content,
-    check_path,
-    check_run_dir,
-    clear_run,
-    preflight,
-    remove_training_temps,
-)
+from probe.errors import UsageError
+from probe.numerics.device import resolve_device
+from probe.rundir import checkpoint
+from probe.rundir.plan import RunPlan
+from probe.rundir.prepare import check_path, check_run_dir
+from probe.rundir.run import Run
+from probe.rundir.validation import model_input
+from probe.rundir.writer import RunWriter
 from probe.training.config import TrainConfig
-from probe.training.model import check_model, input_spec, spec_from_config
-from probe.training.recorder import Recorder, resolve_device, write_metrics  # noqa: F401 (resolve_device: probe.training.loop API)
-from probe.training.recorder import _resolved as recorder_resolved
+from probe.training.trainplan import (
+    model_spec,
+    preflight,
+    refuse_foreign_resume,
+    stored_config,
+    train_plan,
+)
 
 Log = Callable[[str], None]
 
@@ -59,7 +62,8 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate for training epoch `epoch` (1-based); a pure function, so resume needs no scheduler state."""
+    """Learning rate for training epoch `epoch` (1-based); a pure function, so resuming needs no
+    scheduler state."""
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / max(1, cfg.epochs)))
     if cfg.schedule == "step":
@@ -81,81 +85,29 @@ def set_rng_states(states: dict[str, torch.Tensor], gen: torch.Generator) -> Non
         torch.cuda.set_rng_state(states["cuda"])
 
 
-def model_spec(cfg: TrainConfig, ds: data.Dataset) -> ModelSpec:
-    """The spec of the model `cfg` trains on `ds`, sized and checked on the meta device (nothing allocated).
-
-    The input is the data set's image shape and normalisation (computed on the
-    training subset when the data set gives none). Also checks `--full-maps`
-    against the model's layers. Every problem is one UsageError naming the option.
-    """
-    subset = data.train_subset(ds, cfg.subset_train_size, cfg.seed)
-    spec = spec_from_config(cfg, input_spec(ds.train_x[subset], ds.mean, ds.std), len(ds.classes))
-    check_model(spec, max(cfg.batch_size, cfg.val_batch_size), full_maps=cfg.full_maps)
-    return spec
-
-
 class Trainer:
-    """Holds the tensors, model and optimizer of one run; `fit()` runs the epochs, a `probe.Recorder` writes them."""
+    """The tensors, model and optimizer of one `probe train` run; `fit()` trains its epochs and
+    hands each one to the run writer."""
 
     def __init__(
-        self,
-        run_dir: Path,
-        cfg: TrainConfig,
-        device: torch.device,
-        ds: data.Dataset,
-        log: Log,
-        progress: bool,
-        spec: ModelSpec | None = None,
+        self, plan: RunPlan, cfg: TrainConfig, log: Log | None = None, progress: bool = False
     ):
-        self.run_dir, self.cfg, self.device, self.log, self.progress = (
-            run_dir,
-            cfg,
-            device,
-            log,
-            progress,
-        )
-        self.spec = spec or model_spec(cfg, ds)
+        self.plan, self.cfg, self.progress = plan, cfg, progress
+        self.log: Log = log or (lambda s: None)
+        self.spec, self.device, ds = plan.spec, plan.device, plan.dataset
         self.augmentation = ds.augmentation if cfg.augment else None
-        subset = data.train_subset(ds, cfg.subset_train_size, cfg.seed)
-        self.train_x = ds.train_x[subset].to(device)
-        self.train_y = ds.train_y[subset].to(device)
-        # The one writer of the run directory: the probe set, validation order and analysis batch are its.
-        self.recorder = Recorder.attached(
-            run_dir,
-            self.spec,
-            ds,
-            device,
-            train=cfg.to_dict(),
-            config_hash=cfg.hash(),
-            augmentation=self.augmentation.to_dict() if self.augmentation else None,
-            probe_set_size=cfg.probe_set_size,
-            analysis_batch_size=cfg.analysis_batch_size,
-            subset=subset,
-            seed=cfg.seed,
-            val_size=cfg.val_size,
-            val_batch_size=cfg.val_batch_size,
-            full_maps=cfg.full_maps,
-            precision=cfg.precision,
-            channels_last=cfg.channels_last,
-            log=log,
-        )
-        self.probe_idx, self.val_order = self.recorder.probe_idx, self.recorder.val_order
-        self.ds = ds
+        self.train_x = ds.train_x[plan.train_indices].to(self.device)
+        self.train_y = ds.train_y[plan.train_indices].to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         torch.manual_seed(cfg.seed)
-        self.model = self.spec.build().to(device)
+        self.model = self.spec.build().to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = make_optimizer(cfg, self.model)
         self.params = [p for p in self.model.parameters()]
 
-    def write_static(self, resolved: dict[str, Any]) -> None:
-        self.recorder.write_static(resolved)
-
-    # --- one epoch ----------------------------------------------------------------------------------
     def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = data.normalize(x_uint8, self.spec.mean, self.spec.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+        return model_input(self.plan, x_uint8)
 
     def _autocast(self):
         enabled = self.cfg.precision == "bf16"
@@ -170,16 +122,9 @@ class Trainer:
         n = self.train_x.shape[0]
         perm = torch.randperm(n, generator=self.gen).to(self.device)
         zero = torch.zeros((), device=self.device)
-        loss_sum, correct, gn_sum, gn_max, ratio_sum = (
-            zero.clone(),
-            zero.clone(),
-            zero.clone(),
-            zero.clone(),
-            zero.clone(),
-        )
+        loss_sum, correct, gn_sum, gn_max, ratio_sum = (zero.clone() for _ in range(5))
         steps = range(0, n, cfg.batch_size)
-        bar = _bar(steps, f"epoch {epoch}/{cfg.epochs}", self.progress)
-        for start in bar:
+        for start in _bar(steps, f"epoch {epoch}/{cfg.epochs}", self.progress):
             idx = perm[start : start + cfg.batch_size]
             xb = self.train_x[idx]
             if self.augmentation is not None:
@@ -191,107 +136,69 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grads = [p.grad for p in self.params if p.grad is not None]
-            gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            gn = _norm(grads)
             before = torch._foreach_mul(self.params, 1.0)
             opt.step()
             with torch.no_grad():
                 delta = torch._foreach_sub(self.params, before)
-                ratio = torch.linalg.vector_norm(
-                    torch.stack(torch._foreach_norm(delta))
-                ) / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
-                b = y.shape[0]
-                loss_sum += loss.detach() * b
+                ratio = _norm(delta) / _norm(before)
+                loss_sum += loss.detach() * y.shape[0]
                 correct += (logits.argmax(1) == y).sum()
                 gn_sum += gn
                 gn_max = torch.maximum(gn_max, gn)
                 ratio_sum += ratio
-        nsteps = len(steps)
-        stats = torch.stack(
-            [loss_sum / n, correct / n, gn_sum / nsteps, gn_max, ratio_sum / nsteps]
-        ).tolist()
-        return {
-            "train_loss": stats[0],
-            "train_acc": stats[1],
-            "grad_norm_mean": stats[2],
-            "grad_norm_max": stats[3],
-            "update_ratio": stats[4],
-            "lr": lr,
-        }
+        k = len(steps)
+        stats = torch.stack([loss_sum / n, correct / n, gn_sum / k, gn_max, ratio_sum / k]).tolist()
+        names = ("train_loss", "train_acc", "grad_norm_mean", "grad_norm_max", "update_ratio")
+        return {**dict(zip(names, stats, strict=True)), "lr": lr}
 
-    def finish_epoch(self, epoch: int, metrics: dict[str, Any], t0: float) -> dict[str, Any]:
-        """Validate (recording activations), then write dump, checkpoint and metrics, in that order (the recorder)."""
-        row = self.recorder.record(
-            epoch, self.model, self.opt, metrics, rng=rng_states(self.gen), started=t0
-        )
-        metrics.clear()
-        metrics.update(row)
-        return metrics
+    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        """The model, optimizer and random-number states of a checkpoint (resuming)."""
+        self.model.load_state_dict(ckpt.model_state)
+        checkpoint.restore_optimizer(self.opt, self.model, ckpt)
+        set_rng_states(ckpt.rng, self.gen)
 
-    def fit(self, start_epoch: int, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        cfg = self.cfg
-        self.recorder.history = list(history)
-        self.recorder.last_epoch = start_epoch - 1 if start_epoch > 0 else None
-        for epoch in range(start_epoch, cfg.epochs + 1):
+    def fit(self, writer: RunWriter, start_epoch: int) -> list[dict[str, Any]]:
+        """Train epochs `start_epoch`..`cfg.epochs` (0: the initialisation); `writer` records."""
+        for epoch in range(start_epoch, self.cfg.epochs + 1):
             t0 = time.perf_counter()
             metrics: dict[str, Any] = {"epoch": epoch}
             if epoch > 0:
                 metrics.update(self.train_epoch(epoch))
                 metrics["train_seconds"] = time.perf_counter() - t0
                 metrics["images_per_second"] = self.train_x.shape[0] / metrics["train_seconds"]
-            self.finish_epoch(epoch, metrics, t0)
+            metrics = writer.record(
+                epoch, self.model, metrics, self.opt, rng=rng_states(self.gen), started=t0
+            )
             if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
                 self.log(f"warning: epoch {epoch} has non-finite metrics (training diverged?)")
-            self.log(summary_line(metrics, cfg.epochs))
-        return self.recorder.history
+            self.log(summary_line(metrics, self.cfg.epochs))
+        return writer.history
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
 def _bar(it, label: str, show: bool):
-    if not show:
-        return it
-    import click
-
-    return click.progressbar(it, label=label, file=sys.stderr, show_pos=True)
+    return click.progressbar(it, label=label, file=sys.stderr, show_pos=True) if show else it
 
 
 def summary_line(m: dict[str, Any], epochs: int) -> str:
     if m["epoch"] == 0:
-        return f"epoch 0/{epochs} (init)  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  {m['epoch_seconds']:.1f}s"
+        return (
+            f"epoch 0/{epochs} (init)  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  "
+            f"{m['epoch_seconds']:.1f}s"
+        )
     return (
-        f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
-        f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  grad {m['grad_norm_mean']:.3f}  "
-        f"lr {m['lr']:.4g}  {m['epoch_seconds']:.1f}s ({m['images_per_second']:.0f} img/s)"
+        f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  "
+        f"train_acc {m['train_acc']:.4f}  val_loss {m['val_loss']:.4f}  "
+        f"val_acc {m['val_acc']:.4f}  grad {m['grad_norm_mean']:.3f}  lr {m['lr']:.4g}  "
+        f"{m['epoch_seconds']:.1f}s ({m['images_per_second']:.0f} img/s)"
     )
 
 
-# --- resuming ---------------------------------------------------------------------------------------
-
-
-def last_good_epoch(run: rundir.Run, log: Log) -> checkpoint.Checkpoint | None:
-    """The newest checkpoint that loads and verifies; damaged later ones are reported and skipped."""
-    for epoch in reversed(run.epochs()):
-        try:
-            return run.load_checkpoint(epoch)
-        except RunFileError as exc:
-            log(f"warning: {exc}; resuming from an earlier epoch")
-    return None
-
-
-def refuse_foreign_resume(run_dir: Path) -> None:
-    """`--resume` continues only what probe train wrote: a recorded or imported run is one line saying why not."""
-    source = rundir.Run(run_dir).config.get("source")
-    kind = source.get("kind") if isinstance(source, dict) else None
-    if kind == "import":
-        raise UsageError(
-            "--resume",
-            f"{run_dir} was made by `probe import`: its checkpoints carry no optimizer state, "
-            "so probe train cannot continue it (analyse it, or train a new run)",
-        )
-    if kind is not None:
-        raise UsageError(
-            "--resume",
-            f"{run_dir} was written by probe.Recorder from another training loop; continue it "
-            "in that loop, probe train cannot",
-        )
+# --- the command ----------------------------------------------------------------------------------
 
 
 def train(
@@ -307,7 +214,8 @@ def train(
 ) -> Path:
     """Train `cfg` into `run_dir` (or continue it with resume=True); returns the run directory.
 
-    `dataset` replaces loading CIFAR-10 (tests and the plugin-author fixture pass small synthetic data).
+    `dataset` replaces loading CIFAR-10 (tests and the plugin-author fixture pass small synthetic
+    data).
     """
     run_dir = Path(run_dir)
     log = log or ((lambda s: None) if quiet else (lambda s: print(s, flush=True)))
@@ -318,109 +226,54 @@ def train(
     if resume:
         refuse_foreign_resume(run_dir)
     if resume and cfg is None:
-        cfg = rundir.Run(run_dir).train_config()
+        cfg = stored_config(Run(run_dir))
     if cfg is None:
         cfg = TrainConfig()
     device = resolve_device(cfg.device)
     preflight(cfg, run_dir)
-    ds = dataset or data.load_dataset(
-        cfg.dataset, cfg.data, quiet=quiet
-    )  # fails (one line) before anything is written
-    spec = model_spec(cfg, ds)  # so do a model that does not fit the data set, or is too large
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ProbeError(
-            f"{run_dir}: cannot create the run directory ({exc.strerror or exc})"
-        ) from None
-    with lock.hold(run_dir):  # one writer per run; held until the last epoch is written
-        check_run_dir(
-            run_dir, resume=resume, force=force, locked=True
-        )  # it may have changed while we loaded data
-        if force and _has_content(run_dir):
-            clear_run(run_dir)
-        remove_training_temps(run_dir)  # what a killed process was writing
-        return _train_locked(run_dir, cfg, device, ds, log, progress, resume, spec)
-
-
-def _train_locked(
-    run_dir: Path,
-    cfg: TrainConfig,
-    device: torch.device,
-    ds: data.Dataset,
-    log: Log,
-    progress: bool,
-    resume: bool,
-    spec: ModelSpec,
-) -> Path:
-    trainer = Trainer(run_dir, cfg, device, ds, log, progress, spec)
-    history: list[dict[str, Any]] = []
-    start = 0
-    if resume:
-        run = rundir.Run(run_dir)
-        ckpt = last_good_epoch(run, log)
-        if ckpt is not None:
-            if (
-                ckpt.config_hash
-                and ckpt.config_hash != cfg.hash()
-                and ckpt.epoch > 0
-                and cfg.schedule != "constant"
-            ):
-                log("warning: the config changed since this checkpoint was written")
-            if ckpt.spec != trainer.spec:
-                raise RunFileError(
-                    ckpt.path,
-                    f"holds a different model ({ckpt.spec.describe()}) than {rundir.CONFIG} "
-                    f"describes ({trainer.spec.describe()})",
-                )
-            trainer.model.load_state_dict(ckpt.model_state)
-            checkpoint.restore_optimizer(trainer.opt, trainer.model, ckpt)
-            set_rng_states(ckpt.rng, trainer.gen)
-            start = ckpt.epoch + 1
-            try:
-                history = [m for m in run.metrics() if m["epoch"] <= ckpt.epoch]
-            except RunFileError as exc:  # the checkpoints hold each epoch's metrics too
-                log(f"warning: {exc}; rebuilding {rundir.METRICS} from the checkpoints")
-                history = []
-            have = {m["epoch"] for m in history}
-            history += [
-                run.load_checkpoint(e).metrics
-                for e in run.epochs()
-                if e <= ckpt.epoch and e not in have
-            ]
-            history.sort(key=lambda m: m["epoch"])
-            for e in run.epochs():
-                if e > ckpt.epoch:
-                    run.checkpoint_path(e).unlink(missing_ok=True)
-            log(f"resuming {run_dir} after epoch {ckpt.epoch}")
-    if start == 0:
-        trainer.write_static(_resolved(cfg, device))
-        n = sum(p.numel() for p in trainer.model.parameters())
-        log(
-            f"training {n:,}-parameter {trainer.spec.describe()} on {trainer.train_x.shape[0]:,} {cfg.dataset} images, "
-            f"{cfg.epochs} epochs, {device}; run directory {run_dir}"
-        )
-    else:
-        if (
-            start - 1 > cfg.epochs
-        ):  # shrinking a run would make config.json contradict its checkpoints
-            raise UsageError(
-                "--epochs",
-                f"{run_dir} already holds {start - 1} trained epochs; give --epochs {start - 1} "
-                "or more to continue it (nothing was changed)",
+    # Loading the data fails (one line) before anything is written; so does a model that does not
+    # fit the data set, or is too large.
+    ds = dataset or data.load_dataset(cfg.dataset, cfg.data, quiet=quiet)
+    plan = train_plan(cfg, ds, run_dir, device, model_spec(cfg, ds))
+    with RunWriter(plan, force=force, log=log) as writer:  # one writer per run, locked to the end
+        writer.open(resume=resume)  # checked again under the lock: it may have changed meanwhile
+        trainer = Trainer(plan, cfg, log, progress)
+        start = _resume(writer, trainer) if resume else 0
+        if start == 0:
+            writer.write_static()
+            n = sum(p.numel() for p in trainer.model.parameters())
+            log(
+                f"training {n:,}-parameter {plan.spec.describe()} on "
+                f"{trainer.train_x.shape[0]:,} {cfg.dataset} images, {cfg.epochs} epochs, "
+                f"{device}; run directory {run_dir}"
             )
-        atomic.write_json(
-            run_dir / rundir.CONFIG, {**rundir.Run(run_dir).config, "train": cfg.to_dict()}
-        )
-    if start > cfg.epochs:
-        write_metrics(
-            run_dir, history
-        )  # a kill after the last checkpoint left its metrics line unwritten
-        log(f"{run_dir} is already complete ({cfg.epochs} epochs)")
-        return run_dir
-    trainer.fit(start, history)
+        else:
+            if start - 1 > cfg.epochs:  # shrinking a run would make config.json contradict it
+                raise UsageError(
+                    "--epochs",
+                    f"{run_dir} already holds {start - 1} trained epochs; give --epochs "
+                    f"{start - 1} or more to continue it (nothing was changed)",
+                )
+            writer.rewrite_train()
+        if start > cfg.epochs:
+            writer.write_metrics()  # a kill after the last checkpoint left its metrics unwritten
+            log(f"{run_dir} is already complete ({cfg.epochs} epochs)")
+            return run_dir
+        trainer.fit(writer, start)
     return run_dir
 
 
-def _resolved(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    return recorder_resolved(device, cfg.seed)
+def _resume(writer: RunWriter, trainer: Trainer) -> int:
+    """Continue after the newest checkpoint that verifies: the first epoch to train (0: none)."""
+    ckpt = writer.last_good_checkpoint()
+    if ckpt is None:
+        return 0
+    cfg = trainer.cfg
+    changed = ckpt.config_hash and ckpt.config_hash != cfg.hash()
+    if changed and ckpt.epoch > 0 and cfg.schedule != "constant":
+        writer.log("warning: the config changed since this checkpoint was written")
+    writer.check_model(ckpt)
+    trainer.restore(ckpt)
+    writer.continue_after(ckpt)
+    writer.log(f"resuming {writer.run_dir} after epoch {ckpt.epoch}")
+    return ckpt.epoch + 1

@@ -1,10 +1,11 @@
-"""The model a training config describes: its spec, size and fit, checked before anything is allocated.
+"""The model a training config describes: its spec, size and fit, checked before allocating it.
 
-Families themselves are plugins (probe/families.py is the contract; the built-in
-ones live in plugins/). This module turns `probe train`'s options into a
-`ModelSpec` for a data set, and sizes that model on the meta device: its
-parameter count and an estimate of its training memory bound what probe will
-build, and a forward pass there shows that the data set's images fit the model.
+Families themselves are plugins (probe.contract.families is the contract; the
+built-in ones live in plugins/). This module turns `probe train`'s options into a
+`ModelSpec` for a data set (through the family's alias table for the older
+options: probe.training.config.family_params), and sizes that model on the meta
+device: its parameter count and an estimate of its training memory bound what probe
+will build, and a forward pass there shows that the data set's images fit the model.
 """
 
 from __future__ import annotations
@@ -12,32 +13,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from probe.contract.families import MAX_MODEL_PARAMS, InputSpec, ModelSpec, get_family
-from probe.errors import UsageError
-from probe.training.modelsize import param_count as simplecnn_param_count
-from probe.training.modelsize import width_for_params as _width_for_params
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
+from probe.contract.cifar10 import CIFAR10_CLASSES, CIFAR10_INPUT, CIFAR10_MEAN, CIFAR10_STD
+from probe.contract.families import (
+    MAX_MODEL_PARAMS,
+    MAX_TRAIN_BYTES,
+    InputSpec,
+    ModelSpec,
+    get_family,
 )
-CIFAR10_INPUT = InputSpec(3, (32, 32), CIFAR10_MEAN, CIFAR10_STD)
-
-# `probe train`'s options that predate model families: fields of the simplecnn family.
-SIMPLECNN_OPTIONS = {"model_depth": "depth", "base_width": "base_width", "dropout": "dropout"}
-MAX_TRAIN_BYTES = (
-    64 << 30
-)  # estimated training memory (weights, optimizer state, activations of a batch)
+from probe.errors import UsageError
+from probe.training.config import TrainConfig, family_params, parse_pairs
 
 
 def simplecnn_spec(
@@ -48,80 +33,33 @@ def simplecnn_spec(
     num_classes: int = 10,
     input: InputSpec = CIFAR10_INPUT,
 ) -> ModelSpec:
-    """The spec of the notebook's CNN (tests, benchmarks and the plugin-author fixture build it directly)."""
-    return ModelSpec(
-        "simplecnn",
-        {"depth": depth, "base_width": base_width, "dropout": dropout, "hidden": hidden},
-        input,
-        num_classes,
-        "1",
-        "probe-cnn",
-    )
+    """The spec of the default family's network, made by the family (for tests and benchmarks)."""
+    raw = {"depth": depth, "base_width": base_width, "dropout": dropout, "hidden": hidden}
+    return get_family("simplecnn").spec(raw, input, num_classes)
 
 
 def count_params(spec: ModelSpec) -> int:
-    """Parameter count of the model `spec` describes, built on the meta device (nothing allocated)."""
+    """Parameter count of the model `spec` describes, built on the meta device (no memory)."""
     return sum(p.numel() for p in spec.skeleton().parameters())
 
 
-def width_for_params(depth: int, target: int, **kw: Any) -> int:
-    """The simplecnn base width whose model has the parameter count closest to `target` (`--target-params`)."""
-    return _width_for_params(depth, target, **kw)
-
-
-def parse_pairs(
-    pairs: tuple[str, ...] | list[str], option: str = "--model-param"
-) -> dict[str, str]:
-    """`("depth=56", "shortcut=none")` -> {"depth": "56", "shortcut": "none"}; a malformed or repeated key is an error."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise UsageError(option, f"expected KEY=VALUE, got {pair!r}")
-        if key in out:
-            raise UsageError(option, f"{key} is given twice")
-        out[key] = value.strip()
-    return out
-
-
-def spec_from_config(cfg: Any, input: InputSpec, num_classes: int) -> ModelSpec:
+def spec_from_config(cfg: TrainConfig, input: InputSpec, num_classes: int) -> ModelSpec:
     """The spec of the model `cfg` trains on a data set of `input` images and `num_classes` classes.
 
-    `--model-param` sets the family's parameters. For the default family,
-    simplecnn, the older `--model-depth`, `--base-width`, `--target-params` and
-    `--dropout` set the same fields (giving one both ways is an error); with any
-    other family they must stay at their defaults.
+    `--model-param` sets the family's parameters; the older `--model-depth`,
+    `--base-width`, `--target-params` and `--dropout` set the ones the family's alias
+    table names (for the default family, simplecnn, the same fields; giving one both
+    ways is an error); with a family that takes none of them they must stay at their
+    defaults (`family_params`).
     """
-    from probe.training.config import FIELDS, flag
-
     fam = get_family(cfg.model, option="--model")
-    raw: dict[str, Any] = parse_pairs(cfg.model_params)
-    if fam.name == "simplecnn":
-        legacy = {p: getattr(cfg, o) for o, p in SIMPLECNN_OPTIONS.items()}
-        if cfg.target_params is not None:
-            legacy["base_width"] = width_for_params(
-                int(raw.get("depth", cfg.model_depth)), cfg.target_params
-            )
-        for o, p in [*SIMPLECNN_OPTIONS.items(), ("target_params", "base_width")]:
-            if p in raw and getattr(cfg, o) != FIELDS[o].default:
-                raise UsageError("--model-param", f"{p} is also set by {flag(o)}; give it one way")
-        raw = {**legacy, **raw}
-    else:
-        for o in [*SIMPLECNN_OPTIONS, "target_params"]:
-            if getattr(cfg, o) != FIELDS[o].default:
-                raise UsageError(
-                    flag(o),
-                    f"applies to --model simplecnn only; give {fam.name}'s parameters with "
-                    f"--model-param KEY=VALUE (see `probe models`)",
-                )
-    return fam.spec(raw, input, num_classes)
+    return fam.spec(family_params(cfg, fam), input, num_classes)
 
 
 def check_model(
     spec: ModelSpec, batch_size: int, option: str = "--model", full_maps: tuple[str, ...] = ()
 ) -> int:
-    """Size the model on the meta device and run one forward pass there; returns its parameter count.
+    """Size the model on the meta device and run one forward pass there; return its parameter count.
 
     Refuses, in one line naming `option`: a model of more than MAX_MODEL_PARAMS
     parameters or an estimated training memory above MAX_TRAIN_BYTES (weights,
@@ -191,7 +129,7 @@ def check_model(
 def input_spec(
     images: Any, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
 ) -> InputSpec:
-    """The model input for uint8 [N, C, H, W] `images`: the data set's normalisation, else theirs (per channel)."""
+    """The model input for uint8 [N, C, H, W] `images`: the data set's normalisation or theirs."""
     import torch
 
     c, h, w = images.shape[1:]
@@ -224,12 +162,12 @@ __all__ = [
     "CIFAR10_INPUT",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "MAX_TRAIN_BYTES",
     "ModelSpec",
     "check_model",
     "count_params",
     "input_spec",
-    "simplecnn_param_count",
+    "parse_pairs",
     "simplecnn_spec",
     "spec_from_config",
-    "width_for_params",
 ]

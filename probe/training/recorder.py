@@ -1,12 +1,14 @@
-"""`probe.Recorder`: the run-directory writer, for `probe train` and for any training loop.
+"""`probe.Recorder`: a run directory from any training loop (docs/own-loop.md).
 
 A training loop calls `record(epoch, model, optimizer, metrics)` at the end of each
 epoch (and once before training, for epoch 0 = the initialisation). The recorder
-validates the model on the validation split (the probe set first, so its activations
-are captured by forward hooks during that pass), then writes, in this order and each
-atomically, the activation dump, the checkpoint and metrics.jsonl: the layout of
-docs/run-directory.md, so every analysis and `probe report` work on the result.
-`probe train` is built on it (one writer, not two); `probe import` too.
+checks what it was given, then hands the epoch to the run writer
+(probe.rundir.writer.RunWriter), which validates the model on the validation split
+(the probe set first, so its activations are captured by forward hooks during that
+pass) and writes, in this order and each atomically, the activation dump, the
+checkpoint and metrics.jsonl: the layout of docs/run-directory.md, so every analysis
+and `probe report` work on the result. `probe train` and `probe import` write through
+the same writer, from the same kind of plan (probe.rundir.plan.RunPlan).
 
 Everything a record could refuse (epochs out of order, a model whose state does not
 fit the family it names, metrics that are not JSON numbers, an optimizer state a
@@ -16,23 +18,22 @@ run directory itself is only created and locked at the first record that passes.
 
 from __future__ import annotations
 
-import contextlib
-import math
-import platform
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from probe.contract.families import ModelSpec
+from probe.contract.families import ModelSpec, get_family
 from probe.datasets import tensors as _data
 from probe.errors import ProbeError, UsageError
-from probe.io import atomic
-from probe.rundir import activations, checkpoint, lock
-from probe.rundir import run as rundir
+from probe.numerics.device import resolve_device
+from probe.rundir import checkpoint
+from probe.rundir.plan import RunPlan
+from probe.rundir.prepare import check_new_run_dir, check_path
+from probe.rundir.writer import RunWriter
+from probe.training.config import MAX_IMAGES, MAX_SEED
+from probe.training.model import check_model, input_spec
 
 Log = Callable[[str], None]
 
@@ -49,7 +50,8 @@ RESERVED = (
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose state dict has the family's names: not a DataParallel/DDP or torch.compile wrapper."""
+    """The module whose state dict has the family's names: not a DataParallel/DDP or torch.compile
+    wrapper."""
     while True:
         inner = (
             getattr(model, "module", None)
@@ -64,7 +66,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def state_mismatch(
     spec: ModelSpec, state: Mapping[str, torch.Tensor], *, cast: bool = False
 ) -> str | None:
-    """None when `state` has exactly the tensors of `spec`'s model; else what differs, naming the first keys.
+    """None when `state` has exactly the tensors of `spec`'s model; else what differs, naming the
+    first keys.
 
     Compared against the model built on the meta device (nothing allocated). With
     `cast`, a floating tensor of another floating dtype counts as fitting (import casts it).
@@ -101,10 +104,8 @@ def resolve_spec(
     batch_size: int,
     full_maps: tuple[str, ...],
 ) -> ModelSpec:
-    """The spec of `model` (a spec, or a family name + params) for `ds`, sized and checked on the meta device."""
-    from probe.contract.families import get_family
-    from probe.training.model import check_model, input_spec
-
+    """The spec of `model` (a spec, or a family name + params) for `ds`, sized and checked on the
+    meta device."""
     if isinstance(model, ModelSpec):
         if model_params:
             raise UsageError(
@@ -135,61 +136,56 @@ def resolve_spec(
     return spec
 
 
-def _resolved(device: torch.device, seed: int) -> dict[str, Any]:
-    from probe.version import __version__
-
-    info: dict[str, Any] = {
-        "versions": {
-            "probe": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "device": str(device),
-        "seed": seed,
-    }
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+def _check_sizes(sizes: Mapping[str, Any], val_size: Any, probe_set_size: Any) -> None:
+    """Whole numbers in their ranges (seed: torch's 64 bits), before anything is loaded."""
+    lows = {"probe_set_size": 10, "analysis_batch_size": 1, "val_batch_size": 1}
+    for name, v in sizes.items():
+        lo = lows.get(name, 0)
+        if type(v) is not int or not lo <= v <= (MAX_SEED if name == "seed" else MAX_IMAGES):
+            raise UsageError(name, f"expected a whole number >= {lo}, got {v!r}")
+    if val_size is not None and (type(val_size) is not int or val_size < probe_set_size):
         raise UsageError(
-            "--device", "cuda was asked for but torch sees no CUDA device; use --device cpu or auto"
+            "val_size",
+            f"must be a whole number >= probe_set_size ({probe_set_size}), got {val_size!r}",
         )
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(
-            "--device", f"{name!r} is not a device (auto, cpu, cuda, cuda:N)"
-        ) from None
+
+
+def _load_dataset(dataset: str | _data.Dataset, data: str | None) -> _data.Dataset:
+    if isinstance(dataset, str):
+        return _data.load_dataset(dataset, data, quiet=True)
+    if isinstance(dataset, _data.Dataset):
+        _data.check_dataset(dataset, "given")
+        return dataset
+    raise UsageError(
+        "dataset",
+        "expected a data set name or a probe.datasets.tensors.Dataset, "
+        f"got {type(dataset).__name__}",
+    )
 
 
 class Recorder:
     """Writes a probe run directory from any training loop.
 
-        rec = probe.Recorder("runs/mine", model="resnet", model_params={"depth": 20}, dataset="cifar10",
-                             data="~/data/cifar10")
+        rec = probe.Recorder("runs/mine", model="resnet", model_params={"depth": 20},
+                             dataset="cifar10", data="~/data/cifar10")
         model = rec.spec.build()
-        rec.record(0, model)                                   # the initialisation
+        rec.record(0, model)                           # the initialisation
         for epoch in range(1, 3):
             ...train one epoch...
             rec.record(epoch, model, optimizer, {"train_loss": loss})
-        rec.close()                                            # or use `with probe.Recorder(...) as rec:`
+        rec.close()                                    # or `with probe.Recorder(...) as rec:`
 
     `model`: a `probe.ModelSpec`, or a family name (`probe models`, or one you registered)
     with `model_params`. `dataset`: a data set name (`probe datasets`; `data` is its
-    `--data`) or a `probe.datasets.tensors.Dataset`. The probe set (`probe_set_size` class-stratified
-    validation images), the analysis batch (`analysis_batch_size` images of the training
-    subset) and the validation order are drawn with `seed` exactly as `probe train` draws
-    them; `subset_train_size` (0 = all) names that subset, and `train_indices` gives it
-    to the loop. `val_size` validates on fewer images (the probe set plus a seeded rest).
-    `epochs` (optional) is the planned number, shown by `probe report`. An existing,
-    non-empty `run_dir` is refused unless `force=True` and it is a probe run.
+    `--data`) or a `probe.datasets.tensors.Dataset`. The probe set (`probe_set_size`
+    class-stratified validation images), the analysis batch (`analysis_batch_size` images of
+    the training subset) and the validation order are drawn with `seed` exactly as
+    `probe train` draws them (one `probe.rundir.plan.RunPlan`); `subset_train_size` (0 = all)
+    names that subset, and `train_indices` gives it to the loop. `val_size` validates on fewer
+    images (the probe set plus a seeded rest). `epochs` (optional) is the planned number, shown by
+    `probe report`. An existing, non-empty `run_dir` is refused unless `force=True` and it
+    is a probe run. The files are written by the run writer (`probe.rundir.writer.RunWriter`)
+    that `probe train` and `probe import` write through too.
     """
 
     def __init__(
@@ -213,46 +209,27 @@ class Recorder:
         log: Log | None = None,
         _source: dict[str, Any] | None = None,
     ):
-        from probe.rundir.prepare import check_path
-        from probe.training.config import MAX_IMAGES, MAX_SEED
-
-        self.run_dir = Path(run_dir)
-        for name, v, lo in (
-            ("probe_set_size", probe_set_size, 10),
-            ("analysis_batch_size", analysis_batch_size, 1),
-            ("subset_train_size", subset_train_size, 0),
-            ("val_batch_size", val_batch_size, 1),
-            ("seed", seed, 0),
-            ("epochs", 0 if epochs is None else epochs, 0),
-        ):
-            if type(v) is not int or not lo <= v <= (MAX_SEED if name == "seed" else MAX_IMAGES):
-                raise UsageError(name, f"expected a whole number >= {lo}, got {v!r}")
-        if val_size is not None and (type(val_size) is not int or val_size < probe_set_size):
-            raise UsageError(
-                "val_size",
-                f"must be a whole number >= probe_set_size ({probe_set_size}), got {val_size!r}",
-            )
-        check_path(self.run_dir, "run_dir")
-        self._check_dir(force)
-        self.force = force
-        device = resolve_device(device)
-        if isinstance(dataset, str):
-            ds = _data.load_dataset(dataset, data, quiet=True)
-            name = dataset
-        elif isinstance(dataset, _data.Dataset):
-            _data.check_dataset(dataset, "given")
-            ds, name = dataset, getattr(dataset, "source", "given")
-        else:
-            raise UsageError(
-                "dataset",
-                f"expected a data set name or a probe.datasets.tensors.Dataset, got {type(dataset).__name__}",
-            )
+        run_dir = Path(run_dir)
+        sizes = {
+            "probe_set_size": probe_set_size,
+            "analysis_batch_size": analysis_batch_size,
+            "subset_train_size": subset_train_size,
+            "val_batch_size": val_batch_size,
+            "seed": seed,
+            "epochs": 0 if epochs is None else epochs,
+        }
+        _check_sizes(sizes, val_size, probe_set_size)
+        check_path(run_dir, "run_dir")
+        check_new_run_dir(run_dir, force)
+        dev = resolve_device(device)
+        ds = _load_dataset(dataset, data)
         subset = _data.train_subset(ds, subset_train_size, seed)
         analysis_batch_size = min(analysis_batch_size, len(subset))
         full_maps = tuple(full_maps)
         spec = resolve_spec(model, ds, model_params, subset, val_batch_size, full_maps)
+        # config.json's `train` table: what a recorder knows, in probe train's key names.
         train: dict[str, Any] = {
-            "dataset": name if isinstance(dataset, str) else "given",
+            "dataset": dataset if isinstance(dataset, str) else "given",
             "data": data,
             "model": spec.family,
             "model_params": [f"{k}={v}" for k, v in sorted(spec.params.items())],
@@ -264,131 +241,85 @@ class Recorder:
             "val_batch_size": val_batch_size,
             "val_size": val_size,
             "full_maps": list(full_maps),
-            "device": device.type,
+            "device": dev.type,
         }
-        self._setup(
-            spec,
-            ds,
-            device,
+        plan = RunPlan(
+            run_dir=run_dir,
+            spec=spec,
+            dataset=ds,
+            device=dev,
             train=train,
-            config_hash="",
-            augmentation=None,
+            train_indices=subset,
+            seed=seed,
             probe_set_size=probe_set_size,
             analysis_batch_size=analysis_batch_size,
-            subset=subset,
-            seed=seed,
             val_size=val_size,
             val_batch_size=val_batch_size,
             full_maps=full_maps,
-            precision="fp32",
-            channels_last=False,
-            log=log,
+            source=_source or {"kind": "recorder"},
         )
-        self.source = _source or {"kind": "recorder"}
-        self._epochs_planned = epochs
-        self._attached = False
+        self.writer = RunWriter(plan, force=force, log=log)
 
-    @classmethod
-    def attached(
-        cls,
-        run_dir: Path,
-        spec: ModelSpec,
-        ds: _data.Dataset,
-        device: torch.device,
-        *,
-        train: dict[str, Any],
-        config_hash: str,
-        augmentation: dict[str, Any] | None,
-        probe_set_size: int,
-        analysis_batch_size: int,
-        subset: torch.Tensor,
-        seed: int,
-        val_size: int | None,
-        val_batch_size: int,
-        full_maps: tuple[str, ...],
-        precision: str,
-        channels_last: bool,
-        log: Log | None = None,
-    ) -> Recorder:
-        """A recorder for a caller that has checked, created and locked `run_dir` itself (`probe train`)."""
-        self = cls.__new__(cls)
-        self.run_dir = run_dir
-        self.force = False
-        self._setup(
-            spec,
-            ds,
-            device,
-            train=train,
-            config_hash=config_hash,
-            augmentation=augmentation,
-            probe_set_size=probe_set_size,
-            analysis_batch_size=analysis_batch_size,
-            subset=subset,
-            seed=seed,
-            val_size=val_size,
-            val_batch_size=val_batch_size,
-            full_maps=full_maps,
-            precision=precision,
-            channels_last=channels_last,
-            log=log,
-        )
-        self.source = None
-        self._epochs_planned = train.get("epochs")
-        self._attached = True
-        self._opened = True
-        return self
+    # --- what the loop reads ----------------------------------------------------------------------
+    @property
+    def plan(self) -> RunPlan:
+        return self.writer.plan
 
-    def _setup(
-        self,
-        spec: ModelSpec,
-        ds: _data.Dataset,
-        device: torch.device,
-        *,
-        train: dict[str, Any],
-        config_hash: str,
-        augmentation: dict[str, Any] | None,
-        probe_set_size: int,
-        analysis_batch_size: int,
-        subset: torch.Tensor,
-        seed: int,
-        val_size: int | None,
-        val_batch_size: int,
-        full_maps: tuple[str, ...],
-        precision: str,
-        channels_last: bool,
-        log: Log | None,
-    ) -> None:
-        self.spec, self.dataset, self.device = spec, ds, device
-        self.layers = spec.recorded_layers()
-        self.train, self.config_hash, self.augmentation = train, config_hash, augmentation
-        self.seed, self.val_batch_size, self.full_maps = seed, val_batch_size, full_maps
-        self.precision, self.channels_last = precision, channels_last
-        self.log: Log = log or (lambda s: None)
-        self.train_indices = subset
-        probe_idx = _data.stratified(ds.test_y, min(probe_set_size, len(ds.test_y)), seed)
-        rest = torch.ones(len(ds.test_y), dtype=torch.bool)
-        rest[probe_idx] = False
-        rest_idx = rest.nonzero().flatten()
-        if val_size is not None and val_size < len(ds.test_y):  # a seeded, stratified rest
-            rest_idx = (
-                rest_idx[_data.stratified(ds.test_y[rest_idx], val_size - len(probe_idx), seed + 3)]
-                .sort()
-                .values
-            )
-        # The probe set goes first in the validation order: its activations are captured for free.
-        self.probe_idx = probe_idx
-        self.val_order = torch.cat([probe_idx, rest_idx])
-        self.val_x = ds.test_x[self.val_order].to(device)
-        self.val_y = ds.test_y[self.val_order].to(device)
-        g = torch.Generator().manual_seed(seed + 2)
-        self.analysis_src = subset[
-            torch.randperm(len(subset), generator=g)[:analysis_batch_size].sort().values
-        ]
-        self.history: list[dict[str, Any]] = []
-        self.last_epoch: int | None = None
-        self._opened = False
-        self._stack = contextlib.ExitStack()
-        self._t_last = time.perf_counter()
+    @property
+    def run_dir(self) -> Path:
+        return self.plan.run_dir
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's spec: `rec.spec.build()` is a fresh model of it."""
+        return self.plan.spec
+
+    @property
+    def dataset(self) -> _data.Dataset:
+        return self.plan.dataset
+
+    @property
+    def device(self) -> torch.device:
+        """Where the recorder validates: the model must be there."""
+        return self.plan.device
+
+    @property
+    def train_indices(self) -> torch.Tensor:
+        """The training subset (indices into the training split): the loop trains on it."""
+        return self.plan.train_indices
+
+    @property
+    def probe_idx(self) -> torch.Tensor:
+        return self.plan.probe_indices
+
+    @property
+    def val_order(self) -> torch.Tensor:
+        return self.plan.val_order
+
+    @property
+    def val_x(self) -> torch.Tensor:
+        return self.writer.val_x
+
+    @property
+    def val_y(self) -> torch.Tensor:
+        return self.writer.val_y
+
+    @property
+    def val_batch_size(self) -> int:
+        return self.plan.val_batch_size
+
+    @property
+    def layers(self) -> list[str]:
+        return self.plan.layers
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The metrics rows recorded so far (metrics.jsonl)."""
+        return self.writer.history
+
+    @property
+    def last_epoch(self) -> int | None:
+        return self.writer.last_epoch
 
     # --- the public API -------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -399,13 +330,7 @@ class Recorder:
 
     def close(self) -> None:
         """Release the run's lock (a recorder that recorded nothing leaves nothing behind)."""
-        self._stack.close()
-
-    def __del__(
-        self,
-    ) -> None:  # a loop that never calls close(): release the lock when the recorder goes
-        with contextlib.suppress(Exception):
-            self._stack.close()
+        self.writer.close()
 
     def record(
         self,
@@ -417,7 +342,8 @@ class Recorder:
         rng: dict[str, torch.Tensor] | None = None,
         started: float | None = None,
     ) -> dict[str, Any]:
-        """Validate `model` and write epoch `epoch`'s dump, checkpoint and metrics; returns the metrics row.
+        """Validate `model` and write epoch `epoch`'s dump, checkpoint and metrics; returns the
+        metrics row.
 
         `metrics`: what the loop measured (train_loss, train_acc, lr, ...: JSON numbers or
         strings); the recorder adds val_loss, val_acc, weight_norm and timings. `rng`:
@@ -425,80 +351,39 @@ class Recorder:
         states); without it the global torch state is stored. `started`: the epoch's
         `time.perf_counter()` start (default: the end of the previous record).
         """
-        t0 = self._t_last if started is None else started
         model = unwrap(model)
         row = self._check(epoch, model, optimizer, metrics)
-        if (
-            rng is None and optimizer is not None
-        ):  # a checkpoint with optimizer state must hold RNG states
+        if rng is None and optimizer is not None:  # a checkpoint with optimizer state holds RNG
             rng = {"torch": torch.get_rng_state(), "data": torch.get_rng_state()}
-        t_val = time.perf_counter()
-        was_training = model.training
-        recorder = activations.ActivationRecorder(
-            model, self.layers, self.full_maps, len(self.probe_idx)
-        )
-        try:
-            row.update(self.validate(model, recorder))
-        finally:
-            recorder.close()
-            model.train(was_training)
-        row["val_seconds"] = time.perf_counter() - t_val
-        row["weight_norm"] = weight_norm(model)
-        if not self._opened:
-            self._open()
-        t_out = time.perf_counter()
-        recorder.write(self.run_dir / rundir.activations_name(epoch), epoch)
-        row["epoch_seconds"] = (
-            time.perf_counter() - t0
-        )  # the checkpoint's own copy: before its write
-        checkpoint.save(
-            self.run_dir / rundir.checkpoint_name(epoch),
-            epoch=epoch,
-            model=model,
-            spec=self.spec,
-            metrics=row,
-            config_hash=self.config_hash,
-            optimizer=optimizer,
-            rng=rng,
-        )
-        row["output_seconds"] = time.perf_counter() - t_out
-        row["epoch_seconds"] = time.perf_counter() - t0
-        self.history = [h for h in self.history if h["epoch"] < epoch] + [row]
-        self.last_epoch = epoch
-        if not self._attached and self._epochs_planned is None:
-            self.train["epochs"] = epoch  # `probe report` shows the epochs recorded so far
-            self._write_config()
-        write_metrics(self.run_dir, self.history)
-        self._t_last = time.perf_counter()
-        return row
+        return self.writer.record(epoch, model, row, optimizer, rng=rng, started=started)
 
     # --- checks: before anything of the epoch is written ------------------------------------------
     def _check(
         self, epoch: Any, model: Any, optimizer: Any, metrics: Mapping[str, Any] | None
     ) -> dict[str, Any]:
-        if type(epoch) is not int or not 0 <= epoch < 10**9:
-            raise UsageError("epoch", f"expected a whole number >= 0, got {epoch!r}")
-        if self.last_epoch is not None and epoch != self.last_epoch + 1:
-            raise UsageError(
-                "epoch",
-                f"epoch {epoch} recorded after epoch {self.last_epoch}; record each epoch once, "
-                f"in order (next: {self.last_epoch + 1}); nothing was written",
-            )
+        self.writer.check_epoch(epoch)
+        self._check_model(epoch, model)
+        row = _checked_metrics(epoch, metrics)
+        if optimizer is not None:
+            _check_optimizer(epoch, model, optimizer)
+            if epoch > 0 and "lr" not in row:
+                row["lr"] = float(optimizer.param_groups[0]["lr"])
+        return row
+
+    def _check_model(self, epoch: int, model: Any) -> None:
         if not isinstance(model, torch.nn.Module):
             raise UsageError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
-        p = next(model.parameters(), None)
+        p, dev = next(model.parameters(), None), self.device
         if (
             p is not None
-            and p.device != self.device
-            and not (p.device.type == self.device.type == "cuda" and self.device.index is None)
+            and p.device != dev
+            and not (p.device.type == dev.type == "cuda" and dev.index is None)
         ):
             raise UsageError(
                 "device",
                 f"epoch {epoch}: the model is on {p.device}, the recorder validates on "
-                f"{self.device}; create the recorder with device={str(p.device)!r}",
+                f"{dev}; create the recorder with device={str(p.device)!r}",
             )
-        if self._attached:  # probe train built the model from the spec itself
-            return {"epoch": epoch, **(metrics or {})}
         why = state_mismatch(self.spec, model.state_dict())
         if why:
             raise ProbeError(
@@ -512,187 +397,49 @@ class Recorder:
                 f"epoch {epoch}: the model has no module {missing[0]!r} (a recorded layer of "
                 f"{self.spec.family}); nothing was written"
             )
-        row: dict[str, Any] = {"epoch": epoch}
-        for k, v in (metrics or {}).items():
-            if not isinstance(k, str) or k in RESERVED:
-                raise UsageError(
-                    "metrics",
-                    f"epoch {epoch}: {k!r} is measured by the recorder (or not a name); "
-                    f"leave out {', '.join(RESERVED)}",
-                )
-            if torch.is_tensor(v) and v.numel() == 1:
-                v = v.item()
-            if not (v is None or isinstance(v, (bool, int, float, str))):
-                raise UsageError(
-                    "metrics", f"epoch {epoch}: {k} is a {type(v).__name__}, not a number or string"
-                )
-            row[k] = v
-        if optimizer is not None:
-            self._check_optimizer(epoch, model, optimizer)
-            if epoch > 0 and "lr" not in row:
-                row["lr"] = float(optimizer.param_groups[0]["lr"])
-        return row
 
-    def _check_optimizer(self, epoch: int, model: torch.nn.Module, optimizer: Any) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
+
+def _checked_metrics(epoch: int, metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The start of a metrics row from a loop's `metrics`: names the recorder does not measure,
+    JSON numbers or strings."""
+    row: dict[str, Any] = {"epoch": epoch}
+    for k, v in (metrics or {}).items():
+        if not isinstance(k, str) or k in RESERVED:
             raise UsageError(
-                "optimizer", f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
+                "metrics",
+                f"epoch {epoch}: {k!r} is measured by the recorder (or not a name); "
+                f"leave out {', '.join(RESERVED)}",
             )
-        ids = {id(p) for p in model.parameters()}
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if id(p) not in ids:
+        if torch.is_tensor(v) and v.numel() == 1:
+            v = v.item()
+        if not (v is None or isinstance(v, (bool, int, float, str))):
+            raise UsageError(
+                "metrics", f"epoch {epoch}: {k} is a {type(v).__name__}, not a number or string"
+            )
+        row[k] = v
+    return row
+
+
+def _check_optimizer(epoch: int, model: torch.nn.Module, optimizer: Any) -> None:
+    """An optimizer of the model's parameters whose state a probe checkpoint can hold."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise UsageError(
+            "optimizer", f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    ids = {id(p) for p in model.parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in ids:
+                raise ProbeError(
+                    f"epoch {epoch}: the optimizer holds a tensor that is not a parameter of the "
+                    "model; nothing was written"
+                )
+            for key, v in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v) and (
+                    key not in checkpoint.OPTIMIZER_STATE_KEYS or v.dtype != torch.float32
+                ):
                     raise ProbeError(
-                        f"epoch {epoch}: the optimizer holds a tensor that is not a parameter of the "
-                        "model; nothing was written"
+                        f"epoch {epoch}: {type(optimizer).__name__} keeps {key!r} "
+                        f"({str(v.dtype).removeprefix('torch.')}), which a probe checkpoint "
+                        "cannot store (SGD and Adam(W) states only); record with optimizer=None"
                     )
-                for key, v in optimizer.state.get(p, {}).items():
-                    if torch.is_tensor(v) and (
-                        key not in checkpoint.OPTIMIZER_STATE_KEYS or v.dtype != torch.float32
-                    ):
-                        raise ProbeError(
-                            f"epoch {epoch}: {type(optimizer).__name__} keeps {key!r} "
-                            f"({str(v.dtype).removeprefix('torch.')}), which a probe checkpoint cannot "
-                            "store (SGD and Adam(W) states only); record with optimizer=None"
-                        )
-
-    def _check_dir(self, force: bool) -> None:
-        from probe.rundir.prepare import _has_content, check_run_dir
-
-        d = self.run_dir
-        if d.exists() and not d.is_dir():
-            raise UsageError("run_dir", f"{d} exists and is not a directory")
-        if d.is_dir() and not force and _has_content(d):
-            raise UsageError(
-                "run_dir",
-                f"{d} already exists and is not empty; pick another run directory, or pass "
-                "force=True (--force) to replace the probe run there",
-            )
-        check_run_dir(
-            d, resume=False, force=force
-        )  # force: only a probe run holding nothing foreign is replaced
-
-    # --- writing -----------------------------------------------------------------------------------
-    def _open(self) -> None:
-        """Create and lock the run directory, replace an old run (force), and write what is stored once."""
-        from probe.rundir.prepare import (
-            _has_content,
-            check_run_dir,
-            clear_run,
-            remove_training_temps,
-        )
-
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ProbeError(
-                f"{self.run_dir}: cannot create the run directory ({exc.strerror or exc})"
-            ) from None
-        self._stack.enter_context(
-            lock.hold(self.run_dir, command=(self.source or {}).get("kind", "record"))
-        )
-        try:
-            check_run_dir(self.run_dir, resume=False, force=self.force, locked=True)
-            if self.force and _has_content(self.run_dir):
-                clear_run(self.run_dir)
-            remove_training_temps(self.run_dir)
-            self.write_static(_resolved(self.device, self.seed))
-        except BaseException:
-            self._stack.close()
-            raise
-        self._opened = True
-
-    def _config(self, resolved: dict[str, Any]) -> dict[str, Any]:
-        config: dict[str, Any] = {
-            "format": "probe-run/1",
-            "train": self.train,
-            "model_spec": self.spec.to_dict(),
-            "num_params": sum(p.numel() for p in self.spec.skeleton().parameters()),
-            "augmentation": self.augmentation,
-            "config_hash": self.config_hash,
-            "data_source": self.dataset.source,
-            "classes": list(self.dataset.classes),
-            **resolved,
-        }
-        if self.source is not None:
-            config["source"] = self.source
-        return config
-
-    def _write_config(self) -> None:
-        atomic.write_json(self.run_dir / rundir.CONFIG, self._config(self._resolved_info))
-
-    def write_static(self, resolved: dict[str, Any]) -> None:
-        """config.json, the probe set and the analysis batch: what the first epoch stores once."""
-        from safetensors.torch import save_file
-
-        self._resolved_info = resolved
-        self._write_config()
-        ds = self.dataset
-        for rel, x, y, idx in (
-            (
-                rundir.PROBE_SET,
-                ds.test_x[self.probe_idx],
-                ds.test_y[self.probe_idx],
-                self.probe_idx,
-            ),
-            (
-                rundir.ANALYSIS_BATCH,
-                ds.train_x[self.analysis_src],
-                ds.train_y[self.analysis_src],
-                self.analysis_src,
-            ),
-        ):
-            tensors = {
-                "images": x.contiguous(),
-                "labels": y.contiguous(),
-                "indices": idx.contiguous(),
-            }
-            atomic.write_with(self.run_dir / rel, lambda tmp, t=tensors: save_file(t, str(tmp)))
-
-    # --- validation ----------------------------------------------------------------------------------
-    def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = _data.normalize(x_uint8, self.spec.mean, self.spec.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    @torch.no_grad()
-    def validate(
-        self, model: torch.nn.Module, recorder: activations.ActivationRecorder
-    ) -> dict[str, float]:
-        """Loss and accuracy over the validation split in eval mode; the probe set's activations go to `recorder`."""
-        model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        n = self.val_x.shape[0]
-        autocast = torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
-        )
-        for start in range(0, n, self.val_batch_size):
-            x = self._input(self.val_x[start : start + self.val_batch_size])
-            y = self.val_y[start : start + self.val_batch_size]
-            with autocast:
-                logits = model(x).float()
-            recorder.after_batch(logits)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-        return {"val_loss": loss_sum.item() / n, "val_acc": correct.item() / n}
-
-
-def weight_norm(model: torch.nn.Module) -> float:
-    with torch.no_grad():
-        return torch.linalg.vector_norm(
-            torch.stack(torch._foreach_norm(list(model.parameters())))
-        ).item()
-
-
-def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.jsonl whole and atomically (it is tiny), so it is never torn by us."""
-    import json
-
-    lines = [
-        json.dumps({k: _jsonable(v) for k, v in row.items()}, sort_keys=True) for row in history
-    ]
-    atomic.write_text(run_dir / rundir.METRICS, "\n".join(lines) + "\n")
-
-
-def _jsonable(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v

@@ -1,0 +1,240 @@
+"""Traces and spectral densities of a symmetric operator from its products alone.
+
+- `hutchinson_trace`: tr(A) ~ mean of v^T A v over seeded Rademacher v, with the standard
+  error of that mean (optionally stopping at a relative standard error).
+- `hutchinson_samples`: the raw v^T A v per probe, and each parameter block's share of it
+  (unbiased block traces that add up exactly to the full sample).
+- `hutchpp_trace` (Meyer, Musco, Musco and Woodruff, 2021): a third of the products sketch the
+  top of the spectrum, whose trace is taken exactly, and Hutchinson estimates only the deflated
+  remainder: far lower variance than Hutchinson's when a few eigenvalues carry most of the
+  Frobenius mass, no better when the spectrum is flat.
+- `trace_estimate(method, op, products)`: either, by name.
+- `slq_density`: the eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al., 2019).
+
+Guarantees: probe vectors come from a seeded generator (the same `seed` gives the same
+vectors for every operator of one dimension, so traces of several batches share them);
+samples and estimates are float64 whatever the operator's dtype; every estimate carries its
+standard error (NaN where fewer than two samples make one) and the products it spent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from probe.numerics.checks import check
+from probe.numerics.curvature.linear import LinearOperator, lanczos_run, tridiagonal_eigh
+
+__all__ = [
+    "HUTCHPP_MIN_PRODUCTS",
+    "TRACE_METHODS",
+    "Density",
+    "TraceResult",
+    "hutchinson_samples",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "rademacher",
+    "slq_density",
+    "standard_error",
+    "trace_estimate",
+    "trace_of_samples",
+]
+
+TRACE_METHODS = ("hutchinson", "hutch++")
+HUTCHPP_MIN_PRODUCTS = (
+    6  # for a standard error: a third sketches, a third is exact, two samples left
+)
+
+
+@dataclass
+class TraceResult:
+    """Hutchinson's estimate with its standard error (stderr of the sample mean)."""
+
+    trace: float
+    stderr: float
+    samples: int
+    hvps: int
+
+
+def rademacher(op: LinearOperator, gen: torch.Generator) -> torch.Tensor:
+    """One random +-1 vector of `op`'s length, dtype and device, drawn from `gen`."""
+    return (torch.randint(0, 2, (op.dim,), generator=gen) * 2 - 1).to(op.dtype).to(op.device)
+
+
+def hutchinson_trace(
+    op: LinearOperator,
+    samples: int = 100,
+    *,
+    seed: int = 0,
+    rel_stderr: float | None = None,
+    min_samples: int = 10,
+) -> TraceResult:
+    """tr(H) ~ mean of v^T H v over Rademacher v, with the standard error of that mean.
+
+    With `rel_stderr`, stops early once stderr <= rel_stderr * |trace| (after
+    `min_samples`).
+    """
+    check(samples >= 2, "trace_samples", f"must be >= 2, got {samples}")
+    gen, hvps0, vals = torch.Generator().manual_seed(seed), op.hvps, []
+    for i in range(samples):
+        v = rademacher(op, gen)
+        vals.append(float(v @ op.matvec(v)))
+        if rel_stderr is not None and i + 1 >= min_samples:
+            t = torch.tensor(vals, dtype=torch.float64)
+            if float(t.std() / math.sqrt(len(t))) <= rel_stderr * abs(float(t.mean())):
+                break
+    t = torch.tensor(vals, dtype=torch.float64)
+    return TraceResult(float(t.mean()), float(t.std() / math.sqrt(len(t))), len(t), op.hvps - hvps0)
+
+
+@dataclass
+class Density:
+    """Stochastic Lanczos quadrature: per run, Ritz nodes and their weights (sum 1).
+
+    The spectral density is the average over runs of sum_i w_i delta(x - node_i);
+    `curve` smooths it with a Gaussian of width `sigma` for plotting.
+    """
+
+    nodes: torch.Tensor  # (runs, steps), padded with 0 where a run broke down early
+    weights: torch.Tensor  # (runs, steps), 0 for padding
+    hvps: int
+    dim: int
+
+    def curve(self, grid: torch.Tensor, sigma: float) -> torch.Tensor:
+        g = grid.to(torch.float64).reshape(-1, 1, 1)
+        k = torch.exp(-0.5 * ((g - self.nodes) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        return (k * self.weights).sum(-1).mean(-1)
+
+    def moment(self, p: int) -> float:
+        """Estimate of tr(H^p) / dim."""
+        return float((self.weights * self.nodes**p).sum(-1).mean())
+
+
+def slq_density(op: LinearOperator, runs: int = 5, steps: int = 60, *, seed: int = 0) -> Density:
+    """Eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al., 2019).
+
+    Each run starts Lanczos (full reorthogonalisation) from a Rademacher vector;
+    eigh of the tridiagonal gives the nodes and the squared first components of its
+    eigenvectors the weights.
+    """
+    check(runs >= 1, "density_runs", f"must be >= 1, got {runs}")
+    check(steps >= 2, "density_steps", f"must be >= 2, got {steps}")
+    gen, hvps0 = torch.Generator().manual_seed(seed), op.hvps
+    m = min(steps, op.dim)
+    nodes, weights = (
+        torch.zeros(runs, m, dtype=torch.float64),
+        torch.zeros(runs, m, dtype=torch.float64),
+    )
+    for r in range(runs):
+        _, alphas, betas, _ = lanczos_run(op, rademacher(op, gen), m)
+        theta, s = tridiagonal_eigh(alphas, betas)
+        nodes[r, : len(theta)], weights[r, : len(theta)] = theta, s[0] ** 2
+    return Density(nodes, weights, op.hvps - hvps0, op.dim)
+
+
+def standard_error(values: Sequence[float] | torch.Tensor) -> float:
+    """Standard error of the mean, std (n - 1 in the denominator) / sqrt(n); NaN below 2 values."""
+    t = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    return float(t.std() / math.sqrt(len(t))) if len(t) >= 2 else math.nan
+
+
+def hutchinson_samples(
+    op: LinearOperator,
+    samples: int,
+    *,
+    seed: int = 0,
+    block_id: torch.Tensor | None = None,
+    blocks: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """v^T H v for `samples` seeded Rademacher v (the same v for every operator of one seed),
+    and, with `block_id` (the block of each coordinate), each block's share v_b^T (H v)_b
+    per sample: an unbiased estimate of that diagonal block's trace from the same
+    products, whose shares add up to v^T H v exactly."""
+    check(samples >= 2, "trace_samples", f"must be >= 2, got {samples}")
+    gen = torch.Generator().manual_seed(seed)
+    vals = torch.zeros(samples, dtype=torch.float64)
+    per_block = torch.zeros(samples, blocks, dtype=torch.float64) if block_id is not None else None
+    for i in range(samples):
+        v = rademacher(op, gen)
+        prod = v * op.matvec(v)
+        vals[i] = float(prod.sum())
+        if per_block is not None:
+            per_block[i] = torch.zeros(blocks, dtype=torch.float64).index_add_(
+                0, block_id, prod.detach().to(torch.float64).cpu()
+            )
+    return vals, per_block
+
+
+def trace_of_samples(vals: torch.Tensor, hvps: int) -> TraceResult:
+    """The Hutchinson estimate of samples `vals` (mean, its standard error) that cost `hvps`."""
+    return TraceResult(float(vals.mean()), standard_error(vals), len(vals), hvps)
+
+
+# --- Hutch++ --------------------------------------------------------------------------------
+
+
+def _signs(
+    n: int, k: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    return (torch.randint(0, 2, (n, k), generator=gen) * 2 - 1).to(dtype).to(device)
+
+
+def hutchpp_trace(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    num_products: int,
+    rng: torch.Generator | int = 0,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> TraceResult:
+    """Hutch++ estimate of tr(A) from `num_products` products with A (symmetric).
+
+    k = num_products // 3 Rademacher vectors S sketch the range: Q = orth(A S) (k
+    products); tr(Q^T A Q) is computed exactly (k products); the remaining
+    n = num_products - 2k products are Hutchinson samples of the deflated
+    (I - QQ^T) A (I - QQ^T). The estimate is unbiased. `stderr` is the standard error
+    of the Hutchinson part given the sketch (the exact part has none); it needs
+    n >= 2, else it is NaN. With k at least the rank of A the estimate is exact.
+    """
+    check(
+        num_products >= 3, "trace_samples", f"Hutch++ needs at least 3 products, got {num_products}"
+    )
+    check(dim >= 1, "dim", f"must be >= 1, got {dim}")
+    gen = rng if isinstance(rng, torch.Generator) else torch.Generator().manual_seed(int(rng))
+    k = min(num_products // 3, dim)
+    n_rest = num_products - 2 * k
+    s = _signs(dim, k, gen, dtype, device)
+    a_s = torch.stack([matvec(s[:, j]) for j in range(k)], dim=1)
+    q, _ = torch.linalg.qr(a_s)
+    exact = sum(float(q[:, j] @ matvec(q[:, j])) for j in range(k))
+    g = _signs(dim, n_rest, gen, dtype, device)
+    g = g - q @ (q.T @ g)
+    vals = torch.tensor(
+        [float(g[:, j] @ matvec(g[:, j])) for j in range(n_rest)], dtype=torch.float64
+    )
+    mean = float(vals.mean()) if n_rest else 0.0
+    stderr = float(vals.std() / math.sqrt(n_rest)) if n_rest >= 2 else math.nan
+    return TraceResult(exact + mean, stderr, num_products, 2 * k + n_rest)
+
+
+def trace_estimate(method: str, op: LinearOperator, products: int, *, seed: int = 0) -> TraceResult:
+    """tr(op) by Hutchinson or Hutch++ at `products` products, with a standard error."""
+    check(
+        method in TRACE_METHODS, "trace_method", f"must be one of {TRACE_METHODS}, got {method!r}"
+    )
+    if method == "hutchinson":
+        return hutchinson_trace(op, products, seed=seed)
+    check(
+        products >= HUTCHPP_MIN_PRODUCTS,
+        "trace_samples",
+        f"Hutch++ needs at least {HUTCHPP_MIN_PRODUCTS} products for a standard error, "
+        f"got {products}",
+    )
+    hvps0 = op.hvps
+    res = hutchpp_trace(op.matvec, op.dim, products, seed, dtype=op.dtype, device=op.device)
+    res.hvps = op.hvps - hvps0
+    return res
