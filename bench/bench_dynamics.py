@@ -40,6 +40,7 @@ from probe.analysis.runner import run_analyses  # noqa: E402
 from probe.rundir.run import Run  # noqa: E402
 from probe.training.config import TrainConfig  # noqa: E402
 from probe.training.loop import train  # noqa: E402
+from probe.training.trainplan import stored_config  # noqa: E402
 
 ANALYSES = ["linear-probe", "neural-collapse", "gradient-noise", "interpolation"]
 EPOCH = 2
@@ -90,7 +91,7 @@ def synthetic(seed: int = 0):
 def train_epoch(run_dir: Path, dataset) -> float:
     """One more epoch of the run; its `epoch_seconds` (train + validation + outputs)."""
     run = Run(run_dir)
-    cfg = dataclasses.replace(run.train_config(), epochs=max(run.epochs()) + 1)
+    cfg = dataclasses.replace(stored_config(run), epochs=max(run.epochs()) + 1)
     train(run_dir, cfg, resume=True, quiet=True, dataset=dataset)
     return float(Run(run_dir).metrics()[-1]["epoch_seconds"])
 

@@ -210,5 +210,11 @@ def register_analyses(register) -> None:
             needs={"model", "analysis_batch"},
             summary="Gradient noise scale B_simple, gradient SNR and diversity from per-example "
             "gradients, per epoch and layer (eval mode).",
+            report_order=160,
+            caption=(
+                "Per-example gradient statistics per epoch and layer; B_simple estimates the batch"
+                " size at which gradient noise equals its signal."
+            ),
+            headline={"b_simple": "B_simple"},
         )
     )

@@ -245,5 +245,11 @@ def register_analyses(register) -> None:
             needs={"model", "checkpoint", "analysis_batch"},
             summary="Loss/accuracy along straight lines from the initialisation and from the "
             "previous epoch to each epoch, with linear-mode-connectivity barriers.",
+            report_order=170,
+            caption=(
+                "Loss along straight lines between checkpoints; a barrier above 0 means the loss "
+                "rises above the chord between the endpoints."
+            ),
+            headline={"init_barrier": "init_barrier"},
         )
     )

@@ -243,5 +243,11 @@ def register_analyses(register) -> None:
             needs={"activations", "probe_set"},
             summary="Cross-validated linear-probe (logistic regression) accuracy per layer and "
             "epoch, as a heat map (Alain & Bengio 2016).",
+            report_order=140,
+            caption=(
+                "Cross-validated accuracy of a linear classifier on each layer's probe-set "
+                "features; higher means the classes are more linearly separable there."
+            ),
+            headline={"penultimate_accuracy": "probe_acc"},
         )
     )

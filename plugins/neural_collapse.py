@@ -264,5 +264,11 @@ def register_analyses(register) -> None:
             needs={"activations", "probe_set", "checkpoint"},
             summary="Neural collapse NC1-NC4 (Papyan et al. 2020) per epoch on the penultimate "
             "(or every recorded) layer, on the probe set.",
+            report_order=150,
+            caption=(
+                "Neural collapse measures per epoch on log axes; each falls towards 0 as the "
+                "features collapse to their class means."
+            ),
+            headline={"nc1": "NC1"},
         )
     )
