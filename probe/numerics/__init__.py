@@ -18,6 +18,12 @@ from the module that defines them:
 - `probe.numerics.representations`: PCA, t-SNE, RSM and CKA of activations.
 - `probe.numerics.spectra`: WeightWatcher's weight-matrix spectra (`weight_spectra`).
 - `probe.numerics.gradcheck`: autograd against finite differences.
+- `probe.numerics.probing`: linear probes (`linear_probe`: stratified k-fold logistic regression).
+- `probe.numerics.collapse`: neural collapse NC1-NC4 (`neural_collapse`).
+- `probe.numerics.gradient_noise`: per-example gradients and their noise scale, SNR and
+  diversity (`per_example_gradients`, `gradient_noise`).
+- `probe.numerics.interpolation`: loss along straight lines between weights and its barrier
+  (`interpolation_path`, `linear_mode_barrier`).
 
 Names are loaded on first use (PEP 562), so `import probe.numerics.device` from a light
 module does not import torch.
