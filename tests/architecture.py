@@ -242,6 +242,11 @@ def cycles(mods: dict[str, Module], *, include_function_imports: bool = True) ->
     return sorted(out)
 
 
+def _where(path: Path) -> str:
+    """A path as the messages show it: relative to the checkout where it lies inside."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def upward_imports(mods: dict[str, Module]) -> list[str]:
     """Imports from a higher layer (or of a module in no layer): each breaks the one direction of imports."""
     bad = []
@@ -250,7 +255,7 @@ def upward_imports(mods: dict[str, Module]) -> list[str]:
             src, dst = layer_of(m.name), layer_of(imp.target)
             if src < 0 or dst < 0 or dst > src:
                 bad.append(
-                    f"{m.path.relative_to(ROOT)}:{imp.line}: {m.name} (layer {src}) imports {imp.target} "
+                    f"{_where(m.path)}:{imp.line}: {m.name} (layer {src}) imports {imp.target} "
                     f"(layer {dst})"
                 )
     return bad
@@ -301,7 +306,7 @@ def needless_function_imports(mods: dict[str, Module]) -> list[str]:
                     else f"{imp.target} imports nothing heavy"
                 )
                 bad.append(
-                    f"{m.path.relative_to(ROOT)}:{imp.line}: imports {imp.target} inside a function, "
+                    f"{_where(m.path)}:{imp.line}: imports {imp.target} inside a function, "
                     f"but {why}: import it at the top"
                 )
     return bad
@@ -318,10 +323,13 @@ def private_reach(plugins: dict[str, Module], public_modules: set[str]) -> list[
         for imp in m.imports:
             if not imp.target.startswith(PACKAGE + ".") and imp.target != PACKAGE:
                 continue
-            where = f"{m.path.relative_to(ROOT)}:{imp.line}"
+            where = f"{_where(m.path)}:{imp.line}"
             if any(_is_private(part) for part in imp.target.split(".")):
                 bad.append(f"{where}: imports the private module {imp.target}")
-            elif not any(imp.target == p or imp.target.startswith(p + ".") for p in public_modules):
+            elif not any(
+                imp.target == p or (p != PACKAGE and imp.target.startswith(p + "."))
+                for p in public_modules
+            ):  # `probe` itself is public, not every module under it
                 bad.append(f"{where}: imports {imp.target}, which is not part of the public API")
             for n in imp.names:
                 if _is_private(n):
