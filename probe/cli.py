@@ -16,7 +16,9 @@ from typing import Any
 
 import click
 
-from probe.analysis.runner import describe
+from probe.analysis.executor import make_executor
+from probe.analysis.runner import describe, run_analyses, summary_line
+from probe.contract.analysis import split_params
 from probe.contract.registry import add_plugin_commands, installed, registry
 from probe.errors import ProbeError, UsageError
 from probe.rundir.prepare import check_path
@@ -321,16 +323,9 @@ def analyze(
     Results go to RUN_DIR/analyses/<analysis>/; rerunning with the same inputs and
     parameters returns the cached result at once. Exits 1 if any analysis failed.
     """
-    from probe.analysis.runner import run_analyses, summary_line
-    from probe.contract.analysis import split_params
-    from probe.contract.registry import registry
-    from probe.errors import UsageError
-    from probe.rundir.run import Run
-
     reg = registry()
-    for (
-        line
-    ) in reg.problems():  # disabled analyses (name clashes, bad defaults): the others still run
+    # Disabled analyses (name clashes, bad defaults) are warned about; the others still run.
+    for line in reg.problems():
         click.echo(f"warning: {line}", err=True)
     Run(run_dir)  # a clear error for a directory that is not a run, before anything else
     if run_all:
@@ -351,11 +346,8 @@ def analyze(
 
     executor = None
     if workers is not None or dask_workers is not None or scheduler is not None:
-        from probe.analysis.executor import make_executor
-
-        executor = make_executor(
-            workers, scheduler, dask_workers
-        )  # an unreachable scheduler: one line, nothing run
+        # An unreachable scheduler: one line, nothing run.
+        executor = make_executor(workers, scheduler, dask_workers)
     try:
         outcomes = run_analyses(
             run_dir,

@@ -42,10 +42,16 @@ from typing import Any
 
 import click
 
+from probe.analysis.executor import Task, make_executor
+from probe.analysis.runner import run_analyses
+from probe.contract.analysis import split_params
+from probe.contract.registry import registry
 from probe.errors import ProbeError, UsageError
 from probe.io import atomic
+from probe.io.paths import child_dir
 from probe.rundir.readers import STATUS_FILE, SWEEP_FILE, read_status
-from probe.training.config import FIELDS, TrainConfig, coerce, read_toml
+from probe.rundir.run import CONFIG, Run
+from probe.training.config import FIELDS, TrainConfig, coerce, from_dict, read_toml
 
 FORMAT = "probe-sweep/1"
 TOP_KEYS = ("name", "description", "base", "grid", "analyze")
@@ -253,7 +259,6 @@ def check_plugins(spec: SweepSpec) -> None:
     """Fail now, not after hours of training, if an analysis is not installed or a parameter is wrong."""
     if not spec.analyses.plugins:
         return
-    from probe.contract.registry import registry
 
     reg = registry()
     for name in spec.analyses.plugins:
@@ -267,8 +272,6 @@ def with_params(spec: SweepSpec, pairs: tuple[str, ...]) -> SweepSpec:
     """Apply `--param` pairs (as `probe analyze --param`) over the file's analysis parameters."""
     if not spec.analyses.plugins:
         raise UsageError("--param", f"{spec.path} runs no analyses (no [analyze] plugins)")
-    from probe.contract.analysis import split_params
-    from probe.contract.registry import registry
 
     check_plugins(spec)
     routed = split_params(list(pairs), [registry().get(name) for name in spec.analyses.plugins])
@@ -327,8 +330,6 @@ def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
 def point_dir(sweep_dir: str | Path, name: object) -> Path:
     """The run directory of the point called `name` (as read from sweep.json): one folder name inside
     `sweep_dir`, not a link. A name like `/some/other/dir` or `../x` is a one-line error naming sweep.json."""
-    from probe.io.paths import child_dir
-
     return child_dir(sweep_dir, name, f"{Path(sweep_dir) / SWEEP_FILE}: point")
 
 
@@ -359,8 +360,6 @@ def write_status(sweep_dir: Path, runs: dict[str, dict[str, Any]]) -> None:
 
 def run_complete(run_dir: Path, cfg: TrainConfig) -> bool:
     """Training of this run has reached its last epoch (checked from files, without torch)."""
-    from probe.rundir.run import Run
-
     try:
         return cfg.epochs in Run(run_dir).epochs()
     except ProbeError:
@@ -369,8 +368,6 @@ def run_complete(run_dir: Path, cfg: TrainConfig) -> bool:
 
 def check_existing(run_dir: Path, point: Point) -> None:
     """A run already in the point's directory must be that point (up to more epochs)."""
-    from probe.rundir.run import CONFIG, Run
-
     if not (run_dir / CONFIG).is_file():
         return
     stored = Run(run_dir).config.get("train", {})
@@ -417,16 +414,12 @@ def run_point(run_dir: str, config: dict[str, Any], analyses: dict[str, Any]) ->
 
     A top-level function of plain arguments, so it pickles to any worker.
     """
-    from probe.rundir.run import CONFIG
-    from probe.training.config import from_dict
     from probe.training.loop import train
 
     path = Path(run_dir)
     cfg = from_dict(config, str(path))
     train(path, cfg, resume=(path / CONFIG).is_file(), quiet=True)
     if analyses.get("plugins"):
-        from probe.analysis.runner import run_analyses
-
         outcomes = run_analyses(
             path,
             list(analyses["plugins"]),
@@ -447,8 +440,6 @@ def run_point(run_dir: str, config: dict[str, Any], analyses: dict[str, Any]) ->
 
 def final_metrics(run_dir: Path) -> dict[str, Any]:
     """The last epoch's validation accuracy and loss, for the progress line."""
-    from probe.rundir.run import Run
-
     rows = Run(run_dir).metrics()
     last = rows[-1] if rows else {}
     return {
@@ -473,8 +464,6 @@ def run_sweep(
     spec: SweepSpec, sweep_dir: Path, executor: Any, *, echo: Any = click.echo, warm: bool = True
 ) -> int:
     """Run the sweep's unfinished points on `executor`; returns the number that failed."""
-    from probe.analysis.executor import Task
-
     sweep_dir = sweep_dir.resolve()  # workers elsewhere need absolute paths
     done, todo, status = plan(spec, sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -652,7 +641,6 @@ def sweep_command(
             f"{len(done) + len(todo)} runs, {len(todo)} to run; analyses: {', '.join(spec.analyses.plugins) or 'none'}"
         )
         return
-    from probe.analysis.executor import make_executor
 
     start = time.perf_counter()
     with make_executor(workers, scheduler, dask_workers) as executor:
