@@ -15,8 +15,8 @@ the checkpoints are never touched); the result says which.
 Between the final weights of two runs that differ only in seed (Frankle et al.'s
 instability test) the same computation applies, as
 `probe.numerics.interpolation.linear_mode_barrier(model, state_a, state_b, x, y)`; an
-analysis of one run reads only that run through its Context, so the result records that
-part as not yet wired. Numerics: `probe.numerics.interpolation` (docs/dynamics.md).
+analysis of one run reads only that run through its Context, so that part is the sweep
+command `probe barrier SWEEP_DIR`, and the result says so. Numerics: `probe.numerics.interpolation` (docs/dynamics.md).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ import probe
 
 MAX_IMAGES = 100_000
 CROSS_RUN = {
-    "status": "not wired",
+    "status": "probe barrier",
     "why": "a run-scope analysis reads only its own run through probe.Context; the barrier "
     "between two seeds' final weights needs a second run's checkpoint",
-    "how": "probe.numerics.interpolation.linear_mode_barrier(model, state_a, state_b, x, y, "
-    "bn=...) with the two runs' final model_state (tested: a state with itself gives 0)",
+    "how": "probe barrier SWEEP_DIR [--bn kept|recalibrate] pairs the sweep's runs that differ "
+    "only in seed and writes SWEEP_DIR/barriers.json (the same numerics: "
+    "probe.numerics.interpolation.linear_mode_barrier)",
 }
 
 

@@ -43,6 +43,7 @@ LAZY_COMMANDS = {
     "compare": "probe.studies.compare:compare_command",
     "report": "probe.report.command:report_command",
     "import": "probe.training.importer:import_command",
+    "barrier": "probe.studies.barrier:barrier_command",
 }
 
 

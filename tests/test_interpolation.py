@@ -167,7 +167,7 @@ def test_the_analysis_endpoints_are_the_checkpoints_own_eval_losses(probe_run):
         assert (s["loss"][0], s["accuracy"][0]) == pytest.approx(own[s["from_epoch"]], abs=1e-5)
         assert (s["loss"][-1], s["accuracy"][-1]) == pytest.approx(own[s["to_epoch"]], abs=1e-5)
         assert s["loss_barrier"] == pytest.approx(I.barrier(doc["alphas"], s["loss"])[0])
-    assert doc["computed_on"]["bn"] == "kept" and doc["cross_run"]["status"] == "not wired"
+    assert doc["computed_on"]["bn"] == "kept" and doc["cross_run"]["status"] == "probe barrier"
     m = json.loads((o.path / "manifest.json").read_text())
     assert m["scalars"]["bn"] == "kept"
     assert m["scalars"]["init_barrier"] == doc["segments"][1]["loss_barrier"]
