@@ -21,6 +21,7 @@ from probe.analysis.runner import describe, run_analyses, summary_line
 from probe.contract.analysis import split_params
 from probe.contract.registry import add_plugin_commands, installed, registry
 from probe.errors import ProbeError, UsageError
+from probe.io.text import clean
 from probe.rundir.prepare import check_path
 from probe.rundir.results import dumps
 from probe.rundir.run import CONFIG, Run
@@ -34,6 +35,8 @@ from probe.training.config import (
     make_config,
 )
 
+# Errors are one line; one naming many files (e.g. a list of missing keys) is cut here.
+MESSAGE_LIMIT = 2000
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -70,10 +73,13 @@ class ProbeGroup(click.Group):
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "probe"
-            click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+            click.echo(
+                f"error: {clean(exc.format_message(), MESSAGE_LIMIT)} (see `{where} --help`)",
+                err=True,
+            )
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
+            click.echo(f"error: {clean(exc.format_message(), MESSAGE_LIMIT)}", err=True)
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             click.echo("aborted", err=True)
@@ -84,7 +90,7 @@ class ProbeGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ProbeError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {clean(exc, MESSAGE_LIMIT)}", err=True)
             ctx.exit(exc.exit_code)
 
 

@@ -121,6 +121,18 @@ def write_states(folder: Path, names: list[str], state: dict[str, torch.Tensor])
         ),
         (["epoch_0.pt", "notes.txt"], r"notes.txt: not a checkpoint file"),
         (["epoch_0.pt", "final.pt"], r"final.pt: no epoch in its name"),
+        (
+            ["epoch_0.pt", "epoch_5000000.pt"],
+            r"epoch 1 \(and 4,999,998 more\) is missing between epoch_0.pt and epoch_5000000.pt",
+        ),
+        (
+            ["epoch_0.pt", "epoch_20000000.pt"],
+            r"epoch_20000000.pt: epoch 20,000,000 is over the 10,000,000 epochs a run may hold",
+        ),
+        (
+            ["epoch_99999999999999999999.pt"],
+            r"epoch 99,999,999,999,999,999,999 is over the 10,000,000 epochs",
+        ),
     ],
 )
 def test_bad_folders_are_one_line_naming_the_file_or_epoch(
@@ -166,7 +178,9 @@ def test_a_state_dict_that_does_not_fit_and_a_pickle_write_nothing(
     (tmp_path / "b").mkdir()
     with open(tmp_path / "b" / "epoch_0.pt", "wb") as fh:
         pickle.dump({"w": Evil()}, fh)
-    with pytest.raises(RunFileError, match=r"epoch_0.pt: not a loadable weights-only torch file"):
+    with pytest.raises(
+        RunFileError, match=r"epoch_0.pt: refused: it holds something other"
+    ) as info:
         import_checkpoints(
             tmp_path / "b",
             tmp_path / "out",
@@ -175,6 +189,24 @@ def test_a_state_dict_that_does_not_fit_and_a_pickle_write_nothing(
             probe_set_size=40,
             device="cpu",
         )
+    assert not (tmp_path / "out").exists()
+    # torch's reason is kept, its advice to load with weights_only=False is not
+    assert "Unsupported operand" in str(info.value) and "weights_only" not in str(info.value)
+    (tmp_path / "b" / "epoch_0.pt").unlink()
+    torch.save({"w": Evil()}, tmp_path / "b" / "epoch_0.pt")  # a zip file naming builtins.print
+    with pytest.raises(
+        RunFileError,
+        match=r"\(Unsupported global: GLOBAL print was not an allowed global by default\); probe",
+    ) as info:
+        import_checkpoints(
+            tmp_path / "b",
+            tmp_path / "out",
+            spec,
+            synthetic_dataset(seed=0),
+            probe_set_size=40,
+            device="cpu",
+        )
+    assert "weights_only" not in str(info.value) and "safe_globals" not in str(info.value)
     assert not (tmp_path / "out").exists()
 
 
@@ -252,3 +284,79 @@ def test_an_imported_run_passes_every_analysis_and_the_report(
         device="cpu",
     )
     analyze_and_report(out)
+
+
+def import_args(tmp_path: Path, folder: Path, run: Path) -> list[str]:
+    from probe.testing import make_image_folder
+
+    images = tmp_path / "imgs"
+    if not images.exists():
+        make_image_folder(images)
+    return [
+        "import",
+        str(folder),
+        "--run-dir",
+        str(run),
+        "--model",
+        "simplecnn",
+        "--model-param",
+        "base_width=4",
+        "--dataset",
+        "folder",
+        "--data",
+        str(images),
+        "--probe-set-size",
+        "10",
+        "--analysis-batch-size",
+        "8",
+        "--device",
+        "cpu",
+    ]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_importing_a_run_s_own_checkpoints_over_it_is_refused_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """`probe import R/checkpoints --run-dir R --force` once deleted the run it was reading."""
+    from click.testing import CliRunner
+
+    from probe.cli import cli
+    from probe.training.model import simplecnn_spec
+
+    spec = simplecnn_spec(base_width=4)
+    (tmp_path / "ckpts").mkdir()
+    for e in (0, 1):
+        torch.manual_seed(e)
+        save_file(spec.build().state_dict(), str(tmp_path / "ckpts" / f"epoch_{e}.safetensors"))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, import_args(tmp_path, tmp_path / "ckpts", run))
+    assert res.exit_code == 0, res.output
+    before = tree(run)
+    for source in (run / "checkpoints", run):
+        res = CliRunner().invoke(cli, [*import_args(tmp_path, source, run), "--force"])
+        assert res.exit_code == 2
+        assert res.output.strip() == (
+            f"error: FOLDER: {source} lies inside --run-dir {run}, which the import writes "
+            "(--force replaces it): copy the checkpoints to a folder outside the run first"
+        )
+        assert tree(run) == before and Run(run).epochs() == [0, 1]
+
+
+def test_an_untrusted_file_name_cannot_forge_a_line_or_drive_the_terminal(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from probe.cli import cli
+
+    folder = tmp_path / "ckpts"
+    write_states(folder, ["epoch_0.pt"], {"w": torch.zeros(2)})
+    (folder / "bad\nerror: all good\x1b]0;owned\x07.txt").write_text("x")
+    res = CliRunner().invoke(cli, import_args(tmp_path, folder, tmp_path / "run"))
+    assert res.exit_code == 1
+    [line] = res.output.strip().splitlines()
+    assert "\x1b" not in line and "\x07" not in line
+    assert "bad\\u000aerror: all good\\u001b]0;owned\\u0007.txt: not a checkpoint file" in line
+    assert not (tmp_path / "run").exists()

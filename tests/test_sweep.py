@@ -88,6 +88,27 @@ def cli(*args: str):
         ),
         (TINY.replace("lr = [0.01, 0.1]", "lr = 0.01"), "lr: expected a list of values"),
         (
+            TINY.split("[grid]")[0]
+            + "[grid]\n"
+            + "".join(
+                f"{k} = [{', '.join(str(v) for v in range(1, 41))}]\n"
+                for k in (
+                    "seed",
+                    "epochs",
+                    "batch_size",
+                    "base_width",
+                    "step_size",
+                    "target_params",
+                )
+            )
+            + "lr = ["
+            + ", ".join(f"0.{i:03d}" for i in range(1, 41))
+            + "]\n",
+            "[grid]: 163,840,000,000 points (40 seed x 40 epochs x 40 batch_size x 40 base_width"
+            " x 40 step_size x 40 target_params x 40 lr), more than the 10,000 a sweep may hold;"
+            " split it into several sweeps",
+        ),
+        (
             TINY.replace('optimizer = ["SGD", "Adam"]', 'optimizer = ["SGD", "Adamm"]'),
             "'Adamm' is not one of",
         ),

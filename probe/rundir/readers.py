@@ -20,7 +20,6 @@ import math
 import os
 import re
 import stat
-import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,6 +29,7 @@ import click
 from probe.errors import ProbeError, RunFileError
 from probe.io import safeio
 from probe.io.paths import lstat_or_none
+from probe.io.text import clean
 from probe.rundir.results import MANIFEST, RESULT_FORMAT
 from probe.rundir.run import ANALYSES, METRICS
 
@@ -46,16 +46,6 @@ SKIPPED = object()  # what `read_or_warn` returns for a file it did not read
 
 
 # --- one warning per file --------------------------------------------------------------------
-
-
-def clean(text: Any, limit: int = 300) -> str:
-    """`text` made safe for one terminal line: control and bidi characters shown escaped,
-    long text cut."""
-    s = "".join(
-        c if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") else f"\\u{ord(c):04x}"
-        for c in str(text)[: limit * 2]
-    )
-    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def warn_stderr(message: str) -> None:

@@ -56,6 +56,8 @@ from probe.training.config import FIELDS, TrainConfig, coerce, from_dict, read_t
 FORMAT = "probe-sweep/1"
 TOP_KEYS = ("name", "description", "base", "grid", "analyze")
 ANALYZE_KEYS = ("plugins", "epochs", "params")
+# Grid points one sweep may hold: a 1.7 kB file of seven keys of 40 values names 1.6e11.
+MAX_POINTS = 10_000
 # What may differ between a finished run and the sweep asking for it again: more
 # epochs extend a run (as `probe train --resume --epochs` does); the device does not
 # change what is trained. Anything else means the run is not this grid point.
@@ -226,6 +228,14 @@ def _read_grid(table: dict[str, Any], path: Path) -> dict[str, list[Any]]:
         if len(set(map(repr, checked))) < len(checked):
             raise UsageError(where, f"{key}: a value is listed twice in {values!r}")
         grid[key] = checked
+    n_points = math.prod(len(v) for v in grid.values())  # counted, never expanded, first
+    if n_points > MAX_POINTS:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
+        raise UsageError(
+            where,
+            f"{n_points:,} points ({sizes}), more than the {MAX_POINTS:,} a sweep may hold; "
+            "split it into several sweeps",
+        )
     return grid
 
 

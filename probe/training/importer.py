@@ -37,6 +37,13 @@ from probe.training.model import parse_pairs
 
 SUFFIXES = (".safetensors", ".pt", ".pth")
 _DIGITS = re.compile(r"[0-9]+")
+# The lines of torch's weights-only refusal that are advice, not the reason.
+_TORCH_ADVICE = re.compile(
+    r"weights_only|Weights only load failed|Check the documentation|Please file an issue"
+    r"|trusted source",
+)
+_ADVICE_SENTENCE = re.compile(r"\.?\s+(?:Please|Re-running|Do it only)\b")
+_UNPICKLER_PREFIX = re.compile(r"^WeightsUnpickler error:\s*")
 _WRAPPERS = (
     "state_dict",
     "model",
@@ -45,6 +52,7 @@ _WRAPPERS = (
 )  # .pt dicts that hold the state dict under a key
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 MAX_FILES = 100_000
+MAX_EPOCH = 10_000_000  # the most epochs a run may declare (probe.training.recorder)
 
 
 def epoch_of(name: str) -> int | None:
@@ -56,7 +64,7 @@ def epoch_of(name: str) -> int | None:
             stem = stem[: -len(suffix)]
             break
     runs = _DIGITS.findall(stem)
-    return int(runs[-1]) if runs and len(runs[-1]) <= 9 else None
+    return int(runs[-1]) if runs else None  # a name is at most 255 bytes: int() is cheap
 
 
 def list_epochs(folder: Path) -> dict[int, Path]:
@@ -87,6 +95,10 @@ def list_epochs(folder: Path) -> dict[int, Path]:
                 "no epoch in its name: the epoch is the last run of digits (epoch_3.pt, "
                 "ckpt-0003.safetensors)",
             )
+        if epoch > MAX_EPOCH:
+            raise RunFileError(
+                p, f"epoch {epoch:,} is over the {MAX_EPOCH:,} epochs a run may hold (rename it)"
+            )
         if epoch in found:
             raise RunFileError(
                 p, f"epoch {epoch} again (also {found[epoch].name}); keep one file per epoch"
@@ -95,15 +107,44 @@ def list_epochs(folder: Path) -> dict[int, Path]:
     if not found:
         raise UsageError("FOLDER", f"{folder} holds no .safetensors, .pt or .pth files")
     epochs = sorted(found)
-    missing = sorted(set(range(epochs[0], epochs[-1] + 1)) - set(found))
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    # The first gap, found arithmetically: two files named epoch 0 and epoch 10,000,000
+    # must not build a set of ten million numbers.
+    gaps = [(a, b) for a, b in zip(epochs, epochs[1:], strict=False) if b != a + 1]
+    if gaps:
+        first_gap, n_missing = gaps[0][0] + 1, sum(b - a - 1 for a, b in gaps)
+        more = f" (and {n_missing - 1:,} more)" if n_missing > 1 else ""
         raise UsageError(
             "FOLDER",
-            f"{folder}: epoch {missing[0]}{more} is missing between {found[epochs[0]].name} "
+            f"{folder}: epoch {first_gap}{more} is missing between {found[epochs[0]].name} "
             f"and {found[epochs[-1]].name}; epochs must run without gaps",
         )
     return {e: found[e] for e in epochs}
+
+
+def refusal(path: Path, exc: BaseException) -> str:
+    """Why `path` was not loaded, in probe's words.
+
+    torch's message for a file that weights-only loading refuses leads with advice to load
+    it with `weights_only=False` (which runs whatever code the file names) and puts the
+    reason last; probe keeps the reason and drops that advice."""
+    if path.name.lower().endswith(".safetensors"):
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        return f"not a loadable safetensors file ({text})"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = " ".join(
+        _UNPICKLER_PREFIX.sub("", line) for line in lines if not _TORCH_ADVICE.search(line)
+    ).strip()
+    reason = _ADVICE_SENTENCE.split(reason)[0][
+        :300
+    ]  # "... by default. Please use add_safe_globals"
+    if lines and lines[0].startswith("Weights only load failed"):
+        why = f" ({reason})" if reason else ""
+        return (
+            f"refused: it holds something other than tensors and plain containers{why}; probe "
+            "loads .pt files weights-only and never unpickles the objects a file names: "
+            "save the state dict itself (torch.save(model.state_dict(), ...)) or as safetensors"
+        )
+    return f"not a loadable weights-only torch file ({reason or type(exc).__name__})"
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -132,9 +173,7 @@ def load_state(path: Path) -> dict[str, Any]:
     except (
         Exception
     ) as exc:  # damaged files, and objects weights_only refuses to rebuild (an UnpicklingError)
-        kind = "safetensors" if path.name.lower().endswith(".safetensors") else "weights-only torch"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise RunFileError(path, f"not a loadable {kind} file ({first})") from None
+        raise RunFileError(path, refusal(path, exc)) from None
     if isinstance(obj, Mapping) and any(k.startswith("model/") for k in obj if isinstance(k, str)):
         obj = {
             k[len("model/") :]: v for k, v in obj.items() if k.startswith("model/")
@@ -163,6 +202,18 @@ def load_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def check_outside(folder: Path, run_dir: Path) -> None:
+    """Refuse a source folder inside the run it would write: writing the run (and replacing
+    an old one with --force) removes files there before every input has been read."""
+    src, dst = folder.resolve(), run_dir.resolve()
+    if src == dst or dst in src.parents:
+        raise UsageError(
+            "FOLDER",
+            f"{folder} lies inside --run-dir {run_dir}, which the import writes (--force "
+            "replaces it): copy the checkpoints to a folder outside the run first",
+        )
+
+
 def import_checkpoints(
     folder: str | Path,
     run_dir: str | Path,
@@ -185,6 +236,7 @@ def import_checkpoints(
 
     folder, run_dir = Path(folder), Path(run_dir)
     log = log or (lambda s: None)
+    check_outside(folder, run_dir)
     files = list_epochs(folder)
     sources = [
         {"epoch": e, "file": p.name, "sha256": safeio.sha256_file(p)} for e, p in files.items()
