@@ -394,8 +394,14 @@ def test_gradcheck_freezes_the_pieces_of_mobilenet_activations() -> None:
         ("hardsigmoid", nn.Hardsigmoid()),
         ("hardswish", nn.Hardswish()),
     ):
-        p = G._PatternPiecewise(kind)
+        # the pieces rebuilt from a record are the same function, boundaries included
         t = torch.linspace(-8, 8, 161, dtype=torch.float64)
-        assert torch.allclose(
-            p(t), mod(t), rtol=0, atol=1e-15
-        )  # the same function, boundaries included
+        frozen = G._Frozen()
+        with torch.no_grad():
+            for mode in ("record", "replay"):
+                frozen.mode = mode
+                frozen.start()
+                with frozen:
+                    out = mod(t)
+                assert torch.allclose(out, mod(t), rtol=0, atol=1e-15), kind
+        assert len(frozen.records) == 1 and not frozen.switched

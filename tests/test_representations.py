@@ -286,7 +286,17 @@ def test_gradcheck_rows_serialise_and_unfrozen_flags_kinks(small_model_batch):
         model, x, y, n_samples_per_layer=3, eps=1e-2, seed=1, freeze_kinks=False
     )
     d = rows[0].to_dict()
-    assert set(d) == {"layer", "index", "analytic", "numeric", "rel_error", "kink"}
+    assert set(d) == {
+        "layer",
+        "index",
+        "analytic",
+        "numeric",
+        "rel_error",
+        "kink",
+        "abs_error",
+        "resolution",
+        "below_resolution",
+    }
     assert isinstance(d["index"], list)
     # wherever no unit switched, the plain central difference is accurate too
     assert all(r.rel_error < 1e-4 for r in rows if not r.kink)
