@@ -30,7 +30,8 @@ from pathlib import Path
 
 
 def analyze(run: Path, env: dict[str, str], quiet: bool = True) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in MB, output) of one `probe analyze RUN --all --epochs all` process."""
+    """(wall seconds, peak RSS in MB, output) of one `probe analyze RUN --all --epochs all`
+    process."""
     cmd = [sys.executable, "-m", "probe.cli", "analyze", str(run), "--all", "--epochs", "all"] + (
         ["-q"] if quiet else []
     )
@@ -96,7 +97,8 @@ def main() -> None:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     if own >= min(rss):
         print(
-            f"warning: this process peaked at {own} MB: the children's RSS figures are not theirs alone"
+            f"warning: this process peaked at {own} MB: the children's RSS figures are not theirs "
+            "alone"
         )
     epochs = len(list((run / "checkpoints").glob("epoch_*.safetensors")))
     print(
@@ -105,7 +107,8 @@ def main() -> None:
     )
     print(f"command: probe analyze RUN --all --epochs all -q  ->  {line}")
     print(
-        f"wall  s: median {statistics.median(walls):.3f}  min {min(walls):.3f}  max {max(walls):.3f}  ({args.repeats} runs)"
+        f"wall  s: median {statistics.median(walls):.3f}  min {min(walls):.3f}  max "
+        f"{max(walls):.3f}  ({args.repeats} runs)"
     )
     print(f"peak RSS MB: median {statistics.median(rss):.0f}  max {max(rss)}")
     if "0 computed" not in line or " 0 failed" not in line:

@@ -2,7 +2,8 @@
 
 Run by hand (not a test; the peers are an optional extra, `pip install -e .[peers]`):
 
-    python bench/bench_peers.py --run RUN [--epoch E] [--n 256] [--threads 1] [--section eigen|landscape|cka|all]
+    python bench/bench_peers.py --run RUN [--epoch E] [--n 256] [--threads 1]
+        [--section eigen|landscape|cka|all]
 
 On the run's stored analysis batch (its first --n images, eval-mode BatchNorm, float32):
 - eigen:     the top Hessian eigenvalue. Reference: scipy's `eigsh` (ARPACK, tol 1e-10)
@@ -288,7 +289,8 @@ def bench_cka(model, x, y, args) -> None:
     kernel.device = "cpu"
 
     def torch_cka_loop():
-        """torch-cka's compare() body on given features: Gram, zeroed diagonal, its _HSIC per pair."""
+        """torch-cka's compare() body on given features: Gram, zeroed diagonal, its _HSIC per
+        pair."""
         M = torch.zeros(len(pooled), len(pooled), 3)
         for i, a in enumerate(pooled):
             K = a @ a.t()
@@ -320,7 +322,8 @@ def bench_cka(model, x, y, args) -> None:
 
 
 def _maps(model, x, layers) -> list[torch.Tensor]:
-    """The output of each named module for the images x (eval mode, no gradients), in `layers` order."""
+    """The output of each named module for the images x (eval mode, no gradients), in `layers`
+    order."""
     out: dict[str, torch.Tensor] = {}
     hooks = [
         m.register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o.detach()))

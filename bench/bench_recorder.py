@@ -1,6 +1,7 @@
 """The recorder's per-epoch overhead against a ResNet-20 training epoch.
 
-    python bench/bench_recorder.py --data /work/shared/data/cifar10 [--images 10000] [--epochs 2] [--threads 2]
+    python bench/bench_recorder.py --data /work/shared/data/cifar10 [--images 10000]
+        [--epochs 2] [--threads 2]
 
 Trains a ResNet-20 (SGD with momentum, batch 128, augmentation) in a plain loop on
 `--images` training images and calls `probe.Recorder.record` after each epoch,
@@ -75,7 +76,8 @@ def main() -> None:
             f"(probe set {len(rec.probe_idx):,}), {args.threads} threads, {dev}"
         )
         print(
-            f"{'epoch':>5} {'train s':>8} {'val+hooks s':>11} {'val plain s':>11} {'outputs s':>9} {'overhead':>8}"
+            f"{'epoch':>5} {'train s':>8} {'val+hooks s':>11} {'val plain s':>11} {'outputs s':>9} "
+            f"{'overhead':>8}"
         )
         with rec:
             rec.record(0, model, opt)

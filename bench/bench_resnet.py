@@ -1,6 +1,8 @@
-"""ResNet-20 epochs: `probe train` against the usual torchvision DataLoader loop, interleaved in one process.
+"""ResNet-20 epochs: `probe train` against the usual torchvision DataLoader loop,
+interleaved in one process.
 
-    python bench/bench_resnet.py --data ../shared/data/cifar10 [--images 10000] [--rounds 2] [--workers 2,0]
+    python bench/bench_resnet.py --data ../shared/data/cifar10 [--images 10000]
+        [--rounds 2] [--workers 2,0]
 
 Each round runs, one after the other in this process (so machine drift hits all alike):
 
@@ -14,8 +16,8 @@ Each round runs, one after the other in this process (so machine drift hits all 
   code leaves it) trained with the loop most tutorials write: torchvision
   ImageFolder on the same JPEG folder (a seeded --images Subset), RandomCrop(32,
   padding=4) + RandomHorizontalFlip + ToTensor + Normalize, DataLoader(batch_size=128,
-  shuffle=True, num_workers=N, pin_memory=torch.cuda.is_available()), SGD momentum 0.9, cross-entropy,
-  and per step `loss.item()` and `(out.argmax(1) == y).sum().item()` for the running
+  shuffle=True, num_workers=N, pin_memory=torch.cuda.is_available()), SGD momentum 0.9,
+  cross-entropy, and per step `loss.item()` and `(out.argmax(1) == y).sum().item()` for the running
   loss and accuracy; then validation on the test ImageFolder (batch 256, the same
   workers). train_s and epoch_s (train + validation).
 - floor: every conv of ResNet-20 timed alone (bench_step.py's layers section,
@@ -23,7 +25,8 @@ Each round runs, one after the other in this process (so machine drift hits all 
   10,000 validation images forward.
 
 torch uses its default threads (torch.get_num_threads(), or --threads) for both loops;
-DataLoader workers run one each. Prints JSON lines (one per measurement, then a summary with medians and ratios).
+DataLoader workers run one each. Prints JSON lines (one per measurement, then a summary with medians
+and ratios).
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ def probe_config(data: str, images: int, seed: int) -> TrainConfig:
 
 
 def probe_epoch(run_dir: Path, cfg: TrainConfig, ds: pdata.Dataset, epoch: int) -> dict:
-    """Train epoch `epoch` of the run in `run_dir` (the first call also writes epoch 0); its metrics row."""
+    """Train epoch `epoch` of the run in `run_dir` (the first call also writes epoch 0); its metrics
+    row."""
     t0 = time.perf_counter()
     train(
         run_dir,
@@ -246,7 +250,8 @@ CATEGORIES = [  # (category, substrings of aten op names); first match wins
 
 
 def _no_stats_epoch(tr, epoch: int) -> None:
-    """train_epoch's loop without the per-step statistics (gradient norm, update ratio, loss/acc sums): the A/B."""
+    """train_epoch's loop without the per-step statistics (gradient norm, update ratio, loss/acc
+    sums): the A/B."""
     from probe.training.loop import lr_at
 
     cfg, model, opt = tr.cfg, tr.model, tr.opt
@@ -265,7 +270,8 @@ def _no_stats_epoch(tr, epoch: int) -> None:
 
 
 def _stats_only(tr, steps: int) -> float:
-    """Seconds per step of train_epoch's statistics alone (after a backward, so every grad exists)."""
+    """Seconds per step of train_epoch's statistics alone (after a backward, so every grad
+    exists)."""
     params = tr.params
     t = []
     for _ in range(steps):
@@ -284,7 +290,8 @@ def _stats_only(tr, steps: int) -> float:
 
 
 def profile(data: str, images: int, rounds: int, seed: int) -> None:
-    """A/B: probe's train_epoch against the same loop without statistics, interleaved; then a profiler breakdown."""
+    """A/B: probe's train_epoch against the same loop without statistics, interleaved; then a
+    profiler breakdown."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
@@ -368,7 +375,8 @@ def main() -> None:
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="instead: probe's train_epoch with and without its per-step statistics (A/B, --rounds), "
+        help="instead: probe's train_epoch with and without its per-step statistics "
+        "(A/B, --rounds), "
         "and a torch.profiler breakdown of one epoch by op category",
     )
     args = ap.parse_args()

@@ -1,6 +1,6 @@
 """Where the time of a training epoch goes, and the convolution floor under it, for any model.
 
-    python bench/bench_step.py [--rounds 8] [--steps 5]                       # the default SimpleCNN
+    python bench/bench_step.py [--rounds 8] [--steps 5]   # the default SimpleCNN
     python bench/bench_step.py --model resnet --model-param depth=20 --sections floor,layers
 
 Prints JSON lines:
@@ -84,7 +84,8 @@ class ConvCall:
 
 
 def model_spec(family: str, pairs: list[str]) -> ModelSpec:
-    """The spec `probe train --model family --model-param ...` builds for CIFAR-10 (10 classes, 3x32x32)."""
+    """The spec `probe train --model family --model-param ...` builds for CIFAR-10 (10 classes,
+    3x32x32)."""
     from probe.training.config import TrainConfig
     from probe.training.model import CIFAR10_INPUT, spec_from_config
 
@@ -150,7 +151,8 @@ def _time(fn) -> float:
 
 def floor(calls: list[ConvCall], train_images: int = 10_000, val_images: int = 10_000) -> dict:
     fwd = sum(c.flops for c in calls)
-    # training: forward, weight gradient (same count) and input gradient (same, where the input needs one)
+    # training: forward, weight gradient (same count) and input gradient (same, where the input
+    # needs one)
     train = train_images * sum(c.flops * (3 if c.input_grad else 2) for c in calls)
     val = val_images * fwd
     rate = sgemm_rate()
@@ -167,7 +169,8 @@ def floor(calls: list[ConvCall], train_images: int = 10_000, val_images: int = 1
 
 
 def time_conv(c: ConvCall, repeats: int = 10, nnpack: bool = False) -> dict[str, float]:
-    """Seconds of one batch-128 call of `c`, alone, channels-last: forward, backward (and NNPACK forward), best of `repeats`."""
+    """Seconds of one batch-128 call of `c`, alone, channels-last: forward, backward (and NNPACK
+    forward), best of `repeats`."""
     x = torch.randn(BATCH, *c.in_shape).contiguous(memory_format=torch.channels_last)
     w = torch.randn(c.weight_shape).contiguous(memory_format=torch.channels_last)
     b = torch.randn(c.weight_shape[0]) if c.bias else None
@@ -202,7 +205,8 @@ def layers(
     nnpack: bool = False,
     quiet: bool = False,
 ) -> dict:
-    """Time every conv call alone; returns the epoch's conv-only seconds (train forward+backward, val forward)."""
+    """Time every conv call alone; returns the epoch's conv-only seconds (train forward+backward,
+    val forward)."""
     fwd_s = bwd_s = 0.0
     for c in calls:
         seconds = time_conv(c, repeats, nnpack)

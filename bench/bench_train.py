@@ -1,6 +1,7 @@
 """Training speed: probe's default epoch against the notebook's pipeline, side by side in one run.
 
-    python bench/bench_train.py --data ../shared/data/cifar10 [--epochs 2] [--variants default,no-channels-last]
+    python bench/bench_train.py --data ../shared/data/cifar10 [--epochs 2]
+        [--variants default,no-channels-last]
 
 Runs ../shared/bench/seed_baseline.py (PIL transforms, DataLoader, per-parameter
 .item() gradient norm) for the same number of epochs, then `probe train` with each
@@ -111,10 +112,13 @@ def main() -> None:
         )
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants.split(","):
-            # ru_maxrss of children is a running maximum; run each variant in a fresh shell to isolate it
+            # ru_maxrss of children is a running maximum; run each variant in a fresh shell to
+            # isolate it
             code = (
-                f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_train as b; "
-                f"from pathlib import Path; r = b.run_probe({args.data!r}, {args.epochs}, {name!r}, {VARIANTS[name]!r}, "
+                f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import "
+                "bench_train as b; "
+                f"from pathlib import Path; r = b.run_probe({args.data!r}, {args.epochs}, "
+                f"{name!r}, {VARIANTS[name]!r}, "
                 f"Path({tmp!r})); r['peak_rss_mb'] = b.peak_child_rss_mb(); print(json.dumps(r))"
             )
             r = subprocess.run(
@@ -123,7 +127,8 @@ def main() -> None:
             results.append(json.loads(r.stdout.strip().splitlines()[-1]))
     base = results[0]["epoch_s"] if not args.skip_baseline else None
     print(
-        f"{'pipeline':28} {'s/epoch (mean)':>14} {'train img/s':>12} {'val_acc':>8} {'outputs':>8} {'peak RSS':>9} {'speed-up':>9}"
+        f"{'pipeline':28} {'s/epoch (mean)':>14} {'train img/s':>12} {'val_acc':>8} {'outputs':>8} "
+        f"{'peak RSS':>9} {'speed-up':>9}"
     )
     for r in results:
         mean = sum(r["epoch_s"]) / len(r["epoch_s"])
@@ -131,7 +136,8 @@ def main() -> None:
         speed = f"{(sum(base) / len(base)) / mean:.2f}x" if base else "-"
         img = sum(r["img_s"]) / len(r["img_s"])
         print(
-            f"{r['name']:28} {mean:14.2f} {img:12.0f} {r['val_acc']:8.4f} {share:>8} {r['peak_rss_mb']:8.0f}M {speed:>9}"
+            f"{r['name']:28} {mean:14.2f} {img:12.0f} {r['val_acc']:8.4f} {share:>8} "
+            f"{r['peak_rss_mb']:8.0f}M {speed:>9}"
         )
     print(json.dumps(results))
 

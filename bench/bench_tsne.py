@@ -136,7 +136,8 @@ def main() -> None:
                     cpu.append(time.process_time() - c0)
             trust = trustworthiness(X, Y, n_neighbors=10)
             print(
-                f"{args.n:>5} x {d:<3}  {name:<24} {statistics.median(wall):>8.2f} {min(wall):>8.2f} "
+                f"{args.n:>5} x {d:<3}  {name:<24} {statistics.median(wall):>8.2f} "
+                f"{min(wall):>8.2f} "
                 f"{statistics.median(cpu):>8.2f} {trust:>8.3f} {knn_accuracy(Y, labels):>8.3f}",
                 flush=True,
             )

@@ -1,4 +1,5 @@
-"""What the code's structure is, measured from its source: imports, cycles, sizes, private reach-through.
+"""What the code's structure is, measured from its source: imports, cycles, sizes,
+private reach-through.
 
 Used by tests/test_architecture.py (no import cycle in probe/, no plugin importing a
 private name or a module outside the public API) and runnable by hand for the
@@ -25,7 +26,8 @@ PLUGINS = "plugins"  # installed as probe_plugins
 
 @dataclass
 class Import:
-    """One import of a probe module by another: where, what, and whether it sits inside a function."""
+    """One import of a probe module by another: where, what, and whether it
+    sits inside a function."""
 
     source: str  # importing module, dotted
     target: str  # imported module, dotted
@@ -186,7 +188,8 @@ class _Visitor(ast.NodeVisitor):
 
 
 def read_tree(folder: Path, package: str, known_extra: set[str] | None = None) -> dict[str, Module]:
-    """Every module under `folder` (as package `package`), with its imports of modules in `known_extra` or itself."""
+    """Every module under `folder` (as package `package`), with its imports of modules in
+    `known_extra` or itself."""
     paths = sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
     names = {module_name(p, folder, package): p for p in paths}
     known = set(names) | (known_extra or set())
@@ -200,7 +203,8 @@ def read_tree(folder: Path, package: str, known_extra: set[str] | None = None) -
 
 
 def cycles(mods: dict[str, Module], *, include_function_imports: bool = True) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan), each sorted; the import cycles."""
+    """Strongly connected components of more than one module (Tarjan), each
+    sorted; the import cycles."""
     graph = {m: set() for m in mods}
     for m in mods.values():
         for imp in m.imports:
@@ -248,7 +252,8 @@ def _where(path: Path) -> str:
 
 
 def upward_imports(mods: dict[str, Module]) -> list[str]:
-    """Imports from a higher layer (or of a module in no layer): each breaks the one direction of imports."""
+    """Imports from a higher layer (or of a module in no layer): each breaks the one
+    direction of imports."""
     bad = []
     for m in mods.values():
         for imp in m.imports:
@@ -262,7 +267,8 @@ def upward_imports(mods: dict[str, Module]) -> list[str]:
 
 
 def heavy_closure(mods: dict[str, Module]) -> dict[str, set[str]]:
-    """The heavy libraries each module brings in at import time, through its module-level probe imports too."""
+    """The heavy libraries each module brings in at import time, through its
+    module-level probe imports too."""
     out: dict[str, set[str]] = {}
 
     def visit(name: str, seen: set[str]) -> set[str]:
@@ -317,7 +323,8 @@ def _is_private(name: str) -> bool:
 
 
 def private_reach(plugins: dict[str, Module], public_modules: set[str]) -> list[str]:
-    """Plugin imports of a private name, a private module, or a probe module outside the public API."""
+    """Plugin imports of a private name, a private module, or a probe module
+    outside the public API."""
     bad = []
     for m in plugins.values():
         for imp in m.imports:
@@ -362,7 +369,8 @@ def measure() -> dict:
 
 
 def public_api_modules(probe: dict[str, Module]) -> list[str]:
-    """The modules a plugin may import: `probe`, those in probe/__init__.py's PUBLIC_MODULES and their modules."""
+    """The modules a plugin may import: `probe`, those in probe/__init__.py's
+    PUBLIC_MODULES and their modules."""
     init = ROOT / PACKAGE / "__init__.py"
     tree = ast.parse(init.read_text())
     for node in tree.body:

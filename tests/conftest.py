@@ -1,4 +1,5 @@
-"""Shared fixtures. `probe_run` (a tiny trained run) comes from probe.testing, the pytest plugin probe ships."""
+"""Shared fixtures. `probe_run` (a tiny trained run) comes from probe.testing, the
+pytest plugin probe ships."""
 
 from __future__ import annotations
 

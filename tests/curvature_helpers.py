@@ -1,6 +1,7 @@
 """Small models shared by the curvature tests (test_sharpness, test_landscape,
-test_batches_sharpness_landscape, test_curvature, test_operators): a linear regression whose squared-error loss is exactly
-quadratic (closed-form gradient and Hessian), and a tiny CNN with BatchNorm statistics."""
+test_batches_sharpness_landscape, test_curvature, test_operators): a linear regression whose
+squared-error loss is exactly quadratic (closed-form gradient and Hessian), and a tiny CNN with
+BatchNorm statistics."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def regression(d: int = 4, n: int = 200, seed: int = 0, at_minimum: bool = False):
-    """(model, x, y, Hessian) for L(w) = mean (x.w - y)^2: gradient 2 X^T (Xw - y) / n, Hessian 2 X^T X / n."""
+    """(model, x, y, Hessian) for L(w) = mean (x.w - y)^2: gradient 2 X^T (Xw - y) / n,
+    Hessian 2 X^T X / n."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(
         0.5, 2.0, d, dtype=torch.float64

@@ -60,13 +60,15 @@ def make_png_folder(
     return make_image_folder(root, n_train=n_train, n_test=n_test, classes=classes, seed=seed)
 
 
-_ZYGOTE = r"""
+_ZYGOTE = (
+    r"""
 import json, os, resource, signal, sys
 os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
 import torch
 torch.set_num_threads(1)
 import torch._dynamo, torch.optim  # the first optimizer imports dynamo: seconds, so once here
-import h5py, safetensors.torch, probe.cli, probe.training.loop, probe.analysis.runner, probe.analysis.context  # noqa: F401
+import h5py, safetensors.torch, probe.cli, probe.training.loop, """
+    r"""probe.analysis.runner, probe.analysis.context  # noqa: F401
 out = sys.stdout
 out.write("ready\n"); out.flush()
 for line in sys.stdin:
@@ -85,7 +87,8 @@ for line in sys.stdin:
             os.dup2(fd, 1); os.dup2(fd, 2)
             sys.stdout = open(1, "w", closefd=False); sys.stderr = open(2, "w", closefd=False)
             if req.get("fsize"):
-                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversize write raises EFBIG instead
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversize write raises """
+    r"""EFBIG instead
                 resource.setrlimit(resource.RLIMIT_FSIZE, (req["fsize"], req["fsize"]))
             exec(req.get("prelude", ""), {})
             try:
@@ -101,6 +104,7 @@ for line in sys.stdin:
             os._exit(code)
     out.write(json.dumps({"pid": pid}) + "\n"); out.flush()
 """
+)
 
 
 class Child:
@@ -191,7 +195,8 @@ class Zygote:
         fsize: int | None = None,
         prelude: str = "",
     ) -> Child:
-        """Fork a child running `probe ARGS`; several may run at once. `prelude`: Python run first."""
+        """Fork a child running `probe ARGS`; several may run at once.
+        `prelude`: Python run first."""
         self.n += 1
         log = self.logs / f"child-{self.n:03d}.log"
         req = {"args": args, "env": env or {}, "log": str(log), "fsize": fsize, "prelude": prelude}
@@ -319,11 +324,12 @@ def one_error_line(text: str) -> str:
     return lines[0]
 
 
-# --- analyses for the tests ---------------------------------------------------------------------------
+# --- analyses for the tests -----------------------------------------------------------------------
 
 
 def _peek(ctx: Any) -> None:
-    """Per epoch: rebuild the model and read every recorded activation (a damaged input fails it)."""
+    """Per epoch: rebuild the model and read every recorded activation (a
+    damaged input fails it)."""
     model = ctx.model()
     arrays = {layer.replace(".", "_"): ctx.activations(layer) for layer in ctx.layers()}
     arrays["logits"] = ctx.activations("logits", kind="logits")
@@ -333,7 +339,8 @@ def _peek(ctx: Any) -> None:
 
 
 def _census(ctx: Any) -> None:
-    """Over all selected epochs: everything it sees must be finished (checkpoint, dump, metrics line)."""
+    """Over all selected epochs: everything it sees must be finished (checkpoint,
+    dump, metrics line)."""
     rows = ctx.metrics()
     for e in ctx.epochs:
         ctx.checkpoint(e)
@@ -377,7 +384,8 @@ class TestPlugins:
 
 
 def install_test_plugins(*extra: Any) -> Any:
-    """A registry with the built-in `curves`, `peek`, `census` and `extra` analyses, made process-wide."""
+    """A registry with the built-in `curves`, `peek`, `census` and `extra`
+    analyses, made process-wide."""
     import probe_plugins.curves
     from probe.contract.registry import PluginInfo, Registry, reset_registry
 
@@ -405,7 +413,7 @@ PLUGIN_PRELUDE = (
 )
 
 
-# --- in-process runs and commands ---------------------------------------------------------------------
+# --- in-process runs and commands -----------------------------------------------------------------
 
 SMALL = dict(
     epochs=2,
@@ -455,7 +463,8 @@ def one_torch_thread():
 
 
 def probe_cli(*args: str) -> Any:
-    """Run `probe ARGS` in this process (click's CliRunner); the result has exit_code, stdout, stderr."""
+    """Run `probe ARGS` in this process (click's CliRunner); the result has
+    exit_code, stdout, stderr."""
     from click.testing import CliRunner
 
     from probe.cli import cli

@@ -1,4 +1,5 @@
-"""The structure ARCHITECTURE.md describes, held against the code (measured by tests/architecture.py).
+"""The structure ARCHITECTURE.md describes, held against the code (measured by
+tests/architecture.py).
 
 Each test fails with the offending imports or modules listed, so a change that breaks a rule
 says where.

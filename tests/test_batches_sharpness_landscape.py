@@ -1,4 +1,5 @@
-"""`batches=B` for sharpness and the landscape centre: per-batch values, mean, s.e., combined value."""
+"""`batches=B` for sharpness and the landscape centre: per-batch values, mean,
+s.e., combined value."""
 
 from __future__ import annotations
 

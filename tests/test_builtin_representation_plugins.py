@@ -1,4 +1,5 @@
-"""The built-in representation analyses (filters, projection, rsm, cka, gradcheck) on a tiny real run.
+"""The built-in representation analyses (filters, projection, rsm, cka,
+gradcheck) on a tiny real run.
 
 The plugins are registered in-process, the way `probe.contract.registry` registers an entry
 point, and run through `probe.analysis.runner.run_analyses`, so these tests cover the

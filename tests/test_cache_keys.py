@@ -1,5 +1,6 @@
 """Cache keys cover exactly what a job read (issue 12): reference epochs, extending, renaming
-and moving a run, development mode, failure records, undeclared reads, and a cache hit without torch."""
+and moving a run, development mode, failure records, undeclared reads, and a
+cache hit without torch."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def _declared(ctx):
 
 
 def _narrow(ctx):
-    """Reads only what later training cannot change: its epochs' metrics, config, epochs up to its own."""
+    """Reads only what later training cannot change: its epochs' metrics, config,
+    epochs up to its own."""
     CALLS.append(("narrow", ctx.epoch))
     rows = ctx.metrics([ctx.epoch])
     ctx.out.scalar("lr", rows[0].get("lr"))
@@ -212,7 +214,8 @@ def run(ctx):
 
 @probe.hookimpl
 def register_analyses(register):
-    register(probe.Analysis(name="devplug", run=run, needs=set(), summary="Edited while developing."))
+    register(probe.Analysis(name="devplug", run=run, needs=set(), \
+summary="Edited while developing."))
 """
 
 
@@ -328,7 +331,8 @@ def test_a_fully_cached_analyze_does_not_import_torch(probe_run, fresh_registry)
     assert {o.status for o in outcomes} == {"ok"}
     code = textwrap.dedent(f"""
         import sys
-        sys.argv = ["probe", "analyze", {str(probe_run)!r}, "-p", "curves", "-p", "cka", "-p", "filters",
+        sys.argv = ["probe", "analyze", {str(probe_run)!r}, "-p", "curves", "-p", "cka", \
+"-p", "filters",
                     "--epochs", "all", "-q"]
         from probe.cli import main
         try:

@@ -1,4 +1,5 @@
-"""Debiased linear CKA (Song et al. 2012 unbiased HSIC, Nguyen et al. 2021) against a direct float64 formula."""
+"""Debiased linear CKA (Song et al. 2012 unbiased HSIC, Nguyen et al. 2021) against a
+direct float64 formula."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_debiased_matches_the_direct_formula(rng):
 
 
 def test_debiased_removes_the_bias_for_independent_representations(rng):
-    """Independent random features as wide as n: the biased CKA reads far above 0, the debiased one near 0."""
+    """Independent random features as wide as n: the biased CKA reads far above 0, the
+    debiased one near 0."""
     X, Y = rng.normal(size=(100, 100)), rng.normal(size=(100, 100))
     assert R.linear_cka(X, Y) > 0.4
     assert abs(R.linear_cka(X, Y, "debiased")) < 0.05

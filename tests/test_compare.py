@@ -182,7 +182,8 @@ def test_regularization_sweep_plots_against_each_regularizer(tmp_path, monkeypat
         ]
     }
     sweep = write_sweep(tmp_path / "reg", grid, curves)
-    # Analysis scalars come from probe.rundir.results; stand in for the hessian and sharpness analyses.
+    # Analysis scalars come from probe.rundir.results; stand in for the hessian
+    # and sharpness analyses.
     monkeypatch.setattr(
         study_rows,
         "analysis_scalars",
@@ -263,8 +264,8 @@ def test_format_cell(value, col, text):
 
 
 def test_a_sweep_with_a_point_not_started_compares_cleanly(tmp_path):
-    """A point without a run yet carries only its grid values: it must not make every config key look swept,
-    nor break the optimizer x lr stability summary."""
+    """A point without a run yet carries only its grid values: it must not make every config key
+    look swept, nor break the optimizer x lr stability summary."""
     import json
 
     from probe.studies.sweep import SWEEP_FILE

@@ -72,7 +72,8 @@ def flat_loss(
 def dense_hessian(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_stats_bs: int | None = None
 ) -> torch.Tensor:
-    """Reference: jacrev(jacrev) of the full-batch mean loss in the flat parameters (see flat_loss)."""
+    """Reference: jacrev(jacrev) of the full-batch mean loss in the flat
+    parameters (see flat_loss)."""
     f, flat = flat_loss(model, x, y, batch_stats_bs)
     return jacrev(jacrev(f))(flat)
 
@@ -395,8 +396,9 @@ def test_hessian_plugin_warm_starts_across_epochs(probe_run):
 
 
 def test_hessian_series_edge_of_stability_and_epochs_on_an_executor(probe_run):
-    """The 2/lr line is stored beside the eigenvalues; with warm_start=false the epochs are independent pieces
-    that give the same numbers in-process and on 2 local worker processes (issue 4.6)."""
+    """The 2/lr line is stored beside the eigenvalues; with warm_start=false the epochs are
+    independent pieces that give the same numbers in-process and on 2 local worker
+    processes (issue 4.6)."""
     import h5py
 
     from probe import Run

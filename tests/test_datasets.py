@@ -1,4 +1,5 @@
-"""The built-in data-set plugins beyond CIFAR-10 (cifar100, mnist, fashion-mnist, svhn, folder), without network.
+"""The built-in data-set plugins beyond CIFAR-10 (cifar100, mnist, fashion-mnist, svhn,
+folder), without network.
 
 Each test writes small files in the real release formats (IDX, CIFAR-100 binary
 records and their tar.gz, SVHN .mat, PNG class folders) and checks the loaded
@@ -57,7 +58,8 @@ def one_line(exc_info) -> str:
 
 @pytest.fixture
 def fake_download(monkeypatch):
-    """Replace torchvision's download_url: copy the file of that name from `files` into root, record the call."""
+    """Replace torchvision's download_url: copy the file of that name from `files` into
+    root, record the call."""
     from torchvision.datasets import utils as tv_utils
 
     state = {"files": {}, "calls": [], "fail": None}
@@ -86,7 +88,8 @@ def test_registration_names_and_no_torch_at_import():
     assert names[mnist] == {"mnist", "fashion-mnist"}
     code = (
         "import sys\nimport probe_plugins.mnist, probe_plugins.cifar100, probe_plugins.svhn, "
-        "probe_plugins.imagefolder\nassert 'torch' not in sys.modules, 'torch imported'\nprint('ok')"
+        "probe_plugins.imagefolder\nassert 'torch' not in sys.modules, 'torch "
+        "imported'\nprint('ok')"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
@@ -247,7 +250,8 @@ def test_idx_header_declaring_a_billion_images_allocates_nothing_large(tmp_path)
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
 def test_mnist_class_folders_by_label_number_or_name(tmp_path, name):
-    """Folders map to labels by number ("0".."9") or by name ("T-shirt_top", "ankle boot"), not by sort order."""
+    """Folders map to labels by number ("0".."9") or by name ("T-shirt_top", "ankle
+    boot"), not by sort order."""
     spec = mnist.MNIST if name == "mnist" else mnist.FASHION
     folder_names = {
         i: (str(i) if name == "mnist" or i % 2 else spec["classes"][i].replace("/", "_").lower())

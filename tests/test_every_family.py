@@ -65,7 +65,8 @@ class NormParams:
 
 
 def build_norm_cnn(params: NormParams, input: probe.InputSpec, num_classes: int):
-    """conv-GroupNorm-ReLU x2, global average pool, LayerNorm, a linear head: no BatchNorm anywhere."""
+    """conv-GroupNorm-ReLU x2, global average pool, LayerNorm, a linear head:
+    no BatchNorm anywhere."""
     from torch import nn
 
     w = params.width
@@ -104,8 +105,9 @@ FAMILIES = {
     "mlp": dict(
         model="mlp", model_params=("depth=2", "width=32"), dataset=dict(channels=1, size=12)
     ),
-    # squeezenet1_1: no BatchNorm, 26 conv layers. (mobilenet_v3_small, resnet18 and the other BatchNorm
-    # archs fail probe.training.model.check_model at 32x32: its batch-of-one forward in train mode reaches a 1x1 map.)
+    # squeezenet1_1: no BatchNorm, 26 conv layers. (mobilenet_v3_small, resnet18 and the other
+    # BatchNorm archs fail probe.training.model.check_model at 32x32: its batch-of-one forward in
+    # train mode reaches a 1x1 map.)
     "torchvision": dict(model="torchvision", model_params=("arch=squeezenet1_1",)),
     "gn-ln-cnn": dict(model="gn-ln-cnn", model_params=("width=8",)),
 }
@@ -143,7 +145,8 @@ def _check_ok(outcome, family: str) -> None:
     for k, v in manifest["scalars"].items():
         if isinstance(v, float):
             assert math.isfinite(v), (family, outcome.label, k, v)
-        # a None would be a NaN or inf written as null: only the analyses that say "not measured" may
+        # a None would be a NaN or inf written as null: only the analyses that
+        # say "not measured" may
         assert v is not None or k in ("edge_of_stability",), (family, outcome.label, k)
 
 
@@ -164,7 +167,8 @@ def test_every_analysis_runs_or_is_skipped(family: str, family_runs, family_regi
 
 
 def test_batchnorm_options_skip_on_models_without_batchnorm(family_runs) -> None:
-    """bn=batch / bn=recalibrate would equal the default on a model without BatchNorm: skipped, saying so."""
+    """bn=batch / bn=recalibrate would equal the default on a model without
+    BatchNorm: skipped, saying so."""
     for family in ("mlp", "gn-ln-cnn"):
         run = family_runs[family]
         outcomes = run_analyses(
@@ -195,7 +199,8 @@ def test_batchnorm_options_skip_on_models_without_batchnorm(family_runs) -> None
 
 
 class NeedsConv:
-    """A third party's analysis that skips itself on a model without a conv layer, counting its runs."""
+    """A third party's analysis that skips itself on a model without a conv
+    layer, counting its runs."""
 
     calls = 0
 
@@ -282,8 +287,8 @@ def test_a_conv_model_runs_the_same_analysis(family_runs, tmp_path) -> None:
 
 
 def test_gradcheck_replays_each_call_of_a_reused_relu() -> None:
-    """torchvision's ResNet blocks apply one nn.ReLU twice: each call must replay its own on/off pattern
-    (a single recorded mask was the second call's, of another shape or another pattern)."""
+    """torchvision's ResNet blocks apply one nn.ReLU twice: each call must replay its own on/off
+    pattern (a single recorded mask was the second call's, of another shape or another pattern)."""
     import torch
     from torch import nn
 
@@ -331,8 +336,8 @@ def test_filters_of_a_grey_first_layer(tmp_path, family_registry) -> None:
 
 @pytest.mark.parametrize("method", ["double_backward", "forward_over_reverse"])
 def test_hessian_through_hardswish_and_hardsigmoid(method: str) -> None:
-    """MobileNetV3's activations have no second derivative in torch; the Hessian still comes out, and
-    equals the dense float64 Hessian of the same network written with relu6."""
+    """MobileNetV3's activations have no second derivative in torch; the Hessian still comes out,
+    and equals the dense float64 Hessian of the same network written with relu6."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -366,7 +371,8 @@ def test_hessian_through_hardswish_and_hardsigmoid(method: str) -> None:
 
 
 def test_gradcheck_freezes_the_pieces_of_mobilenet_activations() -> None:
-    """ReLU6, Hardsigmoid and Hardswish are replayed piece by piece: agreement to 1e-6 at a large eps."""
+    """ReLU6, Hardsigmoid and Hardswish are replayed piece by piece: agreement to
+    1e-6 at a large eps."""
     import torch
     from torch import nn
 

@@ -1,4 +1,5 @@
-"""The built-in model families resnet, mlp and torchvision (probe_plugins.resnet / .mlp / .torchvision_models).
+"""The built-in model families resnet, mlp and torchvision (probe_plugins.resnet / .mlp /
+.torchvision_models).
 
 Checked against independent references: He et al. 2016's parameter counts (Table 6)
 from a closed form, hand-written block forwards for shortcut options A and none,
@@ -44,7 +45,8 @@ def n_params(model: nn.Module) -> int:
 
 
 def he_count(depth: int, width: int = 1, classes: int = 10, shortcut: str = "A") -> int:
-    """Closed form: stem conv+BN, n blocks of two 3x3 conv+BN per stage, projections for option B, fc."""
+    """Closed form: stem conv+BN, n blocks of two 3x3 conv+BN per stage,
+    projections for option B, fc."""
     n = (depth - 2) // 6
     c = [16 * width, 32 * width, 64 * width]
     total, cin = 3 * 9 * c[0] + 2 * c[0], c[0]
@@ -300,7 +302,8 @@ def test_each_plugin_registers_its_family():
 def test_plugin_modules_and_registration_import_no_torch():
     code = (
         "import sys; from probe.contract.registry import Registry, PluginInfo\n"
-        "import probe_plugins.resnet as a, probe_plugins.mlp as b, probe_plugins.torchvision_models as c\n"
+        "import probe_plugins.resnet as a, probe_plugins.mlp as b, "
+        "probe_plugins.torchvision_models as c\n"
         "r = Registry()\n"
         "for m in (a, b, c): r.register(m, PluginInfo(m.__name__, 'x', 'probe-cnn', '0'))\n"
         "assert sorted(r.models) == ['mlp', 'resnet', 'torchvision'], r.models\n"

@@ -43,8 +43,9 @@ def test_per_batch_and_combined_eigenvalues_match_dense_references(batches):
     np.testing.assert_allclose(rep.eigen[1].values, mean_ref[:1], rtol=1e-7, atol=1e-9)
     over = rep.over_batches(0)
     per = np.array(over["per_batch"])
-    # The combined operator's top eigenvalue is not the mean of the per-batch ones (it is at most that mean:
-    # the largest eigenvalue is convex in the matrix), and both are reported under their own names.
+    # The combined operator's top eigenvalue is not the mean of the per-batch ones (it is at
+    # most that mean: the largest eigenvalue is convex in the matrix), and both are reported
+    # under their own names.
     assert over["combined"][0] <= over["mean_over_batches"][0] + 1e-9
     assert abs(over["combined"][0] - per[:, 0].mean()) > 1e-6
     np.testing.assert_allclose(
@@ -132,7 +133,8 @@ def test_layer_blocks_match_the_dense_diagonal_blocks_and_their_traces_add_up(ba
             float(torch.linalg.eigvalsh(sub)[-1]), rel=1e-7, abs=1e-9
         )
         assert abs(b.trace.trace - float(sub.trace())) <= 4.5 * b.trace.stderr + 1e-12
-    # Exactly: the dense block traces add up to the full trace, and so do the estimates (same products).
+    # Exactly: the dense block traces add up to the full trace, and so do the
+    # estimates (same products).
     assert sum(float(h[b.index][:, b.index].trace()) for b in rep.blocks) == pytest.approx(
         float(h.trace()), rel=1e-12
     )
@@ -203,8 +205,9 @@ def test_plugin_stores_batches_blocks_and_rechecks_residuals_from_the_file(probe
         np.testing.assert_allclose(
             f["top_se_over_batches"][()], f["top_per_batch"][()].std(1, ddof=1) / math.sqrt(2)
         )
-    # Recheck from the run directory alone: the combined operator at epoch 2 is the Hessian of the mean loss
-    # over the 16 images; the stored (float32) vectors reproduce the stored residuals and block eigenvalues.
+    # Recheck from the run directory alone: the combined operator at epoch 2 is the Hessian of the
+    # mean loss over the 16 images; the stored (float32) vectors reproduce the stored residuals
+    # and block eigenvalues.
     model = run.model(2, "cpu")
     loss = C.BatchedLoss(model, x, y, params=names)
     op = C.HessianOperator(loss)
@@ -329,7 +332,8 @@ def test_compare_shows_the_standard_error_beside_the_top_eigenvalue():
 
 
 def test_batches_beyond_the_cache_limit_drop_their_graphs_and_agree(batches, monkeypatch):
-    """Above the cache limit each batch's graph lives only for its own solves; the numbers do not change."""
+    """Above the cache limit each batch's graph lives only for its own solves; the
+    numbers do not change."""
     model, x, y, _ = batches
     kw = dict(top_k=2, smallest=1, batches=B, trace_samples=3, blocks="layer", seed=4, **TIGHT)
     kept = C.hessian_analysis(model, x, y, **kw)
@@ -349,7 +353,8 @@ def test_batches_beyond_the_cache_limit_drop_their_graphs_and_agree(batches, mon
 
 
 def test_per_batch_pairs_come_from_the_combined_basis_with_true_residuals(batches):
-    """Each batch's eigenpairs are a Rayleigh-Ritz pass on the combined Krylov basis: residuals exact, no product."""
+    """Each batch's eigenpairs are a Rayleigh-Ritz pass on the combined Krylov basis:
+    residuals exact, no product."""
     model, x, y, hs = batches
     rep = C.hessian_analysis(
         model, x, y, top_k=2, smallest=1, batches=B, tol=1e-6, residual_tol=1e-3, max_iter=80
@@ -392,7 +397,8 @@ def test_per_batch_pairs_come_from_the_combined_basis_with_true_residuals(batche
 
 
 def test_ritz_pairs_against_closed_forms():
-    """On a diagonal matrix: a basis spanning eigenvectors gives them exactly; any other gives its true residual."""
+    """On a diagonal matrix: a basis spanning eigenvectors gives them exactly; any other
+    gives its true residual."""
     d = torch.tensor([5.0, 3.0, 2.0, -1.0, 0.5], dtype=torch.float64)
     op = C.MatrixOperator(torch.diag(d))
     exact = [torch.eye(5, dtype=torch.float64)[i] + 0 for i in (0, 3)]

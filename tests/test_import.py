@@ -1,4 +1,5 @@
-"""probe import: a folder of someone else's state dicts becomes a run directory; bad folders are one line."""
+"""probe import: a folder of someone else's state dicts becomes a run directory; bad
+folders are one line."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def test_an_imported_run_has_the_metrics_and_activations_of_the_original(
     for e in (0, 2):
         with h5py.File(orig.activations_path(e)) as f, h5py.File(imp.activations_path(e)) as g:
             for name in f["pooled"]:
-                # probe train ran channels-last, import does not: the same values up to float16 rounding
+                # probe train ran channels-last, import does not: the same values
+                # up to float16 rounding
                 a, b = (
                     torch.from_numpy(f["pooled"][name][()]),
                     torch.from_numpy(g["pooled"][name][()]),

@@ -332,7 +332,8 @@ def test_landscape_plugins(probe_run):
 
 
 def test_landscape_rows_on_an_executor_equal_the_in_process_grid(probe_run):
-    """Issue 4.6: the grid splits into independent row pieces on the sweep executor (here 2 local processes)."""
+    """Issue 4.6: the grid splits into independent row pieces on the sweep executor
+    (here 2 local processes)."""
     import json
 
     import h5py

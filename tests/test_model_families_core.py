@@ -119,7 +119,8 @@ def test_checkpoint_of_a_family_not_installed_is_one_line(tmp_path: Path, third_
 
 
 def test_legacy_spec_still_loads(tmp_path: Path, probe_run: Path) -> None:
-    """Runs written before families (`{"arch": "SimpleCNN", ...}`) load as family simplecnn, bit for bit."""
+    """Runs written before families (`{"arch": "SimpleCNN", ...}`) load as family
+    simplecnn, bit for bit."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -234,7 +235,8 @@ def test_probe_models_and_datasets_list_the_installed_ones(third_party) -> None:
 
 
 def test_batchnorm_models_fit_small_images() -> None:
-    """The meta forward pass runs in eval mode: train-mode BatchNorm would refuse resnet18's 1x1 maps at 32x32."""
+    """The meta forward pass runs in eval mode: train-mode BatchNorm would refuse
+    resnet18's 1x1 maps at 32x32."""
     from probe.training.model import CIFAR10_INPUT
 
     spec = ModelSpec("torchvision", {"arch": "resnet18"}, CIFAR10_INPUT, 10)

@@ -1,4 +1,5 @@
-"""The Gauss-Newton operator and Hutch++ against dense float64 references (probe.numerics.curvature)."""
+"""The Gauss-Newton operator and Hutch++ against dense float64 references
+(probe.numerics.curvature)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from probe.numerics import curvature as C
 
 
 def tiny_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """Conv -> BatchNorm (non-trivial running statistics) -> tanh -> linear: 81 float64 parameters, 3 classes."""
+    """Conv -> BatchNorm (non-trivial running statistics) -> tanh -> linear: 81 float64
+    parameters, 3 classes."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)
@@ -31,7 +33,8 @@ def dense(op) -> torch.Tensor:
 
 
 def dense_ggn(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(1/N) sum_n J_n^T (diag(p_n) - p_n p_n^T) J_n with J from jacrev of the logits (eval mode)."""
+    """(1/N) sum_n J_n^T (diag(p_n) - p_n p_n^T) J_n with J from jacrev of
+    the logits (eval mode)."""
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
 
@@ -75,7 +78,8 @@ def test_ggn_is_positive_semidefinite_where_the_hessian_is_not(cnn):
 
 
 def test_ggn_equals_the_hessian_when_logits_are_linear_in_the_parameters():
-    """Softmax regression z = W x + b: H = G = (1/N) sum_n J_n^T H_n J_n with J_n = [I (x) x_n^T, I] in closed form."""
+    """Softmax regression z = W x + b: H = G = (1/N) sum_n J_n^T H_n J_n with J_n =
+    [I (x) x_n^T, I] in closed form."""
     torch.manual_seed(1)
     model = nn.Linear(6, 4).double()
     x, y = torch.randn(9, 6, dtype=torch.float64), torch.randint(0, 4, (9,))

@@ -1,4 +1,5 @@
-"""Issue 7.6: a faulty plugin never harms the run or the other analyses, and the report says what happened.
+"""Issue 7.6: a faulty plugin never harms the run or the other analyses, and the
+report says what happened.
 
 A plugin that raises, one that hangs past `--timeout` (and started a process of its
 own), one whose process dies, one that writes outside its result folder, one that
@@ -137,7 +138,8 @@ VANDAL_FILES = {
 
 
 def remove_vandal_files(run_dir: Path) -> None:
-    """What the user does after reading the warning (probe itself removes nothing it did not make)."""
+    """What the user does after reading the warning (probe itself removes
+    nothing it did not make)."""
     for rel in VANDAL_FILES:
         (run_dir / rel).unlink()
     (run_dir / "junk/deep").rmdir()

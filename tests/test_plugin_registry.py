@@ -1,4 +1,5 @@
-"""Issue 12 items 3, 5, 6: what the registry accepts, disables and says when plugins register analyses.
+"""Issue 12 items 3, 5, 6: what the registry accepts, disables and says when
+plugins register analyses.
 
 Plugins are registered in-process (`Registry.register`), each with the distribution
 it would come from, so the precedence rules (built-ins first, then distribution name)
@@ -58,12 +59,12 @@ def invoke(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
-# --- name clashes ----------------------------------------------------------------------------------
+# --- name clashes ---------------------------------------------------------------------------------
 
 CLASH_WITH_BUILTIN = (
-    "analysis 'drift' of plugin 'thirdp' (third-party 1.0) is disabled: the name is already provided by plugin "
-    "'builtin' (probe-cnn 1.0, built-in); rename it in third-party, or set PROBE_DISABLE_PLUGINS=thirdp to stop "
-    "loading 'thirdp'"
+    "analysis 'drift' of plugin 'thirdp' (third-party 1.0) is disabled: the name is already "
+    "provided by plugin 'builtin' (probe-cnn 1.0, built-in); rename it in third-party, or set "
+    "PROBE_DISABLE_PLUGINS=thirdp to stop loading 'thirdp'"
 )
 
 
@@ -103,9 +104,9 @@ def test_two_third_parties_are_ordered_by_distribution_name(fresh_registry, monk
     )
     assert reg.get("drift").summary == "From aaa."
     assert reg.problems() == [
-        "analysis 'drift' of plugin 'zeta' (zzz-plugins 1.0) is disabled: the name is already provided by plugin "
-        "'alpha' (aaa-plugins 1.0); rename it in zzz-plugins, or set PROBE_DISABLE_PLUGINS=old,zeta to stop "
-        "loading 'zeta'"
+        "analysis 'drift' of plugin 'zeta' (zzz-plugins 1.0) is disabled: the name is already "
+        "provided by plugin 'alpha' (aaa-plugins 1.0); rename it in zzz-plugins, or set "
+        "PROBE_DISABLE_PLUGINS=old,zeta to stop loading 'zeta'"
     ]
 
 
@@ -156,7 +157,7 @@ def test_a_plugin_registering_one_name_twice_keeps_the_first(fresh_registry):
     ]
 
 
-# --- defaults that break their own declaration ------------------------------------------------------
+# --- defaults that break their own declaration ----------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -200,24 +201,28 @@ class Fine:
     [
         (
             BadMax,
-            "parameter 'eps': its default 2.0 is refused by its own declaration (must be <= 1.0, got 2.0)",
+            "parameter 'eps': its default 2.0 is refused by its own declaration "
+            "(must be <= 1.0, got 2.0)",
         ),
         (
             BadChoice,
-            "parameter 'mode': its default 'c' is refused by its own declaration ('c' is not one of a, b)",
+            "parameter 'mode': its default 'c' is refused by its own declaration "
+            "('c' is not one of a, b)",
         ),
         (
             BadType,
-            "parameter 'steps': its default 2.5 is refused by its own declaration (expected int, got 2.5)",
+            "parameter 'steps': its default 2.5 is refused by its own declaration "
+            "(expected int, got 2.5)",
         ),
         (
             NanDefault,
-            "parameter 'tol': its default nan is refused by its own declaration (must be a finite number, "
-            "got nan)",
+            "parameter 'tol': its default nan is refused by its own declaration (must be a "
+            "finite number, got nan)",
         ),
         (
             OwnCheck,
-            "the defaults of OwnCheck are refused by its own checks (ValueError: lo must not exceed hi)",
+            "the defaults of OwnCheck are refused by its own checks (ValueError: "
+            "lo must not exceed hi)",
         ),
     ],
 )
@@ -229,7 +234,10 @@ def test_a_bad_default_disables_only_that_analysis(params, reason, probe_run, fr
             Provides(analysis("bad", params=params), analysis("good", params=Fine)),
         )
     )
-    expected = f"analysis 'bad' of plugin 'mine' (my-plugin 1.0) is disabled: {reason}; fix it in my-plugin"
+    expected = (
+        "analysis 'bad' of plugin 'mine' (my-plugin 1.0) is disabled: "
+        f"{reason}; fix it in my-plugin"
+    )
     assert reg.problems() == [expected]
     assert sorted(reg.analyses) == ["good"] and reg.plugins["mine"].status == "active"
     with pytest.raises(UsageError, match="^--plugin: analysis 'bad' of plugin 'mine'"):
@@ -247,7 +255,7 @@ def test_a_bad_default_disables_only_that_analysis(params, reason, probe_run, fr
     assert outcome.status == "ok"
 
 
-# --- version is a str ------------------------------------------------------------------------------
+# --- version is a str -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -257,9 +265,8 @@ def test_version_must_be_a_str(version, shown):
     with pytest.raises(ValueError) as err:
         analysis("drift", version=version)
     hint = str(version) if isinstance(version, int | float) else "1"
-    assert (
-        str(err.value)
-        == f"analysis 'drift': version must be a non-empty str (e.g. version=\"{hint}\"), got {shown}"
+    assert str(err.value) == (
+        f"analysis 'drift': version must be a non-empty str (e.g. version=\"{hint}\"), got {shown}"
     )
 
 
@@ -278,7 +285,7 @@ def test_an_int_version_is_shown_as_the_plugins_error(fresh_registry):
     assert analysis("drift", version="2").version == "2"
 
 
-# --- non-finite values -----------------------------------------------------------------------------
+# --- non-finite values ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -350,7 +357,7 @@ def test_cli_refuses_nan_before_anything_runs(probe_run, fresh_registry):
     assert not (probe_run / "analyses" / "ranged").exists()
 
 
-# --- the documentation ------------------------------------------------------------------------------
+# --- the documentation ----------------------------------------------------------------------------
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "writing-a-plugin.md").read_text()
@@ -407,7 +414,8 @@ def test_the_documented_plugin_runs(source, probe_run, fresh_registry, monkeypat
 
 
 def test_installed_entry_points_load_builtins_first(monkeypatch, fresh_registry):
-    """Through load_registry: a third party listed first still loses the name, and a reused entry-point name is noted."""
+    """Through load_registry: a third party listed first still loses the name, and a reused
+    entry-point name is noted."""
     from types import SimpleNamespace
 
     import probe_plugins.curves
@@ -439,11 +447,11 @@ def test_installed_entry_points_load_builtins_first(monkeypatch, fresh_registry)
     }
     assert reg.get("curves").provider == "probe_cnn"
     assert reg.problems() == [
-        "analysis 'curves' of plugin 'aaa' (aaa-plugins 2.0) is disabled: the name is already provided by plugin "
-        "'curves' (probe_cnn 2.0, built-in); rename it in aaa-plugins, or set PROBE_DISABLE_PLUGINS=aaa to stop "
-        "loading 'aaa'",
-        "entry point 'curves' of zzz-plugins is not loaded: plugin 'curves' (probe_cnn 2.0, built-in) has the same "
-        "name; uninstall one of them",
+        "analysis 'curves' of plugin 'aaa' (aaa-plugins 2.0) is disabled: the name is already "
+        "provided by plugin 'curves' (probe_cnn 2.0, built-in); rename it in aaa-plugins, or set "
+        "PROBE_DISABLE_PLUGINS=aaa to stop loading 'aaa'",
+        "entry point 'curves' of zzz-plugins is not loaded: plugin 'curves' (probe_cnn 2.0, "
+        "built-in) has the same name; uninstall one of them",
     ]
     monkeypatch.setenv("PROBE_DISABLE_PLUGINS", "aaa")
     assert plugins.load_registry().problems()[:1] == [reg.problems()[1]]

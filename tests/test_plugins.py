@@ -199,8 +199,8 @@ def test_builtin_plugins_are_exactly_the_declared_entry_points(fresh_registry):
 
 def test_cli_start_does_not_import_torch():
     code = (
-        "import sys; from probe.cli import cli; from probe.contract.registry import registry; registry(); "
-        "assert 'torch' not in sys.modules, 'torch imported at start-up'"
+        "import sys; from probe.cli import cli; from probe.contract.registry import registry; "
+        "registry(); assert 'torch' not in sys.modules, 'torch imported at start-up'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -1,4 +1,5 @@
-"""probe.Recorder: probe train rebuilt on it writes what it wrote before; any loop's run passes the analyses."""
+"""probe.Recorder: probe train rebuilt on it writes what it wrote before; any loop's run
+passes the analyses."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ TIMINGS = {"train_seconds", "val_seconds", "epoch_seconds", "images_per_second",
 
 
 def test_probe_train_writes_what_it_wrote_before_the_recorder(tmp_path: Path) -> None:
-    """tests/data/recorder_reference.* was made by the pre-recorder `probe train` (tests/data/make_recorder_reference.py)."""
+    """tests/data/recorder_reference.* was made by the pre-recorder `probe train`
+    (tests/data/make_recorder_reference.py)."""
     from safetensors.torch import load_file
 
     ref = load_file(DATA / "recorder_reference.safetensors")
@@ -58,9 +60,10 @@ def test_probe_train_writes_what_it_wrote_before_the_recorder(tmp_path: Path) ->
             torch.testing.assert_close(got[k], ref[k], rtol=1e-6, atol=1e-6, msg=k)
         else:
             trained.setdefault(k.split("/")[0], []).append(k)
-    # Trained values pass through float kernels that another CPU computes differently (the reference was made on
-    # one with AVX-512): over each group they differ here by 1.6e-5 (model), 6e-4 (optimizer) relative. A change
-    # of what is written moves them far more: epoch 1's state in place of epoch 2's is 0.22 and 0.96 away.
+    # Trained values pass through float kernels that another CPU computes differently (the reference
+    # was made on one with AVX-512): over each group they differ here by 1.6e-5 (model), 6e-4
+    # (optimizer) relative. A change of what is written moves them far more: epoch 1's state in
+    # place of epoch 2's is 0.22 and 0.96 away.
     for group, keys in trained.items():
         a = torch.cat([got[k].double().flatten() for k in keys])
         b = torch.cat([ref[k].double().flatten() for k in keys])
@@ -254,7 +257,8 @@ def test_an_existing_folder_is_refused_without_force(tmp_path: Path) -> None:
 
 
 def analyze_and_report(run: Path) -> None:
-    """Every installed analysis (the last epoch, or all for run-wide ones), then `probe report`: all succeed."""
+    """Every installed analysis (the last epoch, or all for run-wide ones), then
+    `probe report`: all succeed."""
     from click.testing import CliRunner
 
     from probe.cli import cli
@@ -273,7 +277,8 @@ def test_a_recorded_run_passes_every_analysis_and_the_report(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_the_own_loop_example_records_a_run_that_analyses(tmp_path: Path) -> None:
-    """examples/own-loop/train.py on a tiny CIFAR-10-shaped folder: a run whose analyses and report work."""
+    """examples/own-loop/train.py on a tiny CIFAR-10-shaped folder: a run whose
+    analyses and report work."""
     import os
     import subprocess
     import sys

@@ -56,7 +56,8 @@ def train_args(run_dir: Path, data: Path, epochs: int) -> list[str]:
 
 
 def assert_results_whole(run_dir: Path) -> dict[str, dict]:
-    """Every result directory has its manifest and every file it lists, readable; nothing half-done is left."""
+    """Every result directory has its manifest and every file it lists, readable;
+    nothing half-done is left."""
     run = Run(run_dir)
     found = {}
     for manifest in sorted((run_dir / "analyses").glob(f"*/*/*/{MANIFEST}")):
@@ -93,7 +94,8 @@ for i in range(150):
 
 
 def test_two_processes_renaming_the_same_result_directories(tmp_path: Path) -> None:
-    """The race two `probe analyze` runs have, hammered: both always succeed and leave whole results only.
+    """The race two `probe analyze` runs have, hammered: both always succeed and
+    leave whole results only.
 
     (Before the fix, a rename that lost the race failed with ENOTEMPTY or ENOENT and
     left .tmp/.old directories behind.)
@@ -155,10 +157,10 @@ def test_analyze_while_train_is_writing(world) -> None:
         assert census["epochs"] == list(
             range(len(census["epochs"]))
         )  # finished epochs, in order, no gaps
-        # metrics rows never precede their checkpoint (census asserts it against the checkpoints present when it
-        # reads them). Each epoch writes its dump, then its checkpoint, then its metrics row, so when `analyze`
-        # planned epochs 0..k, rows 0..k-1 were already written; row k may still be on its way (or, like later
-        # epochs' rows, already there)
+        # metrics rows never precede their checkpoint (census asserts it against the checkpoints
+        # present when it reads them). Each epoch writes its dump, then its checkpoint, then its
+        # metrics row, so when `analyze` planned epochs 0..k, rows 0..k-1 were already written; row
+        # k may still be on its way (or, like later epochs' rows, already there)
         assert census["metric_epochs"] == list(range(len(census["metric_epochs"])))
         assert len(census["metric_epochs"]) >= len(census["epochs"]) - 1
         seen.append(len(census["epochs"]))
@@ -181,8 +183,9 @@ def test_analyze_while_train_is_writing(world) -> None:
 
 
 def test_one_writer_per_run(world) -> None:
-    """Issue 11.3: a second `probe train` on a run being trained (fresh, --force, --resume) exits 2 naming the
-    holder and changes nothing; a lock left by a SIGKILLed training is stale and taken over by --resume."""
+    """Issue 11.3: a second `probe train` on a run being trained (fresh, --force, --resume) exits
+    2 naming the holder and changes nothing; a lock left by a SIGKILLed training is stale and
+    taken over by --resume."""
     import socket
 
     from probe.rundir.lock import LOCK_FILE
@@ -194,8 +197,9 @@ def test_one_writer_per_run(world) -> None:
     record = json.loads((run_dir / LOCK_FILE).read_text())
     assert record["pid"] == trainer.pid and record["host"] == socket.gethostname()
     holder = (
-        f"is being trained by pid {trainer.pid} on {socket.gethostname()} since {record['started']}; "
-        "wait for it to finish or stop it (one training writes a run at a time)"
+        f"is being trained by pid {trainer.pid} on {socket.gethostname()} since "
+        f"{record['started']}; wait for it to finish or stop it (one training "
+        "writes a run at a time)"
     )
     others = [
         zygote.start(args)
@@ -232,8 +236,8 @@ def test_one_writer_per_run(world) -> None:
 
 
 def test_a_killed_analysis_leaves_temporaries_the_next_one_removes(world) -> None:
-    """Issue 11.7: SIGKILL mid-job leaves `.<name>.<pid>.<random>.tmp` under analyses/; the next analyze removes
-    them (their process is gone) and nothing else."""
+    """Issue 11.7: SIGKILL mid-job leaves `.<name>.<pid>.<random>.tmp` under analyses/; the next
+    analyze removes them (their process is gone) and nothing else."""
     zygote = world["zygote"]
     run_dir = world["root"] / "killed-analysis"
     assert zygote.run(train_args(run_dir, world["data"], 1)).exit_code == 0

@@ -1,4 +1,5 @@
-"""Issue 7.1/7.2 (and issue 2's resume promise): a crash or a failed write never loses or corrupts a run.
+"""Issue 7.1/7.2 (and issue 2's resume promise): a crash or a failed write never
+loses or corrupts a run.
 
 Real processes are SIGKILLed at 20 seeded moments (during training, during the
 activation dump, during the checkpoint write, during the metrics write, during the
@@ -66,7 +67,8 @@ def train_args(run_dir: Path, data: Path) -> list[str]:
 
 
 def run_state(run_dir: Path) -> dict:
-    """Everything a run computed, timings aside: per epoch the checkpoint tensors, the dump arrays, the metrics."""
+    """Everything a run computed, timings aside: per epoch the checkpoint tensors, the dump
+    arrays, the metrics."""
     from safetensors.torch import load_file
 
     run = Run(run_dir)
@@ -96,11 +98,12 @@ def assert_same_run(run_dir: Path, ref: dict) -> None:
         assert_bitwise_equal(got[f"dump{e}"], ref[f"dump{e}"])
 
 
-# --- the kill loop ------------------------------------------------------------------------------------
+# --- the kill loop --------------------------------------------------------------------------------
 
 
 def moments(seed: int = 7, n: int = 20) -> list[tuple[str, object, float]]:
-    """(phase, epoch or file, fraction): every phase of every epoch once, then seeded extra picks."""
+    """(phase, epoch or file, fraction): every phase of every epoch once,
+    then seeded extra picks."""
     rng = random.Random(seed)
     out: list[tuple[str, object, float]] = [
         ("static", "config.json", rng.random()),
@@ -176,7 +179,9 @@ def test_sigkill_at_20_moments_then_resume_is_bitwise_identical(world) -> None:
         if (run_dir / "config.json").exists():
             check_run_files(run_dir)
             recover = ["train", "--run-dir", str(run_dir), "--resume", "--quiet"]
-        else:  # killed before the first file was in place: nothing to resume, the same command starts over
+        else:
+            # killed before the first file was in place: nothing to resume, the
+            # same command starts over
             assert [
                 p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith(".")
             ] == [], label
@@ -193,7 +198,8 @@ def test_sigkill_at_20_moments_then_resume_is_bitwise_identical(world) -> None:
 
 
 def test_real_probe_command_killed_mid_checkpoint_and_resumed(world, tmp_path: Path) -> None:
-    """The installed `probe` script, a real SIGKILL while epoch 2's checkpoint is being written, then --resume."""
+    """The installed `probe` script, a real SIGKILL while epoch 2's checkpoint is being
+    written, then --resume."""
     exe = Path(sys.executable).with_name("probe")
     env = {
         **os.environ,
@@ -249,7 +255,7 @@ def test_killed_while_writing_config_the_same_command_starts_over(world, tmp_pat
     assert_same_run(run_dir, world["ref_state"])
 
 
-# --- failed writes: file too large, disk full ---------------------------------------------------------
+# --- failed writes: file too large, disk full -----------------------------------------------------
 
 
 def test_file_size_limit_is_one_line_naming_the_file_and_the_run_resumes(

@@ -45,7 +45,8 @@ SETTINGS = settings(
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Epochs 0, 1, 2, with `curves` computed (it reads metrics.jsonl only: damage elsewhere leaves it cached)."""
+    """Epochs 0, 1, 2, with `curves` computed (it reads metrics.jsonl only: damage
+    elsewhere leaves it cached)."""
     run_dir = train_small(tmp_path_factory.mktemp("damage") / "run")
     install_test_plugins()
     assert probe_cli("analyze", run_dir, "-p", "curves").exit_code == 0
@@ -78,7 +79,8 @@ def read_whole_dump(path: Path) -> dict[str, np.ndarray]:
 
 
 def analyze_all_epochs(run_dir: Path, damaged: Path) -> None:
-    """`peek` fails on the damaged epoch only, with one line naming the file; `curves` still answers."""
+    """`peek` fails on the damaged epoch only, with one line naming the file;
+    `curves` still answers."""
     result = probe_cli("analyze", run_dir, "-p", "peek", "-p", "curves", "-e", "all")
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
@@ -88,7 +90,7 @@ def analyze_all_epochs(run_dir: Path, damaged: Path) -> None:
     assert "2 computed, 1 cached, 1 failed" in result.stdout, result.output  # peek 0 and 2; curves
 
 
-# --- checkpoints --------------------------------------------------------------------------------------
+# --- checkpoints ----------------------------------------------------------------------------------
 
 
 def _spec_mismatch(path: Path) -> None:
@@ -164,7 +166,8 @@ def test_damaged_checkpoint_is_one_line_naming_it_and_other_epochs_analyse(
 def test_resume_skips_a_damaged_last_checkpoint(
     run_dir: Path, template: Path, tmp_path: Path
 ) -> None:
-    """Resume continues from the newest checkpoint that verifies, and ends as an uninterrupted run."""
+    """Resume continues from the newest checkpoint that verifies, and ends as
+    an uninterrupted run."""
     from reliability_helpers import SMALL
 
     from probe.testing import synthetic_dataset
@@ -221,7 +224,7 @@ def test_any_truncation_or_garbage_checkpoint_is_refused(
     assert_names_file(info.value, path)
 
 
-# --- activation dumps ---------------------------------------------------------------------------------
+# --- activation dumps -----------------------------------------------------------------------------
 
 DUMP_DAMAGE = {
     "zero-length": lambda p: p.write_bytes(b""),
@@ -251,7 +254,8 @@ def test_damaged_dump_is_one_line_naming_it_and_other_epochs_analyse(
 def test_any_damaged_dump_is_refused_or_reads_the_same(
     template: Path, tmp_path: Path, data: st.DataObject
 ) -> None:
-    """A flip, a truncation or garbage: an error naming the file, or (a flip in padding) the same numbers."""
+    """A flip, a truncation or garbage: an error naming the file, or (a flip in
+    padding) the same numbers."""
     src = Run(template).activations_path(1)
     original = src.read_bytes()
     flip = data.draw(st.integers(0, len(original) * 8 - 1))
@@ -275,7 +279,7 @@ def test_any_damaged_dump_is_refused_or_reads_the_same(
     assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
 
 
-# --- metrics ------------------------------------------------------------------------------------------
+# --- metrics --------------------------------------------------------------------------------------
 
 
 def test_torn_last_metrics_line_is_skipped_and_curves_runs(run_dir: Path) -> None:
@@ -344,7 +348,7 @@ def test_any_metrics_file_gives_records_or_an_error_naming_it(
     assert all(isinstance(r, dict) and type(r["epoch"]) is int for r in rows)
 
 
-# --- configs ------------------------------------------------------------------------------------------
+# --- configs --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -449,7 +453,7 @@ def test_wrong_toml_config_is_one_line_naming_file_and_key(
     assert not run_dir.exists()
 
 
-# --- no code from data --------------------------------------------------------------------------------
+# --- no code from data ----------------------------------------------------------------------------
 
 
 class Planted:
@@ -494,7 +498,8 @@ UNPICKLING = re.compile(
 
 
 def test_no_source_file_can_unpickle() -> None:
-    """probe reads safetensors, HDF5, JSON and TOML; torch.load only with weights_only=True (`probe import`'s .pt files)."""
+    """probe reads safetensors, HDF5, JSON and TOML; torch.load only with weights_only=True
+    (`probe import`'s .pt files)."""
     offenders = []
     for folder in ("probe", "plugins"):
         for path in sorted((ROOT / folder).rglob("*.py")):

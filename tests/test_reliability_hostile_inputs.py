@@ -46,12 +46,13 @@ PROBE_SET = "data/probe_set.safetensors"
 NOT_REGULAR = "is a symbolic link, not a regular file (probe does not follow links here)"
 
 
-# --- the template run, the sentinel tree, and running a case -------------------------------------------
+# --- the template run, the sentinel tree, and running a case --------------------------------------
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Epochs 0-2 of a width-4 run whose config names a small image folder (so --resume can load data)."""
+    """Epochs 0-2 of a width-4 run whose config names a small image folder (so
+    --resume can load data)."""
     root = tmp_path_factory.mktemp("hostile")
     images = make_image_folder(root / "images", n_train=8, n_test=3)
     return train_small(root / "run", data=str(images))
@@ -112,7 +113,7 @@ def run_command(env: Env, command: list[str] | Callable[[Env], tuple[int, str]])
     return result.exit_code, result.output
 
 
-# --- crafting files -----------------------------------------------------------------------------------
+# --- crafting files -------------------------------------------------------------------------------
 
 
 def replace_with_link(target: str) -> Callable[[Env, Path], None]:
@@ -129,7 +130,8 @@ def replace_with_fifo(env: Env, path: Path) -> None:
 
 
 def folder_outside(env: Env, path: Path) -> None:
-    """Move a run folder (checkpoints/, activations/, data/) outside the run and leave a link in its place."""
+    """Move a run folder (checkpoints/, activations/, data/) outside the run and leave
+    a link in its place."""
     target = env.outside / f"moved-{path.name}"
     shutil.move(str(path), target)
     path.symlink_to(target, target_is_directory=True)
@@ -165,7 +167,8 @@ def metrics_lines(*lines: str) -> Callable[[Env, Path], None]:
 def reseal_checkpoint(
     mutate: Callable[[dict[str, torch.Tensor], dict[str, str]], None],
 ) -> Callable[[Env, Path], None]:
-    """Change a checkpoint's tensors or metadata and recompute content_sha256, so the seal verifies."""
+    """Change a checkpoint's tensors or metadata and recompute content_sha256,
+    so the seal verifies."""
 
     def setup(env: Env, path: Path) -> None:
         tensors = load_file(str(path))
@@ -201,7 +204,8 @@ def set_meta(key: str, value: str):
 
 
 def adam_state(t: dict[str, torch.Tensor], m: dict[str, str]) -> None:
-    """Adam's state (exp_avg, exp_avg_sq, step) in place of SGD's momentum buffers: fits the parameters, not SGD."""
+    """Adam's state (exp_avg, exp_avg_sq, step) in place of SGD's momentum buffers: fits the
+    parameters, not SGD."""
     for name in [k for k in t if k.endswith("/momentum_buffer")]:
         base = name.rsplit("/", 1)[0]
         v = t.pop(name)
@@ -276,13 +280,14 @@ def reseal_batch(mutate: Callable[[dict[str, torch.Tensor]], None]) -> Callable[
     return setup
 
 
-# --- the dataset cache ($PROBE_CACHE) ---------------------------------------------------------------------
+# --- the dataset cache ($PROBE_CACHE) -------------------------------------------------------------
 
 
 def load_folder_twice(
     poison: Callable[[Path, tuple[str, ...]], None],
 ) -> Callable[[Env], tuple[int, str]]:
-    """Build the cache, poison it, load again: the second load must warn once and return the true data."""
+    """Build the cache, poison it, load again: the second load must warn once and
+    return the true data."""
 
     def command(env: Env) -> tuple[int, str]:
         folder = make_image_folder(env.tmp / "images", n_train=2, n_test=1)
@@ -352,7 +357,7 @@ def hessian_cost(top_k: int, n: int, **kw: Any) -> Callable[[Env], tuple[int, st
     return command
 
 
-# --- the table ------------------------------------------------------------------------------------------
+# --- the table ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -521,8 +526,9 @@ CASES = [
         "checkpoints",
         folder_outside,
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {run}/checkpoints/epoch_0002.safetensors: lies outside {run} through a symbolic link "
-        "(resolves to {outside}/moved-checkpoints); probe reads nothing outside it",
+        "FAILED peek epoch 2: {run}/checkpoints/epoch_0002.safetensors: lies outside "
+        "{run} through a symbolic link (resolves to {outside}/moved-checkpoints); probe "
+        "reads nothing outside it",
         1,
     ),
     # checkpoints: sealed, crafted fields
@@ -571,7 +577,8 @@ CASES = [
         CKPT,
         reseal_checkpoint(drop("model/features.0.weight")),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: field model/features.0.weight: missing (the model spec has it)",
+        "FAILED peek epoch 2: {path}: field model/features.0.weight: missing "
+        "(the model spec has it)",
         1,
     ),
     Case(
@@ -579,8 +586,8 @@ CASES = [
         CKPT,
         reseal_checkpoint(retype("model/features.0.weight", torch.float64)),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: field model/features.0.weight: expected float32 [4, 3, 3, 3], "
-        "got float64 [4, 3, 3, 3]",
+        "FAILED peek epoch 2: {path}: field model/features.0.weight: expected float32 "
+        "[4, 3, 3, 3], got float64 [4, 3, 3, 3]",
         1,
     ),
     Case(
@@ -597,7 +604,8 @@ CASES = [
         CKPT,
         reseal_checkpoint(retype("model/features.1.num_batches_tracked", torch.float32)),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: field model/features.1.num_batches_tracked: expected int64 [], got float32 []",
+        "FAILED peek epoch 2: {path}: field model/features.1.num_batches_tracked: expected "
+        "int64 [], got float32 []",
         1,
     ),
     Case(
@@ -605,8 +613,8 @@ CASES = [
         CKPT,
         reseal_checkpoint(reshape("optimizer/features.0.weight/momentum_buffer", (4, 3))),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: field optimizer/features.0.weight/momentum_buffer: expected float32 "
-        "[4, 3, 3, 3], got float32 [4, 3]",
+        "FAILED peek epoch 2: {path}: field optimizer/features.0.weight/momentum_buffer: expected "
+        "float32 [4, 3, 3, 3], got float32 [4, 3]",
         1,
     ),
     Case(
@@ -614,8 +622,8 @@ CASES = [
         CKPT,
         reseal_checkpoint(add("optimizer/features.99.weight/momentum_buffer", torch.zeros(2))),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: field optimizer/features.99.weight/momentum_buffer: the model has no "
-        "parameter 'features.99.weight'",
+        "FAILED peek epoch 2: {path}: field optimizer/features.99.weight/momentum_buffer: the "
+        "model has no parameter 'features.99.weight'",
         1,
     ),
     Case(
@@ -623,7 +631,8 @@ CASES = [
         CKPT,
         reseal_checkpoint(add("optimizer/features.0.bias/velocity", torch.zeros(4))),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: field optimizer/features.0.bias/velocity: not an optimizer state probe writes",
+        "FAILED peek epoch 2: {path}: field optimizer/features.0.bias/velocity: not an "
+        "optimizer state probe writes",
         1,
     ),
     Case(
@@ -631,7 +640,8 @@ CASES = [
         CKPT,
         reseal_checkpoint(add("junk/x", torch.zeros(1))),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: field junk/x: not a tensor probe writes (model/, optimizer/ or rng/)",
+        "FAILED peek epoch 2: {path}: field junk/x: not a tensor probe writes "
+        "(model/, optimizer/ or rng/)",
         1,
     ),
     Case(
@@ -667,7 +677,8 @@ CASES = [
             )
         ),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: field model_spec: holds an integer of 5,000 digits (at most 40 allowed)",
+        "FAILED peek epoch 2: {path}: field model_spec: holds an integer of 5,000 digits "
+        "(at most 40 allowed)",
         1,
     ),
     Case(
@@ -687,7 +698,8 @@ CASES = [
         CKPT,
         reseal_checkpoint(drop("rng/torch")),
         [*RESUME, "--epochs", "2"],
-        "warning: {path}: field rng/torch: missing (needed to resume exactly); resuming from an earlier epoch",
+        "warning: {path}: field rng/torch: missing (needed to resume exactly); resuming "
+        "from an earlier epoch",
         0,
     ),
     Case(
@@ -695,7 +707,8 @@ CASES = [
         CKPT,
         reseal_checkpoint(adam_state),
         RESUME,
-        "error: {path}: field optimizer/features.0.weight: holds exp_avg, exp_avg_sq, step, but SGD keeps momentum_buffer",
+        "error: {path}: field optimizer/features.0.weight: holds exp_avg, exp_avg_sq, step, but "
+        "SGD keeps momentum_buffer",
         1,
     ),
     Case(
@@ -728,8 +741,8 @@ CASES = [
         "activations",
         folder_outside,
         ANALYZE_RSM,
-        "FAILED rsm epoch 2: {run}/activations/epoch_0002.h5: lies outside {run} through a symbolic link "
-        "(resolves to {outside}/moved-activations); probe reads nothing outside it",
+        "FAILED rsm epoch 2: {run}/activations/epoch_0002.h5: lies outside {run} through a "
+        "symbolic link (resolves to {outside}/moved-activations); probe reads nothing outside it",
         1,
     ),
     Case(
@@ -737,8 +750,8 @@ CASES = [
         "data",
         folder_outside,
         ANALYZE_RSM,
-        "FAILED rsm epoch 2: {run}/data/probe_set.safetensors: lies outside {run} through a symbolic link "
-        "(resolves to {outside}/moved-data); probe reads nothing outside it",
+        "FAILED rsm epoch 2: {run}/data/probe_set.safetensors: lies outside {run} through a "
+        "symbolic link (resolves to {outside}/moved-data); probe reads nothing outside it",
         1,
     ),
     Case(
@@ -746,8 +759,8 @@ CASES = [
         DUMP,
         reseal_dump(external_link),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: /pooled/features.2 is an HDF5 external link to {outside}/data.h5:/data; "
-        "probe reads nothing outside the file",
+        "FAILED peek epoch 2: {path}: /pooled/features.2 is an HDF5 external link to "
+        "{outside}/data.h5:/data; probe reads nothing outside the file",
         1,
     ),
     Case(
@@ -764,7 +777,8 @@ CASES = [
         DUMP,
         reseal_dump(virtual_dataset),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: /pooled/features.2 is a virtual dataset (it maps other files); probe refuses it",
+        "FAILED peek epoch 2: {path}: /pooled/features.2 is a virtual dataset (it maps other "
+        "files); probe refuses it",
         1,
     ),
     Case(
@@ -772,7 +786,8 @@ CASES = [
         DUMP,
         reseal_dump(soft_link),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: /pooled/features.2 is an HDF5 SoftLink; probe writes only plain datasets",
+        "FAILED peek epoch 2: {path}: /pooled/features.2 is an HDF5 SoftLink; probe "
+        "writes only plain datasets",
         1,
     ),
     Case(
@@ -782,8 +797,8 @@ CASES = [
             dataset("pooled/classifier.3", (4_000_000, 256), chunks=(1024, 256), compression="gzip")
         ),
         ANALYZE_RSM,
-        "FAILED rsm epoch 2: {path}: /pooled/classifier.3 declares shape [4000000, 256]: 4,000,000 probe images, "
-        "expected 1 to 10",
+        "FAILED rsm epoch 2: {path}: /pooled/classifier.3 declares shape [4000000, 256]: "
+        "4,000,000 probe images, expected 1 to 10",
         1,
     ),
     Case(
@@ -791,7 +806,8 @@ CASES = [
         DUMP,
         reseal_dump(dataset("pooled/features.2", (10, 999))),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: /pooled/features.2 declares shape [10, 999]; this run's model gives [P, 4]",
+        "FAILED peek epoch 2: {path}: /pooled/features.2 declares shape [10, 999]; this "
+        "run's model gives [P, 4]",
         1,
     ),
     Case(
@@ -799,8 +815,8 @@ CASES = [
         DUMP,
         reseal_dump(dataset("maps/features.2", (10, 4, 320, 320), chunks=(1, 4, 32, 32))),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: /maps/features.2 declares shape [10, 4, 320, 320]; this run's "
-        "model gives [P, 4, 32, 32]",
+        "FAILED peek epoch 2: {path}: /maps/features.2 declares shape [10, 4, 320, 320]; this "
+        "run's model gives [P, 4, 32, 32]",
         1,
     ),
     Case(
@@ -808,7 +824,8 @@ CASES = [
         DUMP,
         reseal_dump(dataset("pooled/features.2", (10, 4), "f8")),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: /pooled/features.2 must be float16 of rank 2, got float64 [10, 4]",
+        "FAILED peek epoch 2: {path}: /pooled/features.2 must be float16 of rank "
+        "2, got float64 [10, 4]",
         1,
     ),
     Case(
@@ -816,7 +833,8 @@ CASES = [
         DUMP,
         reseal_dump(dataset("pooled/features.99", (10, 4))),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: /pooled/features.99: the run's model has no layer 'features.99'",
+        "FAILED peek epoch 2: {path}: /pooled/features.99: the run's model has "
+        "no layer 'features.99'",
         1,
     ),
     Case(
@@ -824,7 +842,8 @@ CASES = [
         DUMP,
         reseal_dump(dataset("payload", (3,))),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: unexpected object /payload (a dump holds /pooled, /maps and /logits)",
+        "FAILED peek epoch 2: {path}: unexpected object /payload (a dump holds "
+        "/pooled, /maps and /logits)",
         1,
     ),
     Case(
@@ -832,8 +851,8 @@ CASES = [
         DUMP,
         reseal_dump(dataset("pooled/features.2", (10, 4), chunks=(10, 4), compression="lzf")),
         ANALYZE_PEEK,
-        "FAILED peek epoch 2: {path}: /pooled/features.2 uses HDF5 filter(s) [32000] (probe writes gzip "
-        "and shuffle only)",
+        "FAILED peek epoch 2: {path}: /pooled/features.2 uses HDF5 filter(s) [32000] (probe "
+        "writes gzip and shuffle only)",
         1,
     ),
     Case(
@@ -858,7 +877,8 @@ CASES = [
         PROBE_SET,
         reseal_batch(lambda t: t.__setitem__("images", t["images"][:, :, :8, :8].contiguous())),
         ANALYZE_RSM,
-        "FAILED rsm epoch 2: {path}: 'images' must be uint8 [N, 3, 32, 32], got torch.uint8 [10, 3, 8, 8]",
+        "FAILED rsm epoch 2: {path}: 'images' must be uint8 [N, 3, 32, 32], got "
+        "torch.uint8 [10, 3, 8, 8]",
         1,
     ),
     Case(
@@ -887,8 +907,8 @@ CASES = [
                 lambda t: t.__setitem__("train_x", t["train_x"][:, :, :8, :8].contiguous())
             )
         ),
-        "warning: {cache}: train_x must be uint8 [N, 3, 32, 32], got torch.uint8 [20, 3, 8, 8]; ignoring it and "
-        "rebuilding the cache",
+        "warning: {cache}: train_x must be uint8 [N, 3, 32, 32], got torch.uint8 [20, 3, 8, 8]; "
+        "ignoring it and rebuilding the cache",
         0,
     ),
     Case(
@@ -900,8 +920,8 @@ CASES = [
                 lambda t: t["test_y"].__setitem__(0, (int(t["test_y"][0]) + 1) % 10), reseal=False
             )
         ),
-        "warning: {cache}: checksum mismatch (the cache was changed after probe wrote it); ignoring it and "
-        "rebuilding the cache",
+        "warning: {cache}: checksum mismatch (the cache was changed after probe wrote it); "
+        "ignoring it and rebuilding the cache",
         0,
     ),
     Case(
@@ -917,8 +937,9 @@ CASES = [
         None,
         None,
         load_folder_twice(cache_classes),
-        "warning: {cache}: holds classes 'class0,class1,class2', expected 'class0,class1,class2,class3,class4,class5,"
-        "class6,class7,class8,class9'; ignoring it and rebuilding the cache",
+        "warning: {cache}: holds classes 'class0,class1,class2', expected "
+        "'class0,class1,class2,class3,class4,class5,class6,class7,class8,class9'; ignoring it and "
+        "rebuilding the cache",
         0,
     ),
     # options of probe train: refused before anything is read or allocated
@@ -978,7 +999,8 @@ CASES = [
         None,
         None,
         [*TRAIN, "--epochs", "\u00b2"],
-        "error: Invalid value for '--epochs': '\u00b2' is not a valid integer. (see `cli train --help`)",
+        "error: Invalid value for '--epochs': '\u00b2' is not a valid integer. "
+        "(see `cli train --help`)",
         2,
     ),
     Case(
@@ -1010,8 +1032,8 @@ CASES = [
         None,
         None,
         [*TRAIN, "--base-width", "60000"],
-        "error: --base-width: a depth-4 model of base width 60000 has 32,680,956,266 parameters, more than the "
-        "2,147,483,648 probe allows; use a smaller --base-width",
+        "error: --base-width: a depth-4 model of base width 60000 has 32,680,956,266 parameters, "
+        "more than the 2,147,483,648 probe allows; use a smaller --base-width",
         2,
     ),
     Case(
@@ -1019,8 +1041,9 @@ CASES = [
         None,
         None,
         [*TRAIN, "--base-width", "8192", "--batch-size", "4096"],
-        "error: --base-width: a depth-4 model of base width 8192 needs about 790 GiB to train at batch size 4096, "
-        "more than the 64 GiB probe allows; use a smaller --base-width or batch size",
+        "error: --base-width: a depth-4 model of base width 8192 needs about 790 GiB to "
+        "train at batch size 4096, more than the 64 GiB probe allows; use a smaller "
+        "--base-width or batch size",
         2,
     ),
     Case(
@@ -1129,7 +1152,8 @@ CASES = [
         None,
         None,
         hessian_cost(600, 500),
-        "error: --param top_k: hessian: top_k=600 + smallest=1 eigenvalues asked of a model with 500 parameters",
+        "error: --param top_k: hessian: top_k=600 + smallest=1 eigenvalues asked of a "
+        "model with 500 parameters",
         2,
     ),
     Case(
@@ -1137,8 +1161,8 @@ CASES = [
         None,
         None,
         hessian_cost(3, 20_000_000, max_iter=10_000),
-        "error: --param max_iter: hessian: a 10,000-step Lanczos basis of 20,000,000 parameters needs 1,490.1 GiB, "
-        "more than 8 GiB",
+        "error: --param max_iter: hessian: a 10,000-step Lanczos basis of 20,000,000 parameters "
+        "needs 1,490.1 GiB, more than 8 GiB",
         2,
     ),
 ]
@@ -1210,7 +1234,8 @@ def test_hostile_input_is_one_line(
 def test_declared_shapes_are_checked_against_the_model_itself(
     depth: int, width: int, dropout: float
 ) -> None:
-    """The arithmetic walk that bounds a dump's shapes agrees with a real (meta-device) forward pass."""
+    """The arithmetic walk that bounds a dump's shapes agrees with a real
+    (meta-device) forward pass."""
     from probe.training.model import simplecnn_spec
 
     spec = simplecnn_spec(depth=depth, base_width=width, dropout=dropout)

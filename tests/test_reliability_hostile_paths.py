@@ -37,7 +37,7 @@ from probe.contract.registry import reset_registry
 from probe.io import atomic
 from probe.rundir import lock
 
-# --- the world each case starts from -----------------------------------------------------------------------
+# --- the world each case starts from --------------------------------------------------------------
 
 RECORDED = (
     "features.2, features.6, features.9, features.13, classifier.3"  # depth 4: a block ends at each
@@ -58,7 +58,8 @@ class World:
 
 
 def _scribe(ctx) -> None:
-    """Stands in for the user writing notes into the run while a job runs: probe cannot tell the two apart."""
+    """Stands in for the user writing notes into the run while a job runs: probe
+    cannot tell the two apart."""
     (ctx.run.path / "NOTES.md").write_text("my notes")
     (ctx.run.path / "mine").mkdir(exist_ok=True)
     (ctx.run.path / "mine" / "plot.py").write_text("print('mine')")
@@ -66,7 +67,8 @@ def _scribe(ctx) -> None:
 
 
 def _editor(ctx) -> None:
-    """Edits a file of the user's that was in the run before the job (not a run file: theirs to change)."""
+    """Edits a file of the user's that was in the run before the job (not a run
+    file: theirs to change)."""
     notes = ctx.run.path / "NOTES.md"
     notes.write_text(notes.read_text() + " (edited)")
     ctx.out.scalar("done", 1)
@@ -146,7 +148,7 @@ def tree(root: Path) -> dict[str, object]:
     return out
 
 
-# --- the hostile states ----------------------------------------------------------------------------------------
+# --- the hostile states ---------------------------------------------------------------------------
 
 
 def link(at: Path, to: Path) -> None:
@@ -204,12 +206,18 @@ def dry_run(grid: str) -> Callable[[World], list[str]]:
     return args
 
 
-FORCE_FOREIGN = "error: --force: {run} holds files probe did not make ({names}); move them out or pick another --run-dir; nothing was deleted"
-NOT_A_RUN = (
-    "error: --force: {run} is not a probe run (its config.json is missing or does not say probe-run/...); "
-    "refusing to delete anything in it"
+FORCE_FOREIGN = (
+    "error: --force: {run} holds files probe did not make ({names}); move them out "
+    "or pick another --run-dir; nothing was deleted"
 )
-LINK = "error: {path}: is a symbolic link; probe never writes through a link out of {root} (replace it with a real folder or file)"
+NOT_A_RUN = (
+    "error: --force: {run} is not a probe run (its config.json is missing or does not say "
+    "probe-run/...); refusing to delete anything in it"
+)
+LINK = (
+    "error: {path}: is a symbolic link; probe never writes through a link out of {root} "
+    "(replace it with a real folder or file)"
+)
 
 
 def _foreign(names: str) -> str:
@@ -404,7 +412,8 @@ CASES = [
             empty_run_dir, lambda w: os.mkfifo(w.run / ".probe-train.lock"), args=lambda w: train(w)
         ),
         1,
-        "error: {run}/.probe-train.lock: is not a regular file; remove it (probe keeps its lock file there)",
+        "error: {run}/.probe-train.lock: is not a regular file; remove it (probe keeps "
+        "its lock file there)",
     ),
     Case(
         "force-user-folder-in-activations",
@@ -417,14 +426,16 @@ CASES = [
         "train-into-user-project",
         _setup(lambda w: user_project(w, "{}"), args=lambda w: train(w)),
         2,
-        "error: --run-dir: {run} already exists; use --resume to continue it or --force to replace it",
+        "error: --run-dir: {run} already exists; use --resume to continue it or "
+        "--force to replace it",
         ("thesis.tex", "src/main.py"),
     ),
     Case(
         "train-lock-file-linked-out",
         _setup(empty_run_dir, to_out(".probe-train.lock", "thesis.tex"), args=lambda w: train(w)),
         1,
-        "error: {run}/.probe-train.lock: is a symbolic link; remove it (probe keeps its lock file inside the run)",
+        "error: {run}/.probe-train.lock: is a symbolic link; remove it (probe keeps its lock "
+        "file inside the run)",
     ),
     Case(
         "force-bad-full-maps-deletes-nothing",
@@ -436,7 +447,8 @@ CASES = [
         "force-bad-depth-deletes-nothing",
         lambda w: train(w, "--force", "--model-depth", "5"),
         2,
-        "error: Invalid value for '--model-depth': '5' is not one of '2', '4', '8'. (see `cli train --help`)",
+        "error: Invalid value for '--model-depth': '5' is not one of '2', '4', '8'. "
+        "(see `cli train --help`)",
     ),  # CliRunner's program name
     Case(
         "train-run-dir-name-too-long",
@@ -451,8 +463,9 @@ CASES = [
         "resume-real-change",
         lambda w: resume(w, "--optimizer", "Adam", "--lr", "0.1"),
         2,
-        "error: --resume: continues the stored config of {run}/config.json; only --epochs and --device may change, "
-        "but --optimizer (stored 'SGD_mom', given 'Adam'); --lr (stored 0.05, given 0.1)",
+        "error: --resume: continues the stored config of {run}/config.json; only --epochs "
+        "and --device may change, but --optimizer (stored 'SGD_mom', given 'Adam'); --lr "
+        "(stored 0.05, given 0.1)",
     ),
     Case(
         "resume-checkpoints-linked-out",
@@ -474,8 +487,8 @@ CASES = [
             args=lambda w: resume(w),
         ),
         1,
-        "error: {run}/metrics.jsonl: expected a regular file, found something else (a FIFO, a device, a file...); "
-        "move it away to resume",
+        "error: {run}/metrics.jsonl: expected a regular file, found something else (a FIFO, a "
+        "device, a file...); move it away to resume",
     ),
     Case(
         "resume-data-is-a-file",
@@ -586,8 +599,8 @@ CASES = [
         "sweep-dry-run-unknown-layer",
         dry_run('full_maps = [["features.2"], ["features.99"]]'),
         2,
-        "error: {sweep}/spec.toml: point full_maps=features.99: --full-maps: unknown layer(s) features.99; "
-        f"recorded layers are {RECORDED}",
+        "error: {sweep}/spec.toml: point full_maps=features.99: --full-maps: unknown layer(s) "
+        f"features.99; recorded layers are {RECORDED}",
     ),
     Case(
         "sweep-dry-run-point-name-too-long",
@@ -628,11 +641,12 @@ def test_hostile_input(world: World, case: Case) -> None:
         assert (world.run / rel).is_file(), rel
 
 
-# --- what is allowed still works --------------------------------------------------------------------------------
+# --- what is allowed still works ------------------------------------------------------------------
 
 
 def test_force_replaces_a_probe_run_and_keeps_nothing_of_it(world: World) -> None:
-    """Only probe's entries (and its temporaries) are there: --force replaces the run, nothing else is touched."""
+    """Only probe's entries (and its temporaries) are there: --force replaces the run,
+    nothing else is touched."""
     (world.run / "analyses" / "x").mkdir(parents=True)
     (world.run / ".metrics.jsonl.123.abcdefgh.tmp").write_text("killed writer")
     outside = tree(world.out)
@@ -651,7 +665,8 @@ def test_force_replaces_a_probe_run_and_keeps_nothing_of_it(world: World) -> Non
 
 
 def test_analyze_removes_stale_temporaries_and_nothing_else(world: World) -> None:
-    """A job killed mid-write leaves `.x.<pid>.<random>.tmp`; the next analyze removes those of dead processes only."""
+    """A job killed mid-write leaves `.x.<pid>.<random>.tmp`; the next analyze removes those of
+    dead processes only."""
     variant = world.run / "analyses" / "curves" / "default"
     variant.mkdir(parents=True)
     dead = _dead_pid()
@@ -712,8 +727,9 @@ def test_a_training_lock_held_elsewhere_refuses_a_second_writer(world: World) ->
         result = probe_cli(*resume(world))
         forced = probe_cli(*train(world, "--force"))
     expected = (
-        f"error: --run-dir: {world.run} is being trained by pid {os.getpid()} on {socket.gethostname()} "
-        f"since {record['started']}; wait for it to finish or stop it (one training writes a run at a time)"
+        f"error: --run-dir: {world.run} is being trained by pid {os.getpid()} on "
+        f"{socket.gethostname()} since {record['started']}; wait for it to finish or stop it (one "
+        "training writes a run at a time)"
     )
     for r in (result, forced):
         assert r.exit_code == 2 and r.stderr.strip() == expected, r.output
@@ -745,7 +761,8 @@ def _dead_pid() -> int:
 
 
 def test_clear_run_leaves_what_appeared_after_the_check(world: World) -> None:
-    """The user drops a file in after `check_run_dir` passed and before `--force` clears: it is not probe's, so it stays."""
+    """The user drops a file in after `check_run_dir` passed and before `--force` clears: it is not
+    probe's, so it stays."""
     from probe.rundir.prepare import check_run_dir, clear_run
 
     check_run_dir(world.run, resume=False, force=True)  # nothing foreign yet

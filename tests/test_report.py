@@ -34,7 +34,7 @@ CHROMIUM = os.environ.get("PROBE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("PROBE_CHROMEDRIVER", "/usr/bin/chromedriver")
 
 
-# --- in-process analyses --------------------------------------------------------------------------------------
+# --- in-process analyses --------------------------------------------------------------------------
 
 
 def _figure(width: float, title: str):
@@ -134,7 +134,7 @@ def analysed(run: Path, reg) -> Path:
     return run
 
 
-# --- the run page ------------------------------------------------------------------------------------------------
+# --- the run page ---------------------------------------------------------------------------------
 
 
 def test_run_page_shows_config_curves_results_missing_and_failed(probe_run, registry):
@@ -251,9 +251,9 @@ def test_commands_quote_paths_and_name_non_default_params():
         {"layer": "x", "seed": 0, "same_scale": True},
         {"layer": "penultimate", "seed": 0, "same_scale": False},
     )
-    assert (
-        cmd
-        == "probe analyze 'runs/my run' --plugin projection --epochs all --param layer=x --param same_scale=true"
+    assert cmd == (
+        "probe analyze 'runs/my run' --plugin projection --epochs all --param layer=x "
+        "--param same_scale=true"
     )
 
 
@@ -282,7 +282,7 @@ def test_svg_chart_survives_nan_inf_and_picks_log_scale():
     assert nice_ticks(0, 3, 6, integer=True) == [0, 1, 2, 3]
 
 
-# --- the sweep page ------------------------------------------------------------------------------------------------
+# --- the sweep page -------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +355,7 @@ def test_sweep_page_has_table_curves_and_run_pages(sweep, registry):
     )
 
 
-# --- in a real browser ---------------------------------------------------------------------------------------------
+# --- in a real browser ----------------------------------------------------------------------------
 
 
 def _browser_or_skip():
@@ -366,7 +366,10 @@ def _browser_or_skip():
         missing.append("the selenium package")
     missing += [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     if missing:
-        msg = f"headless browser not available ({', '.join(missing)}); install it with .ci/install-browser.sh"
+        msg = (
+            f"headless browser not available ({', '.join(missing)}); install it with "
+            ".ci/install-browser.sh"
+        )
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(msg)
         pytest.skip(msg)
@@ -408,7 +411,8 @@ def _open(driver, page: Path) -> None:
     driver.get(page.resolve().as_uri())
     WebDriverWait(driver, 30).until(
         lambda d: d.execute_script(
-            "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"
+            "return document.readyState === 'complete' && "
+            "Array.from(document.images).every(i => i.complete)"
         )
     )
 
@@ -519,7 +523,7 @@ def test_sweep_page_in_a_browser_sorts_and_links(browser, sweep, registry, tmp_p
     assert not _errors(browser)
 
 
-# --- versions (#12, item 3) ------------------------------------------------------------------------------------------
+# --- versions (#12, item 3) -----------------------------------------------------------------------
 
 
 def _demo_registry(version: str):
@@ -569,7 +573,8 @@ def test_report_shows_the_current_version_and_the_command_for_older_results(
         and "epoch_0000/panel.png" not in text
     )
     row = re.search(
-        r"<tr><td>demo</td><td>(\d+)</td><td>([^<]*)</td><td>([^<]*)</td><td><code class=\"cmd\">([^<]*)</code>",
+        r"<tr><td>demo</td><td>(\d+)</td><td>([^<]*)</td><td>([^<]*)</td><td><code "
+        r"class=\"cmd\">([^<]*)</code>",
         text,
     )
     assert row and row.groups() == (

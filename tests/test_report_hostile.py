@@ -58,7 +58,8 @@ HOSTILE = {
     "comment-script": "<!--<script>",
     "end-comment": "--><script>window.__pwned=1</script><!--",
     "js-url": "javascript:window.__pwned=1",
-    "template": "{{9091*11}}{% if 1 %}x{% endif %}${9091*11}",  # evaluates to 100001: not a clock or path digit run
+    # evaluates to 100001: not a clock or path digit run
+    "template": "{{9091*11}}{% if 1 %}x{% endif %}${9091*11}",
     "rlo": "\u202egnp.exe\u202c",
     "entities": "&lt;script&gt;&amp;&#x3c;",
     "style": "</style><style>*{display:none}</style>",
@@ -103,7 +104,8 @@ def manifest(
 
 
 def make_run(root: Path, h: dict[str, str]) -> Path:
-    """A two-epoch run by hand: h[context] is the string written into every string field of that context."""
+    """A two-epoch run by hand: h[context] is the string written into every string
+    field of that context."""
     c, mt, mf, fl, nm = h["config"], h["metrics"], h["manifest"], h["failure"], h["names"]
     (root / "checkpoints").mkdir(parents=True)
     for e in (0, 1):
@@ -149,7 +151,8 @@ def make_run(root: Path, h: dict[str, str]) -> Path:
     write_json(d / "manifest.json", manifest(name, name, None, figs, nm))
     for f in figs:
         (d / f).write_bytes(PNG)
-    # results of an older version of an installed analysis: hidden, with the command that recomputes them
+    # results of an older version of an installed analysis: hidden, with the command
+    # that recomputes them
     d = a / "sharp/default/run"
     write_json(d / "manifest.json", manifest("sharp", "default", None, [], mf, version=mf))
     write_json(
@@ -186,7 +189,8 @@ def installed(s: str) -> tuple[dict[str, Installed], str]:
 
 
 def make_sweep(root: Path, s: str) -> Path:
-    """A sweep of two hand-made runs, one named by `s`, with `s` in every string of sweep.json and status.json."""
+    """A sweep of two hand-made runs, one named by `s`, with `s` in every string of
+    sweep.json and status.json."""
     names = [fname(s), "lr=0.1"]
     points = [{"name": n, "values": {"lr": v}} for n, v in zip(names, [s, 0.1], strict=True)]
     points.append({"name": fname(s + "-unstarted"), "values": {"lr": s}})
@@ -233,7 +237,8 @@ def build(tmp: Path, h: dict[str, str], sweep: bool = True) -> tuple[Path, Path 
 
 
 class Parsed(HTMLParser):
-    """Element names, attribute names, text and inline JSON of a page, as an HTML parser sees them."""
+    """Element names, attribute names, text and inline JSON of a page, as an
+    HTML parser sees them."""
 
     def __init__(self, page: str):
         super().__init__(convert_charrefs=True)
@@ -284,7 +289,7 @@ def _same_shape(page: Parsed, clean: Parsed) -> None:
     assert page.ids >= {"config", "metrics", "missing"} or page.ids >= {"table", "curves", "runs"}
 
 
-# --- escaping, table-driven ------------------------------------------------------------------------------------
+# --- escaping, table-driven -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("context", CONTEXTS)
@@ -338,7 +343,7 @@ def test_links_are_relative_and_percent_encoded(tmp_path, name):
         _rel(tmp_path / "report", tmp_path / "analyses" / ".." / name)
 
 
-# --- crafted files: one line each --------------------------------------------------------------------------------
+# --- crafted files: one line each -----------------------------------------------------------------
 
 
 def clean_run(root: Path) -> Path:
@@ -474,7 +479,8 @@ WARNED = {
     "manifest-list": (_write(M0, "[]"), f"{M0}: not a JSON object; skipped"),
     "manifest-garbage": (
         _write(M0, "{not json"),
-        "is not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2); skipped",
+        "is not valid JSON (Expecting property name enclosed in double quotes at line "
+        "1 column 2); skipped",
     ),
     "manifest-deep": (_write(M0, DEEP), f"{M0}: is nested more than 64 levels deep; skipped"),
     "manifest-nested-70": (
@@ -560,7 +566,8 @@ WARNED = {
     ),
     "metrics-link": (
         _link("metrics.jsonl", "secret.txt"),
-        "metrics.jsonl: is a symbolic link, not a regular file (probe does not follow links here); no metrics shown",
+        "metrics.jsonl: is a symbolic link, not a regular file (probe does not follow links "
+        "here); no metrics shown",
     ),
 }
 
@@ -637,7 +644,8 @@ def test_crafted_file_is_refused_with_one_line(tmp_path, empty_registry, sentine
 @pytest.mark.parametrize("where", ["mkdtemp", "fsync"])
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.ENAMETOOLONG, errno.EACCES])
 def test_report_write_failure_is_one_line(tmp_path, empty_registry, monkeypatch, err, where):
-    """(Permission bits mean nothing to root, so the failures are injected where the OS reports them.)"""
+    """(Permission bits mean nothing to root, so the failures are injected where
+    the OS reports them.)"""
     run = clean_run(tmp_path / "run")
 
     def fail(*a, **k):
@@ -695,19 +703,23 @@ SWEEP_WARNED = {
     ),
     "point-absolute": (
         None,
-        "sweep.json: point 4: 'OUTSIDE' is not a folder name (it must be one name, no '/' or '..'); skipped",
+        "sweep.json: point 4: 'OUTSIDE' is not a folder name (it must be one name, no "
+        "'/' or '..'); skipped",
     ),
     "point-dotdot": (
         _points("../x"),
-        "sweep.json: point 4: '../x' is not a folder name (it must be one name, no '/' or '..'); skipped",
+        "sweep.json: point 4: '../x' is not a folder name (it must be one name, no "
+        "'/' or '..'); skipped",
     ),
     "point-dot": (
         _points(".."),
-        "sweep.json: point 4: '..' is not a folder name (it must be one name, no '/' or '..'); skipped",
+        "sweep.json: point 4: '..' is not a folder name (it must be one name, no "
+        "'/' or '..'); skipped",
     ),
     "point-long": (
         _points("x" * 300),
-        "sweep.json: point 4: a name of 300 bytes is longer than a folder name may be (255); skipped",
+        "sweep.json: point 4: a name of 300 bytes is longer than a folder name "
+        "may be (255); skipped",
     ),
     "point-symlink": (
         _point_link,
@@ -715,7 +727,8 @@ SWEEP_WARNED = {
     ),
     "point-int": (
         _points(7),
-        "sweep.json: point 4: 7 is not a folder name (it must be one name, no '/' or '..'); skipped",
+        "sweep.json: point 4: 7 is not a folder name (it must be one name, no "
+        "'/' or '..'); skipped",
     ),
     "point-twice": (_points("lr=0.1"), "point 4 ('lr=0.1') is listed twice; skipped"),
 }
@@ -773,10 +786,9 @@ def test_compare_write_failure_is_one_line(tmp_path, empty_registry, monkeypatch
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", fail)
     r = invoke(compare.compare_command, sweep, "--no-plots", "--out", tmp_path / "out")
-    assert (
-        r.exit_code == 1
-        and r.output.splitlines()[-1]
-        == f"error: {tmp_path / 'out' / 'table.csv'}: could not write ({os.strerror(err)}); nothing was replaced"
+    assert r.exit_code == 1 and r.output.splitlines()[-1] == (
+        f"error: {tmp_path / 'out' / 'table.csv'}: could not write ({os.strerror(err)}); "
+        "nothing was replaced"
     ), r.output
 
 
@@ -786,9 +798,9 @@ def test_compare_default_out_that_is_a_symlink_is_refused(tmp_path, empty_regist
     before = tree_digest(sentinel)
     r = invoke(compare.compare_command, sweep, "--no-plots")
     assert r.exit_code == 1 and r.output.count("\n") == 1
-    assert (
-        r.output
-        == f"error: {sweep / 'compare'}: a symlink; probe writes nothing through a link (remove it or give --out)\n"
+    assert r.output == (
+        f"error: {sweep / 'compare'}: a symlink; probe writes nothing through a link "
+        "(remove it or give --out)\n"
     )
     assert tree_digest(sentinel) == before
 
@@ -816,7 +828,7 @@ def test_terminal_table_shows_control_characters_escaped(tmp_path):
     assert "a\\u001b[2Jb\\u202e" in out and "\\u0007done" in out
 
 
-# --- older versions (#12, item 3) -----------------------------------------------------------------------------
+# --- older versions (#12, item 3) -----------------------------------------------------------------
 
 
 def test_only_current_version_results_are_shown_with_the_command_for_older_ones(tmp_path):
@@ -831,20 +843,24 @@ def test_only_current_version_results_are_shown_with_the_command_for_older_ones(
     text = "".join(page.text)
     assert "1 result(s) of older version(s) 1 not shown" in text
     assert f"probe analyze {run} --plugin demo --epochs 0" in text
-    # sharp has only results of version 1 while 2 is installed: listed as older, not shown, not "not computed"
+    # sharp has only results of version 1 while 2 is installed: listed as older, not
+    # shown, not "not computed"
     assert "Older versions only" in text and "a-sharp-default" not in page.ids
     assert f"probe analyze {run} --plugin sharp --epochs all" in text
     blob = next(json.loads(b) for a, b in page.scripts if a.get("type") == "application/json")
     assert blob["epochs"] == [1]
 
 
-# --- in a real browser --------------------------------------------------------------------------------------------
+# --- in a real browser ----------------------------------------------------------------------------
 
-DOM = """return {tags: Array.from(new Set(Array.from(document.querySelectorAll('*')).map(e => e.tagName))).sort(),
-  attrs: Array.from(new Set(Array.from(document.querySelectorAll('*')).flatMap(e => e.getAttributeNames()))).sort(),
+DOM = """return {tags: \
+Array.from(new Set(Array.from(document.querySelectorAll('*')).map(e => e.tagName))).sort(),
+  attrs: Array.from(new Set(Array.from(document.querySelectorAll('*')).flatMap(e => \
+e.getAttributeNames()))).sort(),
   ids: Array.from(document.querySelectorAll('section[id]')).map(e => e.id),
   scripts: document.scripts.length, footer: !!document.querySelector('footer'),
-  pwned: typeof window.__pwned, urls: Array.from(document.querySelectorAll('[href],[src]')).map(e => e.href || e.src)}"""
+  pwned: typeof window.__pwned, urls: \
+Array.from(document.querySelectorAll('[href],[src]')).map(e => e.href || e.src)}"""
 
 
 def _dom(driver, page: Path) -> dict:
@@ -882,7 +898,7 @@ def test_hostile_everything_runs_no_script_in_a_browser(browser, clean_dom, tmp_
     assert dom["pwned"] == "undefined" and dom["footer"]
 
 
-# --- any JSON in any field: never a traceback (Hypothesis) ------------------------------------------------------
+# --- any JSON in any field: never a traceback (Hypothesis) ----------------------------------------
 
 
 def _json_values():

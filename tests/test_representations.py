@@ -1,4 +1,5 @@
-"""probe.numerics.representations against independent computations (sklearn, direct formulas, torch)."""
+"""probe.numerics.representations against independent computations (sklearn,
+direct formulas, torch)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""probe.io.safeio: what it refuses (links, FIFOs, oversize, deep, huge integers), and what it must not refuse.
+"""probe.io.safeio: what it refuses (links, FIFOs, oversize, deep, huge integers), and
+what it must not refuse.
 
 The hostile-input table (test_reliability_hostile_inputs.py) drives these readers
 through the command line; here Hypothesis checks the readers themselves: any text

@@ -44,7 +44,8 @@ def analyse(run_dir: Path, registry: Registry, name: str, epochs: str | None = N
 
 
 def with_spectrum(eigenvalues: np.ndarray, shape: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """A [rows, cols] matrix whose W^T W has exactly `eigenvalues` (random orthogonal singular vectors)."""
+    """A [rows, cols] matrix whose W^T W has exactly `eigenvalues` (random
+    orthogonal singular vectors)."""
     rng = np.random.default_rng(seed)
     rows, cols = shape
     u, _ = np.linalg.qr(rng.standard_normal((rows, cols)))
@@ -73,7 +74,8 @@ def test_entry_point_is_declared_and_registers_both_analyses(registry):
 
 
 def test_planted_power_law_spectrum_recovers_alpha():
-    """Eigenvalues drawn from p(x) ~ x^-alpha, x >= 1: the fit finds alpha within three standard errors."""
+    """Eigenvalues drawn from p(x) ~ x^-alpha, x >= 1: the fit finds alpha within
+    three standard errors."""
     rng = np.random.default_rng(1)
     alpha, n = 2.5, 400
     planted = (1.0 - rng.random(n)) ** (-1.0 / (alpha - 1.0))
@@ -88,7 +90,8 @@ def test_planted_power_law_spectrum_recovers_alpha():
 
 
 def test_power_law_tail_above_a_bulk_is_found():
-    """A bulk below 0.6 and a power-law tail from 1: xmin lands at the tail's start, alpha on the tail's."""
+    """A bulk below 0.6 and a power-law tail from 1: xmin lands at the tail's start,
+    alpha on the tail's."""
     rng = np.random.default_rng(2)
     alpha = 3.0
     tail = (1.0 - rng.random(300)) ** (-1.0 / (alpha - 1.0))
@@ -100,7 +103,8 @@ def test_power_law_tail_above_a_bulk_is_found():
 
 
 def test_fit_is_the_clauset_shalizi_newman_mle_at_the_ks_minimum():
-    """At the chosen xmin, alpha is 1 + n / sum(log(x / xmin)) and no other xmin has a smaller KS distance."""
+    """At the chosen xmin, alpha is 1 + n / sum(log(x / xmin)) and no other xmin has a
+    smaller KS distance."""
     x = np.sort(np.random.default_rng(3).lognormal(0.0, 1.0, 60))
     fit = W.fit_power_law(x)
     tail = x[x >= fit.xmin]
@@ -156,7 +160,8 @@ def test_norms_against_numpy_on_random_matrices():
 
 
 def test_conv_reshaping_against_a_hand_built_kernel():
-    """[out=2, in=3, kh=1, kw=2]: two [2, 3] slices, one per kernel position, each transposed to [3, 2]."""
+    """[out=2, in=3, kh=1, kw=2]: two [2, 3] slices, one per kernel position, each
+    transposed to [3, 2]."""
     k = np.array(
         [[[[1, 2]], [[3, 4]], [[5, 6]]], [[[7, 8]], [[9, 10]], [[11, 12]]]], dtype=np.float32
     )
@@ -277,7 +282,8 @@ def weightwatcher_details(model):
 
 
 def assert_agrees_with_weightwatcher(model) -> float:
-    """Every layer's fit and norms equal weightwatcher's analyze() defaults; returns max |alpha - ww alpha|."""
+    """Every layer's fit and norms equal weightwatcher's analyze() defaults; returns
+    max |alpha - ww alpha|."""
     import torch
 
     details = weightwatcher_details(model)
@@ -317,7 +323,8 @@ def test_alpha_agrees_with_weightwatcher_on_a_trained_run(probe_run):
 
 @pytestmark_ww
 def test_alpha_agrees_with_weightwatcher_on_heavy_tailed_layers():
-    """Wider layers with Student-t weights: the standard (>= 20 eigenvalue) fit on conv and linear layers alike."""
+    """Wider layers with Student-t weights: the standard (>= 20 eigenvalue) fit on conv and
+    linear layers alike."""
     import torch
     from torch import nn
 

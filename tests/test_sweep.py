@@ -67,7 +67,7 @@ def cli(*args: str):
     return CliRunner().invoke(group, ["sweep", *map(str, args)])
 
 
-# --- the sweep file ---------------------------------------------------------------------------------------
+# --- the sweep file -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -198,7 +198,7 @@ def test_unreachable_scheduler_starts_nothing(tmp_path, monkeypatch, fake_data):
     assert not out.exists()
 
 
-# --- running ----------------------------------------------------------------------------------------------
+# --- running --------------------------------------------------------------------------------------
 
 
 def runs_of(sweep_dir: Path) -> dict[str, tuple[dict, list[dict]]]:

@@ -1,4 +1,5 @@
-"""Issue 2.9: bad input to `probe train` is one error line naming the option, exit code 2, nothing written.
+"""Issue 2.9: bad input to `probe train` is one error line naming the option, exit
+code 2, nothing written.
 
 Unknown optimizer or depth, a negative epoch count, a missing data directory, an
 existing run directory without --resume or --force (and the contradictory or
@@ -30,7 +31,8 @@ def tree(path: Path) -> dict[str, tuple[int, int]]:
 
 
 def error_line(result, option: str) -> str:
-    """The one line of a usage error (click's own errors add a usage hint above it) that names `option`."""
+    """The one line of a usage error (click's own errors add a usage hint above it)
+    that names `option`."""
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.lower().startswith("error:")]
@@ -135,7 +137,7 @@ def test_run_dir_that_is_a_file(tmp_path: Path, cache: Path) -> None:
     assert target.read_text() == "x"
 
 
-# --- issue 12.11: the same command line with --resume added continues the run -------------------------------
+# --- issue 12.11: the same command line with --resume added continues the run ---------------------
 
 SMALL_CLI = [
     "--subset-train-size",
@@ -189,9 +191,9 @@ def test_the_same_command_line_with_resume_continues_the_run(tmp_path: Path, cac
     )
     line = error_line(result, "--resume")
     assert line == (
-        f"error: --resume: continues the stored config of {run_dir}/config.json; only --epochs and --device "
-        f"may change, but base_width in {toml} (stored 2, given 4); --lr (stored 0.01, given 0.5); "
-        "--full-maps (stored ['features.2'], given ['features.2', 'features.6'])"
+        f"error: --resume: continues the stored config of {run_dir}/config.json; only --epochs and "
+        f"--device may change, but base_width in {toml} (stored 2, given 4); --lr (stored 0.01, "
+        "given 0.5); --full-maps (stored ['features.2'], given ['features.2', 'features.6'])"
     )
     assert tree(run_dir) == before
 
@@ -221,7 +223,8 @@ def test_force_checks_every_option_before_deleting(tmp_path: Path, cache: Path) 
 def test_resume_with_fewer_epochs_than_trained_is_refused_and_changes_nothing(
     tmp_path: Path,
 ) -> None:
-    """`--resume --epochs 1` on a 2-epoch run would leave config.json saying 1 epoch beside 2 checkpoints."""
+    """`--resume --epochs 1` on a 2-epoch run would leave config.json saying 1 epoch
+    beside 2 checkpoints."""
     import dataclasses
 
     from probe.errors import UsageError

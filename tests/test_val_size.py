@@ -1,4 +1,5 @@
-"""`probe train --val-size N`: validation on the probe set plus a seeded, class-stratified rest (issue 12 item 10).
+"""`probe train --val-size N`: validation on the probe set plus a seeded, class-stratified
+rest (issue 12 item 10).
 
 The probe set stays the first part of validation, so its activation dumps and the
 trained weights are the same as with the whole validation set; only val_loss and

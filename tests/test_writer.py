@@ -167,7 +167,8 @@ def assert_same_dump(got: Path, want: Path) -> None:
 
 
 def test_the_format_defaults_of_a_train_table_are_probe_trains():
-    """What a `train` table lacks is read (and keyed) as these: every config key is there, at its default."""
+    """What a `train` table lacks is read (and keyed) as these: every config key is
+    there, at its default."""
     for f in dataclasses.fields(TrainConfig):
         default = list(f.default) if isinstance(f.default, tuple) else f.default
         have = TRAIN_DEFAULTS[f.name]

@@ -67,5 +67,6 @@ with rec:
             f"({row['epoch_seconds']:.0f} s)"
         )
 print(
-    f"run directory: {args.run_dir}; next: probe analyze {args.run_dir} --all && probe report {args.run_dir}"
+    f"run directory: {args.run_dir}; next: probe analyze {args.run_dir} --all && probe report "
+    f"{args.run_dir}"
 )

@@ -92,7 +92,8 @@ def main() -> None:
             ax.set_title(f"{r.replace(',', ', ')}\nepoch {e}", fontsize=8)
             ax.tick_params(labelsize=6)
     fig.suptitle(
-        "Training loss around each epoch's weights (filter-normalised directions; contour labels: loss)"
+        "Training loss around each epoch's weights (filter-normalised directions; contour labels: "
+        "loss)"
     )
     fig.tight_layout()
     fig.savefig(args.out / "img" / "skip_landscapes.png", dpi=110)
