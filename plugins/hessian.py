@@ -68,8 +68,8 @@ class Params:
     per_batch: str = probe.param(
         "ritz",
         "With batches > 1: each batch's eigenpairs by Rayleigh-Ritz on the combined "
-        "operator's Krylov basis (ritz: no extra product, exact residuals, top values "
-        "lower bounds) or by its own Lanczos run (solve: converged, about 2x the products).",
+        "operator's Krylov basis where every pair meets residual_tol, else by the batch's own "
+        "Lanczos run from its Ritz vectors (ritz), or always by its own run (solve).",
         choices=("ritz", "solve"),
     )
     blocks: str = probe.param(
@@ -303,12 +303,14 @@ def run(ctx: probe.Context) -> None:
     if p.batches > 1:
         ctx.out.scalar("top_eigenvalue_mean_over_batches", over["mean_over_batches"][0])
         ctx.out.scalar("top_eigenvalue_se", over["se_over_batches"][0])
+        ctx.out.scalar("top_eigenvalue_batches_converged", over["n_converged_over_batches"][0])
     if other:
         ctx.out.scalar("bottom_eigenvalue", float(rep.eigen[1].values[0]))
         ctx.out.scalar("bottom_label", other)
     if rep.trace is not None:
         ctx.out.scalar("trace", rep.trace.trace)
         ctx.out.scalar("trace_stderr", rep.trace.stderr)
+        ctx.out.scalar("trace_stderr_reliable", rep.trace.stderr_reliable)
         if rep.trace_per_batch:
             ctx.out.scalar("trace_se", standard_error([t.trace for t in rep.trace_per_batch]))
     if rep.blocks:
@@ -366,8 +368,19 @@ def series(rows: list, p: Params) -> tuple[dict, dict]:
         arrays["loss_per_batch"] = np.array([r.loss_per_batch for r in reps])
         for name, pos in ends:
             over = [r.over_batches(pos) for r in reps]
-            for key in ("per_batch", "mean_over_batches", "se_over_batches"):
+            for key in (
+                "per_batch",
+                "per_batch_residual",
+                "mean_over_batches",
+                "se_over_batches",
+            ):
                 arrays[f"{name}_{key}"] = np.array([o[key] for o in over], dtype=np.float64)
+            arrays[f"{name}_per_batch_converged"] = np.array(
+                [o["per_batch_converged"] for o in over], dtype=bool
+            )
+            arrays[f"{name}_n_converged_over_batches"] = np.array(
+                [o["n_converged_over_batches"] for o in over], dtype=np.int64
+            )
     if p.trace_samples:
         arrays.update(
             trace=np.array([r.trace.trace for r in reps]),
@@ -425,8 +438,9 @@ def series(rows: list, p: Params) -> tuple[dict, dict]:
         "per_batch": p.per_batch if p.batches > 1 else "",
         "labels": "LA: largest algebraic, SA: smallest algebraic, LM: largest magnitude (may be negative)",
         "layout": "unsuffixed eigenvalues, vectors and traces: the combined operator (mean loss over all "
-        "batches); *_per_batch: each batch; *_mean_over_batches, *_se_over_batches: their mean and "
-        "standard error (std/sqrt(B)); trace_stderr: Hutchinson's error of the combined trace; "
+        "batches); *_per_batch: each batch, with *_per_batch_residual and *_per_batch_converged; "
+        "*_mean_over_batches, *_se_over_batches: mean and standard error (std/sqrt(n)) over the n "
+        "batches whose value converged (*_n_converged_over_batches); trace_stderr: Hutchinson's error of the combined trace; "
         "*_vectors: float32 unit eigenvectors over the flat parameters in the order of 'parameters'; "
         "block_top_vectors: each block's top eigenvector in its own coordinates, zero elsewhere",
     }
@@ -435,6 +449,18 @@ def series(rows: list, p: Params) -> tuple[dict, dict]:
             block_names=block_names, block_params=[b.params for b in rep.blocks], blocks=p.blocks
         )
     return arrays, attrs
+
+
+def _per_batch_points(ax, a, end: str, i: int, color) -> None:
+    """Each batch's value beside its epoch: filled where it converged, hollow where it did not
+    (those are left out of the mean and its error bar)."""
+    import numpy as np
+
+    per, ok = a[f"{end}_per_batch"][:, :, i], a[f"{end}_per_batch_converged"][:, :, i]
+    offsets = np.linspace(-0.15, 0.15, per.shape[1])
+    x = a["epoch"][:, None] + offsets[None, :]
+    ax.scatter(x[ok], per[ok], s=9, color=color, alpha=0.5, lw=0)
+    ax.scatter(x[~ok], per[~ok], s=12, facecolors="none", edgecolors=color, alpha=0.8, lw=0.8)
 
 
 def _figure(ctx, a, top_label: str, other: str | None, density, batches: int) -> None:
@@ -453,6 +479,7 @@ def _figure(ctx, a, top_label: str, other: str | None, density, batches: int) ->
         (line,) = ax.plot(a["epoch"], a["top"][:, i], "o-", ms=3, label=f"{top_label} {i + 1}")
         ax.plot(a["epoch"][~ok], a["top"][~ok, i], "x", color=line.get_color(), ms=7)
         if batches > 1:
+            _per_batch_points(ax, a, "top", i, line.get_color())
             ax.errorbar(
                 a["epoch"],
                 a["top_mean_over_batches"][:, i],
@@ -466,6 +493,7 @@ def _figure(ctx, a, top_label: str, other: str | None, density, batches: int) ->
         for i in range(a["bottom"].shape[1]):
             (line,) = ax.plot(a["epoch"], a["bottom"][:, i], "s--", ms=3, label=f"{other} {i + 1}")
             if batches > 1:
+                _per_batch_points(ax, a, "bottom", i, line.get_color())
                 ax.errorbar(
                     a["epoch"],
                     a["bottom_mean_over_batches"][:, i],

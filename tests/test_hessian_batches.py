@@ -62,8 +62,12 @@ def test_per_batch_and_combined_eigenvalues_match_dense_references(batches):
     }
     assert set(s["eigenvalues"]["LA"]) == {
         "per_batch",
+        "per_batch_residual",
+        "per_batch_converged",
+        "per_batch_method",
         "mean_over_batches",
         "se_over_batches",
+        "n_converged_over_batches",
         "combined",
     }
 
@@ -88,7 +92,7 @@ def test_traces_per_batch_combined_and_their_standard_errors(batches):
     per = [t.trace for t in rep.trace_per_batch]
     assert rep.trace.trace == pytest.approx(
         sum(per) / B, rel=1e-12
-    )  # the same probe vectors: linear
+    )  # the mean of the batches' samples: linear
     assert abs(rep.trace.trace - float((sum(hs) / B).trace())) <= 4 * rep.trace.stderr
     s = rep.summary()["trace"]
     assert s["se_over_batches"] == pytest.approx(
@@ -189,6 +193,19 @@ def test_plugin_stores_batches_blocks_and_rechecks_residuals_from_the_file(probe
     with h5py.File(o.path / "hessian.h5") as f:
         assert f["top_per_batch"].shape == (3, 2, 2) and f["top_se_over_batches"].shape == (3, 2)
         assert f["trace_per_batch"].shape == (3, 2) and f["bottom_per_batch"].shape == (3, 2, 1)
+        # beside every per-batch value: its residual and converged flag; the mean over batches
+        # is over the converged ones, and says how many
+        for end in ("top", "bottom"):
+            per, ok = f[f"{end}_per_batch"][()], f[f"{end}_per_batch_converged"][()]
+            res = f[f"{end}_per_batch_residual"][()]
+            assert ok.dtype == bool and ok.shape == per.shape == res.shape
+            assert (res[ok] <= 1e-2).all()  # the default residual_tol
+            np.testing.assert_array_equal(f[f"{end}_n_converged_over_batches"][()], ok.sum(1))
+            for e in range(3):
+                for i in range(per.shape[2]):
+                    good = per[e, ok[e, :, i], i]
+                    mean = f[f"{end}_mean_over_batches"][e, i]
+                    assert np.isnan(mean) if not len(good) else np.isclose(mean, good.mean())
         assert f["top_vectors"].dtype == np.float32 and f["top_vectors"].shape[:2] == (3, 2)
         assert json.loads(f.attrs["computed_on"]) == {
             "operator": "hessian",
@@ -352,32 +369,39 @@ def test_batches_beyond_the_cache_limit_drop_their_graphs_and_agree(batches, mon
     )
 
 
-def test_per_batch_pairs_come_from_the_combined_basis_with_true_residuals(batches):
-    """Each batch's eigenpairs are a Rayleigh-Ritz pass on the combined Krylov basis:
-    residuals exact, no product."""
+def test_per_batch_values_are_converged_against_dense_references_or_flagged(batches):
+    """Default per_batch="ritz": a batch's Rayleigh-Ritz pairs on the combined basis are used
+    only where all meet residual_tol; otherwise the batch is solved on its own. Every value
+    reported as converged matches the batch's dense float64 spectrum (top-k and smallest)
+    within its residual bound; the mean over batches uses converged values only."""
     model, x, y, hs = batches
     rep = C.hessian_analysis(
         model, x, y, top_k=2, smallest=1, batches=B, tol=1e-6, residual_tol=1e-3, max_iter=80
     )
     for h, eig in zip(hs, rep.per_batch, strict=True):
         ref = torch.linalg.eigvalsh(h)
-        assert [e.method for e in eig] == ["rayleigh-ritz", "rayleigh-ritz"] and eig[0].hvps == 0
-        assert (
-            float(eig[0].values[0]) <= float(ref[-1]) + 1e-9
-        )  # a Ritz value of a subspace: at most the top
-        for e in eig:
+        methods = {e.method for e in eig}
+        assert methods in ({"rayleigh-ritz"}, {"lanczos"})
+        for e, want in zip(eig, (ref.flip(0)[:2], ref[:1]), strict=True):
             vec = e.vectors.double()
             true = (vec @ h - e.values[:, None] * vec).norm(dim=1) / e.values.abs()
             np.testing.assert_allclose(e.residuals, true, rtol=1e-6, atol=1e-12)
+            # the value is the stored vector's Rayleigh quotient: some eigenvalue lies within
+            # ||r|| of it (symmetric H)
             gap = (e.values[:, None] - ref[None, :]).abs().min(dim=1).values
-            assert bool(
-                (gap <= e.residuals * e.values.abs() + 1e-12).all()
-            )  # |theta - lambda| <= ||r|| (symmetric)
-            assert torch.equal(
-                e.converged, e.residuals <= 1e-3
-            )  # converged only where the exact residual says so
-    # the per-batch pairs cost nothing: the combined solve costs one product per batch per step
-    assert rep.hvps == B * rep.eigen[0].hvps
+            assert bool((gap <= e.residuals * e.values.abs() + 1e-12).all())
+            assert bool((e.residuals[e.converged] <= 1e-3).all())
+            ok = e.converged
+            np.testing.assert_allclose(e.values[ok], want[ok], rtol=1e-3, atol=1e-9)
+    for pos in (0, 1):
+        over = rep.over_batches(pos)
+        per = np.array(over["per_batch"])
+        conv = np.array(over["per_batch_converged"])
+        assert over["n_converged_over_batches"] == conv.sum(0).tolist()
+        for i in range(per.shape[1]):
+            good = per[conv[:, i], i]
+            if len(good):
+                assert over["mean_over_batches"][i] == pytest.approx(good.mean(), rel=1e-12)
     solved = C.hessian_analysis(
         model,
         x,
@@ -394,6 +418,29 @@ def test_per_batch_pairs_come_from_the_combined_basis_with_true_residuals(batche
         e.method == "lanczos" and bool(e.converged.all()) for eig in solved.per_batch for e in eig
     )
     assert solved.hvps == B * solved.eigen[0].hvps + sum(e[0].hvps for e in solved.per_batch)
+
+
+def test_an_unconverged_ritz_pair_is_never_reported_and_the_batch_is_solved(batches):
+    """The combined basis holds the combined operator's extreme vectors, not a batch's: its
+    Ritz pairs for a batch's smallest eigenvalue are far off (the issue: 50-78 %). Such a
+    batch is solved on its own, so no unconverged Ritz value reaches the report."""
+    model, x, y, hs = batches
+    ops = [
+        C.HessianOperator(C.BatchedLoss(model, x[b * N : (b + 1) * N], y[b * N : (b + 1) * N]))
+        for b in range(B)
+    ]
+    rec = C.RecordingMeanOperator(ops, 1 << 30)
+    C.lanczos(rec, 2, smallest=1, tol=1e-6, residual_tol=1e-3, max_iter=80)
+    raw = [C.ritz_pairs(rec.inputs, rec.outputs[b], 2, 1, 1e-3) for b in range(B)]
+    assert any(not bool(e.converged.all()) for pairs in raw for e in pairs)  # the old default
+    rep = C.hessian_analysis(
+        model, x, y, top_k=2, smallest=1, batches=B, tol=1e-6, residual_tol=1e-3, max_iter=80
+    )
+    for pairs, eig, h in zip(raw, rep.per_batch, hs, strict=True):
+        if not all(bool(e.converged.all()) for e in pairs):
+            assert [e.method for e in eig] == ["lanczos", "lanczos"]
+            sa = float(torch.linalg.eigvalsh(h)[0])
+            assert float(eig[1].values[0]) == pytest.approx(sa, rel=1e-3)
 
 
 def test_ritz_pairs_against_closed_forms():

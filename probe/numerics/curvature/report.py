@@ -8,6 +8,7 @@ stores (`hessian.json`); `over_batches(pos)` and `computed_on()` are its parts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -88,16 +89,25 @@ class HessianReport:
         }
 
     def over_batches(self, pos: int) -> dict:
-        """Per-batch values of eigen[pos], their mean and standard error, the combined values."""
-        per = (
-            torch.stack([e[pos].values for e in self.per_batch])
-            if self.per_batch
-            else self.eigen[pos].values[None]
-        )
+        """Per-batch values of eigen[pos] with their residuals and converged flags; the mean and
+        standard error over the batches whose value converged (and how many did); the combined
+        values. An unconverged per-batch value is kept, flagged, and left out of the mean."""
+        ends = [e[pos] for e in self.per_batch] if self.per_batch else [self.eigen[pos]]
+        per = torch.stack([e.values for e in ends]).to(torch.float64)
+        ok = torch.stack([e.converged for e in ends]).to(torch.bool)
+        mean, se = [], []
+        for i in range(per.shape[1]):
+            good = per[ok[:, i], i]
+            mean.append(float(good.mean()) if len(good) else math.nan)
+            se.append(standard_error(good))
         return {
             "per_batch": per.tolist(),
-            "mean_over_batches": per.mean(0).tolist(),
-            "se_over_batches": [standard_error(per[:, i]) for i in range(per.shape[1])],
+            "per_batch_residual": torch.stack([e.residuals for e in ends]).tolist(),
+            "per_batch_converged": ok.tolist(),
+            "per_batch_method": [e.method for e in ends],
+            "mean_over_batches": mean,
+            "se_over_batches": se,
+            "n_converged_over_batches": ok.sum(0).tolist(),
             "combined": self.eigen[pos].values.tolist(),
         }
 
@@ -119,6 +129,7 @@ class HessianReport:
                 "samples": self.trace.samples,
                 "combined": self.trace.trace,
                 "combined_stderr": self.trace.stderr,
+                **self.trace.error_summary(),
             }
             if self.trace_per_batch:
                 per = [t.trace for t in self.trace_per_batch]
