@@ -14,8 +14,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep decoded-dataset caches out of the user's home."""
+    """Keep decoded-dataset caches and probe's state folder out of the user's home."""
     monkeypatch.setenv("PROBE_CACHE", str(tmp_path_factory.getbasetemp() / "probe-cache"))
+    monkeypatch.setenv("PROBE_STATE", str(tmp_path_factory.getbasetemp() / "probe-state"))
 
 
 @pytest.fixture

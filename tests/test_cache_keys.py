@@ -17,7 +17,8 @@ import pytest
 
 import probe
 from probe.analysis.runner import run_analyses, run_job
-from probe.rundir.results import FINGERPRINT_CACHE
+from probe.rundir.results import FINGERPRINT_CACHE, Fingerprints
+from probe.rundir.run import Run
 from probe.testing import registry_with
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +172,8 @@ def test_renaming_or_moving_a_run_keeps_its_results(probe_run, fresh_registry, t
     reg = registry_with(KeyPlugin())
     names = ["drift", "narrow", "all-metrics"]
     assert set(_statuses(probe_run, names, "all", reg).values()) == {"ok"}
-    assert (probe_run / "analyses" / FINGERPRINT_CACHE).is_file()
+    memo = Fingerprints(Run(probe_run))._cache_path()
+    assert memo.is_file() and not (probe_run / "analyses" / FINGERPRINT_CACHE).exists()
     renamed = probe_run.parent / "renamed-run"
     probe_run.rename(renamed)
     assert set(_statuses(renamed, names, "all", reg).values()) == {"cached"}
@@ -183,7 +185,7 @@ def test_renaming_or_moving_a_run_keeps_its_results(probe_run, fresh_registry, t
             os.utime(p, ns=(1_000_000_000, 1_000_000_000))
     assert set(_statuses(moved, names, "all", reg).values()) == {"cached"}
     # the fingerprint cache is an optimisation only: a damaged one changes nothing
-    (moved / "analyses" / FINGERPRINT_CACHE).write_text(
+    Fingerprints(Run(moved))._cache_path().write_text(
         '{"format": "probe-fingerprints/1", "files": {"x": 1}'
     )
     assert set(_statuses(moved, names, "all", reg).values()) == {"cached"}
@@ -197,12 +199,30 @@ def test_a_forged_fingerprint_cache_entry_is_not_trusted_once_the_file_changes(
 ):
     reg = registry_with(KeyPlugin())
     assert _statuses(probe_run, ["drift"], "last", reg) == {("drift", 2): "ok"}
-    cache = probe_run / "analyses" / FINGERPRINT_CACHE
+    cache = Fingerprints(Run(probe_run))._cache_path()
     before = json.loads(cache.read_text())
     _rewrite_epoch(
         probe_run, 2
     )  # a new file: new inode and ctime, so the old entry no longer applies
     cache.write_text(json.dumps(before))
+    assert _statuses(probe_run, ["drift"], "last", reg) == {("drift", 2): "ok"}
+
+
+def test_a_digest_forged_inside_the_run_is_never_read(probe_run, fresh_registry):
+    """The issue's attack: change a checkpoint, then write its old digest under the new file's
+    stat key into RUN/analyses/.fingerprints.json. The memo is not read from the run at all."""
+    reg = registry_with(KeyPlugin())
+    assert _statuses(probe_run, ["drift"], "last", reg) == {("drift", 2): "ok"}
+    memo = json.loads(Fingerprints(Run(probe_run))._cache_path().read_text())
+    name = "checkpoints/epoch_0002.safetensors"
+    old_digest = memo["files"][name][4]
+    _rewrite_epoch(probe_run, 2)
+    st = os.stat(probe_run / name)
+    forged = {
+        "format": "probe-fingerprints/1",
+        "files": {name: [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, old_digest]},
+    }
+    (probe_run / "analyses" / FINGERPRINT_CACHE).write_text(json.dumps(forged))
     assert _statuses(probe_run, ["drift"], "last", reg) == {("drift", 2): "ok"}
 
 
@@ -392,3 +412,44 @@ def test_config_key_ignores_where_and_how_long_and_fills_new_defaults(probe_run)
     assert base["train"]["precision"] == "fp32" and fingerprint(older) == reference
     assert fingerprint({**base, "train": {**base["train"], "lr": 0.5}}) != reference
     assert fingerprint({**base, "classes": list(reversed(base["classes"]))}) != reference
+
+
+def test_a_cached_result_is_served_only_as_it_was_sealed(probe_run, fresh_registry):
+    """A scalar edited in a cached manifest, or a result file deleted or changed: the seal
+    no longer holds, the report does not show it, and analyze computes it again."""
+    from probe.rundir.results import iter_results
+
+    reg = registry_with(KeyPlugin())
+    assert _statuses(probe_run, ["drift"], "last", reg) == {("drift", 2): "ok"}
+    target = probe_run / "analyses" / "drift" / "default" / "epoch_0002"
+    manifest = json.loads((target / "manifest.json").read_text())
+    true_value = manifest["scalars"]["drift"]
+    manifest["scalars"]["drift"] = 999.0
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    assert target not in [p for p, _ in iter_results(Run(probe_run))]
+    assert _statuses(probe_run, ["drift"], "last", reg) == {("drift", 2): "ok"}
+    assert json.loads((target / "manifest.json").read_text())["scalars"]["drift"] == true_value
+    assert _statuses(probe_run, ["drift"], "last", reg) == {("drift", 2): "cached"}
+
+    from probe.contract.registry import load_registry
+
+    full = load_registry()
+    (o,) = run_analyses(probe_run, ["filters"], "last", device="cpu", registry=full)
+    assert o.status == "ok" and (o.path / "filters.png").is_file()
+    assert (
+        run_analyses(probe_run, ["filters"], "last", device="cpu", registry=full)[0].status
+        == "cached"
+    )
+    (o.path / "filters.png").unlink()
+    assert o.path not in [p for p, _ in iter_results(Run(probe_run))]
+    assert (
+        run_analyses(probe_run, ["filters"], "last", device="cpu", registry=full)[0].status == "ok"
+    )
+    with open(o.path / "filters.h5", "r+b") as fh:  # one byte of a result file changed
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 1]))
+    assert (
+        run_analyses(probe_run, ["filters"], "last", device="cpu", registry=full)[0].status == "ok"
+    )

@@ -147,7 +147,16 @@ def _check_ok(outcome, family: str) -> None:
             assert math.isfinite(v), (family, outcome.label, k, v)
         # a None would be a NaN or inf written as null: only the analyses that
         # say "not measured" may
-        assert v is not None or k in ("edge_of_stability",), (family, outcome.label, k)
+        # gradcheck's relative errors, where every sampled gradient is under float64's
+        # finite-difference resolution (squeezenet's dead ReLUs: all exactly 0) say so
+        unresolved = k.endswith("_rel_error") and manifest["scalars"].get(
+            "n_below_resolution"
+        ) == manifest["scalars"].get("n_checked")
+        assert v is not None or k in ("edge_of_stability",) or unresolved, (
+            family,
+            outcome.label,
+            k,
+        )
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -27,7 +27,7 @@ from probe.analysis.records import (
     source_of,
 )
 from probe.errors import ProbeError, Skip
-from probe.io import atomic
+from probe.io import atomic, safeio
 from probe.numerics.device import device_string
 from probe.rundir import results
 from probe.rundir.results import MANIFEST, RESULT_FORMAT, result_key
@@ -78,6 +78,8 @@ def compute(
                 close_new_figures(figures)
             seconds = time.perf_counter() - t0
             manifest = _manifest(job, out, dict(ctx.inputs), source, seconds, device)
+            manifest["file_sha256"] = {f: safeio.sha256_file(tmp / f) for f in manifest["files"]}
+            manifest["seal"] = results.seal_of(manifest)
             (tmp / MANIFEST).write_text(results.dumps(manifest, indent=2, sort_keys=True) + "\n")
         job.failed_record.unlink(missing_ok=True)
         job.skipped_record.unlink(missing_ok=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import ProbeError
-from probe.io import atomic, safeio
+from probe.io import atomic, paths, safeio, userstate
 from probe.io.jsonsafe import dumps, jsonable  # noqa: F401 (results.jsonable: kept for its callers)
 from probe.rundir.run import ANALYSES, CONFIG, METRICS, TRAIN_DEFAULTS, Run
 
@@ -55,6 +55,7 @@ INPUT_NAME = re.compile(
     r"|epochs(?:#upto=\d{1,9})?)$"
 )
 MAX_INPUTS = 100_000  # a manifest listing more is not trusted (read as "not cached")
+MAX_RESULT_FILES = 10_000  # the same for the files a manifest lists
 
 # config.json entries that cannot change a stored epoch's result: where training ran, where its
 # data lay, how long it was planned to run (extending a run rewrites it), and what derives from
@@ -62,9 +63,10 @@ MAX_INPUTS = 100_000  # a manifest listing more is not trusted (read as "not cac
 CONFIG_UNKEYED = frozenset({"device", "device_name", "versions", "config_hash", "data_source"})
 TRAIN_UNKEYED = frozenset({"epochs", "device", "data"})
 
-FINGERPRINT_CACHE = (
-    ".fingerprints.json"  # in RUN/analyses/: (size, mtime_ns, ctime_ns, inode) -> SHA-256
-)
+# Before 2026-12-07 the file-hash memo lived in RUN/analyses/ under this name, where anyone who
+# could write into the run could forge it; it is now kept in the user's state folder
+# (probe.io.userstate) and an old one in a run is never read.
+FINGERPRINT_CACHE = ".fingerprints.json"
 _FP_CACHE_MAX_BYTES = 16 << 20
 
 
@@ -118,11 +120,13 @@ def epochs_input(upto: int | None) -> str:
 class Fingerprints:
     """Fingerprints of one run's inputs by input name, for the keys of one command.
 
-    Files are hashed by content. A small per-run cache (RUN/analyses/.fingerprints.json)
-    remembers each file's hash with its (size, mtime_ns, ctime_ns, inode), so an
-    unchanged file is not read again; it is a pure optimisation: an entry is used
-    only while all four still match (a copied, moved or rewritten file is hashed
-    again), and a damaged or oversized cache is ignored.
+    Files are hashed by content. A small per-run memo remembers each file's hash with its
+    (size, mtime_ns, ctime_ns, inode), so an unchanged file is not read again; it is a pure
+    optimisation: an entry is used only while all four still match (a copied, moved or
+    rewritten file is hashed again), and a damaged or oversized memo is ignored. The memo
+    lives in the user's state folder (`probe.io.userstate`, keyed by the run's real path),
+    never in the run: a digest written into the run by someone else would be the file's
+    own claim about itself.
     """
 
     def __init__(self, run: Run, persistent: bool = True):
@@ -183,14 +187,14 @@ class Fingerprints:
         return digest
 
     def _cache_path(self) -> Path:
-        return self.run.path / ANALYSES / FINGERPRINT_CACHE
+        return userstate.state_file("fingerprints", str(self.run.path.resolve()))
 
     def _load(self) -> dict[str, tuple[tuple[int, int, int, int], str]]:
         out: dict[str, tuple[tuple[int, int, int, int], str]] = {}
         p = self._cache_path()
         # a regular file inside the run, bounded: anything else is ignored (the cache is a speed-up)
         try:
-            d = safeio.read_json(p, max_bytes=_FP_CACHE_MAX_BYTES, within=self.run.path)
+            d = safeio.read_json(p, max_bytes=_FP_CACHE_MAX_BYTES)
         except ProbeError:
             return out
         files = (
@@ -218,6 +222,7 @@ class Fingerprints:
         if not (self.persistent and self._dirty and (self.run.path / ANALYSES).is_dir()):
             return
         try:
+            userstate.ensure_parent(self._cache_path())
             atomic.write_json(
                 self._cache_path(),
                 {
@@ -349,14 +354,59 @@ def read_manifest(path: Path, within: Path | None = None) -> dict[str, Any] | No
         return None
 
 
+def seal_of(manifest: dict[str, Any]) -> str:
+    """The digest of a manifest's content without its seal, as the JSON file holds it.
+
+    A manifest lists each of its result's files with its SHA-256 (`file_sha256`) and is
+    sealed by this digest: a scalar edited in place, a file deleted or changed no longer
+    matches, and the result is computed again instead of served (or shown) as cached."""
+    body = {k: v for k, v in manifest.items() if k != "seal"}
+    return canonical_hash(json.loads(dumps(body)))
+
+
+def seal_holds(manifest: dict[str, Any]) -> bool:
+    """The manifest's own content is as it was sealed (reads no other file)."""
+    return isinstance(manifest.get("seal"), str) and manifest["seal"] == seal_of(manifest)
+
+
+def files_present(target: Path, manifest: dict[str, Any]) -> bool:
+    """Every file the manifest lists is a regular file in `target` (stat only)."""
+    files = manifest.get("files")
+    if not isinstance(files, list) or len(files) > MAX_RESULT_FILES:
+        return False
+    return all(
+        isinstance(f, str) and safe_relative(f) and paths.is_regular(target / f) for f in files
+    )
+
+
+def result_intact(target: Path, manifest: dict[str, Any], within: Path) -> bool:
+    """The seal holds and every listed file hashes to its recorded digest."""
+    digests = manifest.get("file_sha256")
+    if not (seal_holds(manifest) and files_present(target, manifest) and isinstance(digests, dict)):
+        return False
+    try:
+        return all(
+            digests.get(f) == safeio.sha256_file(target / f, within=within)
+            for f in manifest["files"]
+        )
+    except ProbeError:
+        return False
+
+
+def safe_relative(name: str) -> bool:
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+
+
 def iter_results(run: Run) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every finished result of a run, with its manifest."""
+    """Every finished result of a run whose manifest's seal holds and whose files are there,
+    with its manifest (a broken one is left to `probe analyze`, which computes it again)."""
     root = run.path / ANALYSES
     if not root.is_dir():
         return
     for manifest in sorted(root.glob(f"*/*/*/{MANIFEST}")):
         m = read_manifest(manifest.parent, run.path)
-        if m is not None:
+        if m is not None and seal_holds(m) and files_present(manifest.parent, m):
             yield manifest.parent, m
 
 

@@ -125,8 +125,8 @@ def refusal(path: Path, exc: BaseException) -> str:
     """Why `path` was not loaded, in probe's words.
 
     torch's message for a file that weights-only loading refuses leads with advice to load
-    it with `weights_only=False` (which runs whatever code the file names) and puts the
-    reason last; probe keeps the reason and drops that advice."""
+    it unsafely (which runs whatever code the file names) and puts the reason last; probe
+    keeps the reason and drops that advice."""
     if path.name.lower().endswith(".safetensors"):
         text = " ".join(str(exc).split())[:300] or type(exc).__name__
         return f"not a loadable safetensors file ({text})"
