@@ -342,3 +342,70 @@ def test_the_own_loop_example_records_a_run_that_analyses(tmp_path: Path) -> Non
     )
     assert res.exit_code == 0, res.output
     assert CliRunner().invoke(cli, ["report", str(run.path)]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "metrics, rng, message",
+    [
+        ({"n": 10**5000}, None, "metrics: epoch 0: n: an integer of more than 40 digits"),
+        ({"n": 10**45}, None, "metrics: epoch 0: n: an integer of more than 40 digits"),
+        (
+            {"note": "x" * 80_000_000},
+            None,
+            "metrics: epoch 0: note: a string of 80,000,000 characters (at most 10,000)",
+        ),
+        (
+            None,
+            {"torch": torch.zeros(7, dtype=torch.uint8)},
+            "rng: epoch 0: rng/torch: not a CPU generator state (uint8 [7])",
+        ),
+        (
+            None,
+            {"numpy": torch.zeros(7, dtype=torch.uint8)},
+            "rng: epoch 0: rng/numpy: not a random-number state probe writes",
+        ),
+    ],
+    ids=["int-5000-digits", "int-45-digits", "80MB-string", "rng-shape", "rng-key"],
+)
+def test_what_a_reader_would_refuse_is_refused_before_a_byte_is_written(
+    tmp_path: Path, metrics, rng, message
+) -> None:
+    import probe
+
+    sentinel = tmp_path / "outside.txt"
+    sentinel.write_text("untouched")
+    rec = probe.Recorder(
+        tmp_path / "run",
+        model="simplecnn",
+        model_params={"base_width": 4},
+        dataset=synthetic_dataset(n_train=64, n_test=40, seed=0),
+        probe_set_size=20,
+        analysis_batch_size=16,
+        device="cpu",
+    )
+    with pytest.raises(UsageError) as info:
+        rec.record(0, rec.spec.build(), None, metrics, rng=rng)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists() and sentinel.read_text() == "untouched"
+
+
+def test_recording_into_a_deleted_run_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    import probe
+
+    rec = probe.Recorder(
+        tmp_path / "run",
+        model="simplecnn",
+        model_params={"base_width": 4},
+        dataset=synthetic_dataset(n_train=64, n_test=40, seed=0),
+        probe_set_size=20,
+        analysis_batch_size=16,
+        device="cpu",
+    )
+    model = rec.spec.build()
+    rec.record(0, model)
+    shutil.rmtree(tmp_path / "run")
+    with pytest.raises(ProbeError, match=r"the run directory was removed or emptied"):
+        rec.record(1, model)
+    assert not (tmp_path / "run").exists()

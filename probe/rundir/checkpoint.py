@@ -314,31 +314,40 @@ def _check_optimizer_state(
                 raise RunFileError(path, f"field {field_name}: {float(t)} is not a step count")
 
 
-def _check_rng(path: Path, rng: dict[str, torch.Tensor], *, required: bool) -> None:
-    """rng/torch and rng/data must be CPU generator states (uint8 [5056]); rng/cuda uint8 [n]."""
+def rng_problem(rng: dict[str, Any], *, required: bool) -> str | None:
+    """Why `rng` is not a set of random-number states a checkpoint may hold (None: it is).
+
+    rng/torch and rng/data must be CPU generator states (uint8 [5056]); rng/cuda uint8 [n].
+    The writer asks this before writing and the reader after reading: one rule."""
     for key in sorted(rng):
         if key not in ("torch", "data", "cuda"):
-            raise RunFileError(path, f"field rng/{key}: not a random-number state probe writes")
+            return f"rng/{key}: not a random-number state probe writes (torch, data, cuda)"
+        if not torch.is_tensor(rng[key]):
+            return f"rng/{key}: a {type(rng[key]).__name__}, not a tensor"
     for key in ("torch", "data"):
         if key not in rng:
             if required:
-                raise RunFileError(path, f"field rng/{key}: missing (needed to resume exactly)")
+                return f"rng/{key}: missing (needed to resume exactly)"
             continue
         try:
-            torch.Generator().set_state(rng[key])
+            torch.Generator().set_state(rng[key].detach().cpu())
         except (RuntimeError, TypeError, ValueError):
             t = rng[key]
-            raise RunFileError(
-                path,
-                f"field rng/{key}: not a CPU generator state "
-                f"({str(t.dtype).removeprefix('torch.')} {list(t.shape)})",
-            ) from None
+            return (
+                f"rng/{key}: not a CPU generator state "
+                f"({str(t.dtype).removeprefix('torch.')} {list(t.shape)})"
+            )
     if "cuda" in rng and (rng["cuda"].dtype != torch.uint8 or rng["cuda"].dim() != 1):
-        raise RunFileError(
-            path,
-            "field rng/cuda: not a CUDA generator state "
-            f"({rng['cuda'].dtype} {list(rng['cuda'].shape)})",
+        return (
+            f"rng/cuda: not a CUDA generator state ({rng['cuda'].dtype} {list(rng['cuda'].shape)})"
         )
+    return None
+
+
+def _check_rng(path: Path, rng: dict[str, torch.Tensor], *, required: bool) -> None:
+    why = rng_problem(rng, required=required)
+    if why:
+        raise RunFileError(path, f"field {why}")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from probe.errors import ProbeError, RunFileError, UsageError
-from probe.io import atomic, jsonsafe
+from probe.io import atomic, jsonsafe, safeio
 from probe.rundir import checkpoint, lock, prepare
 from probe.rundir.activations import ActivationRecorder
 from probe.rundir.plan import RunPlan
@@ -64,6 +64,25 @@ def resolved_info(device: torch.device, seed: int) -> dict[str, Any]:
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
+
+
+MAX_METRIC_CHARS = 10_000  # a metric string (an optimizer's name, a note): not a document
+MAX_METRIC_KEYS = 1_000
+METRICS_ROW_MARGIN = 512  # what the writer adds to each row (val_loss, timings, ...)
+
+
+def metrics_problem(metrics: Mapping[str, Any]) -> str | None:
+    """Why a metrics row could not be read back by probe's JSON reader (None: it could)."""
+    if len(metrics) > MAX_METRIC_KEYS:
+        return f"{len(metrics):,} metrics, more than {MAX_METRIC_KEYS:,}"
+    for k, v in metrics.items():
+        if not isinstance(k, str) or len(k) > 200:
+            return f"{str(k)[:40]!r}: a metric name is a string of at most 200 characters"
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**safeio.MAX_INT_DIGITS:
+            return f"{k}: an integer of more than {safeio.MAX_INT_DIGITS} digits"
+        if isinstance(v, str) and len(v) > MAX_METRIC_CHARS:
+            return f"{k}: a string of {len(v):,} characters (at most {MAX_METRIC_CHARS:,})"
+    return None
 
 
 class RunWriter:
@@ -229,6 +248,7 @@ class RunWriter:
         """
         t0 = self._t_last if started is None else started
         self.check_epoch(epoch)
+        self.check_writable(epoch, metrics, rng, optimizer is not None)
         row: dict[str, Any] = {"epoch": epoch, **metrics}
         t_val = time.perf_counter()
         was_training = model.training
@@ -268,6 +288,36 @@ class RunWriter:
         self.write_metrics()
         self._t_last = time.perf_counter()
         return row
+
+    def check_writable(
+        self, epoch: int, metrics: Mapping[str, Any], rng: Any, with_optimizer: bool
+    ) -> None:
+        """Refuse, before a byte of the epoch is written, what a reader of the run would refuse:
+        metric values its JSON reader rejects (integers over 40 digits, strings over
+        MAX_METRIC_CHARS), a metrics.jsonl over the reader's 64 MiB, random-number states a
+        checkpoint cannot hold, and a run directory that was removed while recording."""
+        why = metrics_problem(metrics)
+        if why is None:
+            row = jsonsafe.dumps({"epoch": epoch, **metrics}, sort_keys=True)
+            total = len(row) + sum(len(jsonsafe.dumps(h, sort_keys=True)) for h in self.history)
+            if total + METRICS_ROW_MARGIN * (len(self.history) + 1) > safeio.MAX_JSON_BYTES:
+                why = (
+                    f"metrics.jsonl would pass the {safeio.MAX_JSON_BYTES >> 20} MiB its "
+                    "reader accepts"
+                )
+        if why:
+            raise UsageError("metrics", f"epoch {epoch}: {why}; nothing was written")
+        if rng is not None:
+            if not isinstance(rng, Mapping):
+                raise UsageError("rng", f"expected a dict of tensors, got {type(rng).__name__}")
+            why = checkpoint.rng_problem(dict(rng), required=with_optimizer)
+            if why:
+                raise UsageError("rng", f"epoch {epoch}: {why}; nothing was written")
+        if self._opened and not (self.run_dir / CONFIG).is_file():
+            raise ProbeError(
+                f"{self.run_dir}: the run directory was removed or emptied while recording "
+                f"(no {CONFIG}); epoch {epoch} was not written"
+            )
 
     def write_metrics(self) -> None:
         """Rewrite metrics.jsonl whole and atomically (it is tiny), so it is never torn by us."""
