@@ -374,7 +374,9 @@ def analyze(
             executor.close()
     click.echo(summary_line(outcomes))
     if any(o.status in ("failed", "timeout") for o in outcomes):
-        click.echo(f"tracebacks: {Path(run_dir) / 'logs'}", err=True)
+        logs = Path(run_dir) / "logs"
+        if logs.is_dir() and any(logs.iterdir()):  # a read-only run has none to point to
+            click.echo(f"tracebacks: {logs}", err=True)
         raise SystemExit(1)
 
 

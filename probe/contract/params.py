@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,13 @@ from probe.errors import UsageError
 
 if TYPE_CHECKING:
     from probe.contract.analysis import Analysis
+
+_INT_TEXT = re.compile(r"[+-]?[0-9]{1,40}")
+_FLOAT_TEXT = re.compile(
+    r"[+-]?(?:[0-9]{1,400}(?:\.[0-9]{0,400})?|\.[0-9]{1,400})(?:[eE][+-]?[0-9]{1,4})?"
+    r"|[+-]?(?:nan|inf|infinity)",
+    re.IGNORECASE,
+)
 
 
 def param(
@@ -97,6 +105,11 @@ class ParamSpec:
                 elif text.lower() in ("none", "null") and self.default is None:
                     value = None
                 else:
+                    # ASCII numerals only: Python's int() and float() also take fullwidth and
+                    # Arabic-Indic digits and "1_000", which no one means on a command line
+                    pattern = _INT_TEXT if self.type is int else _FLOAT_TEXT
+                    if self.type in (int, float) and not pattern.fullmatch(text):
+                        raise ValueError
                     value = self.type(text)
             except ValueError:
                 raise UsageError(

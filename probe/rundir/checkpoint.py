@@ -321,7 +321,7 @@ def rng_problem(rng: dict[str, Any], *, required: bool) -> str | None:
     The writer asks this before writing and the reader after reading: one rule."""
     for key in sorted(rng):
         if key not in ("torch", "data", "cuda"):
-            return f"rng/{key}: not a random-number state probe writes (torch, data, cuda)"
+            return f"rng/{key}: not a random-number state probe writes"
         if not torch.is_tensor(rng[key]):
             return f"rng/{key}: a {type(rng[key]).__name__}, not a tensor"
     for key in ("torch", "data"):

@@ -31,7 +31,7 @@ from probe.io import safeio
 from probe.io.paths import lstat_or_none
 from probe.io.text import clean
 from probe.rundir.results import MANIFEST, RESULT_FORMAT
-from probe.rundir.run import ANALYSES, METRICS
+from probe.rundir.run import ANALYSES, METRICS, metrics_row_problem
 
 # A sweep folder: sweep.json (what `probe sweep` was asked, with its points) and status.json
 # (its record of past attempts); each point is an ordinary run directory beside them.
@@ -104,6 +104,8 @@ def read_metrics(run_path: Path, warn: Warn) -> list[dict[str, Any]]:
             warn(f"{row}; line skipped")
         elif not isinstance(row, dict) or not is_int(row.get("epoch")):
             warn(f"{p}: line {n} is not a metrics record (no integer 'epoch'); line skipped")
+        elif why := metrics_row_problem(row):
+            warn(f"{p}: line {n}: {why}; line skipped")
         else:
             rows.append(row)
     return rows

@@ -101,6 +101,16 @@ class DataBatch:
         return normalize(self.images.to(device), self.mean, self.std)
 
 
+def metrics_row_problem(row: dict[str, Any]) -> str | None:
+    """Why a metrics record is not one probe writes (None: it is): every value is a number,
+    a string, a boolean or null; a list or an object would reach float() in an analysis."""
+    for k, v in row.items():
+        if not (v is None or isinstance(v, (bool, int, float, str))):
+            kind = "a list" if isinstance(v, list) else f"a {type(v).__name__}"
+            return f"{str(k)[:80]!r} holds {kind}, not a number or a string"
+    return None
+
+
 class Run:
     """A run directory on disk. Cheap to create; reads lazily."""
 
@@ -193,6 +203,9 @@ class Run:
                 or not 0 <= row["epoch"] < 10**9
             ):
                 raise RunFileError(p, f"line {i} is not a metrics record (no integer 'epoch')")
+            why = metrics_row_problem(row)
+            if why:
+                raise RunFileError(p, f"line {i}: {why}")
             rows.append(row)
         return rows
 
