@@ -362,3 +362,22 @@ def test_an_untrusted_file_name_cannot_forge_a_line_or_drive_the_terminal(tmp_pa
     assert "\x1b" not in line and "\x07" not in line
     assert "bad\\u000aerror: all good\\u001b]0;owned\\u0007.txt: not a checkpoint file" in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "tensor, kind",
+    [
+        (torch.zeros(2, 3).to_sparse(), "sparse_coo"),
+        (torch.empty(2, 3, device="meta"), "meta"),
+    ],
+    ids=["sparse", "meta"],
+)
+def test_a_sparse_or_meta_tensor_is_one_line_naming_the_entry(tmp_path: Path, tensor, kind) -> None:
+    from probe.training.importer import load_state
+
+    torch.save({"w": tensor}, tmp_path / "epoch_0.pt")
+    with pytest.raises(RunFileError) as info:
+        load_state(tmp_path / "epoch_0.pt")
+    assert str(info.value) == (
+        f"{tmp_path / 'epoch_0.pt'}: entry 'w' is a {kind} tensor, not a dense one with its values"
+    )

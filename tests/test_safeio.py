@@ -147,3 +147,52 @@ def test_toml_bounds(tmp_path: Path) -> None:
         p.write_text(text)
         with pytest.raises(RunFileError, match=what):
             safeio.read_toml(p)
+
+
+def test_a_sparse_file_is_refused_before_a_byte_is_read(tmp_path: Path) -> None:
+    """4 KB on disk declaring 6 GB: refused from its stat alone (the issue: 86 s and 12 GB)."""
+    p = tmp_path / "epoch_0002.safetensors"
+    with open(p, "wb") as fh:
+        fh.write(b"x" * 4096)
+        fh.truncate(6_000_000_000)
+    stored = os.stat(p).st_blocks * 512
+    with pytest.raises(RunFileError) as info:
+        safeio.sha256_file(p)
+    assert str(info.value) == (
+        f"{p}: declares 6,000,000,000 bytes but stores {stored:,} (a sparse file: "
+        "not one probe writes)"
+    )
+    small = tmp_path / "small.bin"  # under the threshold: an ordinary (if sparse) small file
+    with open(small, "wb") as fh:
+        fh.truncate(1 << 20)
+    assert len(safeio.sha256_file(small)) == 64
+
+
+def test_a_checkpoint_is_bounded_by_what_its_model_can_hold(
+    probe_run: Path, tmp_path: Path
+) -> None:
+    """A checkpoint whose file is larger than its spec's model (with optimizer state) can be is
+    refused from its size before it is loaded or hashed."""
+    from probe.rundir import checkpoint
+
+    src = probe_run / "checkpoints" / "epoch_0002.safetensors"
+    big = tmp_path / "epoch_0002.safetensors"
+    bound = checkpoint.size_bound(checkpoint.load(src).spec)
+    raw = src.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    extra = (bound - len(raw)) // 4 + 1  # one float32 tensor more than the model can hold
+    header["model/extra"] = {
+        "dtype": "F32",
+        "shape": [extra],
+        "data_offsets": [len(data), len(data) + 4 * extra],
+    }
+    text = json.dumps(header).encode()
+    big.write_bytes(len(text).to_bytes(8, "little") + text + data + b"\0" * (4 * extra))
+    size = big.stat().st_size
+    assert size > bound
+    with pytest.raises(RunFileError) as info:
+        checkpoint.load(big)
+    assert str(info.value) == (
+        f"{big}: is {size:,} bytes, more than the {bound:,} allowed for this file"
+    )

@@ -54,6 +54,9 @@ MAX_JSON_BYTES = (
 MAX_CONFIG_BYTES = 1 << 20  # config.json, a manifest, a failure record: kilobytes
 MAX_TOML_BYTES = 1 << 20  # config and sweep files are written by hand
 MAX_DEPTH = 64  # probe's own files nest 4 deep at most
+# A file that declares more than this but stores under a sixteenth of it is sparse: probe never
+# writes one, and reading it would hash or decode gigabytes of zeros (a 4 KB file declaring 6 GB).
+SPARSE_MIN_BYTES = 256 << 20
 MAX_INT_DIGITS = (
     40  # enough for any 128-bit integer; Python refuses > 4,300 digits with a ValueError
 )
@@ -135,6 +138,13 @@ def open_regular(
         if max_bytes is not None and st.st_size > max_bytes:
             raise RunFileError(
                 path, f"is {st.st_size:,} bytes, more than the {max_bytes:,} allowed for this file"
+            )
+        stored = getattr(st, "st_blocks", None)
+        if stored is not None and st.st_size > SPARSE_MIN_BYTES and stored * 512 * 16 < st.st_size:
+            raise RunFileError(
+                path,
+                f"declares {st.st_size:,} bytes but stores {stored * 512:,} (a sparse file: "
+                "not one probe writes)",
             )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")

@@ -172,6 +172,14 @@ def read_metadata(path: str | Path, *, within: str | Path | None = None) -> dict
         raise RunFileError(path, f"not a readable safetensors checkpoint ({_short(exc)})") from None
 
 
+def size_bound(spec: ModelSpec) -> int:
+    """The most bytes a probe checkpoint of `spec`'s model can take: every parameter and
+    buffer in float64, twice more for an optimizer's state (Adam's two moments), plus the
+    random-number states and the header. A larger file is refused before it is read."""
+    numel = sum(t.numel() for t in spec.skeleton().state_dict().values())
+    return 3 * 8 * numel + (4 << 20)
+
+
 def load(path: str | Path, *, verify: bool = True, within: str | Path | None = None) -> Checkpoint:
     """Read and check a checkpoint; any damage becomes one RunFileError naming the file.
 
@@ -190,7 +198,14 @@ def load(path: str | Path, *, verify: bool = True, within: str | Path | None = N
             path, f"not a probe checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})"
         )
     try:
-        with safeio.regular_path(path, within=within) as p:
+        spec = ModelSpec.from_json(meta["model_spec"], source=f"{path}: field model_spec")
+    except KeyError:
+        raise RunFileError(path, "field model_spec: missing") from None
+    except (ValueError, TypeError) as exc:
+        raise RunFileError(path, f"field model_spec: {_short(exc)}") from None
+    check_spec(spec, path)
+    try:  # at most what the spec's model (with an optimizer's state) can hold, before a read
+        with safeio.regular_path(path, max_bytes=size_bound(spec), within=within) as p:
             tensors = load_file(p)
     except RunFileError:
         raise
@@ -204,13 +219,6 @@ def load(path: str | Path, *, verify: bool = True, within: str | Path | None = N
     if not re.fullmatch(r"[0-9]{1,9}", epoch_text):
         raise RunFileError(path, f"field epoch: expected a whole number, got {epoch_text[:40]!r}")
     epoch = int(epoch_text)
-    try:
-        spec = ModelSpec.from_json(meta["model_spec"], source=f"{path}: field model_spec")
-    except KeyError:
-        raise RunFileError(path, "field model_spec: missing") from None
-    except (ValueError, TypeError) as exc:
-        raise RunFileError(path, f"field model_spec: {_short(exc)}") from None
-    check_spec(spec, path)
     metrics = _json_field(path, meta, "metrics")
     opt_meta = _json_field(path, meta, "optimizer")
     if "epoch" in metrics and metrics["epoch"] != epoch:

@@ -195,6 +195,12 @@ def load_state(path: Path) -> dict[str, Any]:
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise RunFileError(path, f"entry {bad[0][:80]!r} is not a tensor")
+    for k, v in obj.items():  # what load_state_dict would choke on, named here
+        if v.layout != torch.strided or v.is_meta or v.is_quantized:
+            kind = "meta" if v.is_meta else str(v.layout).removeprefix("torch.")
+            raise RunFileError(
+                path, f"entry {k[:80]!r} is a {kind} tensor, not a dense one with its values"
+            )
     state = dict(obj)
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in state):
