@@ -39,6 +39,8 @@ TINY_ARGS = [
     "10",
     "--analysis-batch-size",
     "8",
+    "--example-records",
+    "10",
     "--optimizer",
     "SGD_mom",
     "--lr",
@@ -277,10 +279,15 @@ def check_run_files(run_dir: Path) -> list[int]:
                         f[n][()]
         elif rel.startswith("data/"):
             assert set(load_file(str(p))) == {"images", "labels", "indices"}
+        elif rel.startswith("predictions/"):
+            assert set(load_file(str(p))) == {"logits"}
         else:
             raise AssertionError(f"unexpected file in a run directory: {rel}")
-    for e in epochs:  # the dump is written before the checkpoint that completes an epoch
+    for e in epochs:  # the dump and logits are written before the checkpoint that completes it
         assert run.activations_path(e).is_file(), e
+        assert (
+            not run.has_examples() or (run_dir / f"predictions/epoch_{e:04d}.safetensors").is_file()
+        )
     return epochs
 
 

@@ -86,6 +86,7 @@ def run_state(run_dir: Path) -> dict:
         }
         dump["logits"] = torch.from_numpy(activations.read(run.activations_path(e), None, "logits"))
         state[f"dump{e}"] = dump
+        state[f"pred{e}"] = load_file(str(run_dir / f"predictions/epoch_{e:04d}.safetensors"))
     return state
 
 
@@ -96,6 +97,7 @@ def assert_same_run(run_dir: Path, ref: dict) -> None:
     for e in ref["epochs"]:
         assert_bitwise_equal(got[f"ckpt{e}"], ref[f"ckpt{e}"])
         assert_bitwise_equal(got[f"dump{e}"], ref[f"dump{e}"])
+        assert_bitwise_equal(got[f"pred{e}"], ref[f"pred{e}"])
 
 
 # --- the kill loop --------------------------------------------------------------------------------

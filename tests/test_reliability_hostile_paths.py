@@ -658,6 +658,7 @@ def test_force_replaces_a_probe_run_and_keeps_nothing_of_it(world: World) -> Non
         "config.json",
         "data",
         "metrics.jsonl",
+        "predictions",
     ]
     config = json.loads((world.run / "config.json").read_text())
     assert config["train"]["optimizer"] == "Adam" and config["train"]["epochs"] == 1

@@ -39,7 +39,8 @@ def tiny_plan(run_dir: Path, **overrides):
 
 
 def test_the_writer_writes_in_the_documented_order_under_its_lock(tmp_path, monkeypatch):
-    """config, probe set, analysis batch; then per epoch dump, checkpoint, metrics; all locked."""
+    """config, probe set, analysis batch, recorded examples; then per epoch dump, the examples'
+    logits, checkpoint, metrics; all locked."""
     _, plan = tiny_plan(tmp_path / "run")
     written: list[tuple[str, bool]] = []
     real_replace = os.replace
@@ -64,10 +65,13 @@ def test_the_writer_writes_in_the_documented_order_under_its_lock(tmp_path, monk
         "config.json",
         "data/probe_set.safetensors",
         "data/analysis_batch.safetensors",
+        "data/examples.safetensors",
         "activations/epoch_0000.h5",
+        "predictions/epoch_0000.safetensors",
         "checkpoints/epoch_0000.safetensors",
         "metrics.jsonl",
         "activations/epoch_0001.h5",
+        "predictions/epoch_0001.safetensors",
         "checkpoints/epoch_0001.safetensors",
         "metrics.jsonl",
     ]

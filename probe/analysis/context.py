@@ -26,21 +26,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from probe.analysis.executor import Task
-from probe.errors import ProbeError, UsageError
+from probe.errors import ProbeError, Skip, UsageError
 from probe.io.jsonsafe import jsonable as _clean  # noqa: F401 (kept for plugins that imported it)
 from probe.rundir import results
 from probe.rundir.run import (
     ANALYSIS_BATCH,
     CONFIG,
+    EXAMPLES,
     PROBE_SET,
     DataBatch,
     Run,
     activations_name,
     checkpoint_name,
+    predictions_name,
 )
 
 if TYPE_CHECKING:  # numpy is imported when a job computes, not by the cache check
     import numpy as np
+    import torch
 
 
 class ResultWriter:
@@ -443,6 +446,29 @@ class Context:
         self._record(ANALYSIS_BATCH)
         self._record(CONFIG)
         return self.run.analysis_batch()
+
+    def examples(self) -> DataBatch:
+        """The recorded training examples (images, labels, indices): the images whose logits
+        the run recorded after every epoch. A run without them (made before they existed, or
+        with --example-records 0) makes the analysis skip, in one line."""
+        self._need("examples")
+        self._record(EXAMPLES)
+        self._record(CONFIG)
+        if not self.run.has_examples():
+            raise Skip(
+                "this run records no per-example predictions (made before they existed, or "
+                "with --example-records 0); train or record it again to have them"
+            )
+        return self.run.examples()
+
+    def example_logits(self, epoch: int | None = None) -> torch.Tensor:
+        """Epoch `epoch`'s logits of `examples()` (float32 [examples, classes]), recorded in
+        eval mode on the un-augmented images after that epoch (epoch 0: at initialisation)."""
+        self._need("examples")
+        e = self._epoch(epoch)
+        self._record(predictions_name(e))
+        n = len(self.examples().labels)
+        return self.run.example_logits(e, n, len(self.class_names()))
 
     def class_names(self) -> list[str]:
         """The class names of config.json (a read of config.json; needs nothing)."""

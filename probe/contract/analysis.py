@@ -59,6 +59,7 @@ NEEDS = frozenset(
         "activations",
         "probe_set",
         "analysis_batch",
+        "examples",
         "metrics",
         "config",
         "trajectory",

@@ -24,6 +24,8 @@ from the module that defines them:
   diversity (`per_example_gradients`, `gradient_noise`).
 - `probe.numerics.interpolation`: loss along straight lines between weights and its barrier
   (`interpolation_path`, `linear_mode_barrier`).
+- `probe.numerics.forgetting`: example forgetting and data maps from per-epoch predictions
+  (`example_history`).
 
 Names are loaded on first use (PEP 562), so `import probe.numerics.device` from a light
 module does not import torch.
@@ -73,6 +75,8 @@ _WHERE: dict[str, str | tuple[str, str]] = {
     "slq_density": "probe.numerics.curvature",
     "standard_error": "probe.numerics.curvature",
     "trace_estimate": "probe.numerics.curvature",
+    "ExampleHistory": "probe.numerics.forgetting",
+    "example_history": "probe.numerics.forgetting",
     "GradCheckRow": "probe.numerics.gradcheck",
     "gradcheck_conv_layers": "probe.numerics.gradcheck",
     "CenterSpread": "probe.numerics.landscape",

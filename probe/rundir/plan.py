@@ -10,7 +10,9 @@ the seed, so one seed gives the same images whichever front made the run:
   validation pass that runs anyway), then the rest of the test split, or with `val_size`
   a seeded, class-stratified part of it (seed + 3), in index order;
 - the analysis batch: `analysis_batch_size` images of the training subset (seed + 2),
-  in index order.
+  in index order;
+- the recorded examples: `example_records` class-stratified images of the training subset
+  (seed + 4), in index order, whose logits are recorded after every epoch (0: none).
 """
 
 from __future__ import annotations
@@ -58,9 +60,11 @@ class RunPlan:
     config_hash: str = ""
     augmentation: Mapping[str, Any] | None = None
     source: Mapping[str, Any] | None = None
+    example_records: int = 0
     probe_indices: torch.Tensor = field(init=False)
     val_order: torch.Tensor = field(init=False)
     analysis_indices: torch.Tensor = field(init=False)
+    example_indices: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_dir", Path(self.run_dir))
@@ -75,6 +79,13 @@ class RunPlan:
             self,
             "analysis_indices",
             analysis_indices(self.train_indices, self.analysis_batch_size, self.seed),
+        )
+        object.__setattr__(
+            self,
+            "example_indices",
+            example_indices(
+                self.dataset.train_y, self.train_indices, self.example_records, self.seed
+            ),
         )
 
     @property
@@ -127,3 +138,14 @@ def analysis_indices(train_indices: torch.Tensor, size: int, seed: int) -> torch
     """The analysis batch: `size` of the training subset's indices, seeded, in index order."""
     g = torch.Generator().manual_seed(seed + 2)
     return train_indices[torch.randperm(len(train_indices), generator=g)[:size].sort().values]
+
+
+def example_indices(
+    train_y: torch.Tensor, train_indices: torch.Tensor, size: int, seed: int
+) -> torch.Tensor:
+    """The recorded examples: `size` class-stratified indices of the training subset, seeded,
+    in index order (empty for size 0)."""
+    if size <= 0 or len(train_indices) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    pick = data.stratified(train_y[train_indices], min(size, len(train_indices)), seed + 4)
+    return train_indices[pick].sort().values

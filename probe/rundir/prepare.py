@@ -28,6 +28,7 @@ PROBE_FILES = (rundir.CONFIG, rundir.METRICS, LOCK_FILE)
 PROBE_DIRS = (
     rundir.CHECKPOINTS,
     rundir.ACTIVATIONS,
+    rundir.PREDICTIONS,
     rundir.DATA,
     rundir.ANALYSES,
     "logs",
@@ -38,7 +39,8 @@ PROBE_DIRS = (
 _TRAINING_FILES = {
     rundir.CHECKPOINTS: re.compile(r"^epoch_\d{4,}\.safetensors$"),
     rundir.ACTIVATIONS: re.compile(r"^epoch_\d{4,}\.h5$"),
-    rundir.DATA: re.compile(r"^(probe_set|analysis_batch)\.safetensors$"),
+    rundir.PREDICTIONS: re.compile(r"^epoch_\d{4,}\.safetensors$"),
+    rundir.DATA: re.compile(r"^(probe_set|analysis_batch|examples)\.safetensors$"),
 }
 # Temporaries of probe's own writes (`.<name>.<random>.tmp`, a swapped-out `.report.<...>.old`),
 # by folder: a user's `.notes.tmp` is not one of them.
@@ -46,7 +48,8 @@ _TEMPS = {
     "": re.compile(r"^\.(config\.json|metrics\.jsonl|report)\..+\.(tmp|old)$"),
     rundir.CHECKPOINTS: re.compile(r"^\.epoch_\d{4,}\.safetensors\..+\.tmp$"),
     rundir.ACTIVATIONS: re.compile(r"^\.epoch_\d{4,}\.h5\..+\.tmp$"),
-    rundir.DATA: re.compile(r"^\.(probe_set|analysis_batch)\.safetensors\..+\.tmp$"),
+    rundir.PREDICTIONS: re.compile(r"^\.epoch_\d{4,}\.safetensors\..+\.tmp$"),
+    rundir.DATA: re.compile(r"^\.(probe_set|analysis_batch|examples)\.safetensors\..+\.tmp$"),
 }
 _CONFIG_LIMIT = 1 << 20  # a config.json is a few kB; reading a larger one is not worth the memory
 

@@ -46,7 +46,8 @@ KEY_FORMAT = 2  # bumped when what a key covers changes: older results are then 
 _FILE_INPUT = (
     r"checkpoints/epoch_\d{4,9}\.safetensors"
     r"|activations/epoch_\d{4,9}\.h5"
-    r"|data/(?:probe_set|analysis_batch)\.safetensors"
+    r"|predictions/epoch_\d{4,9}\.safetensors"
+    r"|data/(?:probe_set|analysis_batch|examples)\.safetensors"
 )
 FILE_INPUT = re.compile(rf"^(?:{_FILE_INPUT})$")
 INPUT_NAME = re.compile(
@@ -61,7 +62,7 @@ MAX_RESULT_FILES = 10_000  # the same for the files a manifest lists
 # data lay, how long it was planned to run (extending a run rewrites it), and what derives from
 # those.
 CONFIG_UNKEYED = frozenset({"device", "device_name", "versions", "config_hash", "data_source"})
-TRAIN_UNKEYED = frozenset({"epochs", "device", "data"})
+TRAIN_UNKEYED = frozenset({"epochs", "device", "data", "example_records"})
 
 # Before 2026-12-07 the file-hash memo lived in RUN/analyses/ under this name, where anyone who
 # could write into the run could forge it; it is now kept in the user's state folder

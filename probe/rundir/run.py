@@ -27,10 +27,13 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 ACTIVATIONS = "activations"
+PREDICTIONS = "predictions"
 DATA = "data"
 ANALYSES = "analyses"
 PROBE_SET = f"{DATA}/probe_set.safetensors"
 ANALYSIS_BATCH = f"{DATA}/analysis_batch.safetensors"
+EXAMPLES = f"{DATA}/examples.safetensors"  # the training images whose predictions are recorded
+MAX_EXAMPLES = 100_000  # recorded training examples a run may declare (default 1,000)
 MAX_BATCH_BYTES = 1 << 30  # the stored probe set and analysis batch: a few MB at the default sizes
 MAX_IMAGES = 10_000_000  # image counts a config may declare (subset, probe set, analysis batch)
 # What a `train` table lacks reads as these: probe train's defaults. A run written before a key
@@ -66,6 +69,7 @@ TRAIN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "analysis_batch_size": 1024,
         "full_maps": (),
         "val_size": None,
+        "example_records": 1000,
     }
 )
 _EPOCH_FILE = re.compile(r"^epoch_([0-9]{4,9})\.safetensors$")
@@ -82,6 +86,10 @@ def checkpoint_name(epoch: int) -> str:
 
 def activations_name(epoch: int) -> str:
     return f"{ACTIVATIONS}/epoch_{epoch:04d}.h5"
+
+
+def predictions_name(epoch: int) -> str:
+    return f"{PREDICTIONS}/epoch_{epoch:04d}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,39 @@ class Run:
     def analysis_batch(self) -> DataBatch:
         """The fixed, un-augmented training images for loss-based analyses."""
         return self._batch(ANALYSIS_BATCH)
+
+    def has_examples(self) -> bool:
+        """Whether the run records per-example predictions (runs before 2026-12 do not)."""
+        return os.path.lexists(self.path / EXAMPLES)
+
+    def examples(self) -> DataBatch:
+        """The fixed, class-stratified, un-augmented training images whose logits are recorded
+        after every epoch (data/examples.safetensors)."""
+        batch = self._batch(EXAMPLES)
+        n = len(batch.labels)
+        if not 0 < n <= MAX_EXAMPLES or batch.images.dim() != 4 or len(batch.indices) != n:
+            raise RunFileError(self.path / EXAMPLES, "damaged (images, labels, indices disagree)")
+        return batch
+
+    def example_logits(self, epoch: int, n_examples: int, n_classes: int):
+        """Epoch `epoch`'s logits of the recorded examples, float32 [n_examples, n_classes];
+        the file is bounded by that shape before it is read."""
+        from safetensors.torch import load
+
+        p = self.path / predictions_name(epoch)
+        data = safeio.read_bytes(p, 4 * n_examples * n_classes + (1 << 16), within=self.path)
+        try:
+            logits = load(data)["logits"]
+        except Exception as exc:
+            raise RunFileError(p, f"damaged ({type(exc).__name__})") from None
+        if (
+            tuple(logits.shape) != (n_examples, n_classes)
+            or logits.dtype.is_floating_point is False
+        ):
+            raise RunFileError(
+                p, f"holds logits of shape {list(logits.shape)}, not [{n_examples}, {n_classes}]"
+            )
+        return logits.float()
 
     def load_checkpoint(self, epoch: int):
         from probe.rundir import checkpoint

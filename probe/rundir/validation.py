@@ -1,4 +1,5 @@
-"""The validation pass of a recorded epoch: metrics.jsonl's `val_*` and the activation dump.
+"""The validation pass of a recorded epoch: metrics.jsonl's `val_*`, the activation dump, and the
+recorded examples' logits (predictions/epoch_NNNN.safetensors).
 
 Every epoch a run records is validated in eval mode on the plan's validation order,
 whose first images are the probe set: forward hooks (probe.rundir.activations) keep
@@ -53,6 +54,20 @@ def validate(
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     return {"val_loss": loss_sum.item() / n, "val_acc": correct.item() / n}
+
+
+@torch.no_grad()
+def example_logits(plan: RunPlan, model: torch.nn.Module, x_uint8: torch.Tensor) -> torch.Tensor:
+    """The recorded examples' logits (float32, on the CPU), in eval mode, un-augmented and
+    normalised as in training: what `forgetting` reads. The caller restores the mode."""
+    model.eval()
+    bf16 = plan.precision == "bf16"
+    out = []
+    for start in range(0, len(x_uint8), plan.val_batch_size):
+        x = model_input(plan, x_uint8[start : start + plan.val_batch_size])
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out.append(model(x).float().cpu())
+    return torch.cat(out).contiguous()
 
 
 def weight_norm(model: torch.nn.Module) -> float:

@@ -38,13 +38,15 @@ from probe.rundir.plan import RunPlan
 from probe.rundir.run import (
     ANALYSIS_BATCH,
     CONFIG,
+    EXAMPLES,
     METRICS,
     PROBE_SET,
     Run,
     activations_name,
     checkpoint_name,
+    predictions_name,
 )
-from probe.rundir.validation import validate, weight_norm
+from probe.rundir.validation import example_logits, validate, weight_norm
 from probe.version import __version__
 
 Log = Callable[[str], None]
@@ -97,6 +99,8 @@ class RunWriter:
         # The validation split in the plan's order, on the device once for every epoch.
         self.val_x = plan.dataset.test_x[plan.val_order].to(plan.device)
         self.val_y = plan.dataset.test_y[plan.val_order].to(plan.device)
+        ex = plan.example_indices
+        self.examples_x = plan.dataset.train_x[ex].to(plan.device) if len(ex) else None
         self.history: list[dict[str, Any]] = []
         self.last_epoch: int | None = None
         self._stack = contextlib.ExitStack()
@@ -156,10 +160,14 @@ class RunWriter:
         self._resolved = resolved_info(self.plan.device, self.plan.seed)
         self._write_config()
         ds, probe, batch = self.plan.dataset, self.plan.probe_indices, self.plan.analysis_indices
-        for rel, x, y, idx in (
+        stored = [
             (PROBE_SET, ds.test_x[probe], ds.test_y[probe], probe),
             (ANALYSIS_BATCH, ds.train_x[batch], ds.train_y[batch], batch),
-        ):
+        ]
+        ex = self.plan.example_indices
+        if len(ex):
+            stored.append((EXAMPLES, ds.train_x[ex], ds.train_y[ex], ex))
+        for rel, x, y, idx in stored:
             tensors = {
                 "images": x.contiguous(),
                 "labels": y.contiguous(),
@@ -201,6 +209,8 @@ class RunWriter:
         """Take the run over after `ckpt`'s epoch: the metrics up to it (from metrics.jsonl, else
         from the checkpoints, which hold each epoch's row too); later checkpoints are removed."""
         run = Run(self.run_dir)
+        if not run.has_examples():  # a run begun before per-example records: none are added
+            self.examples_x = None
         try:
             history = [m for m in run.metrics() if m["epoch"] <= ckpt.epoch]
         except RunFileError as exc:
@@ -216,6 +226,7 @@ class RunWriter:
         for e in run.epochs():
             if e > ckpt.epoch:
                 run.checkpoint_path(e).unlink(missing_ok=True)
+                (self.run_dir / predictions_name(e)).unlink(missing_ok=True)
         self.history, self.last_epoch = history, ckpt.epoch
 
     # --- one epoch --------------------------------------------------------------------------------
@@ -260,12 +271,25 @@ class RunWriter:
         finally:
             dump.close()
             model.train(was_training)
+        logits = None
+        if self.examples_x is not None:  # after the dump's hooks are gone: not in the dump
+            try:
+                logits = example_logits(self.plan, model, self.examples_x)
+            finally:
+                model.train(was_training)
         row["val_seconds"] = time.perf_counter() - t_val
         row["weight_norm"] = weight_norm(model)
         if not self._opened:
             self._open_at_first_record()
         t_out = time.perf_counter()
         dump.write(self.run_dir / activations_name(epoch), epoch)
+        if logits is not None:  # before the checkpoint, which completes the epoch
+            from safetensors.torch import save_file
+
+            atomic.write_with(
+                self.run_dir / predictions_name(epoch),
+                lambda tmp: save_file({"logits": logits}, str(tmp)),
+            )
         row["epoch_seconds"] = (
             time.perf_counter() - t0
         )  # the checkpoint's own copy: before its write

@@ -163,6 +163,13 @@ class TrainConfig:
         "Validate on the probe set plus a seeded, class-stratified rest, N images in all "
         "(at least --probe-set-size) [default: all]; for quick runs while developing a plugin.",
     )
+    example_records: int = _f(
+        1000,
+        "Class-stratified training images whose logits (eval mode, un-augmented) are recorded "
+        "after every epoch, for `forgetting` and data maps (0: none).",
+        min=0,
+        max=100_000,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -197,10 +204,9 @@ class TrainConfig:
     def hash(self) -> str:
         """A short, stable fingerprint of everything that changes the trained weights."""
         d = self.to_dict()
-        for k in (
-            "device",
-            "val_size",
-        ):  # where it ran and how much it validated on do not change the weights
+        # where it ran, how much it validated on and which predictions it recorded do not
+        # change the weights
+        for k in ("device", "val_size", "example_records"):
             d.pop(k)
         for k in (
             NEWER_KEYS

@@ -31,6 +31,7 @@ from probe.numerics.device import resolve_device
 from probe.rundir import checkpoint
 from probe.rundir.plan import RunPlan
 from probe.rundir.prepare import check_new_run_dir, check_path
+from probe.rundir.run import MAX_EXAMPLES
 from probe.rundir.writer import RunWriter
 from probe.training.config import MAX_IMAGES, MAX_SEED
 from probe.training.model import check_model, input_spec
@@ -141,7 +142,8 @@ def _check_sizes(sizes: Mapping[str, Any], val_size: Any, probe_set_size: Any) -
     lows = {"probe_set_size": 10, "analysis_batch_size": 1, "val_batch_size": 1}
     for name, v in sizes.items():
         lo = lows.get(name, 0)
-        if type(v) is not int or not lo <= v <= (MAX_SEED if name == "seed" else MAX_IMAGES):
+        hi = {"seed": MAX_SEED, "example_records": MAX_EXAMPLES}.get(name, MAX_IMAGES)
+        if type(v) is not int or not lo <= v <= hi:
             raise UsageError(name, f"expected a whole number >= {lo}, got {v!r}")
     if val_size is not None and (type(val_size) is not int or val_size < probe_set_size):
         raise UsageError(
@@ -182,7 +184,9 @@ class Recorder:
     the training subset) and the validation order are drawn with `seed` exactly as
     `probe train` draws them (one `probe.rundir.plan.RunPlan`); `subset_train_size` (0 = all)
     names that subset, and `train_indices` gives it to the loop. `val_size` validates on fewer
-    images (the probe set plus a seeded rest). `epochs` (optional) is the planned number, shown by
+    images (the probe set plus a seeded rest). `example_records` class-stratified training
+    images have their logits recorded after every epoch (`forgetting`; 0: none). `epochs`
+    (optional) is the planned number, shown by
     `probe report`. An existing, non-empty `run_dir` is refused unless `force=True` and it
     is a probe run. The files are written by the run writer (`probe.rundir.writer.RunWriter`)
     that `probe train` and `probe import` write through too.
@@ -203,6 +207,7 @@ class Recorder:
         val_size: int | None = None,
         val_batch_size: int = 256,
         full_maps: tuple[str, ...] = (),
+        example_records: int = 1000,
         epochs: int | None = None,
         force: bool = False,
         device: str | torch.device = "auto",
@@ -217,6 +222,7 @@ class Recorder:
             "val_batch_size": val_batch_size,
             "seed": seed,
             "epochs": 0 if epochs is None else epochs,
+            "example_records": example_records,
         }
         _check_sizes(sizes, val_size, probe_set_size)
         check_path(run_dir, "run_dir")
@@ -241,6 +247,7 @@ class Recorder:
             "val_batch_size": val_batch_size,
             "val_size": val_size,
             "full_maps": list(full_maps),
+            "example_records": example_records,
             "device": dev.type,
         }
         plan = RunPlan(
@@ -256,6 +263,7 @@ class Recorder:
             val_size=val_size,
             val_batch_size=val_batch_size,
             full_maps=full_maps,
+            example_records=example_records,
             source=_source or {"kind": "recorder"},
         )
         self.writer = RunWriter(plan, force=force, log=log)

@@ -92,6 +92,7 @@ def train_plan(
         channels_last=cfg.channels_last,
         config_hash=cfg.hash(),
         augmentation=augmentation.to_dict() if augmentation else None,
+        example_records=cfg.example_records,
     )
 
 
