@@ -149,8 +149,9 @@ def run_epochs(ctx: probe.Context) -> None:
     ctx.out.figure(
         "cka_epochs",
         fig,
-        caption=f"{_label(est)} ({est} HSIC) of each layer's probe-set representation with the same "
-        "layer at the last selected epoch; a row reaching 1 early means that layer settled early.",
+        caption=f"{_label(est)} ({est} HSIC) of each layer's probe-set representation with the "
+        "same layer at the last selected epoch; a row reaching 1 early means that layer settled "
+        "early.",
     )
     ctx.out.arrays(
         "cka_epochs",

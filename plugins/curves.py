@@ -88,7 +88,8 @@ def register_analyses(register) -> None:
             params=Params,
             scope="run",
             needs={"metrics"},
-            summary="Train/validation loss and accuracy, gradient norm and generalisation gap per epoch.",
+            summary="Train/validation loss and accuracy, gradient norm and generalisation gap per "
+            "epoch.",
             report_order=10,
             caption=(
                 "Loss, accuracy, gradient norm and generalisation gap per epoch; a widening gap "

@@ -62,7 +62,8 @@ def first_conv_weight(ctx: probe.Context, epoch: int):
 
 
 def to_images(w, normalize: str):
-    """[out, in, kh, kw] weights -> [out, kh, kw, 3] images in [0, 1], each filter scaled on its own.
+    """[out, in, kh, kw] weights -> [out, kh, kw, 3] images in [0, 1], each filter scaled on its
+    own.
 
     Three input channels are shown as RGB; any other count as the channel mean in grey.
     """
@@ -132,8 +133,8 @@ def run_grid(ctx: probe.Context) -> None:
         "filters",
         fig,
         caption="First-layer filters as RGB images, each scaled on its own, with their "
-        "norms (the scaling hides size). Trained filters look like oriented edges and colour blobs; "
-        "noise means the layer has not learnt yet.",
+        "norms (the scaling hides size). Trained filters look like oriented edges and colour "
+        "blobs; noise means the layer has not learnt yet.",
     )
     ctx.out.arrays("filters", attrs={"layer": name}, weight=w.astype(np.float32), norms=norms)
     ctx.out.scalar("mean_norm", float(norms.mean()))
@@ -163,9 +164,8 @@ def run_evolution(ctx: probe.Context) -> None:
         shown = epochs
     W = np.stack([weights[e] for e in epochs])  # [E, out, in, kh, kw]
     n_filters = min(p.max_filters, W.shape[1])
-    imgs = np.stack(
-        [to_images(weights[e][:n_filters], p.normalize) for e in shown]
-    )  # [epochs, filters, h, w, 3]
+    # [epochs, filters, h, w, 3]
+    imgs = np.stack([to_images(weights[e][:n_filters], p.normalize) for e in shown])
     strip = tile(imgs.reshape(-1, *imgs.shape[2:]), len(shown), n_filters)
 
     flat = W.reshape(len(epochs), W.shape[1], -1)
@@ -245,7 +245,8 @@ def register_analyses(register) -> None:
             params=Params,
             scope="epoch",
             needs={"model"},
-            summary="The first conv layer's filters as an image grid (each filter scaled on its own), with norms.",
+            summary="The first conv layer's filters as an image grid (each filter scaled on its "
+            "own), with norms.",
             report_order=20,
             caption=(
                 "First-layer convolution filters shown as colour patches; smooth oriented edges "
@@ -261,7 +262,8 @@ def register_analyses(register) -> None:
             params=EvolutionParams,
             scope="run",
             needs={"model"},
-            summary="The first conv layer's filters from initialisation to the last epoch, with norm and change.",
+            summary="The first conv layer's filters from initialisation to the last epoch, with "
+            "norm and change.",
             report_order=110,
         )
     )

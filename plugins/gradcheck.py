@@ -55,7 +55,8 @@ def run(ctx: probe.Context) -> None:
     from torch import nn
 
     model = ctx.model()
-    # Conv layers are what the check is about; a model without any (an MLP) has its Linear layers checked.
+    # Conv layers are what the check is about; a model without any (an MLP) has its Linear layers
+    # checked.
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     kind, types = ("conv", (nn.Conv2d,)) if has_conv else ("linear", (nn.Linear,))
     rows = gradcheck_conv_layers(
@@ -134,16 +135,16 @@ def run(ctx: probe.Context) -> None:
     # nothing resolvable (every gradient under the floor, e.g. all exactly 0) checks nothing
     passed = bool(resolved) and all(r.agrees(THRESHOLD) for r in rows)
     ax.set_title(
-        f"gradient check, epoch {ctx.epoch}: {len(rows)} weights, {len(x)} images, float64 eval mode, "
-        f"eps={p.eps:g}{', patterns frozen' if p.freeze_kinks else ''}; max {worst:.1e}",
+        f"gradient check, epoch {ctx.epoch}: {len(rows)} weights, {len(x)} images, float64 eval "
+        f"mode, eps={p.eps:g}{', patterns frozen' if p.freeze_kinks else ''}; max {worst:.1e}",
         fontsize=9,
     )
     ctx.out.figure(
         "gradcheck",
         fig,
         caption="Relative error between autograd and central differences per sampled "
-        f"{kind} weight (bar: median); every point below the dashed 1e-6 line means backprop agrees with "
-        "the finite differences.",
+        f"{kind} weight (bar: median); every point below the dashed 1e-6 line means backprop "
+        "agrees with the finite differences.",
     )
     ctx.out.json(
         "gradcheck",
@@ -162,7 +163,8 @@ def run(ctx: probe.Context) -> None:
             else "nothing",
             "resolution": rows[0].resolution,
             "passes_if": "rel_error < threshold, or abs_error <= resolution (float64 finite "
-            "differences cannot resolve less); max/median_rel_error leave out below_resolution rows",
+            "differences cannot resolve less); max/median_rel_error leave out below_resolution "
+            "rows",
             "rows": [r.to_dict() for r in rows],
         },
     )
@@ -183,7 +185,8 @@ def register_analyses(register) -> None:
             params=Params,
             scope="epoch",
             needs={"model", "analysis_batch"},
-            summary="Autograd vs float64 central differences for sampled weights of every conv layer (Linear without conv).",
+            summary="Autograd vs float64 central differences for sampled weights of every conv "
+            "layer (Linear without conv).",
             report_order=60,
             caption=(
                 "Backpropagated against finite-difference gradients per parameter tensor; "

@@ -33,7 +33,8 @@ MAX_STEPS = 10_000
 MAX_IMAGES = 100_000
 MAX_BASIS_BYTES = 8 << 30
 MAX_BATCHES = 64
-# Defaults that make a default run give the trace and the density the README lists (costs: docs/curvature.md).
+# Defaults that make a default run give the trace and the density the README lists (costs:
+# docs/curvature.md).
 TRACE_SAMPLES = 20
 DENSITY_STEPS = 40
 
@@ -148,18 +149,19 @@ class Params:
             raise ValueError("blocks must be at most 1000 characters")
         if self.trace_method == "hutch++" and 0 < self.trace_samples < 6:
             raise ValueError(
-                "trace_samples must be 0 or >= 6 with trace_method=hutch++ (a third sketches, a third "
-                "is exact, the rest needs two samples for a standard error)"
+                "trace_samples must be 0 or >= 6 with trace_method=hutch++ (a third sketches, a "
+                "third is exact, the rest needs two samples for a standard error)"
             )
         if self.trace_method == "hutch++" and (self.batches > 1 or self.blocks != "none"):
             raise ValueError(
-                "trace_method=hutch++ estimates one operator's trace: use batches=1 and blocks=none "
-                "(hutchinson gives per-batch and per-block traces)"
+                "trace_method=hutch++ estimates one operator's trace: use batches=1 and "
+                "blocks=none (hutchinson gives per-batch and per-block traces)"
             )
 
 
 def check_cost(p: Params, n: int) -> None:
-    """Refuse, at job start, eigenvalue counts and Krylov bases the model cannot have or memory cannot hold."""
+    """Refuse, at job start, eigenvalue counts and Krylov bases the model cannot have or memory
+    cannot hold."""
     if p.top_k + p.smallest > n:
         raise probe.UsageError(
             "--param top_k",
@@ -220,7 +222,8 @@ def hessian_config(p: Params, weight_decay: float) -> HessianConfig:
 
 
 def epoch_piece(job: tuple):
-    """One epoch's analysis, rebuilt from the run directory: an independent piece for an executor."""
+    """One epoch's analysis, rebuilt from the run directory: an independent piece for an
+    executor."""
     from probe.numerics import hessian_analysis
 
     run_dir, epoch, device, n, config = job
@@ -274,9 +277,9 @@ def run(ctx: probe.Context) -> None:
     arrays, attrs = series(rows, p)
     attrs["trace_method"] = p.trace_method
     lrs = {m["epoch"]: m.get("lr") for m in ctx.metrics(ctx.epochs)}
-    # The edge of stability (Cohen et al., 2021): gradient descent with step size lr is unstable along
-    # directions of curvature above 2/lr; heavy-ball momentum beta moves the threshold to 2(1+beta)/lr.
-    # Adam's threshold is on the preconditioned Hessian, so no line is drawn for it.
+    # The edge of stability (Cohen et al., 2021): gradient descent with step size lr is unstable
+    # along directions of curvature above 2/lr; heavy-ball momentum beta moves the threshold to
+    # 2(1+beta)/lr. Adam's threshold is on the preconditioned Hessian, so no line is drawn for it.
     opt = train.get("optimizer", "SGD")
     factor = {"SGD": 2.0, "SGD_mom": 2.0 * (1 + float(train.get("momentum", 0.0)))}.get(opt)
     if factor is not None:
@@ -436,13 +439,15 @@ def series(rows: list, p: Params) -> tuple[dict, dict]:
         "dtype": rep.dtype,
         "parameters": rep.names,
         "per_batch": p.per_batch if p.batches > 1 else "",
-        "labels": "LA: largest algebraic, SA: smallest algebraic, LM: largest magnitude (may be negative)",
-        "layout": "unsuffixed eigenvalues, vectors and traces: the combined operator (mean loss over all "
-        "batches); *_per_batch: each batch, with *_per_batch_residual and *_per_batch_converged; "
-        "*_mean_over_batches, *_se_over_batches: mean and standard error (std/sqrt(n)) over the n "
-        "batches whose value converged (*_n_converged_over_batches); trace_stderr: Hutchinson's error of the combined trace; "
-        "*_vectors: float32 unit eigenvectors over the flat parameters in the order of 'parameters'; "
-        "block_top_vectors: each block's top eigenvector in its own coordinates, zero elsewhere",
+        "labels": "LA: largest algebraic, SA: smallest algebraic, LM: largest magnitude (may be "
+        "negative)",
+        "layout": "unsuffixed eigenvalues, vectors and traces: the combined operator (mean loss "
+        "over all batches); *_per_batch: each batch, with *_per_batch_residual and "
+        "*_per_batch_converged; *_mean_over_batches, *_se_over_batches: mean and standard error "
+        "(std/sqrt(n)) over the n batches whose value converged (*_n_converged_over_batches); "
+        "trace_stderr: Hutchinson's error of the combined trace; *_vectors: float32 unit "
+        "eigenvectors over the flat parameters in the order of 'parameters'; block_top_vectors: "
+        "each block's top eigenvector in its own coordinates, zero elsewhere",
     }
     if block_names:
         attrs.update(
@@ -513,7 +518,8 @@ def _figure(ctx, a, top_label: str, other: str | None, density, batches: int) ->
         ax2.errorbar(a["epoch"], a["trace"], yerr=err, color="grey", alpha=0.6, label="trace")
         ax2.set_ylabel(f"trace ({ctx.params.trace_method}, +- 1 s.e.)", color="grey")
     if "edge_of_stability" in a:
-        # a dash marker per epoch: epoch 0 has no lr, so a two-epoch series has one point and no line
+        # a dash marker per epoch: epoch 0 has no lr, so a two-epoch series has one point and no
+        # line
         ax.plot(
             a["epoch"],
             a["edge_of_stability"],
@@ -528,7 +534,10 @@ def _figure(ctx, a, top_label: str, other: str | None, density, batches: int) ->
     name = "GGN" if ctx.params.operator == "ggn" else "Hessian"
     title = f"{name} eigenvalues (x: not converged)"
     if batches > 1:
-        title = f"{name} eigenvalues, {batches} batches\n(lines: combined; bars: mean +- s.e. over batches)"
+        title = (
+            f"{name} eigenvalues, {batches} batches\n(lines: combined; bars: mean +- s.e. over "
+            "batches)"
+        )
     ax.set(xlabel="epoch", ylabel="eigenvalue", title=title)
     ax.legend(fontsize=7)
     ax = axes[1]
@@ -607,7 +616,8 @@ def _block_figure(ctx, a, names: list[str]) -> None:
         "hessian_blocks",
         fig,
         caption="Per parameter block (a layer's weight and bias by default): the "
-        "top eigenvalue and the trace of its diagonal Hessian block, per epoch, on the combined batches.",
+        "top eigenvalue and the trace of its diagonal Hessian block, per epoch, on the combined "
+        "batches.",
     )
 
 
@@ -621,8 +631,8 @@ def register_analyses(register) -> None:
             scope="run",
             needs={"model", "analysis_batch", "config", "metrics"},
             version="3",
-            summary="Largest/smallest Hessian eigenvalues (Lanczos), trace, density and per-layer blocks per epoch, "
-            "over one or several batches, warm-started.",
+            summary="Largest/smallest Hessian eigenvalues (Lanczos), trace, density and per-layer "
+            "blocks per epoch, over one or several batches, warm-started.",
             report_order=70,
             caption=(
                 "Top eigenvalues of the loss Hessian on the analysis batch; larger values mean a "

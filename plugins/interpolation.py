@@ -16,7 +16,8 @@ Between the final weights of two runs that differ only in seed (Frankle et al.'s
 instability test) the same computation applies, as
 `probe.numerics.interpolation.linear_mode_barrier(model, state_a, state_b, x, y)`; an
 analysis of one run reads only that run through its Context, so that part is the sweep
-command `probe barrier SWEEP_DIR`, and the result says so. Numerics: `probe.numerics.interpolation` (docs/dynamics.md).
+command `probe barrier SWEEP_DIR`, and the result says so. Numerics:
+`probe.numerics.interpolation` (docs/dynamics.md).
 """
 
 from __future__ import annotations

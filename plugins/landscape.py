@@ -148,9 +148,8 @@ def _data(ctx: probe.Context, n_images: int, batches: int, calib_images: int, bn
     batch = ctx.analysis_batch()
     x = batch.normalized(ctx.device)
     calib = x[-calib_images:] if bn == "recalibrate" else None
-    n = (
-        min(n_images, len(x)) if batches == 1 else n_images
-    )  # one batch: as before, at most what is stored
+    # one batch: as before, at most what is stored
+    n = min(n_images, len(x)) if batches == 1 else n_images
     parts = split_batches(x, batch.labels, batches, n)
     return torch.cat([xb for xb, _ in parts]), torch.cat([yb for _, yb in parts]), parts, calib
 
@@ -330,9 +329,10 @@ def _save(ctx: probe.Context, s, extra: dict, where: str, path=None, captured=No
     note = f"BatchNorm {s.bn}, {s.n_samples} images, eval mode, float32"
     if "center_batches" in extra:
         note += (
-            f"; centre loss {extra['center_loss_batch_mean']:.4g} +- {extra['center_loss_batch_stderr']:.2g} "
-            f"(mean +- s.e. over {extra['center_batches']} disjoint batches of "
-            f"{extra['center_images_per_batch']}; the grid uses all of them combined)"
+            f"; centre loss {extra['center_loss_batch_mean']:.4g} +- "
+            f"{extra['center_loss_batch_stderr']:.2g} (mean +- s.e. over {extra['center_batches']} "
+            f"disjoint batches of {extra['center_images_per_batch']}; the grid uses all of them "
+            "combined)"
         )
     if s.beta is not None:
         fig3 = plt.figure(figsize=(6.5, 5))
@@ -369,7 +369,8 @@ def register_analyses(register) -> None:
             scope="epoch",
             version="2",
             needs={"model", "checkpoint", "analysis_batch", "trajectory"},
-            summary="Loss/accuracy surface along filter-normalised, random or trajectory-PCA directions, eval mode.",
+            summary="Loss/accuracy surface along filter-normalised, random or trajectory-PCA "
+            "directions, eval mode.",
             report_order=80,
             caption=(
                 "Training loss along random filter-normalised directions around the weights; a "

@@ -217,8 +217,9 @@ def run(ctx: probe.Context) -> None:
                 for e in shown
             }
             how = (
-                f"axes = PCs of epoch {epochs[-1]} (PC1 {100 * ref.explained_variance_ratio[0]:.1f}%, "
-                f"PC2 {100 * ref.explained_variance_ratio[1]:.1f}% of its variance)"
+                f"axes = PCs of epoch {epochs[-1]} (PC1 "
+                f"{100 * ref.explained_variance_ratio[0]:.1f}%, PC2 "
+                f"{100 * ref.explained_variance_ratio[1]:.1f}% of its variance)"
             )
         else:
             titles = {
@@ -239,8 +240,8 @@ def run(ctx: probe.Context) -> None:
             "pca",
             fig,
             caption="PCA of the probe set per epoch on shared axes; class clusters "
-            "pulling apart over epochs is the representation becoming class-selective. Titles: share of "
-            "that epoch's variance along each axis.",
+            "pulling apart over epochs is the representation becoming class-selective. Titles: "
+            "share of that epoch's variance along each axis.",
         )
         arrays["pca"] = np.stack([pca_xy[e] for e in epochs]).astype(np.float32)
         arrays["pca_explained_variance_ratio"] = np.stack([evr[e] for e in epochs])
@@ -268,8 +269,8 @@ def run(ctx: probe.Context) -> None:
             labels,
             names,
             titles,
-            f"t-SNE of {what}\nperplexity {perp:.3g} ({backend}), started from the shared PCA axes, "
-            f"rotated onto epoch {epochs[-1]}'s",
+            f"t-SNE of {what}\nperplexity {perp:.3g} ({backend}), started from the shared PCA "
+            f"axes, rotated onto epoch {epochs[-1]}'s",
             ("t-SNE 1", "t-SNE 2"),
             p.same_scale,
         )
@@ -302,7 +303,8 @@ def register_analyses(register) -> None:
             params=Params,
             scope="run",
             needs={"activations", "probe_set"},
-            summary="PCA and t-SNE of a layer's probe-set activations per epoch, on axes shared across epochs.",
+            summary="PCA and t-SNE of a layer's probe-set activations per epoch, on axes shared "
+            "across epochs.",
             report_order=30,
             caption=(
                 "The probe images' activations projected to 2-D and coloured by class; tighter, "

@@ -124,7 +124,8 @@ def register_analyses(register) -> None:
             params=Params,
             scope="epoch",
             needs={"activations", "probe_set"},
-            summary="Cosine similarity matrix of the probe set at a layer, sorted by class; within- vs between-class.",
+            summary="Cosine similarity matrix of the probe set at a layer, sorted by class; "
+            "within- vs between-class.",
             report_order=40,
             caption=(
                 "Representational similarity matrix of the probe images sorted by class; bright "

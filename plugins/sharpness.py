@@ -113,8 +113,8 @@ def run(ctx: probe.Context) -> None:
         "images": total,
         "batches": p.batches,
         "images_per_batch": n,
-        "data": f"the run's stored un-augmented analysis batch, first {total} images, split in order into "
-        f"{p.batches} disjoint batch(es)",
+        "data": f"the run's stored un-augmented analysis batch, first {total} images, split in "
+        f"order into {p.batches} disjoint batch(es)",
         "batchnorm": "eval (running statistics)",
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "perturbed": "every trainable parameter: weights, biases and BatchNorm affine terms",
@@ -180,8 +180,9 @@ def run(ctx: probe.Context) -> None:
         f"{results[0].base_loss:.4f}, {total} images, eval BN)",
     )
     caption = (
-        "Loss increase under the worst perturbation found (lower bound) and under random noise (bar: "
-        f"the combined value on all {total} images, +- 1 Monte Carlo s.e. for the average case"
+        "Loss increase under the worst perturbation found (lower bound) and under random noise "
+        f"(bar: the combined value on all {total} images, +- 1 Monte Carlo s.e. for the average "
+        "case"
     )
     if p.batches > 1:
         caption += (
@@ -190,8 +191,8 @@ def run(ctx: probe.Context) -> None:
     caption += "); larger means a sharper minimum at that radius."
     if avg.distinguishable_from_zero is False:
         caption += (
-            f" The average-case value {avg.increase:.3g} is within 2 s.e. ({avg.stderr:.2g}) of zero: "
-            f"indistinguishable from zero at {avg.samples} samples."
+            f" The average-case value {avg.increase:.3g} is within 2 s.e. ({avg.stderr:.2g}) of "
+            f"zero: indistinguishable from zero at {avg.samples} samples."
         )
     ctx.out.figure("sharpness", fig, caption=caption)
     ctx.out.scalar("base_loss", results[0].base_loss)
@@ -216,7 +217,8 @@ def register_analyses(register) -> None:
             scope="epoch",
             version="2",
             needs={"model", "analysis_batch"},
-            summary="Worst-case (Keskar), adaptive (ASAM) and average-case sharpness as loss increases, eval mode.",
+            summary="Worst-case (Keskar), adaptive (ASAM) and average-case sharpness as loss "
+            "increases, eval mode.",
             report_order=90,
             caption=(
                 "Loss increase under small weight perturbations of a given radius; lower means a "

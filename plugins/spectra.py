@@ -28,10 +28,10 @@ CAPTION_ESD = (
     "alpha unreliable (see n_tail and the KS distance D)."
 )
 CAPTION_ALPHA = (
-    "Power-law exponent alpha of each layer's ESD tail. WeightWatcher reads 2 <= alpha <= 6 (shaded) "
-    "as well trained, alpha < 2 as possibly over-fit and alpha > 6 as under-trained (Martin & Mahoney "
-    "2021); these are empirical heuristics from large trained networks, not guarantees, and a small "
-    "layer's alpha rests on few eigenvalues."
+    "Power-law exponent alpha of each layer's ESD tail. WeightWatcher reads 2 <= alpha <= 6 "
+    "(shaded) as well trained, alpha < 2 as possibly over-fit and alpha > 6 as under-trained "
+    "(Martin & Mahoney 2021); these are empirical heuristics from large trained networks, not "
+    "guarantees, and a small layer's alpha rests on few eigenvalues."
 )
 CAPTION_EPOCHS = (
     "Alpha, stable rank and spectral norm of every layer across training. WeightWatcher reads "
@@ -74,12 +74,13 @@ def provenance(epochs: list[int]) -> dict[str, Any]:
         else f"checkpoints of epochs {epochs}",
         "data": "none (data-free: weights only)",
         "dtype": "float32 weights, float64 SVD (scipy)",
-        "which_layers": "every Conv2d and Linear layer, in network order; biases and BatchNorm left out",
-        "convention": "weightwatcher 0.7 analyze() defaults: conv2d_fft=False, conv2d_norm=True, pool=True, "
-        "pl_package='ww', xmax=None, fix_fingers=False, eigenvalues > 1e-5 fitted, min_evals=8, "
-        "max_evals=15000",
-        "eigenvalues": "squared singular values of each matrix (X = W^T W, no 1/N); a Conv2d slice scaled by "
-        "1/sqrt(2) first",
+        "which_layers": "every Conv2d and Linear layer, in network order; biases and BatchNorm "
+        "left out",
+        "convention": "weightwatcher 0.7 analyze() defaults: conv2d_fft=False, conv2d_norm=True, "
+        "pool=True, pl_package='ww', xmax=None, fix_fingers=False, eigenvalues > 1e-5 fitted, "
+        "min_evals=8, max_evals=15000",
+        "eigenvalues": "squared singular values of each matrix (X = W^T W, no 1/N); a Conv2d slice "
+        "scaled by 1/sqrt(2) first",
         "alpha_band": list(ALPHA_BAND),
     }
 
@@ -311,7 +312,8 @@ def register_analyses(register) -> None:
             params=Params,
             scope="epoch",
             needs={"checkpoint"},
-            summary="Data-free weight spectra per layer (WeightWatcher's): ESD, power-law alpha, stable rank, spectral norm.",
+            summary="Data-free weight spectra per layer (WeightWatcher's): ESD, power-law alpha, "
+            "stable rank, spectral norm.",
             figure_captions={"esd": CAPTION_ESD, "alpha": CAPTION_ALPHA},
             report_order=120,
         )
@@ -323,7 +325,8 @@ def register_analyses(register) -> None:
             params=probe.NoParams,
             scope="run",
             needs={"checkpoint"},
-            summary="Power-law alpha, stable rank and spectral norm of every layer's weights across epochs (data-free).",
+            summary="Power-law alpha, stable rank and spectral norm of every layer's weights "
+            "across epochs (data-free).",
             figure_captions={"spectra_epochs": CAPTION_EPOCHS},
             report_order=130,
         )

@@ -1,4 +1,5 @@
-"""Where the analysis runner used to live; kept so plugin tests written against the old docs still import.
+"""Where the analysis runner used to live; kept so plugin tests written against the old docs still
+import.
 
 New code imports `run_analyses` and `Outcome` from `probe.analysis.runner`.
 """

@@ -271,7 +271,8 @@ def train(
     "--epochs",
     "-e",
     default=None,
-    help="all, last, first, 0,5,last, 2-6 or ::5 [default: all for run-wide analyses, last otherwise].",
+    help="all, last, first, 0,5,last, 2-6 or ::5 [default: all for run-wide analyses, last "
+    "otherwise].",
 )
 @click.option(
     "--param",
@@ -296,8 +297,8 @@ def train(
     "--workers",
     type=click.IntRange(min=0),
     default=None,
-    help="Send the independent pieces of a job (landscape grid rows, per-epoch Hessian pieces) to N local "
-    "worker processes.",
+    help="Send the independent pieces of a job (landscape grid rows, per-epoch Hessian pieces) to "
+    "N local worker processes.",
 )
 @click.option(
     "--dask-workers",
@@ -340,7 +341,8 @@ def analyze(
     if not plugins:
         raise UsageError(
             "--plugin",
-            f"name at least one analysis or use --all (installed: {', '.join(sorted(reg.analyses)) or 'none'})",
+            "name at least one analysis or use --all (installed: "
+            f"{', '.join(sorted(reg.analyses)) or 'none'})",
         )
     analyses = [reg.get(p) for p in dict.fromkeys(plugins)]
     routed = split_params(list(params), analyses)

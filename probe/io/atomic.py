@@ -161,9 +161,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         raise ProbeError(
             f"{target}: could not write ({exc.strerror or exc}); nothing was replaced"
         ) from exc
-    os.chmod(
-        tmp, 0o777 & ~_umask()
-    )  # mkdtemp makes 0700; results are read by reports and other users
+    # mkdtemp makes 0700; results are read by reports and other users
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         fsync_dir(tmp)
@@ -177,8 +176,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 def _refuse_link(target: Path) -> None:
     if os.path.islink(target):
         raise ProbeError(
-            f"{target}: is a symbolic link; probe replaces only folders it made, never a link's target "
-            "(remove the link)"
+            f"{target}: is a symbolic link; probe replaces only folders it made, never a link's "
+            "target (remove the link)"
         )
 
 
@@ -194,9 +193,8 @@ def _swap_into_place(tmp: Path, target: Path, attempts: int = 10) -> None:
     try:
         for attempt in range(attempts):
             try:
-                _refuse_link(
-                    target
-                )  # checked again at the swap: it may have been put there meanwhile
+                # checked again at the swap: it may have been put there meanwhile
+                _refuse_link(target)
                 if os.path.lexists(target):
                     old = Path(
                         tempfile.mkdtemp(
@@ -220,7 +218,7 @@ def _swap_into_place(tmp: Path, target: Path, attempts: int = 10) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-# --- what killed writers left --------------------------------------------------------------------------
+# --- what killed writers left ---------------------------------------------------------------------
 
 # `.<name>.<pid>.<random>[<suffix>].tmp` (atomic_path, atomic_dir) and `.<name>.<pid>.<random>.old`
 # (a swapped-out result folder); mkstemp's random part is 8 of [a-z0-9_].

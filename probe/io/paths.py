@@ -18,7 +18,8 @@ from pathlib import Path, PurePosixPath
 
 from probe.errors import ProbeError
 
-NAME_MAX = 255  # bytes in one file name on every filesystem probe is used on (ext4, xfs, btrfs, apfs, tmpfs)
+# bytes in one file name on every filesystem probe is used on (ext4, xfs, btrfs, apfs, tmpfs)
+NAME_MAX = 255
 
 
 class ConfinementError(ProbeError):
@@ -95,33 +96,37 @@ def is_link(path: str | Path) -> bool:
 
 
 def check_name(name: object, where: str) -> str:
-    """A single folder name read from disk (a sweep point, a status key): no separator, no `..`, not too long."""
+    """A single folder name read from disk (a sweep point, a status key): no separator, no `..`, not
+    too long."""
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\0" in name:
         raise ConfinementError(
             f"{where}: {name!r} is not a folder name (it must be one name, no '/' or '..')"
         )
     if len(os.fsencode(name)) > NAME_MAX:
         raise ConfinementError(
-            f"{where}: a name of {len(os.fsencode(name))} bytes is longer than a folder name may be "
-            f"({NAME_MAX})"
+            f"{where}: a name of {len(os.fsencode(name))} bytes is longer than a folder name may "
+            f"be ({NAME_MAX})"
         )
     return name
 
 
 def child_dir(parent: str | Path, name: object, where: str) -> Path:
-    """`parent/name` for a name read from a file in `parent` (a sweep point): one name, not a link."""
+    """`parent/name` for a name read from a file in `parent` (a sweep point): one name, not a
+    link."""
     return confined(parent, check_name(name, where))
 
 
 def longest_name(path: str | Path) -> tuple[str, int]:
-    """The longest component of `path` and its length in bytes (to check NAME_MAX before writing)."""
+    """The longest component of `path` and its length in bytes (to check NAME_MAX before
+    writing)."""
     parts = Path(path).parts or ("",)
     longest = max(parts, key=lambda s: len(os.fsencode(s)))
     return longest, len(os.fsencode(longest))
 
 
 def path_max(path: str | Path) -> int:
-    """PATH_MAX of the filesystem holding `path` (or its nearest existing ancestor); 4096 if unknown."""
+    """PATH_MAX of the filesystem holding `path` (or its nearest existing ancestor); 4096 if
+    unknown."""
     p = Path(path).absolute()
     for candidate in (p, *p.parents):
         if candidate.exists():

@@ -48,9 +48,8 @@ from typing import Any, BinaryIO
 
 from probe.errors import RunFileError
 
-MAX_JSON_BYTES = (
-    64 << 20
-)  # config.json, manifests and metrics are kilobytes; a long run's metrics a few MB
+# config.json, manifests and metrics are kilobytes; a long run's metrics a few MB
+MAX_JSON_BYTES = 64 << 20
 MAX_CONFIG_BYTES = 1 << 20  # config.json, a manifest, a failure record: kilobytes
 MAX_TOML_BYTES = 1 << 20  # config and sweep files are written by hand
 MAX_DEPTH = 64  # probe's own files nest 4 deep at most
@@ -77,7 +76,8 @@ class MissingFileError(RunFileError, FileNotFoundError):
 
 
 class NotJSONError(RunFileError):
-    """Text that does not parse as JSON (as opposed to JSON that is too deep or holds a huge integer)."""
+    """Text that does not parse as JSON (as opposed to JSON that is too deep or holds a huge
+    integer)."""
 
 
 def _kind(mode: int) -> str:
@@ -93,7 +93,8 @@ def _check_within(path: Path, within: str | Path) -> None:
     if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
         raise RunFileError(
             path,
-            f"lies outside {within} through a symbolic link (resolves to {real}); probe reads nothing outside it",
+            f"lies outside {within} through a symbolic link (resolves to {real}); probe reads "
+            "nothing outside it",
         )
 
 
@@ -215,7 +216,8 @@ def loads_json(
     max_depth: int = MAX_DEPTH,
     max_int_digits: int = MAX_INT_DIGITS,
 ) -> Any:
-    """Parse JSON text; too deep, too-long integers or malformed text is one RunFileError naming `source`."""
+    """Parse JSON text; too deep, too-long integers or malformed text is one RunFileError naming
+    `source`."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -255,7 +257,8 @@ def read_jsonl(
     skip_torn_tail: bool = True,
     numbered: bool = False,
 ) -> list[Any]:
-    """One JSON value per non-empty line; a malformed last line (a crash mid-append) is skipped if asked.
+    """One JSON value per non-empty line; a malformed last line (a crash mid-append) is skipped if
+    asked.
 
     With `numbered`, (line number, value) pairs. An error names the file and the
     line: `<path>: line N is not JSON`, `<path>: line N is nested more than 64 levels deep`.
@@ -278,7 +281,8 @@ def read_jsonl_lines(
     within: str | Path | None = None,
     skip_torn_tail: bool = True,
 ) -> list[tuple[int, Any]]:
-    """(line number, value) per non-empty line, for readers that skip a bad line rather than the file.
+    """(line number, value) per non-empty line, for readers that skip a bad line rather than the
+    file.
 
     A line that does not parse comes back with, as its value, the RunFileError that
     `read_jsonl` raises for it (`<path>: line N ...`; nothing JSON parses to is one);
@@ -350,7 +354,8 @@ def read_toml(
 def sha256_file(
     path: str | Path, max_bytes: int | None = None, *, within: str | Path | None = None
 ) -> str:
-    """SHA-256 (hex) of a regular file; a link, FIFO or device is refused before a byte is hashed."""
+    """SHA-256 (hex) of a regular file; a link, FIFO or device is refused before a byte is
+    hashed."""
     path = Path(path)
     h = hashlib.sha256()
     with open_regular(path, max_bytes, within=within) as fh:
@@ -366,7 +371,8 @@ def sha256_file(
 def regular_path(
     path: str | Path, max_bytes: int | None = None, *, within: str | Path | None = None
 ) -> Iterator[str]:
-    """A file name for the checked regular file `path`, valid inside the `with` block (see the module docstring)."""
+    """A file name for the checked regular file `path`, valid inside the `with` block (see the
+    module docstring)."""
     with open_regular(path, max_bytes, within=within) as fh:
         fd_path = f"/proc/self/fd/{fh.fileno()}"
         yield fd_path if os.path.exists(fd_path) else str(path)

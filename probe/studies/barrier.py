@@ -1,4 +1,5 @@
-"""`probe barrier`: the loss barrier between the final weights of sweep runs that differ only in seed.
+"""`probe barrier`: the loss barrier between the final weights of sweep runs that differ only in
+seed.
 
 Frankle et al. (2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis") call
 two trainings of one network from different seeds linearly connected when the loss along

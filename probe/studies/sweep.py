@@ -140,7 +140,7 @@ class SweepSpec:
         }
 
 
-# --- reading a sweep file ----------------------------------------------------------------------------
+# --- reading a sweep file -------------------------------------------------------------------------
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
@@ -266,7 +266,8 @@ def _read_analyses(table: dict[str, Any], path: Path) -> Analyses:
 
 
 def check_plugins(spec: SweepSpec) -> None:
-    """Fail now, not after hours of training, if an analysis is not installed or a parameter is wrong."""
+    """Fail now, not after hours of training, if an analysis is not installed or a parameter is
+    wrong."""
     if not spec.analyses.plugins:
         return
 
@@ -294,7 +295,8 @@ def with_params(spec: SweepSpec, pairs: tuple[str, ...]) -> SweepSpec:
 
 
 def point_name(values: dict[str, Any]) -> str:
-    """`optimizer=SGD,lr=0.001` (a model parameter by its own name: `depth=56`): readable, and a safe directory name."""
+    """`optimizer=SGD,lr=0.001` (a model parameter by its own name: `depth=56`): readable, and a
+    safe directory name."""
     return ",".join(
         f"{k.removeprefix(MODEL_PREFIX)}={_safe(format_value(v))}" for k, v in values.items()
     )
@@ -334,12 +336,13 @@ def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-# --- the state of each point on disk -------------------------------------------------------------------
+# --- the state of each point on disk --------------------------------------------------------------
 
 
 def point_dir(sweep_dir: str | Path, name: object) -> Path:
-    """The run directory of the point called `name` (as read from sweep.json): one folder name inside
-    `sweep_dir`, not a link. A name like `/some/other/dir` or `../x` is a one-line error naming sweep.json."""
+    """The run directory of the point called `name` (as read from sweep.json): one folder name
+    inside `sweep_dir`, not a link. A name like `/some/other/dir` or `../x` is a one-line error
+    naming sweep.json."""
     return child_dir(sweep_dir, name, f"{Path(sweep_dir) / SWEEP_FILE}: point")
 
 
@@ -402,9 +405,8 @@ def plan(
     wanted = spec.analyses.to_dict()
     done, todo = [], []
     for point in spec.points():
-        run_dir = point_dir(
-            sweep_dir, point.name
-        )  # a link there would make training write elsewhere
+        # a link there would make training write elsewhere
+        run_dir = point_dir(sweep_dir, point.name)
         check_existing(run_dir, point)
         entry = status.get(point.name, {})
         finished = (
@@ -416,7 +418,7 @@ def plan(
     return done, todo, status
 
 
-# --- what runs on a worker -------------------------------------------------------------------------------
+# --- what runs on a worker ------------------------------------------------------------------------
 
 
 def run_point(run_dir: str, config: dict[str, Any], analyses: dict[str, Any]) -> dict[str, Any]:
@@ -467,7 +469,7 @@ def warm_data(points: list[Point]) -> None:
         load_dataset(name, source or None, quiet=False)
 
 
-# --- the command -------------------------------------------------------------------------------------------
+# --- the command ----------------------------------------------------------------------------------
 
 
 def run_sweep(
@@ -524,7 +526,8 @@ def run_sweep(
                 else "val_acc n/a"
             )
             echo(
-                f"[{i:>{width}}/{len(todo)}] done    {outcome.key}  {detail}  {_duration(outcome.seconds)}"
+                f"[{i:>{width}}/{len(todo)}] done    {outcome.key}  {detail}  "
+                f"{_duration(outcome.seconds)}"
             )
         else:
             entry.update(error=outcome.error, traceback=outcome.traceback)
@@ -542,7 +545,8 @@ def run_sweep(
         echo(f"  failed: {key}: {err}")
     if failed:
         echo(
-            f"tracebacks are in {sweep_dir / STATUS_FILE}; rerun the same command to retry the failed runs"
+            f"tracebacks are in {sweep_dir / STATUS_FILE}; rerun the same command to retry the "
+            "failed runs"
         )
     return len(failed)
 
@@ -576,12 +580,14 @@ def _duration(seconds: float) -> str:
 @click.option(
     "--workers",
     type=click.IntRange(min=0),
-    help="Local worker processes; the cores are divided between them [default: half the cores, at most 4; 0 = in this process].",
+    help="Local worker processes; the cores are divided between them [default: half the cores, at "
+    "most 4; 0 = in this process].",
 )
 @click.option(
     "--scheduler",
     metavar="ADDRESS",
-    help="Run on this Dask scheduler (tcp://host:8786); run directories must be on a filesystem the workers share.",
+    help="Run on this Dask scheduler (tcp://host:8786); run directories must be on a filesystem "
+    "the workers share.",
 )
 @click.option(
     "--dask-workers",
@@ -593,7 +599,8 @@ def _duration(seconds: float) -> str:
     "params",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Analysis parameter over the file's [analyze.params] (repeatable); ANALYSIS.KEY=VALUE targets one analysis.",
+    help="Analysis parameter over the file's [analyze.params] (repeatable); ANALYSIS.KEY=VALUE "
+    "targets one analysis.",
 )
 @click.option(
     "--no-analyze", is_flag=True, help="Train only; a later run without it adds the analyses."
@@ -648,7 +655,8 @@ def sweep_command(
             )
             click.echo(f"{state:<9} {sweep_dir / p.name}")
         click.echo(
-            f"{len(done) + len(todo)} runs, {len(todo)} to run; analyses: {', '.join(spec.analyses.plugins) or 'none'}"
+            f"{len(done) + len(todo)} runs, {len(todo)} to run; analyses: "
+            f"{', '.join(spec.analyses.plugins) or 'none'}"
         )
         return
 

@@ -101,12 +101,12 @@ def hessian_analysis(
     converged to `tol` (about twice the products; method="power" always solves). The combined
     eigenvalues are not the mean of the per-batch ones; both are reported. Hutchinson uses the
     independent probe vectors per batch; the combined trace is the mean of the per-batch
-    samples (unbiased, by linearity) and costs nothing more, nor do the block traces. `blocks` ("none", "layer" or name
-    patterns, see `parameter_blocks`) adds the top eigenpair of each diagonal block of the
-    combined operator (warm-started from `block_init[name]`) and, with trace samples, each
-    block's trace. `operator` is "hessian", "ggn" or a callable building one batch's operator
-    from its `BatchedLoss` (labelled `operator_name`). `trace_method` is "hutchinson" or
-    "hutch++" (one batch, no blocks).
+    samples (unbiased, by linearity) and costs nothing more, nor do the block traces. `blocks`
+    ("none", "layer" or name patterns, see `parameter_blocks`) adds the top eigenpair of each
+    diagonal block of the combined operator (warm-started from `block_init[name]`) and, with
+    trace samples, each block's trace. `operator` is "hessian", "ggn" or a callable building one
+    batch's operator from its `BatchedLoss` (labelled `operator_name`). `trace_method` is
+    "hutchinson" or "hutch++" (one batch, no blocks).
     """
     cfg = HessianConfig.of(config, **options)
     losses = batch_losses(model, x, y, cfg)
