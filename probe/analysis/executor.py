@@ -196,9 +196,8 @@ class LocalExecutor(Executor):
                 while futures:
                     done, _ = cf.wait(futures, timeout=self.POLL_S, return_when=cf.FIRST_COMPLETED)
                     if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
-                        done = set(
-                            futures
-                        )  # a dead worker fails every unfinished task: sort them all
+                        # a dead worker fails every unfinished task: sort them all
+                        done = set(futures)
                         cf.wait(done)
                     for f in done:
                         task = futures.pop(f)

@@ -186,9 +186,8 @@ def write_log(run: Run, failures: list[Outcome]) -> Path:
     path = run.path / "logs" / f"analyze-{stamp}-{id(failures) % 10000:04d}.log"
     text = "\n".join(f"== {o.label}: {o.error}\n{o.traceback}" for o in failures)
     try:
-        atomic.write_text(
-            confined(run.path, path.relative_to(run.path)), text
-        )  # logs/ may have become a link
+        # logs/ may have become a link
+        atomic.write_text(confined(run.path, path.relative_to(run.path)), text)
     except ProbeError:
         pass
     return path

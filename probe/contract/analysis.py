@@ -155,7 +155,8 @@ class Analysis:
         object.__setattr__(self, "headline", dict(self.headline))  # a copy the caller cannot change
 
     def check_params(self) -> None:
-        """Raise a one-line ValueError if the params class cannot be described or its defaults break its own rules.
+        """Raise a one-line ValueError if the params class cannot be described or its
+        defaults break its own rules.
 
         Called when the plugin registers: an analysis that fails it is disabled
         (shown by `probe plugins`) instead of failing later, on some user's run.

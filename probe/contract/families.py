@@ -99,9 +99,8 @@ class ModelSpec:
     input: InputSpec
     num_classes: int
     family_version: str = "1"
-    provider: str = field(
-        default="", compare=False
-    )  # where the family came from: informs, never selects
+    # where the family came from: informs, never selects
+    provider: str = field(default="", compare=False)
     _legacy: bool = field(default=False, compare=False, repr=False)
 
     def __hash__(

@@ -131,9 +131,8 @@ class ParamSpec:
         """Why `value` (parsed or not) is not allowed, or None; shared by --param and defaults."""
         if value is None and self.default is None:
             return None
-        as_float = (
-            self.type is float and isinstance(value, int) and not isinstance(value, bool)
-        )  # 1 for 1.0
+        # 1 for 1.0
+        as_float = self.type is float and isinstance(value, int) and not isinstance(value, bool)
         if not (isinstance(value, self.type) or as_float) or (
             self.type is int and isinstance(value, bool)
         ):

@@ -312,9 +312,8 @@ def augment(
     """
     b, _, h, w = x_uint8.shape
     offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(x_uint8.device)
-    flips = (torch.rand(b, generator=gen) < 0.5).to(
-        x_uint8.device
-    )  # drawn either way: one random stream
+    # drawn either way: one random stream
+    flips = (torch.rand(b, generator=gen) < 0.5).to(x_uint8.device)
     if not flip:
         flips = torch.zeros_like(flips)
     padded = F.pad(x_uint8, (pad, pad, pad, pad))

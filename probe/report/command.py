@@ -10,9 +10,8 @@ from probe.report.pages import report
 @click.command(
     "report", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
-@click.argument(
-    "path", type=click.Path()
-)  # checked by `report`, so every bad path is a one-line error
+# checked by `report`, so every bad path is a one-line error
+@click.argument("path", type=click.Path())
 @click.option(
     "--force", is_flag=True, help="Rewrite the pages even when their inputs are unchanged."
 )

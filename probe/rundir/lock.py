@@ -149,9 +149,8 @@ def hold(run_dir: str | Path, command: str = "train") -> Iterator[Path]:
             raise ProbeError(f"{path}: cannot lock the run ({exc.strerror or exc})") from None
         if _same_file(fd, path):
             break
-        os.close(
-            fd
-        )  # the previous holder removed the file between our open and our lock: take the new one
+        # the previous holder removed the file between our open and our lock: take the new one
+        os.close(fd)
     else:
         raise ProbeError(f"{path}: cannot lock the run (the lock file keeps being replaced)")
     record: dict[str, Any] = {
@@ -170,7 +169,6 @@ def hold(run_dir: str | Path, command: str = "train") -> Iterator[Path]:
     finally:
         if _same_file(fd, path):
             with contextlib.suppress(OSError):
-                os.unlink(
-                    path
-                )  # while still holding it: a waiting taker then sees a new file and retries
+                # while still holding it: a waiting taker then sees a new file and retries
+                os.unlink(path)
         os.close(fd)

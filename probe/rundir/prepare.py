@@ -159,9 +159,8 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool, locked: bool = Fa
             rundir.ACTIVATIONS,
             rundir.DATA,
         ):
-            p = paths.confined(
-                run_dir, name
-            )  # a link here would make training write outside the run
+            # a link here would make training write outside the run
+            p = paths.confined(run_dir, name)
             if os.path.lexists(p) and not (
                 is_regular(p) if name in PROBE_FILES else is_real_dir(p)
             ):

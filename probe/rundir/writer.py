@@ -290,9 +290,8 @@ class RunWriter:
                 self.run_dir / predictions_name(epoch),
                 lambda tmp: save_file({"logits": logits}, str(tmp)),
             )
-        row["epoch_seconds"] = (
-            time.perf_counter() - t0
-        )  # the checkpoint's own copy: before its write
+        # the checkpoint's own copy: before its write
+        row["epoch_seconds"] = time.perf_counter() - t0
         checkpoint.save(
             self.run_dir / checkpoint_name(epoch),
             epoch=epoch,

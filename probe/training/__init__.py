@@ -1,1 +1,2 @@
-"""Writing runs: `probe train`'s loop and config, `probe.Recorder` for any loop, and `probe import`."""
+"""Writing runs: `probe train`'s loop and config, `probe.Recorder` for any loop, and
+`probe import`."""

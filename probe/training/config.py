@@ -40,9 +40,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
 # Bounds tied to cost (docs/reliability.md, "Bounds"): checked before anything is allocated.
-MAX_SEED = (
-    2**63 - 1
-)  # torch.manual_seed's range is 64 bits; training also seeds with seed + 1 and seed + 2
+# torch.manual_seed's range is 64 bits; training also seeds with seed + 1 and seed + 2
+MAX_SEED = 2**63 - 1
 MAX_LR = 10.0  # learning rate, weight decay and step-decay factor: far above anything that trains
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536

@@ -44,12 +44,13 @@ _TORCH_ADVICE = re.compile(
 )
 _ADVICE_SENTENCE = re.compile(r"\.?\s+(?:Please|Re-running|Do it only)\b")
 _UNPICKLER_PREFIX = re.compile(r"^WeightsUnpickler error:\s*")
+# .pt dicts that hold the state dict under a key
 _WRAPPERS = (
     "state_dict",
     "model",
     "model_state_dict",
     "net",
-)  # .pt dicts that hold the state dict under a key
+)
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 MAX_FILES = 100_000
 MAX_EPOCH = 10_000_000  # the most epochs a run may declare (probe.training.recorder)

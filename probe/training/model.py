@@ -90,9 +90,8 @@ def check_model(
     ]
     try:
         with torch.device("meta"), torch.no_grad():
-            logits = model.eval()(
-                torch.empty(1, spec.input.channels, h, w)
-            )  # eval: BatchNorm of a 1x1 map
+            # eval: BatchNorm of a 1x1 map
+            logits = model.eval()(torch.empty(1, spec.input.channels, h, w))
     except Exception as exc:  # any error of the model's own forward: the images do not fit it
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise UsageError(
