@@ -907,6 +907,18 @@ CASES = [
         0,
     ),
     Case(
+        "cache relabelled (resealed)",
+        None,
+        None,
+        load_folder_twice(
+            poison_cache(lambda t: t.__setitem__("train_y", (t["train_y"] + 1) % 10))
+        ),
+        "warning: {cache}: was not written by this user's probe, or was changed and resealed "
+        "since (its digest is not the one probe recorded in $PROBE_STATE); ignoring it and "
+        "rebuilding the cache",
+        0,
+    ),
+    Case(
         "cache 8x8 images (resealed)",
         None,
         None,

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from probe.contract.datasets import Augmentation, get_source
 from probe.errors import ProbeError, RunFileError
-from probe.io import atomic, safeio
+from probe.io import atomic, safeio, userstate
 
 
 @dataclass
@@ -237,6 +237,12 @@ def read_cache(
             meta = dict(f.metadata() or {})
             t = {k: f.get_tensor(k) for k in f.keys()}
         check_cache(path, t, meta, classes, shape)
+        if _recorded_digest(path) != meta.get("content_sha256"):
+            raise RunFileError(
+                path,
+                "was not written by this user's probe, or was changed and resealed since (its "
+                "digest is not the one probe recorded in $PROBE_STATE)",
+            )
         return t
     except RunFileError as exc:
         why = str(exc)
@@ -263,8 +269,31 @@ def write_cache(path: Path, tensors: dict[str, torch.Tensor], classes: tuple[str
     }
     try:
         atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-    except ProbeError:
+        record = _record_path(path)
+        userstate.ensure_parent(record)
+        atomic.write_json(
+            record, {"format": "probe-cache-record/1", "sha256": meta["content_sha256"]}
+        )
+    except (ProbeError, OSError):
         pass  # no cache (read-only home, full disk) only costs time next run
+
+
+def _record_path(path: Path) -> Path:
+    return userstate.state_file("datacache", str(path.resolve()))
+
+
+def _recorded_digest(path: Path) -> str | None:
+    """The content digest this user's probe recorded when it wrote the cache file `path`.
+
+    The cache folder may be shared or tampered with, and a seal inside a file is only that
+    file's claim: whoever relabels a cache can recompute it. The digest of what probe wrote
+    is therefore also kept in the user's own state folder (probe.io.userstate), and a cache
+    is used only while the two agree."""
+    try:
+        d = safeio.read_json(_record_path(path), max_bytes=4096)
+    except ProbeError:
+        return None
+    return d.get("sha256") if isinstance(d, dict) else None
 
 
 # --- selections and batches --------------------------------------------------------------------
