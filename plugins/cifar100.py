@@ -204,6 +204,14 @@ def read_archive(path: Path) -> dict:
                             f"holds more than {MAX_MEMBERS} members; "
                             "not the CIFAR-100 binary release",
                         )
+                    # every member is bounded before the next is reached: skipping one in a
+                    # compressed archive decompresses it (a 42 MB archive declaring 40 GiB)
+                    if member.size > MAX_BIN_BYTES:
+                        raise probe.RunFileError(
+                            path,
+                            f"member {member.name} is {member.size:,} bytes, more than "
+                            f"the {MAX_BIN_BYTES:,} allowed",
+                        )
                     base = member.name.rsplit("/", 1)[-1]
                     if base not in wanted:
                         continue
@@ -213,12 +221,6 @@ def read_archive(path: Path) -> dict:
                         )
                     if base in found:
                         raise probe.RunFileError(path, f"holds {base} twice")
-                    if member.size > MAX_BIN_BYTES:
-                        raise probe.RunFileError(
-                            path,
-                            f"member {member.name} is {member.size:,} bytes, more than "
-                            f"the {MAX_BIN_BYTES:,} allowed",
-                        )
                     f = tar.extractfile(member)
                     assert f is not None
                     found[base] = f.read(member.size)

@@ -61,8 +61,15 @@ def read_mat(path: Path):
 
     with datasets.open_file(path, MAX_MAT_BYTES) as fh:
         try:
-            head = {name: (shape, cls) for name, shape, cls in scipy.io.whosmat(fh)}
+            listed = scipy.io.whosmat(fh)
             fh.seek(0)
+            names = [name for name, _, _ in listed]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:  # loadmat would load the first, the header check would see the last
+                raise probe.RunFileError(
+                    path, f"holds variable {twice[0]} twice; not an SVHN file (format 2)"
+                )
+            head = {name: (shape, cls) for name, shape, cls in listed}
             if "X" not in head or "y" not in head:
                 raise probe.RunFileError(
                     path, f"holds variables {sorted(head)[:6]}, expected X and y (SVHN format 2)"

@@ -647,3 +647,55 @@ def test_folder_cache_follows_the_listing(tmp_path, cache):
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     again = load(imagefolder, "folder", root)
     assert int(again.train_x[0, 0, 0, 0]) == 9 and int(first.train_x[0, 0, 0, 0]) == 7
+
+
+def test_a_cifar100_archive_member_declaring_gigabytes_is_refused_before_it_is_skipped(tmp_path):
+    """A 42 MB archive whose first (unwanted) member declares 40 GiB was read for 303 s: every
+    member is bounded before tarfile skips over it. Here a header alone declares 40 GiB."""
+    d = tmp_path / "d"
+    d.mkdir()
+    archive = d / cifar100.ARCHIVE
+    info = tarfile.TarInfo("cifar-100-binary/padding.bin")
+    info.size = 40 << 30
+    with gzip.open(archive, "wb") as fh:  # the header only: its 40 GiB are never there
+        fh.write(info.tobuf(format=tarfile.GNU_FORMAT))
+    with pytest.raises(RunFileError) as e:
+        cifar100.read_archive(archive)
+    assert str(e.value) == (
+        f"{archive}: member cifar-100-binary/padding.bin is 42,949,672,960 bytes, more than "
+        f"the {cifar100.MAX_BIN_BYTES:,} allowed"
+    )
+
+
+def test_an_svhn_file_with_two_x_variables_is_refused(tmp_path):
+    """whosmat saw the last X (checked), loadmat loaded the first (1.3 million images)."""
+    import scipy.io
+
+    small = np.zeros((32, 32, 3, 2), np.uint8)
+    scipy.io.savemat(tmp_path / "a.mat", {"X": np.zeros((32, 32, 3, 7), np.uint8)})
+    scipy.io.savemat(tmp_path / "b.mat", {"X": small, "y": np.ones((2, 1), np.uint8)})
+    bad = tmp_path / "train_32x32.mat"
+    # one MAT v5 header, then the first file's X, then the second file's X and y
+    bad.write_bytes((tmp_path / "a.mat").read_bytes() + (tmp_path / "b.mat").read_bytes()[128:])
+    assert [v[0] for v in scipy.io.whosmat(str(bad))] == ["X", "X", "y"]
+    with pytest.raises(RunFileError) as e:
+        svhn.read_mat(bad)
+    assert str(e.value) == f"{bad}: holds variable X twice; not an SVHN file (format 2)"
+
+
+def test_more_class_folders_than_a_model_may_classify_is_one_line_before_decoding(
+    tmp_path, monkeypatch
+):
+    """100,001 class folders decoded 200,002 images for 13 minutes into a run its own readers
+    refuse; the count is checked from the listing first (bound lowered here to keep it fast)."""
+    from probe.datasets import files
+
+    monkeypatch.setattr(files, "MAX_CLASSES", 3)
+    for split in ("train", "test"):
+        for c in range(4):
+            (tmp_path / split / f"c{c}").mkdir(parents=True)
+    with pytest.raises(UsageError) as e:
+        files.list_class_folders(tmp_path)
+    assert str(e.value) == (
+        f"--data: {tmp_path / 'train'} holds 4 class folders, more than the 3 a model may classify"
+    )

@@ -40,6 +40,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 MAX_IMAGE_FILE_BYTES = 64 << 20  # one encoded image
 MAX_SIDE = 4096  # as probe.datasets.tensors.check_cache allows
+MAX_CLASSES = 100_000  # as a model spec allows (probe.contract.families)
 MAX_DECODED_BYTES = 16 << 30  # all decoded images of a data set, held in memory as uint8
 NATIVE_MODES = {
     "L": "L",
@@ -203,6 +204,12 @@ def list_class_folders(root: Path) -> ClassFolders:
         cls, fs = _list_split(d)
         if not cls:
             raise UsageError("--data", f"{d} holds no class folders; {layout}")
+        if len(cls) > MAX_CLASSES:  # before a single image is decoded
+            raise UsageError(
+                "--data",
+                f"{d} holds {len(cls):,} class folders, more than the {MAX_CLASSES:,} a model "
+                "may classify",
+            )
         if classes is not None and cls != classes:
             only = sorted(set(cls) ^ set(classes))[:3]
             raise UsageError(
