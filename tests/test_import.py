@@ -381,3 +381,30 @@ def test_a_sparse_or_meta_tensor_is_one_line_naming_the_entry(tmp_path: Path, te
     assert str(info.value) == (
         f"{tmp_path / 'epoch_0.pt'}: entry 'w' is a {kind} tensor, not a dense one with its values"
     )
+
+
+def test_a_pt_file_whose_records_inflate_past_the_model_is_refused_before_loading(
+    tmp_path: Path,
+) -> None:
+    """torch inflates compressed zip records under weights_only=True: the central directory's
+    declared sizes are checked first (the issue: 2.9 MB inflating to 3 GB)."""
+    import zipfile
+
+    from probe.training.importer import load_state
+
+    src = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(4)}, src)
+    bomb = tmp_path / "epoch_0.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bomb, "w") as zout:
+        for item in zin.infolist():
+            zout.writestr(item, zin.read(item.filename))
+        zout.writestr("plain/extra", b"\0" * (8 << 20), compress_type=zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < 1 << 20  # small on disk
+    with pytest.raises(RunFileError) as info:
+        load_state(bomb, 4 << 20)
+    total = sum(i.file_size for i in zipfile.ZipFile(bomb).infolist())
+    assert str(info.value) == (
+        f"{bomb}: declares {total:,} bytes uncompressed, more than the 4,194,304 its model's "
+        "state can take"
+    )
+    assert load_state(src, 4 << 20)["w"].shape == (4,)  # an ordinary file under the bound

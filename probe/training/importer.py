@@ -148,32 +148,60 @@ def refusal(path: Path, exc: BaseException) -> str:
     return f"not a loadable weights-only torch file ({reason or type(exc).__name__})"
 
 
-def load_state(path: Path) -> dict[str, Any]:
+def check_inflated_size(path: Path, fh: Any, max_bytes: int) -> None:
+    """Refuse a torch zip file whose records declare more than `max_bytes` uncompressed.
+
+    torch.load inflates compressed records even with weights_only=True, so a 2.9 MB file can
+    declare 3 GB; the zip's central directory says so before anything is inflated."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(fh):
+            return
+        fh.seek(0)
+        with zipfile.ZipFile(fh) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load reports a damaged file itself
+    finally:
+        fh.seek(0)
+    if total > max_bytes:
+        raise RunFileError(
+            path,
+            f"declares {total:,} bytes uncompressed, more than the {max_bytes:,} its model's "
+            "state can take",
+        )
+
+
+def load_state(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
     """The state dict in `path`: safetensors, or torch.load(weights_only=True) (never a full
     unpickle).
 
     A .pt dict holding the state under "state_dict"/"model" (with an epoch, an optimizer...) is
-    unwrapped, and a "module."/"_orig_mod." prefix on every key is removed.
+    unwrapped, and a "module."/"_orig_mod." prefix on every key is removed. `max_bytes` (what
+    the model's state can take) bounds the file, and a .pt zip's declared uncompressed size,
+    before anything is loaded.
     """
     import torch  # here, and safetensors: `probe --help` lists this command without torch
 
     try:
-        with safeio.regular_path(path) as p:
+        if not path.name.lower().endswith(".safetensors") and max_bytes is not None:
+            with safeio.open_regular(path, max_bytes) as fh:
+                check_inflated_size(path, fh, max_bytes)
+        with safeio.regular_path(path, max_bytes) as p:
             if path.name.lower().endswith(".safetensors"):
                 from safetensors.torch import load_file
 
                 obj: Any = load_file(p)
             else:
-                with (
-                    warnings.catch_warnings()
-                ):  # its note on pickle protocols is not the user's concern
+                # its note on pickle protocols is not the user's concern
+                with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
                     obj = torch.load(p, map_location="cpu", weights_only=True)
     except RunFileError:
         raise
-    except (
-        Exception
-    ) as exc:  # damaged files, and objects weights_only refuses to rebuild (an UnpicklingError)
+    # damaged files, and objects weights_only refuses to rebuild (an UnpicklingError)
+    except Exception as exc:
         raise RunFileError(path, refusal(path, exc)) from None
     if isinstance(obj, Mapping) and any(k.startswith("model/") for k in obj if isinstance(k, str)):
         obj = {
@@ -239,6 +267,7 @@ def import_checkpoints(
     """Write a run directory for the state dicts in `folder` (the module docstring); returns it."""
     import torch  # here, and the recorder: `probe --help` lists this command without torch
 
+    from probe.rundir import checkpoint
     from probe.training.recorder import Recorder, state_mismatch
 
     folder, run_dir = Path(folder), Path(run_dir)
@@ -263,15 +292,17 @@ def import_checkpoints(
         _source={"kind": "import", "folder": str(folder.resolve()), "files": sources},
     )
     spec = rec.spec
+    # what a file of this model's state (with an optimizer's, as training scripts save) can take
+    bound = checkpoint.size_bound(spec) + (64 << 20)
     # Every file is loaded and checked before the first one is recorded: a bad file writes nothing.
     for p in files.values():
-        why = state_mismatch(spec, load_state(p), cast=True)
+        why = state_mismatch(spec, load_state(p, bound), cast=True)
         if why:
             raise RunFileError(p, f"does not fit {spec.describe()}: {why}")
     skeleton = spec.skeleton().state_dict()
     with rec:
         for epoch, p in files.items():
-            state = {k: v.to(skeleton[k].dtype) for k, v in load_state(p).items()}
+            state = {k: v.to(skeleton[k].dtype) for k, v in load_state(p, bound).items()}
             with torch.device("cpu"):
                 net = spec.build()
             net.load_state_dict(state, strict=True)
