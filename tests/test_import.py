@@ -408,3 +408,31 @@ def test_a_pt_file_whose_records_inflate_past_the_model_is_refused_before_loadin
         "state can take"
     )
     assert load_state(src, 4 << 20)["w"].shape == (4,)  # an ordinary file under the bound
+
+
+def test_a_bad_last_file_is_found_before_any_file_is_loaded_in_full(
+    probe_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Headers first (safetensors) or memory-mapped (.pt): the issue's 3,000-file folder loaded
+    2,999 files (67 s) before refusing the last."""
+    import safetensors.torch
+
+    spec = checkpoint.load(probe_run / "checkpoints/epoch_0000.safetensors").spec
+    good = checkpoint.load(probe_run / "checkpoints/epoch_0000.safetensors").model_state
+    write_states(tmp_path / "a", [f"epoch_{e}.safetensors" for e in range(4)], good)
+    write_states(tmp_path / "a", ["epoch_4.pt"], {**good, "extra": torch.zeros(1)})
+    loads: list[str] = []
+    real = safetensors.torch.load_file
+    monkeypatch.setattr(
+        safetensors.torch, "load_file", lambda p, *a, **k: loads.append(p) or real(p, *a, **k)
+    )
+    with pytest.raises(RunFileError, match=r"epoch_4.pt: does not fit .*unexpected extra"):
+        import_checkpoints(
+            tmp_path / "a",
+            tmp_path / "out",
+            spec,
+            synthetic_dataset(seed=0),
+            probe_set_size=40,
+            device="cpu",
+        )
+    assert loads == [] and not (tmp_path / "out").exists()

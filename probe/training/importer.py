@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,6 @@ def check_inflated_size(path: Path, fh: Any, max_bytes: int) -> None:
 
     torch.load inflates compressed records even with weights_only=True, so a 2.9 MB file can
     declare 3 GB; the zip's central directory says so before anything is inflated."""
-    import zipfile
-
     try:
         if not zipfile.is_zipfile(fh):
             return
@@ -173,14 +172,45 @@ def check_inflated_size(path: Path, fh: Any, max_bytes: int) -> None:
         )
 
 
-def load_state(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
+def _safetensors_shapes(p: str) -> dict[str, Any]:
+    """A safetensors file's tensors as meta tensors of their dtypes and shapes: its header
+    only, nothing read or allocated."""
+    import torch
+    from safetensors import safe_open
+
+    dtypes = {
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "I16": torch.int16,
+        "I8": torch.int8,
+        "U8": torch.uint8,
+        "BOOL": torch.bool,
+    }
+    out = {}
+    with safe_open(p, framework="pt") as f:
+        for k in f.keys():
+            sl = f.get_slice(k)
+            dtype = dtypes.get(sl.get_dtype())
+            if dtype is None:
+                raise ValueError(f"tensor {k[:80]!r} has dtype {sl.get_dtype()}")
+            out[k] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
+    return out
+
+
+def load_state(path: Path, max_bytes: int | None = None, *, lazy: bool = False) -> dict[str, Any]:
     """The state dict in `path`: safetensors, or torch.load(weights_only=True) (never a full
     unpickle).
 
     A .pt dict holding the state under "state_dict"/"model" (with an epoch, an optimizer...) is
     unwrapped, and a "module."/"_orig_mod." prefix on every key is removed. `max_bytes` (what
     the model's state can take) bounds the file, and a .pt zip's declared uncompressed size,
-    before anything is loaded.
+    before anything is loaded. `lazy`: names, dtypes and shapes only (safetensors: meta
+    tensors from the header; .pt zip files: storages memory-mapped, not read), to check a
+    whole folder before loading any file.
     """
     import torch  # here, and safetensors: `probe --help` lists this command without torch
 
@@ -192,12 +222,14 @@ def load_state(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
             if path.name.lower().endswith(".safetensors"):
                 from safetensors.torch import load_file
 
-                obj: Any = load_file(p)
+                obj: Any = _safetensors_shapes(p) if lazy else load_file(p)
             else:
                 # its note on pickle protocols is not the user's concern
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    obj = torch.load(p, map_location="cpu", weights_only=True)
+                    # lazy: storages mapped, not read (zip files; an old-format file is read)
+                    mmap = lazy and zipfile.is_zipfile(p)
+                    obj = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except RunFileError:
         raise
     # damaged files, and objects weights_only refuses to rebuild (an UnpicklingError)
@@ -224,8 +256,9 @@ def load_state(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise RunFileError(path, f"entry {bad[0][:80]!r} is not a tensor")
+    header_only = lazy and path.name.lower().endswith(".safetensors")  # meta by construction
     for k, v in obj.items():  # what load_state_dict would choke on, named here
-        if v.layout != torch.strided or v.is_meta or v.is_quantized:
+        if v.layout != torch.strided or (v.is_meta and not header_only) or v.is_quantized:
             kind = "meta" if v.is_meta else str(v.layout).removeprefix("torch.")
             raise RunFileError(
                 path, f"entry {k[:80]!r} is a {kind} tensor, not a dense one with its values"
@@ -294,9 +327,10 @@ def import_checkpoints(
     spec = rec.spec
     # what a file of this model's state (with an optimizer's, as training scripts save) can take
     bound = checkpoint.size_bound(spec) + (64 << 20)
-    # Every file is loaded and checked before the first one is recorded: a bad file writes nothing.
+    # Every file is checked (from its header, or memory-mapped) before the first one is loaded
+    # in full or recorded: a bad last file of 3,000 costs no 2,999 loads, and writes nothing.
     for p in files.values():
-        why = state_mismatch(spec, load_state(p, bound), cast=True)
+        why = state_mismatch(spec, load_state(p, bound, lazy=True), cast=True)
         if why:
             raise RunFileError(p, f"does not fit {spec.describe()}: {why}")
     skeleton = spec.skeleton().state_dict()
