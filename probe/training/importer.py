@@ -152,7 +152,7 @@ def refusal(path: Path, exc: BaseException) -> str:
 def check_inflated_size(path: Path, fh: Any, max_bytes: int) -> None:
     """Refuse a torch zip file whose records declare more than `max_bytes` uncompressed.
 
-    torch.load inflates compressed records even with weights_only=True, so a 2.9 MB file can
+    torch inflates compressed records when it loads, even weights-only, so a 2.9 MB file can
     declare 3 GB; the zip's central directory says so before anything is inflated."""
     try:
         if not zipfile.is_zipfile(fh):
