@@ -216,36 +216,15 @@ def test_the_cli_imports_and_resume_is_one_line(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from probe.cli import cli
-    from probe.testing import make_image_folder
     from probe.training.model import simplecnn_spec
 
-    images = make_image_folder(tmp_path / "imgs")
     spec = simplecnn_spec(base_width=4)
     (tmp_path / "ckpts").mkdir()
     for e in (1, 2):
         torch.manual_seed(e)
         save_file(spec.build().state_dict(), str(tmp_path / "ckpts" / f"ckpt-{e:04d}.safetensors"))
     run = tmp_path / "run"
-    args = [
-        "import",
-        str(tmp_path / "ckpts"),
-        "--run-dir",
-        str(run),
-        "--model",
-        "simplecnn",
-        "--model-param",
-        "base_width=4",
-        "--dataset",
-        "folder",
-        "--data",
-        str(images),
-        "--probe-set-size",
-        "10",
-        "--analysis-batch-size",
-        "8",
-        "--device",
-        "cpu",
-    ]
+    args = import_args(tmp_path, tmp_path / "ckpts", run)
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert Run(run).epochs() == [

@@ -346,6 +346,20 @@ def test_the_own_loop_example_records_a_run_that_analyses(tmp_path: Path) -> Non
     assert CliRunner().invoke(cli, ["report", str(run.path)]).exit_code == 0
 
 
+def tiny_recorder(run_dir: Path):
+    import probe
+
+    return probe.Recorder(
+        run_dir,
+        model="simplecnn",
+        model_params={"base_width": 4},
+        dataset=synthetic_dataset(n_train=64, n_test=40, seed=0),
+        probe_set_size=20,
+        analysis_batch_size=16,
+        device="cpu",
+    )
+
+
 @pytest.mark.parametrize(
     "metrics, rng, message",
     [
@@ -372,19 +386,10 @@ def test_the_own_loop_example_records_a_run_that_analyses(tmp_path: Path) -> Non
 def test_what_a_reader_would_refuse_is_refused_before_a_byte_is_written(
     tmp_path: Path, metrics, rng, message
 ) -> None:
-    import probe
 
     sentinel = tmp_path / "outside.txt"
     sentinel.write_text("untouched")
-    rec = probe.Recorder(
-        tmp_path / "run",
-        model="simplecnn",
-        model_params={"base_width": 4},
-        dataset=synthetic_dataset(n_train=64, n_test=40, seed=0),
-        probe_set_size=20,
-        analysis_batch_size=16,
-        device="cpu",
-    )
+    rec = tiny_recorder(tmp_path / "run")
     with pytest.raises(UsageError) as info:
         rec.record(0, rec.spec.build(), None, metrics, rng=rng)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
@@ -394,17 +399,7 @@ def test_what_a_reader_would_refuse_is_refused_before_a_byte_is_written(
 def test_recording_into_a_deleted_run_is_refused(tmp_path: Path) -> None:
     import shutil
 
-    import probe
-
-    rec = probe.Recorder(
-        tmp_path / "run",
-        model="simplecnn",
-        model_params={"base_width": 4},
-        dataset=synthetic_dataset(n_train=64, n_test=40, seed=0),
-        probe_set_size=20,
-        analysis_batch_size=16,
-        device="cpu",
-    )
+    rec = tiny_recorder(tmp_path / "run")
     model = rec.spec.build()
     rec.record(0, model)
     shutil.rmtree(tmp_path / "run")
