@@ -78,6 +78,7 @@ def _data_map(ctx: probe.Context, h, epochs: list[int]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax, hx) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
     sc = ax.scatter(
@@ -92,7 +93,8 @@ def _data_map(ctx: probe.Context, h, epochs: list[int]) -> None:
         ylim=(0, 1),
     )
     top = int(h.events.max())
-    hx.hist(h.events, bins=np.arange(top + 2) - 0.5, color="tab:blue")
+    hx.hist(h.events, bins=np.arange(top + 2) - 0.5, color="tab:blue", rwidth=0.85)
+    hx.xaxis.set_major_locator(MaxNLocator(integer=True))
     hx.set(
         xlabel="forgetting events per example (per-epoch records)",
         ylabel="examples",
