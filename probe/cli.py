@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from probe.analysis import runner
 from probe.analysis.executor import make_executor
 from probe.analysis.runner import describe, run_analyses, summary_line
 from probe.contract.analysis import split_params
@@ -312,6 +313,12 @@ def train(
     metavar="ADDRESS",
     help="...to an existing Dask scheduler (tcp://host:8786).",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="List the jobs this command would run, each cached or to compute; compute and write "
+    "nothing.",
+)
 def analyze(
     run_dir: str,
     plugins: tuple[str, ...],
@@ -325,6 +332,7 @@ def analyze(
     workers: int | None,
     dask_workers: int | None,
     scheduler: str | None,
+    dry_run: bool,
 ) -> None:
     """Run analyses over a saved run, offline.
 
@@ -346,6 +354,15 @@ def analyze(
         )
     analyses = [reg.get(p) for p in dict.fromkeys(plugins)]
     routed = split_params(list(params), analyses)
+    if dry_run:
+        planned = runner.dry_run(
+            run_dir, [a.name for a in analyses], epochs, routed, force=force, registry=reg
+        )
+        for label, status in planned:
+            click.echo(f"{status:>16}  {label}")
+        todo = sum(status == "to compute" for _, status in planned)
+        click.echo(f"{len(planned)} jobs: {len(planned) - todo} cached, {todo} to compute")
+        return
 
     def report(o) -> None:
         if o.failed or o.status == "skipped":

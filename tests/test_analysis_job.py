@@ -49,3 +49,28 @@ def test_plan_jobs_one_per_epoch_or_one_per_run(probe_run):
     assert (job.epoch, job.epochs, job.label) == (None, run.epochs(), "r (run)")
     (last,) = plan_jobs(run, per_epoch, Params(), None)  # an epoch analysis defaults to the last
     assert last.epoch == run.epochs()[-1]
+
+
+def test_dry_run_lists_each_job_cached_or_to_compute_and_writes_nothing(probe_run, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from probe.cli import cli
+
+    run = tmp_path / "copy"
+    shutil.copytree(probe_run, run)
+    assert CliRunner().invoke(cli, ["analyze", str(run), "-p", "curves"]).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    res = CliRunner().invoke(
+        cli, ["analyze", str(run), "-p", "curves", "-p", "filters", "--dry-run"]
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == [
+        "          cached  curves (run)",
+        "      to compute  filters epoch 2",
+        "2 jobs: 1 cached, 1 to compute",
+    ]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing written
+    res = CliRunner().invoke(cli, ["analyze", str(run), "-p", "curves", "--dry-run", "--force"])
+    assert res.output.splitlines()[0] == "      to compute  curves (run)"

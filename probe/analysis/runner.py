@@ -167,6 +167,34 @@ def run_analyses(
     return outcomes
 
 
+def dry_run(
+    run_dir: str | Path,
+    plugins: list[str],
+    epochs: str | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    *,
+    force: bool = False,
+    registry: Any = None,
+) -> list[tuple[str, str]]:
+    """(job label, "cached" | "skipped (cached)" | "to compute") for every job `run_analyses`
+    would run with these arguments; checks them the same way, computes and writes nothing
+    (the cache check reads manifests and fingerprints the inputs they list)."""
+    run = Run(run_dir)
+    reg = registry or default_registry()
+    analyses = [reg.get(name) for name in plugins]
+    parsed = {a.name: a.make_params((params or {}).get(a.name, {})) for a in analyses}
+    out = []
+    for a in analyses:
+        for job in plan_jobs(run, a, parsed[a.name], epochs):
+            hit = None if force else cached_outcome(job)
+            label = Outcome(job.name, job.epoch, "planned").label
+            if hit is None:
+                out.append((label, "to compute"))
+            else:
+                out.append((label, "cached" if hit.status == "cached" else "skipped (cached)"))
+    return out
+
+
 def prepare_run(run: Run) -> list[Path]:
     """Before a command's jobs: refuse a linked analyses/ or logs/, remove what killed jobs left.
 
