@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -210,6 +211,17 @@ def _resumed_config(
     return from_dict({**stored, **resumed}, str(run_dir / CONFIG))
 
 
+def parse_threads(text: str) -> int | None:
+    """--threads: a whole number from 1 to 1024, or auto (None)."""
+    if text.strip().lower() == "auto":
+        return None
+    if not re.fullmatch(r"[0-9]{1,4}", text.strip()) or not 1 <= int(text) <= 1024:
+        raise UsageError(
+            "--threads", f"expected a whole number from 1 to 1024 or auto, got {text!r}"
+        )
+    return int(text)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option(
     "--run-dir",
@@ -228,9 +240,24 @@ def _resumed_config(
 )
 @click.option("--force", is_flag=True, help="Replace an existing run in --run-dir.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option(
+    "--threads",
+    default="auto",
+    show_default=True,
+    metavar="N|auto",
+    help="CPU threads for training. auto: torch's default less the cores other jobs keep busy "
+    "(the 1-minute load average), at least 1: on a shared 2-core machine with one core busy, "
+    "2 threads made an epoch 1.2-1.45x slower than 1 (docs/studies.md).",
+)
 @config_options
 def train(
-    run_dir: str, config_file: str | None, resume: bool, force: bool, quiet: bool, **kw: Any
+    run_dir: str,
+    config_file: str | None,
+    resume: bool,
+    force: bool,
+    quiet: bool,
+    threads: str,
+    **kw: Any,
 ) -> None:
     """Train a CNN and write a self-contained run directory.
 
@@ -247,7 +274,14 @@ def train(
         cfg = make_config(file_values, overrides)
     except TypeError as exc:
         raise UsageError("--config", str(exc)) from None
-    from probe.training.loop import train as run_training  # here: `probe --help` imports no torch
+    n_threads = parse_threads(threads)
+    # here: `probe --help` imports no torch
+    from probe.training.loop import set_threads
+    from probe.training.loop import train as run_training
+
+    used = set_threads(n_threads)
+    if not quiet and threads == "auto":
+        click.echo(f"threads: {used} (auto)")
 
     check_path(Path(run_dir))  # a name too long for the filesystem, before anything looks at it
     if resume:

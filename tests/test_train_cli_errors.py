@@ -241,3 +241,30 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_and_changes_nothing(
     ):
         train(run, cfg, resume=True, quiet=True, dataset=synthetic_dataset())
     assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
+def test_threads_auto_leaves_the_cores_other_jobs_keep_busy(monkeypatch) -> None:
+    import os
+
+    import torch
+
+    from probe.cli import parse_threads
+    from probe.errors import UsageError
+    from probe.training import loop
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+        monkeypatch.setattr(os, "cpu_count", lambda: 4)
+        monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.0, 1.0))
+        assert loop.set_threads(None) == 2  # two of four cores busy
+        monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+        assert loop.set_threads(None) == 1  # never below one
+        assert loop.set_threads(3) == 3
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(before)
+    assert parse_threads("auto") is None and parse_threads("2") == 2
+    for bad in ("0", "1025", "two", "\uff12"):
+        with pytest.raises(UsageError, match=r"^--threads: expected a whole number from 1"):
+            parse_threads(bad)
