@@ -279,9 +279,7 @@ def train(
     from probe.training.loop import set_threads
     from probe.training.loop import train as run_training
 
-    used = set_threads(n_threads)
-    if not quiet and threads == "auto":
-        click.echo(f"threads: {used} (auto)")
+    set_threads(n_threads)  # the training's first line says how many
 
     check_path(Path(run_dir))  # a name too long for the filesystem, before anything looks at it
     if resume:

@@ -264,7 +264,9 @@ def train(
             log(
                 f"training {n:,}-parameter {plan.spec.describe()} on "
                 f"{trainer.train_x.shape[0]:,} {cfg.dataset} images, {cfg.epochs} epochs, "
-                f"{device}; run directory {run_dir}"
+                f"{device}"
+                + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+                + f"; run directory {run_dir}"
             )
         else:
             if start - 1 > cfg.epochs:  # shrinking a run would make config.json contradict it
