@@ -202,6 +202,11 @@ def summary_line(m: dict[str, Any], epochs: int) -> str:
 # --- the command ----------------------------------------------------------------------------------
 
 
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
 def set_threads(n: int | None = None) -> int:
     """Set torch's CPU threads: `n`, or (None) torch's default less the cores the 1-minute
     load average says other jobs keep busy, at least 1. Returns the number set.
@@ -265,7 +270,7 @@ def train(
                 f"training {n:,}-parameter {plan.spec.describe()} on "
                 f"{trainer.train_x.shape[0]:,} {cfg.dataset} images, {cfg.epochs} epochs, "
                 f"{device}"
-                + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+                + (f" ({_threads()})" if device.type == "cpu" else "")
                 + f"; run directory {run_dir}"
             )
         else:
