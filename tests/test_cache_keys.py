@@ -453,3 +453,28 @@ def test_a_cached_result_is_served_only_as_it_was_sealed(probe_run, fresh_regist
     assert (
         run_analyses(probe_run, ["filters"], "last", device="cpu", registry=full)[0].status == "ok"
     )
+
+
+def test_a_cache_hit_re_reads_no_unchanged_result_file(probe_run, fresh_registry, monkeypatch):
+    """The seal's file digests go through the stat-keyed memo: the second hit hashes nothing."""
+    from probe.contract.registry import load_registry
+    from probe.io import safeio
+
+    full = load_registry()
+    (o,) = run_analyses(probe_run, ["filters"], "last", device="cpu", registry=full)
+    assert o.status in ("ok", "cached")
+    hashed: list[str] = []
+    real = safeio.sha256_file
+    monkeypatch.setattr(
+        safeio, "sha256_file", lambda p, *a, **k: hashed.append(str(p)) or real(p, *a, **k)
+    )
+    assert (
+        run_analyses(probe_run, ["filters"], "last", device="cpu", registry=full)[0].status
+        == "cached"
+    )
+    hashed.clear()
+    assert (
+        run_analyses(probe_run, ["filters"], "last", device="cpu", registry=full)[0].status
+        == "cached"
+    )
+    assert hashed == []

@@ -65,7 +65,7 @@ def source_of(job: Job, fps: Fingerprints) -> str | None:
 def is_hit(job: Job, fps: Fingerprints, source: str | None) -> bool:
     """Whether the finished result at `job.target` is still valid (see results.is_cached)."""
     existing = read_manifest(job.target)
-    if existing is None or not results.result_intact(job.target, existing, job.run.path):
+    if existing is None or not results.result_intact(job.target, existing, fps):
         return False  # absent, or its manifest or files changed since it was sealed
     if source is None:  # outside development mode a development-mode result is valid too
         recorded = existing.get("source")

@@ -50,6 +50,8 @@ _FILE_INPUT = (
     r"|data/(?:probe_set|analysis_batch|examples)\.safetensors"
 )
 FILE_INPUT = re.compile(rf"^(?:{_FILE_INPUT})$")
+# A result's own files (analyses/<analysis>/<variant>/<epoch_NNNN|run>/...), memoised too.
+_RESULT_FILE = re.compile(rf"^{ANALYSES}/[^/]+/[^/]+/[^/]+/.+$")
 INPUT_NAME = re.compile(
     rf"^(?:{_FILE_INPUT}|config\.json"
     r"|metrics\.jsonl(?:#\d{1,9}(?:,\d{1,9}){0,99999})?"
@@ -172,6 +174,15 @@ class Fingerprints:
         except Exception as exc:  # unreadable: never equal to what a computed result recorded
             return f"unreadable ({type(exc).__name__})"
 
+    def file_digest(self, name: str) -> str:
+        """SHA-256 of the run's file `name` (relative, no `..`; not through a link out of the
+        run), through the same stat-keyed memo as the inputs: a result's own files are
+        checked on every cache hit, and re-hashing unchanged ones would cost each hit a read
+        of every figure and array."""
+        if not safe_relative(name):
+            raise ValueError(f"not a file of the run: {name!r}")
+        return self._file(name)
+
     def _file(self, name: str) -> str:
         path = self.run.path / name
         try:
@@ -208,7 +219,8 @@ class Fingerprints:
         for name, v in list(files.items())[:MAX_INPUTS]:
             if (
                 isinstance(name, str)
-                and FILE_INPUT.match(name)
+                and (FILE_INPUT.match(name) or _RESULT_FILE.match(name))
+                and safe_relative(name)
                 and isinstance(v, list)
                 and len(v) == 5
                 and all(type(x) is int for x in v[:4])
@@ -380,17 +392,18 @@ def files_present(target: Path, manifest: dict[str, Any]) -> bool:
     )
 
 
-def result_intact(target: Path, manifest: dict[str, Any], within: Path) -> bool:
-    """The seal holds and every listed file hashes to its recorded digest."""
+def result_intact(target: Path, manifest: dict[str, Any], fingerprints: Fingerprints) -> bool:
+    """The seal holds and every listed file hashes to its recorded digest (through the
+    fingerprints' stat-keyed memo: an unchanged file is not read again)."""
     digests = manifest.get("file_sha256")
     if not (seal_holds(manifest) and files_present(target, manifest) and isinstance(digests, dict)):
         return False
+    base = target.relative_to(fingerprints.run.path).as_posix()
     try:
         return all(
-            digests.get(f) == safeio.sha256_file(target / f, within=within)
-            for f in manifest["files"]
+            digests.get(f) == fingerprints.file_digest(f"{base}/{f}") for f in manifest["files"]
         )
-    except ProbeError:
+    except ProbeError:  # a link or a file of another kind where a result file was
         return False
 
 
