@@ -262,6 +262,7 @@ class Context:
     ):
         self.run = run
         self.inputs: dict[str, str] = {}
+        self._examples: DataBatch | None = None  # read once: example_logits needs its size
         self._fingerprints = fingerprints or results.Fingerprints(run, persistent=False)
         self.analysis = analysis
         self.params = params
@@ -459,7 +460,9 @@ class Context:
                 "this run records no per-example predictions (made before they existed, or "
                 "with --example-records 0); train or record it again to have them"
             )
-        return self.run.examples()
+        if self._examples is None:
+            self._examples = self.run.examples()
+        return self._examples
 
     def example_logits(self, epoch: int | None = None) -> torch.Tensor:
         """Epoch `epoch`'s logits of `examples()` (float32 [examples, classes]), recorded in
