@@ -265,10 +265,7 @@ class Run:
             logits = load(data)["logits"]
         except Exception as exc:
             raise RunFileError(p, f"damaged ({type(exc).__name__})") from None
-        if (
-            tuple(logits.shape) != (n_examples, n_classes)
-            or logits.dtype.is_floating_point is False
-        ):
+        if tuple(logits.shape) != (n_examples, n_classes) or not logits.dtype.is_floating_point:
             raise RunFileError(
                 p, f"holds logits of shape {list(logits.shape)}, not [{n_examples}, {n_classes}]"
             )

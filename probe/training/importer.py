@@ -136,9 +136,8 @@ def refusal(path: Path, exc: BaseException) -> str:
     reason = " ".join(
         _UNPICKLER_PREFIX.sub("", line) for line in lines if not _TORCH_ADVICE.search(line)
     ).strip()
-    reason = _ADVICE_SENTENCE.split(reason)[0][
-        :300
-    ]  # "... by default. Please use add_safe_globals"
+    # "... was not an allowed global by default. Please use add_safe_globals ...": the reason
+    reason = _ADVICE_SENTENCE.split(reason)[0][:300]
     if lines and lines[0].startswith("Weights only load failed"):
         why = f" ({reason})" if reason else ""
         return (
@@ -149,21 +148,17 @@ def refusal(path: Path, exc: BaseException) -> str:
     return f"not a loadable weights-only torch file ({reason or type(exc).__name__})"
 
 
-def check_inflated_size(path: Path, fh: Any, max_bytes: int) -> None:
-    """Refuse a torch zip file whose records declare more than `max_bytes` uncompressed.
+def check_inflated_size(path: Path, zip_name: str, max_bytes: int) -> None:
+    """Refuse a torch zip file (`path`, opened as `zip_name`) whose records declare more than
+    `max_bytes` uncompressed.
 
     torch inflates compressed records when it loads, even weights-only, so a 2.9 MB file can
     declare 3 GB; the zip's central directory says so before anything is inflated."""
     try:
-        if not zipfile.is_zipfile(fh):
-            return
-        fh.seek(0)
-        with zipfile.ZipFile(fh) as z:
+        with zipfile.ZipFile(zip_name) as z:
             total = sum(i.file_size for i in z.infolist())
     except (zipfile.BadZipFile, OSError, ValueError):
         return  # torch.load reports a damaged file itself
-    finally:
-        fh.seek(0)
     if total > max_bytes:
         raise RunFileError(
             path,
@@ -215,21 +210,20 @@ def load_state(path: Path, max_bytes: int | None = None, *, lazy: bool = False) 
     import torch  # here, and safetensors: `probe --help` lists this command without torch
 
     try:
-        if not path.name.lower().endswith(".safetensors") and max_bytes is not None:
-            with safeio.open_regular(path, max_bytes) as fh:
-                check_inflated_size(path, fh, max_bytes)
         with safeio.regular_path(path, max_bytes) as p:
             if path.name.lower().endswith(".safetensors"):
                 from safetensors.torch import load_file
 
                 obj: Any = _safetensors_shapes(p) if lazy else load_file(p)
             else:
+                is_zip = zipfile.is_zipfile(p)
+                if is_zip and max_bytes is not None:
+                    check_inflated_size(path, p, max_bytes)
                 # its note on pickle protocols is not the user's concern
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
                     # lazy: storages mapped, not read (zip files; an old-format file is read)
-                    mmap = lazy and zipfile.is_zipfile(p)
-                    obj = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+                    obj = torch.load(p, map_location="cpu", weights_only=True, mmap=lazy and is_zip)
     except RunFileError:
         raise
     # damaged files, and objects weights_only refuses to rebuild (an UnpicklingError)
