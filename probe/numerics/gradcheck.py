@@ -102,8 +102,13 @@ def _select(indices: torch.Tensor, x: torch.Tensor, dim: int, keepdim: bool) -> 
     return picked if keepdim else picked.squeeze(dim)
 
 
+def _dims(x: torch.Tensor, dims: Any) -> list[int]:
+    """amax/amin's `dim` argument as a list of non-negative dims (empty: all of them)."""
+    return list(range(x.dim())) if dims in (None, [], ()) else [d % x.dim() for d in dims]
+
+
 def _extreme_mask(x: torch.Tensor, out: torch.Tensor, dims: Any, keepdim: bool) -> torch.Tensor:
-    dims = list(range(x.dim())) if dims in (None, [], ()) else [d % x.dim() for d in dims]
+    dims = _dims(x, dims)
     if not keepdim:
         for d in sorted(dims):
             out = out.unsqueeze(d)
@@ -112,7 +117,7 @@ def _extreme_mask(x: torch.Tensor, out: torch.Tensor, dims: Any, keepdim: bool) 
 
 def _spread(mask: torch.Tensor, x: torch.Tensor, dims: Any, keepdim: bool) -> torch.Tensor:
     """amax/amin from a recorded mask of winners; ties share, as autograd's derivative does."""
-    dims = list(range(x.dim())) if dims in (None, [], ()) else [d % x.dim() for d in dims]
+    dims = _dims(x, dims)
     m = mask.to(x.dtype)
     return (x * m).sum(dims, keepdim=keepdim) / m.sum(dims, keepdim=keepdim)
 
@@ -159,13 +164,24 @@ for _op in (aten.hardswish.default, aten.hardswish_.default):
 _elementwise(aten.abs.default, lambda x: x >= 0, lambda m, x: torch.where(m, x, -x))
 _elementwise(aten.maximum.default, lambda a, b: a > b, lambda m, a, b: torch.where(m, a, b))
 _elementwise(aten.minimum.default, lambda a, b: a < b, lambda m, a, b: torch.where(m, a, b))
-# Ops whose output is itself the discrete choice (masks built with x > 0, argmax, sign).
+
+
+def _discrete(op: Any) -> None:
+    """An op whose output is itself the choice (x > 0 for a torch.where, argmax, sign): computed
+    once, replayed as recorded."""
+
+    def choice(*a: Any, **k: Any) -> Any:
+        out = op(*a, **k)
+        return out, out
+
+    _RULES[op] = (choice, lambda rec, *a, **k: rec)
+
+
 for _name in ("gt", "lt", "ge", "le", "eq", "ne"):
     for _overload in ("Scalar", "Tensor"):
-        _op = getattr(getattr(aten, _name), _overload)
-        _elementwise(_op, _op, lambda rec, *a, **k: rec)
+        _discrete(getattr(getattr(aten, _name), _overload))
 for _op in (aten.sign.default, aten.argmax.default, aten.argmin.default):
-    _elementwise(_op, _op, lambda rec, *a, **k: rec)
+    _discrete(_op)
 
 
 def _with_indices(op: Any, spatial: int) -> tuple[Any, Any]:
