@@ -148,6 +148,13 @@ def test_bad_folders_are_one_line_naming_the_file_or_epoch(
     assert "\n" not in str(info.value)
 
 
+def import_tiny(folder: Path, out: Path, spec) -> Path:
+    """import_checkpoints of `folder` into `out` on the synthetic data set, 40 probe images."""
+    return import_checkpoints(
+        folder, out, spec, synthetic_dataset(seed=0), probe_set_size=40, device="cpu"
+    )
+
+
 def test_a_state_dict_that_does_not_fit_and_a_pickle_write_nothing(
     probe_run: Path, tmp_path: Path
 ) -> None:
@@ -163,14 +170,7 @@ def test_a_state_dict_that_does_not_fit_and_a_pickle_write_nothing(
         RunFileError,
         match=rf"epoch_1.pt: does not fit simplecnn\(.*missing {first}.*unexpected extra.weight",
     ):
-        import_checkpoints(
-            tmp_path / "a",
-            tmp_path / "out",
-            spec,
-            synthetic_dataset(seed=0),
-            probe_set_size=40,
-            device="cpu",
-        )
+        import_tiny(tmp_path / "a", tmp_path / "out", spec)
     assert not (tmp_path / "out").exists()
 
     class Evil:
@@ -183,14 +183,7 @@ def test_a_state_dict_that_does_not_fit_and_a_pickle_write_nothing(
     with pytest.raises(
         RunFileError, match=r"epoch_0.pt: refused: it holds something other"
     ) as info:
-        import_checkpoints(
-            tmp_path / "b",
-            tmp_path / "out",
-            spec,
-            synthetic_dataset(seed=0),
-            probe_set_size=40,
-            device="cpu",
-        )
+        import_tiny(tmp_path / "b", tmp_path / "out", spec)
     assert not (tmp_path / "out").exists()
     # torch's reason is kept, its advice to load with weights_only=False is not
     assert "Unsupported operand" in str(info.value) and "weights_only" not in str(info.value)
@@ -200,14 +193,7 @@ def test_a_state_dict_that_does_not_fit_and_a_pickle_write_nothing(
         RunFileError,
         match=r"\(Unsupported global: GLOBAL print was not an allowed global by default\); probe",
     ) as info:
-        import_checkpoints(
-            tmp_path / "b",
-            tmp_path / "out",
-            spec,
-            synthetic_dataset(seed=0),
-            probe_set_size=40,
-            device="cpu",
-        )
+        import_tiny(tmp_path / "b", tmp_path / "out", spec)
     assert "weights_only" not in str(info.value) and "safe_globals" not in str(info.value)
     assert not (tmp_path / "out").exists()
 
@@ -406,12 +392,5 @@ def test_a_bad_last_file_is_found_before_any_file_is_loaded_in_full(
         safetensors.torch, "load_file", lambda p, *a, **k: loads.append(p) or real(p, *a, **k)
     )
     with pytest.raises(RunFileError, match=r"epoch_4.pt: does not fit .*unexpected extra"):
-        import_checkpoints(
-            tmp_path / "a",
-            tmp_path / "out",
-            spec,
-            synthetic_dataset(seed=0),
-            probe_set_size=40,
-            device="cpu",
-        )
+        import_tiny(tmp_path / "a", tmp_path / "out", spec)
     assert loads == [] and not (tmp_path / "out").exists()
