@@ -11,6 +11,7 @@ a failure record, and never propagates: one analysis's error does not stop the o
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import traceback
 from typing import Any
@@ -79,7 +80,7 @@ def compute(
             seconds = time.perf_counter() - t0
             manifest = _manifest(job, out, dict(ctx.inputs), source, seconds, device)
             manifest["file_sha256"] = {f: safeio.sha256_file(tmp / f) for f in manifest["files"]}
-            manifest["seal"] = results.seal_of(manifest)
+            manifest["seal"] = results.seal_of(json.loads(results.dumps(manifest)))
             (tmp / MANIFEST).write_text(results.dumps(manifest, indent=2, sort_keys=True) + "\n")
         job.failed_record.unlink(missing_ok=True)
         job.skipped_record.unlink(missing_ok=True)

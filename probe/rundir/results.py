@@ -368,13 +368,14 @@ def read_manifest(path: Path, within: Path | None = None) -> dict[str, Any] | No
 
 
 def seal_of(manifest: dict[str, Any]) -> str:
-    """The digest of a manifest's content without its seal, as the JSON file holds it.
+    """The digest of a manifest's content without its seal, given the manifest as its JSON
+    file holds it (parsed: NaN already null, tuples lists; the writer seals
+    `json.loads(dumps(manifest))`, a cache check the manifest it read).
 
     A manifest lists each of its result's files with its SHA-256 (`file_sha256`) and is
     sealed by this digest: a scalar edited in place, a file deleted or changed no longer
     matches, and the result is computed again instead of served (or shown) as cached."""
-    body = {k: v for k, v in manifest.items() if k != "seal"}
-    return canonical_hash(json.loads(dumps(body)))
+    return canonical_hash({k: v for k, v in manifest.items() if k != "seal"})
 
 
 def seal_holds(manifest: dict[str, Any]) -> bool:
