@@ -48,14 +48,15 @@ class EvolutionParams:
 
 
 def first_conv_weight(ctx: probe.Context, epoch: int):
-    """(layer name, weight [out, in, kh, kw] as float64 numpy) of the model's first Conv2d."""
-    import numpy as np
-    from torch import nn
+    """(layer name, weight [out, in, kh, kw] as float64 numpy) of the model's first Conv2d.
 
-    model = ctx.model(epoch)
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Conv2d):
-            return name, mod.weight.detach().cpu().double().numpy().astype(np.float64)
+    Read from the stored weights (`ctx.parameters`), no model built: a run of the user's own
+    class (no family) needs no code for its filters."""
+    import numpy as np
+
+    for lp in ctx.parameters(epoch):
+        if lp.type == "Conv2d" and lp.weight is not None:
+            return lp.name, lp.weight.astype(np.float64)
     raise probe.Skip(
         "the model has no Conv2d layer (filters are shown for convolutional models only)"
     )

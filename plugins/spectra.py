@@ -57,11 +57,33 @@ def model_layers(ckpt) -> list[tuple[str, str, Any]]:
         raise probe.ProbeError(f"{ckpt.path}: {err}") from None
 
 
+def stored_layers(ctx: probe.Context, epoch: int, path: Any) -> list[tuple[str, str, Any]]:
+    """`model_layers` from the stored weights alone (`ctx.parameters`): a run of the user's own
+    class (no family) needs no code for its spectra."""
+    import numpy as np
+
+    layers = [
+        (lp.name, lp.type, lp.weight)
+        for lp in ctx.parameters(epoch)
+        if lp.type in ("Conv2d", "Linear") and lp.weight is not None
+    ]
+    for name, _, w in layers:
+        if not np.isfinite(w).all():
+            raise probe.ProbeError(
+                f"{path}: layer {name} has non-finite weights (nan or inf): no spectrum to compute"
+            )
+    if not layers:
+        raise probe.ProbeError(f"{path}: the model has no Conv2d or Linear layer")
+    return layers
+
+
 def analyse_epoch(ctx: probe.Context, epoch: int) -> list[dict[str, Any]]:
     """Every layer's spectrum and fit at `epoch` (the eigenvalues under "eigenvalues")."""
     from probe import numerics
 
-    return [numerics.spectrum_row(*layer) for layer in model_layers(ctx.checkpoint(epoch))]
+    ckpt = ctx.checkpoint(epoch)
+    layers = stored_layers(ctx, epoch, ckpt.path) if ckpt.spec.is_module else model_layers(ckpt)
+    return [numerics.spectrum_row(*layer) for layer in layers]
 
 
 def provenance(epochs: list[int]) -> dict[str, Any]:

@@ -4,16 +4,18 @@ The public API for plugin authors is importable from here without importing torc
 `hookimpl`, `Analysis`, `param`, `Context`, `LayerParams` (what `ctx.parameters()` lists),
 `ProbeError`, `UsageError`, `RunFileError`, `Skip` (an analysis that does not apply),
 `load_model`, `load_checkpoint`, `Run`; `Recorder` (the run-directory writer, for any
-training loop); for model-family and data-set plugins `ModelFamily` (with `OptionAlias`
-and `SizeEstimate`), `InputSpec`, `ModelSpec`, `default_layers`, `DataSource`,
-`Augmentation`. A plugin imports only `probe` and the modules in `PUBLIC_MODULES`
-(e.g. `probe.datasets`, what a data-set plugin builds on); never a `_private` name.
+training loop); `analyze` (what `probe analyze` does, returning the results); for
+model-family and data-set plugins `ModelFamily` (with `OptionAlias` and `SizeEstimate`),
+`InputSpec`, `ModelSpec`, `default_layers`, `DataSource`, `Augmentation`. A plugin imports
+only `probe` and the modules in `PUBLIC_MODULES` (e.g. `probe.datasets`, what a data-set
+plugin builds on); never a `_private` name.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from probe import analyze  # a callable module: probe.analyze(run_dir, analyses, ...); no torch
 from probe.analysis.context import Context, LayerParams
 from probe.contract.analysis import Analysis, NoParams, param
 from probe.contract.datasets import Augmentation, DataSource
@@ -60,6 +62,7 @@ __all__ = [
     "Skip",
     "UsageError",
     "__version__",
+    "analyze",
     "default_layers",
     "hookimpl",
     "load_checkpoint",

@@ -21,6 +21,7 @@ from probe.analysis import runner
 from probe.analysis.executor import make_executor
 from probe.analysis.runner import describe, run_analyses, summary_line
 from probe.contract.analysis import split_params
+from probe.contract.modulespec import code_trust
 from probe.contract.registry import add_plugin_commands, installed, registry
 from probe.errors import ProbeError, UsageError
 from probe.io.text import clean
@@ -351,6 +352,14 @@ def train(
     help="List the jobs this command would run, each cached or to compute; compute and write "
     "nothing.",
 )
+@click.option(
+    "--trust-code",
+    "trust_code",
+    multiple=True,
+    metavar="MODULE",
+    help="A run of your own nn.Module class: import its factory if it is in MODULE (or under "
+    "it) and call it to rebuild the model. Without it such analyses skip.",
+)
 def analyze(
     run_dir: str,
     plugins: tuple[str, ...],
@@ -365,6 +374,7 @@ def analyze(
     dask_workers: int | None,
     scheduler: str | None,
     dry_run: bool,
+    trust_code: tuple[str, ...],
 ) -> None:
     """Run analyses over a saved run, offline.
 
@@ -386,9 +396,16 @@ def analyze(
         )
     analyses = [reg.get(p) for p in dict.fromkeys(plugins)]
     routed = split_params(list(params), analyses)
+    trust = code_trust(trust_code)
     if dry_run:
         planned = runner.dry_run(
-            run_dir, [a.name for a in analyses], epochs, routed, force=force, registry=reg
+            run_dir,
+            [a.name for a in analyses],
+            epochs,
+            routed,
+            force=force,
+            registry=reg,
+            trust=trust,
         )
         for label, status in planned:
             click.echo(f"{status:>16}  {label}")
@@ -419,6 +436,7 @@ def analyze(
             on_outcome=report,
             timeout=timeout,
             executor=executor,
+            trust=trust,
         )
     finally:
         if executor is not None:

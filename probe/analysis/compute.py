@@ -27,6 +27,7 @@ from probe.analysis.records import (
     record_skip,
     source_of,
 )
+from probe.contract.modulespec import CodeNotTrusted
 from probe.errors import ProbeError, Skip
 from probe.io import atomic, safeio
 from probe.numerics.device import device_string
@@ -133,7 +134,8 @@ def _skipped(
     """The skipped outcome, its record keyed on the inputs read before the analysis skipped."""
     outcome = Outcome(job.name, job.epoch, "skipped", seconds, None, reason=one_line(str(exc)))
     inputs = dict(ctx.inputs) if ctx is not None else {}
-    record_skip(job, outcome, result_key(job.identity(source), inputs), inputs)
+    key = result_key(job.identity(source), inputs)
+    record_skip(job, outcome, key, inputs, needs_code=isinstance(exc, CodeNotTrusted))
     return outcome
 
 

@@ -236,6 +236,32 @@ def close_new_figures(before: set[int]) -> None:
         plt.close(num)
 
 
+def _module_tensors(spec: Any) -> Iterator[tuple[str, str, list[str]]]:
+    """(module name, class name, its own parameter then buffer names) of each module holding
+    parameters, in network order: from a user's class's stored layout (no code), else the
+    family's model on the meta device."""
+    if spec.is_module:
+        layout = spec.module
+        for mname, mtype in layout.modules:
+            prefix = f"{mname}." if mname else ""
+            mine = [
+                (n[len(prefix) :], p)
+                for n, _, _, p in layout.state
+                if n.startswith(prefix) and "." not in n[len(prefix) :]
+            ]
+            if any(p for _, p in mine):
+                yield mname, mtype, [n for n, p in mine if p] + [n for n, p in mine if not p]
+        return
+    for mname, module in spec.skeleton().named_modules():
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        if own:
+            yield (
+                mname,
+                type(module).__name__,
+                own + [n for n, _ in module.named_buffers(recurse=False)],
+            )
+
+
 # The executor pieces of a job go to (`probe analyze --workers/--dask-workers/--scheduler`);
 # None: run them in this process. A context variable, so the runner needs no plumbing.
 EXECUTOR: contextvars.ContextVar[Any] = contextvars.ContextVar("probe_executor", default=None)
@@ -374,23 +400,18 @@ class Context:
 
         ckpt = self._load_checkpoint(epoch)
         _check_spec(ckpt.spec, ckpt.path)
-        skeleton = ckpt.spec.skeleton()
         layers = []
-        for mname, module in skeleton.named_modules():
-            own = [n for n, _ in module.named_parameters(recurse=False)]
-            if not own:
-                continue
-            own += [n for n, _ in module.named_buffers(recurse=False)]
+        for mname, mtype, own in _module_tensors(ckpt.spec):
             tensors = {}
             for n in own:
-                t = ckpt.model_state.get(f"{mname}.{n}")
+                t = ckpt.model_state.get(f"{mname}.{n}" if mname else n)
                 if t is not None:
                     t = t.detach().cpu()
                     tensors[n] = (t.float() if t.is_floating_point() else t).numpy().copy()
             layers.append(
                 LayerParams(
                     mname,
-                    type(module).__name__,
+                    mtype,
                     tensors.get("weight"),
                     tensors.get("bias"),
                     tensors,

@@ -23,6 +23,7 @@ from typing import Any
 
 from probe.analysis.job import Job
 from probe.analysis.outcome import Outcome, one_line
+from probe.contract.modulespec import TRUST
 from probe.errors import ProbeError
 from probe.io import atomic, safeio
 from probe.io.paths import confined
@@ -90,6 +91,8 @@ def cached_skip(job: Job, fps: Fingerprints, source: str | None) -> Outcome | No
         return None
     if not is_cached(record, job.identity(source), fps):
         return None
+    if record.get("needs_code") is True and TRUST.get() is not None:
+        return None  # skipped for want of --trust-code, which this command gives: run it
     return Outcome(job.name, job.epoch, "skipped", 0.0, None, reason=one_line(record["reason"]))
 
 
@@ -132,8 +135,13 @@ def record_failure(job: Job, outcome: Outcome) -> None:
         remove_empty_folders(job.run, target.parent)
 
 
-def record_skip(job: Job, outcome: Outcome, key: str, inputs: dict[str, str]) -> None:
+def record_skip(
+    job: Job, outcome: Outcome, key: str, inputs: dict[str, str], needs_code: bool = False
+) -> None:
     """Leave `<epoch_NNNN|run>.skipped.json`: the reason, the key over the inputs read before it.
+
+    `needs_code`: skipped because rebuilding the model needs `--trust-code`; a command that
+    gives it does not take the record as an answer.
 
     Best effort, like a failure record: without it the job is only asked again next time.
     """
@@ -147,6 +155,7 @@ def record_skip(job: Job, outcome: Outcome, key: str, inputs: dict[str, str]) ->
             inputs=inputs,
             key=key,
             first={"format": RESULT_FORMAT},
+            **({"needs_code": True} if needs_code else {}),
         )
         atomic.write_json(job.skipped_record, record)
         job.failed_record.unlink(missing_ok=True)

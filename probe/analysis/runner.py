@@ -50,6 +50,7 @@ from probe.analysis.job import Job, plan_jobs
 from probe.analysis.outcome import STATUSES, Outcome, summary_line
 from probe.analysis.records import FINGERPRINTS, cached_outcome
 from probe.contract.analysis import Analysis
+from probe.contract.modulespec import TRUST, CodeTrust
 from probe.contract.registry import registry as default_registry
 from probe.errors import ProbeError
 from probe.io import atomic
@@ -126,8 +127,12 @@ def run_analyses(
     on_outcome: Callable[[Outcome], Any] | None = None,
     timeout: float | None = None,
     executor: Any = None,
+    trust: CodeTrust | None = None,
 ) -> list[Outcome]:
     """Run the named analyses over a run; one Outcome per job. Used by the CLI and by sweeps.
+
+    `trust`: what a run of a user's own class may rebuild its model with (`--trust-code`,
+    `probe.analyze(model=...)`; probe.contract.modulespec); without it those jobs skip.
 
     `timeout`: seconds per job; each job then runs in a child process, killed past it.
     `executor`: where jobs send their independent pieces (`Context.map`): landscape
@@ -149,6 +154,7 @@ def run_analyses(
     outcomes = []
     token = EXECUTOR.set(executor)
     fp_token = FINGERPRINTS.set(fingerprints)
+    trust_token = TRUST.set(trust)
     try:
         for job in _progress(jobs, quiet):
             outcome = None if force else cached_outcome(job)
@@ -160,6 +166,7 @@ def run_analyses(
     finally:
         EXECUTOR.reset(token)
         FINGERPRINTS.reset(fp_token)
+        TRUST.reset(trust_token)
         fingerprints.save()
     failures = [o for o in outcomes if o.failed]
     if failures:
@@ -175,6 +182,7 @@ def dry_run(
     *,
     force: bool = False,
     registry: Any = None,
+    trust: CodeTrust | None = None,
 ) -> list[tuple[str, str]]:
     """(job label, "cached" | "skipped (cached)" | "to compute") for every job `run_analyses`
     would run with these arguments; checks them the same way, computes and writes nothing
@@ -184,14 +192,26 @@ def dry_run(
     analyses = [reg.get(name) for name in plugins]
     parsed = {a.name: a.make_params((params or {}).get(a.name, {})) for a in analyses}
     out = []
-    for a in analyses:
-        for job in plan_jobs(run, a, parsed[a.name], epochs):
-            hit = None if force else cached_outcome(job)
-            label = Outcome(job.name, job.epoch, "planned").label
-            if hit is None:
-                out.append((label, "to compute"))
-            else:
-                out.append((label, "cached" if hit.status == "cached" else "skipped (cached)"))
+    trust_token = TRUST.set(trust)
+    try:
+        for a in analyses:
+            out += _dry_jobs(run, a, parsed[a.name], epochs, force)
+    finally:
+        TRUST.reset(trust_token)
+    return out
+
+
+def _dry_jobs(
+    run: Run, a: Analysis, params: Any, epochs: str | None, force: bool
+) -> list[tuple[str, str]]:
+    out = []
+    for job in plan_jobs(run, a, params, epochs):
+        hit = None if force else cached_outcome(job)
+        label = Outcome(job.name, job.epoch, "planned").label
+        if hit is None:
+            out.append((label, "to compute"))
+        else:
+            out.append((label, "cached" if hit.status == "cached" else "skipped (cached)"))
     return out
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from probe.contract.cifar10 import CIFAR10_MEAN, CIFAR10_STD
+from probe.contract.modulespec import MODULE_FAMILY, ModuleLayout, build_module
 from probe.contract.records import (
     FAMILY_OPTIONS,
     FamilyRecord,
@@ -102,6 +103,13 @@ class ModelSpec:
     # where the family came from: informs, never selects
     provider: str = field(default="", compare=False)
     _legacy: bool = field(default=False, compare=False, repr=False)
+    # family `module` (a user's own class, probe.contract.modulespec): its layout and reference
+    module: ModuleLayout | None = None
+
+    @property
+    def is_module(self) -> bool:
+        """A user's own class (no family): rebuilt only under the user's `--trust-code`."""
+        return self.module is not None
 
     def __hash__(
         self,
@@ -126,7 +134,7 @@ class ModelSpec:
         return self.input.size
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "family": self.family,
             "family_version": self.family_version,
             "provider": self.provider,
@@ -134,6 +142,9 @@ class ModelSpec:
             "input": self.input.to_dict(),
             "num_classes": self.num_classes,
         }
+        if self.module is not None:
+            out["module"] = self.module.to_dict()
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -142,7 +153,8 @@ class ModelSpec:
         """`resnet(depth=20, shortcut=A)` on 3x32x32, 10 classes: for log lines and errors."""
         ps = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
         h, w = self.input.size
-        return f"{self.family}({ps}) on {self.input.channels}x{h}x{w}, {self.num_classes} classes"
+        name = self.module.factory if self.module is not None else self.family
+        return f"{name}({ps}) on {self.input.channels}x{h}x{w}, {self.num_classes} classes"
 
     @classmethod
     def from_dict(cls, d: Any, source: str | Path = "model spec") -> ModelSpec:
@@ -154,7 +166,7 @@ class ModelSpec:
             raise ValueError(f"expected a JSON object, got {type(d).__name__}")
         if "arch" in d:
             return _from_legacy(d)
-        known = {"family", "family_version", "provider", "params", "input", "num_classes"}
+        known = {"family", "family_version", "provider", "params", "input", "num_classes", "module"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model spec keys {sorted(unknown)[:5]}")
@@ -177,6 +189,9 @@ class ModelSpec:
                 raise ValueError(
                     f"params: {str(k)[:40]!r} must map to a number, string, bool or null"
                 )
+        if (family == MODULE_FAMILY) != ("module" in d):
+            raise ValueError(f"family {MODULE_FAMILY!r} and the key 'module' go together")
+        module = ModuleLayout.from_dict(d["module"]) if "module" in d else None
         return cls(
             family,
             dict(params),
@@ -184,6 +199,7 @@ class ModelSpec:
             _count(d.get("num_classes"), "num_classes", MAX_CLASSES),
             version,
             provider,
+            module=module,
         )
 
     @classmethod
@@ -195,8 +211,28 @@ class ModelSpec:
     def family_obj(self) -> ModelFamily:
         return get_family(self.family, provider=self.provider)
 
+    def state_layout(self) -> dict[str, tuple[str, tuple[int, ...], bool]]:
+        """Every state tensor of the model: name -> (dtype name, shape, is a parameter), in
+        state-dict order; from the stored layout, or the family's model on the meta device."""
+        if self.module is not None:
+            return {n: (d, s, p) for n, d, s, p in self.module.state}
+        model = self.skeleton()
+        params = {n for n, _ in model.named_parameters()}
+        return {
+            n: (str(t.dtype).removeprefix("torch."), tuple(t.shape), n in params)
+            for n, t in model.state_dict().items()
+        }
+
+    def num_params(self) -> int:
+        """The model's parameter count, without memory (the layout, or the meta device)."""
+        if self.module is not None:
+            return self.module.num_params()
+        return sum(p.numel() for p in self.skeleton().parameters())
+
     def family_params(self) -> Any:
         """The family's params dataclass for this spec; a refused value is a ValueError."""
+        if self.module is not None:
+            return dict(self.params)
         fam = self.family_obj()
         try:
             return fam.make_params(dict(self.params), option="model spec")
@@ -204,7 +240,13 @@ class ModelSpec:
             raise ValueError(str(exc).removeprefix("model spec: ")) from None
 
     def build(self) -> Any:
-        """A freshly initialised model on torch's default device (the meta device sizes it)."""
+        """A freshly initialised model on torch's default device (the meta device sizes it).
+
+        A user's own class (`is_module`) is built only under the user's `CodeTrust`
+        (probe.contract.modulespec.build_module); else this raises `CodeNotTrusted`, a Skip.
+        """
+        if self.module is not None:
+            return build_module(self.module, self.params)
         fam = self.family_obj()
         return fam.build(self.family_params(), self.input, self.num_classes)
 
@@ -217,6 +259,8 @@ class ModelSpec:
 
     def recorded_layers(self) -> list[str]:
         """The layers whose activations are dumped, in network order, the penultimate layer last."""
+        if self.module is not None:
+            return list(self.module.layers)
         fam = self.family_obj()
         model = self.skeleton()
         if fam.layers is not None:
@@ -310,7 +354,7 @@ def _from_legacy(d: dict[str, Any]) -> ModelSpec:
 
 def get_family(name: str, provider: str = "", option: str | None = None) -> ModelFamily:
     """The installed family `name`; else one line naming it (and its distribution, where known)."""
-    fam = lookup("models", name)
+    fam = lookup("models", name) if name != MODULE_FAMILY else None
     if fam is not None:
         return fam
     known = ", ".join(sorted(installed("models"))) or "none"

@@ -235,6 +235,8 @@ def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
     """
     from torch import nn
 
+    if spec.is_module:  # a user's own class: the output shapes its layout stored
+        return dict(spec.module.outputs)
     model = spec.skeleton()
     shapes: dict[str, tuple[int, ...]] = {}
     shape: tuple[int, ...] = (spec.in_channels, *spec.input.size)

@@ -53,7 +53,7 @@ class Checkpoint:
         a spec that does not fit them is one error, never a huge allocation.
         """
         check_spec(self.spec, self.path)
-        shapes = {k: tuple(v.shape) for k, v in self.spec.skeleton().state_dict().items()}
+        shapes = {k: s for k, (_, s, _) in self.spec.state_layout().items()}
         stored = {k: tuple(v.shape) for k, v in self.model_state.items()}
         bad = sorted(k for k in shapes.keys() | stored.keys() if shapes.get(k) != stored.get(k))
         if bad:
@@ -79,12 +79,11 @@ def check_spec(spec: ModelSpec, path: Path) -> None:
     """
     try:
         spec.family_params()
-        skeleton = spec.skeleton()
+        n = spec.num_params()  # a user's own class (spec.is_module): from its layout, no code
     except FamilyNotInstalled as exc:
         raise RunFileError(path, str(exc)) from None
     except Exception as exc:  # the family refuses the parameters, or its builder fails on them
         raise RunFileError(path, f"damaged model spec ({spec.family}: {_short(exc)})") from None
-    n = sum(p.numel() for p in skeleton.parameters())
     if n > MAX_MODEL_PARAMS:
         raise RunFileError(
             path, f"damaged model spec ({spec.describe()} would have {n:,} parameters)"
@@ -176,7 +175,7 @@ def size_bound(spec: ModelSpec) -> int:
     """The most bytes a probe checkpoint of `spec`'s model can take: every parameter and
     buffer in float64, twice more for an optimizer's state (Adam's two moments), plus the
     random-number states and the header. A larger file is refused before it is read."""
-    numel = sum(t.numel() for t in spec.skeleton().state_dict().values())
+    numel = sum(math.prod(s) for _, s, _ in spec.state_layout().values())
     return 3 * 8 * numel + (4 << 20)
 
 
@@ -272,22 +271,20 @@ def _check_model_state(
 ) -> dict[str, tuple[int, ...]]:
     """Names, shapes and dtypes of the model tensors against the spec (built on the meta device);
     returns parameter shapes."""
-    model = spec.skeleton()
-    expected = model.state_dict()
+    expected = spec.state_layout()
     for k in sorted(expected.keys() | state.keys()):
         if k not in state:
             raise RunFileError(path, f"field model/{k}: missing (the model spec has it)")
         if k not in expected:
             raise RunFileError(path, f"field model/{k}: not a tensor of this model spec")
-        want, got = expected[k], state[k]
-        if got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
+        (dtype, shape, _), got = expected[k], state[k]
+        if str(got.dtype).removeprefix("torch.") != dtype or tuple(got.shape) != shape:
             raise RunFileError(
                 path,
-                f"field model/{k}: expected {str(want.dtype).removeprefix('torch.')} "
-                f"{list(want.shape)}, "
+                f"field model/{k}: expected {dtype} {list(shape)}, "
                 f"got {str(got.dtype).removeprefix('torch.')} {list(got.shape)}",
             )
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+    return {n: s for n, (_, s, is_param) in expected.items() if is_param}
 
 
 OPTIMIZER_STATE_KEYS = {

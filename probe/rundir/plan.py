@@ -108,7 +108,7 @@ class RunPlan:
             "format": FORMAT,
             "train": train,
             "model_spec": self.spec.to_dict(),
-            "num_params": sum(p.numel() for p in self.spec.skeleton().parameters()),
+            "num_params": self.spec.num_params(),
             "augmentation": dict(self.augmentation) if self.augmentation is not None else None,
             "config_hash": self.config_hash,
             "data_source": self.dataset.source,

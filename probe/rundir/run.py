@@ -10,6 +10,7 @@ sees finished epochs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -20,8 +21,10 @@ from types import MappingProxyType
 from typing import Any
 
 from probe.contract.families import ModelSpec
-from probe.errors import NotARunError, RunFileError, UsageError
+from probe.contract.modulespec import TRUST, CodeTrust
+from probe.errors import NotARunError, ProbeError, RunFileError, UsageError
 from probe.io import safeio
+from probe.io.jsonsafe import dumps
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -35,6 +38,7 @@ ANALYSIS_BATCH = f"{DATA}/analysis_batch.safetensors"
 EXAMPLES = f"{DATA}/examples.safetensors"  # the training images whose predictions are recorded
 MAX_EXAMPLES = 100_000  # recorded training examples a run may declare (default 1,000)
 MAX_BATCH_BYTES = 1 << 30  # the stored probe set and analysis batch: a few MB at the default sizes
+MAX_RESULT_JSON = 64 << 20  # one JSON file of a result (per-layer tables, eigenvalue lists)
 MAX_IMAGES = 10_000_000  # image counts a config may declare (subset, probe set, analysis batch)
 # What a `train` table lacks reads as these: probe train's defaults. A run written before a key
 # existed (or by probe.Recorder, whose table holds only what it knows) is keyed and read as if it
@@ -279,9 +283,95 @@ class Run:
             raise RunFileError(ckpt.path, f"holds epoch {ckpt.epoch}, not epoch {epoch}")
         return ckpt
 
-    def model(self, epoch: int, device: str = "cpu"):
-        """A fresh model for `epoch` in eval mode; changing it never changes the file."""
-        return self.load_checkpoint(epoch).build_model(device)
+    def model(self, epoch: int, device: str = "cpu", factory: Any = None):
+        """A fresh model for `epoch` in eval mode; changing it never changes the file.
+
+        A run of your own class (family `module`) is rebuilt by `factory`, a callable you
+        give that returns the untrained module (its weights are then loaded and checked);
+        without it that is one `probe.Skip` line naming --trust-code. Nothing the run names
+        is imported.
+        """
+        ckpt = self.load_checkpoint(epoch)
+        if factory is None:
+            return ckpt.build_model(device)
+        token = TRUST.set(CodeTrust(factory=factory))
+        try:
+            return ckpt.build_model(device)
+        finally:
+            TRUST.reset(token)
+
+    def results(self, analysis: str, variant: str = "default") -> dict[int | None, Result]:
+        """The finished results of `analysis` (`probe analyze` or `probe.analyze` wrote them),
+        by epoch (None: a run-wide result): manifest, scalars and every JSON file, read
+        bounded. A result whose manifest seal or JSON files do not hold is left out (`probe
+        analyze` computes it again). `variant`: "default" (default parameters) or a `p-...`
+        folder name."""
+        out: dict[int | None, Result] = {}
+        base = self.path / ANALYSES / analysis / variant
+        if not _PLAIN.match(analysis) or not _PLAIN.match(variant) or not base.is_dir():
+            return out
+        for folder in sorted(base.iterdir()):
+            m = _EPOCH_DIR.match(folder.name)
+            if not (m or folder.name == "run") or not folder.is_dir() or folder.is_symlink():
+                continue
+            result = _read_result(self.path, folder, analysis, variant)
+            if result is not None:
+                out[int(m.group(1)) if m else None] = result
+        return out
+
+
+@dataclass(frozen=True)
+class Result:
+    """One finished analysis result: where it is, its manifest, headline scalars, JSON files."""
+
+    analysis: str
+    variant: str
+    epoch: int | None
+    path: Path
+    manifest: dict[str, Any]
+    json: dict[str, Any]  # file name without .json -> its parsed content
+
+    @property
+    def scalars(self) -> dict[str, Any]:
+        return dict(self.manifest.get("scalars") or {})
+
+
+_PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_EPOCH_DIR = re.compile(r"^epoch_([0-9]{4,9})$")
+
+
+def _read_result(root: Path, folder: Path, analysis: str, variant: str) -> Result | None:
+    """The result in `folder` if its manifest is sealed (the rule of results.seal_of) and each
+    JSON file it lists hashes to its recorded digest; else None."""
+    try:
+        m = safeio.read_json(
+            folder / "manifest.json", max_bytes=safeio.MAX_CONFIG_BYTES, within=root
+        )
+        if not isinstance(m, dict) or not isinstance(m.get("seal"), str):
+            return None
+        body = dumps(
+            {k: v for k, v in m.items() if k != "seal"},
+            "str",
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        digests = m.get("file_sha256")
+        if hashlib.sha256(body.encode()).hexdigest() != m["seal"] or not isinstance(digests, dict):
+            return None
+        files: dict[str, Any] = {}
+        for name in m.get("files") or []:
+            if not isinstance(name, str) or not name.endswith(".json") or not _PLAIN.match(name):
+                continue
+            p = folder / name
+            if safeio.sha256_file(p, MAX_RESULT_JSON, within=root) != digests.get(name):
+                return None
+            files[name.removesuffix(".json")] = safeio.read_json(
+                p, max_bytes=MAX_RESULT_JSON, within=root
+            )
+    except ProbeError:
+        return None
+    epoch = m.get("epoch")
+    return Result(analysis, variant, epoch if type(epoch) is int else None, folder, m, files)
 
 
 def _check_batch(path: Path, batch: DataBatch, spec: Any) -> None:

@@ -32,6 +32,13 @@ from typing import Any
 
 import click
 
+from probe.contract.modulespec import (
+    CodeTrust,
+    call_factory,
+    check_factory_ref,
+    code_trust,
+    trusted,
+)
 from probe.errors import RunFileError, UsageError
 from probe.io import safeio
 from probe.training.model import parse_pairs
@@ -290,12 +297,26 @@ def import_checkpoints(
     device: str = "auto",
     force: bool = False,
     log: Any = None,
+    model_factory: str | None = None,
+    trust_code: tuple[str, ...] = (),
 ) -> Path:
-    """Write a run directory for the state dicts in `folder` (the module docstring); returns it."""
+    """Write a run directory for the state dicts in `folder` (the module docstring); returns it.
+
+    `model_factory` ("pkg.mod:fn", with `model` None): the state dicts are of the user's own
+    class; the factory is imported and called (with `model_params`) only because the user
+    names it and a `trust_code` module covering it; the run stores the reference (family
+    `module`, docs/own-loop.md)."""
     import torch  # here, and the recorder: `probe --help` lists this command without torch
 
     from probe.rundir import checkpoint
     from probe.training.recorder import Recorder, state_mismatch
+
+    trust = code_trust(tuple(trust_code)) or CodeTrust()
+    if model_factory is not None:
+        if model is not None:
+            raise UsageError("--model-factory", "give a family (--model) or a factory, not both")
+        ref = check_factory_ref(model_factory, "--model-factory")
+        model = call_factory(ref, dict(model_params or {}), trust.modules)
 
     folder, run_dir = Path(folder), Path(run_dir)
     log = log or (lambda s: None)
@@ -309,6 +330,7 @@ def import_checkpoints(
         model,
         dataset,
         model_params=model_params,
+        model_factory=model_factory,
         data=data,
         probe_set_size=probe_set_size,
         analysis_batch_size=analysis_batch_size,
@@ -327,10 +349,11 @@ def import_checkpoints(
         why = state_mismatch(spec, load_state(p, bound, lazy=True), cast=True)
         if why:
             raise RunFileError(p, f"does not fit {spec.describe()}: {why}")
-    skeleton = spec.skeleton().state_dict()
-    with rec:
+    dtypes = {k: getattr(torch, d) for k, (d, _, _) in spec.state_layout().items()}
+    # a user's own class (spec.is_module) is built by its factory, under the user's trust
+    with rec, trusted(trust):
         for epoch, p in files.items():
-            state = {k: v.to(skeleton[k].dtype) for k, v in load_state(p, bound).items()}
+            state = {k: v.to(dtypes[k]) for k, v in load_state(p, bound).items()}
             with torch.device("cpu"):
                 net = spec.build()
             net.load_state_dict(state, strict=True)
@@ -353,8 +376,23 @@ def import_checkpoints(
     "--model",
     "--family",
     "family",
-    required=True,
-    help="Model family of the state dicts (see `probe models`).",
+    default=None,
+    help="Model family of the state dicts (see `probe models`); or --model-factory.",
+)
+@click.option(
+    "--model-factory",
+    "model_factory",
+    default=None,
+    metavar="PKG.MODULE:FN",
+    help="State dicts of your own nn.Module class: the function (or class) that builds it, "
+    "called with the --model-param values; needs --trust-code.",
+)
+@click.option(
+    "--trust-code",
+    "trust_code",
+    multiple=True,
+    metavar="MODULE",
+    help="Allow importing --model-factory from MODULE (or under it).",
 )
 @click.option(
     "--model-param",
@@ -414,6 +452,8 @@ def import_command(
     device: str,
     force: bool,
     quiet: bool,
+    model_factory: str | None,
+    trust_code: tuple[str, ...],
 ) -> None:
     """Turn a FOLDER of per-epoch state dicts into a run directory probe can analyse.
 
@@ -432,6 +472,14 @@ def import_command(
     state, so `probe train --resume` cannot continue the run.
     """  # noqa: E501 (the help's example command is printed as it is written)
     params = parse_pairs(model_params)
+    if (family is None) == (model_factory is None):
+        raise UsageError("--model", "name the state dicts' model family, or --model-factory")
+    if model_factory is not None and not trust_code:
+        raise UsageError(
+            "--model-factory",
+            f"importing and calling {model_factory} runs its code: add --trust-code "
+            f"{model_factory.split(':')[0].split('.')[0]}",
+        )
     import_checkpoints(
         folder,
         run_dir,
@@ -445,6 +493,8 @@ def import_command(
         device=device,
         force=force,
         log=None if quiet else (lambda s: click.echo(s)),
+        model_factory=model_factory,
+        trust_code=trust_code,
     )
     if not quiet:
         click.echo(f"run directory: {run_dir}")

@@ -11,6 +11,7 @@ will build, and a forward pass there shows that the data set's images fit the mo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from probe.contract.cifar10 import CIFAR10_CLASSES, CIFAR10_INPUT, CIFAR10_MEAN, CIFAR10_STD
@@ -19,7 +20,15 @@ from probe.contract.families import (
     MAX_TRAIN_BYTES,
     InputSpec,
     ModelSpec,
+    _scalar,
+    default_layers,
     get_family,
+)
+from probe.contract.modulespec import (
+    MODULE_FAMILY,
+    check_factory_ref,
+    factory_ref,
+    layout_of,
 )
 from probe.errors import UsageError
 from probe.training.config import TrainConfig, family_params, parse_pairs
@@ -40,7 +49,7 @@ def simplecnn_spec(
 
 def count_params(spec: ModelSpec) -> int:
     """Parameter count of the model `spec` describes, built on the meta device (no memory)."""
-    return sum(p.numel() for p in spec.skeleton().parameters())
+    return spec.num_params()
 
 
 def spec_from_config(cfg: TrainConfig, input: InputSpec, num_classes: int) -> ModelSpec:
@@ -57,7 +66,11 @@ def spec_from_config(cfg: TrainConfig, input: InputSpec, num_classes: int) -> Mo
 
 
 def check_model(
-    spec: ModelSpec, batch_size: int, option: str = "--model", full_maps: tuple[str, ...] = ()
+    spec: ModelSpec,
+    batch_size: int,
+    option: str = "--model",
+    full_maps: tuple[str, ...] = (),
+    skeleton: Any = None,
 ) -> int:
     """Size the model on the meta device and run one forward pass there; return its parameter count.
 
@@ -66,14 +79,15 @@ def check_model(
     gradients, two optimizer buffers, and every module's output for one batch,
     kept for the backward pass), images the model cannot take (a forward pass
     that fails or does not give [N, num_classes] logits), and `--full-maps` names
-    that are not modules of the model.
+    that are not modules of the model. `skeleton`: the model on the meta device, when the
+    spec cannot build it (a user's own class: a copy of the user's instance).
     """
     import torch
 
     h, w = spec.input.size
     where = f"{spec.describe()}"
     try:
-        model = spec.skeleton()
+        model = spec.skeleton() if skeleton is None else skeleton
     except (ValueError, TypeError) as exc:
         raise UsageError(option, f"cannot build {where}: {exc}") from None
     n = sum(p.numel() for p in model.parameters())
@@ -125,6 +139,38 @@ def check_model(
     return n
 
 
+def module_spec(
+    model: Any,
+    factory: Any,
+    kwargs: Mapping[str, Any] | None,
+    input: InputSpec,
+    num_classes: int,
+) -> tuple[ModelSpec, Any]:
+    """(the spec of a user's own `model` instance, its meta copy): family `module`, its layout
+    from one forward pass on the meta device (the user's model is not touched), and a
+    reference to `factory` (a "pkg.mod:fn" string or a callable) or else to the model's class.
+    Nothing is called or imported: the reference is for `probe analyze --trust-code`."""
+    if factory is None:
+        ref = factory_ref(type(model))
+    elif isinstance(factory, str):
+        ref = check_factory_ref(factory)
+    elif callable(factory):
+        ref = factory_ref(factory, "model_factory")
+    else:
+        raise UsageError("model_factory", f"expected 'pkg.mod:fn' or a function, got {factory!r}")
+    params = dict(kwargs or {})
+    if len(params) > 64 or not all(isinstance(k, str) and _scalar(v) for k, v in params.items()):
+        raise UsageError(
+            "model_params", "the factory's keyword arguments must be JSON numbers, strings or bools"
+        )
+    n = sum(p.numel() for p in model.parameters())
+    if n > MAX_MODEL_PARAMS:
+        raise UsageError("model", f"the model has {n:,} parameters, more than probe allows")
+    layout, skeleton = layout_of(model, ref, input, default_layers)
+    spec = ModelSpec(MODULE_FAMILY, params, input, num_classes, module=layout)
+    return spec, skeleton
+
+
 def input_spec(
     images: Any, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
 ) -> InputSpec:
@@ -166,6 +212,7 @@ __all__ = [
     "check_model",
     "count_params",
     "input_spec",
+    "module_spec",
     "parse_pairs",
     "simplecnn_spec",
     "spec_from_config",

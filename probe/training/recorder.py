@@ -34,7 +34,7 @@ from probe.rundir.prepare import check_new_run_dir, check_path
 from probe.rundir.run import MAX_EXAMPLES
 from probe.rundir.writer import RunWriter
 from probe.training.config import MAX_IMAGES, MAX_SEED
-from probe.training.model import check_model, input_spec
+from probe.training.model import check_model, input_spec, module_spec
 
 Log = Callable[[str], None]
 
@@ -73,7 +73,10 @@ def state_mismatch(
     Compared against the model built on the meta device (nothing allocated). With
     `cast`, a floating tensor of another floating dtype counts as fitting (import casts it).
     """
-    want = spec.skeleton().state_dict()
+    want = {  # meta tensors: a user's own class has only its stored layout
+        k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+        for k, (dtype, shape, _) in spec.state_layout().items()
+    }
     missing = [k for k in want if k not in state]
     extra = [k for k in state if k not in want]
     bad = []
@@ -104,10 +107,21 @@ def resolve_spec(
     subset: torch.Tensor,
     batch_size: int,
     full_maps: tuple[str, ...],
+    model_factory: str | Callable[..., Any] | None = None,
 ) -> ModelSpec:
-    """The spec of `model` (a spec, or a family name + params) for `ds`, sized and checked on the
-    meta device."""
-    if isinstance(model, ModelSpec):
+    """The spec of `model` (a spec, a family name + params, or any nn.Module: family `module`)
+    for `ds`, sized and checked on the meta device."""
+    skeleton = None
+    if isinstance(model, torch.nn.Module):
+        inp = input_spec(ds.train_x[subset], ds.mean, ds.std)
+        spec, skeleton = module_spec(
+            unwrap(model), model_factory, model_params, inp, len(ds.classes)
+        )
+    elif model_factory is not None:
+        raise UsageError("model_factory", "goes with a model instance (model=<your nn.Module>)")
+    elif isinstance(model, ModelSpec) and model.is_module:
+        raise UsageError("model", "a spec of a user's own class: pass the model instance itself")
+    elif isinstance(model, ModelSpec):
         if model_params:
             raise UsageError(
                 "model_params",
@@ -122,7 +136,9 @@ def resolve_spec(
         )
     else:
         raise UsageError(
-            "model", f"expected a family name or a probe.ModelSpec, got {type(model).__name__}"
+            "model",
+            "expected a family name, a probe.ModelSpec or a torch.nn.Module, "
+            f"got {type(model).__name__}",
         )
     h, w = ds.train_x.shape[2:]
     if (spec.in_channels, *spec.image_size) != tuple(
@@ -133,7 +149,7 @@ def resolve_spec(
             f"{spec.describe()} does not fit the data set's {ds.train_x.shape[1]}x{h}x{w} "
             f"images of {len(ds.classes)} classes",
         )
-    check_model(spec, batch_size, full_maps=full_maps)
+    check_model(spec, batch_size, full_maps=full_maps, skeleton=skeleton)
     return spec
 
 
@@ -178,8 +194,12 @@ class Recorder:
         rec.close()                                    # or `with probe.Recorder(...) as rec:`
 
     `model`: a `probe.ModelSpec`, or a family name (`probe models`, or one you registered)
-    with `model_params`. `dataset`: a data set name (`probe datasets`; `data` is its
-    `--data`) or a `probe.datasets.tensors.Dataset`. The probe set (`probe_set_size`
+    with `model_params`, or an instance of your own `nn.Module` class (family `module`:
+    the run stores its weights' layout and only a reference to the class, or to
+    `model_factory` ("pkg.mod:fn" or the function), called with `model_params` as keyword
+    arguments by `probe analyze --trust-code pkg`; docs/own-loop.md, "Any nn.Module").
+    `dataset`: a data set name (`probe datasets`; `data` is its `--data`) or a
+    `probe.datasets.tensors.Dataset`. The probe set (`probe_set_size`
     class-stratified validation images), the analysis batch (`analysis_batch_size` images of
     the training subset) and the validation order are drawn with `seed` exactly as
     `probe train` draws them (one `probe.rundir.plan.RunPlan`); `subset_train_size` (0 = all)
@@ -195,10 +215,11 @@ class Recorder:
     def __init__(
         self,
         run_dir: str | Path,
-        model: ModelSpec | str,
+        model: ModelSpec | str | torch.nn.Module,
         dataset: str | _data.Dataset,
         *,
         model_params: Mapping[str, Any] | None = None,
+        model_factory: str | Callable[..., Any] | None = None,
         data: str | None = None,
         probe_set_size: int = 1000,
         analysis_batch_size: int = 1024,
@@ -232,7 +253,9 @@ class Recorder:
         subset = _data.train_subset(ds, subset_train_size, seed)
         analysis_batch_size = min(analysis_batch_size, len(subset))
         full_maps = tuple(full_maps)
-        spec = resolve_spec(model, ds, model_params, subset, val_batch_size, full_maps)
+        spec = resolve_spec(
+            model, ds, model_params, subset, val_batch_size, full_maps, model_factory
+        )
         # config.json's `train` table: what a recorder knows, in probe train's key names.
         train: dict[str, Any] = {
             "dataset": dataset if isinstance(dataset, str) else "given",
