@@ -23,6 +23,7 @@ writer (probe.rundir.writer) that `probe train` writes through too.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 import zipfile
@@ -472,6 +473,8 @@ def import_command(
     state, so `probe train --resume` cannot continue the run.
     """  # noqa: E501 (the help's example command is printed as it is written)
     params = parse_pairs(model_params)
+    if model_factory is not None:  # a factory's keyword arguments: JSON numbers, else strings
+        params = {k: _typed(v) for k, v in params.items()}
     if (family is None) == (model_factory is None):
         raise UsageError("--model", "name the state dicts' model family, or --model-factory")
     if model_factory is not None and not trust_code:
@@ -498,3 +501,12 @@ def import_command(
     )
     if not quiet:
         click.echo(f"run directory: {run_dir}")
+
+
+def _typed(text: Any) -> Any:
+    """A --model-param value for a factory: a JSON number, bool or null, else the text itself."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return text
+    return value if value is None or isinstance(value, (bool, int, float)) else text
