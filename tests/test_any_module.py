@@ -43,6 +43,12 @@ class TinyNet(nn.Module):
 
 def make(width=4):
     return TinyNet(width)
+
+
+class SevenOutputs(TinyNet):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 7)
 """
 
 HOSTILE_CODE = """
@@ -164,6 +170,36 @@ def test_recording_leaves_the_user_s_model_as_it_was(user_code, tmp_path: Path) 
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_a_model_that_cannot_be_referenced_or_does_not_fit_is_refused(
+    user_code, tmp_path: Path
+) -> None:
+    from probe_anymod_user.nets import SevenOutputs
+
+    class Local(torch.nn.Module):  # inside a function: no name to import it by
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 8), torch.nn.ReLU()
+            )
+            self.fc = torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+    ds = synthetic_dataset(n_train=32, n_test=20, size=8)
+    kw = dict(dataset=ds, probe_set_size=10, analysis_batch_size=8, device="cpu")
+    with pytest.raises(UsageError, match="inside a function.*model_factory"):
+        probe.Recorder(tmp_path / "a", model=Local(), **kw)
+    rec = probe.Recorder(tmp_path / "b", model=Local(), model_factory=f"{PKG}.nets:make", **kw)
+    assert rec.spec.module.factory == f"{PKG}.nets:make" and rec.layers == ["body"]
+    rec.close()
+    with pytest.raises(UsageError, match=r"gives outputs \[1, 7\] for one image, not \[1, 10\]"):
+        probe.Recorder(tmp_path / "c", model=SevenOutputs(), **kw)
+    with pytest.raises(UsageError, match="model_params"):
+        probe.Recorder(tmp_path / "d", model=SevenOutputs(), model_params={"x": [1]}, **kw)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
 def test_a_stored_spec_of_a_user_class_is_checked(user_run) -> None:

@@ -324,7 +324,10 @@ def layout_of(
     except ValueError as exc:
         raise UsageError("model", f"{type(model).__name__}: {exc}") from None
     layout = ModuleLayout(factory, state, modules, tuple(outputs.items()), layers)
-    return ModuleLayout.from_dict(layout.to_dict()), skel  # what a reader accepts, or an error now
+    try:  # what a reader accepts, or one line now
+        return ModuleLayout.from_dict(layout.to_dict()), skel
+    except ValueError as exc:
+        raise UsageError("model", f"{type(model).__name__} cannot be stored: {exc}") from None
 
 
 def layout_mismatch(layout: ModuleLayout, state: Mapping[str, Any]) -> str | None:
