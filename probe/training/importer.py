@@ -35,6 +35,8 @@ import click
 from probe.errors import RunFileError, UsageError
 from probe.io import safeio
 from probe.training.model import parse_pairs
+from probe.training.normalization import NormalizationAssumed, assumption_line, parse_channels
+from probe.training.statekeys import apply_renames, parse_renames, suggest_renames
 
 SUFFIXES = (".safetensors", ".pt", ".pth")
 _DIGITS = re.compile(r"[0-9]+")
@@ -304,68 +306,6 @@ def load_state(path: Path, max_bytes: int | None = None, *, lazy: bool = False) 
     return state
 
 
-def parse_renames(pairs: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
-    """`--rename OLD=NEW` prefix maps, in the order given (OLD may not be empty or repeated)."""
-    out: list[tuple[str, str]] = []
-    for text in pairs:
-        old, eq, new = text.partition("=")
-        if not eq or not old:
-            raise UsageError(
-                "--rename", f"expected OLD=NEW with a non-empty OLD prefix, got {text!r}"
-            )
-        if any(old == o for o, _ in out):
-            raise UsageError("--rename", f"{old!r} is renamed twice; give each prefix once")
-        out.append((old, new))
-    return out
-
-
-def apply_renames(path: Path, state: dict[str, Any], renames: list[tuple[str, str]]) -> dict:
-    """`state` with each key's prefix renamed by the first rule whose OLD starts it; two keys
-    becoming one is refused (naming both)."""
-    if not renames:
-        return state
-    out: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for k, v in state.items():
-        new = next((n + k[len(o) :] for o, n in renames if k.startswith(o)), k)
-        if new in out:
-            raise RunFileError(
-                path, f"--rename maps both {origin[new]!r} and {k!r} to {new!r}; fix the renames"
-            )
-        out[new], origin[new] = v, k
-    return out
-
-
-def suggest_renames(want: Mapping[str, Any], state: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Prefix maps that turn every unexpected key of `state` into a missing key of `want` of
-    the same shape (their last dotted parts kept); [] when no such maps cover them all."""
-    missing = {k: tuple(v.shape) for k, v in want.items() if k not in state}
-    extra = {k: tuple(v.shape) for k, v in state.items() if k not in want}
-    if not missing or len(missing) != len(extra):
-        return []
-    rules: list[tuple[str, str]] = []
-    left = dict(extra)
-    while left:
-        key = next(iter(left))
-        tail = key.rpartition(".")[2]
-        found = None
-        for m, shape in missing.items():
-            if shape != left[key] or m.rpartition(".")[2] != tail or "." not in key + m:
-                continue
-            old, new = key[: len(key) - len(tail)], m[: len(m) - len(tail)]
-            mapped = {new + k[len(old) :]: v for k, v in left.items() if k.startswith(old)}
-            if all(missing.get(k) == v for k, v in mapped.items()):
-                found = (old, new)
-                break
-        if found is None:
-            return []
-        rules.append(found)
-        for k in [k for k in left if k.startswith(found[0])]:
-            del missing[found[1] + k[len(found[0]) :]]
-            del left[k]
-    return rules if not missing else []
-
-
 def check_outside(folder: Path, run_dir: Path) -> None:
     """Refuse a source folder inside the run it would write: writing the run (and replacing
     an old one with --force) removes files there before every input has been read."""
@@ -407,7 +347,6 @@ def import_checkpoints(
     import torch  # here, and the recorder: `probe --help` lists this command without torch
 
     from probe.rundir import checkpoint
-    from probe.training.normalization import NormalizationAssumed, assumption_line
     from probe.training.recorder import Recorder, state_mismatch
 
     folder, run_dir = Path(folder), Path(run_dir)
@@ -598,8 +537,6 @@ def import_command(
     the model was trained with (--mean/--std): without it the data set's statistics
     are assumed, and a line says so.
     """  # noqa: E501 (the help's example command is printed as it is written)
-    from probe.training.normalization import parse_channels
-
     params = parse_pairs(model_params)
     if val_size is not None and val_size < probe_set_size:
         raise UsageError(
