@@ -467,7 +467,9 @@ def from_dict(d: dict[str, Any], source: str) -> TrainConfig:
     """Rebuild a config stored in a run (config.json), checking every value."""
     if not isinstance(d, dict):
         raise UsageError(source, "expected a JSON object")
-    values = {k: coerce(k, v, source) for k, v in d.items()}
+    # `normalization`: written by probe.Recorder and probe import (docs/run-directory.md), whose
+    # runs probe train does not resume; probe train normalises with the data set's statistics
+    values = {k: coerce(k, v, source) for k, v in d.items() if k != "normalization"}
     try:
         return TrainConfig(**values)
     except UsageError as exc:  # a bound across fields (check_cost): name the file too
