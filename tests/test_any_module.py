@@ -89,6 +89,8 @@ def record(run_dir: Path, model_factory=None, epochs: int = 2) -> tuple[Path, di
         model=model,
         dataset=ds,
         model_factory=model_factory,
+        mean=ds.mean,
+        std=ds.std,
         probe_set_size=20,
         analysis_batch_size=16,
         example_records=10,
@@ -157,10 +159,13 @@ def test_recording_leaves_the_user_s_model_as_it_was(user_code, tmp_path: Path) 
     torch.manual_seed(1)
     model = TinyNet()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    ds = synthetic_dataset(n_train=32, n_test=20, size=8)
     rec = probe.Recorder(
         tmp_path / "r",
         model=model,
-        dataset=synthetic_dataset(n_train=32, n_test=20, size=8),
+        dataset=ds,
+        mean=ds.mean,
+        std=ds.std,
         probe_set_size=10,
         analysis_batch_size=8,
         example_records=0,
@@ -189,7 +194,8 @@ def test_a_model_that_cannot_be_referenced_or_does_not_fit_is_refused(
             return self.fc(self.body(x))
 
     ds = synthetic_dataset(n_train=32, n_test=20, size=8)
-    kw = dict(dataset=ds, probe_set_size=10, analysis_batch_size=8, device="cpu")
+    kw = dict(dataset=ds, mean=ds.mean, std=ds.std, probe_set_size=10, analysis_batch_size=8)
+    kw["device"] = "cpu"
     with pytest.raises(UsageError, match="inside a function.*model_factory"):
         probe.Recorder(tmp_path / "a", model=Local(), **kw)
     rec = probe.Recorder(tmp_path / "b", model=Local(), model_factory=f"{PKG}.nets:make", **kw)

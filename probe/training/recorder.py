@@ -213,8 +213,9 @@ class Recorder:
     with `model_params`, or an instance of your own `nn.Module` class (family `module`:
     the run stores its weights' layout and only a reference to the class, or to
     `model_factory` ("pkg.mod:fn" or the function), called with `model_params` as keyword
-    arguments by `probe analyze --trust-code pkg`; docs/own-loop.md, "Any nn.Module"). `dataset`: a data set name (`probe datasets`; `data` is its
-    `--data`) or a `probe.datasets.tensors.Dataset`. The probe set (`probe_set_size`
+    arguments by `probe analyze --trust-code pkg`; docs/own-loop.md, "Any nn.Module").
+    `dataset`: a data set name (`probe datasets`; `data` is its `--data`) or a
+    `probe.datasets.tensors.Dataset`. The probe set (`probe_set_size`
     class-stratified validation images), the analysis batch (`analysis_batch_size` images of
     the training subset) and the validation order are drawn with `seed` exactly as
     `probe train` draws them (one `probe.rundir.plan.RunPlan`); `subset_train_size` (0 = all)
