@@ -57,7 +57,7 @@ Path(__file__).with_name("IMPORTED").write_text("the run chose code to run")
 
 
 def boom(**kwargs):
-    raise SystemExit("called")
+    raise RuntimeError("the hostile factory was called")
 """
 
 
@@ -305,11 +305,22 @@ def test_a_hostile_reference_is_never_imported_without_the_flag(user_code, tmp_p
     run, _ = record(tmp_path / "hostile", model_factory="probe_anymod_hostile:boom", epochs=1)
     spec = json.loads((run / "config.json").read_text())["model_spec"]
     assert spec["module"]["factory"] == "probe_anymod_hostile:boom"  # recorded, never called
-    for args in ((), ("--trust-code", PKG)):
-        res = cli("analyze", str(run), "-p", "interpolation", "-p", "spectra", *args)
-        assert "probe_anymod_hostile" not in sys.modules
-        assert not (user_code / "IMPORTED").exists()
-        assert "0 failed" in res.output or "outside --trust-code" in res.output
+    res = cli("analyze", str(run), "-p", "interpolation", "-p", "spectra")
+    assert res.exit_code == 0 and "1 computed" in res.output and "1 skipped" in res.output
+    assert "--trust-code probe_anymod_hostile" in res.output
+    assert "probe_anymod_hostile" not in sys.modules and not (user_code / "IMPORTED").exists()
+    res = cli("analyze", str(run), "-p", "interpolation", "--trust-code", PKG)
+    assert (
+        res.exit_code == 1 and "FAILED interpolation (run): the run's model factory" in res.output
+    )
+    assert "probe_anymod_hostile:boom is outside --trust-code" in res.output
+    assert "probe_anymod_hostile" not in sys.modules and not (user_code / "IMPORTED").exists()
+    # the control: the user's own --trust-code naming it does import it (and so the mark shows)
+    res = cli("analyze", str(run), "-p", "interpolation", "--trust-code", "probe_anymod_hostile")
+    assert res.exit_code == 1 and "the hostile factory was called" in res.output
+    assert (user_code / "IMPORTED").exists()
+    (user_code / "IMPORTED").unlink()
+    del sys.modules["probe_anymod_hostile"]
     with pytest.raises(probe.Skip, match="--trust-code probe_anymod_hostile"):
         probe.Run(run).model(1)
     assert "probe_anymod_hostile" not in sys.modules
