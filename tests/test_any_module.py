@@ -402,3 +402,14 @@ def test_import_with_a_model_factory(user_code, tmp_path: Path) -> None:
     # analysed with the stored kwargs: the factory is called as make(width=3)
     res = cli("analyze", str(tmp_path / "run"), "-p", "interpolation", "--trust-code", PKG)
     assert res.exit_code == 0 and "1 computed" in res.output, res.output
+
+
+def test_probe_analyze_is_there_without_torch() -> None:
+    import subprocess
+
+    code = (
+        "import sys, probe; f = probe.analyze; import probe.analyze as m; "
+        "assert f is m and callable(f); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
