@@ -46,6 +46,15 @@ class Params:
     )
 
 
+def cost(p: Params, info: probe.RunInfo) -> probe.Cost:
+    """4 float64 forwards (a Richardson central difference) per weight, of 8 x max_layers."""
+    layers = info.conv_layers or info.linear_layers
+    weights = p.samples_per_layer * min(layers, p.max_layers or layers)
+    n = min(p.n_images, info.stored_images)
+    # float64 under the freezing dispatch mode: measured ~4x a float32 forward on resnet-20
+    return probe.Cost(4 * weights + 2, "forward", n, factor=4.0, note="perturbed forwards")
+
+
 def run(ctx: probe.Context) -> None:
     import matplotlib
 
@@ -194,6 +203,7 @@ def register_analyses(register) -> None:
         probe.Analysis(
             name="gradcheck",
             run=run,
+            cost=cost,
             params=Params,
             scope="epoch",
             needs={"model", "analysis_batch"},
