@@ -20,7 +20,7 @@ from probe.numerics.device import device_string
 
 __all__ = ["costs_of", "estimate_lines", "fmt_seconds", "measure_units", "run_info"]
 
-SLICE = 16  # images timed per unit
+SLICE = 32  # images timed per unit (fewer: per-call overhead dominates, and per image is off)
 NAMES = {"hvp": ("product", "products"), "backward": ("f+b pass", "f+b passes")}
 NAMES["forward"] = ("forward", "forwards")
 
@@ -64,10 +64,15 @@ def measure_units(
     def backward() -> None:
         torch.autograd.grad(F.cross_entropy(model(x), y), params)
 
+    graph: list[Any] = []
+
     def hvp() -> None:
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
-        dot = sum((g * g.detach()).sum() for g in grads)
-        torch.autograd.grad(dot, params)
+        # the curvature operators keep the first-order graph and differentiate it per product
+        if not graph:
+            loss = F.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            graph.append(sum((g * g.detach()).sum() for g in grads))
+        torch.autograd.grad(graph[0], params, retain_graph=True)
 
     out = {}
     for name, fn in (("forward", forward), ("backward", backward), ("hvp", hvp)):
@@ -109,43 +114,42 @@ def _term(c: Cost) -> str:
 
 
 def estimate_lines(jobs: Sequence[Job], device: str) -> list[str]:
-    """One line per analysis with jobs to compute, then the total: what and about how long."""
-    if not jobs:
-        return []
-    device = device_string(device)
-    info, model, batch = run_info(jobs[0], device)
-    declared = {c.unit for job in jobs for c in costs_of(job, _with_epochs(info, job)) or ()}
-    kinds = declared | {"forward"}
-    per_image = measure_units(model, batch, device, sorted(kinds)) if model is not None else {}
-    lines, total = [], 0.0
+    """One line per analysis with jobs to compute, then the total: what and about how long.
+
+    Loads the model and times a unit only when some analysis declares a cost."""
     by_name: dict[str, list[Job]] = {}
     for job in jobs:
         by_name.setdefault(job.name, []).append(job)
+    declared = [job for job in jobs if job.analysis.cost is not None]
+    per_image: dict[str, float] = {}
+    info = None
+    if declared:
+        device = device_string(device)
+        info, model, batch = run_info(declared[0], device)
+        kinds = {c.unit for job in declared for c in costs_of(job, _with_epochs(info, job)) or ()}
+        if model is not None and kinds:
+            per_image = measure_units(model, batch, device, sorted(kinds))
+    lines, total = [], 0.0
     for name, group in by_name.items():
-        seconds, terms = 0.0, []
-        for job in group:
-            costs = costs_of(job, _with_epochs(info, job))
-            if costs is None:
-                # not declared: a few forward passes of the stored batch where it reads a model
-                costs = (
-                    [Cost(3, "forward", info.stored_images)]
-                    if "model" in job.analysis.needs
-                    else []
-                )
-            seconds += sum(c.units * c.images * c.factor * per_image.get(c.unit, 0) for c in costs)
-            terms = terms or [_term(c) for c in costs]
-        total += seconds
-        epochs = group[0].epochs
         what = f"{len(group)} job{'s' if len(group) > 1 else ''}"
-        if group[0].epoch is None and len(epochs) > 1:
-            what += f" ({len(epochs)} epochs)"
-        detail = f" x {' + '.join(terms)} images" if terms else ""
-        declared = "" if group[0].analysis.cost else " (cost not declared)"
+        if group[0].epoch is None and len(group[0].epochs) > 1:
+            what += f" ({len(group[0].epochs)} epochs)"
+        if info is None or group[0].analysis.cost is None:
+            lines.append(f"{name}: {what}, cost not declared")
+            continue
+        seconds = 0.0
+        for job in group:
+            for c in costs_of(job, _with_epochs(info, job)) or []:
+                seconds += c.units * c.images * c.factor * per_image.get(c.unit, 0.0)
+        total += seconds
+        terms = " + ".join(_term(c) for c in costs_of(group[0], _with_epochs(info, group[0])) or [])
         unit = _unit_note(group[0], info, per_image)
-        lines.append(f"{name}: {what}{detail}, about {fmt_seconds(seconds)}{unit}{declared}")
-    lines.append(
-        f"about {fmt_seconds(total)} in all, an estimate (one unit timed on this model, {device})"
-    )
+        lines.append(f"{name}: {what} x {terms} images, about {fmt_seconds(seconds)}{unit}")
+    if declared:
+        lines.append(
+            f"about {fmt_seconds(total)} in all for the declared costs, an estimate (one unit "
+            f"timed on this model, {device})"
+        )
     return lines
 
 
@@ -156,7 +160,7 @@ def _with_epochs(info: RunInfo, job: Job) -> RunInfo:
 
 
 def _unit_note(job: Job, info: RunInfo, per_image: dict[str, float]) -> str:
-    costs = costs_of(job, info) or []
+    costs = costs_of(job, _with_epochs(info, job)) or []
     if not costs or not per_image:
         return ""
     c = max(costs, key=lambda c: c.units * c.images * c.factor * per_image[c.unit])
