@@ -51,7 +51,7 @@ def cost(p: Params, info: probe.RunInfo) -> probe.Cost:
     layers = info.conv_layers or info.linear_layers
     weights = p.samples_per_layer * min(layers, p.max_layers or layers)
     n = min(p.n_images, info.stored_images)
-    # float64 under the freezing dispatch mode: measured ~4x a float32 forward on resnet-20
+    # float64 under the freezing dispatch mode: 4-9x a float32 forward (resnet-20, 16 images)
     return probe.Cost(4 * weights + 2, "forward", n, factor=4.0, note="perturbed forwards")
 
 
