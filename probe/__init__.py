@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from probe.analysis.context import Context, LayerParams
-from probe.contract.analysis import Analysis, NoParams, param
+from probe.contract.analysis import Analysis, Cost, NoParams, RunInfo, param
 from probe.contract.datasets import Augmentation, DataSource
 from probe.contract.families import (
     InputSpec,
@@ -44,6 +44,7 @@ __all__ = [
     "Analysis",
     "Augmentation",
     "Context",
+    "Cost",
     "DataSource",
     "InputSpec",
     "LayerParams",
@@ -55,6 +56,7 @@ __all__ = [
     "ProbeError",
     "Recorder",
     "Run",
+    "RunInfo",
     "RunFileError",
     "SizeEstimate",
     "Skip",
