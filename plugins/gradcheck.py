@@ -29,6 +29,13 @@ class Params:
         16, "Images of the stored analysis batch to use (its first ones).", min=1, max=4096
     )
     samples_per_layer: int = probe.param(8, "Weights drawn per conv layer.", min=1, max=10_000)
+    max_layers: int = probe.param(
+        8,
+        "Layers checked, evenly spread from first to last (0: every layer); each weight costs "
+        "4 forward passes of the model, so all layers of a deep model cost depth^2.",
+        min=0,
+        max=10_000,
+    )
     eps: float = probe.param(1e-3, "Finite-difference step.", min=1e-12, max=1.0)
     seed: int = probe.param(0, "Seed for drawing the weights.", min=0, max=2**32 - 1)
     freeze_kinks: bool = probe.param(
@@ -37,6 +44,15 @@ class Params:
         "across w +- eps "
         "(else kinks crossed by the step dominate the error).",
     )
+
+
+def cost(p: Params, info: probe.RunInfo) -> probe.Cost:
+    """4 float64 forwards (a Richardson central difference) per weight, of 8 x max_layers."""
+    layers = info.conv_layers or info.linear_layers
+    weights = p.samples_per_layer * min(layers, p.max_layers or layers)
+    n = min(p.n_images, info.stored_images)
+    # float64 under the freezing dispatch mode: 4-9x a float32 forward (resnet-20, 16 images)
+    return probe.Cost(4 * weights + 2, "forward", n, factor=4.0, note="perturbed forwards")
 
 
 def run(ctx: probe.Context) -> None:
@@ -68,7 +84,9 @@ def run(ctx: probe.Context) -> None:
         seed=p.seed,
         freeze_kinks=p.freeze_kinks,
         layer_types=types,
+        max_layers=p.max_layers or None,
     )
+    n_layers = sum(isinstance(m, types) for m in model.modules())
     if not rows:
         raise probe.Skip("the model has no Conv2d or Linear layer to check")
     if not all(np.isfinite([r.rel_error, r.analytic, r.numeric]).all() for r in rows):
@@ -158,6 +176,9 @@ def run(ctx: probe.Context) -> None:
             "mode": "eval",
             "threshold": THRESHOLD,
             "layers_checked": kind,
+            "samples_per_layer": p.samples_per_layer,
+            "n_layers": n_layers,
+            "layers_sampled": layers,
             "frozen": "every piecewise aten op (relu, clamp, hardtanh, max-pool, comparisons, ...)"
             if p.freeze_kinks
             else "nothing",
@@ -182,6 +203,7 @@ def register_analyses(register) -> None:
         probe.Analysis(
             name="gradcheck",
             run=run,
+            cost=cost,
             params=Params,
             scope="epoch",
             needs={"model", "analysis_batch"},

@@ -17,7 +17,7 @@ from typing import Any
 
 from probe import analyze  # a callable module: probe.analyze(run_dir, analyses, ...); no torch
 from probe.analysis.context import Context, LayerParams
-from probe.contract.analysis import Analysis, NoParams, param
+from probe.contract.analysis import Analysis, Cost, NoParams, RunInfo, param
 from probe.contract.datasets import Augmentation, DataSource
 from probe.contract.families import (
     InputSpec,
@@ -46,6 +46,7 @@ __all__ = [
     "Analysis",
     "Augmentation",
     "Context",
+    "Cost",
     "DataSource",
     "InputSpec",
     "LayerParams",
@@ -57,6 +58,7 @@ __all__ = [
     "ProbeError",
     "Recorder",
     "Run",
+    "RunInfo",
     "RunFileError",
     "SizeEstimate",
     "Skip",
