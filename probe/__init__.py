@@ -8,12 +8,17 @@ training loop); for model-family and data-set plugins `ModelFamily` (with `Optio
 and `SizeEstimate`), `InputSpec`, `ModelSpec`, `default_layers`, `DataSource`,
 `Augmentation`. A plugin imports only `probe` and the modules in `PUBLIC_MODULES`
 (e.g. `probe.datasets`, what a data-set plugin builds on); never a `_private` name.
+
+The numerics run in-process on any `nn.Module` and batch, no run directory needed
+(docs/from-python.md): `probe.hessian(model, (x, y))`, `probe.activations`, `probe.cka`, ...
+(from `probe.library`, loaded on first use).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from probe import library as _library
 from probe.analysis.context import Context, LayerParams
 from probe.contract.analysis import Analysis, NoParams, param
 from probe.contract.datasets import Augmentation, DataSource
@@ -30,11 +35,24 @@ from probe.errors import NotARunError, ProbeError, RunFileError, Skip, UsageErro
 from probe.rundir.run import Run
 from probe.version import __version__
 
+# The in-process analyses (docs/from-python.md): probe.hessian(model, batch, ...) and the rest,
+# loaded on first use from probe.library (which imports torch only when one runs).
+_LIBRARY = (
+    "activations",
+    "cka",
+    "hessian",
+    "landscape",
+    "rsm",
+    "sharpness",
+    "spectra",
+)
+
 # The modules (relative to `probe`) a plugin may import besides `probe` itself; everything else is
 # probe's own and may change. tests/test_architecture.py holds the built-in plugins to this.
 PUBLIC_MODULES = (  # each with the modules under it; a `_private` name is never public
     "datasets",
     "errors",
+    "library",
     "numerics",
     "testing",
 )
@@ -65,6 +83,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "param",
+    *sorted(_LIBRARY),
 ]
 
 
@@ -88,4 +107,6 @@ def __getattr__(name: str) -> Any:
         from probe.training.recorder import Recorder
 
         return Recorder
+    if name in _LIBRARY:
+        return getattr(_library, name)
     raise AttributeError(f"module 'probe' has no attribute {name!r}")
