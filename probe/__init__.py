@@ -40,6 +40,7 @@ from probe.version import __version__
 _LIBRARY = (
     "activations",
     "cka",
+    "gradcheck",
     "hessian",
     "landscape",
     "rsm",

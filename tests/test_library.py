@@ -88,7 +88,17 @@ def cnn():
 
 
 def test_import_probe_gives_the_functions_lazily():
-    for name in ("hessian", "activations", "cka"):
+    names = (
+        "hessian",
+        "landscape",
+        "sharpness",
+        "spectra",
+        "gradcheck",
+        "activations",
+        "cka",
+        "rsm",
+    )
+    for name in names:
         assert name in probe.__all__ and callable(getattr(probe, name))
 
 
@@ -357,6 +367,8 @@ def _calls(x, y):
         ),
         "activations": lambda m: probe.activations(m, x, layers=LAYERS),
         "sharpness": lambda m: probe.sharpness(m, (x, y), steps=2, samples=2, max_samples=2),
+        "gradcheck": lambda m: probe.gradcheck(m, (x, y), n_images=4, samples_per_layer=1),
+        "spectra": lambda m: probe.spectra(m),
     }
 
 
@@ -450,3 +462,106 @@ def test_spectra_eigenvalues_are_the_numpy_svd_of_each_linear_weight():
     with pytest.raises(UsageError) as err:
         probe.spectra(model, bins=2)
     assert err.value.option == "bins"
+
+
+# --- the page --------------------------------------------------------------------------------
+
+
+def test_docs_list_every_parameter_with_its_default():
+    """docs/from-python.md's tables name each function's parameters and defaults as they are."""
+    from pathlib import Path
+
+    from probe.contract.params import param_specs
+    from probe.library.curvature import HessianParams
+    from probe.library.flatness import SharpnessParams
+    from probe.library.gradients import GradcheckParams
+    from probe.library.representations import CKAParams, RSMParams
+    from probe.library.surface import LandscapeParams
+    from probe.library.weights import SpectraParams
+
+    page = (Path(__file__).parents[1] / "docs" / "from-python.md").read_text()
+    sections = page.split("\n## ")
+    for cls, title in (
+        (HessianParams, "probe.hessian("),
+        (LandscapeParams, "probe.landscape("),
+        (SharpnessParams, "probe.sharpness("),
+        (SpectraParams, "probe.spectra("),
+        (CKAParams, "probe.cka("),
+        (RSMParams, "probe.rsm("),
+        (GradcheckParams, "probe.gradcheck("),
+    ):
+        (section,) = [s for s in sections if s.startswith(title)]
+        for spec in param_specs(cls, cls.__name__):
+            assert f"| `{spec.name}` | `{spec.default!r}` |" in section, (title, spec.name)
+
+
+# --- gradcheck -------------------------------------------------------------------------------
+
+
+class _WrongGrad(torch.autograd.Function):
+    """tanh forward, with a backward pass off by 10%: what gradcheck is there to catch."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = torch.tanh(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * (1 - out**2) * 1.1
+
+
+class _Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc2(_WrongGrad.apply(self.fc1(x)))
+
+
+def test_gradcheck_passes_a_correct_model_and_fails_a_wrong_backward(cnn):
+    model, x, y, _ = cnn
+    r = probe.gradcheck(model, (x, y), n_images=6, samples_per_layer=3)
+    assert r.passed and r.max_rel_error < 1e-6 and r.layers_checked == "conv"
+    assert r.n_checked == 3 and len(r.to_dict()["rows"]) == 3
+    assert isinstance(r.plot(), Figure) and "passed" in r._repr_html_()
+    torch.manual_seed(0)
+    broken = _Broken().double()
+    xb, yb = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    bad = probe.gradcheck(broken, (xb, yb), samples_per_layer=4)
+    assert bad.layers_checked == "linear" and not bad.passed and bad.max_rel_error > 1e-3
+    with pytest.raises(UsageError) as err:
+        probe.gradcheck(model, (x, y), loss=F.mse_loss)
+    assert err.value.option == "loss"
+    with pytest.raises(UsageError) as err:
+        probe.gradcheck(model, (x, y), eps=0.0)
+    assert err.value.option == "eps"
+
+
+def test_gradcheck_plugin_json_equals_the_library(probe_run):
+    from probe.analysis.runner import run_analyses
+    from probe.contract.registry import PluginInfo, Registry
+    from probe_plugins import gradcheck as plugin
+
+    reg = Registry()
+    reg.register(plugin, PluginInfo("gradcheck", "probe_plugins.gradcheck"))
+    raw = {"n_images": "4", "samples_per_layer": "2"}
+    (o,) = run_analyses(
+        probe_run, ["gradcheck"], "last", {"gradcheck": raw}, registry=reg, device="cpu"
+    )
+    assert o.status == "ok", f"{o.error}\n{o.traceback}"
+    written = json.loads((o.path / "gradcheck.json").read_text())
+    run = probe.Run(probe_run)
+    batch = run.analysis_batch()
+    model = run.model(run.epochs()[-1], "cpu")
+    lib = probe.gradcheck(
+        model, (batch.normalized("cpu"), batch.labels), n_images=4, samples_per_layer=2
+    ).to_dict()
+    assert written.pop("epoch") == run.epochs()[-1]
+    scalars = lib.pop("scalars")
+    assert written == lib
+    m = json.loads((o.path / "manifest.json").read_text())
+    assert m["scalars"]["passed"] == scalars["passed"]

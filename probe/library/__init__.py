@@ -19,6 +19,9 @@ import importlib
 from typing import Any
 
 _WHERE: dict[str, str] = {
+    "gradcheck": "probe.library.gradients",
+    "GradcheckParams": "probe.library.gradients",
+    "GradcheckResult": "probe.library.gradients",
     "hessian": "probe.library.curvature",
     "HessianParams": "probe.library.curvature",
     "HessianResult": "probe.library.curvature",
