@@ -158,6 +158,7 @@ def test_hessian_result_figure_table_and_repr(cnn):
         ({"n_images": 1.5}, "n_images"),
         ({"no_such": 1}, "no_such"),
         ({"weight_decay": -1.0}, "weight_decay"),
+        ({"loss": "mse"}, "loss"),
     ],
 )
 def test_hessian_bad_params_name_themselves(cnn, params, name):
@@ -565,3 +566,34 @@ def test_gradcheck_plugin_json_equals_the_library(probe_run):
     assert written == lib
     m = json.loads((o.path / "manifest.json").read_text())
     assert m["scalars"]["passed"] == scalars["passed"]
+
+
+# --- the batch, the table --------------------------------------------------------------------
+
+
+def test_a_loader_is_read_only_as_far_as_the_images_needed():
+    from probe.library.batch import as_batch
+
+    x, y = data(12, torch.float32)
+    read = []
+
+    def loader():
+        for i in range(0, 12, 4):
+            read.append(i)
+            yield x[i : i + 4], y[i : i + 4]
+
+    bx, by = as_batch(loader(), 6)
+    assert read == [0, 4] and torch.equal(bx, x[:6]) and torch.equal(by, y[:6])
+    with pytest.raises(UsageError) as err:
+        as_batch([(x, "labels")], 4)
+    assert err.value.option == "batch"
+    with pytest.raises(UsageError) as err:
+        probe.hessian(tiny_cnn(), data(8), batches=2, n_images=8)
+    assert err.value.option == "batches" and "the batch holds 8" in str(err.value)
+
+
+def test_the_html_table_escapes_names():
+    acts = {"<script>x</script>": torch.randn(10, 3), "b": torch.randn(10, 4)}
+    page = probe.cka(acts)._repr_html_()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.startswith("<table>") and page.endswith("</table>") and page.count("<tr>") >= 5

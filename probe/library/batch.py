@@ -17,7 +17,7 @@ from torch import nn
 
 from probe.errors import UsageError
 
-__all__ = ["as_batch", "as_inputs", "untouched"]
+__all__ = ["as_batch", "as_inputs", "check_loss", "untouched"]
 
 
 def _pair(item: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,6 +86,12 @@ def as_inputs(x: Any, n: int | None = None) -> torch.Tensor:
         raise UsageError("x", "holds no images")
     out = torch.cat(xs)
     return out if n is None else out[:n]
+
+
+def check_loss(loss: Any) -> None:
+    """`loss` must be None (mean cross-entropy) or a callable `loss(logits, y) -> scalar mean`."""
+    if loss is not None and not callable(loss):
+        raise UsageError("loss", f"expected a callable loss(logits, y), got {type(loss).__name__}")
 
 
 @contextlib.contextmanager

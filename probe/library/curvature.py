@@ -170,12 +170,12 @@ class HessianParams:
             )
 
 
-def check_cost(p: HessianParams, n: int) -> None:
+def check_cost(p: HessianParams, n: int, option: str = "--param ") -> None:
     """Refuse, at job start, eigenvalue counts and Krylov bases the model cannot have or memory
-    cannot hold."""
+    cannot hold (errors name `option` + the parameter: "--param top_k", or "top_k")."""
     if p.top_k + p.smallest > n:
         raise UsageError(
-            "--param top_k",
+            f"{option}top_k",
             f"hessian: top_k={p.top_k} + smallest={p.smallest} eigenvalues asked of "
             f"a model with {n:,} parameters",
         )
@@ -183,13 +183,13 @@ def check_cost(p: HessianParams, n: int) -> None:
         steps = min(getattr(p, name), n)
         if steps * n * 8 > MAX_BASIS_BYTES and (name == "max_iter" or p.density_runs):
             raise UsageError(
-                f"--param {name}",
+                f"{option}{name}",
                 f"hessian: a {steps:,}-step Lanczos basis of {n:,} parameters needs "
                 f"{steps * n * 8 / 2**30:,.1f} GiB, more than {MAX_BASIS_BYTES >> 30} GiB",
             )
 
 
-def select(p: HessianParams, stored: int) -> int:
+def select(p: HessianParams, stored: int, option: str = "--param ") -> int:
     """How many stored images the analysis uses: B * n_images, refused when the run stores fewer.
 
     With batches=1 a smaller stored batch is used whole (the behaviour before batches existed)."""
@@ -197,11 +197,16 @@ def select(p: HessianParams, stored: int) -> int:
         return min(p.n_images, stored)
     need = p.batches * p.n_images
     if need > stored:
+        fix = (
+            "the run stores {:,} (lower --param batches or --param n_images, or train with a "
+            "larger --analysis-batch-size)"
+            if option
+            else "the batch holds {:,} (lower batches or n_images, or pass more images)"
+        )
         raise UsageError(
-            "--param batches",
-            f"hessian: batches={p.batches} x n_images={p.n_images} needs "
-            f"{need:,} images; the run stores {stored:,} (lower --param batches or "
-            "--param n_images, or train with a larger --analysis-batch-size)",
+            f"{option}batches",
+            f"hessian: batches={p.batches} x n_images={p.n_images} needs {need:,} images; "
+            + fix.format(stored),
         )
     return need
 
@@ -318,7 +323,7 @@ def hessian(
     plugin's boolean `weight_decay` takes it from the run's config; here there is no run).
     The model is evaluated in eval mode (bn=batch: per-mini-batch statistics) and not changed.
     """
-    from probe.library.batch import as_batch, untouched
+    from probe.library.batch import as_batch, check_loss, untouched
 
     if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool):
         raise UsageError(
@@ -327,12 +332,13 @@ def hessian(
     if weight_decay < 0:
         raise UsageError("weight_decay", f"must be >= 0, got {weight_decay}")
     p = make(HessianParams, {**params, "weight_decay": weight_decay > 0}, "hessian")
+    check_loss(loss)
     with untouched(model):
         if p.bn != "eval":
             numerics.require_batchnorm(model, f"bn={p.bn}", "bn=eval")
-        check_cost(p, sum(w.numel() for w in model.parameters() if w.requires_grad))
+        check_cost(p, sum(w.numel() for w in model.parameters() if w.requires_grad), "")
         x, y = as_batch(batch, p.batches * p.n_images)
-        n = select(p, len(y))
+        n = select(p, len(y), "")
         config = replace(hessian_config(p, float(weight_decay)), loss_fn=loss)
         report = numerics.hessian_analysis(model, x[:n], y[:n], config)
     return result_of(report, p)

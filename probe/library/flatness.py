@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from probe import numerics
 from probe.contract.analysis import param
-from probe.errors import UsageError
 from probe.library.params import make
 from probe.library.result import Result
 
@@ -262,11 +261,10 @@ def sharpness(model: nn.Module, batch: Any, *, loss: Any = None, **params: Any) 
     an iterable of them: the first batches * n_images), with the parameters and defaults of
     `probe analyze -p sharpness`; eval mode, the model unchanged. `loss(logits, y)`: the mean
     loss perturbed (default cross-entropy)."""
-    from probe.library.batch import as_batch, untouched
+    from probe.library.batch import as_batch, check_loss, untouched
 
     p = make(SharpnessParams, params, "sharpness")
-    if loss is not None and not callable(loss):
-        raise UsageError("loss", f"expected a callable loss(logits, y), got {type(loss).__name__}")
+    check_loss(loss)
     with untouched(model):
         first = next(model.parameters())
         x, y = as_batch(batch, p.batches * p.n_images)

@@ -23,6 +23,11 @@ def short(value: Any, limit: int = 8) -> str:
     """A value as a short readable string (long sequences cut, floats to 6 significant digits)."""
     if isinstance(value, float):
         return f"{value:.6g}"
+    if hasattr(value, "shape") and hasattr(value, "tolist"):  # numpy arrays, tensors
+        shape = tuple(value.shape)
+        if len(shape) and int(getattr(value, "size", 0) or 0) > 36:
+            return f"<{type(value).__name__} of shape {shape}>"
+        return short(value.tolist(), limit)
     if isinstance(value, (list, tuple)):
         items = [short(v, limit) for v in value[:limit]]
         more = f", ... ({len(value)} in all)" if len(value) > limit else ""

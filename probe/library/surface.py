@@ -310,11 +310,10 @@ def landscape(
     """
     import numpy as np
 
-    from probe.library.batch import as_batch, untouched
+    from probe.library.batch import as_batch, check_loss, untouched
 
     p = make(LandscapeParams, params, "landscape")
-    if loss is not None and not callable(loss):
-        raise UsageError("loss", f"expected a callable loss(logits, y), got {type(loss).__name__}")
+    check_loss(loss)
     if p.directions == "trajectory" and (path is None or len(path) < 3):
         raise UsageError("path", "directions=trajectory needs path=[state_dict, ...] (>= 3)")
     with untouched(model):
