@@ -597,3 +597,22 @@ def test_the_html_table_escapes_names():
     page = probe.cka(acts)._repr_html_()
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert page.startswith("<table>") and page.endswith("</table>") and page.count("<tr>") >= 5
+
+
+def test_landscape_trajectory_plane_holds_the_path(cnn):
+    model, x, y, _ = cnn
+    g = torch.Generator().manual_seed(3)
+    path = []
+    for step in (3, 2, 1, 0):  # a path ending at the model's own weights
+        sd = {k: v.clone() for k, v in model.state_dict().items()}
+        for name, _ in model.named_parameters():
+            sd[name] += 0.05 * step * torch.randn(sd[name].shape, generator=g, dtype=sd[name].dtype)
+        path.append(sd)
+    r = probe.landscape(model, (x, y), directions="trajectory", path=path, resolution=4)
+    d = r.to_dict()
+    assert np.array(d["path"]).shape == (4, 2) and np.allclose(d["path"][-1], 0, atol=1e-9)
+    assert 0 < d["explained_2d"] <= 1 + 1e-9 and len(d["captured"]) == 3
+    with torch.no_grad():
+        plain = float(F.cross_entropy(model(x), y))
+    assert r.center_loss == pytest.approx(plain, rel=1e-9)
+    assert isinstance(r.plot(), Figure)
