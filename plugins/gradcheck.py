@@ -28,7 +28,16 @@ from probe.library.gradients import (  # shared with probe.gradcheck
 )
 from probe.library.gradients import GradcheckParams as Params
 
-__all__ = ["THRESHOLD", "Params", "register_analyses", "run"]
+__all__ = ["THRESHOLD", "Params", "cost", "register_analyses", "run"]
+
+
+def cost(p: Params, info: probe.RunInfo) -> probe.Cost:
+    """4 float64 forwards (a Richardson central difference) per weight, of 8 x max_layers."""
+    layers = info.conv_layers or info.linear_layers
+    weights = p.samples_per_layer * min(layers, p.max_layers or layers)
+    n = min(p.n_images, info.stored_images)
+    # float64 under the freezing dispatch mode: 4-9x a float32 forward (resnet-20, 16 images)
+    return probe.Cost(4 * weights + 2, "forward", n, factor=4.0, note="perturbed forwards")
 
 
 def run(ctx: probe.Context) -> None:
@@ -36,12 +45,14 @@ def run(ctx: probe.Context) -> None:
     batch = ctx.analysis_batch()
     x = batch.normalized("cpu")[: p.n_images]
     y = batch.labels[: p.n_images]
-    kind, rows = check_layers(ctx.model(), x, y, p, f"epoch {ctx.epoch}: ")
+    kind, rows, n_layers = check_layers(ctx.model(), x, y, p, f"epoch {ctx.epoch}: ")
     scalars = gradcheck_scalars(rows, kind)
     title = gradcheck_title(p, rows, len(x), scalars["max_rel_error"], f", epoch {ctx.epoch}")
     fig = gradcheck_figure(rows, kind, title)
     ctx.out.figure("gradcheck", fig, caption=gradcheck_caption(kind))
-    ctx.out.json("gradcheck", {"epoch": ctx.epoch, **gradcheck_record(rows, p, kind, len(x))})
+    ctx.out.json(
+        "gradcheck", {"epoch": ctx.epoch, **gradcheck_record(rows, p, kind, len(x), n_layers)}
+    )
     for name, value in scalars.items():
         ctx.out.scalar(name, value)
 
@@ -52,6 +63,7 @@ def register_analyses(register) -> None:
         probe.Analysis(
             name="gradcheck",
             run=run,
+            cost=cost,
             params=Params,
             scope="epoch",
             needs={"model", "analysis_batch"},

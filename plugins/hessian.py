@@ -56,12 +56,30 @@ __all__ = [
     "TRACE_SAMPLES",
     "Params",
     "check_cost",
+    "cost",
     "hessian_config",
     "register_analyses",
     "run",
     "select",
     "series",
 ]
+
+
+def cost(p: Params, info: probe.RunInfo) -> probe.Cost:
+    """Products of n_images images per job, at most: each solver stops once it converges."""
+    b, steps = p.batches, min(p.max_iter, info.n_params)
+    lanczos = p.method == "lanczos"  # one Krylov run, then one product per returned pair
+    solve = steps + p.top_k + p.smallest if lanczos else p.max_iter * (p.top_k + p.smallest)
+    n_blocks = {"none": 0, "layer": info.conv_layers + info.linear_layers + 1}.get(
+        p.blocks, len(p.blocks.split(",")) + 1
+    )
+    per_epoch = b * solve + (b * solve if b > 1 else 0)  # combined, then each batch's if needed
+    per_epoch += (p.trace_samples * (b if p.trace_method == "hutchinson" else 1)) + n_blocks * b * (
+        steps + 1 if lanczos else p.max_iter
+    )
+    density = b * p.density_runs * min(p.density_steps, info.n_params)  # the last epoch only
+    n = info.images(p.n_images, b)
+    return probe.Cost(info.epochs * per_epoch + density, "hvp", n, upto=True, note="products")
 
 
 def epoch_piece(job: tuple):
@@ -176,6 +194,7 @@ def register_analyses(register) -> None:
             run=run,
             params=Params,
             scope="run",
+            cost=cost,
             needs={"model", "analysis_batch", "config", "metrics"},
             version="3",
             summary="Largest/smallest Hessian eigenvalues (Lanczos), trace, density and per-layer "

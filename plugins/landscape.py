@@ -84,6 +84,16 @@ def _data(ctx: probe.Context, p: Params):
     return split_data(batch.normalized(ctx.device), batch.labels, p)
 
 
+def cost(p: Params, info: probe.RunInfo) -> list[probe.Cost]:
+    """The centre and every grid point: one forward pass of all the grid's images each."""
+    points = 1 + p.resolution ** (2 if p.directions == "trajectory" else p.dims)
+    n = p.batches * info.images(p.n_images, p.batches)
+    out = [probe.Cost(points + (p.batches > 1), "forward", n, note="grid points")]
+    if p.bn == "recalibrate":  # each point re-estimates BatchNorm statistics first
+        out.append(probe.Cost(points, "forward", min(p.calib_images, info.stored_images)))
+    return out
+
+
 def run(ctx: probe.Context) -> None:
     import numpy as np
 
@@ -176,6 +186,7 @@ def register_analyses(register) -> None:
         probe.Analysis(
             name="landscape",
             run=run,
+            cost=cost,
             params=Params,
             scope="epoch",
             version="2",

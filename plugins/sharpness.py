@@ -24,6 +24,18 @@ from probe.library.flatness import (  # shared with probe.sharpness
 __all__ = ["Params", "measure_configs", "register_analyses", "run"]
 
 
+def cost(p: Params, info: probe.RunInfo) -> list[probe.Cost]:
+    """Two ascents (worst-case, adaptive) of `steps` gradients and two losses per batch (and on
+    the batches combined when B > 1), and 2 losses per noise pair (at most max_samples)."""
+    b, n = p.batches, info.images(p.n_images, p.batches)
+    runs = b + (b > 1)  # each batch, then all of them as one (counted in batches of n)
+    pairs = max(p.samples, p.max_samples) if p.target_rel_stderr > 0 else p.samples
+    return [
+        probe.Cost(2 * runs * p.steps, "backward", n, note="ascent steps"),
+        probe.Cost(2 * 2 * runs + b * (2 * pairs + 1), "forward", n, upto=pairs > p.samples),
+    ]
+
+
 def run(ctx: probe.Context) -> None:
     p = ctx.params
     batch = ctx.analysis_batch()
@@ -45,6 +57,7 @@ def register_analyses(register) -> None:
         probe.Analysis(
             name="sharpness",
             run=run,
+            cost=cost,
             params=Params,
             scope="epoch",
             version="2",

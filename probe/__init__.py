@@ -20,7 +20,7 @@ from typing import Any
 
 from probe import library as _library
 from probe.analysis.context import Context, LayerParams
-from probe.contract.analysis import Analysis, NoParams, param
+from probe.contract.analysis import Analysis, Cost, NoParams, RunInfo, param
 from probe.contract.datasets import Augmentation, DataSource
 from probe.contract.families import (
     InputSpec,
@@ -63,6 +63,7 @@ __all__ = [
     "Analysis",
     "Augmentation",
     "Context",
+    "Cost",
     "DataSource",
     "InputSpec",
     "LayerParams",
@@ -74,6 +75,7 @@ __all__ = [
     "ProbeError",
     "Recorder",
     "Run",
+    "RunInfo",
     "RunFileError",
     "SizeEstimate",
     "Skip",

@@ -19,6 +19,7 @@ import click
 
 from probe.analysis import runner
 from probe.analysis.executor import make_executor
+from probe.analysis.progress import enabled as progress_enabled
 from probe.analysis.runner import describe, run_analyses, summary_line
 from probe.contract.analysis import split_params
 from probe.contract.registry import add_plugin_commands, installed, registry
@@ -290,6 +291,27 @@ def train(
         click.echo(f"run directory: {path}")
 
 
+def _dry_run(run_dir, names, epochs, routed, force: bool, reg, device: str) -> None:
+    """The plan, each job cached or to compute, and the estimate of those to compute."""
+    estimate: list[str] = []
+    planned = runner.dry_run(
+        run_dir,
+        names,
+        epochs,
+        routed,
+        force=force,
+        registry=reg,
+        on_estimate=estimate.extend,
+        device=device,
+    )
+    for label, status in planned:
+        click.echo(f"{status:>16}  {label}")
+    todo = sum(status == "to compute" for _, status in planned)
+    click.echo(f"{len(planned)} jobs: {len(planned) - todo} cached, {todo} to compute")
+    for line in estimate:
+        click.echo(f"estimate: {line}")
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
@@ -348,8 +370,8 @@ def train(
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="List the jobs this command would run, each cached or to compute; compute and write "
-    "nothing.",
+    help="List the jobs this command would run, each cached or to compute, and estimate how long "
+    "those to compute take (one unit of work timed on the model); compute and write nothing.",
 )
 def analyze(
     run_dir: str,
@@ -387,14 +409,12 @@ def analyze(
     analyses = [reg.get(p) for p in dict.fromkeys(plugins)]
     routed = split_params(list(params), analyses)
     if dry_run:
-        planned = runner.dry_run(
-            run_dir, [a.name for a in analyses], epochs, routed, force=force, registry=reg
-        )
-        for label, status in planned:
-            click.echo(f"{status:>16}  {label}")
-        todo = sum(status == "to compute" for _, status in planned)
-        click.echo(f"{len(planned)} jobs: {len(planned) - todo} cached, {todo} to compute")
+        _dry_run(run_dir, [a.name for a in analyses], epochs, routed, force, reg, device)
         return
+
+    def announce(lines: list[str]) -> None:
+        for line in lines:
+            click.echo(f"estimate: {line}", err=True)
 
     def report(o) -> None:
         if o.failed or o.status == "skipped":
@@ -419,6 +439,8 @@ def analyze(
             on_outcome=report,
             timeout=timeout,
             executor=executor,
+            # on a terminal only: the estimate times one unit of work on the model first
+            on_estimate=announce if progress_enabled(quiet) else None,
         )
     finally:
         if executor is not None:

@@ -66,11 +66,14 @@ def test_dry_run_lists_each_job_cached_or_to_compute_and_writes_nothing(probe_ru
         cli, ["analyze", str(run), "-p", "curves", "-p", "filters", "--dry-run"]
     )
     assert res.exit_code == 0, res.output
-    assert res.output.splitlines() == [
+    lines = res.output.splitlines()
+    assert lines[:3] == [
         "          cached  curves (run)",
         "      to compute  filters epoch 2",
         "2 jobs: 1 cached, 1 to compute",
     ]
+    # then the estimate of the job to compute (tests/test_costs.py checks its counts)
+    assert lines[3].startswith("estimate: filters: 1 job") and lines[-1].startswith("estimate: ")
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing written
     res = CliRunner().invoke(cli, ["analyze", str(run), "-p", "curves", "--dry-run", "--force"])
     assert res.output.splitlines()[0] == "      to compute  curves (run)"

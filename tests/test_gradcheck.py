@@ -172,3 +172,39 @@ def test_the_plugin_passes_on_a_trained_resnet_of_functional_relus(tmp_path) -> 
     assert manifest["scalars"]["max_rel_error"] < 1e-6
     assert doc["resolution"] > 0 and "abs_error <= resolution" in doc["passes_if"]
     assert any(r["kink"] for r in doc["rows"])  # kinks were crossed and held
+    # every one of depth 8's 7 conv layers is under the default bound of 8 and checked
+    assert doc["n_layers"] == len(doc["layers_sampled"]) == 7 and doc["samples_per_layer"] == 3
+
+
+def test_the_default_samples_at_most_8_weights_of_at_most_8_layers_picked_by_the_seed() -> None:
+    """Cost bounded by default (8 weights x 8 layers); the same seed picks the same weights."""
+    import inspect
+
+    from plugins.gradcheck import Params
+
+    layers = [nn.Conv2d(3, 4, 3, padding=1)] + [nn.Conv2d(4, 4, 3, padding=1) for _ in range(11)]
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x, y = batch(4, size=6)
+    defaults = Params()
+    run = {
+        seed: G.gradcheck_conv_layers(
+            model,
+            x,
+            y,
+            n_samples_per_layer=defaults.samples_per_layer,
+            seed=seed,
+            max_layers=defaults.max_layers,
+        )
+        for seed in (0, 1)
+    }
+    rows = G.gradcheck_conv_layers(model, x, y, seed=0, max_layers=defaults.max_layers)
+    assert inspect.signature(G.gradcheck_conv_layers).parameters["n_samples_per_layer"].default == 8
+    assert (defaults.samples_per_layer, defaults.max_layers) == (8, 8)
+    names = list(dict.fromkeys(r.layer for r in rows))
+    assert len(names) == 8 and names[0] == "0" and names[-1] == "11"  # first and last included
+    assert all(sum(r.layer == n for r in rows) == 8 for n in names)
+    assert [(r.layer, r.index) for r in rows] == [(r.layer, r.index) for r in run[0]]
+    assert [(r.layer, r.index) for r in rows] != [(r.layer, r.index) for r in run[1]]
+    assert all(r.agrees(1e-6) for r in rows)  # the numerical check itself still holds
+    assert G.spread_layers(12, 8) == [0, 2, 3, 5, 6, 8, 9, 11]
+    assert G.spread_layers(5, None) == G.spread_layers(5, 8) == [0, 1, 2, 3, 4]

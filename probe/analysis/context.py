@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from probe.analysis.executor import Task
+from probe.analysis.progress import progress
 from probe.errors import ProbeError, Skip, UsageError
 from probe.io.jsonsafe import jsonable as _clean  # noqa: F401 (kept for plugins that imported it)
 from probe.rundir import results
@@ -541,16 +542,9 @@ class Context:
     def progress(
         self, items: Iterable[Any], label: str = "", total: int | None = None
     ) -> Iterator[Any]:
-        """Iterate with a progress bar on an interactive terminal."""
-        if self.quiet or not sys.stderr.isatty():
-            yield from items
-            return
-        import click
-
-        with click.progressbar(
-            items, length=total, label=f"{self.analysis.name}: {label}", file=sys.stderr
-        ) as bar:
-            yield from bar
+        """Iterate with a progress line (done, rate, time left) on an interactive terminal; cheap
+        otherwise (probe.analysis.progress)."""
+        yield from progress(items, f"{self.analysis.name}: {label}", quiet=self.quiet, total=total)
 
     def log(self, message: str) -> None:
         if not self.quiet:

@@ -45,9 +45,11 @@ from typing import Any
 from probe.analysis.child import run_in_child
 from probe.analysis.compute import compute
 from probe.analysis.context import EXECUTOR
+from probe.analysis.estimate import estimate_lines
 from probe.analysis.guard import watch
 from probe.analysis.job import Job, plan_jobs
 from probe.analysis.outcome import STATUSES, Outcome, summary_line
+from probe.analysis.progress import progress
 from probe.analysis.records import FINGERPRINTS, cached_outcome
 from probe.contract.analysis import Analysis
 from probe.contract.registry import registry as default_registry
@@ -126,12 +128,15 @@ def run_analyses(
     on_outcome: Callable[[Outcome], Any] | None = None,
     timeout: float | None = None,
     executor: Any = None,
+    on_estimate: Callable[[list[str]], Any] | None = None,
 ) -> list[Outcome]:
     """Run the named analyses over a run; one Outcome per job. Used by the CLI and by sweeps.
 
     `timeout`: seconds per job; each job then runs in a child process, killed past it.
     `executor`: where jobs send their independent pieces (`Context.map`): landscape
     grid rows, per-epoch Hessian pieces; the same executors as sweeps (probe.analysis.executor).
+    `on_estimate`: given the lines of `estimate_lines` before the first job is computed (only
+    when some job is to be computed: a fully cached command imports no torch).
     """
     if "matplotlib" not in sys.modules:
         # results are files: no window, no display needed
@@ -150,8 +155,11 @@ def run_analyses(
     token = EXECUTOR.set(executor)
     fp_token = FINGERPRINTS.set(fingerprints)
     try:
-        for job in _progress(jobs, quiet):
-            outcome = None if force else cached_outcome(job)
+        hits = [None if force else cached_outcome(job) for job in jobs]
+        todo = [job for job, hit in zip(jobs, hits, strict=True) if hit is None]
+        if on_estimate is not None and todo:
+            on_estimate(estimate_lines(todo, device))
+        for job, outcome in _progress(list(zip(jobs, hits, strict=True)), quiet):
             if outcome is None:
                 outcome = run_one(job, device=device, force=force, quiet=quiet, timeout=timeout)
             outcomes.append(outcome)
@@ -175,23 +183,37 @@ def dry_run(
     *,
     force: bool = False,
     registry: Any = None,
+    on_estimate: Callable[[list[str]], Any] | None = None,
+    device: str = "auto",
 ) -> list[tuple[str, str]]:
     """(job label, "cached" | "skipped (cached)" | "to compute") for every job `run_analyses`
     would run with these arguments; checks them the same way, computes and writes nothing
-    (the cache check reads manifests and fingerprints the inputs they list)."""
+    (the cache check reads manifests and fingerprints the inputs they list). `on_estimate` gets
+    the estimate of the jobs to compute (it times one unit of work on the run's model: reads,
+    never writes)."""
     run = Run(run_dir)
     reg = registry or default_registry()
     analyses = [reg.get(name) for name in plugins]
     parsed = {a.name: a.make_params((params or {}).get(a.name, {})) for a in analyses}
+    planned = plan(run, analyses, parsed, epochs, force=force)
+    todo = [job for job, status in planned if status == "to compute"]
+    if on_estimate is not None and todo:
+        on_estimate(estimate_lines(todo, device))
+    return [(Outcome(job.name, job.epoch, "planned").label, status) for job, status in planned]
+
+
+def plan(
+    run: Run, analyses: list[Analysis], parsed: dict[str, Any], epochs: str | None, *, force: bool
+) -> list[tuple[Job, str]]:
+    """Every job with "cached", "skipped (cached)" or "to compute" (`dry_run`'s statuses)."""
     out = []
     for a in analyses:
         for job in plan_jobs(run, a, parsed[a.name], epochs):
             hit = None if force else cached_outcome(job)
-            label = Outcome(job.name, job.epoch, "planned").label
             if hit is None:
-                out.append((label, "to compute"))
+                out.append((job, "to compute"))
             else:
-                out.append((label, "cached" if hit.status == "cached" else "skipped (cached)"))
+                out.append((job, "cached" if hit.status == "cached" else "skipped (cached)"))
     return out
 
 
@@ -221,20 +243,12 @@ def write_log(run: Run, failures: list[Outcome]) -> Path:
     return path
 
 
-def _progress(jobs: list[Job], quiet: bool) -> Iterator[Job]:
-    if quiet or not sys.stderr.isatty() or len(jobs) < 2:
-        yield from jobs
+def _progress(pairs: list[tuple[Job, Any]], quiet: bool) -> Iterator[tuple[Job, Any]]:
+    """(job, cached outcome or None) with a per-job progress line (probe.analysis.progress)."""
+    if len(pairs) < 2:
+        yield from pairs
         return
-    import click  # only on a terminal
-
-    with click.progressbar(
-        jobs,
-        label="analyses",
-        file=sys.stderr,
-        show_pos=True,
-        item_show_func=lambda j: j and f"{j.name} {j.epoch if j.epoch is not None else ''}",
-    ) as bar:
-        yield from bar
+    yield from progress(pairs, "analyses", quiet=quiet, describe=lambda p: p[0].label)
 
 
 def describe(analysis: Analysis) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from probe.contract.cost import Cost, RunInfo
 from probe.contract.params import (
     NoParams,
     ParamSpec,
@@ -40,8 +41,10 @@ __all__ = [
     "NEEDS",
     "SCOPES",
     "Analysis",
+    "Cost",
     "NoParams",
     "ParamSpec",
+    "RunInfo",
     "check_params",
     "make_params",
     "param",
@@ -98,6 +101,9 @@ class Analysis:
     report_order: int = DEFAULT_REPORT_ORDER
     caption: str = ""
     headline: Mapping[str, str] = field(default_factory=dict)
+    # cost(params, RunInfo) -> Cost | list[Cost]: one job's work, for the estimate printed
+    # before a long `probe analyze` starts (probe.contract.cost); None: not declared.
+    cost: Callable[[Any, RunInfo], Cost | list[Cost]] | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

@@ -41,6 +41,13 @@ class GradcheckParams:
         16, "Images of the stored analysis batch to use (its first ones).", min=1, max=4096
     )
     samples_per_layer: int = param(8, "Weights drawn per conv layer.", min=1, max=10_000)
+    max_layers: int = param(
+        8,
+        "Layers checked, evenly spread from first to last (0: every layer); each weight costs "
+        "4 forward passes of the model, so all layers of a deep model cost depth^2.",
+        min=0,
+        max=10_000,
+    )
     eps: float = param(1e-3, "Finite-difference step.", min=1e-12, max=1.0)
     seed: int = param(0, "Seed for drawing the weights.", min=0, max=2**32 - 1)
     freeze_kinks: bool = param(
@@ -52,7 +59,8 @@ class GradcheckParams:
 
 
 def check_layers(model: Any, x: Any, y: Any, p: GradcheckParams, where: str = "") -> tuple:
-    """`(kind, rows)`: the conv layers checked ("conv"), or an MLP's Linear layers ("linear").
+    """`(kind, rows, n_layers)`: the conv layers checked ("conv"), or an MLP's Linear layers
+    ("linear"), at most `max_layers` of the model's `n_layers` of that kind.
 
     Conv layers are what the check is about; a model without any (an MLP) has its Linear
     layers checked. `probe.Skip` without either; `probe.ProbeError` for a non-finite loss or
@@ -71,12 +79,14 @@ def check_layers(model: Any, x: Any, y: Any, p: GradcheckParams, where: str = ""
         seed=p.seed,
         freeze_kinks=p.freeze_kinks,
         layer_types=types,
+        max_layers=p.max_layers or None,
     )
+    n_layers = sum(isinstance(m, types) for m in model.modules())
     if not rows:
         raise Skip("the model has no Conv2d or Linear layer to check")
     if not all(np.isfinite([r.rel_error, r.analytic, r.numeric]).all() for r in rows):
         raise ProbeError(f"{where}the loss or its gradient is not finite at this checkpoint")
-    return kind, rows
+    return kind, rows, n_layers
 
 
 def gradcheck_scalars(rows: list, kind: str) -> dict[str, Any]:
@@ -97,7 +107,7 @@ def gradcheck_scalars(rows: list, kind: str) -> dict[str, Any]:
     }
 
 
-def gradcheck_record(rows: list, p: GradcheckParams, kind: str, n: int) -> dict:
+def gradcheck_record(rows: list, p: GradcheckParams, kind: str, n: int, n_layers: int) -> dict:
     """What the plugin writes to gradcheck.json (but the epoch)."""
     return {
         "eps": p.eps,
@@ -108,6 +118,9 @@ def gradcheck_record(rows: list, p: GradcheckParams, kind: str, n: int) -> dict:
         "mode": "eval",
         "threshold": THRESHOLD,
         "layers_checked": kind,
+        "samples_per_layer": p.samples_per_layer,
+        "n_layers": n_layers,
+        "layers_sampled": list(dict.fromkeys(r.layer for r in rows)),
         "frozen": "every piecewise aten op (relu, clamp, hardtanh, max-pool, comparisons, ...)"
         if p.freeze_kinks
         else "nothing",
@@ -234,11 +247,11 @@ def gradcheck(model: nn.Module, batch: Any, *, loss: Any = None, **params: Any) 
     p = make(GradcheckParams, params, "gradcheck")
     with untouched(model):
         x, y = as_batch(batch, p.n_images)
-        kind, rows = check_layers(model, x.cpu(), y.cpu(), p)
+        kind, rows, n_layers = check_layers(model, x.cpu(), y.cpu(), p)
     scalars = gradcheck_scalars(rows, kind)
     return GradcheckResult(
         **scalars,
         params=p,
         rows=rows,
-        data={**gradcheck_record(rows, p, kind, len(x)), "scalars": scalars},
+        data={**gradcheck_record(rows, p, kind, len(x), n_layers), "scalars": scalars},
     )

@@ -174,8 +174,28 @@ def _cards(
         cards.append(("parameters", f"{cfg['num_params']:,}"))
     secs = sum(s for m in metrics if math.isfinite(s := as_float(m.get("epoch_seconds"))))
     if secs:
-        cards.append(("train time", f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.1f} min"))
+        source = cfg.get("source")
+        imported = isinstance(source, dict) and source.get("kind") == "import"
+        # an import trains nothing: its epoch time is validation and the dumps
+        label = "import time (validation and dumps)" if imported else "train time"
+        cards.append((label, f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.1f} min"))
+    norm = cfg["train"].get("normalization")
+    if isinstance(norm, str):  # probe.Recorder and probe import: given, or assumed (said here)
+        cards.append(("input normalisation", _normalization_text(norm, cfg.get("model_spec"))))
     return cards
+
+
+def _normalization_text(norm: str, spec: Any) -> str:
+    """`given`, or what was assumed with its values (one line: the run's mean and std)."""
+    norm = norm[:80]  # config.json is untrusted: a line, not a page
+    inp = spec.get("input") if isinstance(spec, dict) else None
+    if not norm.startswith("assumed") or not isinstance(inp, dict):
+        return fmt(norm)
+    mean, std = inp.get("mean"), inp.get("std")
+    if not (isinstance(mean, list) and isinstance(std, list)):
+        return fmt(norm)
+    values = [",".join(f"{as_float(v):.4g}" for v in vs[:8]) for vs in (mean, std)]
+    return fmt(f"{norm} (mean {values[0]}, std {values[1]})")
 
 
 def _config_view(cfg: dict[str, Any]) -> dict[str, Any]:

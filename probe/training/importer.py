@@ -35,9 +35,12 @@ import click
 from probe.errors import RunFileError, UsageError
 from probe.io import safeio
 from probe.training.model import parse_pairs
+from probe.training.normalization import NormalizationAssumed, assumption_line, parse_channels
+from probe.training.statekeys import apply_renames, parse_renames, suggest_renames
 
 SUFFIXES = (".safetensors", ".pt", ".pth")
 _DIGITS = re.compile(r"[0-9]+")
+_LETTER = re.compile(r"[A-Za-z]")
 # The lines of torch's weights-only refusal that are advice, not the reason.
 _TORCH_ADVICE = re.compile(
     r"weights_only|Weights only load failed|Check the documentation|Please file an issue"
@@ -59,12 +62,11 @@ MAX_EPOCH = 10_000_000  # the most epochs a run may declare (probe.training.reco
 
 def epoch_of(name: str) -> int | None:
     """The epoch a file name gives: its last run of digits, without the extension (None when it
-    has none)."""
-    stem = name
-    for suffix in SUFFIXES:
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    has none). The extension is the part after the last dot when it holds a letter (`.pt`,
+    `.safetensors`, `.th`, `.ckpt`, `.h5`), so `model.th` has no epoch and `epoch_3.ckpt` is 3."""
+    stem, dot, ext = name.rpartition(".")
+    if not (dot and stem and _LETTER.search(ext)):
+        stem = name
     runs = _DIGITS.findall(stem)
     return int(runs[-1]) if runs else None  # a name is at most 255 bytes: int() is cheap
 
@@ -84,11 +86,18 @@ def list_epochs(folder: Path) -> dict[int, Path]:
     for p in entries:
         if p.name.startswith("."):
             continue  # hidden files (.DS_Store, editors' swap files) are not checkpoints
-        if not p.name.lower().endswith(SUFFIXES) or p.is_symlink() or not p.is_file():
+        if p.is_symlink() or not p.is_file():
+            what = "a link" if p.is_symlink() else "not a regular file"
             raise RunFileError(
                 p,
-                "not a checkpoint file: a folder of checkpoints may hold only regular "
-                ".safetensors, .pt or .pth files (move it out)",
+                f"not a checkpoint file ({what}): a folder of checkpoints may hold only regular "
+                "torch or safetensors files (move it out)",
+            )
+        if not p.name.lower().endswith(SUFFIXES) and file_kind(p) is None:
+            raise RunFileError(
+                p,
+                "not a checkpoint file: neither a torch file (zip or legacy) nor a safetensors "
+                "file (move it out)",
             )
         epoch = epoch_of(p.name)
         if epoch is None:
@@ -107,7 +116,7 @@ def list_epochs(folder: Path) -> dict[int, Path]:
             )
         found[epoch] = p
     if not found:
-        raise UsageError("FOLDER", f"{folder} holds no .safetensors, .pt or .pth files")
+        raise UsageError("FOLDER", f"{folder} holds no checkpoint files")
     epochs = sorted(found)
     # The first gap, found arithmetically: two files named epoch 0 and epoch 10,000,000
     # must not build a set of ten million numbers.
@@ -123,13 +132,43 @@ def list_epochs(folder: Path) -> dict[int, Path]:
     return {e: found[e] for e in epochs}
 
 
-def refusal(path: Path, exc: BaseException) -> str:
+def sniff(fh: Any) -> str | None:
+    """ "torch" (a zip file, or a pickle: torch's legacy format, which the weights-only
+    unpickler judges), "safetensors" (an 8-byte header length, then its JSON), or None."""
+    head = fh.read(9)
+    fh.seek(0)
+    if head[:2] == b"PK" and zipfile.is_zipfile(fh):
+        return "torch"
+    # pickle protocol 2+: torch.save(..., _use_new_zipfile_serialization=False)
+    if head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
+def file_kind(path: Path) -> str | None:
+    """The kind of the file `path`: by its name for .safetensors/.pt/.pth, else by its first
+    bytes (sniff); None: neither kind."""
+    name = path.name.lower()
+    if name.endswith(".safetensors"):
+        return "safetensors"
+    if name.endswith((".pt", ".pth")):
+        return "torch"
+    try:
+        with safeio.open_regular(path) as fh:
+            return sniff(fh)
+    except (OSError, RunFileError):
+        return None
+
+
+def refusal(path: Path, exc: BaseException, kind: str | None = None) -> str:
     """Why `path` was not loaded, in probe's words.
 
     torch's message for a file that weights-only loading refuses leads with advice to load
     it unsafely (which runs whatever code the file names) and puts the reason last; probe
     keeps the reason and drops that advice."""
-    if path.name.lower().endswith(".safetensors"):
+    if (kind or file_kind(path)) == "safetensors":
         text = " ".join(str(exc).split())[:300] or type(exc).__name__
         return f"not a loadable safetensors file ({text})"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -142,7 +181,7 @@ def refusal(path: Path, exc: BaseException) -> str:
         why = f" ({reason})" if reason else ""
         return (
             f"refused: it holds something other than tensors and plain containers{why}; probe "
-            "loads .pt files weights-only and never unpickles the objects a file names: "
+            "loads torch files weights-only and never unpickles the objects a file names: "
             "save the state dict itself (torch.save(model.state_dict(), ...)) or as safetensors"
         )
     return f"not a loadable weights-only torch file ({reason or type(exc).__name__})"
@@ -209,9 +248,12 @@ def load_state(path: Path, max_bytes: int | None = None, *, lazy: bool = False) 
     """
     import torch  # here, and safetensors: `probe --help` lists this command without torch
 
+    kind = file_kind(path)
+    if kind is None and path.is_file() and not path.is_symlink():
+        raise RunFileError(path, "neither a torch file (zip or legacy) nor a safetensors file")
     try:
         with safeio.regular_path(path, max_bytes) as p:
-            if path.name.lower().endswith(".safetensors"):
+            if kind == "safetensors":
                 from safetensors.torch import load_file
 
                 obj: Any = _safetensors_shapes(p) if lazy else load_file(p)
@@ -228,7 +270,7 @@ def load_state(path: Path, max_bytes: int | None = None, *, lazy: bool = False) 
         raise
     # damaged files, and objects weights_only refuses to rebuild (an UnpicklingError)
     except Exception as exc:
-        raise RunFileError(path, refusal(path, exc)) from None
+        raise RunFileError(path, refusal(path, exc, kind)) from None
     if isinstance(obj, Mapping) and any(k.startswith("model/") for k in obj if isinstance(k, str)):
         obj = {
             k[len("model/") :]: v for k, v in obj.items() if k.startswith("model/")
@@ -250,7 +292,7 @@ def load_state(path: Path, max_bytes: int | None = None, *, lazy: bool = False) 
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise RunFileError(path, f"entry {bad[0][:80]!r} is not a tensor")
-    header_only = lazy and path.name.lower().endswith(".safetensors")  # meta by construction
+    header_only = lazy and kind == "safetensors"  # meta by construction
     for k, v in obj.items():  # what load_state_dict would choke on, named here
         if v.layout != torch.strided or (v.is_meta and not header_only) or v.is_quantized:
             kind = "meta" if v.is_meta else str(v.layout).removeprefix("torch.")
@@ -290,8 +332,18 @@ def import_checkpoints(
     device: str = "auto",
     force: bool = False,
     log: Any = None,
+    mean: Any = None,
+    std: Any = None,
+    val_size: int | None = None,
+    rename: tuple[str, ...] | list[str] = (),
+    note: Any = None,
 ) -> Path:
-    """Write a run directory for the state dicts in `folder` (the module docstring); returns it."""
+    """Write a run directory for the state dicts in `folder` (the module docstring); returns it.
+
+    `mean`/`std`: the normalisation the model was trained with (`--mean/--std`; without them
+    the data set's statistics are assumed, and `note`, else a warning, says so in one line).
+    `val_size`: validate on fewer images (as `probe train --val-size`). `rename`: `OLD=NEW`
+    key-prefix maps applied to every file's keys before they are fitted to the family."""
     import torch  # here, and the recorder: `probe --help` lists this command without torch
 
     from probe.rundir import checkpoint
@@ -299,38 +351,57 @@ def import_checkpoints(
 
     folder, run_dir = Path(folder), Path(run_dir)
     log = log or (lambda s: None)
+    renames = parse_renames(rename)
     check_outside(folder, run_dir)
     files = list_epochs(folder)
     sources = [
         {"epoch": e, "file": p.name, "sha256": safeio.sha256_file(p)} for e, p in files.items()
     ]
-    rec = Recorder(
-        run_dir,
-        model,
-        dataset,
-        model_params=model_params,
-        data=data,
-        probe_set_size=probe_set_size,
-        analysis_batch_size=analysis_batch_size,
-        seed=seed,
-        epochs=max(files),
-        force=force,
-        device=device,
-        _source={"kind": "import", "folder": str(folder.resolve()), "files": sources},
-    )
+    with warnings.catch_warnings(record=note is not None) as caught:
+        if note is not None:
+            warnings.simplefilter("always", NormalizationAssumed)
+        rec = Recorder(
+            run_dir,
+            model,
+            dataset,
+            model_params=model_params,
+            data=data,
+            probe_set_size=probe_set_size,
+            analysis_batch_size=analysis_batch_size,
+            seed=seed,
+            epochs=max(files),
+            force=force,
+            device=device,
+            mean=mean,
+            std=std,
+            val_size=val_size,
+            _source={"kind": "import", "folder": str(folder.resolve()), "files": sources},
+        )
+    for w in caught or []:
+        if issubclass(w.category, NormalizationAssumed):
+            spec = rec.spec
+            note(assumption_line(spec.mean, spec.std, "--mean R,G,B --std R,G,B"))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     spec = rec.spec
     # what a file of this model's state (with an optimizer's, as training scripts save) can take
     bound = checkpoint.size_bound(spec) + (64 << 20)
     # Every file is checked (from its header, or memory-mapped) before the first one is loaded
     # in full or recorded: a bad last file of 3,000 costs no 2,999 loads, and writes nothing.
     for p in files.values():
-        why = state_mismatch(spec, load_state(p, bound, lazy=True), cast=True)
+        header = apply_renames(p, load_state(p, bound, lazy=True), renames)
+        why = state_mismatch(spec, header, cast=True)
         if why:
-            raise RunFileError(p, f"does not fit {spec.describe()}: {why}")
+            hint = suggest_renames(spec.skeleton().state_dict(), header)
+            try_ = " ".join(f"--rename {o}={n}" for o, n in hint)
+            raise RunFileError(
+                p, f"does not fit {spec.describe()}: {why}" + (f": try {try_}" if hint else "")
+            )
     skeleton = spec.skeleton().state_dict()
     with rec:
         for epoch, p in files.items():
-            state = {k: v.to(skeleton[k].dtype) for k, v in load_state(p, bound).items()}
+            loaded = apply_renames(p, load_state(p, bound), renames)
+            state = {k: v.to(skeleton[k].dtype) for k, v in loaded.items()}
             with torch.device("cpu"):
                 net = spec.build()
             net.load_state_dict(state, strict=True)
@@ -399,6 +470,34 @@ def import_checkpoints(
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
+@click.option(
+    "--mean",
+    default=None,
+    metavar="R,G,B",
+    help="Per-channel mean the model's images were normalised with, on the [0, 1] scale "
+    "(with --std) [default: the data set's statistics, said in one line].",
+)
+@click.option(
+    "--std",
+    default=None,
+    metavar="R,G,B",
+    help="Per-channel std the model's images were normalised with (with --mean).",
+)
+@click.option(
+    "--val-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Validate on the probe set plus a seeded, class-stratified rest, N images in all "
+    "(at least --probe-set-size) [default: all].",
+)
+@click.option(
+    "--rename",
+    "renames",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="Rename a key prefix in every file before fitting it to the family (repeatable), "
+    "e.g. --rename linear.=fc.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing probe run in --run-dir.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines.")
 def import_command(
@@ -412,6 +511,10 @@ def import_command(
     analysis_batch_size: int,
     seed: int,
     device: str,
+    mean: str | None,
+    std: str | None,
+    val_size: int | None,
+    renames: tuple[str, ...],
     force: bool,
     quiet: bool,
 ) -> None:
@@ -421,17 +524,24 @@ def import_command(
     probe import ckpts/ --run-dir runs/theirs --model resnet --model-param depth=20 --dataset cifar10
     probe analyze runs/theirs --all && probe report runs/theirs
 
-    FOLDER holds one file per epoch: .safetensors, or .pt/.pth read only with
-    torch.load(weights_only=True) (nothing is unpickled). The epoch is the last run
-    of digits in the file name without its extension: epoch_3.pt, ckpt-0003.safetensors
-    and model_e10.pth are epochs 3, 3 and 10. Epochs must run without gaps; epoch 0
+    FOLDER holds one file per epoch: safetensors, or torch files of any extension
+    (.pt, .pth, .th, .ckpt, .tar, .bin) read only with torch.load(weights_only=True)
+    (nothing is unpickled). The epoch is the last run of digits in the file name
+    without its extension: epoch_3.pt, ckpt-0003.safetensors and model_e10.th are
+    epochs 3, 3 and 10. Epochs must run without gaps; epoch 0
     is the initialisation if there is one, else the first file's epoch comes first.
     A .pt dict holding the weights under "state_dict" or "model" is unwrapped, and a
     "module." prefix (DataParallel) is removed. The validation metrics, activation
     dumps, probe set and analysis batch are computed on import; there is no optimizer
-    state, so `probe train --resume` cannot continue the run.
+    state, so `probe train --resume` cannot continue the run. Give the normalisation
+    the model was trained with (--mean/--std): without it the data set's statistics
+    are assumed, and a line says so.
     """  # noqa: E501 (the help's example command is printed as it is written)
     params = parse_pairs(model_params)
+    if val_size is not None and val_size < probe_set_size:
+        raise UsageError(
+            "--val-size", f"must be >= --probe-set-size ({probe_set_size}), got {val_size}"
+        )
     import_checkpoints(
         folder,
         run_dir,
@@ -445,6 +555,11 @@ def import_command(
         device=device,
         force=force,
         log=None if quiet else (lambda s: click.echo(s)),
+        mean=parse_channels(mean, "--mean"),
+        std=parse_channels(std, "--std"),
+        val_size=val_size,
+        rename=renames,
+        note=lambda s: click.echo(s, err=True),
     )
     if not quiet:
         click.echo(f"run directory: {run_dir}")

@@ -106,6 +106,10 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = make_optimizer(cfg, self.model)
         self.params = [p for p in self.model.parameters()]
+        # The compiled module shares the model's parameters and buffers; only training steps
+        # call it: validation, dumps and checkpoints use `self.model` itself (no `_orig_mod.`).
+        self.forward = compiled(self.model) if cfg.compile else self.model
+        self.compile_seconds: float | None = None
 
     def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return model_input(self.plan, x_uint8)
@@ -126,13 +130,15 @@ class Trainer:
         loss_sum, correct, gn_sum, gn_max, ratio_sum = (zero.clone() for _ in range(5))
         steps = range(0, n, cfg.batch_size)
         for start in _bar(steps, f"epoch {epoch}/{cfg.epochs}", self.progress):
+            first_compiled = cfg.compile and self.compile_seconds is None
+            t_step = time.perf_counter()
             idx = perm[start : start + cfg.batch_size]
             xb = self.train_x[idx]
             if self.augmentation is not None:
                 xb = data.augment(xb, self.gen, self.augmentation.pad, self.augmentation.flip)
             x, y = self._input(xb), self.train_y[idx]
             with self._autocast():
-                logits = model(x)
+                logits = self.forward(x)
                 loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -148,10 +154,20 @@ class Trainer:
                 gn_sum += gn
                 gn_max = torch.maximum(gn_max, gn)
                 ratio_sum += ratio
+            if first_compiled:
+                self._compiled_first_step(t_step)
         k = len(steps)
         stats = torch.stack([loss_sum / n, correct / n, gn_sum / k, gn_max, ratio_sum / k]).tolist()
         names = ("train_loss", "train_acc", "grad_norm_mean", "grad_norm_max", "update_ratio")
         return {**dict(zip(names, stats, strict=True)), "lr": lr}
+
+    def _compiled_first_step(self, started: float) -> None:
+        """Report the first compiled step's time: torch.compile builds its kernels then, so this
+        is the compile cost a run pays once (per process; `--resume` pays it again)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.compile_seconds = seconds = time.perf_counter() - started
+        self.log(f"torch.compile: the first training step took {seconds:.1f}s (compiling)")
 
     def restore(self, ckpt: checkpoint.Checkpoint) -> None:
         """The model, optimizer and random-number states of a checkpoint (resuming)."""
@@ -175,6 +191,21 @@ class Trainer:
                 self.log(f"warning: epoch {epoch} has non-finite metrics (training diverged?)")
             self.log(summary_line(metrics, self.cfg.epochs))
         return writer.history
+
+
+def compiled(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """`torch.compile(model)` with the backend `$PROBE_COMPILE_BACKEND` names (default inductor).
+
+    The variable exists for tests and debugging: `aot_eager` traces the same graphs (forward and
+    backward through AOTAutograd) without generating C++ kernels, in seconds instead of a minute.
+    """
+    backend = os.environ.get("PROBE_COMPILE_BACKEND", "inductor")
+    try:
+        return torch.compile(model, backend=backend)
+    except Exception as exc:  # an unknown backend name, or torch.compile unsupported here
+        raise UsageError(
+            "--compile", f"torch.compile is not available ({str(exc).splitlines()[0][:200]})"
+        ) from None
 
 
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:

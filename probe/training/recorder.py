@@ -18,6 +18,8 @@ run directory itself is only created and locked at the first record that passes.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,14 @@ from probe.rundir.run import MAX_EXAMPLES
 from probe.rundir.writer import RunWriter
 from probe.training.config import MAX_IMAGES, MAX_SEED
 from probe.training.model import check_model, input_spec
+from probe.training.normalization import (
+    ASSUMED_DATA,
+    GIVEN,
+    SPEC,
+    NormalizationAssumed,
+    assumption_line,
+    check_normalization,
+)
 
 Log = Callable[[str], None]
 
@@ -104,9 +114,11 @@ def resolve_spec(
     subset: torch.Tensor,
     batch_size: int,
     full_maps: tuple[str, ...],
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> ModelSpec:
     """The spec of `model` (a spec, or a family name + params) for `ds`, sized and checked on the
-    meta device."""
+    meta device. `norm`: the (mean, std) the model was trained with (None: a ModelSpec's own,
+    or the data set's statistics)."""
     if isinstance(model, ModelSpec):
         if model_params:
             raise UsageError(
@@ -114,10 +126,14 @@ def resolve_spec(
                 "give parameters inside the ModelSpec, or a family name with model_params",
             )
         spec = model
+        if norm is not None:
+            spec = dataclasses.replace(
+                spec, input=dataclasses.replace(spec.input, mean=norm[0], std=norm[1])
+            )
     elif isinstance(model, str):
         spec = get_family(model, option="--model").spec(
             dict(model_params or {}),
-            input_spec(ds.train_x[subset], ds.mean, ds.std),
+            input_spec(ds.train_x[subset], *(norm or (ds.mean, ds.std))),
             len(ds.classes),
         )
     else:
@@ -187,9 +203,13 @@ class Recorder:
     images (the probe set plus a seeded rest). `example_records` class-stratified training
     images have their logits recorded after every epoch (`forgetting`; 0: none). `epochs`
     (optional) is the planned number, shown by
-    `probe report`. An existing, non-empty `run_dir` is refused unless `force=True` and it
-    is a probe run. The files are written by the run writer (`probe.rundir.writer.RunWriter`)
-    that `probe train` and `probe import` write through too.
+    `probe report`. `mean`/`std` (one per channel, on the [0, 1] scale) or `normalize` (a
+    torchvision `transforms.Normalize`) are the normalisation the model was trained with:
+    every validation and analysis feeds it images normalised so; without them the data
+    set's statistics are assumed and a `NormalizationAssumed` warning says so (a
+    `probe.ModelSpec` carries its own). An existing, non-empty `run_dir` is refused unless
+    `force=True` and it is a probe run. The files are written by the run writer
+    (`probe.rundir.writer.RunWriter`) that `probe train` and `probe import` write through too.
     """
 
     def __init__(
@@ -212,6 +232,9 @@ class Recorder:
         force: bool = False,
         device: str | torch.device = "auto",
         log: Log | None = None,
+        mean: Any = None,
+        std: Any = None,
+        normalize: Any = None,
         _source: dict[str, Any] | None = None,
     ):
         run_dir = Path(run_dir)
@@ -232,7 +255,9 @@ class Recorder:
         subset = _data.train_subset(ds, subset_train_size, seed)
         analysis_batch_size = min(analysis_batch_size, len(subset))
         full_maps = tuple(full_maps)
-        spec = resolve_spec(model, ds, model_params, subset, val_batch_size, full_maps)
+        norm = check_normalization(mean, std, normalize, int(ds.train_x.shape[1]))
+        spec = resolve_spec(model, ds, model_params, subset, val_batch_size, full_maps, norm)
+        normalization = _normalization(model, norm, spec)
         # config.json's `train` table: what a recorder knows, in probe train's key names.
         train: dict[str, Any] = {
             "dataset": dataset if isinstance(dataset, str) else "given",
@@ -249,6 +274,7 @@ class Recorder:
             "full_maps": list(full_maps),
             "example_records": example_records,
             "device": dev.type,
+            "normalization": normalization,
         }
         plan = RunPlan(
             run_dir=run_dir,
@@ -405,6 +431,17 @@ class Recorder:
                 f"epoch {epoch}: the model has no module {missing[0]!r} (a recorded layer of "
                 f"{self.spec.family}); nothing was written"
             )
+
+
+def _normalization(model: Any, norm: Any, spec: ModelSpec) -> str:
+    """config.json's `train.normalization`: given, or assumed (then warned, in one line)."""
+    if norm is not None:
+        return GIVEN
+    if isinstance(model, ModelSpec):
+        return SPEC
+    line = assumption_line(spec.mean, spec.std, "mean=(R,G,B), std=(R,G,B) or normalize=")
+    warnings.warn(line, NormalizationAssumed, stacklevel=3)
+    return ASSUMED_DATA
 
 
 def _checked_metrics(epoch: int, metrics: Mapping[str, Any] | None) -> dict[str, Any]:
