@@ -18,85 +18,35 @@ probe images. `estimator=debiased` uses Song et al.'s unbiased HSIC (Nguyen et a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import probe
+from probe.library.representations import CKAParams as Params
+from probe.library.representations import cka_label, cka_scalars, heatmap, layer_cka_figure
 
-
-@dataclass(frozen=True)
-class Params:
-    estimator: str = probe.param(
-        "biased",
-        "HSIC estimator: biased (Kornblith et al. 2019) or debiased "
-        "(Song et al. 2012 / Nguyen et al. 2021).",
-        choices=("biased", "debiased"),
-    )
-
-
-def _label(estimator: str) -> str:
-    return "linear CKA" if estimator == "biased" else "linear CKA (debiased)"
-
-
-def _heatmap(ax, M, xlabels, ylabels, *, annotate: bool, xrot: int = 45):
-    import numpy as np
-
-    im = ax.imshow(M, vmin=0, vmax=1, cmap="magma", interpolation="nearest", aspect="auto")
-    ax.set_xticks(
-        range(len(xlabels)), xlabels, rotation=xrot, ha="right" if xrot else "center", fontsize=8
-    )
-    ax.set_yticks(range(len(ylabels)), ylabels, fontsize=8)
-    if annotate:
-        for i in range(M.shape[0]):
-            for j in range(M.shape[1]):
-                v = M[i, j]
-                if np.isfinite(v):
-                    ax.text(
-                        j,
-                        i,
-                        f"{v:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="black" if v > 0.6 else "white",
-                    )
-    return im
+__all__ = ["Params", "register_analyses", "run_epochs", "run_layers"]
 
 
 def run_layers(ctx: probe.Context) -> None:
     """CKA between every pair of recorded layers at one epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     from probe.numerics import cka_matrix
 
     layers = ctx.layers()
     reps = {name: ctx.activations(name) for name in layers}
     est = ctx.params.estimator
     M = cka_matrix(reps, estimator=est)
-    n = len(layers)
-    fig, ax = plt.subplots(figsize=(1.0 * n + 2.5, 0.9 * n + 1.5), constrained_layout=True)
-    im = _heatmap(ax, M, layers, layers, annotate=n <= 16)
-    fig.colorbar(im, ax=ax, label=_label(est))
-    ax.set_title(
-        f"{_label(est)} between layers, epoch {ctx.epoch} (pooled activations, "
-        f"{next(iter(reps.values())).shape[0]} probe images)",
-        fontsize=9,
+    title = (
+        f"{cka_label(est)} between layers, epoch {ctx.epoch} (pooled activations, "
+        f"{next(iter(reps.values())).shape[0]} probe images)"
     )
     ctx.out.figure(
         "cka_layers",
-        fig,
-        caption=f"{_label(est)} ({est} HSIC) between every pair of recorded layers (1 = the same "
-        "representation up to rotation and scale); bright off-diagonal blocks are layers that "
-        "add little.",
+        layer_cka_figure(M, layers, layers, est, title),
+        caption=f"{cka_label(est)} ({est} HSIC) between every pair of recorded layers (1 = the "
+        "same representation up to rotation and scale); bright off-diagonal blocks are layers "
+        "that add little.",
     )
     ctx.out.arrays("cka_layers", attrs={"layers": layers, "estimator": est}, cka=M)
-    if n >= 2:
-        adjacent = np.array([M[i, i + 1] for i in range(n - 1)])
-        ctx.out.scalar("adjacent_mean", float(np.nanmean(adjacent)))
-        ctx.out.scalar("first_last", float(M[0, -1]))
+    for name, value in cka_scalars(M).items():
+        ctx.out.scalar(name, value)
 
 
 def run_epochs(ctx: probe.Context) -> None:
@@ -128,12 +78,12 @@ def run_epochs(ctx: probe.Context) -> None:
         gridspec_kw={"width_ratios": [1.3, 1]},
         constrained_layout=True,
     )
-    im = _heatmap(ax, M, [str(e) for e in epochs], layers, annotate=len(epochs) <= 12, xrot=0)
+    im = heatmap(ax, M, [str(e) for e in epochs], layers, annotate=len(epochs) <= 12, xrot=0)
     ax.set_xlabel("epoch")
     if len(epochs) > 25:
         step = int(np.ceil(len(epochs) / 25))
         ax.set_xticks(range(0, len(epochs), step), [str(e) for e in epochs[::step]], rotation=0)
-    fig.colorbar(im, ax=ax, label=f"{_label(est)} with epoch {last}")
+    fig.colorbar(im, ax=ax, label=f"{cka_label(est)} with epoch {last}")
     cmap = plt.get_cmap("viridis")
     for i, name in enumerate(layers):
         bx.plot(epochs, M[i], "o-", ms=3, color=cmap(i / max(1, len(layers) - 1)), label=name)
@@ -149,7 +99,7 @@ def run_epochs(ctx: probe.Context) -> None:
     ctx.out.figure(
         "cka_epochs",
         fig,
-        caption=f"{_label(est)} ({est} HSIC) of each layer's probe-set representation with the "
+        caption=f"{cka_label(est)} ({est} HSIC) of each layer's probe-set representation with the "
         "same layer at the last selected epoch; a row reaching 1 early means that layer settled "
         "early.",
     )

@@ -15,36 +15,24 @@ WeightWatcher 0.7 `analyze()` conventions they follow to the digit, are
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import probe
-
-CAPTION_ESD = (
-    "Empirical spectral density of each layer's weight matrices (eigenvalues of W^T W, "
-    "WeightWatcher's convention) on log-log axes, with the power law fitted to its tail from xmin "
-    "(dashed red). A straight, long tail is a heavy-tailed ESD; a tail of a few eigenvalues makes "
-    "alpha unreliable (see n_tail and the KS distance D)."
+from probe.library.weights import (  # shared with probe.spectra
+    CAPTION_ALPHA,
+    CAPTION_EPOCHS,
+    CAPTION_ESD,
+    ROW_KEYS,
+    alpha_figure,
+    esd_figure,
+    mean_finite,
+    provenance,
+    shade_band,
+    spectra_scalars,
 )
-CAPTION_ALPHA = (
-    "Power-law exponent alpha of each layer's ESD tail. WeightWatcher reads 2 <= alpha <= 6 "
-    "(shaded) as well trained, alpha < 2 as possibly over-fit and alpha > 6 as under-trained "
-    "(Martin & Mahoney 2021); these are empirical heuristics from large trained networks, not "
-    "guarantees, and a small layer's alpha rests on few eigenvalues."
-)
-CAPTION_EPOCHS = (
-    "Alpha, stable rank and spectral norm of every layer across training. WeightWatcher reads "
-    "alpha falling into 2-6 (shaded) as a layer learning correlations; alpha below 2 as possibly "
-    "over-fit; above 6 as under-trained (heuristics, Martin & Mahoney 2021)."
-)
+from probe.library.weights import SpectraParams as Params
 
-
-@dataclass(frozen=True)
-class Params:
-    bins: int = probe.param(
-        60, "Histogram bins per layer (log-spaced) in the ESD figure.", min=5, max=1000
-    )
+__all__ = ["CAPTION_ALPHA", "CAPTION_EPOCHS", "CAPTION_ESD", "Params", "register_analyses"]
 
 
 def model_layers(ckpt) -> list[tuple[str, str, Any]]:
@@ -86,139 +74,15 @@ def analyse_epoch(ctx: probe.Context, epoch: int) -> list[dict[str, Any]]:
     return [numerics.spectrum_row(*layer) for layer in layers]
 
 
-def provenance(epochs: list[int]) -> dict[str, Any]:
-    """What every number here was computed on: the record each result carries."""
-    from probe.numerics import ALPHA_BAND
-
-    return {
-        "weights": f"checkpoint of epoch {epochs[0]}"
-        if len(epochs) == 1
-        else f"checkpoints of epochs {epochs}",
-        "data": "none (data-free: weights only)",
-        "dtype": "float32 weights, float64 SVD (scipy)",
-        "which_layers": "every Conv2d and Linear layer, in network order; biases and BatchNorm "
-        "left out",
-        "convention": "weightwatcher 0.7 analyze() defaults: conv2d_fft=False, conv2d_norm=True, "
-        "pool=True, pl_package='ww', xmax=None, fix_fingers=False, eigenvalues > 1e-5 fitted, "
-        "min_evals=8, max_evals=15000",
-        "eigenvalues": "squared singular values of each matrix (X = W^T W, no 1/N); a Conv2d slice "
-        "scaled by 1/sqrt(2) first",
-        "alpha_band": list(ALPHA_BAND),
-    }
-
-
-_ROW_KEYS = (
-    "layer",
-    "type",
-    "shape",
-    "N",
-    "M",
-    "n_matrices",
-    "n_evals",
-    "alpha",
-    "xmin",
-    "xmax",
-    "D",
-    "sigma",
-    "n_tail",
-    "n_fit",
-    "fit_method",
-    "fit_note",
-    "lambda_max",
-    "spectral_norm",
-    "stable_rank",
-    "alpha_weighted",
-)
-
-
-def _mean(values) -> float:
-    vals = [v for v in values if math.isfinite(v)]
-    return sum(vals) / len(vals) if vals else math.nan
-
-
-def _shade_band(ax) -> None:
-    from probe.numerics import ALPHA_BAND
-
-    lo, hi = ALPHA_BAND
-    ax.axhspan(
-        lo, hi, color="tab:green", alpha=0.12, lw=0, label=f"WeightWatcher's {lo:g}-{hi:g} band"
-    )
-
-
 def run_epoch(ctx: probe.Context) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.ticker import NullFormatter
-
-    from probe.numerics import ALPHA_BAND, EVALS_THRESH
-
     epoch = ctx.epoch
     rows = analyse_epoch(ctx, epoch)
     names = [r["layer"] for r in rows]
 
-    # The ESD of every layer, log-log, with its fitted tail.
-    cols = min(3, len(rows))
-    nrows = math.ceil(len(rows) / cols)
-    fig, axes = plt.subplots(
-        nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False, constrained_layout=True
+    ctx.out.figure(
+        "esd", esd_figure(rows, ctx.params.bins, f", epoch {epoch}"), caption=CAPTION_ESD
     )
-    for ax, r in zip(axes.flat, rows, strict=False):
-        ev = r["eigenvalues"]
-        pos = ev[ev > EVALS_THRESH]
-        if pos.size >= 2 and pos[-1] > pos[0]:
-            edges = np.geomspace(pos[0], pos[-1], ctx.params.bins + 1)
-            ax.hist(pos, bins=edges, density=True, color="tab:blue", alpha=0.6, label="ESD")
-        elif pos.size:
-            ax.axvline(pos[0], color="tab:blue", label="ESD")
-        if math.isfinite(r["alpha"]) and r["alpha"] > 1:
-            a, xmin = r["alpha"], r["xmin"]
-            frac = r["n_tail"] / max(pos.size, 1)  # the tail's share of the density
-            x = np.geomspace(xmin, r["xmax"], 50)
-            ax.plot(
-                x,
-                frac * (a - 1) / xmin * (x / xmin) ** (-a),
-                "r--",
-                lw=1.5,
-                label=f"fit, alpha={a:.2f}",
-            )
-            ax.axvline(xmin, color="red", lw=0.8, alpha=0.6)
-        ax.set(xscale="log", yscale="log", xlabel="eigenvalue of W^T W", ylabel="density")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        note = (
-            f"alpha={r['alpha']:.2f}, D={r['D']:.3f}, tail {r['n_tail']}/{r['n_evals']}"
-            if math.isfinite(r["alpha"])
-            else "no fit"
-        )
-        ax.set_title(f"{r['layer']} ({r['type']})\n{note}", fontsize=8)
-        ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(rows) :]:
-        ax.axis("off")
-    fig.suptitle(f"weight spectra, epoch {epoch}", fontsize=10)
-    ctx.out.figure("esd", fig, caption=CAPTION_ESD)
-
-    # Alpha per layer against the band.
-    alphas = np.array([r["alpha"] for r in rows])
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 2), 3.6), constrained_layout=True)
-    _shade_band(ax)
-    err = np.array([r["sigma"] for r in rows])
-    ax.errorbar(
-        range(len(rows)),
-        alphas,
-        yerr=np.where(np.isfinite(err), err, 0),
-        fmt="o",
-        color="black",
-        capsize=3,
-        label="alpha (+- sigma)",
-    )
-    ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="alpha", title=f"power-law exponent per layer, epoch {epoch}")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    ctx.out.figure("alpha", fig, caption=CAPTION_ALPHA)
-
+    ctx.out.figure("alpha", alpha_figure(rows, f", epoch {epoch}"), caption=CAPTION_ALPHA)
     ctx.out.arrays(
         "eigenvalues",
         attrs={"layers": names, "epoch": epoch, **provenance([epoch])},
@@ -229,18 +93,11 @@ def run_epoch(ctx: probe.Context) -> None:
         {
             "epoch": epoch,
             "computed_on": provenance([epoch]),
-            "layers": [{k: r[k] for k in _ROW_KEYS} for r in rows],
+            "layers": [{k: r[k] for k in ROW_KEYS} for r in rows],
         },
     )
-    finite = [a for a in alphas if math.isfinite(a)]
-    ctx.out.scalar("alpha_mean", _mean(alphas))
-    ctx.out.scalar("alpha_weighted_mean", _mean([r["alpha_weighted"] for r in rows]))
-    ctx.out.scalar("layers_below_2", sum(a < ALPHA_BAND[0] for a in finite))
-    ctx.out.scalar("layers_above_6", sum(a > ALPHA_BAND[1] for a in finite))
-    for r in rows:
-        ctx.out.scalar(f"alpha.{r['layer']}", r["alpha"])
-        ctx.out.scalar(f"stable_rank.{r['layer']}", r["stable_rank"])
-        ctx.out.scalar(f"spectral_norm.{r['layer']}", r["spectral_norm"])
+    for name, value in spectra_scalars(rows).items():
+        ctx.out.scalar(name, value)
 
 
 def run_epochs(ctx: probe.Context) -> None:
@@ -278,7 +135,7 @@ def run_epochs(ctx: probe.Context) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
     ax = axes[0]
-    _shade_band(ax)
+    shade_band(ax)
     for j, name in enumerate(names):
         ax.plot(epochs, table["alpha"][:, j], "o-", ms=3, label=name)
     ax.set(
@@ -319,8 +176,10 @@ def run_epochs(ctx: probe.Context) -> None:
             **{k: v.tolist() for k, v in table.items()},
         },
     )
-    ctx.out.scalar("alpha_mean", _mean(table["alpha"][-1]))
-    ctx.out.scalar("alpha_mean_change", _mean(table["alpha"][-1]) - _mean(table["alpha"][0]))
+    ctx.out.scalar("alpha_mean", mean_finite(table["alpha"][-1]))
+    ctx.out.scalar(
+        "alpha_mean_change", mean_finite(table["alpha"][-1]) - mean_finite(table["alpha"][0])
+    )
     for j, name in enumerate(names):
         ctx.out.scalar(f"alpha.{name}", float(table["alpha"][-1, j]))
 

@@ -9,6 +9,10 @@ model-family and data-set plugins `ModelFamily` (with `OptionAlias` and `SizeEst
 `InputSpec`, `ModelSpec`, `default_layers`, `DataSource`, `Augmentation`. A plugin imports
 only `probe` and the modules in `PUBLIC_MODULES` (e.g. `probe.datasets`, what a data-set
 plugin builds on); never a `_private` name.
+
+The numerics run in-process on any `nn.Module` and batch, no run directory needed
+(docs/from-python.md): `probe.hessian(model, (x, y))`, `probe.activations`, `probe.cka`, ...
+(from `probe.library`, loaded on first use).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from probe import analyze  # a callable module: probe.analyze(run_dir, analyses, ...); no torch
+from probe import library as _library
 from probe.analysis.context import Context, LayerParams
 from probe.contract.analysis import Analysis, Cost, NoParams, RunInfo, param
 from probe.contract.datasets import Augmentation, DataSource
@@ -32,11 +37,25 @@ from probe.errors import NotARunError, ProbeError, RunFileError, Skip, UsageErro
 from probe.rundir.run import Run
 from probe.version import __version__
 
+# The in-process analyses (docs/from-python.md): probe.hessian(model, batch, ...) and the rest,
+# loaded on first use from probe.library (which imports torch only when one runs).
+_LIBRARY = (
+    "activations",
+    "cka",
+    "gradcheck",
+    "hessian",
+    "landscape",
+    "rsm",
+    "sharpness",
+    "spectra",
+)
+
 # The modules (relative to `probe`) a plugin may import besides `probe` itself; everything else is
 # probe's own and may change. tests/test_architecture.py holds the built-in plugins to this.
 PUBLIC_MODULES = (  # each with the modules under it; a `_private` name is never public
     "datasets",
     "errors",
+    "library",
     "numerics",
     "testing",
 )
@@ -70,6 +89,8 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "param",
+    "write_report",
+    *sorted(_LIBRARY),
 ]
 
 
@@ -87,10 +108,20 @@ def load_checkpoint(path: Any) -> Any:
     return load(path)
 
 
+def write_report(path: Any, force: bool = False) -> Any:
+    """What `probe report PATH` does: the static page of a run or sweep (rebuilt only when its
+    inputs changed, unless `force`); returns a record with the page's `path` and `written`."""
+    from probe.report.pages import report  # jinja2, and the readers
+
+    return report(path, force=force)
+
+
 def __getattr__(name: str) -> Any:
     # Lazy, so `import probe` (and `probe --help`) never pays for torch.
     if name == "Recorder":
         from probe.training.recorder import Recorder
 
         return Recorder
+    if name in _LIBRARY:
+        return getattr(_library, name)
     raise AttributeError(f"module 'probe' has no attribute {name!r}")

@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("probe.io",),
     ("probe.contract",),
     ("probe.numerics",),
+    ("probe.library",),
     ("probe.datasets",),
     ("probe.rundir",),
     ("probe.training",),

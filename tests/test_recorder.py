@@ -83,8 +83,9 @@ def test_probe_train_writes_what_it_wrote_before_the_recorder(tmp_path: Path) ->
     cfg = json.loads((run / "config.json").read_text())
     for k in ("versions", "device", "device_name"):
         cfg.pop(k, None)
-    # a key added after the reference was made (per-example records), at its default
+    # keys added after the reference was made (per-example records, --compile), at their defaults
     assert cfg["train"].pop("example_records") == 1000
+    assert cfg["train"].pop("compile") is False
     assert cfg == meta["config"]
     for e, want in enumerate(meta["checkpoint_metadata"]):
         have = checkpoint.read_metadata(run / f"checkpoints/epoch_{e:04d}.safetensors")

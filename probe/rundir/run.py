@@ -69,6 +69,7 @@ TRAIN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "device": "auto",
         "precision": "fp32",
         "channels_last": True,
+        "compile": False,
         "probe_set_size": 1000,
         "analysis_batch_size": 1024,
         "full_maps": (),
