@@ -50,6 +50,17 @@ class AnalysisResult:
         """The result's JSON files by name without .json (empty when it did not finish)."""
         return self.result.json if self.result is not None else {}
 
+    def __repr__(self) -> str:
+        # short, for a notebook: the outcome and result records stay one attribute away
+        where = "run" if self.epoch is None else f"epoch {self.epoch}"
+        scalars = ", ".join(
+            f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in list(self.scalars.items())[:4]
+        )
+        why = self.outcome.reason or self.outcome.error
+        tail = f", {scalars}" if scalars else (f", {why[:120]}" if why else "")
+        return f"AnalysisResult({self.analysis}, {where}, {self.status}{tail})"
+
 
 def analyze(
     run_dir: str | Path,
@@ -84,7 +95,7 @@ def analyze(
         run.path,
         list(dict.fromkeys(names)),
         _epochs(epochs),
-        {k: dict(v) for k, v in (params or {}).items()},
+        _params(params),
         device=device,
         force=force,
         timeout=timeout,
@@ -103,6 +114,27 @@ def analyze(
                 found[o.analysis, variant] = run.results(o.analysis, variant)
             result = found[o.analysis, variant].get(o.epoch)
         out.append(AnalysisResult(o.analysis, o.epoch, o.status, o, result))
+    return out
+
+
+def _params(params: Any) -> dict[str, dict[str, Any]]:
+    """`{analysis: {key: value}}`, or the CLI's flat `{"analysis.key": value}`, or both."""
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise UsageError("params", f"expected {{analysis: {{key: value}}}}, got {params!r:.80}")
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in params.items():
+        if isinstance(v, Mapping):
+            out.setdefault(str(k), {}).update(v)
+        elif isinstance(k, str) and "." in k:
+            name, key = k.split(".", 1)
+            out.setdefault(name, {})[key] = v
+        else:
+            raise UsageError(
+                "params",
+                f"{k!r:.60}: give {{analysis: {{key: value}}}} or {{'analysis.key': value}}",
+            )
     return out
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from probe import numerics
 from probe.contract.analysis import param
 from probe.errors import UsageError
-from probe.library.curvature_plot import hessian_figure, series
+from probe.library.curvature_plot import series, single_figure
 from probe.library.params import make
 from probe.library.result import Result
 
@@ -262,17 +262,7 @@ class HessianResult(Result):
     report: Any = field(repr=False, compare=False)
 
     def _draw(self) -> Any:
-        arrays, attrs = series([(0, self.report)], self.params)
-        return hessian_figure(
-            arrays,
-            attrs["top_label"],
-            attrs["bottom_label"] or None,
-            self.report.density,
-            self.params.batches,
-            self.params.trace_method,
-            self.params.operator,
-            xlabel="call",
-        )
+        return single_figure(self)
 
 
 def result_of(report: HessianReport, p: HessianParams) -> HessianResult:

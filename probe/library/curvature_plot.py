@@ -12,7 +12,15 @@ if TYPE_CHECKING:
 
     from probe.library.curvature import HessianParams
 
-__all__ = ["BLOCKS_CAPTION", "HESSIAN_CAPTION", "block_figure", "hessian_figure", "series"]
+__all__ = [
+    "BLOCKS_CAPTION",
+    "HESSIAN_CAPTION",
+    "block_figure",
+    "density_panel",
+    "hessian_figure",
+    "series",
+    "single_figure",
+]
 
 
 def series(rows: list, p: HessianParams) -> tuple[dict, dict]:
@@ -253,18 +261,52 @@ def hessian_figure(
         a_.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     if density is not None:
-        import torch
+        density_panel(axes[2], density, f"spectral density, epoch {int(a['epoch'][-1])}")
+    return fig
 
-        lo, hi = float(density.nodes.min()), float(density.nodes.max())
-        pad = 0.05 * (hi - lo or 1.0)
-        grid = torch.linspace(lo - pad, hi + pad, 600, dtype=torch.float64)
-        curve = density.curve(grid, sigma=(hi - lo or 1.0) / 200).numpy()
-        axes[2].semilogy(grid.numpy(), np.maximum(curve, 1e-12))
-        axes[2].set(
-            xlabel="eigenvalue",
-            ylabel="density",
-            title=f"spectral density, epoch {int(a['epoch'][-1])}",
-        )
+
+def density_panel(ax: Any, density: Any, title: str) -> None:
+    """The SLQ density, smoothed, on a log scale (a spectrum spans many decades)."""
+    import numpy as np
+    import torch
+
+    lo, hi = float(density.nodes.min()), float(density.nodes.max())
+    pad = 0.05 * (hi - lo or 1.0)
+    grid = torch.linspace(lo - pad, hi + pad, 600, dtype=torch.float64)
+    curve = density.curve(grid, sigma=(hi - lo or 1.0) / 200).numpy()
+    ax.semilogy(grid.numpy(), np.maximum(curve, 1e-12))
+    ax.set(xlabel="eigenvalue", ylabel="density", title=title)
+
+
+def single_figure(r: Any) -> Figure:
+    """One model's `HessianResult`: its eigenvalues (hollow: not converged), the trace in the
+    title, and the density when there is one. (The plugin's figure has one point per epoch.)"""
+    from matplotlib.figure import Figure
+
+    density = r.report.density
+    fig = Figure(figsize=(5 * (1 + (density is not None)), 4), constrained_layout=True)
+    axes = fig.subplots(1, 1 + (density is not None), squeeze=False)[0]
+    ax = axes[0]
+    values = [*r.eigenvalues, *r.bottom_eigenvalues]
+    done = [*r.converged, *r.bottom_converged]
+    labels = [f"{r.which} {i + 1}" for i in range(len(r.eigenvalues))]
+    labels += [f"SA {i + 1}" for i in range(len(r.bottom_eigenvalues))]
+    for i, (v, ok) in enumerate(zip(values, done, strict=True)):
+        color = "C0" if i < len(r.eigenvalues) else "C2"
+        ax.vlines(i, 0, v, color=color, lw=2)
+        ax.plot(i, v, "o", ms=7, color=color, mfc=color if ok else "white")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xticks(range(len(values)), labels)
+    ax.set_xlim(-0.6, len(values) - 0.4)
+    big = max((abs(v) for v in values), default=1.0) or 1.0
+    ax.set_yscale("symlog", linthresh=max(1e-3, big * 1e-3))
+    name = "GGN" if r.params.operator == "ggn" else "Hessian"
+    title = f"{name} eigenvalues, {r.images:,} images (hollow: not converged)"
+    if r.trace is not None:
+        title += f"\ntrace {r.trace:.4g} +- {r.trace_stderr:.2g} (1 s.e.)"
+    ax.set(ylabel="eigenvalue", title=title)
+    if density is not None:
+        density_panel(axes[1], density, "spectral density (SLQ)")
     return fig
 
 
