@@ -34,6 +34,7 @@ from probe.contract.families import (
 )
 from probe.contract.hookspecs import hookimpl
 from probe.errors import NotARunError, ProbeError, RunFileError, Skip, UsageError
+from probe.report.pages import report as _report
 from probe.rundir.run import Run
 from probe.version import __version__
 
@@ -111,9 +112,7 @@ def load_checkpoint(path: Any) -> Any:
 def write_report(path: Any, force: bool = False) -> Any:
     """What `probe report PATH` does: the static page of a run or sweep (rebuilt only when its
     inputs changed, unless `force`); returns a record with the page's `path` and `written`."""
-    from probe.report.pages import report  # jinja2, and the readers
-
-    return report(path, force=force)
+    return _report(path, force=force)
 
 
 def __getattr__(name: str) -> Any:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning  # the dev extra installs it (make test): a missing one fails, never skips
 import pytest
 import torch
 import torch.nn.functional as F
 
-lightning = pytest.importorskip("lightning")  # the dev extra installs it (make test)
-
-from probe.integrations.lightning import ProbeCallback, logged_scalars  # noqa: E402
-from probe.rundir.run import Run  # noqa: E402
-from probe.testing import synthetic_dataset  # noqa: E402
-from probe.training.model import simplecnn_spec  # noqa: E402
+from probe.integrations.lightning import ProbeCallback, logged_scalars
+from probe.rundir.run import Run
+from probe.testing import synthetic_dataset
+from probe.training.model import simplecnn_spec
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -44,11 +43,42 @@ class Module(lightning.LightningModule):
         return torch.optim.SGD(self.net.parameters(), lr=0.05, momentum=0.9)
 
 
-def test_a_lightning_fit_is_recorded_epoch_by_epoch(tmp_path: Path) -> None:
-    ds = synthetic_dataset(seed=0)
-    loader = torch.utils.data.DataLoader(
+def _trainer(cb: ProbeCallback, epochs: int) -> lightning.Trainer:
+    return lightning.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+    )
+
+
+def _loader(ds):
+    return torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(ds.train_x, ds.train_y), batch_size=64, shuffle=False
     )
+
+
+def test_without_a_family_the_network_is_recorded_as_any_module(tmp_path: Path) -> None:
+    ds = synthetic_dataset(seed=0)
+    module = Module()
+    cb = ProbeCallback(
+        tmp_path / "run", dataset=ds, probe_set_size=20, analysis_batch_size=16,
+        mean=MEAN, std=STD, model_attr="net", example_records=0,
+    )  # fmt: skip
+    _trainer(cb, 1).fit(module, _loader(ds))
+    run = Run(tmp_path / "run")
+    assert run.epochs() == [0, 1] and run.config["model_spec"]["family"] == "module"
+    ck = run.load_checkpoint(1)
+    assert all(torch.equal(ck.model_state[k], v) for k, v in module.seen[1].items())
+
+
+def test_a_lightning_fit_is_recorded_epoch_by_epoch(tmp_path: Path) -> None:
+    ds = synthetic_dataset(seed=0)
+    loader = _loader(ds)
     module = Module()
     init = {k: v.clone() for k, v in module.net.state_dict().items()}
     cb = ProbeCallback(
@@ -62,17 +92,7 @@ def test_a_lightning_fit_is_recorded_epoch_by_epoch(tmp_path: Path) -> None:
         std=STD,
         model_attr="net",
     )
-    trainer = lightning.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[cb],
-    )
-    trainer.fit(module, loader)
+    _trainer(cb, 2).fit(module, loader)
     run = Run(tmp_path / "run")
     assert run.epochs() == [0, 1, 2] and cb.recorder is None  # closed at fit end
     module.seen[0] = init

@@ -152,7 +152,8 @@ def test_legacy_spec_still_loads(tmp_path: Path, probe_run: Path) -> None:
 def test_new_config_keys_leave_old_fingerprints_unchanged() -> None:
     cfg = TrainConfig()
     d = cfg.to_dict()
-    for k in ("device", "val_size", "dataset", "model", "model_params", "example_records"):
+    keys = ("device", "val_size", "dataset", "model", "model_params", "example_records", "compile")
+    for k in keys:
         d.pop(k)
     assert cfg.hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
     assert TrainConfig(model="resnet").hash() != cfg.hash()

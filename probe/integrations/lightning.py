@@ -11,8 +11,10 @@ and records epoch 0, the initialisation; at the end of each training epoch it re
 epoch `trainer.current_epoch + 1` with the trainer's logged metrics that are finite
 scalars and its optimizer; at fit end (or on an exception) it closes the recorder.
 The network recorded is `pl_module`, or `getattr(pl_module, model_attr)` when the
-LightningModule holds the family's network as an attribute (its state dict must be
-the family's). Only the global rank-zero process records.
+LightningModule holds the network as an attribute. `model=` (a family name or a
+`probe.ModelSpec`) says which family its state dict is; without it the network is
+recorded as any `nn.Module` (a reference to its class; docs/own-loop.md, "Any
+nn.Module"). Only the global rank-zero process records.
 """
 
 from __future__ import annotations
@@ -34,11 +36,8 @@ class ProbeCallback(Callback):
     def __init__(
         self, run_dir: str | Path, *, model_attr: str | None = None, **recorder_kwargs: Any
     ) -> None:
-        if "model" not in recorder_kwargs or "dataset" not in recorder_kwargs:
-            raise UsageError(
-                "ProbeCallback",
-                "give the recorder's model= (a family name or probe.ModelSpec) and dataset=",
-            )
+        if "dataset" not in recorder_kwargs:
+            raise UsageError("ProbeCallback", "give the recorder's dataset= (and any other option)")
         self.run_dir = Path(run_dir)
         self.model_attr = model_attr
         self.recorder_kwargs = recorder_kwargs
@@ -67,7 +66,8 @@ class ProbeCallback(Callback):
         kwargs = dict(self.recorder_kwargs)
         kwargs.setdefault("device", str(next(net.parameters()).device))
         kwargs.setdefault("epochs", trainer.max_epochs if trainer.max_epochs != -1 else None)
-        model, dataset = kwargs.pop("model"), kwargs.pop("dataset")
+        # without model=: the network itself, recorded as any nn.Module (docs/own-loop.md)
+        model, dataset = kwargs.pop("model", net), kwargs.pop("dataset")
         self.recorder = Recorder(self.run_dir, model, dataset, **kwargs)
         self.recorder.record(0, net, self._optimizer(trainer))
 
