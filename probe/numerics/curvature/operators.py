@@ -157,8 +157,15 @@ class HessianOperator:
             ]
             if not used:
                 continue
-            gv = sum((g * vi).sum() for g, vi in used)
-            hv = torch.autograd.grad(gv, leaves, retain_graph=self.cache, allow_unused=True)
+            # v as the backward's grad_outputs (not the scalar sum(g * v), which added a
+            # forward mul, a sum and their backward per parameter tensor to every product)
+            hv = torch.autograd.grad(
+                [g for g, _ in used],
+                leaves,
+                grad_outputs=[vi for _, vi in used],
+                retain_graph=self.cache,
+                allow_unused=True,
+            )
             for i, h in enumerate(hv):
                 if h is not None:
                     total[i] = w * h if total[i] is None else total[i].add_(h, alpha=w)
