@@ -459,7 +459,7 @@ def bench_products(model, x, y, args) -> None:
             if cl is not None:
                 t_batch[f"curvlinops w={w}"].append(_clock(lambda w=w: A @ V[:w].T)[1] / w)
         if "trace" in args.parts:
-            for k, t, est in _trace_round(model, x, y, V[: args.probes], shapes, ph, cl, args):
+            for k, t, est in _trace_round(model, x, y, V[: args.probes], shapes, ph, cl, args, r):
                 t_trace.setdefault(k, []).append(t)
                 emit(section="products", part="trace", round=r, method=k, wall_s=t, trace=est)
         if "eigen" in args.parts:
@@ -480,37 +480,41 @@ def bench_products(model, x, y, args) -> None:
         _summary("top eigenvalue", t_eig, "probe Lanczos")
 
 
-def _trace_round(model, x, y, V, shapes, ph, cl, args):
-    """One timing each of the trace from scratch (graph included), the same vectors V."""
+def _trace_round(model, x, y, V, shapes, ph, cl, args, r: int = 0):
+    """One timing each of the trace from scratch (graph included), the same vectors V, the
+    order rotated by round r (machine drift hits every method alike)."""
+    runners = _trace_runners(model, x, y, V, shapes, ph, cl, args)
+    runners = runners[r % len(runners) :] + runners[: r % len(runners)]
+    return [(name, *reversed(_clock(fn))) for name, fn in runners]
+
+
+def _trace_runners(model, x, y, V, shapes, ph, cl, args) -> list:
+    """(name, zero-argument function returning the estimate) per library and probe width."""
     out = []
     for w in sorted({1, args.trace_width}):
 
         def run(w=w):
             o = C.HessianOperator(C.BatchedLoss(model, x, y, batch_size=len(x)))
-            gen = torch.Generator().manual_seed(0)
-            return C.hutchinson_trace(o, len(V), seed=0, width=w).trace if gen else None
+            return C.hutchinson_trace(o, len(V), seed=0, width=w).trace
 
-        est, t = _clock(run)
-        out.append((f"probe w={w}", t, est))
+        out.append((f"probe w={w}", run))
     if ph is not None:
-        queue = [p for v in V for p in _pieces((v + 1) / 2, shapes)]  # PyHessian maps 0 -> -1
-        original = torch.randint_like
-
-        def fed(p, *a, **k):
-            return queue.pop(0).clone().to(p.dtype)
 
         def run_ph():
-            h = ph.hessian(copy.deepcopy(model).eval(), F.cross_entropy, data=(x, y), cuda=False)
-            vals = h.trace(maxIter=len(V), tol=-math.inf)  # never stops early
+            queue = [p for v in V for p in _pieces((v + 1) / 2, shapes)]  # PyHessian: 0 -> -1
+            original = torch.randint_like
+            torch.randint_like = lambda p, *a, **k: queue.pop(0).clone().to(p.dtype)
+            try:
+                h = ph.hessian(
+                    copy.deepcopy(model).eval(), F.cross_entropy, data=(x, y), cuda=False
+                )
+                vals = h.trace(maxIter=len(V), tol=-math.inf)  # never stops early
+            finally:
+                torch.randint_like = original
             assert len(vals) == len(V), len(vals)
             return float(np.mean(vals))
 
-        torch.randint_like = fed
-        try:
-            est, t = _clock(run_ph)
-        finally:
-            torch.randint_like = original
-        out.append(("PyHessian", t, est))
+        out.append(("PyHessian", run_ph))
     if cl is not None:
 
         def run_cl():
@@ -525,8 +529,7 @@ def _trace_round(model, x, y, V, shapes, ph, cl, args):
             G = V.T.contiguous()  # curvlinops.hutchinson_trace's einsum, on these vectors
             return float(torch.einsum("ij,ij", G, A @ G) / G.shape[1])
 
-        est, t = _clock(run_cl)
-        out.append(("curvlinops", t, est))
+        out.append(("curvlinops", run_cl))
     return out
 
 
