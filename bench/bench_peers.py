@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import importlib
 import json
 import math
@@ -485,7 +486,11 @@ def _trace_round(model, x, y, V, shapes, ph, cl, args, r: int = 0):
     order rotated by round r (machine drift hits every method alike)."""
     runners = _trace_runners(model, x, y, V, shapes, ph, cl, args)
     runners = runners[r % len(runners) :] + runners[: r % len(runners)]
-    return [(name, *reversed(_clock(fn))) for name, fn in runners]
+    out = []
+    for name, fn in runners:
+        gc.collect()  # PyHessian leaves reference cycles (param.grad's graph) behind
+        out.append((name, *reversed(_clock(fn))))
+    return out
 
 
 def _trace_runners(model, x, y, V, shapes, ph, cl, args) -> list:
