@@ -20,7 +20,7 @@ The options fall in six groups (the field order below):
 - products: `product_batch` probe vectors of a trace (Hutchinson, Hutch++) go through one
   batched product (`matmat`: one backward pass of the cached graph for all of them), capped by
   the operator's memory estimate; every width gives the same numbers. Default 1: measured on
-  CPU (docs/curvature.md "Batched products") a batched pass cost more per product than
+  CPU (docs/curvature.md "Batched products") no width was reliably cheaper per product than
   single products;
 - batches and blocks: `batches` disjoint equal batches with per-batch eigenpairs by `per_batch`
   ("ritz": Rayleigh-Ritz on the combined Krylov basis, no extra product; "solve": a Lanczos run
