@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import importlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -339,9 +341,247 @@ def _maps(model, x, layers) -> list[torch.Tensor]:
     return [out[n] for n in layers]
 
 
+# --- products: HVP, batched HVP, trace, top eigenvalue, side by side -------------------------
+
+
+def synthetic(name: str, n: int):
+    """A seeded random-init built-in model (simplecnn defaults, or resnet depth=20) and n
+    seeded normal images with random labels: the cost of a product does not depend on them."""
+    import types
+
+    import probe_plugins.resnet as rn
+    import probe_plugins.simplecnn as sc
+
+    torch.manual_seed(0)
+    inp = types.SimpleNamespace(channels=3)
+    model = sc.build(sc.Params(), inp, 10) if name == "cnn" else rn.build(rn.Params(), inp, 10)
+    return model.eval(), torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
+
+
+def _pieces(v: torch.Tensor, shapes) -> list[torch.Tensor]:
+    out, i = [], 0
+    for s in shapes:
+        out.append(v[i : i + s.numel()].view(s))
+        i += s.numel()
+    return out
+
+
+def _summary(section: str, times: dict[str, list[float]], base: str, **kw) -> None:
+    med = {k: float(np.median(t)) for k, t in times.items()}
+    for k, t in times.items():
+        if k == base:
+            continue
+        r = np.array(t) / np.array(times[base])  # per-round ratio, peer (or variant) / probe
+        emit(
+            section=section,
+            method=k,
+            vs=base,
+            median_s=med[k],
+            base_median_s=med[base],
+            ratio_median=float(np.median(r)),
+            ratio_min=float(r.min()),
+            ratio_max=float(r.max()),
+            rounds=len(t),
+            **kw,
+        )
+
+
+def _clock(fn) -> tuple[object, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def _singles(model, x, y, op, V, shapes, ph, cl) -> tuple[dict, object]:
+    """One HVP of V[0] by each library, its graph (where it keeps one) built here."""
+    single: dict = {"probe": lambda: op.matvec(V[0])}
+    op.matvec(V[0])  # builds the cached graph
+    if ph is not None:
+        hm = copy.deepcopy(model).eval()
+        H = ph.hessian(hm, F.cross_entropy, data=(x, y), cuda=False)
+        single["PyHessian"] = lambda: torch.cat(
+            [
+                t.reshape(-1)
+                for t in ph.hessian_vector_product(H.gradsH, H.params, _pieces(V[0], shapes))
+            ]
+        )
+    if cl is not None:
+        cm = copy.deepcopy(model).eval()
+        A = cl.HessianLinearOperator(
+            cm,
+            torch.nn.CrossEntropyLoss(),
+            [p for p in cm.parameters() if p.requires_grad],
+            [(x, y)],
+            check_deterministic=False,
+        )
+        single["curvlinops"] = lambda: A @ V[0]
+    return single, (A if cl is not None else None)
+
+
+def bench_products(model, x, y, args) -> None:
+    """Per round, in rotating order: one HVP (probe, PyHessian, curvlinops), batched HVPs at
+    each --widths (probe's matmat, curvlinops' A @ V), the --probes-probe Hutchinson trace
+    (graph construction included, the same Rademacher vectors for all three), the top
+    eigenvalue (probe's Lanczos at its defaults, PyHessian's power iteration at tol 1e-3).
+    Wall seconds, one line per measurement and round, then medians and per-round ratios."""
+    ph, why_ph = peer("pyhessian.hessian")
+    cl, why_cl = peer("curvlinops")
+    for name, why in (("PyHessian", why_ph), ("curvlinops", why_cl)):
+        if why:
+            emit(section="products", method=name, error=why)
+    loss = C.BatchedLoss(model, x, y, batch_size=len(x))
+    op = C.HessianOperator(loss)
+    shapes = loss.shapes
+    gen = torch.Generator().manual_seed(0)
+    k_max = max([*args.widths, args.probes])
+    V = torch.stack([C.rademacher(op, gen) for _ in range(k_max)])
+    single, A = _singles(model, x, y, op, V, shapes, ph, cl)
+    ref = single["probe"]()
+    for k, f in single.items():
+        emit(
+            section="products",
+            check="hvp agreement",
+            method=k,
+            rel_diff=float((f() - ref).norm() / ref.norm()),
+        )
+    t_single = {k: [] for k in single}
+    t_batch = {f"probe w={w}": [] for w in args.widths}
+    if cl is not None:
+        t_batch.update({f"curvlinops w={w}": [] for w in args.widths})
+    t_trace: dict[str, list[float]] = {}
+    t_eig: dict[str, list[float]] = {}
+    for r in range(args.rounds):
+        order = list(single.items())
+        order = order[r % len(order) :] + order[: r % len(order)]
+        for k, f in order:
+            t_single[k].append(_clock(f)[1])
+        for w in args.widths:
+            t_batch[f"probe w={w}"].append(_clock(lambda w=w: C.products(op, V[:w], w))[1] / w)
+            if cl is not None:
+                t_batch[f"curvlinops w={w}"].append(_clock(lambda w=w: A @ V[:w].T)[1] / w)
+        if "trace" in args.parts:
+            for k, t, est in _trace_round(model, x, y, V[: args.probes], shapes, ph, cl, args, r):
+                t_trace.setdefault(k, []).append(t)
+                emit(section="products", part="trace", round=r, method=k, wall_s=t, trace=est)
+        if "eigen" in args.parts:
+            for k, t, val, n in _eigen_round(model, x, y, ph):
+                t_eig.setdefault(k, []).append(t)
+                emit(section="products", part="eigen", round=r, method=k, wall_s=t, top=val, hvps=n)
+        emit(
+            section="products",
+            part="hvp",
+            round=r,
+            **{k: v[-1] for k, v in {**t_single, **t_batch}.items()},
+        )
+    _summary("hvp", t_single, "probe")
+    _summary("batched hvp, s per product", {"probe w=1": t_single["probe"], **t_batch}, "probe w=1")
+    if t_trace:
+        _summary("trace", t_trace, f"probe w={args.trace_width}", probes=args.probes)
+    if t_eig:
+        _summary("top eigenvalue", t_eig, "probe Lanczos")
+
+
+def _trace_round(model, x, y, V, shapes, ph, cl, args, r: int = 0):
+    """One timing each of the trace from scratch (graph included), the same vectors V, the
+    order rotated by round r (machine drift hits every method alike)."""
+    runners = _trace_runners(model, x, y, V, shapes, ph, cl, args)
+    runners = runners[r % len(runners) :] + runners[: r % len(runners)]
+    out = []
+    for name, fn in runners:
+        gc.collect()  # PyHessian leaves reference cycles (param.grad's graph) behind
+        out.append((name, *reversed(_clock(fn))))
+    return out
+
+
+def _trace_runners(model, x, y, V, shapes, ph, cl, args) -> list:
+    """(name, zero-argument function returning the estimate) per library and probe width."""
+    out = []
+    for w in sorted({1, args.trace_width}):
+
+        def run(w=w):
+            o = C.HessianOperator(C.BatchedLoss(model, x, y, batch_size=len(x)))
+            return C.hutchinson_trace(o, len(V), seed=0, width=w).trace
+
+        out.append((f"probe w={w}", run))
+    if ph is not None:
+
+        def run_ph():
+            queue = [p for v in V for p in _pieces((v + 1) / 2, shapes)]  # PyHessian: 0 -> -1
+            original = torch.randint_like
+            torch.randint_like = lambda p, *a, **k: queue.pop(0).clone().to(p.dtype)
+            try:
+                h = ph.hessian(
+                    copy.deepcopy(model).eval(), F.cross_entropy, data=(x, y), cuda=False
+                )
+                vals = h.trace(maxIter=len(V), tol=-math.inf)  # never stops early
+            finally:
+                torch.randint_like = original
+            assert len(vals) == len(V), len(vals)
+            return float(np.mean(vals))
+
+        out.append(("PyHessian", run_ph))
+    if cl is not None:
+
+        def run_cl():
+            cm = copy.deepcopy(model).eval()
+            A = cl.HessianLinearOperator(
+                cm,
+                torch.nn.CrossEntropyLoss(),
+                [p for p in cm.parameters() if p.requires_grad],
+                [(x, y)],
+                check_deterministic=False,
+            )
+            G = V.T.contiguous()  # curvlinops.hutchinson_trace's einsum, on these vectors
+            return float(torch.einsum("ij,ij", G, A @ G) / G.shape[1])
+
+        out.append(("curvlinops", run_cl))
+    return out
+
+
+def _eigen_round(model, x, y, ph):
+    def run():
+        o = C.HessianOperator(C.BatchedLoss(model, x, y, batch_size=len(x)))
+        r, _ = C.lanczos(o, 1, smallest=0)
+        return float(r.values[0]), r.hvps
+
+    (val, n), t = _clock(run)
+    out = [("probe Lanczos", t, val, n)]
+    if ph is not None:
+        count = {"n": 0}
+        original = ph.hessian_vector_product
+
+        def counting(*a, **k):
+            count["n"] += 1
+            return original(*a, **k)
+
+        def run_ph():
+            torch.manual_seed(0)
+            h = ph.hessian(copy.deepcopy(model).eval(), F.cross_entropy, data=(x, y), cuda=False)
+            return float(h.eigenvalues(maxIter=1000, tol=1e-3, top_n=1)[0][0])
+
+        ph.hessian_vector_product = counting
+        try:
+            val, t = _clock(run_ph)
+        finally:
+            ph.hessian_vector_product = original
+        out.append(("PyHessian power (tol 1e-3)", t, val, count["n"]))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="a probe run directory")
+    p.add_argument("--run", default=None, help="a probe run directory")
+    p.add_argument(
+        "--model",
+        default=None,
+        choices=["cnn", "resnet20"],
+        help="instead of --run: a seeded random-init simplecnn (defaults) or resnet depth=20",
+    )
+    p.add_argument("--rounds", type=int, default=5, help="products section: interleaved rounds")
+    p.add_argument("--probes", type=int, default=15, help="products section: trace probes")
+    p.add_argument("--widths", default="2,4,8", help="products section: batched product widths")
+    p.add_argument("--trace-width", type=int, default=8, help="products section: probe's width")
+    p.add_argument("--parts", default="hvp,trace,eigen", help="products section: what to time")
     p.add_argument(
         "--epoch", type=int, default=None, help="checkpoint (default: the last complete epoch)"
     )
@@ -350,9 +590,27 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--section", default="all", choices=["eigen", "landscape", "cka", "all"])
+    p.add_argument(
+        "--section", default="all", choices=["eigen", "landscape", "cka", "products", "all"]
+    )
     args = p.parse_args()
+    args.widths = [int(w) for w in args.widths.split(",") if w]
+    args.parts = args.parts.split(",")
     torch.set_num_threads(args.threads)
+    if args.model is not None:
+        model, x, y = synthetic(args.model, args.n)
+        emit(
+            section="setup",
+            model=args.model,
+            n_images=args.n,
+            threads=args.threads,
+            torch=torch.__version__,
+            params=sum(p.numel() for p in model.parameters()),
+        )
+        bench_products(model, x, y, args)
+        return
+    if args.run is None:
+        p.error("--run or --model is needed")
     from probe.rundir.run import Run
 
     run = Run(args.run)
@@ -374,7 +632,12 @@ def main() -> None:
         params=sum(p.numel() for p in model.parameters()),
         peers=versions,
     )
-    for name, fn in (("eigen", bench_eigen), ("landscape", bench_landscape), ("cka", bench_cka)):
+    for name, fn in (
+        ("eigen", bench_eigen),
+        ("landscape", bench_landscape),
+        ("cka", bench_cka),
+        ("products", bench_products),
+    ):
         if args.section in (name, "all"):
             fn(model, x, y, args)
 

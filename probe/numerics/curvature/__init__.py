@@ -50,6 +50,7 @@ from probe.numerics.curvature.linear import (
     eigenvector_overlap,
     lanczos,
     power_iteration,
+    products,
     ritz_pairs,
 )
 from probe.numerics.curvature.operators import (
@@ -116,6 +117,7 @@ __all__ = [
     "parameter_blocks",
     "power_iteration",
     "rademacher",
+    "products",
     "ritz_pairs",
     "slq_density",
     "standard_error",

@@ -286,6 +286,7 @@ def _samples(
         seed=config.seed if seed is None else seed,
         block_id=layout.labels,
         blocks=len(layout),
+        width=config.product_batch,
     )
 
 
@@ -304,7 +305,9 @@ def traces(
     operator here). Hutch++: the combined only.
     """
     if config.trace_method == "hutch++":
-        trace = trace_estimate("hutch++", combined, config.trace_samples, seed=config.seed)
+        trace = trace_estimate(
+            "hutch++", combined, config.trace_samples, seed=config.seed, width=config.product_batch
+        )
         return trace, [], None
     if config.batches == 1:
         samples = [*samples, _samples(combined, config, layout)]

@@ -1,6 +1,6 @@
 """`HessianConfig`: every option of a Hessian analysis as one value, checked once when it is made.
 
-The options fall in five groups (the field order below):
+The options fall in six groups (the field order below):
 
 - the solve: `top_k` largest (LA) and `smallest` smallest (SA) eigenvalues, by `method`
   ("lanczos", or "power": deflated power iteration, then shifted), converged at relative change
@@ -17,6 +17,11 @@ The options fall in five groups (the field order below):
 - the operator: `operator` is "hessian" (default), "ggn" (the generalised Gauss-Newton matrix)
   or a callable building one batch's `LinearOperator` from its `BatchedLoss` (then
   `operator_name` labels it); `hvp` is the Hessian-vector product method;
+- products: `product_batch` probe vectors of a trace (Hutchinson, Hutch++) go through one
+  batched product (`matmat`: one backward pass of the cached graph for all of them), capped by
+  the operator's memory estimate; every width gives the same numbers. Default 1: measured on
+  CPU (docs/curvature.md "Batched products") no width was reliably cheaper per product than
+  single products;
 - batches and blocks: `batches` disjoint equal batches with per-batch eigenpairs by `per_batch`
   ("ritz": Rayleigh-Ritz on the combined Krylov basis, no extra product; "solve": a Lanczos run
   per batch), and `blocks` ("none", "layer" or name patterns) for per-block figures.
@@ -63,6 +68,7 @@ class HessianConfig(LossOptions):
     operator: str | OperatorFactory | None = None
     operator_name: str = "hessian"
     hvp: str = "auto"
+    product_batch: int = 1
     batches: int = 1
     per_batch: str = "ritz"
     blocks: str = "none"
@@ -79,6 +85,11 @@ class HessianConfig(LossOptions):
         self._check_trace()
         check(self.density_runs >= 0, "density_runs", f"must be >= 0, got {self.density_runs}")
         check(self.batches >= 1, "batches", f"must be >= 1, got {self.batches}")
+        check(
+            self.product_batch >= 1,
+            "product_batch",
+            f"must be >= 1, got {self.product_batch}",
+        )
         check(
             self.per_batch in PER_BATCH_MODES,
             "per_batch",

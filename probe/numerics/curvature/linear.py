@@ -43,6 +43,7 @@ __all__ = [
     "lanczos",
     "lanczos_run",
     "power_iteration",
+    "products",
     "ritz_pairs",
     "tridiagonal_eigh",
 ]
@@ -57,6 +58,25 @@ class LinearOperator(Protocol):
     hvps: int
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
+
+
+def products(op: LinearOperator, vectors: torch.Tensor, width: int = 1) -> torch.Tensor:
+    """The products of `op` with each row of `vectors` [k, dim], as rows [k, dim].
+
+    Up to `width` rows go to the operator at once through its `matmat` where it has one (the
+    network operators: one batched backward pass for several vectors); an operator without
+    it, or width 1, gets one `matvec` per row. An operator's `max_width()` (its memory
+    estimate, `probe.numerics.curvature.operators.max_width`) caps the width. Either way row
+    i of the result is op @ row i, equal to `matvec` of that row to float rounding, and
+    `op.hvps` grows by k.
+    """
+    check(width >= 1, "product_batch", f"must be >= 1, got {width}")
+    cap = getattr(op, "max_width", None)
+    width = min(width, cap()) if cap is not None and width > 1 else width
+    matmat = getattr(op, "matmat", None)
+    if width == 1 or matmat is None or len(vectors) <= 1:
+        return torch.stack([op.matvec(v) for v in vectors]) if len(vectors) else vectors
+    return torch.cat([matmat(vectors[i : i + width]) for i in range(0, len(vectors), width)])
 
 
 class MatrixOperator:
@@ -74,6 +94,10 @@ class MatrixOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         self.hvps += 1
         return self.matrix @ v
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        self.hvps += len(vectors)
+        return vectors @ self.matrix.T
 
 
 @dataclass
@@ -403,6 +427,14 @@ class MeanOperator:
             out = out + op.matvec(v)
         return out / len(self.parts)
 
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Rows of products, each part batched (`products` at the rows' width)."""
+        self.hvps += len(vectors)
+        out = products(self.parts[0], vectors, len(vectors))
+        for op in self.parts[1:]:
+            out = out + products(op, vectors, len(vectors))
+        return out / len(self.parts)
+
 
 class RecordingMeanOperator(MeanOperator):
     """A MeanOperator that keeps every vector it is applied to and each part's product of it.
@@ -421,15 +453,20 @@ class RecordingMeanOperator(MeanOperator):
         self.complete = True
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        self.hvps += 1
-        outs = [op.matvec(v) for op in self.parts]
-        per_vector = v.numel() * v.element_size() * (len(self.parts) + 1)
-        if self.complete and (len(self.inputs) + 1) * per_vector <= self.limit_bytes:
-            self.inputs.append(v.detach().clone())
-            for store, out in zip(self.outputs, outs, strict=True):
-                store.append(out.detach().clone())
-        else:
-            self.complete = False
+        return self.matmat(v.reshape(1, -1))[0]
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Rows of products (each part batched); every row and its parts' products recorded."""
+        self.hvps += len(vectors)
+        outs = [products(op, vectors, len(vectors)) for op in self.parts]
+        for i, v in enumerate(vectors):
+            per_vector = v.numel() * v.element_size() * (len(self.parts) + 1)
+            if self.complete and (len(self.inputs) + 1) * per_vector <= self.limit_bytes:
+                self.inputs.append(v.detach().clone())
+                for store, out in zip(self.outputs, outs, strict=True):
+                    store.append(out[i].detach().clone())
+            else:
+                self.complete = False
         total = outs[0]
         for out in outs[1:]:
             total = total + out
@@ -451,3 +488,9 @@ class BlockOperator:
         full = torch.zeros(self.op.dim, dtype=self.dtype, device=self.device)
         full[self.index] = v.to(self.dtype)
         return self.op.matvec(full)[self.index]
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        self.hvps += len(vectors)
+        full = torch.zeros(len(vectors), self.op.dim, dtype=self.dtype, device=self.device)
+        full[:, self.index] = vectors.to(self.dtype)
+        return products(self.op, full, len(vectors))[:, self.index]

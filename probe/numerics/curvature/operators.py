@@ -28,22 +28,26 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, jvp, vjp
+from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from probe.numerics.checks import check
 from probe.numerics.curvature.linear import LinearOperator
 from probe.numerics.loss import BatchedLoss, analysis_mode
 
 __all__ = [
+    "ACTIVATION_COPIES",
     "CACHE_LIMIT",
+    "PRODUCT_MEMORY_BYTES",
     "HVP_METHODS",
     "OPERATORS",
     "GGNOperator",
     "HessianOperator",
     "OperatorFactory",
+    "activation_bytes",
     "ggn_operator",
     "hessian_operator",
     "make_operator",
+    "max_width",
 ]
 
 HVP_METHODS = ("auto", "double_backward", "forward_over_reverse")
@@ -56,6 +60,46 @@ CACHE_LIMIT = 1024
 # Builds the operator of one batch's loss. The default is `HessianOperator`; another
 # operator (a Gauss-Newton one, say) plugs in here, and every estimate uses it.
 OperatorFactory = Callable[[BatchedLoss], LinearOperator]
+
+
+# Batched products (`matmat`) replicate a mini-batch's backward intermediates once per vector;
+# the width of one batched pass is capped so that they stay under this many bytes.
+PRODUCT_MEMORY_BYTES = 2 << 30
+
+# Held per vector of a batched product, in units of one forward's activation bytes: the
+# double backward's tangent of every activation, its gradient, and the product of both with
+# the saved tensors (an estimate, `max_width`; docs/curvature.md "Batched products").
+ACTIVATION_COPIES = 4
+
+
+def activation_bytes(loss: BatchedLoss) -> int:
+    """Bytes of every leaf module's output in one forward of the loss's largest mini-batch:
+    the unit in which a batched product's extra memory is estimated (one forward, no grad)."""
+    total = [0]
+
+    def hook(_m: torch.nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel() * out.element_size()
+
+    leaves = [m for m in loss.model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        xb, _, _ = max(loss.batches, key=lambda b: len(b[0]))
+        with analysis_mode(loss.model, loss.bn), torch.no_grad():
+            functional_call(loss.model, (loss.params, loss.fixed), (xb,))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] + xb.numel() * xb.element_size()
+
+
+def max_width(op: HessianOperator | GGNOperator, limit_bytes: int | None = None) -> int:
+    """The widest batched product whose replicated intermediates fit `limit_bytes`
+    (default PRODUCT_MEMORY_BYTES): ACTIVATION_COPIES x `activation_bytes` per vector."""
+    if op._width is None:
+        op._width = activation_bytes(op.loss) * ACTIVATION_COPIES
+    limit = PRODUCT_MEMORY_BYTES if limit_bytes is None else limit_bytes
+    return max(1, int(limit // max(op._width, 1)))
 
 
 class HessianOperator:
@@ -85,6 +129,7 @@ class HessianOperator:
         self._graphs: list[tuple[list[torch.Tensor], list[torch.Tensor | None], float]] | None = (
             None
         )
+        self._width: int | None = None
 
     def _graph(
         self, xb: torch.Tensor, yb: torch.Tensor
@@ -112,8 +157,15 @@ class HessianOperator:
             ]
             if not used:
                 continue
-            gv = sum((g * vi).sum() for g, vi in used)
-            hv = torch.autograd.grad(gv, leaves, retain_graph=self.cache, allow_unused=True)
+            # v as the backward's grad_outputs (not the scalar sum(g * v), which added a
+            # forward mul, a sum and their backward per parameter tensor to every product)
+            hv = torch.autograd.grad(
+                [g for g, _ in used],
+                leaves,
+                grad_outputs=[vi for _, vi in used],
+                retain_graph=self.cache,
+                allow_unused=True,
+            )
             for i, h in enumerate(hv):
                 if h is not None:
                     total[i] = w * h if total[i] is None else total[i].add_(h, alpha=w)
@@ -133,6 +185,71 @@ class HessianOperator:
                 for i, n in enumerate(self.loss.names):
                     total[i] = w * hv[n] if total[i] is None else total[i].add_(hv[n], alpha=w)
         return total
+
+    def _batched_double_backward(self, vs: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """k products in one pass: the cached graph's backward with k batched grad_outputs.
+
+        `vs` holds one [k, *shape] tensor per parameter. autograd vmaps the backward over
+        the k vectors (`is_grads_batched`), so the graph's intermediates are replicated k
+        times for the duration (see `product_width`)."""
+        if self.cache and self._graphs is None:
+            self._graphs = [(*self._graph(xb, yb), w) for xb, yb, w in self.loss.batches]
+        graphs = (
+            self._graphs
+            if self.cache
+            else ((*self._graph(xb, yb), w) for xb, yb, w in self.loss.batches)
+        )
+        total: list[torch.Tensor | None] = [None] * len(vs)
+        for leaves, gs, w in graphs:
+            used = [
+                (g, vi) for g, vi in zip(gs, vs, strict=True) if g is not None and g.requires_grad
+            ]
+            if not used:
+                continue
+            hv = torch.autograd.grad(
+                [g for g, _ in used],
+                leaves,
+                grad_outputs=[vi for _, vi in used],
+                retain_graph=self.cache,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+            for i, h in enumerate(hv):
+                if h is not None:
+                    total[i] = w * h if total[i] is None else total[i].add_(h, alpha=w)
+        return total
+
+    def max_width(self) -> int:
+        """The most vectors one batched product takes within PRODUCT_MEMORY_BYTES."""
+        return max_width(self)
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """H V for the rows of `vectors` [k, dim]: the rows' products in one backward pass of
+        the cached graph where the method is the double backward (else one product per row).
+        Row i equals `matvec(vectors[i])` to float rounding; `hvps` grows by k."""
+        if self.method != "double_backward" or len(vectors) == 1:
+            return torch.stack([self.matvec(v) for v in vectors])
+        self.hvps += len(vectors)
+        k, vectors = len(vectors), vectors.to(self.dtype)
+        vs, i = [], 0
+        for s in self.loss.shapes:
+            vs.append(vectors[:, i : i + s.numel()].reshape(k, *s))
+            i += s.numel()
+        parts = self._batched_double_backward(vs)
+        out = torch.cat(
+            [
+                (
+                    torch.zeros(k, s.numel(), dtype=self.dtype, device=self.device)
+                    if h is None
+                    else h.detach().reshape(k, -1)
+                )
+                for h, s in zip(parts, self.loss.shapes, strict=True)
+            ],
+            dim=1,
+        )
+        if self.loss.weight_decay:
+            out += self.loss.weight_decay * vectors
+        return out
 
     def release(self) -> None:
         """Drop the cached first-order graphs (memory); later products rebuild them per product."""
@@ -195,6 +312,7 @@ class GGNOperator:
         self.cache = loss.n_samples <= CACHE_LIMIT if cache is None else bool(cache)
         self.dim, self.dtype, self.device, self.hvps = loss.dim, loss.dtype, loss.device, 0
         self._graphs: list[tuple[list[torch.Tensor], torch.Tensor]] | None = None
+        self._width: int | None = None
 
     def _logits(self, xb: torch.Tensor) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         def f(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -238,6 +356,61 @@ class GGNOperator:
         if loss.weight_decay:  # the GGN of 0.5 * wd * ||w||^2 is its Hessian, wd * I
             out += loss.weight_decay * v
         return out
+
+    def max_width(self) -> int:
+        """The most vectors one batched product takes within PRODUCT_MEMORY_BYTES."""
+        return max_width(self)
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """G V for the rows of `vectors` [k, dim] in one batched pass (row i equals
+        `matvec(vectors[i])` to float rounding); `hvps` grows by k."""
+        if len(vectors) == 1:
+            return self.matvec(vectors[0]).reshape(1, -1)
+        self.hvps += len(vectors)
+        return _ggn_matmat(self, vectors)
+
+
+def _ggn_matmat(self: GGNOperator, vectors: torch.Tensor) -> torch.Tensor:
+    """G V for the rows of `vectors` [k, dim]: the k jvps vmapped, the softmax Hessian per row,
+    then one batched backward of the logits' graph (cached) or a vmapped vjp."""
+    loss, k = self.loss, len(vectors)
+    vectors = vectors.to(self.dtype)
+    named, i = {}, 0
+    for n, s in zip(loss.names, loss.shapes, strict=True):
+        named[n] = vectors[:, i : i + s.numel()].reshape(k, *s)
+        i += s.numel()
+    if self.cache and self._graphs is None:
+        self._graphs = [self._graph(xb) for xb, _, _ in loss.batches]
+    total = [torch.zeros(k, *s, dtype=self.dtype, device=self.device) for s in loss.shapes]
+    for b, (xb, _, w) in enumerate(loss.batches):
+        f = self._logits(xb)
+        with analysis_mode(loss.model, loss.bn), torch.no_grad():
+            zs, u = vmap(lambda t, f=f: jvp(f, (loss.params,), (t,)))(named)
+        z = zs[0]
+        p = torch.softmax(z, dim=-1)
+        h = (p * u - p * (p * u).sum(-1, keepdim=True)) * (w / len(xb))
+        if self.cache:
+            leaves, out = self._graphs[b]
+            parts = torch.autograd.grad(
+                out,
+                leaves,
+                grad_outputs=h,
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        else:
+            with analysis_mode(loss.model, loss.bn):
+                _, pull = vjp(f, loss.params)
+                back = vmap(pull)(h)[0]
+            parts = [back[n] for n in loss.names]
+        for t, g in zip(total, parts, strict=True):
+            if g is not None:
+                t.add_(g.detach())
+    out = torch.cat([t.reshape(k, -1) for t in total], dim=1)
+    if loss.weight_decay:
+        out += loss.weight_decay * vectors
+    return out
 
 
 def ggn_operator(

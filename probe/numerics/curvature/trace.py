@@ -26,7 +26,14 @@ from dataclasses import dataclass
 import torch
 
 from probe.numerics.checks import check
-from probe.numerics.curvature.linear import LinearOperator, lanczos_run, tridiagonal_eigh
+from probe.numerics.curvature.linear import (
+    LinearOperator,
+    lanczos_run,
+    tridiagonal_eigh,
+)
+from probe.numerics.curvature.linear import (
+    products as batched_products,
+)
 
 __all__ = [
     "HUTCHPP_MIN_PRODUCTS",
@@ -105,21 +112,31 @@ def hutchinson_trace(
     seed: int = 0,
     rel_stderr: float | None = None,
     min_samples: int = 10,
+    width: int = 1,
 ) -> TraceResult:
     """tr(H) ~ mean of v^T H v over Rademacher v, with the standard error of that mean.
 
     With `rel_stderr`, stops early once stderr <= rel_stderr * |trace| (after
-    `min_samples`).
+    `min_samples`). `width` probes go through one batched product (`products`); the vectors
+    are drawn one after another from the seed as at width 1, so every width gives the same
+    samples; an early stop inside a batch drops that batch's later samples (their products
+    are still counted).
     """
     check(samples >= 2, "trace_samples", f"must be >= 2, got {samples}")
+    check(width >= 1, "product_batch", f"must be >= 1, got {width}")
     gen, hvps0, vals = torch.Generator().manual_seed(seed), op.hvps, []
-    for i in range(samples):
-        v = rademacher(op, gen)
-        vals.append(float(v @ op.matvec(v)))
-        if rel_stderr is not None and i + 1 >= min_samples:
-            t = torch.tensor(vals, dtype=torch.float64)
-            if float(t.std() / math.sqrt(len(t))) <= rel_stderr * abs(float(t.mean())):
-                break
+    done = False
+    for start in range(0, samples, width):
+        vs = torch.stack([rademacher(op, gen) for _ in range(min(width, samples - start))])
+        for vhv in (vs * batched_products(op, vs, width)).sum(1).tolist():
+            vals.append(float(vhv))
+            if rel_stderr is not None and len(vals) >= min_samples:
+                t = torch.tensor(vals, dtype=torch.float64)
+                if float(t.std() / math.sqrt(len(t))) <= rel_stderr * abs(float(t.mean())):
+                    done = True
+                    break
+        if done:
+            break
     t = torch.tensor(vals, dtype=torch.float64)
     return TraceResult(float(t.mean()), float(t.std() / math.sqrt(len(t))), len(t), op.hvps - hvps0)
 
@@ -182,23 +199,27 @@ def hutchinson_samples(
     seed: int = 0,
     block_id: torch.Tensor | None = None,
     blocks: int = 0,
+    width: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """v^T H v for `samples` seeded Rademacher v (the same v for every operator of one seed),
     and, with `block_id` (the block of each coordinate), each block's share v_b^T (H v)_b
     per sample: an unbiased estimate of that diagonal block's trace from the same
-    products, whose shares add up to v^T H v exactly."""
+    products, whose shares add up to v^T H v exactly. `width` probes share one batched
+    product (`products`); the vectors, and so the samples, are those of width 1."""
     check(samples >= 2, "trace_samples", f"must be >= 2, got {samples}")
+    check(width >= 1, "product_batch", f"must be >= 1, got {width}")
     gen = torch.Generator().manual_seed(seed)
     vals = torch.zeros(samples, dtype=torch.float64)
     per_block = torch.zeros(samples, blocks, dtype=torch.float64) if block_id is not None else None
-    for i in range(samples):
-        v = rademacher(op, gen)
-        prod = v * op.matvec(v)
-        vals[i] = float(prod.sum())
-        if per_block is not None:
-            per_block[i] = torch.zeros(blocks, dtype=torch.float64).index_add_(
-                0, block_id, prod.detach().to(torch.float64).cpu()
-            )
+    for start in range(0, samples, width):
+        vs = torch.stack([rademacher(op, gen) for _ in range(min(width, samples - start))])
+        prods = vs * batched_products(op, vs, width)
+        for j, prod in enumerate(prods):
+            vals[start + j] = float(prod.sum())
+            if per_block is not None:
+                per_block[start + j] = torch.zeros(blocks, dtype=torch.float64).index_add_(
+                    0, block_id, prod.detach().to(torch.float64).cpu()
+                )
     return vals, per_block
 
 
@@ -224,6 +245,7 @@ def hutchpp_trace(
     *,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    matmat: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TraceResult:
     """Hutch++ estimate of tr(A) from `num_products` products with A (symmetric).
 
@@ -234,7 +256,9 @@ def hutchpp_trace(
     of the Hutchinson part given the sketch (the exact part has none), on n - 1 degrees of
     freedom (`dof`); it needs n >= 2, else it is NaN, and below MIN_RELIABLE_DOF + 1
     samples (about 30 products) it is flagged `stderr_reliable=False` with a t-based
-    `ci95()`. With k at least the rank of A the estimate is exact.
+    `ci95()`. With k at least the rank of A the estimate is exact. `matmat` (rows [m, dim]
+    -> their products as rows) replaces the column-by-column `matvec` calls with batched
+    ones: the same vectors, the same estimate to float rounding.
     """
     check(
         num_products >= 3, "trace_samples", f"Hutch++ needs at least 3 products, got {num_products}"
@@ -244,26 +268,33 @@ def hutchpp_trace(
     k = min(num_products // 3, dim)
     n_rest = num_products - 2 * k
     s = _signs(dim, k, gen, dtype, device)
-    a_s = torch.stack([matvec(s[:, j]) for j in range(k)], dim=1)
+
+    def columns(m: torch.Tensor) -> torch.Tensor:  # A m, column by column or batched
+        if matmat is not None:
+            return matmat(m.T.contiguous()).T
+        return torch.stack([matvec(m[:, j]) for j in range(m.shape[1])], dim=1)
+
+    a_s = columns(s)
     q, _ = torch.linalg.qr(a_s)
-    exact = sum(float(q[:, j] @ matvec(q[:, j])) for j in range(k))
+    exact = float((q * columns(q)).sum()) if k else 0.0
     g = _signs(dim, n_rest, gen, dtype, device)
     g = g - q @ (q.T @ g)
-    vals = torch.tensor(
-        [float(g[:, j] @ matvec(g[:, j])) for j in range(n_rest)], dtype=torch.float64
-    )
+    vals = (g * columns(g)).sum(0).to(torch.float64) if n_rest else torch.zeros(0)
     mean = float(vals.mean()) if n_rest else 0.0
     stderr = float(vals.std() / math.sqrt(n_rest)) if n_rest >= 2 else math.nan
     return TraceResult(exact + mean, stderr, num_products, 2 * k + n_rest, dof=n_rest - 1)
 
 
-def trace_estimate(method: str, op: LinearOperator, products: int, *, seed: int = 0) -> TraceResult:
-    """tr(op) by Hutchinson or Hutch++ at `products` products, with a standard error."""
+def trace_estimate(
+    method: str, op: LinearOperator, products: int, *, seed: int = 0, width: int = 1
+) -> TraceResult:
+    """tr(op) by Hutchinson or Hutch++ at `products` products, with a standard error;
+    `width` products per batched pass (the same estimate at every width)."""
     check(
         method in TRACE_METHODS, "trace_method", f"must be one of {TRACE_METHODS}, got {method!r}"
     )
     if method == "hutchinson":
-        return hutchinson_trace(op, products, seed=seed)
+        return hutchinson_trace(op, products, seed=seed, width=width)
     check(
         products >= HUTCHPP_MIN_PRODUCTS,
         "trace_samples",
@@ -271,6 +302,14 @@ def trace_estimate(method: str, op: LinearOperator, products: int, *, seed: int 
         f"got {products}",
     )
     hvps0 = op.hvps
-    res = hutchpp_trace(op.matvec, op.dim, products, seed, dtype=op.dtype, device=op.device)
+    res = hutchpp_trace(
+        op.matvec,
+        op.dim,
+        products,
+        seed,
+        dtype=op.dtype,
+        device=op.device,
+        matmat=(lambda m: batched_products(op, m, width)) if width > 1 else None,
+    )
     res.hvps = op.hvps - hvps0
     return res
