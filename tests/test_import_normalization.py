@@ -65,25 +65,29 @@ def reference(state: dict[str, torch.Tensor], ds) -> tuple[float, float]:
     return loss, (logits.argmax(1) == ds.test_y).double().mean().item()
 
 
-def test_an_import_with_their_normalisation_scores_what_their_evaluation_scores(
-    trained, tmp_path: Path
-) -> None:
-    """The issue's acceptance test: --mean/--std make probe's val_acc/val_loss theirs."""
-    ds, folder, states = trained
-    notes: list[str] = []
-    out = import_checkpoints(
+def _import(ds, folder: Path, run_dir: Path, notes: list[str], **kw) -> Path:
+    """The trained folder imported as the tiny simplecnn it is; one-line notes to `notes`."""
+    return import_checkpoints(
         folder,
-        tmp_path / "run",
+        run_dir,
         "simplecnn",
         ds,
         model_params={"base_width": 4},
         probe_set_size=20,
         analysis_batch_size=16,
         device="cpu",
-        mean=MEAN,
-        std=STD,
         note=notes.append,
+        **kw,
     )
+
+
+def test_an_import_with_their_normalisation_scores_what_their_evaluation_scores(
+    trained, tmp_path: Path
+) -> None:
+    """The issue's acceptance test: --mean/--std make probe's val_acc/val_loss theirs."""
+    ds, folder, states = trained
+    notes: list[str] = []
+    out = _import(ds, folder, tmp_path / "run", notes, mean=MEAN, std=STD)
     run = Run(out)
     assert notes == [] and run.epochs() == [0, 1, 2]
     assert run.config["train"]["normalization"] == GIVEN
@@ -112,17 +116,7 @@ def test_without_their_normalisation_the_assumption_is_one_line_and_scores_diffe
 ) -> None:
     ds, folder, states = trained
     notes: list[str] = []
-    out = import_checkpoints(
-        folder,
-        tmp_path / "run",
-        "simplecnn",
-        ds,
-        model_params={"base_width": 4},
-        probe_set_size=20,
-        analysis_batch_size=16,
-        device="cpu",
-        note=notes.append,
-    )
+    out = _import(ds, folder, tmp_path / "run", notes)
     [line] = notes
     m = ",".join(f"{v:.4g}" for v in ds.mean)
     assert line.startswith(f"normalisation assumed: the data set's statistics (mean {m}, std")

@@ -142,34 +142,7 @@ class HessianOperator:
         return leaves, list(gs)
 
     def _double_backward(self, v: dict[str, torch.Tensor]) -> list[torch.Tensor | None]:
-        if self.cache and self._graphs is None:
-            self._graphs = [(*self._graph(xb, yb), w) for xb, yb, w in self.loss.batches]
-        graphs = (
-            self._graphs
-            if self.cache
-            else ((*self._graph(xb, yb), w) for xb, yb, w in self.loss.batches)
-        )
-        total: list[torch.Tensor | None] = [None] * len(v)
-        vs = list(v.values())
-        for leaves, gs, w in graphs:
-            used = [
-                (g, vi) for g, vi in zip(gs, vs, strict=True) if g is not None and g.requires_grad
-            ]
-            if not used:
-                continue
-            # v as the backward's grad_outputs (not the scalar sum(g * v), which added a
-            # forward mul, a sum and their backward per parameter tensor to every product)
-            hv = torch.autograd.grad(
-                [g for g, _ in used],
-                leaves,
-                grad_outputs=[vi for _, vi in used],
-                retain_graph=self.cache,
-                allow_unused=True,
-            )
-            for i, h in enumerate(hv):
-                if h is not None:
-                    total[i] = w * h if total[i] is None else total[i].add_(h, alpha=w)
-        return total
+        return self._backward_products(list(v.values()), batched=False)
 
     def _forward_over_reverse(self, v: dict[str, torch.Tensor]) -> list[torch.Tensor | None]:
         total: list[torch.Tensor | None] = [None] * len(v)
@@ -192,6 +165,15 @@ class HessianOperator:
         `vs` holds one [k, *shape] tensor per parameter. autograd vmaps the backward over
         the k vectors (`is_grads_batched`), so the graph's intermediates are replicated k
         times for the duration (see `product_width`)."""
+        return self._backward_products(vs, batched=True)
+
+    def _backward_products(
+        self, vs: list[torch.Tensor], *, batched: bool
+    ) -> list[torch.Tensor | None]:
+        """Sum over mini-batches of w * d(g . v)/dw, each batch's gradient graph g built once
+        (cached) or per product. v is the backward's grad_outputs, not the scalar sum(g * v),
+        which added a forward mul, a sum and their backward per parameter tensor to every
+        product; `batched`: each v is [k, *shape], k products in one backward."""
         if self.cache and self._graphs is None:
             self._graphs = [(*self._graph(xb, yb), w) for xb, yb, w in self.loss.batches]
         graphs = (
@@ -212,7 +194,7 @@ class HessianOperator:
                 grad_outputs=[vi for _, vi in used],
                 retain_graph=self.cache,
                 allow_unused=True,
-                is_grads_batched=True,
+                is_grads_batched=batched,
             )
             for i, h in enumerate(hv):
                 if h is not None:
