@@ -33,28 +33,41 @@ def _pair(item: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def _first(batch: Any, n: int | None, take: Any, option: str, kinds: str) -> list[Any]:
+    """`take(item)` for the items of the iterable `batch` until they hold `n` images (all with
+    n=None): iteration stops there, so a DataLoader over a large data set is not read to its
+    end. An item taken is a tensor or a tuple whose first element counts the images."""
+    try:
+        items = iter(batch)
+    except TypeError:
+        raise UsageError(option, f"expected {kinds}, got {type(batch).__name__}") from None
+    out, count = [], 0
+    for item in items:
+        got = take(item)
+        out.append(got)
+        count += len(got[0] if isinstance(got, tuple) else got)
+        if n is not None and count >= n:
+            break
+    return out
+
+
 def as_batch(batch: Any, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(x, y)`: the first `n` images (all with n=None) of a tensor pair or an iterable of pairs."""
     if n is not None and n < 1:
         raise UsageError("n_images", f"must be >= 1, got {n}")
     if isinstance(batch, (tuple, list)) and len(batch) == 2 and torch.is_tensor(batch[0]):
-        x, y = _pair(batch, "batch")
-        xs, ys = [x], [y]
+        pairs = [_pair(batch, "batch")]
     else:
-        try:
-            items = iter(batch)
-        except TypeError:
-            raise UsageError(
-                "batch", f"expected (x, y) tensors or a DataLoader, got {type(batch).__name__}"
-            ) from None
-        xs, ys, count = [], [], 0
-        for item in items:
-            x, y = _pair(item, "each item of batch")
-            xs.append(x)
-            ys.append(y)
-            count += len(x)
-            if n is not None and count >= n:
-                break
+        pairs = _first(
+            batch,
+            n,
+            lambda item: _pair(item, "each item of batch"),
+            "batch",
+            "(x, y) tensors or a DataLoader",
+        )
+    if not pairs:
+        raise UsageError("batch", "holds no images")
+    xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
     x, y = (xs[0], ys[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(ys))
     if len(x) == 0:
         raise UsageError("batch", "holds no images")
@@ -69,19 +82,13 @@ def as_inputs(x: Any, n: int | None = None) -> torch.Tensor:
         return x if n is None else x[:n]
     if isinstance(x, (tuple, list)) and len(x) == 2 and torch.is_tensor(x[0]):
         return as_batch(x, n)[0]
-    try:
-        items = iter(x)
-    except TypeError:
-        raise UsageError(
-            "x", f"expected a tensor or a DataLoader, got {type(x).__name__}"
-        ) from None
-    xs, count = [], 0
-    for item in items:
-        t = item if torch.is_tensor(item) else _pair(item, "each item of x")[0]
-        xs.append(t)
-        count += len(t)
-        if n is not None and count >= n:
-            break
+    xs = _first(
+        x,
+        n,
+        lambda item: item if torch.is_tensor(item) else _pair(item, "each item of x")[0],
+        "x",
+        "a tensor or a DataLoader",
+    )
     if not xs:
         raise UsageError("x", "holds no images")
     out = torch.cat(xs)
