@@ -130,8 +130,10 @@ def estimate_lines(jobs: Sequence[Job], device: str) -> list[str]:
             info, model, batch = run_info(declared[0], device)
         except CodeNotTrusted:  # a user's own class without --trust-code: not built, not timed
             declared = []
+    # each job's declared costs, computed once (its epochs are the job's own)
+    costs = {id(job): costs_of(job, _with_epochs(info, job)) or [] for job in declared}
     if declared:
-        kinds = {c.unit for job in declared for c in costs_of(job, _with_epochs(info, job)) or ()}
+        kinds = {c.unit for job in declared for c in costs[id(job)]}
         if model is not None and kinds:
             per_image = measure_units(model, batch, device, sorted(kinds))
     lines, total = [], 0.0
@@ -144,11 +146,11 @@ def estimate_lines(jobs: Sequence[Job], device: str) -> list[str]:
             continue
         seconds = 0.0
         for job in group:
-            for c in costs_of(job, _with_epochs(info, job)) or []:
+            for c in costs[id(job)]:
                 seconds += c.units * c.images * c.factor * per_image.get(c.unit, 0.0)
         total += seconds
-        terms = " + ".join(_term(c) for c in costs_of(group[0], _with_epochs(info, group[0])) or [])
-        unit = _unit_note(group[0], info, per_image)
+        terms = " + ".join(_term(c) for c in costs[id(group[0])])
+        unit = _unit_note(costs[id(group[0])], per_image)
         lines.append(f"{name}: {what} x {terms} images, about {fmt_seconds(seconds)}{unit}")
     if declared:
         lines.append(
@@ -164,8 +166,7 @@ def _with_epochs(info: RunInfo, job: Job) -> RunInfo:
     return replace(info, epochs=max(len(job.epochs), 1))
 
 
-def _unit_note(job: Job, info: RunInfo, per_image: dict[str, float]) -> str:
-    costs = costs_of(job, _with_epochs(info, job)) or []
+def _unit_note(costs: list[Cost], per_image: dict[str, float]) -> str:
     if not costs or not per_image:
         return ""
     c = max(costs, key=lambda c: c.units * c.images * c.factor * per_image[c.unit])
